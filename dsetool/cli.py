@@ -1,0 +1,243 @@
+"""The `dsetool` command line: thin click commands over the library.
+
+Heavy libraries (torch, brevitas, amaranth) are imported only inside command bodies, and only when a
+stage must actually compute, so `dsetool --help` and fully cached runs answer at once. Human output goes
+to stderr; `--json` puts one JSON object per result on stdout. Exit codes: 0 ok, 1 a stage failed,
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from dsetool.config import Experiment, Point
+    from dsetool.store import Entry, Store
+
+RUNS_ENV = "DSETOOL_RUNS"
+
+
+class UserError(click.ClickException):
+    """A usage or configuration error: one line, exit code 2."""
+
+    exit_code = 2
+
+
+class StageFailure(click.ClickException):
+    """A stage failed while computing a design point: exit code 1."""
+
+    exit_code = 1
+
+
+def _options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options every experiment command shares."""
+    decorators = [
+        click.argument("experiment", type=click.Path(dir_okay=False)),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a setting, e.g. --set quant.bits=4 (repeatable)."),
+        _common_json, _common_debug, _common_runs,
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
+_common_json = click.option("--json", "as_json", is_flag=True, help="One JSON object per result on stdout.")
+_common_debug = click.option("--debug", is_flag=True, help="Show tracebacks.")
+_common_runs = click.option("--runs", "runs_dir", default=lambda: os.environ.get(RUNS_ENV, "runs"),
+                            show_default="runs or $DSETOOL_RUNS", help="Store directory.")
+
+
+def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library exceptions into one-line errors with the contract's exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from dsetool.data import DatasetError
+        from dsetool.validate import ConfigError
+
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, DatasetError) as exc:
+            if kwargs.get("debug"):
+                raise
+            raise UserError(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dsetool")
+def main() -> None:
+    """Explore quantized, fault-tolerant systolic-array DNN accelerators: accuracy, reliability, area."""
+
+
+def _run_points(stage_for: Callable[[Point], str], experiment: str, overrides: tuple[str, ...],
+                as_json: bool, debug: bool, runs_dir: str) -> None:
+    from dsetool.config import load_experiment
+
+    exp = load_experiment(experiment, overrides)
+    store = _store(runs_dir)
+    _preflight(exp)
+    rows = []
+    seen: set[tuple[str, str]] = set()
+    for point in exp.points:
+        stage = stage_for(point)
+        entry, cached = _compute(store, stage, point, debug)
+        store.record_point(exp.name, exp.source, point.label, dict(point.axes), _chain_keys(entry))
+        if (stage, entry.key) in seen:
+            continue
+        seen.add((stage, entry.key))
+        rows.append((point, entry, cached))
+        if as_json:
+            _emit_json(entry, cached, point)
+    from dsetool.tables import results_table
+
+    results_table(exp.name, rows)
+
+
+def _preflight(exp: Experiment) -> None:
+    """Fail before touching the store when a design point's data set is not there."""
+    from dsetool.data import require_available
+
+    for cfg in {p.config.data for p in exp.points}:
+        require_available(cfg.name, root=cfg.root, download=cfg.download)
+
+
+def _compute(store: Store, stage: str, point: Point, debug: bool) -> tuple[Entry, bool]:
+    from dsetool.data import DatasetError
+    from dsetool.progress import RichReporter
+    from dsetool.stages import ensure
+
+    try:
+        return ensure(store, stage, point.config, RichReporter())
+    except (DatasetError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        raise StageFailure(f"stage {stage} failed at point {point.label}: {type(exc).__name__}: {exc}") from None
+
+
+def _chain_keys(entry: Entry) -> dict[str, str]:
+    return {entry.stage: entry.key, **entry.manifest.get("inputs", {}).get("upstream", {})}
+
+
+def _emit_json(entry: Entry, cached: bool, point: Point | None = None) -> None:
+    payload: dict[str, Any] = {"stage": entry.stage, "key": entry.key, "path": os.path.relpath(entry.path),
+                               "cached": cached, "metrics": entry.metrics}
+    if point is not None:
+        payload["point"] = point.label
+        payload["axes"] = dict(point.axes)
+    click.echo(json.dumps(payload, sort_keys=True))
+
+
+def _store(runs_dir: str) -> Store:
+    from dsetool.store import Store
+
+    return Store(runs_dir, warn=lambda message: click.echo(message, err=True))
+
+
+@main.command("train-qat")
+@_options
+@_guarded
+def train_qat(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
+    """Quantization-aware training at every design point (float pre-training shared and cached)."""
+    _run_points(lambda p: "train-qat", experiment, overrides, as_json, debug, runs_dir)
+
+
+@main.command("ptq")
+@_options
+@_guarded
+def ptq(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
+    """Post-training quantization at every design point, from the cached float model."""
+    _run_points(lambda p: "ptq", experiment, overrides, as_json, debug, runs_dir)
+
+
+@main.command("sweep")
+@_options
+@_guarded
+def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
+    """Run every stage of every design point of the experiment's sweep grid and print the results."""
+    from dsetool.stages import quant_stage
+
+    _run_points(lambda p: quant_stage(p.config), experiment, overrides, as_json, debug, runs_dir)
+
+
+def _not_built(name: str, summary: str) -> None:
+    @main.command(name, help=f"{summary} (not available in this version).")
+    @_options
+    def command(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
+        raise StageFailure(f"{name}: this stage is not implemented in this version of dsetool")
+
+
+_not_built("range-restrict", "Profile activation ranges and apply range protections")
+_not_built("inject", "Run a seeded fault-injection campaign on the integer array model")
+_not_built("synth", "Generate the systolic array and synthesize it with Yosys/nextpnr")
+_not_built("report", "Write tables, plots and the Pareto front of an experiment")
+_not_built("check", "Re-run an experiment and compare it against a baseline (CI gate)")
+
+
+@main.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of experiment files (for editor validation)."""
+    from dsetool.config import schema as experiment_schema
+
+    click.echo(json.dumps(experiment_schema(), indent=2))
+
+
+@main.group("runs")
+def runs() -> None:
+    """Inspect and clean the runs/ store."""
+
+
+@runs.command("ls")
+@_common_json
+@_common_runs
+def runs_ls(as_json: bool, runs_dir: str) -> None:
+    """List the entries in the store."""
+    from dsetool.tables import entries_table
+
+    entries = list(_store(runs_dir).entries())
+    if as_json:
+        for entry in entries:
+            _emit_json(entry, True)
+    entries_table(entries)
+
+
+@runs.command("show")
+@click.argument("key")
+@_common_runs
+def runs_show(key: str, runs_dir: str) -> None:
+    """Print the manifest of the entry whose key starts with KEY."""
+    found = _store(runs_dir).find(key) if len(key) >= 4 else []
+    if len(key) < 4:
+        raise UserError(f"runs show: key prefix {key!r} is too short (give at least 4 characters)")
+    if not found:
+        raise UserError(f"runs show: no entry whose key starts with {key!r} under {runs_dir}")
+    if len(found) > 1:
+        raise UserError(f"runs show: {key!r} is ambiguous ({len(found)} entries); give more characters")
+    click.echo(json.dumps(found[0].manifest, indent=2, sort_keys=True))
+
+
+@runs.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@_common_runs
+def runs_gc(dry_run: bool, runs_dir: str) -> None:
+    """Remove entries that no experiment index references (directly or as upstream)."""
+    removed = _store(runs_dir).gc(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for name in removed:
+        click.echo(f"{verb} {name}", err=True)
+    click.echo(f"{verb} {len(removed)} entries", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

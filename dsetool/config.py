@@ -1,0 +1,346 @@
+"""Experiment files: YAML -> validated, frozen dataclasses, with `--set` overrides and sweep expansion.
+
+An experiment file describes one design point plus optional `sweep:` axes (dotted keys -> lists of
+values, expanded to their grid product) and `zip:` axes (paired lists of equal length). Every design
+point is validated on its own, so an axis value that is out of range is reported with its key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dsetool.validate import (
+    ConfigError,
+    Converter,
+    did_you_mean,
+    json_schema,
+    resolve_field,
+    spec,
+    suggest_key,
+    to_plain,
+)
+
+MAX_FILE_BYTES = 1_000_000
+MAX_EXPANDED_NODES = 200_000
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+ARCHITECTURES = ("lenet5", "alexnet32", "mlp")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, where it lives, and how it is split."""
+
+    name: str = spec("digits", choices=DATASETS, help="data set; digits is embedded (scikit-learn)")
+    root: str = spec("data", help="directory holding torchvision-layout data sets")
+    download: bool = spec(False, help="let torchvision download a missing data set")
+    val_fraction: float = spec(0.2, range=(0.01, 0.5), help="validation share (of all data for digits)")
+    test_fraction: float = spec(0.2, range=(0.01, 0.5), help="test share (digits only)")
+    calib_size: int = spec(256, range=(1, 100_000), help="calibration images drawn from train (PTQ)")
+    max_train: int = spec(0, range=(0, 10_000_000), help="cap on training images, 0 = all")
+    split_seed: int = spec(0, range=(0, 2**31 - 1), help="seed of the stratified split")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network architecture."""
+
+    arch: str = spec("lenet5", choices=ARCHITECTURES, help="network architecture")
+    mlp_hidden: tuple[int, ...] = spec((64, 32), range=(1, 65536), help="hidden widths of the mlp")
+
+
+@dataclass(frozen=True)
+class LayerQuantConfig:
+    """Per-layer bit-width override; unset widths fall back to the experiment's widths."""
+
+    weight_bits: int | None = spec(None, range=(2, 16), help="weight bit width of this layer")
+    act_bits: int | None = spec(None, range=(2, 16), help="bit width of this layer's input activations")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the network is quantized."""
+
+    method: str = spec("qat", choices=("qat", "ptq"), help="quantization-aware training or post-training")
+    bits: int | None = spec(None, range=(2, 16), help="shorthand: sets weight_bits and act_bits")
+    weight_bits: int = spec(8, range=(2, 16), help="weight bit width")
+    act_bits: int = spec(8, range=(2, 16), help="activation bit width")
+    layers: Mapping[str, LayerQuantConfig] = spec(factory=dict, help="per-layer overrides by layer name")
+    scaling: str = spec("po2", choices=("po2", "float"), help="power-of-two or float scale factors")
+    weight_granularity: str = spec("per_tensor", choices=("per_tensor", "per_channel"))
+    relu_unsigned: bool = spec(True, help="unsigned post-ReLU activations (one more bit of range)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """One training phase."""
+
+    epochs: int = spec(10, range=(0, 10_000))
+    optimizer: str = spec("adam", choices=("adam", "adamw", "sgd"))
+    lr: float = spec(1e-3, range=(1e-8, 10.0))
+    momentum: float = spec(0.9, range=(0.0, 1.0), help="SGD momentum")
+    weight_decay: float = spec(0.0, range=(0.0, 1.0))
+    batch_size: int = spec(64, range=(1, 65536))
+    schedule: str = spec("cosine", choices=("constant", "cosine", "step"))
+    step_epochs: int = spec(5, range=(1, 10_000), help="epochs between lr drops (step schedule)")
+    step_gamma: float = spec(0.1, range=(0.0, 1.0), help="lr factor per drop (step schedule)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Float pre-training (shared by every bit width) and QAT fine-tuning."""
+
+    pretrain: OptimConfig = spec(factory=lambda: OptimConfig(epochs=12, lr=2e-3))
+    qat: OptimConfig = spec(factory=lambda: OptimConfig(epochs=6, lr=5e-4))
+
+
+@dataclass(frozen=True)
+class PtqConfig:
+    """Post-training quantization calibration."""
+
+    calibration: str = spec("maxabs", choices=("maxabs", "percentile"), help="activation range statistic")
+    percentile: float = spec(99.99, range=(50.0, 100.0), help="percentile for percentile calibration")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One fully specified design point."""
+
+    name: str = spec("experiment", help="experiment name (folder under runs/experiments)")
+    seed: int = spec(0, range=(0, 2**31 - 1), help="seed of training and campaigns")
+    device: str = spec("auto", choices=("auto", "cpu", "cuda"), help="torch device; results do not depend on it")
+    threads: int = spec(0, range=(0, 256), help="torch threads per process, 0 = all cores")
+    data: DataConfig = spec(factory=DataConfig)
+    model: ModelConfig = spec(factory=ModelConfig)
+    quant: QuantConfig = spec(factory=QuantConfig)
+    train: TrainConfig = spec(factory=TrainConfig)
+    ptq: PtqConfig = spec(factory=PtqConfig)
+
+
+@dataclass(frozen=True)
+class FileSchema(RunConfig):
+    """The experiment file: a design point plus the axes that vary it."""
+
+    sweep: Mapping[str, tuple[Any, ...]] = spec(factory=dict, help="dotted key -> list of values (grid)")
+    zip: Mapping[str, tuple[Any, ...]] = spec(factory=dict, help="dotted key -> list (paired, equal length)")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One design point of an experiment: the values its axes take, and its full config."""
+
+    axes: Mapping[str, Any]
+    config: RunConfig
+
+    @property
+    def label(self) -> str:
+        """Name the point by its axis values, e.g. `quant.bits=4,quant.method=ptq`."""
+        return ",".join(f"{k}={v}" for k, v in self.axes.items()) or "base"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A loaded experiment file: its name, source and expanded design points."""
+
+    name: str
+    source: str
+    points: tuple[Point, ...]
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Read, validate and expand an experiment file; raise ConfigError on any problem."""
+    source = str(path)
+    raw = read_yaml(source)
+    for item in overrides:
+        apply_override(raw, item)
+    return expand(raw, source)
+
+
+def read_yaml(source: str) -> dict[str, Any]:
+    """Load a YAML mapping safely: size-capped, alias expansion bounded, top level must be a mapping."""
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(source, "", "no such file" if not path.exists() else "not a regular file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ConfigError(source, "", f"file larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "", f"not valid YAML ({_yaml_reason(exc)})") from None
+    if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+        raise ConfigError(source, "", "YAML aliases expand to too many nodes (alias bomb?)")
+    data = yaml.safe_load(text) if node is not None else None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(source, "", f"expected a mapping of settings at the top level, got {got}")
+    return data
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem} at line {mark.line + 1}" if mark is not None else str(problem)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Count nodes as if every alias were expanded, memoized so shared subtrees cost one visit."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # guards recursive aliases
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = min(total, MAX_EXPANDED_NODES + 1)
+    return memo[id(node)]
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `dotted.key=value` override (value parsed as YAML) to the raw experiment data."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError("--set", item, "expected dotted.key=value")
+    check_key(key, "--set")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", key, f"value is not valid YAML ({_yaml_reason(exc)})") from None
+    target = raw
+    parts = key.split(".")
+    if parts[0] in ("sweep", "zip") and len(parts) > 1:
+        parts = [parts[0], ".".join(parts[1:])]
+    for part in parts[:-1]:
+        child = target.get(part)
+        if not isinstance(child, dict):
+            child = target[part] = {}
+        target = child
+    target[parts[-1]] = value
+
+
+def check_key(dotted: str, source: str) -> None:
+    """Raise ConfigError unless `dotted` names a setting of the experiment schema."""
+    parts = dotted.split(".")
+    if parts[0] in ("sweep", "zip") and len(parts) > 1:
+        check_axis_key(".".join(parts[1:]), source, parts[0])
+        return
+    if resolve_field(FileSchema, dotted) is None:
+        raise ConfigError(source, dotted, suggest_key(FileSchema, dotted))
+
+
+def check_axis_key(dotted: str, source: str, section: str) -> None:
+    """Raise ConfigError unless a sweep axis names a design-point setting that can vary."""
+    if dotted in ("name", "sweep", "zip") or resolve_field(RunConfig, dotted) is None:
+        reason = "cannot be a sweep axis" if dotted == "name" else suggest_key(RunConfig, dotted)
+        raise ConfigError(source, f"{section}.{dotted}", reason)
+
+
+def expand(raw: dict[str, Any], source: str) -> Experiment:
+    """Validate the file, then build and validate every design point of its sweep grid."""
+    file_cfg = Converter(source).dataclass_from(FileSchema, raw, "")
+    if not NAME_PATTERN.match(file_cfg.name) or ".." in file_cfg.name:
+        raise ConfigError(source, "name", f"expected letters, digits, '.', '_' or '-' (no path), "
+                                          f"got {file_cfg.name!r}")
+    axes = _axes(file_cfg, source)
+    base = {k: v for k, v in raw.items() if k not in ("sweep", "zip")}
+    points = []
+    for combo in axes:
+        point_raw = _deep_copy(base)
+        for key, value in combo.items():
+            _set_dotted(point_raw, key, value)
+        config = Converter(source).dataclass_from(RunConfig, point_raw, "")
+        points.append(Point(axes=combo, config=normalize(config, source)))
+    return Experiment(name=file_cfg.name, source=source, points=tuple(_unique(points)))
+
+
+def _axes(file_cfg: FileSchema, source: str) -> list[dict[str, Any]]:
+    grid_axes: list[list[tuple[str, Any]]] = []
+    for key, values in file_cfg.sweep.items():
+        check_axis_key(key, source, "sweep")
+        grid_axes.append([(key, v) for v in _nonempty(values, source, f"sweep.{key}")])
+    zipped = file_cfg.zip
+    if zipped:
+        lengths = {len(_nonempty(v, source, f"zip.{k}")) for k, v in zipped.items()}
+        if len(lengths) != 1:
+            raise ConfigError(source, "zip", f"expected lists of equal length, got lengths {sorted(lengths)}")
+        for key in zipped:
+            check_axis_key(key, source, "zip")
+        rows = zip(*[[(k, v) for v in vals] for k, vals in zipped.items()], strict=True)
+        grid_axes.append([tuple(row) for row in rows])  # type: ignore[misc]
+    combos = []
+    for choice in itertools.product(*grid_axes):
+        combo: dict[str, Any] = {}
+        for item in choice:
+            pairs = item if isinstance(item[0], tuple) else (item,)
+            combo.update(dict(pairs))
+        combos.append(combo)
+    return combos
+
+
+def _nonempty(values: Any, source: str, key: str) -> tuple[Any, ...]:
+    if not values:
+        raise ConfigError(source, key, "expected a non-empty list of values")
+    return tuple(values)
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = raw.get(part)
+        if not isinstance(child, dict):
+            child = raw[part] = {}
+        raw = child
+    raw[leaf] = value
+
+
+def normalize(config: RunConfig, source: str) -> RunConfig:
+    """Resolve shorthands so equal design points compare (and hash) equal; check cross-field rules."""
+    from dsetool.models.zoo import weight_layer_names
+
+    quant = config.quant
+    layers = weight_layer_names(config.model.arch, config.model.mlp_hidden)
+    for name in quant.layers:
+        if name not in layers:
+            raise ConfigError(source, f"quant.layers.{name}", f"{config.model.arch} has no layer {name!r}"
+                              + did_you_mean(name, layers))
+    if quant.bits is not None:
+        quant = dataclasses.replace(quant, weight_bits=quant.bits, act_bits=quant.bits, bits=None)
+    return dataclasses.replace(config, quant=quant)
+
+
+def _unique(points: list[Point]) -> list[Point]:
+    """Drop points whose configs coincide (e.g. `quant.bits` and `quant.weight_bits` axes that agree)."""
+    seen: set[str] = set()
+    out = []
+    for point in points:
+        key = json.dumps(to_plain(point.config), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(point)
+    return out
+
+
+def schema() -> dict[str, Any]:
+    """Return the JSON Schema of experiment files."""
+    return json_schema(FileSchema, "dsetool experiment")

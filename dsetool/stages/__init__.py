@@ -1,0 +1,130 @@
+"""The stage registry and dependency graph.
+
+A stage is a named function from (context, config) to artifacts. Its store key is derived from exactly
+the config subset it reads, its code version and the keys of its upstream stages, so deciding whether
+a whole chain is cached needs only this module and the store: no torch import. Stage implementations
+live in their own modules and are imported only when something must actually be computed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dsetool.config import RunConfig
+from dsetool.progress import Reporter, SilentReporter
+from dsetool.store import Entry, Result, Store, make_key
+from dsetool.validate import to_plain
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a stage implementation may use; it writes only into `out`."""
+
+    config: RunConfig
+    out: Path
+    upstream: dict[str, Entry]
+    scratch: Path
+    reporter: Reporter
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """A registered stage: what it reads, what it needs, where its code is."""
+
+    name: str
+    version: str
+    reads: Callable[[RunConfig], dict[str, Any]]
+    upstream: tuple[str, ...]
+    impl: str  # "module:function", imported lazily
+
+    def load(self) -> Callable[[StageContext], Result]:
+        """Import the implementation (this is where torch gets imported)."""
+        module, _, func = self.impl.partition(":")
+        return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+
+
+def _pretrain_reads(cfg: RunConfig) -> dict[str, Any]:
+    data = to_plain(cfg.data)
+    data.pop("calib_size")
+    model = to_plain(cfg.model)
+    if cfg.model.arch != "mlp":
+        model.pop("mlp_hidden")
+    return {"seed": cfg.seed, "data": data, "model": model, "train": to_plain(cfg.train.pretrain)}
+
+
+def _quant_reads(cfg: RunConfig) -> dict[str, Any]:
+    quant = to_plain(cfg.quant)
+    for name in ("method", "bits"):  # method picks the stage; bits is resolved into the widths
+        quant.pop(name)
+    return quant
+
+
+def _qat_reads(cfg: RunConfig) -> dict[str, Any]:
+    return {"seed": cfg.seed, "quant": _quant_reads(cfg), "calib_size": cfg.data.calib_size,
+            "train": to_plain(cfg.train.qat)}
+
+
+def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
+    return {"quant": _quant_reads(cfg), "calib_size": cfg.data.calib_size, "ptq": to_plain(cfg.ptq)}
+
+
+STAGES: dict[str, StageDef] = {
+    s.name: s
+    for s in (
+        StageDef("pretrain", "1", _pretrain_reads, (), "dsetool.stages.pretrain:run"),
+        StageDef("train-qat", "1", _qat_reads, ("pretrain",), "dsetool.stages.quantize:run_qat"),
+        StageDef("ptq", "1", _ptq_reads, ("pretrain",), "dsetool.stages.quantize:run_ptq"),
+    )
+}
+NOT_BUILT = ("range-restrict", "inject", "synth", "report", "check")
+
+
+def stage_key(name: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """Return (key, inputs) of stage `name` at design point `cfg`, recursing into upstream stages."""
+    stage = STAGES[name]
+    upstream = {up: stage_key(up, cfg)[0] for up in stage.upstream}
+    inputs = {"version": stage.version, "config": stage.reads(cfg), "upstream": upstream}
+    return make_key(name, inputs), inputs
+
+
+def quant_stage(cfg: RunConfig) -> str:
+    """Name the stage that produces the quantized model of a design point."""
+    return "train-qat" if cfg.quant.method == "qat" else "ptq"
+
+
+def ensure(store: Store, name: str, cfg: RunConfig, reporter: Reporter | None = None) -> tuple[Entry, bool]:
+    """Return (entry, cached) for stage `name` at `cfg`, computing it and any missing upstream."""
+    key, inputs = stage_key(name, cfg)
+    found = store.get(name, key)
+    if found is not None:
+        return found, True
+    reporter = reporter or SilentReporter()
+    upstream = {up: ensure(store, up, cfg, reporter)[0] for up in STAGES[name].upstream}
+    impl = STAGES[name].load()
+
+    def build(out: Path) -> Result:
+        ctx = StageContext(cfg, out, upstream, store.scratch_dir(name, key), reporter)
+        result = impl(ctx)
+        result.extra.setdefault("versions", software_versions())
+        return result
+
+    entry, cached = store.compute(name, key, inputs, build)
+    store.drop_scratch(name, key)
+    return entry, cached
+
+
+def software_versions() -> dict[str, str]:
+    """Record the versions that produced a result (kept in the manifest, not in the key)."""
+    versions = {"python": platform.python_version()}
+    for package in ("dsetool", "torch", "brevitas", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions

@@ -1,0 +1,73 @@
+"""Pieces shared by the torch-side stage implementations (imported only when a stage computes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsetool.config import RunConfig
+from dsetool.data import DataSplits, load_dataset
+from dsetool.models.quant import LayerBits, QuantSpec
+from dsetool.models.zoo import build_model, input_size
+from dsetool.training import pick_device, seed_everything
+
+MODEL_FILE = "model.pt"
+HISTORY_FILE = "history.json"
+
+
+def prepare(cfg: RunConfig) -> tuple[DataSplits, torch.device]:
+    """Seed torch, pick the device and load the design point's data at the model's input size."""
+    seed_everything(cfg.seed, cfg.threads)
+    native = _native_size(cfg.data.name)
+    splits = load_dataset(
+        cfg.data.name, root=cfg.data.root, download=cfg.data.download,
+        image_size=input_size(cfg.model.arch, native), val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction, calib_size=cfg.data.calib_size,
+        max_train=cfg.data.max_train, split_seed=cfg.data.split_seed,
+    )
+    return splits, pick_device(cfg.device)
+
+
+def _native_size(name: str) -> tuple[int, int]:
+    return {"digits": (8, 8), "mnist": (28, 28), "fashion-mnist": (28, 28), "cifar10": (32, 32)}[name]
+
+
+def quant_spec(cfg: RunConfig) -> QuantSpec:
+    """Translate the experiment's quant section into the model zoo's QuantSpec."""
+    q = cfg.quant
+    per_layer = {
+        name: LayerBits(layer.weight_bits or q.weight_bits, layer.act_bits or q.act_bits)
+        for name, layer in q.layers.items()
+    }
+    return QuantSpec(weight_bits=q.weight_bits, act_bits=q.act_bits, per_layer=per_layer,
+                     scaling=q.scaling, weight_granularity=q.weight_granularity,
+                     relu_unsigned=q.relu_unsigned)
+
+
+def new_model(cfg: RunConfig, splits: DataSplits, quantized: bool) -> torch.nn.Module:
+    """Build the design point's network, float or quantized, with fixed initial weights."""
+    torch.manual_seed(cfg.seed)
+    return build_model(
+        cfg.model.arch, in_channels=splits.in_channels, num_classes=splits.num_classes,
+        image_size=splits.image_size, quant=quant_spec(cfg) if quantized else None,
+        mlp_hidden=cfg.model.mlp_hidden,
+    )
+
+
+def save_model(model: torch.nn.Module, out: Path) -> None:
+    """Write the weights as a plain state dict (loads with `torch.load(weights_only=True)`)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save(state, out / MODEL_FILE)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Load a state dict written by `save_model`, refusing pickled code."""
+    return torch.load(path, weights_only=True, map_location="cpu")  # type: ignore[no-any-return]
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write a human-readable JSON artifact."""
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True))

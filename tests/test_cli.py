@@ -1,0 +1,104 @@
+"""The command line: exit codes, one-line errors, JSON output, lazy imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from dsetool.cli import main
+from tests.conftest import TINY_EXPERIMENT
+
+
+def run(args, runs_dir):
+    return CliRunner().invoke(main, [*args, "--runs", str(runs_dir)] if args[0] != "schema" else args)
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys; from dsetool.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'brevitas', 'amaranth') if m in sys.modules]\n"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == ""
+
+
+def test_every_stage_command_exists():
+    result = CliRunner().invoke(main, ["--help"])
+    for name in ("train-qat", "ptq", "range-restrict", "inject", "synth", "report", "sweep", "runs", "check"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", ["range-restrict", "inject", "synth", "report", "check"])
+def test_unbuilt_stages_say_so(tmp_path, write_experiment, name):
+    result = run([name, str(write_experiment({"name": "x"}))], tmp_path / "runs")
+    assert result.exit_code == 1
+    assert "not implemented" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+BAD_INPUTS = {
+    "missing file": (None, []),
+    "not yaml": ("name: [oops\n", []),
+    "a list": ("- 1\n- 2\n", []),
+    "wrong type": ({"quant": {"weight_bits": "eight"}}, []),
+    "out of range": ({"quant": {"act_bits": 1}}, []),
+    "unknown key": ({"quant": {"bitz": 4}}, []),
+    "unknown dataset": ({"data": {"name": "imagenet"}}, []),
+    "unknown model": ({"model": {"arch": "resnet"}}, []),
+    "set missing key": ({"name": "ok"}, ["--set", "quant.nope=3"]),
+    "alias bomb": ("a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+                   "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+                   "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n", []),
+    "path in name": ({"name": "../../etc"}, []),
+    "dataset not on disk": ({"data": {"name": "mnist", "root": "nowhere"}}, []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("command", ["train-qat", "sweep"])
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, write_experiment, case, command):
+    content, extra = BAD_INPUTS[case]
+    path = tmp_path / "missing.yaml" if content is None else write_experiment(content)
+    runs_dir = tmp_path / "runs"
+    result = run([command, str(path), *extra], runs_dir)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert str(path) in lines[0] or "--set" in lines[0]
+    assert not runs_dir.exists()
+
+
+def test_schema_prints_json():
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.output)["title"] == "dsetool experiment"
+
+
+def test_runs_show_unknown_key(tmp_path):
+    result = run(["runs", "show", "abcdef"], tmp_path / "runs")
+    assert result.exit_code == 2 and "no entry" in result.output
+
+
+@pytest.mark.slow
+def test_train_qat_then_cached_json(tmp_path, write_experiment):
+    path = write_experiment({**TINY_EXPERIMENT, "sweep": {"quant.bits": [8, 4]}})
+    runs_dir = tmp_path / "runs"
+    first = run(["train-qat", str(path), "--json"], runs_dir)
+    assert first.exit_code == 0, first.output
+    rows = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
+    assert [r["cached"] for r in rows] == [False, False]
+    assert {r["metrics"]["weight_bits"] for r in rows} == {8, 4}
+    assert all(r["stage"] == "train-qat" and r["path"].startswith(str(runs_dir)) or "runs" in r["path"]
+               for r in rows)
+    second = run(["train-qat", str(path), "--json"], runs_dir)
+    again = [json.loads(line) for line in second.stdout.splitlines() if line.startswith("{")]
+    assert [r["cached"] for r in again] == [True, True]
+    assert [r["key"] for r in again] == [r["key"] for r in rows]
+    listing = run(["runs", "ls", "--json"], runs_dir)
+    stages = sorted(json.loads(line)["stage"] for line in listing.stdout.splitlines() if line.startswith("{"))
+    assert stages == ["pretrain", "train-qat", "train-qat"]
+    shown = run(["runs", "show", rows[0]["key"][:10]], runs_dir)
+    assert json.loads(shown.stdout)["key"] == rows[0]["key"]

@@ -1,0 +1,130 @@
+"""Experiment files: validation messages, overrides, sweep expansion, schema."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from dsetool.config import load_experiment, schema
+from dsetool.validate import ConfigError
+
+
+def error_of(path, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path, overrides)
+    return str(info.value)
+
+
+def test_defaults_give_one_point(write_experiment):
+    exp = load_experiment(write_experiment({"name": "one"}))
+    assert exp.name == "one"
+    assert len(exp.points) == 1
+    cfg = exp.points[0].config
+    assert (cfg.data.name, cfg.model.arch, cfg.quant.weight_bits, cfg.quant.scaling) == ("digits", "lenet5", 8, "po2")
+
+
+def test_wrong_type_names_file_key_expected_and_got(write_experiment):
+    path = write_experiment({"quant": {"weight_bits": "eight"}})
+    assert error_of(path) == f"{path}: quant.weight_bits: expected an integer in 2..16, got 'eight'"
+
+
+def test_out_of_range_bits(write_experiment):
+    assert "quant.act_bits: expected an integer in 2..16, got 17" in error_of(write_experiment({"quant": {"act_bits": 17}}))
+
+
+def test_bool_is_not_an_integer(write_experiment):
+    assert "got True" in error_of(write_experiment({"seed": True}))
+
+
+def test_unknown_key_did_you_mean(write_experiment):
+    message = error_of(write_experiment({"quant": {"wieght_bits": 4}}))
+    assert message.endswith("quant.wieght_bits: unknown key (did you mean 'weight_bits'?)")
+
+
+def test_unknown_choice_did_you_mean(write_experiment):
+    message = error_of(write_experiment({"data": {"name": "digit"}}))
+    assert "data.name: expected one of digits, mnist, fashion-mnist, cifar10, got 'digit' (did you mean 'digits'?)" in message
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("- a\n- b\n", "expected a mapping of settings at the top level, got a list"),
+    ("", "got an empty file"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_not_a_mapping_or_not_yaml(write_experiment, content, reason):
+    assert reason in error_of(write_experiment(content))
+
+
+def test_missing_file(tmp_path):
+    assert error_of(tmp_path / "nope.yaml").endswith("nope.yaml: no such file")
+
+
+def test_alias_bomb_rejected_quickly(write_experiment):
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 10):
+        prev = f"*a{i - 1}"
+        lines.append(f"a{i}: &a{i} [{', '.join([prev] * 10)}]")
+    assert "alias" in error_of(write_experiment("\n".join(lines) + "\n"))
+
+
+def test_small_anchors_are_fine(write_experiment):
+    text = "name: anchors\ntrain:\n  pretrain: &opt {epochs: 3}\n  qat: *opt\n"
+    assert load_experiment(write_experiment(text)).points[0].config.train.qat.epochs == 3
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", ""])
+def test_experiment_name_cannot_be_a_path(write_experiment, name):
+    assert ": name: expected letters" in error_of(write_experiment({"name": name}))
+
+
+def test_set_override_and_missing_key(write_experiment):
+    path = write_experiment({"name": "o"})
+    exp = load_experiment(path, ["quant.bits=4", "train.qat.lr=0.01"])
+    assert exp.points[0].config.quant.weight_bits == 4
+    assert exp.points[0].config.train.qat.lr == 0.01
+    assert error_of(path, ["quant.bitz=4"]) == "--set: quant.bitz: unknown key (did you mean 'bits'?)"
+    assert "expected dotted.key=value" in error_of(path, ["quant.bits"])
+
+
+def test_sweep_grid_product_and_zip(write_experiment):
+    exp = load_experiment(write_experiment({
+        "sweep": {"quant.bits": [8, 4], "quant.method": ["qat", "ptq"]},
+        "zip": {"seed": [1, 2], "data.split_seed": [3, 4]},
+    }))
+    assert len(exp.points) == 8
+    combos = {(p.config.quant.weight_bits, p.config.quant.method, p.config.seed, p.config.data.split_seed)
+              for p in exp.points}
+    assert (4, "ptq", 2, 4) in combos and (4, "ptq", 2, 3) not in combos
+    assert exp.points[0].label == "quant.bits=8,quant.method=qat,seed=1,data.split_seed=3"
+
+
+def test_sweep_values_are_validated_with_their_key(write_experiment):
+    assert "quant.weight_bits: expected an integer in 2..16, got 99" in error_of(
+        write_experiment({"sweep": {"quant.weight_bits": [8, 99]}}))
+    assert "sweep.quant.bitz: unknown key" in error_of(write_experiment({"sweep": {"quant.bitz": [8]}}))
+    assert "zip: expected lists of equal length" in error_of(
+        write_experiment({"zip": {"seed": [1, 2], "data.split_seed": [1]}}))
+
+
+def test_bits_shorthand_equals_explicit_widths(write_experiment):
+    a = load_experiment(write_experiment({"quant": {"bits": 4}}, "a.yaml")).points[0].config
+    b = load_experiment(write_experiment({"quant": {"weight_bits": 4, "act_bits": 4}}, "b.yaml")).points[0].config
+    assert a == b
+
+
+def test_per_layer_override_must_name_a_layer(write_experiment):
+    ok = load_experiment(write_experiment({"quant": {"layers": {"conv1": {"weight_bits": 8}}}}, "ok.yaml"))
+    assert ok.points[0].config.quant.layers["conv1"].weight_bits == 8
+    message = error_of(write_experiment({"quant": {"layers": {"conv9": {"weight_bits": 8}}}}))
+    assert re.search(r"quant\.layers\.conv9: lenet5 has no layer 'conv9'", message)
+
+
+def test_schema_is_json_schema_with_constraints():
+    s = schema()
+    json.dumps(s)
+    weight_bits = s["properties"]["quant"]["properties"]["weight_bits"]
+    assert (weight_bits["type"], weight_bits["minimum"], weight_bits["maximum"]) == ("integer", 2, 16)
+    assert s["properties"]["data"]["properties"]["name"]["enum"][0] == "digits"
+    assert s["additionalProperties"] is False
