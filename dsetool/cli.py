@@ -105,10 +105,14 @@ def _run_points(stage_for: Callable[[Point], str], experiment: str, overrides: t
 
 def _preflight(exp: Experiment) -> None:
     """Fail before touching the store when a design point's data set is not there."""
-    from dsetool.data import require_available
+    from dsetool.data import DatasetError, require_available
+    from dsetool.validate import ConfigError
 
     for cfg in {p.config.data for p in exp.points}:
-        require_available(cfg.name, root=cfg.root, download=cfg.download)
+        try:
+            require_available(cfg.name, root=cfg.root, download=cfg.download)
+        except DatasetError as exc:
+            raise ConfigError(exp.source, "data", str(exc)) from None
 
 
 def _compute(store: Store, stage: str, point: Point, debug: bool) -> tuple[Entry, bool]:

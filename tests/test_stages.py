@@ -1,0 +1,98 @@
+"""Stage keys, cache hits without torch, and crash safety of training stages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dsetool.config import RunConfig, load_experiment
+from dsetool.stages import stage_key
+from tests.conftest import REPO, TINY_EXPERIMENT
+
+
+def test_pretrain_key_of_defaults_is_pinned():
+    """Same inputs, same key, on any machine: a change here invalidates every user's cache."""
+    key, inputs = stage_key("pretrain", RunConfig())
+    assert key == "a5427d306c7cb766d1e56851d2691f5b147bf70a4606a0b903caa024f202f9bf", json.dumps(inputs)
+
+
+def test_keys_depend_on_exactly_what_a_stage_reads():
+    base = RunConfig()
+    four = dataclasses.replace(base, quant=dataclasses.replace(base.quant, weight_bits=4, act_bits=4))
+    ptq_method = dataclasses.replace(base, quant=dataclasses.replace(base.quant, method="ptq"))
+    calib = dataclasses.replace(base, data=dataclasses.replace(base.data, calib_size=100))
+    threads = dataclasses.replace(base, threads=3, name="other")
+    assert stage_key("pretrain", four)[0] == stage_key("pretrain", base)[0]
+    assert stage_key("train-qat", four)[0] != stage_key("train-qat", base)[0]
+    assert stage_key("train-qat", ptq_method)[0] == stage_key("train-qat", base)[0]
+    assert stage_key("pretrain", calib)[0] == stage_key("pretrain", base)[0]
+    assert stage_key("ptq", calib)[0] != stage_key("ptq", base)[0]
+    assert stage_key("train-qat", threads)[0] == stage_key("train-qat", base)[0]
+
+
+def _dsetool(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "dsetool.cli", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def _write(tmp_path: Path, content: dict) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_cache_hit_needs_no_torch(tmp_path):
+    path = _write(tmp_path, TINY_EXPERIMENT)
+    first = _dsetool("train-qat", str(path), cwd=tmp_path)
+    assert first.wait(300) == 0, first.stderr.read() if first.stderr else ""
+    probe = ("import sys; from dsetool.cli import main\n"
+             f"try:\n    main(['train-qat', {str(path)!r}, '--json'])\nexcept SystemExit as e:\n    code = e.code\n"
+             "print('heavy=' + ','.join(m for m in ('torch', 'brevitas') if m in sys.modules), 'code=%s' % code)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "heavy= code=0", out.stdout + out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["cached"] is True
+
+
+KILL_EXPERIMENT = {**TINY_EXPERIMENT, "name": "killed", "model": {"arch": "lenet5"},
+                   "train": {"pretrain": {"epochs": 8, "batch_size": 64}, "qat": {"epochs": 1}}}
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_rerun_resumes_and_matches(tmp_path):
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    killed_dir.mkdir()
+    clean_dir.mkdir()
+    path = _write(killed_dir, KILL_EXPERIMENT)
+    proc = _dsetool("train-qat", str(path), "--json", cwd=killed_dir)
+    deadline = time.time() + 240
+    while not list((killed_dir / "runs").glob("pretrain/*/.partial-*/epoch.pt")):
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list((killed_dir / "runs").glob("pretrain/??/[0-9a-f]*/manifest.json"))
+    rerun = _dsetool("train-qat", str(path), "--json", cwd=killed_dir)
+    resumed_out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    clean = _dsetool("train-qat", str(_write(clean_dir, KILL_EXPERIMENT)), "--json", cwd=clean_dir)
+    clean_out, err = clean.communicate(timeout=300)
+    assert clean.returncode == 0, err
+    resumed, reference = json.loads(resumed_out.splitlines()[0]), json.loads(clean_out.splitlines()[0])
+    assert resumed["key"] == reference["key"]
+    manifests = [json.loads((d / r["path"] / "manifest.json").read_text())
+                 for d, r in ((killed_dir, resumed), (clean_dir, reference))]
+    assert manifests[0]["artifacts"]["model.pt"]["sha256"] == manifests[1]["artifacts"]["model.pt"]["sha256"]
+    assert not list((killed_dir / "runs").rglob(".partial-*"))
+    load_experiment(path)  # the experiment file itself is untouched
