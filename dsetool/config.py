@@ -93,6 +93,7 @@ class OptimConfig:
     schedule: str = spec("cosine", choices=("constant", "cosine", "step"))
     step_epochs: int = spec(5, range=(1, 10_000), help="epochs between lr drops (step schedule)")
     step_gamma: float = spec(0.1, range=(0.0, 1.0), help="lr factor per drop (step schedule)")
+    augment_shift: int = spec(0, range=(0, 16), help="random translation of training images, in pixels")
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ class Store:
     def gc(self, dry_run: bool = False) -> list[str]:
         """Remove entries no experiment index reaches, and stale temporary dirs; return what went."""
         keep = self._reachable()
-        removed = []
+        removed: list[str] = []
         if not self.root.is_dir():
             return removed
         for stage_dir in (p for p in self.root.iterdir() if p.is_dir() and p.name != EXPERIMENTS):

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from dsetool.config import Point
     from dsetool.store import Entry
 
-PERCENT_METRICS = ("float_test_acc", "quant_val_acc", "quant_test_acc")
+ACCURACY_COLUMNS = (("float_test_acc", "float %"), ("quant_val_acc", "val %"), ("quant_test_acc", "test %"))
 
 
 def _pct(value: Any) -> str:
@@ -23,16 +23,24 @@ def _console() -> Any:
 
 
 def results_table(experiment: str, rows: Sequence[tuple[Point, Entry, bool]]) -> None:
-    """Print one row per design point: its axes, accuracies, and whether it was a cache hit."""
+    """Print one row per design point: its axis values, accuracies, and whether it was a cache hit."""
     from rich.table import Table
 
-    table = Table(title=f"{experiment}: {len(rows)} design points")
-    for column in ("point", "stage", "W/A", "float test %", "quant val %", "quant test %", "key", "cached"):
-        table.add_column(column, justify="right" if "%" in column else "left")
+    axes = list(dict.fromkeys(key for point, _, _ in rows for key in point.axes))
+    table = Table(title=f"{experiment}: {len(rows)} results")
+    for key in axes:
+        table.add_column(key.rsplit(".", 1)[-1])
+    table.add_column("stage")
+    table.add_column("W/A")
+    for _, title in ACCURACY_COLUMNS:
+        table.add_column(title, justify="right")
+    table.add_column("key")
+    table.add_column("cached")
     for point, entry, cached in rows:
         m = entry.metrics
-        table.add_row(point.label, entry.stage, f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}",
-                      *(_pct(m.get(name)) for name in PERCENT_METRICS), entry.key[:12],
+        table.add_row(*(str(point.axes.get(key, "")) for key in axes), entry.stage,
+                      f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}",
+                      *(_pct(m.get(name)) for name, _ in ACCURACY_COLUMNS), entry.key[:8],
                       "yes" if cached else "no")
     _console().print(table)
 

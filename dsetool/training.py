@@ -89,7 +89,7 @@ def train(model: nn.Module, train_split: Split, val_split: Split, cfg: OptimConf
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, epoch)
-        loss = _epoch(model, train_split, optimizer, loss_fn, cfg.batch_size, seed + epoch, device)
+        loss = _epoch(model, train_split, optimizer, loss_fn, cfg, seed + epoch, device)
         val_acc = accuracy(model, val_split, device)
         history.append({"epoch": epoch + 1, "loss": loss, "val_acc": val_acc,
                         "seconds": time.perf_counter() - began})
@@ -100,20 +100,36 @@ def train(model: nn.Module, train_split: Split, val_split: Split, cfg: OptimConf
 
 
 def _epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-           batch_size: int, seed: int, device: torch.device) -> float:
+           cfg: OptimConfig, seed: int, device: torch.device) -> float:
     model.train()
-    order = torch.randperm(len(split.y), generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(split.y), generator=generator)
     total, count = 0.0, 0
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        x, y = split.x[idx].to(device), split.y[idx].to(device)
+    for i in range(0, len(order), cfg.batch_size):
+        idx = order[i:i + cfg.batch_size]
+        x = shift_images(split.x[idx], cfg.augment_shift, generator).to(device)
+        y = split.y[idx].to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(idx)
+        total += float(loss.detach()) * len(idx)
         count += len(idx)
     return total / max(count, 1)
+
+
+def shift_images(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by a random whole-pixel offset in [-max_shift, max_shift], filling with zeros.
+
+    Offsets come from the epoch's generator, so augmentation is as reproducible as the batch order.
+    """
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    offsets = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).tolist()
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    return torch.stack([padded[k, :, max_shift - dy:max_shift - dy + h, max_shift - dx:max_shift - dx + w]
+                        for k, (dy, dx) in enumerate(offsets)])
 
 
 def _resume(model: nn.Module, optimizer: torch.optim.Optimizer,

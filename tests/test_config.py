@@ -31,7 +31,8 @@ def test_wrong_type_names_file_key_expected_and_got(write_experiment):
 
 
 def test_out_of_range_bits(write_experiment):
-    assert "quant.act_bits: expected an integer in 2..16, got 17" in error_of(write_experiment({"quant": {"act_bits": 17}}))
+    message = error_of(write_experiment({"quant": {"act_bits": 17}}))
+    assert "quant.act_bits: expected an integer in 2..16, got 17" in message
 
 
 def test_bool_is_not_an_integer(write_experiment):
@@ -45,7 +46,8 @@ def test_unknown_key_did_you_mean(write_experiment):
 
 def test_unknown_choice_did_you_mean(write_experiment):
     message = error_of(write_experiment({"data": {"name": "digit"}}))
-    assert "data.name: expected one of digits, mnist, fashion-mnist, cifar10, got 'digit' (did you mean 'digits'?)" in message
+    expected = "data.name: expected one of digits, mnist, fashion-mnist, cifar10, got 'digit' (did you mean 'digits'?)"
+    assert expected in message
 
 
 @pytest.mark.parametrize("content, reason", [

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+import dsetool.quiet  # noqa: F401  (before Brevitas is imported)
 from dsetool.config import RunConfig
 from dsetool.data import DataSplits, load_dataset
 from dsetool.models.quant import LayerBits, QuantSpec
