@@ -8,7 +8,7 @@ setup:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -e '.[dev]'
 
-test:
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast:

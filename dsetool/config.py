@@ -280,7 +280,7 @@ def _axes(file_cfg: FileSchema, source: str) -> list[dict[str, Any]]:
         for key in zipped:
             check_axis_key(key, source, "zip")
         rows = zip(*[[(k, v) for v in vals] for k, vals in zipped.items()], strict=True)
-        grid_axes.append([tuple(row) for row in rows])  # type: ignore[misc]
+        grid_axes.append([tuple(row) for row in rows])
     combos = []
     for choice in itertools.product(*grid_axes):
         combo: dict[str, Any] = {}

@@ -46,7 +46,7 @@ class StageDef:
     def load(self) -> Callable[[StageContext], Result]:
         """Import the implementation (this is where torch gets imported)."""
         module, _, func = self.impl.partition(":")
-        return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), func)
 
 
 def _pretrain_reads(cfg: RunConfig) -> dict[str, Any]:

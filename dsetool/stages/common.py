@@ -66,7 +66,7 @@ def save_model(model: torch.nn.Module, out: Path) -> None:
 
 def load_state(path: Path) -> dict[str, Any]:
     """Load a state dict written by `save_model`, refusing pickled code."""
-    return torch.load(path, weights_only=True, map_location="cpu")  # type: ignore[no-any-return]
+    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def write_json(path: Path, payload: Any) -> None:
