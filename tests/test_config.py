@@ -130,3 +130,11 @@ def test_schema_is_json_schema_with_constraints():
     assert (weight_bits["type"], weight_bits["minimum"], weight_bits["maximum"]) == ("integer", 2, 16)
     assert s["properties"]["data"]["properties"]["name"]["enum"][0] == "digits"
     assert s["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("name", ["lenet", "lenet-mnist", "alexnet-cifar10", "smoke"])
+def test_shipped_experiments_are_valid(name):
+    from tests.conftest import REPO
+
+    exp = load_experiment(REPO / "configs" / f"{name}.yaml")
+    assert exp.name == name and len(exp.points) >= 2

@@ -22,7 +22,7 @@ from tests.conftest import REPO, TINY_EXPERIMENT
 def test_pretrain_key_of_defaults_is_pinned():
     """Same inputs, same key, on any machine: a change here invalidates every user's cache."""
     key, inputs = stage_key("pretrain", RunConfig())
-    assert key == "983a8ef83dcb9a3fd3905a22183d1ae4c6cbf48298e427d990ed6d53525d3475", json.dumps(inputs)
+    assert key == "b49e6fe4988e40ae0f2def567236946e561985070953ae9294de007771e911c3", json.dumps(inputs)
 
 
 def test_keys_depend_on_exactly_what_a_stage_reads():
@@ -31,6 +31,8 @@ def test_keys_depend_on_exactly_what_a_stage_reads():
     ptq_method = dataclasses.replace(base, quant=dataclasses.replace(base.quant, method="ptq"))
     calib = dataclasses.replace(base, data=dataclasses.replace(base.data, calib_size=100))
     threads = dataclasses.replace(base, threads=3, name="other")
+    elsewhere = dataclasses.replace(base, data=dataclasses.replace(base.data, root="/mnt/data", download=True))
+    assert stage_key("train-qat", elsewhere)[0] == stage_key("train-qat", base)[0]
     assert stage_key("pretrain", four)[0] == stage_key("pretrain", base)[0]
     assert stage_key("train-qat", four)[0] != stage_key("train-qat", base)[0]
     assert stage_key("train-qat", ptq_method)[0] == stage_key("train-qat", base)[0]

@@ -51,7 +51,8 @@ class StageDef:
 
 def _pretrain_reads(cfg: RunConfig) -> dict[str, Any]:
     data = to_plain(cfg.data)
-    data.pop("calib_size")
+    for name in ("calib_size", "root", "download"):  # where the files live must not change the key
+        data.pop(name)
     model = to_plain(cfg.model)
     if cfg.model.arch != "mlp":
         model.pop("mlp_hidden")
