@@ -113,6 +113,43 @@ class PtqConfig:
 
 
 @dataclass(frozen=True)
+class HwConfig:
+    """The systolic array the network runs on."""
+
+    rows: int = spec(8, range=(1, 256), help="PE rows")
+    cols: int = spec(8, range=(1, 256), help="PE columns")
+    dataflow: str = spec("ws", choices=("ws", "os"), help="weight- or output-stationary")
+    acc_bits: int = spec(0, range=(0, 64), help="accumulator width, 0 = just wide enough for each layer")
+    multiplier_bits: int = spec(16, range=(4, 32), help="fixed-point requantization multiplier (float scales)")
+
+
+FAULT_SITES = ("act", "weight", "pe.act", "pe.weight", "pe.psum", "out")
+BIT_SELECTIONS = ("all", "msb", "high", "low")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """One fault campaign: where faults land, what they do, how many, and how the campaign is sized."""
+
+    site: str = spec("act", choices=FAULT_SITES, help="register or buffer the faults hit")
+    layers: tuple[str, ...] = spec((), help="weight layers to fault; empty = all")
+    model: str = spec("bitflip", choices=("bitflip", "stuck0", "stuck1", "zero"), help="fault effect")
+    bits: str | tuple[int, ...] = spec("all", choices=BIT_SELECTIONS, range=(0, 63),
+                                       help="bit positions: all, msb, high (upper half), low, or a list")
+    faults_per_inference: int = spec(1, range=(1, 1_000_000), help="faulty sites per inference (one bit each)")
+    ber: float | None = spec(None, range=(0.0, 1.0), help="bit error rate instead of a fault count")
+    samples: int | str = spec("auto", choices=("auto",), range=(1, 100_000_000),
+                              help="faulty inferences, or auto (from margin and confidence)")
+    margin: float = spec(0.02, range=(1e-5, 0.5), help="target half-width of the 95% interval (auto)")
+    confidence: float = spec(0.95, range=(0.5, 0.9999))
+    early_stop: bool = spec(False, help="stop once the SDC interval is narrower than the margin")
+    inputs: int = spec(256, range=(0, 10_000_000), help="test images the campaign draws from, 0 = all")
+    seed: int = spec(0, range=(0, 2**31 - 1), help="seed of the fault list")
+    shard_size: int = spec(2048, range=(1, 10_000_000), help="faulty inferences per resumable shard")
+    batch_size: int = spec(256, range=(1, 65536), help="faulty inferences evaluated together")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One fully specified design point."""
 
@@ -125,6 +162,8 @@ class RunConfig:
     quant: QuantConfig = spec(factory=QuantConfig)
     train: TrainConfig = spec(factory=TrainConfig)
     ptq: PtqConfig = spec(factory=PtqConfig)
+    hw: HwConfig = spec(factory=HwConfig)
+    faults: FaultConfig = spec(factory=FaultConfig)
 
 
 @dataclass(frozen=True)
@@ -321,13 +360,55 @@ def normalize(config: RunConfig, source: str) -> RunConfig:
 
     quant = config.quant
     layers = weight_layer_names(config.model.arch, config.model.mlp_hidden)
-    for name in quant.layers:
-        if name not in layers:
-            raise ConfigError(source, f"quant.layers.{name}", f"{config.model.arch} has no layer {name!r}"
-                              + did_you_mean(name, layers))
+    for key, names in (("quant.layers", list(quant.layers)), ("faults.layers", list(config.faults.layers))):
+        for name in names:
+            if name not in layers:
+                raise ConfigError(source, f"{key}.{name}" if key == "quant.layers" else key,
+                                  f"{config.model.arch} has no layer {name!r}" + did_you_mean(name, layers))
     if quant.bits is not None:
         quant = dataclasses.replace(quant, weight_bits=quant.bits, act_bits=quant.bits, bits=None)
-    return dataclasses.replace(config, quant=quant)
+    config = dataclasses.replace(config, quant=quant)
+    _check_faults(config, layers, source)
+    return config
+
+
+def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
+    """Reject fault specs the model cannot take: a rate outside (0, 1), a bit beyond the register."""
+    faults = config.faults
+    if faults.site.startswith("pe."):
+        raise ConfigError(source, "faults.site", f"{faults.site} (a PE register) needs the array's cycle-level "
+                                                 f"mapping, which this version does not model; use act, weight or out")
+    if faults.ber is not None and not 0.0 < faults.ber < 1.0:
+        raise ConfigError(source, "faults.ber", f"expected a bit error rate in (0, 1), got {faults.ber!r}")
+    if isinstance(faults.bits, str):
+        return
+    chosen = [name for name in layers if not faults.layers or name in faults.layers]
+    widths = [_register_width(config, layers, name) for name in chosen]
+    known = [w for w in widths if w is not None]
+    if not known:
+        return
+    width = min(known)
+    beyond = [b for b in faults.bits if b >= width]
+    if beyond:
+        raise ConfigError(source, "faults.bits", f"bit {beyond[0]} is beyond the {width}-bit {faults.site} "
+                                                 f"register (bits 0..{width - 1})")
+
+
+def _register_width(config: RunConfig, layers: list[str], name: str) -> int | None:
+    """Return the width of the register a fault site reads in layer `name` (None: the wide logits)."""
+    q = config.quant
+
+    def bits_of(layer: str, kind: str) -> int:
+        override = q.layers.get(layer)
+        value = getattr(override, kind) if override is not None else None
+        return int(value or getattr(q, kind))
+
+    if config.faults.site == "weight":
+        return bits_of(name, "weight_bits")
+    if config.faults.site == "act":
+        return bits_of(name, "act_bits")
+    position = layers.index(name)
+    return bits_of(layers[position + 1], "act_bits") if position + 1 < len(layers) else None
 
 
 def _unique(points: list[Point]) -> list[Point]:

@@ -111,11 +111,23 @@ class Converter:
         if dataclasses.is_dataclass(inner):
             return self.dataclass_from(typing.cast(type, inner), raw, key)
         origin = get_origin(inner)
+        if origin in (Union, types.UnionType):
+            return self._first_fitting(get_args(inner), sp, raw, key)
         if origin in (Mapping, dict):
             return self._mapping(get_args(inner)[1], raw, key)
         if origin is tuple:
             return self._tuple(get_args(inner)[0], sp, raw, key)
         return self._scalar(inner, sp, raw, key)
+
+    def _first_fitting(self, alternatives: tuple[Any, ...], sp: Spec, raw: Any, key: str) -> Any:
+        """Convert to the first alternative of a union that accepts the value (e.g. `auto` or a count)."""
+        for alternative in alternatives:
+            try:
+                return self.value(alternative, sp, raw, key)
+            except ConfigError:
+                continue
+        expected = " or ".join(_expected_any(a, sp) for a in alternatives)
+        raise self.fail(key, f"expected {expected}, got {_describe(raw)}")
 
     def _mapping(self, value_type: Any, raw: Any, key: str) -> dict[str, Any]:
         if not isinstance(raw, Mapping):
@@ -174,6 +186,12 @@ def _expected(tp: Any, sp: Spec) -> str:
     if tp is str:
         return f"one of {', '.join(sp.choices)}" if sp.choices else "a string"
     return "a mapping"
+
+
+def _expected_any(tp: Any, sp: Spec) -> str:
+    if get_origin(tp) is tuple:
+        return "a list of integers" + _range_text(sp.range, True)
+    return _expected(tp, sp)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -250,6 +268,8 @@ def _schema_of_inner(tp: Any, sp: Spec) -> dict[str, Any]:
             props[f.name] = prop
         return {"type": "object", "properties": props, "additionalProperties": False}
     origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return {"anyOf": [_schema_of_inner(a, sp) for a in get_args(tp)]}
     if origin in (Mapping, dict):
         return {"type": "object", "additionalProperties": _schema_of(get_args(tp)[1], Spec())}
     if origin is tuple:

@@ -138,3 +138,23 @@ def test_shipped_experiments_are_valid(name):
 
     exp = load_experiment(REPO / "configs" / f"{name}.yaml")
     assert exp.name == name and len(exp.points) >= 2
+
+
+@pytest.mark.parametrize("faults, expected", [
+    ({"site": "psum"}, "faults.site: expected one of act, weight, pe.act"),
+    ({"bits": [8]}, "faults.bits: bit 8 is beyond the 8-bit act register (bits 0..7)"),
+    ({"site": "weight", "bits": [5], "layers": ["conv1"]}, "beyond the 4-bit weight register"),
+    ({"ber": 0.0}, "faults.ber: expected a bit error rate in (0, 1), got 0.0"),
+    ({"ber": 1.5}, "faults.ber: expected a number in [0, 1], got 1.5"),
+    ({"layers": ["conv7"]}, "faults.layers: lenet5 has no layer 'conv7'"),
+    ({"samples": "lots"}, "faults.samples: expected an integer in 1..100000000 or one of auto, got 'lots'"),
+])
+def test_bad_fault_specs(write_experiment, faults, expected):
+    quant = {"weight_bits": 4} if faults.get("site") == "weight" else {}
+    assert expected in error_of(write_experiment({"faults": faults, "quant": quant}))
+
+
+def test_fault_bits_accept_selection_or_list(write_experiment):
+    cfg = load_experiment(write_experiment({"faults": {"bits": [6, 7], "samples": 100}})).points[0].config
+    assert cfg.faults.bits == (6, 7) and cfg.faults.samples == 100
+    assert load_experiment(write_experiment({"faults": {"bits": "msb"}}, "b.yaml")).points[0].config.faults.bits == "msb"

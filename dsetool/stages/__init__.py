@@ -40,7 +40,7 @@ class StageDef:
     name: str
     version: str
     reads: Callable[[RunConfig], dict[str, Any]]
-    upstream: tuple[str, ...]
+    needs: Callable[[RunConfig], tuple[str, ...]]  # upstream stages at a design point
     impl: str  # "module:function", imported lazily
 
     def load(self) -> Callable[[StageContext], Result]:
@@ -75,28 +75,35 @@ def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
     return {"quant": _quant_reads(cfg), "calib_size": cfg.data.calib_size, "ptq": to_plain(cfg.ptq)}
 
 
-STAGES: dict[str, StageDef] = {
-    s.name: s
-    for s in (
-        StageDef("pretrain", "1", _pretrain_reads, (), "dsetool.stages.pretrain:run"),
-        StageDef("train-qat", "1", _qat_reads, ("pretrain",), "dsetool.stages.quantize:run_qat"),
-        StageDef("ptq", "1", _ptq_reads, ("pretrain",), "dsetool.stages.quantize:run_ptq"),
-    )
-}
-NOT_BUILT = ("range-restrict", "inject", "synth", "report", "check")
-
-
-def stage_key(name: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
-    """Return (key, inputs) of stage `name` at design point `cfg`, recursing into upstream stages."""
-    stage = STAGES[name]
-    upstream = {up: stage_key(up, cfg)[0] for up in stage.upstream}
-    inputs = {"version": stage.version, "config": stage.reads(cfg), "upstream": upstream}
-    return make_key(name, inputs), inputs
+def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
+    hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits}
+    if cfg.faults.site.startswith("pe."):  # only PE registers depend on the array's shape and dataflow
+        hw.update(rows=cfg.hw.rows, cols=cfg.hw.cols, dataflow=cfg.hw.dataflow)
+    return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
 def quant_stage(cfg: RunConfig) -> str:
     """Name the stage that produces the quantized model of a design point."""
     return "train-qat" if cfg.quant.method == "qat" else "ptq"
+
+
+STAGES: dict[str, StageDef] = {
+    s.name: s
+    for s in (
+        StageDef("pretrain", "1", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
+        StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
+        StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
+        StageDef("inject", "1", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
+    )
+}
+
+
+def stage_key(name: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """Return (key, inputs) of stage `name` at design point `cfg`, recursing into upstream stages."""
+    stage = STAGES[name]
+    upstream = {up: stage_key(up, cfg)[0] for up in stage.needs(cfg)}
+    inputs = {"version": stage.version, "config": stage.reads(cfg), "upstream": upstream}
+    return make_key(name, inputs), inputs
 
 
 def ensure(store: Store, name: str, cfg: RunConfig, reporter: Reporter | None = None) -> tuple[Entry, bool]:
@@ -106,7 +113,7 @@ def ensure(store: Store, name: str, cfg: RunConfig, reporter: Reporter | None = 
     if found is not None:
         return found, True
     reporter = reporter or SilentReporter()
-    upstream = {up: ensure(store, up, cfg, reporter)[0] for up in STAGES[name].upstream}
+    upstream = {up: ensure(store, up, cfg, reporter)[0] for up in STAGES[name].needs(cfg)}
     impl = STAGES[name].load()
 
     def build(out: Path) -> Result:

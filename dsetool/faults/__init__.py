@@ -1,0 +1,1 @@
+"""Fault models, seeded site sampling, campaigns and their statistics."""

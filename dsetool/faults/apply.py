@@ -1,0 +1,167 @@
+"""Evaluate a batch of faulty inferences on the integer engine, reusing the golden run.
+
+Each row of a batch is one faulty inference with its own faults. Rows start from the golden tensor of
+the first op they fault (the prefix is never recomputed), all rows run the suffix together, and rows
+whose tensor equals the golden one after their last fault are masked and leave the batch early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from dsetool.faults.bits import from_pattern, to_pattern
+from dsetool.faults.sites import SiteGroup
+
+
+class Network(Protocol):
+    """What fault evaluation needs of the integer engine."""
+
+    def run_op(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
+        """Execute op `index` on its input codes."""
+        ...
+
+    def weight_matrix(self, index: int) -> torch.Tensor:
+        """Return the integer weights of weight op `index` as an (N, K) matrix (GEMM form)."""
+        ...
+
+    def gemm_input(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
+        """Return the (B, K, M) operand matrix op `index` multiplies its weights with (im2col for conv)."""
+        ...
+
+    @property
+    def n_ops(self) -> int:
+        """Return the number of ops."""
+        ...
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The faults of one batch: fault j hits row `row[j]`, group `group[j]`, element, bit."""
+
+    row: np.ndarray
+    group: np.ndarray
+    element: np.ndarray
+    bit: np.ndarray
+
+
+def combined_masks(rows: np.ndarray, elements: np.ndarray, bits: np.ndarray, model: str
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge the faults that hit the same (row, element) into one bit mask each.
+
+    Flips on one register compose by XOR (two flips of one bit cancel); stuck-at bits compose by OR.
+    """
+    keys = np.stack([rows, elements], axis=1)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    masks = np.zeros(len(unique), dtype=np.int64)
+    ufunc = np.bitwise_xor if model == "bitflip" else np.bitwise_or
+    ufunc.at(masks, inverse.reshape(-1), np.left_shift(np.int64(1), bits))
+    return unique[:, 0], unique[:, 1], masks
+
+
+def faulty_values(values: torch.Tensor, masks: torch.Tensor, model: str, width: int, signed: bool) -> torch.Tensor:
+    """Return the register contents after the fault model acts with the given bit masks."""
+    if model == "zero":
+        return torch.zeros_like(values)
+    pattern = to_pattern(values, width)
+    if model == "bitflip":
+        pattern = torch.bitwise_xor(pattern, masks)
+    elif model == "stuck1":
+        pattern = torch.bitwise_or(pattern, masks)
+    else:
+        pattern = torch.bitwise_and(pattern, torch.bitwise_not(masks))
+    return from_pattern(pattern, width, signed)
+
+
+def _fault_tensor(tensor: torch.Tensor, group: SiteGroup, rows: np.ndarray, elements: np.ndarray,
+                  bits: np.ndarray, model: str) -> torch.Tensor:
+    """Apply faults to elements of a (B, ...) code tensor in place of a copy, and return it."""
+    r, e, m = combined_masks(rows, elements, bits, model)
+    flat = tensor.reshape(tensor.shape[0], -1).clone()
+    ri, ei = torch.from_numpy(r), torch.from_numpy(e)
+    old = flat[ri, ei].to(torch.int64)
+    flat[ri, ei] = faulty_values(old, torch.from_numpy(m), model, group.width, group.signed).to(flat.dtype)
+    return flat.reshape(tensor.shape)
+
+
+def _weight_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch.Tensor, rows: np.ndarray,
+                  elements: np.ndarray, bits: np.ndarray, model: str) -> torch.Tensor:
+    """Add the effect of faulty weights to the accumulators: acc[b, n, m] += dW[n, k] * A[b, k, m]."""
+    r, e, m = combined_masks(rows, elements, bits, model)
+    weights = net.weight_matrix(group.op_index)
+    n_out, k_in = weights.shape
+    n_idx, k_idx = torch.from_numpy(e // k_in), torch.from_numpy(e % k_in)
+    old = weights[n_idx, k_idx].to(torch.int64)
+    delta = (faulty_values(old, torch.from_numpy(m), model, group.width, True) - old).to(acc.dtype)
+    operand = net.gemm_input(group.op_index, op_input)             # (B, K, M)
+    contribution = delta[:, None] * operand[torch.from_numpy(r), k_idx]   # (F, M)
+    flat = acc.reshape(acc.shape[0], n_out, -1).clone()
+    flat.view(-1, flat.shape[-1]).index_add_(0, torch.from_numpy(r) * n_out + n_idx, contribution)
+    return flat.reshape(acc.shape)
+
+
+def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, groups: Sequence[SiteGroup],
+             faults: Faults, model: str) -> torch.Tensor:
+    """Return the final-op output (logits) of every faulty row of the batch.
+
+    `golden[i]` holds op i's output for every campaign input; `inputs[b]` names row b's input.
+    """
+    group_ops = np.array([g.op_index for g in groups])
+    fault_ops = group_ops[faults.group] if len(faults.group) else np.zeros(0, dtype=np.int64)
+    last_op = net.n_ops - 1
+    logits = golden[last_op][torch.from_numpy(inputs)].clone()
+    if not len(fault_ops):
+        return logits
+    start, stop = int(fault_ops.min()), int(fault_ops.max())
+    live = np.unique(faults.row)                                   # rows with at least one fault
+    index = torch.from_numpy(inputs[live])
+    tensor = golden[start - 1][index].clone() if start > 0 else _missing_input(start)
+    position = {int(r): i for i, r in enumerate(live.tolist())}
+    local = np.array([position[int(r)] for r in faults.row.tolist()], dtype=np.int64)
+    for op in range(start, last_op + 1):
+        tensor = _step(net, op, tensor, groups, faults, local, fault_ops, model)
+        if op >= stop and op < last_op:
+            changed = (tensor != golden[op][index]).reshape(len(index), -1).any(dim=1)
+            if not bool(changed.all()):
+                keep = torch.nonzero(changed).reshape(-1)
+                tensor, index, live = tensor[keep], index[keep], live[keep.numpy()]
+            if len(live) == 0:
+                return logits
+    logits[torch.from_numpy(live)] = tensor
+    return logits
+
+
+def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGroup], faults: Faults,
+          local: np.ndarray, fault_ops: np.ndarray, model: str) -> torch.Tensor:
+    """Run op `op` on the live rows, with the faults that hit its input, its weights or its output."""
+    by_hook: dict[str, list[int]] = {}
+    for j in np.nonzero(fault_ops == op)[0].tolist():
+        by_hook.setdefault(groups[int(faults.group[j])].hook, []).append(j)
+
+    def where(js: list[int]) -> tuple[SiteGroup, np.ndarray, np.ndarray, np.ndarray]:
+        return groups[int(faults.group[js[0]])], local[js], faults.element[js], faults.bit[js]
+
+    for js in _per_group(by_hook.get("pre", []), faults):
+        tensor = _fault_tensor(tensor, *where(js), model)
+    op_input = tensor
+    tensor = net.run_op(op, tensor)
+    for js in _per_group(by_hook.get("weight", []), faults):
+        tensor = _weight_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)
+    for js in _per_group(by_hook.get("post", []), faults):
+        tensor = _fault_tensor(tensor, *where(js), model)
+    return tensor
+
+
+def _per_group(js: list[int], faults: Faults) -> list[list[int]]:
+    out: dict[int, list[int]] = {}
+    for j in js:
+        out.setdefault(int(faults.group[j]), []).append(j)
+    return list(out.values())
+
+
+def _missing_input(start: int) -> torch.Tensor:
+    raise ValueError(f"faults at op {start} need the float input; the first op is the input quantizer")

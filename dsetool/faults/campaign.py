@@ -1,0 +1,230 @@
+"""Fault campaigns: seeded shards of faulty inferences, streamed to Parquet, summarised with intervals.
+
+A campaign is cut into shards of `shard_size` faulty inferences. Each shard's faults come from its own
+seeded generator and its rows are written to one Parquet file (temp file, then rename), so a killed
+campaign resumes at the first missing shard and ends with exactly the rows of an uninterrupted run.
+Counts are accumulated shard by shard: a million faults never need a million rows in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from dsetool.faults.apply import Faults, Network, evaluate
+from dsetool.faults.sampler import FaultList, population, sample_ber_mode, sample_count_mode, shard_rng
+from dsetool.faults.sites import SiteGroup
+from dsetool.faults.stats import leveugle_samples, wilson
+
+OUTCOMES = ("masked", "tolerated", "sdc")
+MAX_LISTED_FAULTS = 16
+ROWS_FILE = "faults.parquet"
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """What to inject and how many times (resolved from the experiment's `faults` section)."""
+
+    model: str
+    bits: str | tuple[int, ...]
+    faults_per_inference: int
+    ber: float | None
+    samples: int | str
+    margin: float
+    confidence: float
+    early_stop: bool
+    seed: int
+    shard_size: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Golden:
+    """The fault-free run of the campaign inputs: every op's output, labels and top-1."""
+
+    outputs: list[torch.Tensor]
+    labels: torch.Tensor
+
+    @property
+    def top1(self) -> torch.Tensor:
+        """Return the golden prediction of every input."""
+        return self.outputs[-1].argmax(dim=1)
+
+
+@dataclass
+class Tally:
+    """Running counts of a campaign, grouped for the breakdowns."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*OUTCOMES, "critical", "correct", "n"), 0))
+    breakdown: pd.DataFrame | None = None
+
+    def add(self, rows: pd.DataFrame) -> None:
+        """Fold one shard's rows into the counts."""
+        for outcome in OUTCOMES:
+            self.counts[outcome] += int((rows["outcome"] == outcome).sum())
+        self.counts["critical"] += int(rows["critical"].sum())
+        self.counts["correct"] += int((rows["faulty_top1"] == rows["label"]).sum())
+        self.counts["n"] += len(rows)
+        single = rows[rows["n_faults"] == 1]
+        part = single.assign(sdc=single["outcome"] == "sdc", n=1).groupby(
+            ["layer", "bit"], as_index=False)[["n", "sdc", "critical"]].sum()
+        self.breakdown = part if self.breakdown is None else (
+            pd.concat([self.breakdown, part]).groupby(["layer", "bit"], as_index=False).sum())
+
+
+def planned_samples(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> int:
+    """Return the number of faulty inferences: explicit, or sized by Leveugle et al. from the margin."""
+    if isinstance(spec.samples, int):
+        return spec.samples
+    return leveugle_samples(population(groups, spec.bits) * n_inputs, spec.margin, spec.confidence)
+
+
+def draw_shard(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int, shard: int, size: int) -> FaultList:
+    """Return the faults of one shard (reproducible from the seed and the shard number alone)."""
+    rng = shard_rng(spec.seed, shard)
+    if spec.ber is not None:
+        return sample_ber_mode(groups, spec.bits, spec.ber, size, n_inputs, rng)
+    return sample_count_mode(groups, spec.bits, spec.faults_per_inference, size, n_inputs, rng)
+
+
+def run_shard(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, faults: FaultList,
+              first_trial: int) -> pd.DataFrame:
+    """Evaluate one shard batch by batch and return one row per faulty inference."""
+    logits = []
+    for begin in range(0, faults.size, spec.batch_size):
+        end = min(begin + spec.batch_size, faults.size)
+        pick = (faults.trial >= begin) & (faults.trial < end)
+        batch = Faults(faults.trial[pick] - begin, faults.group[pick], faults.element[pick], faults.bit[pick])
+        logits.append(evaluate(net, golden.outputs, faults.inputs[begin:end], groups, batch, spec.model))
+    return _rows(torch.cat(logits), golden, groups, faults, first_trial)
+
+
+def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], faults: FaultList,
+          first_trial: int) -> pd.DataFrame:
+    inputs = torch.from_numpy(faults.inputs)
+    golden_logits = golden.outputs[-1][inputs]
+    golden_top1, faulty_top1 = golden_logits.argmax(1), logits.argmax(1)
+    labels = golden.labels[inputs]
+    identical = (logits == golden_logits).all(dim=1)
+    outcome = np.where(identical.numpy(), "masked", np.where((golden_top1 != faulty_top1).numpy(), "sdc", "tolerated"))
+    n_faults = np.bincount(faults.trial, minlength=faults.size)
+    names = np.array([g.layer for g in groups], dtype=object)
+    layer = np.full(faults.size, "", dtype=object)
+    element = np.full(faults.size, -1, dtype=np.int64)
+    bit = np.full(faults.size, -1, dtype=np.int64)
+    single = np.nonzero(n_faults == 1)[0]
+    if len(single):  # faults are sorted by trial, so searchsorted finds each single fault
+        j = np.searchsorted(faults.trial, single)
+        layer[single], element[single], bit[single] = names[faults.group[j]], faults.element[j], faults.bit[j]
+    return pd.DataFrame({
+        "trial": np.arange(faults.size, dtype=np.int64) + first_trial,
+        "input": faults.inputs,
+        "label": labels.numpy(),
+        "golden_top1": golden_top1.numpy(),
+        "faulty_top1": faulty_top1.numpy(),
+        "outcome": outcome,
+        "critical": ((golden_top1 == labels) & (faulty_top1 != labels)).numpy(),
+        "n_faults": n_faults,
+        "layer": layer.astype(str),
+        "element": element,
+        "bit": bit,
+        "faults": _fault_lists(faults, names, n_faults),
+    })
+
+
+def _fault_lists(faults: FaultList, layers: np.ndarray, n_faults: np.ndarray) -> list[list[str]]:
+    """List every fault of an inference as `layer:element:bit` (omitted beyond MAX_LISTED_FAULTS)."""
+    out: list[list[str]] = [[] for _ in range(faults.size)]
+    for j in range(len(faults.trial)):
+        t = int(faults.trial[j])
+        if n_faults[t] <= MAX_LISTED_FAULTS:
+            out[t].append(f"{layers[faults.group[j]]}:{faults.element[j]}:{faults.bit[j]}")
+    return out
+
+
+def run_campaign(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, scratch: Path,
+                 progress: Callable[[Tally, int], None]) -> tuple[Tally, int, bool]:
+    """Run (or resume) every shard; return the tally, the planned size and whether it stopped early."""
+    n_inputs = len(golden.labels)
+    planned = planned_samples(spec, groups, n_inputs)
+    tally = Tally()
+    stopped_early = False
+    for shard in range(math.ceil(planned / spec.shard_size)):
+        first = shard * spec.shard_size
+        path = scratch / f"shard-{shard:06d}.parquet"
+        if path.is_file():
+            rows = pd.read_parquet(path)
+        else:
+            faults = draw_shard(spec, groups, n_inputs, shard, min(spec.shard_size, planned - first))
+            rows = run_shard(net, golden, groups, spec, faults, first)
+            _write_atomic(rows, path)
+        tally.add(rows)
+        progress(tally, planned)
+        if spec.early_stop and wilson(tally.counts["sdc"], tally.counts["n"], spec.confidence).half_width < spec.margin:
+            stopped_early = tally.counts["n"] < planned
+            break
+    return tally, planned, stopped_early
+
+
+def _write_atomic(rows: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    rows.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def merge_shards(scratch: Path, out: Path, shards: int) -> None:
+    """Concatenate shard files into one Parquet file without holding all rows in memory."""
+    writer: pq.ParquetWriter | None = None
+    try:
+        for shard in range(shards):
+            path = scratch / f"shard-{shard:06d}.parquet"
+            if not path.is_file():
+                break
+            table = pq.read_table(path)
+            if writer is None:
+                writer = pq.ParquetWriter(out / ROWS_FILE, table.schema)
+            writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        pq.write_table(pa.table({}), out / ROWS_FILE)
+
+
+def summarize(tally: Tally, golden: Golden, confidence: float) -> dict[str, Any]:
+    """Return the campaign metrics: outcome rates with Wilson intervals, accuracy under faults, breakdowns."""
+    n = tally.counts["n"]
+    golden_acc = float((golden.top1 == golden.labels).float().mean())
+    faulty_acc = tally.counts["correct"] / n if n else float("nan")
+    metrics: dict[str, Any] = {"faulty_inferences": n, "golden_accuracy": golden_acc,
+                               "accuracy_under_faults": faulty_acc, "accuracy_drop": golden_acc - faulty_acc}
+    for name in (*OUTCOMES, "critical"):
+        rate = wilson(tally.counts[name], n, confidence)
+        metrics[f"{name}_rate"] = rate.rate
+        metrics[f"{name}_ci"] = [rate.low, rate.high]
+    metrics["by_layer"] = _breakdown(tally, "layer", confidence)
+    metrics["by_bit"] = _breakdown(tally, "bit", confidence)
+    return metrics
+
+
+def _breakdown(tally: Tally, key: str, confidence: float) -> dict[str, dict[str, Any]]:
+    if tally.breakdown is None or tally.breakdown.empty:
+        return {}
+    grouped = tally.breakdown.groupby(key)[["n", "sdc", "critical"]].sum()
+    out = {}
+    for name, row in grouped.iterrows():
+        sdc = wilson(int(row["sdc"]), int(row["n"]), confidence)
+        crit = wilson(int(row["critical"]), int(row["n"]), confidence)
+        out[str(name)] = {"n": int(row["n"]), "sdc_rate": sdc.rate, "sdc_ci": [sdc.low, sdc.high],
+                          "critical_rate": crit.rate, "critical_ci": [crit.low, crit.high]}
+    return out
