@@ -119,10 +119,11 @@ def _compute(store: Store, stage: str, point: Point, debug: bool) -> tuple[Entry
     from dsetool.data import DatasetError
     from dsetool.progress import RichReporter
     from dsetool.stages import ensure
+    from dsetool.validate import ConfigError
 
     try:
         return ensure(store, stage, point.config, RichReporter())
-    except (DatasetError, KeyboardInterrupt):
+    except (DatasetError, ConfigError, KeyboardInterrupt):
         raise
     except Exception as exc:
         if debug:
@@ -175,6 +176,14 @@ def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     _run_points(lambda p: quant_stage(p.config), experiment, overrides, as_json, debug, runs_dir)
 
 
+@main.command("inject")
+@_options
+@_guarded
+def inject(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
+    """Run a seeded fault campaign on the bit-exact integer engine at every design point."""
+    _run_points(lambda p: "inject", experiment, overrides, as_json, debug, runs_dir)
+
+
 def _not_built(name: str, summary: str) -> None:
     @main.command(name, help=f"{summary} (not available in this version).")
     @_options
@@ -183,7 +192,6 @@ def _not_built(name: str, summary: str) -> None:
 
 
 _not_built("range-restrict", "Profile activation ranges and apply range protections")
-_not_built("inject", "Run a seeded fault-injection campaign on the integer array model")
 _not_built("synth", "Generate the systolic array and synthesize it with Yosys/nextpnr")
 _not_built("report", "Write tables, plots and the Pareto front of an experiment")
 _not_built("check", "Re-run an experiment and compare it against a baseline (CI gate)")

@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dsetool.config import Point
     from dsetool.store import Entry
 
-ACCURACY_COLUMNS = (("float_test_acc", "float %"), ("quant_val_acc", "val %"), ("quant_test_acc", "test %"))
+Column = tuple[str, Callable[[dict[str, Any]], str]]
+
+
+def _rate_ci(name: str) -> Callable[[dict[str, Any]], str]:
+    def show(m: dict[str, Any]) -> str:
+        low, high = m.get(f"{name}_ci", (None, None))
+        if not isinstance(m.get(f"{name}_rate"), float) or low is None:
+            return "-"
+        return f"{100 * m[f'{name}_rate']:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+    return show
+
+
+def _metric_pct(name: str) -> Callable[[dict[str, Any]], str]:
+    return lambda m: _pct(m.get(name))
+
+
+MODEL_COLUMNS: list[Column] = [
+    ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
+    ("float %", _metric_pct("float_test_acc")),
+    ("val %", _metric_pct("quant_val_acc")),
+    ("test %", _metric_pct("quant_test_acc")),
+]
+CAMPAIGN_COLUMNS: list[Column] = [
+    ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
+    ("site", lambda m: f"{m.get('site', '-')} {m.get('fault_model', '')}"),
+    ("n", lambda m: str(m.get("faulty_inferences", "-"))),
+    ("masked %", _metric_pct("masked_rate")),
+    ("SDC % [95% CI]", _rate_ci("sdc")),
+    ("critical % [95% CI]", _rate_ci("critical")),
+    ("acc %", _metric_pct("accuracy_under_faults")),
+]
 
 
 def _pct(value: Any) -> str:
@@ -17,31 +47,31 @@ def _pct(value: Any) -> str:
 
 
 def _console() -> Any:
+    """Return a stderr console; wide when not a terminal, so logs keep whole tables."""
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def results_table(experiment: str, rows: Sequence[tuple[Point, Entry, bool]]) -> None:
-    """Print one row per design point: its axis values, accuracies, and whether it was a cache hit."""
+    """Print one row per design point: its axis values, the stage's headline metrics, cache status."""
     from rich.table import Table
 
     axes = list(dict.fromkeys(key for point, _, _ in rows for key in point.axes))
+    columns = CAMPAIGN_COLUMNS if any(entry.stage == "inject" for _, entry, _ in rows) else MODEL_COLUMNS
     table = Table(title=f"{experiment}: {len(rows)} results")
     for key in axes:
         table.add_column(key.rsplit(".", 1)[-1])
     table.add_column("stage")
-    table.add_column("W/A")
-    for _, title in ACCURACY_COLUMNS:
-        table.add_column(title, justify="right")
+    for title, _ in columns:
+        table.add_column(title, justify="right" if "%" in title or title == "n" else "left")
     table.add_column("key")
     table.add_column("cached")
     for point, entry, cached in rows:
-        m = entry.metrics
         table.add_row(*(str(point.axes.get(key, "")) for key in axes), entry.stage,
-                      f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}",
-                      *(_pct(m.get(name)) for name, _ in ACCURACY_COLUMNS), entry.key[:8],
-                      "yes" if cached else "no")
+                      *(show(entry.metrics) for _, show in columns), entry.key[:8], "yes" if cached else "no")
     _console().print(table)
 
 

@@ -32,7 +32,7 @@ def test_every_stage_command_exists():
         assert name in result.output
 
 
-@pytest.mark.parametrize("name", ["range-restrict", "inject", "synth", "report", "check"])
+@pytest.mark.parametrize("name", ["range-restrict", "synth", "report", "check"])
 def test_unbuilt_stages_say_so(tmp_path, write_experiment, name):
     result = run([name, str(write_experiment({"name": "x"}))], tmp_path / "runs")
     assert result.exit_code == 1
@@ -54,11 +54,15 @@ BAD_INPUTS = {
                    "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n", []),
     "path in name": ({"name": "../../etc"}, []),
     "dataset not on disk": ({"data": {"name": "mnist", "root": "nowhere"}}, []),
+    "unknown fault site": ({"faults": {"site": "psum"}}, []),
+    "bit beyond register": ({"faults": {"bits": [12]}}, []),
+    "ber outside (0, 1)": ({"faults": {"ber": 0}}, []),
+    "fault layer missing": ({"faults": {"layers": ["fc9"]}}, []),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-@pytest.mark.parametrize("command", ["train-qat", "sweep"])
+@pytest.mark.parametrize("command", ["train-qat", "sweep", "inject"])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, write_experiment, case, command):
     content, extra = BAD_INPUTS[case]
     path = tmp_path / "missing.yaml" if content is None else write_experiment(content)
@@ -80,6 +84,21 @@ def test_schema_prints_json():
 def test_runs_show_unknown_key(tmp_path):
     result = run(["runs", "show", "abcdef"], tmp_path / "runs")
     assert result.exit_code == 2 and "no entry" in result.output
+
+
+@pytest.mark.slow
+def test_inject_json_summary(tmp_path, write_experiment):
+    path = write_experiment({**TINY_EXPERIMENT, "faults": {"site": "weight", "samples": 300, "inputs": 64,
+                                                           "shard_size": 100}})
+    result = run(["inject", str(path), "--json"], tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.splitlines()[0])
+    metrics = row["metrics"]
+    assert row["stage"] == "inject" and metrics["faulty_inferences"] == 300
+    assert metrics["golden_agreement"] == 1.0 and metrics["max_lsb_deviation"] == 0.0
+    low, high = metrics["sdc_ci"]
+    assert low <= metrics["sdc_rate"] <= high
+    assert (tmp_path / "runs" / "inject").is_dir()
 
 
 @pytest.mark.slow

@@ -157,4 +157,5 @@ def test_bad_fault_specs(write_experiment, faults, expected):
 def test_fault_bits_accept_selection_or_list(write_experiment):
     cfg = load_experiment(write_experiment({"faults": {"bits": [6, 7], "samples": 100}})).points[0].config
     assert cfg.faults.bits == (6, 7) and cfg.faults.samples == 100
-    assert load_experiment(write_experiment({"faults": {"bits": "msb"}}, "b.yaml")).points[0].config.faults.bits == "msb"
+    msb = load_experiment(write_experiment({"faults": {"bits": "msb"}}, "b.yaml")).points[0].config
+    assert msb.faults.bits == "msb"

@@ -54,11 +54,16 @@ class Golden:
 
     outputs: list[torch.Tensor]
     labels: torch.Tensor
+    logit_scale: torch.Tensor  # per class: with per-channel weight scales, raw accumulators don't compare
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return the top-1 class of logit accumulators."""
+        return (logits * self.logit_scale).argmax(dim=1)
 
     @property
     def top1(self) -> torch.Tensor:
         """Return the golden prediction of every input."""
-        return self.outputs[-1].argmax(dim=1)
+        return self.predict(self.outputs[-1])
 
 
 @dataclass
@@ -113,7 +118,7 @@ def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], fau
           first_trial: int) -> pd.DataFrame:
     inputs = torch.from_numpy(faults.inputs)
     golden_logits = golden.outputs[-1][inputs]
-    golden_top1, faulty_top1 = golden_logits.argmax(1), logits.argmax(1)
+    golden_top1, faulty_top1 = golden.predict(golden_logits), golden.predict(logits)
     labels = golden.labels[inputs]
     identical = (logits == golden_logits).all(dim=1)
     outcome = np.where(identical.numpy(), "masked", np.where((golden_top1 != faulty_top1).numpy(), "sdc", "tolerated"))

@@ -1,0 +1,255 @@
+"""Run an `IntModel` on integer codes, op by op, as the systolic array and its output stage compute it.
+
+`Engine.run` executes ops[start:stop] on the input of op `start`: the float images for op 0 (the input
+quantizer), else codes or accumulators. Each op's output is:
+
+- quant_input / quant_relu: activation codes (float64 tensors of exact integers);
+- conv2d / linear: the layer's int accumulators, (B, C, H, W) or (B, N), at scale `acc_scale(i)`;
+- maxpool2d / flatten: the same values, pooled or reshaped.
+
+What the fault layer builds on: `run(x, keep=True)` returns every op's output (the golden cache, list
+index i = op i); `run(y, start=i)` recomputes only ops i.. from a replacement y for op i's input (prefix
+reuse); `layers[i]` is weight op i as a GEMM (`weight` K x N, `im2col`, `gemm`, `fold`, register `widths`);
+`requantize(i, acc, channels)` is weight op i's output stage on any subset of its accumulators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import partial
+from typing import Literal, overload
+
+import numpy as np
+import torch
+
+from dsetool.engine import ops
+from dsetool.engine.intmodel import Conv2d, Flatten, IntModel, MaxPool2d, Op, QuantAct, WeightOp, producer
+
+DEFAULT_MULTIPLIER_BITS = 16
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RegisterWidths:
+    """The register widths of one weight layer on the array (two's complement when signed).
+
+    `acc_bits` is the fewest signed bits holding any accumulator the layer can reach with *any* bit
+    pattern in its activation and weight registers (so also under operand faults), plus its actual bias:
+    `acc_range` is that interval.
+    """
+
+    act_bits: int
+    act_signed: bool
+    weight_bits: int
+    weight_signed: bool
+    acc_bits: int
+    acc_range: tuple[int, int]
+
+
+class GemmLayer:
+    """One conv2d / linear layer as a GEMM: (B, M, K) input matrices times the K x N weight matrix.
+
+    For a conv, M = out_h * out_w positions and K = C * kh * kw (im2col); for a linear layer M = 1 and
+    K = in_features. N = output channels / features. Accumulators are exact (see `ops.gemm_bound`).
+    """
+
+    def __init__(self, op_index: int, op: WeightOp, act: QuantAct, device: torch.device) -> None:
+        self.op_index, self.op, self.name = op_index, op, op.name
+        weight = torch.from_numpy(op.weight.astype(np.float64))
+        self.weight = weight.reshape(op.out_features, -1).T.contiguous().to(device)  # (K, N)
+        self.bias = torch.from_numpy(op.bias.astype(np.float64)).to(device)
+        self.widths = _widths(op, act)
+        ops.check_exact(self.widths.acc_range, f"Layer {op.name!r}")
+
+    def im2col(self, codes: torch.Tensor) -> torch.Tensor:
+        """Return the (B, M, K) input matrices of codes shaped like this layer's input."""
+        if isinstance(self.op, Conv2d):
+            return ops.im2col(codes, self.op.kernel, self.op.stride, self.op.padding)
+        return codes.reshape(len(codes), 1, -1)
+
+    def gemm(self, columns: torch.Tensor) -> torch.Tensor:
+        """Return the (B, M, N) accumulators of (B, M, K) input matrices, bias included."""
+        return ops.gemm(columns, self.weight, self.bias)
+
+    def fold(self, acc: torch.Tensor) -> torch.Tensor:
+        """Return (B, M, N) accumulators in the layer's output layout, (B, C, H, W) or (B, N)."""
+        return acc.transpose(1, 2).reshape(len(acc), *self.op.out_shape)
+
+    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.fold(self.gemm(self.im2col(codes)))
+
+
+def _widths(op: WeightOp, act: QuantAct) -> RegisterWidths:
+    act_register = ops.int_range(act.bits, act.signed)
+    weight_register = ops.int_range(op.weight_bits, op.weight_signed)
+    bias = (int(op.bias.min()), int(op.bias.max()))
+    bound = ops.gemm_bound(op.reduction, act_register, weight_register, bias)
+    return RegisterWidths(act_bits=act.bits, act_signed=act.signed, weight_bits=op.weight_bits,
+                          weight_signed=op.weight_signed, acc_bits=ops.signed_width(*bound), acc_range=bound)
+
+
+class Requantizer:
+    """A weight layer's output stage: codes = clamp(round_half_even(relu(acc) * M_c * 2**-s_c), qmin, qmax).
+
+    `multiplier` and `shift` hold (M_c, s_c) per output channel c (the constants the RTL is built with);
+    `factor` is M_c * 2**-s_c as float64, exact. `ratios` are the exact acc_scale / out_scale they realise.
+    """
+
+    def __init__(self, constants: Sequence[tuple[int, int]], ratios: Sequence[Fraction], out: QuantAct,
+                 device: torch.device) -> None:
+        self.multiplier = tuple(m for m, _ in constants)
+        self.shift = tuple(s for _, s in constants)
+        self.ratios = tuple(ratios)
+        self.qmin, self.qmax = out.qrange
+        factors = [float(Fraction(m) / Fraction(2) ** s) for m, s in constants]  # exact: m has <= 53 bits
+        self.factor = torch.tensor(factors, dtype=torch.float64, device=device)
+
+    def __call__(self, acc: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
+        """Requantize `acc`: either in the layer's layout (B, C, ...) or, with `channels` (an integer
+        tensor shaped like `acc` naming each value's output channel), any subset of accumulators."""
+        if channels is not None:
+            return ops.requantize(acc, self.factor[channels], self.qmin, self.qmax)
+        return ops.requantize(acc, self.laid_out(acc.shape[1:]), self.qmin, self.qmax)
+
+    def laid_out(self, shape: Sequence[int]) -> torch.Tensor:
+        """Return the factors broadcastable to values of per-image `shape`: (C, H, W), (C,) or flattened."""
+        channels = len(self.factor)
+        if len(shape) == 3:
+            return self.factor.reshape(channels, 1, 1)
+        (features,) = shape
+        return self.factor.repeat_interleave(features // channels)  # chw order: channel-major
+
+
+def po2_constants(ratios: Sequence[Fraction], multiplier_bits: int) -> list[tuple[int, int]]:
+    """Return (1, n) for each ratio 2**-n: the `po2` output stage is a pure shift (left when n < 0)."""
+    constants = []
+    for ratio in ratios:
+        if ratio.numerator & (ratio.numerator - 1) or ratio.denominator & (ratio.denominator - 1):
+            raise ValueError(f"po2 scaling needs power-of-two scale ratios, not {ratio}")
+        constants.append((1, ratio.denominator.bit_length() - ratio.numerator.bit_length()))
+    return constants
+
+
+def fixed_point_constants(ratios: Sequence[Fraction], multiplier_bits: int) -> list[tuple[int, int]]:
+    """Return the `multiplier_bits`-bit fixed-point multiplier (M, s) of each ratio (`float` scaling)."""
+    return [ops.fixed_point_multiplier(ratio, multiplier_bits) for ratio in ratios]
+
+
+OUTPUT_STAGES: dict[str, Callable[[Sequence[Fraction], int], list[tuple[int, int]]]] = {
+    "po2": po2_constants, "float": fixed_point_constants}
+
+
+class Engine:
+    """Execute an `IntModel` bit-exactly on `device` (results do not depend on it).
+
+    `multiplier_bits` sets the width of the fixed-point requantization multiplier under `float` scaling
+    (`po2` needs none). Raises ValueError when a layer's accumulators, or their product with the
+    multiplier, could leave float64's exact integer range.
+    """
+
+    def __init__(self, model: IntModel, *, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
+                 device: str | torch.device = "cpu") -> None:
+        if not isinstance(multiplier_bits, int) or isinstance(multiplier_bits, bool) or \
+                not 1 <= multiplier_bits <= 32:
+            raise ValueError(f"Multiplier bits must be an integer in 1..32, not {multiplier_bits!r}")
+        self.model, self.multiplier_bits, self.device = model, multiplier_bits, torch.device(device)
+        self.layers: dict[int, GemmLayer] = {}
+        self.requantizers: dict[int, Requantizer] = {}
+        self._steps = [self._step(index, op) for index, op in enumerate(model.ops)]
+        self.weight_layers: tuple[int, ...] = tuple(self.layers)
+
+    def _step(self, index: int, op: Op) -> Step:
+        if isinstance(op, QuantAct):
+            return self._quant_step(index, op)
+        if isinstance(op, WeightOp):
+            act = self.model.ops[_producer(self.model.ops, index)]
+            assert isinstance(act, QuantAct)  # the loader checked the wiring
+            self.layers[index] = GemmLayer(index, op, act, self.device)
+            return self.layers[index]
+        if isinstance(op, MaxPool2d):
+            return partial(ops.max_pool2d, kernel=op.kernel, stride=op.stride, padding=op.padding)
+        assert isinstance(op, Flatten)
+        return partial(torch.flatten, start_dim=1)
+
+    def _quant_step(self, index: int, op: QuantAct) -> Step:
+        if not op.relu:
+            return partial(ops.quantize, scale=op.scale, qmin=op.qrange[0], qmax=op.qrange[1])
+        source = _producer(self.model.ops, index)
+        requantizer = self._requantizer(self.layers[source], op)
+        self.requantizers[source] = requantizer
+        factor = requantizer.laid_out(self.model.ops[index - 1].out_shape)
+        return partial(ops.requantize, factor=factor, qmin=requantizer.qmin, qmax=requantizer.qmax)
+
+    def _requantizer(self, layer: GemmLayer, out: QuantAct) -> Requantizer:
+        ratios = [Fraction(float(scale)) / Fraction(out.scale) for scale in layer.op.acc_scale()]
+        constants = OUTPUT_STAGES[self.model.scaling](ratios, self.multiplier_bits)
+        factor_bits = max(m for m, _ in constants).bit_length()
+        ops.check_exact(layer.widths.acc_range, f"Output stage of {layer.name!r}", factor_bits)
+        return Requantizer(constants, ratios, out, self.device)
+
+    def input_shape(self, index: int) -> tuple[int, ...]:
+        """Return the per-image shape of op `index`'s input (`len(ops)` gives the logits' shape)."""
+        return self.model.input_shape if index == 0 else self.model.ops[index - 1].out_shape
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the input quantizer's codes of float images x (B, C, H, W), as Brevitas computes them."""
+        return self.run(x, stop=1)
+
+    @overload
+    def run(self, x: torch.Tensor, *, start: int = ..., stop: int | None = ...,
+            keep: Literal[False] = ...) -> torch.Tensor: ...
+
+    @overload
+    def run(self, x: torch.Tensor, *, start: int = ..., stop: int | None = ...,
+            keep: Literal[True]) -> list[torch.Tensor]: ...
+
+    def run(self, x: torch.Tensor, *, start: int = 0, stop: int | None = None,
+            keep: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Run ops[start:stop] on x, the batched input of op `start`; return the last output, or with
+        `keep` the list of every op's output (item j is op start + j). x is not modified."""
+        stop = len(self._steps) if stop is None else stop
+        if not 0 <= start <= stop <= len(self._steps):
+            raise ValueError(f"Op range [{start}, {stop}) is not within the model's {len(self._steps)} ops")
+        if tuple(x.shape[1:]) != self.input_shape(start):
+            raise ValueError(f"Op {start} reads per-image shape {list(self.input_shape(start))}, "
+                             f"not {list(x.shape[1:])}")
+        x = x.to(self.device, torch.float32 if start == 0 else torch.float64)
+        outputs = []
+        for step in self._steps[start:stop]:
+            x = step(x)
+            outputs.append(x)
+        return outputs if keep else x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the last layer's integer accumulators (B, num_classes) for float images x."""
+        return self.run(x)
+
+    def acc_scale(self, index: int) -> torch.Tensor:
+        """Return the float scale of weight op `index`'s accumulators, per output channel (N,)."""
+        return torch.from_numpy(self.layers[index].op.acc_scale().copy()).to(self.device)
+
+    def dequantized_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the float logits, accumulators times their scale (comparable with Brevitas's output)."""
+        return self.logits(x) * self.acc_scale(self.weight_layers[-1])
+
+    def top1(self, acc: torch.Tensor) -> torch.Tensor:
+        """Return the predicted class of logit accumulators (B, num_classes).
+
+        Not `acc.argmax(1)`: with per-channel weight scales each class has its own accumulator scale.
+        """
+        return (acc.to(self.device) * self.acc_scale(self.weight_layers[-1])).argmax(1)
+
+    def requantize(self, index: int, acc: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply weight op `index`'s output stage to `acc` (see `Requantizer.__call__`)."""
+        if index not in self.requantizers:
+            raise ValueError(f"Op {index} is not a weight layer with an output stage (those are "
+                             f"{sorted(self.requantizers)}; the logits layer has none)")
+        return self.requantizers[index](acc.to(self.device, torch.float64), channels)
+
+
+def _producer(model_ops: tuple[Op, ...], index: int) -> int:
+    source = producer(model_ops, index)
+    assert source is not None  # the loader checked the wiring
+    return source

@@ -1,0 +1,410 @@
+"""Load an integer export (`intmodel.json` + `intmodel.npz`) into frozen, validated dataclasses.
+
+The format is written by `dsetool.models.export.export_integer`, whose docstring is its specification. This
+module does not import it (that would import Brevitas); it checks everything the engine relies on instead,
+so a malformed export fails here with a message naming the file, the op and the key, never halfway through a
+fault campaign: op kinds and their order, shapes (re-derived op by op), integer dtypes and ranges of weights
+and biases, positive scales, power-of-two exponents under `po2` scaling, and the wiring of scales (each
+weight op's `input_scale` is the scale of the quantizer feeding it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsetool.engine.ops import conv_output_size, int_range
+
+FORMAT = "dsetool-intmodel"  # mirrors dsetool.models.export (not imported: it pulls in Brevitas)
+VERSION = 1
+SCALINGS = ("po2", "float")
+GRANULARITIES = ("per_tensor", "per_channel")
+
+
+@dataclass(frozen=True)
+class QuantAct:
+    """`quant_input` (relu=False) or `quant_relu`: codes = clamp(round(relu?(x) / scale), qmin, qmax)."""
+
+    name: str
+    out_shape: tuple[int, ...]
+    relu: bool
+    scale: float
+    bits: int
+    signed: bool
+    narrow_range: bool
+    scale_exp: int | None  # scale == 2**scale_exp under po2 scaling, else None
+
+    @property
+    def kind(self) -> str:
+        return "quant_relu" if self.relu else "quant_input"
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return int_range(self.bits, self.signed, self.narrow_range)
+
+
+@dataclass(frozen=True, eq=False)
+class WeightOp:
+    """A conv2d or linear layer: acc = sum(x * weight) + bias; its float value is acc * acc_scale.
+
+    `weight` is the int array in torch layout (read-only), `weight_scale` float64 of shape () per tensor or
+    (out,) per channel, `bias` int64 (out,) already at the accumulator scale input_scale * weight_scale.
+    """
+
+    name: str
+    out_shape: tuple[int, ...]
+    weight: np.ndarray
+    weight_scale: np.ndarray
+    bias: np.ndarray
+    weight_bits: int
+    weight_signed: bool
+    weight_narrow_range: bool
+    input_scale: float
+    bias_bits: int
+    bias_signed: bool
+    weight_scale_exp: tuple[int, ...] | None  # per output channel under po2 scaling, else None
+    input_scale_exp: int | None
+
+    @property
+    def kind(self) -> str:
+        return "conv2d" if isinstance(self, Conv2d) else "linear"
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def reduction(self) -> int:
+        """K, the length of each dot product."""
+        return int(np.prod(self.weight.shape[1:]))
+
+    @property
+    def weight_range(self) -> tuple[int, int]:
+        return int_range(self.weight_bits, self.weight_signed, self.weight_narrow_range)
+
+    def acc_scale(self) -> np.ndarray:
+        """Return the float scale of each output channel's accumulator, shape (out,)."""
+        return self.input_scale * np.broadcast_to(self.weight_scale, (self.out_features,))
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(WeightOp):
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+@dataclass(frozen=True, eq=False)
+class Linear(WeightOp):
+    pass
+
+
+@dataclass(frozen=True)
+class MaxPool2d:
+    name: str
+    out_shape: tuple[int, ...]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    kind = "maxpool2d"
+
+
+@dataclass(frozen=True)
+class Flatten:
+    name: str
+    out_shape: tuple[int, ...]
+    kind = "flatten"
+
+
+Op = QuantAct | Conv2d | Linear | MaxPool2d | Flatten
+
+
+@dataclass(frozen=True, eq=False)
+class IntModel:
+    """A validated integer export: header fields and the ops in execution order (ops[0] is quant_input)."""
+
+    arch: str
+    scaling: str
+    weight_granularity: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    logits: str
+    ops: tuple[Op, ...]
+
+
+def load_intmodel(directory: Path | str) -> IntModel:
+    """Read `directory/intmodel.json` and `directory/intmodel.npz`; raise ValueError if malformed."""
+    directory = Path(directory)
+    path = directory / "intmodel.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"Cannot read {path}: {error}") from error
+    try:
+        with np.load(directory / "intmodel.npz", allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read {directory / 'intmodel.npz'}: {error}") from error
+    return parse_intmodel(config, arrays, source=str(path))
+
+
+def parse_intmodel(config: Any, arrays: Mapping[str, np.ndarray], source: str = "intmodel.json") -> IntModel:
+    """Validate an export given as (json dict, npz arrays), as `export.integer_model` returns them."""
+    header = _Fields(config, source)
+    if header.get("format", str) != FORMAT or header.get("version", int) != VERSION:
+        raise ValueError(f"{source}: not a {FORMAT} version {VERSION} file (format {config.get('format')!r}, "
+                         f"version {config.get('version')!r})")
+    raw_ops = header.get("ops", list)
+    if not raw_ops:
+        raise ValueError(f"{source}: key 'ops' must list at least one op")
+    scaling = header.choice("scaling", SCALINGS)
+    ops = tuple(_parse_op(_Fields(raw, f"{source}: op {index}"), arrays, scaling)
+                for index, raw in enumerate(raw_ops))
+    model = IntModel(arch=header.get("arch", str), scaling=scaling,
+                     weight_granularity=header.choice("weight_granularity", GRANULARITIES),
+                     input_shape=header.shape("input_shape"), num_classes=header.get("num_classes", int),
+                     logits=header.get("logits", str), ops=ops)
+    _check_structure(model, source)
+    _check_shapes(model, source)
+    return model
+
+
+_KIND_NAMES = {int: "an integer", str: "a string", bool: "a boolean", list: "a list", dict: "an object"}
+
+
+class _Fields:
+    """Typed access to one JSON object, with errors that say where the bad value is."""
+
+    def __init__(self, raw: Any, where: str) -> None:
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected a JSON object, not {type(raw).__name__}")
+        self.raw, self.where = raw, where
+        name = raw.get("name")
+        if isinstance(name, str):
+            self.where = f"{where} ({name!r})"
+
+    def error(self, key: str, expected: str) -> ValueError:
+        shown = repr(self.raw[key]) if key in self.raw else "nothing"
+        return ValueError(f"{self.where}: key {key!r} must be {expected}, not {shown}")
+
+    def get(self, key: str, kind: type) -> Any:
+        value = self.raw.get(key)
+        # bool is an int in Python; a JSON true must not pass as a bit width.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.error(key, _KIND_NAMES.get(kind, kind.__name__))
+        return value
+
+    def number(self, key: str) -> float:
+        value = self.raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value <= 0:
+            raise self.error(key, "a positive finite number")
+        return float(value)
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.raw.get(key)
+        if value not in choices:
+            raise self.error(key, f"one of {', '.join(map(repr, choices))}")
+        return str(value)
+
+    def ints(self, key: str, length: int | None = None, low: int = 0) -> tuple[int, ...]:
+        value = self.raw.get(key)
+        if not isinstance(value, list) or (length is not None and len(value) != length) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value):
+            size = f"{length} " if length is not None else ""
+            raise self.error(key, f"a list of {size}integers >= {low}")
+        return tuple(value)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        shape = self.ints(key, low=1)
+        if not shape:
+            raise self.error(key, "a non-empty shape")
+        return shape
+
+    def bits(self, key: str) -> int:
+        bits = self.get(key, int)
+        if not 1 <= bits <= 32:
+            raise self.error(key, "a bit width in 1..32")
+        return int(bits)
+
+    def array(self, key: str, arrays: Mapping[str, np.ndarray], kind: str) -> np.ndarray:
+        name = self.get(key, str)
+        if name not in arrays:
+            raise ValueError(f"{self.where}: intmodel.npz has no array {name!r} (named by key {key!r})")
+        array = np.array(arrays[name])  # a private copy, then frozen
+        if array.dtype.kind not in kind:
+            raise ValueError(f"{self.where}: array {name!r} must have dtype kind {kind!r}, not {array.dtype}")
+        array.setflags(write=False)
+        return array
+
+
+def _parse_op(fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -> Op:
+    kind = fields.choice("op", ("quant_input", "quant_relu", "conv2d", "linear", "maxpool2d", "flatten"))
+    common = {"name": fields.get("name", str), "out_shape": fields.shape("out_shape")}
+    if kind in ("quant_input", "quant_relu"):
+        return _parse_quant(fields, common, kind == "quant_relu", scaling)
+    if kind == "maxpool2d":
+        return MaxPool2d(**common, kernel=_pair(fields, "kernel", 1), stride=_pair(fields, "stride", 1),
+                         padding=_pair(fields, "padding", 0))
+    if kind == "flatten":
+        if fields.get("start_dim", int) != 1 or fields.get("order", str) != "chw":
+            raise ValueError(f"{fields.where}: only flatten from dim 1 in 'chw' order is supported")
+        return Flatten(**common)
+    weights = _parse_weights(fields, arrays, scaling)
+    if kind == "linear":
+        return Linear(**common, **weights)
+    return Conv2d(**common, **weights, kernel=_pair(fields, "kernel", 1), stride=_pair(fields, "stride", 1),
+                  padding=_pair(fields, "padding", 0))
+
+
+def _pair(fields: _Fields, key: str, low: int) -> tuple[int, int]:
+    first, second = fields.ints(key, 2, low)
+    return first, second
+
+
+def _parse_quant(fields: _Fields, common: dict[str, Any], relu: bool, scaling: str) -> QuantAct:
+    if fields.raw.get("zero_point") != 0 or fields.raw.get("rounding") != "half_even":
+        raise ValueError(f"{fields.where}: only zero_point 0 and rounding 'half_even' are supported, not "
+                         f"{fields.raw.get('zero_point')!r} and {fields.raw.get('rounding')!r}")
+    scale = fields.number("scale")
+    return QuantAct(**common, relu=relu, scale=scale, bits=fields.bits("bits"), signed=fields.get("signed", bool),
+                    narrow_range=fields.get("narrow_range", bool),
+                    scale_exp=_exponent(fields, "scale_exp", [scale], scaling)[0] if scaling == "po2" else None)
+
+
+def _parse_weights(fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -> dict[str, Any]:
+    if fields.raw.get("weight_rounding") != "half_even":
+        raise fields.error("weight_rounding", "'half_even'")
+    weight = fields.array("weight", arrays, "iu")
+    scale = fields.array("weight_scale", arrays, "f")
+    bias = fields.array("bias", arrays, "i")
+    out = int(weight.shape[0]) if weight.ndim else 0
+    if scale.shape not in ((), (out,)) or not np.all(np.isfinite(scale) & (scale > 0)):
+        raise ValueError(f"{fields.where}: weight_scale must be positive, of shape () or ({out},), "
+                         f"not {scale.shape}")
+    if bias.shape != (out,):
+        raise ValueError(f"{fields.where}: bias must have shape ({out},), not {bias.shape}")
+    result = {"weight": weight, "weight_scale": scale, "bias": bias, "weight_bits": fields.bits("weight_bits"),
+              "weight_signed": fields.get("weight_signed", bool),
+              "weight_narrow_range": fields.get("weight_narrow_range", bool),
+              "input_scale": fields.number("input_scale"), "bias_bits": fields.bits("bias_bits"),
+              "bias_signed": fields.get("bias_signed", bool), "weight_scale_exp": None, "input_scale_exp": None}
+    _check_range(fields, "weight", weight, int_range(result["weight_bits"], result["weight_signed"],
+                                                     result["weight_narrow_range"]))
+    _check_range(fields, "bias", bias, int_range(result["bias_bits"], result["bias_signed"]))
+    if scaling == "po2":
+        result["weight_scale_exp"] = _exponent(fields, "weight_scale_exp", scale.reshape(-1).tolist(), scaling)
+        result["input_scale_exp"] = _exponent(fields, "input_scale_exp", [result["input_scale"]], scaling)[0]
+    return result
+
+
+def _check_range(fields: _Fields, what: str, values: np.ndarray, bounds: tuple[int, int]) -> None:
+    if values.size and not (bounds[0] <= int(values.min()) and int(values.max()) <= bounds[1]):
+        raise ValueError(f"{fields.where}: {what} values span [{int(values.min())}, {int(values.max())}], "
+                         f"outside the {bounds} range of its bit width")
+
+
+def _exponent(fields: _Fields, key: str, scales: list[float], scaling: str) -> tuple[int, ...]:
+    """Read the po2 exponent(s) of `scales` under `key` (an int, or a list per channel) and check them."""
+    raw = fields.raw.get(key)
+    exps = raw if isinstance(raw, list) else [raw]
+    if len(exps) != len(scales) or not all(isinstance(e, int) and not isinstance(e, bool) for e in exps):
+        raise fields.error(key, f"{'a list of ' if len(scales) > 1 else ''}{len(scales)} integer exponent(s) "
+                                "under po2 scaling")
+    if any(scale != 2.0**exp for scale, exp in zip(scales, exps, strict=True)):
+        raise ValueError(f"{fields.where}: scales {scales} are not 2**{key} = 2**{exps}")
+    return tuple(exps)
+
+
+_WEIGHT_KINDS = ("conv2d", "linear")
+_PASSTHROUGH = ("maxpool2d", "flatten")  # ops between a producer and its consumer
+
+
+def producer(ops: tuple[Op, ...], index: int) -> int | None:
+    """Return the index of the op whose values op `index` reads, skipping maxpool2d / flatten; None if none."""
+    index -= 1
+    while index >= 0 and ops[index].kind in _PASSTHROUGH:
+        index -= 1
+    return index if index >= 0 else None
+
+
+def _check_structure(model: IntModel, source: str) -> None:
+    ops = model.ops
+    kinds = [op.kind for op in ops]
+    if kinds[0] != "quant_input" or "quant_input" in kinds[1:]:
+        raise ValueError(f"{source}: the first op, and only it, must be quant_input; got {kinds}")
+    last = ops[-1]
+    if not isinstance(last, Linear) or last.name != model.logits or last.out_features != model.num_classes:
+        raise ValueError(f"{source}: the last op must be the linear layer {model.logits!r} with num_classes "
+                         f"({model.num_classes}) outputs, not {last.kind} {last.name!r}")
+    for index, op in enumerate(ops):
+        source_op = producer(ops, index)
+        feeds = ops[source_op] if source_op is not None else None
+        where = f"{source}: op {index} ({op.name!r})"
+        if isinstance(op, WeightOp):
+            if not isinstance(feeds, QuantAct):
+                raise ValueError(f"{where}: a {op.kind} must read a quantizer's codes (through maxpool2d / "
+                                 f"flatten only), not {feeds.kind if feeds else 'nothing'}")
+            if op.input_scale != feeds.scale:
+                raise ValueError(f"{where}: input_scale {op.input_scale!r} is not the scale {feeds.scale!r} "
+                                 f"of {feeds.name!r}, which feeds it")
+            _check_granularity(model, op, where)
+        elif isinstance(op, QuantAct) and op.relu and not isinstance(feeds, WeightOp):
+            raise ValueError(f"{where}: a quant_relu must read a conv2d / linear layer's accumulators "
+                             f"(through maxpool2d / flatten only), not {feeds.kind if feeds else 'nothing'}")
+    consumed = {producer(ops, index) for index, op in enumerate(ops) if op.kind == "quant_relu"}
+    for index, op in enumerate(ops[:-1]):
+        if isinstance(op, WeightOp) and index not in consumed:
+            raise ValueError(f"{source}: op {index} ({op.name!r}) is not the logits layer, yet no quant_relu "
+                             "requantizes its accumulators")
+
+
+def _check_granularity(model: IntModel, op: WeightOp, where: str) -> None:
+    per_channel = op.weight_scale.ndim == 1
+    if per_channel != (model.weight_granularity == "per_channel"):
+        raise ValueError(f"{where}: weight_scale of shape {op.weight_scale.shape} contradicts "
+                         f"weight_granularity {model.weight_granularity!r}")
+
+
+def _check_shapes(model: IntModel, source: str) -> None:
+    """Re-derive each op's output shape from its input shape and parameters; it must match `out_shape`."""
+    shape = model.input_shape
+    for index, op in enumerate(model.ops):
+        try:
+            derived = _output_shape(op, shape)
+        except ValueError as error:
+            raise ValueError(f"{source}: op {index} ({op.name!r}): {error}") from None
+        if derived != op.out_shape:
+            raise ValueError(f"{source}: op {index} ({op.name!r}): out_shape {list(op.out_shape)} does not "
+                             f"follow from input shape {list(shape)} (expected {list(derived)})")
+        shape = derived
+
+
+def _output_shape(op: Op, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(op, QuantAct):
+        return shape
+    if isinstance(op, Flatten):
+        return (int(np.prod(shape)),)
+    if isinstance(op, Linear):
+        if op.weight.ndim != 2 or shape != (op.weight.shape[1],):
+            raise ValueError(f"weight of shape {op.weight.shape} cannot read an input of shape {list(shape)}")
+        return (op.out_features,)
+    if len(shape) != 3:
+        raise ValueError(f"a {op.kind} needs a (C, H, W) input, not {list(shape)}")
+    channels, height, width = shape
+    if isinstance(op, Conv2d):
+        if op.weight.shape != (op.out_features, channels, *op.kernel):
+            raise ValueError(f"weight of shape {op.weight.shape} does not match kernel {list(op.kernel)} "
+                             f"on {channels} input channels")
+        channels = op.out_features
+    sides = [conv_output_size(side, k, s, p)
+             for side, k, s, p in zip((height, width), op.kernel, op.stride, op.padding, strict=True)]
+    if min(sides) < 1:
+        raise ValueError(f"kernel {list(op.kernel)} does not fit the input {list(shape)}")
+    return (channels, *sides)

@@ -1,0 +1,169 @@
+"""Integer primitives of the engine: quantize, im2col + GEMM, requantize, pool, and the exactness proofs.
+
+Integer codes travel as torch float64 tensors holding exact integers, and GEMMs run as float64 matmuls:
+float64 BLAS is about 10x faster than int64 matmul on a CPU (torch has no integer BLAS), and it is exact as
+long as every partial sum is an integer below 2**53 in magnitude, whatever order BLAS adds the terms in.
+`gemm_bound` and `check_exact` prove that from the layer shapes and bit widths before anything runs.
+
+The int64 functions (`shift_round_half_even`, `fixed_point_requantize_int`) are the hardware's output stage
+as the RTL computes it; the engine uses the float64 form (`requantize`), which the property tests pin to be
+bit-identical to them.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+
+FLOAT64_EXACT_BITS = 53  # every integer of magnitude <= 2**53 is a float64
+
+
+def int_range(bits: int, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
+    """Return (min, max) of a `bits`-bit code; narrow range drops the most negative signed value."""
+    if not signed:
+        return 0, 2**bits - 1
+    return -(2 ** (bits - 1)) + int(narrow_range), 2 ** (bits - 1) - 1
+
+
+def signed_width(low: int, high: int) -> int:
+    """Return the fewest two's-complement bits holding every integer in [low, high]."""
+    bits = 1
+    while not -(2 ** (bits - 1)) <= low <= high <= 2 ** (bits - 1) - 1:
+        bits += 1
+    return bits
+
+
+def quantize(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.Tensor:
+    """Return clamp(round_half_even(x / scale), qmin, qmax) as float64 codes.
+
+    The division is done in float32, as Brevitas's `IntQuant.to_int` does on a float32 model, so a value
+    on a rounding tie lands on the same code; float64 division would round some ties the other way.
+    """
+    divided = x.to(torch.float32) / torch.tensor(scale, dtype=torch.float32, device=x.device)
+    return torch.round(divided).clamp_(qmin, qmax).to(torch.float64)
+
+
+def gemm_bound(k: int, act_range: tuple[int, int], weight_range: tuple[int, int],
+               bias_range: tuple[int, int]) -> tuple[int, int]:
+    """Return (min, max) of any accumulator sum(a_k * w_k, k < K) + b with operands in the given ranges.
+
+    Every partial sum of a subset of the terms lies in the same interval (the corner products bound each
+    term on both sides, and 0 lies between the extremes), so this also bounds what BLAS ever holds.
+    """
+    corners = [a * w for a in act_range for w in weight_range]
+    low = k * min(0, *corners) + min(0, bias_range[0])
+    high = k * max(0, *corners) + max(0, bias_range[1])
+    return low, high
+
+
+def check_exact(bound: tuple[int, int], what: str, factor_bits: int = 0) -> None:
+    """Raise ValueError unless every value in `bound`, times a factor below 2**factor_bits, is float64-exact."""
+    magnitude = max(abs(bound[0]), abs(bound[1]))
+    if magnitude * 2**factor_bits >= 2**FLOAT64_EXACT_BITS:
+        extra = f" times a {factor_bits}-bit multiplier" if factor_bits else ""
+        raise ValueError(f"{what}: accumulators up to {magnitude}{extra} reach 2**53, beyond the float64 "
+                         "engine's exact range (fewer bits or a smaller layer would fit)")
+
+
+def im2col(codes: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+           padding: tuple[int, int]) -> torch.Tensor:
+    """Return the (B, M, K) input matrices of a convolution over (B, C, H, W) codes.
+
+    M = out_h * out_w output positions (row-major), K = C * kh * kw in the order of
+    `weight.reshape(out_channels, -1)`; padding contributes zeros, as the array's zero-padded feeder does.
+    The result is a transposed view of a contiguous (B, K, M) tensor: `gemm` multiplies in that layout,
+    which leaves the accumulators channels-first with no copy (F.unfold builds the same matrix ~1.5x slower).
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    if ph or pw:
+        codes = F.pad(codes, (pw, pw, ph, ph))
+    windows = codes.unfold(2, kh, sh).unfold(3, kw, sw)  # (B, C, out_h, out_w, kh, kw), a view
+    batch, channels, out_h, out_w = windows.shape[:4]
+    columns = windows.permute(0, 1, 4, 5, 2, 3).reshape(batch, channels * kh * kw, out_h * out_w)
+    return columns.transpose(1, 2)
+
+
+def gemm(columns: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Return columns @ weight + bias: (B, M, K) x (K, N) -> (B, M, N) integer accumulators.
+
+    For M > 1 (a convolution) the product is computed as weight.T @ columns.T, per image, so the result
+    is a transposed view of a channels-first (B, N, M) tensor; for M = 1 (a linear layer) it is one GEMM
+    over the batch.
+    """
+    batch, rows, depth = columns.shape
+    if rows == 1:
+        return torch.addmm(bias, columns.reshape(batch, depth), weight).unsqueeze(1)
+    return torch.matmul(weight.T, columns.transpose(1, 2)).add_(bias[:, None]).transpose(1, 2)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Return the output side of a convolution or pool (floor mode, dilation 1)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def requantize(acc: torch.Tensor, factor: torch.Tensor | float, qmin: int, qmax: int) -> torch.Tensor:
+    """Return clamp(round_half_even(relu(acc) * factor), qmin, qmax) with factor = M * 2**-s.
+
+    Exact in float64: relu(acc) * M is an integer below 2**53 (proved by `check_exact` when the engine is
+    built) and scaling by 2**-s only moves the exponent, so torch.round sees the exact rational value and
+    rounds ties to even, exactly as `fixed_point_requantize_int` does with integers.
+    """
+    return acc.clamp(min=0).mul_(factor).round_().clamp_(qmin, qmax)
+
+
+def shift_round_half_even(x: torch.Tensor, shift: torch.Tensor | int) -> torch.Tensor:
+    """Return round_half_even(x / 2**shift) for int64 `x`; shift <= 0 shifts left (shift may be a tensor).
+
+    The hardware form: an arithmetic right shift, then +1 when the dropped bits exceed one half, or equal
+    it and the kept value is odd. Shifts of 64 or more give 0 (the `>>` saturates to 0 or -1, and the
+    dropped bits are then below one half).
+    """
+    shift = torch.as_tensor(shift, dtype=torch.int64, device=x.device)
+    right = shift.clamp(min=0, max=63)
+    kept = torch.bitwise_right_shift(x, right)
+    dropped = x - torch.bitwise_left_shift(kept, right)
+    half = torch.where(right > 0, torch.bitwise_left_shift(torch.ones_like(right), (right - 1).clamp(min=0)),
+                       torch.zeros_like(right))
+    odd = torch.bitwise_and(kept, 1) == 1
+    up = (right > 0) & ((dropped > half) | ((dropped == half) & odd))
+    rounded = kept + up.to(torch.int64)
+    if bool((shift > 63).any()):
+        rounded = torch.where(shift > 63, torch.zeros_like(rounded), rounded)
+    return torch.bitwise_left_shift(rounded, (-shift).clamp(min=0))
+
+
+def fixed_point_requantize_int(acc: torch.Tensor, multiplier: torch.Tensor | int, shift: torch.Tensor | int,
+                               qmin: int, qmax: int) -> torch.Tensor:
+    """Return clamp(round_half_even(relu(acc) * M / 2**s), qmin, qmax) on int64, as the RTL does."""
+    product = acc.clamp(min=0) * torch.as_tensor(multiplier, dtype=torch.int64, device=acc.device)
+    return shift_round_half_even(product, shift).clamp_(qmin, qmax)
+
+
+def fixed_point_multiplier(ratio: Fraction, bits: int) -> tuple[int, int]:
+    """Return (M, s) with M = round_half_even(ratio * 2**s) < 2**bits, for the largest such s.
+
+    M has `bits` significant bits (2**(bits-1) <= M < 2**bits), so |M * 2**-s - ratio| <= 2**-(s+1) and the
+    relative error is below 1 / (2**bits - 1). s is negative for ratios of 2**bits or more.
+    """
+    if ratio <= 0:
+        raise ValueError(f"Requantization ratio must be positive, not {ratio!r}")
+    if not isinstance(bits, int) or bits < 1:
+        raise ValueError(f"Multiplier bits must be a positive integer, not {bits!r}")
+    # Start where ratio * 2**s lies in [2**(bits-1), 2**bits); rounding may carry to 2**bits, so step back.
+    shift = bits - 1 - _floor_log2(ratio)
+    while (multiplier := round(ratio * Fraction(2) ** shift)) >= 2**bits:
+        shift -= 1
+    return multiplier, shift
+
+
+def _floor_log2(value: Fraction) -> int:
+    exponent = value.numerator.bit_length() - value.denominator.bit_length()
+    return exponent if Fraction(2) ** exponent <= value else exponent - 1
+
+
+def max_pool2d(codes: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+               padding: tuple[int, int]) -> torch.Tensor:
+    """Return the max pool of codes or accumulators (it commutes with any monotonic requantization)."""
+    return F.max_pool2d(codes, kernel, stride=stride, padding=padding)

@@ -1,0 +1,109 @@
+"""Stage `inject`: a seeded fault campaign on the bit-exact integer engine of a quantized model.
+
+The golden run of the campaign inputs is computed once and checked against Brevitas (top-1 must agree
+on every input, else the stage fails: a campaign on an engine that is not the model would measure
+nothing). Faulty inferences then reuse it: only the ops from the first faulted one onward run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import torch
+
+from dsetool.engine import Engine, load_intmodel
+from dsetool.faults.campaign import (
+    CampaignSpec,
+    Golden,
+    Tally,
+    merge_shards,
+    run_campaign,
+    summarize,
+)
+from dsetool.faults.network import EngineNetwork
+from dsetool.faults.sites import SiteError, site_groups
+from dsetool.faults.stats import wilson
+from dsetool.stages import StageContext, quant_stage
+from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
+from dsetool.store import Result
+from dsetool.validate import ConfigError
+
+SUMMARY_FILE = "summary.json"
+
+
+class GoldenMismatch(RuntimeError):
+    """The integer engine disagrees with Brevitas on a fault-free input."""
+
+
+def run(ctx: StageContext) -> Result:
+    """Run (or resume) the campaign of this design point and summarise it."""
+    cfg = ctx.config
+    splits, _ = prepare(cfg)
+    upstream = ctx.upstream[quant_stage(cfg)]
+    intmodel_dir = upstream.path
+    engine = Engine(load_intmodel(intmodel_dir), multiplier_bits=cfg.hw.multiplier_bits)
+    test = splits.test
+    count = len(test.y) if cfg.faults.inputs == 0 else min(cfg.faults.inputs, len(test.y))
+    x, labels = test.x[:count], test.y[:count]
+    network = EngineNetwork(engine)
+    golden = Golden(engine.run(x, keep=True), labels, network.logit_scale())
+    agreement = _check_against_brevitas(ctx, splits, golden, x)
+    raw = json.loads((intmodel_dir / "intmodel.json").read_text())
+    try:
+        groups = site_groups(raw, cfg.faults.site, cfg.faults.layers, network.acc_bits())
+    except SiteError as exc:
+        raise ConfigError(str(cfg.name), "faults", str(exc)) from None
+    spec = _spec(cfg)
+    began = time.perf_counter()
+    label = f"inject {cfg.faults.site} {cfg.faults.model} W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"
+    tally, planned, stopped = run_campaign(network, golden, groups, spec, ctx.scratch,
+                                           _progress(ctx, label, spec, groups, count))
+    ctx.reporter.finish()
+    seconds = time.perf_counter() - began
+    merge_shards(ctx.scratch, ctx.out, math.ceil(planned / spec.shard_size))
+    summary = summarize(tally, golden, spec.confidence)
+    (ctx.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    metrics = {k: v for k, v in summary.items() if not k.startswith("by_")}
+    metrics.update(agreement, planned_inferences=planned, stopped_early=stopped, site=cfg.faults.site,
+                   fault_model=cfg.faults.model, weight_bits=cfg.quant.weight_bits, act_bits=cfg.quant.act_bits,
+                   faults_per_second=tally.counts["n"] / seconds if seconds > 0 else None)
+    return Result(metrics)
+
+
+def _spec(cfg: Any) -> CampaignSpec:
+    f = cfg.faults
+    return CampaignSpec(model=f.model, bits=f.bits, faults_per_inference=f.faults_per_inference, ber=f.ber,
+                        samples=f.samples, margin=f.margin, confidence=f.confidence, early_stop=f.early_stop,
+                        seed=f.seed, shard_size=f.shard_size, batch_size=f.batch_size)
+
+
+def _progress(ctx: StageContext, label: str, spec: CampaignSpec, groups: list[Any], n_inputs: int) -> Any:
+    from dsetool.faults.campaign import planned_samples
+
+    ctx.reporter.start(label, math.ceil(planned_samples(spec, groups, n_inputs) / spec.shard_size))
+
+    def report(tally: Tally, planned: int) -> None:
+        sdc = wilson(tally.counts["sdc"], tally.counts["n"], spec.confidence)
+        ctx.reporter.advance(faults=f"{tally.counts['n']}/{planned}",
+                             sdc=f"{100 * sdc.rate:.2f}% [{100 * sdc.low:.2f}, {100 * sdc.high:.2f}]")
+
+    return report
+
+
+def _check_against_brevitas(ctx: StageContext, splits: Any, golden: Golden, x: torch.Tensor) -> dict[str, Any]:
+    """Compare the engine's golden logits with Brevitas's on the campaign inputs."""
+    model = new_model(ctx.config, splits, quantized=True)
+    model.load_state_dict(load_state(ctx.upstream[quant_stage(ctx.config)].artifact(MODEL_FILE)))
+    model.eval()
+    with torch.no_grad():
+        reference = model(x).double()
+    ours = golden.outputs[-1]
+    deviation = float((reference / golden.logit_scale - ours).abs().max()) if len(x) else 0.0
+    agreement = float((reference.argmax(1) == golden.top1).double().mean()) if len(x) else 1.0
+    if agreement < 1.0:
+        raise GoldenMismatch(f"integer engine and Brevitas disagree on top-1 for {(1 - agreement) * len(x):.0f} "
+                             f"of {len(x)} fault-free inputs (max logit deviation {deviation:.3g} LSB)")
+    return {"golden_agreement": agreement, "max_lsb_deviation": deviation}

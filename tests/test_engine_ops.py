@@ -1,0 +1,281 @@
+"""Bit-level properties of the engine's primitives, against exact Fraction arithmetic and torch's conv2d.
+
+Synthetic integer models (built here as export dicts, no Brevitas) cover what the zoo does not: a pool or a
+flatten between a layer and its requantizer, and the float64 exactness guards.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+from dsetool.engine import Engine, ops, parse_intmodel  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def round_half_even(value: Fraction) -> int:
+    return round(value)  # Python rounds a Fraction half to even
+
+
+# -- rounding shifts and the fixed-point multiplier ------------------------------------------------------
+
+@given(st.lists(st.integers(-(2**62), 2**62 - 1), min_size=1, max_size=20), st.integers(-8, 80))
+def test_shift_rounds_half_to_even_exactly(values: list[int], shift: int) -> None:
+    if shift < 0:
+        values = [v >> 10 for v in values]  # keep the left shift inside int64
+    got = ops.shift_round_half_even(torch.tensor(values), shift).tolist()
+    assert got == [round_half_even(Fraction(v) / Fraction(2) ** shift) for v in values]
+
+
+@given(st.lists(st.tuples(st.integers(-(2**40), 2**40), st.integers(-4, 63)), min_size=1, max_size=20))
+def test_shift_takes_a_shift_per_element(pairs: list[tuple[int, int]]) -> None:
+    values, shifts = (torch.tensor(column) for column in zip(*pairs, strict=True))
+    got = ops.shift_round_half_even(values, shifts).tolist()
+    assert got == [round_half_even(Fraction(v) / Fraction(2) ** s) for v, s in pairs]
+
+
+def test_shift_rounds_ties_to_even() -> None:
+    values = torch.tensor([-7, -6, -5, -3, -2, -1, 1, 2, 3, 5, 6, 7]) * 2  # x.5 * 4 = x.5 ties at shift 2
+    assert ops.shift_round_half_even(values, 2).tolist() == [-4, -3, -2, -2, -1, 0, 0, 1, 2, 2, 3, 4]
+
+
+ratios = st.fractions(min_value=Fraction(1, 2**40), max_value=Fraction(2**20)).filter(lambda r: r > 0)
+
+
+@given(ratios, st.integers(1, 32))
+def test_fixed_point_multiplier_is_the_most_precise_of_its_width(ratio: Fraction, bits: int) -> None:
+    multiplier, shift = ops.fixed_point_multiplier(ratio, bits)
+    assert 2 ** (bits - 1) <= multiplier < 2**bits
+    error = abs(Fraction(multiplier) / Fraction(2) ** shift - ratio)
+    assert error <= Fraction(1, 2) / Fraction(2) ** shift
+    assert error / ratio < Fraction(1, 2**bits - 1)
+    assert round_half_even(ratio * Fraction(2) ** (shift + 1)) >= 2**bits  # one more bit of shift overflows
+
+
+def test_fixed_point_multiplier_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"^Requantization ratio must be positive, not Fraction\(0, 1\)$"):
+        ops.fixed_point_multiplier(Fraction(0), 16)
+    with pytest.raises(ValueError, match=r"^Multiplier bits must be a positive integer, not 0$"):
+        ops.fixed_point_multiplier(Fraction(1, 3), 0)
+
+
+@given(st.lists(st.integers(-(2**36), 2**36), min_size=1, max_size=30), ratios, st.integers(1, 16),
+       st.sampled_from([(0, 255), (-128, 127), (0, 3)]))
+def test_float64_requantize_equals_the_integer_output_stage(acc: list[int], ratio: Fraction, bits: int,
+                                                           qrange: tuple[int, int]) -> None:
+    multiplier, shift = ops.fixed_point_multiplier(ratio, bits)
+    factor = float(Fraction(multiplier) / Fraction(2) ** shift)
+    got = ops.requantize(torch.tensor(acc, dtype=torch.float64), factor, *qrange)
+    hardware = ops.fixed_point_requantize_int(torch.tensor(acc), multiplier, shift, *qrange)
+    exact = [min(max(round_half_even(Fraction(max(a, 0) * multiplier) / Fraction(2) ** shift), qrange[0]),
+                 qrange[1]) for a in acc]
+    assert got.tolist() == hardware.tolist() == exact
+
+
+def test_quantize_rounds_half_to_even_in_float32_and_clamps() -> None:
+    x = torch.tensor([-1.0, 0.0, 0.125, 0.375, 0.625, 1.0, 50.0])
+    assert ops.quantize(x, 0.25, 0, 15).tolist() == [0, 0, 0, 2, 2, 4, 15]
+    assert ops.quantize(x, 0.25, 0, 15).dtype == torch.float64
+
+
+def test_int_range_and_signed_width() -> None:
+    assert ops.int_range(4, signed=False) == (0, 15)
+    assert ops.int_range(4, signed=True) == (-8, 7)
+    assert ops.int_range(4, signed=True, narrow_range=True) == (-7, 7)
+    assert [ops.signed_width(lo, hi) for lo, hi in [(0, 0), (-1, 0), (0, 1), (-128, 127), (-129, 0), (0, 128)]] \
+        == [1, 1, 2, 8, 9, 9]
+
+
+# -- im2col + GEMM is a convolution ------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2),
+       st.integers(4, 9), st.integers(4, 9), st.integers(0, 2**31 - 1))
+def test_im2col_gemm_equals_conv2d(channels: int, out_channels: int, kernel: int, stride: int, padding: int,
+                                   height: int, width: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(-128, 128, (2, channels, height, width), generator=generator).double()
+    weight = torch.randint(-127, 128, (out_channels, channels, kernel, kernel), generator=generator).double()
+    bias = torch.randint(-(2**20), 2**20, (out_channels,), generator=generator).double()
+    expected = torch.nn.functional.conv2d(x, weight, bias, stride=stride, padding=padding)
+    columns = ops.im2col(x, (kernel, kernel), (stride, stride), (padding, padding))
+    assert columns.shape == (2, expected.shape[2] * expected.shape[3], channels * kernel * kernel)
+    acc = ops.gemm(columns, weight.reshape(out_channels, -1).T, bias)
+    assert torch.equal(acc.transpose(1, 2).reshape(expected.shape), expected)
+    assert expected.shape[2] == ops.conv_output_size(height, kernel, stride, padding)
+
+
+# -- the 2**53 guard --------------------------------------------------------------------------------------
+
+@given(st.integers(1, 4), st.tuples(st.integers(-8, 0), st.integers(0, 8)),
+       st.tuples(st.integers(-8, 0), st.integers(0, 8)), st.tuples(st.integers(-50, 0), st.integers(0, 50)))
+def test_gemm_bound_is_the_exact_range_of_every_partial_sum(k: int, act: tuple[int, int], weight: tuple[int, int],
+                                                            bias: tuple[int, int]) -> None:
+    low, high = ops.gemm_bound(k, act, weight, bias)
+    products = [a * w for a in range(act[0], act[1] + 1) for w in range(weight[0], weight[1] + 1)]
+    assert (low, high) == (k * min(products) + bias[0], k * max(products) + bias[1])
+
+
+def test_check_exact_stops_at_two_to_the_53() -> None:
+    ops.check_exact((-(2**53) + 1, 2**53 - 1), "Layer 'x'")
+    with pytest.raises(ValueError, match=r"^Layer 'x': accumulators up to 9007199254740992 reach 2\*\*53, "):
+        ops.check_exact((-(2**53), 0), "Layer 'x'")
+    ops.check_exact((0, 2**37 - 1), "Stage", factor_bits=16)
+    with pytest.raises(ValueError, match=r"^Stage: accumulators up to 137438953472 times a 16-bit multiplier"):
+        ops.check_exact((0, 2**37), "Stage", factor_bits=16)
+
+
+# -- synthetic models --------------------------------------------------------------------------------------
+
+class Builder:
+    """Write an integer export (json dict + arrays) layer by layer, with random integer weights."""
+
+    def __init__(self, shape: tuple[int, ...], bits: int, scale: float, *, scaling: str = "float",
+                 per_channel: bool = False, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.scaling, self.per_channel, self.shape = scaling, per_channel, shape
+        self.ops: list[dict[str, Any]] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        self.scale = scale
+        self._quant("quant_input", "input", bits, scale, signed=False)
+        self.input_shape = shape
+
+    def _add(self, op: dict[str, Any]) -> Builder:
+        self.ops.append({**op, "out_shape": list(self.shape)})
+        return self
+
+    def _quant(self, kind: str, name: str, bits: int, scale: float, signed: bool) -> Builder:
+        self.scale = scale
+        extra = {"scale_exp": int(np.log2(scale))} if self.scaling == "po2" else {}
+        return self._add({"op": kind, "name": name, "scale": scale, "bits": bits, "signed": signed,
+                          "narrow_range": False, "zero_point": 0, "rounding": "half_even", **extra})
+
+    def relu(self, name: str, bits: int, scale: float, signed: bool = False) -> Builder:
+        return self._quant("quant_relu", name, bits, scale, signed)
+
+    def _weights(self, name: str, shape: tuple[int, ...], bits: int) -> dict[str, Any]:
+        limit = 2 ** (bits - 1) - 1
+        self.arrays[f"{name}.weight"] = self.rng.integers(-limit, limit + 1, shape).astype(np.int16)
+        self.arrays[f"{name}.bias"] = self.rng.integers(-(2**12), 2**12, shape[0]).astype(np.int64)
+        scales = 2.0 ** self.rng.integers(-9, -5, shape[0]) if self.scaling == "po2" else \
+            self.rng.uniform(0.001, 0.01, shape[0])
+        scale = scales if self.per_channel else np.array(scales[0])
+        self.arrays[f"{name}.weight_scale"] = scale
+        fields = {"weight": f"{name}.weight", "weight_scale": f"{name}.weight_scale", "bias": f"{name}.bias",
+                  "weight_bits": bits, "weight_signed": True, "weight_narrow_range": True,
+                  "weight_rounding": "half_even", "input_scale": self.scale, "bias_bits": 32, "bias_signed": True}
+        if self.scaling == "po2":
+            exps = [int(np.log2(s)) for s in scale.reshape(-1)]
+            fields |= {"weight_scale_exp": exps if self.per_channel else exps[0],
+                       "input_scale_exp": int(np.log2(self.scale))}
+        return fields
+
+    def conv(self, name: str, out: int, kernel: int, padding: int = 0, bits: int = 8) -> Builder:
+        channels, height, width = self.shape
+        fields = self._weights(name, (out, channels, kernel, kernel), bits)
+        side = 2 * padding - kernel + 1
+        self.shape = (out, height + side, width + side)
+        return self._add({"op": "conv2d", "name": name, "in_channels": channels, "out_channels": out,
+                          "kernel": [kernel, kernel], "stride": [1, 1], "padding": [padding, padding], **fields})
+
+    def linear(self, name: str, out: int, bits: int = 8) -> Builder:
+        (features,) = self.shape
+        fields = self._weights(name, (out, features), bits)
+        self.shape = (out,)
+        return self._add({"op": "linear", "name": name, "in_features": features, "out_features": out, **fields})
+
+    def pool(self, name: str) -> Builder:
+        channels, height, width = self.shape
+        self.shape = (channels, height // 2, width // 2)
+        return self._add({"op": "maxpool2d", "name": name, "kernel": [2, 2], "stride": [2, 2], "padding": [0, 0]})
+
+    def flatten(self) -> Builder:
+        self.shape = (int(np.prod(self.shape)),)
+        return self._add({"op": "flatten", "name": "flatten", "start_dim": 1, "order": "chw"})
+
+    def build(self) -> Any:
+        config = {"format": "dsetool-intmodel", "version": 1, "arch": "tiny", "input_shape": list(self.input_shape),
+                  "num_classes": self.shape[0], "scaling": self.scaling,
+                  "weight_granularity": "per_channel" if self.per_channel else "per_tensor",
+                  "logits": self.ops[-1]["name"], "ops": self.ops}
+        return parse_intmodel(config, self.arrays)
+
+
+def reference_requantize(acc: np.ndarray, channel_of: np.ndarray, model: Any, conv: dict[str, Any],
+                         relu: dict[str, Any], bits: int) -> np.ndarray:
+    """Requantize with exact rationals: round_half_even(relu(acc) * M_c / 2**s_c), M_c from the ratio."""
+    scales = np.broadcast_to(conv.weight_scale, (conv.out_features,))
+    constants = [ops.fixed_point_multiplier(Fraction(conv.input_scale) * Fraction(float(s)) / Fraction(relu.scale),
+                                            bits) for s in scales]
+    qmin, qmax = relu.qrange
+    flat = [min(max(round_half_even(Fraction(max(int(a), 0) * constants[c][0]) / Fraction(2) ** constants[c][1]),
+                    qmin), qmax) for a, c in zip(acc.reshape(-1), channel_of.reshape(-1), strict=True)]
+    return np.array(flat, dtype=np.float64).reshape(acc.shape)
+
+
+@pytest.mark.parametrize("between", ["pool", "flatten", "pool+flatten"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_requantizer_reads_accumulators_through_pool_and_flatten(between: str, per_channel: bool) -> None:
+    builder = Builder((2, 6, 6), 8, 1 / 255, per_channel=per_channel).conv("conv", 3, 3, padding=1)
+    for part in between.split("+"):
+        builder.pool("pool") if part == "pool" else builder.flatten()
+    builder.relu("relu", 6, 0.05)
+    if "flatten" not in between:
+        builder.flatten()
+    model = builder.linear("fc", 4).build()
+    engine = Engine(model, multiplier_bits=12)
+    x = torch.rand(5, 2, 6, 6)
+    outputs = engine.run(x, keep=True)
+    relu_index = [op.kind for op in model.ops].index("quant_relu")
+    acc = outputs[relu_index - 1].numpy()
+    per_image = acc.shape[1:]
+    channel_of = np.broadcast_to(np.repeat(np.arange(3), acc[0].size // 3).reshape(per_image), acc.shape)
+    expected = reference_requantize(acc, channel_of, model, model.ops[1], model.ops[relu_index], 12)
+    assert np.array_equal(outputs[relu_index].numpy(), expected)
+    assert 0 < expected.max() <= 63  # the test exercises rounding, not only clamping
+
+
+def test_po2_output_stage_is_a_shift(tmp_path: Any) -> None:
+    model = Builder((1, 4, 4), 8, 2.0**-8, scaling="po2", per_channel=True).conv("conv", 2, 3) \
+        .relu("relu", 4, 2.0**-2).flatten().linear("fc", 3).build()
+    engine = Engine(model)
+    requantizer = engine.requantizers[1]
+    conv = model.ops[1]
+    assert requantizer.multiplier == (1, 1)
+    assert requantizer.shift == tuple(-2 - (-8) - e for e in conv.weight_scale_exp)  # type: ignore[union-attr]
+    codes = engine.run(torch.rand(3, 1, 4, 4), stop=2)
+    assert torch.equal(engine.requantize(1, codes),
+                       torch.round(codes.clamp(min=0) * requantizer.factor.reshape(2, 1, 1)).clamp(0, 15))
+
+
+def test_engine_refuses_accumulators_beyond_two_to_the_53() -> None:
+    builder = Builder((2, 128, 128), 32, 2.0**-32).flatten()
+    with pytest.raises(ValueError, match=r"^Layer 'fc': accumulators up to \d+ reach 2\*\*53"):
+        Engine(builder.linear("fc", 1).build())
+    wide = Builder((1, 32, 32), 16, 2.0**-16).flatten().linear("fc1", 2, bits=16).relu("relu", 8, 0.1) \
+        .linear("fc2", 2).build()
+    Engine(wide, multiplier_bits=8)
+    with pytest.raises(ValueError, match=r"^Output stage of 'fc1': accumulators up to \d+ times a 16-bit "):
+        Engine(wide, multiplier_bits=16)
+    with pytest.raises(ValueError, match=r"^Multiplier bits must be an integer in 1\.\.32, not 0$"):
+        Engine(wide, multiplier_bits=0)
+
+
+def test_importing_the_engine_imports_neither_brevitas_nor_amaranth() -> None:
+    code = ("import sys, dsetool.engine; bad = {'brevitas', 'amaranth'} & {m.split('.')[0] for m in sys.modules};"
+            "sys.exit(str(bad) if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,189 @@
+"""Fault campaigns: the fast path (prefix reuse, sparse weight deltas, early exit) equals brute force,
+seeded shards are reproducible, and a killed campaign resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dsetool.faults.apply import Faults, evaluate
+from dsetool.faults.bits import apply_fault
+from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard, merge_shards, run_campaign, summarize
+from dsetool.faults.network import EngineNetwork
+from dsetool.faults.sites import site_groups
+from tests.fixtures.engines import digits, exported_engine
+
+N_INPUTS = 48
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    torch.set_num_threads(1)
+    directory = tmp_path_factory.mktemp("lenet")
+    engine = exported_engine(directory, "lenet5", bits=4)
+    network = EngineNetwork(engine)
+    x, y = digits().test.x[:N_INPUTS], digits().test.y[:N_INPUTS]
+    golden = Golden(engine.run(x, keep=True), y, network.logit_scale())
+    raw = json.loads((directory / "intmodel.json").read_text())
+    return engine, network, golden, raw, x
+
+
+def spec(**changes) -> CampaignSpec:
+    base = dict(model="bitflip", bits="all", faults_per_inference=1, ber=None, samples=300, margin=0.02,
+                confidence=0.95, early_stop=False, seed=7, shard_size=100, batch_size=64)
+    return CampaignSpec(**{**base, **changes})
+
+
+def brute_force(engine, raw, group, x_row, element, bit, model):
+    """Recompute one faulty inference from scratch, faulting the tensor (or weights) directly."""
+    op = group.op_index
+    if group.hook == "weight":
+        layer = engine.layers[op]
+        saved = layer.weight.clone()
+        n_out = layer.weight.shape[1]
+        k = element % (layer.weight.shape[0])
+        n = element // layer.weight.shape[0]
+        assert n < n_out
+        old = layer.weight[k, n].to(torch.int64).reshape(1)
+        layer.weight[k, n] = apply_fault(old, torch.tensor([bit]), model, group.width, True).double()[0]
+        try:
+            return engine.run(x_row[None])
+        finally:
+            layer.weight.copy_(saved)
+    outputs = engine.run(x_row[None], keep=True)
+    target = outputs[op - 1] if group.hook == "pre" else outputs[op]
+    flat = target.reshape(-1).clone()
+    old = flat[element].to(torch.int64).reshape(1)
+    flat[element] = apply_fault(old, torch.tensor([bit]), model, group.width, group.signed).double()[0]
+    start = op if group.hook == "pre" else op + 1
+    return engine.run(flat.reshape(target.shape), start=start) if start < len(outputs) else flat.reshape(1, -1)
+
+
+@pytest.mark.parametrize("site", ["act", "weight", "out"])
+@pytest.mark.parametrize("model", ["bitflip", "stuck1", "zero"])
+def test_fast_path_equals_brute_force(setup, site, model):
+    engine, network, golden, raw, x = setup
+    groups = site_groups(raw, site, [], network.acc_bits())
+    faults = draw_shard(spec(model=model), groups, N_INPUTS, shard=0, size=60)
+    logits = evaluate(network, golden.outputs, faults.inputs, groups,
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), model)
+    for t in range(faults.size):
+        group = groups[int(faults.group[t])]
+        expected = brute_force(engine, raw, group, x[faults.inputs[t]], int(faults.element[t]),
+                               int(faults.bit[t]), model)
+        assert torch.equal(logits[t], expected.reshape(-1)), (site, group.layer, t)
+
+
+def test_multiple_faults_per_inference_equal_brute_force(setup):
+    engine, network, golden, raw, x = setup
+    groups = site_groups(raw, "act", ["conv2", "fc1"], network.acc_bits())
+    faults = draw_shard(spec(faults_per_inference=3), groups, N_INPUTS, shard=1, size=20)
+    logits = evaluate(network, golden.outputs, faults.inputs, groups,
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")
+    for t in range(faults.size):
+        outputs = engine.run(x[faults.inputs[t]][None], keep=True)
+        mine = np.nonzero(faults.trial == t)[0]
+        tensors = {groups[g].op_index: outputs[groups[g].op_index - 1].clone() for g in set(faults.group[mine])}
+        current = None
+        for op in sorted(tensors):
+            inp = current if current is not None else tensors[op]
+            flat = inp.reshape(-1).clone()
+            for j in mine[np.array([groups[faults.group[j]].op_index for j in mine]) == op]:
+                old = flat[faults.element[j]].to(torch.int64).reshape(1)
+                group = groups[faults.group[j]]
+                flat[faults.element[j]] = apply_fault(old, torch.tensor([int(faults.bit[j])]), "bitflip",
+                                                      group.width, group.signed).double()[0]
+            nxt = [o for o in sorted(tensors) if o > op]
+            stop = nxt[0] if nxt else None
+            current = engine.run(flat.reshape(inp.shape), start=op, stop=stop)
+        assert torch.equal(logits[t], current.reshape(-1))
+
+
+def test_ber_mode_draws_about_the_expected_number_of_flips(setup):
+    _, network, _, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    bits_per_input = sum(g.size * g.width for g in groups)
+    faults = draw_shard(spec(ber=1e-3), groups, N_INPUTS, shard=0, size=200)
+    expected = 200 * bits_per_input * 1e-3
+    assert abs(len(faults.trial) - expected) < 5 * math.sqrt(expected)
+    columns = (faults.trial, faults.group, faults.element, faults.bit)
+    keys = set(zip(*(c.tolist() for c in columns), strict=True))
+    assert len(keys) == len(faults.trial)  # never the same bit twice in one inference
+
+
+def test_same_seed_same_shard(setup):
+    _, network, _, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    a, b = (draw_shard(spec(), groups, N_INPUTS, shard=3, size=50) for _ in range(2))
+    c = draw_shard(spec(seed=8), groups, N_INPUTS, shard=3, size=50)
+    assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("inputs", "group", "element", "bit"))
+    assert not np.array_equal(a.element, c.element)
+
+
+def test_uniform_sampling_weights_layers_by_size(setup):
+    _, network, _, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    faults = draw_shard(spec(), groups, N_INPUTS, shard=0, size=20000)
+    share = np.bincount(faults.group, minlength=len(groups)) / 20000
+    sizes = np.array([g.size * g.width for g in groups], dtype=float)
+    assert np.allclose(share, sizes / sizes.sum(), atol=0.02)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_campaign_resumes_to_the_same_result(setup, tmp_path: Path):
+    _, network, golden, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    clean_dir, killed_dir = tmp_path / "clean", tmp_path / "killed"
+    clean_dir.mkdir()
+    killed_dir.mkdir()
+    tally, planned, _ = run_campaign(network, golden, groups, spec(), clean_dir, lambda t, p: None)
+    calls = []
+
+    def die_after_two(t, p):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_campaign(network, golden, groups, spec(), killed_dir, die_after_two)
+    assert len(list(killed_dir.glob("shard-*.parquet"))) == 2
+    resumed, _, _ = run_campaign(network, golden, groups, spec(), killed_dir, lambda t, p: None)
+    assert resumed.counts == tally.counts and planned == 300
+    merge_shards(clean_dir, clean_dir, 3)
+    merge_shards(killed_dir, killed_dir, 3)
+    pd.testing.assert_frame_equal(pd.read_parquet(clean_dir / "faults.parquet"),
+                                  pd.read_parquet(killed_dir / "faults.parquet"))
+    summary = summarize(resumed, golden, 0.95)
+    assert summary["faulty_inferences"] == 300
+    assert sum(summary[f"{o}_rate"] for o in ("masked", "tolerated", "sdc")) == pytest.approx(1.0)
+    assert summary["critical_rate"] <= summary["sdc_rate"]
+    assert set(summary["by_layer"]) <= {"conv1", "conv2", "fc1", "fc2", "fc3"}
+
+
+def test_msb_flips_hurt_more_than_lsb_flips(setup, tmp_path: Path):
+    _, network, golden, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    rates = {}
+    for bits in ("msb", (0,)):
+        d = tmp_path / str(bits)
+        d.mkdir()
+        tally, _, _ = run_campaign(network, golden, groups, spec(bits=bits, samples=400), d, lambda t, p: None)
+        rates[str(bits)] = tally.counts["masked"] / tally.counts["n"]
+    assert rates["msb"] < rates["(0,)"]
+
+
+def test_early_stop_stops_once_the_interval_is_tight(setup, tmp_path: Path):
+    _, network, golden, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    tally, planned, stopped = run_campaign(network, golden, groups, spec(samples=3000, early_stop=True, margin=0.05),
+                                           tmp_path, lambda t, p: None)
+    assert stopped and tally.counts["n"] < planned
