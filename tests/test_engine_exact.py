@@ -31,9 +31,14 @@ CHANNELS = {"lenet5": 1, "mlp": 1, "alexnet32": 3}
 DIGITS_IMAGES = {"lenet5": 200, "mlp": 200, "alexnet32": 32}  # AlexNet costs ~20 ms per image per run
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> None:
+    """One thread, before the module fixtures train: the thread count changes float rounding in training."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
     torch.manual_seed(0)
 
 
@@ -244,11 +249,25 @@ def test_float_scaling_is_within_one_lsb_with_the_same_top1(tmp_path: Path, digi
     for mismatch in mismatches:
         assert mismatch.worst <= 1 and mismatch.count <= max(2, 1e-3 * mismatch.total), mismatch
     assert logit_error < 1.0
-    # Per-channel weight scales give each class its own accumulator scale: compare dequantized logits.
-    predicted = pair.engine.top1(acc)
-    assert torch.equal(predicted, logits.argmax(1))
-    accuracy = float((predicted == digits.test.y).double().mean())
-    assert accuracy > 0.5, f"the model should be trained-ish, got {accuracy:.1%}"
+    accuracy = float((pair.engine.top1(acc) == digits.test.y).double().mean())
+    assert accuracy > 0.8, f"the model should be trained-ish, got {accuracy:.1%}"
+    # A 16-bit multiplier (relative error up to 2**-16, against float32's 2**-24) can tip a near tie at
+    # low bit widths; 24 bits reproduce Brevitas's top-1 everywhere.
+    flips = top1_flips(pair.engine, acc, logits)
+    print(f"top-1 differs on {len(flips)} images, Brevitas margins {flips}")
+    assert len(flips) <= 0.01 * len(x) and all(margin < 0.02 * float(logits.abs().max()) for margin in flips)
+    if spec.weight_bits == spec.act_bits == 8:
+        assert not flips
+    wide = Engine(pair.model, multiplier_bits=24)
+    assert not top1_flips(wide, wide.logits(x), logits)
+
+
+def top1_flips(engine: Engine, acc: Any, logits: Any) -> list[float]:
+    """Return Brevitas's top-2 margin on each image where the engine predicts another class."""
+    # Per-channel weight scales give each class its own accumulator scale: `top1` dequantizes.
+    differ = engine.top1(acc) != logits.argmax(1)
+    top2 = logits[differ].topk(2, dim=1).values
+    return [round(float(margin), 4) for margin in top2[:, 0] - top2[:, 1]]
 
 
 def test_more_multiplier_bits_never_add_mismatches(tmp_path: Path, digits: DataSplits,

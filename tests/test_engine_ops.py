@@ -131,7 +131,8 @@ def test_gemm_bound_is_the_exact_range_of_every_partial_sum(k: int, act: tuple[i
 
 def test_check_exact_stops_at_two_to_the_53() -> None:
     ops.check_exact((-(2**53) + 1, 2**53 - 1), "Layer 'x'")
-    with pytest.raises(ValueError, match=r"^Layer 'x': accumulators up to 9007199254740992 reach 2\*\*53, "):
+    with pytest.raises(ValueError, match=r"^Layer 'x': accumulators up to 9007199254740992 reach 2\*\*53, beyond "
+                                         r"the float64 engine's exact range \(fewer bits or a smaller layer would fit\)$"):
         ops.check_exact((-(2**53), 0), "Layer 'x'")
     ops.check_exact((0, 2**37 - 1), "Stage", factor_bits=16)
     with pytest.raises(ValueError, match=r"^Stage: accumulators up to 137438953472 times a 16-bit multiplier"):
@@ -263,15 +264,29 @@ def test_po2_output_stage_is_a_shift(tmp_path: Any) -> None:
 
 def test_engine_refuses_accumulators_beyond_two_to_the_53() -> None:
     builder = Builder((2, 128, 128), 32, 2.0**-32).flatten()
-    with pytest.raises(ValueError, match=r"^Layer 'fc': accumulators up to \d+ reach 2\*\*53"):
+    with pytest.raises(ValueError, match=r"^Layer 'fc': accumulators up to \d+ reach 2\*\*53, beyond the float64 "):
         Engine(builder.linear("fc", 1).build())
-    wide = Builder((1, 32, 32), 16, 2.0**-16).flatten().linear("fc1", 2, bits=16).relu("relu", 8, 0.1) \
-        .linear("fc2", 2).build()
-    Engine(wide, multiplier_bits=8)
-    with pytest.raises(ValueError, match=r"^Output stage of 'fc1': accumulators up to \d+ times a 16-bit "):
-        Engine(wide, multiplier_bits=16)
     with pytest.raises(ValueError, match=r"^Multiplier bits must be an integer in 1\.\.32, not 0$"):
-        Engine(wide, multiplier_bits=0)
+        Engine(Builder((1, 4, 4), 8, 0.1).flatten().linear("fc", 2).build(), multiplier_bits=0)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_output_stage_falls_back_to_int64_beyond_two_to_the_53(bits: int) -> None:
+    """acc < 2**42 times a 16-bit multiplier needs int64; an 8-bit one stays in float64. Both are exact."""
+    model = Builder((1, 32, 32), 16, 2.0**-16, seed=3).flatten().linear("fc1", 4, bits=16) \
+        .relu("relu", 8, 20.0).linear("fc2", 2).build()
+    engine = Engine(model, multiplier_bits=bits)
+    assert engine.requantizers[2].integer == (bits == 16)
+    x = torch.rand(64, 1, 32, 32)
+    acc = engine.run(x, stop=3)
+    channel_of = np.broadcast_to(np.arange(4), acc.shape)
+    expected = reference_requantize(acc.numpy(), channel_of, model, model.ops[2], model.ops[3], bits)
+    assert np.array_equal(engine.run(acc, start=3, stop=4).numpy(), expected)
+    assert ((0 < expected) & (expected < 255)).mean() > 0.2  # rounding, not only ReLU and clamping
+    assert np.array_equal(engine.requantize(2, acc[:, 1], torch.ones(64, dtype=torch.long)).numpy(), expected[:, 1])
+    with pytest.raises(ValueError, match=r"^Output stage of 'fc1': accumulators up to \d+ times a 24-bit "
+                                         r"multiplier reach 2\*\*63, beyond the int64 engine's exact range"):
+        Engine(model, multiplier_bits=24)
 
 
 def test_importing_the_engine_imports_neither_brevitas_nor_amaranth() -> None:

@@ -95,31 +95,51 @@ class Requantizer:
 
     `multiplier` and `shift` hold (M_c, s_c) per output channel c (the constants the RTL is built with);
     `factor` is M_c * 2**-s_c as float64, exact. `ratios` are the exact acc_scale / out_scale they realise.
+    The float64 form is used when `acc_range` times the multiplier stays below 2**53, else the int64 form
+    (as the RTL computes it, below 2**63); beyond that, ValueError.
     """
 
     def __init__(self, constants: Sequence[tuple[int, int]], ratios: Sequence[Fraction], out: QuantAct,
-                 device: torch.device) -> None:
+                 acc_range: tuple[int, int], device: torch.device, what: str) -> None:
         self.multiplier = tuple(m for m, _ in constants)
         self.shift = tuple(s for _, s in constants)
         self.ratios = tuple(ratios)
         self.qmin, self.qmax = out.qrange
+        factor_bits = max(m.bit_length() + max(0, -s) for m, s in constants)  # bits of the pre-shift product
+        self.integer = not ops.fits(acc_range, ops.FLOAT64_EXACT_BITS, factor_bits)
+        ops.check_exact(acc_range, what, factor_bits, ops.INT64_BITS, "int64")
         factors = [float(Fraction(m) / Fraction(2) ** s) for m, s in constants]  # exact: m has <= 53 bits
         self.factor = torch.tensor(factors, dtype=torch.float64, device=device)
+        self._int_constants = torch.tensor([self.multiplier, self.shift], dtype=torch.int64, device=device)
 
     def __call__(self, acc: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
         """Requantize `acc`: either in the layer's layout (B, C, ...) or, with `channels` (an integer
         tensor shaped like `acc` naming each value's output channel), any subset of accumulators."""
-        if channels is not None:
-            return ops.requantize(acc, self.factor[channels], self.qmin, self.qmax)
-        return ops.requantize(acc, self.laid_out(acc.shape[1:]), self.qmin, self.qmax)
+        if channels is None:
+            return self.step(acc.shape[1:])(acc)
+        multiplier, shift = self._int_constants[:, channels]
+        return self._apply(acc, self.factor[channels], multiplier, shift)
 
-    def laid_out(self, shape: Sequence[int]) -> torch.Tensor:
-        """Return the factors broadcastable to values of per-image `shape`: (C, H, W), (C,) or flattened."""
-        channels = len(self.factor)
+    def step(self, shape: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Return the output stage for batches of per-image `shape`: (C, H, W), (C,) or flattened (C*H*W,)."""
+        multiplier, shift = self._int_constants
+        return partial(self._apply, factor=self._laid_out(self.factor, shape),
+                       multiplier=self._laid_out(multiplier, shape), shift=self._laid_out(shift, shape))
+
+    @staticmethod
+    def _laid_out(values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        channels = len(values)
         if len(shape) == 3:
-            return self.factor.reshape(channels, 1, 1)
+            return values.reshape(channels, 1, 1)
         (features,) = shape
-        return self.factor.repeat_interleave(features // channels)  # chw order: channel-major
+        return values.repeat_interleave(features // channels)  # chw order: channel-major
+
+    def _apply(self, acc: torch.Tensor, factor: torch.Tensor, multiplier: torch.Tensor,
+               shift: torch.Tensor) -> torch.Tensor:
+        if not self.integer:
+            return ops.requantize(acc, factor, self.qmin, self.qmax)
+        codes = ops.fixed_point_requantize_int(acc.to(torch.int64), multiplier, shift, self.qmin, self.qmax)
+        return codes.to(torch.float64)
 
 
 def po2_constants(ratios: Sequence[Fraction], multiplier_bits: int) -> list[tuple[int, int]]:
@@ -145,8 +165,8 @@ class Engine:
     """Execute an `IntModel` bit-exactly on `device` (results do not depend on it).
 
     `multiplier_bits` sets the width of the fixed-point requantization multiplier under `float` scaling
-    (`po2` needs none). Raises ValueError when a layer's accumulators, or their product with the
-    multiplier, could leave float64's exact integer range.
+    (`po2` needs none). Raises ValueError when a layer's accumulators could leave float64's exact integer
+    range (2**53), or their product with the multiplier could leave int64's.
     """
 
     def __init__(self, model: IntModel, *, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
@@ -179,15 +199,13 @@ class Engine:
         source = _producer(self.model.ops, index)
         requantizer = self._requantizer(self.layers[source], op)
         self.requantizers[source] = requantizer
-        factor = requantizer.laid_out(self.model.ops[index - 1].out_shape)
-        return partial(ops.requantize, factor=factor, qmin=requantizer.qmin, qmax=requantizer.qmax)
+        return requantizer.step(self.model.ops[index - 1].out_shape)
 
     def _requantizer(self, layer: GemmLayer, out: QuantAct) -> Requantizer:
         ratios = [Fraction(float(scale)) / Fraction(out.scale) for scale in layer.op.acc_scale()]
         constants = OUTPUT_STAGES[self.model.scaling](ratios, self.multiplier_bits)
-        factor_bits = max(m for m, _ in constants).bit_length()
-        ops.check_exact(layer.widths.acc_range, f"Output stage of {layer.name!r}", factor_bits)
-        return Requantizer(constants, ratios, out, self.device)
+        return Requantizer(constants, ratios, out, layer.widths.acc_range, self.device,
+                           f"Output stage of {layer.name!r}")
 
     def input_shape(self, index: int) -> tuple[int, ...]:
         """Return the per-image shape of op `index`'s input (`len(ops)` gives the logits' shape)."""

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 FLOAT64_EXACT_BITS = 53  # every integer of magnitude <= 2**53 is a float64
+INT64_BITS = 63  # magnitudes below 2**63 fit an int64
 
 
 def int_range(bits: int, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
@@ -58,13 +59,18 @@ def gemm_bound(k: int, act_range: tuple[int, int], weight_range: tuple[int, int]
     return low, high
 
 
-def check_exact(bound: tuple[int, int], what: str, factor_bits: int = 0) -> None:
-    """Raise ValueError unless every value in `bound`, times a factor below 2**factor_bits, is float64-exact."""
-    magnitude = max(abs(bound[0]), abs(bound[1]))
-    if magnitude * 2**factor_bits >= 2**FLOAT64_EXACT_BITS:
+def fits(bound: tuple[int, int], bits: int, factor_bits: int = 0) -> bool:
+    """Return whether every value in `bound`, times a factor below 2**factor_bits, is below 2**bits."""
+    return max(abs(bound[0]), abs(bound[1])) * 2**factor_bits < 2**bits
+
+
+def check_exact(bound: tuple[int, int], what: str, factor_bits: int = 0, bits: int = FLOAT64_EXACT_BITS,
+                kind: str = "float64") -> None:
+    """Raise ValueError unless every value in `bound`, times a factor below 2**factor_bits, is below 2**bits."""
+    if not fits(bound, bits, factor_bits):
         extra = f" times a {factor_bits}-bit multiplier" if factor_bits else ""
-        raise ValueError(f"{what}: accumulators up to {magnitude}{extra} reach 2**53, beyond the float64 "
-                         "engine's exact range (fewer bits or a smaller layer would fit)")
+        raise ValueError(f"{what}: accumulators up to {max(map(abs, bound))}{extra} reach 2**{bits}, beyond "
+                         f"the {kind} engine's exact range (fewer bits or a smaller layer would fit)")
 
 
 def im2col(codes: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
@@ -106,9 +112,9 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 def requantize(acc: torch.Tensor, factor: torch.Tensor | float, qmin: int, qmax: int) -> torch.Tensor:
     """Return clamp(round_half_even(relu(acc) * factor), qmin, qmax) with factor = M * 2**-s.
 
-    Exact in float64: relu(acc) * M is an integer below 2**53 (proved by `check_exact` when the engine is
-    built) and scaling by 2**-s only moves the exponent, so torch.round sees the exact rational value and
-    rounds ties to even, exactly as `fixed_point_requantize_int` does with integers.
+    Exact in float64 when relu(acc) * M * 2**max(0, -s) is an integer below 2**53 (the engine proves it
+    when it is built, else it uses `fixed_point_requantize_int`): scaling by 2**-s only moves the exponent,
+    so torch.round sees the exact rational value and rounds ties to even, as the integer form does.
     """
     return acc.clamp(min=0).mul_(factor).round_().clamp_(qmin, qmax)
 

@@ -108,30 +108,46 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
              faults: Faults, model: str) -> torch.Tensor:
     """Return the final-op output (logits) of every faulty row of the batch.
 
-    `golden[i]` holds op i's output for every campaign input; `inputs[b]` names row b's input.
+    `golden[i]` holds op i's output for every campaign input; `inputs[b]` names row b's input. A row
+    joins the computation at its first faulted op (its prefix is the golden tensor) and leaves as soon
+    as its tensor is golden again after its last fault (masked: its logits are the golden ones).
     """
-    group_ops = np.array([g.op_index for g in groups])
-    fault_ops = group_ops[faults.group] if len(faults.group) else np.zeros(0, dtype=np.int64)
     last_op = net.n_ops - 1
     logits = golden[last_op][torch.from_numpy(inputs)].clone()
-    if not len(fault_ops):
+    if not len(faults.row):
         return logits
-    start, stop = int(fault_ops.min()), int(fault_ops.max())
-    live = np.unique(faults.row)                                   # rows with at least one fault
-    index = torch.from_numpy(inputs[live])
-    tensor = golden[start - 1][index].clone() if start > 0 else _missing_input(start)
-    position = {int(r): i for i, r in enumerate(live.tolist())}
-    local = np.array([position[int(r)] for r in faults.row.tolist()], dtype=np.int64)
+    fault_ops = np.array([g.op_index for g in groups])[faults.group]
+    first = np.full(len(inputs), np.iinfo(np.int64).max, dtype=np.int64)
+    final = np.full(len(inputs), -1, dtype=np.int64)
+    np.minimum.at(first, faults.row, fault_ops)
+    np.maximum.at(final, faults.row, fault_ops)
+    start = int(fault_ops.min())
+    if start == 0:
+        _missing_input(start)
+    live = np.zeros(0, dtype=np.int64)
+    tensor: torch.Tensor | None = None
+    position = np.full(len(inputs), -1, dtype=np.int64)
     for op in range(start, last_op + 1):
-        tensor = _step(net, op, tensor, groups, faults, local, fault_ops, model)
-        if op >= stop and op < last_op:
-            changed = (tensor != golden[op][index]).reshape(len(index), -1).any(dim=1)
-            if not bool(changed.all()):
-                keep = torch.nonzero(changed).reshape(-1)
-                tensor, index, live = tensor[keep], index[keep], live[keep.numpy()]
-            if len(live) == 0:
-                return logits
-    logits[torch.from_numpy(live)] = tensor
+        joining = np.nonzero(first == op)[0]
+        if len(joining):
+            fresh = golden[op - 1][torch.from_numpy(inputs[joining])]
+            tensor = fresh.clone() if tensor is None else torch.cat([tensor, fresh])
+            live = np.concatenate([live, joining])
+            position[live] = np.arange(len(live))
+        if tensor is None or not len(live):
+            continue
+        tensor = _step(net, op, tensor, groups, faults, position[faults.row], fault_ops, model)
+        done = final[live] <= op
+        if op < last_op and done.any():
+            same = ~(tensor != golden[op][torch.from_numpy(inputs[live])]).reshape(len(live), -1).any(dim=1).numpy()
+            keep = ~(done & same)
+            if not keep.all():
+                tensor, live = tensor[torch.from_numpy(keep)], live[keep]
+                position[live] = np.arange(len(live))
+                if not len(live):
+                    tensor = None  # nobody left; rows joining later start afresh
+    if tensor is not None and len(live):
+        logits[torch.from_numpy(live)] = tensor
     return logits
 
 
