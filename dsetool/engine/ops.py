@@ -1,13 +1,14 @@
 """Integer primitives of the engine: quantize, im2col + GEMM, requantize, pool, and the exactness proofs.
 
-Integer codes travel as torch float64 tensors holding exact integers, and GEMMs run as float64 matmuls:
-float64 BLAS is about 10x faster than int64 matmul on a CPU (torch has no integer BLAS), and it is exact as
-long as every partial sum is an integer below 2**53 in magnitude, whatever order BLAS adds the terms in.
-`gemm_bound` and `check_exact` prove that from the layer shapes and bit widths before anything runs.
+Integer codes travel as torch float64 tensors holding exact integers, and GEMMs run as float64 matmuls.
+Why not int64: torch has no integer BLAS, and float64 BLAS is 10-20x faster on a CPU (17 ms against 330 ms
+for a 6400x400 by 400x120 product on one thread here). It is exact as long as every partial sum is an
+integer below 2**53 in magnitude, whatever order BLAS adds the terms in; `gemm_bound` and `check_exact`
+prove that from the layer shapes and bit widths before anything runs.
 
-The int64 functions (`shift_round_half_even`, `fixed_point_requantize_int`) are the hardware's output stage
-as the RTL computes it; the engine uses the float64 form (`requantize`), which the property tests pin to be
-bit-identical to them.
+The int64 functions (`shift_round_half_even`, `fixed_point_requantize_int`) are the output stage as the RTL
+computes it. The engine uses the float64 form (`requantize`), which the property tests pin to be
+bit-identical, and falls back to the int64 form when a wide multiplier would take the product past 2**53.
 """
 
 from __future__ import annotations

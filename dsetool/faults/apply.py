@@ -33,6 +33,10 @@ class Network(Protocol):
         """Return the (B, K, M) operand matrix op `index` multiplies its weights with (im2col for conv)."""
         ...
 
+    def bias(self, index: int) -> torch.Tensor:
+        """Return the integer bias (N,) of weight op `index` (added in the output stage)."""
+        ...
+
     @property
     def n_ops(self) -> int:
         """Return the number of ops."""
@@ -99,7 +103,7 @@ def _weight_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: t
     delta = (faulty_values(old, torch.from_numpy(m), model, group.width, True) - old).to(acc.dtype)
     operand = net.gemm_input(group.op_index, op_input)             # (B, K, M)
     contribution = delta[:, None] * operand[torch.from_numpy(r), k_idx]   # (F, M)
-    flat = acc.reshape(acc.shape[0], n_out, -1).clone()
+    flat = acc.reshape(acc.shape[0], n_out, -1).clone(memory_format=torch.contiguous_format)
     flat.view(-1, flat.shape[-1]).index_add_(0, torch.from_numpy(r) * n_out + n_idx, contribution)
     return flat.reshape(acc.shape)
 
@@ -167,9 +171,26 @@ def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGrou
     tensor = net.run_op(op, tensor)
     for js in _per_group(by_hook.get("weight", []), faults):
         tensor = _weight_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)
+    for js in _per_group(by_hook.get("pe", []), faults):
+        tensor = _pe_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)
     for js in _per_group(by_hook.get("post", []), faults):
         tensor = _fault_tensor(tensor, *where(js), model)
     return tensor
+
+
+def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch.Tensor, rows: np.ndarray,
+              elements: np.ndarray, bits: np.ndarray, model: str) -> torch.Tensor:
+    """Correct the accumulators for faults in PE registers (see `dsetool.faults.pe`)."""
+    from dsetool.faults.pe import apply_pe_faults
+
+    assert group.tiling is not None
+    r, e, m = combined_masks(rows, elements, bits, model)
+    n_out = net.weight_matrix(group.op_index).shape[0]
+    acc_bits = group.width if group.site == "pe.psum" else 0
+    corrected = apply_pe_faults(group.site, group.tiling, net.gemm_input(group.op_index, op_input),
+                                net.weight_matrix(group.op_index), acc.reshape(acc.shape[0], n_out, -1),
+                                net.bias(group.op_index), r, e, m, model, group.width, group.signed, acc_bits)
+    return corrected.reshape(acc.shape)
 
 
 def _per_group(js: list[int], faults: Faults) -> list[list[int]]:

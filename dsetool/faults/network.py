@@ -31,6 +31,10 @@ class EngineNetwork:
         """Return the (B, K, M) operand matrices of weight op `index` for its input `tensor`."""
         return self.engine.layers[index].im2col(tensor).transpose(1, 2)
 
+    def bias(self, index: int) -> torch.Tensor:
+        """Return weight op `index`'s integer bias (N,)."""
+        return self.engine.layers[index].bias
+
     def acc_bits(self) -> dict[str, int]:
         """Return each weight layer's accumulator width."""
         return {layer.name: layer.widths.acc_bits for layer in self.engine.layers.values()}

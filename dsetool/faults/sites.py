@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dsetool.engine.tiling import LayerTiling
+
 QUANT_OPS = ("quant_input", "quant_relu")
 WEIGHT_OPS = ("conv2d", "linear")
-SUPPORTED_SITES = ("act", "weight", "out")
+SUPPORTED_SITES = ("act", "weight", "out", "pe.act", "pe.weight", "pe.psum")
 
 
 class SiteError(ValueError):
@@ -30,10 +32,11 @@ class SiteGroup:
     site: str            # act | weight | out
     layer: str           # weight layer name
     op_index: int        # the op whose input (act), weights or output (weight, out) is faulted
-    hook: str            # "pre": fault the op's input; "post": fault the op's output; "weight": its weights
+    hook: str            # "pre": the op's input; "post": its output; "weight": its weights; "pe": a PE register
     shape: tuple[int, ...]
     width: int
     signed: bool
+    tiling: LayerTiling | None = None   # PE sites: the layer's schedule on the array
 
     @property
     def size(self) -> int:
@@ -69,16 +72,27 @@ def _input_shape(intmodel: Mapping[str, Any], index: int) -> tuple[int, ...]:
     return tuple(ops[index - 1]["out_shape"]) if index > 0 else tuple(intmodel["input_shape"])
 
 
-def site_groups(intmodel: Mapping[str, Any], site: str, layers: Sequence[str], acc_bits: Mapping[str, int]
-                ) -> list[SiteGroup]:
+@dataclass(frozen=True)
+class Array:
+    """The array PE-register faults are mapped onto."""
+
+    rows: int
+    cols: int
+    dataflow: str
+    acc_bits: int = 0   # 0: each layer's own accumulator width
+
+
+def site_groups(intmodel: Mapping[str, Any], site: str, layers: Sequence[str], acc_bits: Mapping[str, int],
+                array: Array | None = None) -> list[SiteGroup]:
     """Return the site groups of `site` in the selected weight layers (all when `layers` is empty).
 
-    `acc_bits` gives each layer's accumulator width, the register width of the logits for `out` faults
-    on the last layer (which has no requantizer).
+    `acc_bits` gives each layer's accumulator width: the register width of the logits for `out` faults
+    on the last layer (which has no requantizer), and of partial sums unless the array fixes one.
     """
     if site not in SUPPORTED_SITES:
-        raise SiteError(f"site {site!r} needs the array mapping of the PE registers, which this version "
-                        f"does not model; use one of {', '.join(SUPPORTED_SITES)}")
+        raise SiteError(f"unknown fault site {site!r}; use one of {', '.join(SUPPORTED_SITES)}")
+    if site.startswith("pe.") and array is None:
+        raise SiteError(f"site {site!r} needs an array (rows, cols, dataflow)")
     ops = intmodel["ops"]
     indices = weight_layer_ops(ops)
     names = [ops[i]["name"] for i in indices]
@@ -86,13 +100,39 @@ def site_groups(intmodel: Mapping[str, Any], site: str, layers: Sequence[str], a
     if unknown:
         raise SiteError(f"the model has no weight layer {unknown[0]!r} (layers: {', '.join(names)})")
     chosen = [i for i in indices if not layers or ops[i]["name"] in layers]
-    return [_group(intmodel, site, i, acc_bits) for i in chosen]
+    return [_group(intmodel, site, i, acc_bits, array) for i in chosen]
 
 
-def _group(intmodel: Mapping[str, Any], site: str, index: int, acc_bits: Mapping[str, int]) -> SiteGroup:
+def gemm_shape(op: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Return a weight op's per-image GEMM shape (M, K, N): im2col positions, reduction, outputs."""
+    if op["op"] == "conv2d":
+        _, height, width = op["out_shape"]
+        return height * width, op["in_channels"] * math.prod(op["kernel"]), op["out_channels"]
+    return 1, op["in_features"], op["out_features"]
+
+
+def _pe_group(ops: Sequence[Mapping[str, Any]], site: str, index: int, acc_bits: Mapping[str, int],
+              array: Array) -> SiteGroup:
+    op = ops[index]
+    tiling = LayerTiling(*gemm_shape(op), array.rows, array.cols, array.dataflow)
+    if site == "pe.act":
+        producer = _producer(ops, index)
+        width, signed = producer["bits"], producer["signed"]
+    elif site == "pe.weight":
+        width, signed = op["weight_bits"], True
+    else:
+        width, signed = array.acc_bits or acc_bits[op["name"]], True
+    return SiteGroup(site, op["name"], index, "pe", tiling.shape, width, signed, tiling)
+
+
+def _group(intmodel: Mapping[str, Any], site: str, index: int, acc_bits: Mapping[str, int],
+           array: Array | None) -> SiteGroup:
     ops = intmodel["ops"]
     op = ops[index]
     name = op["name"]
+    if site.startswith("pe."):
+        assert array is not None
+        return _pe_group(ops, site, index, acc_bits, array)
     if site == "act":
         producer = _producer(ops, index)
         return SiteGroup(site, name, index, "pre", _input_shape(intmodel, index), producer["bits"],

@@ -24,7 +24,7 @@ from dsetool.faults.campaign import (
     summarize,
 )
 from dsetool.faults.network import EngineNetwork
-from dsetool.faults.sites import SiteError, site_groups
+from dsetool.faults.sites import Array, SiteError, site_groups
 from dsetool.faults.stats import wilson
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
@@ -52,8 +52,14 @@ def run(ctx: StageContext) -> Result:
     golden = Golden(engine.run(x, keep=True), labels, network.logit_scale())
     agreement = _check_against_brevitas(ctx, splits, golden, x)
     raw = json.loads((intmodel_dir / "intmodel.json").read_text())
+    narrow = {n: b for n, b in network.acc_bits().items() if cfg.hw.acc_bits and b > cfg.hw.acc_bits}
+    if narrow:
+        name, bits = next(iter(narrow.items()))
+        raise ConfigError(str(cfg.name), "hw.acc_bits", f"{cfg.hw.acc_bits} bits cannot hold the accumulators of "
+                                                        f"layer {name}, which need {bits}")
     try:
-        groups = site_groups(raw, cfg.faults.site, cfg.faults.layers, network.acc_bits())
+        array = Array(cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow, cfg.hw.acc_bits)
+        groups = site_groups(raw, cfg.faults.site, cfg.faults.layers, network.acc_bits(), array)
     except SiteError as exc:
         raise ConfigError(str(cfg.name), "faults", str(exc)) from None
     spec = _spec(cfg)

@@ -1,0 +1,78 @@
+"""How one layer's GEMM is tiled onto an R x C systolic array, cycle by cycle.
+
+A layer computes out[m, n] = sum_k A[m, k] * W[k, n] per image (M x K times K x N; conv via im2col).
+This module names, for every PE register and every streaming cycle of every tile, which operand or
+partial sum it holds, so a fault in that register at that cycle can be given exactly the effect the
+hardware would show. The RTL generator follows the same schedule.
+
+Weight-stationary (`ws`): tiles over (k-tile, n-tile); PE(r, c) holds W[kt*R + r, nt*C + c] for the
+whole tile. A[m, kt*R + r] enters row r skewed by r cycles and moves one column right per cycle, so at
+streaming cycle u of the tile PE(r, c) multiplies A[m, k] with m = u - r - c. Partial sums move down:
+the psum register of PE(r, c) at cycle u holds sum_{r' <= r} A[m, kt*R + r'] W[kt*R + r', n]. Tiles'
+partial sums meet in the output accumulator, outside the array.
+
+Output-stationary (`os`): tiles over (m-tile, n-tile); PE(r, c) accumulates out[mt*R + r, nt*C + c].
+A[m, k] moves right along row r, W[k, n] moves down along column c, both skewed, so at streaming
+cycle u PE(r, c) uses k = u - r - c and its psum register holds the running sum over k' <= u - r - c.
+
+A register outside its wavefront (m or k out of range, or a PE beyond the layer's N or M) holds a
+bubble whose products are discarded: a fault there is masked. Weight-load and drain cycles are not
+part of the streaming window (the closed-form cycle count in `hw/cycles.py` adds them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LayerTiling:
+    """The schedule of one GEMM (per image) on one array."""
+
+    m: int
+    k: int
+    n: int
+    rows: int
+    cols: int
+    dataflow: str
+
+    def __post_init__(self) -> None:
+        if self.dataflow not in ("ws", "os"):
+            raise ValueError(f"Dataflow must be 'ws' or 'os', not {self.dataflow!r}")
+
+    @property
+    def tile_grid(self) -> tuple[int, int]:
+        """Return the number of tiles along (k or m, n)."""
+        first = self.k if self.dataflow == "ws" else self.m
+        return math.ceil(first / self.rows), math.ceil(self.n / self.cols)
+
+    @property
+    def tiles(self) -> int:
+        """Return the number of tiles."""
+        a, b = self.tile_grid
+        return a * b
+
+    @property
+    def window(self) -> int:
+        """Return the streaming cycles of one tile (the fault window per tile)."""
+        stream = self.m if self.dataflow == "ws" else self.k
+        return stream + self.rows + self.cols - 2
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Return the register-site grid (tile, cycle, row, col); its flat index is a site's element."""
+        return self.tiles, self.window, self.rows, self.cols
+
+    def decode(self, element: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (tile_a, tile_n, u, r, c) of flat site indices (tile_a is the k- or m-tile)."""
+        tile, u, r, c = np.unravel_index(element, self.shape)
+        tile_a, tile_n = np.divmod(tile, self.tile_grid[1])
+        return tile_a, tile_n, u, r, c
+
+
+def tilings(shapes: dict[str, tuple[int, int, int]], rows: int, cols: int, dataflow: str) -> dict[str, LayerTiling]:
+    """Return the tiling of every layer from its per-image GEMM shape (M, K, N)."""
+    return {name: LayerTiling(m, k, n, rows, cols, dataflow) for name, (m, k, n) in shapes.items()}

@@ -1,0 +1,113 @@
+"""Faults in PE registers at one cycle, turned into exact corrections of a layer's accumulators.
+
+A flipped register changes a few products or one partial sum; `dsetool.engine.tiling` says which. The
+correction is computed from the layer's actual operands and added to the golden accumulators, so the
+layer is never re-simulated cycle by cycle. Partial-sum faults wrap at the accumulator width, as a
+two's complement adder does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dsetool.engine.tiling import LayerTiling
+
+PE_SITES = ("pe.act", "pe.weight", "pe.psum")
+
+
+def wrap(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Reduce integers to a `width`-bit two's complement register."""
+    half = 1 << (width - 1)
+    return torch.remainder(values + half, 1 << width) - half
+
+
+def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weights: torch.Tensor,
+                    acc: torch.Tensor, bias: torch.Tensor, rows: np.ndarray, elements: np.ndarray,
+                    masks: np.ndarray, model: str, width: int, signed: bool, acc_bits: int) -> torch.Tensor:
+    """Return accumulators (B, N, M) corrected for one fault per (row, element).
+
+    `operands` are the layer's (B, K, M) input matrices, `weights` its (N, K) integer weights, `acc`
+    the fault-free accumulators (B, N, M) including `bias` (N,). `masks` hold each fault's bit mask.
+    """
+    from dsetool.faults.apply import faulty_values
+
+    ta, tn, u, r, c = (torch.from_numpy(a.astype(np.int64)) for a in tiling.decode(elements))
+    b = torch.from_numpy(rows.astype(np.int64))
+    mask = torch.from_numpy(masks.astype(np.int64))
+    R, C, M, K, N = tiling.rows, tiling.cols, tiling.m, tiling.k, tiling.n
+    ws = tiling.dataflow == "ws"
+    m = u - r - c if ws else ta * R + r
+    k = ta * R + r if ws else u - r - c
+    n = tn * C + c
+    out = acc.clone(memory_format=torch.contiguous_format)
+    flat = out.view(-1)
+
+    def add(row: torch.Tensor, col_n: torch.Tensor, col_m: torch.Tensor, value: torch.Tensor) -> None:
+        keep = value != 0
+        flat.index_add_(0, ((row * N + col_n) * M + col_m)[keep], value[keep].to(flat.dtype))
+
+    def operand(bb: torch.Tensor, mm: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
+        return operands[bb, kk.clamp(0, K - 1), mm.clamp(0, M - 1)]
+
+    def weight(kk: torch.Tensor, nn: torch.Tensor) -> torch.Tensor:
+        return weights[nn.clamp(0, N - 1), kk.clamp(0, K - 1)]
+
+    if site == "pe.act":
+        valid = (m >= 0) & (m < M) & (k >= 0) & (k < K)
+        old = operand(b, m, k).to(torch.int64)
+        delta = (faulty_values(old, mask, model, width, signed) - old) * valid
+        cols = torch.arange(C)
+        n_all = tn[:, None] * C + cols                                    # the value moves right
+        live = (cols >= c[:, None]) & (n_all < N)
+        value = delta[:, None] * weight(k[:, None].expand_as(n_all), n_all) * live
+        add(b[:, None].expand_as(n_all).reshape(-1), n_all.clamp(0, N - 1).reshape(-1),
+            m[:, None].expand_as(n_all).clamp(0, M - 1).reshape(-1), value.reshape(-1))
+    elif site == "pe.weight":
+        valid = (n < N) & (k >= 0) & (k < K)
+        old = weight(k, n).to(torch.int64)
+        delta = (faulty_values(old, mask, model, width, True) - old) * valid
+        if ws:   # stationary: every later row m of the tile uses the corrupted weight
+            ms = torch.arange(M)
+            live = ms >= (u - r - c)[:, None]
+            value = delta[:, None] * operands[b[:, None], k.clamp(0, K - 1)[:, None], ms] * live
+            add(b[:, None].expand_as(value).reshape(-1), n.clamp(0, N - 1)[:, None].expand_as(value).reshape(-1),
+                ms.expand_as(value).reshape(-1), value.reshape(-1))
+        else:    # moves down: PE rows r' >= r of the tile (rows m' = mt*R + r') see it
+            rs = torch.arange(R)
+            m_all = ta[:, None] * R + rs
+            live = (rs >= r[:, None]) & (m_all < M)
+            value = delta[:, None] * operand(b[:, None].expand_as(m_all), m_all, k[:, None].expand_as(m_all)) * live
+            add(b[:, None].expand_as(m_all).reshape(-1), n.clamp(0, N - 1)[:, None].expand_as(m_all).reshape(-1),
+                m_all.clamp(0, M - 1).reshape(-1), value.reshape(-1))
+    else:
+        valid = (m >= 0) & (m < M) & (n < N)
+        partial = _partial_sums(tiling, operands, weights, b, m, n, ta, r, u, c)
+        faulty = faulty_values(partial.to(torch.int64), mask, model, acc_bits, True)
+        delta = (faulty - partial.to(torch.int64)) * valid
+        index = (b * N + n.clamp(0, N - 1)) * M + m.clamp(0, M - 1)
+        total = torch.zeros_like(flat, dtype=torch.int64).index_add_(0, index, delta)
+        hit = torch.unique(index[delta != 0])
+        channel = (hit // M) % N
+        base = flat[hit].to(torch.int64) - bias.to(torch.int64)[channel]   # the array's sum, before bias
+        # wrapping is modular, so several faults on one accumulator may be summed before one wrap
+        flat[hit] = (wrap(base + total[hit], acc_bits) + bias.to(torch.int64)[channel]).to(flat.dtype)
+    return out
+
+
+def _partial_sums(tiling: LayerTiling, operands: torch.Tensor, weights: torch.Tensor, b: torch.Tensor,
+                  m: torch.Tensor, n: torch.Tensor, ta: torch.Tensor, r: torch.Tensor, u: torch.Tensor,
+                  c: torch.Tensor) -> torch.Tensor:
+    """Return the value each faulted psum register holds at its cycle (0 where it holds a bubble)."""
+    R, K, M, N = tiling.rows, tiling.k, tiling.m, tiling.n
+    mm, nn = m.clamp(0, M - 1), n.clamp(0, N - 1)
+    if tiling.dataflow == "ws":   # rows r' <= r of this k-tile have added their products
+        offsets = torch.arange(R)
+        ks = ta[:, None] * R + offsets
+        live = (offsets <= r[:, None]) & (ks < K)
+    else:                         # products k' <= u - r - c have been accumulated
+        ks = torch.arange(K).expand(len(b), K)
+        live = ks <= (u - r - c)[:, None]
+    ks = ks.clamp(0, K - 1)
+    terms = operands[b[:, None], ks, mm[:, None]] * weights[nn[:, None], ks]
+    return (terms * live).sum(dim=1)

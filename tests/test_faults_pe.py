@@ -1,0 +1,52 @@
+"""PE-register faults: the fast accumulator correction equals a cycle-by-cycle array simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dsetool.engine.tiling import LayerTiling
+from dsetool.faults.bits import apply_fault
+from dsetool.faults.pe import apply_pe_faults
+from tests.fixtures.systolic_sim import simulate
+
+ARRAYS = [(2, 2), (3, 2), (4, 4)]
+ACT_BITS, WEIGHT_BITS, ACC_BITS = 4, 4, 14
+
+
+def corrupt(bit: int, width: int, signed: bool, model: str):
+    def apply(value: int) -> int:
+        return int(apply_fault(torch.tensor([value]), torch.tensor([bit]), model, width, signed)[0])
+    return apply
+
+
+@pytest.mark.parametrize("rows, cols", ARRAYS)
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+@pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
+def test_fast_pe_faults_equal_cycle_simulation(rows, cols, dataflow, site):
+    rng = np.random.default_rng(hash((rows, cols, dataflow, site)) % 2**32)
+    m, k, n = 5, 7, 5   # not multiples of the array
+    tiling = LayerTiling(m, k, n, rows, cols, dataflow)
+    a = rng.integers(0, 1 << ACT_BITS, size=(m, k))
+    w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
+    bias = rng.integers(-50, 50, size=n)
+    golden = simulate(tiling, a, w, ACC_BITS, None)
+    assert np.array_equal(golden.astype(np.int64), a @ w)
+    width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True)}[site]
+    operands = torch.tensor(a.T[None], dtype=torch.float64)                      # (1, K, M)
+    weights = torch.tensor(w.T, dtype=torch.float64)                             # (N, K)
+    acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)              # (1, N, M)
+    sites = int(np.prod(tiling.shape))
+    for trial in range(60):
+        element = int(rng.integers(0, sites))
+        bit = int(rng.integers(0, width))
+        model = ["bitflip", "stuck0", "stuck1"][trial % 3]
+        tile, u, r, c = np.unravel_index(element, tiling.shape)
+        expected = simulate(tiling, a, w, ACC_BITS, (site, int(tile), int(u), int(r), int(c),
+                                                    corrupt(bit, width, signed, model)))
+        got = apply_pe_faults(site, tiling, operands, weights, acc, torch.tensor(bias, dtype=torch.float64),
+                              np.array([0]), np.array([element]), np.array([1 << bit]), model, width, signed,
+                              ACC_BITS)
+        assert np.array_equal(got[0].T.numpy().astype(np.int64) - bias, expected.astype(np.int64)), (
+            site, dataflow, (int(tile), int(u), int(r), int(c)), bit, model)
