@@ -170,10 +170,11 @@ def ptq(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool,
 @_options
 @_guarded
 def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
-    """Run every stage of every design point of the experiment's sweep grid and print the results."""
-    from dsetool.stages import quant_stage
+    """Run every stage of every design point of the experiment's sweep grid and print the results.
 
-    _run_points(lambda p: quant_stage(p.config), experiment, overrides, as_json, debug, runs_dir)
+    Each point is quantized (QAT or PTQ, as `quant.method` says) and then put through its fault campaign.
+    """
+    _run_points(lambda p: "inject", experiment, overrides, as_json, debug, runs_dir)
 
 
 @main.command("inject")

@@ -120,7 +120,7 @@ class HwConfig:
     cols: int = spec(8, range=(1, 256), help="PE columns")
     dataflow: str = spec("ws", choices=("ws", "os"), help="weight- or output-stationary")
     acc_bits: int = spec(0, range=(0, 64), help="accumulator width, 0 = just wide enough for each layer")
-    multiplier_bits: int = spec(16, range=(4, 32), help="fixed-point requantization multiplier (float scales)")
+    multiplier_bits: int = spec(24, range=(4, 32), help="fixed-point requantization multiplier width (float scales)")
 
 
 FAULT_SITES = ("act", "weight", "pe.act", "pe.weight", "pe.psum", "out")

@@ -33,12 +33,13 @@ MODEL_COLUMNS: list[Column] = [
 ]
 CAMPAIGN_COLUMNS: list[Column] = [
     ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
+    ("test %", _metric_pct("quant_test_acc")),
     ("site", lambda m: f"{m.get('site', '-')} {m.get('fault_model', '')}"),
     ("n", lambda m: str(m.get("faulty_inferences", "-"))),
     ("masked %", _metric_pct("masked_rate")),
     ("SDC % [95% CI]", _rate_ci("sdc")),
     ("critical % [95% CI]", _rate_ci("critical")),
-    ("acc %", _metric_pct("accuracy_under_faults")),
+    ("acc under faults %", _metric_pct("accuracy_under_faults")),
 ]
 
 

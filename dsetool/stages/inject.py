@@ -73,7 +73,9 @@ def run(ctx: StageContext) -> Result:
     summary = summarize(tally, golden, spec.confidence)
     (ctx.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
     metrics = {k: v for k, v in summary.items() if not k.startswith("by_")}
-    metrics.update(agreement, planned_inferences=planned, stopped_early=stopped, site=cfg.faults.site,
+    quant_metrics = upstream.metrics
+    metrics.update(agreement, planned_inferences=planned, quant_test_acc=quant_metrics.get("quant_test_acc"),
+                   float_test_acc=quant_metrics.get("float_test_acc"), stopped_early=stopped, site=cfg.faults.site,
                    fault_model=cfg.faults.model, weight_bits=cfg.quant.weight_bits, act_bits=cfg.quant.act_bits,
                    faults_per_second=tally.counts["n"] / seconds if seconds > 0 else None)
     return Result(metrics)

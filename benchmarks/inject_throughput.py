@@ -1,0 +1,402 @@
+"""Print fault-injection throughput of our integer-engine campaigns next to PyTorchFI's, on LeNet-5 and AlexNet-32.
+
+Run: `.venv/bin/python benchmarks/inject_throughput.py` (about 3 minutes on 2 cores; `--help` lists the knobs).
+PyTorchFI is a benchmark-only dependency: `.venv/bin/pip install --no-deps pytorchfi`; without it its lines
+say so and the rest is printed.
+
+Both sides start from the same float network, trained briefly on the embedded digits (32x32). Ours is its
+W8A8 (po2) quantization run on the bit-exact integer engine: `run_campaign` with single-bit `act` flips
+(one per inference, sites uniform over the chosen layers' input activation codes), batches of `--batch`,
+Parquet rows written to a temp dir, all timed. PyTorchFI (0.6) runs the *float* network, PyTorch's fastest
+path and so its most favourable case, with one neuron fault per inference, sites uniform over every
+conv/linear output value, each flipping one random bit of the value's int8 code (per-layer max-abs scale):
+(a) batch 1, one `declare_neuron_fi` per fault; (b) one fault per element of a `--batch` batch, declared
+again for every batch as its documentation does. Every figure is the median of `--repeats` timed runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dsetool.data import DataSplits, Split, load_dataset
+from dsetool.engine import Engine, load_intmodel
+from dsetool.faults.campaign import CampaignSpec, Golden, run_campaign
+from dsetool.faults.network import EngineNetwork
+from dsetool.faults.sites import site_groups
+from dsetool.models.export import calibrate_activations, export_integer
+from dsetool.models.quant import QuantSpec
+from dsetool.models.zoo import build_model, load_float_weights
+
+SHAPE = (1, 32, 32)
+INT8 = 8
+WIDTH = 50  # of the label column
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure on one architecture."""
+
+    arch: str
+    train_epochs: int
+    samples: int            # faults per campaign
+    per_layer: bool         # also one campaign per weight layer
+    pfi_single: int         # faults of PyTorchFI's batch-1 mode
+    pfi_batches: int        # batches of PyTorchFI's batched mode
+
+
+@dataclass
+class Setup:
+    """One architecture: the float network, its integer engine, the campaign inputs and their golden run."""
+
+    arch: str
+    float_model: nn.Module
+    net: EngineNetwork
+    intmodel: dict[str, Any]
+    x: torch.Tensor
+    golden: Golden
+    accuracy: tuple[float, float]   # float, integer engine (on x)
+
+
+def median_rate(run: Callable[[], Any], work: int, repeats: int) -> float:
+    """Return the median of `work / seconds` over `repeats` timed calls of `run`."""
+    rates = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        rates.append(work / (time.perf_counter() - began))
+    return statistics.median(rates)
+
+
+def row(label: str, value: float, unit: str, note: str = "") -> None:
+    """Print one figure of the table (ratios with two decimals)."""
+    number = f"{value:>10.2f}" if unit == "x" else f"{value:>10,.0f}"
+    print(f"  {label:<{WIDTH}} {number} {unit:<9} {note}".rstrip())
+
+
+def changed(wrong: int, total: int) -> str:
+    """Return the note giving the share of faults that changed the top-1 class."""
+    return f"top-1 changed {100 * wrong / total:.1f}%"
+
+
+# --- set-up ---------------------------------------------------------------------------------------------
+
+def train_float(arch: str, data: DataSplits, epochs: int) -> nn.Module:
+    """Return the float network after `epochs` of Adam on the train split (seeded), in eval mode."""
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=1, num_classes=10, image_size=SHAPE[1:])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(data.train.y))
+        for begin in range(0, len(order), 64):
+            pick = order[begin:begin + 64]
+            loss = nn.functional.cross_entropy(model(data.train.x[pick]), data.train.y[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def integer_engine(arch: str, float_model: nn.Module, calib: Split, directory: Path) -> tuple[Engine, dict]:
+    """Quantize the float network to W8A8 po2 (PTQ), export it and load its engine."""
+    quant = build_model(arch, in_channels=1, num_classes=10, image_size=SHAPE[1:],
+                        quant=QuantSpec(weight_bits=8, act_bits=8, scaling="po2"))
+    load_float_weights(quant, float_model.state_dict())
+    calibrate_activations(quant, [calib.x])
+    quant.eval()
+    intmodel = export_integer(quant, directory, arch=arch, input_shape=SHAPE)
+    return Engine(load_intmodel(directory)), intmodel
+
+
+def prepare(plan: Plan, data: DataSplits, batch: int) -> Setup:
+    """Train, quantize and export `plan.arch`; run the golden pass on the first `batch` test images."""
+    float_model = train_float(plan.arch, data, plan.train_epochs)
+    with tempfile.TemporaryDirectory() as out:
+        engine, intmodel = integer_engine(plan.arch, float_model, data.calib, Path(out))
+    x, y = data.test.x[:batch], data.test.y[:batch]
+    net = EngineNetwork(engine)
+    golden = Golden(engine.run(x, keep=True), y, net.logit_scale())
+    with torch.no_grad():
+        float_acc = float((float_model(x).argmax(1) == y).float().mean())
+    int_acc = float((golden.top1 == y).float().mean())
+    return Setup(plan.arch, float_model, net, intmodel, x, golden, (float_acc, int_acc))
+
+
+# --- ours -----------------------------------------------------------------------------------------------
+
+def campaign_rate(setup: Setup, layers: Sequence[str], samples: int, batch: int, repeats: int) -> tuple[float, str]:
+    """Return the median faults/s of a single-bit `act` flip campaign (a new seed and scratch per repeat),
+    and a note on the outcomes of the last one."""
+    groups = site_groups(setup.intmodel, "act", layers, setup.net.acc_bits())
+    seeds = iter(range(repeats))
+    counts: dict[str, int] = {}
+
+    def run() -> None:
+        spec = CampaignSpec(model="bitflip", bits="all", faults_per_inference=1, ber=None, samples=samples,
+                            margin=0.02, confidence=0.95, early_stop=False, seed=next(seeds),
+                            shard_size=samples, batch_size=batch)
+        with tempfile.TemporaryDirectory() as scratch:
+            tally, _, _ = run_campaign(setup.net, setup.golden, groups, spec, Path(scratch), lambda *_: None)
+        counts.update(tally.counts)
+
+    rate = median_rate(run, samples, repeats)
+    return rate, f"masked {100 * counts['masked'] / counts['n']:.0f}%, {changed(counts['sdc'], counts['n'])}"
+
+
+def measure_ours(setup: Setup, plan: Plan, batch: int, repeats: int) -> float:
+    """Print the clean and campaign figures; return the uniform campaign's faults/s."""
+    engine = setup.net.engine
+    engine.run(setup.x)
+    clean = median_rate(lambda: engine.run(setup.x), len(setup.x), repeats)
+    row("ours: clean integer-engine inference", clean, "images/s")
+    names = [layer.name for layer in engine.layers.values()]
+    campaign_rate(setup, names[-1:], batch, batch, 1)  # warm-up: Parquet writer, allocator
+    for name in names if plan.per_layer else []:
+        rate, note = campaign_rate(setup, [name], plan.samples, batch, repeats)
+        row(f"ours: act bit-flip campaign, {name} (N={plan.samples})", rate, "faults/s", note)
+    uniform, note = campaign_rate(setup, [], plan.samples, batch, repeats)
+    row(f"ours: act bit-flip campaign, uniform (N={plan.samples})", uniform, "faults/s", note)
+    row("ours: uniform faults/s / clean images/s", uniform / clean, "x")
+    return uniform
+
+
+# --- PyTorchFI ------------------------------------------------------------------------------------------
+
+def weight_modules(model: nn.Module) -> list[nn.Module]:
+    """Return the conv/linear modules in PyTorchFI's layer order (depth-first over children)."""
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def layer_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Return every conv/linear output of a clean forward pass."""
+    outputs: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.detach().clone()))
+               for m in weight_modules(model)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def flip_int8(values: torch.Tensor, scale: float, bits: torch.Tensor) -> torch.Tensor:
+    """Return `values` after flipping bit `bits` of their symmetric int8 code at `scale`."""
+    codes = torch.clamp(torch.round(values / scale), -128, 127).to(torch.int64)
+    pattern = torch.bitwise_xor(codes & 0xFF, torch.bitwise_left_shift(torch.ones_like(codes), bits))
+    return (pattern - 256 * (pattern >= 128)).to(values.dtype) * scale
+
+
+class NeuronSites:
+    """Sample neuron fault sites uniformly over every value of the injectable layers' outputs."""
+
+    def __init__(self, shapes: Sequence[Sequence[int]], seed: int) -> None:
+        self.shapes = [tuple(shape[1:]) for shape in shapes]
+        sizes = np.array([int(np.prod(shape)) for shape in self.shapes])
+        self.starts, self.total = np.cumsum(sizes) - sizes, int(sizes.sum())
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self, n: int) -> dict[str, list[Any]]:
+        """Return `declare_neuron_fi` coordinates of n sites (dim2/dim3 None for linear layers)."""
+        flat = self.rng.integers(self.total, size=n)
+        layers = np.searchsorted(self.starts, flat, side="right") - 1
+        sites: dict[str, list[Any]] = {"layer_num": [], "dim1": [], "dim2": [], "dim3": []}
+        for layer, index in zip(layers.tolist(), (flat - self.starts[layers]).tolist(), strict=True):
+            coords = [*np.unravel_index(index, self.shapes[layer])]
+            sites["layer_num"].append(layer)
+            for key in ("dim1", "dim2", "dim3"):
+                sites[key].append(int(coords.pop(0)) if coords else None)
+        return sites
+
+
+class BitFlipHook:
+    """A PyTorchFI `function=` hook: flip one random bit of the int8 code of every declared neuron of the
+    layer it runs on, vectorised (the fastest custom hook we can write; PyTorchFI's own loops in Python)."""
+
+    def __init__(self, pfi: Any, scales: Sequence[float], seed: int) -> None:
+        self.pfi, self.scales = pfi, scales
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        pfi = self.pfi
+        layer = pfi.get_current_layer()
+        picks = [j for j, target in enumerate(pfi.corrupt_layer) if target == layer]
+        if picks:
+            lists = (pfi.corrupt_batch, pfi.corrupt_dim1, pfi.corrupt_dim2, pfi.corrupt_dim3)[:output.dim()]
+            index = tuple(torch.tensor([values[j] for j in picks]) for values in lists)
+            bits = torch.randint(INT8, (len(picks),), generator=self.generator)
+            output[index] = flip_int8(output[index], self.scales[layer], bits)
+        pfi.updateLayer()
+        if pfi.get_current_layer() >= pfi.get_total_layers():
+            pfi.reset_current_layer()
+
+
+def pfi_injector(model: nn.Module, batch: int) -> Any:
+    """Return PyTorchFI's injector for conv/linear neurons of `model` on CPU."""
+    from pytorchfi.core import fault_injection
+
+    return fault_injection(model, batch, input_shape=list(SHAPE), layer_types=[nn.Conv2d, nn.Linear],
+                           use_cuda=False)
+
+
+def declare(pfi: Any, **injection: Any) -> nn.Module:
+    """Return `pfi.declare_neuron_fi(**injection)`, the corrupted copy of the model.
+
+    PyTorchFI 0.6 never empties its list of hook handles, and every declaration removes all of them again,
+    so the n-th costs O(n): 300 faults of mode (a) run 15x slower than the first few. The stale handles
+    belong to discarded copies of the model, so dropping them changes nothing but that cost.
+    """
+    pfi.handles.clear()
+    return pfi.declare_neuron_fi(**injection)
+
+
+def pfi_single_rate(setup: Setup, scales: Sequence[float], faults: int, repeats: int) -> tuple[float, str]:
+    """Return PyTorchFI's faults/s with one fault per batch-1 forward pass (declared anew each time), and a
+    note on the outcomes of the last repeat."""
+    pfi = pfi_injector(setup.float_model, 1)
+    sites, hook = NeuronSites(pfi.get_output_size(), seed=1), BitFlipHook(pfi, scales, seed=1)
+    golden, size = setup.golden.top1, len(setup.x)
+    wrong = [0]
+
+    def run() -> None:
+        drawn = sites.draw(faults)
+        wrong[0] = 0
+        for i in range(faults):
+            corrupted = declare(pfi, batch=[0], function=hook, **{key: [values[i]] for key, values in drawn.items()})
+            with torch.no_grad():
+                wrong[0] += int(corrupted(setup.x[i % size][None]).argmax(1) != golden[i % size])
+
+    return median_rate(run, faults, repeats), changed(wrong[0], faults)
+
+
+def pfi_batched_rate(setup: Setup, scales: Sequence[float], batches: int, repeats: int,
+                     golden_values: Sequence[torch.Tensor] | None = None) -> tuple[float, str]:
+    """Return PyTorchFI's faults/s with one fault per batch element, declared anew for every batch, and a
+    note on the outcomes of the last repeat.
+
+    With `golden_values` (each layer's clean output), the flipped values are computed ahead from them
+    and declared with `value=` (PyTorchFI's built-in hook); else the `BitFlipHook` computes them.
+    """
+    size = len(setup.x)
+    pfi = pfi_injector(setup.float_model, size)
+    sites, hook = NeuronSites(pfi.get_output_size(), seed=2), BitFlipHook(pfi, scales, seed=2)
+    rng = torch.Generator().manual_seed(2)
+    golden = setup.golden.top1
+    wrong = [0]
+
+    def run() -> None:
+        wrong[0] = 0
+        for _ in range(batches):
+            drawn = sites.draw(size)
+            if golden_values is None:
+                corrupted = declare(pfi, batch=list(range(size)), function=hook, **drawn)
+            else:
+                values = flipped_values(golden_values, scales, drawn, torch.randint(INT8, (size,), generator=rng))
+                corrupted = declare(pfi, batch=list(range(size)), value=values, **drawn)
+            with torch.no_grad():
+                wrong[0] += int((corrupted(setup.x).argmax(1) != golden).sum())
+
+    return median_rate(run, batches * size, repeats), changed(wrong[0], batches * size)
+
+
+def flipped_values(golden_values: Sequence[torch.Tensor], scales: Sequence[float], drawn: dict[str, list[Any]],
+                   bits: torch.Tensor) -> list[float]:
+    """Return the faulty value of each drawn site (site b in batch element b), from the clean outputs."""
+    out = []
+    for b, layer in enumerate(drawn["layer_num"]):
+        coords = [drawn[key][b] for key in ("dim1", "dim2", "dim3") if drawn[key][b] is not None]
+        clean = golden_values[layer][(b, *coords)]
+        out.append(float(flip_int8(clean, scales[layer], bits[b])))
+    return out
+
+
+def measure_pfi(setup: Setup, plan: Plan, repeats: int) -> tuple[float, float] | None:
+    """Print PyTorchFI's figures; return (best batched, single) faults/s, or None when it is missing."""
+    try:
+        import pytorchfi  # noqa: F401
+    except ImportError:
+        print("  pytorchfi not installed (pip install pytorchfi)")
+        return None
+    model = setup.float_model
+    golden_values = layer_outputs(model, setup.x)
+    scales = [max(float(values.abs().max()), 1e-12) / 127 for values in golden_values]
+    with torch.no_grad():
+        model(setup.x)
+        clean = median_rate(lambda: model(setup.x), len(setup.x), repeats)
+    row("pfi: float forward, no injection (ceiling)", clean, "images/s", "float32")
+    single, note = pfi_single_rate(setup, scales, plan.pfi_single, repeats)
+    row(f"pfi: (a) batch 1, 1 fault/forward (N={plan.pfi_single})", single, "faults/s", note)
+    faults = plan.pfi_batches * len(setup.x)
+    batched, note = pfi_batched_rate(setup, scales, plan.pfi_batches, repeats)
+    row(f"pfi: (b) batch {len(setup.x)}, 1 fault/element (N={faults})", batched, "faults/s", note)
+    valued, note = pfi_batched_rate(setup, scales, plan.pfi_batches, repeats, golden_values)
+    row(f"pfi: (b') as (b), built-in value= hook (N={faults})", valued, "faults/s", note)
+    return max(batched, valued), single
+
+
+# --- main -----------------------------------------------------------------------------------------------
+
+def header(batch: int, threads: int, repeats: int) -> str:
+    """Return the first line: machine, torch, batch size."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (f"machine: {cpu}, nproc {len(os.sched_getaffinity(0))}; torch {torch.__version__}, "
+            f"{threads} threads; batch {batch}; median of {repeats}")
+
+
+def measure(plan: Plan, data: DataSplits, batch: int, repeats: int) -> None:
+    """Print every figure of one architecture."""
+    setup = prepare(plan, data, batch)
+    float_acc, int_acc = setup.accuracy
+    print(f"{plan.arch} W8A8 po2, digits 32x32, {plan.train_epochs} float epochs: top-1 on the {batch} "
+          f"images {float_acc:.3f} float / {int_acc:.3f} integer")
+    ours = measure_ours(setup, plan, batch, repeats)
+    pfi = measure_pfi(setup, plan, repeats)
+    if pfi is not None:
+        batched, single = pfi
+        row("ratio: ours uniform / pfi best batched (b, b')", ours / batched, "x")
+        row("ratio: ours uniform / pfi single (a)", ours / single, "x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lenet-samples", type=int, default=2048)
+    parser.add_argument("--alexnet-samples", type=int, default=256)
+    parser.add_argument("--alexnet-epochs", type=int, default=0, help="float training epochs (~30 s each)")
+    args = parser.parse_args()
+    # PyTorchFI calls logging.basicConfig with a format needing a `clientip` field, which breaks every
+    # later log record; configuring the root logger first makes its call a no-op.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    print(header(args.batch, args.threads, args.repeats))
+    data = load_dataset("digits", image_size=SHAPE[1])
+    plans = (Plan("lenet5", 8, args.lenet_samples, True, 300, 4),
+             Plan("alexnet32", args.alexnet_epochs, args.alexnet_samples, False, 100, 1))
+    for plan in plans:
+        measure(plan, data, args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
