@@ -193,7 +193,7 @@ def test_early_stop_stops_once_the_interval_is_tight(setup, tmp_path: Path):
 @pytest.mark.parametrize("dataflow", ["ws", "os"])
 def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow):
     """End to end on an MLP: the campaign's logits equal a cycle-by-cycle simulation of the faulted layer."""
-    from dsetool.faults.sites import Array
+    from hw.arrayconfig import ArrayConfig
     from tests.fixtures.systolic_sim import simulate
 
     engine = exported_engine(tmp_path, "mlp", bits=4)
@@ -201,7 +201,8 @@ def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow)
     x, y = digits(8).test.x[:16], digits(8).test.y[:16]
     golden = Golden(engine.run(x, keep=True), y, network.logit_scale())
     raw = json.loads((tmp_path / "intmodel.json").read_text())
-    groups = site_groups(raw, site, [], network.acc_bits(), Array(3, 2, dataflow))
+    array = ArrayConfig(rows=3, cols=2, act_bits=4, weight_bits=4, dataflow=dataflow)
+    groups = site_groups(raw, site, [], network.acc_bits(), array)
     faults = draw_shard(spec(), groups, 16, shard=0, size=12)
     logits = evaluate(network, golden.outputs, faults.inputs, groups,
                       Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsetool.engine.tiling import LayerTiling
+from hw.arrayconfig import ArrayConfig
 
 QUANT_OPS = ("quant_input", "quant_relu")
 WEIGHT_OPS = ("conv2d", "linear")
@@ -72,18 +73,8 @@ def _input_shape(intmodel: Mapping[str, Any], index: int) -> tuple[int, ...]:
     return tuple(ops[index - 1]["out_shape"]) if index > 0 else tuple(intmodel["input_shape"])
 
 
-@dataclass(frozen=True)
-class Array:
-    """The array PE-register faults are mapped onto."""
-
-    rows: int
-    cols: int
-    dataflow: str
-    acc_bits: int = 0   # 0: each layer's own accumulator width
-
-
 def site_groups(intmodel: Mapping[str, Any], site: str, layers: Sequence[str], acc_bits: Mapping[str, int],
-                array: Array | None = None) -> list[SiteGroup]:
+                array: ArrayConfig | None = None) -> list[SiteGroup]:
     """Return the site groups of `site` in the selected weight layers (all when `layers` is empty).
 
     `acc_bits` gives each layer's accumulator width: the register width of the logits for `out` faults
@@ -112,7 +103,7 @@ def gemm_shape(op: Mapping[str, Any]) -> tuple[int, int, int]:
 
 
 def _pe_group(ops: Sequence[Mapping[str, Any]], site: str, index: int, acc_bits: Mapping[str, int],
-              array: Array) -> SiteGroup:
+              array: ArrayConfig) -> SiteGroup:
     op = ops[index]
     tiling = LayerTiling(*gemm_shape(op), array.rows, array.cols, array.dataflow)
     if site == "pe.act":
@@ -126,7 +117,7 @@ def _pe_group(ops: Sequence[Mapping[str, Any]], site: str, index: int, acc_bits:
 
 
 def _group(intmodel: Mapping[str, Any], site: str, index: int, acc_bits: Mapping[str, int],
-           array: Array | None) -> SiteGroup:
+           array: ArrayConfig | None) -> SiteGroup:
     ops = intmodel["ops"]
     op = ops[index]
     name = op["name"]

@@ -24,12 +24,13 @@ from dsetool.faults.campaign import (
     summarize,
 )
 from dsetool.faults.network import EngineNetwork
-from dsetool.faults.sites import Array, SiteError, site_groups
+from dsetool.faults.sites import SiteError, site_groups
 from dsetool.faults.stats import wilson
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
 from dsetool.store import Result
 from dsetool.validate import ConfigError
+from hw.arrayconfig import ArrayConfig
 
 SUMMARY_FILE = "summary.json"
 
@@ -58,7 +59,8 @@ def run(ctx: StageContext) -> Result:
         raise ConfigError(str(cfg.name), "hw.acc_bits", f"{cfg.hw.acc_bits} bits cannot hold the accumulators of "
                                                         f"layer {name}, which need {bits}")
     try:
-        array = Array(cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow, cfg.hw.acc_bits)
+        array = ArrayConfig(rows=cfg.hw.rows, cols=cfg.hw.cols, act_bits=cfg.quant.act_bits,
+                            weight_bits=cfg.quant.weight_bits, acc_bits=cfg.hw.acc_bits, dataflow=cfg.hw.dataflow)
         groups = site_groups(raw, cfg.faults.site, cfg.faults.layers, network.acc_bits(), array)
     except SiteError as exc:
         raise ConfigError(str(cfg.name), "faults", str(exc)) from None
@@ -93,9 +95,12 @@ def _progress(ctx: StageContext, label: str, spec: CampaignSpec, groups: list[An
 
     ctx.reporter.start(label, math.ceil(planned_samples(spec, groups, n_inputs) / spec.shard_size))
 
+    began = time.perf_counter()
+
     def report(tally: Tally, planned: int) -> None:
         sdc = wilson(tally.counts["sdc"], tally.counts["n"], spec.confidence)
-        ctx.reporter.advance(faults=f"{tally.counts['n']}/{planned}",
+        rate = tally.counts["n"] / max(time.perf_counter() - began, 1e-9)
+        ctx.reporter.advance(faults=f"{tally.counts['n']}/{planned}", rate=f"{rate:.0f}/s",
                              sdc=f"{100 * sdc.rate:.2f}% [{100 * sdc.low:.2f}, {100 * sdc.high:.2f}]")
 
     return report
