@@ -256,9 +256,9 @@ def pfi_injector(model: nn.Module, batch: int) -> Any:
 def declare(pfi: Any, **injection: Any) -> nn.Module:
     """Return `pfi.declare_neuron_fi(**injection)`, the corrupted copy of the model.
 
-    PyTorchFI 0.6 never empties its list of hook handles, and every declaration removes all of them again,
-    so the n-th costs O(n): 300 faults of mode (a) run 15x slower than the first few. The stale handles
-    belong to discarded copies of the model, so dropping them changes nothing but that cost.
+    PyTorchFI 0.6 never empties its list of hook handles and every declaration removes all of them again,
+    so the n-th costs O(n) (mode (a) on LeNet-5 slows by a third over 900 declarations). The stale
+    handles belong to discarded copies of the model: dropping them changes nothing but that cost.
     """
     pfi.handles.clear()
     return pfi.declare_neuron_fi(**injection)
@@ -359,8 +359,8 @@ def header(batch: int, threads: int, repeats: int) -> str:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return (f"machine: {cpu}, nproc {len(os.sched_getaffinity(0))}; torch {torch.__version__}, "
-            f"{threads} threads; batch {batch}; median of {repeats}")
+    return (f"machine: {cpu}, nproc {len(os.sched_getaffinity(0))} (load {os.getloadavg()[0]:.1f}); "
+            f"torch {torch.__version__}, {threads} threads; batch {batch}; median of {repeats}")
 
 
 def measure(plan: Plan, data: DataSplits, batch: int, repeats: int) -> None:
@@ -384,7 +384,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lenet-samples", type=int, default=2048)
     parser.add_argument("--alexnet-samples", type=int, default=256)
-    parser.add_argument("--alexnet-epochs", type=int, default=0, help="float training epochs (~30 s each)")
+    parser.add_argument("--alexnet-epochs", type=int, default=3, help="float training epochs (~7 s each)")
     args = parser.parse_args()
     # PyTorchFI calls logging.basicConfig with a format needing a `clientip` field, which breaks every
     # later log record; configuring the root logger first makes its call a no-op.

@@ -17,7 +17,7 @@ def _rate_ci(name: str) -> Callable[[dict[str, Any]], str]:
         low, high = m.get(f"{name}_ci", (None, None))
         if not isinstance(m.get(f"{name}_rate"), float) or low is None:
             return "-"
-        return f"{100 * m[f'{name}_rate']:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+        return f"{100 * m[f'{name}_rate']:.2f} [{100 * low:.2f}-{100 * high:.2f}]"
     return show
 
 
@@ -34,12 +34,12 @@ MODEL_COLUMNS: list[Column] = [
 CAMPAIGN_COLUMNS: list[Column] = [
     ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
     ("test %", _metric_pct("quant_test_acc")),
-    ("site", lambda m: f"{m.get('site', '-')} {m.get('fault_model', '')}"),
+    ("faults", lambda m: f"{m.get('site', '-')} {m.get('fault_model', '')}"),
     ("n", lambda m: str(m.get("faulty_inferences", "-"))),
     ("masked %", _metric_pct("masked_rate")),
     ("SDC % [95% CI]", _rate_ci("sdc")),
     ("critical % [95% CI]", _rate_ci("critical")),
-    ("acc under faults %", _metric_pct("accuracy_under_faults")),
+    ("faulty acc %", _metric_pct("accuracy_under_faults")),
 ]
 
 
@@ -62,16 +62,16 @@ def results_table(experiment: str, rows: Sequence[tuple[Point, Entry, bool]]) ->
 
     axes = list(dict.fromkeys(key for point, _, _ in rows for key in point.axes))
     columns = CAMPAIGN_COLUMNS if any(entry.stage == "inject" for _, entry, _ in rows) else MODEL_COLUMNS
-    table = Table(title=f"{experiment}: {len(rows)} results")
+    stages = sorted({entry.stage for _, entry, _ in rows})
+    table = Table(title=f"{experiment}: {len(rows)} results ({', '.join(stages)})")
     for key in axes:
         table.add_column(key.rsplit(".", 1)[-1])
-    table.add_column("stage")
     for title, _ in columns:
         table.add_column(title, justify="right" if "%" in title or title == "n" else "left")
     table.add_column("key")
     table.add_column("cached")
     for point, entry, cached in rows:
-        table.add_row(*(str(point.axes.get(key, "")) for key in axes), entry.stage,
+        table.add_row(*(str(point.axes.get(key, "")) for key in axes),
                       *(show(entry.metrics) for _, show in columns), entry.key[:8], "yes" if cached else "no")
     _console().print(table)
 
