@@ -1,6 +1,6 @@
 """Print fault-injection throughput of our integer-engine campaigns next to PyTorchFI's, on LeNet-5 and AlexNet-32.
 
-Run: `.venv/bin/python benchmarks/inject_throughput.py` (about 3 minutes on 2 cores; `--help` lists the knobs).
+Run: `.venv/bin/python benchmarks/inject_throughput.py` (1.5 minutes on 2 idle cores; `--help` lists the knobs).
 PyTorchFI is a benchmark-only dependency: `.venv/bin/pip install --no-deps pytorchfi`; without it its lines
 say so and the rest is printed.
 
@@ -25,6 +25,8 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ from dsetool.models.zoo import build_model, load_float_weights
 
 SHAPE = (1, 32, 32)
 INT8 = 8
-WIDTH = 50  # of the label column
+WIDTH = 52  # of the label column
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,7 @@ class Plan:
     train_epochs: int
     samples: int            # faults per campaign
     per_layer: bool         # also one campaign per weight layer
-    pfi_single: int         # faults of PyTorchFI's batch-1 mode
-    pfi_batches: int        # batches of PyTorchFI's batched mode
+    pfi_single: int         # faults of PyTorchFI's batch-1 mode (its batched mode injects `samples`)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Setup:
 
     arch: str
     float_model: nn.Module
+    quant_model: nn.Module
     net: EngineNetwork
     intmodel: dict[str, Any]
     x: torch.Tensor
@@ -92,8 +94,6 @@ def changed(wrong: int, total: int) -> str:
     return f"top-1 changed {100 * wrong / total:.1f}%"
 
 
-# --- set-up ---------------------------------------------------------------------------------------------
-
 def train_float(arch: str, data: DataSplits, epochs: int) -> nn.Module:
     """Return the float network after `epochs` of Adam on the train split (seeded), in eval mode."""
     torch.manual_seed(0)
@@ -110,32 +110,30 @@ def train_float(arch: str, data: DataSplits, epochs: int) -> nn.Module:
     return model.eval()
 
 
-def integer_engine(arch: str, float_model: nn.Module, calib: Split, directory: Path) -> tuple[Engine, dict]:
-    """Quantize the float network to W8A8 po2 (PTQ), export it and load its engine."""
+def quantize(arch: str, float_model: nn.Module, calib: Split, directory: Path) -> tuple[nn.Module, Engine, dict]:
+    """Quantize the float network to W8A8 po2 (PTQ); export it; return it, its engine and the export."""
     quant = build_model(arch, in_channels=1, num_classes=10, image_size=SHAPE[1:],
                         quant=QuantSpec(weight_bits=8, act_bits=8, scaling="po2"))
     load_float_weights(quant, float_model.state_dict())
     calibrate_activations(quant, [calib.x])
     quant.eval()
     intmodel = export_integer(quant, directory, arch=arch, input_shape=SHAPE)
-    return Engine(load_intmodel(directory)), intmodel
+    return quant, Engine(load_intmodel(directory)), intmodel
 
 
 def prepare(plan: Plan, data: DataSplits, batch: int) -> Setup:
     """Train, quantize and export `plan.arch`; run the golden pass on the first `batch` test images."""
     float_model = train_float(plan.arch, data, plan.train_epochs)
     with tempfile.TemporaryDirectory() as out:
-        engine, intmodel = integer_engine(plan.arch, float_model, data.calib, Path(out))
+        quant_model, engine, intmodel = quantize(plan.arch, float_model, data.calib, Path(out))
     x, y = data.test.x[:batch], data.test.y[:batch]
     net = EngineNetwork(engine)
     golden = Golden(engine.run(x, keep=True), y, net.logit_scale())
     with torch.no_grad():
         float_acc = float((float_model(x).argmax(1) == y).float().mean())
     int_acc = float((golden.top1 == y).float().mean())
-    return Setup(plan.arch, float_model, net, intmodel, x, golden, (float_acc, int_acc))
+    return Setup(plan.arch, float_model, quant_model, net, intmodel, x, golden, (float_acc, int_acc))
 
-
-# --- ours -----------------------------------------------------------------------------------------------
 
 def campaign_rate(setup: Setup, layers: Sequence[str], samples: int, batch: int, repeats: int) -> tuple[float, str]:
     """Return the median faults/s of a single-bit `act` flip campaign (a new seed and scratch per repeat),
@@ -172,8 +170,6 @@ def measure_ours(setup: Setup, plan: Plan, batch: int, repeats: int) -> float:
     row("ours: uniform faults/s / clean images/s", uniform / clean, "x")
     return uniform
 
-
-# --- PyTorchFI ------------------------------------------------------------------------------------------
 
 def weight_modules(model: nn.Module) -> list[nn.Module]:
     """Return the conv/linear modules in PyTorchFI's layer order (depth-first over children)."""
@@ -214,13 +210,13 @@ class NeuronSites:
         """Return `declare_neuron_fi` coordinates of n sites (dim2/dim3 None for linear layers)."""
         flat = self.rng.integers(self.total, size=n)
         layers = np.searchsorted(self.starts, flat, side="right") - 1
-        sites: dict[str, list[Any]] = {"layer_num": [], "dim1": [], "dim2": [], "dim3": []}
-        for layer, index in zip(layers.tolist(), (flat - self.starts[layers]).tolist(), strict=True):
-            coords = [*np.unravel_index(index, self.shapes[layer])]
-            sites["layer_num"].append(layer)
-            for key in ("dim1", "dim2", "dim3"):
-                sites[key].append(int(coords.pop(0)) if coords else None)
-        return sites
+        dims = np.full((3, n), None, dtype=object)
+        for layer in np.unique(layers).tolist():
+            mine = layers == layer
+            for axis, coords in enumerate(np.unravel_index(flat[mine] - self.starts[layer], self.shapes[layer])):
+                dims[axis, mine] = coords.tolist()
+        return {"layer_num": layers.tolist(), "dim1": dims[0].tolist(), "dim2": dims[1].tolist(),
+                "dim3": dims[2].tolist()}
 
 
 class BitFlipHook:
@@ -245,6 +241,25 @@ class BitFlipHook:
             pfi.reset_current_layer()
 
 
+@dataclass(frozen=True)
+class FloatCase:
+    """What PyTorchFI injects into: the float network, the inputs, and their clean run."""
+
+    model: nn.Module
+    x: torch.Tensor
+    top1: torch.Tensor                  # the float network's own clean predictions
+    outputs: list[torch.Tensor]         # every conv/linear output of the clean run
+    scales: list[float]                 # per layer: max |output| / 127, the int8 step
+
+    @classmethod
+    def of(cls, model: nn.Module, x: torch.Tensor) -> FloatCase:
+        """Run `model` cleanly on `x` and keep what the injections compare with."""
+        outputs = layer_outputs(model, x)
+        with torch.no_grad():
+            top1 = model(x).argmax(1)
+        return cls(model, x, top1, outputs, [max(float(out.abs().max()), 1e-12) / 127 for out in outputs])
+
+
 def pfi_injector(model: nn.Module, batch: int) -> Any:
     """Return PyTorchFI's injector for conv/linear neurons of `model` on CPU."""
     from pytorchfi.core import fault_injection
@@ -264,13 +279,12 @@ def declare(pfi: Any, **injection: Any) -> nn.Module:
     return pfi.declare_neuron_fi(**injection)
 
 
-def pfi_single_rate(setup: Setup, scales: Sequence[float], faults: int, repeats: int) -> tuple[float, str]:
+def pfi_single_rate(case: FloatCase, faults: int, repeats: int) -> tuple[float, str]:
     """Return PyTorchFI's faults/s with one fault per batch-1 forward pass (declared anew each time), and a
     note on the outcomes of the last repeat."""
-    pfi = pfi_injector(setup.float_model, 1)
-    sites, hook = NeuronSites(pfi.get_output_size(), seed=1), BitFlipHook(pfi, scales, seed=1)
-    golden, size = setup.golden.top1, len(setup.x)
-    wrong = [0]
+    pfi = pfi_injector(case.model, 1)
+    sites, hook = NeuronSites(pfi.get_output_size(), seed=1), BitFlipHook(pfi, case.scales, seed=1)
+    size, wrong = len(case.x), [0]
 
     def run() -> None:
         drawn = sites.draw(faults)
@@ -278,77 +292,76 @@ def pfi_single_rate(setup: Setup, scales: Sequence[float], faults: int, repeats:
         for i in range(faults):
             corrupted = declare(pfi, batch=[0], function=hook, **{key: [values[i]] for key, values in drawn.items()})
             with torch.no_grad():
-                wrong[0] += int(corrupted(setup.x[i % size][None]).argmax(1) != golden[i % size])
+                wrong[0] += int(corrupted(case.x[i % size][None]).argmax(1) != case.top1[i % size])
 
     return median_rate(run, faults, repeats), changed(wrong[0], faults)
 
 
-def pfi_batched_rate(setup: Setup, scales: Sequence[float], batches: int, repeats: int,
-                     golden_values: Sequence[torch.Tensor] | None = None) -> tuple[float, str]:
+def pfi_batched_rate(case: FloatCase, batches: int, repeats: int, precomputed: bool) -> tuple[float, str]:
     """Return PyTorchFI's faults/s with one fault per batch element, declared anew for every batch, and a
     note on the outcomes of the last repeat.
 
-    With `golden_values` (each layer's clean output), the flipped values are computed ahead from them
-    and declared with `value=` (PyTorchFI's built-in hook); else the `BitFlipHook` computes them.
+    `precomputed`: the flipped values are computed ahead from the clean outputs and declared with `value=`
+    (PyTorchFI's built-in hook); else the `BitFlipHook` computes them during the forward pass.
     """
-    size = len(setup.x)
-    pfi = pfi_injector(setup.float_model, size)
-    sites, hook = NeuronSites(pfi.get_output_size(), seed=2), BitFlipHook(pfi, scales, seed=2)
-    rng = torch.Generator().manual_seed(2)
-    golden = setup.golden.top1
+    size = len(case.x)
+    pfi = pfi_injector(case.model, size)
+    sites, hook = NeuronSites(pfi.get_output_size(), seed=2), BitFlipHook(pfi, case.scales, seed=2)
+    generator = torch.Generator().manual_seed(2)
     wrong = [0]
 
     def run() -> None:
         wrong[0] = 0
         for _ in range(batches):
             drawn = sites.draw(size)
-            if golden_values is None:
-                corrupted = declare(pfi, batch=list(range(size)), function=hook, **drawn)
-            else:
-                values = flipped_values(golden_values, scales, drawn, torch.randint(INT8, (size,), generator=rng))
+            if precomputed:
+                values = flipped_values(case, drawn, torch.randint(INT8, (size,), generator=generator))
                 corrupted = declare(pfi, batch=list(range(size)), value=values, **drawn)
+            else:
+                corrupted = declare(pfi, batch=list(range(size)), function=hook, **drawn)
             with torch.no_grad():
-                wrong[0] += int((corrupted(setup.x).argmax(1) != golden).sum())
+                wrong[0] += int((corrupted(case.x).argmax(1) != case.top1).sum())
 
     return median_rate(run, batches * size, repeats), changed(wrong[0], batches * size)
 
 
-def flipped_values(golden_values: Sequence[torch.Tensor], scales: Sequence[float], drawn: dict[str, list[Any]],
-                   bits: torch.Tensor) -> list[float]:
+def flipped_values(case: FloatCase, drawn: dict[str, list[Any]], bits: torch.Tensor) -> list[float]:
     """Return the faulty value of each drawn site (site b in batch element b), from the clean outputs."""
-    out = []
-    for b, layer in enumerate(drawn["layer_num"]):
-        coords = [drawn[key][b] for key in ("dim1", "dim2", "dim3") if drawn[key][b] is not None]
-        clean = golden_values[layer][(b, *coords)]
-        out.append(float(flip_int8(clean, scales[layer], bits[b])))
-    return out
+    layers = torch.tensor(drawn["layer_num"])
+    values = torch.empty(len(layers))
+    for layer in layers.unique().tolist():
+        picks = torch.nonzero(layers == layer).flatten()
+        clean = case.outputs[layer]
+        coords = [torch.tensor([drawn[key][j] for j in picks.tolist()]) for key in ("dim1", "dim2", "dim3")
+                  [:clean.dim() - 1]]
+        values[picks] = flip_int8(clean[(picks, *coords)], case.scales[layer], bits[picks])
+    return values.tolist()
 
 
-def measure_pfi(setup: Setup, plan: Plan, repeats: int) -> tuple[float, float] | None:
+def measure_pfi(setup: Setup, plan: Plan, batch: int, repeats: int) -> tuple[float, float] | None:
     """Print PyTorchFI's figures; return (best batched, single) faults/s, or None when it is missing."""
     try:
         import pytorchfi  # noqa: F401
     except ImportError:
         print("  pytorchfi not installed (pip install pytorchfi)")
         return None
-    model = setup.float_model
-    golden_values = layer_outputs(model, setup.x)
-    scales = [max(float(values.abs().max()), 1e-12) / 127 for values in golden_values]
+    print(f"  pfi: PyTorchFI {version('pytorchfi')} runs the float32 network, its most favourable case "
+          f"(no quantizers; int8 codes emulated)")
     with torch.no_grad():
-        model(setup.x)
-        clean = median_rate(lambda: model(setup.x), len(setup.x), repeats)
-    row("pfi: float forward, no injection (ceiling)", clean, "images/s", "float32")
-    single, note = pfi_single_rate(setup, scales, plan.pfi_single, repeats)
+        for label, model in (("float32", setup.float_model), ("Brevitas W8A8", setup.quant_model)):
+            model(setup.x)
+            clean = median_rate(partial(model, setup.x), len(setup.x), repeats)
+            row(f"pfi: ceiling on {label} (forward, no faults)", clean, "images/s")
+    case = FloatCase.of(setup.float_model, setup.x)
+    single, note = pfi_single_rate(case, plan.pfi_single, repeats)
     row(f"pfi: (a) batch 1, 1 fault/forward (N={plan.pfi_single})", single, "faults/s", note)
-    faults = plan.pfi_batches * len(setup.x)
-    batched, note = pfi_batched_rate(setup, scales, plan.pfi_batches, repeats)
-    row(f"pfi: (b) batch {len(setup.x)}, 1 fault/element (N={faults})", batched, "faults/s", note)
-    valued, note = pfi_batched_rate(setup, scales, plan.pfi_batches, repeats, golden_values)
-    row(f"pfi: (b') as (b), built-in value= hook (N={faults})", valued, "faults/s", note)
+    batches = max(1, plan.samples // batch)
+    batched, note = pfi_batched_rate(case, batches, repeats, precomputed=False)
+    row(f"pfi: (b) batch {batch}, 1 fault/element (N={batches * batch})", batched, "faults/s", note)
+    valued, note = pfi_batched_rate(case, batches, repeats, precomputed=True)
+    row(f"pfi: (b') as (b), built-in value= hook (N={batches * batch})", valued, "faults/s", note)
     return max(batched, valued), single
 
-
-# --- main -----------------------------------------------------------------------------------------------
 
 def header(batch: int, threads: int, repeats: int) -> str:
     """Return the first line: machine, torch, batch size."""
@@ -370,7 +383,7 @@ def measure(plan: Plan, data: DataSplits, batch: int, repeats: int) -> None:
     print(f"{plan.arch} W8A8 po2, digits 32x32, {plan.train_epochs} float epochs: top-1 on the {batch} "
           f"images {float_acc:.3f} float / {int_acc:.3f} integer")
     ours = measure_ours(setup, plan, batch, repeats)
-    pfi = measure_pfi(setup, plan, repeats)
+    pfi = measure_pfi(setup, plan, batch, repeats)
     if pfi is not None:
         batched, single = pfi
         row("ratio: ours uniform / pfi best batched (b, b')", ours / batched, "x")
@@ -382,8 +395,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--lenet-samples", type=int, default=2048)
-    parser.add_argument("--alexnet-samples", type=int, default=256)
+    parser.add_argument("--lenet-samples", type=int, default=4096)
+    parser.add_argument("--alexnet-samples", type=int, default=512)
     parser.add_argument("--alexnet-epochs", type=int, default=3, help="float training epochs (~7 s each)")
     args = parser.parse_args()
     # PyTorchFI calls logging.basicConfig with a format needing a `clientip` field, which breaks every
@@ -392,10 +405,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(header(args.batch, args.threads, args.repeats))
     data = load_dataset("digits", image_size=SHAPE[1])
-    plans = (Plan("lenet5", 8, args.lenet_samples, True, 300, 4),
-             Plan("alexnet32", args.alexnet_epochs, args.alexnet_samples, False, 100, 1))
+    plans = (Plan("lenet5", 8, args.lenet_samples, True, 300),
+             Plan("alexnet32", args.alexnet_epochs, args.alexnet_samples, False, 100))
     for plan in plans:
         measure(plan, data, args.batch, args.repeats)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (this run alone makes up to {args.threads}; "
+          f"more means another job shared the cores)")
 
 
 if __name__ == "__main__":
