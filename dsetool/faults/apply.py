@@ -14,8 +14,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from dsetool.engine.intmodel import WeightOp
 from dsetool.faults.bits import from_pattern, to_pattern
 from dsetool.faults.sites import SiteGroup
+from dsetool.faults.sparse import act_fault_accumulators
 
 
 class Network(Protocol):
@@ -35,6 +37,18 @@ class Network(Protocol):
 
     def bias(self, index: int) -> torch.Tensor:
         """Return the integer bias (N,) of weight op `index` (added in the output stage)."""
+        ...
+
+    def weight_op(self, index: int) -> WeightOp | None:
+        """Return op `index` when it is a conv/linear layer, else None."""
+        ...
+
+    def can_mask(self, index: int) -> bool:
+        """Say whether op `index` can turn a corrupted input back into the golden output."""
+        ...
+
+    def weight_tensor(self, index: int) -> torch.Tensor:
+        """Return weight op `index`'s integer weights in torch layout, as float64."""
         ...
 
     @property
@@ -128,25 +142,32 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     start = int(fault_ops.min())
     if start == 0:
         _missing_input(start)
+    pre = np.array([g.hook == "pre" for g in groups])[faults.group]
     live = np.zeros(0, dtype=np.int64)
     tensor: torch.Tensor | None = None
     position = np.full(len(inputs), -1, dtype=np.int64)
     for op in range(start, last_op + 1):
         joining = np.nonzero(first == op)[0]
-        if len(joining):
-            fresh = golden[op - 1][torch.from_numpy(inputs[joining])]
-            tensor = fresh.clone() if tensor is None else torch.cat([tensor, fresh])
-            live = np.concatenate([live, joining])
+        sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
+        dense = np.setdiff1d(joining, sparse, assume_unique=True)
+        if len(dense):
+            tensor, live = _join(tensor, live, golden[op - 1][torch.from_numpy(inputs[dense])], dense)
+            position[live] = np.arange(len(live))
+        if tensor is not None and len(live):
+            tensor = _step(net, op, tensor, groups, faults, position[faults.row], fault_ops, model)
+        if len(sparse):
+            outputs = _sparse_step(net, op, golden, inputs, sparse, groups, faults, fault_ops, model)
+            tensor, live = _join(tensor, live, outputs, sparse)
             position[live] = np.arange(len(live))
         if tensor is None or not len(live):
             continue
-        tensor = _step(net, op, tensor, groups, faults, position[faults.row], fault_ops, model)
         done = final[live] <= op
-        if op < last_op and done.any():
+        if op < last_op and net.can_mask(op) and done.any():
             same = ~(tensor != golden[op][torch.from_numpy(inputs[live])]).reshape(len(live), -1).any(dim=1).numpy()
             keep = ~(done & same)
             if not keep.all():
                 tensor, live = tensor[torch.from_numpy(keep)], live[keep]
+                position[:] = -1
                 position[live] = np.arange(len(live))
                 if not len(live):
                     tensor = None  # nobody left; rows joining later start afresh
@@ -155,11 +176,45 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     return logits
 
 
+def _join(tensor: torch.Tensor | None, live: np.ndarray, fresh: torch.Tensor, rows: np.ndarray
+          ) -> tuple[torch.Tensor, np.ndarray]:
+    joined = fresh.clone() if tensor is None else torch.cat([tensor, fresh])
+    return joined, np.concatenate([live, rows])
+
+
+def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fault_ops: np.ndarray,
+                 pre: np.ndarray, n_rows: int) -> np.ndarray:
+    """Return the joining rows whose faults at weight op `op` all sit in its input buffer."""
+    if not len(joining) or net.weight_op(op) is None:
+        return np.zeros(0, dtype=np.int64)
+    other = np.zeros(n_rows, dtype=bool)
+    at_op = fault_ops == op
+    other[faults.row[at_op & ~pre]] = True
+    return joining[~other[joining]]
+
+
+def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,
+                 groups: Sequence[SiteGroup], faults: Faults, fault_ops: np.ndarray, model: str) -> torch.Tensor:
+    """Return op `op`'s accumulators for rows faulted only in its input: golden plus a sparse correction."""
+    weight_op = net.weight_op(op)
+    assert weight_op is not None
+    local = np.full(len(inputs), -1, dtype=np.int64)
+    local[rows] = np.arange(len(rows))
+    js = np.nonzero((fault_ops == op) & (local[faults.row] >= 0))[0]
+    group = groups[int(faults.group[js[0]])]
+    r, e, m = combined_masks(local[faults.row[js]], faults.element[js], faults.bit[js], model)
+    index = torch.from_numpy(inputs[rows])
+    golden_in = golden[op - 1][index]
+    old = golden_in.reshape(len(rows), -1)[torch.from_numpy(r), torch.from_numpy(e)].to(torch.int64)
+    faulty = faulty_values(old, torch.from_numpy(m), model, group.width, group.signed)
+    return act_fault_accumulators(weight_op, net.weight_tensor(op), golden_in, golden[op][index], r, e, faulty)
+
+
 def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGroup], faults: Faults,
           local: np.ndarray, fault_ops: np.ndarray, model: str) -> torch.Tensor:
     """Run op `op` on the live rows, with the faults that hit its input, its weights or its output."""
     by_hook: dict[str, list[int]] = {}
-    for j in np.nonzero(fault_ops == op)[0].tolist():
+    for j in np.nonzero((fault_ops == op) & (local >= 0))[0].tolist():
         by_hook.setdefault(groups[int(faults.group[j])].hook, []).append(j)
 
     def where(js: list[int]) -> tuple[SiteGroup, np.ndarray, np.ndarray, np.ndarray]:

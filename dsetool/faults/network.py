@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dsetool.engine import Engine
+from dsetool.engine.intmodel import MaxPool2d, QuantAct, WeightOp
 
 
 class EngineNetwork:
@@ -13,6 +14,7 @@ class EngineNetwork:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._weights = {i: layer.weight.T.contiguous() for i, layer in engine.layers.items()}
+        self._tensors = {i: torch.from_numpy(layer.op.weight.astype("float64")) for i, layer in engine.layers.items()}
 
     @property
     def n_ops(self) -> int:
@@ -30,6 +32,23 @@ class EngineNetwork:
     def gemm_input(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
         """Return the (B, K, M) operand matrices of weight op `index` for its input `tensor`."""
         return self.engine.layers[index].im2col(tensor).transpose(1, 2)
+
+    def can_mask(self, index: int) -> bool:
+        """Say whether op `index` can turn a corrupted input back into the golden output.
+
+        Requantization (rounding, saturation, ReLU) and max-pooling can; a GEMM of a changed input
+        (almost) never gives the golden accumulators, and flatten only reshapes.
+        """
+        return isinstance(self.engine.model.ops[index], QuantAct | MaxPool2d)
+
+    def weight_op(self, index: int) -> WeightOp | None:
+        """Return op `index` when it is a conv/linear layer (its geometry), else None."""
+        layer = self.engine.layers.get(index)
+        return layer.op if layer is not None else None
+
+    def weight_tensor(self, index: int) -> torch.Tensor:
+        """Return weight op `index`'s integer weights in torch layout, as float64."""
+        return self._tensors[index]
 
     def bias(self, index: int) -> torch.Tensor:
         """Return weight op `index`'s integer bias (N,)."""
