@@ -79,8 +79,8 @@ def main() -> None:
     """Explore quantized, fault-tolerant systolic-array DNN accelerators: accuracy, reliability, area."""
 
 
-def _run_points(stage_for: Callable[[Point], str], experiment: str, overrides: tuple[str, ...],
-                as_json: bool, debug: bool, runs_dir: str) -> None:
+def _run_points(stage: str, experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool,
+                runs_dir: str) -> None:
     from dsetool.config import load_experiment
 
     exp = load_experiment(experiment, overrides)
@@ -89,7 +89,6 @@ def _run_points(stage_for: Callable[[Point], str], experiment: str, overrides: t
     rows = []
     seen: set[tuple[str, str]] = set()
     for point in exp.points:
-        stage = stage_for(point)
         entry, cached = _compute(store, stage, point, debug)
         store.record_point(exp.name, exp.source, point.label, dict(point.axes), _chain_keys(entry))
         if (stage, entry.key) in seen:
@@ -150,39 +149,23 @@ def _store(runs_dir: str) -> Store:
     return Store(runs_dir, warn=lambda message: click.echo(message, err=True))
 
 
-@main.command("train-qat")
-@_options
-@_guarded
-def train_qat(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
-    """Quantization-aware training at every design point (float pre-training shared and cached)."""
-    _run_points(lambda p: "train-qat", experiment, overrides, as_json, debug, runs_dir)
+def _stage_command(name: str, stage: str, summary: str) -> None:
+    """Register a command that runs `stage` (and what it needs) at every design point of an experiment."""
+
+    @main.command(name, help=summary)
+    @_options
+    @_guarded
+    def command(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
+        _run_points(stage, experiment, overrides, as_json, debug, runs_dir)
 
 
-@main.command("ptq")
-@_options
-@_guarded
-def ptq(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
-    """Post-training quantization at every design point, from the cached float model."""
-    _run_points(lambda p: "ptq", experiment, overrides, as_json, debug, runs_dir)
-
-
-@main.command("sweep")
-@_options
-@_guarded
-def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
-    """Run every stage of every design point of the experiment's sweep grid and print the results.
-
-    Each point is quantized (QAT or PTQ, as `quant.method` says) and then put through its fault campaign.
-    """
-    _run_points(lambda p: "inject", experiment, overrides, as_json, debug, runs_dir)
-
-
-@main.command("inject")
-@_options
-@_guarded
-def inject(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
-    """Run a seeded fault campaign on the bit-exact integer engine at every design point."""
-    _run_points(lambda p: "inject", experiment, overrides, as_json, debug, runs_dir)
+_stage_command("train-qat", "train-qat",
+               "Quantization-aware training at every design point (float pre-training shared and cached).")
+_stage_command("ptq", "ptq", "Post-training quantization at every design point, from the cached float model.")
+_stage_command("inject", "inject", "Run a seeded fault campaign on the bit-exact integer engine at every design "
+                                   "point (quantizing first, with QAT or PTQ as quant.method says).")
+_stage_command("sweep", "inject", "Run every stage of every design point of the experiment's sweep grid and "
+                                  "print the results.")
 
 
 def _not_built(name: str, summary: str) -> None:
