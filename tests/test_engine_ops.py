@@ -295,3 +295,14 @@ def test_importing_the_engine_imports_neither_brevitas_nor_amaranth() -> None:
             "sys.exit(str(bad) if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size", [
+    ((2, 2), (2, 2), (0, 0), (28, 28)), ((3, 3), (2, 2), (1, 1), (9, 7)), ((2, 3), (1, 2), (0, 1), (5, 6)),
+])
+def test_max_pool_equals_torch(kernel, stride, padding, size):
+    from dsetool.engine.ops import max_pool2d
+
+    codes = torch.randint(-128, 128, (3, 4, *size)).double()
+    expected = torch.nn.functional.max_pool2d(codes, kernel, stride=stride, padding=padding)
+    assert torch.equal(max_pool2d(codes, kernel, stride, padding), expected)
