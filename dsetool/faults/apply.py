@@ -131,7 +131,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     as its tensor is golden again after its last fault (masked: its logits are the golden ones).
     """
     last_op = net.n_ops - 1
-    logits = golden[last_op][torch.from_numpy(inputs)].clone()
+    logits = _rows_of(golden[last_op], inputs)
     if not len(faults.row):
         return logits
     fault_ops = np.array([g.op_index for g in groups])[faults.group]
@@ -151,7 +151,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
         dense = np.setdiff1d(joining, sparse, assume_unique=True)
         if len(dense):
-            tensor, live = _join(tensor, live, golden[op - 1][torch.from_numpy(inputs[dense])], dense)
+            tensor, live = _join(tensor, live, _rows_of(golden[op - 1], inputs[dense]), dense)
             position[live] = np.arange(len(live))
         if tensor is not None and len(live):
             tensor = _step(net, op, tensor, groups, faults, position[faults.row], fault_ops, model)
@@ -163,7 +163,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
             continue
         done = final[live] <= op
         if op < last_op and net.can_mask(op) and done.any():
-            same = ~(tensor != golden[op][torch.from_numpy(inputs[live])]).reshape(len(live), -1).any(dim=1).numpy()
+            same = ~(tensor != _rows_of(golden[op], inputs[live])).reshape(len(live), -1).any(dim=1).numpy()
             keep = ~(done & same)
             if not keep.all():
                 tensor, live = tensor[torch.from_numpy(keep)], live[keep]
@@ -176,9 +176,14 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     return logits
 
 
+def _rows_of(tensor: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Gather rows of a golden tensor (index_select: a fresh tensor, faster than advanced indexing)."""
+    return torch.index_select(tensor, 0, torch.from_numpy(rows))
+
+
 def _join(tensor: torch.Tensor | None, live: np.ndarray, fresh: torch.Tensor, rows: np.ndarray
           ) -> tuple[torch.Tensor, np.ndarray]:
-    joined = fresh.clone() if tensor is None else torch.cat([tensor, fresh])
+    joined = fresh if tensor is None else torch.cat([tensor, fresh])
     return joined, np.concatenate([live, rows])
 
 
@@ -203,11 +208,11 @@ def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: 
     js = np.nonzero((fault_ops == op) & (local[faults.row] >= 0))[0]
     group = groups[int(faults.group[js[0]])]
     r, e, m = combined_masks(local[faults.row[js]], faults.element[js], faults.bit[js], model)
-    index = torch.from_numpy(inputs[rows])
-    golden_in = golden[op - 1][index]
+    golden_in = _rows_of(golden[op - 1], inputs[rows])
     old = golden_in.reshape(len(rows), -1)[torch.from_numpy(r), torch.from_numpy(e)].to(torch.int64)
     faulty = faulty_values(old, torch.from_numpy(m), model, group.width, group.signed)
-    return act_fault_accumulators(weight_op, net.weight_tensor(op), golden_in, golden[op][index], r, e, faulty)
+    return act_fault_accumulators(weight_op, net.weight_tensor(op), golden_in, _rows_of(golden[op], inputs[rows]),
+                                  r, e, faulty)
 
 
 def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGroup], faults: Faults,
