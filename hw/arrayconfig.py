@@ -32,9 +32,10 @@ def _one_of(name: str, value: object, choices: tuple[str, ...]) -> None:
 class ArrayConfig:
     """A rows x cols systolic array of multiply-accumulate PEs.
 
-    Operands are two's complement: `act_bits` and `weight_bits` wide (an unsigned b-bit activation needs a
-    (b+1)-bit signed operand; `operand_bits` says so). `acc_bits` = 0 lets `accumulator_bits(k)` size the
-    accumulator from the reduction length.
+    Weights are `weight_bits`-bit two's complement; activations are `act_bits` wide, unsigned by default
+    (post-ReLU codes, as the quantized models produce them) or two's complement with `act_signed`. The
+    registers hold exactly these widths, so a fault model can flip any of their bits. `acc_bits` = 0 lets
+    `accumulator_bits(k)` size the accumulator from the reduction length.
     """
 
     rows: int = 8
@@ -42,6 +43,7 @@ class ArrayConfig:
     act_bits: int = 8
     weight_bits: int = 8
     acc_bits: int = 0
+    act_signed: bool = False
     dataflow: str = "ws"
     protection: str = "none"
     tmr: bool = False
@@ -61,7 +63,7 @@ class ArrayConfig:
         """Return the accumulator width: explicit, or just wide enough for k worst-case products."""
         if self.acc_bits:
             return self.acc_bits
-        return required_acc_bits(k, self.act_bits, self.weight_bits)
+        return required_acc_bits(k, self.act_bits, self.weight_bits, self.act_signed)
 
 
 def required_acc_bits(k: int, act_bits: int, weight_bits: int, act_signed: bool = True) -> int:
