@@ -19,8 +19,11 @@ lint:
 	$(BIN)/mypy dsetool hw
 
 bench:
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench_cli.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/inject_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
