@@ -25,11 +25,15 @@ if TYPE_CHECKING:
     import torch
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
+# (channels, native height x width) of every set, for code that needs shapes without loading data
+GEOMETRY: dict[str, tuple[int, tuple[int, int]]] = {
+    "digits": (1, (8, 8)), "mnist": (1, (28, 28)), "fashion-mnist": (1, (28, 28)), "cifar10": (3, (32, 32))}
 
 _Images = NDArray[Any]  # (N, C, H, W) integers in [0, scale]
 _Labels = NDArray[np.int64]
 _Index = NDArray[np.intp]
-_NUM_CLASSES = 10  # every supported set has ten classes
+NUM_CLASSES = 10  # every supported set has ten classes
+_NUM_CLASSES = NUM_CLASSES
 _IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801
 
 

@@ -10,7 +10,7 @@ import torch
 
 import dsetool.quiet  # noqa: F401  (before Brevitas is imported)
 from dsetool.config import RunConfig
-from dsetool.data import DataSplits, load_dataset
+from dsetool.data import GEOMETRY, DataSplits, load_dataset
 from dsetool.models.quant import LayerBits, QuantSpec
 from dsetool.models.zoo import build_model, input_size
 from dsetool.training import pick_device, seed_everything
@@ -22,7 +22,7 @@ HISTORY_FILE = "history.json"
 def prepare(cfg: RunConfig) -> tuple[DataSplits, torch.device]:
     """Seed torch, pick the device and load the design point's data at the model's input size."""
     seed_everything(cfg.seed, cfg.threads)
-    native = _native_size(cfg.data.name)
+    native = GEOMETRY[cfg.data.name][1]
     splits = load_dataset(
         cfg.data.name, root=cfg.data.root, download=cfg.data.download,
         image_size=input_size(cfg.model.arch, native), val_fraction=cfg.data.val_fraction,
@@ -30,10 +30,6 @@ def prepare(cfg: RunConfig) -> tuple[DataSplits, torch.device]:
         max_train=cfg.data.max_train, split_seed=cfg.data.split_seed,
     )
     return splits, pick_device(cfg.device)
-
-
-def _native_size(name: str) -> tuple[int, int]:
-    return {"digits": (8, 8), "mnist": (28, 28), "fashion-mnist": (28, 28), "cifar10": (32, 32)}[name]
 
 
 def quant_spec(cfg: RunConfig) -> QuantSpec:

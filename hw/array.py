@@ -1,0 +1,199 @@
+"""The weight-stationary systolic array, with input skew and output de-skew built in.
+
+The schedule is the one `dsetool.engine.tiling` describes and `tests/fixtures/systolic_sim.py` runs.
+
+Weight-stationary (`WSArray`): at streaming cycle u of a tile, PE(r, c)'s `act` register holds A[m, kt*R + r]
+and its `psum` register holds sum_{r' <= r} A[m, kt*R + r'] W[kt*R + r', n] with m = u - r - c and
+n = nt*C + c. One tile computes one K-slice of R rows against one N-slice of C columns; the array does not
+accumulate across K tiles: the driver (the testbench, or later an output accumulator) adds the tiles' rows,
+wrapping at `acc_bits`.
+
+Output-stationary (`OSArray`): at streaming cycle u of a tile, PE(r, c) holds A[mt*R + r, k] and
+W[k, nt*C + c] with k = u - r - c, and its `psum` register the sum over k' <= k; the tile's R x C outputs are
+complete, with no accumulation outside, after its last streaming cycle.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, Value, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.arrayconfig import ArrayConfig
+from hw.pe import OSProcessingElement, WSProcessingElement
+
+
+def _delay(m: Module, value: Value, stages: int, name: str) -> Value:
+    """Return `value` delayed by `stages` clock cycles through a named register chain."""
+    for i in range(stages):
+        reg = Signal(value.shape(), name=f"{name}_{i}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+class _Array(wiring.Component):
+    """The checks and the accumulator width both dataflows share."""
+
+    dataflow = ""
+    pes: list[list[WSProcessingElement]] | list[list[OSProcessingElement]]
+
+    def __init__(self, config: ArrayConfig, members: dict[str, object]) -> None:
+        self._config = config
+        super().__init__(members)
+
+    @classmethod
+    def _accumulator(cls, config: ArrayConfig, k: int | None) -> int:
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"Array config must be an ArrayConfig, not {config!r}")
+        if config.dataflow != cls.dataflow:
+            raise ValueError(f"Array dataflow must be {cls.dataflow!r} for {cls.__name__}, not {config.dataflow!r}")
+        if config.protection != "none" or config.tmr:
+            raise NotImplementedError("Array protection and TMR are not built yet; use protection='none', tmr=False")
+        if not config.acc_bits and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"Array k must be a positive integer when acc_bits is 0, not {k!r}")
+        return config.accumulator_bits(k or 1)
+
+    @property
+    def config(self) -> ArrayConfig:
+        return self._config
+
+    @property
+    def acc_bits(self) -> int:
+        return int(self.pes[0][0].acc_bits)
+
+
+class WSArray(_Array):
+    """A rows x cols weight-stationary array that takes plain rows of A and returns plain rows of the output.
+
+    Driving one tile (weights W_t = W[kt*R:(kt+1)*R, nt*C:(nt+1)*C], zero-padded to R x C):
+
+    1. Load: for R cycles hold `w_load` high and present one row of W_t on `w`, last row first
+       (W_t[R-1], then W_t[R-2], ..., W_t[0]); the rows shift down the columns.
+    2. Stream: with `w_load` low, present A[u, kt*R:(kt+1)*R] (zero-padded to R) on `a` with `a_valid` high
+       on streaming cycles u = 0..M-1, then hold `a_valid` low. Row r of `a` is delayed r cycles inside,
+       so the first clock edge after presenting row u is streaming cycle u of the schedule.
+    3. Collect: after streaming cycle m + R + C - 2, `out_valid` is high and `out` holds the tile's output row
+       m (columns nt*C..nt*C+C-1, each the sum over the tile's R products, wrapped at `acc_bits`).
+
+    Load and stream take 2R + C + M - 2 cycles per tile, as `hw.cycles.gemm_cycles` counts; the next tile's
+    load may start on the cycle after its last row appears. Activations presented while `a_valid` is low enter
+    as zeros, so the registers outside a tile's wavefront hold bubbles (zeros), as in the schedule.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+        Array shape, operand widths and signedness, multiplier; its dataflow must be "ws".
+    k : int, optional
+        The reduction length the accumulator must hold, required when `config.acc_bits` is 0.
+
+    Members
+    -------
+    w_load : In(1)
+    w : In(signed(weight_bits)).array(cols)
+    a_valid : In(1)
+    a : In(act shape).array(rows)
+    out_valid : Out(1)
+    out : Out(signed(acc_bits)).array(cols)
+
+    `pes[r][c]` is PE(r, c), whose `act`, `weight` and `psum` registers a testbench may read or force.
+    """
+
+    dataflow = "ws"
+
+    def __init__(self, config: ArrayConfig, *, k: int | None = None) -> None:
+        acc_bits = self._accumulator(config, k)
+        self.pes = [[WSProcessingElement.from_config(config, acc_bits) for _ in range(config.cols)]
+                    for _ in range(config.rows)]
+        super().__init__(config, {
+            "w_load": In(1),
+            "w": In(signed(config.weight_bits)).array(config.cols),
+            "a_valid": In(1),
+            "a": In(self.pes[0][0].act_shape).array(config.rows),
+            "out_valid": Out(1),
+            "out": Out(signed(acc_bits)).array(config.cols),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        rows, cols = self._config.rows, self._config.cols
+        for r, line in enumerate(self.pes):
+            for c, pe in enumerate(line):
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += pe.w_load.eq(self.w_load)
+                m.d.comb += pe.w_in.eq(self.w[c] if r == 0 else self.pes[r - 1][c].w_out)
+                m.d.comb += pe.psum_in.eq(0 if r == 0 else self.pes[r - 1][c].psum_out)
+                if c > 0:
+                    m.d.comb += pe.act_in.eq(line[c - 1].act_out)
+            lane = Mux(self.a_valid, self.a[r], 0)
+            m.d.comb += line[0].act_in.eq(_delay(m, lane, r, f"skew_{r}"))
+        for c in range(cols):
+            m.d.comb += self.out[c].eq(_delay(m, self.pes[rows - 1][c].psum_out, cols - 1 - c, f"deskew_{c}"))
+        m.d.comb += self.out_valid.eq(_delay(m, self.a_valid, rows + cols - 1, "valid"))
+        return m
+
+
+class OSArray(_Array):
+    """A rows x cols output-stationary array that takes plain columns of A and rows of W, and returns the tile.
+
+    Driving one tile (outputs out[mt*R:(mt+1)*R, nt*C:(nt+1)*C]), on streaming cycles u = 0..K-1:
+    present A[mt*R:(mt+1)*R, u] on `a` and W[u, nt*C:(nt+1)*C] on `w` (both zero-padded), with `valid` high,
+    `start` high on u = 0 only and `last` high on u = K-1 only; then hold `valid` low. Row r of `a` is delayed
+    r cycles and column c of `w` c cycles inside. `start` clears every PE's sum at the tile's first clock edge.
+    After streaming cycle K + R + C - 3, `out_valid` is high for one cycle and `out[r][c]` holds the tile's
+    output (r, c): R + C + K - 2 cycles per tile, as `hw.cycles.gemm_cycles` counts, and the next tile may
+    start on the following cycle.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+        As for `WSArray`; its dataflow must be "os".
+    k : int, optional
+        The reduction length the accumulator must hold, required when `config.acc_bits` is 0.
+
+    Members
+    -------
+    start : In(1)
+    valid : In(1)
+    last : In(1)
+    a : In(act shape).array(rows)
+    w : In(signed(weight_bits)).array(cols)
+    out_valid : Out(1)
+    out : Out(signed(acc_bits)).array(rows, cols)
+
+    `pes[r][c]` is PE(r, c), whose `act`, `weight` and `psum` registers a testbench may read or force.
+    """
+
+    dataflow = "os"
+
+    def __init__(self, config: ArrayConfig, *, k: int | None = None) -> None:
+        acc_bits = self._accumulator(config, k)
+        self.pes = [[OSProcessingElement.from_config(config, acc_bits) for _ in range(config.cols)]
+                    for _ in range(config.rows)]
+        super().__init__(config, {
+            "start": In(1),
+            "valid": In(1),
+            "last": In(1),
+            "a": In(self.pes[0][0].act_shape).array(config.rows),
+            "w": In(signed(config.weight_bits)).array(config.cols),
+            "out_valid": Out(1),
+            "out": Out(signed(acc_bits)).array(config.rows, config.cols),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        rows, cols = self._config.rows, self._config.cols
+        for r, line in enumerate(self.pes):
+            for c, pe in enumerate(line):
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += pe.start.eq(self.start)
+                if c > 0:
+                    m.d.comb += pe.act_in.eq(line[c - 1].act_out)
+                if r > 0:
+                    m.d.comb += pe.w_in.eq(self.pes[r - 1][c].w_out)
+                m.d.comb += self.out[r][c].eq(pe.psum_out)
+            m.d.comb += line[0].act_in.eq(_delay(m, Mux(self.valid, self.a[r], 0), r, f"skew_a_{r}"))
+        for c in range(cols):
+            m.d.comb += self.pes[0][c].w_in.eq(_delay(m, Mux(self.valid, self.w[c], 0), c, f"skew_w_{c}"))
+        m.d.comb += self.out_valid.eq(_delay(m, self.valid & self.last, rows + cols - 1, "done"))
+        return m

@@ -1,0 +1,93 @@
+"""Closed-form cycle counts of GEMMs on an R x C systolic array (DESIGN §6, checked against SCALE-Sim).
+
+A GEMM is out (M x N) = A (M x K) @ W (K x N). Every tile pays a fill, a stream and a drain; the tile count
+is the product of the two dimensions the dataflow pins to the array:
+
+- weight-stationary (`ws`): ceil(K/R) * ceil(N/C) tiles of 2R + C + M - 2 cycles (R to load the weights,
+  then M + R + C - 2 to stream M rows through and drain the skew);
+- output-stationary (`os`): ceil(M/R) * ceil(N/C) tiles of R + C + K - 2 cycles;
+- input-stationary (`is`): ceil(K/R) * ceil(M/C) tiles of 2R + C + N - 2 cycles.
+
+Pure Python: the RTL testbench in `tests/hw/test_array.py` checks the Amaranth array against `gemm_cycles`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+DATAFLOWS = ("ws", "os", "is")
+
+Gemm = tuple[int, int, int]
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"GEMM {name} must be a positive integer, not {value!r}")
+
+
+def _check(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> None:
+    for name, value in (("m", m), ("k", k), ("n", n), ("rows", rows), ("cols", cols)):
+        _positive(name, value)
+    if dataflow not in DATAFLOWS:
+        raise ValueError(f"GEMM dataflow must be one of {', '.join(map(repr, DATAFLOWS))}, not {dataflow!r}")
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tile_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> int:
+    """Return the cycles of one tile: load/fill, stream and drain (the streamed dimension is not tiled)."""
+    _check(m, k, n, rows, cols, dataflow)
+    if dataflow == "ws":
+        return 2 * rows + cols + m - 2
+    if dataflow == "os":
+        return rows + cols + k - 2
+    return 2 * rows + cols + n - 2
+
+
+def tile_grid(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> tuple[int, int]:
+    """Return the number of tiles along the two dimensions mapped onto (rows, cols)."""
+    _check(m, k, n, rows, cols, dataflow)
+    if dataflow == "ws":
+        return _ceil(k, rows), _ceil(n, cols)
+    if dataflow == "os":
+        return _ceil(m, rows), _ceil(n, cols)
+    return _ceil(k, rows), _ceil(m, cols)
+
+
+def tiles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> Iterator[Gemm]:
+    """Yield the (m, k, n) extent of every tile, in the order the array runs them (last tiles may be partial)."""
+    first, second = tile_grid(m, k, n, rows, cols, dataflow)
+    pinned = {"ws": (k, n), "os": (m, n), "is": (k, m)}[dataflow]
+    for i in range(first):
+        for j in range(second):
+            a = min(rows, pinned[0] - i * rows)
+            b = min(cols, pinned[1] - j * cols)
+            yield {"ws": (m, a, b), "os": (a, k, b), "is": (b, a, n)}[dataflow]
+
+
+def gemm_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str = "ws") -> int:
+    """Return the cycles of a whole M x K x N GEMM: tiles times per-tile cycles."""
+    first, second = tile_grid(m, k, n, rows, cols, dataflow)
+    return first * second * tile_cycles(m, k, n, rows, cols, dataflow)
+
+
+def conv_gemm(c_in: int, c_out: int, kernel: tuple[int, int], out_hw: tuple[int, int]) -> Gemm:
+    """Return the per-image im2col GEMM (M, K, N) of a convolution: M = out_h*out_w, K = c_in*kh*kw, N = c_out."""
+    (kh, kw), (oh, ow) = kernel, out_hw
+    for name, value in (("c_in", c_in), ("c_out", c_out), ("kh", kh), ("kw", kw), ("out_h", oh), ("out_w", ow)):
+        _positive(name, value)
+    return oh * ow, c_in * kh * kw, c_out
+
+
+def linear_gemm(in_features: int, out_features: int) -> Gemm:
+    """Return the per-sample GEMM (1, in_features, out_features) of a fully connected layer."""
+    _positive("in_features", in_features)
+    _positive("out_features", out_features)
+    return 1, in_features, out_features
+
+
+def network_cycles(gemms: Iterable[Gemm], rows: int, cols: int, dataflow: str = "ws") -> int:
+    """Return the cycles of a network run layer after layer: the sum over its (M, K, N) GEMMs."""
+    return sum(gemm_cycles(m, k, n, rows, cols, dataflow) for m, k, n in gemms)

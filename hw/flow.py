@@ -1,0 +1,378 @@
+"""Run Yosys and nextpnr on Amaranth designs: the one module of the project that starts external tools.
+
+Every tool call goes through `run_tool`, inside a work directory and with relative file names, because the
+YoWASP (WebAssembly) builds of the tools see only their working directory, not the host's /tmp.
+`synthesize` turns an RTLIL netlist into a `SynthResult`: resources from Yosys `stat -json`, utilization and
+Fmax from the nextpnr report. A design that does not fit the device is a result (`does_not_fit`), and so is a
+tool that fails (`tool_error`); neither raises.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("ok", "does_not_fit", "tool_error")
+DEFAULT_TIMEOUT = 3600.0
+
+RTLIL = "design.il"
+SCRIPT = "synth.ys"
+NETLIST = "synth.json"
+STAT = "stat.json"
+REPORT = "pnr.json"
+SYNTH_LOG = "yosys.log"
+PNR_LOG = "nextpnr.log"
+
+
+class ToolNotFound(FileNotFoundError):
+    """No native build and no YoWASP build of a tool could be found."""
+
+
+@functools.cache
+def find_tool(name: str) -> str:
+    """Return the command that runs tool `name` (``yosys``, ``nextpnr-ecp5``, ``nextpnr-ice40``).
+
+    Looks, in order, at the environment variable named like the tool (``YOSYS``, ``NEXTPNR_ECP5``), a native
+    build on PATH, the YoWASP console script next to the running Python, and the YoWASP script on PATH.
+    """
+    override = os.environ.get(name.upper().replace("-", "_"))
+    if override:
+        return override
+    native = shutil.which(name)
+    if native:
+        return native
+    beside = Path(sys.executable).parent / f"yowasp-{name}"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    on_path = shutil.which(f"yowasp-{name}")
+    if on_path:
+        return on_path
+    raise ToolNotFound(f"Tool {name!r} not found: install it on PATH or `pip install yowasp-{name}`")
+
+
+def run_tool(args: Sequence[str], cwd: Path, log_path: Path, timeout: float) -> int:
+    """Run one tool in `cwd`, writing its stdout and stderr to `log_path`; return its exit code.
+
+    File names in `args` must be relative to `cwd`. A tool that runs longer than `timeout` seconds is killed;
+    the log then ends with an ``ERROR: ... timed out`` line and the exit code is -1.
+    """
+    with open(log_path, "wb") as log:
+        try:
+            return subprocess.run(list(args), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"\nERROR: {Path(args[0]).name} timed out after {timeout:g} s\n".encode())
+            return -1
+
+
+def _version(name: str) -> str:
+    flag = "-V" if name == "yosys" else "--version"
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "version.log"
+        run_tool([find_tool(name), flag], Path(tmp), log, timeout=600.0)
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    # YoWASP prints "Preparing to run ..." before the version while it compiles the wasm for the first time.
+    found = [line for line in lines if line and not line.startswith("Preparing to run")]
+    return found[0] if found else "unknown"
+
+
+@functools.cache
+def tool_versions() -> dict[str, str]:
+    """Return the version line of yosys, nextpnr-ecp5 and nextpnr-ice40 (asked once per process)."""
+    return {name: _version(name) for name in ("yosys", "nextpnr-ecp5", "nextpnr-ice40")}
+
+
+def emit_rtlil(component: Any, path: Path) -> Path:
+    """Write the RTLIL of an Amaranth component (top module ``top``) to `path` and return `path`.
+
+    Source locations are left out, so the bytes depend only on the design, not on where the code lives.
+    """
+    from amaranth.back import rtlil
+
+    path.write_text(rtlil.convert(component, name="top", emit_src=False))
+    return path
+
+
+def emit_verilog(rtlil_path: Path, verilog_path: Path, *, timeout: float = 600.0) -> Path:
+    """Write Verilog for people to read next to `rtlil_path`, converted by Yosys; return `verilog_path`.
+
+    `verilog_path` must be in the same directory as `rtlil_path`. Raises `RuntimeError` if Yosys fails.
+    """
+    workdir = rtlil_path.parent
+    if verilog_path.parent.resolve() != workdir.resolve():
+        raise ValueError(f"Verilog path must be beside {rtlil_path}, not {verilog_path}")
+    script = f"read_rtlil {rtlil_path.name}; proc -nomux -norom; memory_collect"
+    script += f"; write_verilog -norename {verilog_path.name}"
+    log = workdir / f"{verilog_path.stem}.log"
+    if run_tool([find_tool("yosys"), "-q", "-p", script], workdir, log, timeout) != 0:
+        raise RuntimeError(f"Yosys could not write {verilog_path}: {_first_error(log)}")
+    return verilog_path
+
+
+@dataclass(frozen=True)
+class Family:
+    """An FPGA family: its Yosys synthesis command and how its cells count as LUT, FF, DSP and BRAM.
+
+    `resources` maps a resource to {cell type pattern (fnmatch): weight}; an ECP5 CCU2C carry cell fills the
+    two LUT4 sites of a slice half, so it counts as two LUTs.
+    """
+
+    name: str
+    synth: str
+    resources: Mapping[str, Mapping[str, int]]
+    nextpnr: str | None = None
+
+
+ECP5 = Family(
+    "ecp5",
+    "synth_ecp5",
+    {"LUT": {"LUT4": 1, "CCU2C": 2}, "FF": {"TRELLIS_FF": 1}, "DSP": {"MULT18X18D": 1}, "BRAM": {"DP16KD": 1}},
+    "nextpnr-ecp5",
+)
+ICE40 = Family(
+    "ice40",
+    "synth_ice40 -dsp",
+    {"LUT": {"SB_LUT4": 1}, "FF": {"SB_DFF*": 1}, "DSP": {"SB_MAC16": 1}, "BRAM": {"SB_RAM40_4K": 1}},
+    "nextpnr-ice40",
+)
+XILINX = Family(
+    "xilinx",
+    "synth_xilinx -flatten -noiopad",
+    {"LUT": {"LUT[1-6]": 1}, "FF": {"FD*": 1}, "DSP": {"DSP48E1": 1}, "BRAM": {"RAMB*": 1}},
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device to synthesize for; without `nextpnr_args` the flow stops after Yosys (area only)."""
+
+    name: str
+    family: Family
+    nextpnr_args: tuple[str, ...] = ()
+    note: str = ""
+
+
+_ICE40_NOTE = (
+    "nextpnr-ice40 has no out-of-context mode, so every top-level port bit takes a pin: "
+    "wrap the design in an IO harness"
+)
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("ecp5-25k", ECP5, ("--25k", "--package", "CABGA381", "--out-of-context")),
+        Target("ecp5-45k", ECP5, ("--45k", "--package", "CABGA381", "--out-of-context")),
+        Target("ecp5-85k", ECP5, ("--85k", "--package", "CABGA381", "--out-of-context")),
+        Target("ice40-up5k", ICE40, ("--up5k", "--package", "sg48"), _ICE40_NOTE),
+        Target("xc7z020", XILINX),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    """Return the target called `name`, or raise ValueError listing the known ones."""
+    if name not in TARGETS:
+        raise ValueError(f"Target must be one of {', '.join(map(repr, TARGETS))}, not {name!r}")
+    return TARGETS[name]
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """What one synthesis (and, where the target has it, place-and-route) run produced.
+
+    `resources` holds LUT, FF, DSP and BRAM counted from the Yosys netlist, `cells` every cell type Yosys
+    reports; `utilization` is nextpnr's {bel type: {"used", "available"}} and `fmax_mhz` the achieved
+    frequency of the slowest clock (None without P&R or without a clock). `artifacts` names the files
+    written in the work directory; `seconds` the wall time of each tool; `message` is empty when ok.
+    """
+
+    target: str
+    status: str
+    message: str = ""
+    resources: Mapping[str, int] = field(default_factory=dict)
+    cells: Mapping[str, int] = field(default_factory=dict)
+    utilization: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    fmax_mhz: float | None = None
+    clock: str | None = None
+    artifacts: Mapping[str, Path] = field(default_factory=dict)
+    seconds: Mapping[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the result as plain JSON data, artifact paths as strings."""
+        return {
+            "target": self.target,
+            "status": self.status,
+            "message": self.message,
+            "resources": dict(self.resources),
+            "cells": dict(self.cells),
+            "utilization": {k: dict(v) for k, v in self.utilization.items()},
+            "fmax_mhz": self.fmax_mhz,
+            "clock": self.clock,
+            "artifacts": {k: str(v) for k, v in self.artifacts.items()},
+            "seconds": dict(self.seconds),
+        }
+
+
+def count_resources(cells: Mapping[str, int], family: Family) -> dict[str, int]:
+    """Return LUT, FF, DSP and BRAM counts of a cell-type histogram for `family`."""
+
+    def count(weights: Mapping[str, int]) -> int:
+        return sum(n * w for cell, n in cells.items() for pat, w in weights.items() if fnmatch.fnmatchcase(cell, pat))
+
+    return {resource: count(weights) for resource, weights in family.resources.items()}
+
+
+def parse_stat(stat: Mapping[str, Any]) -> dict[str, int]:
+    """Return the cell-type histogram of the whole design from Yosys `stat -json` output.
+
+    The ``design`` section totals the hierarchy (a kept submodule counts once per instance); instances of
+    the design's own modules and Yosys bookkeeping cells (``$scopeinfo``) are left out.
+    """
+    modules = {name.lstrip("\\") for name in stat.get("modules", {})}
+    sections = [stat["design"]] if "design" in stat else list(stat.get("modules", {}).values())
+    cells: dict[str, int] = {}
+    for section in sections:
+        for cell, n in section.get("num_cells_by_type", {}).items():
+            if cell not in modules and cell != "$scopeinfo":
+                cells[cell] = cells.get(cell, 0) + int(n)
+    return dict(sorted(cells.items()))
+
+
+def parse_fmax(report: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """Return (clock, achieved MHz) of the slowest clock in a nextpnr report, or (None, None) without one."""
+    clocks = {name: float(v["achieved"]) for name, v in report.get("fmax", {}).items()}
+    if not clocks:
+        return None, None
+    clock = min(clocks, key=clocks.__getitem__)
+    return clock, clocks[clock]
+
+
+_NO_BELS = re.compile(r"no BELs remaining to implement cell type '([^']+)'")
+_OVERUSED = re.compile(r"^Info:\s+(\S+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.MULTILINE)
+_NO_PLACEMENT = re.compile(r"Unable to find legal placement|utili[sz]ation limit|Failed to route")
+
+
+def misfit(log_text: str) -> str | None:
+    """Return which resource ran out, from a nextpnr log, or None when the log does not show a misfit."""
+    over = [f"{bel} {used}/{avail} ({pct}%)" for bel, used, avail, pct in _OVERUSED.findall(log_text) if int(pct) > 100]
+    if over:
+        return ", ".join(over)
+    bels = _NO_BELS.search(log_text)
+    if bels:
+        return f"no {bels.group(1)} left"
+    congested = _NO_PLACEMENT.search(log_text)
+    return f"placement or routing failed ({congested.group(0)})" if congested else None
+
+
+def _first_error(log: Path) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    for line in text.splitlines():
+        if "ERROR" in line:
+            return line.strip()
+    tail = [line.strip() for line in text.splitlines() if line.strip()]
+    return tail[-1] if tail else f"no output in {log.name}"
+
+
+def yosys_script(target: Target, keep_hierarchy: Sequence[str] = ()) -> str:
+    """Return the Yosys script for `target`; `keep_hierarchy` names modules (globs) that must not be merged."""
+    keep = [f"setattr -mod -set keep_hierarchy 1 {' '.join(keep_hierarchy)}"] if keep_hierarchy else []
+    lines = [
+        f"read_rtlil {RTLIL}",
+        *keep,
+        f"{target.family.synth} -top top -json {NETLIST}",
+        f"tee -q -o {STAT} stat -json",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _stage_input(rtlil_path: Path, workdir: Path) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    staged = workdir / RTLIL
+    if rtlil_path.resolve() != staged.resolve():
+        shutil.copyfile(rtlil_path, staged)
+    for stale in (NETLIST, STAT, REPORT, SYNTH_LOG, PNR_LOG):
+        (workdir / stale).unlink(missing_ok=True)
+
+
+def _timed(args: Sequence[str], workdir: Path, log: str, timeout: float, seconds: dict[str, float], key: str) -> int:
+    start = time.monotonic()
+    code = run_tool(args, workdir, workdir / log, timeout)
+    seconds[key] = round(time.monotonic() - start, 3)
+    return code
+
+
+def synthesize(
+    rtlil_path: Path,
+    workdir: Path,
+    target: str,
+    *,
+    seed: int = 1,
+    freq_mhz: float = 100.0,
+    keep_hierarchy: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> SynthResult:
+    """Synthesize `rtlil_path` (top module ``top``) for `target` in `workdir`, then place and route it.
+
+    The netlist is copied to ``workdir/design.il``; Yosys writes ``synth.json`` and ``stat.json``, nextpnr
+    (out of context, timing failures allowed) ``pnr.json``, each tool its log. `keep_hierarchy` lists module
+    globs (``top.rep*`` for TMR replicas) that Yosys must keep apart. Raises ValueError for an unknown
+    target and ToolNotFound without tools; every tool failure is returned as a status instead.
+    """
+    spec = get_target(target)
+    workdir = Path(workdir)
+    _stage_input(Path(rtlil_path), workdir)
+    (workdir / SCRIPT).write_text(yosys_script(spec, keep_hierarchy))
+    artifacts = {"rtlil": workdir / RTLIL, "script": workdir / SCRIPT, "synth_log": workdir / SYNTH_LOG}
+    seconds: dict[str, float] = {}
+
+    code = _timed([find_tool("yosys"), "-s", SCRIPT], workdir, SYNTH_LOG, timeout, seconds, "synth")
+    if code != 0 or not (workdir / NETLIST).exists() or not (workdir / STAT).exists():
+        message = f"yosys failed (exit {code}): {_first_error(workdir / SYNTH_LOG)}"
+        return SynthResult(target, "tool_error", message, artifacts=artifacts, seconds=seconds)
+    artifacts.update(netlist=workdir / NETLIST, stat=workdir / STAT)
+    cells = parse_stat(json.loads((workdir / STAT).read_text()))
+    area = SynthResult(target, "ok", resources=count_resources(cells, spec.family), cells=cells)
+    if spec.family.nextpnr is None:
+        return replace(area, artifacts=artifacts, seconds=seconds)
+    return _place_and_route(spec, workdir, seed, freq_mhz, timeout, area, artifacts, seconds)
+
+
+def _place_and_route(
+    spec: Target,
+    workdir: Path,
+    seed: int,
+    freq_mhz: float,
+    timeout: float,
+    area: SynthResult,
+    artifacts: dict[str, Path],
+    seconds: dict[str, float],
+) -> SynthResult:
+    assert spec.family.nextpnr is not None
+    args = [find_tool(spec.family.nextpnr), *spec.nextpnr_args, "--json", NETLIST, "--freq", f"{freq_mhz:g}"]
+    args += ["--timing-allow-fail", "--seed", str(seed), "--report", REPORT]
+    code = _timed(args, workdir, PNR_LOG, timeout, seconds, "pnr")
+    artifacts["pnr_log"] = workdir / PNR_LOG
+    if code != 0 or not (workdir / REPORT).exists():
+        short = misfit((workdir / PNR_LOG).read_text(errors="replace"))
+        if short is None:
+            message = f"{spec.family.nextpnr} failed (exit {code}): {_first_error(workdir / PNR_LOG)}"
+            return replace(area, status="tool_error", message=message, artifacts=artifacts, seconds=seconds)
+        message = f"does not fit {spec.name}: {short}"
+        if spec.note and "SB_IO" in short:
+            message += f" ({spec.note})"
+        return replace(area, status="does_not_fit", message=message, artifacts=artifacts, seconds=seconds)
+    artifacts["report"] = workdir / REPORT
+    report = json.loads((workdir / REPORT).read_text())
+    used = {bel: {"used": int(u["used"]), "available": int(u["available"])} for bel, u in report["utilization"].items()}
+    clock, fmax = parse_fmax(report)
+    return replace(area, utilization=used, fmax_mhz=fmax, clock=clock, artifacts=artifacts, seconds=seconds)

@@ -1,0 +1,177 @@
+"""The weight-stationary processing element and its swappable multipliers."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from amaranth.hdl import Module, Mux, Shape, Value, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.arrayconfig import ArrayConfig
+
+
+class Multiplier(Protocol):
+    """Build `a * b` as logic: the seam where a DSP multiply or a LUT multiply is chosen."""
+
+    def __call__(self, a: Value, b: Value) -> Value: ...
+
+
+class DSPMultiplier:
+    """Multiply with `*`, which Yosys maps to a DSP block."""
+
+    def __call__(self, a: Value, b: Value) -> Value:
+        return a * b
+
+
+class LUTMultiplier:
+    """Multiply by shift-and-add of partial products, so Yosys sees adders and muxes and no `$mul` cell.
+
+    A two's complement `b` weighs its top bit -2^(w-1), so that partial product is subtracted.
+    """
+
+    def __call__(self, a: Value, b: Value) -> Value:
+        top = len(b) - 1
+        total: Value = Mux(b[0], a, 0)
+        for i in range(1, len(b)):
+            term = Mux(b[i], a << i, 0)
+            total = total - term if i == top and b.shape().signed else total + term
+        return total
+
+
+MULTIPLIERS: dict[str, Multiplier] = {"dsp": DSPMultiplier(), "lut": LUTMultiplier()}
+
+
+def _width(name: str, value: object, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"PE {name} must be an integer in {lo}..{hi}, not {value!r}")
+    return value
+
+
+class _ProcessingElement(wiring.Component):
+    """Validated widths, the multiplier and the named registers shared by both PEs."""
+
+    def __init__(self, act_bits: int, weight_bits: int, acc_bits: int, *, act_signed: bool = False,
+                 multiplier: Multiplier | None = None) -> None:
+        if not isinstance(act_signed, bool):
+            raise TypeError(f"PE act_signed must be a bool, not {act_signed!r}")
+        self._act_shape: Shape = (signed if act_signed else unsigned)(_width("act_bits", act_bits, 2, 16))
+        self._weight_bits = _width("weight_bits", weight_bits, 2, 16)
+        self._acc_bits = _width("acc_bits", acc_bits, 2, 64)
+        if multiplier is not None and not callable(multiplier):
+            raise TypeError(f"PE multiplier must be callable as multiplier(a, b), not {multiplier!r}")
+        self._multiplier: Multiplier = multiplier if multiplier is not None else DSPMultiplier()
+        super().__init__({
+            "act_in": In(self._act_shape),
+            "act_out": Out(self._act_shape),
+            "w_in": In(signed(self._weight_bits)),
+            "w_out": Out(signed(self._weight_bits)),
+            **self._controls(),
+            "psum_out": Out(signed(self._acc_bits)),
+        })
+
+    def _controls(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: ArrayConfig, acc_bits: int) -> _ProcessingElement:
+        """Return a PE with the config's operand widths, signedness and multiplier."""
+        return cls(config.act_bits, config.weight_bits, acc_bits, act_signed=config.act_signed,
+                   multiplier=MULTIPLIERS[config.multiplier])
+
+    @property
+    def act_shape(self) -> Shape:
+        return self._act_shape
+
+    @property
+    def weight_bits(self) -> int:
+        return self._weight_bits
+
+    @property
+    def acc_bits(self) -> int:
+        return self._acc_bits
+
+    @property
+    def act(self) -> Value:
+        return self.act_out
+
+    @property
+    def weight(self) -> Value:
+        return self.w_out
+
+    @property
+    def psum(self) -> Value:
+        return self.psum_out
+
+
+class WSProcessingElement(_ProcessingElement):
+    """One weight-stationary multiply-accumulate cell.
+
+    Each clock, the activation on `act_in` is latched into the `act` register (passed right) and
+    `psum_in + act_in * weight` into the `psum` register (passed down), both wrapping at their widths.
+    While `w_load` is high the `weight` register latches `w_in` instead of holding (a column of PEs
+    chains `w_out` to the next `w_in`, so weights shift down one row per load cycle).
+
+    Parameters
+    ----------
+    act_bits, weight_bits, acc_bits : int
+        Register widths: activation 2..16, weight 2..16 (two's complement), partial sum 2..64 (two's complement).
+    act_signed : bool
+        Activations are two's complement rather than unsigned.
+    multiplier : Multiplier
+        Builds the product; `DSPMultiplier()` by default, `LUTMultiplier()` keeps it out of DSP blocks.
+
+    Members
+    -------
+    act_in : In(act shape)
+    act_out : Out(act shape), the `act` register.
+    w_in : In(signed(weight_bits))
+    w_out : Out(signed(weight_bits)), the `weight` register.
+    w_load : In(1)
+    psum_in : In(signed(acc_bits))
+    psum_out : Out(signed(acc_bits)), the `psum` register.
+
+    `act`, `weight` and `psum` name the three registers, for testbenches and fault injection.
+    """
+
+    def _controls(self) -> dict[str, object]:
+        return {"w_load": In(1), "psum_in": In(signed(self._acc_bits))}
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.d.sync += self.act_out.eq(self.act_in)
+        m.d.sync += self.psum_out.eq(self.psum_in + self._multiplier(self.act_in, self.w_out))
+        with m.If(self.w_load):
+            m.d.sync += self.w_out.eq(self.w_in)
+        return m
+
+
+class OSProcessingElement(_ProcessingElement):
+    """One output-stationary multiply-accumulate cell.
+
+    Each clock the activation on `act_in` is latched into the `act` register (passed right), the weight on
+    `w_in` into the `weight` register (passed down), and `psum + act_in * w_in` into the `psum` register,
+    which stays in place; with `start` high the old `psum` is dropped (the sum restarts at the product).
+
+    Parameters are those of `WSProcessingElement`.
+
+    Members
+    -------
+    act_in : In(act shape)
+    act_out : Out(act shape), the `act` register.
+    w_in : In(signed(weight_bits))
+    w_out : Out(signed(weight_bits)), the `weight` register.
+    start : In(1)
+    psum_out : Out(signed(acc_bits)), the `psum` register (the output this PE accumulates).
+    """
+
+    def _controls(self) -> dict[str, object]:
+        return {"start": In(1)}
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.d.sync += self.act_out.eq(self.act_in)
+        m.d.sync += self.w_out.eq(self.w_in)
+        product = self._multiplier(self.act_in, self.w_in)
+        m.d.sync += self.psum_out.eq(Mux(self.start, 0, self.psum_out) + product)
+        return m

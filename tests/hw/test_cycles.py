@@ -1,0 +1,71 @@
+"""Closed-form cycle counts: the formulas of DESIGN §6, their monotonicity and their tile decomposition."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hw.cycles import conv_gemm, gemm_cycles, linear_gemm, network_cycles, tile_cycles, tile_grid, tiles
+
+dims = st.integers(1, 40)
+arrays = st.integers(1, 9)
+dataflows = st.sampled_from(["ws", "os", "is"])
+
+
+def test_formulas_match_design_examples() -> None:
+    # M=5, K=7, N=5 on 2x2: WS 4*3 tiles of 4+2+5-2; OS 3*3 tiles of 2+2+7-2; IS 4*3 tiles of 4+2+5-2.
+    assert gemm_cycles(5, 7, 5, 2, 2, "ws") == 12 * 9
+    assert gemm_cycles(5, 7, 5, 2, 2, "os") == 9 * 9
+    assert gemm_cycles(5, 7, 5, 2, 2, "is") == 12 * 9
+    assert gemm_cycles(196, 27, 64, 8, 8, "ws") == 4 * 8 * (16 + 8 + 196 - 2)
+
+
+@given(dims, dims, dims, arrays, arrays, dataflows)
+def test_monotonic_in_m_k_n(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> None:
+    base = gemm_cycles(m, k, n, rows, cols, dataflow)
+    assert gemm_cycles(m + 1, k, n, rows, cols, dataflow) >= base
+    assert gemm_cycles(m, k + 1, n, rows, cols, dataflow) >= base
+    assert gemm_cycles(m, k, n + 1, rows, cols, dataflow) >= base
+
+
+@given(dims, dims, dims, arrays, arrays, dataflows)
+def test_sum_over_tiles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> None:
+    parts = list(tiles(m, k, n, rows, cols, dataflow))
+    first, second = tile_grid(m, k, n, rows, cols, dataflow)
+    assert len(parts) == first * second
+    assert gemm_cycles(m, k, n, rows, cols, dataflow) == sum(tile_cycles(*p, rows, cols, dataflow) for p in parts)
+    # The tiles cover the pinned dimensions exactly once.
+    covered = {"ws": lambda p: p[1] * p[2], "os": lambda p: p[0] * p[2], "is": lambda p: p[1] * p[0]}[dataflow]
+    assert sum(map(covered, parts)) * {"ws": m, "os": k, "is": n}[dataflow] == m * k * n
+
+
+@given(dims, st.integers(1, 5), st.integers(1, 40), dims, arrays, arrays)
+def test_ws_splits_additively_at_tile_boundaries(m: int, k_tiles: int, k_rest: int, n: int, rows: int,
+                                                 cols: int) -> None:
+    k = k_tiles * rows
+    assert gemm_cycles(m, k + k_rest, n, rows, cols) == gemm_cycles(m, k, n, rows, cols) + gemm_cycles(
+        m, k_rest, n, rows, cols)
+
+
+def test_layer_shapes_and_network_sum() -> None:
+    conv = conv_gemm(3, 16, (3, 3), (6, 5))
+    fc = linear_gemm(480, 10)
+    assert conv == (30, 27, 16)
+    assert fc == (1, 480, 10)
+    assert network_cycles([conv, fc], 4, 4) == gemm_cycles(30, 27, 16, 4, 4) + gemm_cycles(1, 480, 10, 4, 4)
+    assert network_cycles([], 4, 4, "os") == 0
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: gemm_cycles(0, 1, 1, 2, 2), "GEMM m must be a positive integer, not 0"),
+    (lambda: gemm_cycles(1, 1, 1, 2.0, 2), "GEMM rows must be a positive integer, not 2.0"),  # type: ignore[arg-type]
+    (lambda: gemm_cycles(1, 1, 1, 2, 2, "xs"), "GEMM dataflow must be one of 'ws', 'os', 'is', not 'xs'"),
+    (lambda: conv_gemm(3, 16, (3, 0), (6, 5)), "GEMM kw must be a positive integer, not 0"),
+    (lambda: linear_gemm(True, 10), "GEMM in_features must be a positive integer, not True"),
+])
+def test_errors(call: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        call()  # type: ignore[operator]

@@ -1,0 +1,24 @@
+"""The torch-free GEMM shapes agree with the layers the quantized models actually export."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsetool.faults.sites import gemm_shape, weight_layer_ops
+from dsetool.models.export import integer_model
+from dsetool.models.quant import QuantSpec
+from dsetool.models.shapes import gemm_shapes
+from dsetool.models.zoo import build_model, input_size
+
+
+@pytest.mark.parametrize("arch, channels, native", [("lenet5", 1, (8, 8)), ("alexnet32", 3, (32, 32)),
+                                                    ("mlp", 1, (8, 8)), ("lenet5", 1, (28, 28))])
+def test_gemm_shapes_match_the_export(arch, channels, native):
+    side = input_size(arch, native)
+    size = native if side is None else (side, side)
+    model = build_model(arch, in_channels=channels, num_classes=10, image_size=size, quant=QuantSpec())
+    model.eval()
+    exported, _ = integer_model(model, arch=arch, input_shape=(channels, *size))
+    ops = exported["ops"]
+    expected = [(ops[i]["name"], *gemm_shape(ops[i])) for i in weight_layer_ops(ops)]
+    assert [(g.layer, g.m, g.k, g.n) for g in gemm_shapes(arch, channels, native, 10)] == expected
