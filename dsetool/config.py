@@ -119,8 +119,13 @@ class HwConfig:
     rows: int = spec(8, range=(1, 256), help="PE rows")
     cols: int = spec(8, range=(1, 256), help="PE columns")
     dataflow: str = spec("ws", choices=("ws", "os"), help="weight- or output-stationary")
-    acc_bits: int = spec(0, range=(0, 64), help="accumulator width, 0 = just wide enough for each layer")
+    acc_bits: int = spec(0, range=(0, 64), help="accumulator width, 0 = just wide enough for the network")
     multiplier_bits: int = spec(24, range=(4, 32), help="fixed-point requantization multiplier width (float scales)")
+    multiplier: str = spec("dsp", choices=("dsp", "lut"), help="PE multiplier: the FPGA's DSP blocks or LUT logic")
+    target: str = spec("ecp5-45k", choices=("ecp5-25k", "ecp5-45k", "ecp5-85k", "ice40-up5k", "xc7z020"),
+                       help="FPGA the synth stage builds for")
+    freq_mhz: float = spec(100.0, range=(1.0, 1000.0), help="clock constraint given to place and route")
+    pnr_seed: int = spec(1, range=(0, 2**31 - 1), help="place-and-route seed")
 
 
 FAULT_SITES = ("act", "weight", "pe.act", "pe.weight", "pe.psum", "out")

@@ -56,12 +56,27 @@ def _console() -> Any:
     return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
+SYNTH_COLUMNS: list[Column] = [
+    ("array", lambda m: f"{m.get('rows')}x{m.get('cols')} {m.get('dataflow')} "
+              f"W{m.get('weight_bits')}A{m.get('act_bits')}"),
+    ("target", lambda m: str(m.get("target", "-"))),
+    ("status", lambda m: str(m.get("status", "-"))),
+    ("LUT", lambda m: str(m.get("lut", "-"))),
+    ("FF", lambda m: str(m.get("ff", "-"))),
+    ("DSP", lambda m: str(m.get("dsp", "-"))),
+    ("Fmax MHz", lambda m: f"{m['fmax_mhz']:.1f}" if isinstance(m.get("fmax_mhz"), float) else "-"),
+    ("cycles", lambda m: str(m.get("cycles_per_inference", "-"))),
+    ("latency us", lambda m: f"{m['latency_us']:.1f}" if isinstance(m.get("latency_us"), float) else "-"),
+]
+STAGE_COLUMNS = {"inject": CAMPAIGN_COLUMNS, "synth": SYNTH_COLUMNS}
+
+
 def results_table(experiment: str, rows: Sequence[tuple[Point, Entry, bool]]) -> None:
     """Print one row per design point: its axis values, the stage's headline metrics, cache status."""
     from rich.table import Table
 
     axes = list(dict.fromkeys(key for point, _, _ in rows for key in point.axes))
-    columns = CAMPAIGN_COLUMNS if any(entry.stage == "inject" for _, entry, _ in rows) else MODEL_COLUMNS
+    columns = next((STAGE_COLUMNS[e.stage] for _, e, _ in rows if e.stage in STAGE_COLUMNS), MODEL_COLUMNS)
     stages = sorted({entry.stage for _, entry, _ in rows})
     table = Table(title=f"{experiment}: {len(rows)} results ({', '.join(stages)})")
     for key in axes:

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,27 @@ def _version(name: str) -> str:
 def tool_versions() -> dict[str, str]:
     """Return the version line of yosys, nextpnr-ecp5 and nextpnr-ice40 (asked once per process)."""
     return {name: _version(name) for name in ("yosys", "nextpnr-ecp5", "nextpnr-ice40")}
+
+
+@functools.cache
+def tool_fingerprint() -> dict[str, str]:
+    """Return which build and version of each tool would run, cheaply (it goes into cache keys).
+
+    A YoWASP tool is identified by its package version, read from the installed metadata without starting
+    it; a native or overridden tool by its version line.
+    """
+    out = {}
+    for name in ("yosys", "nextpnr-ecp5", "nextpnr-ice40"):
+        try:
+            command = find_tool(name)
+        except ToolNotFound:
+            out[name] = "absent"
+            continue
+        if Path(command).name == f"yowasp-{name}":
+            out[name] = f"yowasp-{name} {metadata.version(f'yowasp-{name}')}"
+        else:
+            out[name] = _version(name)
+    return out
 
 
 def emit_rtlil(component: Any, path: Path) -> Path:

@@ -82,6 +82,15 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
+def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
+    from dsetool.arrays import array_config
+    from hw.flow import tool_fingerprint
+
+    hw = cfg.hw
+    return {"array": to_plain(array_config(cfg)), "target": hw.target, "freq_mhz": hw.freq_mhz,
+            "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
+
+
 def quant_stage(cfg: RunConfig) -> str:
     """Name the stage that produces the quantized model of a design point."""
     return "train-qat" if cfg.quant.method == "qat" else "ptq"
@@ -94,6 +103,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
         StageDef("inject", "1", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
+        StageDef("synth", "1", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
     )
 }
 

@@ -1,0 +1,40 @@
+"""The array a design point runs on, as the shared `hw.arrayconfig.ArrayConfig` (torch-free).
+
+Operand widths are the widest the network needs (per-layer overrides included); with `hw.acc_bits: 0`
+the accumulator is sized for the network's longest dot product, so one synthesized array serves every
+layer, and two models with the same widths and longest reduction share one synthesis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dsetool.config import RunConfig
+from dsetool.data import GEOMETRY, NUM_CLASSES
+from dsetool.models.shapes import Gemm, gemm_shapes
+from hw.arrayconfig import ArrayConfig
+
+
+def network_gemms(cfg: RunConfig) -> list[Gemm]:
+    """Return the GEMM of every weight layer of the design point's network."""
+    channels, native = GEOMETRY[cfg.data.name]
+    return gemm_shapes(cfg.model.arch, channels, native, NUM_CLASSES, cfg.model.mlp_hidden)
+
+
+def array_config(cfg: RunConfig) -> ArrayConfig:
+    """Return the array of a design point."""
+    q = cfg.quant
+    act_bits = max([q.act_bits, *(layer.act_bits or 0 for layer in q.layers.values())])
+    weight_bits = max([q.weight_bits, *(layer.weight_bits or 0 for layer in q.layers.values())])
+    base = ArrayConfig(rows=cfg.hw.rows, cols=cfg.hw.cols, act_bits=act_bits, weight_bits=weight_bits,
+                       acc_bits=cfg.hw.acc_bits, act_signed=not q.relu_unsigned, dataflow=cfg.hw.dataflow,
+                       multiplier=cfg.hw.multiplier)
+    longest = max(g.k for g in network_gemms(cfg))
+    return dataclasses.replace(base, acc_bits=base.accumulator_bits(longest))
+
+
+def network_cycles(cfg: RunConfig) -> int:
+    """Return the array cycles of one inference (closed form, every layer's GEMM tiled onto the array)."""
+    from hw.cycles import network_cycles as cycles
+
+    return cycles([(g.m, g.k, g.n) for g in network_gemms(cfg)], cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow)

@@ -1,0 +1,47 @@
+"""The synth stage: one synthesis per array, cached; misfits are a status; latency from the network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import hw.flow
+from dsetool.cli import main
+
+
+def synth(tmp_path, write_experiment, hw_section, name="exp.yaml"):
+    path = write_experiment({"name": "synth", "model": {"arch": "lenet5"}, "quant": {"bits": 4}, "hw": hw_section},
+                            name)
+    result = CliRunner().invoke(main, ["synth", str(path), "--json", "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.splitlines()[0])
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_synth_small_array_then_cache_hit_runs_no_tool(tmp_path, write_experiment, monkeypatch):
+    row = synth(tmp_path, write_experiment, {"rows": 2, "cols": 2, "target": "ecp5-25k"})
+    m = row["metrics"]
+    assert (row["cached"], m["status"], m["rows"], m["dsp"]) == (False, "ok", 2, 4)
+    assert m["lut"] > 0 and m["ff"] > 0 and m["fmax_mhz"] > 0
+    from hw.cycles import network_cycles
+
+    lenet = [(784, 25, 6), (100, 150, 16), (1, 400, 120), (1, 120, 84), (1, 84, 10)]
+    assert m["cycles_per_inference"] == network_cycles(lenet, 2, 2, "ws")
+    assert m["latency_us"] == pytest.approx(m["cycles_per_inference"] / m["fmax_mhz"])
+
+    def no_tools(*args, **kwargs):
+        raise AssertionError("a cached synthesis ran a tool")
+
+    monkeypatch.setattr(hw.flow, "run_tool", no_tools)
+    again = synth(tmp_path, write_experiment, {"rows": 2, "cols": 2, "target": "ecp5-25k"})
+    assert again["cached"] and again["key"] == row["key"]
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_too_large_for_the_target_is_does_not_fit(tmp_path, write_experiment):
+    m = synth(tmp_path, write_experiment, {"rows": 8, "cols": 8, "target": "ecp5-25k"})["metrics"]
+    assert m["status"] == "does_not_fit" and "MULT18X18D" in m["message"]
