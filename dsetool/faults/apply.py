@@ -246,10 +246,9 @@ def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch
     assert group.tiling is not None
     r, e, m = combined_masks(rows, elements, bits, model)
     n_out = net.weight_matrix(group.op_index).shape[0]
-    acc_bits = group.width if group.site == "pe.psum" else 0
     corrected = apply_pe_faults(group.site, group.tiling, net.gemm_input(group.op_index, op_input),
                                 net.weight_matrix(group.op_index), acc.reshape(acc.shape[0], n_out, -1),
-                                net.bias(group.op_index), r, e, m, model, group.width, group.signed, acc_bits)
+                                net.bias(group.op_index), r, e, m, model, group.width, group.signed, group.acc_bits)
     return corrected.reshape(acc.shape)
 
 

@@ -29,6 +29,8 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
 
     `operands` are the layer's (B, K, M) input matrices, `weights` its (N, K) integer weights, `acc`
     the fault-free accumulators (B, N, M) including `bias` (N,). `masks` hold each fault's bit mask.
+    `acc_bits` is the array's accumulator width: every corrected sum wraps there, as the adders do (a
+    corrupted operand can overflow a narrow accumulator too, not only a corrupted partial sum).
     """
     from dsetool.faults.apply import faulty_values
 
@@ -92,6 +94,9 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
         base = flat[hit].to(torch.int64) - bias.to(torch.int64)[channel]   # the array's sum, before bias
         # wrapping is modular, so several faults on one accumulator may be summed before one wrap
         flat[hit] = (wrap(base + total[hit], acc_bits) + bias.to(torch.int64)[channel]).to(flat.dtype)
+    if site != "pe.psum" and acc_bits:
+        column = bias.to(torch.int64)[:, None]
+        out.copy_((wrap(out.to(torch.int64) - column, acc_bits) + column).to(out.dtype))
     return out
 
 

@@ -38,6 +38,7 @@ class SiteGroup:
     width: int
     signed: bool
     tiling: LayerTiling | None = None   # PE sites: the layer's schedule on the array
+    acc_bits: int = 0                    # PE sites: the array's accumulator width (sums wrap there)
 
     @property
     def size(self) -> int:
@@ -106,14 +107,15 @@ def _pe_group(ops: Sequence[Mapping[str, Any]], site: str, index: int, acc_bits:
               array: ArrayConfig) -> SiteGroup:
     op = ops[index]
     tiling = LayerTiling(*gemm_shape(op), array.rows, array.cols, array.dataflow)
+    accumulator = array.acc_bits or acc_bits[op["name"]]
     if site == "pe.act":
         producer = _producer(ops, index)
         width, signed = producer["bits"], producer["signed"]
     elif site == "pe.weight":
         width, signed = op["weight_bits"], True
     else:
-        width, signed = array.acc_bits or acc_bits[op["name"]], True
-    return SiteGroup(site, op["name"], index, "pe", tiling.shape, width, signed, tiling)
+        width, signed = accumulator, True
+    return SiteGroup(site, op["name"], index, "pe", tiling.shape, width, signed, tiling, accumulator)
 
 
 def _group(intmodel: Mapping[str, Any], site: str, index: int, acc_bits: Mapping[str, int],

@@ -77,8 +77,10 @@ def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
 
 def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
     hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits}
-    if cfg.faults.site.startswith("pe."):  # only PE registers depend on the array's shape and dataflow
-        hw.update(rows=cfg.hw.rows, cols=cfg.hw.cols, dataflow=cfg.hw.dataflow)
+    if cfg.faults.site.startswith("pe."):  # only PE registers depend on the array
+        from dsetool.arrays import array_config
+
+        hw["array"] = to_plain(array_config(cfg))
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
@@ -102,7 +104,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("pretrain", "1", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
-        StageDef("inject", "1", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
+        StageDef("inject", "2", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
         StageDef("synth", "1", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
     )
 }

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dsetool.arrays import array_config
 from dsetool.engine import Engine, load_intmodel
 from dsetool.faults.campaign import (
     CampaignSpec,
@@ -30,7 +31,6 @@ from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
 from dsetool.store import Result
 from dsetool.validate import ConfigError
-from hw.arrayconfig import ArrayConfig
 
 SUMMARY_FILE = "summary.json"
 
@@ -59,8 +59,7 @@ def run(ctx: StageContext) -> Result:
         raise ConfigError(str(cfg.name), "hw.acc_bits", f"{cfg.hw.acc_bits} bits cannot hold the accumulators of "
                                                         f"layer {name}, which need {bits}")
     try:
-        array = ArrayConfig(rows=cfg.hw.rows, cols=cfg.hw.cols, act_bits=cfg.quant.act_bits,
-                            weight_bits=cfg.quant.weight_bits, acc_bits=cfg.hw.acc_bits, dataflow=cfg.hw.dataflow)
+        array = array_config(cfg)  # the same array the synth stage builds
         groups = site_groups(raw, cfg.faults.site, cfg.faults.layers, network.acc_bits(), array)
     except SiteError as exc:
         raise ConfigError(str(cfg.name), "faults", str(exc)) from None

@@ -11,136 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 from amaranth.back import rtlil
-from amaranth.sim import Simulator
 
 from hw.array import OSArray, WSArray
 from hw.arrayconfig import ArrayConfig
 from hw.cycles import gemm_cycles
 from hw.pe import LUTMultiplier, OSProcessingElement, WSProcessingElement
-
-Observer = Callable[[Any, int, int, int], None]  # (ctx, k-tile, n-tile, streaming cycle u)
-
-
-def wrap(value: np.ndarray, width: int) -> np.ndarray:
-    half = 1 << (width - 1)
-    return (value + half) % (1 << width) - half
-
-
-def run_gemm(array: WSArray | OSArray, a: np.ndarray, w: np.ndarray, observe: Observer | None = None,
-             idle: int = 0) -> tuple[np.ndarray, int]:
-    """Drive A (M x K) @ W (K x N) through the array tile by tile; return (out, cycles).
-
-    `idle` is what the driver leaves on the operand lanes while `valid` is low (the array must ignore it).
-    """
-    run = run_ws if isinstance(array, WSArray) else run_os
-    return run(array, a, w, observe, idle)
-
-
-def _padded(a: np.ndarray, w: np.ndarray, rows: int, cols: int, ws: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad A and W so the tiled dimensions are multiples of the array's (K, N for ws; M, N for os)."""
-    (m, k), n = a.shape, w.shape[1]
-    mp, kp = (m, -(-k // rows) * rows) if ws else (-(-m // rows) * rows, k)
-    a_pad = np.zeros((mp, kp), dtype=np.int64)
-    a_pad[:m, :k] = a
-    w_pad = np.zeros((kp, -(-n // cols) * cols), dtype=np.int64)
-    w_pad[:k, :n] = w
-    return a_pad, w_pad
-
-
-def _simulate(array: WSArray | OSArray, bench: Any) -> None:
-    sim = Simulator(array)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-
-
-def run_ws(array: WSArray, a: np.ndarray, w: np.ndarray, observe: Observer | None = None,
-           idle: int = 0) -> tuple[np.ndarray, int]:
-    """Drive A (M x K) @ W (K x N) through the WS array tile by tile; return (out, cycles).
-
-    Tiles run back to back (k-tile outer, n-tile inner, as `LayerTiling.decode` numbers them); k-tiles are
-    summed here, wrapping at the array's acc_bits. Cycles count every clock edge from the first weight-load
-    cycle to the one after which the last output row of the last tile is valid.
-    """
-    rows, cols = array.config.rows, array.config.cols
-    m, n = a.shape[0], w.shape[1]
-    a_pad, w_pad = _padded(a, w, rows, cols, ws=True)
-    out = np.zeros((m, w_pad.shape[1]), dtype=np.int64)
-    cycles = 0
-
-    async def bench(ctx: Any) -> None:
-        nonlocal cycles
-        for kt in range(a_pad.shape[1] // rows):
-            for nt in range(w_pad.shape[1] // cols):
-                w_tile = w_pad[kt * rows:(kt + 1) * rows, nt * cols:(nt + 1) * cols]
-                ctx.set(array.w_load, 1)
-                for r in reversed(range(rows)):
-                    for c in range(cols):
-                        ctx.set(array.w[c], int(w_tile[r, c]))
-                    await ctx.tick()
-                    cycles += 1
-                ctx.set(array.w_load, 0)
-                got: list[list[int]] = []
-                u = 0
-                while len(got) < m:
-                    ctx.set(array.a_valid, int(u < m))
-                    for r in range(rows):
-                        ctx.set(array.a[r], int(a_pad[u, kt * rows + r]) if u < m else idle)
-                    await ctx.tick()
-                    cycles += 1
-                    if observe is not None:
-                        observe(ctx, kt, nt, u)
-                    if ctx.get(array.out_valid):
-                        got.append([ctx.get(array.out[c]) for c in range(cols)])
-                    u += 1
-                out[:, nt * cols:(nt + 1) * cols] += np.array(got, dtype=np.int64)
-
-    _simulate(array, bench)
-    return wrap(out[:, :n], array.acc_bits), cycles
-
-
-def run_os(array: OSArray, a: np.ndarray, w: np.ndarray, observe: Observer | None = None,
-           idle: int = 0) -> tuple[np.ndarray, int]:
-    """Drive A (M x K) @ W (K x N) through the OS array tile by tile (m-tile outer, n-tile inner); return
-    (out, cycles), cycles counted from the first streaming cycle to the one after which the last tile is done."""
-    rows, cols = array.config.rows, array.config.cols
-    (m, k), n = a.shape, w.shape[1]
-    a_pad, w_pad = _padded(a, w, rows, cols, ws=False)
-    out = np.zeros((a_pad.shape[0], w_pad.shape[1]), dtype=np.int64)
-    cycles = 0
-
-    async def bench(ctx: Any) -> None:
-        nonlocal cycles
-        for mt in range(a_pad.shape[0] // rows):
-            for nt in range(w_pad.shape[1] // cols):
-                u = 0
-                while u == 0 or not ctx.get(array.out_valid):
-                    ctx.set(array.start, int(u == 0))
-                    ctx.set(array.valid, int(u < k))
-                    ctx.set(array.last, int(u == k - 1))
-                    for r in range(rows):
-                        ctx.set(array.a[r], int(a_pad[mt * rows + r, u]) if u < k else idle)
-                    for c in range(cols):
-                        ctx.set(array.w[c], int(w_pad[u, nt * cols + c]) if u < k else idle)
-                    await ctx.tick()
-                    cycles += 1
-                    if observe is not None:
-                        observe(ctx, mt, nt, u)
-                    u += 1
-                block = [[ctx.get(array.out[r][c]) for c in range(cols)] for r in range(rows)]
-                out[mt * rows:(mt + 1) * rows, nt * cols:(nt + 1) * cols] = np.array(block, dtype=np.int64)
-
-    _simulate(array, bench)
-    return wrap(out[:m, :n], array.acc_bits), cycles
-
-
-def operands(rng: np.random.Generator, config: ArrayConfig, m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    lo = -(1 << (config.act_bits - 1)) if config.act_signed else 0
-    hi = (1 << (config.act_bits - 1)) if config.act_signed else (1 << config.act_bits)
-    a = rng.integers(lo, hi, size=(m, k))
-    w = rng.integers(-(1 << (config.weight_bits - 1)), 1 << (config.weight_bits - 1), size=(k, n))
-    return a, w
-
+from tests.hw.drivers import operands, padded, run_gemm
 
 ARRAYS = {"ws": WSArray, "os": OSArray}
 
@@ -220,7 +96,7 @@ def test_registers_follow_systolic_sim_schedule(dataflow: str) -> None:
     for (site, tile, u, r, c), got in seen.items():
         assert got == _probe(simulate, tiling, a, w, array.acc_bits, (site, tile, u, r, c)), (site, tile, u, r, c)
     if dataflow == "ws":  # the docstring's schedule, stated directly: m = u - r - c
-        a_pad, w_pad = _padded(a, w, rows, cols, ws=True)
+        a_pad, w_pad = padded(a, w, rows, cols, ws=True)
         for (site, tile, u, r, c), got in seen.items():
             kt, nt = divmod(tile, tiling.tile_grid[1])
             mm, ks = u - r - c, slice(kt * rows, kt * rows + r + 1)

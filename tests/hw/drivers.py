@@ -1,0 +1,176 @@
+"""Testbench drivers that run a GEMM through a WSArray or OSArray tile by tile, in one Simulator or inside
+another testbench, with hooks on each streaming cycle for probing or forcing registers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from hw.array import OSArray, WSArray
+from hw.arrayconfig import ArrayConfig
+
+Hook = Callable[[Any, int, int, int], None]  # (ctx, k- or m-tile, n-tile, streaming cycle u)
+
+
+def wrap(value: np.ndarray, width: int) -> np.ndarray:
+    half = 1 << (width - 1)
+    return (value + half) % (1 << width) - half
+
+
+def padded(a: np.ndarray, w: np.ndarray, rows: int, cols: int, ws: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad A and W so the tiled dimensions are multiples of the array's (K, N for ws; M, N for os)."""
+    (m, k), n = a.shape, w.shape[1]
+    mp, kp = (m, -(-k // rows) * rows) if ws else (-(-m // rows) * rows, k)
+    a_pad = np.zeros((mp, kp), dtype=np.int64)
+    a_pad[:m, :k] = a
+    w_pad = np.zeros((kp, -(-n // cols) * cols), dtype=np.int64)
+    w_pad[:k, :n] = w
+    return a_pad, w_pad
+
+
+def operands(rng: np.random.Generator, config: ArrayConfig, m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return random A (M x K) and W (K x N) codes that fit the config's operand widths."""
+    lo = -(1 << (config.act_bits - 1)) if config.act_signed else 0
+    hi = (1 << (config.act_bits - 1)) if config.act_signed else (1 << config.act_bits)
+    a = rng.integers(lo, hi, size=(m, k))
+    w = rng.integers(-(1 << (config.weight_bits - 1)), 1 << (config.weight_bits - 1), size=(k, n))
+    return a, w
+
+
+async def drive_gemm(ctx: Any, array: WSArray | OSArray, a: np.ndarray, w: np.ndarray, observe: Hook | None = None,
+                     idle: int = 0, present: Hook | None = None) -> tuple[np.ndarray, int]:
+    """Drive A (M x K) @ W (K x N) through the array from a running testbench; return (out, cycles).
+
+    `present` runs after streaming cycle u's inputs are set and before its clock edge; `observe` runs after
+    the edge, before any output is read. `idle` is what the driver leaves on the operand lanes while `valid`
+    is low (the array must ignore it).
+    """
+    drive = drive_ws if isinstance(array, WSArray) else drive_os
+    return await drive(ctx, array, a, w, observe, idle, present)
+
+
+def run_gemm(array: WSArray | OSArray, a: np.ndarray, w: np.ndarray, observe: Hook | None = None,
+             idle: int = 0, present: Hook | None = None) -> tuple[np.ndarray, int]:
+    """Simulate one GEMM on a fresh Simulator (see `drive_gemm`); return (out, cycles)."""
+    result: list[tuple[np.ndarray, int]] = []
+
+    async def bench(ctx: Any) -> None:
+        result.append(await drive_gemm(ctx, array, a, w, observe, idle, present))
+
+    simulate(array, bench)
+    return result[0]
+
+
+def simulate(array: WSArray | OSArray, bench: Callable[[Any], Awaitable[None]]) -> None:
+    """Run one async testbench on the array with a clock on its sync domain."""
+    sim = Simulator(array)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+async def drive_ws(ctx: Any, array: WSArray, a: np.ndarray, w: np.ndarray, observe: Hook | None = None,
+                   idle: int = 0, present: Hook | None = None) -> tuple[np.ndarray, int]:
+    """Drive A (M x K) @ W (K x N) through the WS array tile by tile; return (out, cycles).
+
+    Tiles run back to back (k-tile outer, n-tile inner, as `LayerTiling.decode` numbers them); k-tiles are
+    summed here, wrapping at the array's acc_bits. Cycles count every clock edge from the first weight-load
+    cycle to the one after which the last output row of the last tile is valid.
+    """
+    rows, cols = array.config.rows, array.config.cols
+    m, n = a.shape[0], w.shape[1]
+    a_pad, w_pad = padded(a, w, rows, cols, ws=True)
+    out = np.zeros((m, w_pad.shape[1]), dtype=np.int64)
+    cycles = 0
+    for kt in range(a_pad.shape[1] // rows):
+        for nt in range(w_pad.shape[1] // cols):
+            w_tile = w_pad[kt * rows:(kt + 1) * rows, nt * cols:(nt + 1) * cols]
+            ctx.set(array.w_load, 1)
+            for r in reversed(range(rows)):
+                for c in range(cols):
+                    ctx.set(array.w[c], int(w_tile[r, c]))
+                await ctx.tick()
+                cycles += 1
+            ctx.set(array.w_load, 0)
+            got: list[list[int]] = []
+            u = 0
+            while len(got) < m:
+                ctx.set(array.a_valid, int(u < m))
+                for r in range(rows):
+                    ctx.set(array.a[r], int(a_pad[u, kt * rows + r]) if u < m else idle)
+                if present is not None:
+                    present(ctx, kt, nt, u)
+                await ctx.tick()
+                cycles += 1
+                if observe is not None:
+                    observe(ctx, kt, nt, u)
+                if ctx.get(array.out_valid):
+                    got.append([ctx.get(array.out[c]) for c in range(cols)])
+                u += 1
+            out[:, nt * cols:(nt + 1) * cols] += np.array(got, dtype=np.int64)
+    return wrap(out[:, :n], array.acc_bits), cycles
+
+
+async def drive_os(ctx: Any, array: OSArray, a: np.ndarray, w: np.ndarray, observe: Hook | None = None,
+                   idle: int = 0, present: Hook | None = None) -> tuple[np.ndarray, int]:
+    """Drive A (M x K) @ W (K x N) through the OS array tile by tile (m-tile outer, n-tile inner); return
+    (out, cycles), cycles counted from the first streaming cycle to the one after which the last tile is done."""
+    rows, cols = array.config.rows, array.config.cols
+    (m, k), n = a.shape, w.shape[1]
+    a_pad, w_pad = padded(a, w, rows, cols, ws=False)
+    out = np.zeros((a_pad.shape[0], w_pad.shape[1]), dtype=np.int64)
+    cycles = 0
+    for mt in range(a_pad.shape[0] // rows):
+        for nt in range(w_pad.shape[1] // cols):
+            u = 0
+            while u == 0 or not ctx.get(array.out_valid):
+                ctx.set(array.start, int(u == 0))
+                ctx.set(array.valid, int(u < k))
+                ctx.set(array.last, int(u == k - 1))
+                for r in range(rows):
+                    ctx.set(array.a[r], int(a_pad[mt * rows + r, u]) if u < k else idle)
+                for c in range(cols):
+                    ctx.set(array.w[c], int(w_pad[u, nt * cols + c]) if u < k else idle)
+                if present is not None:
+                    present(ctx, mt, nt, u)
+                await ctx.tick()
+                cycles += 1
+                if observe is not None:
+                    observe(ctx, mt, nt, u)
+                u += 1
+            block = [[ctx.get(array.out[r][c]) for c in range(cols)] for r in range(rows)]
+            out[mt * rows:(mt + 1) * rows, nt * cols:(nt + 1) * cols] = np.array(block, dtype=np.int64)
+    return wrap(out[:m, :n], array.acc_bits), cycles
+
+
+class CombProbe:
+    """Evaluate a combinational component from plain calls, all in one Simulator.
+
+    A background testbench wakes once per simulated microsecond, applies the pending inputs and reads the
+    outputs, so each hypothesis example costs one time step rather than a new Simulator.
+    """
+
+    def __init__(self, dut: Any) -> None:
+        self._sim = Simulator(dut)
+        self._sim.add_testbench(self._serve, background=True)
+        self._request: tuple[Sequence[tuple[Any, int]], Sequence[Any]] = ((), ())
+        self._result: list[Any] = []
+        self._steps = 0
+
+    async def _serve(self, ctx: Any) -> None:
+        while True:
+            await ctx.delay(1e-6)
+            inputs, outputs = self._request
+            for port, value in inputs:
+                ctx.set(port, value)
+            self._result = [ctx.get(port) for port in outputs]
+
+    def __call__(self, inputs: Sequence[tuple[Any, int]], outputs: Sequence[Any]) -> list[Any]:
+        """Set each (port, value) of `inputs`, then return the values of `outputs`."""
+        self._request = (inputs, outputs)
+        self._steps += 1
+        self._sim.run_until((self._steps + 0.5) * 1e-6)
+        return self._result
