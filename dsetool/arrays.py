@@ -28,7 +28,7 @@ def array_config(cfg: RunConfig) -> ArrayConfig:
     weight_bits = max([q.weight_bits, *(layer.weight_bits or 0 for layer in q.layers.values())])
     base = ArrayConfig(rows=cfg.hw.rows, cols=cfg.hw.cols, act_bits=act_bits, weight_bits=weight_bits,
                        acc_bits=cfg.hw.acc_bits, act_signed=not q.relu_unsigned, dataflow=cfg.hw.dataflow,
-                       multiplier=cfg.hw.multiplier)
+                       multiplier=cfg.hw.multiplier, protection=cfg.hw.protection, tmr=cfg.hw.tmr)
     longest = max(g.k for g in network_gemms(cfg))
     return dataclasses.replace(base, acc_bits=base.accumulator_bits(longest))
 
@@ -38,3 +38,8 @@ def network_cycles(cfg: RunConfig) -> int:
     from hw.cycles import network_cycles as cycles
 
     return cycles([(g.m, g.k, g.n) for g in network_gemms(cfg)], cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow)
+
+
+def baseline(cfg: RunConfig) -> RunConfig:
+    """Return the design point without protection or TMR: what their overhead is measured against."""
+    return dataclasses.replace(cfg, hw=dataclasses.replace(cfg.hw, protection="none", tmr=False))

@@ -91,7 +91,7 @@ def _run_points(stage: str, experiment: str, overrides: tuple[str, ...], as_json
     for point in exp.points:
         entry, cached = _compute(store, stage, point, debug)
         store.record_point(exp.name, exp.source, point.label, dict(point.axes), _chain_keys(entry))
-        entry = _with_derived(entry, point)
+        entry = _with_derived(store, entry, point, debug)
         if (stage, entry.key) in seen and stage != "synth":
             continue
         seen.add((stage, entry.key))
@@ -103,15 +103,22 @@ def _run_points(stage: str, experiment: str, overrides: tuple[str, ...], as_json
     results_table(exp.name, rows)
 
 
-def _with_derived(entry: Entry, point: Point) -> Entry:
-    """Add the metrics that depend on the design point, not only on the cached entry (synth latency)."""
+def _with_derived(store: Store, entry: Entry, point: Point, debug: bool) -> Entry:
+    """Add the metrics that depend on the design point, not only on the cached entry: synth latency, and a
+    protection's overhead against the unprotected array (synthesized too, once, if it is not cached)."""
     if entry.stage != "synth":
         return entry
     import dataclasses
 
+    from dsetool.arrays import baseline
+    from dsetool.config import Point as DesignPoint
     from dsetool.stages.synth import derived_metrics
 
-    metrics = {**entry.metrics, **derived_metrics(point.config, entry.metrics)}
+    base = None
+    if point.config.hw.protection != "none" or point.config.hw.tmr:
+        plain = DesignPoint(axes=point.axes, config=baseline(point.config))
+        base = _compute(store, "synth", plain, debug)[0].metrics
+    metrics = {**entry.metrics, **derived_metrics(point.config, entry.metrics, base)}
     return dataclasses.replace(entry, manifest={**entry.manifest, "metrics": metrics})
 
 

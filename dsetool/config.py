@@ -126,6 +126,9 @@ class HwConfig:
                        help="FPGA the synth stage builds for")
     freq_mhz: float = spec(100.0, range=(1.0, 1000.0), help="clock constraint given to place and route")
     pnr_seed: int = spec(1, range=(0, 2**31 - 1), help="place-and-route seed")
+    protection: str = spec("none", choices=("none", "clip", "zero"),
+                           help="range-check unit on the column outputs (synth): clip or zero out-of-range values")
+    tmr: bool = spec(False, help="triplicate the datapath with bitwise majority voters (synth)")
 
 
 FAULT_SITES = ("act", "weight", "pe.act", "pe.weight", "pe.psum", "out")

@@ -67,6 +67,10 @@ SYNTH_COLUMNS: list[Column] = [
     ("Fmax MHz", lambda m: f"{m['fmax_mhz']:.1f}" if isinstance(m.get("fmax_mhz"), float) else "-"),
     ("cycles", lambda m: str(m.get("cycles_per_inference", "-"))),
     ("latency us", lambda m: f"{m['latency_us']:.1f}" if isinstance(m.get("latency_us"), float) else "-"),
+    ("protection", lambda m: f"{m.get('protection', '-')}{' +TMR' if m.get('tmr') else ''}"),
+    ("LUT/FF/Fmax overhead %", lambda m: " / ".join(
+        f"{m[k]:+.1f}" if isinstance(m.get(k), float) else "-"
+        for k in ("lut_overhead_pct", "ff_overhead_pct", "fmax_mhz_overhead_pct"))),
 ]
 STAGE_COLUMNS = {"inject": CAMPAIGN_COLUMNS, "synth": SYNTH_COLUMNS}
 

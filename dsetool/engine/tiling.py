@@ -16,7 +16,14 @@ A[m, k] moves right along row r, W[k, n] moves down along column c, both skewed,
 cycle u PE(r, c) uses k = u - r - c and its psum register holds the running sum over k' <= u - r - c.
 
 A register outside its wavefront (m or k out of range, or a PE beyond the layer's N or M) holds a
-bubble whose products are discarded: a fault there is masked. Weight-load and drain cycles are not
+bubble whose products are discarded: a fault there is masked.
+
+Which flip-flop a site is (checked against the Amaranth RTL in `tests/hw/test_rtl_faults.py`): the psum
+site (u, r, c) is PE(r, c)'s psum register just after clock edge u; the WS weight site is PE(r, c)'s
+weight register; the act site (and the OS weight site) is the *operand* PE(r, c) multiplies at cycle u,
+held in the register that feeds it: PE(r, c-1)'s act register (PE(r-1, c)'s weight register), or the
+input skew register for c = 0 (r = 0). The last column's act registers (the last row's weight registers
+in OS) feed no PE, so faults there are always masked and are not part of the site population. Weight-load and drain cycles are not
 part of the streaming window (the closed-form cycle count in `hw/cycles.py` adds them).
 """
 

@@ -22,16 +22,18 @@ DROPPED = ("synth.json",)  # the full netlist: large, and everything we report i
 
 def run(ctx: StageContext) -> Result:
     """Build the array, run the flow, keep the reports; a misfit or tool failure is a status, not an error."""
-    from hw.array import OSArray, WSArray
+    from hw.accelerator import build_datapath
+    from hw.array import OSArray
     from hw.flow import emit_rtlil, emit_verilog, synthesize, tool_fingerprint
 
     cfg = ctx.config
     array = array_config(cfg)
-    component = (WSArray if array.dataflow == "ws" else OSArray)(array)
+    component = build_datapath(array) if array.dataflow == "ws" else OSArray(array)
     rtlil = emit_rtlil(component, ctx.out / RTLIL_FILE)
     ctx.reporter.note(f"synth {array.rows}x{array.cols} {array.dataflow} W{array.weight_bits}A{array.act_bits} "
-                      f"on {cfg.hw.target}")
-    result = synthesize(rtlil, ctx.out, cfg.hw.target, seed=cfg.hw.pnr_seed, freq_mhz=cfg.hw.freq_mhz)
+                      f"protection={array.protection} tmr={array.tmr} on {cfg.hw.target}")
+    result = synthesize(rtlil, ctx.out, cfg.hw.target, seed=cfg.hw.pnr_seed, freq_mhz=cfg.hw.freq_mhz,
+                        keep_hierarchy=("top.rep*",) if array.tmr else ())
     if result.status == "ok":
         emit_verilog(rtlil, ctx.out / VERILOG_FILE)
     for name in DROPPED:
@@ -40,14 +42,24 @@ def run(ctx: StageContext) -> Result:
     metrics = {"status": result.status, "message": result.message, "target": cfg.hw.target,
                "rows": array.rows, "cols": array.cols, "dataflow": array.dataflow, "act_bits": array.act_bits,
                "weight_bits": array.weight_bits, "acc_bits": array.acc_bits, "multiplier": array.multiplier,
+               "protection": array.protection, "tmr": array.tmr,
                **{k.lower(): v for k, v in result.resources.items()}, "fmax_mhz": result.fmax_mhz,
                "seconds_synth": result.seconds.get("synth"), "seconds_pnr": result.seconds.get("pnr")}
     return Result(metrics, extra={"tools": tool_fingerprint()})
 
 
-def derived_metrics(cfg: RunConfig, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Return cycles and latency per inference of the design point's network on the synthesized array."""
+def derived_metrics(cfg: RunConfig, metrics: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return cycles and latency per inference of the design point's network on the synthesized array,
+    and, given the unprotected baseline's metrics, the overhead of its protection in percent."""
     cycles = network_cycles(cfg)
     fmax = metrics.get("fmax_mhz")
     latency = cycles / fmax if isinstance(fmax, int | float) and fmax > 0 else None
-    return {"cycles_per_inference": cycles, "latency_us": latency}
+    out: dict[str, Any] = {"cycles_per_inference": cycles, "latency_us": latency}
+    if base is not None:
+        for name in ("lut", "ff", "dsp", "fmax_mhz"):
+            mine, theirs = metrics.get(name), base.get(name)
+            if isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs:
+                out[f"{name}_overhead_pct"] = 100.0 * (float(mine) - float(theirs)) / float(theirs)
+            else:
+                out[f"{name}_overhead_pct"] = None
+    return out
