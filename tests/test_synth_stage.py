@@ -24,7 +24,8 @@ def synth(tmp_path, write_experiment, hw_section, name="exp.yaml"):
 def test_synth_small_array_then_cache_hit_runs_no_tool(tmp_path, write_experiment, monkeypatch):
     row = synth(tmp_path, write_experiment, {"rows": 2, "cols": 2, "target": "ecp5-25k"})
     m = row["metrics"]
-    assert (row["cached"], m["status"], m["rows"], m["dsp"]) == (False, "ok", 2, 4)
+    # one DSP per PE and one per column's requantization multiplier
+    assert (row["cached"], m["status"], m["rows"], m["dsp"]) == (False, "ok", 2, 2 * 2 + 2)
     assert m["lut"] > 0 and m["ff"] > 0 and m["fmax_mhz"] > 0
     from hw.cycles import network_cycles
 
@@ -34,6 +35,11 @@ def test_synth_small_array_then_cache_hit_runs_no_tool(tmp_path, write_experimen
 
     def no_tools(*args, **kwargs):
         raise AssertionError("a cached synthesis ran a tool")
+
+    clip = synth(tmp_path, write_experiment, {"rows": 2, "cols": 2, "target": "ecp5-25k", "protection": "clip"},
+                 "clip.yaml")["metrics"]
+    assert clip["status"] == "ok" and clip["protection"] == "clip"
+    assert clip["lut_overhead_pct"] == pytest.approx(100 * (clip["lut"] - m["lut"]) / m["lut"])
 
     monkeypatch.setattr(hw.flow, "run_tool", no_tools)
     again = synth(tmp_path, write_experiment, {"rows": 2, "cols": 2, "target": "ecp5-25k"})
