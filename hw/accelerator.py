@@ -21,7 +21,7 @@ from hw.protect import MODES, RangeCheckRow
 from hw.requant import Requantizer
 from hw.tmr import TripleModular
 
-MULTIPLIER_BITS = 16
+MULTIPLIER_BITS = 16  # the fixed-point multiplier of float scales; power-of-two scales need none (1 bit)
 SHIFT_BITS = 6
 
 
@@ -35,26 +35,30 @@ class Datapath(wiring.Component):
         (use `build_datapath`). Output codes are `act_bits` wide, like the activations they become.
     k : int, optional
         The reduction length the accumulator must hold, required when `config.acc_bits` is 0.
+    multiplier_bits : int
+        Width of the requantization multiplier M: 16 for float scales; 1 for power-of-two scales, whose
+        output stage is a pure shift (M = 1), so no DSP is spent on it.
 
     Members
     -------
     w_load, w, a_valid, a : the array's inputs (see `hw.array.WSArray`).
-    multiplier : In(unsigned(16)), shift : In(signed(6)) : the layer's requantization constants.
+    multiplier : In(unsigned(multiplier_bits)), shift : In(signed(6)) : the layer's requantization constants.
     lo, hi : In(act shape) : the layer's profiled bounds (ignored without protection).
     out_valid : Out(1); out : Out(act shape).array(cols), registered; detected : Out(1).array(cols).
     """
 
-    def __init__(self, config: ArrayConfig, *, k: int | None = None) -> None:
+    def __init__(self, config: ArrayConfig, *, k: int | None = None, multiplier_bits: int = MULTIPLIER_BITS) -> None:
         if config.tmr:
             raise ValueError("Datapath builds one replica; use build_datapath for TMR")
         self._config = config
         self.array = WSArray(dataclasses.replace(config, protection="none"), k=k)
         act = signed(config.act_bits) if config.act_signed else unsigned(config.act_bits)
         self._act = act
+        self._multiplier_bits = multiplier_bits
         super().__init__({
             "w_load": In(1), "w": In(signed(config.weight_bits)).array(config.cols),
             "a_valid": In(1), "a": In(act).array(config.rows),
-            "multiplier": In(unsigned(MULTIPLIER_BITS)), "shift": In(signed(SHIFT_BITS)),
+            "multiplier": In(unsigned(multiplier_bits)), "shift": In(signed(SHIFT_BITS)),
             "lo": In(act), "hi": In(act),
             "out_valid": Out(1), "out": Out(act).array(config.cols), "detected": Out(1).array(config.cols),
         })
@@ -76,7 +80,8 @@ class Datapath(wiring.Component):
         m.d.comb += [array.a[r].eq(self.a[r]) for r in range(cfg.rows)]
         codes = []
         for c in range(cfg.cols):
-            stage = Requantizer(array.acc_bits, MULTIPLIER_BITS, SHIFT_BITS, cfg.act_bits, relu=not cfg.act_signed)
+            stage = Requantizer(array.acc_bits, self._multiplier_bits, SHIFT_BITS, cfg.act_bits,
+                                relu=not cfg.act_signed)
             m.submodules[f"requant_{c}"] = stage
             m.d.comb += [stage.acc.eq(array.out[c]), stage.multiplier.eq(self.multiplier),
                          stage.shift.eq(self.shift)]
@@ -92,9 +97,10 @@ class Datapath(wiring.Component):
         return m
 
 
-def build_datapath(config: ArrayConfig, *, k: int | None = None) -> wiring.Component:
+def build_datapath(config: ArrayConfig, *, k: int | None = None,
+                   multiplier_bits: int = MULTIPLIER_BITS) -> wiring.Component:
     """Return the datapath the config describes: one replica, or three voted ones with `tmr`."""
     single = dataclasses.replace(config, tmr=False)
     if config.tmr:
-        return TripleModular(lambda: Datapath(single, k=k))
-    return Datapath(single, k=k)
+        return TripleModular(lambda: Datapath(single, k=k, multiplier_bits=multiplier_bits))
+    return Datapath(single, k=k, multiplier_bits=multiplier_bits)

@@ -23,8 +23,9 @@ site (u, r, c) is PE(r, c)'s psum register just after clock edge u; the WS weigh
 weight register; the act site (and the OS weight site) is the *operand* PE(r, c) multiplies at cycle u,
 held in the register that feeds it: PE(r, c-1)'s act register (PE(r-1, c)'s weight register), or the
 input skew register for c = 0 (r = 0). The last column's act registers (the last row's weight registers
-in OS) feed no PE, so faults there are always masked and are not part of the site population. Weight-load and drain cycles are not
-part of the streaming window (the closed-form cycle count in `hw/cycles.py` adds them).
+in OS) feed no PE, so faults there are always masked and are not part of the site population.
+Weight-load and drain cycles are not part of the streaming window (the closed-form cycle count in
+`hw/cycles.py` adds them).
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
     from hw.flow import tool_fingerprint
 
     hw = cfg.hw
-    return {"array": to_plain(array_config(cfg)), "target": hw.target, "freq_mhz": hw.freq_mhz,
+    return {"array": to_plain(array_config(cfg)), "scaling": cfg.quant.scaling, "target": hw.target,
+            "freq_mhz": hw.freq_mhz,
             "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
 
 
@@ -105,7 +106,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
         StageDef("inject", "2", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
-        StageDef("synth", "1", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
+        StageDef("synth", "2", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
     )
 }
 

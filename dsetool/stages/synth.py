@@ -28,7 +28,8 @@ def run(ctx: StageContext) -> Result:
 
     cfg = ctx.config
     array = array_config(cfg)
-    component = build_datapath(array) if array.dataflow == "ws" else OSArray(array)
+    multiplier_bits = 1 if cfg.quant.scaling == "po2" else 16   # po2 requantization is a shift
+    component = build_datapath(array, multiplier_bits=multiplier_bits) if array.dataflow == "ws" else OSArray(array)
     rtlil = emit_rtlil(component, ctx.out / RTLIL_FILE)
     ctx.reporter.note(f"synth {array.rows}x{array.cols} {array.dataflow} W{array.weight_bits}A{array.act_bits} "
                       f"protection={array.protection} tmr={array.tmr} on {cfg.hw.target}")
