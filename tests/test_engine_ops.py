@@ -88,7 +88,7 @@ def test_float64_requantize_equals_the_integer_output_stage(acc: list[int], rati
 def test_quantize_rounds_half_to_even_in_float32_and_clamps() -> None:
     x = torch.tensor([-1.0, 0.0, 0.125, 0.375, 0.625, 1.0, 50.0])
     assert ops.quantize(x, 0.25, 0, 15).tolist() == [0, 0, 0, 2, 2, 4, 15]
-    assert ops.quantize(x, 0.25, 0, 15).dtype == torch.float64
+    assert ops.quantize(x, 0.25, 0, 15).dtype == ops.CODE_DTYPE
 
 
 def test_int_range_and_signed_width() -> None:
@@ -277,7 +277,7 @@ def test_output_stage_falls_back_to_int64_beyond_two_to_the_53(bits: int) -> Non
     model = Builder((1, 32, 32), 16, 2.0**-16, seed=3).flatten().linear("fc1", 4, bits=16) \
         .relu("relu", 8, 20.0).linear("fc2", 2).build()
     engine = Engine(model, multiplier_bits=bits)
-    assert engine.requantizers[2].integer == (bits == 16)
+    assert engine.requantizers[2].compute_dtype == (torch.int64 if bits == 16 else torch.float64)
     x = torch.rand(64, 1, 32, 32)
     acc = engine.run(x, stop=3)
     channel_of = np.broadcast_to(np.arange(4), acc.shape)
@@ -306,3 +306,10 @@ def test_max_pool_equals_torch(kernel, stride, padding, size):
     codes = torch.randint(-128, 128, (3, 4, *size)).double()
     expected = torch.nn.functional.max_pool2d(codes, kernel, stride=stride, padding=padding)
     assert torch.equal(max_pool2d(codes, kernel, stride, padding), expected)
+
+
+def test_accumulators_run_in_float32_only_while_every_register_value_is_an_exact_float32() -> None:
+    assert ops.accumulator_dtype((-(2**23), 2**23 - 1)) == torch.float32           # a 24-bit register
+    assert ops.accumulator_dtype((-(2**24 - 1), 2**24 - 1)) == torch.float32       # 25 bits: |v| <= 2**24
+    assert ops.accumulator_dtype((0, 2**24)) == torch.float64                      # a partial sum of 2**24 + 1
+    assert ops.accumulator_dtype((-(2**30), 5)) == torch.float64

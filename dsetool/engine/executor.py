@@ -3,8 +3,9 @@
 `Engine.run` executes ops[start:stop] on the input of op `start`: the float images for op 0 (the input
 quantizer), else codes or accumulators. Each op's output is:
 
-- quant_input / quant_relu: activation codes (float64 tensors of exact integers);
-- conv2d / linear: the layer's int accumulators, (B, C, H, W) or (B, N), at scale `acc_scale(i)`;
+- quant_input / quant_relu: activation codes (float32 tensors of exact integers);
+- conv2d / linear: the layer's int accumulators, (B, C, H, W) or (B, N), at scale `acc_scale(i)`, in the
+  layer's `dtype` (float32 when its accumulators provably fit, else float64; see `ops.accumulator_dtype`);
 - maxpool2d / flatten: the same values, pooled or reshaped.
 
 What the fault layer builds on: `run(x, keep=True)` returns every op's output (the golden cache, list
@@ -58,14 +59,16 @@ class GemmLayer:
 
     def __init__(self, op_index: int, op: WeightOp, act: QuantAct, device: torch.device) -> None:
         self.op_index, self.op, self.name = op_index, op, op.name
-        weight = torch.from_numpy(op.weight.astype(np.float64))
-        self.weight = weight.reshape(op.out_features, -1).T.contiguous().to(device)  # (K, N)
-        self.bias = torch.from_numpy(op.bias.astype(np.float64)).to(device)
         self.widths = _widths(op, act)
         ops.check_exact(self.widths.acc_range, f"Layer {op.name!r}")
+        self.dtype = ops.accumulator_dtype(self.widths.acc_range)
+        self.weight_tensor = torch.from_numpy(op.weight.astype(np.float64)).to(device, self.dtype)  # torch layout
+        self.weight = self.weight_tensor.reshape(op.out_features, -1).T  # (K, N), a view: one copy of the weights
+        self.bias = torch.from_numpy(op.bias.astype(np.float64)).to(device, self.dtype)
 
     def im2col(self, codes: torch.Tensor) -> torch.Tensor:
-        """Return the (B, M, K) input matrices of codes shaped like this layer's input."""
+        """Return the (B, M, K) input matrices (in the layer's dtype) of codes shaped like its input."""
+        codes = codes.to(self.dtype)
         if isinstance(self.op, Conv2d):
             return ops.im2col(codes, self.op.kernel, self.op.stride, self.op.padding)
         return codes.reshape(len(codes), 1, -1)
@@ -79,7 +82,10 @@ class GemmLayer:
         return acc.transpose(1, 2).reshape(len(acc), *self.op.out_shape)
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.fold(self.gemm(self.im2col(codes)))
+        codes = codes.to(self.dtype)
+        if isinstance(self.op, Conv2d):
+            return ops.conv2d(codes, self.weight_tensor, self.bias, self.op.stride, self.op.padding)
+        return torch.addmm(self.bias, codes.reshape(len(codes), -1), self.weight)
 
 
 def _widths(op: WeightOp, act: QuantAct) -> RegisterWidths:
@@ -95,9 +101,11 @@ class Requantizer:
     """A weight layer's output stage: codes = clamp(round_half_even(relu(acc) * M_c * 2**-s_c), qmin, qmax).
 
     `multiplier` and `shift` hold (M_c, s_c) per output channel c (the constants the RTL is built with);
-    `factor` is M_c * 2**-s_c as float64, exact. `ratios` are the exact acc_scale / out_scale they realise.
-    The float64 form is used when `acc_range` times the multiplier stays below 2**53, else the int64 form
-    (as the RTL computes it, below 2**63); beyond that, ValueError.
+    `factor` is M_c * 2**-s_c, exact. `ratios` are the exact acc_scale / out_scale they realise.
+    `compute_dtype` says how: float32 when the accumulators are float32 and every M_c is a power of two
+    (`po2` scaling: the product only moves the exponent, so it stays exact); float64 when `acc_range`
+    times the multiplier stays below 2**53; else int64, as the RTL computes it (below 2**63; beyond that,
+    ValueError). Codes come out as float32.
     """
 
     def __init__(self, constants: Sequence[tuple[int, int]], ratios: Sequence[Fraction], out: QuantAct,
@@ -107,10 +115,17 @@ class Requantizer:
         self.ratios = tuple(ratios)
         self.qmin, self.qmax = out.qrange
         factor_bits = max(m.bit_length() + max(0, -s) for m, s in constants)  # bits of the pre-shift product
-        self.integer = not ops.fits(acc_range, ops.FLOAT64_EXACT_BITS, factor_bits)
         ops.check_exact(acc_range, what, factor_bits, ops.INT64_BITS, "int64")
+        shifts_only = all(m & (m - 1) == 0 for m in self.multiplier)
+        if ops.accumulator_dtype(acc_range) == torch.float32 and shifts_only:
+            self.compute_dtype = torch.float32
+        elif ops.fits(acc_range, ops.FLOAT64_EXACT_BITS, factor_bits):
+            self.compute_dtype = torch.float64
+        else:
+            self.compute_dtype = torch.int64
         factors = [float(Fraction(m) / Fraction(2) ** s) for m, s in constants]  # exact: m has <= 53 bits
-        self.factor = torch.tensor(factors, dtype=torch.float64, device=device)
+        float_dtype = torch.float64 if self.compute_dtype == torch.int64 else self.compute_dtype
+        self.factor = torch.tensor(factors, dtype=float_dtype, device=device)  # exact: see above
         self._int_constants = torch.tensor([self.multiplier, self.shift], dtype=torch.int64, device=device)
 
     def __call__(self, acc: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,10 +152,11 @@ class Requantizer:
 
     def _apply(self, acc: torch.Tensor, factor: torch.Tensor, multiplier: torch.Tensor,
                shift: torch.Tensor) -> torch.Tensor:
-        if not self.integer:
-            return ops.requantize(acc, factor, self.qmin, self.qmax)
-        codes = ops.fixed_point_requantize_int(acc.to(torch.int64), multiplier, shift, self.qmin, self.qmax)
-        return codes.to(torch.float64)
+        if self.compute_dtype != torch.int64:
+            codes = ops.requantize(acc.to(self.compute_dtype), factor, self.qmin, self.qmax)
+        else:
+            codes = ops.fixed_point_requantize_int(acc.to(torch.int64), multiplier, shift, self.qmin, self.qmax)
+        return codes.to(ops.CODE_DTYPE)
 
 
 def po2_constants(ratios: Sequence[Fraction], multiplier_bits: int) -> list[tuple[int, int]]:
@@ -212,6 +228,16 @@ class Engine:
         """Return the per-image shape of op `index`'s input (`len(ops)` gives the logits' shape)."""
         return self.model.input_shape if index == 0 else self.model.ops[index - 1].out_shape
 
+    def input_dtype(self, index: int) -> torch.dtype:
+        """Return the dtype op `index` reads: float32 images or codes, or the accumulators of the weight
+        layer it follows (float32 or float64, that layer's `dtype`)."""
+        if index == 0:
+            return torch.float32
+        source = producer(self.model.ops, index)
+        if source is not None and source in self.layers and source < index:
+            return self.layers[source].dtype
+        return ops.CODE_DTYPE
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return the input quantizer's codes of float images x (B, C, H, W), as Brevitas computes them."""
         return self.run(x, stop=1)
@@ -230,7 +256,7 @@ class Engine:
         `keep` the list of every op's output (item j is op start + j).
 
         x is not modified. Outputs may share storage (flatten returns a view of its input): clone one
-        before editing it in place. Images (start 0) are cast to float32, the Brevitas model's dtype.
+        before editing it in place. x is cast to `input_dtype(start)` (images: float32, the Brevitas model's).
         """
         stop = len(self._steps) if stop is None else stop
         if not 0 <= start <= stop <= len(self._steps):
@@ -238,7 +264,7 @@ class Engine:
         if tuple(x.shape[1:]) != self.input_shape(start):
             raise ValueError(f"Op {start} reads per-image shape {list(self.input_shape(start))}, "
                              f"not {list(x.shape[1:])}")
-        x = x.to(self.device, torch.float32 if start == 0 else torch.float64)
+        x = x.to(self.device, self.input_dtype(start))
         outputs = []
         for step in self._steps[start:stop]:
             x = step(x)

@@ -48,7 +48,7 @@ class Network(Protocol):
         ...
 
     def weight_tensor(self, index: int) -> torch.Tensor:
-        """Return weight op `index`'s integer weights in torch layout, as float64."""
+        """Return weight op `index`'s integer weights in torch layout, in the layer's accumulator dtype."""
         ...
 
     @property

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -68,23 +68,34 @@ class Golden:
 
 @dataclass
 class Tally:
-    """Running counts of a campaign, grouped for the breakdowns."""
+    """Running counts of a campaign, and per (layer, bit) counts of its single-fault inferences."""
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*OUTCOMES, "critical", "correct", "n"), 0))
-    breakdown: pd.DataFrame | None = None
+    breakdown: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (layer, bit) -> [n, sdc, critical]
 
-    def add(self, rows: pd.DataFrame) -> None:
+    def add(self, rows: pa.Table) -> None:
         """Fold one shard's rows into the counts."""
-        for outcome in OUTCOMES:
-            self.counts[outcome] += int((rows["outcome"] == outcome).sum())
-        self.counts["critical"] += int(rows["critical"].sum())
-        self.counts["correct"] += int((rows["faulty_top1"] == rows["label"]).sum())
-        self.counts["n"] += len(rows)
-        single = rows[rows["n_faults"] == 1]
-        part = single.assign(sdc=single["outcome"] == "sdc", n=1).groupby(
-            ["layer", "bit"], as_index=False)[["n", "sdc", "critical"]].sum()
-        self.breakdown = part if self.breakdown is None else (
-            pd.concat([self.breakdown, part]).groupby(["layer", "bit"], as_index=False).sum())
+        outcome = rows.column("outcome").cast(pa.string())
+        for name in OUTCOMES:
+            self.counts[name] += _count(pc.equal(outcome, name))
+        self.counts["critical"] += _count(rows.column("critical"))
+        self.counts["correct"] += _count(pc.equal(rows.column("faulty_top1"), rows.column("label")))
+        self.counts["n"] += rows.num_rows
+        single = pc.equal(rows.column("n_faults"), 1)
+        part = pa.table({"layer": rows.column("layer").cast(pa.string()), "bit": rows.column("bit"),
+                         "sdc": pc.equal(outcome, "sdc").cast(pa.int64()),
+                         "critical": rows.column("critical").cast(pa.int64())}).filter(single)
+        summed = part.group_by(["layer", "bit"]).aggregate([("sdc", "count"), ("sdc", "sum"), ("critical", "sum")])
+        for layer, bit, n, sdc, critical in zip(*(summed.column(name).to_pylist() for name in (
+                "layer", "bit", "sdc_count", "sdc_sum", "critical_sum")), strict=True):
+            total = self.breakdown.setdefault((layer, bit), [0, 0, 0])
+            for i, value in enumerate((n, sdc, critical)):
+                total[i] += value
+
+
+def _count(mask: pa.ChunkedArray | pa.Array) -> int:
+    """Return how many values of a boolean column are true."""
+    return int(pc.sum(mask.cast(pa.int64())).as_py() or 0)
 
 
 def planned_samples(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> int:
@@ -103,7 +114,7 @@ def draw_shard(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int, s
 
 
 def run_shard(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, faults: FaultList,
-              first_trial: int) -> pd.DataFrame:
+              first_trial: int) -> pa.Table:
     """Evaluate one shard batch by batch and return one row per faulty inference."""
     logits = []
     for begin in range(0, faults.size, spec.batch_size):
@@ -115,46 +126,48 @@ def run_shard(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: C
 
 
 def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], faults: FaultList,
-          first_trial: int) -> pd.DataFrame:
+          first_trial: int) -> pa.Table:
     inputs = torch.from_numpy(faults.inputs)
     golden_logits = golden.outputs[-1][inputs]
-    golden_top1, faulty_top1 = golden.predict(golden_logits), golden.predict(logits)
-    labels = golden.labels[inputs]
-    identical = (logits == golden_logits).all(dim=1)
-    outcome = np.where(identical.numpy(), "masked", np.where((golden_top1 != faulty_top1).numpy(), "sdc", "tolerated"))
+    golden_top1, faulty_top1 = golden.predict(golden_logits).numpy(), golden.predict(logits).numpy()
+    labels = golden.labels[inputs].numpy()
+    identical = (logits == golden_logits).all(dim=1).numpy()
+    outcome = np.where(identical, 0, np.where(golden_top1 != faulty_top1, 2, 1))  # index into OUTCOMES
     n_faults = np.bincount(faults.trial, minlength=faults.size)
-    names = np.array([g.layer for g in groups], dtype=object)
-    layer = np.full(faults.size, "", dtype=object)
+    names = pa.array([g.layer for g in groups] + [""])
+    layer = np.full(faults.size, len(groups), dtype=np.int32)   # "": not a single-fault inference
     element = np.full(faults.size, -1, dtype=np.int64)
     bit = np.full(faults.size, -1, dtype=np.int64)
     single = np.nonzero(n_faults == 1)[0]
     if len(single):  # faults are sorted by trial, so searchsorted finds each single fault
         j = np.searchsorted(faults.trial, single)
-        layer[single], element[single], bit[single] = names[faults.group[j]], faults.element[j], faults.bit[j]
-    return pd.DataFrame({
+        layer[single], element[single], bit[single] = faults.group[j], faults.element[j], faults.bit[j]
+    return pa.table({
         "trial": np.arange(faults.size, dtype=np.int64) + first_trial,
         "input": faults.inputs,
-        "label": labels.numpy(),
-        "golden_top1": golden_top1.numpy(),
-        "faulty_top1": faulty_top1.numpy(),
-        "outcome": outcome,
-        "critical": ((golden_top1 == labels) & (faulty_top1 != labels)).numpy(),
+        "label": labels,
+        "golden_top1": golden_top1,
+        "faulty_top1": faulty_top1,
+        "outcome": pa.DictionaryArray.from_arrays(outcome.astype(np.int32), pa.array(OUTCOMES)),
+        "critical": (golden_top1 == labels) & (faulty_top1 != labels),
         "n_faults": n_faults,
-        "layer": layer.astype(str),
+        "layer": pa.DictionaryArray.from_arrays(layer, names),
         "element": element,
         "bit": bit,
         "faults": _fault_lists(faults, names, n_faults),
     })
 
 
-def _fault_lists(faults: FaultList, layers: np.ndarray, n_faults: np.ndarray) -> list[list[str]]:
-    """List every fault of an inference as `layer:element:bit` (omitted beyond MAX_LISTED_FAULTS)."""
-    out: list[list[str]] = [[] for _ in range(faults.size)]
-    for j in range(len(faults.trial)):
-        t = int(faults.trial[j])
-        if n_faults[t] <= MAX_LISTED_FAULTS:
-            out[t].append(f"{layers[faults.group[j]]}:{faults.element[j]}:{faults.bit[j]}")
-    return out
+def _fault_lists(faults: FaultList, layers: pa.Array, n_faults: np.ndarray) -> pa.ListArray:
+    """List every fault of an inference as {layer, element, bit} (none beyond MAX_LISTED_FAULTS)."""
+    listed = n_faults[faults.trial] <= MAX_LISTED_FAULTS
+    offsets = np.zeros(faults.size + 1, dtype=np.int32)
+    np.cumsum(np.bincount(faults.trial[listed], minlength=faults.size), out=offsets[1:])
+    items = pa.StructArray.from_arrays(
+        [pa.DictionaryArray.from_arrays(faults.group[listed].astype(np.int32), layers),
+         pa.array(faults.element[listed].astype(np.int64)), pa.array(faults.bit[listed].astype(np.int64))],
+        names=["layer", "element", "bit"])
+    return pa.ListArray.from_arrays(pa.array(offsets), items)
 
 
 def run_campaign(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, scratch: Path,
@@ -168,7 +181,7 @@ def run_campaign(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec
         first = shard * spec.shard_size
         path = scratch / f"shard-{shard:06d}.parquet"
         if path.is_file():
-            rows = pd.read_parquet(path)
+            rows = pq.read_table(path)
         else:
             faults = draw_shard(spec, groups, n_inputs, shard, min(spec.shard_size, planned - first))
             rows = run_shard(net, golden, groups, spec, faults, first)
@@ -181,9 +194,9 @@ def run_campaign(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec
     return tally, planned, stopped_early
 
 
-def _write_atomic(rows: pd.DataFrame, path: Path) -> None:
+def _write_atomic(rows: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    rows.to_parquet(tmp, index=False)
+    pq.write_table(rows, tmp)
     os.replace(tmp, path)
 
 
@@ -223,13 +236,15 @@ def summarize(tally: Tally, golden: Golden, confidence: float) -> dict[str, Any]
 
 
 def _breakdown(tally: Tally, key: str, confidence: float) -> dict[str, dict[str, Any]]:
-    if tally.breakdown is None or tally.breakdown.empty:
-        return {}
-    grouped = tally.breakdown.groupby(key)[["n", "sdc", "critical"]].sum()
+    index = ("layer", "bit").index(key)
+    grouped: dict[str, list[int]] = {}
+    for where, counts in sorted(tally.breakdown.items(), key=lambda item: item[0][index]):
+        total = grouped.setdefault(str(where[index]), [0, 0, 0])
+        for i, value in enumerate(counts):
+            total[i] += value
     out = {}
-    for name, row in grouped.iterrows():
-        sdc = wilson(int(row["sdc"]), int(row["n"]), confidence)
-        crit = wilson(int(row["critical"]), int(row["n"]), confidence)
-        out[str(name)] = {"n": int(row["n"]), "sdc_rate": sdc.rate, "sdc_ci": [sdc.low, sdc.high],
-                          "critical_rate": crit.rate, "critical_ci": [crit.low, crit.high]}
+    for name, (n, sdc_count, critical_count) in grouped.items():
+        sdc, crit = wilson(sdc_count, n, confidence), wilson(critical_count, n, confidence)
+        out[name] = {"n": n, "sdc_rate": sdc.rate, "sdc_ci": [sdc.low, sdc.high],
+                     "critical_rate": crit.rate, "critical_ci": [crit.low, crit.high]}
     return out

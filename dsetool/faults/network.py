@@ -14,7 +14,7 @@ class EngineNetwork:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._weights = {i: layer.weight.T.contiguous() for i, layer in engine.layers.items()}
-        self._tensors = {i: torch.from_numpy(layer.op.weight.astype("float64")) for i, layer in engine.layers.items()}
+        self._tensors = {i: layer.weight_tensor for i, layer in engine.layers.items()}
 
     @property
     def n_ops(self) -> int:
@@ -47,7 +47,7 @@ class EngineNetwork:
         return layer.op if layer is not None else None
 
     def weight_tensor(self, index: int) -> torch.Tensor:
-        """Return weight op `index`'s integer weights in torch layout, as float64."""
+        """Return weight op `index`'s integer weights in torch layout, in the layer's accumulator dtype."""
         return self._tensors[index]
 
     def bias(self, index: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ def act_fault_accumulators(op: WeightOp, weight: torch.Tensor, golden_in: torch.
                            rows: np.ndarray, elements: np.ndarray, faulty: torch.Tensor) -> torch.Tensor:
     """Return the accumulators of rows whose input values `elements` became `faulty`.
 
-    `weight` is the layer's float64 weight tensor in torch layout; `golden_in` (B, ...) and `golden_acc`
+    `weight` is the layer's weight tensor in torch layout (accumulator dtype); `golden_in` (B, ...) and `golden_acc`
     (B, ...) are its fault-free input and output for the rows; `rows[j]`, `elements[j]` (flat index into
     one row's input) and `faulty[j]` describe changed value j (one per (row, element)).
     """
