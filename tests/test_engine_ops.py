@@ -185,13 +185,14 @@ class Builder:
                        "input_scale_exp": int(np.log2(self.scale))}
         return fields
 
-    def conv(self, name: str, out: int, kernel: int, padding: int = 0, bits: int = 8) -> Builder:
+    def conv(self, name: str, out: int, kernel: int, padding: int = 0, bits: int = 8, stride: int = 1) -> Builder:
         channels, height, width = self.shape
         fields = self._weights(name, (out, channels, kernel, kernel), bits)
-        side = 2 * padding - kernel + 1
-        self.shape = (out, height + side, width + side)
+        side = [ops.conv_output_size(size, kernel, stride, padding) for size in (height, width)]
+        self.shape = (out, *side)
         return self._add({"op": "conv2d", "name": name, "in_channels": channels, "out_channels": out,
-                          "kernel": [kernel, kernel], "stride": [1, 1], "padding": [padding, padding], **fields})
+                          "kernel": [kernel, kernel], "stride": [stride, stride], "padding": [padding, padding],
+                          **fields})
 
     def linear(self, name: str, out: int, bits: int = 8) -> Builder:
         (features,) = self.shape
@@ -199,21 +200,25 @@ class Builder:
         self.shape = (out,)
         return self._add({"op": "linear", "name": name, "in_features": features, "out_features": out, **fields})
 
-    def pool(self, name: str) -> Builder:
+    def pool(self, name: str, kernel: int = 2, stride: int = 2, padding: int = 0) -> Builder:
         channels, height, width = self.shape
-        self.shape = (channels, height // 2, width // 2)
-        return self._add({"op": "maxpool2d", "name": name, "kernel": [2, 2], "stride": [2, 2], "padding": [0, 0]})
+        self.shape = (channels, *(ops.conv_output_size(size, kernel, stride, padding) for size in (height, width)))
+        return self._add({"op": "maxpool2d", "name": name, "kernel": [kernel, kernel], "stride": [stride, stride],
+                          "padding": [padding, padding]})
 
     def flatten(self) -> Builder:
         self.shape = (int(np.prod(self.shape)),)
         return self._add({"op": "flatten", "name": "flatten", "start_dim": 1, "order": "chw"})
 
+    def config(self) -> dict[str, Any]:
+        """Return the export's JSON part (what `intmodel.json` holds)."""
+        return {"format": "dsetool-intmodel", "version": 1, "arch": "tiny", "input_shape": list(self.input_shape),
+                "num_classes": self.shape[0], "scaling": self.scaling,
+                "weight_granularity": "per_channel" if self.per_channel else "per_tensor",
+                "logits": self.ops[-1]["name"], "ops": self.ops}
+
     def build(self) -> Any:
-        config = {"format": "dsetool-intmodel", "version": 1, "arch": "tiny", "input_shape": list(self.input_shape),
-                  "num_classes": self.shape[0], "scaling": self.scaling,
-                  "weight_granularity": "per_channel" if self.per_channel else "per_tensor",
-                  "logits": self.ops[-1]["name"], "ops": self.ops}
-        return parse_intmodel(config, self.arrays)
+        return parse_intmodel(self.config(), self.arrays)
 
 
 def reference_requantize(acc: np.ndarray, channel_of: np.ndarray, model: Any, conv: dict[str, Any],

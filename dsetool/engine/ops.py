@@ -119,7 +119,7 @@ def gemm(columns: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     return torch.matmul(weight.T, columns.transpose(1, 2)).add_(bias[:, None]).transpose(1, 2)
 
 
-def conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: tuple[int, int],
+def conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
            padding: tuple[int, int]) -> torch.Tensor:
     """Return the (B, N, out_h, out_w) accumulators of a convolution, bias included (the same values as
     `fold(gemm(im2col(codes)))`, 1.5-3x faster).

@@ -14,14 +14,18 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dsetool.engine.intmodel import WeightOp
+from dsetool.engine import Engine
+from dsetool.engine.intmodel import Conv2d, WeightOp
 from dsetool.faults.bits import from_pattern, to_pattern
+from dsetool.faults.propagate import Join, propagate
 from dsetool.faults.sites import SiteGroup
 from dsetool.faults.sparse import act_fault_accumulators
 
 
 class Network(Protocol):
     """What fault evaluation needs of the integer engine."""
+
+    engine: Engine
 
     def run_op(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
         """Execute op `index` on its input codes."""
@@ -128,7 +132,9 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
 
     `golden[i]` holds op i's output for every campaign input; `inputs[b]` names row b's input. A row
     joins the computation at its first faulted op (its prefix is the golden tensor) and leaves as soon
-    as its tensor is golden again after its last fault (masked: its logits are the golden ones).
+    as its tensor is golden again after its last fault (masked: its logits are the golden ones). Rows
+    with a single fault in a convolution's input are followed in a window (`propagate`) and join the
+    dense rows only where that no longer pays, if their fault was not masked before.
     """
     last_op = net.n_ops - 1
     logits = _rows_of(golden[last_op], inputs)
@@ -139,6 +145,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     final = np.full(len(inputs), -1, dtype=np.int64)
     np.minimum.at(first, faults.row, fault_ops)
     np.maximum.at(final, faults.row, fault_ops)
+    n_faults = np.bincount(faults.row, minlength=len(inputs))
     start = int(fault_ops.min())
     if start == 0:
         _missing_input(start)
@@ -146,15 +153,25 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     live = np.zeros(0, dtype=np.int64)
     tensor: torch.Tensor | None = None
     position = np.full(len(inputs), -1, dtype=np.int64)
+    pending: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {}  # op -> (its input, rows) joining there
     for op in range(start, last_op + 1):
         joining = np.nonzero(first == op)[0]
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
         dense = np.setdiff1d(joining, sparse, assume_unique=True)
-        if len(dense):
-            tensor, live = _join(tensor, live, _rows_of(golden[op - 1], inputs[dense]), dense)
+        windowed = (final[sparse] == op) & (n_faults[sparse] == 1) & isinstance(net.weight_op(op), Conv2d)
+        carried, sparse = sparse[windowed], sparse[~windowed]
+        if len(carried):
+            for join in _carry(net, op, golden, inputs, carried, groups, faults, fault_ops, model):
+                pending.setdefault(join.op, []).append((join.tensor, carried[join.rows]))
+        arriving = [(_rows_of(golden[op - 1], inputs[dense]), dense)] if len(dense) else []
+        arriving += pending.pop(op, [])
+        for fresh, rows in arriving:
+            tensor, live = _join(tensor, live, fresh, rows)
+        if arriving:
             position[live] = np.arange(len(live))
         if tensor is not None and len(live):
-            tensor = _step(net, op, tensor, groups, faults, position[faults.row], fault_ops, model)
+            local = np.where(np.isin(faults.row, carried), -1, position[faults.row])  # carried: applied already
+            tensor = _step(net, op, tensor, groups, faults, local, fault_ops, model)
         if len(sparse):
             outputs = _sparse_step(net, op, golden, inputs, sparse, groups, faults, fault_ops, model)
             tensor, live = _join(tensor, live, outputs, sparse)
@@ -196,6 +213,25 @@ def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fau
     at_op = fault_ops == op
     other[faults.row[at_op & ~pre]] = True
     return joining[~other[joining]]
+
+
+def _carry(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,
+           groups: Sequence[SiteGroup], faults: Faults, fault_ops: np.ndarray, model: str) -> list[Join]:
+    """Follow rows with one fault, in conv op `op`'s input, in a window (`propagate`); `Join.rows` index
+    `rows`."""
+    local = np.full(len(inputs), -1, dtype=np.int64)
+    local[rows] = np.arange(len(rows))
+    js = np.nonzero((fault_ops == op) & (local[faults.row] >= 0))[0]
+    js = js[np.argsort(local[faults.row[js]], kind="stable")]
+    group = groups[int(faults.group[js[0]])]
+    element = torch.from_numpy(faults.element[js])
+    golden_in = golden[op - 1]
+    _, height, width = golden_in.shape[1:]
+    old = golden_in.reshape(golden_in.shape[0], -1)[torch.from_numpy(inputs[rows]), element]
+    masks = torch.bitwise_left_shift(torch.ones(len(js), dtype=torch.int64), torch.from_numpy(faults.bit[js]))
+    faulty = faulty_values(old.to(torch.int64), masks, model, group.width, group.signed)
+    return propagate(net.engine, golden, inputs[rows], op, element // (height * width),
+                     (element // width) % height, element % width, faulty)
 
 
 def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,

@@ -1,0 +1,61 @@
+"""Windowed propagation of activation faults gives exactly the logits of recomputing the faulty inference.
+
+On a model with the awkward geometry the zoo lacks (strided, padded convolutions; overlapping, padded
+max-pool windows; a non-square map; per-channel scales) and on both output-stage kinds (po2: float32
+shifts; float: the fixed-point multiplier), whether the windows run as far as they can (`DENSE_SHARE` 1)
+or hand over to the dense computation at the first layer after the fault (0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dsetool.engine import Engine
+from dsetool.faults import propagate
+from dsetool.faults.apply import Faults, evaluate
+from dsetool.faults.campaign import CampaignSpec, draw_shard
+from dsetool.faults.network import EngineNetwork
+from dsetool.faults.sites import site_groups
+from tests.test_engine_ops import Builder
+from tests.test_faults_campaign import brute_force
+
+N_INPUTS = 24
+
+
+def awkward_model(scaling: str) -> Builder:
+    """A small net whose pools overlap and pad and whose convolutions stride and pad."""
+    return Builder((2, 13, 11), 8, 2.0**-6, scaling=scaling, per_channel=True, seed=11) \
+        .conv("conv1", 6, 3, padding=1, stride=2).relu("relu1", 8, 2.0**-3) \
+        .pool("pool1", kernel=3, stride=2, padding=1) \
+        .conv("conv2", 8, 3, padding=1).relu("relu2", 6, 2.0**-2) \
+        .conv("conv3", 5, 2).relu("relu3", 6, 2.0**-2) \
+        .flatten().linear("fc1", 12).relu("relu4", 8, 2.0**-2).linear("fc2", 4)
+
+
+@pytest.mark.parametrize("scaling", ["po2", "float"])
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_windowed_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, scaling: str, share: float) -> None:
+    monkeypatch.setattr(propagate, "DENSE_SHARE", share)
+    builder = awkward_model(scaling)
+    engine = Engine(builder.build())
+    network = EngineNetwork(engine)
+    x = torch.rand(N_INPUTS, *builder.input_shape, generator=torch.Generator().manual_seed(0)) * 3.5
+    golden = engine.run(x, keep=True)
+    groups = site_groups(builder.config(), "act", [], network.acc_bits())
+    spec = CampaignSpec(model="bitflip", bits="all", faults_per_inference=1, ber=None, samples=300, margin=0.02,
+                        confidence=0.95, early_stop=False, seed=5, shard_size=300, batch_size=300)
+    faults = draw_shard(spec, groups, N_INPUTS, shard=0, size=300)
+    logits = evaluate(network, golden, faults.inputs, groups,
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")
+    reached = dict.fromkeys(("conv1", "conv2", "conv3"), 0)
+    for t in range(faults.size):
+        group = groups[int(faults.group[t])]
+        expected = brute_force(engine, None, group, x[faults.inputs[t]], int(faults.element[t]),
+                               int(faults.bit[t]), "bitflip").reshape(-1)
+        assert torch.equal(logits[t], expected.to(logits.dtype)), (group.layer, t)
+        if group.layer in reached:
+            reached[group.layer] += int(not torch.equal(expected, golden[-1][faults.inputs[t]]))
+    assert min(reached.values()) >= 10, f"too few faults reach the logits to compare: {reached}"
+    assert {groups[int(g)].layer for g in np.unique(faults.group)} >= {"conv1", "conv2", "conv3", "fc1", "fc2"}
