@@ -1,9 +1,9 @@
-"""Windowed propagation of activation faults gives exactly the logits of recomputing the faulty inference.
+"""Sparse propagation of activation faults gives exactly the logits of recomputing the faulty inference.
 
 On a model with the awkward geometry the zoo lacks (strided, padded convolutions; overlapping, padded
 max-pool windows; a non-square map; per-channel scales) and on both output-stage kinds (po2: float32
-shifts; float: the fixed-point multiplier), whether the windows run as far as they can (`DENSE_SHARE` 1)
-or hand over to the dense computation at the first layer after the fault (0).
+shifts; float: the fixed-point multiplier), whether faults stay sparse as far as they can (`SPARSE_COST` 0)
+or hand over to the dense computation at the first convolution after the fault (huge `SPARSE_COST`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def awkward_model(scaling: str) -> Builder:
 
 
 @pytest.mark.parametrize("scaling", ["po2", "float"])
-@pytest.mark.parametrize("share", [0.0, 1.0])
-def test_windowed_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, scaling: str, share: float) -> None:
-    monkeypatch.setattr(propagate, "DENSE_SHARE", share)
+@pytest.mark.parametrize("cost", [0, 10**9])
+def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, scaling: str, cost: int) -> None:
+    monkeypatch.setattr(propagate, "SPARSE_COST", cost)
     builder = awkward_model(scaling)
     engine = Engine(builder.build())
     network = EngineNetwork(engine)

@@ -217,21 +217,19 @@ def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fau
 
 def _carry(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,
            groups: Sequence[SiteGroup], faults: Faults, fault_ops: np.ndarray, model: str) -> list[Join]:
-    """Follow rows with one fault, in conv op `op`'s input, in a window (`propagate`); `Join.rows` index
+    """Follow rows with one fault, in conv op `op`'s input, sparsely (`propagate`); `Join.rows` index
     `rows`."""
     local = np.full(len(inputs), -1, dtype=np.int64)
     local[rows] = np.arange(len(rows))
     js = np.nonzero((fault_ops == op) & (local[faults.row] >= 0))[0]
     js = js[np.argsort(local[faults.row[js]], kind="stable")]
     group = groups[int(faults.group[js[0]])]
-    element = torch.from_numpy(faults.element[js])
     golden_in = golden[op - 1]
-    _, height, width = golden_in.shape[1:]
-    old = golden_in.reshape(golden_in.shape[0], -1)[torch.from_numpy(inputs[rows]), element]
+    images, elements = torch.from_numpy(inputs[rows]), torch.from_numpy(faults.element[js])
+    old = golden_in.reshape(golden_in.shape[0], -1)[images, elements]
     masks = torch.bitwise_left_shift(torch.ones(len(js), dtype=torch.int64), torch.from_numpy(faults.bit[js]))
     faulty = faulty_values(old.to(torch.int64), masks, model, group.width, group.signed)
-    return propagate(net.engine, golden, inputs[rows], op, element // (height * width),
-                     (element // width) % height, element % width, faulty)
+    return propagate(net.engine, golden, inputs[rows], op, faults.element[js], faulty.numpy())
 
 
 def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,
