@@ -154,6 +154,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     tensor: torch.Tensor | None = None
     position = np.full(len(inputs), -1, dtype=np.int64)
     pending: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {}  # op -> (its input, rows) joining there
+    carried_rows = np.zeros(len(inputs), dtype=bool)  # rows whose faults `_carry` applied
     for op in range(start, last_op + 1):
         joining = np.nonzero(first == op)[0]
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
@@ -161,6 +162,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         windowed = (final[sparse] == op) & (n_faults[sparse] == 1) & isinstance(net.weight_op(op), Conv2d)
         carried, sparse = sparse[windowed], sparse[~windowed]
         if len(carried):
+            carried_rows[carried] = True
             for join in _carry(net, op, golden, inputs, carried, groups, faults, fault_ops, model):
                 pending.setdefault(join.op, []).append((join.tensor, carried[join.rows]))
         arriving = [(_rows_of(golden[op - 1], inputs[dense]), dense)] if len(dense) else []
@@ -170,7 +172,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         if arriving:
             position[live] = np.arange(len(live))
         if tensor is not None and len(live):
-            local = np.where(np.isin(faults.row, carried), -1, position[faults.row])  # carried: applied already
+            local = np.where(carried_rows[faults.row], -1, position[faults.row])  # carried: applied already
             tensor = _step(net, op, tensor, groups, faults, local, fault_ops, model)
         if len(sparse):
             outputs = _sparse_step(net, op, golden, inputs, sparse, groups, faults, fault_ops, model)
