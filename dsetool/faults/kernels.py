@@ -2,7 +2,7 @@
 
 A single activation fault changes a handful of values per feature map, each needing a few multiply-adds;
 as tensor programs (gathers, masks, index arithmetic over every fault of a batch) that costs tens of
-operations per value, as a loop per fault a few; the loops split the faults of a batch over the threads.
+operations per value, as a loop per fault a few.
 
 Changes travel as fixed-stride rows: fault f changed `count[f]` values, at flat positions
 `element[f, :count[f]]` of one image's map (channel-major, as the engine's tensors), now
@@ -16,23 +16,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# Loops run in parallel over the faults of a batch, each of `chunks` threads on its own strided share
-# with its own scratch, on numba's workqueue threads: they sleep between kernels, where OpenMP's would
-# spin and slow the torch ops that run in between.
-numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
-
-def use_threads(threads: int) -> int:
-    """Run the kernels on up to `threads` threads (numba's pool has one per core); return how many."""
-    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
-    numba.set_num_threads(threads)
-    return threads
-
-
-@numba.njit(nogil=True, cache=True, parallel=True)
+@numba.njit(nogil=True, cache=True)
 def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarray, count: np.ndarray,
                  element: np.ndarray, value: np.ndarray, weight: np.ndarray, in_shape: np.ndarray,
-                 out_shape: np.ndarray, geometry: np.ndarray, chunks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 out_shape: np.ndarray, geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return the changed accumulators of a convolution: golden + (new - golden input) x weight, summed
     over the kernel taps each changed input reaches. `weight` (N, C, kh, kw); `geometry` holds
     (kh, kw, stride_h, stride_w, pad_h, pad_w); shapes are (C, H, W)."""
@@ -44,51 +32,50 @@ def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
     new_count = np.zeros(faults, dtype=np.int64)
     new_element = np.empty((faults, size), dtype=np.int64)
     new_value = np.empty((faults, size), dtype=np.float64)
-    for chunk in numba.prange(chunks):
-        delta = np.zeros(size, dtype=np.float64)   # scratch, reset after each fault where it was touched
-        seen = np.zeros(size, dtype=np.bool_)
-        touched = np.empty(size, dtype=np.int64)
-        for f in range(chunk, faults, chunks):
-            n_touched = 0
-            img = image[f]
-            for j in range(count[f]):
-                e = element[f, j]
-                change = value[f, j] - golden_in[img, e]
-                if change == 0:
+    delta = np.zeros(size, dtype=np.float64)   # scratch, reset after each fault where it was touched
+    seen = np.zeros(size, dtype=np.bool_)
+    touched = np.empty(size, dtype=np.int64)
+    for f in range(faults):
+        n_touched = 0
+        img = image[f]
+        for j in range(count[f]):
+            e = element[f, j]
+            change = value[f, j] - golden_in[img, e]
+            if change == 0:
+                continue
+            c, y, x = e // (height * width), (e // width) % height, e % width
+            for ky in range(kh):
+                oy_num = y + ph - ky
+                if oy_num % sh != 0:
                     continue
-                c, y, x = e // (height * width), (e // width) % height, e % width
-                for ky in range(kh):
-                    oy_num = y + ph - ky
-                    if oy_num % sh != 0:
+                oy = oy_num // sh
+                if oy < 0 or oy >= out_h:
+                    continue
+                for kx in range(kw):
+                    ox_num = x + pw - kx
+                    if ox_num % sw != 0:
                         continue
-                    oy = oy_num // sh
-                    if oy < 0 or oy >= out_h:
+                    ox = ox_num // sw
+                    if ox < 0 or ox >= out_w:
                         continue
-                    for kx in range(kw):
-                        ox_num = x + pw - kx
-                        if ox_num % sw != 0:
-                            continue
-                        ox = ox_num // sw
-                        if ox < 0 or ox >= out_w:
-                            continue
-                        for n in range(outs):
-                            position = (n * out_h + oy) * out_w + ox
-                            if not seen[position]:
-                                seen[position] = True
-                                touched[n_touched] = position
-                                n_touched += 1
-                            delta[position] += change * weight[n, c, ky, kx]
-            kept = 0
-            for i in range(n_touched):
-                position = touched[i]
-                if delta[position] != 0:
-                    new_element[f, kept] = position
-                    new_value[f, kept] = golden_out[img, position] + delta[position]
-                    kept += 1
-                delta[position] = 0.0
-                seen[position] = False
-            new_count[f] = kept
-        _ = channels
+                    for n in range(outs):
+                        position = (n * out_h + oy) * out_w + ox
+                        if not seen[position]:
+                            seen[position] = True
+                            touched[n_touched] = position
+                            n_touched += 1
+                        delta[position] += change * weight[n, c, ky, kx]
+        kept = 0
+        for i in range(n_touched):
+            position = touched[i]
+            if delta[position] != 0:
+                new_element[f, kept] = position
+                new_value[f, kept] = golden_out[img, position] + delta[position]
+                kept += 1
+            delta[position] = 0.0
+            seen[position] = False
+        new_count[f] = kept
+    _ = channels
     return new_count, new_element, new_value
 
 
@@ -107,10 +94,10 @@ def _shift_round_half_even(x: np.int64, shift: np.int64) -> np.int64:
     return kept
 
 
-@numba.njit(nogil=True, cache=True, parallel=True)
+@numba.njit(nogil=True, cache=True)
 def requantize_changes(golden_out: np.ndarray, image: np.ndarray, count: np.ndarray, element: np.ndarray,
                        value: np.ndarray, per_channel: int, factor: np.ndarray, multiplier: np.ndarray,
-                       shift: np.ndarray, integer: bool, qmin: float, qmax: float, chunks: int
+                       shift: np.ndarray, integer: bool, qmin: float, qmax: float
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return the changed codes: the changed accumulators through the output stage (relu, M * 2**-s,
     half-even rounding, saturation, as the engine's `Requantizer`), where they differ from golden."""
@@ -118,31 +105,30 @@ def requantize_changes(golden_out: np.ndarray, image: np.ndarray, count: np.ndar
     new_count = np.zeros(faults, dtype=np.int64)
     new_element = np.empty((faults, width), dtype=np.int64)
     new_value = np.empty((faults, width), dtype=np.float64)
-    for chunk in numba.prange(chunks):
-        for f in range(chunk, faults, chunks):
-            img = image[f]
-            kept = 0
-            for j in range(count[f]):
-                e = element[f, j]
-                channel = e // per_channel
-                acc = max(value[f, j], 0.0)
-                if integer:
-                    code = float(_shift_round_half_even(np.int64(acc) * multiplier[channel], shift[channel]))
-                else:
-                    code = np.rint(acc * factor[channel])
-                code = min(max(code, qmin), qmax)
-                if code != golden_out[img, e]:
-                    new_element[f, kept] = e
-                    new_value[f, kept] = code
-                    kept += 1
-            new_count[f] = kept
+    for f in range(faults):
+        img = image[f]
+        kept = 0
+        for j in range(count[f]):
+            e = element[f, j]
+            channel = e // per_channel
+            acc = max(value[f, j], 0.0)
+            if integer:
+                code = float(_shift_round_half_even(np.int64(acc) * multiplier[channel], shift[channel]))
+            else:
+                code = np.rint(acc * factor[channel])
+            code = min(max(code, qmin), qmax)
+            if code != golden_out[img, e]:
+                new_element[f, kept] = e
+                new_value[f, kept] = code
+                kept += 1
+        new_count[f] = kept
     return new_count, new_element, new_value
 
 
-@numba.njit(nogil=True, cache=True, parallel=True)
+@numba.njit(nogil=True, cache=True)
 def pool_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarray, count: np.ndarray,
                  element: np.ndarray, value: np.ndarray, in_shape: np.ndarray, out_shape: np.ndarray,
-                 geometry: np.ndarray, chunks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return the changed outputs of a max pool: every window holding a changed value, recomputed from
     the golden window with the changes put in (padding counts as -inf)."""
     faults = len(count)
@@ -153,69 +139,68 @@ def pool_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
     new_count = np.zeros(faults, dtype=np.int64)
     new_element = np.empty((faults, size), dtype=np.int64)
     new_value = np.empty((faults, size), dtype=np.float64)
-    for chunk in numba.prange(chunks):
-        current = np.empty(in_size, dtype=np.float64)  # scratch, reset after each fault where it was touched
-        changed = np.zeros(in_size, dtype=np.bool_)
-        cell_seen = np.zeros(size, dtype=np.bool_)
-        cells = np.empty(size, dtype=np.int64)
-        for f in range(chunk, faults, chunks):
-            img = image[f]
-            n_cells = 0
-            for j in range(count[f]):
-                e = element[f, j]
-                changed[e] = True
-                current[e] = value[f, j]
-                c, y, x = e // (height * width), (e // width) % height, e % width
-                for ky in range(kh):
-                    oy_num = y + ph - ky
-                    if oy_num % sh != 0:
+    current = np.empty(in_size, dtype=np.float64)  # scratch, reset after each fault where it was touched
+    changed = np.zeros(in_size, dtype=np.bool_)
+    cell_seen = np.zeros(size, dtype=np.bool_)
+    cells = np.empty(size, dtype=np.int64)
+    for f in range(faults):
+        img = image[f]
+        n_cells = 0
+        for j in range(count[f]):
+            e = element[f, j]
+            changed[e] = True
+            current[e] = value[f, j]
+            c, y, x = e // (height * width), (e // width) % height, e % width
+            for ky in range(kh):
+                oy_num = y + ph - ky
+                if oy_num % sh != 0:
+                    continue
+                oy = oy_num // sh
+                if oy < 0 or oy >= out_h:
+                    continue
+                for kx in range(kw):
+                    ox_num = x + pw - kx
+                    if ox_num % sw != 0:
                         continue
-                    oy = oy_num // sh
-                    if oy < 0 or oy >= out_h:
+                    ox = ox_num // sw
+                    if ox < 0 or ox >= out_w:
                         continue
-                    for kx in range(kw):
-                        ox_num = x + pw - kx
-                        if ox_num % sw != 0:
-                            continue
-                        ox = ox_num // sw
-                        if ox < 0 or ox >= out_w:
-                            continue
-                        cell = (c * out_h + oy) * out_w + ox
-                        if not cell_seen[cell]:
-                            cell_seen[cell] = True
-                            cells[n_cells] = cell
-                            n_cells += 1
-            kept = 0
-            for i in range(n_cells):
-                cell = cells[i]
-                c, oy, ox = cell // (out_h * out_w), (cell // out_w) % out_h, cell % out_w
-                best = -np.inf
-                for ky in range(kh):
-                    iy = oy * sh - ph + ky
-                    if iy < 0 or iy >= height:
+                    cell = (c * out_h + oy) * out_w + ox
+                    if not cell_seen[cell]:
+                        cell_seen[cell] = True
+                        cells[n_cells] = cell
+                        n_cells += 1
+        kept = 0
+        for i in range(n_cells):
+            cell = cells[i]
+            c, oy, ox = cell // (out_h * out_w), (cell // out_w) % out_h, cell % out_w
+            best = -np.inf
+            for ky in range(kh):
+                iy = oy * sh - ph + ky
+                if iy < 0 or iy >= height:
+                    continue
+                for kx in range(kw):
+                    ix = ox * sw - pw + kx
+                    if ix < 0 or ix >= width:
                         continue
-                    for kx in range(kw):
-                        ix = ox * sw - pw + kx
-                        if ix < 0 or ix >= width:
-                            continue
-                        e = (c * height + iy) * width + ix
-                        v = current[e] if changed[e] else golden_in[img, e]
-                        if v > best:
-                            best = v
-                if best != golden_out[img, cell]:
-                    new_element[f, kept] = cell
-                    new_value[f, kept] = best
-                    kept += 1
-                cell_seen[cell] = False
-            for j in range(count[f]):
-                changed[element[f, j]] = False
-            new_count[f] = kept
+                    e = (c * height + iy) * width + ix
+                    v = current[e] if changed[e] else golden_in[img, e]
+                    if v > best:
+                        best = v
+            if best != golden_out[img, cell]:
+                new_element[f, kept] = cell
+                new_value[f, kept] = best
+                kept += 1
+            cell_seen[cell] = False
+        for j in range(count[f]):
+            changed[element[f, j]] = False
+        new_count[f] = kept
     return new_count, new_element, new_value
 
 
-@numba.njit(nogil=True, cache=True, parallel=True)
+@numba.njit(nogil=True, cache=True)
 def scatter_rows(dense: np.ndarray, count: np.ndarray, element: np.ndarray, value: np.ndarray) -> None:
     """Put each fault's changes into its dense row (rows of `dense` are the faults, in order)."""
-    for f in numba.prange(len(count)):
+    for f in range(len(count)):
         for j in range(count[f]):
             dense[f, element[f, j]] = value[f, j]

@@ -66,7 +66,6 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
 
     Returns where the faults that are not masked continue; masked faults appear in no `Join`.
     """
-    chunks = kernels.use_threads(torch.get_num_threads())
     changes = Changes(np.arange(len(inputs)), np.ones(len(inputs), dtype=np.int64),
                       element.astype(np.int64)[:, None], faulty.astype(np.float64)[:, None])
     joins: list[Join] = []
@@ -87,14 +86,14 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
             geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
             count, changed, value = kernels.conv_changes(
                 _rows(golden[index - 1]), _rows(golden[index]), image, changes.count, changes.element,
-                changes.value, weight, _shape(engine.input_shape(index)), _shape(current.out_shape), geometry, chunks)
+                changes.value, weight, _shape(engine.input_shape(index)), _shape(current.out_shape), geometry)
         elif isinstance(current, MaxPool2d):
             geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
             count, changed, value = kernels.pool_changes(
                 _rows(golden[index - 1]), _rows(golden[index]), image, changes.count, changes.element,
-                changes.value, _shape(engine.input_shape(index)), _shape(current.out_shape), geometry, chunks)
+                changes.value, _shape(engine.input_shape(index)), _shape(current.out_shape), geometry)
         elif isinstance(current, QuantAct):
-            count, changed, value = _requantize(engine, index, golden[index], image, changes, chunks)
+            count, changed, value = _requantize(engine, index, golden[index], image, changes)
         elif isinstance(current, Flatten):  # the next (linear) layer reads the map as a vector: join there
             joins.append(_dense_join(index + 1, golden[index], inputs, changes))
             break
@@ -115,8 +114,8 @@ def _shape(shape: Sequence[int]) -> np.ndarray:
     return np.array(shape, dtype=np.int64)
 
 
-def _requantize(engine: Engine, index: int, golden_out: torch.Tensor, image: np.ndarray, changes: Changes,
-                chunks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _requantize(engine: Engine, index: int, golden_out: torch.Tensor, image: np.ndarray, changes: Changes
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply QuantAct op `index`'s output stage (its source layer's requantizer) to the changes."""
     source = producer(engine.model.ops, index)
     assert source is not None
@@ -126,7 +125,7 @@ def _requantize(engine: Engine, index: int, golden_out: torch.Tensor, image: np.
         _rows(golden_out), image, changes.count, changes.element, changes.value, per_channel,
         requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
         np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
-        float(requantizer.qmin), float(requantizer.qmax), chunks)
+        float(requantizer.qmin), float(requantizer.qmax))
 
 
 def _dense_join(op: int, golden_in: torch.Tensor, inputs: np.ndarray, changes: Changes) -> Join:
