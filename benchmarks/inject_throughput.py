@@ -8,8 +8,10 @@ Both sides start from the same float network, trained briefly on the embedded di
 W8A8 (po2) quantization run on the bit-exact integer engine: `run_campaign` with single-bit `act` flips
 (one per inference, sites uniform over the chosen layers' input activation codes), batches of `--batch`,
 Parquet rows written to a temp dir, all timed. PyTorchFI (0.6) runs the *float* network, PyTorch's fastest
-path and so its most favourable case, with one neuron fault per inference, sites uniform over every
-conv/linear output value, each flipping one random bit of the value's int8 code (per-layer max-abs scale):
+path and so its most favourable case (it cannot hook the Brevitas model itself: it injects only into leaf
+modules, and a Brevitas QuantConv2d holds its quantizers as child modules), with one neuron fault per
+inference, sites uniform over every conv/linear output value, each flipping one random bit of the value's
+int8 code (per-layer max-abs scale):
 (a) batch 1, one `declare_neuron_fi` per fault; (b) one fault per element of a `--batch` batch, declared
 again for every batch as its documentation does. Every figure is the median of `--repeats` timed runs.
 """
@@ -161,7 +163,7 @@ def measure_ours(setup: Setup, plan: Plan, batch: int, repeats: int) -> float:
     clean = median_rate(lambda: engine.run(setup.x), len(setup.x), repeats)
     row("ours: clean integer-engine inference", clean, "images/s")
     names = [layer.name for layer in engine.layers.values()]
-    campaign_rate(setup, names[-1:], batch, batch, 1)  # warm-up: Parquet writer, allocator
+    campaign_rate(setup, [], batch, batch, 1)  # warm-up: Parquet writer, allocator, compiled fault kernels
     for name in names if plan.per_layer else []:
         rate, note = campaign_rate(setup, [name], plan.samples, batch, repeats)
         row(f"ours: act bit-flip campaign, {name} (N={plan.samples})", rate, "faults/s", note)

@@ -169,6 +169,26 @@ def test_killed_campaign_resumes_to_the_same_result(setup, tmp_path: Path):
     assert set(summary["by_layer"]) <= {"conv1", "conv2", "fc1", "fc2", "fc3"}
 
 
+def test_batches_in_parallel_threads_give_the_rows_of_one_thread(setup, tmp_path: Path):
+    """run_shard runs as many batches at once as torch has threads; the rows must not change."""
+    _, network, golden, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    tables = []
+    for threads in (1, 2):
+        directory = tmp_path / str(threads)
+        directory.mkdir()
+        torch.set_num_threads(threads)
+        try:
+            run_campaign(network, golden, groups, spec(batch_size=16), directory, lambda t, p: None)
+        finally:
+            torch.set_num_threads(1)
+        assert torch.get_num_threads() == 1
+        merge_shards(directory, directory, 3)
+        tables.append(pd.read_parquet(directory / "faults.parquet"))
+    pd.testing.assert_frame_equal(*tables)
+    assert (tables[0]["outcome"] != "masked").sum() > 10
+
+
 def test_msb_flips_hurt_more_than_lsb_flips(setup, tmp_path: Path):
     _, network, golden, raw, _ = setup
     groups = site_groups(raw, "act", [], network.acc_bits())

@@ -192,6 +192,7 @@ class Engine:
                 not 1 <= multiplier_bits <= 32:
             raise ValueError(f"Multiplier bits must be an integer in 1..32, not {multiplier_bits!r}")
         self.model, self.multiplier_bits, self.device = model, multiplier_bits, torch.device(device)
+        ops.disable_transform_convolutions()
         self.layers: dict[int, GemmLayer] = {}
         self.requantizers: dict[int, Requantizer] = {}
         self._steps = [self._step(index, op) for index, op in enumerate(model.ops)]

@@ -125,11 +125,17 @@ def conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     `fold(gemm(im2col(codes)))`, 1.5-3x faster).
 
     Exact for the same reason as `gemm`: oneDNN's direct algorithm and the im2col + GEMM fallback only
-    add the exact integer products, so every partial sum obeys `gemm_bound`. NNPACK is switched off: its
-    Winograd and FFT transforms compute with fractions and would round.
+    add the exact integer products, so every partial sum obeys `gemm_bound`. NNPACK must stay off (see
+    `disable_transform_convolutions`): its Winograd and FFT transforms compute with fractions and round.
     """
-    with torch.backends.nnpack.flags(enabled=False):
-        return F.conv2d(codes, weight, bias, stride=stride, padding=padding)
+    return F.conv2d(codes, weight, bias, stride=stride, padding=padding)
+
+
+def disable_transform_convolutions() -> None:
+    """Switch NNPACK off for the process: torch could route a float32 convolution to its Winograd or FFT
+    algorithms, which are not exact on integers. Process-wide (not a context manager) because campaigns
+    run batches in several threads, and a flag one thread restores would reach the others mid-op."""
+    torch.backends.nnpack.set_flags(False)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -29,9 +29,10 @@ def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
     outs, out_h, out_w = out_shape[0], out_shape[1], out_shape[2]
     kh, kw, sh, sw, ph, pw = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
     size = outs * out_h * out_w
+    most = min(size, max(1, _largest(count)) * kh * kw * outs)  # at most kh * kw * N outputs per input
     new_count = np.zeros(faults, dtype=np.int64)
-    new_element = np.empty((faults, size), dtype=np.int64)
-    new_value = np.empty((faults, size), dtype=np.float64)
+    new_element = np.empty((faults, most), dtype=np.int64)
+    new_value = np.empty((faults, most), dtype=np.float64)
     delta = np.zeros(size, dtype=np.float64)   # scratch, reset after each fault where it was touched
     seen = np.zeros(size, dtype=np.bool_)
     touched = np.empty(size, dtype=np.int64)
@@ -77,6 +78,15 @@ def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
         new_count[f] = kept
     _ = channels
     return new_count, new_element, new_value
+
+
+@numba.njit(nogil=True, cache=True)
+def _largest(count: np.ndarray) -> int:
+    """Return the largest count (0 for none)."""
+    most = 0
+    for value in count:
+        most = max(most, value)
+    return most
 
 
 @numba.njit(nogil=True, cache=True)
@@ -136,9 +146,11 @@ def pool_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
     out_h, out_w = out_shape[1], out_shape[2]
     kh, kw, sh, sw, ph, pw = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
     in_size, size = channels * height * width, channels * out_h * out_w
+    windows = ((kh + sh - 1) // sh) * ((kw + sw - 1) // sw)  # pool windows holding one input, at most
+    most = min(size, max(1, _largest(count)) * windows)
     new_count = np.zeros(faults, dtype=np.int64)
-    new_element = np.empty((faults, size), dtype=np.int64)
-    new_value = np.empty((faults, size), dtype=np.float64)
+    new_element = np.empty((faults, most), dtype=np.int64)
+    new_value = np.empty((faults, most), dtype=np.float64)
     current = np.empty(in_size, dtype=np.float64)  # scratch, reset after each fault where it was touched
     changed = np.zeros(in_size, dtype=np.bool_)
     cell_seen = np.zeros(size, dtype=np.bool_)
