@@ -1,7 +1,7 @@
 """Sparse propagation of activation faults gives exactly the logits of recomputing the faulty inference.
 
 On a model with the awkward geometry the zoo lacks (strided, padded convolutions; overlapping, padded
-max-pool windows; a non-square map; per-channel scales) and on both output-stage kinds (po2: float32
+max-pool windows; a pool between a convolution and its output stage; a non-square map; per-channel scales) and on both output-stage kinds (po2: float32
 shifts; float: the fixed-point multiplier), whether faults stay sparse as far as they can (`SPARSE_COST` 0)
 or hand over to the dense computation at the first convolution after the fault (huge `SPARSE_COST`).
 """
@@ -25,12 +25,13 @@ N_INPUTS = 24
 
 
 def awkward_model(scaling: str) -> Builder:
-    """A small net whose pools overlap and pad and whose convolutions stride and pad."""
+    """A small net whose pools overlap and pad and whose convolutions stride and pad; conv3 pools its
+    accumulators before the output stage (the unfused path)."""
     return Builder((2, 13, 11), 8, 2.0**-6, scaling=scaling, per_channel=True, seed=11) \
         .conv("conv1", 6, 3, padding=1, stride=2).relu("relu1", 8, 2.0**-3) \
         .pool("pool1", kernel=3, stride=2, padding=1) \
         .conv("conv2", 8, 3, padding=1).relu("relu2", 6, 2.0**-2) \
-        .conv("conv3", 5, 2).relu("relu3", 6, 2.0**-2) \
+        .conv("conv3", 5, 2).pool("pool3", kernel=2, stride=1).relu("relu3", 6, 2.0**-2) \
         .flatten().linear("fc1", 12).relu("relu4", 8, 2.0**-2).linear("fc2", 4)
 
 

@@ -18,6 +18,46 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
+def _scatter(golden_in: np.ndarray, img: int, count: int, element: np.ndarray, value: np.ndarray,
+             weight: np.ndarray, in_shape: np.ndarray, out_shape: np.ndarray, geometry: np.ndarray,
+             delta: np.ndarray, seen: np.ndarray, touched: np.ndarray) -> int:
+    """Add one fault's accumulator changes, (new - golden input) x weight over the taps each changed
+    input reaches, into `delta`; list the outputs touched; return how many."""
+    height, width = in_shape[1], in_shape[2]
+    outs, out_h, out_w = out_shape[0], out_shape[1], out_shape[2]
+    kh, kw, sh, sw, ph, pw = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
+    n_touched = 0
+    for j in range(count):
+        e = element[j]
+        change = value[j] - golden_in[img, e]
+        if change == 0:
+            continue
+        c, y, x = e // (height * width), (e // width) % height, e % width
+        for ky in range(kh):
+            oy_num = y + ph - ky
+            if oy_num % sh != 0:
+                continue
+            oy = oy_num // sh
+            if oy < 0 or oy >= out_h:
+                continue
+            for kx in range(kw):
+                ox_num = x + pw - kx
+                if ox_num % sw != 0:
+                    continue
+                ox = ox_num // sw
+                if ox < 0 or ox >= out_w:
+                    continue
+                for n in range(outs):
+                    position = (n * out_h + oy) * out_w + ox
+                    if not seen[position]:
+                        seen[position] = True
+                        touched[n_touched] = position
+                        n_touched += 1
+                    delta[position] += change * weight[n, c, ky, kx]
+    return n_touched
+
+
+@numba.njit(nogil=True, cache=True)
 def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarray, count: np.ndarray,
                  element: np.ndarray, value: np.ndarray, weight: np.ndarray, in_shape: np.ndarray,
                  out_shape: np.ndarray, geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -25,11 +65,8 @@ def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
     over the kernel taps each changed input reaches. `weight` (N, C, kh, kw); `geometry` holds
     (kh, kw, stride_h, stride_w, pad_h, pad_w); shapes are (C, H, W)."""
     faults = len(count)
-    channels, height, width = in_shape[0], in_shape[1], in_shape[2]
-    outs, out_h, out_w = out_shape[0], out_shape[1], out_shape[2]
-    kh, kw, sh, sw, ph, pw = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
-    size = outs * out_h * out_w
-    most = min(size, max(1, _largest(count)) * kh * kw * outs)  # at most kh * kw * N outputs per input
+    size = out_shape[0] * out_shape[1] * out_shape[2]
+    most = min(size, max(1, _largest(count)) * geometry[0] * geometry[1] * out_shape[0])  # reach of the inputs
     new_count = np.zeros(faults, dtype=np.int64)
     new_element = np.empty((faults, most), dtype=np.int64)
     new_value = np.empty((faults, most), dtype=np.float64)
@@ -37,35 +74,9 @@ def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
     seen = np.zeros(size, dtype=np.bool_)
     touched = np.empty(size, dtype=np.int64)
     for f in range(faults):
-        n_touched = 0
         img = image[f]
-        for j in range(count[f]):
-            e = element[f, j]
-            change = value[f, j] - golden_in[img, e]
-            if change == 0:
-                continue
-            c, y, x = e // (height * width), (e // width) % height, e % width
-            for ky in range(kh):
-                oy_num = y + ph - ky
-                if oy_num % sh != 0:
-                    continue
-                oy = oy_num // sh
-                if oy < 0 or oy >= out_h:
-                    continue
-                for kx in range(kw):
-                    ox_num = x + pw - kx
-                    if ox_num % sw != 0:
-                        continue
-                    ox = ox_num // sw
-                    if ox < 0 or ox >= out_w:
-                        continue
-                    for n in range(outs):
-                        position = (n * out_h + oy) * out_w + ox
-                        if not seen[position]:
-                            seen[position] = True
-                            touched[n_touched] = position
-                            n_touched += 1
-                        delta[position] += change * weight[n, c, ky, kx]
+        n_touched = _scatter(golden_in, img, count[f], element[f], value[f], weight, in_shape, out_shape,
+                             geometry, delta, seen, touched)
         kept = 0
         for i in range(n_touched):
             position = touched[i]
@@ -76,8 +87,57 @@ def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
             delta[position] = 0.0
             seen[position] = False
         new_count[f] = kept
-    _ = channels
     return new_count, new_element, new_value
+
+
+@numba.njit(nogil=True, cache=True)
+def conv_requantize_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np.ndarray,
+                            image: np.ndarray, count: np.ndarray, element: np.ndarray, value: np.ndarray,
+                            weight: np.ndarray, in_shape: np.ndarray, out_shape: np.ndarray, geometry: np.ndarray,
+                            factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool,
+                            qmin: float, qmax: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the changed codes after a convolution and its output stage (`conv_changes`, then
+    `requantize_changes` per channel), in one pass: the changed accumulators are never stored."""
+    faults = len(count)
+    plane = out_shape[1] * out_shape[2]
+    size = out_shape[0] * plane
+    most = min(size, max(1, _largest(count)) * geometry[0] * geometry[1] * out_shape[0])
+    new_count = np.zeros(faults, dtype=np.int64)
+    new_element = np.empty((faults, most), dtype=np.int64)
+    new_value = np.empty((faults, most), dtype=np.float64)
+    delta = np.zeros(size, dtype=np.float64)
+    seen = np.zeros(size, dtype=np.bool_)
+    touched = np.empty(size, dtype=np.int64)
+    for f in range(faults):
+        img = image[f]
+        n_touched = _scatter(golden_in, img, count[f], element[f], value[f], weight, in_shape, out_shape,
+                             geometry, delta, seen, touched)
+        kept = 0
+        for i in range(n_touched):
+            position = touched[i]
+            if delta[position] != 0:
+                code = _requantized(golden_acc[img, position] + delta[position], position // plane, factor,
+                                    multiplier, shift, integer, qmin, qmax)
+                if code != golden_codes[img, position]:
+                    new_element[f, kept] = position
+                    new_value[f, kept] = code
+                    kept += 1
+            delta[position] = 0.0
+            seen[position] = False
+        new_count[f] = kept
+    return new_count, new_element, new_value
+
+
+@numba.njit(nogil=True, cache=True)
+def _requantized(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
+                 integer: bool, qmin: float, qmax: float) -> float:
+    """Return the output stage's code of one accumulator (see `dsetool.engine.executor.Requantizer`)."""
+    acc = max(acc, 0.0)
+    if integer:
+        code = float(_shift_round_half_even(np.int64(acc) * multiplier[channel], shift[channel]))
+    else:
+        code = np.rint(acc * factor[channel])
+    return min(max(code, qmin), qmax)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -120,13 +180,7 @@ def requantize_changes(golden_out: np.ndarray, image: np.ndarray, count: np.ndar
         kept = 0
         for j in range(count[f]):
             e = element[f, j]
-            channel = e // per_channel
-            acc = max(value[f, j], 0.0)
-            if integer:
-                code = float(_shift_round_half_even(np.int64(acc) * multiplier[channel], shift[channel]))
-            else:
-                code = np.rint(acc * factor[channel])
-            code = min(max(code, qmin), qmax)
+            code = _requantized(value[f, j], e // per_channel, factor, multiplier, shift, integer, qmin, qmax)
             if code != golden_out[img, e]:
                 new_element[f, kept] = e
                 new_value[f, kept] = code

@@ -84,9 +84,19 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
                     image = inputs[changes.rows]
             weight = engine.layers[index].weight_tensor.to(torch.float64).numpy()
             geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
-            count, changed, value = kernels.conv_changes(
-                _rows(golden[index - 1]), _rows(golden[index]), image, changes.count, changes.element,
-                changes.value, weight, _shape(engine.input_shape(index)), _shape(current.out_shape), geometry)
+            in_shape, out_shape = _shape(engine.input_shape(index)), _shape(current.out_shape)
+            after = model_ops[index + 1]
+            if isinstance(after, QuantAct) and producer(model_ops, index + 1) == index:  # fused output stage
+                factor, multiplier, shift, integer, qmin, qmax = _output_stage(engine, index)
+                count, changed, value = kernels.conv_requantize_changes(
+                    _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index + 1]), image, changes.count,
+                    changes.element, changes.value, weight, in_shape, out_shape, geometry, factor, multiplier,
+                    shift, integer, qmin, qmax)
+                index += 1
+            else:
+                count, changed, value = kernels.conv_changes(
+                    _rows(golden[index - 1]), _rows(golden[index]), image, changes.count, changes.element,
+                    changes.value, weight, in_shape, out_shape, geometry)
         elif isinstance(current, MaxPool2d):
             geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
             count, changed, value = kernels.pool_changes(
@@ -114,18 +124,22 @@ def _shape(shape: Sequence[int]) -> np.ndarray:
     return np.array(shape, dtype=np.int64)
 
 
+def _output_stage(engine: Engine, source: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]:
+    """Return weight layer `source`'s output-stage constants as the kernels take them."""
+    requantizer = engine.requantizers[source]
+    return (requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
+            np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
+            float(requantizer.qmin), float(requantizer.qmax))
+
+
 def _requantize(engine: Engine, index: int, golden_out: torch.Tensor, image: np.ndarray, changes: Changes
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply QuantAct op `index`'s output stage (its source layer's requantizer) to the changes."""
     source = producer(engine.model.ops, index)
     assert source is not None
-    requantizer = engine.requantizers[source]
-    per_channel = int(np.prod(engine.input_shape(index))) // len(requantizer.multiplier)
-    return kernels.requantize_changes(
-        _rows(golden_out), image, changes.count, changes.element, changes.value, per_channel,
-        requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
-        np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
-        float(requantizer.qmin), float(requantizer.qmax))
+    per_channel = int(np.prod(engine.input_shape(index))) // len(engine.requantizers[source].multiplier)
+    return kernels.requantize_changes(_rows(golden_out), image, changes.count, changes.element, changes.value,
+                                      per_channel, *_output_stage(engine, source))
 
 
 def _dense_join(op: int, golden_in: torch.Tensor, inputs: np.ndarray, changes: Changes) -> Join:
