@@ -1,38 +1,72 @@
-"""The synthesizable accelerator datapath: the array, its per-column output stage and its protection.
+"""The synthesizable accelerator datapaths: an array, its pipelined per-column output stage and its protection.
 
-`Datapath` is what the synth stage builds: a weight-stationary array whose de-skewed column outputs go
-through the output stage (requantize + ReLU, `hw.requant`) and, with `protection` "clip" or "zero", the
-paper's range check (`hw.protect`) before the output register. `build_datapath` adds TMR (three
-replicas named rep0..rep2 and bitwise voters, `hw.tmr`) when the config asks for it. The unprotected
-datapath is the baseline every protection's overhead is measured against, on the same target and seed.
+`Datapath` (weight-stationary) and `OSDatapath` (output-stationary) are what the synth stage builds: the
+array's de-skewed output rows go through `hw.output_stage.OutputStage` (requantize + ReLU, then with
+`protection` "clip" or "zero" the paper's range check, all between registers). `build_datapath` picks the
+dataflow and adds TMR (three replicas named rep0..rep2 and bitwise voters, `hw.tmr`) when the config asks
+for it. The unprotected datapath is the baseline every protection's overhead is measured against, on the
+same target and seed; it has the same pipeline, so the overhead is the range check's logic alone.
+
+Cycle accounting: a datapath adds `drain` cycles to a GEMM (`hw.cycles.gemm_cycles(..., drain=...)`), once:
+the last tile's rows leave the output stage that much after the array's last output; earlier tiles drain
+while the next one runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from amaranth.hdl import Module, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.array import WSArray
+from hw.array import OSArray, WSArray
 from hw.arrayconfig import ArrayConfig
-from hw.protect import MODES, RangeCheckRow
-from hw.requant import Requantizer
+from hw.output_stage import LATENCY, SHIFT_BITS, OutputStage
+from hw.pe import MULTIPLIERS
+from hw.protect import MODES
 from hw.tmr import TripleModular
 
 MULTIPLIER_BITS = 16  # the fixed-point multiplier of float scales; power-of-two scales need none (1 bit)
-SHIFT_BITS = 6
+
+
+def _output_stage(config: ArrayConfig, acc_bits: int, multiplier_bits: int) -> OutputStage:
+    act = signed(config.act_bits) if config.act_signed else unsigned(config.act_bits)
+    check = MODES[config.protection] if config.protection != "none" else None
+    return OutputStage(acc_bits, config.cols, act, multiplier_bits, check=check,
+                       multiplier=MULTIPLIERS[config.multiplier])
+
+
+def _stage_ports(config: ArrayConfig, multiplier_bits: int) -> dict[str, object]:
+    act = signed(config.act_bits) if config.act_signed else unsigned(config.act_bits)
+    return {
+        "multiplier": In(unsigned(multiplier_bits)), "shift": In(signed(SHIFT_BITS)), "lo": In(act), "hi": In(act),
+        "out_valid": Out(1), "out": Out(act).array(config.cols), "detected": Out(1).array(config.cols),
+    }
+
+
+def _connect_stage(m: Module, outer: wiring.Component, stage: OutputStage) -> None:
+    """Feed the layer constants to the output stage and its results to the datapath's ports."""
+    m.d.comb += [getattr(stage, name).eq(getattr(outer, name)) for name in ("multiplier", "shift", "lo", "hi")]
+    m.d.comb += outer.out_valid.eq(stage.out_valid)
+    m.d.comb += [out.eq(code) for out, code in zip(outer.out, stage.out, strict=True)]
+    m.d.comb += [flag.eq(got) for flag, got in zip(outer.detected, stage.detected, strict=True)]
 
 
 class Datapath(wiring.Component):
-    """A weight-stationary array with an output stage and an optional range check on every column.
+    """A weight-stationary array with a pipelined output stage and an optional range check on every column.
+
+    Driven as `hw.array.WSArray`; each output row comes out `latency` (= `hw.output_stage.LATENCY`, 4) clock
+    edges after the array produces it: after streaming cycle m + R + C - 2 + 4 of its tile, `out_valid` is
+    high and `out` holds row m's codes. `drain` is also 4. The layer constants are registered: set them at
+    least one cycle before the first row reaches the output stage and hold them for the layer.
 
     Parameters
     ----------
     config : ArrayConfig
         The array; `protection` selects the range check ("none", "clip", "zero"); `tmr` must be False
-        (use `build_datapath`). Output codes are `act_bits` wide, like the activations they become.
+        (use `build_datapath`); `multiplier` also builds the requantizer's multiply. Output codes are
+        `act_bits` wide, like the activations they become.
     k : int, optional
         The reduction length the accumulator must hold, required when `config.acc_bits` is 0.
     multiplier_bits : int
@@ -45,6 +79,8 @@ class Datapath(wiring.Component):
     multiplier : In(unsigned(multiplier_bits)), shift : In(signed(6)) : the layer's requantization constants.
     lo, hi : In(act shape) : the layer's profiled bounds (ignored without protection).
     out_valid : Out(1); out : Out(act shape).array(cols), registered; detected : Out(1).array(cols).
+
+    `array` is the `WSArray`, `stage` the `OutputStage`.
     """
 
     def __init__(self, config: ArrayConfig, *, k: int | None = None, multiplier_bits: int = MULTIPLIER_BITS) -> None:
@@ -52,15 +88,11 @@ class Datapath(wiring.Component):
             raise ValueError("Datapath builds one replica; use build_datapath for TMR")
         self._config = config
         self.array = WSArray(dataclasses.replace(config, protection="none"), k=k)
-        act = signed(config.act_bits) if config.act_signed else unsigned(config.act_bits)
-        self._act = act
-        self._multiplier_bits = multiplier_bits
+        self.stage = _output_stage(config, self.array.acc_bits, multiplier_bits)
         super().__init__({
             "w_load": In(1), "w": In(signed(config.weight_bits)).array(config.cols),
-            "a_valid": In(1), "a": In(act).array(config.rows),
-            "multiplier": In(unsigned(multiplier_bits)), "shift": In(signed(SHIFT_BITS)),
-            "lo": In(act), "hi": In(act),
-            "out_valid": Out(1), "out": Out(act).array(config.cols), "detected": Out(1).array(config.cols),
+            "a_valid": In(1), "a": In(self.array.pes[0][0].act_shape).array(config.rows),
+            **_stage_ports(config, multiplier_bits),
         })
 
     @property
@@ -71,36 +103,125 @@ class Datapath(wiring.Component):
     def acc_bits(self) -> int:
         return self.array.acc_bits
 
+    @property
+    def latency(self) -> int:
+        """Return the clock edges from the array's output row to the same row on `out`."""
+        return LATENCY
+
+    @property
+    def drain(self) -> int:
+        """Return the cycles a GEMM takes beyond `hw.cycles.gemm_cycles` without drain: the last row's latency."""
+        return LATENCY
+
     def elaborate(self, platform: object) -> Module:
         m = Module()
         cfg = self._config
         m.submodules.array = array = self.array
+        m.submodules.stage = stage = self.stage
         m.d.comb += [array.w_load.eq(self.w_load), array.a_valid.eq(self.a_valid)]
         m.d.comb += [array.w[c].eq(self.w[c]) for c in range(cfg.cols)]
         m.d.comb += [array.a[r].eq(self.a[r]) for r in range(cfg.rows)]
-        codes = []
-        for c in range(cfg.cols):
-            stage = Requantizer(array.acc_bits, self._multiplier_bits, SHIFT_BITS, cfg.act_bits,
-                                relu=not cfg.act_signed)
-            m.submodules[f"requant_{c}"] = stage
-            m.d.comb += [stage.acc.eq(array.out[c]), stage.multiplier.eq(self.multiplier),
-                         stage.shift.eq(self.shift)]
-            codes.append(stage.out)
-        if cfg.protection != "none":
-            m.submodules.check = check = RangeCheckRow(self._act, cfg.cols, mode=MODES[cfg.protection])
-            m.d.comb += [check.lo.eq(self.lo), check.hi.eq(self.hi)]
-            m.d.comb += [check.value[c].eq(codes[c]) for c in range(cfg.cols)]
-            codes = [check.out[c] for c in range(cfg.cols)]
-            m.d.sync += [self.detected[c].eq(check.detected[c]) for c in range(cfg.cols)]
-        m.d.sync += [self.out[c].eq(codes[c]) for c in range(cfg.cols)]
-        m.d.sync += self.out_valid.eq(array.out_valid)
+        m.d.comb += stage.valid.eq(array.out_valid)
+        m.d.comb += [stage.acc[c].eq(array.out[c]) for c in range(cfg.cols)]
+        _connect_stage(m, self, stage)
+        return m
+
+
+class OSDatapath(wiring.Component):
+    """An output-stationary array whose finished R x C tile drains row by row through the output stage.
+
+    Driven as `hw.array.OSArray` (tile after tile, R + C + K - 2 cycles each). On the clock edge after the
+    array's `out_valid`, the tile is copied into a bank of R x C accumulator registers, which shifts one row
+    per cycle into a `hw.output_stage.OutputStage` of C columns: row r of the tile comes out on `out`, with
+    `out_valid` high, 1 + r + `LATENCY` edges after the array's `out_valid` (`latency` is 1 + `LATENCY`
+    for row 0), so the last row of a GEMM's last tile leaves `drain` = R + `LATENCY` cycles after the array's
+    last output. The bank is free again after R cycles, and no tile is shorter than R cycles, so tiles
+    still run back to back.
+
+    Parameters
+    ----------
+    config, k, multiplier_bits
+        As for `Datapath`; the config's dataflow must be "os".
+
+    Members
+    -------
+    start, valid, last, a, w : the array's inputs (see `hw.array.OSArray`).
+    multiplier, shift, lo, hi, out_valid, out, detected : as for `Datapath` (one row of the tile per cycle).
+
+    `array` is the `OSArray`, `stage` the `OutputStage`.
+    """
+
+    def __init__(self, config: ArrayConfig, *, k: int | None = None, multiplier_bits: int = MULTIPLIER_BITS) -> None:
+        if config.tmr:
+            raise ValueError("OSDatapath builds one replica; use build_datapath for TMR")
+        self._config = config
+        self.array = OSArray(dataclasses.replace(config, protection="none"), k=k)
+        self.stage = _output_stage(config, self.array.acc_bits, multiplier_bits)
+        super().__init__({
+            "start": In(1), "valid": In(1), "last": In(1),
+            "a": In(self.array.pes[0][0].act_shape).array(config.rows),
+            "w": In(signed(config.weight_bits)).array(config.cols),
+            **_stage_ports(config, multiplier_bits),
+        })
+
+    @property
+    def config(self) -> ArrayConfig:
+        return self._config
+
+    @property
+    def acc_bits(self) -> int:
+        return self.array.acc_bits
+
+    @property
+    def latency(self) -> int:
+        """Return the clock edges from the array's finished tile to its row 0 on `out` (row r: r more)."""
+        return 1 + LATENCY
+
+    @property
+    def drain(self) -> int:
+        """Return the cycles a GEMM takes beyond `hw.cycles.gemm_cycles` without drain: its last row's."""
+        return self._config.rows + LATENCY
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        rows, cols = self._config.rows, self._config.cols
+        m.submodules.array = array = self.array
+        m.submodules.stage = stage = self.stage
+        m.d.comb += [array.start.eq(self.start), array.valid.eq(self.valid), array.last.eq(self.last)]
+        m.d.comb += [array.a[r].eq(self.a[r]) for r in range(rows)]
+        m.d.comb += [array.w[c].eq(self.w[c]) for c in range(cols)]
+        bank = [[Signal(signed(array.acc_bits), name=f"bank_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        full = [Signal(name=f"bank_valid_{r}") for r in range(rows)]
+        with m.If(array.out_valid):
+            m.d.sync += [bank[r][c].eq(array.out[r][c]) for r in range(rows) for c in range(cols)]
+            m.d.sync += [flag.eq(1) for flag in full]
+        with m.Else():
+            m.d.sync += [bank[r][c].eq(bank[r + 1][c]) for r in range(rows - 1) for c in range(cols)]
+            m.d.sync += [full[r].eq(full[r + 1]) for r in range(rows - 1)]
+            m.d.sync += full[rows - 1].eq(0)
+        m.d.comb += stage.valid.eq(full[0])
+        m.d.comb += [stage.acc[c].eq(bank[0][c]) for c in range(cols)]
+        _connect_stage(m, self, stage)
         return m
 
 
 def build_datapath(config: ArrayConfig, *, k: int | None = None,
                    multiplier_bits: int = MULTIPLIER_BITS) -> wiring.Component:
-    """Return the datapath the config describes: one replica, or three voted ones with `tmr`."""
+    """Return the datapath the config describes (by dataflow): one replica, or three voted ones with `tmr`."""
+    kinds = {"ws": Datapath, "os": OSDatapath}
+    if config.dataflow not in kinds:
+        raise NotImplementedError(f"Datapath dataflow must be 'ws' or 'os', not {config.dataflow!r}")
+    kind = kinds[config.dataflow]
     single = dataclasses.replace(config, tmr=False)
     if config.tmr:
-        return TripleModular(lambda: Datapath(single, k=k, multiplier_bits=multiplier_bits))
-    return Datapath(single, k=k, multiplier_bits=multiplier_bits)
+        return TripleModular(lambda: kind(single, k=k, multiplier_bits=multiplier_bits))
+    return kind(single, k=k, multiplier_bits=multiplier_bits)
+
+
+def drain_cycles(component: wiring.Component) -> int:
+    """Return the drain of a datapath built by `build_datapath`, TMR or not (the replicas share it)."""
+    single = component.replicas[0] if isinstance(component, TripleModular) else component
+    drain = getattr(single, "drain", None)
+    if not isinstance(drain, int):
+        raise TypeError(f"Drain needs a Datapath or OSDatapath, not {single!r}")
+    return drain

@@ -8,6 +8,10 @@ is the product of the two dimensions the dataflow pins to the array:
 - output-stationary (`os`): ceil(M/R) * ceil(N/C) tiles of R + C + K - 2 cycles;
 - input-stationary (`is`): ceil(K/R) * ceil(M/C) tiles of 2R + C + N - 2 cycles.
 
+A datapath's output stage (`hw.accelerator`) adds a `drain` once per GEMM: the cycles from the array's last
+output to the last requantized code leaving the stage, which the next layer waits for; earlier tiles drain
+while the next tile runs, so they add nothing.
+
 Pure Python: the RTL testbench in `tests/hw/test_array.py` checks the Amaranth array against `gemm_cycles`.
 """
 
@@ -67,10 +71,16 @@ def tiles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> Iterat
             yield {"ws": (m, a, b), "os": (a, k, b), "is": (b, a, n)}[dataflow]
 
 
-def gemm_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str = "ws") -> int:
-    """Return the cycles of a whole M x K x N GEMM: tiles times per-tile cycles."""
+def _drain(drain: object) -> int:
+    if not isinstance(drain, int) or isinstance(drain, bool) or drain < 0:
+        raise ValueError(f"GEMM drain must be a non-negative integer, not {drain!r}")
+    return drain
+
+
+def gemm_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str = "ws", drain: int = 0) -> int:
+    """Return the cycles of a whole M x K x N GEMM: tiles times per-tile cycles, plus the output stage's drain."""
     first, second = tile_grid(m, k, n, rows, cols, dataflow)
-    return first * second * tile_cycles(m, k, n, rows, cols, dataflow)
+    return first * second * tile_cycles(m, k, n, rows, cols, dataflow) + _drain(drain)
 
 
 def conv_gemm(c_in: int, c_out: int, kernel: tuple[int, int], out_hw: tuple[int, int]) -> Gemm:
@@ -88,6 +98,7 @@ def linear_gemm(in_features: int, out_features: int) -> Gemm:
     return 1, in_features, out_features
 
 
-def network_cycles(gemms: Iterable[Gemm], rows: int, cols: int, dataflow: str = "ws") -> int:
-    """Return the cycles of a network run layer after layer: the sum over its (M, K, N) GEMMs."""
-    return sum(gemm_cycles(m, k, n, rows, cols, dataflow) for m, k, n in gemms)
+def network_cycles(gemms: Iterable[Gemm], rows: int, cols: int, dataflow: str = "ws", drain: int = 0) -> int:
+    """Return the cycles of a network run layer after layer: the sum over its (M, K, N) GEMMs, each with its
+    drain (a layer waits for the previous one's last output)."""
+    return sum(gemm_cycles(m, k, n, rows, cols, dataflow, drain) for m, k, n in gemms)

@@ -183,6 +183,7 @@ class Target:
     family: Family
     nextpnr_args: tuple[str, ...] = ()
     note: str = ""
+    capacity: tuple[tuple[str, int], ...] = ()  # (resource, count on the device), as `count_resources` counts
 
 
 _ICE40_NOTE = (
@@ -192,11 +193,15 @@ _ICE40_NOTE = (
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("ecp5-25k", ECP5, ("--25k", "--package", "CABGA381", "--out-of-context")),
-        Target("ecp5-45k", ECP5, ("--45k", "--package", "CABGA381", "--out-of-context")),
-        Target("ecp5-85k", ECP5, ("--85k", "--package", "CABGA381", "--out-of-context")),
-        Target("ice40-up5k", ICE40, ("--up5k", "--package", "sg48"), _ICE40_NOTE),
-        Target("xc7z020", XILINX),
+        Target("ecp5-25k", ECP5, ("--25k", "--package", "CABGA381", "--out-of-context"),
+               capacity=(("LUT", 24288), ("FF", 24288), ("DSP", 28), ("BRAM", 56))),
+        Target("ecp5-45k", ECP5, ("--45k", "--package", "CABGA381", "--out-of-context"),
+               capacity=(("LUT", 43848), ("FF", 43848), ("DSP", 72), ("BRAM", 108))),
+        Target("ecp5-85k", ECP5, ("--85k", "--package", "CABGA381", "--out-of-context"),
+               capacity=(("LUT", 83640), ("FF", 83640), ("DSP", 156), ("BRAM", 208))),
+        Target("ice40-up5k", ICE40, ("--up5k", "--package", "sg48"), _ICE40_NOTE,
+               capacity=(("LUT", 5280), ("FF", 5280), ("DSP", 8), ("BRAM", 30))),
+        Target("xc7z020", XILINX, capacity=(("LUT", 53200), ("FF", 106400), ("DSP", 220))),
     )
 }
 
@@ -364,6 +369,11 @@ def synthesize(
     artifacts.update(netlist=workdir / NETLIST, stat=workdir / STAT)
     cells = parse_stat(json.loads((workdir / STAT).read_text()))
     area = SynthResult(target, "ok", resources=count_resources(cells, spec.family), cells=cells)
+    over = [f"{kind} {area.resources[kind]}/{available} ({100 * area.resources[kind] // available}%)"
+            for kind, available in spec.capacity if area.resources.get(kind, 0) > available]
+    if over:  # no placer packs more LUT4s, FFs or multipliers than the device has: skip a P&R that must fail
+        message = f"does not fit {spec.name}: {', '.join(over)} in the Yosys netlist"
+        return replace(area, status="does_not_fit", message=message, artifacts=artifacts, seconds=seconds)
     if spec.family.nextpnr is None:
         return replace(area, artifacts=artifacts, seconds=seconds)
     return _place_and_route(spec, workdir, seed, freq_mhz, timeout, area, artifacts, seconds)

@@ -1,9 +1,10 @@
 """Sparse propagation of activation faults gives exactly the logits of recomputing the faulty inference.
 
 On a model with the awkward geometry the zoo lacks (strided, padded convolutions; overlapping, padded
-max-pool windows; a pool between a convolution and its output stage; a non-square map; per-channel scales) and on both output-stage kinds (po2: float32
-shifts; float: the fixed-point multiplier), whether faults stay sparse as far as they can (`SPARSE_COST` 0)
-or hand over to the dense computation at the first convolution after the fault (huge `SPARSE_COST`).
+max-pool windows; a pool between a convolution and its output stage; a non-square map; per-channel
+scales) and on both output-stage kinds (po2: float32 shifts; float: the fixed-point multiplier), whether
+faults stay sparse as far as they can (`SPARSE_COST` 0) or hand over to the dense computation at the
+first convolution after the fault (huge `SPARSE_COST`).
 """
 
 from __future__ import annotations

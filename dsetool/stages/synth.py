@@ -2,15 +2,17 @@
 
 The result depends only on the array (its shape, dataflow, widths, multiplier), the target, the clock
 constraint, the P&R seed and the tool versions, so every model that runs on the same array shares one
-synthesis. Per-inference cycles and latency of a particular network are derived from the entry by
-`derived_metrics` (closed-form cycles over the network's GEMMs divided by the achieved Fmax).
+synthesis. The synthesized design is the whole datapath (array + pipelined output stage + protection, with
+TMR if asked). Per-inference cycles and latency of a particular network are derived from the entry by
+`derived_metrics` (closed-form cycles over the network's GEMMs, each plus the datapath's `drain_cycles`,
+divided by the achieved Fmax).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dsetool.arrays import array_config, network_cycles
+from dsetool.arrays import array_config, network_gemms
 from dsetool.config import RunConfig
 from dsetool.stages import StageContext
 from dsetool.store import Result
@@ -22,14 +24,13 @@ DROPPED = ("synth.json",)  # the full netlist: large, and everything we report i
 
 def run(ctx: StageContext) -> Result:
     """Build the array, run the flow, keep the reports; a misfit or tool failure is a status, not an error."""
-    from hw.accelerator import build_datapath
-    from hw.array import OSArray
+    from hw.accelerator import build_datapath, drain_cycles
     from hw.flow import emit_rtlil, emit_verilog, synthesize, tool_fingerprint
 
     cfg = ctx.config
     array = array_config(cfg)
     multiplier_bits = 1 if cfg.quant.scaling == "po2" else 16   # po2 requantization is a shift
-    component = build_datapath(array, multiplier_bits=multiplier_bits) if array.dataflow == "ws" else OSArray(array)
+    component = build_datapath(array, multiplier_bits=multiplier_bits)
     rtlil = emit_rtlil(component, ctx.out / RTLIL_FILE)
     ctx.reporter.note(f"synth {array.rows}x{array.cols} {array.dataflow} W{array.weight_bits}A{array.act_bits} "
                       f"protection={array.protection} tmr={array.tmr} on {cfg.hw.target}")
@@ -43,7 +44,7 @@ def run(ctx: StageContext) -> Result:
     metrics = {"status": result.status, "message": result.message, "target": cfg.hw.target,
                "rows": array.rows, "cols": array.cols, "dataflow": array.dataflow, "act_bits": array.act_bits,
                "weight_bits": array.weight_bits, "acc_bits": array.acc_bits, "multiplier": array.multiplier,
-               "protection": array.protection, "tmr": array.tmr,
+               "protection": array.protection, "tmr": array.tmr, "drain_cycles": drain_cycles(component),
                **{k.lower(): v for k, v in result.resources.items()}, "fmax_mhz": result.fmax_mhz,
                "seconds_synth": result.seconds.get("synth"), "seconds_pnr": result.seconds.get("pnr")}
     return Result(metrics, extra={"tools": tool_fingerprint()})
@@ -52,7 +53,11 @@ def run(ctx: StageContext) -> Result:
 def derived_metrics(cfg: RunConfig, metrics: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return cycles and latency per inference of the design point's network on the synthesized array,
     and, given the unprotected baseline's metrics, the overhead of its protection in percent."""
-    cycles = network_cycles(cfg)
+    from hw.cycles import network_cycles
+
+    drain = metrics.get("drain_cycles", 0)
+    cycles = network_cycles([(g.m, g.k, g.n) for g in network_gemms(cfg)], cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow,
+                            drain if isinstance(drain, int) else 0)
     fmax = metrics.get("fmax_mhz")
     latency = cycles / fmax if isinstance(fmax, int | float) and fmax > 0 else None
     out: dict[str, Any] = {"cycles_per_inference": cycles, "latency_us": latency}

@@ -72,46 +72,72 @@ def simulate(array: WSArray | OSArray, bench: Callable[[Any], Awaitable[None]]) 
     sim.run()
 
 
-async def drive_ws(ctx: Any, array: WSArray, a: np.ndarray, w: np.ndarray, observe: Hook | None = None,
-                   idle: int = 0, present: Hook | None = None) -> tuple[np.ndarray, int]:
-    """Drive A (M x K) @ W (K x N) through the WS array tile by tile; return (out, cycles).
+class _Rows:
+    """Clock edges of a GEMM, with every output row collected, in order, on whichever edge it appears."""
 
-    Tiles run back to back (k-tile outer, n-tile inner, as `LayerTiling.decode` numbers them); k-tiles are
+    def __init__(self, ctx: Any, dut: Any, cols: int, on_output: Callable[[Any], None] | None = None) -> None:
+        self.ctx, self.dut, self.cols, self.on_output = ctx, dut, cols, on_output
+        self.rows: list[list[int]] = []
+        self.cycles = 0
+
+    async def edge(self, after: Callable[[], None] | None = None) -> None:
+        """Tick once; run `after` (a hook that must see the edge before any output is read); collect a row."""
+        await self.ctx.tick()
+        self.cycles += 1
+        if after is not None:
+            after()
+        if self.ctx.get(self.dut.out_valid):
+            self.rows.append([self.ctx.get(self.dut.out[c]) for c in range(self.cols)])
+            if self.on_output is not None:
+                self.on_output(self.ctx)
+
+    async def drain(self, count: int, limit: int = 1000) -> None:
+        """Tick until `count` rows have appeared; fail after `limit` edges without them."""
+        for _ in range(limit):
+            if len(self.rows) >= count:
+                break
+            await self.edge()
+        assert len(self.rows) == count, f"{len(self.rows)} output rows after the drain, expected {count}"
+
+
+async def drive_ws(ctx: Any, array: Any, a: np.ndarray, w: np.ndarray, observe: Hook | None = None,
+                   idle: int = 0, present: Hook | None = None,
+                   on_output: Callable[[Any], None] | None = None) -> tuple[np.ndarray, int]:
+    """Drive A (M x K) @ W (K x N) through a WS array (or a datapath around one) tile by tile; return
+    (out, cycles).
+
+    Tiles run back to back (k-tile outer, n-tile inner, as `LayerTiling.decode` numbers them), each for its
+    2R + C + M - 2 cycles of the schedule; output rows are collected on whichever edge they appear, so a
+    datapath's output stage drains a tile while the next one runs, and after the last tile the driver waits
+    for the remaining rows; `on_output(ctx)` runs on every edge after which a row is valid. k-tiles are
     summed here, wrapping at the array's acc_bits. Cycles count every clock edge from the first weight-load
-    cycle to the one after which the last output row of the last tile is valid.
+    cycle to the one after which the last output row is valid.
     """
     rows, cols = array.config.rows, array.config.cols
     m, n = a.shape[0], w.shape[1]
     a_pad, w_pad = padded(a, w, rows, cols, ws=True)
     out = np.zeros((m, w_pad.shape[1]), dtype=np.int64)
-    cycles = 0
-    for kt in range(a_pad.shape[1] // rows):
-        for nt in range(w_pad.shape[1] // cols):
-            w_tile = w_pad[kt * rows:(kt + 1) * rows, nt * cols:(nt + 1) * cols]
-            ctx.set(array.w_load, 1)
-            for r in reversed(range(rows)):
-                for c in range(cols):
-                    ctx.set(array.w[c], int(w_tile[r, c]))
-                await ctx.tick()
-                cycles += 1
-            ctx.set(array.w_load, 0)
-            got: list[list[int]] = []
-            u = 0
-            while len(got) < m:
-                ctx.set(array.a_valid, int(u < m))
-                for r in range(rows):
-                    ctx.set(array.a[r], int(a_pad[u, kt * rows + r]) if u < m else idle)
-                if present is not None:
-                    present(ctx, kt, nt, u)
-                await ctx.tick()
-                cycles += 1
-                if observe is not None:
-                    observe(ctx, kt, nt, u)
-                if ctx.get(array.out_valid):
-                    got.append([ctx.get(array.out[c]) for c in range(cols)])
-                u += 1
-            out[:, nt * cols:(nt + 1) * cols] += np.array(got, dtype=np.int64)
-    return wrap(out[:, :n], array.acc_bits), cycles
+    grid = [(kt, nt) for kt in range(a_pad.shape[1] // rows) for nt in range(w_pad.shape[1] // cols)]
+    clock = _Rows(ctx, array, cols, on_output)
+    for kt, nt in grid:
+        w_tile = w_pad[kt * rows:(kt + 1) * rows, nt * cols:(nt + 1) * cols]
+        ctx.set(array.w_load, 1)
+        for r in reversed(range(rows)):
+            for c in range(cols):
+                ctx.set(array.w[c], int(w_tile[r, c]))
+            await clock.edge()
+        ctx.set(array.w_load, 0)
+        for u in range(m + rows + cols - 2):
+            ctx.set(array.a_valid, int(u < m))
+            for r in range(rows):
+                ctx.set(array.a[r], int(a_pad[u, kt * rows + r]) if u < m else idle)
+            if present is not None:
+                present(ctx, kt, nt, u)
+            await clock.edge(None if observe is None else lambda: observe(ctx, kt, nt, u))  # noqa: B023
+    await clock.drain(m * len(grid))
+    for t, (_, nt) in enumerate(grid):
+        out[:, nt * cols:(nt + 1) * cols] += np.array(clock.rows[t * m:(t + 1) * m], dtype=np.int64)
+    return wrap(out[:, :n], array.acc_bits), clock.cycles
 
 
 async def drive_os(ctx: Any, array: OSArray, a: np.ndarray, w: np.ndarray, observe: Hook | None = None,
@@ -144,6 +170,37 @@ async def drive_os(ctx: Any, array: OSArray, a: np.ndarray, w: np.ndarray, obser
             block = [[ctx.get(array.out[r][c]) for c in range(cols)] for r in range(rows)]
             out[mt * rows:(mt + 1) * rows, nt * cols:(nt + 1) * cols] = np.array(block, dtype=np.int64)
     return wrap(out[:m, :n], array.acc_bits), cycles
+
+
+async def drive_os_rows(ctx: Any, dut: Any, a: np.ndarray, w: np.ndarray,
+                        on_output: Callable[[Any], None] | None = None) -> tuple[np.ndarray, int]:
+    """Drive A (M x K) @ W (K x N) through an `OSDatapath` (m-tile outer, n-tile inner); return (out, cycles).
+
+    Each tile streams for its R + C + K - 2 cycles, back to back; the datapath returns each tile as R rows of
+    C codes, collected on whichever edge they appear (`on_output` as for `drive_ws`); after the last tile the
+    driver waits for the rest.
+    Cycles count every edge from the first streaming cycle to the one after which the last row is valid.
+    """
+    rows, cols = dut.config.rows, dut.config.cols
+    (m, k), n = a.shape, w.shape[1]
+    a_pad, w_pad = padded(a, w, rows, cols, ws=False)
+    grid = [(mt, nt) for mt in range(a_pad.shape[0] // rows) for nt in range(w_pad.shape[1] // cols)]
+    clock = _Rows(ctx, dut, cols, on_output)
+    for mt, nt in grid:
+        for u in range(rows + cols + k - 2):
+            ctx.set(dut.start, int(u == 0))
+            ctx.set(dut.valid, int(u < k))
+            ctx.set(dut.last, int(u == k - 1))
+            for r in range(rows):
+                ctx.set(dut.a[r], int(a_pad[mt * rows + r, u]) if u < k else 0)
+            for c in range(cols):
+                ctx.set(dut.w[c], int(w_pad[u, nt * cols + c]) if u < k else 0)
+            await clock.edge()
+    await clock.drain(rows * len(grid))
+    out = np.zeros((a_pad.shape[0], w_pad.shape[1]), dtype=np.int64)
+    for t, (mt, nt) in enumerate(grid):
+        out[mt * rows:(mt + 1) * rows, nt * cols:(nt + 1) * cols] = clock.rows[t * rows:(t + 1) * rows]
+    return out[:m, :n], clock.cycles
 
 
 class CombProbe:

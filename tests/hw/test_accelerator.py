@@ -1,6 +1,12 @@
-"""The datapath: array + output stage + range check give exactly the integer engine's codes."""
+"""The datapaths: array + pipelined output stage + range check give exactly the integer engine's codes, with
+the cycle count of `hw.cycles` plus the declared drain."""
 
 from __future__ import annotations
+
+import gc
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -9,9 +15,12 @@ from amaranth.back import rtlil
 from amaranth.sim import Simulator
 
 from dsetool.engine import ops
-from hw.accelerator import Datapath, build_datapath
+from hw.accelerator import Datapath, OSDatapath, build_datapath, drain_cycles
 from hw.arrayconfig import ArrayConfig
-from tests.hw.drivers import drive_ws
+from hw.cycles import gemm_cycles
+from hw.output_stage import LATENCY
+from hw.tmr import TripleModular
+from tests.hw.drivers import drive_os_rows, drive_ws
 
 LO, HI, MULTIPLIER, SHIFT = 2, 9, 3, 3
 
@@ -26,40 +35,106 @@ def expected_codes(acc: np.ndarray, protection: str) -> tuple[np.ndarray, np.nda
     return codes, out_of_range
 
 
-@pytest.mark.parametrize("protection", ["none", "clip", "zero"])
-def test_datapath_codes_and_detection(protection: str) -> None:
-    config = ArrayConfig(rows=3, cols=2, act_bits=4, weight_bits=4, acc_bits=12, protection=protection)
-    dut = Datapath(config)
-    rng = np.random.default_rng(3)
-    a = rng.integers(0, 16, size=(6, 3))
-    w = rng.integers(-7, 8, size=(3, 2))
+Drive = Callable[..., Awaitable[tuple[np.ndarray, int]]]
+
+
+def run(dut: Any, drive: Drive, a: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Load the layer constants, drive the GEMM; return (codes, detected flags in row order, cycles)."""
     detected: list[list[int]] = []
+    result: list[tuple[np.ndarray, int]] = []
+    cols = dut.config.cols
 
-    async def bench(ctx) -> None:
-        ctx.set(dut.multiplier, MULTIPLIER)
-        ctx.set(dut.shift, SHIFT)
-        ctx.set(dut.lo, LO)
-        ctx.set(dut.hi, HI)
+    async def bench(ctx: Any) -> None:
+        for port, value in ((dut.multiplier, MULTIPLIER), (dut.shift, SHIFT), (dut.lo, LO), (dut.hi, HI)):
+            ctx.set(port, value)
+        def flags(ctx: Any) -> None:
+            detected.append([ctx.get(dut.detected[c]) for c in range(cols)])
 
-        def watch(ctx, kt, nt, u) -> None:
-            if ctx.get(dut.out_valid):
-                detected.append([ctx.get(dut.detected[c]) for c in range(2)])
+        result.append(await drive(ctx, dut, a, w, on_output=flags))
 
-        codes, _ = await drive_ws(ctx, dut, a, w, observe=watch)
-        result.append(codes)
-
-    result: list[np.ndarray] = []
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
-    codes, flagged = expected_codes(a @ w, protection)
-    assert np.array_equal(result[0], codes)
-    if protection != "none":
-        assert np.array_equal(np.array(detected, dtype=bool), flagged) and flagged.any()
+    return result[0][0], np.array(detected, dtype=bool), result[0][1]
 
 
-def test_tmr_datapath_has_three_kept_replicas() -> None:
-    config = ArrayConfig(rows=2, cols=2, act_bits=4, weight_bits=4, acc_bits=12, tmr=True)
-    text = rtlil.convert(build_datapath(config), name="top", emit_src=False)
+@pytest.mark.parametrize("protection", ["none", "clip", "zero"])
+def test_datapath_codes_detection_and_cycles(protection: str) -> None:
+    config = ArrayConfig(rows=3, cols=2, act_bits=4, weight_bits=4, acc_bits=12, protection=protection)
+    dut = Datapath(config)
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 16, size=(6, 3))
+    w = rng.integers(-7, 8, size=(3, 5))  # three n-tiles: each drains while the next one loads
+    codes, detected, cycles = run(dut, drive_ws, a, w)
+    want, flagged = expected_codes(a @ w, protection)
+    assert np.array_equal(codes, want)
+    assert (dut.latency, dut.drain) == (LATENCY, LATENCY) == (4, 4)
+    assert cycles == gemm_cycles(6, 3, 5, 3, 2, "ws", drain=dut.drain)
+    # rows come out tile by tile, the last tile padded with a zero column (code 0, below LO)
+    padded = expected_codes(a @ np.pad(w, ((0, 0), (0, 1))), protection)[1]
+    tiles = np.concatenate([padded[:, 2 * t:2 * t + 2] for t in range(3)])
+    assert np.array_equal(detected, tiles if protection != "none" else np.zeros_like(tiles))
+    assert protection == "none" or flagged.any()
+
+
+@pytest.mark.parametrize("protection", ["none", "clip", "zero"])
+def test_os_datapath_drains_tiles_row_by_row(protection: str) -> None:
+    config = ArrayConfig(rows=2, cols=3, act_bits=4, weight_bits=4, acc_bits=12, dataflow="os",
+                         protection=protection)
+    dut = OSDatapath(config)
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 16, size=(5, 4))  # K = 4 > R: the OS array accumulates it in place
+    w = rng.integers(-7, 8, size=(4, 4))
+    codes, detected, cycles = run(dut, drive_os_rows, a, w)
+    want, flagged = expected_codes(a @ w, protection)
+    assert np.array_equal(codes, want)
+    assert (dut.latency, dut.drain) == (1 + LATENCY, 2 + LATENCY)
+    assert cycles == gemm_cycles(5, 4, 4, 2, 3, "os", drain=dut.drain)
+    assert detected.shape == (3 * 2 * 2, 3) and (protection == "none") == (not detected.any())
+    assert protection == "none" or flagged.any()
+
+
+def test_os_datapath_with_the_shortest_tiles_keeps_up() -> None:
+    """K = 1, C = 1: a tile takes R cycles, exactly as long as the bank needs to drain."""
+    config = ArrayConfig(rows=3, cols=1, act_bits=4, weight_bits=4, acc_bits=12, dataflow="os")
+    dut = OSDatapath(config)
+    rng = np.random.default_rng(8)
+    a, w = rng.integers(0, 16, size=(7, 1)), rng.integers(1, 8, size=(1, 2))
+    codes, _, cycles = run(dut, drive_os_rows, a, w)
+    assert np.array_equal(codes, expected_codes(a @ w, "none")[0])
+    assert cycles == gemm_cycles(7, 1, 2, 3, 1, "os", drain=dut.drain)
+
+
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_tmr_datapath_has_three_kept_replicas_and_their_drain(dataflow: str) -> None:
+    config = ArrayConfig(rows=2, cols=2, act_bits=4, weight_bits=4, acc_bits=12, tmr=True, dataflow=dataflow)
+    top = build_datapath(config)
+    assert isinstance(top, TripleModular)
+    text = rtlil.convert(top, name="top", emit_src=False)
     assert all(f"top.rep{i}" in text for i in range(3))
+    assert drain_cycles(top) == drain_cycles(build_datapath(ArrayConfig(rows=2, cols=2, acc_bits=12,
+                                                                        dataflow=dataflow)))
+    gc.collect()
+
+
+def test_lut_multiplier_reaches_the_output_stage() -> None:
+    config = ArrayConfig(rows=2, cols=2, act_bits=4, weight_bits=4, acc_bits=12, multiplier="lut")
+    assert "$mul" not in rtlil.convert(Datapath(config), name="top", emit_src=False)
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda: Datapath(ArrayConfig(acc_bits=12, tmr=True)), ValueError,
+     "Datapath builds one replica; use build_datapath for TMR"),
+    (lambda: OSDatapath(ArrayConfig(acc_bits=12, dataflow="os", tmr=True)), ValueError,
+     "OSDatapath builds one replica; use build_datapath for TMR"),
+    (lambda: build_datapath(ArrayConfig(acc_bits=12, dataflow="is")), NotImplementedError,
+     "Datapath dataflow must be 'ws' or 'os', not 'is'"),
+    (lambda: drain_cycles(object()), TypeError, "Drain needs a Datapath or OSDatapath, not "),
+])
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_constructor_errors(call: Callable[[], object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=f"^{re.escape(message)}"):
+        call()
+    gc.collect()

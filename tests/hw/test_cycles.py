@@ -69,3 +69,16 @@ def test_layer_shapes_and_network_sum() -> None:
 def test_errors(call: object, message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         call()  # type: ignore[operator]
+
+
+@given(dims, dims, dims, arrays, arrays, dataflows, st.integers(0, 12))
+def test_drain_is_paid_once_per_gemm(m: int, k: int, n: int, rows: int, cols: int, dataflow: str, drain: int) -> None:
+    assert gemm_cycles(m, k, n, rows, cols, dataflow, drain) == gemm_cycles(m, k, n, rows, cols, dataflow) + drain
+    gemms = [(m, k, n), (n, m, k)]
+    assert network_cycles(gemms, rows, cols, dataflow, drain) == network_cycles(gemms, rows, cols, dataflow) + 2 * drain
+
+
+@pytest.mark.parametrize("drain", [-1, 1.0, True])
+def test_drain_must_be_a_non_negative_integer(drain: object) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(f'GEMM drain must be a non-negative integer, not {drain!r}')}$"):
+        gemm_cycles(4, 4, 4, 2, 2, "ws", drain)  # type: ignore[arg-type]

@@ -258,8 +258,8 @@ def test_too_many_multipliers_do_not_fit_ecp5_25k(tmp_path):
     rtlil = flow.emit_rtlil(Multipliers(32), tmp_path / "many.il")
     result = flow.synthesize(rtlil, tmp_path / "run", "ecp5-25k")
     assert result.status == "does_not_fit"
-    assert result.message == "does not fit ecp5-25k: MULT18X18D 32/28 (114%)"
-    assert result.resources["DSP"] == 32 and "report" not in result.artifacts
+    assert result.message == "does not fit ecp5-25k: DSP 32/28 (114%) in the Yosys netlist"
+    assert result.resources["DSP"] == 32 and "report" not in result.artifacts and "pnr_log" not in result.artifacts
 
 
 @toolchain

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from dsetool.engine import ops
 from hw.pe import LUTMultiplier
-from hw.requant import Requantizer
+from hw.requant import PIPELINE_STAGES, Requantizer
 from tests.hw.drivers import CombProbe
 
 
@@ -111,6 +111,13 @@ def test_lut_multiplier_leaves_no_mul_cell() -> None:
     assert "$mul" in rtlil.convert(_unsigned8(), name="top", emit_src=False)
 
 
+def test_latency_is_zero_unless_pipelined(unsigned8: tuple[Requantizer, CombProbe]) -> None:
+    assert unsigned8[0].latency == 0
+    piped = Requantizer(16, 8, 6, 8, pipelined=True)
+    assert piped.latency == PIPELINE_STAGES == 3
+    assert all(f"\\{name}" in rtlil.convert(piped, name="top", emit_src=False) for name in ("product", "base", "up"))
+
+
 def test_ports_and_ranges(unsigned8: tuple[Requantizer, CombProbe], signed6: tuple[Requantizer, CombProbe]) -> None:
     relu, signed = unsigned8[0], signed6[0]
     assert relu.acc.shape().signed and not relu.multiplier.shape().signed and relu.shift.shape().signed
@@ -128,6 +135,8 @@ def test_ports_and_ranges(unsigned8: tuple[Requantizer, CombProbe], signed6: tup
      "Requantizer relu must be a bool, not 1"),
     (lambda: Requantizer(16, 8, 6, 8, multiplier="lut"), TypeError,  # type: ignore[arg-type]
      "Requantizer multiplier must be callable as multiplier(a, b), not 'lut'"),
+    (lambda: Requantizer(16, 8, 6, 8, pipelined=3), TypeError,  # type: ignore[arg-type]
+     "Requantizer pipelined must be a bool, not 3"),
 ])
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_constructor_errors(call: Callable[[], object], error: type[Exception], message: str) -> None:
