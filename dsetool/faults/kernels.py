@@ -22,7 +22,10 @@ def _scatter(golden_in: np.ndarray, img: int, count: int, element: np.ndarray, v
              weight: np.ndarray, in_shape: np.ndarray, out_shape: np.ndarray, geometry: np.ndarray,
              delta: np.ndarray, seen: np.ndarray, touched: np.ndarray) -> int:
     """Add one fault's accumulator changes, (new - golden input) x weight over the taps each changed
-    input reaches, into `delta`; list the outputs touched; return how many."""
+    input reaches, into `delta`; list the output pixels touched; return how many.
+
+    `weight` is (C, kh, kw, N) and `delta` pixel-major (pixel * N + n), so the innermost loop runs over
+    the N output channels contiguously in both (vectorizable); `seen` / `touched` are per pixel."""
     height, width = in_shape[1], in_shape[2]
     outs, out_h, out_w = out_shape[0], out_shape[1], out_shape[2]
     kh, kw, sh, sw, ph, pw = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
@@ -47,13 +50,14 @@ def _scatter(golden_in: np.ndarray, img: int, count: int, element: np.ndarray, v
                 ox = ox_num // sw
                 if ox < 0 or ox >= out_w:
                     continue
+                pixel = oy * out_w + ox
+                if not seen[pixel]:
+                    seen[pixel] = True
+                    touched[n_touched] = pixel
+                    n_touched += 1
+                base = pixel * outs
                 for n in range(outs):
-                    position = (n * out_h + oy) * out_w + ox
-                    if not seen[position]:
-                        seen[position] = True
-                        touched[n_touched] = position
-                        n_touched += 1
-                    delta[position] += change * weight[n, c, ky, kx]
+                    delta[base + n] += change * weight[c, ky, kx, n]
     return n_touched
 
 
@@ -62,30 +66,34 @@ def conv_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
                  element: np.ndarray, value: np.ndarray, weight: np.ndarray, in_shape: np.ndarray,
                  out_shape: np.ndarray, geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return the changed accumulators of a convolution: golden + (new - golden input) x weight, summed
-    over the kernel taps each changed input reaches. `weight` (N, C, kh, kw); `geometry` holds
-    (kh, kw, stride_h, stride_w, pad_h, pad_w); shapes are (C, H, W)."""
+    over the kernel taps each changed input reaches. `weight` (C, kh, kw, N), see `_scatter`; `geometry`
+    holds (kh, kw, stride_h, stride_w, pad_h, pad_w); shapes are (C, H, W)."""
     faults = len(count)
-    size = out_shape[0] * out_shape[1] * out_shape[2]
-    most = min(size, max(1, _largest(count)) * geometry[0] * geometry[1] * out_shape[0])  # reach of the inputs
+    outs, plane = out_shape[0], out_shape[1] * out_shape[2]
+    size = outs * plane
+    most = min(size, max(1, _largest(count)) * geometry[0] * geometry[1] * outs)  # reach of the inputs
     new_count = np.zeros(faults, dtype=np.int64)
     new_element = np.empty((faults, most), dtype=np.int64)
     new_value = np.empty((faults, most), dtype=np.float64)
     delta = np.zeros(size, dtype=np.float64)   # scratch, reset after each fault where it was touched
-    seen = np.zeros(size, dtype=np.bool_)
-    touched = np.empty(size, dtype=np.int64)
+    seen = np.zeros(plane, dtype=np.bool_)
+    touched = np.empty(plane, dtype=np.int64)
     for f in range(faults):
         img = image[f]
         n_touched = _scatter(golden_in, img, count[f], element[f], value[f], weight, in_shape, out_shape,
                              geometry, delta, seen, touched)
         kept = 0
         for i in range(n_touched):
-            position = touched[i]
-            if delta[position] != 0:
-                new_element[f, kept] = position
-                new_value[f, kept] = golden_out[img, position] + delta[position]
-                kept += 1
-            delta[position] = 0.0
-            seen[position] = False
+            pixel = touched[i]
+            for n in range(outs):
+                change = delta[pixel * outs + n]
+                if change != 0:
+                    position = n * plane + pixel
+                    new_element[f, kept] = position
+                    new_value[f, kept] = golden_out[img, position] + change
+                    kept += 1
+                    delta[pixel * outs + n] = 0.0
+            seen[pixel] = False
         new_count[f] = kept
     return new_count, new_element, new_value
 
@@ -99,31 +107,34 @@ def conv_requantize_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golde
     """Return the changed codes after a convolution and its output stage (`conv_changes`, then
     `requantize_changes` per channel), in one pass: the changed accumulators are never stored."""
     faults = len(count)
-    plane = out_shape[1] * out_shape[2]
-    size = out_shape[0] * plane
-    most = min(size, max(1, _largest(count)) * geometry[0] * geometry[1] * out_shape[0])
+    outs, plane = out_shape[0], out_shape[1] * out_shape[2]
+    size = outs * plane
+    most = min(size, max(1, _largest(count)) * geometry[0] * geometry[1] * outs)
     new_count = np.zeros(faults, dtype=np.int64)
     new_element = np.empty((faults, most), dtype=np.int64)
     new_value = np.empty((faults, most), dtype=np.float64)
     delta = np.zeros(size, dtype=np.float64)
-    seen = np.zeros(size, dtype=np.bool_)
-    touched = np.empty(size, dtype=np.int64)
+    seen = np.zeros(plane, dtype=np.bool_)
+    touched = np.empty(plane, dtype=np.int64)
     for f in range(faults):
         img = image[f]
         n_touched = _scatter(golden_in, img, count[f], element[f], value[f], weight, in_shape, out_shape,
                              geometry, delta, seen, touched)
         kept = 0
         for i in range(n_touched):
-            position = touched[i]
-            if delta[position] != 0:
-                code = _requantized(golden_acc[img, position] + delta[position], position // plane, factor,
-                                    multiplier, shift, integer, qmin, qmax)
-                if code != golden_codes[img, position]:
-                    new_element[f, kept] = position
-                    new_value[f, kept] = code
-                    kept += 1
-            delta[position] = 0.0
-            seen[position] = False
+            pixel = touched[i]
+            for n in range(outs):
+                change = delta[pixel * outs + n]
+                if change != 0:
+                    position = n * plane + pixel
+                    code = _requantized(golden_acc[img, position] + change, n, factor, multiplier, shift,
+                                        integer, qmin, qmax)
+                    if code != golden_codes[img, position]:
+                        new_element[f, kept] = position
+                        new_value[f, kept] = code
+                        kept += 1
+                    delta[pixel * outs + n] = 0.0
+            seen[pixel] = False
         new_count[f] = kept
     return new_count, new_element, new_value
 

@@ -82,7 +82,7 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
                     joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
                     changes = changes.pick(~dense)
                     image = inputs[changes.rows]
-            weight = engine.layers[index].weight_tensor.to(torch.float64).numpy()
+            weight = engine.layers[index].weight_tensor.to(torch.float64).permute(1, 2, 3, 0).contiguous().numpy()
             geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
             in_shape, out_shape = _shape(engine.input_shape(index)), _shape(current.out_shape)
             after = model_ops[index + 1]
