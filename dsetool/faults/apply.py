@@ -155,7 +155,10 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     position = np.full(len(inputs), -1, dtype=np.int64)
     pending: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {}  # op -> (its input, rows) joining there
     carried_rows = np.zeros(len(inputs), dtype=bool)  # rows whose faults `_carry` applied
+    first_ops = set(np.unique(fault_ops).tolist())
     for op in range(start, last_op + 1):
+        if tensor is None and op not in first_ops and op not in pending:
+            continue  # nothing runs here
         joining = np.nonzero(first == op)[0]
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
         dense = np.setdiff1d(joining, sparse, assume_unique=True)
