@@ -206,6 +206,14 @@ TARGETS: dict[str, Target] = {
 }
 
 
+HARNESS_VERSION = "1"  # of `hw.harness.IOHarness`: in the synth stage's key on targets that need it
+
+
+def needs_harness(target: Target) -> bool:
+    """Return whether `target` is placed and routed with every top-level port bit on a pin (no out-of-context)."""
+    return target.family.nextpnr is not None and "--out-of-context" not in target.nextpnr_args
+
+
 def get_target(name: str) -> Target:
     """Return the target called `name`, or raise ValueError listing the known ones."""
     if name not in TARGETS:

@@ -53,3 +53,26 @@ def test_synth_small_array_then_cache_hit_runs_no_tool(tmp_path, write_experimen
 def test_too_large_for_the_target_is_does_not_fit(tmp_path, write_experiment):
     m = synth(tmp_path, write_experiment, {"rows": 8, "cols": 8, "target": "ecp5-25k"})["metrics"]
     assert m["status"] == "does_not_fit" and "DSP 64/28" in m["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_ice40_places_the_datapath_in_an_io_harness_reported_apart(tmp_path, write_experiment):
+    m = synth(tmp_path, write_experiment, {"rows": 2, "cols": 2, "target": "ice40-up5k"})["metrics"]
+    assert m["status"] == "ok", m["message"]
+    assert m["fmax_mhz"] > 0 and m["pins"] == 6
+    assert m["lut"] > 0 and m["ff"] > 0 and m["harness_lut"] > 0 and m["harness_ff"] > 0
+    assert m["harness_ff"] < m["ff"]
+
+
+def test_only_harnessed_targets_have_the_harness_in_their_key(write_experiment):
+    from dsetool.config import load_experiment
+    from dsetool.stages import stage_key
+    from hw.flow import HARNESS_VERSION as VERSION
+
+    def reads(target):
+        path = write_experiment({"name": "k", "model": {"arch": "lenet5"}, "hw": {"target": target}}, f"{target}.yaml")
+        return stage_key("synth", load_experiment(path).points[0].config)[1]["config"]
+
+    assert reads("ice40-up5k")["io_harness"] == VERSION
+    assert "io_harness" not in reads("ecp5-25k") and "io_harness" not in reads("xc7z020")

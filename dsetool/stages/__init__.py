@@ -86,12 +86,15 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
 
 def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
     from dsetool.arrays import array_config
-    from hw.flow import tool_fingerprint
+    from hw.flow import HARNESS_VERSION, get_target, needs_harness, tool_fingerprint
 
     hw = cfg.hw
-    return {"array": to_plain(array_config(cfg)), "scaling": cfg.quant.scaling, "target": hw.target,
-            "freq_mhz": hw.freq_mhz,
-            "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
+    reads = {"array": to_plain(array_config(cfg)), "scaling": cfg.quant.scaling, "target": hw.target,
+             "freq_mhz": hw.freq_mhz,
+             "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
+    if needs_harness(get_target(hw.target)):  # only these targets' keys see the harness, so others stay cached
+        reads["io_harness"] = HARNESS_VERSION
+    return reads
 
 
 def quant_stage(cfg: RunConfig) -> str:

@@ -6,16 +6,30 @@ synthesis. The synthesized design is the whole datapath (array + pipelined outpu
 TMR if asked). Per-inference cycles and latency of a particular network are derived from the entry by
 `derived_metrics` (closed-form cycles over the network's GEMMs, each plus the datapath's `drain_cycles`,
 divided by the achieved Fmax).
+
+Targets placed without an out-of-context mode (iCE40: every top-level port bit needs a pin, see
+`hw.flow.needs_harness`) get the datapath wrapped in `hw.harness.IOHarness`, which puts it behind six
+pins. The datapath stays its own module (kept apart in Yosys), so the netlist's cells split exactly:
+`lut`, `ff`, `dsp` and `bram` are the datapath's alone, as on every other target, and `harness_lut`,
+`harness_ff`, `harness_dsp`, `harness_bram` the harness's own (its shift registers and their muxes). The P&R
+figures, `fmax_mhz` and `pins` (package IOs used), are of the wrapped design, the only one that can be
+placed, and Fmax includes the paths from the harness's input register into the datapath and from the
+datapath's outputs into the harness's capture chain. Other targets synthesize the bare datapath exactly as
+before and report no harness keys.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 from dsetool.arrays import array_config, network_gemms
 from dsetool.config import RunConfig
 from dsetool.stages import StageContext
 from dsetool.store import Result
+
+if TYPE_CHECKING:
+    from hw.flow import SynthResult
 
 RTLIL_FILE = "array.il"
 VERILOG_FILE = "array.v"
@@ -25,17 +39,24 @@ DROPPED = ("synth.json",)  # the full netlist: large, and everything we report i
 def run(ctx: StageContext) -> Result:
     """Build the array, run the flow, keep the reports; a misfit or tool failure is a status, not an error."""
     from hw.accelerator import build_datapath, drain_cycles
-    from hw.flow import emit_rtlil, emit_verilog, synthesize, tool_fingerprint
+    from hw.flow import emit_rtlil, emit_verilog, get_target, needs_harness, synthesize, tool_fingerprint
+    from hw.harness import DESIGN_MODULE, IOHarness
 
     cfg = ctx.config
     array = array_config(cfg)
     multiplier_bits = 1 if cfg.quant.scaling == "po2" else 16   # po2 requantization is a shift
     component = build_datapath(array, multiplier_bits=multiplier_bits)
-    rtlil = emit_rtlil(component, ctx.out / RTLIL_FILE)
+    target = get_target(cfg.hw.target)
+    harnessed = needs_harness(target)
+    design = "top" if not harnessed else DESIGN_MODULE
+    keep = ((DESIGN_MODULE,) if harnessed else ()) + ((f"{design}.rep*",) if array.tmr else ())
+    rtlil = emit_rtlil(IOHarness(component) if harnessed else component, ctx.out / RTLIL_FILE)
     ctx.reporter.note(f"synth {array.rows}x{array.cols} {array.dataflow} W{array.weight_bits}A{array.act_bits} "
-                      f"protection={array.protection} tmr={array.tmr} on {cfg.hw.target}")
+                      f"protection={array.protection} tmr={array.tmr} on {cfg.hw.target}"
+                      + (" in an IO harness" if harnessed else ""))
     result = synthesize(rtlil, ctx.out, cfg.hw.target, seed=cfg.hw.pnr_seed, freq_mhz=cfg.hw.freq_mhz,
-                        keep_hierarchy=("top.rep*",) if array.tmr else ())
+                        keep_hierarchy=keep)
+    resources, extra = _split(result, harnessed)
     if result.status == "ok":
         emit_verilog(rtlil, ctx.out / VERILOG_FILE)
     for name in DROPPED:
@@ -45,9 +66,22 @@ def run(ctx: StageContext) -> Result:
                "rows": array.rows, "cols": array.cols, "dataflow": array.dataflow, "act_bits": array.act_bits,
                "weight_bits": array.weight_bits, "acc_bits": array.acc_bits, "multiplier": array.multiplier,
                "protection": array.protection, "tmr": array.tmr, "drain_cycles": drain_cycles(component),
-               **{k.lower(): v for k, v in result.resources.items()}, "fmax_mhz": result.fmax_mhz,
+               **{k.lower(): v for k, v in resources.items()}, "fmax_mhz": result.fmax_mhz, **extra,
                "seconds_synth": result.seconds.get("synth"), "seconds_pnr": result.seconds.get("pnr")}
     return Result(metrics, extra={"tools": tool_fingerprint()})
+
+
+def _split(result: SynthResult, harnessed: bool) -> tuple[dict[str, int], dict[str, Any]]:
+    """Return the datapath's resources and, in an IO harness, the harness's own and the pins used."""
+    from hw.flow import get_target
+    from hw.harness import split_resources
+
+    stat = result.artifacts.get("stat")
+    if not harnessed or stat is None:
+        return dict(result.resources), {}
+    design, harness = split_resources(json.loads(stat.read_text()), get_target(result.target).family)
+    pins = result.utilization.get("SB_IO", {}).get("used")
+    return design, {**{f"harness_{k.lower()}": v for k, v in harness.items()}, "pins": pins}
 
 
 def derived_metrics(cfg: RunConfig, metrics: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
