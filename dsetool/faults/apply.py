@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import Conv2d, WeightOp
+from dsetool.engine.intmodel import WeightOp
 from dsetool.faults.bits import from_pattern, to_pattern
 from dsetool.faults.propagate import Join, propagate
 from dsetool.faults.sites import SiteGroup
@@ -133,8 +133,8 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     `golden[i]` holds op i's output for every campaign input; `inputs[b]` names row b's input. A row
     joins the computation at its first faulted op (its prefix is the golden tensor) and leaves as soon
     as its tensor is golden again after its last fault (masked: its logits are the golden ones). Rows
-    with a single fault in a convolution's input are followed in a window (`propagate`) and join the
-    dense rows only where that no longer pays, if their fault was not masked before.
+    with a single fault in a layer's input are followed as the values they change (`propagate`) and join
+    the dense rows only where that no longer pays, if their fault was not masked before.
     """
     last_op = net.n_ops - 1
     logits = _rows_of(golden[last_op], inputs)
@@ -162,12 +162,15 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         joining = np.nonzero(first == op)[0]
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
         dense = np.setdiff1d(joining, sparse, assume_unique=True)
-        windowed = (final[sparse] == op) & (n_faults[sparse] == 1) & isinstance(net.weight_op(op), Conv2d)
+        windowed = (final[sparse] == op) & (n_faults[sparse] == 1)
         carried, sparse = sparse[windowed], sparse[~windowed]
         if len(carried):
             carried_rows[carried] = True
             for join in _carry(net, op, golden, inputs, carried, groups, faults, fault_ops, model):
-                pending.setdefault(join.op, []).append((join.tensor, carried[join.rows]))
+                if join.op > last_op:
+                    logits[torch.from_numpy(carried[join.rows])] = join.tensor.to(logits.dtype)
+                else:
+                    pending.setdefault(join.op, []).append((join.tensor, carried[join.rows]))
         arriving = [(_rows_of(golden[op - 1], inputs[dense]), dense)] if len(dense) else []
         arriving += pending.pop(op, [])
         for fresh, rows in arriving:
@@ -222,7 +225,7 @@ def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fau
 
 def _carry(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,
            groups: Sequence[SiteGroup], faults: Faults, fault_ops: np.ndarray, model: str) -> list[Join]:
-    """Follow rows with one fault, in conv op `op`'s input, sparsely (`propagate`); `Join.rows` index
+    """Follow rows with one fault, in weight op `op`'s input, sparsely (`propagate`); `Join.rows` index
     `rows`."""
     local = np.full(len(inputs), -1, dtype=np.int64)
     local[rows] = np.arange(len(rows))

@@ -140,6 +140,44 @@ def conv_requantize_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golde
 
 
 @numba.njit(nogil=True, cache=True)
+def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np.ndarray, image: np.ndarray,
+                   count: np.ndarray, element: np.ndarray, value: np.ndarray, weight: np.ndarray,
+                   requantize: bool, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool,
+                   qmin: float, qmax: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the changed outputs of a linear layer (`weight` (N, K)): with `requantize`, its codes after
+    the output stage where they differ from `golden_codes`; without (the logits layer), its changed
+    accumulators."""
+    faults, outs = len(count), weight.shape[0]
+    new_count = np.zeros(faults, dtype=np.int64)
+    new_element = np.empty((faults, outs), dtype=np.int64)
+    new_value = np.empty((faults, outs), dtype=np.float64)
+    delta = np.zeros(outs, dtype=np.float64)
+    for f in range(faults):
+        img = image[f]
+        for j in range(count[f]):
+            e = element[f, j]
+            change = value[f, j] - golden_in[img, e]
+            if change != 0:
+                for n in range(outs):
+                    delta[n] += change * weight[n, e]
+        kept = 0
+        for n in range(outs):
+            if delta[n] != 0:
+                result = golden_acc[img, n] + delta[n]
+                if requantize:
+                    result = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
+                    if result == golden_codes[img, n]:
+                        delta[n] = 0.0
+                        continue
+                new_element[f, kept] = n
+                new_value[f, kept] = result
+                kept += 1
+                delta[n] = 0.0
+        new_count[f] = kept
+    return new_count, new_element, new_value
+
+
+@numba.njit(nogil=True, cache=True)
 def _requantized(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
                  integer: bool, qmin: float, qmax: float) -> float:
     """Return the output stage's code of one accumulator (see `dsetool.engine.executor.Requantizer`)."""

@@ -1,10 +1,11 @@
-"""Follow a single activation fault of a convolution through the ops after it, as the few values it changes.
+"""Follow a single activation fault of a layer through the ops after it, as the few values it changes.
 
 A flipped input value of a convolution changes at most kh x kw x N of its accumulators. Requantization
 (rounding, saturation, ReLU) acts value by value and max-pooling window by window, so the values that
 change after them follow from the values that changed before them and the golden run alone, and most
 vanish on the way (rounded away, clipped, out-maxed in their pool window: the fault is masked there).
-The next convolution's change is again a scatter of a few products per changed input. Each fault of a
+The next convolution's change is again a scatter of a few products per changed input; a linear layer's
+own input fault changes at most its N outputs (the logits directly, for the last layer). Each fault of a
 batch is followed on its own (`dsetool.faults.kernels`, compiled, in parallel over the faults), and
 leaves this path at the first linear layer, or at a convolution where its change costs more than the
 dense layer, with its input rebuilt as the golden tensor with its changes put in; from there it runs
@@ -36,7 +37,7 @@ SPARSE_COST = 10
 @dataclass(frozen=True)
 class Join:
     """Faults that leave the sparse path at the input of op `op`: `tensor` holds their dense inputs to
-    it; `rows` index the propagated faults."""
+    it (with `op` one past the last op: their logits); `rows` index the propagated faults."""
 
     op: int
     rows: np.ndarray
@@ -61,7 +62,7 @@ class Changes:
 
 def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray, op: int, element: np.ndarray,
               faulty: np.ndarray) -> list[Join]:
-    """Follow one changed input value per fault: flat element `element[f]` of conv op `op`'s input, now
+    """Follow one changed input value per fault: flat element `element[f]` of weight op `op`'s input, now
     `faulty[f]`, on campaign input `inputs[f]` (its golden tensors are `golden[i][inputs[f]]`).
 
     Returns where the faults that are not masked continue; masked faults appear in no `Join`.
@@ -107,12 +108,41 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
         elif isinstance(current, Flatten):  # the next (linear) layer reads the map as a vector: join there
             joins.append(_dense_join(index + 1, golden[index], inputs, changes))
             break
-        else:  # a linear layer reading the map directly
+        elif index != op:  # a linear layer reached by a spread-out change: dense is cheaper
             joins.append(_dense_join(index, golden[index - 1], inputs, changes))
             break
+        else:  # a linear layer's own input fault: its N outputs, through its output stage if it has one
+            count, changed, value, index = _linear(engine, index, golden, image, changes)
+            if index == len(model_ops):  # the logits layer: they are the row's logits
+                changes = Changes(changes.rows, count, changed, value).pick(count > 0)
+                if len(changes.rows):
+                    joins.append(_dense_join(index, golden[index - 1], inputs, changes))
+                break
         changes = Changes(changes.rows, count, changed, value).pick(count > 0)
         index += 1
     return joins
+
+
+def _linear(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: np.ndarray, changes: Changes
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Return linear op `index`'s changed outputs (codes when its output stage follows) and the index of
+    the last op they cover (`len(ops)` past the logits layer)."""
+    model_ops = engine.model.ops
+    weight = engine.layers[index].weight_tensor.to(torch.float64).numpy()
+    following = index + 1 < len(model_ops) and isinstance(model_ops[index + 1], QuantAct) \
+        and producer(model_ops, index + 1) == index
+    if following:
+        stage = _output_stage(engine, index)
+        count, changed, value = kernels.linear_changes(
+            _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index + 1]), image, changes.count,
+            changes.element, changes.value, weight, True, *stage)
+        return count, changed, value, index + 1
+    none = np.zeros(1)
+    count, changed, value = kernels.linear_changes(
+        _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index]), image, changes.count,
+        changes.element, changes.value, weight, False, none, none.astype(np.int64), none.astype(np.int64),
+        False, 0.0, 0.0)
+    return count, changed, value, (len(model_ops) if index == len(model_ops) - 1 else index)
 
 
 def _rows(tensor: torch.Tensor) -> np.ndarray:
