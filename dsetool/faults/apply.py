@@ -150,27 +150,31 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     if start == 0:
         _missing_input(start)
     pre = np.array([g.hook == "pre" for g in groups])[faults.group]
+    pending: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {}  # op -> (its input, rows) joining there
+    carried_rows = np.zeros(len(inputs), dtype=bool)  # rows whose single fault `_carry` follows
+    weight_ops = np.array([net.weight_op(i) is not None for i in range(net.n_ops)])
+    carried = np.nonzero(pre & weight_ops[fault_ops] & (n_faults[faults.row] == 1))[0]
+    if len(carried):
+        carried_rows[faults.row[carried]] = True
+        first[faults.row[carried]] = np.iinfo(np.int64).max   # they arrive through `pending` only
+        for join in _carry(net, golden, inputs, carried, groups, faults, fault_ops, model):
+            rows = faults.row[carried[join.rows]]
+            if join.op > last_op:
+                logits[torch.from_numpy(rows)] = join.tensor.to(logits.dtype)
+            else:
+                pending.setdefault(join.op, []).append((join.tensor, rows))
     live = np.zeros(0, dtype=np.int64)
     tensor: torch.Tensor | None = None
     position = np.full(len(inputs), -1, dtype=np.int64)
-    pending: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {}  # op -> (its input, rows) joining there
-    carried_rows = np.zeros(len(inputs), dtype=bool)  # rows whose faults `_carry` applied
-    first_ops = set(np.unique(fault_ops).tolist())
-    for op in range(start, last_op + 1):
-        if tensor is None and op not in first_ops and op not in pending:
+    entry_ops = set(first[first <= last_op].tolist()) | set(pending)
+    if not entry_ops:
+        return logits
+    for op in range(min(entry_ops), last_op + 1):
+        if tensor is None and op not in entry_ops:
             continue  # nothing runs here
         joining = np.nonzero(first == op)[0]
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
-        dense = np.setdiff1d(joining, sparse, assume_unique=True)
-        windowed = (final[sparse] == op) & (n_faults[sparse] == 1)
-        carried, sparse = sparse[windowed], sparse[~windowed]
-        if len(carried):
-            carried_rows[carried] = True
-            for join in _carry(net, op, golden, inputs, carried, groups, faults, fault_ops, model):
-                if join.op > last_op:
-                    logits[torch.from_numpy(carried[join.rows])] = join.tensor.to(logits.dtype)
-                else:
-                    pending.setdefault(join.op, []).append((join.tensor, carried[join.rows]))
+        dense = np.setdiff1d(joining, sparse, assume_unique=True) if len(sparse) else joining
         arriving = [(_rows_of(golden[op - 1], inputs[dense]), dense)] if len(dense) else []
         arriving += pending.pop(op, [])
         for fresh, rows in arriving:
@@ -223,21 +227,22 @@ def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fau
     return joining[~other[joining]]
 
 
-def _carry(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,
+def _carry(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, js: np.ndarray,
            groups: Sequence[SiteGroup], faults: Faults, fault_ops: np.ndarray, model: str) -> list[Join]:
-    """Follow rows with one fault, in weight op `op`'s input, sparsely (`propagate`); `Join.rows` index
-    `rows`."""
-    local = np.full(len(inputs), -1, dtype=np.int64)
-    local[rows] = np.arange(len(rows))
-    js = np.nonzero((fault_ops == op) & (local[faults.row] >= 0))[0]
-    js = js[np.argsort(local[faults.row[js]], kind="stable")]
-    group = groups[int(faults.group[js[0]])]
-    golden_in = golden[op - 1]
-    images, elements = torch.from_numpy(inputs[rows]), torch.from_numpy(faults.element[js])
-    old = golden_in.reshape(golden_in.shape[0], -1)[images, elements]
-    masks = torch.bitwise_left_shift(torch.ones(len(js), dtype=torch.int64), torch.from_numpy(faults.bit[js]))
-    faulty = faulty_values(old.to(torch.int64), masks, model, group.width, group.signed)
-    return propagate(net.engine, golden, inputs[rows], op, faults.element[js], faulty.numpy())
+    """Follow faults `js`, each its row's only fault and in a weight op's input, sparsely (`propagate`);
+    `Join.rows` index `js`."""
+    rows = faults.row[js]
+    faulty = np.empty(len(js), dtype=np.int64)
+    for g in np.unique(faults.group[js]).tolist():
+        mine = np.nonzero(faults.group[js] == g)[0]
+        group = groups[g]
+        golden_in = golden[group.op_index - 1]
+        old = golden_in.reshape(golden_in.shape[0], -1)[torch.from_numpy(inputs[rows[mine]]),
+                                                        torch.from_numpy(faults.element[js[mine]])]
+        masks = torch.bitwise_left_shift(torch.ones(len(mine), dtype=torch.int64),
+                                         torch.from_numpy(faults.bit[js[mine]]))
+        faulty[mine] = faulty_values(old.to(torch.int64), masks, model, group.width, group.signed).numpy()
+    return propagate(net.engine, golden, inputs[rows], fault_ops[js], faults.element[js], faulty)
 
 
 def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,

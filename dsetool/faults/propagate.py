@@ -6,10 +6,11 @@ change after them follow from the values that changed before them and the golden
 vanish on the way (rounded away, clipped, out-maxed in their pool window: the fault is masked there).
 The next convolution's change is again a scatter of a few products per changed input; a linear layer's
 own input fault changes at most its N outputs (the logits directly, for the last layer). Each fault of a
-batch is followed on its own (`dsetool.faults.kernels`, compiled, in parallel over the faults), and
-leaves this path at the first linear layer, or at a convolution where its change costs more than the
-dense layer, with its input rebuilt as the golden tensor with its changes put in; from there it runs
-with the dense rows. A fault whose changes all vanish is masked and never reaches the dense part.
+batch is followed on its own (`dsetool.faults.kernels`, compiled loops), the faults of every layer in
+one pass over the ops, and leaves this path at the first linear layer, or at a convolution where its
+change costs more than the dense layer, with its input rebuilt as the golden tensor with its changes
+put in; from there it runs with the dense rows. A fault whose changes all vanish is masked and never
+reaches the dense part.
 
 Exact: the same integer operations on the same values (float64 holding exact integers), only on the
 values that differ from the golden run. It turns an early-layer fault from a whole inference into a few
@@ -18,8 +19,10 @@ thousand multiply-adds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,60 +62,83 @@ class Changes:
         width = int(self.count[keep].max()) if keep.any() else 0
         return Changes(self.rows[keep], self.count[keep], self.element[keep, :width], self.value[keep, :width])
 
+    @staticmethod
+    def empty() -> Changes:
+        """Return no changes."""
+        return Changes(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.int64),
+                       np.zeros((0, 1), dtype=np.float64))
 
-def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray, op: int, element: np.ndarray,
-              faulty: np.ndarray) -> list[Join]:
-    """Follow one changed input value per fault: flat element `element[f]` of weight op `op`'s input, now
-    `faulty[f]`, on campaign input `inputs[f]` (its golden tensors are `golden[i][inputs[f]]`).
+    def merge(self, other: Changes) -> Changes:
+        """Return these changes followed by `other`'s (rows padded to the wider of the two)."""
+        if not len(self.rows):
+            return other
+        width = max(self.element.shape[1], other.element.shape[1])
 
-    Returns where the faults that are not masked continue; masked faults appear in no `Join`.
+        def widened(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(a) + len(b), width), dtype=a.dtype)
+            out[:len(a), :a.shape[1]], out[len(a):, :b.shape[1]] = a, b
+            return out
+
+        return Changes(np.concatenate([self.rows, other.rows]), np.concatenate([self.count, other.count]),
+                       widened(self.element, other.element), widened(self.value, other.value))
+
+
+def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray, start: np.ndarray,
+              element: np.ndarray, faulty: np.ndarray) -> list[Join]:
+    """Follow one changed input value per fault: flat element `element[f]` of weight op `start[f]`'s
+    input, now `faulty[f]`, on campaign input `inputs[f]` (its golden tensors are `golden[i][inputs[f]]`).
+
+    Faults of every layer travel together: a fault joins the others at its own layer, so each op's
+    kernel runs once per batch however many layers it holds faults of. Returns where the faults that
+    are not masked continue; masked faults appear in no `Join`.
     """
-    changes = Changes(np.arange(len(inputs)), np.ones(len(inputs), dtype=np.int64),
-                      element.astype(np.int64)[:, None], faulty.astype(np.float64)[:, None])
-    joins: list[Join] = []
     model_ops = engine.model.ops
-    index = op
-    while len(changes.rows):
+    joins: list[Join] = []
+    changes = Changes.empty()
+    later = np.unique(start)
+    index = int(later[0])
+    while index < len(model_ops):
+        born = np.nonzero(start == index)[0]
+        if len(born):
+            changes = changes.merge(Changes(born, np.ones(len(born), dtype=np.int64),
+                                            element[born].astype(np.int64)[:, None],
+                                            faulty[born].astype(np.float64)[:, None]))
+        if not len(changes.rows):
+            ahead = later[later > index]
+            if not len(ahead):
+                break
+            index = int(ahead[0])
+            continue
         current = model_ops[index]
-        image = inputs[changes.rows]
+        arrived = start[changes.rows] != index   # the others start here
         if isinstance(current, Conv2d):
-            if index != op:
-                dense = changes.count * (current.kernel[0] * current.kernel[1] * SPARSE_COST) > \
-                    current.out_shape[1] * current.out_shape[2] * current.reduction
-                if dense.any():
-                    joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
-                    changes = changes.pick(~dense)
-                    image = inputs[changes.rows]
-            weight = engine.layers[index].weight_tensor.to(torch.float64).permute(1, 2, 3, 0).contiguous().numpy()
-            geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
-            in_shape, out_shape = _shape(engine.input_shape(index)), _shape(current.out_shape)
-            after = model_ops[index + 1]
-            if isinstance(after, QuantAct) and producer(model_ops, index + 1) == index:  # fused output stage
-                factor, multiplier, shift, integer, qmin, qmax = _output_stage(engine, index)
-                count, changed, value = kernels.conv_requantize_changes(
-                    _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index + 1]), image, changes.count,
-                    changes.element, changes.value, weight, in_shape, out_shape, geometry, factor, multiplier,
-                    shift, integer, qmin, qmax)
-                index += 1
-            else:
-                count, changed, value = kernels.conv_changes(
-                    _rows(golden[index - 1]), _rows(golden[index]), image, changes.count, changes.element,
-                    changes.value, weight, in_shape, out_shape, geometry)
+            dense = arrived & (changes.count * (current.kernel[0] * current.kernel[1] * SPARSE_COST) >
+                               current.out_shape[1] * current.out_shape[2] * current.reduction)
+            if dense.any():
+                joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
+                changes = changes.pick(~dense)
+            count, changed, value, index = _conv(engine, index, golden, inputs[changes.rows], changes)
         elif isinstance(current, MaxPool2d):
             geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
             count, changed, value = kernels.pool_changes(
-                _rows(golden[index - 1]), _rows(golden[index]), image, changes.count, changes.element,
-                changes.value, _shape(engine.input_shape(index)), _shape(current.out_shape), geometry)
+                _rows(golden[index - 1]), _rows(golden[index]), inputs[changes.rows], changes.count,
+                changes.element, changes.value, _shape(engine.input_shape(index)), _shape(current.out_shape),
+                geometry)
         elif isinstance(current, QuantAct):
-            count, changed, value = _requantize(engine, index, golden[index], image, changes)
+            count, changed, value = _requantize(engine, index, golden[index], inputs[changes.rows], changes)
         elif isinstance(current, Flatten):  # the next (linear) layer reads the map as a vector: join there
             joins.append(_dense_join(index + 1, golden[index], inputs, changes))
-            break
-        elif index != op:  # a linear layer reached by a spread-out change: dense is cheaper
-            joins.append(_dense_join(index, golden[index - 1], inputs, changes))
-            break
-        else:  # a linear layer's own input fault: its N outputs, through its output stage if it has one
-            count, changed, value, index = _linear(engine, index, golden, image, changes)
+            changes = Changes.empty()
+            index += 1
+            continue
+        else:  # linear: a spread-out change arriving here is cheaper dense; its own input faults give N outputs
+            if arrived.any():
+                joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(arrived)))
+                changes = changes.pick(~arrived)
+            if not len(changes.rows):
+                index += 1
+                continue
+            count, changed, value, index = _linear(engine, index, golden, inputs[changes.rows], changes)
             if index == len(model_ops):  # the logits layer: they are the row's logits
                 changes = Changes(changes.rows, count, changed, value).pick(count > 0)
                 if len(changes.rows):
@@ -123,15 +149,41 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
     return joins
 
 
+def _conv(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: np.ndarray, changes: Changes
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Return conv op `index`'s changed outputs (codes when its output stage follows it directly) and the
+    index of the last op they cover."""
+    current = engine.model.ops[index]
+    assert isinstance(current, Conv2d)
+    weight = _operand(engine, ("conv", index), lambda: engine.layers[index].weight_tensor.to(torch.float64)
+                      .permute(1, 2, 3, 0).contiguous().numpy())
+    geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
+    in_shape, out_shape = _shape(engine.input_shape(index)), _shape(current.out_shape)
+    if _fused_output_stage(engine, index):
+        count, changed, value = kernels.conv_requantize_changes(
+            _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index + 1]), image, changes.count,
+            changes.element, changes.value, weight, in_shape, out_shape, geometry, *_output_stage(engine, index))
+        return count, changed, value, index + 1
+    count, changed, value = kernels.conv_changes(
+        _rows(golden[index - 1]), _rows(golden[index]), image, changes.count, changes.element, changes.value,
+        weight, in_shape, out_shape, geometry)
+    return count, changed, value, index
+
+
+def _fused_output_stage(engine: Engine, index: int) -> bool:
+    """Say whether weight op `index`'s output stage is the op right after it."""
+    model_ops = engine.model.ops
+    return index + 1 < len(model_ops) and isinstance(model_ops[index + 1], QuantAct) \
+        and producer(model_ops, index + 1) == index
+
+
 def _linear(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: np.ndarray, changes: Changes
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Return linear op `index`'s changed outputs (codes when its output stage follows) and the index of
     the last op they cover (`len(ops)` past the logits layer)."""
     model_ops = engine.model.ops
-    weight = engine.layers[index].weight_tensor.to(torch.float64).numpy()
-    following = index + 1 < len(model_ops) and isinstance(model_ops[index + 1], QuantAct) \
-        and producer(model_ops, index + 1) == index
-    if following:
+    weight = _operand(engine, ("linear", index), lambda: engine.layers[index].weight_tensor.to(torch.float64).numpy())
+    if _fused_output_stage(engine, index):
         stage = _output_stage(engine, index)
         count, changed, value = kernels.linear_changes(
             _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index + 1]), image, changes.count,
@@ -156,10 +208,28 @@ def _shape(shape: Sequence[int]) -> np.ndarray:
 
 def _output_stage(engine: Engine, source: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]:
     """Return weight layer `source`'s output-stage constants as the kernels take them."""
-    requantizer = engine.requantizers[source]
-    return (requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
-            np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
-            float(requantizer.qmin), float(requantizer.qmax))
+    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]:
+        requantizer = engine.requantizers[source]
+        return (requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
+                np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
+                float(requantizer.qmin), float(requantizer.qmax))
+
+    return _operand(engine, ("stage", source), build)
+
+
+# Kernel operands derived from an engine's layers (float64 weights in the kernels' layout, output-stage
+# constants), built once per engine: a campaign asks for them on every batch.
+_OPERANDS: weakref.WeakKeyDictionary[Engine, dict[tuple[str, int], Any]] = weakref.WeakKeyDictionary()
+
+
+def _operand(engine: Engine, key: tuple[str, int], build: Callable[[], Any]) -> Any:
+    """Return `build()` for this engine and key, computed on first use (threads may both build it: same value)."""
+    cache = _OPERANDS.get(engine)
+    if cache is None:
+        cache = _OPERANDS.setdefault(engine, {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
 def _requantize(engine: Engine, index: int, golden_out: torch.Tensor, image: np.ndarray, changes: Changes
