@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dsetool.faults import campaign
 from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.bits import apply_fault
 from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard, merge_shards, run_campaign, summarize
@@ -169,10 +170,17 @@ def test_killed_campaign_resumes_to_the_same_result(setup, tmp_path: Path):
     assert set(summary["by_layer"]) <= {"conv1", "conv2", "fc1", "fc2", "fc3"}
 
 
-def test_batches_in_parallel_threads_give_the_rows_of_one_thread(setup, tmp_path: Path):
-    """run_shard runs as many batches at once as torch has threads; the rows must not change."""
+@pytest.mark.parametrize("fork", [True, False])
+def test_batches_in_parallel_give_the_rows_of_one_thread(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         fork: bool):
+    """With two torch threads a campaign runs its batches on two workers, forked processes or threads;
+    the rows must not change."""
     _, network, golden, raw, _ = setup
     groups = site_groups(raw, "act", [], network.acc_bits())
+    monkeypatch.setattr(campaign, "_can_fork", lambda: fork)
+    started = []
+    monkeypatch.setattr(campaign.Workers, "_start", lambda self, start=campaign.Workers._start: (
+        started.append(self), start(self))[1])
     tables = []
     for threads in (1, 2):
         directory = tmp_path / str(threads)
@@ -185,6 +193,7 @@ def test_batches_in_parallel_threads_give_the_rows_of_one_thread(setup, tmp_path
         assert torch.get_num_threads() == 1
         merge_shards(directory, directory, 3)
         tables.append(pd.read_parquet(directory / "faults.parquet"))
+    assert len(started) == 1 and (started[0].pool is not None) == fork and not campaign._FORKED
     pd.testing.assert_frame_equal(*tables)
     assert (tables[0]["outcome"] != "masked").sum() > 10
 

@@ -36,28 +36,26 @@ def _scatter(golden_in: np.ndarray, img: int, count: int, element: np.ndarray, v
         if change == 0:
             continue
         c, y, x = e // (height * width), (e // width) % height, e % width
-        for ky in range(kh):
-            oy_num = y + ph - ky
-            if oy_num % sh != 0:
-                continue
-            oy = oy_num // sh
-            if oy < 0 or oy >= out_h:
-                continue
-            for kx in range(kw):
-                ox_num = x + pw - kx
-                if ox_num % sw != 0:
-                    continue
-                ox = ox_num // sw
-                if ox < 0 or ox >= out_w:
-                    continue
-                pixel = oy * out_w + ox
-                if not seen[pixel]:
-                    seen[pixel] = True
-                    touched[n_touched] = pixel
-                    n_touched += 1
-                base = pixel * outs
-                for n in range(outs):
-                    delta[base + n] += change * weight[c, ky, kx, n]
+        # Taps reaching an output: ky = (y + ph) mod sh, then every sh-th, the output row one lower each
+        # time (no division per tap: it costs more than the tap's multiply-adds).
+        ky, oy = (y + ph) % sh, (y + ph) // sh
+        while ky < kh and oy >= 0:
+            if oy < out_h:
+                kx, ox = (x + pw) % sw, (x + pw) // sw
+                while kx < kw and ox >= 0:
+                    if ox < out_w:
+                        pixel = oy * out_w + ox
+                        if not seen[pixel]:
+                            seen[pixel] = True
+                            touched[n_touched] = pixel
+                            n_touched += 1
+                        base = pixel * outs
+                        for n in range(outs):
+                            delta[base + n] += change * weight[c, ky, kx, n]
+                    kx += sw
+                    ox -= 1
+            ky += sh
+            oy -= 1
     return n_touched
 
 
@@ -242,8 +240,9 @@ def requantize_changes(golden_out: np.ndarray, image: np.ndarray, count: np.ndar
 def pool_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarray, count: np.ndarray,
                  element: np.ndarray, value: np.ndarray, in_shape: np.ndarray, out_shape: np.ndarray,
                  geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the changed outputs of a max pool: every window holding a changed value, recomputed from
-    the golden window with the changes put in (padding counts as -inf)."""
+    """Return the changed outputs of a max pool: every window where a changed value exceeds the golden
+    maximum or was it, recomputed from the golden window with the changes put in (padding counts as
+    -inf). A window whose maximum is unchanged and whose changed values stay at or below it keeps it."""
     faults = len(count)
     channels, height, width = in_shape[0], in_shape[1], in_shape[2]
     out_h, out_w = out_shape[1], out_shape[2]
@@ -266,25 +265,23 @@ def pool_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
             changed[e] = True
             current[e] = value[f, j]
             c, y, x = e // (height * width), (e // width) % height, e % width
-            for ky in range(kh):
-                oy_num = y + ph - ky
-                if oy_num % sh != 0:
-                    continue
-                oy = oy_num // sh
-                if oy < 0 or oy >= out_h:
-                    continue
-                for kx in range(kw):
-                    ox_num = x + pw - kx
-                    if ox_num % sw != 0:
-                        continue
-                    ox = ox_num // sw
-                    if ox < 0 or ox >= out_w:
-                        continue
-                    cell = (c * out_h + oy) * out_w + ox
-                    if not cell_seen[cell]:
-                        cell_seen[cell] = True
-                        cells[n_cells] = cell
-                        n_cells += 1
+            ky, oy = (y + ph) % sh, (y + ph) // sh   # the windows holding (y, x), as in `_scatter`
+            while ky < kh and oy >= 0:
+                if oy < out_h:
+                    kx, ox = (x + pw) % sw, (x + pw) // sw
+                    while kx < kw and ox >= 0:
+                        if ox < out_w:
+                            cell = (c * out_h + oy) * out_w + ox
+                            # Below the golden maximum and not the maximum before: this change keeps it.
+                            if value[f, j] > golden_out[img, cell] or golden_in[img, e] == golden_out[img, cell]:
+                                if not cell_seen[cell]:
+                                    cell_seen[cell] = True
+                                    cells[n_cells] = cell
+                                    n_cells += 1
+                        kx += sw
+                        ox -= 1
+                ky += sh
+                oy -= 1
         kept = 0
         for i in range(n_cells):
             cell = cells[i]
