@@ -316,3 +316,26 @@ def scatter_rows(dense: np.ndarray, count: np.ndarray, element: np.ndarray, valu
     for f in range(len(count)):
         for j in range(count[f]):
             dense[f, element[f, j]] = value[f, j]
+
+
+@numba.njit(nogil=True, cache=True)
+def pick(keep: np.ndarray, count: np.ndarray, element: np.ndarray, value: np.ndarray
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the rows of the faults where `keep` holds, each as wide as the longest kept one, copying
+    only the changes each holds (the rows of a wide map are mostly unused)."""
+    kept, width = 0, 1
+    for f in range(len(count)):
+        if keep[f]:
+            kept += 1
+            width = max(width, count[f])
+    new_count = np.empty(kept, dtype=np.int64)
+    new_element = np.empty((kept, width), dtype=np.int64)
+    new_value = np.empty((kept, width), dtype=np.float64)
+    i = 0
+    for f in range(len(count)):
+        if keep[f]:
+            new_count[i] = count[f]
+            new_element[i, :count[f]] = element[f, :count[f]]
+            new_value[i, :count[f]] = value[f, :count[f]]
+            i += 1
+    return new_count, new_element, new_value

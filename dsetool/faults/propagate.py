@@ -59,8 +59,7 @@ class Changes:
 
     def pick(self, keep: np.ndarray) -> Changes:
         """Return the faults where `keep` (bool) holds, trimmed to their largest count."""
-        width = int(self.count[keep].max()) if keep.any() else 0
-        return Changes(self.rows[keep], self.count[keep], self.element[keep, :width], self.value[keep, :width])
+        return Changes(self.rows[keep], *kernels.pick(keep, self.count, self.element, self.value))
 
     @staticmethod
     def empty() -> Changes:
