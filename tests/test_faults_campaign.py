@@ -167,6 +167,9 @@ def test_killed_campaign_resumes_to_the_same_result(setup, tmp_path: Path):
     assert summary["faulty_inferences"] == 300
     assert sum(summary[f"{o}_rate"] for o in ("masked", "tolerated", "sdc")) == pytest.approx(1.0)
     assert summary["critical_rate"] <= summary["sdc_rate"]
+    rows = pd.read_parquet(clean_dir / "faults.parquet")
+    paired = (rows["golden_top1"] == rows["label"]).mean() - (rows["faulty_top1"] == rows["label"]).mean()
+    assert summary["accuracy_drop"] == pytest.approx(paired) and summary["accuracy_drop"] >= 0
     assert set(summary["by_layer"]) <= {"conv1", "conv2", "fc1", "fc2", "fc3"}
 
 

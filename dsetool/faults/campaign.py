@@ -74,7 +74,7 @@ class Golden:
 class Tally:
     """Running counts of a campaign, and per (layer, bit) counts of its single-fault inferences."""
 
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*OUTCOMES, "critical", "correct", "n"), 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*OUTCOMES, "critical", "correct", "golden_correct", "n"), 0))
     breakdown: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (layer, bit) -> [n, sdc, critical]
 
     def add(self, rows: pa.Table) -> None:
@@ -84,6 +84,7 @@ class Tally:
             self.counts[name] += _count(pc.equal(outcome, name))
         self.counts["critical"] += _count(rows.column("critical"))
         self.counts["correct"] += _count(pc.equal(rows.column("faulty_top1"), rows.column("label")))
+        self.counts["golden_correct"] += _count(pc.equal(rows.column("golden_top1"), rows.column("label")))
         self.counts["n"] += rows.num_rows
         single = pc.equal(rows.column("n_faults"), 1)
         part = pa.table({"layer": rows.column("layer").cast(pa.string()), "bit": rows.column("bit"),
@@ -315,12 +316,18 @@ def merge_shards(scratch: Path, out: Path, shards: int) -> None:
 
 
 def summarize(tally: Tally, golden: Golden, confidence: float) -> dict[str, Any]:
-    """Return the campaign metrics: outcome rates with Wilson intervals, accuracy under faults, breakdowns."""
+    """Return the campaign metrics: outcome rates with Wilson intervals, accuracy under faults, breakdowns.
+
+    `accuracy_drop` compares the faulty inferences with the fault-free runs of the same inputs (paired):
+    against `golden_accuracy`, the accuracy on every campaign input, it would carry the noise of which
+    inputs the campaign drew (and could come out negative on a campaign where faults never help).
+    """
     n = tally.counts["n"]
     golden_acc = float((golden.top1 == golden.labels).float().mean())
     faulty_acc = tally.counts["correct"] / n if n else float("nan")
+    drop = (tally.counts["golden_correct"] - tally.counts["correct"]) / n if n else float("nan")
     metrics: dict[str, Any] = {"faulty_inferences": n, "golden_accuracy": golden_acc,
-                               "accuracy_under_faults": faulty_acc, "accuracy_drop": golden_acc - faulty_acc}
+                               "accuracy_under_faults": faulty_acc, "accuracy_drop": drop}
     for name in (*OUTCOMES, "critical"):
         rate = wilson(tally.counts[name], n, confidence)
         metrics[f"{name}_rate"] = rate.rate

@@ -108,7 +108,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("pretrain", "1", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
-        StageDef("inject", "3", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
+        StageDef("inject", "4", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
         StageDef("synth", "4", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
     )
 }
