@@ -72,6 +72,10 @@ SYNTH_COLUMNS: list[Column] = [
         f"{m[k]:+.1f}" if isinstance(m.get(k), float) else "-"
         for k in ("lut_overhead_pct", "ff_overhead_pct", "fmax_mhz_overhead_pct"))),
 ]
+# Targets without an out-of-context flow (ice40) place the datapath behind an IO harness whose cells
+# are reported apart; the column appears only when some row has one.
+HARNESS_COLUMN: Column = ("IO harness LUT/FF", lambda m: f"{m['harness_lut']}/{m['harness_ff']}"
+                          if "harness_lut" in m else "-")
 STAGE_COLUMNS = {"inject": CAMPAIGN_COLUMNS, "synth": SYNTH_COLUMNS}
 
 
@@ -81,6 +85,8 @@ def results_table(experiment: str, rows: Sequence[tuple[Point, Entry, bool]]) ->
 
     axes = list(dict.fromkeys(key for point, _, _ in rows for key in point.axes))
     columns = next((STAGE_COLUMNS[e.stage] for _, e, _ in rows if e.stage in STAGE_COLUMNS), MODEL_COLUMNS)
+    if any("harness_lut" in entry.metrics for _, entry, _ in rows):
+        columns = [*columns, HARNESS_COLUMN]
     stages = sorted({entry.stage for _, entry, _ in rows})
     table = Table(title=f"{experiment}: {len(rows)} results ({', '.join(stages)})")
     for key in axes:
