@@ -31,6 +31,7 @@ from dsetool.faults.sites import SiteGroup
 from dsetool.faults.stats import leveugle_samples, wilson
 
 OUTCOMES = ("masked", "tolerated", "sdc")
+COUNTS = (*OUTCOMES, "critical", "correct", "golden_correct", "n")  # what a `Tally` counts
 MAX_LISTED_FAULTS = 16
 ROWS_FILE = "faults.parquet"
 
@@ -74,7 +75,7 @@ class Golden:
 class Tally:
     """Running counts of a campaign, and per (layer, bit) counts of its single-fault inferences."""
 
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*OUTCOMES, "critical", "correct", "golden_correct", "n"), 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     breakdown: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (layer, bit) -> [n, sdc, critical]
 
     def add(self, rows: pa.Table) -> None:
