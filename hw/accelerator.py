@@ -53,7 +53,28 @@ def _connect_stage(m: Module, outer: wiring.Component, stage: OutputStage) -> No
     m.d.comb += [flag.eq(got) for flag, got in zip(outer.detected, stage.detected, strict=True)]
 
 
-class Datapath(wiring.Component):
+class _Datapath(wiring.Component):
+    """What both dataflows' datapaths share: one replica's array, its output stage and their ports."""
+
+    def __init__(self, config: ArrayConfig, array: WSArray | OSArray, array_ports: dict[str, object],
+                 multiplier_bits: int) -> None:
+        if config.tmr:
+            raise ValueError(f"{type(self).__name__} builds one replica; use build_datapath for TMR")
+        self._config = config
+        self.array = array
+        self.stage = _output_stage(config, array.acc_bits, multiplier_bits)
+        super().__init__({**array_ports, **_stage_ports(config, multiplier_bits)})
+
+    @property
+    def config(self) -> ArrayConfig:
+        return self._config
+
+    @property
+    def acc_bits(self) -> int:
+        return self.array.acc_bits
+
+
+class Datapath(_Datapath):
     """A weight-stationary array with a pipelined output stage and an optional range check on every column.
 
     Driven as `hw.array.WSArray`; each output row comes out `latency` (= `hw.output_stage.LATENCY`, 4) clock
@@ -84,24 +105,11 @@ class Datapath(wiring.Component):
     """
 
     def __init__(self, config: ArrayConfig, *, k: int | None = None, multiplier_bits: int = MULTIPLIER_BITS) -> None:
-        if config.tmr:
-            raise ValueError("Datapath builds one replica; use build_datapath for TMR")
-        self._config = config
-        self.array = WSArray(dataclasses.replace(config, protection="none"), k=k)
-        self.stage = _output_stage(config, self.array.acc_bits, multiplier_bits)
-        super().__init__({
+        array = WSArray(dataclasses.replace(config, protection="none", tmr=False), k=k)
+        super().__init__(config, array, {
             "w_load": In(1), "w": In(signed(config.weight_bits)).array(config.cols),
-            "a_valid": In(1), "a": In(self.array.pes[0][0].act_shape).array(config.rows),
-            **_stage_ports(config, multiplier_bits),
-        })
-
-    @property
-    def config(self) -> ArrayConfig:
-        return self._config
-
-    @property
-    def acc_bits(self) -> int:
-        return self.array.acc_bits
+            "a_valid": In(1), "a": In(array.pes[0][0].act_shape).array(config.rows),
+        }, multiplier_bits)
 
     @property
     def latency(self) -> int:
@@ -127,7 +135,7 @@ class Datapath(wiring.Component):
         return m
 
 
-class OSDatapath(wiring.Component):
+class OSDatapath(_Datapath):
     """An output-stationary array whose finished R x C tile drains row by row through the output stage.
 
     Driven as `hw.array.OSArray` (tile after tile, R + C + K - 2 cycles each). On the clock edge after the
@@ -152,25 +160,12 @@ class OSDatapath(wiring.Component):
     """
 
     def __init__(self, config: ArrayConfig, *, k: int | None = None, multiplier_bits: int = MULTIPLIER_BITS) -> None:
-        if config.tmr:
-            raise ValueError("OSDatapath builds one replica; use build_datapath for TMR")
-        self._config = config
-        self.array = OSArray(dataclasses.replace(config, protection="none"), k=k)
-        self.stage = _output_stage(config, self.array.acc_bits, multiplier_bits)
-        super().__init__({
+        array = OSArray(dataclasses.replace(config, protection="none", tmr=False), k=k)
+        super().__init__(config, array, {
             "start": In(1), "valid": In(1), "last": In(1),
-            "a": In(self.array.pes[0][0].act_shape).array(config.rows),
+            "a": In(array.pes[0][0].act_shape).array(config.rows),
             "w": In(signed(config.weight_bits)).array(config.cols),
-            **_stage_ports(config, multiplier_bits),
-        })
-
-    @property
-    def config(self) -> ArrayConfig:
-        return self._config
-
-    @property
-    def acc_bits(self) -> int:
-        return self.array.acc_bits
+        }, multiplier_bits)
 
     @property
     def latency(self) -> int:
