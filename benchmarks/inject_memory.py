@@ -2,8 +2,7 @@
 
 Run: `.venv/bin/python benchmarks/inject_memory.py [FAULTS]` (default 1,000,000; about 5 minutes on 2
 cores). Rows go to Parquet shards and counts are accumulated shard by shard, so the peak resident set
-must not grow with the number of faults. The batches run in forked workers (one per torch thread),
-whose peaks are printed too.
+must not grow with the number of faults.
 """
 
 from __future__ import annotations
@@ -27,10 +26,9 @@ from dsetool.models.quant import QuantSpec
 from dsetool.models.zoo import build_model
 
 
-def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
-    """Return the peak resident set size in MiB of this process, or of its largest finished child
-    (`RUSAGE_CHILDREN`: the campaign's forked workers); Linux reports KiB."""
-    return resource.getrusage(who).ru_maxrss / 1024
+def peak_rss_mib() -> float:
+    """Return this process's peak resident set size in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -58,10 +56,7 @@ def main() -> None:
         merge_shards(root, root, -(-faults // spec.shard_size))
         size = (root / "faults.parquet").stat().st_size / 2**20
     print(f"faults: {tally.counts['n']}, {seconds:.0f} s, {tally.counts['n'] / seconds:.0f} faults/s")
-    workers, worker = torch.get_num_threads(), peak_rss_mib(resource.RUSAGE_CHILDREN)
-    print(f"peak RSS before the campaign: {before:.0f} MiB; after: {peak_rss_mib():.0f} MiB; largest of the "
-          f"{workers} forked workers: {worker:.0f} MiB (pages shared with the parent count in both)")
-    print(f"upper bound of the total: {peak_rss_mib() + workers * worker:.0f} MiB (target < 2048 MiB)")
+    print(f"peak RSS before the campaign: {before:.0f} MiB; after: {peak_rss_mib():.0f} MiB (target < 2048 MiB)")
     print(f"faults.parquet: {size:.1f} MiB")
 
 

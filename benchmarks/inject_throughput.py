@@ -7,13 +7,12 @@ say so and the rest is printed.
 Both sides start from the same float network, trained briefly on the embedded digits (32x32). Ours is its
 W8A8 (po2) quantization run on the bit-exact integer engine: `run_campaign` with single-bit `act` flips
 (one per inference, sites uniform over the chosen layers' input activation codes), batches of `--batch`
-on `--threads` forked workers (and once on worker threads, for comparison), Parquet rows written to a
-temp dir, all timed, the fork included. PyTorchFI (0.6) runs the *float* network, PyTorch's fastest
-path and so its most favourable case (it cannot hook the Brevitas model itself: it injects only into leaf
-modules, and a Brevitas QuantConv2d holds its quantizers as child modules), with one neuron fault per
-inference, sites uniform over every conv/linear output value, each flipping one random bit of the value's
-int8 code (per-layer max-abs scale):
-(a) batch 1, one `declare_neuron_fi` per fault; (b) one fault per element of a `--batch` batch, declared
+on `--threads` worker threads, Parquet rows written to a temp dir, all timed. PyTorchFI (0.6) runs the
+*float* network, PyTorch's fastest path and so its most favourable case (it cannot hook the Brevitas
+model itself: it injects only into leaf modules, and a Brevitas QuantConv2d holds its quantizers as child
+modules), with one neuron fault per inference, sites uniform over every conv/linear output value, each
+flipping one random bit of the value's int8 code (per-layer max-abs scale): (a) batch 1, one
+`declare_neuron_fi` per fault; (b) one fault per element of a `--batch` batch, declared
 again for every batch as its documentation does. Every figure is the median of `--repeats` timed runs.
 """
 
@@ -32,7 +31,6 @@ from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -40,7 +38,6 @@ from torch import nn
 
 from dsetool.data import DataSplits, Split, load_dataset
 from dsetool.engine import Engine, load_intmodel
-from dsetool.faults import campaign
 from dsetool.faults.campaign import CampaignSpec, Golden, run_campaign
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import site_groups
@@ -172,10 +169,6 @@ def measure_ours(setup: Setup, plan: Plan, batch: int, repeats: int) -> float:
         row(f"ours: act bit-flip campaign, {name} (N={plan.samples})", rate, "faults/s", note)
     uniform, note = campaign_rate(setup, [], plan.samples, batch, repeats)
     row(f"ours: act bit-flip campaign, uniform (N={plan.samples})", uniform, "faults/s", note)
-    if torch.get_num_threads() > 1:  # the same campaign with worker threads instead of forked processes
-        with patch.object(campaign, "_can_fork", lambda: False):
-            threaded, _ = campaign_rate(setup, [], plan.samples, batch, repeats)
-        row("ours: the same, worker threads instead of processes", threaded, "faults/s")
     row("ours: uniform faults/s / clean images/s", uniform / clean, "x")
     return uniform
 

@@ -173,17 +173,14 @@ def test_killed_campaign_resumes_to_the_same_result(setup, tmp_path: Path):
     assert set(summary["by_layer"]) <= {"conv1", "conv2", "fc1", "fc2", "fc3"}
 
 
-@pytest.mark.parametrize("fork", [True, False])
-def test_batches_in_parallel_give_the_rows_of_one_thread(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         fork: bool):
-    """With two torch threads a campaign runs its batches on two workers, forked processes or threads;
-    the rows must not change."""
+def test_batches_in_parallel_threads_give_the_rows_of_one_thread(setup, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch):
+    """With two torch threads a campaign runs two batches at once; the rows must not change."""
     _, network, golden, raw, _ = setup
     groups = site_groups(raw, "act", [], network.acc_bits())
-    monkeypatch.setattr(campaign, "_can_fork", lambda: fork)
     started = []
-    monkeypatch.setattr(campaign.Workers, "_start", lambda self, start=campaign.Workers._start: (
-        started.append(self), start(self))[1])
+    monkeypatch.setattr(campaign.Workers, "__enter__", lambda self, enter=campaign.Workers.__enter__: (
+        started.append(self), enter(self))[1])
     tables = []
     for threads in (1, 2):
         directory = tmp_path / str(threads)
@@ -196,7 +193,7 @@ def test_batches_in_parallel_give_the_rows_of_one_thread(setup, tmp_path: Path, 
         assert torch.get_num_threads() == 1
         merge_shards(directory, directory, 3)
         tables.append(pd.read_parquet(directory / "faults.parquet"))
-    assert len(started) == 1 and (started[0].pool is not None) == fork and not campaign._FORKED
+    assert len(started) == 1 and started[0].threads == 2
     pd.testing.assert_frame_equal(*tables)
     assert (tables[0]["outcome"] != "masked").sum() > 10
 

@@ -8,9 +8,7 @@ Counts are accumulated shard by shard: a million faults never need a million row
 
 from __future__ import annotations
 
-import itertools
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,76 +139,32 @@ def _batch_faults(faults: FaultList, begin: int, end: int) -> tuple[np.ndarray, 
                                             faults.bit[pick])
 
 
-# What forked workers evaluate with, by campaign token: set before the fork, so the children inherit the
-# network and the golden run instead of receiving them pickled.
-_FORKED: dict[int, tuple[Network, list[torch.Tensor], Sequence[SiteGroup], str]] = {}
-_tokens = itertools.count()
-
-
-def _evaluate_forked(token: int, inputs: np.ndarray, faults: Faults) -> np.ndarray:
-    """Evaluate one batch in a forked worker (module level, so that the pool can call it)."""
-    net, outputs, groups, model = _FORKED[token]
-    return evaluate(net, outputs, inputs, groups, faults, model).numpy()
-
-
-def _can_fork() -> bool:
-    """Say whether this process may fork workers: not where `fork` does not exist, nor from a daemon."""
-    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
-
-
-def _single_threaded() -> None:
-    torch.set_num_threads(1)
-
-
 class Workers:
-    """Run a campaign's batches on `count` cores: forked processes where the platform allows, else threads.
+    """Run a campaign's batches on `count` threads, one batch per thread at a time.
 
-    A batch is a chain of small operations, a quarter of them Python: threads contend for the GIL and give
-    about 1.2x on two cores, processes about 2x. The workers are forked once per campaign (tens of
-    milliseconds) and inherit the network and the golden run; batches and logits travel as small arrays.
-    Processes cannot be forked from a daemonic process (a pool worker) or where `fork` does not exist.
+    A batch is a chain of small steps that one thread keeps busy; torch's operations and the compiled
+    fault kernels release the interpreter lock, so batches side by side use the cores better than each
+    step split over them (torch runs single-threaded meanwhile). Forked worker processes were slower:
+    the fork, and shipping every batch's faults and logits, cost more than the lock (see the README).
     """
 
     def __init__(self, net: Network, golden: Golden, groups: Sequence[SiteGroup], model: str, count: int) -> None:
-        self.net, self.outputs, self.groups, self.model, self.count = net, golden.outputs, groups, model, count
-        self.token = next(_tokens)
-        self.pool: Any = None
-        self.threads: ThreadPoolExecutor | None = None
+        self.net, self.outputs, self.groups, self.model = net, golden.outputs, groups, model
+        self.pool = ThreadPoolExecutor(count)
+        self.threads = torch.get_num_threads()
 
     def __enter__(self) -> Workers:
+        torch.set_num_threads(1)
         return self
 
-    def _start(self) -> None:
-        """Fork the workers (or start the threads) at the first batches: a resumed campaign may need none."""
-        if _can_fork():
-            _FORKED[self.token] = (self.net, self.outputs, self.groups, self.model)
-            self.pool = multiprocessing.get_context("fork").Pool(self.count, initializer=_single_threaded)
-        else:
-            self.threads = ThreadPoolExecutor(self.count)
-
     def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.terminate()   # the results are in; joining idle workers only waits for their exit
-            self.pool.join()
-            del _FORKED[self.token]
-        if self.threads is not None:
-            self.threads.shutdown()
+        self.pool.shutdown()
+        torch.set_num_threads(self.threads)
 
     def map(self, parts: Sequence[tuple[np.ndarray, Faults]]) -> list[torch.Tensor]:
         """Return the logits of every batch, in order."""
-        if self.pool is None and self.threads is None:
-            self._start()
-        if self.pool is not None:
-            arrays = self.pool.starmap(_evaluate_forked, [(self.token, *part) for part in parts], chunksize=1)
-            return [torch.from_numpy(array) for array in arrays]
-        assert self.threads is not None
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return list(self.threads.map(lambda part: evaluate(self.net, self.outputs, part[0], self.groups,
-                                                               part[1], self.model), parts))
-        finally:
-            torch.set_num_threads(threads)
+        return list(self.pool.map(lambda part: evaluate(self.net, self.outputs, part[0], self.groups, part[1],
+                                                        self.model), parts))
 
 
 def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], faults: FaultList,
@@ -259,7 +213,7 @@ def _fault_lists(faults: FaultList, layers: pa.Array, n_faults: np.ndarray) -> p
 
 
 # A campaign runs its batches in parallel (`Workers`, as many as torch has threads) when each worker
-# gets at least this many: fewer do not repay the fork.
+# gets at least this many.
 MIN_BATCHES_PER_WORKER = 2
 
 
