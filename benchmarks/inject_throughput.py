@@ -13,12 +13,14 @@ model itself: it injects only into leaf modules, and a Brevitas QuantConv2d hold
 modules), with one neuron fault per inference, sites uniform over every conv/linear output value, each
 flipping one random bit of the value's int8 code (per-layer max-abs scale): (a) batch 1, one
 `declare_neuron_fi` per fault; (b) one fault per element of a `--batch` batch, declared
-again for every batch as its documentation does. Every figure is the median of `--repeats` timed runs.
+again for every batch as its documentation does. Every figure is the median of at least `--repeats`
+timed runs and of as many as fit in 2 seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import platform
@@ -75,13 +77,22 @@ class Setup:
     accuracy: tuple[float, float]   # float, integer engine (on x)
 
 
+# Every figure keeps timing until this much time has passed (and `--repeats` runs): on a shared virtual
+# machine single runs of a tenth of a second vary by 2x from one process to the next.
+MIN_SECONDS = 2.0
+
+
 def median_rate(run: Callable[[], Any], work: int, repeats: int) -> float:
-    """Return the median of `work / seconds` over `repeats` timed calls of `run`."""
-    rates = []
-    for _ in range(repeats):
+    """Return the median of `work / seconds` over timed calls of `run`: at least `repeats` of them, and
+    as many more as fit in `MIN_SECONDS` (at most 100)."""
+    rates: list[float] = []
+    spent = 0.0
+    while len(rates) < repeats or (spent < MIN_SECONDS and len(rates) < 100):
         began = time.perf_counter()
         run()
-        rates.append(work / (time.perf_counter() - began))
+        seconds = time.perf_counter() - began
+        spent += seconds
+        rates.append(work / seconds)
     return statistics.median(rates)
 
 
@@ -141,7 +152,7 @@ def campaign_rate(setup: Setup, layers: Sequence[str], samples: int, batch: int,
     """Return the median faults/s of a single-bit `act` flip campaign (a new seed and scratch per repeat),
     and a note on the outcomes of the last one."""
     groups = site_groups(setup.intmodel, "act", layers, setup.net.acc_bits())
-    seeds = iter(range(repeats))
+    seeds = itertools.count()
     counts: dict[str, int] = {}
 
     def run() -> None:
@@ -375,7 +386,8 @@ def header(batch: int, threads: int, repeats: int) -> str:
     except OSError:
         pass
     return (f"machine: {cpu}, nproc {len(os.sched_getaffinity(0))} (load {os.getloadavg()[0]:.1f}); "
-            f"torch {torch.__version__}, {threads} threads; batch {batch}; median of {repeats}")
+            f"torch {torch.__version__}, {threads} threads; batch {batch}; "
+            f"median of >= {repeats} runs and >= {MIN_SECONDS:g} s")
 
 
 def measure(plan: Plan, data: DataSplits, batch: int, repeats: int) -> None:
