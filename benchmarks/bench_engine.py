@@ -57,7 +57,7 @@ def main() -> None:
     golden_s = best_seconds(lambda: engine.run(x, keep=True), args.repeats)
     print(f"LeNet-5 W8A8, batch {args.batch}, {args.threads} thread(s), best of {args.repeats}:")
     print(f"  Brevitas forward (float32)        {args.batch / brevitas_s:9.0f} images/s")
-    print(f"  engine logits (float64 integers)  {args.batch / engine_s:9.0f} images/s "
+    print(f"  engine logits (exact integers)   {args.batch / engine_s:9.0f} images/s "
           f"({brevitas_s / engine_s:.2f}x Brevitas)")
     print(f"  engine golden run (keep=True)     {args.batch / golden_s:9.0f} images/s")
 
