@@ -142,10 +142,10 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
                    count: np.ndarray, element: np.ndarray, value: np.ndarray, weight: np.ndarray,
                    requantize: bool, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool,
                    qmin: float, qmax: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the changed outputs of a linear layer (`weight` (N, K)): with `requantize`, its codes after
-    the output stage where they differ from `golden_codes`; without (the logits layer), its changed
-    accumulators."""
-    faults, outs = len(count), weight.shape[0]
+    """Return the changed outputs of a linear layer (`weight` (K, N), so the loop over the N outputs runs
+    contiguously): with `requantize`, its codes after the output stage where they differ from
+    `golden_codes`; without (the logits layer), its changed accumulators."""
+    faults, outs = len(count), weight.shape[1]
     new_count = np.zeros(faults, dtype=np.int64)
     new_element = np.empty((faults, outs), dtype=np.int64)
     new_value = np.empty((faults, outs), dtype=np.float64)
@@ -157,7 +157,7 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
             change = value[f, j] - golden_in[img, e]
             if change != 0:
                 for n in range(outs):
-                    delta[n] += change * weight[n, e]
+                    delta[n] += change * weight[e, n]
         kept = 0
         for n in range(outs):
             if delta[n] != 0:

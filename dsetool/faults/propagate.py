@@ -4,13 +4,12 @@ A flipped input value of a convolution changes at most kh x kw x N of its accumu
 (rounding, saturation, ReLU) acts value by value and max-pooling window by window, so the values that
 change after them follow from the values that changed before them and the golden run alone, and most
 vanish on the way (rounded away, clipped, out-maxed in their pool window: the fault is masked there).
-The next convolution's change is again a scatter of a few products per changed input; a linear layer's
-own input fault changes at most its N outputs (the logits directly, for the last layer). Each fault of a
-batch is followed on its own (`dsetool.faults.kernels`, compiled loops), the faults of every layer in
-one pass over the ops, and leaves this path at the first linear layer, or at a convolution where its
-change costs more than the dense layer, with its input rebuilt as the golden tensor with its changes
-put in; from there it runs with the dense rows. A fault whose changes all vanish is masked and never
-reaches the dense part.
+The next convolution's change is again a scatter of a few products per changed input, and a linear
+layer's N products per changed input (the last layer's are the logits). Each fault of a batch is
+followed on its own (`dsetool.faults.kernels`, compiled loops), the faults of every layer in one pass
+over the ops, and leaves this path at a layer where its change costs more than the dense layer
+(`SPARSE_COST`), with its input rebuilt as the golden tensor with its changes put in; from there it runs
+with the dense rows. A fault whose changes all vanish is masked and never reaches the dense part.
 
 Exact: the same integer operations on the same values (float64 holding exact integers), only on the
 values that differ from the golden run. It turns an early-layer fault from a whole inference into a few
@@ -31,9 +30,9 @@ from dsetool.engine import Engine
 from dsetool.engine.intmodel import Conv2d, Flatten, MaxPool2d, QuantAct, producer
 from dsetool.faults import kernels
 
-# One scattered multiply-add of the compiled loop costs about this many multiply-adds of the dense
-# layer's convolution (BLAS, vectorized); a fault whose change would cost more joins the dense rows.
-# Only a crossover: both paths give identical values.
+# One scattered multiply-add of the compiled loops costs about this many multiply-adds of the dense
+# layer (BLAS, vectorized); a fault whose change would cost more joins the dense rows there. Only a
+# crossover: both paths give identical values.
 SPARSE_COST = 10
 
 
@@ -125,15 +124,14 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
                 geometry)
         elif isinstance(current, QuantAct):
             count, changed, value = _requantize(engine, index, golden[index], inputs[changes.rows], changes)
-        elif isinstance(current, Flatten):  # the next (linear) layer reads the map as a vector: join there
-            joins.append(_dense_join(index + 1, golden[index], inputs, changes))
-            changes = Changes.empty()
+        elif isinstance(current, Flatten):  # the same values, numbered alike (channel-major)
             index += 1
             continue
-        else:  # linear: a spread-out change arriving here is cheaper dense; its own input faults give N outputs
-            if arrived.any():
-                joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(arrived)))
-                changes = changes.pick(~arrived)
+        else:  # linear: N outputs per changed input, unless the change is spread so wide that dense pays
+            dense = arrived & (changes.count * SPARSE_COST > current.reduction)
+            if dense.any():
+                joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
+                changes = changes.pick(~dense)
             if not len(changes.rows):
                 index += 1
                 continue
@@ -181,7 +179,8 @@ def _linear(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: n
     """Return linear op `index`'s changed outputs (codes when its output stage follows) and the index of
     the last op they cover (`len(ops)` past the logits layer)."""
     model_ops = engine.model.ops
-    weight = _operand(engine, ("linear", index), lambda: engine.layers[index].weight_tensor.to(torch.float64).numpy())
+    weight = _operand(engine, ("linear", index),
+                      lambda: engine.layers[index].weight_tensor.to(torch.float64).T.contiguous().numpy())
     if _fused_output_stage(engine, index):
         stage = _output_stage(engine, index)
         count, changed, value = kernels.linear_changes(
