@@ -82,7 +82,7 @@ class WeightOp:
     @property
     def reduction(self) -> int:
         """K, the length of each dot product."""
-        return int(np.prod(self.weight.shape[1:]))
+        return math.prod(self.weight.shape[1:])
 
     @property
     def weight_range(self) -> tuple[int, int]:

@@ -196,8 +196,20 @@ def _linear(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: n
 
 
 def _rows(tensor: torch.Tensor) -> np.ndarray:
-    """Return a golden tensor as (n_inputs, values per input), sharing its memory."""
-    return tensor.reshape(tensor.shape[0], -1).numpy()
+    """Return a golden tensor as (n_inputs, values per input), sharing its memory (the view is kept
+    while the tensor lives: every batch of a campaign asks for the same ones)."""
+    entry = _ROWS.get(id(tensor))
+    if entry is not None and entry[0]() is tensor:
+        return entry[1]
+    view = tensor.reshape(tensor.shape[0], -1).numpy()
+    _ROWS[id(tensor)] = (weakref.ref(tensor), view)
+    weakref.finalize(tensor, _ROWS.pop, id(tensor), None)   # the view would keep its memory alive
+    return view
+
+
+# id(tensor) -> (the tensor, weakly; its rows view). Tensors compare element-wise, so they cannot be the
+# keys of a WeakKeyDictionary.
+_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
 
 
 def _shape(shape: Sequence[int]) -> np.ndarray:
