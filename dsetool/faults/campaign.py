@@ -238,8 +238,8 @@ def run_campaign(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec
                 _write_atomic(rows, path)
             tally.add(rows)
             progress(tally, planned)
-            half_width = wilson(tally.counts["sdc"], tally.counts["n"], spec.confidence).half_width
-            if spec.early_stop and half_width < spec.margin:
+            if spec.early_stop and \
+                    wilson(tally.counts["sdc"], tally.counts["n"], spec.confidence).half_width < spec.margin:
                 stopped_early = tally.counts["n"] < planned
                 break
     return tally, planned, stopped_early
