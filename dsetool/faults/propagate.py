@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import Conv2d, Flatten, MaxPool2d, QuantAct, producer
+from dsetool.engine.intmodel import Conv2d, Flatten, Linear, MaxPool2d, QuantAct, producer
 from dsetool.faults import kernels
 
 # One scattered multiply-add of the compiled loops costs about this many multiply-adds of the dense
@@ -48,37 +48,45 @@ class Join:
 
 @dataclass(frozen=True)
 class Changes:
-    """Per propagated fault: `count[f]` changed values of the current map at `element[f, :count[f]]`,
-    now `value[f, :count[f]]` (see `dsetool.faults.kernels`). `rows` index the propagated faults."""
+    """Per propagated fault f (`rows[f]` indexes the propagated faults): the values of the current map at
+    `element[start[f]:start[f + 1]]` changed to `value[start[f]:start[f + 1]]` (see `dsetool.faults.kernels`)."""
 
     rows: np.ndarray
-    count: np.ndarray
+    start: np.ndarray
     element: np.ndarray
     value: np.ndarray
 
+    @property
+    def count(self) -> np.ndarray:
+        """Return how many values each fault changed."""
+        return np.diff(self.start)
+
     def pick(self, keep: np.ndarray) -> Changes:
-        """Return the faults where `keep` (bool) holds, trimmed to their largest count."""
-        return Changes(self.rows[keep], *kernels.pick(keep, self.count, self.element, self.value))
+        """Return the faults where `keep` (bool) holds."""
+        return Changes(self.rows[keep], *kernels.pick(keep, self.start, self.element, self.value))
+
+    def after(self, output: kernels.Output) -> Changes:
+        """Return a kernel's output changes of these faults (the ones it left alive)."""
+        alive, start, element, value = output
+        return Changes(self.rows[alive], start, element, value)
+
+    @staticmethod
+    def born(rows: np.ndarray, element: np.ndarray, value: np.ndarray) -> Changes:
+        """Return one changed value per fault."""
+        return Changes(rows, np.arange(len(rows) + 1), element.astype(np.int64), value.astype(np.float64))
 
     @staticmethod
     def empty() -> Changes:
         """Return no changes."""
-        return Changes(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.int64),
-                       np.zeros((0, 1), dtype=np.float64))
+        return Changes.born(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
 
     def merge(self, other: Changes) -> Changes:
-        """Return these changes followed by `other`'s (rows padded to the wider of the two)."""
+        """Return these changes followed by `other`'s."""
         if not len(self.rows):
             return other
-        width = max(self.element.shape[1], other.element.shape[1])
-
-        def widened(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            out = np.zeros((len(a) + len(b), width), dtype=a.dtype)
-            out[:len(a), :a.shape[1]], out[len(a):, :b.shape[1]] = a, b
-            return out
-
-        return Changes(np.concatenate([self.rows, other.rows]), np.concatenate([self.count, other.count]),
-                       widened(self.element, other.element), widened(self.value, other.value))
+        return Changes(np.concatenate([self.rows, other.rows]),
+                       np.concatenate([self.start, other.start[1:] + self.start[-1]]),
+                       np.concatenate([self.element, other.element]), np.concatenate([self.value, other.value]))
 
 
 def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray, start: np.ndarray,
@@ -98,9 +106,7 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
     while index < len(model_ops):
         born = np.nonzero(start == index)[0]
         if len(born):
-            changes = changes.merge(Changes(born, np.ones(len(born), dtype=np.int64),
-                                            element[born].astype(np.int64)[:, None],
-                                            faulty[born].astype(np.float64)[:, None]))
+            changes = changes.merge(Changes.born(born, element[born], faulty[born]))
         if not len(changes.rows):
             ahead = later[later > index]
             if not len(ahead):
@@ -108,63 +114,74 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
             index = int(ahead[0])
             continue
         current = model_ops[index]
-        arrived = start[changes.rows] != index   # the others start here
-        if isinstance(current, Conv2d):
-            dense = arrived & (changes.count * (current.kernel[0] * current.kernel[1] * SPARSE_COST) >
-                               current.out_shape[1] * current.out_shape[2] * current.reduction)
-            if dense.any():
-                joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
-                changes = changes.pick(~dense)
-            count, changed, value, index = _conv(engine, index, golden, inputs[changes.rows], changes)
-        elif isinstance(current, MaxPool2d):
-            geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
-            count, changed, value = kernels.pool_changes(
-                _rows(golden[index - 1]), _rows(golden[index]), inputs[changes.rows], changes.count,
-                changes.element, changes.value, _shape(engine.input_shape(index)), _shape(current.out_shape),
-                geometry)
-        elif isinstance(current, QuantAct):
-            count, changed, value = _requantize(engine, index, golden[index], inputs[changes.rows], changes)
-        elif isinstance(current, Flatten):  # the same values, numbered alike (channel-major)
+        if isinstance(current, Flatten):  # the same values, numbered alike (channel-major)
             index += 1
             continue
-        else:  # linear: N outputs per changed input, unless the change is spread so wide that dense pays
-            dense = arrived & (changes.count * SPARSE_COST > current.reduction)
+        if not isinstance(current, (MaxPool2d, QuantAct)):  # a weight op
+            # Faults born here have one change: never dearer than the layer.
+            dense = (start[changes.rows] != index) & _goes_dense(current, changes.count)
             if dense.any():
                 joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
                 changes = changes.pick(~dense)
-            if not len(changes.rows):
-                index += 1
-                continue
-            count, changed, value, index = _linear(engine, index, golden, inputs[changes.rows], changes)
-            if index == len(model_ops):  # the logits layer: they are the row's logits
-                changes = Changes(changes.rows, count, changed, value).pick(count > 0)
-                if len(changes.rows):
-                    joins.append(_dense_join(index, golden[index - 1], inputs, changes))
-                break
-        changes = Changes(changes.rows, count, changed, value).pick(count > 0)
+                if not len(changes.rows):
+                    index += 1
+                    continue
+        image = inputs[changes.rows]
+        if isinstance(current, Conv2d):
+            output, index = _conv(engine, index, golden, image, changes)
+        elif isinstance(current, MaxPool2d):
+            in_shape, geometry = _window(engine, index)
+            output = kernels.pool_changes(_rows(golden[index - 1]), _rows(golden[index]), image, changes.start,
+                                          changes.element, changes.value, _reach(engine, index), in_shape,
+                                          _shape(current.out_shape), geometry)
+        elif isinstance(current, QuantAct):
+            output = _requantize(engine, index, golden[index], image, changes)
+        else:  # linear: N outputs per changed input
+            output, index = _linear(engine, index, golden, image, changes)
+        changes = changes.after(output)
         index += 1
+    if len(changes.rows):  # past the logits layer: the changes are the rows' logits
+        joins.append(_dense_join(index, golden[index - 1], inputs, changes))
     return joins
 
 
+def _goes_dense(op: Conv2d | Linear, count: np.ndarray) -> np.ndarray:
+    """Say per fault whether its `count` changed inputs of weight op `op` cost more on the sparse path
+    (each reaches kh x kw x N accumulators of a conv, N of a linear layer, `SPARSE_COST` each) than the
+    dense layer."""
+    if isinstance(op, Conv2d):
+        return count * (op.kernel[0] * op.kernel[1] * SPARSE_COST) > op.out_shape[1] * op.out_shape[2] * op.reduction
+    return count * SPARSE_COST > op.reduction
+
+
 def _conv(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: np.ndarray, changes: Changes
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+          ) -> tuple[kernels.Output, int]:
     """Return conv op `index`'s changed outputs (codes when its output stage follows it directly) and the
     index of the last op they cover."""
     current = engine.model.ops[index]
     assert isinstance(current, Conv2d)
     weight = _operand(engine, ("conv", index), lambda: engine.layers[index].weight_tensor.to(torch.float64)
                       .permute(1, 2, 3, 0).contiguous().numpy())
-    geometry = np.array([*current.kernel, *current.stride, *current.padding], dtype=np.int64)
-    in_shape, out_shape = _shape(engine.input_shape(index)), _shape(current.out_shape)
-    if _fused_output_stage(engine, index):
-        count, changed, value = kernels.conv_requantize_changes(
-            _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index + 1]), image, changes.count,
-            changes.element, changes.value, weight, in_shape, out_shape, geometry, *_output_stage(engine, index))
-        return count, changed, value, index + 1
-    count, changed, value = kernels.conv_changes(
-        _rows(golden[index - 1]), _rows(golden[index]), image, changes.count, changes.element, changes.value,
-        weight, in_shape, out_shape, geometry)
-    return count, changed, value, index
+    fused = _fused_output_stage(engine, index)
+    codes = golden[index + 1] if fused else golden[index]
+    output = kernels.conv_changes(_rows(golden[index - 1]), _rows(golden[index]), _rows(codes), image,
+                                  changes.start, changes.element, changes.value, weight, _reach(engine, index),
+                                  _shape(current.out_shape), _window(engine, index)[1], fused,
+                                  *_output_stage(engine, index if fused else None))
+    return output, index + 1 if fused else index
+
+
+def _window(engine: Engine, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return sliding-window op `index`'s input shape (C, H, W) and its geometry as the kernels take it
+    (kh, kw, stride_h, stride_w, pad_h, pad_w)."""
+    current = engine.model.ops[index]
+    assert isinstance(current, (Conv2d, MaxPool2d))
+    return _shape(engine.input_shape(index)), _shape([*current.kernel, *current.stride, *current.padding])
+
+
+def _reach(engine: Engine, index: int) -> np.ndarray:
+    """Return `kernels.reach` of sliding-window op `index`, built once per engine."""
+    return _operand(engine, ("reach", index), lambda: kernels.reach(*_window(engine, index)))
 
 
 def _fused_output_stage(engine: Engine, index: int) -> bool:
@@ -175,24 +192,17 @@ def _fused_output_stage(engine: Engine, index: int) -> bool:
 
 
 def _linear(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: np.ndarray, changes: Changes
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+            ) -> tuple[kernels.Output, int]:
     """Return linear op `index`'s changed outputs (codes when its output stage follows) and the index of
-    the last op they cover (`len(ops)` past the logits layer)."""
-    model_ops = engine.model.ops
+    the last op they cover."""
     weight = _operand(engine, ("linear", index),
                       lambda: engine.layers[index].weight_tensor.to(torch.float64).T.contiguous().numpy())
-    if _fused_output_stage(engine, index):
-        stage = _output_stage(engine, index)
-        count, changed, value = kernels.linear_changes(
-            _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index + 1]), image, changes.count,
-            changes.element, changes.value, weight, True, *stage)
-        return count, changed, value, index + 1
-    none = np.zeros(1)
-    count, changed, value = kernels.linear_changes(
-        _rows(golden[index - 1]), _rows(golden[index]), _rows(golden[index]), image, changes.count,
-        changes.element, changes.value, weight, False, none, none.astype(np.int64), none.astype(np.int64),
-        False, 0.0, 0.0)
-    return count, changed, value, (len(model_ops) if index == len(model_ops) - 1 else index)
+    fused = _fused_output_stage(engine, index)
+    codes = golden[index + 1] if fused else golden[index]
+    output = kernels.linear_changes(_rows(golden[index - 1]), _rows(golden[index]), _rows(codes), image,
+                                    changes.start, changes.element, changes.value, weight, fused,
+                                    *_output_stage(engine, index if fused else None))
+    return output, index + 1 if fused else index
 
 
 def _rows(tensor: torch.Tensor) -> np.ndarray:
@@ -216,9 +226,18 @@ def _shape(shape: Sequence[int]) -> np.ndarray:
     return np.array(shape, dtype=np.int64)
 
 
-def _output_stage(engine: Engine, source: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]:
-    """Return weight layer `source`'s output-stage constants as the kernels take them."""
-    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]:
+Stage = tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]
+
+# What the kernels take for "no output stage" (their `requantize` False): never read, typed alike.
+_NO_STAGE: Stage = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), False, 0.0, 0.0)
+
+
+def _output_stage(engine: Engine, source: int | None) -> Stage:
+    """Return weight layer `source`'s output-stage constants as the kernels take them (`None`: none)."""
+    if source is None:
+        return _NO_STAGE
+
+    def build() -> Stage:
         requantizer = engine.requantizers[source]
         return (requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
                 np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
@@ -243,17 +262,17 @@ def _operand(engine: Engine, key: tuple[str, int], build: Callable[[], Any]) -> 
 
 
 def _requantize(engine: Engine, index: int, golden_out: torch.Tensor, image: np.ndarray, changes: Changes
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ) -> kernels.Output:
     """Apply QuantAct op `index`'s output stage (its source layer's requantizer) to the changes."""
     source = producer(engine.model.ops, index)
     assert source is not None
     per_channel = int(np.prod(engine.input_shape(index))) // len(engine.requantizers[source].multiplier)
-    return kernels.requantize_changes(_rows(golden_out), image, changes.count, changes.element, changes.value,
+    return kernels.requantize_changes(_rows(golden_out), image, changes.start, changes.element, changes.value,
                                       per_channel, *_output_stage(engine, source))
 
 
 def _dense_join(op: int, golden_in: torch.Tensor, inputs: np.ndarray, changes: Changes) -> Join:
     """Return the faults' dense input to op `op`: their golden rows with their changes put in."""
     dense = torch.index_select(golden_in, 0, torch.from_numpy(inputs[changes.rows]))
-    kernels.scatter_rows(dense.reshape(len(dense), -1).numpy(), changes.count, changes.element, changes.value)
+    kernels.scatter_rows(dense.reshape(len(dense), -1).numpy(), changes.start, changes.element, changes.value)
     return Join(op, changes.rows, dense)
