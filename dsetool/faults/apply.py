@@ -16,8 +16,8 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.intmodel import WeightOp
-from dsetool.faults.bits import from_pattern, to_pattern
-from dsetool.faults.propagate import Join, propagate
+from dsetool.faults.bits import with_masks
+from dsetool.faults.propagate import Join, golden_rows, propagate
 from dsetool.faults.sites import SiteGroup
 from dsetool.faults.sparse import act_fault_accumulators
 
@@ -85,20 +85,6 @@ def combined_masks(rows: np.ndarray, elements: np.ndarray, bits: np.ndarray, mod
     return unique // span, unique % span, masks
 
 
-def faulty_values(values: torch.Tensor, masks: torch.Tensor, model: str, width: int, signed: bool) -> torch.Tensor:
-    """Return the register contents after the fault model acts with the given bit masks."""
-    if model == "zero":
-        return torch.zeros_like(values)
-    pattern = to_pattern(values, width)
-    if model == "bitflip":
-        pattern = torch.bitwise_xor(pattern, masks)
-    elif model == "stuck1":
-        pattern = torch.bitwise_or(pattern, masks)
-    else:
-        pattern = torch.bitwise_and(pattern, torch.bitwise_not(masks))
-    return from_pattern(pattern, width, signed)
-
-
 def _fault_tensor(tensor: torch.Tensor, group: SiteGroup, rows: np.ndarray, elements: np.ndarray,
                   bits: np.ndarray, model: str) -> torch.Tensor:
     """Apply faults to elements of a (B, ...) code tensor in place of a copy, and return it."""
@@ -106,7 +92,7 @@ def _fault_tensor(tensor: torch.Tensor, group: SiteGroup, rows: np.ndarray, elem
     flat = tensor.reshape(tensor.shape[0], -1).clone()
     ri, ei = torch.from_numpy(r), torch.from_numpy(e)
     old = flat[ri, ei].to(torch.int64)
-    flat[ri, ei] = faulty_values(old, torch.from_numpy(m), model, group.width, group.signed).to(flat.dtype)
+    flat[ri, ei] = with_masks(old, torch.from_numpy(m), model, group.width, group.signed).to(flat.dtype)
     return flat.reshape(tensor.shape)
 
 
@@ -118,7 +104,7 @@ def _weight_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: t
     n_out, k_in = weights.shape
     n_idx, k_idx = torch.from_numpy(e // k_in), torch.from_numpy(e % k_in)
     old = weights[n_idx, k_idx].to(torch.int64)
-    delta = (faulty_values(old, torch.from_numpy(m), model, group.width, True) - old).to(acc.dtype)
+    delta = (with_masks(old, torch.from_numpy(m), model, group.width, True) - old).to(acc.dtype)
     operand = net.gemm_input(group.op_index, op_input)             # (B, K, M)
     contribution = delta[:, None] * operand[torch.from_numpy(r), k_idx]   # (F, M)
     flat = acc.reshape(acc.shape[0], n_out, -1).clone(memory_format=torch.contiguous_format)
@@ -232,16 +218,14 @@ def _carry(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, js:
     """Follow faults `js`, each its row's only fault and in a weight op's input, sparsely (`propagate`);
     `Join.rows` index `js`."""
     rows = faults.row[js]
-    faulty = np.empty(len(js), dtype=np.int64)
+    old = np.empty(len(js), dtype=np.int64)
+    width, signed = np.empty(len(js), dtype=np.int64), np.empty(len(js), dtype=np.int64)
     for g in np.unique(faults.group[js]).tolist():
-        mine = np.nonzero(faults.group[js] == g)[0]
+        mine = faults.group[js] == g
         group = groups[g]
-        golden_in = golden[group.op_index - 1]
-        old = golden_in.reshape(golden_in.shape[0], -1)[torch.from_numpy(inputs[rows[mine]]),
-                                                        torch.from_numpy(faults.element[js[mine]])]
-        masks = torch.bitwise_left_shift(torch.ones(len(mine), dtype=torch.int64),
-                                         torch.from_numpy(faults.bit[js[mine]]))
-        faulty[mine] = faulty_values(old.to(torch.int64), masks, model, group.width, group.signed).numpy()
+        old[mine] = golden_rows(golden[group.op_index - 1])[inputs[rows[mine]], faults.element[js[mine]]]
+        width[mine], signed[mine] = group.width, group.signed
+    faulty = with_masks(old, np.left_shift(1, faults.bit[js]), model, width, signed)
     return propagate(net.engine, golden, inputs[rows], fault_ops[js], faults.element[js], faulty)
 
 
@@ -257,7 +241,7 @@ def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: 
     r, e, m = combined_masks(local[faults.row[js]], faults.element[js], faults.bit[js], model)
     golden_in = _rows_of(golden[op - 1], inputs[rows])
     old = golden_in.reshape(len(rows), -1)[torch.from_numpy(r), torch.from_numpy(e)].to(torch.int64)
-    faulty = faulty_values(old, torch.from_numpy(m), model, group.width, group.signed)
+    faulty = with_masks(old, torch.from_numpy(m), model, group.width, group.signed)
     return act_fault_accumulators(weight_op, net.weight_tensor(op), golden_in, _rows_of(golden[op], inputs[rows]),
                                   r, e, faulty)
 

@@ -1,50 +1,62 @@
 """Bit-level faults on integer codes held in registers of a given width (two's complement when signed).
 
-Values arrive as int64 tensors of codes. A register of width w holds the low w bits of the two's
-complement pattern; flipping bit w-1 of a signed register turns 5 into 5 - 2^(w-1) (e.g. 5 -> -123 at
-8 bits), exactly as the hardware does, not the sign-magnitude shortcut of some fault injectors.
+Values arrive as int64 codes, torch tensors or numpy arrays alike (only operators are used; widths and
+signedness may be per element). A register of width w holds the low w bits of the two's complement
+pattern; flipping bit w-1 of a signed register turns 5 into 5 - 2^(w-1) (e.g. 5 -> -123 at 8 bits),
+exactly as the hardware does, not the sign-magnitude shortcut of some fault injectors.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar, cast
+
+import numpy as np
 import torch
 
 MODELS = ("bitflip", "stuck0", "stuck1", "zero")
 
+Codes = TypeVar("Codes", torch.Tensor, np.ndarray)
+Width = int | np.ndarray
+Signed = bool | np.ndarray
 
-def to_pattern(values: torch.Tensor, width: int) -> torch.Tensor:
+
+def to_pattern(values: Codes, width: Width) -> Codes:
     """Return the w-bit register pattern (0 .. 2^w - 1) of integer codes."""
-    return torch.remainder(values, 1 << width)
+    return cast(Codes, values & ((1 << width) - 1))
 
 
-def from_pattern(pattern: torch.Tensor, width: int, signed: bool) -> torch.Tensor:
+def from_pattern(pattern: Codes, width: Width, signed: Signed) -> Codes:
     """Read a w-bit pattern back as a signed (two's complement) or unsigned integer."""
-    if not signed:
+    if signed is False:
         return pattern
-    return torch.where(pattern >= (1 << (width - 1)), pattern - (1 << width), pattern)
+    return cast(Codes, pattern - ((pattern >> (width - 1)) & 1) * signed * (1 << width))
 
 
-def apply_fault(values: torch.Tensor, bits: torch.Tensor, model: str, width: int, signed: bool) -> torch.Tensor:
-    """Apply one fault per element: `bits` gives the bit position of each element's fault.
+def with_masks(values: Codes, masks: Codes, model: str, width: Width, signed: Signed) -> Codes:
+    """Return the register contents after the fault model acts on the bits set in each element's mask.
 
-    `bitflip` inverts the bit, `stuck0`/`stuck1` force it, `zero` clears the whole register (bits
-    ignored). All element-wise and vectorized; values and bits broadcast together.
+    `bitflip` inverts them, `stuck0`/`stuck1` force them, `zero` clears the whole register (masks
+    ignored). Element-wise; values, masks, widths and signedness broadcast together.
     """
     if model == "zero":
-        return torch.zeros_like(values)
+        return values * 0
     pattern = to_pattern(values, width)
-    mask = torch.bitwise_left_shift(torch.ones_like(bits), bits)
     if model == "bitflip":
-        pattern = torch.bitwise_xor(pattern, mask)
+        pattern = pattern ^ masks
     elif model == "stuck1":
-        pattern = torch.bitwise_or(pattern, mask)
+        pattern = pattern | masks
     elif model == "stuck0":
-        pattern = torch.bitwise_and(pattern, torch.bitwise_not(mask))
+        pattern = pattern & ~masks
     else:
         raise ValueError(f"Fault model must be one of {', '.join(MODELS)}, not {model!r}")
     return from_pattern(pattern, width, signed)
 
 
-def flip_mask(values: torch.Tensor, mask: torch.Tensor, width: int, signed: bool) -> torch.Tensor:
+def apply_fault(values: Codes, bits: Codes, model: str, width: Width, signed: Signed) -> Codes:
+    """Apply one fault per element: `bits` gives the bit position of each element's fault."""
+    return with_masks(values, 1 << bits, model, width, signed)
+
+
+def flip_mask(values: Codes, mask: Codes, width: Width, signed: Signed) -> Codes:
     """XOR each element's register pattern with a multi-bit mask (BER faults: several bits at once)."""
-    return from_pattern(torch.bitwise_xor(to_pattern(values, width), mask), width, signed)
+    return with_masks(values, mask, "bitflip", width, signed)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from dsetool.engine.tiling import LayerTiling
+from dsetool.faults.bits import with_masks
 
 PE_SITES = ("pe.act", "pe.weight", "pe.psum")
 
@@ -32,7 +33,6 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     `acc_bits` is the array's accumulator width: every corrected sum wraps there, as the adders do (a
     corrupted operand can overflow a narrow accumulator too, not only a corrupted partial sum).
     """
-    from dsetool.faults.apply import faulty_values
 
     ta, tn, u, r, c = (torch.from_numpy(a.astype(np.int64)) for a in tiling.decode(elements))
     b = torch.from_numpy(rows.astype(np.int64))
@@ -58,7 +58,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     if site == "pe.act":
         valid = (m >= 0) & (m < M) & (k >= 0) & (k < K)
         old = operand(b, m, k).to(torch.int64)
-        delta = (faulty_values(old, mask, model, width, signed) - old) * valid
+        delta = (with_masks(old, mask, model, width, signed) - old) * valid
         cols = torch.arange(C)
         n_all = tn[:, None] * C + cols                                    # the value moves right
         live = (cols >= c[:, None]) & (n_all < N)
@@ -68,7 +68,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     elif site == "pe.weight":
         valid = (n < N) & (k >= 0) & (k < K)
         old = weight(k, n).to(torch.int64)
-        delta = (faulty_values(old, mask, model, width, True) - old) * valid
+        delta = (with_masks(old, mask, model, width, True) - old) * valid
         if ws:   # stationary: every later row m of the tile uses the corrupted weight
             ms = torch.arange(M)
             live = ms >= (u - r - c)[:, None]
@@ -85,7 +85,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     else:
         valid = (m >= 0) & (m < M) & (n < N)
         partial = _partial_sums(tiling, operands, weights, b, m, n, ta, r, u, c)
-        faulty = faulty_values(partial.to(torch.int64), mask, model, acc_bits, True)
+        faulty = with_masks(partial.to(torch.int64), mask, model, acc_bits, True)
         delta = (faulty - partial.to(torch.int64)) * valid
         index = (b * N + n.clamp(0, N - 1)) * M + m.clamp(0, M - 1)
         total = torch.zeros_like(flat, dtype=torch.int64).index_add_(0, index, delta)

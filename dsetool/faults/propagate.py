@@ -18,6 +18,7 @@ thousand multiply-adds.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,12 +99,12 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
     kernel runs once per batch however many layers it holds faults of. Returns where the faults that
     are not masked continue; masked faults appear in no `Join`.
     """
-    model_ops = engine.model.ops
+    steps = _steps(engine)
     joins: list[Join] = []
     changes = Changes.empty()
     later = np.unique(start)
     index = int(later[0])
-    while index < len(model_ops):
+    while index < len(steps):
         born = np.nonzero(start == index)[0]
         if len(born):
             changes = changes.merge(Changes.born(born, element[born], faulty[born]))
@@ -113,75 +114,106 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
                 break
             index = int(ahead[0])
             continue
-        current = model_ops[index]
-        if isinstance(current, Flatten):  # the same values, numbered alike (channel-major)
+        step = steps[index]
+        if step is None:  # flatten
             index += 1
             continue
-        if not isinstance(current, (MaxPool2d, QuantAct)):  # a weight op
+        if step.sparse_limit is not None:
             # Faults born here have one change: never dearer than the layer.
-            dense = (start[changes.rows] != index) & _goes_dense(current, changes.count)
+            dense = (start[changes.rows] != index) & (changes.count > step.sparse_limit)
             if dense.any():
                 joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
                 changes = changes.pick(~dense)
                 if not len(changes.rows):
                     index += 1
                     continue
-        image = inputs[changes.rows]
-        if isinstance(current, Conv2d):
-            output, index = _conv(engine, index, golden, image, changes)
-        elif isinstance(current, MaxPool2d):
-            in_shape, geometry = _window(engine, index)
-            output = kernels.pool_changes(_rows(golden[index - 1]), _rows(golden[index]), image, changes.start,
-                                          changes.element, changes.value, _reach(engine, index), in_shape,
-                                          _shape(current.out_shape), geometry)
-        elif isinstance(current, QuantAct):
-            output = _requantize(engine, index, golden[index], image, changes)
-        else:  # linear: N outputs per changed input
-            output, index = _linear(engine, index, golden, image, changes)
-        changes = changes.after(output)
-        index += 1
+        changes = changes.after(step.kernel(*(golden_rows(golden[i]) for i in step.reads), inputs[changes.rows],
+                                            changes.start, changes.element, changes.value, *step.operands))
+        index = step.last + 1
     if len(changes.rows):  # past the logits layer: the changes are the rows' logits
         joins.append(_dense_join(index, golden[index - 1], inputs, changes))
     return joins
 
 
-def _goes_dense(op: Conv2d | Linear, count: np.ndarray) -> np.ndarray:
-    """Say per fault whether its `count` changed inputs of weight op `op` cost more on the sparse path
-    (each reaches kh x kw x N accumulators of a conv, N of a linear layer, `SPARSE_COST` each) than the
-    dense layer."""
+@dataclass(frozen=True)
+class _Step:
+    """How the sparse path runs one op: `kernel(*golden outputs of ops `reads`, image, start, element,
+    value, *operands)` gives the changes after op `last` (past a fused output stage)."""
+
+    kernel: Callable[..., kernels.Output]
+    reads: tuple[int, ...]
+    operands: tuple[Any, ...]
+    last: int
+    sparse_limit: float | None = None   # a weight op: faults with more changed inputs run the dense layer
+
+
+def _steps(engine: Engine) -> list[_Step | None]:
+    """Return the step of every op, built once per engine. None: flatten (the same values, numbered
+    alike) or the input quantizer (before every weight op: no fault reaches it)."""
+    def build() -> list[_Step | None]:
+        builders = {Conv2d: _conv_step, Linear: _linear_step, MaxPool2d: _pool_step, QuantAct: _requantize_step}
+        model_ops = engine.model.ops
+        return [None if isinstance(op, Flatten) or (isinstance(op, QuantAct) and producer(model_ops, index) is None)
+                else builders[type(op)](engine, index) for index, op in enumerate(model_ops)]
+
+    steps: list[_Step | None] = _operand(engine, ("steps", 0), build)
+    return steps
+
+
+def _sparse_limit(op: Conv2d | Linear) -> float:
+    """Return how many changed inputs of weight op `op` the sparse path takes: each reaches kh x kw x N
+    accumulators of a conv, N of a linear layer, at `SPARSE_COST` each; beyond, the dense layer is cheaper."""
+    if not SPARSE_COST:
+        return math.inf
     if isinstance(op, Conv2d):
-        return count * (op.kernel[0] * op.kernel[1] * SPARSE_COST) > op.out_shape[1] * op.out_shape[2] * op.reduction
-    return count * SPARSE_COST > op.reduction
+        return op.out_shape[1] * op.out_shape[2] * op.reduction / (op.kernel[0] * op.kernel[1] * SPARSE_COST)
+    return op.reduction / SPARSE_COST
 
 
-def _conv(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: np.ndarray, changes: Changes
-          ) -> tuple[kernels.Output, int]:
-    """Return conv op `index`'s changed outputs (codes when its output stage follows it directly) and the
-    index of the last op they cover."""
+def _conv_step(engine: Engine, index: int) -> _Step:
+    """Convolution, with its output stage when that follows directly (codes out, else accumulators)."""
     current = engine.model.ops[index]
     assert isinstance(current, Conv2d)
-    weight = _operand(engine, ("conv", index), lambda: engine.layers[index].weight_tensor.to(torch.float64)
-                      .permute(1, 2, 3, 0).contiguous().numpy())
+    weight = engine.layers[index].weight_tensor.to(torch.float64).permute(1, 2, 3, 0).contiguous().numpy()
+    in_shape, geometry = _window(current, engine.input_shape(index))
     fused = _fused_output_stage(engine, index)
-    codes = golden[index + 1] if fused else golden[index]
-    output = kernels.conv_changes(_rows(golden[index - 1]), _rows(golden[index]), _rows(codes), image,
-                                  changes.start, changes.element, changes.value, weight, _reach(engine, index),
-                                  _shape(current.out_shape), _window(engine, index)[1], fused,
-                                  *_output_stage(engine, index if fused else None))
-    return output, index + 1 if fused else index
+    return _Step(kernels.conv_changes, (index - 1, index, index + 1 if fused else index),
+                 (weight, kernels.reach(in_shape, geometry), _shape(current.out_shape), geometry, fused,
+                  *_output_stage(engine, index if fused else None)), index + fused, _sparse_limit(current))
 
 
-def _window(engine: Engine, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return sliding-window op `index`'s input shape (C, H, W) and its geometry as the kernels take it
-    (kh, kw, stride_h, stride_w, pad_h, pad_w)."""
+def _linear_step(engine: Engine, index: int) -> _Step:
+    """Linear layer (weight (K, N): the loop over the N outputs runs contiguously), fused as `_conv_step`."""
     current = engine.model.ops[index]
-    assert isinstance(current, (Conv2d, MaxPool2d))
-    return _shape(engine.input_shape(index)), _shape([*current.kernel, *current.stride, *current.padding])
+    assert isinstance(current, Linear)
+    weight = engine.layers[index].weight_tensor.to(torch.float64).T.contiguous().numpy()
+    fused = _fused_output_stage(engine, index)
+    return _Step(kernels.linear_changes, (index - 1, index, index + 1 if fused else index),
+                 (weight, fused, *_output_stage(engine, index if fused else None)), index + fused,
+                 _sparse_limit(current))
 
 
-def _reach(engine: Engine, index: int) -> np.ndarray:
-    """Return `kernels.reach` of sliding-window op `index`, built once per engine."""
-    return _operand(engine, ("reach", index), lambda: kernels.reach(*_window(engine, index)))
+def _pool_step(engine: Engine, index: int) -> _Step:
+    """Max pool."""
+    current = engine.model.ops[index]
+    assert isinstance(current, MaxPool2d)
+    in_shape, geometry = _window(current, engine.input_shape(index))
+    return _Step(kernels.pool_changes, (index - 1, index),
+                 (kernels.reach(in_shape, geometry), in_shape, _shape(current.out_shape), geometry), index)
+
+
+def _requantize_step(engine: Engine, index: int) -> _Step:
+    """An output stage not fused into its weight op (a pool sits between them)."""
+    source = producer(engine.model.ops, index)
+    assert source is not None
+    per_channel = math.prod(engine.input_shape(index)) // len(engine.requantizers[source].multiplier)
+    return _Step(kernels.requantize_changes, (index,), (per_channel, *_output_stage(engine, source)), index)
+
+
+def _window(op: Conv2d | MaxPool2d, in_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Return a sliding-window op's input shape (C, H, W) and its geometry as the kernels take it
+    (kh, kw, stride_h, stride_w, pad_h, pad_w)."""
+    return _shape(in_shape), _shape([*op.kernel, *op.stride, *op.padding])
 
 
 def _fused_output_stage(engine: Engine, index: int) -> bool:
@@ -191,35 +223,21 @@ def _fused_output_stage(engine: Engine, index: int) -> bool:
         and producer(model_ops, index + 1) == index
 
 
-def _linear(engine: Engine, index: int, golden: Sequence[torch.Tensor], image: np.ndarray, changes: Changes
-            ) -> tuple[kernels.Output, int]:
-    """Return linear op `index`'s changed outputs (codes when its output stage follows) and the index of
-    the last op they cover."""
-    weight = _operand(engine, ("linear", index),
-                      lambda: engine.layers[index].weight_tensor.to(torch.float64).T.contiguous().numpy())
-    fused = _fused_output_stage(engine, index)
-    codes = golden[index + 1] if fused else golden[index]
-    output = kernels.linear_changes(_rows(golden[index - 1]), _rows(golden[index]), _rows(codes), image,
-                                    changes.start, changes.element, changes.value, weight, fused,
-                                    *_output_stage(engine, index if fused else None))
-    return output, index + 1 if fused else index
-
-
-def _rows(tensor: torch.Tensor) -> np.ndarray:
+def golden_rows(tensor: torch.Tensor) -> np.ndarray:
     """Return a golden tensor as (n_inputs, values per input), sharing its memory (the view is kept
     while the tensor lives: every batch of a campaign asks for the same ones)."""
-    entry = _ROWS.get(id(tensor))
+    entry = _GOLDEN_ROWS.get(id(tensor))
     if entry is not None and entry[0]() is tensor:
         return entry[1]
     view = tensor.reshape(tensor.shape[0], -1).numpy()
-    _ROWS[id(tensor)] = (weakref.ref(tensor), view)
-    weakref.finalize(tensor, _ROWS.pop, id(tensor), None)   # the view would keep its memory alive
+    _GOLDEN_ROWS[id(tensor)] = (weakref.ref(tensor), view)
+    weakref.finalize(tensor, _GOLDEN_ROWS.pop, id(tensor), None)   # the view would keep its memory alive
     return view
 
 
 # id(tensor) -> (the tensor, weakly; its rows view). Tensors compare element-wise, so they cannot be the
 # keys of a WeakKeyDictionary.
-_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
+_GOLDEN_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
 
 
 def _shape(shape: Sequence[int]) -> np.ndarray:
@@ -259,16 +277,6 @@ def _operand(engine: Engine, key: tuple[str, int], build: Callable[[], Any]) -> 
     if key not in cache:
         cache[key] = build()
     return cache[key]
-
-
-def _requantize(engine: Engine, index: int, golden_out: torch.Tensor, image: np.ndarray, changes: Changes
-                ) -> kernels.Output:
-    """Apply QuantAct op `index`'s output stage (its source layer's requantizer) to the changes."""
-    source = producer(engine.model.ops, index)
-    assert source is not None
-    per_channel = int(np.prod(engine.input_shape(index))) // len(engine.requantizers[source].multiplier)
-    return kernels.requantize_changes(_rows(golden_out), image, changes.start, changes.element, changes.value,
-                                      per_channel, *_output_stage(engine, source))
 
 
 def _dense_join(op: int, golden_in: torch.Tensor, inputs: np.ndarray, changes: Changes) -> Join:
