@@ -40,6 +40,7 @@ def awkward_model(scaling: str) -> Builder:
 @pytest.mark.parametrize("cost", [0, 10**9])
 def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, scaling: str, cost: int) -> None:
     monkeypatch.setattr(propagate, "SPARSE_COST", cost)
+    monkeypatch.setattr(propagate, "DENSE_START", 0)   # the dense path whenever the cost says so
     builder = awkward_model(scaling)
     engine = Engine(builder.build())
     network = EngineNetwork(engine)

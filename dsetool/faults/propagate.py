@@ -36,6 +36,12 @@ from dsetool.faults import kernels
 # crossover: both paths give identical values.
 SPARSE_COST = 10
 
+# Faults that would be cheaper dense still stay sparse while their sparse multiply-adds at that layer,
+# all together, stay below this: starting the dense computation costs a batch more than the arithmetic
+# of small layers (a tensor op per remaining op, the joins, the masked checks; LeNet-5's linear layers
+# ran a uniform campaign 1.7x faster sparse than dense, `benchmarks/inject_throughput.py`).
+DENSE_START = 2_000_000
+
 
 @dataclass(frozen=True)
 class Join:
@@ -120,8 +126,9 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
             continue
         if step.sparse_limit is not None:
             # Faults born here have one change: never dearer than the layer.
-            dense = (start[changes.rows] != index) & (changes.count > step.sparse_limit)
-            if dense.any():
+            count = changes.count
+            dense = (start[changes.rows] != index) & (count > step.sparse_limit)
+            if dense.any() and int(count[dense].sum()) * step.products > DENSE_START:
                 joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
                 changes = changes.pick(~dense)
                 if not len(changes.rows):
@@ -145,6 +152,7 @@ class _Step:
     operands: tuple[Any, ...]
     last: int
     sparse_limit: float | None = None   # a weight op: faults with more changed inputs run the dense layer
+    products: int = 0                   # a weight op: multiply-adds per changed input
 
 
 def _steps(engine: Engine) -> list[_Step | None]:
@@ -179,7 +187,8 @@ def _conv_step(engine: Engine, index: int) -> _Step:
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.conv_changes, (index - 1, index, index + 1 if fused else index),
                  (weight, kernels.reach(in_shape, geometry), _shape(current.out_shape), geometry, fused,
-                  *_output_stage(engine, index if fused else None)), index + fused, _sparse_limit(current))
+                  *_output_stage(engine, index if fused else None)), index + fused, _sparse_limit(current),
+                 current.kernel[0] * current.kernel[1] * current.out_features)
 
 
 def _linear_step(engine: Engine, index: int) -> _Step:
@@ -190,7 +199,7 @@ def _linear_step(engine: Engine, index: int) -> _Step:
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.linear_changes, (index - 1, index, index + 1 if fused else index),
                  (weight, fused, *_output_stage(engine, index if fused else None)), index + fused,
-                 _sparse_limit(current))
+                 _sparse_limit(current), current.out_features)
 
 
 def _pool_step(engine: Engine, index: int) -> _Step:
