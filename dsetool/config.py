@@ -139,7 +139,8 @@ BIT_SELECTIONS = ("all", "msb", "high", "low")
 class FaultConfig:
     """One fault campaign: where faults land, what they do, how many, and how the campaign is sized."""
 
-    site: str = spec("act", choices=FAULT_SITES, help="register or buffer the faults hit")
+    site: str | tuple[str, ...] = spec("act", choices=FAULT_SITES,
+                                       help="register or buffer the faults hit; a list: uniform over all of them")
     layers: tuple[str, ...] = spec((), help="weight layers to fault; empty = all")
     model: str = spec("bitflip", choices=("bitflip", "stuck0", "stuck1", "zero"), help="fault effect")
     bits: str | tuple[int, ...] = spec("all", choices=BIT_SELECTIONS, range=(0, 63),
@@ -155,6 +156,11 @@ class FaultConfig:
     seed: int = spec(0, range=(0, 2**31 - 1), help="seed of the fault list")
     shard_size: int = spec(2048, range=(1, 10_000_000), help="faulty inferences per resumable shard")
     batch_size: int = spec(256, range=(1, 65536), help="faulty inferences evaluated together")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Return the fault sites as a tuple (one or several)."""
+        return (self.site,) if isinstance(self.site, str) else self.site
 
 
 @dataclass(frozen=True)
@@ -385,22 +391,24 @@ def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
     faults = config.faults
     if faults.ber is not None and not 0.0 < faults.ber < 1.0:
         raise ConfigError(source, "faults.ber", f"expected a bit error rate in (0, 1), got {faults.ber!r}")
+    if not faults.sites:
+        raise ConfigError(source, "faults.site", "expected at least one fault site, got an empty list")
     if isinstance(faults.bits, str):
         return
     chosen = [name for name in layers if not faults.layers or name in faults.layers]
-    widths = [_register_width(config, layers, name) for name in chosen]
-    known = [w for w in widths if w is not None]
-    if not known:
-        return
-    width = min(known)
-    beyond = [b for b in faults.bits if b >= width]
-    if beyond:
-        raise ConfigError(source, "faults.bits", f"bit {beyond[0]} is beyond the {width}-bit {faults.site} "
-                                                 f"register (bits 0..{width - 1})")
+    for site in faults.sites:
+        known = [w for w in (_register_width(config, layers, name, site) for name in chosen) if w is not None]
+        if not known:
+            continue
+        width = min(known)
+        beyond = [b for b in faults.bits if b >= width]
+        if beyond:
+            raise ConfigError(source, "faults.bits", f"bit {beyond[0]} is beyond the {width}-bit {site} "
+                                                     f"register (bits 0..{width - 1})")
 
 
-def _register_width(config: RunConfig, layers: list[str], name: str) -> int | None:
-    """Return the width of the register a fault site reads in layer `name` (None: the wide logits)."""
+def _register_width(config: RunConfig, layers: list[str], name: str, site: str) -> int | None:
+    """Return the width of the register fault site `site` reads in layer `name` (None: the wide logits)."""
     q = config.quant
 
     def bits_of(layer: str, kind: str) -> int:
@@ -408,7 +416,6 @@ def _register_width(config: RunConfig, layers: list[str], name: str) -> int | No
         value = getattr(override, kind) if override is not None else None
         return int(value or getattr(q, kind))
 
-    site = config.faults.site
     if site in ("weight", "pe.weight"):
         return bits_of(name, "weight_bits")
     if site in ("act", "pe.act"):

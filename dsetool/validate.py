@@ -121,6 +121,9 @@ class Converter:
 
     def _first_fitting(self, alternatives: tuple[Any, ...], sp: Spec, raw: Any, key: str) -> Any:
         """Convert to the first alternative of a union that accepts the value (e.g. `auto` or a count)."""
+        lists = [a for a in alternatives if get_origin(a) is tuple]
+        if isinstance(raw, list | tuple) and len(lists) == 1:
+            return self.value(lists[0], sp, raw, key)   # its error names the item at fault
         for alternative in alternatives:
             try:
                 return self.value(alternative, sp, raw, key)
@@ -190,7 +193,8 @@ def _expected(tp: Any, sp: Spec) -> str:
 
 def _expected_any(tp: Any, sp: Spec) -> str:
     if get_origin(tp) is tuple:
-        return "a list of integers" + _range_text(sp.range, True)
+        item = get_args(tp)[0]
+        return f"a list of {_expected(item, sp)}" if item is str else "a list of integers" + _range_text(sp.range, True)
     return _expected(tp, sp)
 
 

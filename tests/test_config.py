@@ -142,6 +142,11 @@ def test_shipped_experiments_are_valid(name):
 
 @pytest.mark.parametrize("faults, expected", [
     ({"site": "psum"}, "faults.site: expected one of act, weight, pe.act"),
+    ({"site": ["act", "psum"]}, "faults.site[1]: expected one of act, weight, pe.act, pe.weight, pe.psum, out, "
+                                "got 'psum'"),
+    ({"site": []}, "faults.site: expected at least one fault site, got an empty list"),
+    ({"site": ["act", "weight"], "bits": [5], "layers": ["conv1"]}, "bit 5 is beyond the 4-bit weight register"),
+    ({"bits": [99]}, "faults.bits[0]: expected an integer in 0..63, got 99"),
     ({"bits": [8]}, "faults.bits: bit 8 is beyond the 8-bit act register (bits 0..7)"),
     ({"site": "weight", "bits": [5], "layers": ["conv1"]}, "beyond the 4-bit weight register"),
     ({"ber": 0.0}, "faults.ber: expected a bit error rate in (0, 1), got 0.0"),
@@ -150,8 +155,14 @@ def test_shipped_experiments_are_valid(name):
     ({"samples": "lots"}, "faults.samples: expected an integer in 1..100000000 or one of auto, got 'lots'"),
 ])
 def test_bad_fault_specs(write_experiment, faults, expected):
-    quant = {"weight_bits": 4} if faults.get("site") == "weight" else {}
+    quant = {"weight_bits": 4} if "weight" in faults.get("site", ()) else {}
     assert expected in error_of(write_experiment({"faults": faults, "quant": quant}))
+
+
+def test_fault_site_accepts_one_or_several(write_experiment):
+    one = load_experiment(write_experiment({"faults": {"site": "pe.psum"}})).points[0].config
+    several = load_experiment(write_experiment({"faults": {"site": ["act", "pe.psum"]}}, "b.yaml")).points[0].config
+    assert (one.faults.sites, several.faults.sites) == (("pe.psum",), ("act", "pe.psum"))
 
 
 def test_fault_bits_accept_selection_or_list(write_experiment):

@@ -81,6 +81,30 @@ def test_fast_path_equals_brute_force(setup, site, model):
         assert torch.equal(logits[t], expected.reshape(-1)), (site, group.layer, t)
 
 
+def test_a_campaign_over_several_sites_is_exact_and_broken_down_per_site(setup, tmp_path: Path):
+    """`site: [act, weight, out]`: faults drawn over the union, each row exact, a breakdown per site."""
+    engine, network, golden, raw, x = setup
+    groups = [g for site in ("act", "weight", "out") for g in site_groups(raw, site, [], network.acc_bits())]
+    faults = draw_shard(spec(), groups, N_INPUTS, shard=0, size=90)
+    logits = evaluate(network, golden.outputs, faults.inputs, groups,
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")
+    for t in range(faults.size):
+        group = groups[int(faults.group[t])]
+        expected = brute_force(engine, raw, group, x[faults.inputs[t]], int(faults.element[t]),
+                               int(faults.bit[t]), "bitflip")
+        assert torch.equal(logits[t], expected.reshape(-1)), (group.site, group.layer, t)
+    tally, _, _ = run_campaign(network, golden, groups, spec(samples=400, shard_size=400), tmp_path,
+                               lambda t, p: None)
+    merge_shards(tmp_path, tmp_path, 1)
+    rows = pd.read_parquet(tmp_path / "faults.parquet")
+    assert set(rows["site"]) == {"act", "weight", "out"}
+    assert all(item["site"] == site for site, items in zip(rows["site"], rows["faults"], strict=True)
+               for item in items)
+    summary = summarize(tally, golden, 0.95)
+    assert {site: part["n"] for site, part in summary["by_site"].items()} == rows["site"].value_counts().to_dict()
+    assert sum(part["n"] for part in summary["by_layer"].values()) == 400
+
+
 def test_multiple_faults_per_inference_equal_brute_force(setup):
     engine, network, golden, raw, x = setup
     groups = site_groups(raw, "act", ["conv2", "fc1"], network.acc_bits())

@@ -31,6 +31,8 @@ from dsetool.faults.stats import leveugle_samples, wilson
 OUTCOMES = ("masked", "tolerated", "sdc")
 COUNTS = (*OUTCOMES, "critical", "correct", "golden_correct", "n")  # what a `Tally` counts
 MAX_LISTED_FAULTS = 16
+# The single-fault breakdowns of a campaign summary (`by_site`, `by_layer`, `by_bit`).
+BREAKDOWN = ("site", "layer", "bit")
 ROWS_FILE = "faults.parquet"
 
 
@@ -74,7 +76,8 @@ class Tally:
     """Running counts of a campaign, and per (layer, bit) counts of its single-fault inferences."""
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
-    breakdown: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (layer, bit) -> [n, sdc, critical]
+    # (site, layer, bit) -> [n, sdc, critical]
+    breakdown: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
 
     def add(self, rows: pa.Table) -> None:
         """Fold one shard's rows into the counts."""
@@ -86,13 +89,13 @@ class Tally:
         self.counts["golden_correct"] += _count(pc.equal(rows.column("golden_top1"), rows.column("label")))
         self.counts["n"] += rows.num_rows
         single = pc.equal(rows.column("n_faults"), 1)
-        part = pa.table({"layer": rows.column("layer").cast(pa.string()), "bit": rows.column("bit"),
-                         "sdc": pc.equal(outcome, "sdc").cast(pa.int64()),
+        part = pa.table({"site": rows.column("site").cast(pa.string()), "layer": rows.column("layer").cast(pa.string()),
+                         "bit": rows.column("bit"), "sdc": pc.equal(outcome, "sdc").cast(pa.int64()),
                          "critical": rows.column("critical").cast(pa.int64())}).filter(single)
-        summed = part.group_by(["layer", "bit"]).aggregate([("sdc", "count"), ("sdc", "sum"), ("critical", "sum")])
-        for layer, bit, n, sdc, critical in zip(*(summed.column(name).to_pylist() for name in (
-                "layer", "bit", "sdc_count", "sdc_sum", "critical_sum")), strict=True):
-            total = self.breakdown.setdefault((layer, bit), [0, 0, 0])
+        summed = part.group_by(list(BREAKDOWN)).aggregate([("sdc", "count"), ("sdc", "sum"), ("critical", "sum")])
+        for site, layer, bit, n, sdc, critical in zip(*(summed.column(name).to_pylist() for name in (
+                *BREAKDOWN, "sdc_count", "sdc_sum", "critical_sum")), strict=True):
+            total = self.breakdown.setdefault((site, layer, bit), [0, 0, 0])
             for i, value in enumerate((n, sdc, critical)):
                 total[i] += value
 
@@ -177,6 +180,7 @@ def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], fau
     outcome = np.where(identical, 0, np.where(golden_top1 != faulty_top1, 2, 1))  # index into OUTCOMES
     n_faults = np.bincount(faults.trial, minlength=faults.size)
     names = pa.array([g.layer for g in groups] + [""])
+    sites = pa.array([g.site for g in groups] + [""])
     layer = np.full(faults.size, len(groups), dtype=np.int32)   # "": not a single-fault inference
     element = np.full(faults.size, -1, dtype=np.int64)
     bit = np.full(faults.size, -1, dtype=np.int64)
@@ -193,22 +197,24 @@ def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], fau
         "outcome": pa.DictionaryArray.from_arrays(outcome.astype(np.int32), pa.array(OUTCOMES)),
         "critical": (golden_top1 == labels) & (faulty_top1 != labels),
         "n_faults": n_faults,
+        "site": pa.DictionaryArray.from_arrays(layer, sites),
         "layer": pa.DictionaryArray.from_arrays(layer, names),
         "element": element,
         "bit": bit,
-        "faults": _fault_lists(faults, names, n_faults),
+        "faults": _fault_lists(faults, sites, names, n_faults),
     })
 
 
-def _fault_lists(faults: FaultList, layers: pa.Array, n_faults: np.ndarray) -> pa.ListArray:
-    """List every fault of an inference as {layer, element, bit} (none beyond MAX_LISTED_FAULTS)."""
+def _fault_lists(faults: FaultList, sites: pa.Array, layers: pa.Array, n_faults: np.ndarray) -> pa.ListArray:
+    """List every fault of an inference as {site, layer, element, bit} (none beyond MAX_LISTED_FAULTS)."""
     listed = n_faults[faults.trial] <= MAX_LISTED_FAULTS
     offsets = np.zeros(faults.size + 1, dtype=np.int32)
     np.cumsum(np.bincount(faults.trial[listed], minlength=faults.size), out=offsets[1:])
+    group = faults.group[listed].astype(np.int32)
     items = pa.StructArray.from_arrays(
-        [pa.DictionaryArray.from_arrays(faults.group[listed].astype(np.int32), layers),
+        [pa.DictionaryArray.from_arrays(group, sites), pa.DictionaryArray.from_arrays(group, layers),
          pa.array(faults.element[listed].astype(np.int64)), pa.array(faults.bit[listed].astype(np.int64))],
-        names=["layer", "element", "bit"])
+        names=["site", "layer", "element", "bit"])
     return pa.ListArray.from_arrays(pa.array(offsets), items)
 
 
@@ -287,13 +293,13 @@ def summarize(tally: Tally, golden: Golden, confidence: float) -> dict[str, Any]
         rate = wilson(tally.counts[name], n, confidence)
         metrics[f"{name}_rate"] = rate.rate
         metrics[f"{name}_ci"] = [rate.low, rate.high]
-    metrics["by_layer"] = _breakdown(tally, "layer", confidence)
-    metrics["by_bit"] = _breakdown(tally, "bit", confidence)
+    for key in BREAKDOWN:
+        metrics[f"by_{key}"] = _breakdown(tally, key, confidence)
     return metrics
 
 
 def _breakdown(tally: Tally, key: str, confidence: float) -> dict[str, dict[str, Any]]:
-    index = ("layer", "bit").index(key)
+    index = BREAKDOWN.index(key)
     grouped: dict[str, list[int]] = {}
     for where, counts in sorted(tally.breakdown.items(), key=lambda item: item[0][index]):
         total = grouped.setdefault(str(where[index]), [0, 0, 0])

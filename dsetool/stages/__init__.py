@@ -77,7 +77,7 @@ def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
 
 def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
     hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits}
-    if cfg.faults.site.startswith("pe."):  # only PE registers depend on the array
+    if any(site.startswith("pe.") for site in cfg.faults.sites):  # only PE registers depend on the array
         from dsetool.arrays import array_config
 
         hw["array"] = to_plain(array_config(cfg))
@@ -108,7 +108,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("pretrain", "1", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
-        StageDef("inject", "4", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
+        StageDef("inject", "5", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
         StageDef("synth", "4", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
     )
 }

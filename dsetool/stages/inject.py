@@ -60,12 +60,13 @@ def run(ctx: StageContext) -> Result:
                                                         f"layer {name}, which need {bits}")
     try:
         array = array_config(cfg)  # the same array the synth stage builds
-        groups = site_groups(raw, cfg.faults.site, cfg.faults.layers, network.acc_bits(), array)
+        groups = [group for site in cfg.faults.sites
+                  for group in site_groups(raw, site, cfg.faults.layers, network.acc_bits(), array)]
     except SiteError as exc:
         raise ConfigError(str(cfg.name), "faults", str(exc)) from None
     spec = _spec(cfg)
     began = time.perf_counter()
-    label = f"inject {cfg.faults.site} {cfg.faults.model} W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"
+    label = f"inject {'+'.join(cfg.faults.sites)} {cfg.faults.model} W{cfg.quant.weight_bits}A{cfg.quant.act_bits}"
     tally, planned, stopped = run_campaign(network, golden, groups, spec, ctx.scratch,
                                            _progress(ctx, label, spec, groups, count))
     ctx.reporter.finish()
@@ -76,8 +77,9 @@ def run(ctx: StageContext) -> Result:
     metrics = {k: v for k, v in summary.items() if not k.startswith("by_")}
     quant_metrics = upstream.metrics
     metrics.update(agreement, planned_inferences=planned, quant_test_acc=quant_metrics.get("quant_test_acc"),
-                   float_test_acc=quant_metrics.get("float_test_acc"), stopped_early=stopped, site=cfg.faults.site,
-                   fault_model=cfg.faults.model, weight_bits=cfg.quant.weight_bits, act_bits=cfg.quant.act_bits,
+                   float_test_acc=quant_metrics.get("float_test_acc"), stopped_early=stopped,
+                   site="+".join(cfg.faults.sites), fault_model=cfg.faults.model, weight_bits=cfg.quant.weight_bits,
+                   act_bits=cfg.quant.act_bits,
                    faults_per_second=tally.counts["n"] / seconds if seconds > 0 else None)
     return Result(metrics)
 
