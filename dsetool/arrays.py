@@ -33,6 +33,12 @@ def array_config(cfg: RunConfig) -> ArrayConfig:
     return dataclasses.replace(base, acc_bits=base.accumulator_bits(longest))
 
 
+def accumulator_depth(cfg: RunConfig) -> int:
+    """Return the output rows a weight-stationary array's K accumulator must hold: the network's largest
+    GEMM M, so every layer runs without splitting its rows (0 for output-stationary: it sums K in place)."""
+    return max(g.m for g in network_gemms(cfg)) if cfg.hw.dataflow == "ws" else 0
+
+
 def network_cycles(cfg: RunConfig) -> int:
     """Return the array cycles of one inference (closed form, every layer's GEMM tiled onto the array)."""
     from hw.cycles import network_cycles as cycles

@@ -1,7 +1,8 @@
 """The synthesizable accelerator datapaths: an array, its pipelined per-column output stage and its protection.
 
 `Datapath` (weight-stationary) and `OSDatapath` (output-stationary) are what the synth stage builds: the
-array's de-skewed output rows go through `hw.output_stage.OutputStage` (requantize + ReLU, then with
+array's de-skewed output rows (in weight-stationary, summed over the K tiles by `hw.accumulator`) go
+through `hw.output_stage.OutputStage` (requantize + ReLU, then with
 `protection` "clip" or "zero" the paper's range check, all between registers). `build_datapath` picks the
 dataflow and adds TMR (three replicas named rep0..rep2 and bitwise voters, `hw.tmr`) when the config asks
 for it. The unprotected datapath is the baseline every protection's overhead is measured against, on the
@@ -20,7 +21,9 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.array import OSArray, WSArray
+from hw import accumulator
+from hw.accumulator import KAccumulator
+from hw.array import OSArray, WSArray, delay_line
 from hw.arrayconfig import ArrayConfig
 from hw.output_stage import LATENCY, SHIFT_BITS, OutputStage
 from hw.pe import MULTIPLIERS
@@ -28,6 +31,7 @@ from hw.protect import MODES
 from hw.tmr import TripleModular
 
 MULTIPLIER_BITS = 16  # the fixed-point multiplier of float scales; power-of-two scales need none (1 bit)
+DEPTH = 1024          # output rows per GEMM the weight-stationary K accumulator holds, unless told
 
 
 def _output_stage(config: ArrayConfig, acc_bits: int, multiplier_bits: int) -> OutputStage:
@@ -75,12 +79,16 @@ class _Datapath(wiring.Component):
 
 
 class Datapath(_Datapath):
-    """A weight-stationary array with a pipelined output stage and an optional range check on every column.
+    """A weight-stationary array whose K tiles are summed per column, then a pipelined output stage and an
+    optional range check on every column.
 
-    Driven as `hw.array.WSArray`; each output row comes out `latency` (= `hw.output_stage.LATENCY`, 4) clock
-    edges after the array produces it: after streaming cycle m + R + C - 2 + 4 of its tile, `out_valid` is
-    high and `out` holds row m's codes. `drain` is also 4. The layer constants are registered: set them at
-    least one cycle before the first row reaches the output stage and hold them for the layer.
+    Driven as `hw.array.WSArray`, with the tiles of a GEMM N slice by N slice, the K slices of each in a
+    row, and `k_first` / `k_last` high, alongside `a_valid` while a tile streams, when it is the first / the
+    last K slice of its N slice (both when K <= R). Rows of the earlier K tiles are summed in
+    `hw.accumulator.KAccumulator`; after a last tile's streaming cycle m + R + C - 2 + `latency` (=
+    `hw.accumulator.LATENCY` + `hw.output_stage.LATENCY`, 6) `out_valid` is high and `out` holds row m's codes
+    of the whole sum. `drain` is `latency` too. The layer constants are registered: set them at least one
+    cycle before the first row reaches the output stage and hold them for the layer.
 
     Parameters
     ----------
@@ -90,6 +98,8 @@ class Datapath(_Datapath):
         `act_bits` wide, like the activations they become.
     k : int, optional
         The reduction length the accumulator must hold, required when `config.acc_bits` is 0.
+    depth : int
+        Output rows per GEMM (M) the K accumulator holds; a GEMM with more rows runs as several.
     multiplier_bits : int
         Width of the requantization multiplier M: 16 for float scales; 1 for power-of-two scales, whose
         output stage is a pure shift (M = 1), so no DSP is spent on it.
@@ -97,40 +107,49 @@ class Datapath(_Datapath):
     Members
     -------
     w_load, w, a_valid, a : the array's inputs (see `hw.array.WSArray`).
+    k_first, k_last : In(1) : the streaming tile's place among its N slice's K tiles.
     multiplier : In(unsigned(multiplier_bits)), shift : In(signed(6)) : the layer's requantization constants.
     lo, hi : In(act shape) : the layer's profiled bounds (ignored without protection).
     out_valid : Out(1); out : Out(act shape).array(cols), registered; detected : Out(1).array(cols).
 
-    `array` is the `WSArray`, `stage` the `OutputStage`.
+    `array` is the `WSArray`, `sums` the `KAccumulator`, `stage` the `OutputStage`.
     """
 
-    def __init__(self, config: ArrayConfig, *, k: int | None = None, multiplier_bits: int = MULTIPLIER_BITS) -> None:
+    def __init__(self, config: ArrayConfig, *, k: int | None = None, depth: int = DEPTH,
+                 multiplier_bits: int = MULTIPLIER_BITS) -> None:
         array = WSArray(dataclasses.replace(config, protection="none", tmr=False), k=k)
+        self.sums = KAccumulator(array.acc_bits, config.cols, depth)
         super().__init__(config, array, {
             "w_load": In(1), "w": In(signed(config.weight_bits)).array(config.cols),
             "a_valid": In(1), "a": In(array.pes[0][0].act_shape).array(config.rows),
+            "k_first": In(1), "k_last": In(1),
         }, multiplier_bits)
 
     @property
     def latency(self) -> int:
-        """Return the clock edges from the array's output row to the same row on `out`."""
-        return LATENCY
+        """Return the clock edges from the array's output row (of a last K tile) to the same row on `out`."""
+        return accumulator.LATENCY + LATENCY
 
     @property
     def drain(self) -> int:
         """Return the cycles a GEMM takes beyond `hw.cycles.gemm_cycles` without drain: the last row's latency."""
-        return LATENCY
+        return self.latency
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         cfg = self._config
         m.submodules.array = array = self.array
+        m.submodules.sums = sums = self.sums
         m.submodules.stage = stage = self.stage
         m.d.comb += [array.w_load.eq(self.w_load), array.a_valid.eq(self.a_valid)]
         m.d.comb += [array.w[c].eq(self.w[c]) for c in range(cfg.cols)]
         m.d.comb += [array.a[r].eq(self.a[r]) for r in range(cfg.rows)]
-        m.d.comb += stage.valid.eq(array.out_valid)
-        m.d.comb += [stage.acc[c].eq(array.out[c]) for c in range(cfg.cols)]
+        skew = cfg.rows + cfg.cols - 1   # as the array's out_valid follows a_valid
+        m.d.comb += [sums.valid.eq(array.out_valid), sums.first.eq(delay_line(m, self.k_first, skew, "k_first")),
+                     sums.last.eq(delay_line(m, self.k_last, skew, "k_last"))]
+        m.d.comb += [sums.acc[c].eq(array.out[c]) for c in range(cfg.cols)]
+        m.d.comb += stage.valid.eq(sums.out_valid)
+        m.d.comb += [stage.acc[c].eq(sums.out[c]) for c in range(cfg.cols)]
         _connect_stage(m, self, stage)
         return m
 
@@ -200,17 +219,20 @@ class OSDatapath(_Datapath):
         return m
 
 
-def build_datapath(config: ArrayConfig, *, k: int | None = None,
+def build_datapath(config: ArrayConfig, *, k: int | None = None, depth: int = DEPTH,
                    multiplier_bits: int = MULTIPLIER_BITS) -> wiring.Component:
-    """Return the datapath the config describes (by dataflow): one replica, or three voted ones with `tmr`."""
-    kinds = {"ws": Datapath, "os": OSDatapath}
-    if config.dataflow not in kinds:
+    """Return the datapath the config describes (by dataflow): one replica, or three voted ones with `tmr`.
+    `depth` sizes the weight-stationary K accumulator (output-stationary arrays sum K in place)."""
+    if config.dataflow not in ("ws", "os"):
         raise NotImplementedError(f"Datapath dataflow must be 'ws' or 'os', not {config.dataflow!r}")
-    kind = kinds[config.dataflow]
     single = dataclasses.replace(config, tmr=False)
-    if config.tmr:
-        return TripleModular(lambda: kind(single, k=k, multiplier_bits=multiplier_bits))
-    return kind(single, k=k, multiplier_bits=multiplier_bits)
+
+    def replica() -> wiring.Component:
+        if config.dataflow == "ws":
+            return Datapath(single, k=k, depth=depth, multiplier_bits=multiplier_bits)
+        return OSDatapath(single, k=k, multiplier_bits=multiplier_bits)
+
+    return TripleModular(replica) if config.tmr else replica()
 
 
 def drain_cycles(component: wiring.Component) -> int:

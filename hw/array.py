@@ -5,8 +5,8 @@ The schedule is the one `dsetool.engine.tiling` describes and `tests/fixtures/sy
 Weight-stationary (`WSArray`): at streaming cycle u of a tile, PE(r, c)'s `act` register holds A[m, kt*R + r]
 and its `psum` register holds sum_{r' <= r} A[m, kt*R + r'] W[kt*R + r', n] with m = u - r - c and
 n = nt*C + c. One tile computes one K-slice of R rows against one N-slice of C columns; the array does not
-accumulate across K tiles: the driver (the testbench, or later an output accumulator) adds the tiles' rows,
-wrapping at `acc_bits`.
+accumulate across K tiles: `hw.accumulator.KAccumulator` (in `hw.accelerator.Datapath`) or the driver adds
+the tiles' rows, wrapping at `acc_bits`.
 
 Output-stationary (`OSArray`): at streaming cycle u of a tile, PE(r, c) holds A[mt*R + r, k] and
 W[k, nt*C + c] with k = u - r - c, and its `psum` register the sum over k' <= k; the tile's R x C outputs are
@@ -23,7 +23,7 @@ from hw.arrayconfig import ArrayConfig
 from hw.pe import OSProcessingElement, WSProcessingElement
 
 
-def _delay(m: Module, value: Value, stages: int, name: str) -> Value:
+def delay_line(m: Module, value: Value, stages: int, name: str) -> Value:
     """Return `value` delayed by `stages` clock cycles through a named register chain."""
     for i in range(stages):
         reg = Signal(value.shape(), name=f"{name}_{i}")
@@ -126,10 +126,10 @@ class WSArray(_Array):
                 if c > 0:
                     m.d.comb += pe.act_in.eq(line[c - 1].act_out)
             lane = Mux(self.a_valid, self.a[r], 0)
-            m.d.comb += line[0].act_in.eq(_delay(m, lane, r, f"skew_{r}"))
+            m.d.comb += line[0].act_in.eq(delay_line(m, lane, r, f"skew_{r}"))
         for c in range(cols):
-            m.d.comb += self.out[c].eq(_delay(m, self.pes[rows - 1][c].psum_out, cols - 1 - c, f"deskew_{c}"))
-        m.d.comb += self.out_valid.eq(_delay(m, self.a_valid, rows + cols - 1, "valid"))
+            m.d.comb += self.out[c].eq(delay_line(m, self.pes[rows - 1][c].psum_out, cols - 1 - c, f"deskew_{c}"))
+        m.d.comb += self.out_valid.eq(delay_line(m, self.a_valid, rows + cols - 1, "valid"))
         return m
 
 
@@ -192,8 +192,8 @@ class OSArray(_Array):
                 if r > 0:
                     m.d.comb += pe.w_in.eq(self.pes[r - 1][c].w_out)
                 m.d.comb += self.out[r][c].eq(pe.psum_out)
-            m.d.comb += line[0].act_in.eq(_delay(m, Mux(self.valid, self.a[r], 0), r, f"skew_a_{r}"))
+            m.d.comb += line[0].act_in.eq(delay_line(m, Mux(self.valid, self.a[r], 0), r, f"skew_a_{r}"))
         for c in range(cols):
-            m.d.comb += self.pes[0][c].w_in.eq(_delay(m, Mux(self.valid, self.w[c], 0), c, f"skew_w_{c}"))
-        m.d.comb += self.out_valid.eq(_delay(m, self.valid & self.last, rows + cols - 1, "done"))
+            m.d.comb += self.pes[0][c].w_in.eq(delay_line(m, Mux(self.valid, self.w[c], 0), c, f"skew_w_{c}"))
+        m.d.comb += self.out_valid.eq(delay_line(m, self.valid & self.last, rows + cols - 1, "done"))
         return m

@@ -30,9 +30,10 @@ def test_synth_small_array_then_cache_hit_runs_no_tool(tmp_path, write_experimen
     from hw.cycles import network_cycles
 
     lenet = [(784, 25, 6), (100, 150, 16), (1, 400, 120), (1, 120, 84), (1, 84, 10)]
-    # every layer waits for the last codes of the previous one to leave the pipelined output stage
-    assert m["drain_cycles"] == 4
-    assert m["cycles_per_inference"] == network_cycles(lenet, 2, 2, "ws", drain=4)
+    # every layer waits for the last codes of the previous one to leave the K accumulator (2 edges) and
+    # the pipelined output stage (4); the accumulator holds conv1's 784 rows, in block RAM
+    assert (m["drain_cycles"], m["acc_depth"]) == (6, 784) and m["bram"] > 0
+    assert m["cycles_per_inference"] == network_cycles(lenet, 2, 2, "ws", drain=6)
     assert m["latency_us"] == pytest.approx(m["cycles_per_inference"] / m["fmax_mhz"])
 
     def no_tools(*args, **kwargs):

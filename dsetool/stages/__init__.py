@@ -85,11 +85,12 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
-    from dsetool.arrays import array_config
+    from dsetool.arrays import accumulator_depth, array_config
     from hw.flow import HARNESS_VERSION, get_target, needs_harness, tool_fingerprint
 
     hw = cfg.hw
-    reads = {"array": to_plain(array_config(cfg)), "scaling": cfg.quant.scaling, "target": hw.target,
+    reads = {"array": to_plain(array_config(cfg)), "acc_depth": accumulator_depth(cfg),
+             "scaling": cfg.quant.scaling, "target": hw.target,
              "freq_mhz": hw.freq_mhz,
              "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
     if needs_harness(get_target(hw.target)):  # only these targets' keys see the harness, so others stay cached
@@ -109,7 +110,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
         StageDef("inject", "5", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
-        StageDef("synth", "4", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
+        StageDef("synth", "5", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
     )
 }
 

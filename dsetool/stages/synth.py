@@ -1,11 +1,12 @@
 """Stage `synth`: generate the design point's array in Amaranth and synthesize it with Yosys/nextpnr.
 
-The result depends only on the array (its shape, dataflow, widths, multiplier), the target, the clock
-constraint, the P&R seed and the tool versions, so every model that runs on the same array shares one
-synthesis. The synthesized design is the whole datapath (array + pipelined output stage + protection, with
-TMR if asked). Per-inference cycles and latency of a particular network are derived from the entry by
-`derived_metrics` (closed-form cycles over the network's GEMMs, each plus the datapath's `drain_cycles`,
-divided by the achieved Fmax).
+The result depends only on the array (its shape, dataflow, widths, multiplier, and for weight-stationary
+the depth of its K accumulator: the network's largest GEMM M), the target, the clock constraint, the P&R
+seed and the tool versions, so every model that runs on the same array shares one synthesis. The
+synthesized design is the whole datapath (array + K accumulator + pipelined output stage + protection,
+with TMR if asked). Per-inference cycles and latency of a particular network are derived from the entry
+by `derived_metrics` (closed-form cycles over the network's GEMMs, each plus the datapath's
+`drain_cycles`, divided by the achieved Fmax).
 
 Targets placed without an out-of-context mode (iCE40: every top-level port bit needs a pin, see
 `hw.flow.needs_harness`) get the datapath wrapped in `hw.harness.IOHarness`, which puts it behind six
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from dsetool.arrays import array_config, network_gemms
+from dsetool.arrays import accumulator_depth, array_config, network_gemms
 from dsetool.config import RunConfig
 from dsetool.stages import StageContext
 from dsetool.store import Result
@@ -45,7 +46,7 @@ def run(ctx: StageContext) -> Result:
     cfg = ctx.config
     array = array_config(cfg)
     multiplier_bits = 1 if cfg.quant.scaling == "po2" else 16   # po2 requantization is a shift
-    component = build_datapath(array, multiplier_bits=multiplier_bits)
+    component = build_datapath(array, depth=accumulator_depth(cfg), multiplier_bits=multiplier_bits)
     target = get_target(cfg.hw.target)
     harnessed = needs_harness(target)
     design = "top" if not harnessed else DESIGN_MODULE
@@ -66,6 +67,7 @@ def run(ctx: StageContext) -> Result:
                "rows": array.rows, "cols": array.cols, "dataflow": array.dataflow, "act_bits": array.act_bits,
                "weight_bits": array.weight_bits, "acc_bits": array.acc_bits, "multiplier": array.multiplier,
                "protection": array.protection, "tmr": array.tmr, "drain_cycles": drain_cycles(component),
+               "acc_depth": accumulator_depth(cfg),
                **{k.lower(): v for k, v in resources.items()}, "fmax_mhz": result.fmax_mhz, **extra,
                "seconds_synth": result.seconds.get("synth"), "seconds_pnr": result.seconds.get("pnr")}
     return Result(metrics, extra={"tools": tool_fingerprint()})

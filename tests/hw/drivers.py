@@ -106,18 +106,22 @@ async def drive_ws(ctx: Any, array: Any, a: np.ndarray, w: np.ndarray, observe: 
     """Drive A (M x K) @ W (K x N) through a WS array (or a datapath around one) tile by tile; return
     (out, cycles).
 
-    Tiles run back to back (k-tile outer, n-tile inner, as `LayerTiling.decode` numbers them), each for its
-    2R + C + M - 2 cycles of the schedule; output rows are collected on whichever edge they appear, so a
-    datapath's output stage drains a tile while the next one runs, and after the last tile the driver waits
-    for the remaining rows; `on_output(ctx)` runs on every edge after which a row is valid. k-tiles are
-    summed here, wrapping at the array's acc_bits. Cycles count every clock edge from the first weight-load
-    cycle to the one after which the last output row is valid.
+    Tiles run back to back, each for its 2R + C + M - 2 cycles of the schedule. A bare array's tiles run
+    k-tile outer, n-tile inner (as `LayerTiling.decode` numbers them) and their rows are summed here,
+    wrapping at the array's acc_bits. A datapath (it has `k_first`) sums its K tiles itself: its tiles run
+    n-tile outer, k-tile inner, marked first/last, and only the last K tile's rows come out. Output rows are
+    collected on whichever edge they appear, so a datapath's output stage drains a tile while the next one
+    runs, and after the last tile the driver waits for the remaining rows; `on_output(ctx)` runs on every
+    edge after which a row is valid. Cycles count every clock edge from the first weight-load cycle to the
+    one after which the last output row is valid.
     """
     rows, cols = array.config.rows, array.config.cols
     m, n = a.shape[0], w.shape[1]
     a_pad, w_pad = padded(a, w, rows, cols, ws=True)
-    out = np.zeros((m, w_pad.shape[1]), dtype=np.int64)
-    grid = [(kt, nt) for kt in range(a_pad.shape[1] // rows) for nt in range(w_pad.shape[1] // cols)]
+    k_tiles, n_tiles = a_pad.shape[1] // rows, w_pad.shape[1] // cols
+    summed_inside = hasattr(array, "k_first")
+    grid = [(kt, nt) for nt in range(n_tiles) for kt in range(k_tiles)] if summed_inside else \
+        [(kt, nt) for kt in range(k_tiles) for nt in range(n_tiles)]
     clock = _Rows(ctx, array, cols, on_output)
     for kt, nt in grid:
         w_tile = w_pad[kt * rows:(kt + 1) * rows, nt * cols:(nt + 1) * cols]
@@ -127,6 +131,9 @@ async def drive_ws(ctx: Any, array: Any, a: np.ndarray, w: np.ndarray, observe: 
                 ctx.set(array.w[c], int(w_tile[r, c]))
             await clock.edge()
         ctx.set(array.w_load, 0)
+        if summed_inside:
+            ctx.set(array.k_first, int(kt == 0))
+            ctx.set(array.k_last, int(kt == k_tiles - 1))
         for u in range(m + rows + cols - 2):
             ctx.set(array.a_valid, int(u < m))
             for r in range(rows):
@@ -134,10 +141,12 @@ async def drive_ws(ctx: Any, array: Any, a: np.ndarray, w: np.ndarray, observe: 
             if present is not None:
                 present(ctx, kt, nt, u)
             await clock.edge(None if observe is None else lambda: observe(ctx, kt, nt, u))  # noqa: B023
-    await clock.drain(m * len(grid))
-    for t, (_, nt) in enumerate(grid):
+    emitted = [(kt, nt) for kt, nt in grid if not summed_inside or kt == k_tiles - 1]
+    await clock.drain(m * len(emitted))
+    out = np.zeros((m, w_pad.shape[1]), dtype=np.int64)
+    for t, (_, nt) in enumerate(emitted):
         out[:, nt * cols:(nt + 1) * cols] += np.array(clock.rows[t * m:(t + 1) * m], dtype=np.int64)
-    return wrap(out[:, :n], array.acc_bits), clock.cycles
+    return (out[:, :n] if summed_inside else wrap(out[:, :n], array.acc_bits)), clock.cycles
 
 
 async def drive_os(ctx: Any, array: OSArray, a: np.ndarray, w: np.ndarray, observe: Hook | None = None,

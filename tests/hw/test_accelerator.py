@@ -20,7 +20,7 @@ from hw.arrayconfig import ArrayConfig
 from hw.cycles import gemm_cycles
 from hw.output_stage import LATENCY
 from hw.tmr import TripleModular
-from tests.hw.drivers import drive_os_rows, drive_ws
+from tests.hw.drivers import drive_os_rows, drive_ws, wrap
 
 LO, HI, MULTIPLIER, SHIFT = 2, 9, 3, 3
 
@@ -69,13 +69,29 @@ def test_datapath_codes_detection_and_cycles(protection: str) -> None:
     codes, detected, cycles = run(dut, drive_ws, a, w)
     want, flagged = expected_codes(a @ w, protection)
     assert np.array_equal(codes, want)
-    assert (dut.latency, dut.drain) == (LATENCY, LATENCY) == (4, 4)
+    assert (dut.latency, dut.drain) == (2 + LATENCY, 2 + LATENCY) == (6, 6)
     assert cycles == gemm_cycles(6, 3, 5, 3, 2, "ws", drain=dut.drain)
     # rows come out tile by tile, the last tile padded with a zero column (code 0, below LO)
     padded = expected_codes(a @ np.pad(w, ((0, 0), (0, 1))), protection)[1]
     tiles = np.concatenate([padded[:, 2 * t:2 * t + 2] for t in range(3)])
     assert np.array_equal(detected, tiles if protection != "none" else np.zeros_like(tiles))
     assert protection == "none" or flagged.any()
+
+
+@pytest.mark.parametrize("rows, cols, m, k, n", [(2, 2, 5, 7, 3), (3, 2, 4, 9, 5), (2, 3, 1, 5, 4)])
+def test_datapath_sums_k_tiles_in_its_accumulator(rows: int, cols: int, m: int, k: int, n: int) -> None:
+    """K > R: each column's K tiles are summed in memory (depth = M exactly) before the output stage; with a
+    narrow accumulator the sums wrap as the engine's do."""
+    config = ArrayConfig(rows=rows, cols=cols, act_bits=4, weight_bits=4, acc_bits=8, protection="clip")
+    dut = Datapath(config, depth=m)
+    rng = np.random.default_rng(m * 100 + k)
+    a = rng.integers(0, 16, size=(m, k))
+    w = rng.integers(-8, 8, size=(k, n))
+    codes, _, cycles = run(dut, drive_ws, a, w)
+    acc = wrap(a @ w, 8)
+    assert np.array_equal(codes, expected_codes(acc, "clip")[0])
+    assert cycles == gemm_cycles(m, k, n, rows, cols, "ws", drain=dut.drain)
+    assert not np.array_equal(acc, a @ w) or m == 1   # the 8-bit sums did wrap somewhere
 
 
 @pytest.mark.parametrize("protection", ["none", "clip", "zero"])
@@ -132,6 +148,8 @@ def test_lut_multiplier_reaches_the_output_stage() -> None:
     (lambda: build_datapath(ArrayConfig(acc_bits=12, dataflow="is")), NotImplementedError,
      "Datapath dataflow must be 'ws' or 'os', not 'is'"),
     (lambda: drain_cycles(object()), TypeError, "Drain needs a Datapath or OSDatapath, not "),
+    (lambda: Datapath(ArrayConfig(acc_bits=12), depth=0), ValueError,
+     "Accumulator depth must be a positive integer, not 0"),
 ])
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_constructor_errors(call: Callable[[], object], error: type[Exception], message: str) -> None:

@@ -1,0 +1,77 @@
+"""Per-column accumulation of a weight-stationary array's K tiles, in one memory per column.
+
+A weight-stationary tile sums only R of an output's K products; the rest come from the other K tiles of
+the same N slice. `KAccumulator` keeps every column's running sums, one entry per output row m, in a
+memory (block RAM on FPGAs): the first K tile writes its rows, every later one reads, adds and writes
+back, and the last one passes the complete sums on (to the output stage) instead of writing them. Sums
+wrap at `acc_bits`, as the PEs' partial sums do, so the result equals the engine's exact sum whenever the
+accumulator is wide enough for K products.
+
+One row per cycle, in order: the row address counts a tile's rows (`valid` high) and restarts whenever
+`valid` is low (tiles are at least the R weight-load cycles apart). The read is issued on the row's cycle;
+the sum is formed and written (or registered for the output) on the next, so a row leaves two clock edges
+after it arrives (`LATENCY`). An entry is read again only by the next K tile, at least M + R cycles later,
+so a read never meets its own pending write.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+LATENCY = 2   # clock edges from a row on `acc` to its sums on `out`
+
+
+class KAccumulator(wiring.Component):
+    """Sum the K tiles of a weight-stationary GEMM per output row and column.
+
+    Parameters
+    ----------
+    acc_bits : int
+        Width of the partial sums and of the stored running sums (two's complement, wrapping).
+    cols : int
+        Columns of the array.
+    depth : int
+        Output rows per GEMM the memories hold (M at most; a GEMM with more rows runs as several).
+
+    Members
+    -------
+    valid : In(1) : a tile row is on `acc` (rows of a tile arrive on consecutive cycles, in order).
+    acc : In(signed(acc_bits)).array(cols) : the array's partial sums of that row.
+    first, last : In(1) : the row's tile is the first / last K tile of its N slice (both for K <= R).
+    out_valid : Out(1) : after a last-tile row: `out` holds its complete sums.
+    out : Out(signed(acc_bits)).array(cols), registered.
+    """
+
+    def __init__(self, acc_bits: int, cols: int, depth: int) -> None:
+        for name, value in (("acc_bits", acc_bits), ("cols", cols), ("depth", depth)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Accumulator {name} must be a positive integer, not {value!r}")
+        self.acc_bits, self.cols, self.depth = acc_bits, cols, depth
+        super().__init__({
+            "valid": In(1), "acc": In(signed(acc_bits)).array(cols), "first": In(1), "last": In(1),
+            "out_valid": Out(1), "out": Out(signed(acc_bits)).array(cols),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        address = Signal(range(self.depth), name="row")
+        m.d.sync += address.eq(Mux(self.valid, address + 1, 0))
+        # The row one edge later, while its stored sums come out of the memories.
+        held_valid, held_first, held_last = Signal(), Signal(), Signal()
+        held_address = Signal(range(self.depth))
+        m.d.sync += [held_valid.eq(self.valid), held_first.eq(self.first), held_last.eq(self.last),
+                     held_address.eq(address)]
+        m.d.sync += self.out_valid.eq(held_valid & held_last)
+        for c in range(self.cols):
+            held = Signal(signed(self.acc_bits), name=f"held_{c}")
+            m.d.sync += held.eq(self.acc[c])
+            m.submodules[f"sums_{c}"] = sums = Memory(shape=signed(self.acc_bits), depth=self.depth, init=[])
+            read, write = sums.read_port(), sums.write_port()
+            total = Signal(signed(self.acc_bits), name=f"total_{c}")   # wraps at acc_bits
+            m.d.comb += [read.addr.eq(address), total.eq(Mux(held_first, 0, read.data) + held)]
+            m.d.comb += [write.addr.eq(held_address), write.data.eq(total), write.en.eq(held_valid & ~held_last)]
+            m.d.sync += self.out[c].eq(total)
+        return m
