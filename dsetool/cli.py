@@ -184,6 +184,8 @@ _stage_command("train-qat", "train-qat",
 _stage_command("ptq", "ptq", "Post-training quantization at every design point, from the cached float model.")
 _stage_command("inject", "inject", "Run a seeded fault campaign on the bit-exact integer engine at every design "
                                    "point (quantizing first, with QAT or PTQ as quant.method says).")
+_stage_command("range-restrict", "range-restrict", "Profile the bounds of every protected activation tensor "
+                                                   "(requantized layer outputs) on the calibration split.")
 _stage_command("synth", "synth", "Generate the design point's systolic array in Amaranth and synthesize it with "
                                  "Yosys/nextpnr (area, Fmax, cycles and latency per inference).")
 _stage_command("sweep", "inject", "Run every stage of every design point of the experiment's sweep grid and "
@@ -197,7 +199,6 @@ def _not_built(name: str, summary: str) -> None:
         raise StageFailure(f"{name}: this stage is not implemented in this version of dsetool")
 
 
-_not_built("range-restrict", "Profile activation ranges and apply range protections")
 _not_built("report", "Write tables, plots and the Pareto front of an experiment")
 _not_built("check", "Re-run an experiment and compare it against a baseline (CI gate)")
 

@@ -132,6 +132,7 @@ class HwConfig:
 
 
 FAULT_SITES = ("act", "weight", "pe.act", "pe.weight", "pe.psum", "out")
+RANGE_MODES = ("profiled", "global", "global10")
 BIT_SELECTIONS = ("all", "msb", "high", "low")
 
 
@@ -164,6 +165,20 @@ class FaultConfig:
 
 
 @dataclass(frozen=True)
+class ProtectConfig:
+    """Profiled activation bounds (stage range-restrict): which requantized layer outputs, how fine, how wide."""
+
+    layers: tuple[str, ...] = spec((), help="weight layers whose requantized outputs are protected; empty = "
+                                            "every layer whose output feeds another")
+    granularity: str = spec("layer", choices=("layer", "channel"),
+                            help="one [min, max] per protected tensor, or one per output channel")
+    range: str = spec("profiled", choices=RANGE_MODES,
+                      help="profiled per layer, one global bound over all protected layers, or 10x it")
+    margin: float = spec(0.0, range=(0.0, 1e9), help="codes added beyond each bound")
+    factor: float = spec(1.0, range=(1.0, 1000.0), help="bounds scaled away from zero first (SED: 1.1)")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One fully specified design point."""
 
@@ -178,6 +193,7 @@ class RunConfig:
     ptq: PtqConfig = spec(factory=PtqConfig)
     hw: HwConfig = spec(factory=HwConfig)
     faults: FaultConfig = spec(factory=FaultConfig)
+    protect: ProtectConfig = spec(factory=ProtectConfig)
 
 
 @dataclass(frozen=True)
@@ -374,7 +390,8 @@ def normalize(config: RunConfig, source: str) -> RunConfig:
 
     quant = config.quant
     layers = weight_layer_names(config.model.arch, config.model.mlp_hidden)
-    for key, names in (("quant.layers", list(quant.layers)), ("faults.layers", list(config.faults.layers))):
+    for key, names in (("quant.layers", list(quant.layers)), ("faults.layers", list(config.faults.layers)),
+                       ("protect.layers", list(config.protect.layers))):
         for name in names:
             if name not in layers:
                 raise ConfigError(source, f"{key}.{name}" if key == "quant.layers" else key,
@@ -382,7 +399,15 @@ def normalize(config: RunConfig, source: str) -> RunConfig:
     if quant.bits is not None:
         quant = dataclasses.replace(quant, weight_bits=quant.bits, act_bits=quant.bits, bits=None)
     config = dataclasses.replace(config, quant=quant)
+    if isinstance(config.faults.site, tuple) and len(config.faults.site) == 1:   # [act] is act, same key
+        config = dataclasses.replace(config, faults=dataclasses.replace(config.faults, site=config.faults.site[0]))
     _check_faults(config, layers, source)
+    if config.protect.range != "profiled" and config.protect.granularity == "channel":
+        raise ConfigError(source, "protect.range", f"{config.protect.range} bounds are one range per layer; "
+                                                   "use protect.granularity: layer")
+    if layers[-1] in config.protect.layers:
+        raise ConfigError(source, "protect.layers", f"{layers[-1]} computes the logits: it has no requantized "
+                                                    "output to protect")
     return config
 
 
@@ -393,6 +418,9 @@ def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
         raise ConfigError(source, "faults.ber", f"expected a bit error rate in (0, 1), got {faults.ber!r}")
     if not faults.sites:
         raise ConfigError(source, "faults.site", "expected at least one fault site, got an empty list")
+    twice = next((site for i, site in enumerate(faults.sites) if site in faults.sites[:i]), None)
+    if twice is not None:
+        raise ConfigError(source, "faults.site", f"{twice} is listed twice (each register counts once)")
     if isinstance(faults.bits, str):
         return
     chosen = [name for name in layers if not faults.layers or name in faults.layers]

@@ -42,6 +42,14 @@ CAMPAIGN_COLUMNS: list[Column] = [
     ("faulty acc %", _metric_pct("accuracy_under_faults")),
 ]
 
+BOUNDS_COLUMNS: list[Column] = [
+    ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
+    ("bounds", lambda m: f"{m.get('range', '-')} per {m.get('granularity', '-')}"),
+    ("protected layers", lambda m: str(m.get("protected_layers", "-"))),
+    ("calibration images", lambda m: str(m.get("calibration_images", "-"))),
+    ("codes admitted %", _metric_pct("bound_coverage")),
+]
+
 
 def _pct(value: Any) -> str:
     return f"{100 * value:.2f}" if isinstance(value, int | float) else "-"
@@ -76,7 +84,7 @@ SYNTH_COLUMNS: list[Column] = [
 # are reported apart; the column appears only when some row has one.
 HARNESS_COLUMN: Column = ("IO harness LUT/FF", lambda m: f"{m['harness_lut']}/{m['harness_ff']}"
                           if "harness_lut" in m else "-")
-STAGE_COLUMNS = {"inject": CAMPAIGN_COLUMNS, "synth": SYNTH_COLUMNS}
+STAGE_COLUMNS = {"inject": CAMPAIGN_COLUMNS, "synth": SYNTH_COLUMNS, "range-restrict": BOUNDS_COLUMNS}
 
 
 def results_table(experiment: str, rows: Sequence[tuple[Point, Entry, bool]]) -> None:

@@ -58,11 +58,14 @@ BAD_INPUTS = {
     "bit beyond register": ({"faults": {"bits": [12]}}, []),
     "ber outside (0, 1)": ({"faults": {"ber": 0}}, []),
     "fault layer missing": ({"faults": {"layers": ["fc9"]}}, []),
+    "protected layer missing": ({"protect": {"layers": ["conv7"]}}, []),
+    "negative bound margin": ({"protect": {"margin": -1}}, []),
+    "unknown range mode": ({"protect": {"range": "wide"}}, []),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-@pytest.mark.parametrize("command", ["train-qat", "sweep", "inject"])
+@pytest.mark.parametrize("command", ["train-qat", "sweep", "inject", "range-restrict"])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, write_experiment, case, command):
     content, extra = BAD_INPUTS[case]
     path = tmp_path / "missing.yaml" if content is None else write_experiment(content)

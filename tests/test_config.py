@@ -145,6 +145,7 @@ def test_shipped_experiments_are_valid(name):
     ({"site": ["act", "psum"]}, "faults.site[1]: expected one of act, weight, pe.act, pe.weight, pe.psum, out, "
                                 "got 'psum'"),
     ({"site": []}, "faults.site: expected at least one fault site, got an empty list"),
+    ({"site": ["act", "out", "act"]}, "faults.site: act is listed twice (each register counts once)"),
     ({"site": ["act", "weight"], "bits": [5], "layers": ["conv1"]}, "bit 5 is beyond the 4-bit weight register"),
     ({"bits": [99]}, "faults.bits[0]: expected an integer in 0..63, got 99"),
     ({"bits": [8]}, "faults.bits: bit 8 is beyond the 8-bit act register (bits 0..7)"),
@@ -163,6 +164,8 @@ def test_fault_site_accepts_one_or_several(write_experiment):
     one = load_experiment(write_experiment({"faults": {"site": "pe.psum"}})).points[0].config
     several = load_experiment(write_experiment({"faults": {"site": ["act", "pe.psum"]}}, "b.yaml")).points[0].config
     assert (one.faults.sites, several.faults.sites) == (("pe.psum",), ("act", "pe.psum"))
+    listed = load_experiment(write_experiment({"faults": {"site": ["pe.psum"]}}, "c.yaml")).points[0].config
+    assert listed == one   # the same design point, so the same store key
 
 
 def test_fault_bits_accept_selection_or_list(write_experiment):

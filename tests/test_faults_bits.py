@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -34,6 +35,25 @@ def test_faults_match_reference(width, signed, data, model):
     got = apply_fault(torch.tensor(values), torch.tensor(bits), model, width, signed).tolist()
     assert got == [reference(v, b, model, width, signed) for v, b in zip(values, bits, strict=True)]
     assert all(lo <= g <= hi for g in got)
+
+
+@given(st.data(), st.sampled_from(["bitflip", "stuck0", "stuck1", "zero"]))
+def test_numpy_arrays_with_per_element_widths_match_reference(data, model):
+    """The sparse fault path gives numpy codes with each fault's own register width and signedness."""
+    n = data.draw(st.integers(1, 20))
+    widths = data.draw(st.lists(st.integers(2, 48), min_size=n, max_size=n))
+    signs = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    values = [data.draw(st.integers(-(1 << (w - 1)) if s else 0, (1 << (w - 1)) - 1 if s else (1 << w) - 1))
+              for w, s in zip(widths, signs, strict=True)]
+    bits = [data.draw(st.integers(0, w - 1)) for w in widths]
+    got = apply_fault(np.array(values), np.array(bits, dtype=np.int8), model, np.array(widths), np.array(signs))
+    cases = zip(values, bits, widths, signs, strict=True)
+    assert got.tolist() == [reference(v, b, model, w, s) for v, b, w, s in cases]
+
+
+def test_numpy_bool_signedness_keeps_torch_codes_integer():
+    got = apply_fault(torch.tensor([5]), torch.tensor([39]), "bitflip", 40, np.bool_(True))
+    assert got.dtype == torch.int64 and got.item() == 5 - (1 << 39)
 
 
 def test_msb_flip_is_twos_complement():

@@ -27,9 +27,13 @@ def to_pattern(values: Codes, width: Width) -> Codes:
 
 def from_pattern(pattern: Codes, width: Width, signed: Signed) -> Codes:
     """Read a w-bit pattern back as a signed (two's complement) or unsigned integer."""
-    if signed is False:
+    if isinstance(signed, np.ndarray):
+        flag: int | np.ndarray = signed.astype(np.int64)
+    elif not signed:
         return pattern
-    return cast(Codes, pattern - ((pattern >> (width - 1)) & 1) * signed * (1 << width))
+    else:
+        flag = 1   # a plain int: numpy's bool scalars would turn torch integers into floats
+    return cast(Codes, pattern - ((pattern >> (width - 1)) & 1) * flag * (1 << width))
 
 
 def with_masks(values: Codes, masks: Codes, model: str, width: Width, signed: Signed) -> Codes:
@@ -54,7 +58,8 @@ def with_masks(values: Codes, masks: Codes, model: str, width: Width, signed: Si
 
 def apply_fault(values: Codes, bits: Codes, model: str, width: Width, signed: Signed) -> Codes:
     """Apply one fault per element: `bits` gives the bit position of each element's fault."""
-    return with_masks(values, 1 << bits, model, width, signed)
+    wide = bits.astype(np.int64) if isinstance(bits, np.ndarray) else bits.to(torch.int64)  # 1 << 7 in int8 overflows
+    return with_masks(values, 1 << wide, model, width, signed)
 
 
 def flip_mask(values: Codes, mask: Codes, width: Width, signed: Signed) -> Codes:

@@ -108,7 +108,7 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
     `taps` is `reach(input shape, geometry)`; `out_shape` (N, H, W)."""
     faults = len(image)
     outs, plane = out_shape[0], out_shape[1] * out_shape[2]
-    alive, new_start, new_element, new_value = _buffers(faults, 4 * len(element) * outs)
+    alive, new_start, new_element, new_value = _buffers(faults, min(4 * len(element) * outs, faults * outs * plane))
     delta = np.zeros(outs * plane, dtype=np.float64)   # scratch, reset after each fault where it was touched
     seen = np.zeros(plane, dtype=np.bool_)
     touched = np.empty(plane, dtype=np.int64)

@@ -84,6 +84,11 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
+def _restrict_reads(cfg: RunConfig) -> dict[str, Any]:
+    return {"protect": to_plain(cfg.protect), "calib_size": cfg.data.calib_size,
+            "multiplier_bits": cfg.hw.multiplier_bits}
+
+
 def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
     from dsetool.arrays import accumulator_depth, array_config
     from hw.flow import HARNESS_VERSION, get_target, needs_harness, tool_fingerprint
@@ -110,6 +115,8 @@ STAGES: dict[str, StageDef] = {
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
         StageDef("inject", "5", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
+        StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
+                 "dsetool.stages.restrict:run"),
         StageDef("synth", "5", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
     )
 }

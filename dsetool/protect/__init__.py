@@ -1,0 +1,1 @@
+"""Activation range protection: profiled bounds of requantized layer outputs, and the schemes that use them."""

@@ -1,0 +1,35 @@
+"""Stage `range-restrict`: profile the bounds of the protected activation tensors of a quantized model.
+
+Runs the bit-exact integer engine on the calibration split and writes `bounds.json` (people can read it;
+the inject stage's protections and the hardware's range-check registers take their bounds from it). See
+`dsetool.protect.bounds` for what is profiled and how the bounds are widened.
+"""
+
+from __future__ import annotations
+
+import json
+
+from dsetool.engine import Engine, load_intmodel
+from dsetool.protect.bounds import coverage, profiled_bounds
+from dsetool.stages import StageContext, quant_stage
+from dsetool.stages.common import prepare
+from dsetool.store import Result
+
+BOUNDS_FILE = "bounds.json"
+
+
+def run(ctx: StageContext) -> Result:
+    """Profile the bounds of this design point's quantized model and store them."""
+    cfg = ctx.config
+    p = cfg.protect
+    splits, _ = prepare(cfg)
+    engine = Engine(load_intmodel(ctx.upstream[quant_stage(cfg)].path), multiplier_bits=cfg.hw.multiplier_bits)
+    ctx.reporter.note(f"range-restrict: {p.range} bounds per {p.granularity} on {len(splits.calib.y)} "
+                      f"calibration images")
+    bounds = profiled_bounds(engine, splits.calib.x, p.layers, p.granularity, p.range, p.factor, p.margin)
+    document = {"granularity": p.granularity, "range": p.range, "factor": p.factor, "margin": p.margin,
+                "calibration_images": len(splits.calib.y), "layers": {b.layer: b.to_json() for b in bounds}}
+    (ctx.out / BOUNDS_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+    return Result({"protected_layers": len(bounds), "calibration_images": len(splits.calib.y),
+                   "bound_coverage": coverage(bounds), "range": p.range, "granularity": p.granularity,
+                   "weight_bits": cfg.quant.weight_bits, "act_bits": cfg.quant.act_bits})
