@@ -14,11 +14,14 @@ import pytest
 import torch
 
 from dsetool.engine import Engine
+from dsetool.engine.intmodel import IntModel
 from dsetool.faults import propagate
 from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.campaign import CampaignSpec, draw_shard
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import site_groups
+from dsetool.protect.bounds import protected_ops
+from dsetool.protect.check import RangeCheck
 from tests.test_engine_ops import Builder
 from tests.test_faults_campaign import brute_force
 
@@ -36,16 +39,29 @@ def awkward_model(scaling: str) -> Builder:
         .flatten().linear("fc1", 12).relu("relu4", 8, 2.0**-2).linear("fc2", 4)
 
 
+def narrow_checks(model: IntModel, mode: str | None) -> dict[int, RangeCheck]:
+    """Range checks on every requantized layer output, narrow enough to fire often: [1, half the codes]."""
+    if mode is None:
+        return {}
+    return {index: RangeCheck(mode, np.ones(op.out_shape[0], dtype=np.int64),
+                              np.full(op.out_shape[0], max(1, op.qrange[1] // 2), dtype=np.int64))
+            for _, index in protected_ops(model, []) for op in [model.ops[index]]}
+
+
 @pytest.mark.parametrize("scaling", ["po2", "float"])
-@pytest.mark.parametrize("cost", [0, 10**9])
-def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, scaling: str, cost: int) -> None:
+@pytest.mark.parametrize("cost, check", [(0, None), (10**9, None), (0, "clip"), (0, "zero"), (10**9, "zero")])
+def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, scaling: str, cost: int,
+                                               check: str | None) -> None:
+    """With a range check after every output stage, too: the sparse path applies it as the engine does."""
     monkeypatch.setattr(propagate, "SPARSE_COST", cost)
     monkeypatch.setattr(propagate, "DENSE_START", 0)   # the dense path whenever the cost says so
     builder = awkward_model(scaling)
-    engine = Engine(builder.build())
+    model = builder.build()
+    engine = Engine(model, checks=narrow_checks(model, check))
     network = EngineNetwork(engine)
     x = torch.rand(N_INPUTS, *builder.input_shape, generator=torch.Generator().manual_seed(0)) * 3.5
     golden = engine.run(x, keep=True)
+    assert check is None or not torch.equal(golden[-1], Engine(model).run(x))   # the checks do fire
     groups = site_groups(builder.config(), "act", [], network.acc_bits())
     spec = CampaignSpec(model="bitflip", bits="all", faults_per_inference=1, ber=None, samples=300, margin=0.02,
                         confidence=0.95, early_stop=False, seed=5, shard_size=300, batch_size=300)

@@ -17,7 +17,7 @@ turns logit accumulators into classes (per-class scales under per-channel weight
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import partial
@@ -182,16 +182,19 @@ class Engine:
     """Execute an `IntModel` bit-exactly on `device` (results do not depend on it).
 
     `multiplier_bits` sets the width of the fixed-point requantization multiplier under `float` scaling
-    (`po2` needs none). Raises ValueError when a layer's accumulators could leave float64's exact integer
-    range (2**53), or their product with the multiplier could leave int64's.
+    (`po2` needs none). `checks[i]` acts on the codes the output stage of op i (a QuantAct after a weight
+    layer) produces: a protection such as `dsetool.protect.check.RangeCheck`. Raises ValueError when a
+    layer's accumulators could leave float64's exact integer range (2**53), or their product with the
+    multiplier could leave int64's.
     """
 
     def __init__(self, model: IntModel, *, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", checks: Mapping[int, Step] | None = None) -> None:
         if not isinstance(multiplier_bits, int) or isinstance(multiplier_bits, bool) or \
                 not 1 <= multiplier_bits <= 32:
             raise ValueError(f"Multiplier bits must be an integer in 1..32, not {multiplier_bits!r}")
         self.model, self.multiplier_bits, self.device = model, multiplier_bits, torch.device(device)
+        self.checks: dict[int, Step] = dict(checks or {})
         ops.disable_transform_convolutions()
         self.layers: dict[int, GemmLayer] = {}
         self.requantizers: dict[int, Requantizer] = {}
@@ -217,7 +220,9 @@ class Engine:
         source = _producer(self.model.ops, index)
         requantizer = self._requantizer(self.layers[source], op)
         self.requantizers[source] = requantizer
-        return requantizer.step(self.model.ops[index - 1].out_shape)
+        step = requantizer.step(self.model.ops[index - 1].out_shape)
+        check = self.checks.get(index)
+        return step if check is None else lambda acc: check(step(acc))
 
     def _requantizer(self, layer: GemmLayer, out: QuantAct) -> Requantizer:
         ratios = [Fraction(float(scale)) / Fraction(out.scale) for scale in layer.op.acc_scale()]

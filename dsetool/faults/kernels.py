@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 Output = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # alive, start, element, value
+NO_CHECK, CLIP, ZERO = 0, 1, 2   # the range check after an output stage (`_requantized`)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -100,7 +101,7 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
                  start: np.ndarray, element: np.ndarray, value: np.ndarray, weight: np.ndarray,
                  taps: np.ndarray, out_shape: np.ndarray, geometry: np.ndarray, requantize: bool,
                  factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool, qmin: float,
-                 qmax: float) -> Output:
+                 qmax: float, lo: np.ndarray, hi: np.ndarray, check: int) -> Output:
     """Return the changes of a convolution: golden + (new - golden input) x weight, summed over the
     kernel taps each changed input reaches; with `requantize`, through its output stage (its codes where
     they differ from `golden_codes`: the changed accumulators are never stored), else the accumulators.
@@ -127,7 +128,7 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
                     position = n * plane + pixel
                     result = golden_acc[img, position] + change
                     if requantize:
-                        result = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
+                        result = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax, lo, hi, check)
                     if not requantize or result != golden_codes[img, position]:
                         new_element[used] = position
                         new_value[used] = result
@@ -145,7 +146,7 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
 def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np.ndarray, image: np.ndarray,
                    start: np.ndarray, element: np.ndarray, value: np.ndarray, weight: np.ndarray,
                    requantize: bool, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool,
-                   qmin: float, qmax: float) -> Output:
+                   qmin: float, qmax: float, lo: np.ndarray, hi: np.ndarray, check: int) -> Output:
     """Return the changes of a linear layer (`weight` (K, N), so the loop over the N outputs runs
     contiguously): with `requantize`, its codes after the output stage where they differ from
     `golden_codes`; without (the logits layer), its changed accumulators."""
@@ -167,7 +168,7 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
                 result = golden_acc[img, n] + delta[n]
                 delta[n] = 0.0
                 if requantize:
-                    result = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
+                    result = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax, lo, hi, check)
                     if result == golden_codes[img, n]:
                         continue
                 new_element[used] = n
@@ -182,14 +183,19 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
 
 @numba.njit(nogil=True, cache=True)
 def _requantized(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
-                 integer: bool, qmin: float, qmax: float) -> float:
-    """Return the output stage's code of one accumulator (see `dsetool.engine.executor.Requantizer`)."""
+                 integer: bool, qmin: float, qmax: float, lo: np.ndarray, hi: np.ndarray, check: int) -> float:
+    """Return the output stage's code of one accumulator (see `dsetool.engine.executor.Requantizer`), then
+    its range check (`check` NO_CHECK, CLIP or ZERO against the channel's [lo, hi], see
+    `dsetool.protect.check`)."""
     acc = max(acc, 0.0)
     if integer:
         code = float(_shift_round_half_even(np.int64(acc) * multiplier[channel], shift[channel]))
     else:
         code = np.rint(acc * factor[channel])
-    return min(max(code, qmin), qmax)
+    code = min(max(code, qmin), qmax)
+    if check == NO_CHECK or lo[channel] <= code <= hi[channel]:
+        return code
+    return min(max(code, lo[channel]), hi[channel]) if check == CLIP else 0.0
 
 
 @numba.njit(nogil=True, cache=True)
@@ -210,7 +216,8 @@ def _shift_round_half_even(x: np.int64, shift: np.int64) -> np.int64:
 @numba.njit(nogil=True, cache=True)
 def requantize_changes(golden_out: np.ndarray, image: np.ndarray, start: np.ndarray, element: np.ndarray,
                        value: np.ndarray, per_channel: int, factor: np.ndarray, multiplier: np.ndarray,
-                       shift: np.ndarray, integer: bool, qmin: float, qmax: float) -> Output:
+                       shift: np.ndarray, integer: bool, qmin: float, qmax: float, lo: np.ndarray, hi: np.ndarray,
+                       check: int) -> Output:
     """Return the changed codes: the changed accumulators through the output stage (relu, M * 2**-s,
     half-even rounding, saturation, as the engine's `Requantizer`), where they differ from golden."""
     faults = len(image)
@@ -221,7 +228,8 @@ def requantize_changes(golden_out: np.ndarray, image: np.ndarray, start: np.ndar
         first = used
         for j in range(start[f], start[f + 1]):
             e = element[j]
-            code = _requantized(value[j], e // per_channel, factor, multiplier, shift, integer, qmin, qmax)
+            code = _requantized(value[j], e // per_channel, factor, multiplier, shift, integer, qmin, qmax, lo, hi,
+                                check)
             if code != golden_out[img, e]:
                 new_element[used] = e
                 new_value[used] = code

@@ -30,6 +30,7 @@ import torch
 from dsetool.engine import Engine
 from dsetool.engine.intmodel import Conv2d, Flatten, Linear, MaxPool2d, QuantAct, producer
 from dsetool.faults import kernels
+from dsetool.protect.check import RangeCheck
 
 # One scattered multiply-add of the compiled loops costs about this many multiply-adds of the dense
 # layer (BLAS, vectorized); a fault whose change would cost more joins the dense rows there. Only a
@@ -187,7 +188,8 @@ def _conv_step(engine: Engine, index: int) -> _Step:
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.conv_changes, (index - 1, index, index + 1 if fused else index),
                  (weight, kernels.reach(in_shape, geometry), _shape(current.out_shape), geometry, fused,
-                  *_output_stage(engine, index if fused else None)), index + fused, _sparse_limit(current),
+                  *_output_stage(engine, index if fused else None, index + 1)), index + fused,
+                 _sparse_limit(current),
                  current.kernel[0] * current.kernel[1] * current.out_features)
 
 
@@ -198,7 +200,7 @@ def _linear_step(engine: Engine, index: int) -> _Step:
     weight = engine.layers[index].weight_tensor.to(torch.float64).T.contiguous().numpy()
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.linear_changes, (index - 1, index, index + 1 if fused else index),
-                 (weight, fused, *_output_stage(engine, index if fused else None)), index + fused,
+                 (weight, fused, *_output_stage(engine, index if fused else None, index + 1)), index + fused,
                  _sparse_limit(current), current.out_features)
 
 
@@ -216,7 +218,7 @@ def _requantize_step(engine: Engine, index: int) -> _Step:
     source = producer(engine.model.ops, index)
     assert source is not None
     per_channel = math.prod(engine.input_shape(index)) // len(engine.requantizers[source].multiplier)
-    return _Step(kernels.requantize_changes, (index,), (per_channel, *_output_stage(engine, source)), index)
+    return _Step(kernels.requantize_changes, (index,), (per_channel, *_output_stage(engine, source, index)), index)
 
 
 def _window(op: Conv2d | MaxPool2d, in_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -253,22 +255,30 @@ def _shape(shape: Sequence[int]) -> np.ndarray:
     return np.array(shape, dtype=np.int64)
 
 
-Stage = tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]
+Stage = tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float, np.ndarray, np.ndarray, int]
 
 # What the kernels take for "no output stage" (their `requantize` False): never read, typed alike.
-_NO_STAGE: Stage = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), False, 0.0, 0.0)
+_NO_STAGE: Stage = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), False, 0.0, 0.0,
+                    np.zeros(1), np.zeros(1), kernels.NO_CHECK)
+_CHECKS = {"clip": kernels.CLIP, "zero": kernels.ZERO}
 
 
-def _output_stage(engine: Engine, source: int | None) -> Stage:
-    """Return weight layer `source`'s output-stage constants as the kernels take them (`None`: none)."""
+def _output_stage(engine: Engine, source: int | None, codes: int = -1) -> Stage:
+    """Return weight layer `source`'s output-stage constants as the kernels take them, with the range check
+    on the codes of op `codes` if the engine has one (`source` None: no output stage)."""
     if source is None:
         return _NO_STAGE
 
     def build() -> Stage:
         requantizer = engine.requantizers[source]
+        check = engine.checks.get(codes)
+        if check is not None and not isinstance(check, RangeCheck):
+            raise NotImplementedError(f"The sparse fault path runs range checks, not {check!r}")
+        bounds = (np.zeros(1), np.zeros(1), kernels.NO_CHECK) if check is None else \
+            (check.lo.astype(np.float64), check.hi.astype(np.float64), _CHECKS[check.mode])
         return (requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
                 np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
-                float(requantizer.qmin), float(requantizer.qmax))
+                float(requantizer.qmin), float(requantizer.qmax), *bounds)
 
     return _operand(engine, ("stage", source), build)
 

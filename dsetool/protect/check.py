@@ -1,0 +1,65 @@
+"""The range check on a requantized tensor (the paper's protection and its Ranger-style variant).
+
+`clip` replaces a code outside [lo, hi] by the nearer bound; `zero` replaces it by 0. Bounds are codes
+per output channel (a per-layer bound is the same pair for every channel), as profiled by
+`dsetool.protect.bounds`. The hardware applies it to each column output after requantization
+(`hw.protect`); the engine applies it right after the output stage that produces the tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+MODES = ("clip", "zero")
+
+
+@dataclass(frozen=True)
+class RangeCheck:
+    """Bounds of one tensor's codes, per output channel, and what happens to a code outside them."""
+
+    mode: str
+    lo: np.ndarray   # (channels,) int64
+    hi: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Range check mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+
+    def outside(self, codes: torch.Tensor) -> torch.Tensor:
+        """Return where the codes (B, C, ...) or flattened (B, C*H*W) leave their channel's bounds."""
+        lo, hi = (self._laid_out(v, codes) for v in (self.lo, self.hi))
+        return (codes < lo) | (codes > hi)
+
+    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
+        """Return the checked codes (a new tensor)."""
+        if self.mode == "clip":
+            lo, hi = (self._laid_out(v, codes) for v in (self.lo, self.hi))
+            return torch.minimum(torch.maximum(codes, lo), hi)
+        return torch.where(self.outside(codes), torch.zeros((), dtype=codes.dtype), codes)
+
+    def _laid_out(self, values: np.ndarray, codes: torch.Tensor) -> torch.Tensor:
+        per_image = codes.shape[1:]
+        tensor = torch.as_tensor(values, dtype=codes.dtype, device=codes.device)
+        if len(per_image) == 3:
+            return tensor.reshape(-1, 1, 1)
+        return tensor.repeat_interleave(per_image[0] // len(values))   # flattened: channel-major
+
+
+def range_checks(bounds: Mapping[str, Any], mode: str, channels: Mapping[int, int]) -> dict[int, RangeCheck]:
+    """Return the range check of every protected tensor in a `bounds.json` document, by output-stage op
+    index; `channels[op]` is that tensor's channel count (per-layer bounds are repeated over it)."""
+    checks = {}
+    for entry in bounds["layers"].values():
+        op = int(entry["op_index"])
+        checks[op] = RangeCheck(mode, _per_channel(entry["lo"], channels[op]), _per_channel(entry["hi"], channels[op]))
+    return checks
+
+
+def _per_channel(values: Sequence[int], channels: int) -> np.ndarray:
+    array = np.asarray(values, dtype=np.int64)
+    return np.repeat(array, channels) if len(array) == 1 else array
