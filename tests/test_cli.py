@@ -105,6 +105,25 @@ def test_inject_json_summary(tmp_path, write_experiment):
 
 
 @pytest.mark.slow
+def test_protected_campaign_runs_on_the_checked_engine(tmp_path, write_experiment):
+    """hw.protection zero: bounds profiled first (range-restrict), the same faults then hit the checked
+    engine; accumulator MSB flips that leave the bounds are zeroed, so outcomes change and no more SDCs appear."""
+    faults = {"site": "pe.psum", "bits": "msb", "layers": ["fc1"], "samples": 600, "inputs": 64, "seed": 3}
+    rows = {}
+    for protection in ("none", "zero"):
+        path = write_experiment({**TINY_EXPERIMENT, "hw": {"protection": protection}, "faults": faults},
+                                f"{protection}.yaml")
+        result = run(["inject", str(path), "--json"], tmp_path / "runs")
+        assert result.exit_code == 0, result.output
+        rows[protection] = json.loads(result.stdout.splitlines()[0])["metrics"]
+    assert rows["zero"]["protection"] == "zero" and isinstance(rows["zero"]["clean_predictions_changed"], int)
+    assert "clean_predictions_changed" not in rows["none"]
+    assert rows["zero"]["masked_rate"] != rows["none"]["masked_rate"]
+    assert rows["zero"]["sdc_rate"] <= rows["none"]["sdc_rate"]
+    assert any((tmp_path / "runs" / "range-restrict").iterdir())
+
+
+@pytest.mark.slow
 def test_train_qat_then_cached_json(tmp_path, write_experiment):
     path = write_experiment({**TINY_EXPERIMENT, "sweep": {"quant.bits": [8, 4]}})
     runs_dir = tmp_path / "runs"

@@ -76,12 +76,18 @@ def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
-    hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits}
+    hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits,
+                          "protection": cfg.hw.protection}
     if any(site.startswith("pe.") for site in cfg.faults.sites):  # only PE registers depend on the array
         from dsetool.arrays import array_config
 
         hw["array"] = to_plain(array_config(cfg))
     return {"faults": to_plain(cfg.faults), "hw": hw}
+
+
+def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
+    """A protected campaign needs the profiled bounds as well as the quantized model."""
+    return (quant_stage(cfg),) + (("range-restrict",) if cfg.hw.protection != "none" else ())
 
 
 def _restrict_reads(cfg: RunConfig) -> dict[str, Any]:
@@ -114,7 +120,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("pretrain", "1", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
-        StageDef("inject", "5", _inject_reads, lambda cfg: (quant_stage(cfg),), "dsetool.stages.inject:run"),
+        StageDef("inject", "6", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),
         StageDef("synth", "5", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),

@@ -2,7 +2,10 @@
 
 The golden run of the campaign inputs is computed once and checked against Brevitas (top-1 must agree
 on every input, else the stage fails: a campaign on an engine that is not the model would measure
-nothing). Faulty inferences then reuse it: only the ops from the first faulted one onward run.
+nothing). With `hw.protection` clip or zero the campaign runs on the engine with the range check after
+every protected output stage (bounds from the range-restrict stage), and reports how many fault-free
+predictions the check changes. Faulty inferences then reuse the golden run: only the ops from the first
+faulted one onward run.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from dsetool.faults.campaign import (
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import SiteError, site_groups
 from dsetool.faults.stats import wilson
+from dsetool.protect.check import range_checks
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
+from dsetool.stages.restrict import BOUNDS_FILE
 from dsetool.store import Result
 from dsetool.validate import ConfigError
 
@@ -45,13 +50,24 @@ def run(ctx: StageContext) -> Result:
     splits, _ = prepare(cfg)
     upstream = ctx.upstream[quant_stage(cfg)]
     intmodel_dir = upstream.path
-    engine = Engine(load_intmodel(intmodel_dir), multiplier_bits=cfg.hw.multiplier_bits)
+    model = load_intmodel(intmodel_dir)
+    engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits)
     test = splits.test
     count = len(test.y) if cfg.faults.inputs == 0 else min(cfg.faults.inputs, len(test.y))
     x, labels = test.x[:count], test.y[:count]
     network = EngineNetwork(engine)
     golden = Golden(engine.run(x, keep=True), labels, network.logit_scale())
     agreement = _check_against_brevitas(ctx, splits, golden, x)
+    protection: dict[str, Any] = {"protection": cfg.hw.protection}
+    if cfg.hw.protection != "none":   # the campaign runs on the protected engine; its fault-free cost first
+        bounds = json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text())
+        channels = {index: model.ops[index].out_shape[0] for index in range(len(model.ops))}
+        engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits,
+                        checks=range_checks(bounds, cfg.hw.protection, channels))
+        network = EngineNetwork(engine)
+        unprotected, golden = golden, Golden(engine.run(x, keep=True), labels, network.logit_scale())
+        protection.update(clean_predictions_changed=int((golden.top1 != unprotected.top1).sum()),
+                          clean_accuracy_protected=float((golden.top1 == labels).double().mean()) if count else None)
     raw = json.loads((intmodel_dir / "intmodel.json").read_text())
     narrow = {n: b for n, b in network.acc_bits().items() if cfg.hw.acc_bits and b > cfg.hw.acc_bits}
     if narrow:
@@ -76,7 +92,8 @@ def run(ctx: StageContext) -> Result:
     (ctx.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
     metrics = {k: v for k, v in summary.items() if not k.startswith("by_")}
     quant_metrics = upstream.metrics
-    metrics.update(agreement, planned_inferences=planned, quant_test_acc=quant_metrics.get("quant_test_acc"),
+    metrics.update(agreement, **protection)
+    metrics.update(planned_inferences=planned, quant_test_acc=quant_metrics.get("quant_test_acc"),
                    float_test_acc=quant_metrics.get("float_test_acc"), stopped_early=stopped,
                    site="+".join(cfg.faults.sites), fault_model=cfg.faults.model, weight_bits=cfg.quant.weight_bits,
                    act_bits=cfg.quant.act_bits,
