@@ -34,7 +34,8 @@ MODEL_COLUMNS: list[Column] = [
 CAMPAIGN_COLUMNS: list[Column] = [
     ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
     ("test %", _metric_pct("quant_test_acc")),
-    ("faults", lambda m: f"{m.get('site', '-')} {m.get('fault_model', '')}"),
+    ("faults", lambda m: f"{m.get('site', '-')} {m.get('fault_model', '')}"
+                         + (f", {m['protection']}" if m.get("protection", "none") != "none" else "")),
     ("n", lambda m: str(m.get("faulty_inferences", "-"))),
     ("masked %", _metric_pct("masked_rate")),
     ("SDC % [95% CI]", _rate_ci("sdc")),

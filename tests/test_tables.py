@@ -1,4 +1,5 @@
-"""Terminal tables: the synth table shows an IO harness's cells only when some design point has one."""
+"""Terminal tables: the synth table shows an IO harness's cells only when some design point has one; a
+campaign row names its protection."""
 
 from __future__ import annotations
 
@@ -25,3 +26,11 @@ def test_harness_column_only_when_a_point_has_one(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert ("harness" in err) == harness
     assert ("10/75" in err) == harness and "416" in err
+
+
+@pytest.mark.parametrize("protection", ["none", "clip"])
+def test_campaign_row_names_its_protection(capsys: pytest.CaptureFixture[str], protection: str) -> None:
+    metrics = {"site": "pe.psum", "fault_model": "bitflip", "protection": protection, "faulty_inferences": 10}
+    entry = Entry("inject", "b" * 8, Path("."), {"metrics": metrics})
+    tables.results_table("t", [(SimpleNamespace(axes={}), entry, False)])  # type: ignore[list-item]
+    assert ("pe.psum bitflip, clip" in capsys.readouterr().err) == (protection == "clip")
