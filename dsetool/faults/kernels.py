@@ -181,7 +181,7 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
     return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")  # a call would count references to its arrays
 def _requantized(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
                  integer: bool, qmin: float, qmax: float, lo: np.ndarray, hi: np.ndarray, check: int) -> float:
     """Return the output stage's code of one accumulator (see `dsetool.engine.executor.Requantizer`), then
