@@ -12,7 +12,7 @@ import dataclasses
 from dsetool.config import RunConfig
 from dsetool.data import GEOMETRY, NUM_CLASSES
 from dsetool.models.shapes import Gemm, gemm_shapes
-from hw.arrayconfig import ArrayConfig
+from hw.arrayconfig import PROTECTIONS, ArrayConfig
 
 
 def network_gemms(cfg: RunConfig) -> list[Gemm]:
@@ -28,9 +28,15 @@ def array_config(cfg: RunConfig) -> ArrayConfig:
     weight_bits = max([q.weight_bits, *(layer.weight_bits or 0 for layer in q.layers.values())])
     base = ArrayConfig(rows=cfg.hw.rows, cols=cfg.hw.cols, act_bits=act_bits, weight_bits=weight_bits,
                        acc_bits=cfg.hw.acc_bits, act_signed=not q.relu_unsigned, dataflow=cfg.hw.dataflow,
-                       multiplier=cfg.hw.multiplier, protection=cfg.hw.protection, tmr=cfg.hw.tmr)
+                       multiplier=cfg.hw.multiplier, protection=rtl_protection(cfg), tmr=cfg.hw.tmr)
     longest = max(g.k for g in network_gemms(cfg))
     return dataclasses.replace(base, acc_bits=base.accumulator_bits(longest))
+
+
+def rtl_protection(cfg: RunConfig) -> str:
+    """Return the protection unit the array is built with: the range check's clip or zero; `none` for the
+    engine-only protections (sed, median, afd), which the synth stage refuses (`dsetool.stages.synth`)."""
+    return cfg.hw.protection if cfg.hw.protection in PROTECTIONS else "none"
 
 
 def accumulator_depth(cfg: RunConfig) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,10 @@ class PtqConfig:
     percentile: float = spec(99.99, range=(50.0, 100.0), help="percentile for percentile calibration")
 
 
+PROTECTIONS = ("none", "clip", "zero", "sed", "median3", "median5", "afd")
+RANGE_PROTECTIONS = ("clip", "zero", "sed")   # the ones that read profiled bounds (stage range-restrict)
+
+
 @dataclass(frozen=True)
 class HwConfig:
     """The systolic array the network runs on."""
@@ -126,9 +131,12 @@ class HwConfig:
                        help="FPGA the synth stage builds for")
     freq_mhz: float = spec(100.0, range=(1.0, 1000.0), help="clock constraint given to place and route")
     pnr_seed: int = spec(1, range=(0, 2**31 - 1), help="place-and-route seed")
-    protection: str = spec("none", choices=("none", "clip", "zero"),
-                           help="range-check unit on the column outputs (synth): clip or zero out-of-range values")
-    tmr: bool = spec(False, help="triplicate the datapath with bitwise majority voters (synth)")
+    protection: str = spec("none", choices=PROTECTIONS,
+                           help="after each protected output stage: range check (clip, zero, or sed: flag only) "
+                                "with profiled bounds, channel median (median3, median5) or anomalous-feature "
+                                "suppression (afd); synth builds none, clip, zero")
+    tmr: bool = spec(False, help="triplicate the datapath with bitwise majority voters (synth); campaigns run "
+                                 "three independently faulted executions and vote their top-1")
 
 
 FAULT_SITES = ("act", "weight", "pe.act", "pe.weight", "pe.psum", "out")
@@ -176,6 +184,10 @@ class ProtectConfig:
                       help="profiled per layer, one global bound over all protected layers, or 10x it")
     margin: float = spec(0.0, range=(0.0, 1e9), help="codes added beyond each bound")
     factor: float = spec(1.0, range=(1.0, 1000.0), help="bounds scaled away from zero first (SED: 1.1)")
+    gamma: float = spec(2.0, range=(0.0625, 128.0), help="afd: a code may be gamma times its neighbour's "
+                                                         "magnitude (a power of two)")
+    gates: int = spec(2, range=(1, 2), help="afd: suppress a code above gamma x one neighbour (1) or both (2)")
+    afd_action: str = spec("drop", choices=("drop", "clip"), help="afd: zero a suppressed code, or clip it")
 
 
 @dataclass(frozen=True)
@@ -402,6 +414,9 @@ def normalize(config: RunConfig, source: str) -> RunConfig:
     if isinstance(config.faults.site, tuple) and len(config.faults.site) == 1:   # [act] is act, same key
         config = dataclasses.replace(config, faults=dataclasses.replace(config.faults, site=config.faults.site[0]))
     _check_faults(config, layers, source)
+    if math.log2(config.protect.gamma) != round(math.log2(config.protect.gamma)):
+        raise ConfigError(source, "protect.gamma", f"must be a power of two (a shift in hardware), not "
+                                                   f"{config.protect.gamma:g}")
     if config.protect.range != "profiled" and config.protect.granularity == "channel":
         raise ConfigError(source, "protect.range", f"{config.protect.range} bounds are one range per layer; "
                                                    "use protect.granularity: layer")

@@ -35,12 +35,14 @@ CAMPAIGN_COLUMNS: list[Column] = [
     ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
     ("test %", _metric_pct("quant_test_acc")),
     ("faults", lambda m: f"{m.get('site', '-')} {m.get('fault_model', '')}"
-                         + (f", {m['protection']}" if m.get("protection", "none") != "none" else "")),
+                         + (f", {m['protection']}" if m.get("protection", "none") != "none" else "")
+                         + (", TMR" if m.get("tmr") else "")),
     ("n", lambda m: str(m.get("faulty_inferences", "-"))),
     ("masked %", _metric_pct("masked_rate")),
     ("SDC % [95% CI]", _rate_ci("sdc")),
     ("critical % [95% CI]", _rate_ci("critical")),
     ("faulty acc %", _metric_pct("accuracy_under_faults")),
+    ("detected %", _metric_pct("detected_rate")),
 ]
 
 BOUNDS_COLUMNS: list[Column] = [

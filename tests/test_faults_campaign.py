@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dsetool.faults import campaign
-from dsetool.faults.apply import Faults, evaluate
+from dsetool.faults import campaign, kernels
+from dsetool.faults.apply import Evaluated, Faults, evaluate
 from dsetool.faults.bits import apply_fault
 from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard, merge_shards, run_campaign, summarize
 from dsetool.faults.network import EngineNetwork
@@ -73,7 +73,7 @@ def test_fast_path_equals_brute_force(setup, site, model):
     groups = site_groups(raw, site, [], network.acc_bits())
     faults = draw_shard(spec(model=model), groups, N_INPUTS, shard=0, size=60)
     logits = evaluate(network, golden.outputs, faults.inputs, groups,
-                      Faults(faults.trial, faults.group, faults.element, faults.bit), model)
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), model).logits
     for t in range(faults.size):
         group = groups[int(faults.group[t])]
         expected = brute_force(engine, raw, group, x[faults.inputs[t]], int(faults.element[t]),
@@ -87,7 +87,7 @@ def test_a_campaign_over_several_sites_is_exact_and_broken_down_per_site(setup, 
     groups = [g for site in ("act", "weight", "out") for g in site_groups(raw, site, [], network.acc_bits())]
     faults = draw_shard(spec(), groups, N_INPUTS, shard=0, size=90)
     logits = evaluate(network, golden.outputs, faults.inputs, groups,
-                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip").logits
     for t in range(faults.size):
         group = groups[int(faults.group[t])]
         expected = brute_force(engine, raw, group, x[faults.inputs[t]], int(faults.element[t]),
@@ -110,7 +110,7 @@ def test_multiple_faults_per_inference_equal_brute_force(setup):
     groups = site_groups(raw, "act", ["conv2", "fc1"], network.acc_bits())
     faults = draw_shard(spec(faults_per_inference=3), groups, N_INPUTS, shard=1, size=20)
     logits = evaluate(network, golden.outputs, faults.inputs, groups,
-                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip").logits
     for t in range(faults.size):
         outputs = engine.run(x[faults.inputs[t]][None], keep=True)
         mine = np.nonzero(faults.trial == t)[0]
@@ -258,7 +258,7 @@ def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow)
     groups = site_groups(raw, site, [], network.acc_bits(), array)
     faults = draw_shard(spec(), groups, 16, shard=0, size=12)
     logits = evaluate(network, golden.outputs, faults.inputs, groups,
-                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip").logits
     for t in range(faults.size):
         group = groups[int(faults.group[t])]
         layer = engine.layers[group.op_index]
@@ -275,3 +275,38 @@ def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow)
         acc = torch.tensor(out.astype(np.int64), dtype=torch.float64) + layer.bias
         expected = engine.run(acc, start=group.op_index + 1) if group.op_index + 1 < network.n_ops else acc
         assert torch.equal(logits[t], expected.reshape(-1)), (site, dataflow, t)
+
+
+def test_tmr_replicas_split_a_fault_count_and_draw_bit_errors_independently(setup):
+    _, network, _, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    base = draw_shard(spec(faults_per_inference=2), groups, N_INPUTS, shard=2, size=60)
+    split = campaign.draw_replicas(spec(faults_per_inference=2, replicas=3), groups, N_INPUTS, shard=2, size=60)
+    whole = campaign.merged(split)
+    assert all(np.array_equal(getattr(whole, f), getattr(base, f)) for f in ("inputs", "trial"))
+    key = [whole.trial * 10**9 + whole.element * 64 + whole.bit, base.trial * 10**9 + base.element * 64 + base.bit]
+    assert np.array_equal(np.sort(key[0]), np.sort(key[1]))
+    assert all(len(part.trial) > 0 for part in split)
+    ber = campaign.draw_replicas(spec(ber=1e-3, replicas=3), groups, N_INPUTS, shard=2, size=60)
+    assert all(np.array_equal(part.inputs, ber[0].inputs) for part in ber)
+    assert not np.array_equal(ber[0].element[:20], ber[1].element[:20])
+
+
+def test_tmr_vote_takes_the_majority_top1_and_golden_logits_when_two_replicas_are_exact():
+    golden_logits = torch.tensor([[5.0, 1.0, 0.0]] * 4)
+    golden = Golden([golden_logits], torch.zeros(4, dtype=torch.int64), torch.ones(3))
+    wrong1, wrong2 = torch.tensor([0.0, 9.0, 0.0]), torch.tensor([0.0, 0.0, 9.0])
+    tolerated = torch.tensor([4.0, 1.0, 0.0])
+    replicas = [torch.stack(rows) for rows in (
+        [wrong1, wrong1, wrong1, golden_logits[0]],      # replica 1
+        [golden_logits[0], wrong2, wrong2, tolerated],   # replica 2
+        [golden_logits[0], wrong2, golden_logits[0], tolerated])]   # replica 3
+    evaluated = [Evaluated(r, np.array([i == 1, False, False, False]), np.zeros(4, dtype=np.int8))
+                 for i, r in enumerate(replicas)]
+    voted = campaign.vote(evaluated, golden, np.zeros(4, dtype=np.int64))
+    assert torch.equal(voted.logits[0], golden_logits[0])     # two exact replicas: the golden logits
+    assert torch.equal(voted.logits[1], wrong2)               # two agree on class 2
+    assert torch.equal(voted.logits[2], wrong1)               # all disagree: the first
+    assert torch.equal(voted.logits[3], golden_logits[0])     # one exact, two tolerated: the first's, exact
+    assert voted.masked_by.tolist() == [kernels.VOTE, 0, 0, kernels.VOTE]
+    assert voted.detected.tolist() == [True, False, False, False]

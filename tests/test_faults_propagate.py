@@ -15,7 +15,7 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.intmodel import IntModel
-from dsetool.faults import propagate
+from dsetool.faults import apply, kernels, propagate
 from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.campaign import CampaignSpec, draw_shard
 from dsetool.faults.network import EngineNetwork
@@ -67,7 +67,7 @@ def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, 
                         confidence=0.95, early_stop=False, seed=5, shard_size=300, batch_size=300)
     faults = draw_shard(spec, groups, N_INPUTS, shard=0, size=300)
     logits = evaluate(network, golden, faults.inputs, groups,
-                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip")
+                      Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip").logits
     reached = dict.fromkeys(("conv1", "conv2", "conv3"), 0)
     for t in range(faults.size):
         group = groups[int(faults.group[t])]
@@ -78,3 +78,35 @@ def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, 
             reached[group.layer] += int(not torch.equal(expected, golden[-1][faults.inputs[t]]))
     assert min(reached.values()) >= 10, f"too few faults reach the logits to compare: {reached}"
     assert {groups[int(g)].layer for g in np.unique(faults.group)} >= {"conv1", "conv2", "conv3", "fc1", "fc2"}
+
+
+@pytest.mark.parametrize("scaling", ["po2", "float"])
+@pytest.mark.parametrize("check", [None, "clip", "zero", "detect"])
+@pytest.mark.parametrize("model", ["bitflip", "stuck1"])
+def test_sparse_and_dense_paths_agree_on_what_masked_and_what_detected(
+        monkeypatch: pytest.MonkeyPatch, scaling: str, check: str | None, model: str) -> None:
+    """Each fault's masking step and detection, followed sparsely (compiled kernels) or dense (tensors)."""
+    builder = awkward_model(scaling)
+    int_model = builder.build()
+    engine = Engine(int_model, checks=narrow_checks(int_model, check))
+    network = EngineNetwork(engine)
+    x = torch.rand(N_INPUTS, *builder.input_shape, generator=torch.Generator().manual_seed(1)) * 3.5
+    golden = engine.run(x, keep=True)
+    groups = site_groups(builder.config(), "act", [], network.acc_bits())
+    spec = CampaignSpec(model=model, bits="all", faults_per_inference=1, ber=None, samples=400, margin=0.02,
+                        confidence=0.95, early_stop=False, seed=9, shard_size=400, batch_size=400)
+    drawn = draw_shard(spec, groups, N_INPUTS, shard=0, size=400)
+    faults = Faults(drawn.trial, drawn.group, drawn.element, drawn.bit)
+    sparse = evaluate(network, golden, drawn.inputs, groups, faults, model)
+    monkeypatch.setattr(apply, "follows", lambda engine: False)
+    dense = evaluate(network, golden, drawn.inputs, groups, faults, model)
+    assert torch.equal(sparse.logits, dense.logits)
+    assert np.array_equal(sparse.masked_by, dense.masked_by)
+    assert np.array_equal(sparse.detected, dense.detected)
+    steps = {kernels.MASKED_BY[code] for code in np.unique(sparse.masked_by)}
+    assert steps >= {"", "rounding", "pool"}, steps
+    assert ("relu" in steps) == (check != "clip"), steps   # narrow clip: lo = 1 lifts every ReLU zero
+    assert ("protection" in steps) <= (check in ("clip", "zero")), steps
+    assert ("protection" in steps) >= (check == "clip"), steps
+    assert sparse.detected.any() == (check is not None)
+    assert not (sparse.detected & (sparse.masked_by == kernels.RELU)).all()

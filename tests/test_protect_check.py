@@ -27,5 +27,12 @@ def test_bounds_document_gives_one_check_per_protected_output() -> None:
 
 
 def test_unknown_mode() -> None:
-    with pytest.raises(ValueError, match=r"^Range check mode must be one of clip, zero, not 'median'$"):
+    with pytest.raises(ValueError, match=r"^Range check mode must be one of clip, zero, detect, not 'median'$"):
         RangeCheck("median", np.zeros(1), np.zeros(1))
+
+
+def test_detect_mode_flags_without_changing() -> None:
+    check = RangeCheck("detect", np.array([0, 2]), np.array([5, 3]))
+    codes = torch.tensor([[[[7.0]], [[2.0]]], [[[4.0]], [[1.0]]]])
+    assert torch.equal(check(codes), codes)
+    assert check.outside(codes).reshape(2, 2).tolist() == [[True, False], [False, True]]

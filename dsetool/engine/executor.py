@@ -150,13 +150,23 @@ class Requantizer:
         (features,) = shape
         return values.repeat_interleave(features // channels)  # chw order: channel-major
 
+    def rounded(self, acc: torch.Tensor) -> torch.Tensor:
+        """Return `acc` (B, C, ...) after ReLU, scaling and rounding, not yet saturated (float64): where a
+        fault's effect vanished inside the output stage (`dsetool.faults.apply.Evaluated.masked_by`)."""
+        multiplier, shift = self._int_constants
+        shape = acc.shape[1:]
+        unbounded = -2**62, 2**62
+        return self._apply(acc, self._laid_out(self.factor, shape), self._laid_out(multiplier, shape),
+                           self._laid_out(shift, shape), unbounded).to(torch.float64)
+
     def _apply(self, acc: torch.Tensor, factor: torch.Tensor, multiplier: torch.Tensor,
-               shift: torch.Tensor) -> torch.Tensor:
+               shift: torch.Tensor, bounds: tuple[int, int] | None = None) -> torch.Tensor:
+        qmin, qmax = (self.qmin, self.qmax) if bounds is None else bounds
         if self.compute_dtype != torch.int64:
-            codes = ops.requantize(acc.to(self.compute_dtype), factor, self.qmin, self.qmax)
-        else:
-            codes = ops.fixed_point_requantize_int(acc.to(torch.int64), multiplier, shift, self.qmin, self.qmax)
-        return codes.to(ops.CODE_DTYPE)
+            codes = ops.requantize(acc.to(self.compute_dtype), factor, qmin, qmax)
+            return codes.to(ops.CODE_DTYPE if bounds is None else torch.float64)
+        codes = ops.fixed_point_requantize_int(acc.to(torch.int64), multiplier, shift, qmin, qmax)
+        return codes.to(ops.CODE_DTYPE if bounds is None else torch.float64)
 
 
 def po2_constants(ratios: Sequence[Fraction], multiplier_bits: int) -> list[tuple[int, int]]:
@@ -195,6 +205,7 @@ class Engine:
             raise ValueError(f"Multiplier bits must be an integer in 1..32, not {multiplier_bits!r}")
         self.model, self.multiplier_bits, self.device = model, multiplier_bits, torch.device(device)
         self.checks: dict[int, Step] = dict(checks or {})
+        self._unchecked: dict[int, Step] = {}   # the output stages the checks follow, alone
         ops.disable_transform_convolutions()
         self.layers: dict[int, GemmLayer] = {}
         self.requantizers: dict[int, Requantizer] = {}
@@ -222,7 +233,10 @@ class Engine:
         self.requantizers[source] = requantizer
         step = requantizer.step(self.model.ops[index - 1].out_shape)
         check = self.checks.get(index)
-        return step if check is None else lambda acc: check(step(acc))
+        if check is None:
+            return step
+        self._unchecked[index] = step
+        return lambda acc: check(step(acc))
 
     def _requantizer(self, layer: GemmLayer, out: QuantAct) -> Requantizer:
         ratios = [Fraction(float(scale)) / Fraction(out.scale) for scale in layer.op.acc_scale()]
@@ -250,16 +264,17 @@ class Engine:
 
     @overload
     def run(self, x: torch.Tensor, *, start: int = ..., stop: int | None = ...,
-            keep: Literal[False] = ...) -> torch.Tensor: ...
+            keep: Literal[False] = ..., checked: bool = ...) -> torch.Tensor: ...
 
     @overload
     def run(self, x: torch.Tensor, *, start: int = ..., stop: int | None = ...,
-            keep: Literal[True]) -> list[torch.Tensor]: ...
+            keep: Literal[True], checked: bool = ...) -> list[torch.Tensor]: ...
 
     def run(self, x: torch.Tensor, *, start: int = 0, stop: int | None = None,
-            keep: bool = False) -> torch.Tensor | list[torch.Tensor]:
+            keep: bool = False, checked: bool = True) -> torch.Tensor | list[torch.Tensor]:
         """Run ops[start:stop] on x, the batched input of op `start`; return the last output, or with
-        `keep` the list of every op's output (item j is op start + j).
+        `keep` the list of every op's output (item j is op start + j). `checked` False runs the ops
+        without the protections (`checks`) after them.
 
         x is not modified. Outputs may share storage (flatten returns a view of its input): clone one
         before editing it in place. x is cast to `input_dtype(start)` (images: float32, the Brevitas model's).
@@ -272,8 +287,8 @@ class Engine:
                              f"not {list(x.shape[1:])}")
         x = x.to(self.device, self.input_dtype(start))
         outputs = []
-        for step in self._steps[start:stop]:
-            x = step(x)
+        for index in range(start, stop):
+            x = (self._steps[index] if checked else self._unchecked.get(index, self._steps[index]))(x)
             outputs.append(x)
         return outputs if keep else x
 

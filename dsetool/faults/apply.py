@@ -7,7 +7,7 @@ whose tensor equals the golden one after their last fault are masked and leave t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,10 +16,12 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.intmodel import WeightOp
+from dsetool.faults import kernels
 from dsetool.faults.bits import with_masks
-from dsetool.faults.propagate import Join, golden_rows, propagate
+from dsetool.faults.propagate import Propagated, follows, golden_rows, propagate
 from dsetool.faults.sites import SiteGroup
 from dsetool.faults.sparse import act_fault_accumulators
+from dsetool.protect.check import acted
 
 
 class Network(Protocol):
@@ -27,8 +29,18 @@ class Network(Protocol):
 
     engine: Engine
 
-    def run_op(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
-        """Execute op `index` on its input codes."""
+    def run_op(self, index: int, tensor: torch.Tensor, checked: bool = True) -> torch.Tensor:
+        """Execute op `index` on its input codes (`checked` False: without the protection after it)."""
+        ...
+
+    def check(self, index: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Return the protection applied to op `index`'s output, if any."""
+        ...
+
+    def masked_by(self, index: int, acc: torch.Tensor, golden_acc: torch.Tensor, golden_out: torch.Tensor
+                  ) -> np.ndarray:
+        """Return, per row, the step of output-stage op `index` that masks accumulators `acc` whose codes
+        equal those of `golden_acc` (`kernels.MASKED_BY` codes)."""
         ...
 
     def weight_matrix(self, index: int) -> torch.Tensor:
@@ -59,6 +71,17 @@ class Network(Protocol):
     def n_ops(self) -> int:
         """Return the number of ops."""
         ...
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A batch's faulty inferences: each row's final-op output (logits); whether a protection acted on a
+    value its faults changed (`detected`); which step masked its faults before the logits
+    (`kernels.MASKED_BY` codes; `kernels.LIVE`: not masked on the way, or no fault)."""
+
+    logits: torch.Tensor
+    detected: np.ndarray
+    masked_by: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -113,8 +136,8 @@ def _weight_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: t
 
 
 def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, groups: Sequence[SiteGroup],
-             faults: Faults, model: str) -> torch.Tensor:
-    """Return the final-op output (logits) of every faulty row of the batch.
+             faults: Faults, model: str) -> Evaluated:
+    """Return the final-op output (logits) of every faulty row of the batch, and what protected them.
 
     `golden[i]` holds op i's output for every campaign input; `inputs[b]` names row b's input. A row
     joins the computation at its first faulted op (its prefix is the golden tensor) and leaves as soon
@@ -124,8 +147,11 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     """
     last_op = net.n_ops - 1
     logits = _rows_of(golden[last_op], inputs)
+    detected = np.zeros(len(inputs), dtype=np.bool_)
+    masked_by = np.zeros(len(inputs), dtype=np.int8)
+    result = Evaluated(logits, detected, masked_by)
     if not len(faults.row):
-        return logits
+        return result
     fault_ops = np.array([g.op_index for g in groups])[faults.group]
     first = np.full(len(inputs), np.iinfo(np.int64).max, dtype=np.int64)
     final = np.full(len(inputs), -1, dtype=np.int64)
@@ -140,10 +166,15 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     carried_rows = np.zeros(len(inputs), dtype=bool)  # rows whose single fault `_carry` follows
     weight_ops = np.array([net.weight_op(i) is not None for i in range(net.n_ops)])
     carried = np.nonzero(pre & weight_ops[fault_ops] & (n_faults[faults.row] == 1))[0]
+    if not follows(net.engine):
+        carried = carried[:0]
     if len(carried):
         carried_rows[faults.row[carried]] = True
         first[faults.row[carried]] = np.iinfo(np.int64).max   # they arrive through `pending` only
-        for join in _carry(net, golden, inputs, carried, groups, faults, fault_ops, model):
+        propagated = _carry(net, golden, inputs, carried, groups, faults, fault_ops, model)
+        masked_by[faults.row[carried]] = propagated.masked_by
+        detected[faults.row[carried]] = propagated.detected
+        for join in propagated.joins:
             rows = faults.row[carried[join.rows]]
             if join.op > last_op:
                 logits[torch.from_numpy(rows)] = join.tensor.to(logits.dtype)
@@ -154,7 +185,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     position = np.full(len(inputs), -1, dtype=np.int64)
     entry_ops = set(first[first <= last_op].tolist()) | set(pending)
     if not entry_ops:
-        return logits
+        return _masked_at_logits(result, golden[last_op], inputs, n_faults)
     for op in range(min(entry_ops), last_op + 1):
         if tensor is None and op not in entry_ops:
             continue  # nothing runs here
@@ -167,9 +198,14 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
             tensor, live = _join(tensor, live, fresh, rows)
         if arriving:
             position[live] = np.arange(len(live))
+        before = tensor
         if tensor is not None and len(live):
             local = np.where(carried_rows[faults.row], -1, position[faults.row])  # carried: applied already
-            tensor = _step(net, op, tensor, groups, faults, local, fault_ops, model)
+            tensor, unchecked = _step(net, op, tensor, groups, faults, local, fault_ops, model)
+            if unchecked is not None:
+                assert before is not None
+                changed = before != _rows_of(golden[op - 1], inputs[live])
+                _detect(net, op, changed, unchecked, tensor, _rows_of(golden[op], inputs[live]), live, detected)
         if len(sparse):
             outputs = _sparse_step(net, op, golden, inputs, sparse, groups, faults, fault_ops, model)
             tensor, live = _join(tensor, live, outputs, sparse)
@@ -181,6 +217,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
             same = ~(tensor != _rows_of(golden[op], inputs[live])).reshape(len(live), -1).any(dim=1).numpy()
             keep = ~(done & same)
             if not keep.all():
+                masked_by[live[~keep]] = _masked_by(net, op, golden, inputs, before, live, ~keep)
                 tensor, live = tensor[torch.from_numpy(keep)], live[keep]
                 position[:] = -1
                 position[live] = np.arange(len(live))
@@ -188,7 +225,40 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
                     tensor = None  # nobody left; rows joining later start afresh
     if tensor is not None and len(live):
         logits[torch.from_numpy(live)] = tensor
-    return logits
+    return _masked_at_logits(result, golden[last_op], inputs, n_faults)
+
+
+def _masked_at_logits(result: Evaluated, golden_logits: torch.Tensor, inputs: np.ndarray, n_faults: np.ndarray
+                      ) -> Evaluated:
+    """Mark faulted rows with golden logits and no masking step yet as masked by the arithmetic of the
+    logits layer (its changed inputs changed no logit)."""
+    unmarked = np.nonzero((result.masked_by == kernels.LIVE) & (n_faults > 0))[0]
+    if len(unmarked):
+        index = torch.from_numpy(unmarked)
+        same = (result.logits[index] == _rows_of(golden_logits, inputs[unmarked])).all(dim=1).numpy()
+        result.masked_by[unmarked[same]] = kernels.ARITHMETIC
+    return result
+
+
+def _detect(net: Network, op: int, changed: torch.Tensor, unchecked: torch.Tensor, checked: torch.Tensor,
+            golden: torch.Tensor, live: np.ndarray, detected: np.ndarray) -> None:
+    """Mark the rows where the protection after output stage `op` acted on a value the faults changed: its
+    accumulator was `changed` and its code (`unchecked`) differs from the golden output (as the sparse path
+    sees its changes)."""
+    check = net.check(op)
+    assert check is not None
+    fired = acted(check, unchecked, checked) & (unchecked != golden) & changed
+    detected[live[fired.reshape(len(live), -1).any(dim=1).numpy()]] = True
+
+
+def _masked_by(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray,
+               before: torch.Tensor | None, live: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Return which step of op `op` (max pool or output stage) masked the faults of rows `live[rows]`,
+    whose input to it was `before[rows]`."""
+    assert before is not None
+    picked = torch.from_numpy(np.nonzero(rows)[0])
+    return net.masked_by(op, before[picked], _rows_of(golden[op - 1], inputs[live[rows]]),
+                         _rows_of(golden[op], inputs[live[rows]]))
 
 
 def _rows_of(tensor: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
@@ -214,7 +284,7 @@ def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fau
 
 
 def _carry(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, js: np.ndarray,
-           groups: Sequence[SiteGroup], faults: Faults, fault_ops: np.ndarray, model: str) -> list[Join]:
+           groups: Sequence[SiteGroup], faults: Faults, fault_ops: np.ndarray, model: str) -> Propagated:
     """Follow faults `js`, each its row's only fault and in a weight op's input, sparsely (`propagate`);
     `Join.rows` index `js`."""
     rows = faults.row[js]
@@ -247,8 +317,9 @@ def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: 
 
 
 def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGroup], faults: Faults,
-          local: np.ndarray, fault_ops: np.ndarray, model: str) -> torch.Tensor:
-    """Run op `op` on the live rows, with the faults that hit its input, its weights or its output."""
+          local: np.ndarray, fault_ops: np.ndarray, model: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run op `op` on the live rows, with the faults that hit its input, its weights or its output; return
+    its output and, where a protection follows the op, the output before it."""
     by_hook: dict[str, list[int]] = {}
     for j in np.nonzero((fault_ops == op) & (local >= 0))[0].tolist():
         by_hook.setdefault(groups[int(faults.group[j])].hook, []).append(j)
@@ -259,14 +330,20 @@ def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGrou
     for js in _per_group(by_hook.get("pre", []), faults):
         tensor = _fault_tensor(tensor, *where(js), model)
     op_input = tensor
-    tensor = net.run_op(op, tensor)
+    check = net.check(op)
+    unchecked = None
+    if check is None:
+        tensor = net.run_op(op, tensor)
+    else:
+        unchecked = net.run_op(op, tensor, checked=False)
+        tensor = check(unchecked)
     for js in _per_group(by_hook.get("weight", []), faults):
         tensor = _weight_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)
     for js in _per_group(by_hook.get("pe", []), faults):
         tensor = _pe_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)
     for js in _per_group(by_hook.get("post", []), faults):
         tensor = _fault_tensor(tensor, *where(js), model)
-    return tensor
+    return tensor, unchecked
 
 
 def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch.Tensor, rows: np.ndarray,

@@ -8,6 +8,7 @@ Counts are accumulated shard by shard: a million faults never need a million row
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -23,13 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from dsetool.faults.apply import Faults, Network, evaluate
+from dsetool.faults import kernels
+from dsetool.faults.apply import Evaluated, Faults, Network, evaluate
 from dsetool.faults.sampler import FaultList, population, sample_ber_mode, sample_count_mode, shard_rng
 from dsetool.faults.sites import SiteGroup
 from dsetool.faults.stats import leveugle_samples, wilson
 
 OUTCOMES = ("masked", "tolerated", "sdc")
-COUNTS = (*OUTCOMES, "critical", "correct", "golden_correct", "n")  # what a `Tally` counts
+# What a `Tally` counts: outcomes, accuracy, and detections (a protection acted on a value the faults
+# changed), overall and among the SDCs and the critical faults (the detector's coverage).
+COUNTS = (*OUTCOMES, "critical", "correct", "golden_correct", "n", "detected", "detected_sdc", "detected_critical")
 MAX_LISTED_FAULTS = 16
 # The single-fault breakdowns of a campaign summary (`by_site`, `by_layer`, `by_bit`).
 BREAKDOWN = ("site", "layer", "bit")
@@ -51,6 +55,7 @@ class CampaignSpec:
     seed: int
     shard_size: int
     batch_size: int
+    replicas: int = 1   # 3: coarse TMR, three independently faulted executions voting on top-1
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Tally:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     # (site, layer, bit) -> [n, sdc, critical]
     breakdown: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
+    masked_by: dict[str, int] = field(default_factory=dict)   # step -> masked inferences
 
     def add(self, rows: pa.Table) -> None:
         """Fold one shard's rows into the counts."""
@@ -88,6 +94,14 @@ class Tally:
         self.counts["correct"] += _count(pc.equal(rows.column("faulty_top1"), rows.column("label")))
         self.counts["golden_correct"] += _count(pc.equal(rows.column("golden_top1"), rows.column("label")))
         self.counts["n"] += rows.num_rows
+        detected = rows.column("detected")
+        self.counts["detected"] += _count(detected)
+        self.counts["detected_sdc"] += _count(pc.and_(detected, pc.equal(outcome, "sdc")))
+        self.counts["detected_critical"] += _count(pc.and_(detected, rows.column("critical")))
+        steps = rows.column("masked_by").cast(pa.string()).value_counts()
+        for step, count in zip(steps.field("values").to_pylist(), steps.field("counts").to_pylist(), strict=True):
+            if step:
+                self.masked_by[step] = self.masked_by.get(step, 0) + count
         single = pc.equal(rows.column("n_faults"), 1)
         part = pa.table({"site": rows.column("site").cast(pa.string()), "layer": rows.column("layer").cast(pa.string()),
                          "bit": rows.column("bit"), "sdc": pc.equal(outcome, "sdc").cast(pa.int64()),
@@ -112,27 +126,80 @@ def planned_samples(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: i
     return leveugle_samples(population(groups, spec.bits) * n_inputs, spec.margin, spec.confidence)
 
 
-def draw_shard(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int, shard: int, size: int) -> FaultList:
-    """Return the faults of one shard (reproducible from the seed and the shard number alone)."""
-    rng = shard_rng(spec.seed, shard)
+def draw_shard(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int, shard: int, size: int,
+               replica: int = 0) -> FaultList:
+    """Return the faults of one shard (reproducible from the seed and the shard number alone); `replica`
+    numbers independent draws of the same shard."""
+    rng = shard_rng(spec.seed, shard) if replica == 0 else shard_rng(spec.seed, shard, replica)
     if spec.ber is not None:
         return sample_ber_mode(groups, spec.bits, spec.ber, size, n_inputs, rng)
     return sample_count_mode(groups, spec.bits, spec.faults_per_inference, size, n_inputs, rng)
 
 
-def run_shard(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, faults: FaultList,
-              first_trial: int, workers: Workers | None = None) -> pa.Table:
+def draw_replicas(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int, shard: int, size: int
+                  ) -> list[FaultList]:
+    """Return the faults of each of a TMR campaign's replicas for one shard, on the same inputs: with a
+    bit error rate every replica's bits flip independently; with a fault count the inference's faults
+    are drawn as usual and each lands in one replica at random (a single fault hits one replica)."""
+    first = draw_shard(spec, groups, n_inputs, shard, size)
+    if spec.ber is not None:
+        return [first, *(dataclasses.replace(draw_shard(spec, groups, n_inputs, shard, size, r), inputs=first.inputs)
+                         for r in range(1, spec.replicas))]
+    owner = shard_rng(spec.seed, shard, spec.replicas).integers(0, spec.replicas, size=len(first.trial))
+    return [FaultList(first.inputs, first.trial[owner == r], first.group[owner == r], first.element[owner == r],
+                      first.bit[owner == r]) for r in range(spec.replicas)]
+
+
+def merged(lists: Sequence[FaultList]) -> FaultList:
+    """Return the faults of several lists over the same inputs as one list (sorted by inference)."""
+    trial = np.concatenate([f.trial for f in lists])
+    order = np.argsort(trial, kind="stable")
+    group, element, bit = (np.concatenate([getattr(f, name) for f in lists])[order]
+                           for name in ("group", "element", "bit"))
+    return FaultList(lists[0].inputs, trial[order], group, element, bit)
+
+
+def run_shard(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec,
+              faults: FaultList | Sequence[FaultList], first_trial: int, workers: Workers | None = None) -> pa.Table:
     """Evaluate one shard batch by batch and return one row per faulty inference.
 
     `workers` run the batches (`Workers`); without, they run here, one after the other. Exact either way.
+    With several fault lists (a TMR campaign's replicas, same inputs), each is evaluated and the rows hold
+    their vote (`vote`) and list the faults of all replicas.
     """
+    if isinstance(faults, FaultList):
+        return _rows(_evaluate_all(net, golden, groups, spec, faults, workers), golden, groups, faults, first_trial)
+    evaluated = [_evaluate_all(net, golden, groups, spec, replica, workers) for replica in faults]
+    return _rows(vote(evaluated, golden, faults[0].inputs), golden, groups, merged(faults), first_trial)
+
+
+def _evaluate_all(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, faults: FaultList,
+                  workers: Workers | None) -> Evaluated:
     starts = range(0, faults.size, spec.batch_size)
     parts = [_batch_faults(faults, begin, min(begin + spec.batch_size, faults.size)) for begin in starts]
     if workers is None:
-        logits = [evaluate(net, golden.outputs, inputs, groups, chosen, spec.model) for inputs, chosen in parts]
+        batches = [evaluate(net, golden.outputs, inputs, groups, chosen, spec.model) for inputs, chosen in parts]
     else:
-        logits = workers.map(parts)
-    return _rows(torch.cat(logits), golden, groups, faults, first_trial)
+        batches = workers.map(parts)
+    return Evaluated(torch.cat([b.logits for b in batches]), np.concatenate([b.detected for b in batches]),
+                     np.concatenate([b.masked_by for b in batches]))
+
+
+def vote(replicas: Sequence[Evaluated], golden: Golden, inputs: np.ndarray) -> Evaluated:
+    """Return three replicas' majority ([Ozen] §8.8.1, coarse TMR): the top-1 two of them agree on, else
+    the first's. Logits: the golden ones where two replicas computed them exactly (a bitwise vote gives
+    them), else those of the first replica with the voted top-1; golden logits were masked by the vote
+    unless the first replica masked its own faults. Detected: a protection acted in any replica."""
+    first, second, third = replicas
+    top = [golden.predict(r.logits) for r in replicas]
+    pick = torch.where((top[0] != top[1]) & (top[0] != top[2]) & (top[1] == top[2]), 1, 0)
+    logits = torch.where((pick == 1)[:, None], second.logits, first.logits)
+    golden_logits = golden.outputs[-1][torch.from_numpy(inputs)]
+    exact = torch.stack([(r.logits == golden_logits).all(dim=1) for r in replicas]).sum(dim=0) >= 2
+    logits = torch.where(exact[:, None], golden_logits, logits)
+    same = (logits == golden_logits).all(dim=1).numpy()
+    masked_by = np.where(same & (first.masked_by == kernels.LIVE), kernels.VOTE, first.masked_by)
+    return Evaluated(logits, first.detected | second.detected | third.detected, masked_by.astype(np.int8))
 
 
 def _batch_faults(faults: FaultList, begin: int, end: int) -> tuple[np.ndarray, Faults]:
@@ -164,14 +231,15 @@ class Workers:
         self.pool.shutdown()
         torch.set_num_threads(self.threads)
 
-    def map(self, parts: Sequence[tuple[np.ndarray, Faults]]) -> list[torch.Tensor]:
-        """Return the logits of every batch, in order."""
+    def map(self, parts: Sequence[tuple[np.ndarray, Faults]]) -> list[Evaluated]:
+        """Return every batch evaluated, in order."""
         return list(self.pool.map(lambda part: evaluate(self.net, self.outputs, part[0], self.groups, part[1],
                                                         self.model), parts))
 
 
-def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], faults: FaultList,
+def _rows(evaluated: Evaluated, golden: Golden, groups: Sequence[SiteGroup], faults: FaultList,
           first_trial: int) -> pa.Table:
+    logits = evaluated.logits
     inputs = torch.from_numpy(faults.inputs)
     golden_logits = golden.outputs[-1][inputs]
     golden_top1, faulty_top1 = golden.predict(golden_logits).numpy(), golden.predict(logits).numpy()
@@ -179,6 +247,7 @@ def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], fau
     identical = (logits == golden_logits).all(dim=1).numpy()
     outcome = np.where(identical, 0, np.where(golden_top1 != faulty_top1, 2, 1))  # index into OUTCOMES
     n_faults = np.bincount(faults.trial, minlength=faults.size)
+    masked_by = np.where(identical, evaluated.masked_by, kernels.LIVE).astype(np.int32)
     names = pa.array([g.layer for g in groups] + [""])
     sites = pa.array([g.site for g in groups] + [""])
     layer = np.full(faults.size, len(groups), dtype=np.int32)   # "": not a single-fault inference
@@ -196,6 +265,8 @@ def _rows(logits: torch.Tensor, golden: Golden, groups: Sequence[SiteGroup], fau
         "faulty_top1": faulty_top1,
         "outcome": pa.DictionaryArray.from_arrays(outcome.astype(np.int32), pa.array(OUTCOMES)),
         "critical": (golden_top1 == labels) & (faulty_top1 != labels),
+        "detected": evaluated.detected,
+        "masked_by": pa.DictionaryArray.from_arrays(masked_by, pa.array(kernels.MASKED_BY)),
         "n_faults": n_faults,
         "site": pa.DictionaryArray.from_arrays(layer, sites),
         "layer": pa.DictionaryArray.from_arrays(layer, names),
@@ -239,7 +310,9 @@ def run_campaign(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec
             if path.is_file():
                 rows = pq.read_table(path)
             else:
-                faults = draw_shard(spec, groups, n_inputs, shard, min(spec.shard_size, planned - first))
+                size = min(spec.shard_size, planned - first)
+                faults = draw_shard(spec, groups, n_inputs, shard, size) if spec.replicas == 1 else \
+                    draw_replicas(spec, groups, n_inputs, shard, size)
                 rows = run_shard(net, golden, groups, spec, faults, first, workers)
                 _write_atomic(rows, path)
             tally.add(rows)
@@ -289,10 +362,15 @@ def summarize(tally: Tally, golden: Golden, confidence: float) -> dict[str, Any]
     drop = (tally.counts["golden_correct"] - tally.counts["correct"]) / n if n else float("nan")
     metrics: dict[str, Any] = {"faulty_inferences": n, "golden_accuracy": golden_acc,
                                "accuracy_under_faults": faulty_acc, "accuracy_drop": drop}
-    for name in (*OUTCOMES, "critical"):
-        rate = wilson(tally.counts[name], n, confidence)
-        metrics[f"{name}_rate"] = rate.rate
-        metrics[f"{name}_ci"] = [rate.low, rate.high]
+    for name, count, of in [*((name, name, "n") for name in (*OUTCOMES, "critical", "detected")),
+                            ("sdc_detected", "detected_sdc", "sdc"), ("critical_detected", "detected_critical",
+                                                                      "critical")]:
+        rate = wilson(tally.counts[count], tally.counts[of], confidence)
+        metrics[f"{name}_rate"] = rate.rate if tally.counts[of] else None   # of no SDC: no coverage
+        metrics[f"{name}_ci"] = [rate.low, rate.high] if tally.counts[of] else None
+    masked = tally.counts["masked"]
+    metrics["masked_by"] = {step: {"n": count, "share": count / masked}
+                            for step, count in sorted(tally.masked_by.items(), key=lambda item: -item[1])}
     for key in BREAKDOWN:
         metrics[f"by_{key}"] = _breakdown(tally, key, confidence)
     return metrics

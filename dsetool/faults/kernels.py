@@ -9,7 +9,14 @@ Changes travel as compressed rows: fault f changed the values at flat positions
 `value[start[f]:start[f + 1]]`; everywhere else the map equals the golden run of image `image[f]`. Values
 are float64 holding exact integers (accumulators below 2**53, codes). Each kernel returns the changes of
 its op's output that still differ from the golden output, for the faults that keep some: `alive` (their
-indexes among its input faults) and their `start`, `element`, `value`. The other faults are masked there.
+indexes among its input faults) and their `start`, `element`, `value`. The other faults are masked there,
+and `masked` (one entry per input fault, 0 for the living) says by which step: `MASKED_BY`.
+
+Which step masked a fault: a changed accumulator whose code equals the golden code was masked by the first
+step of the output stage after which it equals the golden value (ReLU, then rounding, then saturation); a
+fault is masked by the latest of these among its last changed values (without that step it would live on).
+A fault whose changed inputs change no accumulator (zero weights, cancelling products, or a stuck-at bit that
+already held its value) was masked by the integer arithmetic.
 
 Outputs go into flat arrays that double when full. Rows as wide as a fault's largest possible reach were
 mostly unused, and touching their fresh memory cost more than the arithmetic.
@@ -20,8 +27,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-Output = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # alive, start, element, value
-NO_CHECK, CLIP, ZERO = 0, 1, 2   # the range check after an output stage (`_requantized`)
+Output = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # alive, start, element, value, masked
+
+# What masked a fault (`Output`'s `masked`), in the order of the steps an output stage applies.
+# VOTE: a TMR campaign's majority vote (`dsetool.faults.campaign.vote`), never a kernel.
+LIVE, ARITHMETIC, RELU, ROUNDING, SATURATION, POOL, PROTECTION, VOTE = range(8)
+MASKED_BY = ("", "arithmetic", "relu", "rounding", "saturation", "pool", "protection", "vote")
+
+# What a protection does to a code outside its bounds (`check_changes`).
+CLIP, ZERO, DETECT = 0, 1, 2
 
 
 @numba.njit(nogil=True, cache=True)
@@ -38,12 +52,13 @@ def _room(element: np.ndarray, value: np.ndarray, used: int, need: int) -> tuple
 
 
 @numba.njit(nogil=True, cache=True)
-def _buffers(faults: int, guess: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return empty output arrays (alive, start, element, value) for `faults` faults, `guess` changes."""
+def _buffers(faults: int, guess: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return empty output arrays (alive, start, element, value, masked) for `faults` faults, `guess` changes."""
     start = np.empty(faults + 1, dtype=np.int64)
     start[0] = 0
     size = max(64, guess)
-    return np.empty(faults, dtype=np.int64), start, np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float64)
+    return (np.empty(faults, dtype=np.int64), start, np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float64),
+            np.zeros(faults, dtype=np.int8))
 
 
 def reach(in_shape: np.ndarray, geometry: np.ndarray) -> np.ndarray:
@@ -101,7 +116,7 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
                  start: np.ndarray, element: np.ndarray, value: np.ndarray, weight: np.ndarray,
                  taps: np.ndarray, out_shape: np.ndarray, geometry: np.ndarray, requantize: bool,
                  factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool, qmin: float,
-                 qmax: float, lo: np.ndarray, hi: np.ndarray, check: int) -> Output:
+                 qmax: float) -> Output:
     """Return the changes of a convolution: golden + (new - golden input) x weight, summed over the
     kernel taps each changed input reaches; with `requantize`, through its output stage (its codes where
     they differ from `golden_codes`: the changed accumulators are never stored), else the accumulators.
@@ -109,7 +124,8 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
     `taps` is `reach(input shape, geometry)`; `out_shape` (N, H, W)."""
     faults = len(image)
     outs, plane = out_shape[0], out_shape[1] * out_shape[2]
-    alive, new_start, new_element, new_value = _buffers(faults, min(4 * len(element) * outs, faults * outs * plane))
+    alive, new_start, new_element, new_value, masked = _buffers(faults, min(4 * len(element) * outs,
+                                                                            faults * outs * plane))
     delta = np.zeros(outs * plane, dtype=np.float64)   # scratch, reset after each fault where it was touched
     seen = np.zeros(plane, dtype=np.bool_)
     touched = np.empty(plane, dtype=np.int64)
@@ -120,38 +136,43 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
                              geometry, delta, seen, touched)
         new_element, new_value = _room(new_element, new_value, used, n_touched * outs)
         first = used
+        why = ARITHMETIC
         for i in range(n_touched):
             pixel = touched[i]
             for n in range(outs):
                 change = delta[pixel * outs + n]
                 if change != 0:
                     position = n * plane + pixel
-                    result = golden_acc[img, position] + change
+                    golden = golden_acc[img, position]
+                    result = golden + change
                     if requantize:
-                        result = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax, lo, hi, check)
-                    if not requantize or result != golden_codes[img, position]:
-                        new_element[used] = position
-                        new_value[used] = result
-                        used += 1
+                        code = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
+                        if code == golden_codes[img, position]:
+                            if why < PROTECTION:
+                                why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer,
+                                                          qmin, qmax))
+                            delta[pixel * outs + n] = 0.0
+                            continue
+                        result = code
+                    new_element[used] = position
+                    new_value[used] = result
+                    used += 1
                     delta[pixel * outs + n] = 0.0
             seen[pixel] = False
-        if used > first:
-            alive[n_alive] = f
-            n_alive += 1
-            new_start[n_alive] = used
-    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used]
+        n_alive = _close(f, first, used, why, alive, n_alive, new_start, masked)
+    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
 
 
 @numba.njit(nogil=True, cache=True)
 def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np.ndarray, image: np.ndarray,
                    start: np.ndarray, element: np.ndarray, value: np.ndarray, weight: np.ndarray,
                    requantize: bool, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool,
-                   qmin: float, qmax: float, lo: np.ndarray, hi: np.ndarray, check: int) -> Output:
+                   qmin: float, qmax: float) -> Output:
     """Return the changes of a linear layer (`weight` (K, N), so the loop over the N outputs runs
     contiguously): with `requantize`, its codes after the output stage where they differ from
     `golden_codes`; without (the logits layer), its changed accumulators."""
     faults, outs = len(image), weight.shape[1]
-    alive, new_start, new_element, new_value = _buffers(faults, faults * outs)
+    alive, new_start, new_element, new_value, masked = _buffers(faults, faults * outs)
     delta = np.zeros(outs, dtype=np.float64)
     used = n_alive = 0
     for f in range(faults):
@@ -163,39 +184,72 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
                 for n in range(outs):
                     delta[n] += change * weight[e, n]
         first = used
+        why = ARITHMETIC
         for n in range(outs):
             if delta[n] != 0:
-                result = golden_acc[img, n] + delta[n]
+                golden = golden_acc[img, n]
+                result = golden + delta[n]
                 delta[n] = 0.0
                 if requantize:
-                    result = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax, lo, hi, check)
-                    if result == golden_codes[img, n]:
+                    code = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
+                    if code == golden_codes[img, n]:
+                        if why < PROTECTION:
+                            why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer, qmin,
+                                                      qmax))
                         continue
+                    result = code
                 new_element[used] = n
                 new_value[used] = result
                 used += 1
-        if used > first:
-            alive[n_alive] = f
-            n_alive += 1
-            new_start[n_alive] = used
-    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used]
+        n_alive = _close(f, first, used, why, alive, n_alive, new_start, masked)
+    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
 
 
 @numba.njit(nogil=True, cache=True, inline="always")  # a call would count references to its arrays
-def _requantized(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
-                 integer: bool, qmin: float, qmax: float, lo: np.ndarray, hi: np.ndarray, check: int) -> float:
-    """Return the output stage's code of one accumulator (see `dsetool.engine.executor.Requantizer`), then
-    its range check (`check` NO_CHECK, CLIP or ZERO against the channel's [lo, hi], see
-    `dsetool.protect.check`)."""
+def _close(f: int, first: int, used: int, why: int, alive: np.ndarray, n_alive: int, new_start: np.ndarray,
+           masked: np.ndarray) -> int:
+    """End fault f's row (its changes `first:used`): record it alive, or masked by `why`; return the count alive."""
+    if used > first:
+        alive[n_alive] = f
+        n_alive += 1
+        new_start[n_alive] = used
+    else:
+        masked[f] = why
+    return n_alive
+
+
+@numba.njit(nogil=True, cache=True)
+def _rounded(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
+             integer: bool) -> float:
+    """Return an accumulator after the output stage's ReLU, scaling and rounding (not yet saturated)."""
     acc = max(acc, 0.0)
     if integer:
-        code = float(_shift_round_half_even(np.int64(acc) * multiplier[channel], shift[channel]))
-    else:
-        code = np.rint(acc * factor[channel])
-    code = min(max(code, qmin), qmax)
-    if check == NO_CHECK or lo[channel] <= code <= hi[channel]:
-        return code
-    return min(max(code, lo[channel]), hi[channel]) if check == CLIP else 0.0
+        return float(_shift_round_half_even(np.int64(acc) * multiplier[channel], shift[channel]))
+    return np.rint(acc * factor[channel])
+
+
+@numba.njit(nogil=True, cache=True)
+def _requantized(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
+                 integer: bool, qmin: float, qmax: float) -> float:
+    """Return the output stage's code of one accumulator (see `dsetool.engine.executor.Requantizer`)."""
+    return min(max(_rounded(acc, channel, factor, multiplier, shift, integer), qmin), qmax)
+
+
+@numba.njit(nogil=True, cache=True)
+def _masked_by(acc: float, golden: float, channel: int, factor: np.ndarray, multiplier: np.ndarray,
+               shift: np.ndarray, integer: bool, qmin: float, qmax: float) -> int:
+    """Return the output-stage step after which a changed accumulator whose code is the golden one first
+    equals the golden value: RELU, ROUNDING or SATURATION (PROTECTION: the golden code itself was changed
+    by a protection, and the faulty code happens to be the one it gave)."""
+    if acc <= 0 and golden <= 0:
+        return RELU
+    rounded = _rounded(acc, channel, factor, multiplier, shift, integer)
+    golden_rounded = _rounded(golden, channel, factor, multiplier, shift, integer)
+    if rounded == golden_rounded:
+        return ROUNDING
+    if min(max(rounded, qmin), qmax) == min(max(golden_rounded, qmin), qmax):
+        return SATURATION
+    return PROTECTION
 
 
 @numba.njit(nogil=True, cache=True)
@@ -214,31 +268,63 @@ def _shift_round_half_even(x: np.int64, shift: np.int64) -> np.int64:
 
 
 @numba.njit(nogil=True, cache=True)
-def requantize_changes(golden_out: np.ndarray, image: np.ndarray, start: np.ndarray, element: np.ndarray,
-                       value: np.ndarray, per_channel: int, factor: np.ndarray, multiplier: np.ndarray,
-                       shift: np.ndarray, integer: bool, qmin: float, qmax: float, lo: np.ndarray, hi: np.ndarray,
-                       check: int) -> Output:
+def requantize_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarray, start: np.ndarray,
+                       element: np.ndarray, value: np.ndarray, per_channel: int, factor: np.ndarray,
+                       multiplier: np.ndarray, shift: np.ndarray, integer: bool, qmin: float, qmax: float) -> Output:
     """Return the changed codes: the changed accumulators through the output stage (relu, M * 2**-s,
     half-even rounding, saturation, as the engine's `Requantizer`), where they differ from golden."""
     faults = len(image)
-    alive, new_start, new_element, new_value = _buffers(faults, len(element))
+    alive, new_start, new_element, new_value, masked = _buffers(faults, len(element))
+    used = n_alive = 0
+    for f in range(faults):
+        img = image[f]
+        first = used
+        why = ARITHMETIC
+        for j in range(start[f], start[f + 1]):
+            e = element[j]
+            channel = e // per_channel
+            code = _requantized(value[j], channel, factor, multiplier, shift, integer, qmin, qmax)
+            if code != golden_out[img, e]:
+                new_element[used] = e
+                new_value[used] = code
+                used += 1
+            elif why < PROTECTION:
+                why = max(why, _masked_by(value[j], golden_in[img, e], channel, factor, multiplier, shift, integer,
+                                          qmin, qmax))
+        n_alive = _close(f, first, used, why, alive, n_alive, new_start, masked)
+    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
+
+
+@numba.njit(nogil=True, cache=True)
+def check_changes(golden_out: np.ndarray, image: np.ndarray, start: np.ndarray, element: np.ndarray,
+                  value: np.ndarray, per_channel: int, lo: np.ndarray, hi: np.ndarray, mode: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return the changed codes after a range check (`dsetool.protect.check`): a code outside its channel's
+    [lo, hi] becomes the nearer bound (CLIP), 0 (ZERO) or stays (DETECT); `golden_out` holds the golden codes
+    after the check. Also returns, per input fault, whether the check acted on one of its changed codes."""
+    faults = len(image)
+    alive, new_start, new_element, new_value, masked = _buffers(faults, len(element))
+    acted = np.zeros(faults, dtype=np.bool_)
     used = n_alive = 0
     for f in range(faults):
         img = image[f]
         first = used
         for j in range(start[f], start[f + 1]):
             e = element[j]
-            code = _requantized(value[j], e // per_channel, factor, multiplier, shift, integer, qmin, qmax, lo, hi,
-                                check)
+            code = value[j]
+            channel = e // per_channel
+            if code < lo[channel] or code > hi[channel]:
+                acted[f] = True
+                if mode == CLIP:
+                    code = min(max(code, lo[channel]), hi[channel])
+                elif mode == ZERO:
+                    code = 0.0
             if code != golden_out[img, e]:
                 new_element[used] = e
                 new_value[used] = code
                 used += 1
-        if used > first:
-            alive[n_alive] = f
-            n_alive += 1
-            new_start[n_alive] = used
-    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used]
+        n_alive = _close(f, first, used, PROTECTION, alive, n_alive, new_start, masked)
+    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked, acted
 
 
 @numba.njit(nogil=True, cache=True)
@@ -254,7 +340,7 @@ def pool_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
     out_h, out_w = out_shape[1], out_shape[2]
     kh, kw, sh, sw, ph, pw = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
     in_size, size = channels * height * width, channels * out_h * out_w
-    alive, new_start, new_element, new_value = _buffers(faults, len(element))
+    alive, new_start, new_element, new_value, masked = _buffers(faults, len(element))
     current = np.empty(in_size, dtype=np.float64)  # scratch, reset after each fault where it was touched
     changed = np.zeros(in_size, dtype=np.bool_)
     cell_seen = np.zeros(size, dtype=np.bool_)
@@ -309,11 +395,8 @@ def pool_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarra
             cell_seen[cell] = False
         for j in range(start[f], start[f + 1]):
             changed[element[j]] = False
-        if used > first:
-            alive[n_alive] = f
-            n_alive += 1
-            new_start[n_alive] = used
-    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used]
+        n_alive = _close(f, first, used, POOL, alive, n_alive, new_start, masked)
+    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
 
 
 @numba.njit(nogil=True, cache=True)

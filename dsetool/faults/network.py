@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import MaxPool2d, QuantAct, WeightOp
+from dsetool.engine.intmodel import MaxPool2d, QuantAct, WeightOp, producer
+from dsetool.faults import kernels
 
 
 class EngineNetwork:
@@ -21,9 +25,37 @@ class EngineNetwork:
         """Return the number of ops."""
         return len(self.engine.model.ops)
 
-    def run_op(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
-        """Execute op `index` on its (batched) input."""
-        return self.engine.run(tensor, start=index, stop=index + 1)
+    def run_op(self, index: int, tensor: torch.Tensor, checked: bool = True) -> torch.Tensor:
+        """Execute op `index` on its (batched) input (`checked` False: without the protection after it)."""
+        return self.engine.run(tensor, start=index, stop=index + 1, checked=checked)
+
+    def check(self, index: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Return the protection applied to op `index`'s output, if any."""
+        return self.engine.checks.get(index)
+
+    def masked_by(self, index: int, acc: torch.Tensor, golden_acc: torch.Tensor, golden_out: torch.Tensor
+                  ) -> np.ndarray:
+        """Return, per row, the step of op `index` (a max pool, or an output stage) after which the rows'
+        input `acc` gave the golden output `golden_out` (see `dsetool.faults.kernels`: the latest step any
+        value needed; a code the protection changed into the golden output was masked by the protection)."""
+        rows = len(acc)
+        if isinstance(self.engine.model.ops[index], MaxPool2d):
+            unchanged = torch.equal if rows == 0 else lambda a, b: (a == b).reshape(rows, -1).all(dim=1).numpy()
+            return np.where(unchanged(acc, golden_acc), kernels.ARITHMETIC, kernels.POOL).astype(np.int8)
+        source = producer(self.engine.model.ops, index)
+        assert source is not None
+        requantizer = self.engine.requantizers[source]
+        faulty, golden = acc.to(torch.float64), golden_acc.to(torch.float64)
+        rounded, golden_rounded = requantizer.rounded(faulty), requantizer.rounded(golden)
+        codes = rounded.clamp(requantizer.qmin, requantizer.qmax)
+        inside = codes == golden_out.reshape(codes.shape).to(torch.float64)   # the output stage alone masked it
+        why = torch.full_like(codes, float(kernels.PROTECTION))
+        why = torch.where(inside & (codes == golden_rounded.clamp(requantizer.qmin, requantizer.qmax)),
+                          kernels.SATURATION, why)
+        why = torch.where(inside & (rounded == golden_rounded), kernels.ROUNDING, why)
+        why = torch.where(inside & (faulty <= 0) & (golden <= 0), kernels.RELU, why)
+        why = torch.where(faulty == golden, kernels.ARITHMETIC, why)
+        return why.reshape(rows, -1).amax(dim=1).numpy().astype(np.int8)
 
     def weight_matrix(self, index: int) -> torch.Tensor:
         """Return weight op `index`'s integer weights as (N, K)."""

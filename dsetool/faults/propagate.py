@@ -18,6 +18,7 @@ thousand multiply-adds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections.abc import Callable, Sequence
@@ -73,9 +74,12 @@ class Changes:
         """Return the faults where `keep` (bool) holds."""
         return Changes(self.rows[keep], *kernels.pick(keep, self.start, self.element, self.value))
 
-    def after(self, output: kernels.Output) -> Changes:
-        """Return a kernel's output changes of these faults (the ones it left alive)."""
-        alive, start, element, value = output
+    def after(self, output: kernels.Output, masked_by: np.ndarray) -> Changes:
+        """Return a kernel's output changes of these faults (the ones it left alive); record in
+        `masked_by` (per propagated fault) which step masked the others."""
+        alive, start, element, value, masked = output
+        dead = masked != kernels.LIVE
+        masked_by[self.rows[dead]] = masked[dead]
         return Changes(self.rows[alive], start, element, value)
 
     @staticmethod
@@ -97,17 +101,35 @@ class Changes:
                        np.concatenate([self.element, other.element]), np.concatenate([self.value, other.value]))
 
 
+@dataclass(frozen=True)
+class Propagated:
+    """Where the faults that were not masked continue (masked faults appear in no `Join`), which step
+    masked the others (`kernels.MASKED_BY` codes, `kernels.LIVE` for the living), and which faults a
+    protection acted on (`dsetool.protect`: it clipped, zeroed or flagged one of their changed values)."""
+
+    joins: list[Join]
+    masked_by: np.ndarray
+    detected: np.ndarray
+
+
+def follows(engine: Engine) -> bool:
+    """Say whether the sparse path can follow faults on this engine: its protections, if any, act value by
+    value (range checks); a median or anomaly filter mixes channels."""
+    return all(isinstance(check, RangeCheck) for check in engine.checks.values())
+
+
 def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray, start: np.ndarray,
-              element: np.ndarray, faulty: np.ndarray) -> list[Join]:
+              element: np.ndarray, faulty: np.ndarray) -> Propagated:
     """Follow one changed input value per fault: flat element `element[f]` of weight op `start[f]`'s
     input, now `faulty[f]`, on campaign input `inputs[f]` (its golden tensors are `golden[i][inputs[f]]`).
 
     Faults of every layer travel together: a fault joins the others at its own layer, so each op's
-    kernel runs once per batch however many layers it holds faults of. Returns where the faults that
-    are not masked continue; masked faults appear in no `Join`.
+    kernel runs once per batch however many layers it holds faults of.
     """
     steps = _steps(engine)
     joins: list[Join] = []
+    masked_by = np.zeros(len(inputs), dtype=np.int8)
+    detected = np.zeros(len(inputs), dtype=np.bool_)
     changes = Changes.empty()
     later = np.unique(start)
     index = int(later[0])
@@ -136,11 +158,17 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
                     index += 1
                     continue
         changes = changes.after(step.kernel(*(golden_rows(golden[i]) for i in step.reads), inputs[changes.rows],
-                                            changes.start, changes.element, changes.value, *step.operands))
+                                            changes.start, changes.element, changes.value, *step.operands),
+                                masked_by)
+        if step.check is not None and len(changes.rows):
+            *output, acted = kernels.check_changes(golden_rows(golden[step.last]), inputs[changes.rows],
+                                                   changes.start, changes.element, changes.value, *step.check)
+            detected[changes.rows[acted]] = True
+            changes = changes.after(tuple(output), masked_by)  # type: ignore[arg-type]
         index = step.last + 1
     if len(changes.rows):  # past the logits layer: the changes are the rows' logits
         joins.append(_dense_join(index, golden[index - 1], inputs, changes))
-    return joins
+    return Propagated(joins, masked_by, detected)
 
 
 @dataclass(frozen=True)
@@ -154,16 +182,21 @@ class _Step:
     last: int
     sparse_limit: float | None = None   # a weight op: faults with more changed inputs run the dense layer
     products: int = 0                   # a weight op: multiply-adds per changed input
+    check: tuple[Any, ...] | None = None   # the range check on op `last`'s codes: `kernels.check_changes` operands
 
 
 def _steps(engine: Engine) -> list[_Step | None]:
     """Return the step of every op, built once per engine. None: flatten (the same values, numbered
     alike) or the input quantizer (before every weight op: no fault reaches it)."""
     def build() -> list[_Step | None]:
+        if not follows(engine):
+            raise NotImplementedError("The sparse fault path follows range checks only (see `follows`)")
         builders = {Conv2d: _conv_step, Linear: _linear_step, MaxPool2d: _pool_step, QuantAct: _requantize_step}
         model_ops = engine.model.ops
-        return [None if isinstance(op, Flatten) or (isinstance(op, QuantAct) and producer(model_ops, index) is None)
-                else builders[type(op)](engine, index) for index, op in enumerate(model_ops)]
+        steps = [None if isinstance(op, Flatten) or (isinstance(op, QuantAct) and producer(model_ops, index) is None)
+                 else builders[type(op)](engine, index) for index, op in enumerate(model_ops)]
+        return [step if step is None else dataclasses.replace(step, check=_check(engine, step.last))
+                for step in steps]
 
     steps: list[_Step | None] = _operand(engine, ("steps", 0), build)
     return steps
@@ -188,7 +221,7 @@ def _conv_step(engine: Engine, index: int) -> _Step:
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.conv_changes, (index - 1, index, index + 1 if fused else index),
                  (weight, kernels.reach(in_shape, geometry), _shape(current.out_shape), geometry, fused,
-                  *_output_stage(engine, index if fused else None, index + 1)), index + fused,
+                  *_output_stage(engine, index if fused else None)), index + fused,
                  _sparse_limit(current),
                  current.kernel[0] * current.kernel[1] * current.out_features)
 
@@ -200,7 +233,7 @@ def _linear_step(engine: Engine, index: int) -> _Step:
     weight = engine.layers[index].weight_tensor.to(torch.float64).T.contiguous().numpy()
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.linear_changes, (index - 1, index, index + 1 if fused else index),
-                 (weight, fused, *_output_stage(engine, index if fused else None, index + 1)), index + fused,
+                 (weight, fused, *_output_stage(engine, index if fused else None)), index + fused,
                  _sparse_limit(current), current.out_features)
 
 
@@ -218,7 +251,7 @@ def _requantize_step(engine: Engine, index: int) -> _Step:
     source = producer(engine.model.ops, index)
     assert source is not None
     per_channel = math.prod(engine.input_shape(index)) // len(engine.requantizers[source].multiplier)
-    return _Step(kernels.requantize_changes, (index,), (per_channel, *_output_stage(engine, source, index)), index)
+    return _Step(kernels.requantize_changes, (index - 1, index), (per_channel, *_output_stage(engine, source)), index)
 
 
 def _window(op: Conv2d | MaxPool2d, in_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -255,36 +288,36 @@ def _shape(shape: Sequence[int]) -> np.ndarray:
     return np.array(shape, dtype=np.int64)
 
 
-Stage = tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float, np.ndarray, np.ndarray, int]
+Stage = tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]
 
 # What the kernels take for "no output stage" (their `requantize` False): never read, typed alike.
-_NO_STAGE: Stage = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), False, 0.0, 0.0,
-                    np.zeros(1), np.zeros(1), kernels.NO_CHECK)
-_CHECKS = {"clip": kernels.CLIP, "zero": kernels.ZERO}
+_NO_STAGE: Stage = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), False, 0.0, 0.0)
+_CHECK_MODES = {"clip": kernels.CLIP, "zero": kernels.ZERO, "detect": kernels.DETECT}
 
 
-def _output_stage(engine: Engine, source: int | None, codes: int = -1) -> Stage:
-    """Return weight layer `source`'s output-stage constants as the kernels take them, with the range check
-    on the codes of op `codes` if the engine has one (`source` None: no output stage)."""
+def _output_stage(engine: Engine, source: int | None) -> Stage:
+    """Return weight layer `source`'s output-stage constants as the kernels take them (`source` None: no
+    output stage)."""
     if source is None:
         return _NO_STAGE
-
-    def build() -> Stage:
-        requantizer = engine.requantizers[source]
-        check = engine.checks.get(codes)
-        if check is not None and not isinstance(check, RangeCheck):
-            raise NotImplementedError(f"The sparse fault path runs range checks, not {check!r}")
-        bounds = (np.zeros(1), np.zeros(1), kernels.NO_CHECK) if check is None else \
-            (check.lo.astype(np.float64), check.hi.astype(np.float64), _CHECKS[check.mode])
-        return (requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
-                np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
-                float(requantizer.qmin), float(requantizer.qmax), *bounds)
-
-    return _operand(engine, ("stage", source), build)
+    requantizer = engine.requantizers[source]
+    return (requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
+            np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
+            float(requantizer.qmin), float(requantizer.qmax))
 
 
-# Kernel operands derived from an engine's layers (float64 weights in the kernels' layout, output-stage
-# constants), built once per engine: a campaign asks for them on every batch.
+def _check(engine: Engine, codes: int) -> tuple[Any, ...] | None:
+    """Return the `kernels.check_changes` operands of the range check on op `codes`'s output, if it has one."""
+    check = engine.checks.get(codes)
+    if check is None:
+        return None
+    assert isinstance(check, RangeCheck)
+    per_channel = math.prod(engine.model.ops[codes].out_shape) // len(check.lo)
+    return per_channel, check.lo.astype(np.float64), check.hi.astype(np.float64), _CHECK_MODES[check.mode]
+
+
+# Kernel operands derived from an engine's layers (its steps: float64 weights in the kernels' layout,
+# output-stage constants), built once per engine: a campaign asks for them on every batch.
 _OPERANDS: weakref.WeakKeyDictionary[Engine, dict[tuple[str, int], Any]] = weakref.WeakKeyDictionary()
 
 

@@ -35,9 +35,10 @@ class FaultList:
         return len(self.inputs)
 
 
-def shard_rng(seed: int, shard: int) -> np.random.Generator:
-    """Return the generator of one shard (independent streams, reproducible per shard)."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, shard])))
+def shard_rng(seed: int, shard: int, *stream: int) -> np.random.Generator:
+    """Return the generator of one shard (independent streams, reproducible per shard; `stream` numbers
+    further independent streams of the same shard)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, shard, *stream])))
 
 
 def population(groups: Sequence[SiteGroup], bits: str | Sequence[int]) -> int:

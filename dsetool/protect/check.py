@@ -1,6 +1,7 @@
 """The range check on a requantized tensor (the paper's protection and its Ranger-style variant).
 
-`clip` replaces a code outside [lo, hi] by the nearer bound; `zero` replaces it by 0. Bounds are codes
+`clip` replaces a code outside [lo, hi] by the nearer bound; `zero` replaces it by 0; `detect` (a
+symptom-based error detector, SED: Li et al., [Ozen] §6.4) leaves it and only flags it. Bounds are codes
 per output channel (a per-layer bound is the same pair for every channel), as profiled by
 `dsetool.protect.bounds`. The hardware applies it to each column output after requantization
 (`hw.protect`); the engine applies it right after the output stage that produces the tensor.
@@ -8,14 +9,15 @@ per output channel (a per-layer bound is the same pair for every channel), as pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-MODES = ("clip", "zero")
+MODES = ("clip", "zero", "detect")
+CHECK_MODES = {"clip": "clip", "zero": "zero", "sed": "detect"}   # `hw.protection` -> mode
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ class RangeCheck:
         return (codes < lo) | (codes > hi)
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
-        """Return the checked codes (a new tensor)."""
+        """Return the checked codes (a new tensor; `detect`: the codes themselves)."""
+        if self.mode == "detect":
+            return codes
         if self.mode == "clip":
             lo, hi = (self._laid_out(v, codes) for v in (self.lo, self.hi))
             return torch.minimum(torch.maximum(codes, lo), hi)
@@ -48,6 +52,15 @@ class RangeCheck:
         if len(per_image) == 3:
             return tensor.reshape(-1, 1, 1)
         return tensor.repeat_interleave(per_image[0] // len(values))   # flattened: channel-major
+
+
+def acted(check: Callable[[torch.Tensor], torch.Tensor], before: torch.Tensor, after: torch.Tensor
+          ) -> torch.Tensor:
+    """Return where a protection acted on codes (`after` = `check(before)`): a range check wherever a code
+    left its bounds (clipped, zeroed or flagged), any other protection wherever it changed a code."""
+    if isinstance(check, RangeCheck):
+        return check.outside(before)
+    return before != after
 
 
 def range_checks(bounds: Mapping[str, Any], mode: str, channels: Mapping[int, int]) -> dict[int, RangeCheck]:

@@ -76,8 +76,14 @@ def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
+    from dsetool.config import RANGE_PROTECTIONS
+
     hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits,
-                          "protection": cfg.hw.protection}
+                          "protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
+    if cfg.hw.protection not in ("none", *RANGE_PROTECTIONS):   # median, afd: their parameters, the array width
+        p = cfg.protect
+        hw["scheme"] = {"layers": list(p.layers), "chunk": cfg.hw.cols, "gamma": p.gamma, "gates": p.gates,
+                        "action": p.afd_action}
     if any(site.startswith("pe.") for site in cfg.faults.sites):  # only PE registers depend on the array
         from dsetool.arrays import array_config
 
@@ -87,7 +93,9 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
 
 def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
     """A protected campaign needs the profiled bounds as well as the quantized model."""
-    return (quant_stage(cfg),) + (("range-restrict",) if cfg.hw.protection != "none" else ())
+    from dsetool.config import RANGE_PROTECTIONS
+
+    return (quant_stage(cfg),) + (("range-restrict",) if cfg.hw.protection in RANGE_PROTECTIONS else ())
 
 
 def _restrict_reads(cfg: RunConfig) -> dict[str, Any]:
@@ -120,7 +128,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("pretrain", "1", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
         StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
-        StageDef("inject", "6", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
+        StageDef("inject", "7", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),
         StageDef("synth", "5", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),

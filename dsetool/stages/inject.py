@@ -2,10 +2,11 @@
 
 The golden run of the campaign inputs is computed once and checked against Brevitas (top-1 must agree
 on every input, else the stage fails: a campaign on an engine that is not the model would measure
-nothing). With `hw.protection` clip or zero the campaign runs on the engine with the range check after
-every protected output stage (bounds from the range-restrict stage), and reports how many fault-free
-predictions the check changes. Faulty inferences then reuse the golden run: only the ops from the first
-faulted one onward run.
+nothing). With a `hw.protection` the campaign runs on the engine with that protection after every
+protected output stage (a range check reads its bounds from the range-restrict stage), and reports how
+many fault-free predictions the protection changes; with `hw.tmr` each inference runs three times with
+independent faults and the rows hold the vote. Faulty inferences then reuse the golden run: only the ops
+from the first faulted one onward run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from dsetool.arrays import array_config
+from dsetool.config import RANGE_PROTECTIONS
 from dsetool.engine import Engine, load_intmodel
 from dsetool.faults.campaign import (
     CampaignSpec,
@@ -30,7 +32,9 @@ from dsetool.faults.campaign import (
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import SiteError, site_groups
 from dsetool.faults.stats import wilson
-from dsetool.protect.check import range_checks
+from dsetool.protect.bounds import protected_ops
+from dsetool.protect.check import CHECK_MODES, range_checks
+from dsetool.protect.schemes import scheme
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
 from dsetool.stages.restrict import BOUNDS_FILE
@@ -58,12 +62,9 @@ def run(ctx: StageContext) -> Result:
     network = EngineNetwork(engine)
     golden = Golden(engine.run(x, keep=True), labels, network.logit_scale())
     agreement = _check_against_brevitas(ctx, splits, golden, x)
-    protection: dict[str, Any] = {"protection": cfg.hw.protection}
+    protection: dict[str, Any] = {"protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
     if cfg.hw.protection != "none":   # the campaign runs on the protected engine; its fault-free cost first
-        bounds = json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text())
-        channels = {index: model.ops[index].out_shape[0] for index in range(len(model.ops))}
-        engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits,
-                        checks=range_checks(bounds, cfg.hw.protection, channels))
+        engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits, checks=_protections(ctx, model))
         network = EngineNetwork(engine)
         unprotected, golden = golden, Golden(engine.run(x, keep=True), labels, network.logit_scale())
         protection.update(clean_predictions_changed=int((golden.top1 != unprotected.top1).sum()),
@@ -101,11 +102,23 @@ def run(ctx: StageContext) -> Result:
     return Result(metrics)
 
 
+def _protections(ctx: StageContext, model: Any) -> dict[int, Any]:
+    """Return the design point's protection of every protected output stage, by op index."""
+    cfg = ctx.config
+    if cfg.hw.protection in RANGE_PROTECTIONS:
+        bounds = json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text())
+        channels = {index: model.ops[index].out_shape[0] for index in range(len(model.ops))}
+        return range_checks(bounds, CHECK_MODES[cfg.hw.protection], channels)
+    p = cfg.protect
+    filter_ = scheme(cfg.hw.protection, chunk=cfg.hw.cols, gamma=p.gamma, gates=p.gates, action=p.afd_action)
+    return {index: filter_ for _, index in protected_ops(model, p.layers)}
+
+
 def _spec(cfg: Any) -> CampaignSpec:
     f = cfg.faults
     return CampaignSpec(model=f.model, bits=f.bits, faults_per_inference=f.faults_per_inference, ber=f.ber,
                         samples=f.samples, margin=f.margin, confidence=f.confidence, early_stop=f.early_stop,
-                        seed=f.seed, shard_size=f.shard_size, batch_size=f.batch_size)
+                        seed=f.seed, shard_size=f.shard_size, batch_size=f.batch_size, replicas=3 if cfg.hw.tmr else 1)
 
 
 def _progress(ctx: StageContext, label: str, spec: CampaignSpec, groups: list[Any], n_inputs: int) -> Any:

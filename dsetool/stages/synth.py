@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from dsetool.arrays import accumulator_depth, array_config, network_gemms
+from dsetool.arrays import accumulator_depth, array_config, network_gemms, rtl_protection
 from dsetool.config import RunConfig
 from dsetool.stages import StageContext
 from dsetool.store import Result
+from dsetool.validate import ConfigError
 
 if TYPE_CHECKING:
     from hw.flow import SynthResult
@@ -44,6 +45,9 @@ def run(ctx: StageContext) -> Result:
     from hw.harness import DESIGN_MODULE, IOHarness
 
     cfg = ctx.config
+    if rtl_protection(cfg) != cfg.hw.protection:
+        raise ConfigError(str(cfg.name), "hw.protection", f"the array has no RTL for {cfg.hw.protection} (it "
+                                                          f"builds the range check: none, clip, zero)")
     array = array_config(cfg)
     multiplier_bits = 1 if cfg.quant.scaling == "po2" else 16   # po2 requantization is a shift
     component = build_datapath(array, depth=accumulator_depth(cfg), multiplier_bits=multiplier_bits)
