@@ -184,6 +184,10 @@ class ProtectConfig:
                       help="profiled per layer, one global bound over all protected layers, or 10x it")
     margin: float = spec(0.0, range=(0.0, 1e9), help="codes added beyond each bound")
     factor: float = spec(1.0, range=(1.0, 1000.0), help="bounds scaled away from zero first (SED: 1.1)")
+    placement: str = spec("output", choices=("output", "input"),
+                          help="where the protection checks a protected tensor: on the array's column outputs "
+                               "(after requantization, the RTL's range check) or as the next layer reads it "
+                               "(also catching faults in the activation buffer)")
     gamma: float = spec(2.0, range=(0.0625, 128.0), help="afd: a code may be gamma times its neighbour's "
                                                          "magnitude (a power of two)")
     gates: int = spec(2, range=(1, 2), help="afd: suppress a code above gamma x one neighbour (1) or both (2)")

@@ -63,6 +63,7 @@ BAD_INPUTS = {
     "unknown range mode": ({"protect": {"range": "wide"}}, []),
     "unknown protection": ({"hw": {"protection": "median7"}}, []),
     "afd gamma not a power of two": ({"protect": {"gamma": 3}}, []),
+    "unknown check placement": ({"protect": {"placement": "middle"}}, []),
 }
 
 
@@ -129,10 +130,11 @@ def test_protected_campaign_runs_on_the_checked_engine(tmp_path, write_experimen
 
 @pytest.mark.slow
 def test_every_protection_scheme_and_tmr_run_a_campaign(tmp_path, write_experiment):
-    """sed flags without changing a value; median3 needs no bounds; TMR outvotes every single fault."""
+    """sed flags without changing a value; median and AFD need no bounds; TMR outvotes every single fault."""
     faults = {"site": "pe.psum", "bits": "msb", "layers": ["fc1"], "samples": 300, "inputs": 64, "seed": 3}
     rows = {}
     for name, hw in {"none": {}, "sed": {"protection": "sed"}, "median3": {"protection": "median3", "cols": 4},
+                     "median5": {"protection": "median5"}, "afd": {"protection": "afd"},
                      "tmr": {"tmr": True}}.items():
         path = write_experiment({**TINY_EXPERIMENT, "hw": hw, "faults": faults}, f"{name}.yaml")
         result = run(["inject", str(path), "--json"], tmp_path / "runs")
@@ -140,7 +142,7 @@ def test_every_protection_scheme_and_tmr_run_a_campaign(tmp_path, write_experime
         rows[name] = json.loads(result.stdout.splitlines()[0])["metrics"]
     assert rows["sed"]["sdc_rate"] == rows["none"]["sdc_rate"] and rows["sed"]["clean_predictions_changed"] == 0
     assert rows["sed"]["detected_rate"] > 0 and rows["sed"]["sdc_detected_rate"] is not None
-    assert isinstance(rows["median3"]["clean_predictions_changed"], int)
+    assert all(isinstance(rows[name]["clean_predictions_changed"], int) for name in ("median3", "median5", "afd"))
     assert rows["median3"]["masked_rate"] != rows["none"]["masked_rate"]
     assert rows["tmr"]["sdc_rate"] == 0 and rows["tmr"]["masked_rate"] == 1.0 and rows["none"]["sdc_rate"] > 0
     assert rows["tmr"]["masked_by"]["vote"]["n"] > 0 and rows["tmr"]["tmr"] is True

@@ -21,7 +21,7 @@ from dsetool.faults.campaign import CampaignSpec, draw_shard
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import site_groups
 from dsetool.protect.bounds import protected_ops
-from dsetool.protect.check import RangeCheck
+from dsetool.protect.check import RangeCheck, at_inputs
 from tests.test_engine_ops import Builder
 from tests.test_faults_campaign import brute_force
 
@@ -48,16 +48,28 @@ def narrow_checks(model: IntModel, mode: str | None) -> dict[int, RangeCheck]:
             for _, index in protected_ops(model, []) for op in [model.ops[index]]}
 
 
+def checked_engine(model: IntModel, check: str | None, placement: str) -> Engine:
+    """The engine with `narrow_checks` after the output stages or at the weight layers' inputs."""
+    checks = narrow_checks(model, check)
+    if placement == "input":
+        return Engine(model, input_checks=at_inputs(model, checks))
+    return Engine(model, checks=checks)
+
+
 @pytest.mark.parametrize("scaling", ["po2", "float"])
-@pytest.mark.parametrize("cost, check", [(0, None), (10**9, None), (0, "clip"), (0, "zero"), (10**9, "zero")])
+@pytest.mark.parametrize("cost, check, placement", [(0, None, "output"), (10**9, None, "output"),
+                                                    (0, "clip", "output"), (0, "zero", "output"),
+                                                    (10**9, "zero", "output"), (0, "clip", "input"),
+                                                    (10**9, "zero", "input")])
 def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, scaling: str, cost: int,
-                                               check: str | None) -> None:
-    """With a range check after every output stage, too: the sparse path applies it as the engine does."""
+                                               check: str | None, placement: str) -> None:
+    """With a range check after every output stage or at every weight layer's input, too: the sparse path
+    applies it as the engine does."""
     monkeypatch.setattr(propagate, "SPARSE_COST", cost)
     monkeypatch.setattr(propagate, "DENSE_START", 0)   # the dense path whenever the cost says so
     builder = awkward_model(scaling)
     model = builder.build()
-    engine = Engine(model, checks=narrow_checks(model, check))
+    engine = checked_engine(model, check, placement)
     network = EngineNetwork(engine)
     x = torch.rand(N_INPUTS, *builder.input_shape, generator=torch.Generator().manual_seed(0)) * 3.5
     golden = engine.run(x, keep=True)
@@ -81,14 +93,15 @@ def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, 
 
 
 @pytest.mark.parametrize("scaling", ["po2", "float"])
-@pytest.mark.parametrize("check", [None, "clip", "zero", "detect"])
+@pytest.mark.parametrize("check, placement", [(None, "output"), ("clip", "output"), ("zero", "output"),
+                                              ("detect", "output"), ("clip", "input"), ("detect", "input")])
 @pytest.mark.parametrize("model", ["bitflip", "stuck1"])
 def test_sparse_and_dense_paths_agree_on_what_masked_and_what_detected(
-        monkeypatch: pytest.MonkeyPatch, scaling: str, check: str | None, model: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, scaling: str, check: str | None, placement: str, model: str) -> None:
     """Each fault's masking step and detection, followed sparsely (compiled kernels) or dense (tensors)."""
     builder = awkward_model(scaling)
     int_model = builder.build()
-    engine = Engine(int_model, checks=narrow_checks(int_model, check))
+    engine = checked_engine(int_model, check, placement)
     network = EngineNetwork(engine)
     x = torch.rand(N_INPUTS, *builder.input_shape, generator=torch.Generator().manual_seed(1)) * 3.5
     golden = engine.run(x, keep=True)
@@ -105,7 +118,7 @@ def test_sparse_and_dense_paths_agree_on_what_masked_and_what_detected(
     assert np.array_equal(sparse.detected, dense.detected)
     steps = {kernels.MASKED_BY[code] for code in np.unique(sparse.masked_by)}
     assert steps >= {"", "rounding", "pool"}, steps
-    assert ("relu" in steps) == (check != "clip"), steps   # narrow clip: lo = 1 lifts every ReLU zero
+    assert ("relu" in steps) == (check != "clip" or placement == "input"), steps   # lo = 1 lifts ReLU zeros
     assert ("protection" in steps) <= (check in ("clip", "zero")), steps
     assert ("protection" in steps) >= (check == "clip"), steps
     assert sparse.detected.any() == (check is not None)

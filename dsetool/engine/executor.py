@@ -193,23 +193,30 @@ class Engine:
 
     `multiplier_bits` sets the width of the fixed-point requantization multiplier under `float` scaling
     (`po2` needs none). `checks[i]` acts on the codes the output stage of op i (a QuantAct after a weight
-    layer) produces: a protection such as `dsetool.protect.check.RangeCheck`. Raises ValueError when a
+    layer) produces: a protection such as `dsetool.protect.check.RangeCheck`. `input_checks[w]` acts on the
+    codes weight op w reads, as it reads them (so a fault in its input buffer meets it). Raises ValueError when a
     layer's accumulators could leave float64's exact integer range (2**53), or their product with the
     multiplier could leave int64's.
     """
 
     def __init__(self, model: IntModel, *, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
-                 device: str | torch.device = "cpu", checks: Mapping[int, Step] | None = None) -> None:
+                 device: str | torch.device = "cpu", checks: Mapping[int, Step] | None = None,
+                 input_checks: Mapping[int, Step] | None = None) -> None:
         if not isinstance(multiplier_bits, int) or isinstance(multiplier_bits, bool) or \
                 not 1 <= multiplier_bits <= 32:
             raise ValueError(f"Multiplier bits must be an integer in 1..32, not {multiplier_bits!r}")
         self.model, self.multiplier_bits, self.device = model, multiplier_bits, torch.device(device)
         self.checks: dict[int, Step] = dict(checks or {})
+        self.input_checks: dict[int, Step] = dict(input_checks or {})
         self._unchecked: dict[int, Step] = {}   # the output stages the checks follow, alone
         ops.disable_transform_convolutions()
         self.layers: dict[int, GemmLayer] = {}
         self.requantizers: dict[int, Requantizer] = {}
         self._steps = [self._step(index, op) for index, op in enumerate(model.ops)]
+        for index, check in self.input_checks.items():
+            if index not in self.layers:
+                raise ValueError(f"Input checks go before weight layers, and op {index} is not one")
+            self._steps[index] = _then(check, self._steps[index])
         self.weight_layers: tuple[int, ...] = tuple(self.layers)
 
     def _step(self, index: int, op: Op) -> Step:
@@ -318,6 +325,10 @@ class Engine:
                              f"{sorted(self.requantizers)}; the logits layer has none)")
         channels = None if channels is None else channels.to(self.device)
         return self.requantizers[index](acc.to(self.device, torch.float64), channels)
+
+
+def _then(first: Step, second: Step) -> Step:
+    return lambda x: second(first(x))
 
 
 def _producer(model_ops: tuple[Op, ...], index: int) -> int:

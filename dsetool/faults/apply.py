@@ -37,6 +37,10 @@ class Network(Protocol):
         """Return the protection applied to op `index`'s output, if any."""
         ...
 
+    def input_check(self, index: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Return the protection applied to weight op `index`'s input as it reads it, if any."""
+        ...
+
     def masked_by(self, index: int, acc: torch.Tensor, golden_acc: torch.Tensor, golden_out: torch.Tensor
                   ) -> np.ndarray:
         """Return, per row, the step of output-stage op `index` that masks accumulators `acc` whose codes
@@ -198,14 +202,18 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
             tensor, live = _join(tensor, live, fresh, rows)
         if arriving:
             position[live] = np.arange(len(live))
-        before = tensor
+        before = tensor   # the op's input, with the faults it reads (`_step`)
         if tensor is not None and len(live):
             local = np.where(carried_rows[faults.row], -1, position[faults.row])  # carried: applied already
-            tensor, unchecked = _step(net, op, tensor, groups, faults, local, fault_ops, model)
+            tensor, unchecked, before = _step(net, op, tensor, groups, faults, local, fault_ops, model)
+            golden_in = _rows_of(golden[op - 1], inputs[live])
             if unchecked is not None:
-                assert before is not None
-                changed = before != _rows_of(golden[op - 1], inputs[live])
-                _detect(net, op, changed, unchecked, tensor, _rows_of(golden[op], inputs[live]), live, detected)
+                _detect(net.check(op), before != golden_in, unchecked, tensor, _rows_of(golden[op], inputs[live]),
+                        live, detected)
+            checked_input = net.input_check(op)
+            if checked_input is not None:
+                _detect(checked_input, before != golden_in, before, checked_input(before), golden_in, live, detected)
+                # (the golden input is the buffer's content, unchecked: what a fault changed is what differs)
         if len(sparse):
             outputs = _sparse_step(net, op, golden, inputs, sparse, groups, faults, fault_ops, model)
             tensor, live = _join(tensor, live, outputs, sparse)
@@ -213,7 +221,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         if tensor is None or not len(live):
             continue
         done = final[live] <= op
-        if op < last_op and net.can_mask(op) and done.any():
+        if op < last_op and (net.can_mask(op) or net.input_check(op) is not None) and done.any():
             same = ~(tensor != _rows_of(golden[op], inputs[live])).reshape(len(live), -1).any(dim=1).numpy()
             keep = ~(done & same)
             if not keep.all():
@@ -240,12 +248,11 @@ def _masked_at_logits(result: Evaluated, golden_logits: torch.Tensor, inputs: np
     return result
 
 
-def _detect(net: Network, op: int, changed: torch.Tensor, unchecked: torch.Tensor, checked: torch.Tensor,
-            golden: torch.Tensor, live: np.ndarray, detected: np.ndarray) -> None:
-    """Mark the rows where the protection after output stage `op` acted on a value the faults changed: its
-    accumulator was `changed` and its code (`unchecked`) differs from the golden output (as the sparse path
-    sees its changes)."""
-    check = net.check(op)
+def _detect(check: Callable[[torch.Tensor], torch.Tensor] | None, changed: torch.Tensor, unchecked: torch.Tensor,
+            checked: torch.Tensor, golden: torch.Tensor, live: np.ndarray, detected: np.ndarray) -> None:
+    """Mark the rows where a protection acted on a value the faults changed: its input (accumulator, or
+    the code read) was `changed` and its value before the check (`unchecked`) differs from the golden
+    result (as the sparse path sees its changes)."""
     assert check is not None
     fired = acted(check, unchecked, checked) & (unchecked != golden) & changed
     detected[live[fired.reshape(len(live), -1).any(dim=1).numpy()]] = True
@@ -253,8 +260,8 @@ def _detect(net: Network, op: int, changed: torch.Tensor, unchecked: torch.Tenso
 
 def _masked_by(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray,
                before: torch.Tensor | None, live: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Return which step of op `op` (max pool or output stage) masked the faults of rows `live[rows]`,
-    whose input to it was `before[rows]`."""
+    """Return which step of op `op` (max pool, output stage, or a weight op's input check) masked the
+    faults of rows `live[rows]`, whose input to it was `before[rows]`."""
     assert before is not None
     picked = torch.from_numpy(np.nonzero(rows)[0])
     return net.masked_by(op, before[picked], _rows_of(golden[op - 1], inputs[live[rows]]),
@@ -275,7 +282,7 @@ def _join(tensor: torch.Tensor | None, live: np.ndarray, fresh: torch.Tensor, ro
 def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fault_ops: np.ndarray,
                  pre: np.ndarray, n_rows: int) -> np.ndarray:
     """Return the joining rows whose faults at weight op `op` all sit in its input buffer."""
-    if not len(joining) or net.weight_op(op) is None:
+    if not len(joining) or net.weight_op(op) is None or net.input_check(op) is not None:
         return np.zeros(0, dtype=np.int64)
     other = np.zeros(n_rows, dtype=bool)
     at_op = fault_ops == op
@@ -317,9 +324,11 @@ def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: 
 
 
 def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGroup], faults: Faults,
-          local: np.ndarray, fault_ops: np.ndarray, model: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+          local: np.ndarray, fault_ops: np.ndarray, model: str
+          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Run op `op` on the live rows, with the faults that hit its input, its weights or its output; return
-    its output and, where a protection follows the op, the output before it."""
+    its output, where a protection follows the op the output before it, and its input with its faults
+    (before the op's input check, if it has one)."""
     by_hook: dict[str, list[int]] = {}
     for j in np.nonzero((fault_ops == op) & (local >= 0))[0].tolist():
         by_hook.setdefault(groups[int(faults.group[j])].hook, []).append(j)
@@ -329,7 +338,10 @@ def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGrou
 
     for js in _per_group(by_hook.get("pre", []), faults):
         tensor = _fault_tensor(tensor, *where(js), model)
-    op_input = tensor
+    faulted = op_input = tensor
+    input_check = net.input_check(op)
+    if input_check is not None:
+        op_input = input_check(tensor)   # what the GEMM multiplies (run_op checks it again: the same)
     check = net.check(op)
     unchecked = None
     if check is None:
@@ -343,7 +355,7 @@ def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGrou
         tensor = _pe_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)
     for js in _per_group(by_hook.get("post", []), faults):
         tensor = _fault_tensor(tensor, *where(js), model)
-    return tensor, unchecked
+    return tensor, unchecked, faulted
 
 
 def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch.Tensor, rows: np.ndarray,

@@ -33,15 +33,23 @@ class EngineNetwork:
         """Return the protection applied to op `index`'s output, if any."""
         return self.engine.checks.get(index)
 
+    def input_check(self, index: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Return the protection applied to weight op `index`'s input as it reads it, if any."""
+        return self.engine.input_checks.get(index)
+
     def masked_by(self, index: int, acc: torch.Tensor, golden_acc: torch.Tensor, golden_out: torch.Tensor
                   ) -> np.ndarray:
         """Return, per row, the step of op `index` (a max pool, or an output stage) after which the rows'
         input `acc` gave the golden output `golden_out` (see `dsetool.faults.kernels`: the latest step any
         value needed; a code the protection changed into the golden output was masked by the protection)."""
         rows = len(acc)
-        if isinstance(self.engine.model.ops[index], MaxPool2d):
-            unchanged = torch.equal if rows == 0 else lambda a, b: (a == b).reshape(rows, -1).all(dim=1).numpy()
-            return np.where(unchanged(acc, golden_acc), kernels.ARITHMETIC, kernels.POOL).astype(np.int8)
+        input_check = self.engine.input_checks.get(index)
+        if isinstance(self.engine.model.ops[index], MaxPool2d) or input_check is not None:
+            unchanged = (acc == golden_acc).reshape(rows, -1).all(dim=1).numpy()
+            if input_check is None:
+                return np.where(unchanged, kernels.ARITHMETIC, kernels.POOL).astype(np.int8)
+            checked = (input_check(acc) == input_check(golden_acc)).reshape(rows, -1).all(dim=1).numpy()
+            return np.where(~unchanged & checked, kernels.PROTECTION, kernels.ARITHMETIC).astype(np.int8)
         source = producer(self.engine.model.ops, index)
         assert source is not None
         requantizer = self.engine.requantizers[source]

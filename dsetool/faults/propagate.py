@@ -115,7 +115,7 @@ class Propagated:
 def follows(engine: Engine) -> bool:
     """Say whether the sparse path can follow faults on this engine: its protections, if any, act value by
     value (range checks); a median or anomaly filter mixes channels."""
-    return all(isinstance(check, RangeCheck) for check in engine.checks.values())
+    return all(isinstance(check, RangeCheck) for check in (*engine.checks.values(), *engine.input_checks.values()))
 
 
 def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray, start: np.ndarray,
@@ -135,7 +135,10 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
     index = int(later[0])
     while index < len(steps):
         born = np.nonzero(start == index)[0]
-        if len(born):
+        if len(born):   # a stuck-at bit that already held its value changed nothing
+            unchanged = faulty[born] == golden_rows(golden[index - 1])[inputs[born], element[born]]
+            masked_by[born[unchanged]] = kernels.ARITHMETIC
+            born = born[~unchanged]
             changes = changes.merge(Changes.born(born, element[born], faulty[born]))
         if not len(changes.rows):
             ahead = later[later > index]
@@ -147,6 +150,13 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
         if step is None:  # flatten
             index += 1
             continue
+        reads = [golden_rows(golden[i]) for i in step.reads]
+        if step.input_check is not None:   # the weight op reads its input through a check
+            reads[0] = checked_rows(golden[index - 1], engine.input_checks[index])
+            changes = _checked(changes, step.input_check, reads[0], inputs, masked_by, detected)
+            if not len(changes.rows):
+                index += 1
+                continue
         if step.sparse_limit is not None:
             # Faults born here have one change: never dearer than the layer.
             count = changes.count
@@ -157,18 +167,24 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
                 if not len(changes.rows):
                     index += 1
                     continue
-        changes = changes.after(step.kernel(*(golden_rows(golden[i]) for i in step.reads), inputs[changes.rows],
-                                            changes.start, changes.element, changes.value, *step.operands),
-                                masked_by)
+        changes = changes.after(step.kernel(*reads, inputs[changes.rows], changes.start, changes.element,
+                                            changes.value, *step.operands), masked_by)
         if step.check is not None and len(changes.rows):
-            *output, acted = kernels.check_changes(golden_rows(golden[step.last]), inputs[changes.rows],
-                                                   changes.start, changes.element, changes.value, *step.check)
-            detected[changes.rows[acted]] = True
-            changes = changes.after(tuple(output), masked_by)  # type: ignore[arg-type]
+            changes = _checked(changes, step.check, golden_rows(golden[step.last]), inputs, masked_by, detected)
         index = step.last + 1
     if len(changes.rows):  # past the logits layer: the changes are the rows' logits
         joins.append(_dense_join(index, golden[index - 1], inputs, changes))
     return Propagated(joins, masked_by, detected)
+
+
+def _checked(changes: Changes, operands: tuple[Any, ...], golden: np.ndarray, inputs: np.ndarray,
+             masked_by: np.ndarray, detected: np.ndarray) -> Changes:
+    """Return the changes after a range check (`kernels.check_changes`) on a map whose golden values are
+    `golden` (rows per campaign input); record the faults it acted on and those it masked."""
+    *output, acted = kernels.check_changes(golden, inputs[changes.rows], changes.start, changes.element,
+                                           changes.value, *operands)
+    detected[changes.rows[acted]] = True
+    return changes.after(tuple(output), masked_by)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -183,6 +199,7 @@ class _Step:
     sparse_limit: float | None = None   # a weight op: faults with more changed inputs run the dense layer
     products: int = 0                   # a weight op: multiply-adds per changed input
     check: tuple[Any, ...] | None = None   # the range check on op `last`'s codes: `kernels.check_changes` operands
+    input_check: tuple[Any, ...] | None = None   # a weight op's check of the codes it reads, likewise
 
 
 def _steps(engine: Engine) -> list[_Step | None]:
@@ -195,8 +212,10 @@ def _steps(engine: Engine) -> list[_Step | None]:
         model_ops = engine.model.ops
         steps = [None if isinstance(op, Flatten) or (isinstance(op, QuantAct) and producer(model_ops, index) is None)
                  else builders[type(op)](engine, index) for index, op in enumerate(model_ops)]
-        return [step if step is None else dataclasses.replace(step, check=_check(engine, step.last))
-                for step in steps]
+        return [step if step is None else dataclasses.replace(
+                    step, check=_check(engine.checks.get(step.last), engine.model.ops[step.last].out_shape),
+                    input_check=_check(engine.input_checks.get(index), engine.input_shape(index)))
+                for index, step in enumerate(steps)]
 
     steps: list[_Step | None] = _operand(engine, ("steps", 0), build)
     return steps
@@ -284,6 +303,22 @@ def golden_rows(tensor: torch.Tensor) -> np.ndarray:
 _GOLDEN_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
 
 
+def checked_rows(tensor: torch.Tensor, check: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """Return `golden_rows` of a golden input as a weight op with an input check reads it (computed once
+    per tensor: the buffer holds the unchecked codes, the array multiplies the checked ones)."""
+    entry = _CHECKED_ROWS.get(id(tensor))
+    if entry is not None and entry[0]() is tensor:
+        return entry[1]
+    checked = check(tensor).contiguous()
+    view = checked.reshape(checked.shape[0], -1).numpy()   # keeps `checked` alive
+    _CHECKED_ROWS[id(tensor)] = (weakref.ref(tensor), view)
+    weakref.finalize(tensor, _CHECKED_ROWS.pop, id(tensor), None)
+    return view
+
+
+_CHECKED_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
+
+
 def _shape(shape: Sequence[int]) -> np.ndarray:
     return np.array(shape, dtype=np.int64)
 
@@ -306,13 +341,12 @@ def _output_stage(engine: Engine, source: int | None) -> Stage:
             float(requantizer.qmin), float(requantizer.qmax))
 
 
-def _check(engine: Engine, codes: int) -> tuple[Any, ...] | None:
-    """Return the `kernels.check_changes` operands of the range check on op `codes`'s output, if it has one."""
-    check = engine.checks.get(codes)
+def _check(check: Any, shape: Sequence[int]) -> tuple[Any, ...] | None:
+    """Return the `kernels.check_changes` operands of a range check (or None) on a map of per-image `shape`."""
     if check is None:
         return None
     assert isinstance(check, RangeCheck)
-    per_channel = math.prod(engine.model.ops[codes].out_shape) // len(check.lo)
+    per_channel = math.prod(shape) // len(check.lo)
     return per_channel, check.lo.astype(np.float64), check.hi.astype(np.float64), _CHECK_MODES[check.mode]
 
 

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsetool.engine.intmodel import IntModel, WeightOp, producer
+
+Check = Callable[[torch.Tensor], torch.Tensor]   # a protection: codes in, checked codes out
 MODES = ("clip", "zero", "detect")
 CHECK_MODES = {"clip": "clip", "zero": "zero", "sed": "detect"}   # `hw.protection` -> mode
 
@@ -54,13 +57,23 @@ class RangeCheck:
         return tensor.repeat_interleave(per_image[0] // len(values))   # flattened: channel-major
 
 
-def acted(check: Callable[[torch.Tensor], torch.Tensor], before: torch.Tensor, after: torch.Tensor
-          ) -> torch.Tensor:
+def acted(check: Check, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """Return where a protection acted on codes (`after` = `check(before)`): a range check wherever a code
     left its bounds (clipped, zeroed or flagged), any other protection wherever it changed a code."""
     if isinstance(check, RangeCheck):
         return check.outside(before)
     return before != after
+
+
+def at_inputs(model: IntModel, checks: Mapping[int, Check]) -> dict[int, Check]:
+    """Return protections keyed by the output op they follow as protections of the weight ops that read
+    those outputs (`Engine(input_checks=...)`): the check then also meets faults in the input buffer."""
+    moved = {}
+    for index, op in enumerate(model.ops):
+        source = producer(model.ops, index) if isinstance(op, WeightOp) else None
+        if source is not None and source in checks:
+            moved[index] = checks[source]
+    return moved
 
 
 def range_checks(bounds: Mapping[str, Any], mode: str, channels: Mapping[int, int]) -> dict[int, RangeCheck]:

@@ -80,6 +80,8 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
 
     hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits,
                           "protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
+    if cfg.hw.protection != "none":
+        hw["placement"] = cfg.protect.placement
     if cfg.hw.protection not in ("none", *RANGE_PROTECTIONS):   # median, afd: their parameters, the array width
         p = cfg.protect
         hw["scheme"] = {"layers": list(p.layers), "chunk": cfg.hw.cols, "gamma": p.gamma, "gates": p.gates,

@@ -33,7 +33,7 @@ from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import SiteError, site_groups
 from dsetool.faults.stats import wilson
 from dsetool.protect.bounds import protected_ops
-from dsetool.protect.check import CHECK_MODES, range_checks
+from dsetool.protect.check import CHECK_MODES, at_inputs, range_checks
 from dsetool.protect.schemes import scheme
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
@@ -64,7 +64,9 @@ def run(ctx: StageContext) -> Result:
     agreement = _check_against_brevitas(ctx, splits, golden, x)
     protection: dict[str, Any] = {"protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
     if cfg.hw.protection != "none":   # the campaign runs on the protected engine; its fault-free cost first
-        engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits, checks=_protections(ctx, model))
+        checks = _protections(ctx, model)
+        placed = {"checks": checks} if cfg.protect.placement == "output" else {"input_checks": at_inputs(model, checks)}
+        engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits, **placed)
         network = EngineNetwork(engine)
         unprotected, golden = golden, Golden(engine.run(x, keep=True), labels, network.logit_scale())
         protection.update(clean_predictions_changed=int((golden.top1 != unprotected.top1).sum()),
