@@ -98,11 +98,27 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class SaqConfig:
+    """Sharpness-aware quantization (FlatENN): SAM inside QAT."""
+
+    rho: float = spec(0.0, range=(0.0, 10.0), help="SAM perturbation radius on the latent weights, 0 = off")
+
+
+REGULARIZERS = ("none", "l1", "l2", "max_magnitude", "max_squared")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Float pre-training (shared by every bit width) and QAT fine-tuning."""
+    """Float pre-training (shared by every bit width) and QAT fine-tuning, and the penalties of both."""
 
     pretrain: OptimConfig = spec(factory=lambda: OptimConfig(epochs=12, lr=2e-3))
     qat: OptimConfig = spec(factory=lambda: OptimConfig(epochs=6, lr=5e-4))
+    saq: SaqConfig = spec(factory=SaqConfig)
+    regularizer: str = spec("none", choices=REGULARIZERS,
+                            help="weight penalty in every phase: l1, l2, or each layer's largest weight "
+                                 "(max_magnitude, max_squared: Ozen's outlier regularization)")
+    alpha: float = spec(1e-4, range=(0.0, 100.0), help="weight of the regularizer")
+    act_l1: float = spec(0.0, range=(0.0, 100.0), help="L1 penalty on post-ReLU activations (sparsity), 0 = off")
 
 
 @dataclass(frozen=True)

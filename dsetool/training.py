@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,21 @@ from torch import nn
 from dsetool.config import OptimConfig
 from dsetool.data import Split
 from dsetool.progress import Reporter
+from dsetool.regularize import activation_l1, tapped, weight_penalty
+from dsetool.sam import sam_step
 
 CHECKPOINT = "epoch.pt"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a training phase adds to the cross-entropy, and how it steps (see `dsetool.regularize`,
+    `dsetool.sam`): a weight penalty, an L1 penalty on post-ReLU activations, SAM's radius."""
+
+    regularizer: str = "none"
+    alpha: float = 0.0
+    act_l1: float = 0.0
+    sam_rho: float = 0.0
 
 
 def seed_everything(seed: int, threads: int = 0) -> None:
@@ -73,10 +88,10 @@ def accuracy(model: nn.Module, split: Split, device: torch.device) -> float:
 
 def train(model: nn.Module, train_split: Split, val_split: Split, cfg: OptimConfig, *, seed: int,
           device: torch.device, reporter: Reporter, description: str,
-          scratch: Path | None = None) -> list[dict[str, float]]:
+          scratch: Path | None = None, objective: Objective = Objective()) -> list[dict[str, float]]:
     """Train `model` for `cfg.epochs`, resuming from `scratch/epoch.pt` when an earlier run was killed.
 
-    Returns the per-epoch history (loss, validation accuracy, seconds).
+    Returns the per-epoch history (loss with its penalties, validation accuracy, seconds).
     """
     model.to(device)
     optimizer = make_optimizer(model.parameters(), cfg)
@@ -89,7 +104,7 @@ def train(model: nn.Module, train_split: Split, val_split: Split, cfg: OptimConf
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, epoch)
-        loss = _epoch(model, train_split, optimizer, loss_fn, cfg, seed + epoch, device)
+        loss = _epoch(model, train_split, optimizer, loss_fn, cfg, seed + epoch, device, objective)
         val_acc = accuracy(model, val_split, device)
         history.append({"epoch": epoch + 1, "loss": loss, "val_acc": val_acc,
                         "seconds": time.perf_counter() - began})
@@ -100,21 +115,29 @@ def train(model: nn.Module, train_split: Split, val_split: Split, cfg: OptimConf
 
 
 def _epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-           cfg: OptimConfig, seed: int, device: torch.device) -> float:
+           cfg: OptimConfig, seed: int, device: torch.device, objective: Objective) -> float:
     model.train()
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split.y), generator=generator)
+    params = [p for p in model.parameters() if p.requires_grad]
     total, count = 0.0, 0
-    for i in range(0, len(order), cfg.batch_size):
-        idx = order[i:i + cfg.batch_size]
-        x = shift_images(split.x[idx], cfg.augment_shift, generator).to(device)
-        y = split.y[idx].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(idx)
-        count += len(idx)
+    taps: AbstractContextManager[dict[str, torch.Tensor]] = tapped(model) if objective.act_l1 else nullcontext({})
+    with taps as activations:
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            x = shift_images(split.x[idx], cfg.augment_shift, generator).to(device)
+            y = split.y[idx].to(device)
+
+            def loss_at(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                loss = loss_fn(model(x), y)
+                for extra in (weight_penalty(model, objective.regularizer, objective.alpha),
+                              activation_l1(activations, objective.act_l1)):
+                    if extra is not None:
+                        loss = loss + extra
+                return loss
+
+            total += sam_step(params, loss_at, optimizer, objective.sam_rho) * len(idx)
+            count += len(idx)
     return total / max(count, 1)
 
 

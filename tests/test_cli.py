@@ -64,6 +64,8 @@ BAD_INPUTS = {
     "unknown protection": ({"hw": {"protection": "median7"}}, []),
     "afd gamma not a power of two": ({"protect": {"gamma": 3}}, []),
     "unknown check placement": ({"protect": {"placement": "middle"}}, []),
+    "unknown regularizer": ({"train": {"regularizer": "l3"}}, []),
+    "negative SAM radius": ({"train": {"saq": {"rho": -0.1}}}, []),
 }
 
 
@@ -157,6 +159,9 @@ def test_train_qat_then_cached_json(tmp_path, write_experiment):
     rows = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
     assert [r["cached"] for r in rows] == [False, False]
     assert {r["metrics"]["weight_bits"] for r in rows} == {8, 4}
+    for r in rows:   # every trained model reports its activation sparsity and sharpness
+        assert 0 < r["metrics"]["act_sparsity"] < 1 and set(r["metrics"]["act_sparsity_by_layer"]) == {"relu1"}
+        assert r["metrics"]["sharpness"] > 0
     assert all(r["stage"] == "train-qat" and r["path"].startswith(str(runs_dir)) or "runs" in r["path"]
                for r in rows)
     second = run(["train-qat", str(path), "--json"], runs_dir)

@@ -56,7 +56,19 @@ def _pretrain_reads(cfg: RunConfig) -> dict[str, Any]:
     model = to_plain(cfg.model)
     if cfg.model.arch != "mlp":
         model.pop("mlp_hidden")
-    return {"seed": cfg.seed, "data": data, "model": model, "train": to_plain(cfg.train.pretrain)}
+    return {"seed": cfg.seed, "data": data, "model": model, "train": to_plain(cfg.train.pretrain),
+            **_penalties(cfg)}
+
+
+def _penalties(cfg: RunConfig) -> dict[str, Any]:
+    """Return the training penalties a phase reads, only when set (so default keys stay as they were)."""
+    t = cfg.train
+    out: dict[str, Any] = {}
+    if t.regularizer != "none" and t.alpha:
+        out["regularizer"] = {"kind": t.regularizer, "alpha": t.alpha}
+    if t.act_l1:
+        out["act_l1"] = t.act_l1
+    return out
 
 
 def _quant_reads(cfg: RunConfig) -> dict[str, Any]:
@@ -68,7 +80,8 @@ def _quant_reads(cfg: RunConfig) -> dict[str, Any]:
 
 def _qat_reads(cfg: RunConfig) -> dict[str, Any]:
     return {"seed": cfg.seed, "quant": _quant_reads(cfg), "calib_size": cfg.data.calib_size,
-            "train": to_plain(cfg.train.qat)}
+            "train": to_plain(cfg.train.qat), **_penalties(cfg),
+            **({"saq_rho": cfg.train.saq.rho} if cfg.train.saq.rho else {})}
 
 
 def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
@@ -127,9 +140,9 @@ def quant_stage(cfg: RunConfig) -> str:
 STAGES: dict[str, StageDef] = {
     s.name: s
     for s in (
-        StageDef("pretrain", "1", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
-        StageDef("train-qat", "1", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
-        StageDef("ptq", "1", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
+        StageDef("pretrain", "2", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
+        StageDef("train-qat", "2", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
+        StageDef("ptq", "2", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
         StageDef("inject", "7", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),

@@ -15,6 +15,8 @@ import torch
 from dsetool.data import DataSplits
 from dsetool.models.export import calibrate_activations, export_integer, export_qonnx
 from dsetool.models.zoo import load_float_weights
+from dsetool.regularize import activation_sparsity
+from dsetool.sam import SHARPNESS_RHO, model_sharpness
 from dsetool.stages import StageContext
 from dsetool.stages.common import (
     HISTORY_FILE,
@@ -25,6 +27,7 @@ from dsetool.stages.common import (
     save_model,
     write_json,
 )
+from dsetool.stages.pretrain import objective
 from dsetool.store import Result
 from dsetool.training import accuracy, train
 
@@ -39,7 +42,8 @@ def run_qat(ctx: StageContext) -> Result:
     model = _from_float(ctx, splits)
     calibrate_activations(model, _calib_batches(splits), method="maxabs")
     history = train(model, splits.train, splits.val, cfg.train.qat, seed=cfg.seed, device=device,
-                    reporter=ctx.reporter, description=_label(ctx, "qat"), scratch=ctx.scratch)
+                    reporter=ctx.reporter, description=_label(ctx, "qat"), scratch=ctx.scratch,
+                    objective=objective(cfg, qat=True))
     write_json(ctx.out / HISTORY_FILE, history)
     seconds = [h["seconds"] for h in history]
     return _finish(ctx, model, splits, device,
@@ -88,6 +92,7 @@ def _finish(ctx: StageContext, model: torch.nn.Module, splits: DataSplits, devic
         qonnx = f"failed: {exc}"
         ctx.reporter.note(f"{_label(ctx, ctx.config.quant.method)}: QONNX export {qonnx}")
     upstream = ctx.upstream["pretrain"].metrics
+    sparsity = activation_sparsity(model, splits.test, torch.device("cpu"))
     metrics = {
         "float_val_acc": upstream.get("float_val_acc"),
         "float_test_acc": upstream.get("float_test_acc"),
@@ -96,6 +101,9 @@ def _finish(ctx: StageContext, model: torch.nn.Module, splits: DataSplits, devic
         "weight_bits": ctx.config.quant.weight_bits,
         "act_bits": ctx.config.quant.act_bits,
         "qonnx": qonnx,
+        "act_sparsity": sparsity.pop("all"),
+        "act_sparsity_by_layer": sparsity,
+        "sharpness": model_sharpness(model, splits.val.x, splits.val.y, SHARPNESS_RHO),
         **extra,
     }
     return Result(metrics)
