@@ -14,6 +14,7 @@ import torch
 
 _TINY = 1e-12   # keeps e finite where the gradient vanishes
 SHARPNESS_RHO = 0.05   # the radius of every trained model's `sharpness` metric (SAM's customary rho)
+HESSIAN_PROBES = 8     # Rademacher probes per batch of every trained model's `hessian_trace` metric
 
 
 def sam_step(params: Sequence[torch.Tensor], loss_at: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -84,3 +85,41 @@ def model_sharpness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rh
         rises.append(sharpness(params, batch_loss, rho))
         sizes.append(len(yb))
     return sum(r * n for r, n in zip(rises, sizes, strict=True)) / sum(sizes) if sizes else float("nan")
+
+
+def hessian_trace(params: Sequence[torch.Tensor], loss_at: Callable[[], torch.Tensor], probes: int,
+                  generator: torch.Generator) -> float:
+    """Return Hutchinson's estimate of the loss Hessian's trace, the mean of v^T H v over `probes`
+    Rademacher vectors v (each H v by differentiating g . v once more)."""
+    loss = loss_at()
+    pairs = [(p, g) for p, g in zip(params, torch.autograd.grad(loss, list(params), create_graph=True,
+                                                                allow_unused=True), strict=True)
+             if g is not None and g.requires_grad]   # parameters the loss does not reach curve nowhere
+    used = [p for p, _ in pairs]
+    total = 0.0
+    for _ in range(probes):
+        vs = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype).mul_(2).sub_(1) for p in used]
+        dot = sum(((g * v).sum() for (_, g), v in zip(pairs, vs, strict=True)), torch.zeros((), dtype=loss.dtype))
+        products = torch.autograd.grad(dot, used, retain_graph=True, allow_unused=True)
+        total += float(sum(((hv * v).sum() for hv, v in zip(products, vs, strict=True) if hv is not None),
+                           torch.zeros((), dtype=torch.float64)))
+    return total / probes
+
+
+def model_hessian_trace(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, probes: int = HESSIAN_PROBES,
+                        batch_size: int = 256, seed: int = 0) -> float:
+    """Return `hessian_trace` of the cross-entropy averaged over the batches of (x, y), in eval mode."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = torch.nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    traces, sizes = [], []
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+
+        def batch_loss(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
+            return loss_fn(model(xb), yb)
+
+        traces.append(hessian_trace(params, batch_loss, probes, generator))
+        sizes.append(len(yb))
+    return sum(t * n for t, n in zip(traces, sizes, strict=True)) / sum(sizes) if sizes else float("nan")

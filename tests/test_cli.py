@@ -161,7 +161,7 @@ def test_train_qat_then_cached_json(tmp_path, write_experiment):
     assert {r["metrics"]["weight_bits"] for r in rows} == {8, 4}
     for r in rows:   # every trained model reports its activation sparsity and sharpness
         assert 0 < r["metrics"]["act_sparsity"] < 1 and set(r["metrics"]["act_sparsity_by_layer"]) == {"relu1"}
-        assert r["metrics"]["sharpness"] > 0
+        assert r["metrics"]["sharpness"] > 0 and r["metrics"]["hessian_trace"] > 0
     assert all(r["stage"] == "train-qat" and r["path"].startswith(str(runs_dir)) or "runs" in r["path"]
                for r in rows)
     second = run(["train-qat", str(path), "--json"], runs_dir)

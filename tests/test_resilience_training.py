@@ -124,3 +124,14 @@ def test_the_sharpness_metric_is_positive_and_moves_with_training() -> None:
           device=torch.device("cpu"), reporter=SilentReporter(), description="mlp")
     after = model_sharpness(model, val.x, val.y, 0.05)
     assert before > 0 and after > 0 and after != before
+
+
+def test_hutchinson_trace_of_a_diagonal_quadratic_is_exact_and_works_through_brevitas() -> None:
+    """For diagonal A every Rademacher probe gives v^T A v = trace A exactly (v_i^2 = 1)."""
+    from dsetool.sam import hessian_trace, model_hessian_trace
+
+    w = torch.tensor([0.3, -2.0], dtype=torch.float64, requires_grad=True)
+    trace = hessian_trace([w], lambda: quadratic(w), 3, torch.Generator().manual_seed(0))
+    assert trace == pytest.approx(11.0, rel=1e-12)
+    model, _, val = digits_mlp(QuantSpec(weight_bits=4, act_bits=4))
+    assert math.isfinite(model_hessian_trace(model, val.x, val.y, probes=2))

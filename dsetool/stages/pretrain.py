@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dsetool.config import RunConfig
 from dsetool.regularize import activation_sparsity
-from dsetool.sam import SHARPNESS_RHO, model_sharpness
+from dsetool.sam import SHARPNESS_RHO, model_hessian_trace, model_sharpness
 from dsetool.stages import StageContext
 from dsetool.stages.common import HISTORY_FILE, new_model, prepare, save_model, write_json
 from dsetool.store import Result
@@ -28,6 +28,7 @@ def run(ctx: StageContext) -> Result:
         "float_act_sparsity": sparsity.pop("all"),
         "float_act_sparsity_by_layer": sparsity,
         "float_sharpness": model_sharpness(model, splits.val.x.to(device), splits.val.y.to(device), SHARPNESS_RHO),
+        "float_hessian_trace": model_hessian_trace(model, splits.val.x.to(device), splits.val.y.to(device)),
         "epochs": cfg.train.pretrain.epochs,
         "sec_per_epoch": _mean([h["seconds"] for h in history]),
     }

@@ -16,7 +16,7 @@ from dsetool.data import DataSplits
 from dsetool.models.export import calibrate_activations, export_integer, export_qonnx
 from dsetool.models.zoo import load_float_weights
 from dsetool.regularize import activation_sparsity
-from dsetool.sam import SHARPNESS_RHO, model_sharpness
+from dsetool.sam import SHARPNESS_RHO, model_hessian_trace, model_sharpness
 from dsetool.stages import StageContext
 from dsetool.stages.common import (
     HISTORY_FILE,
@@ -104,6 +104,7 @@ def _finish(ctx: StageContext, model: torch.nn.Module, splits: DataSplits, devic
         "act_sparsity": sparsity.pop("all"),
         "act_sparsity_by_layer": sparsity,
         "sharpness": model_sharpness(model, splits.val.x, splits.val.y, SHARPNESS_RHO),
+        "hessian_trace": model_hessian_trace(model, splits.val.x, splits.val.y),
         **extra,
     }
     return Result(metrics)
