@@ -437,6 +437,9 @@ def normalize(config: RunConfig, source: str) -> RunConfig:
     if math.log2(config.protect.gamma) != round(math.log2(config.protect.gamma)):
         raise ConfigError(source, "protect.gamma", f"must be a power of two (a shift in hardware), not "
                                                    f"{config.protect.gamma:g}")
+    if config.protect.placement == "input" and config.hw.protection in ("median3", "median5", "afd"):
+        raise ConfigError(source, "protect.placement", f"{config.hw.protection} filters along channels, which a "
+                                                       "linear layer's flattened input lacks; use output")
     if config.protect.range != "profiled" and config.protect.granularity == "channel":
         raise ConfigError(source, "protect.range", f"{config.protect.range} bounds are one range per layer; "
                                                    "use protect.granularity: layer")

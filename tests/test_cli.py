@@ -65,6 +65,7 @@ BAD_INPUTS = {
     "afd gamma not a power of two": ({"protect": {"gamma": 3}}, []),
     "unknown check placement": ({"protect": {"placement": "middle"}}, []),
     "unknown regularizer": ({"train": {"regularizer": "l3"}}, []),
+    "channel filter at flattened inputs": ({"hw": {"protection": "median3"}, "protect": {"placement": "input"}}, []),
     "negative SAM radius": ({"train": {"saq": {"rho": -0.1}}}, []),
 }
 

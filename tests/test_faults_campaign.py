@@ -301,12 +301,16 @@ def test_tmr_vote_takes_the_majority_top1_and_golden_logits_when_two_replicas_ar
         [wrong1, wrong1, wrong1, golden_logits[0]],      # replica 1
         [golden_logits[0], wrong2, wrong2, tolerated],   # replica 2
         [golden_logits[0], wrong2, golden_logits[0], tolerated])]   # replica 3
-    evaluated = [Evaluated(r, np.array([i == 1, False, False, False]), np.zeros(4, dtype=np.int8))
-                 for i, r in enumerate(replicas)]
-    voted = campaign.vote(evaluated, golden, np.zeros(4, dtype=np.int64))
+    masked = [np.array([0, 0, 0, kernels.ROUNDING]), np.zeros(4), np.array([kernels.RELU, 0, kernels.RELU, 0])]
+    evaluated = [Evaluated(r, np.array([i == 1, False, False, False]), m.astype(np.int8))
+                 for i, (r, m) in enumerate(zip(replicas, masked, strict=True))]
+    faulted = [np.array([True, True, True, True]), np.array([False, True, True, False]),
+               np.array([True, True, True, False])]
+    voted = campaign.vote(evaluated, golden, np.zeros(4, dtype=np.int64), faulted)
     assert torch.equal(voted.logits[0], golden_logits[0])     # two exact replicas: the golden logits
     assert torch.equal(voted.logits[1], wrong2)               # two agree on class 2
     assert torch.equal(voted.logits[2], wrong1)               # all disagree: the first
     assert torch.equal(voted.logits[3], golden_logits[0])     # one exact, two tolerated: the first's, exact
-    assert voted.masked_by.tolist() == [kernels.VOTE, 0, 0, kernels.VOTE]
+    # row 0: replica 1 wrong, 3 masked its own fault: the vote; row 3: the faulted replicas (1) masked alone
+    assert voted.masked_by.tolist() == [kernels.VOTE, 0, 0, kernels.ROUNDING]
     assert voted.detected.tolist() == [True, False, False, False]

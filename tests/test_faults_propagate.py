@@ -93,19 +93,22 @@ def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, 
 
 
 @pytest.mark.parametrize("scaling", ["po2", "float"])
-@pytest.mark.parametrize("check, placement", [(None, "output"), ("clip", "output"), ("zero", "output"),
-                                              ("detect", "output"), ("clip", "input"), ("detect", "input")])
+@pytest.mark.parametrize("check, placement, layers", [
+    (None, "output", []), ("clip", "output", []), ("zero", "output", []), ("detect", "output", []),
+    ("clip", "input", []), ("detect", "input", []), ("clip", "input", ["fc2"]), ("zero", "input", ["fc2"])])
 @pytest.mark.parametrize("model", ["bitflip", "stuck1"])
 def test_sparse_and_dense_paths_agree_on_what_masked_and_what_detected(
-        monkeypatch: pytest.MonkeyPatch, scaling: str, check: str | None, placement: str, model: str) -> None:
-    """Each fault's masking step and detection, followed sparsely (compiled kernels) or dense (tensors)."""
+        monkeypatch: pytest.MonkeyPatch, scaling: str, check: str | None, placement: str, layers: list[str],
+        model: str) -> None:
+    """Each fault's masking step and detection, followed sparsely (compiled kernels) or dense (tensors);
+    also with every fault in the logits layer's input (its input check masks at the last op)."""
     builder = awkward_model(scaling)
     int_model = builder.build()
     engine = checked_engine(int_model, check, placement)
     network = EngineNetwork(engine)
     x = torch.rand(N_INPUTS, *builder.input_shape, generator=torch.Generator().manual_seed(1)) * 3.5
     golden = engine.run(x, keep=True)
-    groups = site_groups(builder.config(), "act", [], network.acc_bits())
+    groups = site_groups(builder.config(), "act", layers, network.acc_bits())
     spec = CampaignSpec(model=model, bits="all", faults_per_inference=1, ber=None, samples=400, margin=0.02,
                         confidence=0.95, early_stop=False, seed=9, shard_size=400, batch_size=400)
     drawn = draw_shard(spec, groups, N_INPUTS, shard=0, size=400)
@@ -117,8 +120,10 @@ def test_sparse_and_dense_paths_agree_on_what_masked_and_what_detected(
     assert np.array_equal(sparse.masked_by, dense.masked_by)
     assert np.array_equal(sparse.detected, dense.detected)
     steps = {kernels.MASKED_BY[code] for code in np.unique(sparse.masked_by)}
-    assert steps >= {"", "rounding", "pool"}, steps
-    assert ("relu" in steps) == (check != "clip" or placement == "input"), steps   # lo = 1 lifts ReLU zeros
+    if layers:   # only the logits layer's input: its check, or no change at all
+        assert steps <= {"", "protection", "arithmetic"} and "protection" in steps, steps
+        return
+    assert steps >= {"", "relu", "rounding", "pool"}, steps
     assert ("protection" in steps) <= (check in ("clip", "zero")), steps
     assert ("protection" in steps) >= (check == "clip"), steps
     assert sparse.detected.any() == (check is not None)

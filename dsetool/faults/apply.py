@@ -18,7 +18,7 @@ from dsetool.engine import Engine
 from dsetool.engine.intmodel import WeightOp
 from dsetool.faults import kernels
 from dsetool.faults.bits import with_masks
-from dsetool.faults.propagate import Propagated, follows, golden_rows, propagate
+from dsetool.faults.propagate import Propagated, follows, golden_rows, propagate, unchecked_golden
 from dsetool.faults.sites import SiteGroup
 from dsetool.faults.sparse import act_fault_accumulators
 from dsetool.protect.check import acted
@@ -208,8 +208,8 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
             tensor, unchecked, before = _step(net, op, tensor, groups, faults, local, fault_ops, model)
             golden_in = _rows_of(golden[op - 1], inputs[live])
             if unchecked is not None:
-                _detect(net.check(op), before != golden_in, unchecked, tensor, _rows_of(golden[op], inputs[live]),
-                        live, detected)
+                _detect(net.check(op), before != golden_in, unchecked, tensor,
+                        _rows_of(unchecked_golden(net.engine, golden, op), inputs[live]), live, detected)
             checked_input = net.input_check(op)
             if checked_input is not None:
                 _detect(checked_input, before != golden_in, before, checked_input(before), golden_in, live, detected)
@@ -221,7 +221,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         if tensor is None or not len(live):
             continue
         done = final[live] <= op
-        if op < last_op and (net.can_mask(op) or net.input_check(op) is not None) and done.any():
+        if ((op < last_op and net.can_mask(op)) or net.input_check(op) is not None) and done.any():
             same = ~(tensor != _rows_of(golden[op], inputs[live])).reshape(len(live), -1).any(dim=1).numpy()
             keep = ~(done & same)
             if not keep.all():
@@ -252,7 +252,7 @@ def _detect(check: Callable[[torch.Tensor], torch.Tensor] | None, changed: torch
             checked: torch.Tensor, golden: torch.Tensor, live: np.ndarray, detected: np.ndarray) -> None:
     """Mark the rows where a protection acted on a value the faults changed: its input (accumulator, or
     the code read) was `changed` and its value before the check (`unchecked`) differs from the golden
-    result (as the sparse path sees its changes)."""
+    one before the check (`golden`), as the sparse path sees its changes."""
     assert check is not None
     fired = acted(check, unchecked, checked) & (unchecked != golden) & changed
     detected[live[fired.reshape(len(live), -1).any(dim=1).numpy()]] = True
@@ -264,8 +264,9 @@ def _masked_by(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np
     faults of rows `live[rows]`, whose input to it was `before[rows]`."""
     assert before is not None
     picked = torch.from_numpy(np.nonzero(rows)[0])
+    reference = golden[op] if net.check(op) is None else unchecked_golden(net.engine, golden, op)
     return net.masked_by(op, before[picked], _rows_of(golden[op - 1], inputs[live[rows]]),
-                         _rows_of(golden[op], inputs[live[rows]]))
+                         _rows_of(reference, inputs[live[rows]]))
 
 
 def _rows_of(tensor: torch.Tensor, rows: np.ndarray) -> torch.Tensor:

@@ -170,7 +170,8 @@ def run_shard(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: C
     if isinstance(faults, FaultList):
         return _rows(_evaluate_all(net, golden, groups, spec, faults, workers), golden, groups, faults, first_trial)
     evaluated = [_evaluate_all(net, golden, groups, spec, replica, workers) for replica in faults]
-    return _rows(vote(evaluated, golden, faults[0].inputs), golden, groups, merged(faults), first_trial)
+    faulted = [np.bincount(replica.trial, minlength=replica.size) > 0 for replica in faults]
+    return _rows(vote(evaluated, golden, faults[0].inputs, faulted), golden, groups, merged(faults), first_trial)
 
 
 def _evaluate_all(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, faults: FaultList,
@@ -185,11 +186,13 @@ def _evaluate_all(net: Network, golden: Golden, groups: Sequence[SiteGroup], spe
                      np.concatenate([b.masked_by for b in batches]))
 
 
-def vote(replicas: Sequence[Evaluated], golden: Golden, inputs: np.ndarray) -> Evaluated:
+def vote(replicas: Sequence[Evaluated], golden: Golden, inputs: np.ndarray, faulted: Sequence[np.ndarray]
+         ) -> Evaluated:
     """Return three replicas' majority ([Ozen] §8.8.1, coarse TMR): the top-1 two of them agree on, else
     the first's. Logits: the golden ones where two replicas computed them exactly (a bitwise vote gives
-    them), else those of the first replica with the voted top-1; golden logits were masked by the vote
-    unless the first replica masked its own faults. Detected: a protection acted in any replica."""
+    them), else those of the first replica with the voted top-1. `faulted[r]` says which rows replica r
+    had faults in. Golden logits were masked by the replicas themselves where every faulted replica masked
+    its faults (the first one's step), else by the vote. Detected: a protection acted in any replica."""
     first, second, third = replicas
     top = [golden.predict(r.logits) for r in replicas]
     pick = torch.where((top[0] != top[1]) & (top[0] != top[2]) & (top[1] == top[2]), 1, 0)
@@ -198,7 +201,13 @@ def vote(replicas: Sequence[Evaluated], golden: Golden, inputs: np.ndarray) -> E
     exact = torch.stack([(r.logits == golden_logits).all(dim=1) for r in replicas]).sum(dim=0) >= 2
     logits = torch.where(exact[:, None], golden_logits, logits)
     same = (logits == golden_logits).all(dim=1).numpy()
-    masked_by = np.where(same & (first.masked_by == kernels.LIVE), kernels.VOTE, first.masked_by)
+    own = np.zeros(len(inputs), dtype=np.int8)   # the first faulted replica's own step, where it masked
+    alone = np.ones(len(inputs), dtype=bool)     # every faulted replica masked its faults itself
+    for replica, hit in zip(reversed(replicas), reversed(faulted), strict=True):
+        own = np.where(hit, replica.masked_by, own)
+        alone &= ~hit | (replica.masked_by != kernels.LIVE)
+    any_fault = np.logical_or.reduce(list(faulted))
+    masked_by = np.where(same & any_fault, np.where(alone, own, kernels.VOTE), kernels.LIVE)
     return Evaluated(logits, first.detected | second.detected | third.detected, masked_by.astype(np.int8))
 
 

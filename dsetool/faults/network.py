@@ -39,9 +39,10 @@ class EngineNetwork:
 
     def masked_by(self, index: int, acc: torch.Tensor, golden_acc: torch.Tensor, golden_out: torch.Tensor
                   ) -> np.ndarray:
-        """Return, per row, the step of op `index` (a max pool, or an output stage) after which the rows'
-        input `acc` gave the golden output `golden_out` (see `dsetool.faults.kernels`: the latest step any
-        value needed; a code the protection changed into the golden output was masked by the protection)."""
+        """Return, per row, the step of op `index` (a max pool, an output stage, or a weight op's input
+        check) after which the rows' input `acc` gave the golden output (see `dsetool.faults.kernels`: the
+        latest step any value needed). `golden_out` holds an output stage's golden codes before its
+        protection, if it has one: a code that differs from them was masked by the protection."""
         rows = len(acc)
         input_check = self.engine.input_checks.get(index)
         if isinstance(self.engine.model.ops[index], MaxPool2d) or input_check is not None:

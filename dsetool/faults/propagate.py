@@ -167,6 +167,8 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
                 if not len(changes.rows):
                     index += 1
                     continue
+        if step.check is not None:   # the kernel finds what a fault changed against the unprotected codes
+            reads[-1] = golden_rows(unchecked_golden(engine, golden, step.last))
         changes = changes.after(step.kernel(*reads, inputs[changes.rows], changes.start, changes.element,
                                             changes.value, *step.operands), masked_by)
         if step.check is not None and len(changes.rows):
@@ -317,6 +319,21 @@ def checked_rows(tensor: torch.Tensor, check: Callable[[torch.Tensor], torch.Ten
 
 
 _CHECKED_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
+
+
+def unchecked_golden(engine: Engine, golden: Sequence[torch.Tensor], op: int) -> torch.Tensor:
+    """Return output stage `op`'s golden codes before the protection after it (computed once per golden
+    tensor). A fault changed a code when it differs from these; the protection then acts on it."""
+    entry = _UNCHECKED.get(id(golden[op]))
+    if entry is not None and entry[0]() is golden[op]:
+        return entry[1]
+    codes = engine.run(golden[op - 1], start=op, stop=op + 1, checked=False)
+    _UNCHECKED[id(golden[op])] = (weakref.ref(golden[op]), codes)
+    weakref.finalize(golden[op], _UNCHECKED.pop, id(golden[op]), None)
+    return codes
+
+
+_UNCHECKED: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
 
 
 def _shape(shape: Sequence[int]) -> np.ndarray:

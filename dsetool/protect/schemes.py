@@ -11,10 +11,11 @@ one weight, and so a whole output channel, puts at most one wrong code in any wi
 - `AnomalySuppression` (eqs 8.1, 8.2) drops a code, or clips its magnitude, when it exceeds gamma times
   its channel neighbour's magnitude (one gate) or both neighbours' (two gates); neighbours wrap around.
 
-Placement: the engine applies a protection right after the output stage that produces a protected
-tensor, i.e. on the array's column outputs after requantization, and that is where the tool places the
-median and AFD, one point for every scheme. Ozen places the median on the array's input connections and
-AFD at the activation-buffer output; both see the same tensor as this point except across a max-pool.
+Placement: the engine applies these right after the output stage that produces a protected tensor, on
+the array's column outputs after requantization (`protect.placement: output`). Ozen places the median on
+the array's input connections and AFD at the activation-buffer output; both see the same tensor as this
+point except across a max-pool and a flatten, and a linear layer's flattened input has no channel axis
+to filter along, so the tool does not offer them at the layer inputs.
 
 Reference: [Ozen] §8.4 (AFD §8.4.1, median §8.4.2).
 """

@@ -114,8 +114,10 @@ def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def _restrict_reads(cfg: RunConfig) -> dict[str, Any]:
-    return {"protect": to_plain(cfg.protect), "calib_size": cfg.data.calib_size,
-            "multiplier_bits": cfg.hw.multiplier_bits}
+    p = cfg.protect   # the bounds' settings only: where a check sits and the AFD knobs do not change them
+    bounds = {"layers": list(p.layers), "granularity": p.granularity, "range": p.range, "margin": p.margin,
+              "factor": p.factor}
+    return {"protect": bounds, "calib_size": cfg.data.calib_size, "multiplier_bits": cfg.hw.multiplier_bits}
 
 
 def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
@@ -143,7 +145,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("pretrain", "2", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
         StageDef("train-qat", "2", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "2", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
-        StageDef("inject", "7", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
+        StageDef("inject", "8", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),
         StageDef("synth", "5", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
