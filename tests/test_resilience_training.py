@@ -78,7 +78,7 @@ def test_activation_taps_measure_sparsity_and_give_the_l1_penalty() -> None:
     with tapped(net) as outputs:
         net(x)
     penalty = activation_l1(outputs, 0.5)
-    assert penalty is not None and float(penalty) == pytest.approx(0.5 * (2.5 + 4.0) / 8)
+    assert penalty is not None and float(penalty.detach()) == pytest.approx(0.5 * (2.5 + 4.0) / 8)
     assert activation_l1(outputs, 0.0) is None
 
 
