@@ -19,7 +19,8 @@ from dsetool.faults import apply, kernels, propagate
 from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.campaign import CampaignSpec, draw_shard
 from dsetool.faults.network import EngineNetwork
-from dsetool.faults.sites import site_groups
+from dsetool.faults.sampler import FaultList
+from dsetool.faults.sites import SiteGroup, site_groups
 from dsetool.protect.bounds import protected_ops
 from dsetool.protect.check import RangeCheck, at_inputs
 from tests.test_engine_ops import Builder
@@ -48,6 +49,15 @@ def narrow_checks(model: IntModel, mode: str | None) -> dict[int, RangeCheck]:
             for _, index in protected_ops(model, []) for op in [model.ops[index]]}
 
 
+def act_faults(builder: Builder, network: EngineNetwork, layers: list[str], model: str, size: int, seed: int
+               ) -> tuple[list[SiteGroup], FaultList]:
+    """Draw `size` single activation faults (one per inference) over `layers` (empty: all)."""
+    groups = site_groups(builder.config(), "act", layers, network.acc_bits())
+    spec = CampaignSpec(model=model, bits="all", faults_per_inference=1, ber=None, samples=size, margin=0.02,
+                        confidence=0.95, early_stop=False, seed=seed, shard_size=size, batch_size=size)
+    return groups, draw_shard(spec, groups, N_INPUTS, shard=0, size=size)
+
+
 def checked_engine(model: IntModel, check: str | None, placement: str) -> Engine:
     """The engine with `narrow_checks` after the output stages or at the weight layers' inputs."""
     checks = narrow_checks(model, check)
@@ -74,10 +84,7 @@ def test_sparse_propagation_equals_recomputing(monkeypatch: pytest.MonkeyPatch, 
     x = torch.rand(N_INPUTS, *builder.input_shape, generator=torch.Generator().manual_seed(0)) * 3.5
     golden = engine.run(x, keep=True)
     assert check is None or not torch.equal(golden[-1], Engine(model).run(x))   # the checks do fire
-    groups = site_groups(builder.config(), "act", [], network.acc_bits())
-    spec = CampaignSpec(model="bitflip", bits="all", faults_per_inference=1, ber=None, samples=300, margin=0.02,
-                        confidence=0.95, early_stop=False, seed=5, shard_size=300, batch_size=300)
-    faults = draw_shard(spec, groups, N_INPUTS, shard=0, size=300)
+    groups, faults = act_faults(builder, network, [], "bitflip", 300, seed=5)
     logits = evaluate(network, golden, faults.inputs, groups,
                       Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip").logits
     reached = dict.fromkeys(("conv1", "conv2", "conv3"), 0)
@@ -108,10 +115,7 @@ def test_sparse_and_dense_paths_agree_on_what_masked_and_what_detected(
     network = EngineNetwork(engine)
     x = torch.rand(N_INPUTS, *builder.input_shape, generator=torch.Generator().manual_seed(1)) * 3.5
     golden = engine.run(x, keep=True)
-    groups = site_groups(builder.config(), "act", layers, network.acc_bits())
-    spec = CampaignSpec(model=model, bits="all", faults_per_inference=1, ber=None, samples=400, margin=0.02,
-                        confidence=0.95, early_stop=False, seed=9, shard_size=400, batch_size=400)
-    drawn = draw_shard(spec, groups, N_INPUTS, shard=0, size=400)
+    groups, drawn = act_faults(builder, network, layers, model, 400, seed=9)
     faults = Faults(drawn.trial, drawn.group, drawn.element, drawn.bit)
     sparse = evaluate(network, golden, drawn.inputs, groups, faults, model)
     monkeypatch.setattr(apply, "follows", lambda engine: False)

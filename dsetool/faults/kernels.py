@@ -148,9 +148,8 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
                     if requantize:
                         code = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
                         if code == golden_codes[img, position]:
-                            if why < PROTECTION:
-                                why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer,
-                                                          qmin, qmax))
+                            if why < SATURATION:
+                                why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer))
                             delta[pixel * outs + n] = 0.0
                             continue
                         result = code
@@ -193,9 +192,8 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
                 if requantize:
                     code = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
                     if code == golden_codes[img, n]:
-                        if why < PROTECTION:
-                            why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer, qmin,
-                                                      qmax))
+                        if why < SATURATION:
+                            why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer))
                         continue
                     result = code
                 new_element[used] = n
@@ -237,19 +235,16 @@ def _requantized(acc: float, channel: int, factor: np.ndarray, multiplier: np.nd
 
 @numba.njit(nogil=True, cache=True)
 def _masked_by(acc: float, golden: float, channel: int, factor: np.ndarray, multiplier: np.ndarray,
-               shift: np.ndarray, integer: bool, qmin: float, qmax: float) -> int:
-    """Return the output-stage step after which a changed accumulator whose code is the golden one first
-    equals the golden value: RELU, ROUNDING or SATURATION (PROTECTION: the golden code itself was changed
-    by a protection, and the faulty code happens to be the one it gave)."""
+               shift: np.ndarray, integer: bool) -> int:
+    """Return the output-stage step after which a changed accumulator whose code is the golden one (before
+    any protection: the kernels compare with those) first equals the golden value: RELU, ROUNDING, else
+    SATURATION."""
     if acc <= 0 and golden <= 0:
         return RELU
-    rounded = _rounded(acc, channel, factor, multiplier, shift, integer)
-    golden_rounded = _rounded(golden, channel, factor, multiplier, shift, integer)
-    if rounded == golden_rounded:
+    if _rounded(acc, channel, factor, multiplier, shift, integer) == \
+            _rounded(golden, channel, factor, multiplier, shift, integer):
         return ROUNDING
-    if min(max(rounded, qmin), qmax) == min(max(golden_rounded, qmin), qmax):
-        return SATURATION
-    return PROTECTION
+    return SATURATION
 
 
 @numba.njit(nogil=True, cache=True)
@@ -288,9 +283,8 @@ def requantize_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.
                 new_element[used] = e
                 new_value[used] = code
                 used += 1
-            elif why < PROTECTION:
-                why = max(why, _masked_by(value[j], golden_in[img, e], channel, factor, multiplier, shift, integer,
-                                          qmin, qmax))
+            elif why < SATURATION:
+                why = max(why, _masked_by(value[j], golden_in[img, e], channel, factor, multiplier, shift, integer))
         n_alive = _close(f, first, used, why, alive, n_alive, new_start, masked)
     return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
 

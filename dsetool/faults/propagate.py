@@ -291,48 +291,41 @@ def _fused_output_stage(engine: Engine, index: int) -> bool:
 def golden_rows(tensor: torch.Tensor) -> np.ndarray:
     """Return a golden tensor as (n_inputs, values per input), sharing its memory (the view is kept
     while the tensor lives: every batch of a campaign asks for the same ones)."""
-    entry = _GOLDEN_ROWS.get(id(tensor))
-    if entry is not None and entry[0]() is tensor:
-        return entry[1]
-    view = tensor.reshape(tensor.shape[0], -1).numpy()
-    _GOLDEN_ROWS[id(tensor)] = (weakref.ref(tensor), view)
-    weakref.finalize(tensor, _GOLDEN_ROWS.pop, id(tensor), None)   # the view would keep its memory alive
-    return view
-
-
-# id(tensor) -> (the tensor, weakly; its rows view). Tensors compare element-wise, so they cannot be the
-# keys of a WeakKeyDictionary.
-_GOLDEN_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
+    return _per_tensor(_GOLDEN_ROWS, tensor, lambda: tensor.reshape(tensor.shape[0], -1).numpy())
 
 
 def checked_rows(tensor: torch.Tensor, check: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
     """Return `golden_rows` of a golden input as a weight op with an input check reads it (computed once
     per tensor: the buffer holds the unchecked codes, the array multiplies the checked ones)."""
-    entry = _CHECKED_ROWS.get(id(tensor))
-    if entry is not None and entry[0]() is tensor:
-        return entry[1]
-    checked = check(tensor).contiguous()
-    view = checked.reshape(checked.shape[0], -1).numpy()   # keeps `checked` alive
-    _CHECKED_ROWS[id(tensor)] = (weakref.ref(tensor), view)
-    weakref.finalize(tensor, _CHECKED_ROWS.pop, id(tensor), None)
-    return view
-
-
-_CHECKED_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
+    def build() -> np.ndarray:
+        checked = check(tensor).contiguous()
+        return checked.reshape(checked.shape[0], -1).numpy()   # keeps `checked` alive
+    return _per_tensor(_CHECKED_ROWS, tensor, build)
 
 
 def unchecked_golden(engine: Engine, golden: Sequence[torch.Tensor], op: int) -> torch.Tensor:
     """Return output stage `op`'s golden codes before the protection after it (computed once per golden
     tensor). A fault changed a code when it differs from these; the protection then acts on it."""
-    entry = _UNCHECKED.get(id(golden[op]))
-    if entry is not None and entry[0]() is golden[op]:
+    return _per_tensor(_UNCHECKED, golden[op],
+                       lambda: engine.run(golden[op - 1], start=op, stop=op + 1, checked=False))
+
+
+def _per_tensor(cache: dict[int, tuple[weakref.ref[torch.Tensor], Any]], tensor: torch.Tensor,
+                build: Callable[[], Any]) -> Any:
+    """Return `build()`, computed once while `tensor` lives (the entry goes with it: a view would keep
+    its memory alive). Keyed by id: tensors compare element-wise, so they cannot key a WeakKeyDictionary."""
+    entry = cache.get(id(tensor))
+    if entry is not None and entry[0]() is tensor:
         return entry[1]
-    codes = engine.run(golden[op - 1], start=op, stop=op + 1, checked=False)
-    _UNCHECKED[id(golden[op])] = (weakref.ref(golden[op]), codes)
-    weakref.finalize(golden[op], _UNCHECKED.pop, id(golden[op]), None)
-    return codes
+    value = build()
+    cache[id(tensor)] = (weakref.ref(tensor), value)
+    weakref.finalize(tensor, cache.pop, id(tensor), None)
+    return value
 
 
+# id(tensor) -> (the tensor, weakly; what was derived from it), see `_per_tensor`.
+_GOLDEN_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
+_CHECKED_ROWS: dict[int, tuple[weakref.ref[torch.Tensor], np.ndarray]] = {}
 _UNCHECKED: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
 
 

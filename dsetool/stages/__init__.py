@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dsetool.config import RunConfig
+from dsetool.config import RANGE_PROTECTIONS, RunConfig
 from dsetool.progress import Reporter, SilentReporter
 from dsetool.store import Entry, Result, Store, make_key
 from dsetool.validate import to_plain
@@ -89,8 +89,6 @@ def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
-    from dsetool.config import RANGE_PROTECTIONS
-
     hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits,
                           "protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
     if cfg.hw.protection != "none":
@@ -108,8 +106,6 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
 
 def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
     """A protected campaign needs the profiled bounds as well as the quantized model."""
-    from dsetool.config import RANGE_PROTECTIONS
-
     return (quant_stage(cfg),) + (("range-restrict",) if cfg.hw.protection in RANGE_PROTECTIONS else ())
 
 
