@@ -188,8 +188,69 @@ _stage_command("range-restrict", "range-restrict", "Profile the bounds of every 
                                                    "(requantized layer outputs) on the calibration split.")
 _stage_command("synth", "synth", "Generate the design point's systolic array in Amaranth and synthesize it with "
                                  "Yosys/nextpnr (area, Fmax, cycles and latency per inference).")
-_stage_command("sweep", "inject", "Run every stage of every design point of the experiment's sweep grid and "
-                                  "print the results.")
+
+
+@main.command("sweep")
+@_options
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Tasks run at once in local worker processes (each gets its share of the cores).")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Run tasks here, or on a Dask distributed cluster sharing the store's file system.")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", help="The Dask scheduler (with --executor dask).")
+@_guarded
+def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str, jobs: int,
+          executor: str, scheduler: str | None) -> None:
+    """Run every stage of every design point of the experiment's sweep grid, sharing upstream work."""
+    from dsetool.config import load_experiment
+    from dsetool.executors import make_executor
+    from dsetool.orchestrate import first_point, run_sweep
+    from dsetool.progress import SweepProgress
+    from dsetool.sweep import cached, plan
+
+    if executor == "dask" and not scheduler:
+        raise UserError("sweep: --executor dask needs --scheduler tcp://HOST:PORT")
+    exp = load_experiment(experiment, overrides)
+    store = _store(runs_dir)
+    _preflight(exp)
+    graph = plan(exp)
+    hits = len(cached(graph, store))
+    progress = SweepProgress(exp.name, len(graph.tasks) - hits, len(graph.points), hits)
+    try:
+        result = run_sweep(exp, store, make_executor(jobs, executor, scheduler, progress, debug), progress, graph)
+    finally:
+        progress.close()
+    click.echo(f"sweep {exp.name}: {len(graph.points)} points, {len(graph.tasks)} tasks "
+               f"({result.cache_hits} cached, {len(result.computed)} computed, {len(result.failures)} failed) "
+               f"in {result.seconds:.1f} s", err=True)
+    _show_sweep(exp, store, graph, result.computed, as_json, debug)
+    if result.failures:
+        task_id, error = next(iter(result.failures.items()))
+        raise StageFailure(f"sweep: {len(result.failures)} of {len(graph.tasks)} tasks failed; first: stage "
+                           f"{task_id.split('/')[0]} at point {first_point(graph, task_id)}: {error}")
+
+
+def _show_sweep(exp: Experiment, store: Store, graph: Any, computed: set[str], as_json: bool, debug: bool) -> None:
+    """Print the campaign and synthesis tables and, with --json, one object per finished stage entry."""
+    from dsetool.tables import results_table
+
+    by_stage: dict[str, list[tuple[Point, Entry, bool]]] = {}
+    seen: set[str] = set()
+    for point in exp.points:
+        own: set[str] = set()   # a second synth of a point is its baseline: its overhead is in the point's row
+        for task_id in graph.points[point.label]:
+            task = graph.tasks[task_id]
+            entry = store.get(task.stage, task.key)
+            if entry is None or task.stage in own or (task_id in seen and task.stage != "synth"):
+                continue
+            own.add(task.stage)
+            seen.add(task_id)
+            entry = _with_derived(store, entry, point, debug)
+            by_stage.setdefault(task.stage, []).append((point, entry, task_id not in computed))
+            if as_json:
+                _emit_json(entry, task_id not in computed, point)
+    for stage in ("inject", "synth"):
+        if by_stage.get(stage):
+            results_table(exp.name, by_stage[stage])
 
 
 def _not_built(name: str, summary: str) -> None:

@@ -129,6 +129,7 @@ class PtqConfig:
     percentile: float = spec(99.99, range=(50.0, 100.0), help="percentile for percentile calibration")
 
 
+SWEEP_STAGES = ("quantize", "range-restrict", "inject", "synth")
 PROTECTIONS = ("none", "clip", "zero", "sed", "median3", "median5", "afd")
 RANGE_PROTECTIONS = ("clip", "zero", "sed")   # the ones that read profiled bounds (stage range-restrict)
 
@@ -218,6 +219,10 @@ class RunConfig:
     seed: int = spec(0, range=(0, 2**31 - 1), help="seed of training and campaigns")
     device: str = spec("auto", choices=("auto", "cpu", "cuda"), help="torch device; results do not depend on it")
     threads: int = spec(0, range=(0, 256), help="torch threads per process, 0 = all cores")
+    stages: tuple[str, ...] = spec(("inject", "synth"), choices=SWEEP_STAGES,
+                                   help="what `sweep` computes at every design point (each with what it needs): "
+                                        "quantize (QAT or PTQ), range-restrict (range protections only), inject, "
+                                        "synth (protections the RTL builds)")
     data: DataConfig = spec(factory=DataConfig)
     model: ModelConfig = spec(factory=ModelConfig)
     quant: QuantConfig = spec(factory=QuantConfig)

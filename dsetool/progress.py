@@ -84,3 +84,66 @@ class RichReporter:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class SweepProgress:
+    """One bar for the whole sweep (tasks done, points done, cache hits, ETA) and one for the running stage.
+
+    Both live in one rich display (rich draws one live display at a time). The stage bar is the
+    `Reporter` that stages running in this process draw on; tasks running in pool or Dask workers only
+    advance the sweep bar. Without a terminal, each finished task prints one line instead.
+    """
+
+    def __init__(self, experiment: str, tasks: int, points: int, cached: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.tty = sys.stderr.isatty()
+        self.console = Console(stderr=True, width=None if self.tty else 160)
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), console=self.console, disable=not self.tty,
+        )
+        self.points = points
+        self.cached = cached
+        self._sweep = self._progress.add_task(f"sweep {experiment}", total=tasks, info="")
+        self._stage: Any = None
+        self._progress.start()
+
+    def task_done(self, description: str, points_done: int, error: str = "") -> None:
+        """Advance the sweep bar by one computed task."""
+        info = f"points {points_done}/{self.points}  cache hits {self.cached}"
+        self._progress.update(self._sweep, advance=1, info=info)
+        if not self.tty:
+            task = self._progress.tasks[self._sweep]
+            status = f"FAILED {error}" if error else "done"
+            self.console.print(f"[{int(task.completed)}/{int(task.total or 0)}] {description}: {status} ({info})",
+                               highlight=False, markup=False)
+        elif error:
+            self.console.print(f"{description}: FAILED {error}", highlight=False, markup=False)
+
+    def close(self) -> None:
+        """Stop drawing."""
+        self.finish()
+        self._progress.stop()
+
+    def start(self, description: str, total: int) -> None:
+        """Begin the running stage's bar (Reporter)."""
+        self.finish()
+        self._stage = self._progress.add_task(f"  {description}", total=total, info="")
+
+    def advance(self, **fields: Any) -> None:
+        """Step the running stage's bar (Reporter)."""
+        if self._stage is not None:
+            info = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
+            self._progress.update(self._stage, advance=1, info=info)
+
+    def finish(self) -> None:
+        """Remove the running stage's bar (Reporter)."""
+        if self._stage is not None:
+            self._progress.remove_task(self._stage)
+            self._stage = None
+
+    def note(self, text: str) -> None:
+        """Print a line above the bars (Reporter)."""
+        self.console.print(text, highlight=False, markup=False)

@@ -194,9 +194,13 @@ class Store:
         """Return the entries whose key starts with `prefix`."""
         return [e for e in self.entries() if e.key.startswith(prefix)]
 
+    def experiment_dir(self, experiment: str) -> Path:
+        """Return the folder of an experiment's index and report (created by whoever writes into it)."""
+        return self.root / EXPERIMENTS / experiment
+
     def index_path(self, experiment: str) -> Path:
         """Return the index file of an experiment."""
-        return self.root / EXPERIMENTS / experiment / INDEX
+        return self.experiment_dir(experiment) / INDEX
 
     def read_index(self, experiment: str) -> dict[str, Any]:
         """Return an experiment's index (empty when it has none yet)."""

@@ -227,7 +227,8 @@ class SynthResult:
 
     `resources` holds LUT, FF, DSP and BRAM counted from the Yosys netlist, `cells` every cell type Yosys
     reports; `utilization` is nextpnr's {bel type: {"used", "available"}} and `fmax_mhz` the achieved
-    frequency of the slowest clock (None without P&R or without a clock). `artifacts` names the files
+    frequency of the slowest clock (None without P&R or without a clock), `critical_path` where that
+    clock's slowest path runs (`parse_critical_path`; empty without P&R). `artifacts` names the files
     written in the work directory; `seconds` the wall time of each tool; `message` is empty when ok.
     """
 
@@ -239,6 +240,7 @@ class SynthResult:
     utilization: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     fmax_mhz: float | None = None
     clock: str | None = None
+    critical_path: Mapping[str, Any] = field(default_factory=dict)
     artifacts: Mapping[str, Path] = field(default_factory=dict)
     seconds: Mapping[str, float] = field(default_factory=dict)
 
@@ -253,6 +255,7 @@ class SynthResult:
             "utilization": {k: dict(v) for k, v in self.utilization.items()},
             "fmax_mhz": self.fmax_mhz,
             "clock": self.clock,
+            "critical_path": dict(self.critical_path),
             "artifacts": {k: str(v) for k, v in self.artifacts.items()},
             "seconds": dict(self.seconds),
         }
@@ -290,6 +293,38 @@ def parse_fmax(report: Mapping[str, Any]) -> tuple[str | None, float | None]:
         return None, None
     clock = min(clocks, key=clocks.__getitem__)
     return clock, clocks[clock]
+
+
+def instance_of(cell: str) -> str:
+    """Return the instance path a flattened nextpnr cell belongs to ("" at the top level).
+
+    Yosys names a flattened cell by its instance path and its own name joined with dots
+    (``array.pe_2_7.psum_out_TRELLIS_FF_Q_7``), so everything before the last dot is the instance.
+    """
+    return cell.rpartition(".")[0]
+
+
+def parse_critical_path(report: Mapping[str, Any], clock: str | None) -> dict[str, Any]:
+    """Return where the slowest register-to-register path of `clock` starts and ends, and what it spends.
+
+    Fmax alone cannot tell a protection that lengthens the critical path from placement luck: if the
+    range check's registers are neither end of the path, its Fmax difference is the placer's. Returns
+    ``from``/``to`` (instance paths of the launching and capturing cells), ``ns`` (the path's delay),
+    ``logic_ns`` (clock-to-out, cells and setup) and ``routing_ns``; empty when the report has no path
+    for the clock.
+    """
+    if clock is None:
+        return {}
+    for path in report.get("critical_paths", []):
+        steps = path.get("path", [])
+        edges = [str(path.get(end, "")).split()[-1:] for end in ("from", "to")]  # "posedge clk"
+        if not steps or edges != [[clock], [clock]]:
+            continue
+        routing = sum(float(s["delay"]) for s in steps if s.get("type") == "routing")
+        total = sum(float(s["delay"]) for s in steps)
+        return {"from": instance_of(steps[0]["from"]["cell"]), "to": instance_of(steps[-1]["to"]["cell"]),
+                "ns": total, "logic_ns": total - routing, "routing_ns": routing}
+    return {}
 
 
 _NO_BELS = re.compile(r"no BELs remaining to implement cell type '([^']+)'")
@@ -415,4 +450,5 @@ def _place_and_route(
     report = json.loads((workdir / REPORT).read_text())
     used = {bel: {"used": int(u["used"]), "available": int(u["available"])} for bel, u in report["utilization"].items()}
     clock, fmax = parse_fmax(report)
-    return replace(area, utilization=used, fmax_mhz=fmax, clock=clock, artifacts=artifacts, seconds=seconds)
+    return replace(area, utilization=used, fmax_mhz=fmax, clock=clock,
+                   critical_path=parse_critical_path(report, clock), artifacts=artifacts, seconds=seconds)

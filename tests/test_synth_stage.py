@@ -27,6 +27,8 @@ def test_synth_small_array_then_cache_hit_runs_no_tool(tmp_path, write_experimen
     # one DSP per PE; po2 requantization is a shift and takes none
     assert (row["cached"], m["status"], m["rows"], m["dsp"]) == (False, "ok", 2, 2 * 2)
     assert m["lut"] > 0 and m["ff"] > 0 and m["fmax_mhz"] > 0
+    assert m["critical_path_ns"] == pytest.approx(1000 / m["fmax_mhz"], rel=1e-3)
+    assert isinstance(m["critical_path_from"], str) and isinstance(m["critical_path_to"], str)
     from hw.cycles import network_cycles
 
     lenet = [(784, 25, 6), (100, 150, 16), (1, 400, 120), (1, 120, 84), (1, 84, 10)]

@@ -144,9 +144,38 @@ STAGES: dict[str, StageDef] = {
         StageDef("inject", "8", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),
-        StageDef("synth", "5", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
+        StageDef("synth", "6", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
     )
 }
+
+
+def point_stages(cfg: RunConfig) -> tuple[str, ...]:
+    """Return the stages a sweep computes at design point `cfg`, upstream first, each once.
+
+    `cfg.stages` names what to compute; every stage brings the stages it needs. A range-restrict
+    request at a point whose protection reads no bounds, and synth of a protection the RTL does not build
+    (sed, median, afd), are skipped: those points have nothing to compute there.
+    """
+    from dsetool.arrays import rtl_protection
+
+    wanted = {"quantize": quant_stage(cfg), "range-restrict": "range-restrict", "inject": "inject", "synth": "synth"}
+    skip = set()
+    if cfg.hw.protection not in RANGE_PROTECTIONS:
+        skip.add("range-restrict")
+    if rtl_protection(cfg) != cfg.hw.protection:
+        skip.add("synth")
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        for up in STAGES[name].needs(cfg):
+            visit(up)
+        if name not in ordered:
+            ordered.append(name)
+
+    for request in cfg.stages:
+        if request not in skip:
+            visit(wanted[request])
+    return tuple(ordered)
 
 
 def stage_key(name: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 RTLIL_FILE = "array.il"
 VERILOG_FILE = "array.v"
+CRITICAL_PATH_KEYS = ("from", "to", "ns", "routing_ns")  # where Fmax is lost: see hw.flow.parse_critical_path
 DROPPED = ("synth.json",)  # the full netlist: large, and everything we report is in stat.json / pnr.json
 
 
@@ -72,7 +73,8 @@ def run(ctx: StageContext) -> Result:
                "weight_bits": array.weight_bits, "acc_bits": array.acc_bits, "multiplier": array.multiplier,
                "protection": array.protection, "tmr": array.tmr, "drain_cycles": drain_cycles(component),
                "acc_depth": accumulator_depth(cfg),
-               **{k.lower(): v for k, v in resources.items()}, "fmax_mhz": result.fmax_mhz, **extra,
+               **{k.lower(): v for k, v in resources.items()}, "fmax_mhz": result.fmax_mhz,
+               **{f"critical_path_{k}": result.critical_path.get(k) for k in CRITICAL_PATH_KEYS}, **extra,
                "seconds_synth": result.seconds.get("synth"), "seconds_pnr": result.seconds.get("pnr")}
     return Result(metrics, extra={"tools": tool_fingerprint()})
 

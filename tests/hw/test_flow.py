@@ -136,6 +136,24 @@ def test_fmax_takes_the_slowest_clock():
     assert flow.parse_fmax({"fmax": {}}) == (None, None)
 
 
+def _step(kind, delay, src, dst):
+    return {"type": kind, "delay": delay, "from": {"cell": src}, "to": {"cell": dst}}
+
+
+def test_critical_path_names_its_instances_and_splits_its_delay():
+    ff, lut = "array.pe_2_6.act_out_TRELLIS_FF_Q_2", "array.pe_2_7.psum_out_LUT4_Z"
+    end = "stage.check_1.code_TRELLIS_FF_Q_3"
+    path = [_step("clk-to-q", 0.5, ff, ff), _step("routing", 1.25, ff, lut), _step("logic", 0.25, lut, lut),
+            _step("routing", 2.0, lut, end), _step("setup", 0.5, end, end)]
+    cross = {"from": "posedge clk", "to": "posedge clk2", "path": [_step("routing", 9.0, "x.a", "y.b")]}
+    report = {"critical_paths": [cross, {"from": "posedge clk", "to": "posedge clk", "path": path}]}
+    assert flow.parse_critical_path(report, "clk") == {
+        "from": "array.pe_2_6", "to": "stage.check_1", "ns": 4.5, "logic_ns": 1.25, "routing_ns": 3.25}
+    assert flow.parse_critical_path(report, "clk2") == {}   # only a path into clk2, none within it
+    assert flow.parse_critical_path(report, None) == {}
+    assert flow.instance_of("top_level_FF") == ""
+
+
 def test_keep_hierarchy_goes_before_synthesis():
     script = flow.yosys_script(flow.TARGETS["ecp5-25k"], ["top.rep*"]).splitlines()
     assert script == [
@@ -219,6 +237,10 @@ def test_ecp5_places_and_times_the_replicas(ecp5_run):
     assert result.utilization["MULT18X18D"] == {"used": 2, "available": 28}
     assert result.fmax_mhz is not None and result.fmax_mhz > 0
     assert result.clock is not None and "clk" in result.clock
+    path = result.critical_path   # kept apart, each replica's cells carry its instance name
+    assert path["from"].startswith("rep") and path["to"].startswith("rep"), path
+    assert path["ns"] == pytest.approx(1000 / result.fmax_mhz, rel=1e-3)
+    assert 0 < path["routing_ns"] < path["ns"]
     for name in ("rtlil", "netlist", "stat", "report", "synth_log", "pnr_log"):
         assert result.artifacts[name].parent == workdir and result.artifacts[name].exists()
     assert set(result.seconds) == {"synth", "pnr"}

@@ -1,0 +1,213 @@
+"""Where a sweep's tasks run: in this process, in a local process pool, or on a Dask cluster.
+
+Every executor runs the same function, `run_task`, which opens the store by path and publishes one entry
+(the store's per-key lock and atomic rename make concurrent writers safe, and a task killed half-way
+leaves nothing that reads as valid). An executor only decides where and when: a task starts once the
+tasks it needs are in the store. It reports each finished task to `on_done` in the calling process and
+never stops the sweep for one failure: the tasks downstream of a failed one are reported as failed too,
+and everything independent of it still runs (so the next run resumes with less to do).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from dsetool.progress import Reporter, SilentReporter
+from dsetool.sweep import Plan, Task
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one task ended: `error` is empty when its entry is in the store."""
+
+    task: Task
+    cached: bool
+    seconds: float
+    error: str = ""
+
+
+OnDone = Callable[[Outcome], None]
+
+
+class Executor(Protocol):
+    """Run the tasks of a plan that are not done yet, upstream first."""
+
+    def run(self, plan: Plan, todo: Sequence[Task], runs_dir: Path, on_done: OnDone) -> None:
+        """Compute every task in `todo` (a dependency-ordered subset of `plan`), calling `on_done` for each."""
+
+
+def run_task(runs_dir: str, task: Task, reporter: Reporter | None = None, *_after: Any) -> tuple[bool, float]:
+    """Compute one task into the store at `runs_dir`; return (cached, seconds).
+
+    `_after` takes the results of the tasks it waits for, so Dask orders it after them; they are unused.
+    """
+    import time
+
+    from dsetool.stages import ensure
+    from dsetool.store import Store
+
+    start = time.perf_counter()
+    entry, cached = ensure(Store(runs_dir), task.stage, task.config, reporter or SilentReporter())
+    if entry.key != task.key:  # pragma: no cover - the plan and the worker disagree on the code
+        raise RuntimeError(f"{task.stage} computed key {entry.key[:12]}, the plan expected {task.key[:12]}: "
+                           f"do the workers run the same dsetool version?")
+    return cached, time.perf_counter() - start
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Blocked:
+    """Track failed tasks so their dependents are reported failed instead of run."""
+
+    def __init__(self, plan: Plan, on_done: OnDone) -> None:
+        self.plan = plan
+        self.on_done = on_done
+        self.failed: dict[str, str] = {}
+
+    def blocker(self, task: Task) -> str | None:
+        return next((need for need in task.needs if need in self.failed), None)
+
+    def skip(self, task: Task, need: str) -> None:
+        self.failed[task.id] = f"not run: upstream {need.split('/')[0]} failed"
+        self.on_done(Outcome(task, False, 0.0, self.failed[task.id]))
+
+    def fail(self, task: Task, error: str, seconds: float = 0.0) -> None:
+        self.failed[task.id] = error
+        self.on_done(Outcome(task, False, seconds, error))
+
+
+class InProcess:
+    """Run the tasks one after another in this process, showing each stage's own progress."""
+
+    def __init__(self, reporter: Reporter | None = None, debug: bool = False) -> None:
+        self.reporter = reporter
+        self.debug = debug
+
+    def run(self, plan: Plan, todo: Sequence[Task], runs_dir: Path, on_done: OnDone) -> None:
+        """Compute `todo` in order; a failure blocks only its dependents (re-raised with `debug`)."""
+        blocked = _Blocked(plan, on_done)
+        for task in todo:
+            need = blocked.blocker(task)
+            if need is not None:
+                blocked.skip(task, need)
+                continue
+            try:
+                cached, seconds = run_task(str(runs_dir), task, self.reporter)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                if self.debug:
+                    raise
+                blocked.fail(task, _error(exc))
+                continue
+            on_done(Outcome(task, cached, seconds))
+
+
+def _limit_threads(threads: int) -> None:
+    """Pin every math library of a pool worker to its share of the cores (set before torch loads)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[name] = str(threads)
+
+
+class ProcessPool:
+    """Run up to `jobs` tasks at once in fresh worker processes, each with its share of the cores."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def run(self, plan: Plan, todo: Sequence[Task], runs_dir: Path, on_done: OnDone) -> None:
+        """Submit each task once the tasks it needs are done; keep `jobs` busy while any are ready."""
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+        blocked = _Blocked(plan, on_done)
+        waiting = {task.id: task for task in todo}
+        done = {task_id for task_id in plan.tasks if task_id not in waiting}
+        running: dict[Future[tuple[bool, float]], Task] = {}
+        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+        with ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_limit_threads,
+                                 initargs=(self.threads,)) as pool:
+            try:
+                while waiting or running:
+                    for task in [t for t in waiting.values() if all(n in done or n in blocked.failed
+                                                                    for n in t.needs)]:
+                        del waiting[task.id]
+                        need = blocked.blocker(task)
+                        if need is not None:
+                            blocked.skip(task, need)
+                            continue
+                        future = pool.submit(run_task, str(runs_dir), task.with_threads(self.threads))
+                        running[future] = task
+                    if not running:
+                        if waiting:  # pragma: no cover - a plan is topologically ordered
+                            raise RuntimeError(f"sweep: {len(waiting)} tasks wait for tasks outside the plan")
+                        continue
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        task = running.pop(future)
+                        try:
+                            cached, seconds = future.result()
+                        except Exception as exc:
+                            blocked.fail(task, _error(exc))
+                            continue
+                        done.add(task.id)
+                        on_done(Outcome(task, cached, seconds))
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
+class Dask:
+    """Run the tasks on a Dask distributed cluster whose workers share `runs_dir` (a shared file system).
+
+    Each task is one Dask task named after its store key and given the futures of the tasks it needs,
+    so the scheduler orders them; a worker that dies mid-task has its task rescheduled on another
+    worker (the store never publishes a half-written entry), and a task that raises is retried
+    `retries` times before it counts as failed.
+    """
+
+    def __init__(self, scheduler: str, retries: int = 1) -> None:
+        self.scheduler = scheduler
+        self.retries = retries
+
+    def run(self, plan: Plan, todo: Sequence[Task], runs_dir: Path, on_done: OnDone) -> None:
+        """Submit the whole graph at once and report tasks as they finish."""
+        from distributed import Client, as_completed
+
+        with Client(self.scheduler, timeout="30s") as client:
+            futures: dict[str, Any] = {}
+            for task in todo:
+                after = [futures[need] for need in task.needs if need in futures]
+                futures[task.id] = client.submit(run_task, str(runs_dir.resolve()), task, None, *after,
+                                                 key=task.id.replace("/", "-"), pure=False, retries=self.retries)
+            tasks = {future.key: plan.tasks[task_id] for task_id, future in futures.items()}
+            blocked = _Blocked(plan, on_done)
+            for future in as_completed(list(futures.values())):
+                task = tasks[future.key]
+                try:
+                    cached, seconds = future.result()
+                except Exception as exc:
+                    need = blocked.blocker(task)
+                    if need is not None:
+                        blocked.skip(task, need)
+                    else:
+                        blocked.fail(task, _error(exc))
+                    continue
+                on_done(Outcome(task, cached, seconds))
+
+
+def make_executor(jobs: int, executor: str, scheduler: str | None, reporter: Reporter | None,
+                  debug: bool) -> Executor:
+    """Return the executor the command line asked for."""
+    if executor == "dask":
+        if not scheduler:
+            raise ValueError("--executor dask needs --scheduler tcp://HOST:PORT")
+        return Dask(scheduler)
+    return InProcess(reporter, debug) if jobs == 1 else ProcessPool(jobs)

@@ -1,0 +1,188 @@
+"""Sweeps: the grid's shared stage graph, resuming, the local pool and a real Dask cluster give equal results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import dsetool.stages.inject
+from dsetool.cli import main
+from dsetool.config import load_experiment
+from dsetool.store import Store
+from dsetool.sweep import index_keys, plan
+from tests.conftest import REPO, TINY_EXPERIMENT
+
+# Two bit widths x two protections, campaigns only (no synthesis): 1 float model, 2 QAT models, 2 profiles
+# of bounds (clip only), 4 campaigns.
+SMALL = {**TINY_EXPERIMENT, "name": "small", "stages": ["inject"],
+         "faults": {"site": "pe.psum", "samples": 200, "inputs": 64},
+         "sweep": {"quant.bits": [8, 4], "hw.protection": ["none", "clip"]}}
+
+
+def run(args, runs_dir):
+    return CliRunner().invoke(main, [*args, "--runs", str(runs_dir)])
+
+
+def json_rows(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_plan_shares_upstream_work_across_the_grid():
+    exp = load_experiment(REPO / "configs" / "lenet.yaml", ["sweep.hw.protection=[none, clip]"])
+    graph = plan(exp)
+    stages = [task.stage for task in graph.ordered()]
+    # one float model; one model per (bits, method); bounds per model; a campaign per point; one synthesis
+    # per operand width (the array does not depend on the training method, the fault site or the bounds)
+    assert stages.count("pretrain") == 1
+    assert stages.count("train-qat") == 4 and stages.count("ptq") == 4
+    assert stages.count("range-restrict") == 8
+    assert stages.count("inject") == len(exp.points) == 32
+    assert stages.count("synth") == 4 * 2   # none and clip at each of 8, 6, 4, 2 bits
+    position = {task.id: i for i, task in enumerate(graph.ordered())}
+    assert all(position[need] < position[task.id] for task in graph.ordered() for need in task.needs)
+    clip = next(label for label in graph.points if "clip" in label)
+    keys = index_keys(graph.points[clip])
+    assert set(keys) == {"pretrain", "train-qat", "range-restrict", "inject", "synth", "synth-baseline"}
+    assert keys["synth"] != keys["synth-baseline"]
+
+
+def test_stages_key_limits_what_a_point_computes():
+    exp = load_experiment(REPO / "configs" / "lenet.yaml", ["stages=[quantize]", "sweep.hw.protection=[median3]"])
+    assert {task.stage for task in plan(exp).ordered()} == {"pretrain", "train-qat", "ptq"}
+    exp = load_experiment(REPO / "configs" / "lenet.yaml", ["sweep.hw.protection=[median3]"])
+    assert "synth" not in {task.stage for task in plan(exp).ordered()}   # no RTL for the median
+
+
+@pytest.mark.slow
+def test_failed_task_blocks_only_its_dependents_and_the_sweep_resumes(tmp_path, write_experiment, monkeypatch):
+    path = write_experiment(SMALL)
+    runs_dir = tmp_path / "runs"
+    real = dsetool.stages.inject.run
+
+    def flaky(ctx):
+        if ctx.config.quant.weight_bits == 4 and ctx.config.hw.protection == "clip":
+            raise RuntimeError("injected failure")
+        return real(ctx)
+
+    monkeypatch.setattr(dsetool.stages.inject, "run", flaky)
+    first = run(["sweep", str(path), "--json"], runs_dir)
+    assert first.exit_code == 1
+    assert "1 of 9 tasks failed" in first.output and "stage inject at point quant.bits=4,hw.protection=clip" \
+        in first.output and "injected failure" in first.output
+    done = Store(runs_dir).read_index("small")["points"]
+    assert sorted(done) == ["quant.bits=4,hw.protection=none", "quant.bits=8,hw.protection=clip",
+                            "quant.bits=8,hw.protection=none"]
+    monkeypatch.setattr(dsetool.stages.inject, "run", real)
+    second = run(["sweep", str(path), "--json"], runs_dir)
+    assert second.exit_code == 0, second.output
+    assert "8 cached, 1 computed, 0 failed" in second.output
+    rows = json_rows(second.stdout)
+    assert [r["point"] for r in rows if not r["cached"]] == ["quant.bits=4,hw.protection=clip"]
+    assert len(Store(runs_dir).read_index("small")["points"]) == 4
+
+
+def _reference(tmp_path: Path, experiment: Path) -> dict[tuple[str, str], dict]:
+    result = run(["sweep", str(experiment), "--json"], tmp_path / "reference")
+    assert result.exit_code == 0, result.output
+    return {(r["stage"], r["key"]): r["metrics"] for r in json_rows(result.stdout)}
+
+
+def _stable(metrics: dict) -> dict:
+    """Drop what depends on the machine's speed, not on the computation."""
+    return {k: v for k, v in metrics.items() if "second" not in k and not k.startswith("sec_")}
+
+
+@pytest.mark.slow
+def test_local_pool_equals_in_process(tmp_path, write_experiment):
+    path = write_experiment(SMALL)
+    reference = _reference(tmp_path, path)
+    pooled = subprocess.run([sys.executable, "-m", "dsetool.cli", "sweep", str(path), "--jobs", "2", "--json",
+                             "--runs", str(tmp_path / "pool")], capture_output=True, text=True, cwd=tmp_path)
+    assert pooled.returncode == 0, pooled.stderr
+    rows = json_rows(pooled.stdout)
+    assert {(r["stage"], r["key"]) for r in rows} == set(reference)
+    for r in rows:
+        assert _stable(r["metrics"]) == _stable(reference[(r["stage"], r["key"])]), r["stage"]
+        assert Path(tmp_path / r["path"]).is_dir() and not Path(r["path"]).is_absolute()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_dask_cluster_survives_a_dead_worker_and_equals_a_local_run(tmp_path, write_experiment):
+    path = write_experiment(SMALL)
+    reference = _reference(tmp_path, path)
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _spawn(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                       tmp_path / "scheduler.log")
+    workers: list[subprocess.Popen] = []
+    try:
+        _wait_for(lambda: "Scheduler at" in (tmp_path / "scheduler.log").read_text(), 60, "the scheduler")
+        for i in range(2):
+            workers.append(_spawn(["worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                                   "--name", f"w{i}"], tmp_path / f"worker{i}.log"))
+        for i in range(2):
+            _wait_for(lambda i=i: "Registered to" in (tmp_path / f"worker{i}.log").read_text(), 60, f"worker {i}")
+        runs_dir = tmp_path / "shared"
+        sweep = subprocess.Popen([sys.executable, "-m", "dsetool.cli", "sweep", str(path), "--json", "--runs",
+                                  str(runs_dir), "--executor", "dask", "--scheduler", address],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        # kill a worker once the float model is in the store: the QAT models are in flight then
+        _wait_for(lambda: any(runs_dir.glob("pretrain/??/*/manifest.json")), 120, "the float model")
+        assert sweep.poll() is None
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        out, err = sweep.communicate(timeout=600)
+        assert sweep.returncode == 0, err
+        rows = json_rows(out)
+        assert {(r["stage"], r["key"]) for r in rows} == set(reference)
+        for r in rows:
+            assert _stable(r["metrics"]) == _stable(reference[(r["stage"], r["key"])]), r["stage"]
+        assert not list(runs_dir.glob("*/??/.*")), "a temporary entry was left behind"
+    finally:
+        for process in [*workers, scheduler]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.mark.slow
+def test_sweep_json_feeds_a_shell_pipeline(tmp_path, write_experiment):
+    path = write_experiment({**SMALL, "sweep": {"quant.bits": [8]}})
+    consumer = ("import json, os, sys\n"
+                "rows = [json.loads(line) for line in sys.stdin]\n"
+                "assert all(set(r) >= {'stage', 'key', 'path', 'cached', 'metrics', 'point', 'axes'} for r in rows)\n"
+                "assert all(os.path.isfile(os.path.join(r['path'], 'manifest.json')) for r in rows)\n"
+                "print(' '.join(sorted(r['stage'] for r in rows)))\n")
+    pipeline = (f"{sys.executable} -m dsetool.cli sweep {path} --json --runs runs 2>/dev/null"
+                f" | {sys.executable} -c \"$CONSUMER\"")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "CONSUMER": consumer})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["inject", "pretrain", "train-qat"]
