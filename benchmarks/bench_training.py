@@ -22,7 +22,7 @@ def main() -> None:
         for bits in (8, 4):
             exp = load_experiment(REPO / "configs/lenet.yaml", [
                 f"quant.bits={bits}", "quant.method=qat", "train.pretrain.epochs=2", "train.qat.epochs=2",
-                "sweep={}", "threads=1"])
+                "sweep={}", "zip={}", "threads=1"])
             entry, _ = ensure(store, "train-qat", exp.points[0].config)
             if bits == 8:
                 up = store.get("pretrain", entry.manifest["inputs"]["upstream"]["pretrain"])

@@ -222,21 +222,22 @@ def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     click.echo(f"sweep {exp.name}: {len(graph.points)} points, {len(graph.tasks)} tasks "
                f"({result.cache_hits} cached, {len(result.computed)} computed, {len(result.failures)} failed) "
                f"in {result.seconds:.1f} s", err=True)
-    _show_sweep(exp, store, graph, result.computed, as_json, debug)
+    _emit_sweep(exp, store, graph, result.computed, as_json, debug)
+    _sweep_report(exp, store, as_json)
     if result.failures:
         task_id, error = next(iter(result.failures.items()))
         raise StageFailure(f"sweep: {len(result.failures)} of {len(graph.tasks)} tasks failed; first: stage "
                            f"{task_id.split('/')[0]} at point {first_point(graph, task_id)}: {error}")
 
 
-def _show_sweep(exp: Experiment, store: Store, graph: Any, computed: set[str], as_json: bool, debug: bool) -> None:
-    """Print the campaign and synthesis tables and, with --json, one object per finished stage entry."""
-    from dsetool.tables import results_table
-
-    by_stage: dict[str, list[tuple[Point, Entry, bool]]] = {}
+def _emit_sweep(exp: Experiment, store: Store, graph: Any, computed: set[str], as_json: bool, debug: bool) -> None:
+    """With --json, print one object per stage entry of every design point (a synthesis once per point,
+    with the point's latency and overhead; a point's baseline synthesis only as its own point)."""
+    if not as_json:
+        return
     seen: set[str] = set()
     for point in exp.points:
-        own: set[str] = set()   # a second synth of a point is its baseline: its overhead is in the point's row
+        own: set[str] = set()   # a second synth of a point is its baseline
         for task_id in graph.points[point.label]:
             task = graph.tasks[task_id]
             entry = store.get(task.stage, task.key)
@@ -244,24 +245,97 @@ def _show_sweep(exp: Experiment, store: Store, graph: Any, computed: set[str], a
                 continue
             own.add(task.stage)
             seen.add(task_id)
-            entry = _with_derived(store, entry, point, debug)
-            by_stage.setdefault(task.stage, []).append((point, entry, task_id not in computed))
-            if as_json:
-                _emit_json(entry, task_id not in computed, point)
-    for stage in ("inject", "synth"):
-        if by_stage.get(stage):
-            results_table(exp.name, by_stage[stage])
+            _emit_json(_with_derived(store, entry, point, debug), task_id not in computed, point)
 
 
-def _not_built(name: str, summary: str) -> None:
-    @main.command(name, help=f"{summary} (not available in this version).")
-    @_options
-    def command(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str) -> None:
-        raise StageFailure(f"{name}: this stage is not implemented in this version of dsetool")
+def _sweep_report(exp: Experiment, store: Store, as_json: bool) -> None:
+    """Write the experiment's report from what the sweep left in the store and show its summary."""
+    from dsetool.report import NoResults, json_summary, write_report
+    from dsetool.report.console import show
+
+    try:
+        files = write_report(store, exp)
+    except NoResults:
+        return
+    show(files.results, files.plots, files.directory, files.notes)
+    if as_json:
+        click.echo(json.dumps(json_summary(files), sort_keys=True))
 
 
-_not_built("report", "Write tables, plots and the Pareto front of an experiment")
-_not_built("check", "Re-run an experiment and compare it against a baseline (CI gate)")
+@main.command("report")
+@_options
+@click.option("--tolerance", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
+              help="Hardware pick: how far (absolute, 0.01 = 1 point) below the front's best accuracy under "
+                   "faults the smallest design may be.")
+@_guarded
+def report(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str,
+           tolerance: float) -> None:
+    """Write results.csv/.parquet, plots, summary.md and report.html of an experiment into
+    runs/experiments/NAME/, from what the store holds (it computes nothing: run `dsetool sweep` first).
+    Exit 1 when the store has no result for any design point."""
+    from dsetool.config import load_experiment
+    from dsetool.report import NoResults, json_summary, write_report
+    from dsetool.report.console import show
+
+    exp = load_experiment(experiment, overrides)
+    try:
+        files = write_report(_store(runs_dir), exp, tolerance)
+    except NoResults as exc:
+        raise StageFailure(str(exc)) from None
+    show(files.results, files.plots, files.directory, files.notes)
+    if as_json:
+        click.echo(json.dumps(json_summary(files), sort_keys=True))
+
+
+@main.command("check")
+@_options
+@click.option("--baseline", "baseline_csv", required=True, type=click.Path(dir_okay=False),
+              help="A results.csv written by `dsetool report` (the accepted results).")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="METRIC=VALUE",
+              help="Loosen or tighten one metric's tolerance, e.g. accuracy_under_faults=0.02 or lut=2% "
+                   "(repeatable).")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write a JUnit XML report.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Tasks run at once when something must be recomputed.")
+@_guarded
+def check(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str,
+          baseline_csv: str, tolerances: tuple[str, ...], junit_path: str | None, jobs: int) -> None:
+    """Re-run an experiment (cache-aware) and exit 1 when a metric regressed against a baseline results.csv."""
+    from pathlib import Path
+
+    from dsetool import check as gate
+    from dsetool.config import load_experiment
+    from dsetool.executors import make_executor
+    from dsetool.orchestrate import first_point, run_sweep
+    from dsetool.report.collect import find, rows
+
+    try:
+        rules = gate.rules_with(gate.parse_tolerances(tolerances))
+        baseline = gate.read_baseline(Path(baseline_csv))
+    except ValueError as exc:
+        raise UserError(f"check: {exc}") from None
+    exp = load_experiment(experiment, overrides)
+    store = _store(runs_dir)
+    _preflight(exp)
+    result = run_sweep(exp, store, make_executor(jobs, "local", None, None, debug))
+    if result.failures:
+        task_id, error = next(iter(result.failures.items()))
+        raise StageFailure(f"check: stage {task_id.split('/')[0]} failed at point {first_point(result.plan, task_id)}:"
+                           f" {error}")
+    findings = gate.compare(baseline, rows(find(store, exp)), rules)
+    if junit_path:
+        gate.write_junit(findings, Path(junit_path), exp.name)
+    if as_json:
+        for f in findings:
+            click.echo(json.dumps({"point": f.point, "metric": f.metric, "baseline": f.baseline,
+                                   "current": f.current, "limit": f.limit, "regressed": f.regressed,
+                                   "reason": f.reason}, sort_keys=True))
+    from dsetool.tables import check_table
+
+    check_table(exp.name, findings)
+    bad = [f for f in findings if f.regressed]
+    if bad:
+        raise StageFailure(f"check: {len(bad)} of {len(findings)} checks regressed against {baseline_csv}")
 
 
 @main.command("schema")

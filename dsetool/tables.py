@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dsetool.check import Finding
     from dsetool.config import Point
     from dsetool.store import Entry
 
@@ -125,3 +126,27 @@ def entries_table(entries: Iterable[Entry]) -> None:
         table.add_row(entry.stage, entry.key[:12], str(entry.manifest.get("created", "")),
                       str(entry.manifest.get("seconds", "")), headline)
     _console().print(table)
+
+
+def check_table(experiment: str, findings: Sequence[Finding]) -> None:
+    """Print what regressed (point, metric, baseline, now, limit, why) and a one-line tally of the rest."""
+    from rich.table import Table
+
+    bad = [f for f in findings if f.regressed]
+    console = _console()
+    if bad:
+        table = Table(title=f"{experiment}: {len(bad)} regressions")
+        for column in ("point", "metric", "baseline", "now", "change", "limit", "why"):
+            table.add_column(column)
+        for f in bad:
+            table.add_row(f.point, f.metric, _num(f.baseline), _num(f.current), _num(f.delta, signed=True),
+                          _num(f.limit), f.reason)
+        console.print(table)
+    console.print(f"check {experiment}: {len(findings) - len(bad)} of {len(findings)} checks within tolerance",
+                  highlight=False)
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"

@@ -12,7 +12,7 @@ from dsetool.stages import ensure
 from dsetool.store import Store
 from tests.conftest import REPO
 
-LENET_QAT = ["sweep.quant.bits=[8, 4]", "sweep.quant.method=[qat]"]
+LENET_QAT = ["sweep={quant.bits: [8, 4], quant.method: [qat]}", "zip={}"]   # the 8x8 array
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,6 @@ def test_every_stage_command_exists():
         assert name in result.output
 
 
-@pytest.mark.parametrize("name", ["report", "check"])
-def test_unbuilt_stages_say_so(tmp_path, write_experiment, name):
-    result = run([name, str(write_experiment({"name": "x"}))], tmp_path / "runs")
-    assert result.exit_code == 1
-    assert "not implemented" in result.output and len(result.output.strip().splitlines()) == 1
-
-
 BAD_INPUTS = {
     "missing file": (None, []),
     "not yaml": ("name: [oops\n", []),

@@ -33,20 +33,24 @@ def run(args, runs_dir):
 
 
 def json_rows(text):
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    """Return the stage entries a sweep printed (the report's own line left out)."""
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [row for row in rows if row["stage"] != "report"]
 
 
 def test_plan_shares_upstream_work_across_the_grid():
-    exp = load_experiment(REPO / "configs" / "lenet.yaml", ["sweep.hw.protection=[none, clip]"])
+    exp = load_experiment(REPO / "configs" / "lenet.yaml")
     graph = plan(exp)
     stages = [task.stage for task in graph.ordered()]
-    # one float model; one model per (bits, method); bounds per model; a campaign per point; one synthesis
-    # per operand width (the array does not depend on the training method, the fault site or the bounds)
+    # 4 bit widths x QAT/PTQ x 3 protections x 2 fault sites x 2 arrays: one float model; one model per
+    # (bits, method); one bound profile per model (clip and zero share it); a campaign per point, except that
+    # activation-buffer faults do not depend on the array; one synthesis per (bits, protection, array)
+    assert len(exp.points) == 96
     assert stages.count("pretrain") == 1
     assert stages.count("train-qat") == 4 and stages.count("ptq") == 4
     assert stages.count("range-restrict") == 8
-    assert stages.count("inject") == len(exp.points) == 32
-    assert stages.count("synth") == 4 * 2   # none and clip at each of 8, 6, 4, 2 bits
+    assert stages.count("inject") == 96 - 24
+    assert stages.count("synth") == 4 * 3 * 2
     position = {task.id: i for i, task in enumerate(graph.ordered())}
     assert all(position[need] < position[task.id] for task in graph.ordered() for need in task.needs)
     clip = next(label for label in graph.points if "clip" in label)
@@ -177,12 +181,16 @@ def test_sweep_json_feeds_a_shell_pipeline(tmp_path, write_experiment):
     path = write_experiment({**SMALL, "sweep": {"quant.bits": [8]}})
     consumer = ("import json, os, sys\n"
                 "rows = [json.loads(line) for line in sys.stdin]\n"
-                "assert all(set(r) >= {'stage', 'key', 'path', 'cached', 'metrics', 'point', 'axes'} for r in rows)\n"
-                "assert all(os.path.isfile(os.path.join(r['path'], 'manifest.json')) for r in rows)\n"
+                "assert all(set(r) >= {'stage', 'key', 'path', 'cached', 'metrics'} for r in rows)\n"
+                "entries = [r for r in rows if r['stage'] != 'report']\n"
+                "assert all(os.path.isfile(os.path.join(r['path'], 'manifest.json')) for r in entries)\n"
+                "assert all(set(r) >= {'point', 'axes'} for r in entries)\n"
+                "report = [r for r in rows if r['stage'] == 'report']\n"
+                "assert len(report) == 1 and all(os.path.isfile(f) for f in report[0]['files'])\n"
                 "print(' '.join(sorted(r['stage'] for r in rows)))\n")
     pipeline = (f"{sys.executable} -m dsetool.cli sweep {path} --json --runs runs 2>/dev/null"
                 f" | {sys.executable} -c \"$CONSUMER\"")
     out = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "CONSUMER": consumer})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["inject", "pretrain", "train-qat"]
+    assert out.stdout.split() == ["inject", "pretrain", "report", "train-qat"]

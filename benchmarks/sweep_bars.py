@@ -1,0 +1,59 @@
+"""Print the sweep figures: the README's main job from an empty store and again, and --jobs 2 against 1.
+
+Run on an idle machine: `.venv/bin/python benchmarks/sweep_bars.py [--skip-main] [--jobs N]`.
+- `dsetool sweep configs/lenet.yaml --jobs N` (default 2) in a fresh temporary store: wall time cold,
+  then the same command again (all cache hits). Tens of minutes: 96 points, 24 syntheses.
+- A 4-point sweep (LeNet-5 at W8A8/W4A4, unprotected and clip, on a 4x4 array: 1 float model, 2 QAT
+  models, 2 bound profiles, 4 campaigns, 4 syntheses) in two fresh stores, `--jobs 1` then `--jobs 2`,
+  and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FOUR_POINTS = ("sweep={quant.bits: [8, 4], hw.protection: [none, clip]}", "zip={}", "quant.method=qat",
+               "faults.site=pe.psum", "hw.rows=4", "hw.cols=4")
+
+
+def sweep(store: Path, jobs: int, overrides: tuple[str, ...] = ()) -> float:
+    """Return the wall time of one `dsetool sweep configs/lenet.yaml` into `store`."""
+    args = [sys.executable, "-m", "dsetool.cli", "sweep", "configs/lenet.yaml", "--runs", str(store),
+            "--jobs", str(jobs)]
+    for item in overrides:
+        args += ["--set", item]
+    began = time.perf_counter()
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        raise SystemExit(f"sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    print(next(line for line in done.stderr.splitlines() if line.startswith("sweep ")), flush=True)
+    return seconds
+
+
+def main() -> None:
+    """Print the figures."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--skip-main", action="store_true", help="only the 4-point --jobs comparison")
+    parser.add_argument("--jobs", type=int, default=2, help="--jobs of the main sweep")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        if not args.skip_main:
+            cold = sweep(Path(root) / "main", args.jobs)
+            warm = sweep(Path(root) / "main", args.jobs)
+            print(f"sweep configs/lenet.yaml --jobs {args.jobs}: empty store {cold / 60:.1f} min (bar < 20 min), "
+                  f"again {warm:.1f} s (bar < 10 s)")
+        one = sweep(Path(root) / "one", 1, FOUR_POINTS)
+        two = sweep(Path(root) / "two", 2, FOUR_POINTS)
+        print(f"4-point sweep, empty store: --jobs 1 {one:.0f} s, --jobs 2 {two:.0f} s, "
+              f"{one / two:.2f}x (bar >= 1.6x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""The report's plots from the results table, the registry of all plots, and drawing them to files.
+
+Each plot either draws from the data the experiment has or names why it cannot (the experiment does not
+vary the BER, nothing was synthesized...); a skipped plot writes no file and the summary says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsetool.report import faultplots, hwplots
+from dsetool.report.columns import axis_column
+from dsetool.report.plotkit import (
+    MAX_LEGEND,
+    Drawn,
+    PlotFunction,
+    PlotInput,
+    colors,
+    describe,
+    new_figure,
+    note,
+    point_tag,
+    save,
+    short_names,
+    varying,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MAX_FACETS = 9
+
+
+@dataclass(frozen=True)
+class PlotResult:
+    """One plot of the report: the files written, or empty `files` and the reason in `caption`."""
+
+    name: str
+    title: str
+    files: tuple[Path, ...]
+    caption: str
+
+    @property
+    def skipped(self) -> bool:
+        """Tell whether the plot was not drawn."""
+        return not self.files
+
+
+def accuracy_vs_ber(data: PlotInput) -> Drawn | str:
+    """Plot accuracy under faults against the bit error rate, one line per design (log x).
+
+    Panels split the other fault axes (site, model); when there are none and more than `LINES_PER_PANEL`
+    designs, they split the design axis with the fewest values instead (e.g. the bit width), so a panel
+    never holds more lines than an eye can follow.
+    """
+    if "faults.ber" not in data.axes or data.table["ber"].nunique() < 2:
+        return "the experiment does not vary faults.ber"
+    t = data.table[data.table["ber"].notna() & data.table["accuracy_under_faults"].notna()]
+    if t["ber"].nunique() < 2:
+        return "fewer than two bit error rates have campaign results"
+    facet_axes, line_axes = _ber_panels(t, data.axes)
+    t = t.assign(_facet=[describe(row, facet_axes) or "all points" for _, row in t.iterrows()],
+                 _line=[describe(row, line_axes) or str(row["protection_label"]) for _, row in t.iterrows()])
+    facets = list(dict.fromkeys(t["_facet"]))
+    lines = list(dict.fromkeys(t["_line"]))
+    palette = dict(zip(lines[:MAX_LEGEND], colors(min(len(lines), MAX_LEGEND)), strict=True))
+    shown = facets[:MAX_FACETS]
+    longest = max(map(len, palette))
+    fig, grid = _grid(len(shown), width=4.2, height=3.3, min_width=min(14.0, 0.065 * longest * 2 + 1.5))
+    low = max(0.0, 10 * math.floor((100 * t["accuracy_under_faults"].min() - 3) / 10))
+    for ax, facet in zip(grid, shown, strict=True):
+        _ber_panel(ax, t[t["_facet"] == facet], palette)
+        ax.set_ylim(low, 101)   # the same range in every panel, so panels compare at a glance
+        if facet_axes:
+            ax.set_title(facet, fontsize=9)
+    handles = [_legend_handle(color, label) for label, color in palette.items()]
+    width = fig.get_figwidth()
+    ncols = max(1, min(4, len(handles), int(width // (0.065 * longest + 0.6))))
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
+    fig.suptitle("Accuracy under faults vs bit error rate")
+    caption = note("Each line is one design (its values of the other axes); panels split "
+                   + (", ".join(short_names(facet_axes).values()) if facet_axes else "nothing") + ".",
+                   len(shown), len(facets), "panels")
+    return Drawn(fig, note(caption, len(palette), len(lines), "lines"))
+
+
+def _ber_panel(ax: Any, group: pd.DataFrame, palette: dict[str, Any]) -> None:
+    for label, line in group.groupby("_line", sort=False):
+        if label in palette:
+            line = line.sort_values("ber")
+            ax.plot(line["ber"], 100 * line["accuracy_under_faults"], marker="o", ms=4, color=palette[label])
+    ax.set_xscale("log")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_xlabel("bit error rate")
+    ax.set_ylabel("accuracy under faults (%)")
+
+
+LINES_PER_PANEL = 8
+
+
+def _ber_panels(t: pd.DataFrame, axes: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Return (axes that split panels, axes that make lines) for the BER plot."""
+    moving = varying(t, axes)
+    facet_axes = [a for a in moving if a.startswith("faults.") and a != "faults.ber"]
+    line_axes = [a for a in moving if not a.startswith("faults.")]
+    designs = t.groupby([axis_column(a) for a in line_axes]).ngroups if line_axes else 1
+    if not facet_axes and len(line_axes) > 1 and designs > LINES_PER_PANEL:
+        fewest = min(line_axes, key=lambda a: t[axis_column(a)].astype(str).nunique())
+        facet_axes, line_axes = [fewest], [a for a in line_axes if a != fewest]
+    return facet_axes, line_axes
+
+
+def _legend_handle(color: Any, label: str) -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=color, marker="o", ms=4, label=label)
+
+
+def _grid(n: int, width: float, height: float, ncols: int = 3, min_width: float = 0.0) -> tuple[Any, list[Any]]:
+    """Return a figure with `n` panels in rows of at most `ncols`, and the panels in reading order."""
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    fig = new_figure(max(width * cols, min_width), height * rows + 0.6)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+PARETO_PANELS = (("lut", "LUTs"), ("dsp", "DSP blocks"), ("latency_us", "latency per inference (us)"))
+
+
+def pareto_scatter(data: PlotInput) -> Drawn | str:
+    """Plot accuracy under faults against each cost (LUT, DSP, latency), the fronts highlighted.
+
+    Scenarios share the panels, one colour each: their accuracies differ (a harsher BER sits lower), so
+    they separate vertically, and one row of panels stays readable however many scenarios there are.
+    """
+    t = data.table[data.table["pareto_excluded"].isna()]
+    if t.empty:
+        return "no design point has accuracy under faults, LUT, DSP and latency (fault campaign and synthesis)"
+    scenarios = list(dict.fromkeys(t["fault_scenario"]))[:MAX_LEGEND]
+    # A cost every point shares (e.g. the same DSP count) separates nothing: no panel for it.
+    panels = [(c, label) for c, label in PARETO_PANELS if t[c].nunique() > 1] or [PARETO_PANELS[0]]
+    fig = new_figure(4 * len(panels) + 0.5, 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    palette = ["tab:red"] if len(scenarios) == 1 else colors(len(scenarios))
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        for name, color in zip(scenarios, palette, strict=True):
+            _pareto_points(ax, t[t["fault_scenario"] == name], column, color)
+        _tag_front(ax, t[t["pareto"].astype(bool) & t["fault_scenario"].isin(scenarios)], column)
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.12, y=0.12)
+    axes[0].set_ylabel("accuracy under faults (%)")
+    low, high = axes[0].get_ylim()
+    axes[0].set_ylim(max(low, 0.0), min(high, 100.5))
+    fig.legend(handles=_pareto_legend(scenarios, palette), loc="outside lower center", fontsize=8, frameon=False,
+               ncols=min(3, len(scenarios) + 1))
+    fig.suptitle("Pareto front: accuracy under faults vs " + ", ".join(label.split(" (")[0] for _, label in panels))
+    caption = ("Filled: on the front of its fault scenario (no other point there has at least the accuracy and at "
+               "most the LUTs, DSPs and latency, one strictly better); hollow: dominated. Front points are tagged "
+               "P<n> as in the results table.")
+    constant = [f"{label.split(' (')[0]} ({t[c].iloc[0]:g})" for c, label in PARETO_PANELS
+                if (c, label) not in panels]
+    if constant:
+        caption += f" Every point has the same {', '.join(constant)}: no panel for it."
+    return Drawn(fig, note(caption, len(scenarios), t["fault_scenario"].nunique(), "fault scenarios"))
+
+
+def _pareto_points(ax: Any, group: pd.DataFrame, column: str, color: Any) -> None:
+    on = group[group["pareto"].astype(bool)]
+    off = group[~group["pareto"].astype(bool)]
+    ax.scatter(off[column], 100 * off["accuracy_under_faults"], s=24, facecolors="none", edgecolors=color)
+    ax.scatter(on[column], 100 * on["accuracy_under_faults"], s=36, color=color, zorder=3)
+
+
+def _tag_front(ax: Any, on: pd.DataFrame, column: str) -> None:
+    """Tag front points P<n>; points that coincide (same design under several BERs) share one tag."""
+    tags: dict[tuple[float, float], list[str]] = {}
+    for _, row in on.iterrows():
+        spot = (float(row[column]), round(100 * float(row["accuracy_under_faults"]), 6))
+        tags.setdefault(spot, []).append(point_tag(row))
+    for (x, y), names in tags.items():
+        ax.annotate(", ".join(names), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+
+
+def _pareto_legend(scenarios: list[str], palette: list[Any]) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    def dot(color: Any, label: str, face: Any = None) -> Any:
+        return Line2D([], [], color=color, marker="o", linestyle="", ms=6, markerfacecolor=face or color,
+                      label=label)
+
+    handles = [dot("0.3", "on the front"), dot("0.3", "dominated", face="none")]
+    if len(scenarios) > 1:
+        handles += [dot(c, name) for name, c in zip(scenarios, palette, strict=True)]
+    return handles
+
+
+BIT_PANELS = (("accuracy (%)", ("quant_acc", "accuracy_under_faults")), ("SDC rate (%)", ("sdc_rate",)),
+              ("LUTs", ("lut",)))
+
+
+def bit_width(data: PlotInput) -> Drawn | str:
+    """Plot accuracy, SDC rate and area against the bit width (W/A), one dot per design point."""
+    t = data.table.assign(width=[f"W{w}A{a}" for w, a in zip(data.table["weight_bits"], data.table["act_bits"],
+                                                              strict=True)])
+    order = sorted(set(t["width"]), key=lambda s: tuple(int(x) for x in s[1:].split("A")))
+    if len(order) < 2:
+        return "every design point has the same bit widths"
+    panels = [(title, cols) for title, cols in BIT_PANELS if any(t[c].notna().any() for c in cols)]
+    missing = [title.split(" (")[0] for title, cols in BIT_PANELS if (title, cols) not in panels]
+    if not panels:
+        return "no design point has accuracy, a fault campaign or a synthesis"
+    fig, grid = _grid(len(panels), width=3.8, height=3.2)
+    for ax, (title, columns) in zip(grid, panels, strict=True):
+        for k, column in enumerate(columns):
+            _strip(ax, t, order, column, colors(2)[k], offset=(k - (len(columns) - 1) / 2) * 0.2)
+        ax.set_xticks(range(len(order)), order)
+        ax.set_ylabel(title)
+        ax.grid(True, axis="y", alpha=0.3)
+        if len(columns) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle("Bit width vs accuracy, SDC rate and area")
+    caption = ("Dots are design points (spread sideways so they do not hide each other); the line joins the "
+               "medians. Other axes are pooled, so the spread shows what they change.")
+    if missing:
+        caption += f" No panel for {' or '.join(missing)}: no design point has it."
+    return Drawn(fig, caption)
+
+
+STRIP_LABELS = {"quant_acc": "without faults", "accuracy_under_faults": "under faults"}
+
+
+def _strip(ax: Any, t: pd.DataFrame, order: list[str], column: str, color: Any, offset: float) -> None:
+    scale = 1.0 if column == "lut" else 100.0
+    medians = []
+    for x, width in enumerate(order):
+        values = t.loc[(t["width"] == width) & t[column].notna(), column].astype(float).to_numpy() * scale
+        jitter = [offset + 0.12 * ((i * 0.618) % 1 - 0.5) for i in range(len(values))]
+        ax.scatter([x + j for j in jitter], values, s=12, color=color, alpha=0.6,
+                   label=STRIP_LABELS.get(column) if x == 0 else None)
+        medians.append(float(_median(values)))
+    ax.plot([x + offset for x in range(len(order))], medians, color=color, lw=1.5)
+
+
+def _median(values: Any) -> float:
+    import numpy as np
+
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+# (file name, title, function), in the order the report shows them.
+PLOTS: tuple[tuple[str, str, PlotFunction], ...] = (
+    ("accuracy_vs_ber", "Accuracy under faults vs bit error rate", accuracy_vs_ber),
+    ("pareto", "Pareto front", pareto_scatter),
+    ("layer_vulnerability", "Per-layer vulnerability", faultplots.layer_heatmap),
+    ("bit_sensitivity", "Bit-position sensitivity", faultplots.bit_sensitivity),
+    ("bit_width", "Bit width vs accuracy, SDC rate and area", bit_width),
+    ("hardware_cost", "Hardware cost per design", hwplots.hardware_cost),
+)
+
+
+def draw_all(data: PlotInput, directory: Path) -> list[PlotResult]:
+    """Draw every plot the data allows into `directory`; return what was written and what was skipped."""
+    results = []
+    for name, title, plot in PLOTS:
+        drawn = plot(data)
+        if isinstance(drawn, str):
+            results.append(PlotResult(name, title, (), drawn))
+            continue
+        files = save(drawn, directory, name)
+        results.append(PlotResult(name, title, files, drawn.caption))
+    return results
+
