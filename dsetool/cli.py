@@ -103,9 +103,10 @@ def _run_points(stage: str, experiment: str, overrides: tuple[str, ...], as_json
     results_table(exp.name, rows)
 
 
-def _with_derived(store: Store, entry: Entry, point: Point, debug: bool) -> Entry:
+def _with_derived(store: Store, entry: Entry, point: Point, debug: bool, compute: bool = True) -> Entry:
     """Add the metrics that depend on the design point, not only on the cached entry: synth latency, and a
-    protection's overhead against the unprotected array (synthesized too, once, if it is not cached)."""
+    protection's overhead against the unprotected array (synthesized too, once, if it is not cached and
+    `compute`; otherwise the overhead is left out when the store lacks it)."""
     if entry.stage != "synth":
         return entry
     import dataclasses
@@ -117,7 +118,13 @@ def _with_derived(store: Store, entry: Entry, point: Point, debug: bool) -> Entr
     base = None
     if point.config.hw.protection != "none" or point.config.hw.tmr:
         plain = DesignPoint(axes=point.axes, config=baseline(point.config))
-        base = _compute(store, "synth", plain, debug)[0].metrics
+        if compute:
+            base = _compute(store, "synth", plain, debug)[0].metrics
+        else:
+            from dsetool.stages import stage_key
+
+            found = store.get("synth", stage_key("synth", plain.config)[0])
+            base = found.metrics if found is not None else None
     metrics = {**entry.metrics, **derived_metrics(point.config, entry.metrics, base)}
     return dataclasses.replace(entry, manifest={**entry.manifest, "metrics": metrics})
 
@@ -202,7 +209,7 @@ def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
           executor: str, scheduler: str | None) -> None:
     """Run every stage of every design point of the experiment's sweep grid, sharing upstream work."""
     from dsetool.config import load_experiment
-    from dsetool.executors import make_executor
+    from dsetool.executors import ExecutorError, make_executor
     from dsetool.orchestrate import first_point, run_sweep
     from dsetool.progress import SweepProgress
     from dsetool.sweep import cached, plan
@@ -213,10 +220,13 @@ def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     store = _store(runs_dir)
     _preflight(exp)
     graph = plan(exp)
-    hits = len(cached(graph, store))
-    progress = SweepProgress(exp.name, len(graph.tasks) - hits, len(graph.points), hits)
+    hits = cached(graph, store)
+    progress = SweepProgress(exp.name, len(graph.tasks) - len(hits), len(graph.points), len(hits))
     try:
-        result = run_sweep(exp, store, make_executor(jobs, executor, scheduler, progress, debug), progress, graph)
+        result = run_sweep(exp, store, make_executor(jobs, executor, scheduler, progress, debug), progress, graph,
+                           hits)
+    except ExecutorError as exc:
+        raise UserError(f"sweep: {exc}") from None
     finally:
         progress.close()
     click.echo(f"sweep {exp.name}: {len(graph.points)} points, {len(graph.tasks)} tasks "
@@ -245,7 +255,7 @@ def _emit_sweep(exp: Experiment, store: Store, graph: Any, computed: set[str], a
                 continue
             own.add(task.stage)
             seen.add(task_id)
-            _emit_json(_with_derived(store, entry, point, debug), task_id not in computed, point)
+            _emit_json(_with_derived(store, entry, point, debug, compute=False), task_id not in computed, point)
 
 
 def _sweep_report(exp: Experiment, store: Store, as_json: bool) -> None:
@@ -327,7 +337,8 @@ def check(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
         gate.write_junit(findings, Path(junit_path), exp.name)
     if as_json:
         for f in findings:
-            click.echo(json.dumps({"point": f.point, "metric": f.metric, "baseline": f.baseline,
+            click.echo(json.dumps({"stage": "check", "key": None, "cached": False, "path": baseline_csv,
+                                   "point": f.point, "metric": f.metric, "baseline": f.baseline,
                                    "current": f.current, "limit": f.limit, "regressed": f.regressed,
                                    "reason": f.reason}, sort_keys=True))
     from dsetool.tables import check_table

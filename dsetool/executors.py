@@ -33,6 +33,10 @@ class Outcome:
 OnDone = Callable[[Outcome], None]
 
 
+class ExecutorError(Exception):
+    """The executor cannot run at all (e.g. the Dask scheduler is unreachable): a usage error."""
+
+
 class Executor(Protocol):
     """Run the tasks of a plan that are not done yet, upstream first."""
 
@@ -116,52 +120,104 @@ def _limit_threads(threads: int) -> None:
 
 
 class ProcessPool:
-    """Run up to `jobs` tasks at once in fresh worker processes, each with its share of the cores."""
+    """Run up to `jobs` tasks at once in fresh worker processes, each with its share of the cores.
 
-    def __init__(self, jobs: int) -> None:
+    A worker that dies (killed, out of memory) breaks a `ProcessPoolExecutor` for every task in it; the
+    pool is then replaced and the tasks that were running rerun one at a time, so the one that kills its
+    worker is found (and fails after `retries` deaths) without failing the work that merely shared its pool.
+    """
+
+    def __init__(self, jobs: int, retries: int = 1, work: Callable[..., tuple[bool, float]] = run_task) -> None:
         self.jobs = jobs
+        self.retries = retries
+        self.work = work   # what a worker runs per task (a module-level function: it is pickled)
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def _pool(self) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+        return ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_limit_threads,
+                                   initargs=(self.threads,))
+
+    def _lost(self, tasks: list[Task], deaths: dict[str, int], suspects: set[str], waiting: dict[str, Task],
+              blocked: _Blocked) -> None:
+        """Requeue the tasks of a pool whose worker died. Which task killed it is known only when it ran
+        alone: that one counts a death (and fails after `retries`); the others rerun alone to find out."""
+        for task in tasks:
+            if len(tasks) == 1:
+                deaths[task.id] = deaths.get(task.id, 0) + 1
+                if deaths[task.id] > self.retries:
+                    blocked.fail(task, f"its worker process died {deaths[task.id]} times")
+                    continue
+            suspects.add(task.id)
+            waiting[task.id] = task
 
     def run(self, plan: Plan, todo: Sequence[Task], runs_dir: Path, on_done: OnDone) -> None:
         """Submit each task once the tasks it needs are done; keep `jobs` busy while any are ready."""
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, Future, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         blocked = _Blocked(plan, on_done)
         waiting = {task.id: task for task in todo}
         done = {task_id for task_id in plan.tasks if task_id not in waiting}
         running: dict[Future[tuple[bool, float]], Task] = {}
-        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-        with ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_limit_threads,
-                                 initargs=(self.threads,)) as pool:
-            try:
-                while waiting or running:
-                    for task in [t for t in waiting.values() if all(n in done or n in blocked.failed
-                                                                    for n in t.needs)]:
-                        del waiting[task.id]
-                        need = blocked.blocker(task)
-                        if need is not None:
-                            blocked.skip(task, need)
-                            continue
-                        future = pool.submit(run_task, str(runs_dir), task.with_threads(self.threads))
-                        running[future] = task
-                    if not running:
-                        if waiting:  # pragma: no cover - a plan is topologically ordered
-                            raise RuntimeError(f"sweep: {len(waiting)} tasks wait for tasks outside the plan")
+        deaths: dict[str, int] = {}
+        suspects: set[str] = set()   # tasks that were in a pool when a worker died: each reruns alone
+        pool = self._pool()
+
+        def ready() -> list[Task]:
+            return [t for t in waiting.values() if all(n in done or n in blocked.failed for n in t.needs)]
+
+        def submittable() -> list[Task]:
+            tasks = ready()
+            if any(t.id in suspects for t in tasks) and not running:
+                return [next(t for t in tasks if t.id in suspects)]
+            return [t for t in tasks if t.id not in suspects] if not any(
+                running[f].id in suspects for f in running) else []
+
+        try:
+            while waiting or running:
+                broken = False
+                for task in submittable():
+                    del waiting[task.id]
+                    need = blocked.blocker(task)
+                    if need is not None:
+                        blocked.skip(task, need)
                         continue
+                    try:
+                        running[pool.submit(self.work, str(runs_dir), task.with_threads(self.threads))] = task
+                    except BrokenProcessPool:
+                        waiting[task.id] = task   # never started: not an attempt
+                        broken = True
+                        break
+                if running and not broken:
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        task = running.pop(future)
+                        task = running[future]
                         try:
                             cached, seconds = future.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            continue   # lost with the rest of the pool below
                         except Exception as exc:
                             blocked.fail(task, _error(exc))
-                            continue
-                        done.add(task.id)
-                        on_done(Outcome(task, cached, seconds))
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+                        else:
+                            done.add(task.id)
+                            on_done(Outcome(task, cached, seconds))
+                        del running[future]
+                elif not running and not broken and waiting and not ready():  # pragma: no cover - plans are ordered
+                    raise RuntimeError(f"sweep: {len(waiting)} tasks wait for tasks outside the plan")
+                if broken:
+                    self._lost(list(running.values()), deaths, suspects, waiting, blocked)
+                    running.clear()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = self._pool()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
 
 class Dask:
@@ -181,7 +237,11 @@ class Dask:
         """Submit the whole graph at once and report tasks as they finish."""
         from distributed import Client, as_completed
 
-        with Client(self.scheduler, timeout="30s") as client:
+        try:
+            client = Client(self.scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise ExecutorError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
+        with client:
             futures: dict[str, Any] = {}
             for task in todo:
                 after = [futures[need] for need in task.needs if need in futures]
@@ -194,7 +254,9 @@ class Dask:
                 try:
                     cached, seconds = future.result()
                 except Exception as exc:
-                    need = blocked.blocker(task)
+                    # a task whose upstream failed raises the upstream's error: name it as blocked by it
+                    need = blocked.blocker(task) or next(
+                        (n for n in task.needs if n in futures and futures[n].status == "error"), None)
                     if need is not None:
                         blocked.skip(task, need)
                     else:

@@ -211,13 +211,25 @@ class Store:
         return data if isinstance(data, dict) else {"experiment": experiment, "points": {}}
 
     def record_point(self, experiment: str, source: str, label: str, axes: dict[str, Any],
-                     keys: dict[str, str]) -> None:
+                     keys: dict[str, str], complete: bool | None = None) -> None:
         """Add the stage keys of one design point to its experiment's index (atomically)."""
-        with _locked(self.index_path(experiment).with_name(".lock")):
+        self.record_points(experiment, source, [(label, axes, keys, complete)])
+
+    def record_points(self, experiment: str, source: str,
+                      updates: list[tuple[str, dict[str, Any], dict[str, str], bool | None]]) -> None:
+        """Merge (label, axes, keys, complete) of several design points into the index in one atomic write.
+
+        Keys are merged, so a sweep can record each finished stage of a point at once (and `gc` spares it)
+        before the point's last stage is done; `complete` (when not None) says whether every stage is in.
+        """
+        with self.experiment_lock(experiment):
             index = self.read_index(experiment)
-            point = index.setdefault("points", {}).setdefault(label, {"axes": axes, "keys": {}})
-            point["axes"] = axes
-            point["keys"].update(keys)
+            for label, axes, keys, complete in updates:
+                point = index.setdefault("points", {}).setdefault(label, {"axes": axes, "keys": {}})
+                point["axes"] = axes
+                point["keys"].update(keys)
+                if complete is not None:
+                    point["complete"] = complete
             index.update(experiment=experiment, source=source,
                          updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             path = self.index_path(experiment)
@@ -225,6 +237,10 @@ class Store:
             tmp = path.with_name(f".{INDEX}.{os.getpid()}.tmp")
             _write_synced(tmp, json.dumps(index, indent=2, sort_keys=True))
             os.replace(tmp, path)
+
+    def experiment_lock(self, experiment: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the experiment folder's lock (its index and its report are each written by one process)."""
+        return _locked(self.index_path(experiment).with_name(".lock"))
 
     def experiments(self) -> list[str]:
         """Return the names of experiments that have an index."""

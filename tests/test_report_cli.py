@@ -44,7 +44,7 @@ def test_human_output_goes_to_stderr(synthetic):  # noqa: F811
     result = invoke(exp.source, "--runs", str(store.root))
     assert result.exit_code == 0
     assert result.stdout == ""
-    assert "recommended for reliability [act bitflip ber=1e-04]: P2 " in result.stderr
+    assert "recommended for reliability [act bitflip ber=0.0001]: P2 " in result.stderr
 
 
 def test_tolerance_changes_the_hardware_pick(synthetic):  # noqa: F811

@@ -130,7 +130,7 @@ def test_identity_and_accuracy_columns(synthetic):
 
 def test_reliability_columns_split_the_interval(synthetic):
     row = table_of(*synthetic).iloc[1]
-    assert row["fault_scenario"] == "act bitflip ber=1e-04"
+    assert row["fault_scenario"] == "act bitflip ber=0.0001"
     assert (row["fault_site"], row["fault_model"], row["ber"]) == ("act", "bitflip", 1e-4)
     assert pd.isna(row["faults_per_inference"])
     assert (row["sdc_rate"], row["sdc_ci_lo"], row["sdc_ci_hi"]) == pytest.approx((0.05, 0.025, 0.1))

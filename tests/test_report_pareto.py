@@ -78,3 +78,25 @@ def test_front_property(spec):
             assert any(j in front.members and dominates(oriented(rows[j]), oriented(rows[i])) for j in rivals)
     for i in front.excluded:
         assert any(rows[i][name] is None for name, _ in OBJECTIVES) or rows[i]["synth_status"] != "ok"
+
+
+def test_an_area_only_scenario_is_judged_on_cycles():
+    """xc7z020 has no place and route: no Fmax, no latency; its front uses cycles per inference."""
+    rows = [{**row(0.9, 100, 4, None), "cycles": 1000}, {**row(0.8, 100, 4, None), "cycles": 900},
+            {**row(0.7, 100, 4, None), "cycles": 1000}]
+    front = pareto(rows)
+    assert front.members == {0, 1} and not front.excluded
+    mixed = [*rows, row(0.95, 50, 2, 3.0)]   # one row with a latency: latency decides, the others lack it
+    assert pareto(mixed).members == {3} and pareto(mixed).excluded[0] == "missing latency_us"
+
+
+def test_nearby_bit_error_rates_are_separate_scenarios():
+    import dataclasses
+
+    from dsetool.config import RunConfig
+    from dsetool.report.collect import scenario
+
+    base = RunConfig()
+    names = {scenario(dataclasses.replace(base, faults=dataclasses.replace(base.faults, ber=ber)))
+             for ber in (1e-4, 1.2e-4, 1.5e-4, 2.5e-4, 3e-4)}
+    assert len(names) == 5

@@ -26,7 +26,7 @@ def picks(store, exp, tolerance=0.01):
 
 def test_synthetic_recommendations(synthetic):  # noqa: F811
     chosen = picks(*synthetic)
-    low, high = "act bitflip ber=1e-04", "act bitflip ber=1e-03"
+    low, high = "act bitflip ber=0.0001", "act bitflip ber=0.001"
     # P2 and P5 tie at 95 %; P5 has no synthesis, so P2's known area wins.
     assert chosen["reliability", low].point_id == 2
     assert "tied with 1 other" in chosen["reliability", low].reason
@@ -38,7 +38,7 @@ def test_synthetic_recommendations(synthetic):  # noqa: F811
 
 def test_a_wider_tolerance_picks_the_smaller_design(synthetic):  # noqa: F811
     chosen = picks(*synthetic, tolerance=0.05)
-    assert chosen["hardware", "act bitflip ber=1e-04"].point_id == 4   # 91 % is within 5 points of 95 %, 600 LUT
+    assert chosen["hardware", "act bitflip ber=0.0001"].point_id == 4   # 91 % is within 5 points of 95 %, 600 LUT
 
 
 def test_reliability_ties_go_to_area_then_latency_then_number():

@@ -69,8 +69,8 @@ def test_html_is_self_contained(written):
 
 def test_summary_names_the_front_and_the_recommendations(written):
     text = written.summary.read_text()
-    assert "- reliability [act bitflip ber=1e-04]: P2 bits=8 protection=clip tmr=False: highest accuracy" in text
-    assert "- hardware [act bitflip ber=1e-03]: P7 " in text
+    assert "- reliability [act bitflip ber=0.0001]: P2 bits=8 protection=clip tmr=False: highest accuracy" in text
+    assert "- hardware [act bitflip ber=0.001]: P7 " in text
     assert "5 of 10 design points left out of the front (2 no synthesis, 2 synth does_not_fit, 1 no fault " \
            "campaign)" in text
     front = [line for line in text.splitlines() if line.startswith("| ") and line.endswith("| yes |")]

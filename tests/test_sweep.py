@@ -16,9 +16,10 @@ from click.testing import CliRunner
 
 import dsetool.stages.inject
 from dsetool.cli import main
-from dsetool.config import load_experiment
+from dsetool.config import RunConfig, load_experiment
+from dsetool.executors import ProcessPool
 from dsetool.store import Store
-from dsetool.sweep import index_keys, plan
+from dsetool.sweep import Plan, Task, index_keys, plan
 from tests.conftest import REPO, TINY_EXPERIMENT
 
 # Two bit widths x two protections, campaigns only (no synthesis): 1 float model, 2 QAT models, 2 profiles
@@ -83,15 +84,18 @@ def test_failed_task_blocks_only_its_dependents_and_the_sweep_resumes(tmp_path, 
     assert "1 of 9 tasks failed" in first.output and "stage inject at point quant.bits=4,hw.protection=clip" \
         in first.output and "injected failure" in first.output
     done = Store(runs_dir).read_index("small")["points"]
-    assert sorted(done) == ["quant.bits=4,hw.protection=none", "quant.bits=8,hw.protection=clip",
-                            "quant.bits=8,hw.protection=none"]
+    assert sorted(label for label, point in done.items() if point["complete"]) == [
+        "quant.bits=4,hw.protection=none", "quant.bits=8,hw.protection=clip", "quant.bits=8,hw.protection=none"]
+    failed = done["quant.bits=4,hw.protection=clip"]   # its finished stages are recorded, so gc spares them
+    assert not failed["complete"] and set(failed["keys"]) == {"pretrain", "train-qat", "range-restrict"}
+    assert "points 3/4" in first.output
     monkeypatch.setattr(dsetool.stages.inject, "run", real)
     second = run(["sweep", str(path), "--json"], runs_dir)
     assert second.exit_code == 0, second.output
     assert "8 cached, 1 computed, 0 failed" in second.output
     rows = json_rows(second.stdout)
     assert [r["point"] for r in rows if not r["cached"]] == ["quant.bits=4,hw.protection=clip"]
-    assert len(Store(runs_dir).read_index("small")["points"]) == 4
+    assert all(point["complete"] for point in Store(runs_dir).read_index("small")["points"].values())
 
 
 def _reference(tmp_path: Path, experiment: Path) -> dict[tuple[str, str], dict]:
@@ -130,6 +134,21 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _busy_worker(address: str) -> str:
+    """Return the address of a worker that is running a task right now."""
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        found: list[str] = []
+
+        def busy() -> bool:
+            found[:] = [worker for worker, tasks in client.processing().items() if tasks]
+            return bool(found)
+
+        _wait_for(busy, 60, "a busy worker")
+        return found[0]
+
+
 def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -158,17 +177,21 @@ def test_dask_cluster_survives_a_dead_worker_and_equals_a_local_run(tmp_path, wr
         sweep = subprocess.Popen([sys.executable, "-m", "dsetool.cli", "sweep", str(path), "--json", "--runs",
                                   str(runs_dir), "--executor", "dask", "--scheduler", address],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        # kill a worker once the float model is in the store: the QAT models are in flight then
+        # once the float model is in the store, kill the worker that is computing a QAT model
         _wait_for(lambda: any(runs_dir.glob("pretrain/??/*/manifest.json")), 120, "the float model")
+        busy = _busy_worker(address)
+        victim = next(w for i, w in enumerate(workers) if busy in (tmp_path / f"worker{i}.log").read_text())
         assert sweep.poll() is None
-        os.killpg(workers[0].pid, signal.SIGKILL)
+        os.killpg(victim.pid, signal.SIGKILL)
         out, err = sweep.communicate(timeout=600)
         assert sweep.returncode == 0, err
         rows = json_rows(out)
         assert {(r["stage"], r["key"]) for r in rows} == set(reference)
         for r in rows:
             assert _stable(r["metrics"]) == _stable(reference[(r["stage"], r["key"])]), r["stage"]
-        assert not list(runs_dir.glob("*/??/.*")), "a temporary entry was left behind"
+        gc = run(["runs", "gc"], runs_dir)   # what the dead worker left half-written is never an entry
+        assert gc.exit_code == 0 and not list(runs_dir.glob("*/??/.tmp-*"))
+        assert len(list(Store(runs_dir).entries())) == len(reference)
     finally:
         for process in [*workers, scheduler]:
             if process.poll() is None:
@@ -194,3 +217,35 @@ def test_sweep_json_feeds_a_shell_pipeline(tmp_path, write_experiment):
                          env={**os.environ, "CONSUMER": consumer})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["inject", "pretrain", "report", "train-qat"]
+
+
+def _dies(runs_dir: str, task: Task) -> tuple[bool, float]:
+    """Stand in for `run_task` in pool workers: `once` kills its worker the first time, `always` every time."""
+    marker = Path(runs_dir) / f"{task.key}.died"
+    if task.key == "always" or (task.key == "once" and not marker.exists()):
+        marker.touch()
+        os._exit(1)
+    time.sleep(0.2)
+    return False, 0.2
+
+
+def test_a_dead_pool_worker_costs_only_its_own_task(tmp_path):
+    cfg = RunConfig()
+    tasks = {f"s/{key}": Task("s", key, cfg, needs) for key, needs in
+             [("ok", ()), ("once", ()), ("always", ()), ("after", ("s/always",)), ("later", ("s/once",))]}
+    graph = Plan(tasks, {"p": tuple(tasks)})
+    outcomes: dict[str, str] = {}
+    ProcessPool(2, retries=1, work=_dies).run(graph, list(tasks.values()), tmp_path,
+                                              lambda o: outcomes.__setitem__(o.task.key, o.error))
+    assert outcomes["ok"] == outcomes["once"] == outcomes["later"] == ""   # retried in a fresh pool
+    assert outcomes["always"] == "its worker process died 2 times"
+    assert outcomes["after"] == "not run: upstream s failed"
+
+
+@pytest.mark.slow
+def test_an_unreachable_scheduler_is_a_usage_error(tmp_path, write_experiment):
+    path = write_experiment(SMALL)
+    result = run(["sweep", str(path), "--executor", "dask", "--scheduler", f"tcp://127.0.0.1:{_free_port()}"],
+                 tmp_path / "runs")
+    assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output
+    assert len(result.output.strip().splitlines()) == 1

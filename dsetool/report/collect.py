@@ -125,7 +125,7 @@ def _first(sources: Sequence[Mapping[str, Any]], name: str) -> Any:
 def scenario(cfg: RunConfig) -> str:
     """Name a fault campaign by what it does (not how it is sized), e.g. `act bitflip ber=1e-04`."""
     f = cfg.faults
-    rate = f"ber={f.ber:.0e}" if f.ber is not None else f"{f.faults_per_inference}/inference"
+    rate = f"ber={f.ber:g}" if f.ber is not None else f"{f.faults_per_inference}/inference"
     parts = ["+".join(f.sites), f.model, rate]
     if f.bits != "all":
         parts.append(f"bits={f.bits if isinstance(f.bits, str) else ','.join(map(str, f.bits))}")

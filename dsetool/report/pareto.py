@@ -9,7 +9,8 @@ point dominates (equal points are both on it).
 Accuracy under faults only compares within one fault scenario (the same site, fault model and rate): a
 point under BER 1e-5 is not "more reliable" than one under 1e-2. So there is one front per scenario.
 A point enters a front only with all four objectives and a synthesis that fit (`synth_status: ok`); the
-others are listed with the reason in `pareto_excluded`.
+others are listed with the reason in `pareto_excluded`. A scenario whose designs have no latency at all
+(an area-only target: no place and route, no Fmax) is judged on cycles per inference instead.
 """
 
 from __future__ import annotations
@@ -54,12 +55,20 @@ def front_indices(vectors: Sequence[Sequence[float]]) -> list[int]:
     return [i for i, v in enumerate(vectors) if not any(dominates(w, v) for j, w in enumerate(vectors) if j != i)]
 
 
-def oriented(row: Mapping[str, Any]) -> tuple[float, ...]:
+def objectives(rows: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, int], ...]:
+    """Return the objectives of one scenario's front: latency per inference, or, when no row has one (an
+    area-only target such as xc7z020 has no Fmax), the cycles per inference in its place."""
+    if any(_present(row.get("latency_us")) for row in rows) or not any(_present(row.get("cycles")) for row in rows):
+        return OBJECTIVES
+    return (*OBJECTIVES[:-1], ("cycles", -1))
+
+
+def oriented(row: Mapping[str, Any], chosen: tuple[tuple[str, int], ...] = OBJECTIVES) -> tuple[float, ...]:
     """Return a row's objectives oriented so that larger is better in each."""
-    return tuple(sign * float(row[name]) for name, sign in OBJECTIVES)
+    return tuple(sign * float(row[name]) for name, sign in chosen)
 
 
-def exclusion(row: Mapping[str, Any]) -> str | None:
+def exclusion(row: Mapping[str, Any], chosen: tuple[tuple[str, int], ...] = OBJECTIVES) -> str | None:
     """Return why a row cannot be on a front, or None when it can."""
     status = row.get("synth_status")
     if isinstance(status, str) and status != "ok":
@@ -70,7 +79,7 @@ def exclusion(row: Mapping[str, Any]) -> str | None:
     if not isinstance(status, str):
         reasons.append("no synthesis")
     else:
-        reasons += [f"missing {name}" for name, _ in OBJECTIVES[1:] if not _present(row.get(name))]
+        reasons += [f"missing {name}" for name, _ in chosen[1:] if not _present(row.get(name))]
     return ", ".join(reasons) or None
 
 
@@ -80,11 +89,17 @@ def _present(value: Any) -> bool:
 
 def pareto(rows: Sequence[Mapping[str, Any]]) -> Front:
     """Return the front of every fault scenario among `rows` (each a results row)."""
-    excluded = {i: reason for i, row in enumerate(rows) if (reason := exclusion(row)) is not None}
     scenarios = tuple(dict.fromkeys(str(row.get(SCENARIO)) for row in rows))
+    excluded: dict[int, str] = {}
     members: set[int] = set()
     for name in scenarios:
-        candidates = [i for i, row in enumerate(rows) if i not in excluded and str(row.get(SCENARIO)) == name]
-        on_front = front_indices([oriented(rows[i]) for i in candidates])
+        mine = [i for i, row in enumerate(rows) if str(row.get(SCENARIO)) == name]
+        chosen = objectives([rows[i] for i in mine])
+        for i in mine:
+            reason = exclusion(rows[i], chosen)
+            if reason is not None:
+                excluded[i] = reason
+        candidates = [i for i in mine if i not in excluded]
+        on_front = front_indices([oriented(rows[i], chosen) for i in candidates])
         members.update(candidates[k] for k in on_front)
     return Front(frozenset(members), excluded, scenarios)

@@ -69,7 +69,8 @@ def write_report(store: Store, exp: Experiment, tolerance: float = DEFAULT_TOLER
         names = [csv.name, parquet.name, "summary.md", "report.html"]
         (work / "summary.md").write_text(summary.render(results, plots, [Path(n) for n in names], notes))
         (work / "report.html").write_text(html.render(results, plots))
-        _publish(work, final, names)
+        with store.experiment_lock(exp.name):   # a sweep and a `report` may publish at the same time
+            _publish(work, final, names)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     moved = tuple(dataclasses.replace(p, files=tuple(final / PLOTS_DIR / f.name for f in p.files)) for p in plots)
