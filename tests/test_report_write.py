@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from dsetool.config import load_experiment
-from dsetool.report import NoResults, json_summary, plots, write_report
+from dsetool.report import NoResults, json_summary, plots, write, write_report
 from dsetool.report.columns import ordered
+from dsetool.stages import stage_key
 from dsetool.store import Store
-from tests.test_report_collect import EXPERIMENT, put, synthetic, synthetic_store  # noqa: F401  (synthetic: a fixture)
+from tests.test_report_collect import EXPERIMENT, campaign_metrics, put, synthetic, synthetic_store  # noqa: F401  (synthetic: a fixture)
 
 AXES = ["faults.ber", "quant.bits", "hw.protection", "hw.tmr"]
 PLOT_NAMES = ["accuracy_vs_ber", "pareto", "layer_vulnerability", "bit_sensitivity", "bit_width", "hardware_cost"]
@@ -122,3 +123,47 @@ def test_only_trained_models_give_a_note(tmp_path, monkeypatch, synthetic):  # n
                              f"{exp.source}`",)
     assert "> Note: only trained models were found" in written.summary.read_text()
     assert written.results.table["float_acc"].eq(0.98).all()
+
+
+def test_a_report_from_the_same_entries_is_kept_not_redrawn(synthetic, monkeypatch):  # noqa: F811
+    store, exp = synthetic
+    monkeypatch.setattr(plots, "PLOTS", plots.PLOTS[:1])
+    first = write_report(store, exp)
+    stamp = (first.directory / "report.json").stat().st_mtime_ns
+    drawn: list[str] = []
+    monkeypatch.setattr(write, "draw_all", lambda *a: drawn.append("drawn") or [])
+    again = write_report(store, exp)
+    assert drawn == [] and again.plots == first.plots
+    assert (again.directory / "report.json").stat().st_mtime_ns == stamp
+    first.plots[0].files[0].unlink()                     # a file gone: written again
+    write_report(store, exp)
+    assert drawn == ["drawn"]
+
+
+def test_a_new_entry_writes_the_report_again(synthetic, monkeypatch):  # noqa: F811
+    store, exp = synthetic
+    monkeypatch.setattr(plots, "PLOTS", ())
+    write_report(store, exp)
+    lacking = next(p.config for p in exp.points if store.get("inject", stage_key("inject", p.config)[0]) is None)
+    put(store, "inject", lacking, campaign_metrics(0.5))   # an entry the report had not seen
+    drawn: list[str] = []
+    monkeypatch.setattr(write, "draw_all", lambda *a: drawn.append("drawn") or [])
+    write_report(store, exp)
+    assert drawn == ["drawn"]
+
+
+def test_an_objective_without_any_pick_gets_one_line(tmp_path, monkeypatch, synthetic):  # noqa: F811
+    from dsetool.report.summary import recommendation_lines
+    from dsetool.stages import quant_stage
+
+    _, exp = synthetic
+    store = Store(tmp_path / "campaigns-only")
+    for point in exp.points:
+        put(store, "pretrain", point.config, {"float_test_acc": 0.98})
+        put(store, quant_stage(point.config), point.config, {"quant_test_acc": 0.97})
+        put(store, "inject", point.config, campaign_metrics(0.9))
+    monkeypatch.setattr(plots, "PLOTS", ())
+    lines = recommendation_lines(write_report(store, exp).results)
+    assert [line for line in lines if line.startswith("hardware")] == [
+        "hardware [every fault scenario]: (none): no design point has accuracy under faults, LUT, DSP and latency"]
+    assert len([line for line in lines if line.startswith("reliability [act bitflip ber=")]) == 2

@@ -87,10 +87,21 @@ def left_out(results: Results) -> str:
 
 
 def recommendation_lines(results: Results) -> list[str]:
-    """Return one line per recommendation, `objective [scenario]: P<n> axis=value ...: reason`."""
+    """Return one line per recommendation, `objective [scenario]: P<n> axis=value ...: reason`.
+
+    An objective with no pick in any scenario for one reason (no synthesis in a campaign-only experiment)
+    gets one line, not one per scenario."""
     several = len(results.front.scenarios) > 1
-    return [f"{r.objective}{f' [{r.scenario}]' if several else ''}: {point_text(results, r)}: {r.reason}"
-            for r in results.recommendations]
+    lines, folded = [], set()
+    for r in results.recommendations:
+        same = [o for o in results.recommendations if o.objective == r.objective]
+        if several and all(o.point_id is None and o.reason == r.reason for o in same):
+            if r.objective not in folded:
+                folded.add(r.objective)
+                lines.append(f"{r.objective} [every fault scenario]: (none): {r.reason}")
+            continue
+        lines.append(f"{r.objective}{f' [{r.scenario}]' if several else ''}: {point_text(results, r)}: {r.reason}")
+    return lines
 
 
 def point_text(results: Results, rec: Recommendation) -> str:

@@ -3,20 +3,28 @@
 Everything is first written into a temporary directory beside the final place, then each file is moved
 in with one rename and `plots/` is swapped whole: a reader never sees a half-written file, and a plot that
 this run skips does not survive from an earlier run to contradict the summary.
+
+A report is a function of the store entries it reads (content-addressed), the experiment's settings and the
+tolerance, so `report.json` records a fingerprint of those: when nothing changed, the files already there
+are the report and drawing the plots again (most of a warm sweep's time) is skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsetool.config import Experiment
 from dsetool.report import collect, faultdata, html, summary
+from dsetool.report import plots as plot_registry
 from dsetool.report.plotkit import PlotInput
 from dsetool.report.plots import PlotResult, draw_all
 from dsetool.report.recommend import DEFAULT_TOLERANCE
@@ -24,6 +32,9 @@ from dsetool.report.results import Results, build, write_tables
 from dsetool.store import Store
 
 PLOTS_DIR = "plots"
+STAMP = "report.json"
+# Bump when the report's contents change for the same inputs (a new column, plot or wording).
+REPORT_FORMAT = 1
 
 
 class NoResults(Exception):
@@ -60,6 +71,10 @@ def write_report(store: Store, exp: Experiment, tolerance: float = DEFAULT_TOLER
     results = build(exp.name, exp.source, axes, found, tolerance)
     notes = _notes(store, exp, results)
     final = store.experiment_dir(exp.name)
+    fingerprint = _fingerprint(exp, tolerance, found)
+    kept = _kept_plots(final, fingerprint)
+    if kept is not None:
+        return _files(final, kept, results, notes)
     final.mkdir(parents=True, exist_ok=True)
     work = final / f".report-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     work.mkdir()
@@ -69,13 +84,55 @@ def write_report(store: Store, exp: Experiment, tolerance: float = DEFAULT_TOLER
         names = [csv.name, parquet.name, "summary.md", "report.html"]
         (work / "summary.md").write_text(summary.render(results, plots, [Path(n) for n in names], notes))
         (work / "report.html").write_text(html.render(results, plots))
+        (work / STAMP).write_text(json.dumps(_stamp(fingerprint, plots), indent=2, sort_keys=True))
         with store.experiment_lock(exp.name):   # a sweep and a `report` may publish at the same time
-            _publish(work, final, names)
+            _publish(work, final, [*names, STAMP])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     moved = tuple(dataclasses.replace(p, files=tuple(final / PLOTS_DIR / f.name for f in p.files)) for p in plots)
+    return _files(final, moved, results, notes)
+
+
+def _files(final: Path, plots: tuple[PlotResult, ...], results: Results, notes: tuple[str, ...]) -> ReportFiles:
     return ReportFiles(final, final / "results.csv", final / "results.parquet", final / "report.html",
-                       final / "summary.md", moved, results, notes)
+                       final / "summary.md", plots, results, notes)
+
+
+def _fingerprint(exp: Experiment, tolerance: float, found: list[collect.PointResults]) -> str:
+    """Return the hash of everything a report is made of: the format, the design points' settings, the
+    tolerance, and the key of every store entry found (the unprotected baselines' metrics included)."""
+    from importlib.metadata import version
+
+    points = [{"label": p.point.label, "config": dataclasses.asdict(p.point.config),
+               "entries": {stage: entry.key for stage, entry in sorted(p.entries.items())},
+               "baseline": p.baseline_synth} for p in found]
+    drawn = [name for name, _, _ in plot_registry.PLOTS]
+    text = json.dumps({"format": REPORT_FORMAT, "version": version("dsetool"), "experiment": exp.name,
+                       "plots": drawn, "tolerance": tolerance, "points": points},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stamp(fingerprint: str, plots: Sequence[PlotResult]) -> dict[str, Any]:
+    return {"fingerprint": fingerprint,
+            "plots": [{"name": p.name, "title": p.title, "files": [f.name for f in p.files], "caption": p.caption}
+                      for p in plots]}
+
+
+def _kept_plots(final: Path, fingerprint: str) -> tuple[PlotResult, ...] | None:
+    """Return the plots of the report already in `final` when it was written from the same inputs and every
+    file is still there; None when it must be written again."""
+    try:
+        stamp = json.loads((final / STAMP).read_text())
+        plots = tuple(PlotResult(p["name"], p["title"], tuple(final / PLOTS_DIR / f for f in p["files"]),
+                                 p["caption"]) for p in stamp["plots"])
+        same = stamp["fingerprint"] == fingerprint
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    needed = [final / n for n in ("results.csv", "results.parquet", "summary.md", "report.html")]
+    if not same or not all(f.is_file() for f in [*needed, *(f for p in plots for f in p.files)]):
+        return None
+    return plots
 
 
 def _publish(work: Path, final: Path, names: list[str]) -> None:
