@@ -20,7 +20,6 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,25 @@ FINE_BERS = [round(10 ** (e / 4), 8) for e in range(-16, -5)]   # 1e-4 .. 3.2e-2
 REGULARIZERS = [("none", 0.0), ("max_squared", 0.01), ("l1", 1e-4), ("l1", 1e-3)]
 
 
-def run(experiment: dict[str, Any], runs: Path, work: Path) -> list[dict[str, Any]]:
-    """Run `dsetool inject` over an experiment's grid; return each point's axes and metrics."""
-    path = work / f"{experiment['name']}.yaml"
+def run(experiment: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
+    """Run `dsetool inject` over an experiment's grid, then `dsetool report` (its tables and plots go to
+    runs/experiments/NAME/, beside the experiment file written there); return each point's axes and metrics."""
+    path = runs / "experiments" / experiment["name"] / "experiment.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(experiment, sort_keys=False))
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "dsetool.cli", "inject", str(path), "--json", "--runs", str(runs)],
+    done = dsetool("inject", path, runs)
+    dsetool("report", path, runs)
+    print(f"<!-- {experiment['name']}: {time.perf_counter() - began:.0f} s, report in {path.parent} -->", flush=True)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def dsetool(command: str, path: Path, runs: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "dsetool.cli", command, str(path), "--json", "--runs", str(runs)],
                           cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
-    print(f"<!-- {experiment['name']}: {time.perf_counter() - began:.0f} s -->", flush=True)
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return done
 
 
 def config(name: str) -> dict[str, Any]:
@@ -66,14 +73,14 @@ def pct3(values: tuple[float, float, float]) -> str:
     return f"{100 * values[0]:.1f} [{100 * values[1]:.1f}, {100 * values[2]:.1f}]"
 
 
-def flatenn(runs: Path, work: Path, scale: float) -> None:
+def flatenn(runs: Path, scale: float) -> None:
     """Claims 1 and 2: sparse vs dense, SAQ vs QAT, under weight and activation bit flips."""
     experiment = config("flatenn.yaml")
     experiment["name"] = "evidence-flatenn"
     experiment["faults"].update(model="bitflip", samples=int(3000 * scale))
     experiment["sweep"] = {"quant.bits": [4, 8], "train.act_l1": [0.0, 0.5], "train.saq.rho": [0.0, 0.05],
                            "faults.site": ["weight", "act"], "faults.ber": COMPARE_BERS}
-    rows = run(experiment, runs, work)
+    rows = run(experiment, runs)
     found = {tuple(r["axes"][k] for k in ("quant.bits", "train.act_l1", "train.saq.rho", "faults.site",
                                           "faults.ber")): r["metrics"] for r in rows}
     print("\n### FlatENN on LeNet-5 / digits: accuracy under bit flips, % [95 % Wilson]\n")
@@ -97,7 +104,7 @@ def flatenn(runs: Path, work: Path, scale: float) -> None:
     print(f"SAQ not significantly less accurate than QAT: {saq_ok} of {saq_total} comparisons.")
 
 
-def tolerated(runs: Path, work: Path, scale: float) -> None:
+def tolerated(runs: Path, scale: float) -> None:
     """Claim 3: the tolerated weight BER at 1 % accuracy loss per regularizer."""
     experiment = config("outlier-regularization.yaml")
     experiment["name"] = "evidence-regularization"
@@ -105,7 +112,7 @@ def tolerated(runs: Path, work: Path, scale: float) -> None:
     experiment["sweep"] = {"faults.ber": FINE_BERS}
     experiment["zip"] = {"train.regularizer": [r for r, _ in REGULARIZERS],
                          "train.alpha": [a if a else 0.01 for _, a in REGULARIZERS]}
-    rows = run(experiment, runs, work)
+    rows = run(experiment, runs)
     print("\n### Tolerated weight bit-error rate at 1 % accuracy loss (W8A8 QAT LeNet-5, digits)\n")
     print("| regularizer | alpha | clean test % | tolerated BER (interpolated) | bracket from the 95 % intervals |")
     print("|---|---|---|---|---|")
@@ -146,11 +153,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--part", choices=["all", "flatenn", "tolerated"], default="all")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.part in ("all", "flatenn"):
-            flatenn(Path(args.runs).resolve(), Path(tmp), args.scale)
-        if args.part in ("all", "tolerated"):
-            tolerated(Path(args.runs).resolve(), Path(tmp), args.scale)
+    if args.part in ("all", "flatenn"):
+        flatenn(Path(args.runs).resolve(), args.scale)
+    if args.part in ("all", "tolerated"):
+        tolerated(Path(args.runs).resolve(), args.scale)
 
 
 if __name__ == "__main__":

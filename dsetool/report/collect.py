@@ -111,11 +111,14 @@ def protection_label(protection: str, tmr: bool) -> str:
 
 
 def accuracy(p: PointResults) -> dict[str, Any]:
-    """Return float and quantized test accuracy from whichever stage recorded them (campaign first)."""
+    """Return float and quantized test accuracy from whichever stage recorded them (campaign first), and the
+    quantized model's activation sparsity and sharpness."""
     from dsetool.stages import quant_stage
 
-    sources = [p.metrics("inject"), p.metrics(quant_stage(p.point.config)), p.metrics("pretrain")]
-    return {"float_acc": _first(sources, "float_test_acc"), "quant_acc": _first(sources[:2], "quant_test_acc")}
+    quantized = p.metrics(quant_stage(p.point.config))
+    sources = [p.metrics("inject"), quantized, p.metrics("pretrain")]
+    return {"float_acc": _first(sources, "float_test_acc"), "quant_acc": _first(sources[:2], "quant_test_acc"),
+            **{name: _first([quantized], name) for name in ("act_sparsity", "sharpness", "hessian_trace")}}
 
 
 def _first(sources: Sequence[Mapping[str, Any]], name: str) -> Any:

@@ -29,6 +29,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     # accuracy without faults
     ("float_acc", "float model test accuracy"),
     ("quant_acc", "quantized model test accuracy (bit-exact integer engine when a campaign ran)"),
+    # how the quantized model was trained shows in these (FlatENN: sparse and sharp models are more fragile)
+    ("act_sparsity", "share of the quantized model's post-ReLU activations that are zero on the test set"),
+    ("sharpness", "loss increase under the worst-case weight perturbation of radius 0.05 (first-order SAM estimate)"),
+    ("hessian_trace", "Hutchinson estimate of the trace of the loss Hessian in the weights"),
     # reliability
     ("fault_scenario", "the fault campaign in one string (site, model, rate, bits); fronts compare within it"),
     ("fault_site", "register(s) the faults hit, joined by + when several"),

@@ -34,7 +34,7 @@ from dsetool.store import Store
 PLOTS_DIR = "plots"
 STAMP = "report.json"
 # Bump when the report's contents change for the same inputs (a new column, plot or wording).
-REPORT_FORMAT = 1
+REPORT_FORMAT = 1   # with act_sparsity, sharpness and hessian_trace
 
 
 class NoResults(Exception):
