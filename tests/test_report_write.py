@@ -16,7 +16,8 @@ from dsetool.store import Store
 from tests.test_report_collect import EXPERIMENT, campaign_metrics, put, synthetic, synthetic_store  # noqa: F401  (synthetic: a fixture)
 
 AXES = ["faults.ber", "quant.bits", "hw.protection", "hw.tmr"]
-PLOT_NAMES = ["accuracy_vs_ber", "pareto", "layer_vulnerability", "bit_sensitivity", "bit_width", "hardware_cost"]
+PLOT_NAMES = ["accuracy_vs_ber", "pareto", "layer_vulnerability", "bit_sensitivity", "bit_width", "training",
+              "hardware_cost"]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsetool.report import faultplots, hwplots
+from dsetool.report import faultplots, hwplots, trainplots
 from dsetool.report.columns import axis_column
 from dsetool.report.plotkit import (
     MAX_LEGEND,
@@ -261,6 +261,7 @@ PLOTS: tuple[tuple[str, str, PlotFunction], ...] = (
     ("layer_vulnerability", "Per-layer vulnerability", faultplots.layer_heatmap),
     ("bit_sensitivity", "Bit-position sensitivity", faultplots.bit_sensitivity),
     ("bit_width", "Bit width vs accuracy, SDC rate and area", bit_width),
+    ("training", "Accuracy under faults vs the trained model", trainplots.training_resilience),
     ("hardware_cost", "Hardware cost per design", hwplots.hardware_cost),
 )
 
