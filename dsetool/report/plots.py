@@ -133,11 +133,16 @@ def _grid(n: int, width: float, height: float, ncols: int = 3, min_width: float 
 PARETO_PANELS = (("lut", "LUTs"), ("dsp", "DSP blocks"), ("latency_us", "latency per inference (us)"))
 
 
+SCENARIO_ROWS = 4   # up to this many fault scenarios get a row of panels each; more share one row by colour
+
+
 def pareto_scatter(data: PlotInput) -> Drawn | str:
     """Plot accuracy under faults against each cost (LUT, DSP, latency), the fronts highlighted.
 
-    Scenarios share the panels, one colour each: their accuracies differ (a harsher BER sits lower), so
-    they separate vertically, and one row of panels stays readable however many scenarios there are.
+    Each fault scenario gets its own row of panels (up to `SCENARIO_ROWS`; beyond that they share one row,
+    one colour each), so two scenarios with similar accuracies never hide each other. The accuracy axis
+    spans the fronts, not the worst point: a collapsed design (PTQ at 2 bits) would otherwise squash every
+    front into one line; points below the axis are drawn as triangles on its bottom edge and counted.
     """
     t = data.table[data.table["pareto_excluded"].isna()]
     if t.empty:
@@ -145,25 +150,37 @@ def pareto_scatter(data: PlotInput) -> Drawn | str:
     scenarios = list(dict.fromkeys(t["fault_scenario"]))[:MAX_LEGEND]
     # A cost every point shares (e.g. the same DSP count) separates nothing: no panel for it.
     panels = [(c, label) for c, label in PARETO_PANELS if t[c].nunique() > 1] or [PARETO_PANELS[0]]
-    fig = new_figure(4 * len(panels) + 0.5, 4.2)
-    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
-    palette = ["tab:red"] if len(scenarios) == 1 else colors(len(scenarios))
-    for ax, (column, label) in zip(axes, panels, strict=True):
-        for name, color in zip(scenarios, palette, strict=True):
-            _pareto_points(ax, t[t["fault_scenario"] == name], column, color)
-        _tag_front(ax, t[t["pareto"].astype(bool) & t["fault_scenario"].isin(scenarios)], column)
-        ax.set_xlabel(label)
-        ax.grid(True, alpha=0.3)
-        ax.margins(x=0.12, y=0.12)
-    axes[0].set_ylabel("accuracy under faults (%)")
-    low, high = axes[0].get_ylim()
-    axes[0].set_ylim(max(low, 0.0), min(high, 100.5))
-    fig.legend(handles=_pareto_legend(scenarios, palette), loc="outside lower center", fontsize=8, frameon=False,
-               ncols=min(3, len(scenarios) + 1))
+    rows = [[name] for name in scenarios] if len(scenarios) <= SCENARIO_ROWS else [scenarios]
+    fig = new_figure(4 * len(panels) + 0.5, 3.2 * len(rows) + 1.0)
+    grid = fig.subplots(len(rows), len(panels), squeeze=False, sharey=True)
+    palette = dict(zip(scenarios, ["tab:red"] * len(scenarios) if len(rows) > 1 or len(scenarios) == 1
+                       else colors(len(scenarios)), strict=True))
+    shown = t[t["fault_scenario"].isin(scenarios)]
+    floor = _accuracy_floor(shown)
+    below = 0
+    for axes, names in zip(grid, rows, strict=True):
+        for ax, (column, label) in zip(axes, panels, strict=True):
+            group = shown[shown["fault_scenario"].isin(names)]
+            for name in names:
+                below += _pareto_points(ax, group[group["fault_scenario"] == name], column, palette[name], floor)
+            _tag_front(ax, group[group["pareto"].astype(bool)], column, floor)
+            ax.set_xlabel(label)
+            ax.grid(True, alpha=0.3)
+            ax.margins(x=0.12)
+        if len(rows) > 1:
+            axes[0].set_title(names[0], fontsize=9, loc="left")
+        axes[0].set_ylabel("accuracy under faults (%)")
+    grid[0][0].set_ylim(floor, min(100.5, 100 * shown["accuracy_under_faults"].max() + 1.0))
+    fig.legend(handles=_pareto_legend(scenarios if len(rows) == 1 else [], list(palette.values())),
+               loc="outside lower center", fontsize=8, frameon=False, ncols=min(3, len(scenarios) + 1))
     fig.suptitle("Pareto front: accuracy under faults vs " + ", ".join(label.split(" (")[0] for _, label in panels))
     caption = ("Filled: on the front of its fault scenario (no other point there has at least the accuracy and at "
                "most the LUTs, DSPs and latency, one strictly better); hollow: dominated. Front points are tagged "
-               "P<n> as in the results table.")
+               "P<n> as in the results table (where tags would overlap, the leftmost is kept; summary.md lists "
+               "every front point).")
+    if below:
+        caption += (f" The accuracy axis starts at {floor:.0f} %: {below // len(panels)} dominated points lie "
+                    "lower, drawn as triangles on its bottom edge.")
     constant = [f"{label.split(' (')[0]} ({t[c].iloc[0]:g})" for c, label in PARETO_PANELS
                 if (c, label) not in panels]
     if constant:
@@ -171,21 +188,51 @@ def pareto_scatter(data: PlotInput) -> Drawn | str:
     return Drawn(fig, note(caption, len(scenarios), t["fault_scenario"].nunique(), "fault scenarios"))
 
 
-def _pareto_points(ax: Any, group: pd.DataFrame, column: str, color: Any) -> None:
+def _accuracy_floor(t: pd.DataFrame) -> float:
+    """Return the bottom of the accuracy axis: a little below the lowest front point, or 0 when every point
+    is near the fronts anyway (then nothing is cut off)."""
+    front = 100 * t.loc[t["pareto"].astype(bool), "accuracy_under_faults"].astype(float)
+    lowest = 100 * float(t["accuracy_under_faults"].min())
+    if front.empty:
+        return max(0.0, lowest - 2.0)
+    top = 100 * float(t["accuracy_under_faults"].max())
+    floor = float(front.min()) - max(1.0, 0.15 * (top - float(front.min())))
+    return max(0.0, lowest - 2.0) if lowest >= floor else max(0.0, floor)
+
+
+def _pareto_points(ax: Any, group: pd.DataFrame, column: str, color: Any, floor: float) -> int:
+    """Draw a scenario's points; return how many lie below the axis (drawn on its bottom edge)."""
     on = group[group["pareto"].astype(bool)]
     off = group[~group["pareto"].astype(bool)]
+    low = off[100 * off["accuracy_under_faults"] < floor]
+    off = off.drop(low.index)
     ax.scatter(off[column], 100 * off["accuracy_under_faults"], s=24, facecolors="none", edgecolors=color)
     ax.scatter(on[column], 100 * on["accuracy_under_faults"], s=36, color=color, zorder=3)
+    if not low.empty:
+        ax.scatter(low[column], [floor] * len(low), marker="v", s=30, facecolors="none", edgecolors=color,
+                   clip_on=False, zorder=3)
+    return len(low)
 
 
-def _tag_front(ax: Any, on: pd.DataFrame, column: str) -> None:
-    """Tag front points P<n>; points that coincide (same design under several BERs) share one tag."""
+def _tag_front(ax: Any, on: pd.DataFrame, column: str, floor: float) -> None:
+    """Tag front points P<n>: points that coincide (one design under several BERs) share a tag, and a tag
+    that would overlap one already placed (in axis fractions) is left out."""
     tags: dict[tuple[float, float], list[str]] = {}
-    for _, row in on.iterrows():
+    for _, row in on.sort_values(column).iterrows():
         spot = (float(row[column]), round(100 * float(row["accuracy_under_faults"]), 6))
         tags.setdefault(spot, []).append(point_tag(row))
+    xs = [x for x, _ in tags] or [0.0]
+    span_x = (max(xs) - min(xs)) or 1.0
+    top = max((y for _, y in tags), default=100.0)
+    span_y = (top - floor) or 1.0
+    placed: list[tuple[float, float, float]] = []   # (x, y, width) in axis fractions
     for (x, y), names in tags.items():
-        ax.annotate(", ".join(names), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        text = ", ".join(names)
+        fx, fy, width = (x - min(xs)) / span_x, (y - floor) / span_y, 0.016 * len(text)
+        if any(abs(fy - py) < 0.07 and fx < px + pw and px < fx + width for px, py, pw in placed):
+            continue
+        placed.append((fx, fy, width))
+        ax.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
 
 
 def _pareto_legend(scenarios: list[str], palette: list[Any]) -> list[Any]:

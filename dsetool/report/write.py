@@ -33,8 +33,6 @@ from dsetool.store import Store
 
 PLOTS_DIR = "plots"
 STAMP = "report.json"
-# Bump when the report's contents change for the same inputs (a new column, plot or wording).
-REPORT_FORMAT = 1   # with act_sparsity, sharpness and hessian_trace
 
 
 class NoResults(Exception):
@@ -99,18 +97,26 @@ def _files(final: Path, plots: tuple[PlotResult, ...], results: Results, notes: 
 
 
 def _fingerprint(exp: Experiment, tolerance: float, found: list[collect.PointResults]) -> str:
-    """Return the hash of everything a report is made of: the format, the design points' settings, the
-    tolerance, and the key of every store entry found (the unprotected baselines' metrics included)."""
-    from importlib.metadata import version
+    """Return the hash of everything a report is made of: the code that writes it (this package's sources),
+    the design points' settings, the tolerance, and the key of every store entry found (the unprotected
+    baselines' metrics included)."""
 
     points = [{"label": p.point.label, "config": dataclasses.asdict(p.point.config),
                "entries": {stage: entry.key for stage, entry in sorted(p.entries.items())},
                "baseline": p.baseline_synth} for p in found]
     drawn = [name for name, _, _ in plot_registry.PLOTS]
-    text = json.dumps({"format": REPORT_FORMAT, "version": version("dsetool"), "experiment": exp.name,
+    text = json.dumps({"code": _code_hash(), "experiment": exp.name,
                        "plots": drawn, "tolerance": tolerance, "points": points},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _code_hash() -> str:
+    """Return the hash of the report package's sources: a changed plot or column invalidates every report."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
 
 
 def _stamp(fingerprint: str, plots: Sequence[PlotResult]) -> dict[str, Any]:
