@@ -153,6 +153,44 @@ def test_a_new_entry_writes_the_report_again(synthetic, monkeypatch):  # noqa: F
     assert drawn == ["drawn"]
 
 
+def test_a_recomputed_entry_under_the_same_key_writes_the_report_again(synthetic, monkeypatch):  # noqa: F811
+    import shutil
+
+    store, exp = synthetic
+    monkeypatch.setattr(plots, "PLOTS", ())
+    write_report(store, exp)
+    entry = next(e for e in store.entries() if e.stage == "inject")
+    shutil.rmtree(entry.path)                              # removed, then computed again with another result
+    cfg = next(p.config for p in exp.points if stage_key("inject", p.config)[0] == entry.key)
+    put(store, "inject", cfg, campaign_metrics(0.25))
+    drawn: list[str] = []
+    monkeypatch.setattr(write, "draw_all", lambda *a: drawn.append("drawn") or [])
+    again = write_report(store, exp)
+    assert drawn == ["drawn"]
+    assert 0.25 in set(again.results.table["accuracy_under_faults"])
+
+
+def test_a_publish_stopped_half_way_leaves_no_stamp(synthetic, monkeypatch):  # noqa: F811
+    store, exp = synthetic
+    monkeypatch.setattr(plots, "PLOTS", ())
+    first = write_report(store, exp)
+    stamp = first.directory / "report.json"
+    assert stamp.is_file()
+    real_replace = write.os.replace
+
+    def stop_at_summary(src, dst):
+        if str(dst).endswith("summary.md"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    put(store, "inject", next(p.config for p in exp.points
+                              if store.get("inject", stage_key("inject", p.config)[0]) is None), campaign_metrics(0.5))
+    monkeypatch.setattr(write.os, "replace", stop_at_summary)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(store, exp)
+    assert not stamp.exists()                              # the next run cannot take the half-moved files as current
+
+
 def test_an_objective_without_any_pick_gets_one_line(tmp_path, monkeypatch, synthetic):  # noqa: F811
     from dsetool.report.summary import recommendation_lines
     from dsetool.stages import quant_stage

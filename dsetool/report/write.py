@@ -69,7 +69,7 @@ def write_report(store: Store, exp: Experiment, tolerance: float = DEFAULT_TOLER
     results = build(exp.name, exp.source, axes, found, tolerance)
     notes = _notes(store, exp, results)
     final = store.experiment_dir(exp.name)
-    fingerprint = _fingerprint(exp, tolerance, found)
+    fingerprint = _fingerprint(exp, tolerance, found, results, notes)
     kept = _kept_plots(final, fingerprint)
     if kept is not None:
         return _files(final, kept, results, notes)
@@ -84,7 +84,7 @@ def write_report(store: Store, exp: Experiment, tolerance: float = DEFAULT_TOLER
         (work / "report.html").write_text(html.render(results, plots))
         (work / STAMP).write_text(json.dumps(_stamp(fingerprint, plots), indent=2, sort_keys=True))
         with store.experiment_lock(exp.name):   # a sweep and a `report` may publish at the same time
-            _publish(work, final, [*names, STAMP])
+            _publish(work, final, names)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     moved = tuple(dataclasses.replace(p, files=tuple(final / PLOTS_DIR / f.name for f in p.files)) for p in plots)
@@ -96,17 +96,21 @@ def _files(final: Path, plots: tuple[PlotResult, ...], results: Results, notes: 
                        final / "summary.md", plots, results, notes)
 
 
-def _fingerprint(exp: Experiment, tolerance: float, found: list[collect.PointResults]) -> str:
-    """Return the hash of everything a report is made of: the code that writes it (this package's sources),
-    the design points' settings, the tolerance, and the key of every store entry found (the unprotected
-    baselines' metrics included)."""
+def _fingerprint(exp: Experiment, tolerance: float, found: list[collect.PointResults], results: Results,
+                 notes: Sequence[str]) -> str:
+    """Return the hash of everything a report is made of: the code that writes it (this package's sources and
+    matplotlib's version), the experiment's file and settings, the tolerance, every store entry found (its
+    whole manifest: a recomputed entry has new artifact hashes under the same key), and the table itself,
+    so a metric derived outside this package (a stage's own summary) still invalidates the report."""
+    import matplotlib
 
     points = [{"label": p.point.label, "config": dataclasses.asdict(p.point.config),
-               "entries": {stage: entry.key for stage, entry in sorted(p.entries.items())},
+               "entries": {stage: entry.manifest for stage, entry in sorted(p.entries.items())},
                "baseline": p.baseline_synth} for p in found]
     drawn = [name for name, _, _ in plot_registry.PLOTS]
-    text = json.dumps({"code": _code_hash(), "experiment": exp.name,
-                       "plots": drawn, "tolerance": tolerance, "points": points},
+    text = json.dumps({"code": _code_hash(), "matplotlib": matplotlib.__version__, "experiment": exp.name,
+                       "source": str(exp.source), "plots": drawn, "tolerance": tolerance, "points": points,
+                       "table": results.table.to_csv(index=False), "notes": list(notes)},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -142,7 +146,10 @@ def _kept_plots(final: Path, fingerprint: str) -> tuple[PlotResult, ...] | None:
 
 
 def _publish(work: Path, final: Path, names: list[str]) -> None:
-    """Move the files in one rename each, and swap plots/ whole (the old one removed after the swap)."""
+    """Move the files in one rename each, swap plots/ whole (the old one removed after the swap), and move
+    `report.json` in last: a run stopped half-way leaves the old stamp, or none, never one that vouches for
+    files not yet written."""
+    (final / STAMP).unlink(missing_ok=True)
     for name in names:
         os.replace(work / name, final / name)
     new, old = work / PLOTS_DIR, final / PLOTS_DIR
@@ -151,6 +158,7 @@ def _publish(work: Path, final: Path, names: list[str]) -> None:
     if old.exists():
         os.rename(old, trash)
     os.rename(new, old)
+    os.replace(work / STAMP, final / STAMP)
 
 
 def no_results_message(store: Store, exp: Experiment) -> str:
