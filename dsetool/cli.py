@@ -197,16 +197,45 @@ _stage_command("synth", "synth", "Generate the design point's systolic array in 
                                  "Yosys/nextpnr (area, Fmax, cycles and latency per inference).")
 
 
+class JobsType(click.ParamType):
+    """`--jobs`: a count from 1 to 256, or `auto` (None: decided once the tasks to run are known)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or value == "auto":
+            return None
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a whole number nor 'auto'", param, ctx)
+        if not 1 <= count <= 256:
+            self.fail(f"{count} is not in 1..256", param, ctx)
+        return count
+
+
+JOBS = JobsType()
+
+
+def _workers(jobs: int | None, todo: int) -> int:
+    """Return the tasks to run at once: `--jobs` when given, else one per core but no more than there are
+    tasks to compute (a single task, or a warm store, stays in this process with its stage progress bar)."""
+    if jobs is not None:
+        return jobs
+    return max(1, min(os.cpu_count() or 1, todo))
+
+
 @main.command("sweep")
 @_options
-@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Tasks run at once in local worker processes (each gets its share of the cores).")
+@click.option("--jobs", "-j", type=JOBS, default="auto", show_default=True, envvar="DSETOOL_JOBS",
+              help="Tasks run at once in local worker processes (each gets its share of the cores); auto: one "
+                   "per core, in this process when one task or one core. Environment: DSETOOL_JOBS.")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
               help="Run tasks here, or on a Dask distributed cluster sharing the store's file system.")
 @click.option("--scheduler", metavar="tcp://HOST:PORT", help="The Dask scheduler (with --executor dask).")
 @_guarded
-def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str, jobs: int,
-          executor: str, scheduler: str | None) -> None:
+def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str,
+          jobs: int | None, executor: str, scheduler: str | None) -> None:
     """Run every stage of every design point of the experiment's sweep grid, sharing upstream work."""
     from dsetool.config import load_experiment
     from dsetool.executors import ExecutorError, make_executor
@@ -223,8 +252,9 @@ def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     hits = cached(graph, store)
     progress = SweepProgress(exp.name, len(graph.tasks) - len(hits), len(graph.points), len(hits))
     try:
-        result = run_sweep(exp, store, make_executor(jobs, executor, scheduler, progress, debug), progress, graph,
-                           hits)
+        workers = _workers(jobs, len(graph.tasks) - len(hits))
+        result = run_sweep(exp, store, make_executor(workers, executor, scheduler, progress, debug), progress,
+                           graph, hits)
     except ExecutorError as exc:
         raise UserError(f"sweep: {exc}") from None
     finally:
@@ -305,11 +335,11 @@ def report(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bo
               help="Loosen or tighten one metric's tolerance, e.g. accuracy_under_faults=0.02 or lut=2% "
                    "(repeatable).")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write a JUnit XML report.")
-@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Tasks run at once when something must be recomputed.")
+@click.option("--jobs", "-j", type=JOBS, default="auto", show_default=True, envvar="DSETOOL_JOBS",
+              help="Tasks run at once when something must be recomputed (auto: one per core).")
 @_guarded
 def check(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str,
-          baseline_csv: str, tolerances: tuple[str, ...], junit_path: str | None, jobs: int) -> None:
+          baseline_csv: str, tolerances: tuple[str, ...], junit_path: str | None, jobs: int | None) -> None:
     """Re-run an experiment (cache-aware) and exit 1 when a metric regressed against a baseline results.csv."""
     from pathlib import Path
 
@@ -318,6 +348,7 @@ def check(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     from dsetool.executors import make_executor
     from dsetool.orchestrate import first_point, run_sweep
     from dsetool.report.collect import find, rows
+    from dsetool.sweep import cached, plan
 
     try:
         rules = gate.rules_with(gate.parse_tolerances(tolerances))
@@ -327,7 +358,10 @@ def check(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     exp = load_experiment(experiment, overrides)
     store = _store(runs_dir)
     _preflight(exp)
-    result = run_sweep(exp, store, make_executor(jobs, "local", None, None, debug))
+    graph = plan(exp)
+    hits = cached(graph, store)
+    executor = make_executor(_workers(jobs, len(graph.tasks) - len(hits)), "local", None, None, debug)
+    result = run_sweep(exp, store, executor, None, graph, hits)
     if result.failures:
         task_id, error = next(iter(result.failures.items()))
         raise StageFailure(f"check: stage {task_id.split('/')[0]} failed at point {first_point(result.plan, task_id)}:"

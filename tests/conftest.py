@@ -17,6 +17,12 @@ def _seeded() -> None:
     random.seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _one_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweeps in tests run in their own process (spies and interrupts see the tasks) unless a test asks."""
+    monkeypatch.setenv("DSETOOL_JOBS", "1")
+
+
 @pytest.fixture
 def write_experiment(tmp_path: Path) -> Any:
     """Write an experiment mapping (or raw text) to a YAML file and return its path."""

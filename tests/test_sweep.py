@@ -249,3 +249,22 @@ def test_an_unreachable_scheduler_is_a_usage_error(tmp_path, write_experiment):
                  tmp_path / "runs")
     assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_jobs_default_to_one_per_core_and_stay_in_process_for_one_task(monkeypatch):
+    from dsetool import cli
+    from dsetool.executors import InProcess, make_executor
+
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
+    assert [cli._workers(None, todo) for todo in (0, 1, 3, 50)] == [1, 1, 3, 8]
+    assert cli._workers(2, 50) == 2 and cli._workers(4, 1) == 4           # an explicit count is kept
+    assert isinstance(make_executor(cli._workers(None, 1), "local", None, None, False), InProcess)
+    assert isinstance(make_executor(cli._workers(None, 3), "local", None, None, False), ProcessPool)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "300"])
+def test_a_bad_jobs_value_is_a_usage_error(tmp_path, write_experiment, value):
+    path = write_experiment(SMALL)
+    result = run(["sweep", str(path), "--jobs", value], tmp_path / "runs")
+    assert result.exit_code == 2 and "--jobs" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
