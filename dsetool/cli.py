@@ -297,7 +297,7 @@ def _sweep_report(exp: Experiment, store: Store, as_json: bool) -> None:
         files = write_report(store, exp)
     except NoResults:
         return
-    show(files.results, files.plots, files.directory, files.notes)
+    show(files.results, files.plots, files.directory, files.notes, files.kept)
     if as_json:
         click.echo(json.dumps(json_summary(files), sort_keys=True))
 
@@ -322,7 +322,7 @@ def report(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bo
         files = write_report(_store(runs_dir), exp, tolerance)
     except NoResults as exc:
         raise StageFailure(str(exc)) from None
-    show(files.results, files.plots, files.directory, files.notes)
+    show(files.results, files.plots, files.directory, files.notes, files.kept)
     if as_json:
         click.echo(json.dumps(json_summary(files), sort_keys=True))
 

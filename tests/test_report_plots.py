@@ -119,3 +119,19 @@ def test_hardware_cost_draws_each_synthesis_once(data):
 def test_hardware_cost_skips_without_synthesis(data):
     table = data.table.assign(synth_key=None)
     assert hwplots.hardware_cost(PlotInput(table, data.axes, data.faults)) == "no design point has a synthesis"
+
+
+def test_the_accuracy_axis_is_cut_only_below_a_collapsed_design():
+    import pandas as pd
+
+    from dsetool.report.plots import _accuracy_floor
+
+    def floor(*dominated):
+        acc = [0.98, 0.975, *dominated]
+        return _accuracy_floor(pd.DataFrame({"accuracy_under_faults": acc,
+                                             "pareto": [True, True] + [False] * len(dominated)}))
+
+    assert floor(0.19) == pytest.approx(95.5)          # PTQ at 2 bits: on the bottom edge
+    assert floor(0.94) == pytest.approx(92.0)          # a point 3.5 below the front: shown, nothing cut
+    assert floor(0.919, 0.19) == pytest.approx(89.9)   # W2 QAT shown, PTQ at 2 bits on the edge
+    assert floor() == pytest.approx(95.5)

@@ -135,6 +135,7 @@ def test_a_report_from_the_same_entries_is_kept_not_redrawn(synthetic, monkeypat
     monkeypatch.setattr(write, "draw_all", lambda *a: drawn.append("drawn") or [])
     again = write_report(store, exp)
     assert drawn == [] and again.plots == first.plots
+    assert not first.kept and again.kept and json_summary(again)["cached"] is True
     assert (again.directory / "report.json").stat().st_mtime_ns == stamp
     first.plots[0].files[0].unlink()                     # a file gone: written again
     write_report(store, exp)

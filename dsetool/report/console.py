@@ -25,7 +25,8 @@ def top_rows(results: Results, n: int = TOP_ROWS) -> list[int]:
     return [int(i) for i in ranked.index[:n]]
 
 
-def show(results: Results, plots: Sequence[PlotResult], directory: Path, notes: Sequence[str] = ()) -> None:
+def show(results: Results, plots: Sequence[PlotResult], directory: Path, notes: Sequence[str] = (),
+         kept: bool = False) -> None:
     """Print the report's headline to stderr."""
     import sys
 
@@ -56,5 +57,6 @@ def show(results: Results, plots: Sequence[PlotResult], directory: Path, notes: 
     for plot in plots:
         if plot.skipped:
             console.print(f"plot {plot.name} skipped: {plot.caption}", highlight=False, markup=False)
-    console.print(f"report written to {directory}/ (report.html, summary.md, results.csv, results.parquet, plots/)",
+    done = "kept, written from the same results before," if kept else "written"
+    console.print(f"report {done} in {directory}/ (report.html, summary.md, results.csv, results.parquet, plots/)",
                   highlight=False, markup=False)

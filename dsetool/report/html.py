@@ -10,10 +10,11 @@ import base64
 from collections.abc import Sequence
 from html import escape
 
+from dsetool.report import seeds
 from dsetool.report.columns import AXIS_PREFIX
 from dsetool.report.plots import PlotResult
 from dsetool.report.results import Results
-from dsetool.report.summary import cell, headline, left_out, point_text
+from dsetool.report.summary import cell, headline, left_out, recommendation_lines
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -44,7 +45,7 @@ def render(results: Results, plots: Sequence[PlotResult]) -> str:
         "<h2>Pareto front</h2>",
         "<p>Objectives: accuracy under faults (higher is better); LUT, DSP and latency per inference (lower is "
         f"better), each on its own; one front per fault scenario. {escape(left_out(results))}</p>",
-        _table(results, front_only=True),
+        _table(results, front_only=True), _seed_table(results),
         "<h2>Plots</h2>", *(_figure(p) for p in plots if not p.skipped), _skipped(plots),
         "<h2>All design points</h2>",
         "<p class=muted>Every column is in <code>results.csv</code> / <code>results.parquet</code>; rows on a "
@@ -56,13 +57,22 @@ def render(results: Results, plots: Sequence[PlotResult]) -> str:
 
 
 def _recommendations(results: Results) -> str:
-    several = len(results.front.scenarios) > 1
     items = []
-    for r in results.recommendations:
-        where = f" <span class=muted>[{escape(r.scenario)}]</span>" if several else ""
-        point = f"<code>{escape(point_text(results, r))}</code>" if r.point else "(none)"
-        items.append(f"<li class=rec><b>{escape(r.objective)}</b>{where}: {point}: {escape(r.reason)}</li>")
+    for line in recommendation_lines(results):
+        objective, rest = line.split(": ", 1)
+        items.append(f"<li class=rec><b>{escape(objective)}</b>: {escape(rest)}</li>")
     return "<ul>" + "".join(items) + "</ul>"
+
+
+def _seed_table(results: Results) -> str:
+    rows = seeds.seed_rows(results)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(h)}</th>" for h in seeds.HEADINGS)
+    body = "".join("<tr>" + "".join(f"<td{' class=text' if i == 0 else ''}>{escape(c)}</td>"
+                                    for i, c in enumerate(seeds.cells(r))) + "</tr>" for r in rows)
+    return (f"<h2>Fmax over place-and-route seeds</h2><p>{escape(seeds.INTRO)}</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def _table(results: Results, front_only: bool) -> str:

@@ -179,8 +179,9 @@ def pareto_scatter(data: PlotInput) -> Drawn | str:
                "P<n> as in the results table (where tags would overlap, the leftmost is kept; summary.md lists "
                "every front point).")
     if below:
-        caption += (f" The accuracy axis starts at {floor:.0f} %: {below // len(panels)} dominated points lie "
-                    "lower, drawn as triangles on its bottom edge.")
+        count = below // len(panels)
+        caption += (f" The accuracy axis starts at {floor:.0f} %: {count} dominated "
+                    f"{'point lies' if count == 1 else 'points lie'} lower, drawn as triangles on its bottom edge.")
     constant = [f"{label.split(' (')[0]} ({t[c].iloc[0]:g})" for c, label in PARETO_PANELS
                 if (c, label) not in panels]
     if constant:
@@ -188,16 +189,20 @@ def pareto_scatter(data: PlotInput) -> Drawn | str:
     return Drawn(fig, note(caption, len(scenarios), t["fault_scenario"].nunique(), "fault scenarios"))
 
 
+COLLAPSE_POINTS = 10.0   # a point this far (or three front spans) below every front has collapsed
+
+
 def _accuracy_floor(t: pd.DataFrame) -> float:
-    """Return the bottom of the accuracy axis: a little below the lowest front point, or 0 when every point
-    is near the fronts anyway (then nothing is cut off)."""
-    front = 100 * t.loc[t["pareto"].astype(bool), "accuracy_under_faults"].astype(float)
-    lowest = 100 * float(t["accuracy_under_faults"].min())
+    """Return the bottom of the accuracy axis: 2 points below the lowest point that has not collapsed. A
+    collapsed design (PTQ at 2 bits, far below every front) would squash the fronts into a line; it is
+    drawn on the bottom edge instead."""
+    accuracy = 100 * t["accuracy_under_faults"].astype(float)
+    front = accuracy[t["pareto"].astype(bool)]
     if front.empty:
-        return max(0.0, lowest - 2.0)
-    top = 100 * float(t["accuracy_under_faults"].max())
-    floor = float(front.min()) - max(1.0, 0.15 * (top - float(front.min())))
-    return max(0.0, lowest - 2.0) if lowest >= floor else max(0.0, floor)
+        return max(0.0, float(accuracy.min()) - 2.0)
+    reach = max(COLLAPSE_POINTS, 3 * (float(accuracy.max()) - float(front.min())))
+    kept = accuracy[accuracy >= float(front.min()) - reach]
+    return max(0.0, float(kept.min()) - 2.0)
 
 
 def _pareto_points(ax: Any, group: pd.DataFrame, column: str, color: Any, floor: float) -> int:

@@ -96,8 +96,9 @@ def hardware(rows: Sequence[Mapping[str, Any]], members: Sequence[int], scenario
     best = max(float(rows[i]["accuracy_under_faults"]) for i in members)
     close = [i for i in members if float(rows[i]["accuracy_under_faults"]) >= best - tolerance - 1e-12]
     pick = min(close, key=lambda i: (*_area_key(rows[i]), -float(rows[i]["accuracy_under_faults"]), _number(rows, i)))
-    why = (f"smallest design on the front (fewest LUTs, then DSPs, then latency) within {100 * tolerance:g} "
-           f"percentage points of its best accuracy under faults ({100 * best:.2f} %)")
+    points = f"{100 * tolerance:g} percentage point{'' if 100 * tolerance == 1 else 's'}"
+    why = (f"smallest design on the front (fewest LUTs, then DSPs, then latency) within {points} of its best "
+           f"accuracy under faults ({100 * best:.2f} %)")
     return _chosen("hardware", scenario, rows, pick, f"{why}: {_describe(rows[pick])}")
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dsetool.report import seeds
 from dsetool.report.columns import AXIS_PREFIX, axis_column
 from dsetool.report.plotkit import describe, format_value, short_names, varying
 from dsetool.report.plots import PlotResult
@@ -129,6 +130,9 @@ def render(results: Results, plots: Sequence[PlotResult], files: Sequence[Path],
     front = results.front_rows
     out.append(markdown_table(front, headline(results))
                if len(front) else "No design point is on a front.")
+    spread = seeds.seed_rows(results)
+    if spread:
+        out += ["", "## Fmax over place-and-route seeds", "", seeds.INTRO, "", seeds.markdown(spread)]
     out += ["", "## Plots", ""]
     out += [f"- {p.title}: `plots/{p.files[0].name}` (and .svg)" for p in plots if not p.skipped]
     skipped = [p for p in plots if p.skipped]

@@ -51,6 +51,7 @@ class ReportFiles:
     plots: tuple[PlotResult, ...]
     results: Results
     notes: tuple[str, ...] = ()
+    kept: bool = False   # the report already there was written from the same inputs, and left as it was
 
     def paths(self) -> list[Path]:
         """Return every written file: tables, summary, HTML, then each plot's PNG and SVG."""
@@ -72,7 +73,7 @@ def write_report(store: Store, exp: Experiment, tolerance: float = DEFAULT_TOLER
     fingerprint = _fingerprint(exp, tolerance, found, results, notes)
     kept = _kept_plots(final, fingerprint)
     if kept is not None:
-        return _files(final, kept, results, notes)
+        return _files(final, kept, results, notes, kept=True)
     final.mkdir(parents=True, exist_ok=True)
     work = final / f".report-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     work.mkdir()
@@ -91,9 +92,10 @@ def write_report(store: Store, exp: Experiment, tolerance: float = DEFAULT_TOLER
     return _files(final, moved, results, notes)
 
 
-def _files(final: Path, plots: tuple[PlotResult, ...], results: Results, notes: tuple[str, ...]) -> ReportFiles:
+def _files(final: Path, plots: tuple[PlotResult, ...], results: Results, notes: tuple[str, ...],
+           kept: bool = False) -> ReportFiles:
     return ReportFiles(final, final / "results.csv", final / "results.parquet", final / "report.html",
-                       final / "summary.md", plots, results, notes)
+                       final / "summary.md", plots, results, notes, kept)
 
 
 def _fingerprint(exp: Experiment, tolerance: float, found: list[collect.PointResults], results: Results,
@@ -186,10 +188,11 @@ def _notes(store: Store, exp: Experiment, results: Results) -> tuple[str, ...]:
 def json_summary(files: ReportFiles) -> dict[str, Any]:
     """Return the one JSON object `dsetool report --json` prints: where the report is, every file written
     (paths relative to the cwd), the counts, the front, the recommendations and the skipped plots. It has
-    the keys of every stage's JSON line (`key` is null: a report is rewritten, not a store entry)."""
+    the keys of every stage's JSON line (`key` is null: a report is rewritten, not a store entry; `cached`
+    is true when the report already there was kept)."""
     from dsetool.report.results import as_json
 
-    return {"stage": "report", "key": None, "cached": False, "experiment": files.results.experiment,
+    return {"stage": "report", "key": None, "cached": files.kept, "experiment": files.results.experiment,
             "path": os.path.relpath(files.directory),
             "files": [os.path.relpath(p) for p in files.paths()], "metrics": as_json(files.results),
             "skipped_plots": {p.name: p.caption for p in files.plots if p.skipped}, "notes": list(files.notes)}
