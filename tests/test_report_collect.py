@@ -16,6 +16,7 @@ no toolchain. The designs, at BER 1e-4 / 1e-3:
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,29 @@ def test_nothing_is_computed_and_an_empty_store_has_no_results(tmp_path, synthet
 def test_every_documented_column_is_unique():
     assert len(NAMES) == len(set(NAMES))
     assert all(name == name.lower() and " " not in name for name in NAMES)
+
+
+def test_the_readme_documents_every_column_as_the_list_does():
+    from dsetool.report.columns import COLUMNS
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("| column | meaning |", readme.index("**Columns.**"))
+    table = readme[start:readme.index("\n\n", start)]
+    documented = dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|$", table, re.M))
+    for name, meaning in COLUMNS:
+        assert documented.get(name) == meaning, name
+    assert set(documented) == {name for name, _ in COLUMNS}
+
+
+def test_accuracy_under_faults_carries_its_wilson_interval(synthetic):
+    from dsetool.faults.stats import wilson
+
+    store, exp = synthetic
+    t = table_of(store, exp)
+    with_campaign = t[t["accuracy_under_faults"].notna()]
+    assert len(with_campaign) and t.loc[t["accuracy_under_faults"].isna(), "accuracy_ci_lo"].isna().all()
+    for _, row in with_campaign.iterrows():
+        expected = wilson(round(row["accuracy_under_faults"] * 40), 40)   # 40 faulty inferences each
+        assert (row["accuracy_ci_lo"], row["accuracy_ci_hi"]) == pytest.approx((expected.low, expected.high))
+        assert row["accuracy_ci_lo"] < row["accuracy_under_faults"] < row["accuracy_ci_hi"]

@@ -145,11 +145,24 @@ def reliability(cfg: RunConfig, m: Mapping[str, Any]) -> dict[str, Any]:
     out["faulty_inferences"] = m.get("faulty_inferences")
     for name in ("accuracy_under_faults", "accuracy_drop"):
         out[name] = m.get(name)
+    out["accuracy_ci_lo"], out["accuracy_ci_hi"] = _accuracy_bounds(m)
     for name in ("masked", "sdc", "critical"):
         low, high = _bounds(m.get(f"{name}_ci"))
         out.update({f"{name}_rate": m.get(f"{name}_rate"), f"{name}_ci_lo": low, f"{name}_ci_hi": high})
     out["detected_rate"] = m.get("detected_rate")
     return out
+
+
+def _accuracy_bounds(m: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Return the 95 % Wilson interval of accuracy under faults (a share of the faulty inferences, like the
+    outcome rates the campaign bounds itself)."""
+    from dsetool.faults.stats import wilson
+
+    accuracy, total = m.get("accuracy_under_faults"), m.get("faulty_inferences")
+    if not isinstance(accuracy, int | float) or not isinstance(total, int) or total <= 0:
+        return None, None
+    rate = wilson(round(accuracy * total), total)
+    return rate.low, rate.high
 
 
 def _bounds(ci: Any) -> tuple[Any, Any]:

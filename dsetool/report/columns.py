@@ -41,6 +41,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("faults_per_inference", "faulty sites per inference (blank when the campaign uses a BER)"),
     ("faulty_inferences", "faulty inferences the campaign ran"),
     ("accuracy_under_faults", "top-1 accuracy of the faulty inferences"),
+    ("accuracy_ci_lo", "lower bound of the accuracy under faults' 95 % Wilson interval"),
+    ("accuracy_ci_hi", "upper bound of the accuracy under faults' 95 % Wilson interval"),
     ("accuracy_drop", "golden accuracy minus accuracy under faults"),
     ("masked_rate", "share of faulty inferences whose logits are identical to the golden run"),
     ("masked_ci_lo", "lower bound of the masked rate's 95 % Wilson interval"),

@@ -81,7 +81,8 @@ def accuracy_vs_ber(data: PlotInput) -> Drawn | str:
     ncols = max(1, min(4, len(handles), int(width // (0.065 * longest + 0.6))))
     fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
     fig.suptitle("Accuracy under faults vs bit error rate")
-    caption = note("Each line is one design (its values of the other axes); panels split "
+    caption = note("Each line is one design (its values of the other axes), shaded over its 95 % Wilson "
+                   "interval; panels split "
                    + (", ".join(short_names(facet_axes).values()) if facet_axes else "nothing") + ".",
                    len(shown), len(facets), "panels")
     return Drawn(fig, note(caption, len(palette), len(lines), "lines"))
@@ -92,6 +93,8 @@ def _ber_panel(ax: Any, group: pd.DataFrame, palette: dict[str, Any]) -> None:
         if label in palette:
             line = line.sort_values("ber")
             ax.plot(line["ber"], 100 * line["accuracy_under_faults"], marker="o", ms=4, color=palette[label])
+            ax.fill_between(line["ber"], 100 * line["accuracy_ci_lo"], 100 * line["accuracy_ci_hi"],
+                            color=palette[label], alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     ax.grid(True, which="major", alpha=0.3)
     ax.set_xlabel("bit error rate")

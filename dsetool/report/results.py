@@ -62,7 +62,8 @@ def build(experiment: str, source: str, axes: Sequence[str], found: Sequence[col
 
 
 # Columns that are numbers even when every cell is blank (so the parquet schema does not depend on the data).
-FLOAT_COLUMNS = ("float_acc", "quant_acc", "ber", "accuracy_under_faults", "accuracy_drop", "masked_rate",
+FLOAT_COLUMNS = ("float_acc", "quant_acc", "ber", "accuracy_under_faults", "accuracy_ci_lo", "accuracy_ci_hi",
+                 "accuracy_drop", "masked_rate",
                  "masked_ci_lo", "masked_ci_hi", "sdc_rate", "sdc_ci_lo", "sdc_ci_hi", "critical_rate",
                  "critical_ci_lo", "critical_ci_hi", "detected_rate", "fmax_mhz", "latency_us", "lut_overhead_pct",
                  "ff_overhead_pct", "dsp_overhead_pct", "fmax_overhead_pct", "act_sparsity", "sharpness",
