@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from dsetool.progress import Reporter, SilentReporter
+from dsetool.progress import Reporter, SilentReporter, SweepProgress
 from dsetool.sweep import Plan, Task
 
 
@@ -119,6 +119,16 @@ def _limit_threads(threads: int) -> None:
         os.environ[name] = str(threads)
 
 
+class Watch(Protocol):
+    """What a pool tells about the tasks its workers run (`SweepProgress` draws a row for each)."""
+
+    def running(self, task_id: str, description: str) -> None:
+        """A worker started the task."""
+
+    def stopped(self, task_id: str) -> None:
+        """The task finished, failed or was lost with its worker."""
+
+
 class ProcessPool:
     """Run up to `jobs` tasks at once in fresh worker processes, each with its share of the cores.
 
@@ -127,8 +137,10 @@ class ProcessPool:
     worker is found (and fails after `retries` deaths) without failing the work that merely shared its pool.
     """
 
-    def __init__(self, jobs: int, retries: int = 1, work: Callable[..., tuple[bool, float]] = run_task) -> None:
+    def __init__(self, jobs: int, retries: int = 1, work: Callable[..., tuple[bool, float]] = run_task,
+                 watch: Watch | None = None) -> None:
         self.jobs = jobs
+        self.watch = watch   # shown which tasks are running (a sweep's progress display)
         self.retries = retries
         self.work = work   # what a worker runs per task (a module-level function: it is pickled)
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -188,6 +200,8 @@ class ProcessPool:
                         continue
                     try:
                         running[pool.submit(self.work, str(runs_dir), task.with_threads(self.threads))] = task
+                        if self.watch is not None:
+                            self.watch.running(task.id, plan.describe(task.id))
                     except BrokenProcessPool:
                         waiting[task.id] = task   # never started: not an attempt
                         broken = True
@@ -206,10 +220,15 @@ class ProcessPool:
                         else:
                             done.add(task.id)
                             on_done(Outcome(task, cached, seconds))
+                        if self.watch is not None:
+                            self.watch.stopped(task.id)
                         del running[future]
                 elif not running and not broken and waiting and not ready():  # pragma: no cover - plans are ordered
                     raise RuntimeError(f"sweep: {len(waiting)} tasks wait for tasks outside the plan")
                 if broken:
+                    for task in running.values():
+                        if self.watch is not None:
+                            self.watch.stopped(task.id)
                     self._lost(list(running.values()), deaths, suspects, waiting, blocked)
                     running.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -272,4 +291,5 @@ def make_executor(jobs: int, executor: str, scheduler: str | None, reporter: Rep
         if not scheduler:
             raise ValueError("--executor dask needs --scheduler tcp://HOST:PORT")
         return Dask(scheduler)
-    return InProcess(reporter, debug) if jobs == 1 else ProcessPool(jobs)
+    watch = reporter if isinstance(reporter, SweepProgress) else None
+    return InProcess(reporter, debug) if jobs == 1 else ProcessPool(jobs, watch=watch)

@@ -34,7 +34,7 @@ class SweepResult:
 
 def first_point(plan_: Plan, task_id: str) -> str:
     """Return the label of the first design point made of task `task_id` (to name it in messages)."""
-    return next(label for label, ids in plan_.points.items() if task_id in ids)
+    return plan_.first_point(task_id)
 
 
 def run_sweep(exp: Experiment, store: Store, executor: Executor, progress: SweepProgress | None = None,
@@ -63,8 +63,7 @@ def run_sweep(exp: Experiment, store: Store, executor: Executor, progress: Sweep
         if not outcome.error:
             _record(store, exp, graph, axes, {task_id}, result, pending)
         if progress is not None:
-            label = first_point(graph, task_id)
-            progress.task_done(f"{outcome.task.stage} at {label}", len(result.complete), outcome.error)
+            progress.task_done(graph.describe(task_id), len(result.complete), outcome.error)
 
     executor.run(graph, todo, Path(store.root), on_done)
     result.seconds = time.perf_counter() - start

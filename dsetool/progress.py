@@ -90,24 +90,33 @@ class SweepProgress:
     """One bar for the whole sweep (tasks done, points done, cache hits, ETA) and one for the running stage.
 
     Both live in one rich display (rich draws one live display at a time). The stage bar is the
-    `Reporter` that stages running in this process draw on; tasks running in pool or Dask workers only
-    advance the sweep bar. Without a terminal, each finished task prints one line instead.
+    `Reporter` that stages running in this process draw on; a task running in a local pool worker gets a
+    row with its elapsed time instead (`running`/`stopped`), and Dask tasks only advance the sweep bar.
+    Without a terminal, each finished task prints one line instead.
     """
 
     def __init__(self, experiment: str, tasks: int, points: int, cached: int) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.tty = sys.stderr.isatty()
         self.console = Console(stderr=True, width=None if self.tty else 160)
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(), console=self.console, disable=not self.tty,
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, disable=not self.tty,
         )
         self.points = points
         self.cached = cached
         self._sweep = self._progress.add_task(f"sweep {experiment}", total=tasks, info="")
         self._stage: Any = None
+        self._workers: dict[str, Any] = {}   # task id -> row of a task running in a worker process
         self._progress.start()
 
     def task_done(self, description: str, points_done: int, error: str = "") -> None:
@@ -121,6 +130,17 @@ class SweepProgress:
                                highlight=False, markup=False)
         elif error:
             self.console.print(f"{description}: FAILED {error}", highlight=False, markup=False)
+
+    def running(self, task_id: str, description: str) -> None:
+        """Show a task a worker process has started (its own stage bar lives in that process): one row
+        per running task, with the time it has taken so far."""
+        self._workers[task_id] = self._progress.add_task(f"  {description}", total=None, info="running")
+
+    def stopped(self, task_id: str) -> None:
+        """Remove a worker's task row (finished, failed or lost with its worker)."""
+        row = self._workers.pop(task_id, None)
+        if row is not None:
+            self._progress.remove_task(row)
 
     def close(self) -> None:
         """Stop drawing."""

@@ -54,6 +54,14 @@ class Plan:
         """Yield the tasks upstream first (insertion order is already topological)."""
         yield from self.tasks.values()
 
+    def first_point(self, task_id: str) -> str:
+        """Return the label of the first design point made of task `task_id` (to name it in messages)."""
+        return next(label for label, ids in self.points.items() if task_id in ids)
+
+    def describe(self, task_id: str) -> str:
+        """Return `stage at point`, how progress lines and errors name a task."""
+        return f"{self.tasks[task_id].stage} at {self.first_point(task_id)}"
+
     def dependents(self) -> dict[str, list[str]]:
         """Return, for every task id, the ids of the tasks that wait for it."""
         out: dict[str, list[str]] = {task_id: [] for task_id in self.tasks}

@@ -235,11 +235,24 @@ def test_a_dead_pool_worker_costs_only_its_own_task(tmp_path):
              [("ok", ()), ("once", ()), ("always", ()), ("after", ("s/always",)), ("later", ("s/once",))]}
     graph = Plan(tasks, {"p": tuple(tasks)})
     outcomes: dict[str, str] = {}
-    ProcessPool(2, retries=1, work=_dies).run(graph, list(tasks.values()), tmp_path,
-                                              lambda o: outcomes.__setitem__(o.task.key, o.error))
+    shown: dict[str, str] = {}   # the rows a sweep's display would show: running tasks only
+    started: list[str] = []
+
+    class Watch:
+        def running(self, task_id: str, description: str) -> None:
+            assert task_id not in shown
+            shown[task_id] = description
+            started.append(task_id)
+
+        def stopped(self, task_id: str) -> None:
+            del shown[task_id]
+
+    ProcessPool(2, retries=1, work=_dies, watch=Watch()).run(graph, list(tasks.values()), tmp_path,
+                                                             lambda o: outcomes.__setitem__(o.task.key, o.error))
     assert outcomes["ok"] == outcomes["once"] == outcomes["later"] == ""   # retried in a fresh pool
     assert outcomes["always"] == "its worker process died 2 times"
     assert outcomes["after"] == "not run: upstream s failed"
+    assert shown == {} and started.count("s/always") >= 2 and "s/after" not in started   # no row outlives its task
 
 
 @pytest.mark.slow
