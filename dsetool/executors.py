@@ -11,7 +11,7 @@ and everything independent of it still runs (so the next run resumes with less t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,6 +119,9 @@ def _limit_threads(threads: int) -> None:
         os.environ[name] = str(threads)
 
 
+WATCH_SECONDS = 1.0   # how often a pool looks for tasks its workers have started (for the progress rows)
+
+
 class Watch(Protocol):
     """What a pool tells about the tasks its workers run (`SweepProgress` draws a row for each)."""
 
@@ -166,6 +169,24 @@ class ProcessPool:
             suspects.add(task.id)
             waiting[task.id] = task
 
+    def _show_started(self, plan: Plan, running: Mapping[Any, Task], shown: set[str]) -> None:
+        """Tell the watch about tasks a worker has picked up. Every ready task is submitted at once, so a
+        submitted task may still be queued; a future reads `running` from the moment it enters the pool's
+        call queue (one more than there are workers), and workers take calls in submission order, so the
+        executing tasks are the oldest `jobs` running futures."""
+        if self.watch is None:
+            return
+        executing = [task for future, task in running.items() if future.running()][:self.jobs]
+        for task in executing:
+            if task.id not in shown:
+                shown.add(task.id)
+                self.watch.running(task.id, plan.describe(task.id))
+
+    def _hide(self, task: Task, shown: set[str]) -> None:
+        if self.watch is not None and task.id in shown:
+            shown.discard(task.id)
+            self.watch.stopped(task.id)
+
     def run(self, plan: Plan, todo: Sequence[Task], runs_dir: Path, on_done: OnDone) -> None:
         """Submit each task once the tasks it needs are done; keep `jobs` busy while any are ready."""
         from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -177,6 +198,7 @@ class ProcessPool:
         running: dict[Future[tuple[bool, float]], Task] = {}
         deaths: dict[str, int] = {}
         suspects: set[str] = set()   # tasks that were in a pool when a worker died: each reruns alone
+        shown: set[str] = set()      # tasks the watch was told are running
         pool = self._pool()
 
         def ready() -> list[Task]:
@@ -200,14 +222,12 @@ class ProcessPool:
                         continue
                     try:
                         running[pool.submit(self.work, str(runs_dir), task.with_threads(self.threads))] = task
-                        if self.watch is not None:
-                            self.watch.running(task.id, plan.describe(task.id))
                     except BrokenProcessPool:
                         waiting[task.id] = task   # never started: not an attempt
                         broken = True
                         break
                 if running and not broken:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    finished, _ = wait(running, timeout=WATCH_SECONDS, return_when=FIRST_COMPLETED)
                     for future in finished:
                         task = running[future]
                         try:
@@ -220,15 +240,14 @@ class ProcessPool:
                         else:
                             done.add(task.id)
                             on_done(Outcome(task, cached, seconds))
-                        if self.watch is not None:
-                            self.watch.stopped(task.id)
+                        self._hide(task, shown)
                         del running[future]
+                    self._show_started(plan, running, shown)
                 elif not running and not broken and waiting and not ready():  # pragma: no cover - plans are ordered
                     raise RuntimeError(f"sweep: {len(waiting)} tasks wait for tasks outside the plan")
                 if broken:
                     for task in running.values():
-                        if self.watch is not None:
-                            self.watch.stopped(task.id)
+                        self._hide(task, shown)
                     self._lost(list(running.values()), deaths, suspects, waiting, blocked)
                     running.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
