@@ -107,6 +107,9 @@ class SaqConfig:
 REGULARIZERS = ("none", "l1", "l2", "max_magnitude", "max_squared")
 
 
+TRAIN_THREADS = 2   # what every model in the README was trained with
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Float pre-training (shared by every bit width) and QAT fine-tuning, and the penalties of both."""
@@ -119,6 +122,10 @@ class TrainConfig:
                                  "(max_magnitude, max_squared: Ozen's outlier regularization)")
     alpha: float = spec(1e-4, range=(0.0, 100.0), help="weight of the regularizer")
     act_l1: float = spec(0.0, range=(0.0, 100.0), help="L1 penalty on post-ReLU activations (sparsity), 0 = off")
+    threads: int = spec(TRAIN_THREADS, range=(1, 256),
+                        help="torch threads of every phase that makes a model (training, calibration), fixed "
+                             "rather than the machine's: the thread count changes the order of float sums and "
+                             "so the trained weights; in the store key when not the default")
 
 
 @dataclass(frozen=True)

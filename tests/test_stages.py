@@ -39,6 +39,27 @@ def test_keys_depend_on_exactly_what_a_stage_reads():
     assert stage_key("pretrain", calib)[0] == stage_key("pretrain", base)[0]
     assert stage_key("ptq", calib)[0] != stage_key("ptq", base)[0]
     assert stage_key("train-qat", threads)[0] == stage_key("train-qat", base)[0]
+    one = dataclasses.replace(base, train=dataclasses.replace(base.train, threads=1))
+    for stage in ("pretrain", "train-qat", "ptq"):   # the thread count changes the weights: it is in the key
+        assert stage_key(stage, one)[0] != stage_key(stage, base)[0]
+
+
+def test_model_making_stages_run_on_the_training_threads_whatever_the_task_was_given():
+    """A pool worker hands each task its share of the cores (`threads`); training must not see it, or
+    `--jobs 2` would cache other weights under the same key than `--jobs 1`."""
+    import torch
+
+    from dsetool.stages.common import prepare
+
+    squeezed = dataclasses.replace(RunConfig(), threads=1)
+    before = torch.get_num_threads()
+    try:
+        prepare(squeezed)
+        assert torch.get_num_threads() == squeezed.train.threads == 2
+        prepare(squeezed, squeezed.threads)               # what a campaign asks for
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def _dsetool(*args: str, cwd: Path) -> subprocess.Popen[str]:

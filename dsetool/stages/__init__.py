@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dsetool.config import RANGE_PROTECTIONS, RunConfig
+from dsetool.config import RANGE_PROTECTIONS, TRAIN_THREADS, RunConfig
 from dsetool.progress import Reporter, SilentReporter
 from dsetool.store import Entry, Result, Store, make_key
 from dsetool.validate import to_plain
@@ -61,9 +61,12 @@ def _pretrain_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _penalties(cfg: RunConfig) -> dict[str, Any]:
-    """Return the training penalties a phase reads, only when set (so default keys stay as they were)."""
+    """Return the training penalties a phase reads, and its thread count, only when not the default (so
+    default keys stay as they were)."""
     t = cfg.train
     out: dict[str, Any] = {}
+    if t.threads != TRAIN_THREADS:
+        out["threads"] = t.threads
     if t.regularizer != "none" and t.alpha:
         out["regularizer"] = {"kind": t.regularizer, "alpha": t.alpha}
     if t.act_l1:
@@ -85,7 +88,8 @@ def _qat_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
-    return {"quant": _quant_reads(cfg), "calib_size": cfg.data.calib_size, "ptq": to_plain(cfg.ptq)}
+    return {"quant": _quant_reads(cfg), "calib_size": cfg.data.calib_size, "ptq": to_plain(cfg.ptq),
+            **({"threads": cfg.train.threads} if cfg.train.threads != TRAIN_THREADS else {})}
 
 
 def _inject_reads(cfg: RunConfig) -> dict[str, Any]:

@@ -19,9 +19,12 @@ MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
 
 
-def prepare(cfg: RunConfig) -> tuple[DataSplits, torch.device]:
-    """Seed torch, pick the device and load the design point's data at the model's input size."""
-    seed_everything(cfg.seed, cfg.threads)
+def prepare(cfg: RunConfig, threads: int | None = None) -> tuple[DataSplits, torch.device]:
+    """Seed torch, pick the device and load the design point's data at the model's input size.
+
+    Torch runs on `train.threads` threads unless the stage asks otherwise: a model-making stage must not
+    depend on the machine or on how many tasks share it (`--jobs`), since its result is cached by key."""
+    seed_everything(cfg.seed, cfg.train.threads if threads is None else threads)
     native = GEOMETRY[cfg.data.name][1]
     splits = load_dataset(
         cfg.data.name, root=cfg.data.root, download=cfg.data.download,

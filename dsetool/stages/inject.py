@@ -51,7 +51,7 @@ class GoldenMismatch(RuntimeError):
 def run(ctx: StageContext) -> Result:
     """Run (or resume) the campaign of this design point and summarise it."""
     cfg = ctx.config
-    splits, _ = prepare(cfg)
+    splits, _ = prepare(cfg, cfg.threads)   # integer campaigns: any thread count gives the same result
     upstream = ctx.upstream[quant_stage(cfg)]
     intmodel_dir = upstream.path
     model = load_intmodel(intmodel_dir)
