@@ -33,7 +33,7 @@ def test_synthetic_recommendations(synthetic):  # noqa: F811
     # P8 (TMR) is the most accurate at 1e-3, but it does not fit the FPGA.
     assert chosen["reliability", high].point_id == 7
     assert chosen["hardware", low].point_id == 2
-    assert "within 1 percentage points" in chosen["hardware", low].reason
+    assert "within 1 percentage point of" in chosen["hardware", low].reason
 
 
 def test_a_wider_tolerance_picks_the_smaller_design(synthetic):  # noqa: F811
