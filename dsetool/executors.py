@@ -117,6 +117,9 @@ def _limit_threads(threads: int) -> None:
     """Pin every math library of a pool worker to its share of the cores (set before torch loads)."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[name] = str(threads)
+    # Training runs on `train.threads` whatever this share is, so two workers can hold more threads than
+    # there are cores: idle OpenMP threads must sleep, not spin, or they steal the other worker's core.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 WATCH_SECONDS = 1.0   # how often a pool looks for tasks its workers have started (for the progress rows)
