@@ -239,7 +239,7 @@ def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     """Run every stage of every design point of the experiment's sweep grid, sharing upstream work."""
     from dsetool.config import load_experiment
     from dsetool.executors import ExecutorError, make_executor
-    from dsetool.orchestrate import first_point, run_sweep
+    from dsetool.orchestrate import run_sweep
     from dsetool.progress import SweepProgress
     from dsetool.sweep import cached, plan
 
@@ -267,7 +267,7 @@ def sweep(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     if result.failures:
         task_id, error = next(iter(result.failures.items()))
         raise StageFailure(f"sweep: {len(result.failures)} of {len(graph.tasks)} tasks failed; first: stage "
-                           f"{task_id.split('/')[0]} at point {first_point(graph, task_id)}: {error}")
+                           f"{task_id.split('/')[0]} at point {graph.first_point(task_id)}: {error}")
 
 
 def _emit_sweep(exp: Experiment, store: Store, graph: Any, computed: set[str], as_json: bool, debug: bool) -> None:
@@ -346,7 +346,7 @@ def check(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     from dsetool import check as gate
     from dsetool.config import load_experiment
     from dsetool.executors import make_executor
-    from dsetool.orchestrate import first_point, run_sweep
+    from dsetool.orchestrate import run_sweep
     from dsetool.report.collect import find, rows
     from dsetool.sweep import cached, plan
 
@@ -364,7 +364,7 @@ def check(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     result = run_sweep(exp, store, executor, None, graph, hits)
     if result.failures:
         task_id, error = next(iter(result.failures.items()))
-        raise StageFailure(f"check: stage {task_id.split('/')[0]} failed at point {first_point(result.plan, task_id)}:"
+        raise StageFailure(f"check: stage {task_id.split('/')[0]} failed at point {result.plan.first_point(task_id)}:"
                            f" {error}")
     findings = gate.compare(baseline, rows(find(store, exp)), rules)
     if junit_path:

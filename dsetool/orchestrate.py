@@ -32,11 +32,6 @@ class SweepResult:
     complete: set[str] = field(default_factory=set)   # labels of the points whose every task is in the store
 
 
-def first_point(plan_: Plan, task_id: str) -> str:
-    """Return the label of the first design point made of task `task_id` (to name it in messages)."""
-    return plan_.first_point(task_id)
-
-
 def run_sweep(exp: Experiment, store: Store, executor: Executor, progress: SweepProgress | None = None,
               planned: Plan | None = None, hits: Collection[str] | None = None) -> SweepResult:
     """Compute every task of `exp` the store does not hold and record each finished one in the index.
