@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dsetool.progress import Reporter, SilentReporter, SweepProgress
+from dsetool.schedule import bottom_levels
 from dsetool.sweep import Plan, Task
 
 
@@ -173,10 +174,8 @@ class ProcessPool:
             waiting[task.id] = task
 
     def _show_started(self, plan: Plan, running: Mapping[Any, Task], shown: set[str]) -> None:
-        """Tell the watch about tasks a worker has picked up. Every ready task is submitted at once, so a
-        submitted task may still be queued; a future reads `running` from the moment it enters the pool's
-        call queue (one more than there are workers), and workers take calls in submission order, so the
-        executing tasks are the oldest `jobs` running futures."""
+        """Tell the watch about tasks a worker has picked up (a submitted future reads `running` once it
+        enters the pool's call queue; no more tasks than workers are submitted, so each of them runs)."""
         if self.watch is None:
             return
         executing = [task for future, task in running.items() if future.running()][:self.jobs]
@@ -191,7 +190,7 @@ class ProcessPool:
             self.watch.stopped(task.id)
 
     def run(self, plan: Plan, todo: Sequence[Task], runs_dir: Path, on_done: OnDone) -> None:
-        """Submit each task once the tasks it needs are done; keep `jobs` busy while any are ready."""
+        """Start the most urgent ready task (`dsetool.schedule`) on each idle worker until all are done."""
         from concurrent.futures import FIRST_COMPLETED, Future, wait
         from concurrent.futures.process import BrokenProcessPool
 
@@ -204,15 +203,21 @@ class ProcessPool:
         shown: set[str] = set()      # tasks the watch was told are running
         pool = self._pool()
 
+        levels = bottom_levels(plan, waiting)
+
         def ready() -> list[Task]:
-            return [t for t in waiting.values() if all(n in done or n in blocked.failed for n in t.needs)]
+            tasks = [t for t in waiting.values() if all(n in done or n in blocked.failed for n in t.needs)]
+            return sorted(tasks, key=lambda t: -levels[t.id])   # stable: plan order breaks ties
 
         def submittable() -> list[Task]:
+            """The most urgent ready tasks, as many as there are idle workers (a queued task could not be
+            overtaken by a more urgent one that becomes ready later)."""
             tasks = ready()
             if any(t.id in suspects for t in tasks) and not running:
                 return [next(t for t in tasks if t.id in suspects)]
-            return [t for t in tasks if t.id not in suspects] if not any(
-                running[f].id in suspects for f in running) else []
+            if any(running[f].id in suspects for f in running):
+                return []
+            return [t for t in tasks if t.id not in suspects][:self.jobs - len(running)]
 
         try:
             while waiting or running:
@@ -283,11 +288,13 @@ class Dask:
         except (OSError, TimeoutError) as exc:
             raise ExecutorError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
         with client:
+            levels = bottom_levels(plan, {task.id for task in todo})   # Dask starts higher priorities first
             futures: dict[str, Any] = {}
             for task in todo:
                 after = [futures[need] for need in task.needs if need in futures]
                 futures[task.id] = client.submit(run_task, str(runs_dir.resolve()), task, None, *after,
-                                                 key=task.id.replace("/", "-"), pure=False, retries=self.retries)
+                                                 key=task.id.replace("/", "-"), pure=False, retries=self.retries,
+                                                 priority=round(levels[task.id]))
             tasks = {future.key: plan.tasks[task_id] for task_id, future in futures.items()}
             blocked = _Blocked(plan, on_done)
             for future in as_completed(list(futures.values())):

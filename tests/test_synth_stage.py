@@ -27,6 +27,7 @@ def test_synth_small_array_then_cache_hit_runs_no_tool(tmp_path, write_experimen
     # one DSP per PE; po2 requantization is a shift and takes none
     assert (row["cached"], m["status"], m["rows"], m["dsp"]) == (False, "ok", 2, 2 * 2)
     assert m["lut"] > 0 and m["ff"] > 0 and m["fmax_mhz"] > 0
+    assert m["placer"] == "heap"   # auto: a few hundred LUTs are placed faster by heap
     assert m["critical_path_ns"] == pytest.approx(1000 / m["fmax_mhz"], rel=1e-3)
     assert isinstance(m["critical_path_from"], str) and isinstance(m["critical_path_to"], str)
     from hw.cycles import network_cycles
@@ -79,3 +80,17 @@ def test_only_harnessed_targets_have_the_harness_in_their_key(write_experiment):
 
     assert reads("ice40-up5k")["io_harness"] == VERSION
     assert "io_harness" not in reads("ecp5-25k") and "io_harness" not in reads("xc7z020")
+
+
+def test_the_placer_is_in_the_key_unless_it_is_heap(write_experiment):
+    """`heap` was the only placer before `hw.placer` existed: its syntheses keep the keys they had."""
+    from dsetool.config import load_experiment
+    from dsetool.stages import stage_key
+
+    def key(placer):
+        hw = {"placer": placer} if placer else {}
+        path = write_experiment({"name": "k", "model": {"arch": "lenet5"}, "hw": hw}, f"{placer}.yaml")
+        return stage_key("synth", load_experiment(path).points[0].config)
+
+    assert "placer" not in key("heap")[1]["config"] and key(None)[1]["config"]["placer"] == "auto"
+    assert len({key(p)[0] for p in ("heap", "static", "auto")}) == 3 and key(None)[0] == key("auto")[0]

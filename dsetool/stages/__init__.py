@@ -129,6 +129,8 @@ def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
              "scaling": cfg.quant.scaling, "target": hw.target,
              "freq_mhz": hw.freq_mhz,
              "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
+    if hw.placer != "heap":   # heap was the only placer once: its syntheses keep their keys
+        reads["placer"] = hw.placer
     if needs_harness(get_target(hw.target)):  # only these targets' keys see the harness, so others stay cached
         reads["io_harness"] = HARNESS_VERSION
     return reads

@@ -61,7 +61,7 @@ def run(ctx: StageContext) -> Result:
                       f"protection={array.protection} tmr={array.tmr} on {cfg.hw.target}"
                       + (" in an IO harness" if harnessed else ""))
     result = synthesize(rtlil, ctx.out, cfg.hw.target, seed=cfg.hw.pnr_seed, freq_mhz=cfg.hw.freq_mhz,
-                        keep_hierarchy=keep)
+                        keep_hierarchy=keep, placer=cfg.hw.placer)
     resources, extra = _split(result, harnessed)
     if result.status == "ok":
         emit_verilog(rtlil, ctx.out / VERILOG_FILE)
@@ -75,6 +75,7 @@ def run(ctx: StageContext) -> Result:
                "acc_depth": accumulator_depth(cfg),
                **{k.lower(): v for k, v in resources.items()}, "fmax_mhz": result.fmax_mhz,
                **{f"critical_path_{k}": result.critical_path.get(k) for k in CRITICAL_PATH_KEYS}, **extra,
+               "placer": result.placer,
                "seconds_synth": result.seconds.get("synth"), "seconds_pnr": result.seconds.get("pnr")}
     return Result(metrics, extra={"tools": tool_fingerprint()})
 

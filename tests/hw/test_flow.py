@@ -256,8 +256,24 @@ def test_tools_run_in_the_workdir_with_relative_names(ecp5_run):
     assert calls[0][0][1:] == ["-s", "synth.ys"]
     assert calls[1][0][1:] == [
         "--25k", "--package", "CABGA381", "--out-of-context", "--json", "synth.json", "--freq", "100",
-        "--timing-allow-fail", "--seed", "1", "--report", "pnr.json",
+        "--timing-allow-fail", "--seed", "1", "--placer", "heap", "--report", "pnr.json",
     ]  # fmt: skip
+
+
+def test_auto_placer_is_static_for_large_netlists_only():
+    assert flow.pick_placer("auto", {"LUT": flow.STATIC_PLACER_MIN_LUTS}) == "static"
+    assert flow.pick_placer("auto", {"LUT": flow.STATIC_PLACER_MIN_LUTS - 1}) == "heap"
+    assert flow.pick_placer("heap", {"LUT": 10**6}) == "heap" and flow.pick_placer("static", {}) == "static"
+    with pytest.raises(ValueError, match="placer must be one of auto, heap, static, not 'sa'"):
+        flow.pick_placer("sa", {})
+
+
+@toolchain
+def test_the_static_placer_places_and_times_a_design(replicas_il, tmp_path):
+    result = flow.synthesize(replicas_il, tmp_path, "ecp5-25k", keep_hierarchy=["top.rep*"], placer="static")
+    assert result.status == "ok", result.message
+    assert result.placer == "static" and result.fmax_mhz is not None and result.fmax_mhz > 0
+    assert "Running Static placer" in (tmp_path / flow.PNR_LOG).read_text()
 
 
 @toolchain

@@ -1,0 +1,66 @@
+"""The pool's order: the task with the longest chain of estimated work behind it starts first."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from dsetool.config import HwConfig, RunConfig
+from dsetool.executors import ProcessPool
+from dsetool.schedule import bottom_levels, estimate_seconds
+from dsetool.sweep import Plan, Task
+
+
+def _array(rows: int, tmr: bool = False) -> RunConfig:
+    return dataclasses.replace(RunConfig(), hw=HwConfig(rows=rows, cols=rows, tmr=tmr))
+
+
+def _graph() -> Plan:
+    """A model chain (float model -> QAT model -> campaign) listed before three syntheses."""
+    cfg = RunConfig()
+    tasks = [Task("pretrain", "float", cfg, ()), Task("train-qat", "w8", cfg, ("pretrain/float",)),
+             Task("inject", "act", cfg, ("train-qat/w8",)), Task("synth", "small", _array(4), ()),
+             Task("synth", "large", _array(8), ()), Task("synth", "tmr", _array(4, tmr=True), ())]
+    return Plan({t.id: t for t in tasks}, {"p": tuple(t.id for t in tasks)})
+
+
+def test_bigger_arrays_are_estimated_longer():
+    small, large, tmr = (estimate_seconds(Task("synth", "k", cfg, ())) for cfg in (_array(4), _array(8),
+                                                                                     _array(4, tmr=True)))
+    assert small < tmr and small * 4 < large
+
+
+def test_a_task_ranks_by_the_longest_chain_it_starts():
+    graph = _graph()
+    levels = bottom_levels(graph, set(graph.tasks))
+    chain = [estimate_seconds(graph.tasks[i]) for i in ("pretrain/float", "train-qat/w8", "inject/act")]
+    assert levels["pretrain/float"] == sum(chain)               # the whole chain waits on the float model
+    assert levels["inject/act"] == chain[-1]
+    assert levels["synth/large"] > levels["synth/tmr"] > levels["synth/small"]
+
+
+def test_cached_tasks_add_nothing_to_a_chain():
+    graph = _graph()
+    levels = bottom_levels(graph, {"pretrain/float", "synth/small"})
+    assert set(levels) == {"pretrain/float", "synth/small"}
+    assert levels["pretrain/float"] == estimate_seconds(graph.tasks["pretrain/float"])
+
+
+def _logs_start(runs_dir: str, task: Task) -> tuple[bool, float]:
+    """Stand in for `run_task`: append the task's id to a log in the order the worker starts tasks."""
+    with (Path(runs_dir) / "started.log").open("a") as log:
+        log.write(task.id + "\n")
+    time.sleep(0.05)
+    return False, 0.05
+
+
+def test_a_pool_starts_the_most_urgent_ready_task_not_the_first_listed(tmp_path):
+    graph = _graph()
+    levels = bottom_levels(graph, set(graph.tasks))
+    ProcessPool(1, work=_logs_start).run(graph, list(graph.ordered()), tmp_path, lambda o: None)
+    started = (tmp_path / "started.log").read_text().split()
+    assert started[0] == "synth/large" and sorted(started) == sorted(graph.tasks)
+    ready_order = [i for i in started if i.startswith("synth/") or i == "pretrain/float"]
+    assert ready_order == sorted(ready_order, key=lambda i: -levels[i])   # all ready at once: by level
+    assert started.index("pretrain/float") < started.index("train-qat/w8") < started.index("inject/act")
