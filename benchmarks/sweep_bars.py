@@ -5,8 +5,9 @@ Run on an idle machine: `.venv/bin/python benchmarks/sweep_bars.py [--skip-main]
   temporary store: wall time cold, then the same command again three times (all cache hits). Tens of
   minutes: 96 points, 24 syntheses.
 - A 4-point sweep (LeNet-5 at W8A8/W4A4, unprotected and clip, on a 4x4 array: 1 float model, 2 QAT
-  models, 2 bound profiles, 4 campaigns, 4 syntheses) in two fresh stores, `--jobs 1` then `--jobs 2`,
-  and their ratio.
+  models, 2 bound profiles, 4 campaigns, 4 syntheses) in fresh stores, `--jobs 1` then `--jobs 2`, and
+  their ratio; `--rounds` pairs one after the other (this machine's speed drifts by 10-30 % over minutes,
+  so one pair can say little), and the ratio of their sums.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-main", action="store_true", help="only the 4-point --jobs comparison")
     parser.add_argument("--jobs", default="auto", help="--jobs of the main sweep")
+    parser.add_argument("--rounds", type=int, default=2, help="--jobs 1 / --jobs 2 pairs of the 4-point sweep")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         if not args.skip_main:
@@ -50,10 +52,16 @@ def main() -> None:
             warm = [sweep(Path(root) / "main", args.jobs) for _ in range(3)]
             print(f"sweep configs/lenet.yaml --jobs {args.jobs}: empty store {cold / 60:.1f} min (bar < 20 min), "
                   f"again {' / '.join(f'{w:.1f}' for w in warm)} s (bar < 10 s)")
-        one = sweep(Path(root) / "one", 1, FOUR_POINTS)
-        two = sweep(Path(root) / "two", 2, FOUR_POINTS)
-        print(f"4-point sweep, empty store: --jobs 1 {one:.0f} s, --jobs 2 {two:.0f} s, "
-              f"{one / two:.2f}x (bar >= 1.6x)")
+        pairs = []
+        for round_ in range(args.rounds):
+            one = sweep(Path(root) / f"one{round_}", 1, FOUR_POINTS)
+            two = sweep(Path(root) / f"two{round_}", 2, FOUR_POINTS)
+            pairs.append((one, two))
+            print(f"4-point sweep, empty store: --jobs 1 {one:.0f} s, --jobs 2 {two:.0f} s, {one / two:.2f}x",
+                  flush=True)
+        ones, twos = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+        print(f"4-point sweep, {len(pairs)} pairs: --jobs 1 {ones:.0f} s, --jobs 2 {twos:.0f} s in all, "
+              f"{ones / twos:.2f}x (bar >= 1.6x)")
 
 
 if __name__ == "__main__":

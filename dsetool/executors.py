@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dsetool.progress import Reporter, SilentReporter, SweepProgress
-from dsetool.schedule import bottom_levels
+from dsetool.schedule import priorities
 from dsetool.sweep import Plan, Task
 
 
@@ -203,15 +203,15 @@ class ProcessPool:
         shown: set[str] = set()      # tasks the watch was told are running
         pool = self._pool()
 
-        levels = bottom_levels(plan, waiting)
+        rank = priorities(plan, waiting)
 
         def ready() -> list[Task]:
             tasks = [t for t in waiting.values() if all(n in done or n in blocked.failed for n in t.needs)]
-            return sorted(tasks, key=lambda t: -levels[t.id])   # stable: plan order breaks ties
+            return sorted(tasks, key=lambda t: -rank[t.id])   # stable: plan order breaks ties
 
         def submittable() -> list[Task]:
-            """The most urgent ready tasks, as many as there are idle workers (a queued task could not be
-            overtaken by a more urgent one that becomes ready later)."""
+            """The most urgent ready tasks, one per idle worker (a task is never queued behind another, so
+            one that becomes ready later and ranks higher still goes first)."""
             tasks = ready()
             if any(t.id in suspects for t in tasks) and not running:
                 return [next(t for t in tasks if t.id in suspects)]
@@ -288,13 +288,13 @@ class Dask:
         except (OSError, TimeoutError) as exc:
             raise ExecutorError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
         with client:
-            levels = bottom_levels(plan, {task.id for task in todo})   # Dask starts higher priorities first
+            rank = priorities(plan, {task.id for task in todo})   # Dask starts higher priorities first
             futures: dict[str, Any] = {}
             for task in todo:
                 after = [futures[need] for need in task.needs if need in futures]
                 futures[task.id] = client.submit(run_task, str(runs_dir.resolve()), task, None, *after,
                                                  key=task.id.replace("/", "-"), pure=False, retries=self.retries,
-                                                 priority=round(levels[task.id]))
+                                                 priority=round(rank[task.id]))
             tasks = {future.key: plan.tasks[task_id] for task_id, future in futures.items()}
             blocked = _Blocked(plan, on_done)
             for future in as_completed(list(futures.values())):

@@ -1,4 +1,4 @@
-"""The pool's order: the task with the longest chain of estimated work behind it starts first."""
+"""The pool's order: work that unlocks other work first, then the longest chain of estimated work first."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dsetool.config import HwConfig, RunConfig
 from dsetool.executors import ProcessPool
-from dsetool.schedule import bottom_levels, estimate_seconds
+from dsetool.schedule import bottom_levels, estimate_seconds, priorities
 from dsetool.sweep import Plan, Task
 
 
@@ -25,10 +25,11 @@ def _graph() -> Plan:
     return Plan({t.id: t for t in tasks}, {"p": tuple(t.id for t in tasks)})
 
 
-def test_bigger_arrays_are_estimated_longer():
+def test_bigger_arrays_and_wider_operands_are_estimated_longer():
     small, large, tmr = (estimate_seconds(Task("synth", "k", cfg, ())) for cfg in (_array(4), _array(8),
                                                                                      _array(4, tmr=True)))
-    assert small < tmr and small * 4 < large
+    narrow = dataclasses.replace(_array(4), quant=dataclasses.replace(RunConfig().quant, weight_bits=4, act_bits=4))
+    assert estimate_seconds(Task("synth", "k", narrow, ())) < small < tmr and small * 4 < large
 
 
 def test_a_task_ranks_by_the_longest_chain_it_starts():
@@ -47,6 +48,15 @@ def test_cached_tasks_add_nothing_to_a_chain():
     assert levels["pretrain/float"] == estimate_seconds(graph.tasks["pretrain/float"])
 
 
+def test_work_that_unlocks_work_ranks_above_every_leaf():
+    graph = _graph()
+    rank = priorities(graph, set(graph.tasks))
+    leaves = [rank[i] for i in ("inject/act", "synth/small", "synth/large", "synth/tmr")]
+    assert min(rank["pretrain/float"], rank["train-qat/w8"]) > max(leaves)
+    assert rank["pretrain/float"] > rank["train-qat/w8"]
+    assert rank["synth/large"] > rank["synth/tmr"] > rank["synth/small"] > rank["inject/act"]
+
+
 def _logs_start(runs_dir: str, task: Task) -> tuple[bool, float]:
     """Stand in for `run_task`: append the task's id to a log in the order the worker starts tasks."""
     with (Path(runs_dir) / "started.log").open("a") as log:
@@ -57,10 +67,8 @@ def _logs_start(runs_dir: str, task: Task) -> tuple[bool, float]:
 
 def test_a_pool_starts_the_most_urgent_ready_task_not_the_first_listed(tmp_path):
     graph = _graph()
-    levels = bottom_levels(graph, set(graph.tasks))
     ProcessPool(1, work=_logs_start).run(graph, list(graph.ordered()), tmp_path, lambda o: None)
     started = (tmp_path / "started.log").read_text().split()
-    assert started[0] == "synth/large" and sorted(started) == sorted(graph.tasks)
-    ready_order = [i for i in started if i.startswith("synth/") or i == "pretrain/float"]
-    assert ready_order == sorted(ready_order, key=lambda i: -levels[i])   # all ready at once: by level
-    assert started.index("pretrain/float") < started.index("train-qat/w8") < started.index("inject/act")
+    # the chain first (each link as soon as it is ready), then the leaves longest first (the plan lists
+    # the campaign before the syntheses, and the syntheses smallest first)
+    assert started == ["pretrain/float", "train-qat/w8", "synth/large", "synth/tmr", "synth/small", "inject/act"]
