@@ -156,8 +156,8 @@ class HwConfig:
     freq_mhz: float = spec(100.0, range=(1.0, 1000.0), help="clock constraint given to place and route")
     pnr_seed: int = spec(1, range=(0, 2**31 - 1), help="place-and-route seed")
     placer: str = spec("auto", choices=("auto", "heap", "static"),
-                       help="nextpnr placer: heap (analytic), static (electrostatic: 2-3x faster on an 8x8 "
-                            "array), auto (static from 4,000 LUTs up); in the synth key when not heap")
+                       help="nextpnr placer: heap (analytic), static (electrostatic: about twice as fast on an "
+                            "8x8 array), auto (static from 4,000 LUTs up); in the synth key when not heap")
     protection: str = spec("none", choices=PROTECTIONS,
                            help="after each protected output stage: range check (clip, zero, or sed: flag only) "
                                 "with profiled bounds, channel median (median3, median5) or anomalous-feature "

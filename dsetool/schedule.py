@@ -77,4 +77,3 @@ def priorities(plan: Plan, todo: Collection[str]) -> dict[str, float]:
     dependents = plan.dependents()
     return {task_id: level + (UNLOCKS if any(d in levels for d in dependents[task_id]) else 0.0)
             for task_id, level in levels.items()}
-

@@ -208,11 +208,11 @@ TARGETS: dict[str, Target] = {
 
 PLACERS = ("auto", "heap", "static")
 # `auto` places a netlist of at least this many LUTs with nextpnr's electrostatic placer (`static`), smaller
-# ones with its analytic default (`heap`). Measured on ECP5-45k W8A8 weight-stationary arrays, YoWASP
-# nextpnr 0.11.1, same seeds: an 8x8 with DSP multipliers (4,800-5,000 LUTs, 64 of the 72 multipliers)
-# places and routes in 105-134 s with `static` against 183-438 s with `heap` at a mean Fmax of 78.3 against
-# 77.7 MHz over five seeded runs; a 4x4 (about 2,000 LUTs) in 41-44 s against 29-44 s, Fmax within 1 %:
-# `static` spreads spacer cells over the whole device first, which a small design does not pay back.
+# ones with its analytic default (`heap`). `benchmarks/placer_bars.py` (ECP5-45k W8A8 weight-stationary
+# arrays, seeds 1-3, YoWASP nextpnr 0.11.1): an 8x8 with DSP multipliers (4,784-5,032 LUTs) places and routes
+# in 109-189 s with `static` against 183-438 s with `heap`, mean Fmax 80.5 against 77.5 MHz; a 4x4 (about
+# 2,000 LUTs) in 58-95 s against 35-52 s: `static` spreads filler cells over the whole device first, which a
+# small design does not pay back.
 STATIC_PLACER_MIN_LUTS = 4000
 
 
