@@ -108,7 +108,7 @@ def critical_rates(runs: Path, work: Path, scale: float) -> list[str]:
         found[(bits, site, name)] = m
         shares = ", ".join(f"{step} {100 * v['share']:.1f}%" for step, v in m["masked_by"].items())
         print(f"| {bits}/{bits} | {site} | {name} | {m['faulty_inferences']} | {interval(m, 'sdc')} | "
-              f"{interval(m, 'critical')} | {pct(m['detected_rate'])} | {shares} |")
+              f"{interval(m, 'critical')} | {pct(m.get('detected_rate'))} | {shares} |")
     verdicts = []
     for bits in (8, 4):
         for site in ("act", "pe.psum"):

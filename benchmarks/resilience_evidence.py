@@ -5,7 +5,10 @@
 2. FlatENN: SAQ (train.saq.rho 0.05) against plain QAT, dense and sparse: accuracy under the same faults.
 3. Ozen: the tolerated weight bit-error rate at 1 % accuracy loss, with no regularizer, max-squared and
    L1 (each at the alpha given), from a fine BER grid (4 points per decade), log-interpolated where the
-   accuracy drop crosses 1 point; the bracket is where the drop's 95 % interval crosses it.
+   paired accuracy drop crosses 1 point; the bracket is where the drop's 95 % interval crosses it.
+
+These orderings depend on the trained weights, and so on the CPU's float kernels (see the README's
+"Reproducibility"): they are reported here, with their intervals, rather than asserted by the tests.
 
 The models are `configs/flatenn.yaml`'s and `configs/outlier-regularization.yaml`'s (same training
 settings, so the store shares them). Every campaign draws from all 360 test images.
@@ -25,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from dsetool.faults.stats import wilson
 
 REPO = Path(__file__).resolve().parent.parent
 COMPARE_BERS = [1e-3, 1e-2]
@@ -69,9 +70,8 @@ def config(name: str) -> dict[str, Any]:
 
 def accuracy(m: dict[str, Any]) -> tuple[float, float, float]:
     """Return accuracy under faults and its 95 % Wilson interval."""
-    n = int(m["faulty_inferences"])
-    rate = wilson(round(m["accuracy_under_faults"] * n), n)
-    return m["accuracy_under_faults"], rate.low, rate.high
+    low, high = m["accuracy_ci"]
+    return m["accuracy_under_faults"], low, high
 
 
 def pct3(values: tuple[float, float, float]) -> str:
@@ -125,9 +125,10 @@ def tolerated(runs: Path, scale: float) -> None:
         mine = sorted((r for r in rows if r["axes"]["train.regularizer"] == name
                        and (name == "none" or r["axes"]["train.alpha"] == alpha)),
                       key=lambda r: r["axes"]["faults.ber"])
-        golden = mine[0]["metrics"]["golden_accuracy"]
-        # (BER, drop, the drop's upper bound from accuracy's lower one, the drop's lower bound)
-        drops = [(r["axes"]["faults.ber"], *(golden - a for a in accuracy(r["metrics"]))) for r in mine]
+        golden = mine[0]["metrics"]["campaign_inputs_accuracy"]   # every test image, without faults
+        # (BER, paired accuracy drop, the top and the bottom of its 95 % interval)
+        drops = [(r["axes"]["faults.ber"], r["metrics"]["accuracy_drop"], r["metrics"]["accuracy_drop_ci"][1],
+                  r["metrics"]["accuracy_drop_ci"][0]) for r in mine]
         point = crossing([(b, d) for b, d, _, _ in drops])
         early = crossing([(b, high) for b, _, high, _ in drops])
         late = crossing([(b, low) for b, _, _, low in drops])

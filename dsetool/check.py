@@ -1,16 +1,18 @@
 """The CI regression gate: compare an experiment's results with a baseline `results.csv`, metric by metric.
 
 Each checked metric has a direction and a tolerance in its own unit, chosen so that a gate that passes
-today passes tomorrow on the same code: accuracies may drop by an absolute amount; fault rates may rise
-to the top of the baseline's 95 % interval plus an absolute amount (a campaign's estimate moves within
-its interval when nothing is wrong); area and latency may grow by a percentage (synthesis is
-deterministic for fixed tool versions and seed, latency follows the placer's Fmax). A design point or
-a metric the baseline has and the new results lack is a regression too: the gate must not pass because
-a stage silently stopped producing a number.
+today passes tomorrow on the same code: accuracies may drop by an absolute amount; fault rates and the
+accuracy that faults cost (paired with the golden run of the same inferences) may rise to the top of the
+baseline's 95 % interval plus an absolute amount (a campaign's estimate moves within its interval when
+nothing is wrong); area and latency may grow by a percentage (synthesis is deterministic for fixed tool
+versions and seed, latency follows the placer's Fmax). A design point or a metric the baseline has and
+the new results lack is a regression too: the gate must not pass because a stage silently stopped
+producing a number.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,18 +23,29 @@ from xml.sax.saxutils import quoteattr
 
 @dataclass(frozen=True)
 class Rule:
-    """How one metric may move: `kind` is higher (absolute drop allowed), rate (may rise to the baseline's
-    interval top + tolerance) or growth (relative increase in %)."""
+    """How one metric may move: `kind` is higher (absolute drop allowed), rate (may rise to the top of the
+    baseline's interval, column `top`, plus the tolerance) or growth (relative increase in %)."""
 
     metric: str
     kind: str
     tolerance: float
+    top: str = ""
+
+    @property
+    def interval_top(self) -> str:
+        """Return the column holding the top of the baseline's interval of a `rate` metric."""
+        return self.top or self.metric.replace("_rate", "_ci_hi")
 
 
+# Accuracies of a trained model depend on the CPU's float kernels (the order of float sums), so the same
+# seed trains slightly different weights on another machine: the test-split accuracies may drop by 2
+# points before the gate fails (the spread measured between thread counts and seeds is in the README's
+# "Reproducibility"). What faults cost is checked as the paired accuracy drop, against the top of the
+# baseline's interval, as the fault rates are: a campaign's estimate moves within its interval.
 DEFAULT_RULES: tuple[Rule, ...] = (
-    Rule("float_acc", "higher", 0.01),
-    Rule("quant_acc", "higher", 0.01),
-    Rule("accuracy_under_faults", "higher", 0.01),
+    Rule("float_acc", "higher", 0.02),
+    Rule("quant_acc", "higher", 0.02),
+    Rule("accuracy_drop", "rate", 0.0, top="accuracy_drop_ci_hi"),
     Rule("sdc_rate", "rate", 0.0),
     Rule("critical_rate", "rate", 0.0),
     Rule("lut", "growth", 0.0),
@@ -90,7 +103,7 @@ def parse_tolerances(items: Iterable[str], source: str = "--tolerance") -> dict[
 
 def rules_with(overrides: Mapping[str, float]) -> tuple[Rule, ...]:
     """Return the default rules with the given tolerances replaced."""
-    return tuple(Rule(r.metric, r.kind, overrides.get(r.metric, r.tolerance)) for r in DEFAULT_RULES)
+    return tuple(dataclasses.replace(r, tolerance=overrides.get(r.metric, r.tolerance)) for r in DEFAULT_RULES)
 
 
 def _number(value: Any) -> float | None:
@@ -127,7 +140,7 @@ def _judge(point: str, rule: Rule, before: float, after: float | None, old: Mapp
         ok = after is not None and after >= limit
         why = f"dropped below {limit:.4g}"
     elif rule.kind == "rate":
-        top = _number(old.get(rule.metric.replace("_rate", "_ci_hi")))
+        top = _number(old.get(rule.interval_top))
         limit = (top if top is not None else before) + rule.tolerance
         ok = after is not None and after <= limit
         why = f"rose above {limit:.4g} (the baseline's interval top + {rule.tolerance:g})"

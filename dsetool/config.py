@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from dsetool.protect import registry as protection_registry
 from dsetool.validate import (
     ConfigError,
     Converter,
@@ -29,9 +30,8 @@ from dsetool.validate import (
     suggest_key,
     to_plain,
 )
+from dsetool.yamlfile import read_yaml, yaml_reason
 
-MAX_FILE_BYTES = 1_000_000
-MAX_EXPANDED_NODES = 200_000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 ARCHITECTURES = ("lenet5", "alexnet32", "mlp")
@@ -137,8 +137,8 @@ class PtqConfig:
 
 
 SWEEP_STAGES = ("quantize", "range-restrict", "inject", "synth")
-PROTECTIONS = ("none", "clip", "zero", "sed", "median3", "median5", "afd")
-RANGE_PROTECTIONS = ("clip", "zero", "sed")   # the ones that read profiled bounds (stage range-restrict)
+PROTECTIONS = protection_registry.NAMES
+RANGE_PROTECTIONS = protection_registry.RANGE_PROTECTIONS   # the ones that read profiled bounds (range-restrict)
 
 
 @dataclass(frozen=True)
@@ -184,10 +184,25 @@ class FaultConfig:
     faults_per_inference: int = spec(1, range=(1, 1_000_000), help="faulty sites per inference (one bit each)")
     ber: float | None = spec(None, range=(0.0, 1.0), help="bit error rate instead of a fault count")
     samples: int | str = spec("auto", choices=("auto",), range=(1, 100_000_000),
-                              help="faulty inferences, or auto (from margin and confidence)")
-    margin: float = spec(0.02, range=(1e-5, 0.5), help="target half-width of the 95% interval (auto)")
+                              help="faulty inferences, or auto: one fault per inference with an absolute margin "
+                                   "is sized by Leveugle et al. over the (input, register, bit) population; "
+                                   "otherwise the campaign runs until the SDC rate's interval reaches the margin "
+                                   "(checked after every batch), at most max_samples")
+    margin: float = spec(0.02, range=(1e-5, 0.5), help="target half-width of the SDC rate's interval: absolute "
+                                                       "(0.01 = one percentage point) or, with margin_relative, "
+                                                       "a fraction of the measured rate (0.1 = 10 %)")
+    margin_relative: bool = spec(False, help="margin is relative to the measured SDC rate; samples: auto then stops "
+                                             "on the measured interval, for single faults too")
+    max_samples: int = spec(100_000, range=(1, 100_000_000),
+                            help="most faulty inferences a campaign sized on its interval runs")
     confidence: float = spec(0.95, range=(0.5, 0.9999))
-    early_stop: bool = spec(False, help="stop once the SDC interval is narrower than the margin")
+    early_stop: bool = spec(False, help="with explicit samples or Leveugle sizing: stop once the SDC rate's "
+                                        "interval reaches the margin (checked after every batch)")
+    golden_agreement: float = spec(0.99, range=(0.0, 1.0),
+                                   help="float scales: least share of campaign inputs whose fault-free top-1 the "
+                                        "integer engine and Brevitas must agree on (Brevitas rounds float32 sums, "
+                                        "the engine is the hardware's fixed point); po2 scales must agree on every "
+                                        "logit bit for bit")
     inputs: int = spec(256, range=(0, 10_000_000), help="test images the campaign draws from, 0 = all")
     seed: int = spec(0, range=(0, 2**31 - 1), help="seed of the fault list")
     shard_size: int = spec(2048, range=(1, 10_000_000), help="faulty inferences per resumable shard")
@@ -282,49 +297,6 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
     return expand(raw, source)
 
 
-def read_yaml(source: str) -> dict[str, Any]:
-    """Load a YAML mapping safely: size-capped, alias expansion bounded, top level must be a mapping."""
-    path = Path(source)
-    if not path.is_file():
-        raise ConfigError(source, "", "no such file" if not path.exists() else "not a regular file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ConfigError(source, "", f"file larger than {MAX_FILE_BYTES} bytes")
-    try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except UnicodeDecodeError:
-        raise ConfigError(source, "", "not a UTF-8 text file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "", f"not valid YAML ({_yaml_reason(exc)})") from None
-    if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
-        raise ConfigError(source, "", "YAML aliases expand to too many nodes (alias bomb?)")
-    data = yaml.safe_load(text) if node is not None else None
-    if not isinstance(data, dict):
-        got = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(source, "", f"expected a mapping of settings at the top level, got {got}")
-    return data
-
-
-def _yaml_reason(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or type(exc).__name__
-    return f"{problem} at line {mark.line + 1}" if mark is not None else str(problem)
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    """Count nodes as if every alias were expanded, memoized so shared subtrees cost one visit."""
-    if id(node) in memo:
-        return memo[id(node)]
-    memo[id(node)] = 1  # guards recursive aliases
-    total = 1
-    if isinstance(node, yaml.SequenceNode):
-        total += sum(_expanded_size(child, memo) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        total += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-    memo[id(node)] = min(total, MAX_EXPANDED_NODES + 1)
-    return memo[id(node)]
-
-
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one `dotted.key=value` override (value parsed as YAML) to the raw experiment data."""
     key, sep, text = item.partition("=")
@@ -335,7 +307,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError("--set", key, f"value is not valid YAML ({_yaml_reason(exc)})") from None
+        raise ConfigError("--set", key, f"value is not valid YAML ({yaml_reason(exc)})") from None
     target = raw
     parts = key.split(".")
     if parts[0] in ("sweep", "zip") and len(parts) > 1:
@@ -452,7 +424,7 @@ def normalize(config: RunConfig, source: str) -> RunConfig:
     if math.log2(config.protect.gamma) != round(math.log2(config.protect.gamma)):
         raise ConfigError(source, "protect.gamma", f"must be a power of two (a shift in hardware), not "
                                                    f"{config.protect.gamma:g}")
-    if config.protect.placement == "input" and config.hw.protection in ("median3", "median5", "afd"):
+    if config.protect.placement == "input" and config.hw.protection in protection_registry.CHANNEL_FILTERS:
         raise ConfigError(source, "protect.placement", f"{config.hw.protection} filters along channels, which a "
                                                        "linear layer's flattened input lacks; use output")
     if config.protect.range != "profiled" and config.protect.granularity == "channel":

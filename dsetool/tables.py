@@ -22,6 +22,23 @@ def _rate_ci(name: str) -> Callable[[dict[str, Any]], str]:
     return show
 
 
+def _interval(name: str) -> Callable[[dict[str, Any]], str]:
+    """Show a figure with its interval in percentage points (e.g. the paired accuracy drop)."""
+    def show(m: dict[str, Any]) -> str:
+        bounds = m.get(f"{name}_ci")
+        if not isinstance(m.get(name), float) or not bounds:
+            return "-"
+        return f"{100 * m[name]:.2f} [{100 * bounds[0]:.2f}, {100 * bounds[1]:.2f}]"
+    return show
+
+
+def _acted(m: dict[str, Any]) -> str:
+    """Show what a protection did: a detector's detections, or how often a filter or vote changed a value."""
+    shown = [f"{_pct(m[name])} {word}" for name, word in (("detected_rate", "det"), ("changed_rate", "chg"))
+             if isinstance(m.get(name), int | float)]
+    return ", ".join(shown) or "-"
+
+
 def _metric_pct(name: str) -> Callable[[dict[str, Any]], str]:
     return lambda m: _pct(m.get(name))
 
@@ -32,6 +49,7 @@ MODEL_COLUMNS: list[Column] = [
     ("val %", _metric_pct("quant_val_acc")),
     ("test %", _metric_pct("quant_test_acc")),
 ]
+# Intervals are 95 %; "clean" is the fault-free accuracy of the same inferences as "faulty" (paired).
 CAMPAIGN_COLUMNS: list[Column] = [
     ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
     ("test %", _metric_pct("quant_test_acc")),
@@ -40,10 +58,12 @@ CAMPAIGN_COLUMNS: list[Column] = [
                          + (", TMR" if m.get("tmr") else "")),
     ("n", lambda m: str(m.get("faulty_inferences", "-"))),
     ("masked %", _metric_pct("masked_rate")),
-    ("SDC % [95% CI]", _rate_ci("sdc")),
-    ("critical % [95% CI]", _rate_ci("critical")),
-    ("faulty acc %", _metric_pct("accuracy_under_faults")),
-    ("detected %", _metric_pct("detected_rate")),
+    ("SDC % [CI]", _rate_ci("sdc")),
+    ("critical % [CI]", _rate_ci("critical")),
+    ("clean %", _metric_pct("golden_accuracy")),
+    ("faulty %", _metric_pct("accuracy_under_faults")),
+    ("drop pp [CI]", _interval("accuracy_drop")),
+    ("det/chg %", _acted),
 ]
 
 BOUNDS_COLUMNS: list[Column] = [

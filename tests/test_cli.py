@@ -46,6 +46,8 @@ BAD_INPUTS = {
                    "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
                    "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n", []),
     "path in name": ({"name": "../../etc"}, []),
+    "duplicate key": ("name: twice\nseed: 1\nseed: 2\n", []),
+    "yaml tag": ("name: tagged\nseed: !!float 1\n", []),
     "dataset not on disk": ({"data": {"name": "mnist", "root": "nowhere"}}, []),
     "unknown fault site": ({"faults": {"site": "psum"}}, []),
     "bit beyond register": ({"faults": {"bits": [12]}}, []),
@@ -120,7 +122,8 @@ def test_protected_campaign_runs_on_the_checked_engine(tmp_path, write_experimen
     assert rows["zero"]["masked_rate"] != rows["none"]["masked_rate"]
     assert rows["zero"]["sdc_rate"] <= rows["none"]["sdc_rate"]
     assert any((tmp_path / "runs" / "range-restrict").iterdir())
-    assert rows["zero"]["detected_rate"] > 0 and rows["none"]["detected_rate"] == 0
+    assert rows["zero"]["detected_rate"] > 0 and "detected_rate" not in rows["none"]   # no detector, no figure
+    assert rows["zero"]["sdc_detected_rate"] is None or 0 <= rows["zero"]["sdc_detected_rate"] <= 1
     assert "protection" in rows["zero"]["masked_by"] and "protection" not in rows["none"]["masked_by"]
 
 
@@ -138,7 +141,12 @@ def test_every_protection_scheme_and_tmr_run_a_campaign(tmp_path, write_experime
         rows[name] = json.loads(result.stdout.splitlines()[0])["metrics"]
     assert rows["sed"]["sdc_rate"] == rows["none"]["sdc_rate"] and rows["sed"]["clean_predictions_changed"] == 0
     assert rows["sed"]["detected_rate"] > 0 and rows["sed"]["sdc_detected_rate"] is not None
+    assert "changed_rate" not in rows["sed"]
     assert all(isinstance(rows[name]["clean_predictions_changed"], int) for name in ("median3", "median5", "afd"))
+    for name in ("median3", "median5", "afd", "tmr"):   # filters and votes change values; they detect nothing
+        assert "detected_rate" not in rows[name] and "sdc_detected_rate" not in rows[name], name
+        assert 0 <= rows[name]["changed_rate"] <= 1, name
+    assert rows["median3"]["changed_rate"] > 0 and rows["tmr"]["changed_rate"] > 0
     assert rows["median3"]["masked_rate"] != rows["none"]["masked_rate"]
     assert rows["tmr"]["sdc_rate"] == 0 and rows["tmr"]["masked_rate"] == 1.0 and rows["none"]["sdc_rate"] > 0
     assert rows["tmr"]["masked_by"]["vote"]["n"] > 0 and rows["tmr"]["tmr"] is True

@@ -71,6 +71,27 @@ def test_alias_bomb_rejected_quickly(write_experiment):
     assert "alias" in error_of(write_experiment("\n".join(lines) + "\n"))
 
 
+def test_a_key_set_twice_names_the_key_and_both_lines(write_experiment):
+    path = write_experiment("name: twice\nseed: 1\ndata:\n  name: digits\nseed: 2\n")
+    assert error_of(path) == (f"{path}: seed: set twice, at line 2 and line 5 (YAML would silently keep the last; "
+                              "keep one)")
+    nested = write_experiment("train:\n  qat:\n    epochs: 1\n    lr: 0.1\n    epochs: 2\n", "nested.yaml")
+    assert ": train.qat.epochs: set twice, at line 3 and line 5" in error_of(nested)
+    swept = write_experiment("sweep:\n  quant.bits: [8]\n  quant.bits: [4]\n", "swept.yaml")
+    assert ": sweep.quant.bits: set twice, at line 2 and line 3" in error_of(swept)
+
+
+@pytest.mark.parametrize("text, key, what", [
+    ("seed: !!int 3\n", "seed", "YAML tag tag:yaml.org,2002:int"),
+    ("quant: !custom {bits: 4}\n", "quant", "YAML tag !custom"),
+    ("sweep:\n  quant.bits: [8, !!str 4]\n", "sweep.quant.bits[1]", "YAML tag"),
+    ("train:\n  pretrain: &opt {epochs: 3}\n  qat:\n    <<: *opt\n    lr: 0.1\n", "train.qat", "merge keys"),
+])
+def test_yaml_tags_and_merge_keys_are_refused_with_their_key_and_line(write_experiment, text, key, what):
+    message = error_of(write_experiment(text))
+    assert f": {key}: line " in message and what in message, message
+
+
 def test_small_anchors_are_fine(write_experiment):
     text = "name: anchors\ntrain:\n  pretrain: &opt {epochs: 3}\n  qat: *opt\n"
     assert load_experiment(write_experiment(text)).points[0].config.train.qat.epochs == 3

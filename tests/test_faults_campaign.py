@@ -100,7 +100,7 @@ def test_a_campaign_over_several_sites_is_exact_and_broken_down_per_site(setup, 
     assert set(rows["site"]) == {"act", "weight", "out"}
     assert all(item["site"] == site for site, items in zip(rows["site"], rows["faults"], strict=True)
                for item in items)
-    summary = summarize(tally, golden, 0.95)
+    summary = summarize(tally, golden, spec())
     assert {site: part["n"] for site, part in summary["by_site"].items()} == rows["site"].value_counts().to_dict()
     assert sum(part["n"] for part in summary["by_layer"].values()) == 400
 
@@ -187,13 +187,16 @@ def test_killed_campaign_resumes_to_the_same_result(setup, tmp_path: Path):
     merge_shards(killed_dir, killed_dir, 3)
     pd.testing.assert_frame_equal(pd.read_parquet(clean_dir / "faults.parquet"),
                                   pd.read_parquet(killed_dir / "faults.parquet"))
-    summary = summarize(resumed, golden, 0.95)
+    summary = summarize(resumed, golden, spec())
     assert summary["faulty_inferences"] == 300
     assert sum(summary[f"{o}_rate"] for o in ("masked", "tolerated", "sdc")) == pytest.approx(1.0)
     assert summary["critical_rate"] <= summary["sdc_rate"]
     rows = pd.read_parquet(clean_dir / "faults.parquet")
     paired = (rows["golden_top1"] == rows["label"]).mean() - (rows["faulty_top1"] == rows["label"]).mean()
-    assert summary["accuracy_drop"] == pytest.approx(paired) and summary["accuracy_drop"] >= 0
+    assert summary["accuracy_drop"] == pytest.approx(paired)
+    low, high = summary["accuracy_drop_ci"]
+    assert low <= summary["accuracy_drop"] <= high
+    assert summary["golden_accuracy"] - summary["accuracy_under_faults"] == pytest.approx(paired)
     assert set(summary["by_layer"]) <= {"conv1", "conv2", "fc1", "fc2", "fc3"}
 
 
@@ -237,9 +240,10 @@ def test_msb_flips_hurt_more_than_lsb_flips(setup, tmp_path: Path):
 def test_early_stop_stops_once_the_interval_is_tight(setup, tmp_path: Path):
     _, network, golden, raw, _ = setup
     groups = site_groups(raw, "act", [], network.acc_bits())
-    tally, planned, stopped = run_campaign(network, golden, groups, spec(samples=3000, early_stop=True, margin=0.05),
-                                           tmp_path, lambda t, p: None)
-    assert stopped and tally.counts["n"] < planned
+    tally, planned, reason = run_campaign(network, golden, groups, spec(samples=3000, early_stop=True, margin=0.05),
+                                          tmp_path, lambda t, p: None)
+    assert reason == "margin" and tally.counts["n"] < planned
+    assert tally.counts["n"] % 64 == 0 and tally.counts["n"] < 300   # checked after every batch, not per shard
 
 
 @pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
@@ -314,3 +318,75 @@ def test_tmr_vote_takes_the_majority_top1_and_golden_logits_when_two_replicas_ar
     # row 0: replica 1 wrong, 3 masked its own fault: the vote; row 3: the faulted replicas (1) masked alone
     assert voted.masked_by.tolist() == [kernels.VOTE, 0, 0, kernels.ROUNDING]
     assert voted.detected.tolist() == [True, False, False, False]
+
+
+def test_sizing_follows_what_is_sampled(setup):
+    """Single faults: Leveugle over the (input, register, bit) population; several faults, a bit error
+    rate or a relative margin: sequential on the measured interval, up to max_samples or the population."""
+    _, network, golden, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    whole = campaign.single_fault_population(spec(), groups, N_INPUTS)
+    single = campaign.sizing(spec(samples="auto", margin=0.01), groups, N_INPUTS)
+    assert (single.rule, single.sequential, single.limit_reason) == ("leveugle", False, "samples")
+    assert single.limit == campaign.leveugle_samples(whole, 0.01, 0.95) < whole
+    assert campaign.single_fault_population(spec(replicas=3), groups, N_INPUTS) == 3 * whole
+    for changes in ({"ber": 1e-3}, {"faults_per_inference": 4}):
+        auto = campaign.sizing(spec(samples="auto", max_samples=5000, **changes), groups, N_INPUTS)
+        assert (auto.rule, auto.sequential, auto.limit, auto.limit_reason) == ("wilson", True, 5000, "max_samples")
+    relative = campaign.sizing(spec(samples="auto", margin_relative=True, max_samples=10 * whole), groups, N_INPUTS)
+    assert (relative.rule, relative.limit, relative.limit_reason) == ("wilson", whole, "population")
+    explicit = campaign.sizing(spec(samples=300, ber=1e-3), groups, N_INPUTS)
+    assert (explicit.rule, explicit.sequential, explicit.limit) == ("explicit", False, 300)
+
+
+def test_a_ber_campaign_with_a_relative_margin_stops_at_that_interval(setup, tmp_path: Path):
+    """samples: auto, BER, margin 10 % of the rate: the campaign ends as soon as the SDC rate's Wilson
+    half-width is at most a tenth of the rate, and not a batch earlier."""
+    _, network, golden, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    chosen = spec(samples="auto", ber=0.1, margin=0.1, margin_relative=True, max_samples=20_000, shard_size=512)
+    tally, planned, reason = run_campaign(network, golden, groups, chosen, tmp_path, lambda t, p: None)
+    n, sdc = tally.counts["n"], tally.counts["sdc"]
+    rate = campaign.wilson(sdc, n)
+    assert reason == "margin" and planned == 20_000 and 0 < n < planned
+    assert rate.half_width <= 0.1 * rate.rate
+    rows = pd.read_parquet(sorted(tmp_path.glob("shard-*.parquet"))[-1])
+    earlier = pd.concat([pd.read_parquet(p) for p in sorted(tmp_path.glob("shard-*.parquet"))])[:n - 64]
+    before = campaign.wilson(int((earlier["outcome"] == "sdc").sum()), len(earlier))
+    assert before.half_width > 0.1 * before.rate   # one batch earlier, the interval was still wider
+    assert len(rows) % 64 == 0 or len(rows) == 512
+    summary = summarize(tally, golden, chosen)
+    assert summary["sdc_ci"] == pytest.approx([rate.low, rate.high])
+
+
+def test_a_sequential_campaign_stops_at_the_same_inference_on_any_thread_count_and_on_resume(setup, tmp_path: Path):
+    _, network, golden, raw, _ = setup
+    groups = site_groups(raw, "act", [], network.acc_bits())
+    chosen = spec(samples="auto", ber=0.1, margin=0.15, margin_relative=True, max_samples=20_000, shard_size=256)
+    for name in ("one", "two", "resumed"):
+        (tmp_path / name).mkdir()
+    one = run_campaign(network, golden, groups, chosen, tmp_path / "one", lambda t, p: None)
+    torch.set_num_threads(2)   # batches on two worker threads, checked in the same order
+    try:
+        two = run_campaign(network, golden, groups, chosen, tmp_path / "two", lambda t, p: None)
+    finally:
+        torch.set_num_threads(1)
+    for shard in sorted((tmp_path / "one").glob("shard-*.parquet"))[:-1]:   # killed before its last shard
+        (tmp_path / "resumed" / shard.name).write_bytes(shard.read_bytes())
+    resumed = run_campaign(network, golden, groups, chosen, tmp_path / "resumed", lambda t, p: None)
+    assert one[0].counts == two[0].counts == resumed[0].counts and one[2] == two[2] == resumed[2] == "margin"
+
+
+@pytest.mark.parametrize("detects, changes", [(True, False), (False, True), (False, False)])
+def test_detection_figures_only_for_detectors_and_changes_only_for_filters_and_votes(setup, detects, changes):
+    tally = campaign.Tally()
+    tally.counts.update(n=100, sdc=10, masked=80, tolerated=10, critical=5, correct=90, golden_correct=95,
+                        detected=12 if detects else 0, detected_sdc=9 if detects else 0,
+                        changed=0 if detects else 30)
+    summary = summarize(tally, setup[2], spec(detects=detects), reports_changes=changes)
+    assert ("detected_rate" in summary) == detects and ("sdc_detected_rate" in summary) == detects
+    assert ("changed_rate" in summary) == changes
+    if detects:
+        assert summary["detected_rate"] == 0.12 and summary["sdc_detected_rate"] == 0.9
+    if changes:
+        assert summary["changed_rate"] == 0.3

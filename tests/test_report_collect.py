@@ -96,8 +96,15 @@ def synthetic_store(root: Path, write_yaml: Path) -> tuple[Store, Experiment]:
 
 
 def campaign_metrics(accuracy: float) -> dict[str, Any]:
+    """What a campaign of 40 faulty inferences reports, its golden run right on 39 of them."""
+    from dsetool.faults.stats import paired_difference, wilson
+
     sdc = round(1 - accuracy, 4)
-    return {"accuracy_under_faults": accuracy, "accuracy_drop": round(0.97 - accuracy, 4), "faulty_inferences": 40,
+    correct = round(accuracy * 40)
+    drop = paired_difference(39 - correct, 0, correct, 40)
+    return {"accuracy_under_faults": accuracy, "golden_accuracy": 39 / 40, "accuracy_drop": drop.rate,
+            "accuracy_drop_ci": [drop.low, drop.high], "accuracy_ci": [wilson(correct, 40).low, wilson(correct, 40).high],
+            "faulty_inferences": 40, "stop_reason": "samples",
             "masked_rate": 0.5, "masked_ci": [0.35, 0.65], "sdc_rate": sdc, "sdc_ci": [sdc / 2, sdc * 2],
             "critical_rate": sdc / 2, "critical_ci": [0.0, sdc], "detected_rate": 0.0, "quant_test_acc": 0.97,
             "float_test_acc": 0.98}

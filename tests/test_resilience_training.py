@@ -135,3 +135,17 @@ def test_hutchinson_trace_of_a_diagonal_quadratic_is_exact_and_works_through_bre
     assert trace == pytest.approx(11.0, rel=1e-12)
     model, _, val = digits_mlp(QuantSpec(weight_bits=4, act_bits=4))
     assert math.isfinite(model_hessian_trace(model, val.x, val.y, probes=2))
+
+
+def test_a_max_squared_penalty_shrinks_each_layers_largest_weight() -> None:
+    """The mechanism behind Ozen's outlier regularization (the tolerated-BER figures it buys are measured by
+    benchmarks/resilience_evidence.py, since they depend on the trained weights)."""
+    cfg = OptimConfig(epochs=3, lr=0.01, batch_size=64)
+    largest = {}
+    for kind in ("none", "max_squared"):
+        model, train_split, val = digits_mlp()
+        train(model, train_split, val, cfg, seed=0, device=torch.device("cpu"), reporter=SilentReporter(),
+              description="mlp", objective=Objective(regularizer=kind, alpha=0.5))
+        largest[kind] = [float(p.detach().abs().max()) for name, p in model.named_parameters() if "weight" in name]
+    assert all(squared < 0.95 * plain for squared, plain in zip(largest["max_squared"], largest["none"], strict=True)), \
+        largest

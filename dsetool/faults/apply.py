@@ -80,12 +80,14 @@ class Network(Protocol):
 @dataclass(frozen=True)
 class Evaluated:
     """A batch's faulty inferences: each row's final-op output (logits); whether a protection acted on a
-    value its faults changed (`detected`); which step masked its faults before the logits
-    (`kernels.MASKED_BY` codes; `kernels.LIVE`: not masked on the way, or no fault)."""
+    value its faults changed (`detected`, whatever the protection: a range check flagged it, or a filter
+    altered it); which step masked its faults before the logits (`kernels.MASKED_BY` codes; `kernels.LIVE`:
+    not masked on the way, or no fault); and, for a TMR vote, where it overruled a faulty replica."""
 
     logits: torch.Tensor
     detected: np.ndarray
     masked_by: np.ndarray
+    outvoted: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,13 @@ A campaign is cut into shards of `shard_size` faulty inferences. Each shard's fa
 seeded generator and its rows are written to one Parquet file (temp file, then rename), so a killed
 campaign resumes at the first missing shard and ends with exactly the rows of an uninterrupted run.
 Counts are accumulated shard by shard: a million faults never need a million rows in memory.
+
+Sizing (`sizing`) follows what is sampled. A single-fault campaign samples the (input, register, bit)
+population, and Leveugle et al.'s formula over that population gives its size. A campaign with several
+faults or a bit error rate per inference samples no such population: it runs until the Wilson interval
+of its SDC rate is as narrow as asked (absolute, or relative to the rate), checked after every round of
+batches, up to `max_samples`. Whatever stopped it is recorded (`STOP_REASONS`). Stopping mid-shard keeps
+the rows a prefix of the uninterrupted campaign's, so a resumed campaign stops at the same inference.
 """
 
 from __future__ import annotations
@@ -28,12 +35,22 @@ from dsetool.faults import kernels
 from dsetool.faults.apply import Evaluated, Faults, Network, evaluate
 from dsetool.faults.sampler import FaultList, population, sample_ber_mode, sample_count_mode, shard_rng
 from dsetool.faults.sites import SiteGroup
-from dsetool.faults.stats import leveugle_samples, wilson
+from dsetool.faults.stats import leveugle_samples, margin_reached, paired_difference, wilson
 
 OUTCOMES = ("masked", "tolerated", "sdc")
-# What a `Tally` counts: outcomes, accuracy, and detections (a protection acted on a value the faults
-# changed), overall and among the SDCs and the critical faults (the detector's coverage).
-COUNTS = (*OUTCOMES, "critical", "correct", "golden_correct", "n", "detected", "detected_sdc", "detected_critical")
+# What a `Tally` counts: outcomes, accuracy of the faulty and of the golden run of the same inferences
+# (`recovered`: golden wrong, faulty right, so the paired difference has its interval), where a detector
+# flagged a value the faults changed (overall and among the SDCs and the critical faults: its coverage),
+# and where a protection without a detector (a filter, a vote) changed a faulty value or result.
+COUNTS = (*OUTCOMES, "critical", "recovered", "correct", "golden_correct", "n", "detected", "detected_sdc",
+          "detected_critical", "changed")
+# Why a campaign ran as many faulty inferences as it did.
+STOP_REASONS = {
+    "samples": "ran the planned number of faulty inferences",
+    "margin": "the SDC rate's interval reached the margin",
+    "population": "ran as many inferences as the single-fault population has",
+    "max_samples": "reached faults.max_samples before the margin",
+}
 MAX_LISTED_FAULTS = 16
 # The single-fault breakdowns of a campaign summary (`by_site`, `by_layer`, `by_bit`).
 BREAKDOWN = ("site", "layer", "bit")
@@ -56,7 +73,38 @@ class CampaignSpec:
     shard_size: int
     batch_size: int
     replicas: int = 1   # 3: coarse TMR, three independently faulted executions voting on top-1
+    margin_relative: bool = False
+    max_samples: int = 100_000
+    detects: bool = True   # the protection flags what it finds (a range check), else it only changes values
 
+    @property
+    def single_fault(self) -> bool:
+        """Tell whether every inference gets exactly one fault (the case Leveugle's population sizing fits)."""
+        return self.ber is None and self.faults_per_inference == 1
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How many faulty inferences a campaign may run, and whether it stops once its margin is reached.
+
+    `limit` is the most it runs and `limit_reason` names what set it (a `STOP_REASONS` key); with
+    `sequential`, the SDC rate's Wilson interval is checked after every round of batches against `margin`
+    (absolute, or times the rate with `relative`). `rule` says where the size came from: explicit,
+    leveugle (single faults over their population) or wilson (sequential, from the interval).
+    """
+
+    limit: int
+    limit_reason: str
+    sequential: bool
+    rule: str
+    margin: float
+    relative: bool
+    confidence: float
+
+    def reached(self, tally: Tally) -> bool:
+        """Tell whether the measured SDC rate's interval is as narrow as asked."""
+        return self.sequential and margin_reached(tally.counts["sdc"], tally.counts["n"], self.margin, self.relative,
+                                                  self.confidence)
 
 @dataclass(frozen=True)
 class Golden:
@@ -91,13 +139,17 @@ class Tally:
         for name in OUTCOMES:
             self.counts[name] += _count(pc.equal(outcome, name))
         self.counts["critical"] += _count(rows.column("critical"))
-        self.counts["correct"] += _count(pc.equal(rows.column("faulty_top1"), rows.column("label")))
-        self.counts["golden_correct"] += _count(pc.equal(rows.column("golden_top1"), rows.column("label")))
+        faulty_right = pc.equal(rows.column("faulty_top1"), rows.column("label"))
+        golden_right = pc.equal(rows.column("golden_top1"), rows.column("label"))
+        self.counts["recovered"] += _count(pc.and_(faulty_right, pc.invert(golden_right)))
+        self.counts["correct"] += _count(faulty_right)
+        self.counts["golden_correct"] += _count(golden_right)
         self.counts["n"] += rows.num_rows
         detected = rows.column("detected")
         self.counts["detected"] += _count(detected)
         self.counts["detected_sdc"] += _count(pc.and_(detected, pc.equal(outcome, "sdc")))
         self.counts["detected_critical"] += _count(pc.and_(detected, rows.column("critical")))
+        self.counts["changed"] += _count(rows.column("changed"))
         steps = rows.column("masked_by").cast(pa.string()).value_counts()
         for step, count in zip(steps.field("values").to_pylist(), steps.field("counts").to_pylist(), strict=True):
             if step:
@@ -119,11 +171,38 @@ def _count(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.sum(mask.cast(pa.int64())).as_py() or 0)
 
 
-def planned_samples(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> int:
-    """Return the number of faulty inferences: explicit, or sized by Leveugle et al. from the margin."""
+def single_fault_population(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> int:
+    """Return how many distinct single faults a campaign can draw: (input, register, bit) triples, times the
+    replica the fault lands in under coarse TMR."""
+    return population(groups, spec.bits) * n_inputs * spec.replicas
+
+
+def sizing(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> Sizing:
+    """Return how a campaign is sized (see the module docstring).
+
+    Explicit `samples`: that many, stopping early at the margin only with `early_stop`. `auto` with one
+    fault per inference and an absolute margin: Leveugle et al. over the single-fault population (worst
+    case p = 0.5). `auto` otherwise (several faults, a bit error rate, or a relative margin, which needs
+    the measured rate): sequential, up to `max_samples` (and, for single faults, the population).
+    """
+    def sized(limit: int, reason: str, sequential: bool, rule: str) -> Sizing:
+        return Sizing(limit, reason, sequential, rule, spec.margin, spec.margin_relative, spec.confidence)
+
     if isinstance(spec.samples, int):
-        return spec.samples
-    return leveugle_samples(population(groups, spec.bits) * n_inputs, spec.margin, spec.confidence)
+        return sized(spec.samples, "samples", spec.early_stop, "explicit")
+    if spec.single_fault:
+        whole = single_fault_population(spec, groups, n_inputs)
+        if not spec.margin_relative:
+            n = leveugle_samples(whole, spec.margin, spec.confidence)
+            return sized(n, "population" if n >= whole else "samples", spec.early_stop, "leveugle")
+        if whole <= spec.max_samples:
+            return sized(whole, "population", True, "wilson")
+    return sized(spec.max_samples, "max_samples", True, "wilson")
+
+
+def planned_samples(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> int:
+    """Return the most faulty inferences the campaign runs (`sizing(...).limit`)."""
+    return sizing(spec, groups, n_inputs).limit
 
 
 def draw_shard(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int, shard: int, size: int,
@@ -160,18 +239,53 @@ def merged(lists: Sequence[FaultList]) -> FaultList:
 
 
 def run_shard(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec,
-              faults: FaultList | Sequence[FaultList], first_trial: int, workers: Workers | None = None) -> pa.Table:
+              faults: FaultList | Sequence[FaultList], first_trial: int, workers: Workers | None = None,
+              stop: Callable[[pa.Table], bool] | None = None) -> pa.Table:
     """Evaluate one shard batch by batch and return one row per faulty inference.
 
     `workers` run the batches (`Workers`); without, they run here, one after the other. Exact either way.
     With several fault lists (a TMR campaign's replicas, same inputs), each is evaluated and the rows hold
-    their vote (`vote`) and list the faults of all replicas.
+    their vote (`vote`) and list the faults of all replicas. `stop`, when given, sees the rows of every
+    batch in order and ends the shard after the first batch it accepts: where a shard stops depends on
+    the batch size alone, not on how many workers ran it.
     """
-    if isinstance(faults, FaultList):
-        return _rows(_evaluate_all(net, golden, groups, spec, faults, workers), golden, groups, faults, first_trial)
-    evaluated = [_evaluate_all(net, golden, groups, spec, replica, workers) for replica in faults]
-    faulted = [np.bincount(replica.trial, minlength=replica.size) > 0 for replica in faults]
-    return _rows(vote(evaluated, golden, faults[0].inputs, faulted), golden, groups, merged(faults), first_trial)
+    lists = [faults] if isinstance(faults, FaultList) else list(faults)
+    size = lists[0].size
+    span = size if stop is None else spec.batch_size * (workers.count if workers is not None else 1)
+    done: list[pa.Table] = []
+    for begin in range(0, max(size, 1), max(span, 1)):
+        part = [_slice(f, begin, min(begin + span, size)) for f in lists]
+        rows = _round_rows(net, golden, groups, spec, part, first_trial + begin, workers)
+        if stop is None:
+            done.append(rows)
+            continue
+        for offset in range(0, rows.num_rows, spec.batch_size):
+            batch = rows.slice(offset, spec.batch_size)
+            done.append(batch)
+            if stop(batch):
+                return pa.concat_tables(done)
+    return pa.concat_tables(done)
+
+
+def _round_rows(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec,
+                lists: Sequence[FaultList], first_trial: int, workers: Workers | None) -> pa.Table:
+    """Return the rows of a run of inferences (one fault list, or a TMR campaign's replicas)."""
+    if len(lists) == 1:
+        return _rows(_evaluate_all(net, golden, groups, spec, lists[0], workers), golden, groups, lists[0],
+                     first_trial, spec.detects)
+    evaluated = [_evaluate_all(net, golden, groups, spec, replica, workers) for replica in lists]
+    faulted = [np.bincount(replica.trial, minlength=replica.size) > 0 for replica in lists]
+    return _rows(vote(evaluated, golden, lists[0].inputs, faulted), golden, groups, merged(lists), first_trial,
+                 spec.detects)
+
+
+def _slice(faults: FaultList, begin: int, end: int) -> FaultList:
+    """Return the faults of inferences [begin, end) as a list of their own (numbered from 0)."""
+    if begin == 0 and end == faults.size:
+        return faults
+    pick = (faults.trial >= begin) & (faults.trial < end)
+    return FaultList(faults.inputs[begin:end], faults.trial[pick] - begin, faults.group[pick], faults.element[pick],
+                     faults.bit[pick])
 
 
 def _evaluate_all(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, faults: FaultList,
@@ -192,7 +306,8 @@ def vote(replicas: Sequence[Evaluated], golden: Golden, inputs: np.ndarray, faul
     the first's. Logits: the golden ones where two replicas computed them exactly (a bitwise vote gives
     them), else those of the first replica with the voted top-1. `faulted[r]` says which rows replica r
     had faults in. Golden logits were masked by the replicas themselves where every faulted replica masked
-    its faults (the first one's step), else by the vote. Detected: a protection acted in any replica."""
+    its faults (the first one's step), else by the vote. Detected (a protection acted): in any replica, or
+    the vote's logits differ from those of a replica that had faults (the vote changed a faulty result)."""
     first, second, third = replicas
     top = [golden.predict(r.logits) for r in replicas]
     pick = torch.where((top[0] != top[1]) & (top[0] != top[2]) & (top[1] == top[2]), 1, 0)
@@ -208,7 +323,9 @@ def vote(replicas: Sequence[Evaluated], golden: Golden, inputs: np.ndarray, faul
         alone &= ~hit | (replica.masked_by != kernels.LIVE)
     any_fault = np.logical_or.reduce(list(faulted))
     masked_by = np.where(same & any_fault, np.where(alone, own, kernels.VOTE), kernels.LIVE)
-    return Evaluated(logits, first.detected | second.detected | third.detected, masked_by.astype(np.int8))
+    outvoted = np.logical_or.reduce([hit & (r.logits != logits).any(dim=1).numpy()
+                                     for r, hit in zip(replicas, faulted, strict=True)])
+    return Evaluated(logits, first.detected | second.detected | third.detected, masked_by.astype(np.int8), outvoted)
 
 
 def _batch_faults(faults: FaultList, begin: int, end: int) -> tuple[np.ndarray, Faults]:
@@ -229,6 +346,7 @@ class Workers:
 
     def __init__(self, net: Network, golden: Golden, groups: Sequence[SiteGroup], model: str, count: int) -> None:
         self.net, self.outputs, self.groups, self.model = net, golden.outputs, groups, model
+        self.count = count
         self.pool = ThreadPoolExecutor(count)
         self.threads = torch.get_num_threads()
 
@@ -247,8 +365,13 @@ class Workers:
 
 
 def _rows(evaluated: Evaluated, golden: Golden, groups: Sequence[SiteGroup], faults: FaultList,
-          first_trial: int) -> pa.Table:
+          first_trial: int, detects: bool) -> pa.Table:
+    """Return one row per faulty inference. `detected`: a detector flagged a value the faults changed;
+    `changed`: a protection without one (`detects` false: a filter) altered such a value, or a TMR vote
+    overruled a faulty replica."""
     logits = evaluated.logits
+    acted = evaluated.detected
+    outvoted = evaluated.outvoted if evaluated.outvoted is not None else np.zeros(faults.size, dtype=np.bool_)
     inputs = torch.from_numpy(faults.inputs)
     golden_logits = golden.outputs[-1][inputs]
     golden_top1, faulty_top1 = golden.predict(golden_logits).numpy(), golden.predict(logits).numpy()
@@ -274,7 +397,8 @@ def _rows(evaluated: Evaluated, golden: Golden, groups: Sequence[SiteGroup], fau
         "faulty_top1": faulty_top1,
         "outcome": pa.DictionaryArray.from_arrays(outcome.astype(np.int32), pa.array(OUTCOMES)),
         "critical": (golden_top1 == labels) & (faulty_top1 != labels),
-        "detected": evaluated.detected,
+        "detected": acted if detects else np.zeros(faults.size, dtype=np.bool_),
+        "changed": outvoted if detects else acted | outvoted,
         "masked_by": pa.DictionaryArray.from_arrays(masked_by, pa.array(kernels.MASKED_BY)),
         "n_faults": n_faults,
         "site": pa.DictionaryArray.from_arrays(layer, sites),
@@ -304,33 +428,39 @@ MIN_BATCHES_PER_WORKER = 2
 
 
 def run_campaign(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, scratch: Path,
-                 progress: Callable[[Tally, int], None]) -> tuple[Tally, int, bool]:
-    """Run (or resume) every shard; return the tally, the planned size and whether it stopped early."""
+                 progress: Callable[[Tally, int], None]) -> tuple[Tally, int, str]:
+    """Run (or resume) every shard; return the tally, the most inferences it could run, and why it stopped
+    (a `STOP_REASONS` key)."""
     n_inputs = len(golden.labels)
-    planned = planned_samples(spec, groups, n_inputs)
+    size = sizing(spec, groups, n_inputs)
     tally = Tally()
-    stopped_early = False
     cores = torch.get_num_threads()
-    parallel = cores > 1 and math.ceil(planned / spec.batch_size) >= MIN_BATCHES_PER_WORKER * cores
+    parallel = cores > 1 and math.ceil(min(size.limit, spec.shard_size) / spec.batch_size) >= \
+        MIN_BATCHES_PER_WORKER * cores
+
+    def fold(rows: pa.Table) -> bool:
+        tally.add(rows)
+        return size.reached(tally)
+
     with Workers(net, golden, groups, spec.model, cores) if parallel else nullcontext() as workers:
-        for shard in range(math.ceil(planned / spec.shard_size)):
+        for shard in range(math.ceil(size.limit / spec.shard_size)):
             first = shard * spec.shard_size
             path = scratch / f"shard-{shard:06d}.parquet"
             if path.is_file():
-                rows = pq.read_table(path)
+                fold(pq.read_table(path))
             else:
-                size = min(spec.shard_size, planned - first)
-                faults = draw_shard(spec, groups, n_inputs, shard, size) if spec.replicas == 1 else \
-                    draw_replicas(spec, groups, n_inputs, shard, size)
-                rows = run_shard(net, golden, groups, spec, faults, first, workers)
+                count = min(spec.shard_size, size.limit - first)
+                faults = draw_shard(spec, groups, n_inputs, shard, count) if spec.replicas == 1 else \
+                    draw_replicas(spec, groups, n_inputs, shard, count)
+                rows = run_shard(net, golden, groups, spec, faults, first, workers,
+                                 stop=fold if size.sequential else None)
+                if not size.sequential:
+                    fold(rows)
                 _write_atomic(rows, path)
-            tally.add(rows)
-            progress(tally, planned)
-            if spec.early_stop and \
-                    wilson(tally.counts["sdc"], tally.counts["n"], spec.confidence).half_width < spec.margin:
-                stopped_early = tally.counts["n"] < planned
-                break
-    return tally, planned, stopped_early
+            progress(tally, size.limit)
+            if size.reached(tally):
+                return tally, size.limit, "margin"
+    return tally, size.limit, size.limit_reason
 
 
 def _write_atomic(rows: pa.Table, path: Path) -> None:
@@ -358,26 +488,46 @@ def merge_shards(scratch: Path, out: Path, shards: int) -> None:
         pq.write_table(pa.table({}), out / ROWS_FILE)
 
 
-def summarize(tally: Tally, golden: Golden, confidence: float) -> dict[str, Any]:
-    """Return the campaign metrics: outcome rates with Wilson intervals, accuracy under faults, breakdowns.
+def summarize(tally: Tally, golden: Golden, spec: CampaignSpec, reports_changes: bool = False) -> dict[str, Any]:
+    """Return the campaign metrics: outcome rates with Wilson intervals, paired accuracies, breakdowns.
 
-    `accuracy_drop` compares the faulty inferences with the fault-free runs of the same inputs (paired):
-    against `golden_accuracy`, the accuracy on every campaign input, it would carry the noise of which
-    inputs the campaign drew (and could come out negative on a campaign where faults never help).
+    Accuracy under faults is shown against `golden_accuracy`, the fault-free accuracy of the very same
+    inferences (each faulty inference and its golden run form a pair), and `accuracy_drop` is their paired
+    difference with Newcombe's interval. The accuracy over all campaign inputs (`campaign_inputs_accuracy`)
+    and the test set's are other input sets: comparing either with accuracy under faults would mix which
+    inputs the campaign happened to draw into what the faults cost.
+
+    Detection figures (`detected_rate`, and the coverage `sdc_detected_rate`, `critical_detected_rate`)
+    only for a protection that detects (`spec.detects`: a range check); `changed_rate` only when a filter or
+    a vote could change values (`reports_changes`). An unprotected campaign has neither.
     """
-    n = tally.counts["n"]
-    golden_acc = float((golden.top1 == golden.labels).float().mean())
-    faulty_acc = tally.counts["correct"] / n if n else float("nan")
-    drop = (tally.counts["golden_correct"] - tally.counts["correct"]) / n if n else float("nan")
-    metrics: dict[str, Any] = {"faulty_inferences": n, "golden_accuracy": golden_acc,
-                               "accuracy_under_faults": faulty_acc, "accuracy_drop": drop}
-    for name, count, of in [*((name, name, "n") for name in (*OUTCOMES, "critical", "detected")),
-                            ("sdc_detected", "detected_sdc", "sdc"), ("critical_detected", "detected_critical",
-                                                                      "critical")]:
-        rate = wilson(tally.counts[count], tally.counts[of], confidence)
-        metrics[f"{name}_rate"] = rate.rate if tally.counts[of] else None   # of no SDC: no coverage
-        metrics[f"{name}_ci"] = [rate.low, rate.high] if tally.counts[of] else None
-    masked = tally.counts["masked"]
+    c = tally.counts
+    n = c["n"]
+    confidence = spec.confidence
+    pairs = paired_difference(c["critical"], c["recovered"], c["golden_correct"] - c["critical"], n, confidence)
+    metrics: dict[str, Any] = {
+        "faulty_inferences": n, "campaign_inputs": len(golden.labels),
+        "campaign_inputs_accuracy": float((golden.top1 == golden.labels).double().mean()) if len(golden.labels)
+        else None,
+        "golden_accuracy": c["golden_correct"] / n if n else None,
+        "accuracy_under_faults": c["correct"] / n if n else None,
+        "accuracy_drop": pairs.rate if n else None,
+        "accuracy_drop_ci": [pairs.low, pairs.high] if n else None,
+    }
+    for name, count in (("golden_accuracy", "golden_correct"), ("accuracy", "correct")):
+        rate = wilson(c[count], n, confidence)
+        metrics[f"{name}_ci"] = [rate.low, rate.high] if n else None
+    rates = [*((name, name, "n") for name in (*OUTCOMES, "critical"))]
+    if spec.detects:
+        rates += [("detected", "detected", "n"), ("sdc_detected", "detected_sdc", "sdc"),
+                  ("critical_detected", "detected_critical", "critical")]
+    if reports_changes:
+        rates.append(("changed", "changed", "n"))
+    for name, count, of in rates:
+        rate = wilson(c[count], c[of], confidence)
+        metrics[f"{name}_rate"] = rate.rate if c[of] else None   # of no SDC: no coverage
+        metrics[f"{name}_ci"] = [rate.low, rate.high] if c[of] else None
+    masked = c["masked"]
     metrics["masked_by"] = {step: {"n": count, "share": count / masked}
                             for step, count in sorted(tally.masked_by.items(), key=lambda item: -item[1])}
     for key in BREAKDOWN:

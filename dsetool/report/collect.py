@@ -138,31 +138,20 @@ def scenario(cfg: RunConfig) -> str:
 
 
 def reliability(cfg: RunConfig, m: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the campaign's outcome rates with their 95 % Wilson bounds, and accuracy under faults."""
+    """Return the campaign's paired accuracies and outcome rates with their 95 % bounds."""
     f = cfg.faults
     out: dict[str, Any] = {"fault_scenario": scenario(cfg), "fault_site": "+".join(f.sites), "fault_model": f.model,
                            "ber": f.ber, "faults_per_inference": None if f.ber is not None else f.faults_per_inference}
-    out["faulty_inferences"] = m.get("faulty_inferences")
-    for name in ("accuracy_under_faults", "accuracy_drop"):
+    for name in ("faulty_inferences", "stop_reason", "golden_accuracy", "accuracy_under_faults", "accuracy_drop"):
         out[name] = m.get(name)
-    out["accuracy_ci_lo"], out["accuracy_ci_hi"] = _accuracy_bounds(m)
+    out["accuracy_ci_lo"], out["accuracy_ci_hi"] = _bounds(m.get("accuracy_ci"))
+    out["accuracy_drop_ci_lo"], out["accuracy_drop_ci_hi"] = _bounds(m.get("accuracy_drop_ci"))
     for name in ("masked", "sdc", "critical"):
         low, high = _bounds(m.get(f"{name}_ci"))
         out.update({f"{name}_rate": m.get(f"{name}_rate"), f"{name}_ci_lo": low, f"{name}_ci_hi": high})
-    out["detected_rate"] = m.get("detected_rate")
+    for name in ("detected_rate", "sdc_detected_rate", "changed_rate", "golden_agreement"):
+        out[name] = m.get(name)
     return out
-
-
-def _accuracy_bounds(m: Mapping[str, Any]) -> tuple[Any, Any]:
-    """Return the 95 % Wilson interval of accuracy under faults (a share of the faulty inferences, like the
-    outcome rates the campaign bounds itself)."""
-    from dsetool.faults.stats import wilson
-
-    accuracy, total = m.get("accuracy_under_faults"), m.get("faulty_inferences")
-    if not isinstance(accuracy, int | float) or not isinstance(total, int) or total <= 0:
-        return None, None
-    rate = wilson(round(accuracy * total), total)
-    return rate.low, rate.high
 
 
 def _bounds(ci: Any) -> tuple[Any, Any]:

@@ -28,7 +28,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("target", "FPGA the synth stage builds for"),
     # accuracy without faults
     ("float_acc", "float model test accuracy"),
-    ("quant_acc", "quantized model test accuracy (bit-exact integer engine when a campaign ran)"),
+    ("quant_acc", "quantized model accuracy on the whole test split (bit-exact integer engine when a campaign ran)"),
     # how the quantized model was trained shows in these (FlatENN: sparse and sharp models are more fragile)
     ("act_sparsity", "share of the quantized model's post-ReLU activations that are zero on the test set"),
     ("sharpness", "loss increase under the worst-case weight perturbation of radius 0.05 (first-order SAM estimate)"),
@@ -40,10 +40,16 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("ber", "bit error rate (blank when the campaign counts faults per inference)"),
     ("faults_per_inference", "faulty sites per inference (blank when the campaign uses a BER)"),
     ("faulty_inferences", "faulty inferences the campaign ran"),
+    ("stop_reason", "why it ran that many: samples (as planned), margin (the SDC interval reached faults.margin), "
+                    "population (every single fault), max_samples (the cap, before the margin)"),
+    ("golden_accuracy", "fault-free top-1 accuracy of the same inferences (their golden run): what accuracy under "
+                        "faults is compared with, not quant_acc, which is on other inputs"),
     ("accuracy_under_faults", "top-1 accuracy of the faulty inferences"),
     ("accuracy_ci_lo", "lower bound of the accuracy under faults' 95 % Wilson interval"),
     ("accuracy_ci_hi", "upper bound of the accuracy under faults' 95 % Wilson interval"),
-    ("accuracy_drop", "golden accuracy minus accuracy under faults"),
+    ("accuracy_drop", "golden_accuracy minus accuracy_under_faults: what the faults cost, paired per inference"),
+    ("accuracy_drop_ci_lo", "lower bound of the drop's 95 % interval (Newcombe's, for paired proportions)"),
+    ("accuracy_drop_ci_hi", "upper bound of the drop's 95 % interval"),
     ("masked_rate", "share of faulty inferences whose logits are identical to the golden run"),
     ("masked_ci_lo", "lower bound of the masked rate's 95 % Wilson interval"),
     ("masked_ci_hi", "upper bound of the masked rate's 95 % Wilson interval"),
@@ -53,7 +59,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("critical_rate", "share where the golden run was right and the faulty one wrong"),
     ("critical_ci_lo", "lower bound of the critical rate's 95 % Wilson interval"),
     ("critical_ci_hi", "upper bound of the critical rate's 95 % Wilson interval"),
-    ("detected_rate", "share where a protection acted on a faulty value"),
+    ("detected_rate", "share where a detector (the range checks clip, zero, sed) flagged a faulty value; blank for "
+                      "protections without one"),
+    ("sdc_detected_rate", "share of the SDCs a detector flagged (its coverage); blank without a detector or SDC"),
+    ("changed_rate", "share where a protection without a detector (median, afd: it filters) changed a faulty value, "
+                     "or TMR's vote overruled a faulty replica; blank otherwise"),
+    ("golden_agreement", "share of campaign inputs whose fault-free top-1 the integer engine and Brevitas agree on "
+                         "(1 with po2 scales, which are bit-exact)"),
     # hardware
     ("synth_status", "ok, does_not_fit or tool_error (blank: not synthesized)"),
     ("lut", "LUTs of the array (Yosys; known even when the design does not fit)"),

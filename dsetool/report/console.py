@@ -43,7 +43,7 @@ def show(results: Results, plots: Sequence[PlotResult], directory: Path, notes: 
     for column, heading in columns:
         table.add_column(heading, justify="left" if column.startswith(AXIS_PREFIX) else "right")
     for i in shown:
-        table.add_row(*(cell(c, t.at[i, c]) for c, _ in columns))
+        table.add_row(*(cell(c, t.at[i, c], t.loc[i]) for c, _ in columns))
     console.print(table)
     lines = recommendation_lines(results)
     for line in lines[:MAX_RECOMMENDATION_LINES]:

@@ -84,7 +84,7 @@ def _table(results: Results, front_only: bool) -> str:
     body = []
     for _, row in rows.iterrows():
         css = " class=front" if row["pareto"] and not front_only else ""
-        cells = "".join(f"<td{' class=text' if c.startswith(AXIS_PREFIX) else ''}>{escape(cell(c, row[c]))}</td>"
+        cells = "".join(f"<td{' class=text' if c.startswith(AXIS_PREFIX) else ''}>{escape(cell(c, row[c], row))}</td>"
                         for c, _ in columns)
         body.append(f"<tr{css}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

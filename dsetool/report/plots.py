@@ -173,14 +173,17 @@ def pareto_scatter(data: PlotInput) -> Drawn | str:
         if len(rows) > 1:
             axes[0].set_title(names[0], fontsize=9, loc="left")
         axes[0].set_ylabel("accuracy under faults (%)")
-    grid[0][0].set_ylim(floor, min(100.5, 100 * shown["accuracy_under_faults"].max() + 1.0))
+    top = max(shown["accuracy_under_faults"].max(), shown["golden_accuracy"].max(skipna=True)
+              if shown["golden_accuracy"].notna().any() else 0.0)
+    grid[0][0].set_ylim(floor, min(100.5, 100 * float(top) + 1.0))
     fig.legend(handles=_pareto_legend(scenarios if len(rows) == 1 else [], list(palette.values())),
                loc="outside lower center", fontsize=8, frameon=False, ncols=min(3, len(scenarios) + 1))
     fig.suptitle("Pareto front: accuracy under faults vs " + ", ".join(label.split(" (")[0] for _, label in panels))
     caption = ("Filled: on the front of its fault scenario (no other point there has at least the accuracy and at "
                "most the LUTs, DSPs and latency, one strictly better); hollow: dominated. Front points are tagged "
                "P<n> as in the results table (where tags would overlap, the leftmost is kept; summary.md lists "
-               "every front point).")
+               "every front point). Bars: the 95 % interval of a front point's accuracy under faults; grey "
+               "dash: the fault-free accuracy of the same inferences.")
     if below:
         count = below // len(panels)
         caption += (f" The accuracy axis starts at {floor:.0f} %: {count} dominated "
@@ -216,6 +219,15 @@ def _pareto_points(ax: Any, group: pd.DataFrame, column: str, color: Any, floor:
     off = off.drop(low.index)
     ax.scatter(off[column], 100 * off["accuracy_under_faults"], s=24, facecolors="none", edgecolors=color)
     ax.scatter(on[column], 100 * on["accuracy_under_faults"], s=36, color=color, zorder=3)
+    bars = on[on["accuracy_ci_lo"].notna() & on["accuracy_ci_hi"].notna()]
+    if not bars.empty:   # the front's accuracy with its interval, and the same inferences without faults
+        accuracy = 100 * bars["accuracy_under_faults"].astype(float)
+        spread = [accuracy - 100 * bars["accuracy_ci_lo"].astype(float),
+                  100 * bars["accuracy_ci_hi"].astype(float) - accuracy]
+        ax.errorbar(bars[column], accuracy, yerr=spread, fmt="none", ecolor=color, elinewidth=0.8, zorder=2)
+        clean = bars[bars["golden_accuracy"].notna()]
+        ax.scatter(clean[column], 100 * clean["golden_accuracy"].astype(float), marker="_", s=60, color="0.4",
+                   zorder=2)
     if not low.empty:
         ax.scatter(low[column], [floor] * len(low), marker="v", s=30, facecolors="none", edgecolors=color,
                    clip_on=False, zorder=3)
@@ -256,8 +268,11 @@ def _pareto_legend(scenarios: list[str], palette: list[Any]) -> list[Any]:
     return handles
 
 
-BIT_PANELS = (("accuracy (%)", ("quant_acc", "accuracy_under_faults")), ("SDC rate (%)", ("sdc_rate",)),
+# Accuracy under faults against the fault-free accuracy of the same inferences (paired); the test split's
+# accuracy only where no design point has a campaign (it is measured on other inputs).
+BIT_PANELS = (("accuracy (%)", ("golden_accuracy", "accuracy_under_faults")), ("SDC rate (%)", ("sdc_rate",)),
               ("LUTs", ("lut",)))
+TEST_ACCURACY_PANEL = ("accuracy (%)", ("quant_acc",))
 
 
 def bit_width(data: PlotInput) -> Drawn | str:
@@ -267,8 +282,9 @@ def bit_width(data: PlotInput) -> Drawn | str:
     order = sorted(set(t["width"]), key=lambda s: tuple(int(x) for x in s[1:].split("A")))
     if len(order) < 2:
         return "every design point has the same bit widths"
-    panels = [(title, cols) for title, cols in BIT_PANELS if any(t[c].notna().any() for c in cols)]
-    missing = [title.split(" (")[0] for title, cols in BIT_PANELS if (title, cols) not in panels]
+    candidates = BIT_PANELS if t["golden_accuracy"].notna().any() else (TEST_ACCURACY_PANEL, *BIT_PANELS[1:])
+    panels = [(title, cols) for title, cols in candidates if any(t[c].notna().any() for c in cols)]
+    missing = [title.split(" (")[0] for title, cols in candidates if (title, cols) not in panels]
     if not panels:
         return "no design point has accuracy, a fault campaign or a synthesis"
     fig, grid = _grid(len(panels), width=3.8, height=3.2)
@@ -288,7 +304,8 @@ def bit_width(data: PlotInput) -> Drawn | str:
     return Drawn(fig, caption)
 
 
-STRIP_LABELS = {"quant_acc": "without faults", "accuracy_under_faults": "under faults"}
+STRIP_LABELS = {"quant_acc": "test split, without faults", "golden_accuracy": "without faults (same inputs)",
+                "accuracy_under_faults": "under faults"}
 
 
 def _strip(ax: Any, t: pd.DataFrame, order: list[str], column: str, color: Any, offset: float) -> None:

@@ -62,10 +62,11 @@ def build(experiment: str, source: str, axes: Sequence[str], found: Sequence[col
 
 
 # Columns that are numbers even when every cell is blank (so the parquet schema does not depend on the data).
-FLOAT_COLUMNS = ("float_acc", "quant_acc", "ber", "accuracy_under_faults", "accuracy_ci_lo", "accuracy_ci_hi",
-                 "accuracy_drop", "masked_rate",
+FLOAT_COLUMNS = ("float_acc", "quant_acc", "ber", "golden_accuracy", "accuracy_under_faults", "accuracy_ci_lo",
+                 "accuracy_ci_hi", "accuracy_drop", "accuracy_drop_ci_lo", "accuracy_drop_ci_hi", "masked_rate",
                  "masked_ci_lo", "masked_ci_hi", "sdc_rate", "sdc_ci_lo", "sdc_ci_hi", "critical_rate",
-                 "critical_ci_lo", "critical_ci_hi", "detected_rate", "fmax_mhz", "latency_us", "lut_overhead_pct",
+                 "critical_ci_lo", "critical_ci_hi", "detected_rate", "sdc_detected_rate", "changed_rate",
+                 "golden_agreement", "fmax_mhz", "latency_us", "lut_overhead_pct",
                  "ff_overhead_pct", "dsp_overhead_pct", "fmax_overhead_pct", "act_sparsity", "sharpness",
                  "hessian_trace")
 COUNT_COLUMNS = ("faults_per_inference", "faulty_inferences", "lut", "ff", "dsp", "bram", "cycles")

@@ -17,25 +17,32 @@ from dsetool.report.plots import PlotResult
 from dsetool.report.recommend import Recommendation
 from dsetool.report.results import Results
 
-PERCENT = {"float_acc", "quant_acc", "accuracy_under_faults", "accuracy_drop", "masked_rate", "sdc_rate",
-           "critical_rate", "detected_rate"}
+PERCENT = {"float_acc", "quant_acc", "golden_accuracy", "accuracy_under_faults", "accuracy_drop", "masked_rate",
+           "sdc_rate", "critical_rate", "detected_rate", "sdc_detected_rate", "changed_rate", "golden_agreement"}
 # (column, heading) of the short tables (the front, the terminal's top rows, the HTML table): the point's number,
 # then its varying axes (see `headline`), then these.
+# Accuracy under faults stands next to the fault-free accuracy of the same inferences, and its drop is their
+# paired difference with its interval: the test split's accuracy (`quant_acc`) is on other inputs.
 METRICS: tuple[tuple[str, str], ...] = (
-    ("quant_acc", "acc %"), ("accuracy_under_faults", "acc faults %"), ("sdc_rate", "SDC %"),
+    ("quant_acc", "test acc %"), ("golden_accuracy", "clean acc %"), ("accuracy_under_faults", "acc faults %"),
+    ("accuracy_drop", "drop pp [95% CI]"), ("sdc_rate", "SDC %"),
     ("critical_rate", "critical %"), ("lut", "LUT"), ("dsp", "DSP"), ("fmax_mhz", "Fmax MHz"),
     ("latency_us", "latency us"), ("lut_overhead_pct", "LUT ovh %"), ("pareto", "front"),
 )
 
 
-def cell(column: str, value: Any) -> str:
-    """Format one cell for people: percent for rates, one decimal for MHz/us/%, `-` for a blank."""
+def cell(column: str, value: Any, row: Any = None) -> str:
+    """Format one cell for people: percent for rates, one decimal for MHz/us/%, `-` for a blank; the
+    accuracy drop with its interval when the cell's `row` (a mapping or a DataFrame row) has one."""
     if _blank(value):
         return "-"
     if column.startswith(AXIS_PREFIX):
         return format_value(value)
     if isinstance(value, bool) or column in ("pareto", "tmr"):
         return "yes" if value else ""
+    if column == "accuracy_drop" and row is not None and not _blank(row.get("accuracy_drop_ci_lo")):
+        low, high = (100 * float(row[f"accuracy_drop_ci_{end}"]) for end in ("lo", "hi"))
+        return f"{100 * float(value):.2f} [{low:.2f}, {high:.2f}]"
     if column in PERCENT:
         return f"{100 * float(value):.2f}"
     if column.endswith("_pct"):
@@ -70,7 +77,7 @@ def markdown_table(rows: Any, columns: Sequence[tuple[str, str]]) -> str:
     """Return a markdown table of the given DataFrame rows and (column, heading) pairs."""
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for _, row in rows.iterrows():
-        lines.append("| " + " | ".join(_escape(cell(c, row[c])) for c, _ in columns) + " |")
+        lines.append("| " + " | ".join(_escape(cell(c, row[c], row)) for c, _ in columns) + " |")
     return "\n".join(lines)
 
 

@@ -147,7 +147,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("pretrain", "2", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
         StageDef("train-qat", "2", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "2", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
-        StageDef("inject", "8", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
+        StageDef("inject", "9", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),
         StageDef("synth", "6", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
