@@ -101,9 +101,9 @@ def campaign_metrics(accuracy: float) -> dict[str, Any]:
 
     sdc = round(1 - accuracy, 4)
     correct = round(accuracy * 40)
-    drop = paired_difference(39 - correct, 0, correct, 40)
+    drop, faulty = paired_difference(39 - correct, 0, correct, 40), wilson(correct, 40)
     return {"accuracy_under_faults": accuracy, "golden_accuracy": 39 / 40, "accuracy_drop": drop.rate,
-            "accuracy_drop_ci": [drop.low, drop.high], "accuracy_ci": [wilson(correct, 40).low, wilson(correct, 40).high],
+            "accuracy_drop_ci": [drop.low, drop.high], "accuracy_ci": [faulty.low, faulty.high],
             "faulty_inferences": 40, "stop_reason": "samples",
             "masked_rate": 0.5, "masked_ci": [0.35, 0.65], "sdc_rate": sdc, "sdc_ci": [sdc / 2, sdc * 2],
             "critical_rate": sdc / 2, "critical_ci": [0.0, sdc], "detected_rate": 0.0, "quant_test_acc": 0.97,

@@ -147,5 +147,5 @@ def test_a_max_squared_penalty_shrinks_each_layers_largest_weight() -> None:
         train(model, train_split, val, cfg, seed=0, device=torch.device("cpu"), reporter=SilentReporter(),
               description="mlp", objective=Objective(regularizer=kind, alpha=0.5))
         largest[kind] = [float(p.detach().abs().max()) for name, p in model.named_parameters() if "weight" in name]
-    assert all(squared < 0.95 * plain for squared, plain in zip(largest["max_squared"], largest["none"], strict=True)), \
-        largest
+    pairs = zip(largest["max_squared"], largest["none"], strict=True)
+    assert all(squared < 0.95 * plain for squared, plain in pairs), largest
