@@ -25,6 +25,38 @@ def test_pretrain_key_of_defaults_is_pinned():
     assert key == "897b9b4f4ba19f940128e8d0e7b21edc16490bd83d40f69b66e3c14b23653ea9", json.dumps(inputs)
 
 
+@pytest.mark.parametrize("stage, pinned", [
+    ("train-qat", "5ce4946fb04fcb7407c30d920aa5829b4a2a6a42b8f36bc3fe6697fe833a6410"),
+    ("ptq", "57eb207afcf2848cee016512dda71f4302893716cefe62c67ecd226469449883"),
+    ("range-restrict", "7b6f1fed37d2d6d97828d809d692647a1fd3ccee696c38dccb0c43cc1d3959e5"),
+    # inject v9 (paired accuracies, sizing by what is sampled, detection per protection): a new key on purpose
+    ("inject", "024621b346d012cb136d483089b9b90e9d621bde7eb05f75972a92fa27cf9d01"),
+])
+def test_keys_of_defaults_are_pinned(stage, pinned):
+    key, inputs = stage_key(stage, RunConfig())
+    assert key == pinned, json.dumps(inputs)
+
+
+@pytest.mark.slow
+def test_training_the_same_point_twice_gives_identical_weights(tmp_path, write_experiment):
+    """Float training is reproducible on one machine (seeded, fixed thread count); across CPUs it is not,
+    which is why the README's accuracy figures say where they were measured."""
+    import torch
+
+    from dsetool.stages import ensure
+    from dsetool.stages.common import MODEL_FILE
+    from dsetool.store import Store
+
+    point = load_experiment(write_experiment({**TINY_EXPERIMENT, "quant": {"bits": 4}})).points[0].config
+    weights = []
+    for store in ("a", "b"):
+        entry, cached = ensure(Store(tmp_path / store), "train-qat", point)
+        assert not cached
+        weights.append(torch.load(entry.artifact(MODEL_FILE), weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
 def test_keys_depend_on_exactly_what_a_stage_reads():
     base = RunConfig()
     four = dataclasses.replace(base, quant=dataclasses.replace(base.quant, weight_bits=4, act_bits=4))
@@ -42,6 +74,11 @@ def test_keys_depend_on_exactly_what_a_stage_reads():
     one = dataclasses.replace(base, train=dataclasses.replace(base.train, threads=1))
     for stage in ("pretrain", "train-qat", "ptq"):   # the thread count changes the weights: it is in the key
         assert stage_key(stage, one)[0] != stage_key(stage, base)[0]
+    # What a campaign is sized and judged by changes its key; the models it runs on keep theirs.
+    for change in ({"margin_relative": True}, {"max_samples": 5000}, {"golden_agreement": 0.9}):
+        other = dataclasses.replace(base, faults=dataclasses.replace(base.faults, **change))
+        assert stage_key("inject", other)[0] != stage_key("inject", base)[0], change
+        assert stage_key("train-qat", other)[0] == stage_key("train-qat", base)[0]
 
 
 def test_model_making_stages_run_on_the_training_threads_whatever_the_task_was_given():
