@@ -56,8 +56,11 @@ def _number(rows: Sequence[Mapping[str, Any]], index: int) -> int:
 
 
 def _describe(row: Mapping[str, Any]) -> str:
-    """Return the headline numbers of a row, e.g. `accuracy under faults 97.2 %, 1234 LUT, 16 DSP, 12.3 us`."""
+    """Return the headline numbers of a row, e.g. `accuracy under faults 97.20 % (97.50 % without faults on
+    the same inferences), 1234 LUT, 16 DSP, 12.3 us`."""
     parts = [f"accuracy under faults {100 * row['accuracy_under_faults']:.2f} %"]
+    if _worst_if_blank(row.get("golden_accuracy")) != math.inf:
+        parts[0] += f" ({100 * row['golden_accuracy']:.2f} % without faults on the same inferences)"
     for name, unit, fmt in (("lut", "LUT", "{:.0f}"), ("dsp", "DSP", "{:.0f}"), ("latency_us", "us", "{:.1f}")):
         value = row.get(name)
         if _worst_if_blank(value) != math.inf:
