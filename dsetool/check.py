@@ -126,8 +126,8 @@ def compare(baseline: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str
         new = now.get(point)
         for rule in rules:
             before = _number(old.get(rule.metric))
-            if before is None:
-                continue   # the baseline has nothing to hold this point to
+            if before is None or (rule.kind == "rate" and _number(old.get(rule.interval_top)) is None):
+                continue   # the baseline has nothing to hold this point to (or no interval to hold it within)
             after = _number(new.get(rule.metric)) if new is not None else None
             findings.append(_judge(point, rule, before, after, old, new is None))
     return findings
@@ -141,7 +141,7 @@ def _judge(point: str, rule: Rule, before: float, after: float | None, old: Mapp
         why = f"dropped below {limit:.4g}"
     elif rule.kind == "rate":
         top = _number(old.get(rule.interval_top))
-        limit = (top if top is not None else before) + rule.tolerance
+        limit = (top if top is not None else before) + rule.tolerance   # compare() skips a missing top
         ok = after is not None and after <= limit
         why = f"rose above {limit:.4g} (the baseline's interval top + {rule.tolerance:g})"
     else:

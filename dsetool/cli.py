@@ -332,7 +332,7 @@ def report(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bo
 @click.option("--baseline", "baseline_csv", required=True, type=click.Path(dir_okay=False),
               help="A results.csv written by `dsetool report` (the accepted results).")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="METRIC=VALUE",
-              help="Loosen or tighten one metric's tolerance, e.g. accuracy_under_faults=0.02 or lut=2% "
+              help="Loosen or tighten one metric's tolerance, e.g. accuracy_drop=0.005 or lut=2% "
                    "(repeatable).")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write a JUnit XML report.")
 @click.option("--jobs", "-j", type=JOBS, default="auto", show_default=True, envvar="DSETOOL_JOBS",

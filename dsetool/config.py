@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dsetool.protect import registry as protection_registry
 from dsetool.validate import (
     ConfigError,
@@ -30,7 +28,8 @@ from dsetool.validate import (
     suggest_key,
     to_plain,
 )
-from dsetool.yamlfile import read_yaml, yaml_reason
+from dsetool.yamlfile import parse as parse_yaml
+from dsetool.yamlfile import read_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -304,10 +303,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError("--set", item, "expected dotted.key=value")
     check_key(key, "--set")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError("--set", key, f"value is not valid YAML ({yaml_reason(exc)})") from None
+    value = parse_yaml(text, "--set", key) if text.strip() else None
     target = raw
     parts = key.split(".")
     if parts[0] in ("sweep", "zip") and len(parts) > 1:

@@ -5,7 +5,7 @@ written twice silently keeps its last value (`seed: 1` ... `seed: 2`), an explic
 `!custom`) changes how a value is read, and aliases can expand a small file into a huge document. So a
 duplicate key, a tag, a merge key (`<<`) or aliases that expand beyond `MAX_EXPANDED_NODES` are
 configuration errors that name the key and the lines; small anchors (one training phase reused for
-another) stay allowed.
+another) stay allowed. `--set` values are held to the same rules.
 """
 
 from __future__ import annotations
@@ -48,25 +48,45 @@ def read_yaml(source: str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(source, "", "not a UTF-8 text file") from None
-    node, tagged = _compose(text, source)
-    if node is not None:
-        _check(node, tagged, source, "")
-        if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
-            raise ConfigError(source, "", f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} values "
-                                          "(an alias bomb?); write the values out")
-    data = yaml.safe_load(text) if node is not None else None
+    data = parse(text, source, "")
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise ConfigError(source, "", f"expected a mapping of settings at the top level, got {got}")
     return data
 
 
-def _compose(text: str, source: str) -> tuple[yaml.Node | None, dict[int, str]]:
+def parse(text: str, source: str, key: str) -> Any:
+    """Return the value of a YAML document held to the rules above (`key`: where it goes, for messages:
+    an `--set` value is checked like a file)."""
+    node, tagged = _compose(text, source, key)
+    if node is None:
+        return None
+    _check(node, tagged, source, key)
+    if _expanded_size(node, {}) > MAX_EXPANDED_NODES and _expanded_size(node, {}) > _distinct_nodes(node):
+        raise ConfigError(source, key, f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} values "
+                                       "(an alias bomb?); write the values out")
+    try:
+        return _constructor().construct_document(node)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        raise ConfigError(source, key, f"not a plain YAML value ({_short(exc)})") from None
+
+
+def _constructor() -> yaml.SafeLoader:
+    return yaml.SafeLoader("")
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, yaml.YAMLError):
+        return yaml_reason(exc)
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _compose(text: str, source: str, key: str) -> tuple[yaml.Node | None, dict[int, str]]:
     loader = _TagRecordingLoader(text)
     try:
         return loader.get_single_node(), loader.tagged
     except yaml.YAMLError as exc:
-        raise ConfigError(source, "", f"not valid YAML ({yaml_reason(exc)})") from None
+        raise ConfigError(source, key, f"not valid YAML ({yaml_reason(exc)})") from None
     finally:
         loader.dispose()
 
@@ -83,7 +103,8 @@ def _line(node: yaml.Node) -> int:
 
 
 def _check(node: yaml.Node, tagged: dict[int, str], source: str, key: str, seen: set[int] | None = None) -> None:
-    """Reject explicit tags, merge keys and duplicate keys anywhere under `node` (`key`: its dotted path)."""
+    """Reject explicit tags, merge keys and duplicate keys anywhere under `node` (`key`: its dotted path).
+    Keys are compared as YAML loads them (`1` and `1.0`, `null` and `~` are one key), not as written."""
     seen = set() if seen is None else seen
     if id(node) in seen:   # an alias: its anchor was checked where it was defined
         return
@@ -95,19 +116,45 @@ def _check(node: yaml.Node, tagged: dict[int, str], source: str, key: str, seen:
         for index, child in enumerate(node.value):
             _check(child, tagged, source, f"{key}[{index}]" if key else f"[{index}]", seen)
     elif isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
+        first: dict[Any, int] = {}
         for key_node, value in node.value:
-            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.id}>"
-            dotted = f"{key}.{name}" if key else name
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise ConfigError(source, key or "<top level>", f"line {_line(key_node)}: YAML merge keys (<<) are "
                                                                 "not allowed in an experiment file")
+            _check(key_node, tagged, source, key, seen)
+            name = _key_value(key_node, source, key)
+            dotted = f"{key}.{name}" if key else str(name)
             if name in first:
                 raise ConfigError(source, dotted, f"set twice, at line {first[name]} and line {_line(key_node)} "
                                                   "(YAML would silently keep the last; keep one)")
             first[name] = _line(key_node)
-            _check(key_node, tagged, source, dotted, seen)
             _check(value, tagged, source, dotted, seen)
+
+
+def _key_value(node: yaml.Node, source: str, parent: str) -> Any:
+    """Return a mapping key as YAML loads it; a key that is not a plain scalar is refused."""
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(source, parent or "<top level>", f"line {_line(node)}: a key must be a plain name, "
+                                                           "not a list or a mapping")
+    try:
+        return _constructor().construct_object(node)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(source, parent or "<top level>", f"line {_line(node)}: key {node.value!r} is not a "
+                                                           f"plain value ({_short(exc)})") from None
+
+
+def _distinct_nodes(node: yaml.Node, seen: set[int] | None = None) -> int:
+    """Count the nodes as written (an alias's target once)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return 0
+    seen.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    return 1 + sum(_distinct_nodes(child, seen) for child in children)
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:

@@ -92,6 +92,31 @@ def test_yaml_tags_and_merge_keys_are_refused_with_their_key_and_line(write_expe
     assert f": {key}: line " in message and what in message, message
 
 
+@pytest.mark.parametrize("text, key, what", [
+    ("data:\n  max_train: 1\n  max_train: 1.0\n", "data.max_train", "set twice, at line 2 and line 3"),
+    ("quant:\n  layers:\n    ~: {}\n    null: {}\n", "quant.layers.None", "set twice"),
+    ("? [1, 2]\n: x\n", "<top level>", "a key must be a plain name"),
+    ("seed: 2001-02-30\n", "", "not a plain YAML value"),
+])
+def test_keys_compare_as_loaded_and_odd_values_are_one_line_errors(write_experiment, text, key, what):
+    message = error_of(write_experiment(text))
+    assert (f": {key}: " in message if key else True) and what in message, message
+
+
+def test_a_long_list_written_out_is_no_alias_bomb():
+    from dsetool.yamlfile import MAX_EXPANDED_NODES, parse
+
+    bers = ", ".join(f"{1e-6 * (1 + i / 30000):.9e}" for i in range(MAX_EXPANDED_NODES + 1000))
+    data = parse(f"name: long\nsweep:\n  faults.ber: [{bers}]\n", "long.yaml", "")
+    assert len(data["sweep"]["faults.ber"]) == MAX_EXPANDED_NODES + 1000
+
+
+def test_set_values_follow_the_same_rules(write_experiment):
+    path = write_experiment({"name": "ok"})
+    assert ": seed: line 1: YAML tag" in error_of(path, ["seed=!!int 3"])
+    assert "train.qat.epochs: set twice" in error_of(path, ["train.qat={epochs: 1, epochs: 2}"])
+
+
 def test_small_anchors_are_fine(write_experiment):
     text = "name: anchors\ntrain:\n  pretrain: &opt {epochs: 3}\n  qat: *opt\n"
     assert load_experiment(write_experiment(text)).points[0].config.train.qat.epochs == 3

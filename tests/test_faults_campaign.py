@@ -329,7 +329,9 @@ def test_sizing_follows_what_is_sampled(setup):
     single = campaign.sizing(spec(samples="auto", margin=0.01), groups, N_INPUTS)
     assert (single.rule, single.sequential, single.limit_reason) == ("leveugle", False, "samples")
     assert single.limit == campaign.leveugle_samples(whole, 0.01, 0.95) < whole
-    assert campaign.single_fault_population(spec(replicas=3), groups, N_INPUTS) == 3 * whole
+    assert campaign.single_fault_population(spec(replicas=3), groups, N_INPUTS) == whole
+    everything = campaign.sizing(spec(samples=10 * whole), groups, N_INPUTS)
+    assert (everything.limit, everything.limit_reason) == (whole, "population")   # no fault twice
     for changes in ({"ber": 1e-3}, {"faults_per_inference": 4}):
         auto = campaign.sizing(spec(samples="auto", max_samples=5000, **changes), groups, N_INPUTS)
         assert (auto.rule, auto.sequential, auto.limit, auto.limit_reason) == ("wilson", True, 5000, "max_samples")
@@ -390,3 +392,20 @@ def test_detection_figures_only_for_detectors_and_changes_only_for_filters_and_v
         assert summary["detected_rate"] == 0.12 and summary["sdc_detected_rate"] == 0.9
     if changes:
         assert summary["changed_rate"] == 0.3
+
+
+def test_single_faults_are_drawn_without_replacement_and_a_whole_population_is_exhaustive(setup):
+    """Leveugle's finite-population sizing assumes it: no (input, register, bit) comes twice, a campaign as
+    large as the population visits each once, and shards drawn alone give the same faults."""
+    _, network, golden, raw, _ = setup
+    groups = site_groups(raw, "act", ["fc3"], network.acc_bits())
+    inputs = 3
+    chosen = spec(bits="msb", shard_size=7)
+    whole = campaign.single_fault_population(chosen, groups, inputs)
+    shards = [draw_shard(chosen, groups, inputs, shard, min(7, whole - 7 * shard)) for shard in range(-(-whole // 7))]
+    triples = [(int(f.inputs[t]), int(f.group[t]), int(f.element[t]), int(f.bit[t])) for f in shards
+               for t in range(f.size)]
+    expected = {(i, g, e, b) for i in range(inputs) for g, group in enumerate(groups) for e in range(group.size)
+                for b in [group.width - 1]}
+    assert len(triples) == whole == len(expected) and set(triples) == expected
+    assert not np.array_equal(shards[0].inputs, np.sort(shards[0].inputs)) or whole < 8   # shuffled, not in order

@@ -33,3 +33,11 @@ def test_other_faults_are_refused():
                                   rows([True, False], ["sdc", "masked"], bit_shift=1))
     with pytest.raises(ValueError, match="same faults"):
         paired_outcome_difference(rows([True], ["sdc"]), rows([True, False], ["sdc", "masked"]))
+
+
+def test_campaigns_whose_fault_lists_differ_are_refused_even_with_equal_summary_columns():
+    first, second = rows([True, False], ["sdc", "masked"]), rows([True, False], ["sdc", "masked"])
+    first["faults"] = [[{"bit": 3}], [{"bit": 4}]]
+    second["faults"] = [[{"bit": 3}], [{"bit": 5}]]
+    with pytest.raises(ValueError, match="same faults"):
+        paired_outcome_difference(first, second)

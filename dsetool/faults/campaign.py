@@ -33,7 +33,14 @@ import torch
 
 from dsetool.faults import kernels
 from dsetool.faults.apply import Evaluated, Faults, Network, evaluate
-from dsetool.faults.sampler import FaultList, population, sample_ber_mode, sample_count_mode, shard_rng
+from dsetool.faults.sampler import (
+    FaultList,
+    population,
+    sample_ber_mode,
+    sample_count_mode,
+    sample_single_faults,
+    shard_rng,
+)
 from dsetool.faults.sites import SiteGroup
 from dsetool.faults.stats import leveugle_samples, margin_reached, paired_difference, wilson
 
@@ -172,9 +179,9 @@ def _count(mask: pa.ChunkedArray | pa.Array) -> int:
 
 
 def single_fault_population(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> int:
-    """Return how many distinct single faults a campaign can draw: (input, register, bit) triples, times the
-    replica the fault lands in under coarse TMR."""
-    return population(groups, spec.bits) * n_inputs * spec.replicas
+    """Return how many distinct single faults a campaign can draw: (input, register, bit) triples. (Under
+    coarse TMR the replica a fault lands in is drawn too, but a single fault is outvoted in any of them.)"""
+    return population(groups, spec.bits) * n_inputs
 
 
 def sizing(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> Sizing:
@@ -188,10 +195,12 @@ def sizing(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int) -> Si
     def sized(limit: int, reason: str, sequential: bool, rule: str) -> Sizing:
         return Sizing(limit, reason, sequential, rule, spec.margin, spec.margin_relative, spec.confidence)
 
+    whole = single_fault_population(spec, groups, n_inputs) if spec.single_fault else 0
     if isinstance(spec.samples, int):
+        if spec.single_fault and spec.samples >= whole:   # without replacement: all of them, once each
+            return sized(whole, "population", spec.early_stop, "explicit")
         return sized(spec.samples, "samples", spec.early_stop, "explicit")
     if spec.single_fault:
-        whole = single_fault_population(spec, groups, n_inputs)
         if not spec.margin_relative:
             n = leveugle_samples(whole, spec.margin, spec.confidence)
             return sized(n, "population" if n >= whole else "samples", spec.early_stop, "leveugle")
@@ -209,6 +218,10 @@ def draw_shard(spec: CampaignSpec, groups: Sequence[SiteGroup], n_inputs: int, s
                replica: int = 0) -> FaultList:
     """Return the faults of one shard (reproducible from the seed and the shard number alone); `replica`
     numbers independent draws of the same shard."""
+    if spec.single_fault:
+        first = shard * spec.shard_size
+        return sample_single_faults(groups, spec.bits, n_inputs, np.arange(first, first + size, dtype=np.int64),
+                                    spec.seed)
     rng = shard_rng(spec.seed, shard) if replica == 0 else shard_rng(spec.seed, shard, replica)
     if spec.ber is not None:
         return sample_ber_mode(groups, spec.bits, spec.ber, size, n_inputs, rng)
@@ -306,8 +319,8 @@ def vote(replicas: Sequence[Evaluated], golden: Golden, inputs: np.ndarray, faul
     the first's. Logits: the golden ones where two replicas computed them exactly (a bitwise vote gives
     them), else those of the first replica with the voted top-1. `faulted[r]` says which rows replica r
     had faults in. Golden logits were masked by the replicas themselves where every faulted replica masked
-    its faults (the first one's step), else by the vote. Detected (a protection acted): in any replica, or
-    the vote's logits differ from those of a replica that had faults (the vote changed a faulty result)."""
+    its faults (the first one's step), else by the vote. Detected (a protection acted): in any replica.
+    Outvoted: a replica that had faults predicted another class than the vote (the vote overruled it)."""
     first, second, third = replicas
     top = [golden.predict(r.logits) for r in replicas]
     pick = torch.where((top[0] != top[1]) & (top[0] != top[2]) & (top[1] == top[2]), 1, 0)
@@ -323,8 +336,8 @@ def vote(replicas: Sequence[Evaluated], golden: Golden, inputs: np.ndarray, faul
         alone &= ~hit | (replica.masked_by != kernels.LIVE)
     any_fault = np.logical_or.reduce(list(faulted))
     masked_by = np.where(same & any_fault, np.where(alone, own, kernels.VOTE), kernels.LIVE)
-    outvoted = np.logical_or.reduce([hit & (r.logits != logits).any(dim=1).numpy()
-                                     for r, hit in zip(replicas, faulted, strict=True)])
+    voted = golden.predict(logits)
+    outvoted = np.logical_or.reduce([hit & (t != voted).numpy() for t, hit in zip(top, faulted, strict=True)])
     return Evaluated(logits, first.detected | second.detected | third.detected, masked_by.astype(np.int8), outvoted)
 
 

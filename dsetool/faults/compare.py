@@ -15,7 +15,7 @@ import numpy as np
 
 from dsetool.faults.stats import Rate, paired_difference
 
-SAME_FAULTS = ("trial", "input", "n_faults", "site", "layer", "element", "bit")
+SAME_FAULTS = ("trial", "input", "n_faults", "site", "layer", "element", "bit", "faults")
 
 
 def paired_outcome_difference(first: Any, second: Any, outcome: str = "critical", confidence: float = 0.95) -> Rate:
@@ -23,11 +23,15 @@ def paired_outcome_difference(first: Any, second: Any, outcome: str = "critical"
     over the same faulty inferences, with Newcombe's interval; `first` and `second` are the campaigns'
     `faults.parquet` rows as DataFrames. Raise ValueError when they did not run the same faults."""
     if len(first) != len(second) or any(
-            not np.array_equal(first[name].astype(str).to_numpy(), second[name].astype(str).to_numpy())
-            for name in SAME_FAULTS):
+            not np.array_equal(_text(first, name), _text(second, name)) for name in SAME_FAULTS):
         raise ValueError("the campaigns did not run the same faults (same seed, sites, bits and size needed)")
     a, b = (_flag(rows, outcome) for rows in (first, second))
     return paired_difference(int((a & ~b).sum()), int((~a & b).sum()), int((a & b).sum()), len(first), confidence)
+
+
+def _text(rows: Any, name: str) -> np.ndarray:
+    """Return a column as text (the `faults` lists included), or an empty array when the rows lack it."""
+    return rows[name].astype(str).to_numpy() if name in rows.columns else np.array([], dtype=str)
 
 
 def _flag(rows: Any, outcome: str) -> np.ndarray:

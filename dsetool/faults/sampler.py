@@ -3,6 +3,12 @@
 Shard s of a campaign with seed S draws from `numpy.random.Generator(PCG64(SeedSequence([S, s])))`, so
 any shard can be (re)generated alone, on any machine, and a resumed campaign draws exactly the faults
 an uninterrupted one would have drawn.
+
+Single-fault campaigns sample their finite population, the (input, register, bit) triples, *without*
+replacement, as statistical fault injection assumes (Leveugle et al.'s sizing corrects for the finite
+population only under that assumption): inference t of the campaign gets fault pi(t) of a seeded random
+permutation pi of the population, so any range of inferences is drawn alone, no fault comes twice, and a
+campaign as large as the population is exhaustive.
 """
 
 from __future__ import annotations
@@ -44,6 +50,65 @@ def shard_rng(seed: int, shard: int, *stream: int) -> np.random.Generator:
 def population(groups: Sequence[SiteGroup], bits: str | Sequence[int]) -> int:
     """Return the number of (site, bit) pairs per input: the single-fault population."""
     return sum(g.size * len(bit_choices(bits, g.width, g)) for g in groups)
+
+
+FEISTEL_ROUNDS = 6
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def permuted(seed: int, total: int, positions: np.ndarray) -> np.ndarray:
+    """Return pi(positions) for a seeded random permutation pi of range(total).
+
+    A balanced Feistel network on the smallest power of four >= total (its round function a splitmix64
+    mix of the half and a round key from the seed), walked along its cycle until the value falls in range
+    ("cycle walking"): a bijection of range(total) whatever `total` is, computed for any positions alone.
+    """
+    if total < 1 or len(positions) and (int(positions.min()) < 0 or int(positions.max()) >= total):
+        raise ValueError(f"Positions must lie in 0..{total - 1}")
+    half = max(1, (max(total - 1, 1).bit_length() + 1) // 2)
+    keys = np.random.SeedSequence([seed, 0x5EED]).generate_state(FEISTEL_ROUNDS, dtype=np.uint64)
+    out = _feistel(positions.astype(np.uint64), half, keys)
+    outside = out >= total
+    while outside.any():
+        out[outside] = _feistel(out[outside], half, keys)
+        outside = out >= total
+    return out.astype(np.int64)
+
+
+def _feistel(x: np.ndarray, half: int, keys: np.ndarray) -> np.ndarray:
+    mask = np.uint64((1 << half) - 1)
+    left, right = x >> np.uint64(half), x & mask
+    for key in keys:
+        left, right = right, left ^ (_mix(right ^ key) & mask)
+    return (left << np.uint64(half)) | right
+
+
+def _mix(v: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit moves every output bit (uint64 products wrap)."""
+    v = (v + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+    v = ((v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+    v = ((v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+    return v ^ (v >> np.uint64(31))
+
+
+def sample_single_faults(groups: Sequence[SiteGroup], bits: str | Sequence[int], n_inputs: int,
+                         positions: np.ndarray, seed: int) -> FaultList:
+    """Return one fault per inference for campaign positions `positions`: distinct (input, register, bit)
+    triples, uniform over the population and without replacement across the whole campaign."""
+    choices = [np.asarray(bit_choices(bits, g.width, g), dtype=np.int64) for g in groups]
+    per_group = np.array([g.size * len(c) for g, c in zip(groups, choices, strict=True)], dtype=np.int64)
+    per_input = int(per_group.sum())
+    index = permuted(seed, per_input * n_inputs, positions)
+    inputs, within = index // per_input, index % per_input
+    ends = np.cumsum(per_group)
+    group = np.searchsorted(ends, within, side="right")
+    offset = within - (ends - per_group)[group]
+    widths = np.array([len(c) for c in choices], dtype=np.int64)[group]
+    padded = np.zeros((len(choices), max(len(c) for c in choices)), dtype=np.int64)
+    for row, c in enumerate(choices):
+        padded[row, :len(c)] = c
+    trial = np.arange(len(positions), dtype=np.int64)
+    return FaultList(inputs, trial, group.astype(np.int64), offset // widths, padded[group, offset % widths])
 
 
 def sample_count_mode(groups: Sequence[SiteGroup], bits: str | Sequence[int], k: int, trials: int,

@@ -82,7 +82,7 @@ def accuracy_vs_ber(data: PlotInput) -> Drawn | str:
     fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
     fig.suptitle("Accuracy under faults vs bit error rate")
     caption = note("Each line is one design (its values of the other axes), shaded over its 95 % Wilson "
-                   "interval; panels split "
+                   "interval; dotted, in its colour: the same inferences without faults; panels split "
                    + (", ".join(short_names(facet_axes).values()) if facet_axes else "nothing") + ".",
                    len(shown), len(facets), "panels")
     return Drawn(fig, note(caption, len(palette), len(lines), "lines"))
@@ -93,6 +93,8 @@ def _ber_panel(ax: Any, group: pd.DataFrame, palette: dict[str, Any]) -> None:
         if label in palette:
             line = line.sort_values("ber")
             ax.plot(line["ber"], 100 * line["accuracy_under_faults"], marker="o", ms=4, color=palette[label])
+            clean = line[line["golden_accuracy"].notna()]   # the same inferences without faults
+            ax.plot(clean["ber"], 100 * clean["golden_accuracy"], linestyle=":", linewidth=1, color=palette[label])
             ax.fill_between(line["ber"], 100 * line["accuracy_ci_lo"], 100 * line["accuracy_ci_hi"],
                             color=palette[label], alpha=0.15, linewidth=0)
     ax.set_xscale("log")
@@ -262,7 +264,8 @@ def _pareto_legend(scenarios: list[str], palette: list[Any]) -> list[Any]:
         return Line2D([], [], color=color, marker="o", linestyle="", ms=6, markerfacecolor=face or color,
                       label=label)
 
-    handles = [dot("0.3", "on the front"), dot("0.3", "dominated", face="none")]
+    handles = [dot("0.3", "on the front"), dot("0.3", "dominated", face="none"),
+               Line2D([], [], color="0.4", marker="_", linestyle="", ms=10, label="without faults (same inferences)")]
     if len(scenarios) > 1:
         handles += [dot(c, name) for name, c in zip(scenarios, palette, strict=True)]
     return handles
