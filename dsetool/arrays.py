@@ -10,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 
 from dsetool.config import RunConfig
-from dsetool.data import GEOMETRY, NUM_CLASSES
+from dsetool.data import geometry_of
 from dsetool.models.shapes import Gemm, gemm_shapes
 from hw.arrayconfig import PROTECTIONS, ArrayConfig
 
 
 def network_gemms(cfg: RunConfig) -> list[Gemm]:
     """Return the GEMM of every weight layer of the design point's network."""
-    channels, native = GEOMETRY[cfg.data.name]
-    return gemm_shapes(cfg.model.arch, channels, native, NUM_CLASSES, cfg.model.mlp_hidden)
+    channels, native, classes = geometry_of(cfg.data.name, cfg.data.root)
+    return gemm_shapes(cfg.model.arch, channels, native, classes, cfg.model.mlp_hidden)
 
 
 def array_config(cfg: RunConfig) -> ArrayConfig:

@@ -32,7 +32,7 @@ from dsetool.yamlfile import parse as parse_yaml
 from dsetool.yamlfile import read_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "npz")
 ARCHITECTURES = ("lenet5", "alexnet32", "mlp")
 
 
@@ -40,11 +40,14 @@ ARCHITECTURES = ("lenet5", "alexnet32", "mlp")
 class DataConfig:
     """Which data set, where it lives, and how it is split."""
 
-    name: str = spec("digits", choices=DATASETS, help="data set; digits is embedded (scikit-learn)")
-    root: str = spec("data", help="directory holding torchvision-layout data sets")
+    name: str = spec("digits", choices=DATASETS, help="data set; digits is embedded (scikit-learn); folder and npz "
+                                                      "are your own images under root")
+    root: str = spec("data", help="directory holding torchvision-layout data sets; for folder, the folder with one "
+                                  "sub-folder of images per class; for npz, the .npz file (arrays x, y)")
     download: bool = spec(False, help="let torchvision download a missing data set")
     val_fraction: float = spec(0.2, range=(0.01, 0.5), help="validation share (of all data for digits)")
-    test_fraction: float = spec(0.2, range=(0.01, 0.5), help="test share (digits only)")
+    test_fraction: float = spec(0.2, range=(0.01, 0.5), help="test share (digits, folder, and npz without "
+                                                             "x_test)")
     calib_size: int = spec(256, range=(1, 100_000), help="calibration images drawn from train (PTQ)")
     max_train: int = spec(0, range=(0, 10_000_000), help="cap on training images, 0 = all")
     split_seed: int = spec(0, range=(0, 2**31 - 1), help="seed of the stratified split")

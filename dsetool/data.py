@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     import torch
 
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "npz")
+USER_DATASETS = ("folder", "npz")   # the user's own images: geometry and classes come from the files
 # (channels, native height x width) of every set, for code that needs shapes without loading data
 GEOMETRY: dict[str, tuple[int, tuple[int, int]]] = {
     "digits": (1, (8, 8)), "mnist": (1, (28, 28)), "fashion-mnist": (1, (28, 28)), "cifar10": (3, (32, 32))}
@@ -32,7 +33,7 @@ GEOMETRY: dict[str, tuple[int, tuple[int, int]]] = {
 _Images = NDArray[Any]  # (N, C, H, W) integers in [0, scale]
 _Labels = NDArray[np.int64]
 _Index = NDArray[np.intp]
-NUM_CLASSES = 10  # every supported set has ten classes
+NUM_CLASSES = 10  # every built-in set has ten classes; a user's set has its own (`geometry_of`)
 _NUM_CLASSES = NUM_CLASSES
 _IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801
 
@@ -72,6 +73,7 @@ class _Raw:
     x_test: _Images | None
     y_test: _Labels | None
     scale: float  # the value of a white pixel
+    num_classes: int = NUM_CLASSES
 
 
 def load_dataset(
@@ -90,6 +92,8 @@ def load_dataset(
 
     - ``digits`` (no official test set): test = ceil(test_fraction * N) of all N samples, then
       val = ceil(val_fraction * N) from the remainder: both fractions are of ALL samples; train is the rest.
+    - ``folder`` and ``npz`` (the user's images under ``root``, see `dsetool.userdata`): as digits, unless the
+      .npz file has ``x_test`` / ``y_test``, which are then the official test set.
     - other sets: test = the official test set; val = ceil(val_fraction * N_train) of the official train
       set; train is the rest and ``test_fraction`` is ignored.
     - ``max_train > 0`` then keeps a subset of that many train samples (val and test are unchanged);
@@ -107,7 +111,7 @@ def load_dataset(
     splits = {key: _to_split(x, y, raw.scale, image_size) for key, (x, y) in parts.items()}
     _, channels, height, width = splits["train"].x.shape
     size = (height, width)
-    return DataSplits(**splits, num_classes=_NUM_CLASSES, in_channels=channels, image_size=size, name=name)
+    return DataSplits(**splits, num_classes=raw.num_classes, in_channels=channels, image_size=size, name=name)
 
 
 def _unknown_name(name: str) -> DatasetError:
@@ -298,12 +302,52 @@ _FILES = {
     "cifar10": _Files("cifar10", "cifar-10-batches-py", "CIFAR10", _CIFAR_STEMS),
 }
 _CIFAR = _FILES["cifar10"]
+def _load_user(name: str, root: Path, download: bool) -> _Raw:
+    """Load a folder or .npz data set (`dsetool.userdata`); ``download`` does not apply."""
+    from dsetool import userdata
+
+    try:
+        images = userdata.load_folder(root) if name == "folder" else userdata.load_npz(root)
+    except userdata.UserDataError as exc:
+        raise DatasetError(str(exc)) from None
+    return _Raw(images.x, images.y, images.x_test, images.y_test, images.scale, images.num_classes)
+
+
 _LOADERS: dict[str, Callable[[Path, bool], _Raw]] = {
     "digits": _load_digits,
     "mnist": partial(_load_idx, _FILES["mnist"]),
     "fashion-mnist": partial(_load_idx, _FILES["fashion-mnist"]),
     "cifar10": _load_cifar10,
+    "folder": partial(_load_user, "folder"),
+    "npz": partial(_load_user, "npz"),
 }
+
+
+def geometry_of(name: str, root: str | Path = "data") -> tuple[int, tuple[int, int], int]:
+    """Return (channels, native (height, width), number of classes) without loading the images: fixed for
+    the built-in sets, read from the files (one image, or the .npz headers and labels) for a user's."""
+    if name not in USER_DATASETS:
+        channels, native = GEOMETRY[name]
+        return channels, native, NUM_CLASSES
+    from dsetool import userdata
+
+    try:
+        found = userdata.geometry(name, Path(root))
+    except userdata.UserDataError as exc:
+        raise DatasetError(str(exc)) from None
+    return found.channels, found.size, found.num_classes
+
+
+def content_fingerprint(name: str, root: str | Path) -> str | None:
+    """Return the sha256 of a user data set's files (None for built-in sets, fixed by their name)."""
+    if name not in USER_DATASETS:
+        return None
+    from dsetool import userdata
+
+    try:
+        return userdata.fingerprint(name, Path(root))
+    except userdata.UserDataError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def require_available(name: str, *, root: str | Path = "data", download: bool = False) -> None:
@@ -313,6 +357,9 @@ def require_available(name: str, *, root: str | Path = "data", download: bool = 
     """
     if name not in _LOADERS:
         raise _unknown_name(name)
+    if name in USER_DATASETS:
+        geometry_of(name, root)   # readable, at least two classes
+        return
     files = _FILES.get(name)
     if files is None or download:
         return

@@ -8,6 +8,7 @@ live in their own modules and are imported only when something must actually be 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import platform
 from collections.abc import Callable
@@ -56,8 +57,19 @@ def _pretrain_reads(cfg: RunConfig) -> dict[str, Any]:
     model = to_plain(cfg.model)
     if cfg.model.arch != "mlp":
         model.pop("mlp_hidden")
+    content = _data_content(cfg.data.name, cfg.data.root)
+    if content is not None:   # a user's images: what they are, not where they live (built-in sets: the name)
+        data["content"] = content
     return {"seed": cfg.seed, "data": data, "model": model, "train": to_plain(cfg.train.pretrain),
             **_penalties(cfg)}
+
+
+@functools.lru_cache(maxsize=16)
+def _data_content(name: str, root: str) -> str | None:
+    """Return the digest of a user data set's files, once per process (a sweep asks for every key)."""
+    from dsetool.data import content_fingerprint
+
+    return content_fingerprint(name, root)
 
 
 def _penalties(cfg: RunConfig) -> dict[str, Any]:

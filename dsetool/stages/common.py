@@ -10,7 +10,7 @@ import torch
 
 import dsetool.quiet  # noqa: F401  (before Brevitas is imported)
 from dsetool.config import RunConfig
-from dsetool.data import GEOMETRY, DataSplits, load_dataset
+from dsetool.data import DataSplits, geometry_of, load_dataset
 from dsetool.models.quant import LayerBits, QuantSpec
 from dsetool.models.zoo import build_model, input_size
 from dsetool.training import pick_device, seed_everything
@@ -25,7 +25,7 @@ def prepare(cfg: RunConfig, threads: int | None = None) -> tuple[DataSplits, tor
     Torch runs on `train.threads` threads unless the stage asks otherwise: a model-making stage must not
     depend on the machine or on how many tasks share it (`--jobs`), since its result is cached by key."""
     seed_everything(cfg.seed, cfg.train.threads if threads is None else threads)
-    native = GEOMETRY[cfg.data.name][1]
+    native = geometry_of(cfg.data.name, cfg.data.root)[1]
     splits = load_dataset(
         cfg.data.name, root=cfg.data.root, download=cfg.data.download,
         image_size=input_size(cfg.model.arch, native), val_fraction=cfg.data.val_fraction,
