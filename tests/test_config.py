@@ -46,7 +46,8 @@ def test_unknown_key_did_you_mean(write_experiment):
 
 def test_unknown_choice_did_you_mean(write_experiment):
     message = error_of(write_experiment({"data": {"name": "digit"}}))
-    expected = "data.name: expected one of digits, mnist, fashion-mnist, cifar10, got 'digit' (did you mean 'digits'?)"
+    expected = ("data.name: expected one of digits, mnist, fashion-mnist, cifar10, folder, npz, got 'digit' (did you "
+                "mean 'digits'?)")
     assert expected in message
 
 
