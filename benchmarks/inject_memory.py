@@ -7,7 +7,6 @@ must not grow with the number of faults.
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import tempfile
@@ -47,7 +46,7 @@ def main() -> None:
         network = EngineNetwork(engine)
         x, y = data.test.x[:256], data.test.y[:256]
         golden = Golden(engine.run(x, keep=True), y, network.logit_scale())
-        groups = site_groups(json.loads((root / "intmodel.json").read_text()), "act", [], network.acc_bits())
+        groups = site_groups(engine.model, "act", [], network.acc_bits())
         spec = CampaignSpec("bitflip", "all", 1, None, faults, 0.01, 0.95, False, 0, 8192, 256)
         before = peak_rss_mib()
         began = time.perf_counter()

@@ -151,7 +151,7 @@ def prepare(plan: Plan, data: DataSplits, batch: int) -> Setup:
 def campaign_rate(setup: Setup, layers: Sequence[str], samples: int, batch: int, repeats: int) -> tuple[float, str]:
     """Return the median faults/s of a single-bit `act` flip campaign (a new seed and scratch per repeat),
     and a note on the outcomes of the last one."""
-    groups = site_groups(setup.intmodel, "act", layers, setup.net.acc_bits())
+    groups = site_groups(setup.net.engine.model, "act", layers, setup.net.acc_bits())
     seeds = itertools.count()
     counts: dict[str, int] = {}
 

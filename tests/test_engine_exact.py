@@ -381,7 +381,14 @@ def _set(path: list[Any], value: Any) -> Any:
 
 MALFORMED = {
     "format": (_set(["format"], "onnx"), None,
-               r"not a dsetool-intmodel version 1 file \(format 'onnx', version 1\)$"),
+               r"not a dsetool-intmodel file of version 1 or 2 \(format 'onnx', version 2\)$"),
+    "unknown input": (_set(["ops", 4, "inputs"], ["nope"]), None,
+                      r"op 4 \('conv2'\): inputs \['nope'\] name no earlier op"),
+    "later input": (_set(["ops", 4, "inputs"], ["fc1"]), None,
+                    r"op 4 \('conv2'\): inputs \['fc1'\] name no earlier op"),
+    "two inputs": (_set(["ops", 4, "inputs"], ["relu1", "pool1"]), None,
+                   r"op 4 \('conv2'\): a conv2d reads 1 tensor\(s\), not 2$"),
+    "dead end": (_set(["ops", 4, "inputs"], ["relu1"]), None, r"op 3 \('pool1'\) feeds no op"),
     "op kind": (_set(["ops", 2, "op"], "gelu"), None,
                 r"op 2 \('relu1'\): key 'op' must be one of .*, not 'gelu'$"),
     "bits": (_set(["ops", 0, "bits"], True), None, r"op 0 \('input_quant'\): key 'bits' must be an integer, not True$"),
@@ -397,7 +404,8 @@ MALFORMED = {
                      r"op 8 \('fc1'\): weight values span \[-\d, 8\], outside the \(-7, 7\) range of its bit width$"),
     "weight shape": (None, lambda data: data.__setitem__("conv1.weight", data["conv1.weight"][:, :, :3]),
                      r"op 1 \('conv1'\): weight of shape \(6, 1, 3, 5\) does not match kernel \[5, 5\]"),
-    "no relu": (lambda config: config["ops"].pop(9), None,
+    "no relu": (lambda config: (config["ops"].pop(9), config["ops"][9].update(inputs=[config["ops"][8]["name"]])),
+                None,
                 r"op 9 \('fc2'\): a linear must read a quantizer's codes .*, not linear$"),
 }
 
@@ -409,6 +417,18 @@ def test_loader_rejects_a_malformed_export_naming_op_and_key(tmp_path: Path, len
     broken = _corrupt(lenet_export, tmp_path / "broken", edit, arrays)
     with pytest.raises(ValueError, match=message):
         load_intmodel(broken)
+
+
+def test_a_version_1_chain_loads_as_the_graph_it_implies(tmp_path: Path, lenet_export: Path) -> None:
+    def to_version_1(config: dict[str, Any]) -> None:
+        config["version"] = 1
+        for op in config["ops"]:
+            del op["inputs"]
+
+    old, new = load_intmodel(_corrupt(lenet_export, tmp_path / "v1", to_version_1, None)), load_intmodel(lenet_export)
+    assert old.inputs == new.inputs == tuple((i - 1,) for i in range(len(new.ops)))
+    assert [new.producer(i) for i in (1, 2, 4)] == [0, 1, 2]   # conv1 reads input_quant; conv2 reads relu1
+    assert new.consumers(3) == (4,) and new.input_shape_of(4) == new.ops[3].out_shape   # through pool1
 
 
 def test_loader_freezes_the_model(lenet_export: Path) -> None:

@@ -183,13 +183,16 @@ def test_export_records_each_op_kind(tmp_path: Path) -> None:
         "quant_input", "conv2d", "quant_relu", "maxpool2d", "conv2d", "quant_relu", "maxpool2d", "flatten",
         "linear", "quant_relu", "linear", "quant_relu", "linear"]
     header = {k: v for k, v in config.items() if k != "ops"}
-    assert header == {"format": "dsetool-intmodel", "version": 1, "arch": "lenet5",
+    assert header == {"format": "dsetool-intmodel", "version": 2, "arch": "lenet5",
                       "input_shape": [1, 32, 32], "num_classes": 10, "scaling": "po2",
                       "weight_granularity": "per_tensor", "logits": "fc3"}
     first = config["ops"][0]
     assert (first["bits"], first["signed"], first["narrow_range"]) == (4, False, False)
-    assert config["ops"][3] == {"op": "maxpool2d", "name": "pool1", "kernel": [2, 2], "stride": [2, 2],
-                                "padding": [0, 0], "out_shape": [6, 14, 14]}
+    assert config["ops"][3] == {"op": "maxpool2d", "name": "pool1", "inputs": ["relu1"], "kernel": [2, 2],
+                                "stride": [2, 2], "padding": [0, 0], "out_shape": [6, 14, 14]}
+    assert config["ops"][0]["inputs"] == ["input"]   # the images
+    ops = config["ops"]
+    assert all(ops[i]["inputs"] == [ops[i - 1]["name"]] for i in range(1, len(ops)))   # a Sequential: a chain
     assert sorted(arrays) == sorted(f"{layer}.{part}" for layer in ["conv1", "conv2", "fc1", "fc2", "fc3"]
                                     for part in ["weight", "weight_scale", "bias"])
 

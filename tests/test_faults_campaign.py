@@ -3,7 +3,6 @@ seeded shards are reproducible, and a killed campaign resumes to the same result
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     network = EngineNetwork(engine)
     x, y = digits().test.x[:N_INPUTS], digits().test.y[:N_INPUTS]
     golden = Golden(engine.run(x, keep=True), y, network.logit_scale())
-    raw = json.loads((directory / "intmodel.json").read_text())
+    raw = engine.model   # the typed model: the one reader of the export
     return engine, network, golden, raw, x
 
 
@@ -257,7 +256,7 @@ def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow)
     network = EngineNetwork(engine)
     x, y = digits(8).test.x[:16], digits(8).test.y[:16]
     golden = Golden(engine.run(x, keep=True), y, network.logit_scale())
-    raw = json.loads((tmp_path / "intmodel.json").read_text())
+    raw = engine.model
     array = ArrayConfig(rows=3, cols=2, act_bits=4, weight_bits=4, dataflow=dataflow)
     groups = site_groups(raw, site, [], network.acc_bits(), array)
     faults = draw_shard(spec(), groups, 16, shard=0, size=12)

@@ -52,7 +52,7 @@ def narrow_checks(model: IntModel, mode: str | None) -> dict[int, RangeCheck]:
 def act_faults(builder: Builder, network: EngineNetwork, layers: list[str], model: str, size: int, seed: int
                ) -> tuple[list[SiteGroup], FaultList]:
     """Draw `size` single activation faults (one per inference) over `layers` (empty: all)."""
-    groups = site_groups(builder.config(), "act", layers, network.acc_bits())
+    groups = site_groups(network.engine.model, "act", layers, network.acc_bits())
     spec = CampaignSpec(model=model, bits="all", faults_per_inference=1, ber=None, samples=size, margin=0.02,
                         confidence=0.95, early_stop=False, seed=seed, shard_size=size, batch_size=size)
     return groups, draw_shard(spec, groups, N_INPUTS, shard=0, size=size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dsetool.engine.intmodel import parse_intmodel
 from dsetool.faults.sites import gemm_shape, weight_layer_ops
 from dsetool.models.export import integer_model
 from dsetool.models.quant import QuantSpec
@@ -18,7 +19,7 @@ def test_gemm_shapes_match_the_export(arch, channels, native):
     size = native if side is None else (side, side)
     model = build_model(arch, in_channels=channels, num_classes=10, image_size=size, quant=QuantSpec())
     model.eval()
-    exported, _ = integer_model(model, arch=arch, input_shape=(channels, *size))
-    ops = exported["ops"]
-    expected = [(ops[i]["name"], *gemm_shape(ops[i])) for i in weight_layer_ops(ops)]
+    exported, arrays = integer_model(model, arch=arch, input_shape=(channels, *size))
+    parsed = parse_intmodel(exported, arrays)
+    expected = [(parsed.ops[i].name, *gemm_shape(parsed.ops[i])) for i in weight_layer_ops(parsed)]
     assert [(g.layer, g.m, g.k, g.n) for g in gemm_shapes(arch, channels, native, 10)] == expected

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dsetool.engine import ops
-from dsetool.engine.intmodel import Conv2d, Flatten, IntModel, MaxPool2d, Op, QuantAct, WeightOp, producer
+from dsetool.engine.intmodel import INPUT, Conv2d, Flatten, IntModel, MaxPool2d, Op, QuantAct, WeightOp
 
 DEFAULT_MULTIPLIER_BITS = 16
 Step = Callable[[torch.Tensor], torch.Tensor]
@@ -223,7 +223,7 @@ class Engine:
         if isinstance(op, QuantAct):
             return self._quant_step(index, op)
         if isinstance(op, WeightOp):
-            act = self.model.ops[_producer(self.model.ops, index)]
+            act = self.model.ops[self._producer(index)]
             assert isinstance(act, QuantAct)  # the loader checked the wiring
             self.layers[index] = GemmLayer(index, op, act, self.device)
             return self.layers[index]
@@ -235,15 +235,20 @@ class Engine:
     def _quant_step(self, index: int, op: QuantAct) -> Step:
         if not op.relu:
             return partial(ops.quantize, scale=op.scale, qmin=op.qrange[0], qmax=op.qrange[1])
-        source = _producer(self.model.ops, index)
+        source = self._producer(index)
         requantizer = self._requantizer(self.layers[source], op)
         self.requantizers[source] = requantizer
-        step = requantizer.step(self.model.ops[index - 1].out_shape)
+        step = requantizer.step(self.model.input_shape_of(index))
         check = self.checks.get(index)
         if check is None:
             return step
         self._unchecked[index] = step
         return lambda acc: check(step(acc))
+
+    def _producer(self, index: int) -> int:
+        source = self.model.producer(index)
+        assert source is not None  # the loader checked the wiring
+        return source
 
     def _requantizer(self, layer: GemmLayer, out: QuantAct) -> Requantizer:
         ratios = [Fraction(float(scale)) / Fraction(out.scale) for scale in layer.op.acc_scale()]
@@ -253,14 +258,14 @@ class Engine:
 
     def input_shape(self, index: int) -> tuple[int, ...]:
         """Return the per-image shape of op `index`'s input (`len(ops)` gives the logits' shape)."""
-        return self.model.input_shape if index == 0 else self.model.ops[index - 1].out_shape
+        return self.model.input_shape_of(index) if index < len(self.model.ops) else self.model.ops[-1].out_shape
 
     def input_dtype(self, index: int) -> torch.dtype:
         """Return the dtype op `index` reads: float32 images or codes, or the accumulators of the weight
         layer it follows (float32 or float64, that layer's `dtype`)."""
-        if index == 0:
+        if index < len(self.model.ops) and self.model.inputs[index] == (INPUT,):
             return torch.float32
-        source = producer(self.model.ops, index)
+        source = self.model.producer(index) if index < len(self.model.ops) else len(self.model.ops) - 1
         if source is not None and source in self.layers and source < index:
             return self.layers[source].dtype
         return ops.CODE_DTYPE
@@ -331,7 +336,4 @@ def _then(first: Step, second: Step) -> Step:
     return lambda x: second(first(x))
 
 
-def _producer(model_ops: tuple[Op, ...], index: int) -> int:
-    source = producer(model_ops, index)
-    assert source is not None  # the loader checked the wiring
-    return source
+

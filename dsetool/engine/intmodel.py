@@ -3,9 +3,14 @@
 The format is written by `dsetool.models.export.export_integer`, whose docstring is its specification. This
 module does not import it (that would import Brevitas); it checks everything the engine relies on instead,
 so a malformed export fails here with a message naming the file, the op and the key, never halfway through a
-fault campaign: op kinds and their order, shapes (re-derived op by op), integer dtypes and ranges of weights
-and biases, positive scales, power-of-two exponents under `po2` scaling, and the wiring of scales (each
-weight op's `input_scale` is the scale of the quantizer feeding it).
+fault campaign: op kinds, the graph (each op names the ops it reads, earlier ops only, every op but the
+logits read by another), shapes (re-derived op by op from each op's input), integer dtypes and ranges of
+weights and biases, positive scales, power-of-two exponents under `po2` scaling, and the wiring of scales
+(each weight op's `input_scale` is the scale of the quantizer feeding it).
+
+It is the one reader of the export: the rest of the tool asks the `IntModel` for an op's input
+(`input_of`), the quantizer or weight layer behind it (`producer`) and its readers (`consumers`), never
+the JSON. Version 1 files (a chain: each op reads the one before) load as the graph they imply.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import numpy as np
 from dsetool.engine.ops import conv_output_size, int_range
 
 FORMAT = "dsetool-intmodel"  # mirrors dsetool.models.export (not imported: it pulls in Brevitas)
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)   # 1: a chain without `inputs`, read as the graph it implies
+GRAPH_INPUT = "input"   # what the first op reads: the images
+INPUT = -1   # `IntModel.inputs` index of the graph input
 SCALINGS = ("po2", "float")
 GRANULARITIES = ("per_tensor", "per_channel")
 
@@ -127,7 +135,8 @@ Op = QuantAct | Conv2d | Linear | MaxPool2d | Flatten
 
 @dataclass(frozen=True, eq=False)
 class IntModel:
-    """A validated integer export: header fields and the ops in execution order (ops[0] is quant_input)."""
+    """A validated integer export: header fields, the ops in topological order (ops[0] is quant_input)
+    and, per op, the indices of the ops it reads (`INPUT` for the images)."""
 
     arch: str
     scaling: str
@@ -136,6 +145,35 @@ class IntModel:
     num_classes: int
     logits: str
     ops: tuple[Op, ...]
+    inputs: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.inputs:   # built in code as a chain
+            object.__setattr__(self, "inputs", tuple((index - 1,) for index in range(len(self.ops))))
+
+    def input_of(self, index: int) -> int:
+        """Return the index of the one op whose output op `index` reads (`INPUT`: the images)."""
+        reads = self.inputs[index]
+        if len(reads) != 1:
+            raise ValueError(f"op {index} ({self.ops[index].name!r}) reads {len(reads)} tensors, not one")
+        return reads[0]
+
+    def input_shape_of(self, index: int) -> tuple[int, ...]:
+        """Return the per-image shape of op `index`'s input."""
+        source = self.input_of(index)
+        return self.input_shape if source == INPUT else self.ops[source].out_shape
+
+    def producer(self, index: int) -> int | None:
+        """Return the op whose values op `index` reads through max-pools and flattens (which keep them):
+        a quantizer for a weight op, a weight op for a requantizer; None for the images."""
+        source = self.input_of(index)
+        while source != INPUT and self.ops[source].kind in _PASSTHROUGH:
+            source = self.input_of(source)
+        return None if source == INPUT else source
+
+    def consumers(self, index: int) -> tuple[int, ...]:
+        """Return the ops that read op `index`'s output, in order."""
+        return tuple(j for j, reads in enumerate(self.inputs) if index in reads)
 
 
 def load_intmodel(directory: Path | str) -> IntModel:
@@ -157,19 +195,21 @@ def load_intmodel(directory: Path | str) -> IntModel:
 def parse_intmodel(config: Any, arrays: Mapping[str, np.ndarray], source: str = "intmodel.json") -> IntModel:
     """Validate an export given as (json dict, npz arrays), as `export.integer_model` returns them."""
     header = _Fields(config, source)
-    if header.get("format", str) != FORMAT or header.get("version", int) != VERSION:
-        raise ValueError(f"{source}: not a {FORMAT} version {VERSION} file (format {config.get('format')!r}, "
-                         f"version {config.get('version')!r})")
+    if header.get("format", str) != FORMAT or header.get("version", int) not in VERSIONS:
+        raise ValueError(f"{source}: not a {FORMAT} file of version {' or '.join(map(str, VERSIONS))} (format "
+                         f"{config.get('format')!r}, version {config.get('version')!r})")
     raw_ops = header.get("ops", list)
     if not raw_ops:
         raise ValueError(f"{source}: key 'ops' must list at least one op")
     scaling = header.choice("scaling", SCALINGS)
     ops = tuple(_parse_op(_Fields(raw, f"{source}: op {index}"), arrays, scaling)
                 for index, raw in enumerate(raw_ops))
+    inputs = _parse_inputs(raw_ops, ops, header.get("version", int), source)
     model = IntModel(arch=header.get("arch", str), scaling=scaling,
                      weight_granularity=header.choice("weight_granularity", GRANULARITIES),
                      input_shape=header.shape("input_shape"), num_classes=header.get("num_classes", int),
-                     logits=header.get("logits", str), ops=ops)
+                     logits=header.get("logits", str), ops=ops, inputs=inputs)
+    _check_graph(model, source)
     _check_structure(model, source)
     _check_shapes(model, source)
     return model
@@ -324,14 +364,39 @@ def _exponent(fields: _Fields, key: str, scales: list[float], scaling: str) -> t
 
 _WEIGHT_KINDS = ("conv2d", "linear")
 _PASSTHROUGH = ("maxpool2d", "flatten")  # ops between a producer and its consumer
+_ARITY = {"quant_input": 1, "quant_relu": 1, "conv2d": 1, "linear": 1, "maxpool2d": 1, "flatten": 1}
 
 
-def producer(ops: tuple[Op, ...], index: int) -> int | None:
-    """Return the index of the op whose values op `index` reads, skipping maxpool2d / flatten; None if none."""
-    index -= 1
-    while index >= 0 and ops[index].kind in _PASSTHROUGH:
-        index -= 1
-    return index if index >= 0 else None
+def _parse_inputs(raw_ops: list[Any], ops: tuple[Op, ...], version: int, source: str) -> tuple[tuple[int, ...], ...]:
+    """Return each op's input indices: version 2 names them (`inputs`), version 1 is a chain."""
+    if version == 1:
+        return tuple((index - 1,) for index in range(len(ops)))
+    index_of: dict[str, int] = {}
+    out = []
+    for index, (raw, op) in enumerate(zip(raw_ops, ops, strict=True)):
+        where = f"{source}: op {index} ({op.name!r})"
+        names = _Fields(raw, where).get("inputs", list)
+        unknown = [n for n in names if not isinstance(n, str) or (n != GRAPH_INPUT and n not in index_of)]
+        if unknown:
+            raise ValueError(f"{where}: inputs {unknown} name no earlier op (ops are in topological order; the "
+                             f"images are {GRAPH_INPUT!r})")
+        if len(names) != _ARITY[op.kind]:
+            raise ValueError(f"{where}: a {op.kind} reads {_ARITY[op.kind]} tensor(s), not {len(names)}")
+        out.append(tuple(INPUT if n == GRAPH_INPUT else index_of[n] for n in names))
+        if op.name in index_of or op.name == GRAPH_INPUT:
+            raise ValueError(f"{where}: the name is taken (op names are the graph's tensor names)")
+        index_of[op.name] = index
+    return tuple(out)
+
+
+def _check_graph(model: IntModel, source: str) -> None:
+    """Only the input quantizer reads the images, and every op but the logits feeds another."""
+    for index, reads in enumerate(model.inputs):
+        if (INPUT in reads) != (model.ops[index].kind == "quant_input"):
+            raise ValueError(f"{source}: op {index} ({model.ops[index].name!r}): only quant_input reads the images")
+    for index, op in enumerate(model.ops[:-1]):
+        if not model.consumers(index):
+            raise ValueError(f"{source}: op {index} ({op.name!r}) feeds no op (only the logits end the graph)")
 
 
 def _check_structure(model: IntModel, source: str) -> None:
@@ -344,7 +409,7 @@ def _check_structure(model: IntModel, source: str) -> None:
         raise ValueError(f"{source}: the last op must be the linear layer {model.logits!r} with num_classes "
                          f"({model.num_classes}) outputs, not {last.kind} {last.name!r}")
     for index, op in enumerate(ops):
-        source_op = producer(ops, index)
+        source_op = model.producer(index)
         feeds = ops[source_op] if source_op is not None else None
         where = f"{source}: op {index} ({op.name!r})"
         if isinstance(op, WeightOp):
@@ -358,7 +423,7 @@ def _check_structure(model: IntModel, source: str) -> None:
         elif isinstance(op, QuantAct) and op.relu and not isinstance(feeds, WeightOp):
             raise ValueError(f"{where}: a quant_relu must read a conv2d / linear layer's accumulators "
                              f"(through maxpool2d / flatten only), not {feeds.kind if feeds else 'nothing'}")
-    consumed = {producer(ops, index) for index, op in enumerate(ops) if op.kind == "quant_relu"}
+    consumed = {model.producer(index) for index, op in enumerate(ops) if op.kind == "quant_relu"}
     for index, op in enumerate(ops[:-1]):
         if isinstance(op, WeightOp) and index not in consumed:
             raise ValueError(f"{source}: op {index} ({op.name!r}) is not the logits layer, yet no quant_relu "
@@ -373,9 +438,9 @@ def _check_granularity(model: IntModel, op: WeightOp, where: str) -> None:
 
 
 def _check_shapes(model: IntModel, source: str) -> None:
-    """Re-derive each op's output shape from its input shape and parameters; it must match `out_shape`."""
-    shape = model.input_shape
+    """Re-derive each op's output shape from its input's shape and parameters; it must match `out_shape`."""
     for index, op in enumerate(model.ops):
+        shape = model.input_shape_of(index)
         try:
             derived = _output_shape(op, shape)
         except ValueError as error:
@@ -383,7 +448,6 @@ def _check_shapes(model: IntModel, source: str) -> None:
         if derived != op.out_shape:
             raise ValueError(f"{source}: op {index} ({op.name!r}): out_shape {list(op.out_shape)} does not "
                              f"follow from input shape {list(shape)} (expected {list(derived)})")
-        shape = derived
 
 
 def _output_shape(op: Op, shape: tuple[int, ...]) -> tuple[int, ...]:

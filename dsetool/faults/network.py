@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import MaxPool2d, QuantAct, WeightOp, producer
+from dsetool.engine.intmodel import MaxPool2d, QuantAct, WeightOp
 from dsetool.faults import kernels
 
 
@@ -51,7 +51,7 @@ class EngineNetwork:
                 return np.where(unchanged, kernels.ARITHMETIC, kernels.POOL).astype(np.int8)
             checked = (input_check(acc) == input_check(golden_acc)).reshape(rows, -1).all(dim=1).numpy()
             return np.where(~unchanged & checked, kernels.PROTECTION, kernels.ARITHMETIC).astype(np.int8)
-        source = producer(self.engine.model.ops, index)
+        source = self.engine.model.producer(index)
         assert source is not None
         requantizer = self.engine.requantizers[source]
         faulty, golden = acc.to(torch.float64), golden_acc.to(torch.float64)

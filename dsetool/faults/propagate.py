@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import Conv2d, Flatten, Linear, MaxPool2d, QuantAct, producer
+from dsetool.engine.intmodel import Conv2d, Flatten, Linear, MaxPool2d, QuantAct
 from dsetool.faults import kernels
 from dsetool.protect.check import RangeCheck
 
@@ -212,7 +212,7 @@ def _steps(engine: Engine) -> list[_Step | None]:
             raise NotImplementedError("The sparse fault path follows range checks only (see `follows`)")
         builders = {Conv2d: _conv_step, Linear: _linear_step, MaxPool2d: _pool_step, QuantAct: _requantize_step}
         model_ops = engine.model.ops
-        steps = [None if isinstance(op, Flatten) or (isinstance(op, QuantAct) and producer(model_ops, index) is None)
+        steps = [None if isinstance(op, Flatten) or (isinstance(op, QuantAct) and engine.model.producer(index) is None)
                  else builders[type(op)](engine, index) for index, op in enumerate(model_ops)]
         return [step if step is None else dataclasses.replace(
                     step, check=_check(engine.checks.get(step.last), engine.model.ops[step.last].out_shape),
@@ -269,7 +269,7 @@ def _pool_step(engine: Engine, index: int) -> _Step:
 
 def _requantize_step(engine: Engine, index: int) -> _Step:
     """An output stage not fused into its weight op (a pool sits between them)."""
-    source = producer(engine.model.ops, index)
+    source = engine.model.producer(index)
     assert source is not None
     per_channel = math.prod(engine.input_shape(index)) // len(engine.requantizers[source].multiplier)
     return _Step(kernels.requantize_changes, (index - 1, index), (per_channel, *_output_stage(engine, source)), index)
@@ -285,7 +285,7 @@ def _fused_output_stage(engine: Engine, index: int) -> bool:
     """Say whether weight op `index`'s output stage is the op right after it."""
     model_ops = engine.model.ops
     return index + 1 < len(model_ops) and isinstance(model_ops[index + 1], QuantAct) \
-        and producer(model_ops, index + 1) == index
+        and engine.model.producer(index + 1) == index
 
 
 def golden_rows(tensor: torch.Tensor) -> np.ndarray:

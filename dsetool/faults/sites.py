@@ -1,4 +1,4 @@
-"""Where faults can land: the fault population of a network, derived from its integer export.
+"""Where faults can land: the fault population of a network, derived from its integer model (`IntModel`).
 
 A *site group* is one tensor that a fault site kind can hit in one weight layer: the activation buffer
 the layer reads (`act`), its stored weights (`weight`), or its requantized output (`out`). Each group
@@ -12,13 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from dsetool.engine.intmodel import Conv2d, IntModel, QuantAct, WeightOp
 from dsetool.engine.tiling import LayerTiling
 from hw.arrayconfig import ArrayConfig
 
-QUANT_OPS = ("quant_input", "quant_relu")
-WEIGHT_OPS = ("conv2d", "linear")
 SUPPORTED_SITES = ("act", "weight", "out", "pe.act", "pe.weight", "pe.psum")
 
 
@@ -46,35 +44,27 @@ class SiteGroup:
         return math.prod(self.shape)
 
 
-def weight_layer_ops(ops: Sequence[Mapping[str, Any]]) -> list[int]:
+def weight_layer_ops(model: IntModel) -> list[int]:
     """Return the indices of the conv/linear ops."""
-    return [i for i, op in enumerate(ops) if op["op"] in WEIGHT_OPS]
+    return [i for i, op in enumerate(model.ops) if isinstance(op, WeightOp)]
 
 
-def _producer(ops: Sequence[Mapping[str, Any]], index: int) -> Mapping[str, Any]:
+def _producer(model: IntModel, index: int) -> QuantAct:
     """Return the quantizer whose codes op `index` reads (pool and flatten keep the codes)."""
-    for j in range(index - 1, -1, -1):
-        if ops[j]["op"] in QUANT_OPS:
-            return ops[j]
-    raise SiteError(f"op {ops[index]['name']} reads no quantized activation")
+    source = model.producer(index)
+    found = model.ops[source] if source is not None else None
+    if not isinstance(found, QuantAct):
+        raise SiteError(f"op {model.ops[index].name} reads no quantized activation")
+    return found
 
 
-def _consumer(ops: Sequence[Mapping[str, Any]], index: int) -> int | None:
-    """Return the index of the requantizer right after weight op `index`, or None for the logits layer."""
-    for j in range(index + 1, len(ops)):
-        if ops[j]["op"] in WEIGHT_OPS:
-            return None
-        if ops[j]["op"] == "quant_relu":
-            return j
-    return None
+def _consumer(model: IntModel, index: int) -> int | None:
+    """Return the index of the requantizer of weight op `index`, or None for the logits layer."""
+    return next((j for j, op in enumerate(model.ops) if isinstance(op, QuantAct) and op.relu
+                 and model.producer(j) == index), None)
 
 
-def _input_shape(intmodel: Mapping[str, Any], index: int) -> tuple[int, ...]:
-    ops = intmodel["ops"]
-    return tuple(ops[index - 1]["out_shape"]) if index > 0 else tuple(intmodel["input_shape"])
-
-
-def site_groups(intmodel: Mapping[str, Any], site: str, layers: Sequence[str], acc_bits: Mapping[str, int],
+def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Mapping[str, int],
                 array: ArrayConfig | None = None) -> list[SiteGroup]:
     """Return the site groups of `site` in the selected weight layers (all when `layers` is empty).
 
@@ -85,61 +75,56 @@ def site_groups(intmodel: Mapping[str, Any], site: str, layers: Sequence[str], a
         raise SiteError(f"unknown fault site {site!r}; use one of {', '.join(SUPPORTED_SITES)}")
     if site.startswith("pe.") and array is None:
         raise SiteError(f"site {site!r} needs an array (rows, cols, dataflow)")
-    ops = intmodel["ops"]
-    indices = weight_layer_ops(ops)
-    names = [ops[i]["name"] for i in indices]
+    indices = weight_layer_ops(model)
+    names = [model.ops[i].name for i in indices]
     unknown = [name for name in layers if name not in names]
     if unknown:
         raise SiteError(f"the model has no weight layer {unknown[0]!r} (layers: {', '.join(names)})")
-    chosen = [i for i in indices if not layers or ops[i]["name"] in layers]
-    return [_group(intmodel, site, i, acc_bits, array) for i in chosen]
+    chosen = [i for i in indices if not layers or model.ops[i].name in layers]
+    return [_group(model, site, i, acc_bits, array) for i in chosen]
 
 
-def gemm_shape(op: Mapping[str, Any]) -> tuple[int, int, int]:
+def gemm_shape(op: WeightOp) -> tuple[int, int, int]:
     """Return a weight op's per-image GEMM shape (M, K, N): im2col positions, reduction, outputs."""
-    if op["op"] == "conv2d":
-        _, height, width = op["out_shape"]
-        return height * width, op["in_channels"] * math.prod(op["kernel"]), op["out_channels"]
-    return 1, op["in_features"], op["out_features"]
+    if isinstance(op, Conv2d):
+        _, height, width = op.out_shape
+        return height * width, op.reduction, op.out_features
+    return 1, op.reduction, op.out_features
 
 
-def _pe_group(ops: Sequence[Mapping[str, Any]], site: str, index: int, acc_bits: Mapping[str, int],
-              array: ArrayConfig) -> SiteGroup:
-    op = ops[index]
+def _pe_group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int], array: ArrayConfig) -> SiteGroup:
+    op = model.ops[index]
+    assert isinstance(op, WeightOp)
     tiling = LayerTiling(*gemm_shape(op), array.rows, array.cols, array.dataflow)
-    accumulator = array.acc_bits or acc_bits[op["name"]]
+    accumulator = array.acc_bits or acc_bits[op.name]
     if site == "pe.act":
-        producer = _producer(ops, index)
-        width, signed = producer["bits"], producer["signed"]
+        producer = _producer(model, index)
+        width, signed = producer.bits, producer.signed
     elif site == "pe.weight":
-        width, signed = op["weight_bits"], True
+        width, signed = op.weight_bits, True
     else:
         width, signed = accumulator, True
-    return SiteGroup(site, op["name"], index, "pe", tiling.shape, width, signed, tiling, accumulator)
+    return SiteGroup(site, op.name, index, "pe", tiling.shape, width, signed, tiling, accumulator)
 
 
-def _group(intmodel: Mapping[str, Any], site: str, index: int, acc_bits: Mapping[str, int],
+def _group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int],
            array: ArrayConfig | None) -> SiteGroup:
-    ops = intmodel["ops"]
-    op = ops[index]
-    name = op["name"]
+    op = model.ops[index]
+    assert isinstance(op, WeightOp)
     if site.startswith("pe."):
         assert array is not None
-        return _pe_group(ops, site, index, acc_bits, array)
+        return _pe_group(model, site, index, acc_bits, array)
     if site == "act":
-        producer = _producer(ops, index)
-        return SiteGroup(site, name, index, "pre", _input_shape(intmodel, index), producer["bits"],
-                         producer["signed"])
+        producer = _producer(model, index)
+        return SiteGroup(site, op.name, index, "pre", model.input_shape_of(index), producer.bits, producer.signed)
     if site == "weight":
-        shape = (op["out_channels"], op["in_channels"], *op["kernel"]) if op["op"] == "conv2d" else (
-            op["out_features"], op["in_features"])
-        return SiteGroup(site, name, index, "weight", shape, op["weight_bits"], True)
-    consumer = _consumer(ops, index)
+        return SiteGroup(site, op.name, index, "weight", tuple(op.weight.shape), op.weight_bits, True)
+    consumer = _consumer(model, index)
     if consumer is None:
-        return SiteGroup(site, name, index, "post", tuple(op["out_shape"]), acc_bits[name], True)
-    requant = ops[consumer]
-    return SiteGroup(site, name, consumer, "post", tuple(requant["out_shape"]), requant["bits"],
-                     requant["signed"])
+        return SiteGroup(site, op.name, index, "post", op.out_shape, acc_bits[op.name], True)
+    requant = model.ops[consumer]
+    assert isinstance(requant, QuantAct)
+    return SiteGroup(site, op.name, consumer, "post", requant.out_shape, requant.bits, requant.signed)
 
 
 def bit_choices(selection: str | Sequence[int], width: int, group: SiteGroup) -> list[int]:

@@ -26,7 +26,8 @@ from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 from torch import nn
 
 FORMAT = "dsetool-intmodel"
-VERSION = 1
+VERSION = 2   # 2: every op names the ops it reads (`inputs`); 1 was an implied chain
+GRAPH_INPUT = "input"
 CALIBRATION_METHODS = ("maxabs", "percentile")
 
 # Brevitas's RoundSte is torch.round, which rounds half to even; any other rounding must be added here
@@ -180,7 +181,8 @@ class _Exporter:
         if (kind == "quant_input") != (not self.ops):
             raise ValueError(f"The input quantizer must be the first op and only there, not {name!r}")
         fields = getattr(self, method)(name, module)
-        self.ops.append({"op": kind, "name": name, **fields, "out_shape": self.shapes[name]})
+        reads = [self.ops[-1]["name"]] if self.ops else [GRAPH_INPUT]   # a Sequential model: a chain
+        self.ops.append({"op": kind, "name": name, "inputs": reads, **fields, "out_shape": self.shapes[name]})
 
     def _kind(self, name: str, module: nn.Module) -> tuple[str, str]:
         for cls, kind, method in self.KINDS:
@@ -313,7 +315,13 @@ def integer_model(model: nn.Module, *, arch: str, input_shape: tuple[int, int, i
 def export_integer(model: nn.Module, out_dir: Path, *, arch: str, input_shape: tuple[int, int, int]) -> dict:
     """Write `out_dir/intmodel.npz` and `out_dir/intmodel.json` and return the json dict.
 
-    The ops, in execution order (shapes are per image, channels first; torch layouts throughout):
+    The header: `format` "dsetool-intmodel", `version` 2, `arch`, `input_shape`, `num_classes`, `scaling`
+    (po2 | float), `weight_granularity` (per_tensor | per_channel), `logits` (the last op's name), `ops`.
+    Each op has `op` (its kind), `name` (unique; also the name of its output tensor), `inputs` (the names
+    of the ops it reads, `"input"` for the images; ops are in topological order, so every name is an
+    earlier op's) and `out_shape`, plus its kind's fields.
+
+    The ops (shapes are per image, channels first; torch layouts throughout):
 
     - `quant_input`, `quant_relu`: y = clamp(round(x / scale), min, max) at `bits` (`signed`,
       `narrow_range`, `zero_point` 0, `rounding` "half_even"); quant_relu applies ReLU to x first. `scale`

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import IntModel, QuantAct, WeightOp, producer
+from dsetool.engine.intmodel import IntModel, QuantAct, WeightOp
 
 PROFILE_CHUNK = 256   # calibration images per engine run: bounds the memory of the kept outputs
 GLOBAL10 = 10.0       # the `global10` mode's multiple of the global range
@@ -56,7 +56,7 @@ def protected_ops(model: IntModel, layers: Sequence[str]) -> list[tuple[str, int
     the chosen layers, or all that have a requantized output when `layers` is empty."""
     found = []
     for index, op in enumerate(model.ops):
-        source = producer(model.ops, index) if isinstance(op, QuantAct) else None
+        source = model.producer(index) if isinstance(op, QuantAct) else None
         if source is not None and isinstance(model.ops[source], WeightOp):
             name = model.ops[source].name
             if not layers or name in layers:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsetool.engine.intmodel import IntModel, WeightOp, producer
+from dsetool.engine.intmodel import IntModel, WeightOp
 
 Check = Callable[[torch.Tensor], torch.Tensor]   # a protection: codes in, checked codes out
 MODES = ("clip", "zero", "detect")
@@ -70,7 +70,7 @@ def at_inputs(model: IntModel, checks: Mapping[int, Check]) -> dict[int, Check]:
     those outputs (`Engine(input_checks=...)`): the check then also meets faults in the input buffer."""
     moved = {}
     for index, op in enumerate(model.ops):
-        source = producer(model.ops, index) if isinstance(op, WeightOp) else None
+        source = model.producer(index) if isinstance(op, WeightOp) else None
         if source is not None and source in checks:
             moved[index] = checks[source]
     return moved

@@ -76,7 +76,6 @@ def run(ctx: StageContext) -> Result:
         unprotected, golden = golden, Golden(engine.run(x, keep=True), labels, network.logit_scale())
         protection.update(clean_predictions_changed=int((golden.top1 != unprotected.top1).sum()),
                           clean_accuracy_protected=float((golden.top1 == labels).double().mean()) if count else None)
-    raw = json.loads((intmodel_dir / "intmodel.json").read_text())
     narrow = {n: b for n, b in network.acc_bits().items() if cfg.hw.acc_bits and b > cfg.hw.acc_bits}
     if narrow:
         name, bits = next(iter(narrow.items()))
@@ -85,7 +84,7 @@ def run(ctx: StageContext) -> Result:
     try:
         array = array_config(cfg)  # the same array the synth stage builds
         groups = [group for site in cfg.faults.sites
-                  for group in site_groups(raw, site, cfg.faults.layers, network.acc_bits(), array)]
+                  for group in site_groups(model, site, cfg.faults.layers, network.acc_bits(), array)]
     except SiteError as exc:
         raise ConfigError(str(cfg.name), "faults", str(exc)) from None
     spec = _spec(cfg)
