@@ -9,6 +9,7 @@ nor scikit-learn, so the CLI starts at once.
 from __future__ import annotations
 
 import difflib
+import functools
 import gzip
 import math
 import pickle
@@ -329,6 +330,21 @@ def geometry_of(name: str, root: str | Path = "data") -> tuple[int, tuple[int, i
     if name not in USER_DATASETS:
         channels, native = GEOMETRY[name]
         return channels, native, NUM_CLASSES
+    return _user_geometry(name, str(root), _stamp(Path(root)))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """Return (mtime, size) of a path, (0, 0) when missing: what a cached answer about it depends on."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return 0, 0
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _user_geometry(name: str, root: str, stamp: tuple[int, int]) -> tuple[int, tuple[int, int], int]:
+    """Return a user set's geometry, once per file state (every synth and PE-campaign key asks for it)."""
     from dsetool import userdata
 
     try:
@@ -358,7 +374,12 @@ def require_available(name: str, *, root: str | Path = "data", download: bool = 
     if name not in _LOADERS:
         raise _unknown_name(name)
     if name in USER_DATASETS:
-        geometry_of(name, root)   # readable, at least two classes
+        from dsetool import userdata
+
+        try:   # every image or array checked as loading would: a bad file fails here, not in a stage
+            userdata.validate(name, Path(root))
+        except userdata.UserDataError as exc:
+            raise DatasetError(str(exc)) from None
         return
     files = _FILES.get(name)
     if files is None or download:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsetool.data import DatasetError, content_fingerprint, geometry_of, load_dataset
+from dsetool.data import DatasetError, content_fingerprint, geometry_of, load_dataset, require_available
 
 
 def write_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (12, 10), mode: str = "L") -> None:
@@ -39,6 +39,26 @@ def test_colour_and_mixed_sizes_load_as_rgb_at_the_first_images_size(tmp_path):
     splits = load_dataset("folder", root=tmp_path, test_fraction=0.2, val_fraction=0.2, calib_size=2)
     assert (splits.in_channels, splits.image_size) == (3, (8, 8))
     assert geometry_of("folder", tmp_path)[0] == 3
+
+
+def test_the_first_image_decides_channels_for_sizing_and_loading_alike(tmp_path):
+    write_folder(tmp_path, {"a": 2, "b": 2})
+    Image.new("RGB", (12, 10), (9, 200, 9)).save(tmp_path / "b" / "colour.png")
+    splits = load_dataset("folder", root=tmp_path, test_fraction=0.2, val_fraction=0.2, calib_size=2)
+    assert splits.in_channels == geometry_of("folder", tmp_path)[0] == 1
+
+
+def test_sixteen_bit_images_are_refused_not_clipped(tmp_path):
+    write_folder(tmp_path, {"a": 2, "b": 2})
+    Image.fromarray(np.full((10, 12), 40000, dtype=np.uint16)).save(tmp_path / "b" / "deep.png")
+    for check in (lambda: load_dataset("folder", root=tmp_path), lambda: require_available("folder", root=tmp_path)):
+        with pytest.raises(DatasetError, match=r"deep.png: a I;16\S* image \(more than 8 bits per value\)"):
+            check()
+
+
+def test_a_missing_npz_is_a_one_line_error_for_the_key_too(tmp_path):
+    with pytest.raises(DatasetError, match="no such file"):
+        content_fingerprint("npz", tmp_path / "gone.npz")
 
 
 def test_an_npz_file_loads_its_labels_classes_and_optional_test_set(tmp_path):
@@ -79,11 +99,17 @@ def test_bad_folders_are_one_line_errors_naming_the_path(tmp_path, build, expect
     ({"x": np.zeros((4, 5, 5), np.uint8), "y": np.zeros(4, int)}, "only one class"),
     ({"x": np.zeros((4, 5, 5), np.uint8), "y": np.arange(3)}, "4 images but y 3 labels"),
     ({"x": np.zeros((4, 5, 5), np.uint8), "y": -np.arange(4)}, "labels 0..K-1"),
+    ({"x": np.zeros((4, 5, 5), np.uint8), "y": np.array([0, 2, 0, 2])}, "every class in y; missing \\[1\\]"),
+    ({"x": np.zeros((2, 5, 5), np.uint8), "y": np.array([0, 10**9])}, "missing \\[1, 2, 3, 4, 5\\]"),
+    ({"x": np.zeros((4, 5, 5), np.uint8), "y": np.arange(4) % 2, "x_test": np.zeros((1, 5, 5), np.uint8),
+      "y_test": np.array([2])}, "y_test has label 2, beyond y's classes 0..1"),
 ])
 def test_bad_npz_files_are_one_line_errors(tmp_path, arrays, expected):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(DatasetError, match=expected):
         load_dataset("npz", root=tmp_path / "d.npz")
+    with pytest.raises(DatasetError, match=expected):   # the cheap check before the store says the same
+        require_available("npz", root=tmp_path / "d.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DatasetError, match="not a readable .npz file"):
         load_dataset("npz", root=tmp_path / "junk.npz")

@@ -334,6 +334,3 @@ class Engine:
 
 def _then(first: Step, second: Step) -> Step:
     return lambda x: second(first(x))
-
-
-

@@ -209,8 +209,8 @@ def parse_intmodel(config: Any, arrays: Mapping[str, np.ndarray], source: str = 
                      weight_granularity=header.choice("weight_granularity", GRANULARITIES),
                      input_shape=header.shape("input_shape"), num_classes=header.get("num_classes", int),
                      logits=header.get("logits", str), ops=ops, inputs=inputs)
-    _check_graph(model, source)
     _check_structure(model, source)
+    _check_graph(model, source)
     _check_shapes(model, source)
     return model
 
@@ -375,7 +375,7 @@ def _parse_inputs(raw_ops: list[Any], ops: tuple[Op, ...], version: int, source:
     out = []
     for index, (raw, op) in enumerate(zip(raw_ops, ops, strict=True)):
         where = f"{source}: op {index} ({op.name!r})"
-        names = _Fields(raw, where).get("inputs", list)
+        names = _Fields(raw, f"{source}: op {index}").get("inputs", list)
         unknown = [n for n in names if not isinstance(n, str) or (n != GRAPH_INPUT and n not in index_of)]
         if unknown:
             raise ValueError(f"{where}: inputs {unknown} name no earlier op (ops are in topological order; the "
