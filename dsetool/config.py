@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsetool.data import DATASETS
 from dsetool.protect import registry as protection_registry
 from dsetool.validate import (
     ConfigError,
@@ -32,7 +33,6 @@ from dsetool.yamlfile import parse as parse_yaml
 from dsetool.yamlfile import read_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "npz")
 ARCHITECTURES = ("lenet5", "alexnet32", "mlp")
 
 

@@ -285,7 +285,7 @@ class _Fields:
 
 
 def _parse_op(fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -> Op:
-    kind = fields.choice("op", ("quant_input", "quant_relu", "conv2d", "linear", "maxpool2d", "flatten"))
+    kind = fields.choice("op", tuple(_ARITY))
     common = {"name": fields.get("name", str), "out_shape": fields.shape("out_shape")}
     if kind in ("quant_input", "quant_relu"):
         return _parse_quant(fields, common, kind == "quant_relu", scaling)

@@ -51,13 +51,8 @@ OUTCOMES = ("masked", "tolerated", "sdc")
 # and where a protection without a detector (a filter, a vote) changed a faulty value or result.
 COUNTS = (*OUTCOMES, "critical", "recovered", "correct", "golden_correct", "n", "detected", "detected_sdc",
           "detected_critical", "changed")
-# Why a campaign ran as many faulty inferences as it did.
-STOP_REASONS = {
-    "samples": "ran the planned number of faulty inferences",
-    "margin": "the SDC rate's interval reached the margin",
-    "population": "ran as many inferences as the single-fault population has",
-    "max_samples": "reached faults.max_samples before the margin",
-}
+# Why a campaign ran as many faulty inferences as it did (meanings: the `stop_reason` column's).
+STOP_REASONS = ("samples", "margin", "population", "max_samples")
 MAX_LISTED_FAULTS = 16
 # The single-fault breakdowns of a campaign summary (`by_site`, `by_layer`, `by_bit`).
 BREAKDOWN = ("site", "layer", "bit")
@@ -94,7 +89,7 @@ class CampaignSpec:
 class Sizing:
     """How many faulty inferences a campaign may run, and whether it stops once its margin is reached.
 
-    `limit` is the most it runs and `limit_reason` names what set it (a `STOP_REASONS` key); with
+    `limit` is the most it runs and `limit_reason` names what set it (one of `STOP_REASONS`); with
     `sequential`, the SDC rate's Wilson interval is checked after every round of batches against `margin`
     (absolute, or times the rate with `relative`). `rule` says where the size came from: explicit,
     leveugle (single faults over their population) or wilson (sequential, from the interval).
@@ -443,7 +438,7 @@ MIN_BATCHES_PER_WORKER = 2
 def run_campaign(net: Network, golden: Golden, groups: Sequence[SiteGroup], spec: CampaignSpec, scratch: Path,
                  progress: Callable[[Tally, int], None]) -> tuple[Tally, int, str]:
     """Run (or resume) every shard; return the tally, the most inferences it could run, and why it stopped
-    (a `STOP_REASONS` key)."""
+    (one of `STOP_REASONS`)."""
     n_inputs = len(golden.labels)
     size = sizing(spec, groups, n_inputs)
     tally = Tally()

@@ -1,8 +1,9 @@
 """The protections a design point can name (`hw.protection`), and what each one is.
 
 One registry owns the vocabulary: the config's choices, which protections read profiled bounds (and so
-need stage `range-restrict`), which ones the RTL builds, and, for the campaign summary and the report,
-whether a protection *detects* faults or only *changes* values.
+need stage `range-restrict`), which filter along channels, and, for the campaign summary and the report,
+whether a protection *detects* faults or only *changes* values. (Which ones the RTL builds is
+`hw.arrayconfig.PROTECTIONS`, read by `dsetool.arrays.rtl_protection`.)
 
 A detector compares a value with something it knows to be right (a range check's profiled bounds) and
 raises a flag: its `detected` rate and coverage (the share of SDCs it flagged) mean what they say. A
@@ -23,7 +24,7 @@ class Protection:
     `detects`: it raises a flag on a value it finds wrong (detected rate and coverage are reported);
     otherwise only how often it changed a faulty value. `reads_bounds`: it needs the profiled bounds of
     stage range-restrict. `channel_filter`: it filters along the channel axis, which a linear layer's
-    flattened input lacks (so it sits on the array's outputs only). `rtl`: the synth stage builds it.
+    flattened input lacks (so it sits on the array's outputs only).
     """
 
     name: str
@@ -31,15 +32,14 @@ class Protection:
     detects: bool
     reads_bounds: bool
     channel_filter: bool = False
-    rtl: bool = False
 
 
 REGISTRY: dict[str, Protection] = {p.name: p for p in (
-    Protection("none", "no protection", detects=False, reads_bounds=False, rtl=True),
+    Protection("none", "no protection", detects=False, reads_bounds=False),
     Protection("clip", "range check: a code outside its profiled bounds becomes the nearer bound (the paper's)",
-               detects=True, reads_bounds=True, rtl=True),
+               detects=True, reads_bounds=True),
     Protection("zero", "range check: a code outside its profiled bounds becomes 0 (Ranger-style)",
-               detects=True, reads_bounds=True, rtl=True),
+               detects=True, reads_bounds=True),
     Protection("sed", "range check that only flags (symptom-based error detection), values unchanged",
                detects=True, reads_bounds=True),
     Protection("median3", "median of 3 neighbouring channels (Ozen), a filter", detects=False, reads_bounds=False,
