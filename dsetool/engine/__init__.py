@@ -17,6 +17,8 @@ from dsetool.engine.executor import (
     Requantizer,
 )
 from dsetool.engine.intmodel import (
+    Add,
+    AvgPool2d,
     Conv2d,
     Flatten,
     IntModel,
@@ -30,6 +32,6 @@ from dsetool.engine.intmodel import (
 )
 
 __all__ = [
-    "DEFAULT_MULTIPLIER_BITS", "Conv2d", "Engine", "Flatten", "GemmLayer", "IntModel", "Linear", "MaxPool2d",
+    "Add", "AvgPool2d", "DEFAULT_MULTIPLIER_BITS", "Conv2d", "Engine", "Flatten", "GemmLayer", "IntModel", "Linear", "MaxPool2d",
     "Op", "QuantAct", "RegisterWidths", "Requantizer", "WeightOp", "load_intmodel", "parse_intmodel",
 ]

@@ -27,10 +27,22 @@ import numpy as np
 import torch
 
 from dsetool.engine import ops
-from dsetool.engine.intmodel import INPUT, Conv2d, Flatten, IntModel, MaxPool2d, Op, QuantAct, WeightOp
+from dsetool.engine.intmodel import (
+    INPUT,
+    Add,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    IntModel,
+    MaxPool2d,
+    Op,
+    QuantAct,
+    WeightOp,
+)
 
 DEFAULT_MULTIPLIER_BITS = 16
 Step = Callable[[torch.Tensor], torch.Tensor]
+OpStep = Callable[..., torch.Tensor]   # an op on its input tensors, in the order of `IntModel.inputs`
 
 
 @dataclass(frozen=True)
@@ -81,10 +93,17 @@ class GemmLayer:
         """Return (B, M, N) accumulators in the layer's output layout, (B, C, H, W) or (B, N)."""
         return acc.transpose(1, 2).reshape(len(acc), *self.op.out_shape)
 
+    @property
+    def grouped(self) -> bool:
+        """Say whether the layer is a grouped (e.g. depthwise) conv: then `weight`, `im2col` and `gemm`
+        describe one group's GEMM, not the layer's, and only `__call__` runs it."""
+        return isinstance(self.op, Conv2d) and self.op.groups > 1
+
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
         codes = codes.to(self.dtype)
         if isinstance(self.op, Conv2d):
-            return ops.conv2d(codes, self.weight_tensor, self.bias, self.op.stride, self.op.padding)
+            return ops.conv2d(codes, self.weight_tensor, self.bias, self.op.stride, self.op.padding,
+                              self.op.groups)
         return torch.addmm(self.bias, codes.reshape(len(codes), -1), self.weight)
 
 
@@ -98,7 +117,9 @@ def _widths(op: WeightOp, act: QuantAct) -> RegisterWidths:
 
 
 class Requantizer:
-    """A weight layer's output stage: codes = clamp(round_half_even(relu(acc) * M_c * 2**-s_c), qmin, qmax).
+    """An output stage: codes = clamp(round_half_even(relu?(acc) * M_c * 2**-s_c), qmin, qmax), ReLU when
+    the quantizer is a quant_relu. `acc` are the integers of the op it reads (a weight layer's
+    accumulators, an add's or a pool's sums, another quantizer's codes), channel c at scale s_in_c.
 
     `multiplier` and `shift` hold (M_c, s_c) per output channel c (the constants the RTL is built with);
     `factor` is M_c * 2**-s_c, exact. `ratios` are the exact acc_scale / out_scale they realise.
@@ -110,6 +131,7 @@ class Requantizer:
 
     def __init__(self, constants: Sequence[tuple[int, int]], ratios: Sequence[Fraction], out: QuantAct,
                  acc_range: tuple[int, int], device: torch.device, what: str) -> None:
+        self.relu = out.relu
         self.multiplier = tuple(m for m, _ in constants)
         self.shift = tuple(s for _, s in constants)
         self.ratios = tuple(ratios)
@@ -163,20 +185,25 @@ class Requantizer:
                shift: torch.Tensor, bounds: tuple[int, int] | None = None) -> torch.Tensor:
         qmin, qmax = (self.qmin, self.qmax) if bounds is None else bounds
         if self.compute_dtype != torch.int64:
-            codes = ops.requantize(acc.to(self.compute_dtype), factor, qmin, qmax)
+            codes = ops.requantize(acc.to(self.compute_dtype), factor, qmin, qmax, self.relu)
             return codes.to(ops.CODE_DTYPE if bounds is None else torch.float64)
-        codes = ops.fixed_point_requantize_int(acc.to(torch.int64), multiplier, shift, qmin, qmax)
+        codes = ops.fixed_point_requantize_int(acc.to(torch.int64), multiplier, shift, qmin, qmax, self.relu)
         return codes.to(ops.CODE_DTYPE if bounds is None else torch.float64)
 
 
 def po2_constants(ratios: Sequence[Fraction], multiplier_bits: int) -> list[tuple[int, int]]:
-    """Return (1, n) for each ratio 2**-n: the `po2` output stage is a pure shift (left when n < 0)."""
-    constants = []
-    for ratio in ratios:
-        if ratio.numerator & (ratio.numerator - 1) or ratio.denominator & (ratio.denominator - 1):
-            raise ValueError(f"po2 scaling needs power-of-two scale ratios, not {ratio}")
-        constants.append((1, ratio.denominator.bit_length() - ratio.numerator.bit_length()))
-    return constants
+    """Return (1, n) for each ratio 2**-n: the `po2` output stage is a pure shift (left when n < 0).
+
+    A ratio that is not a power of two (after an average pool over a window of 9, say) takes the
+    `multiplier_bits`-bit fixed-point multiplier instead, as under float scaling.
+    """
+    if not all(_is_po2(ratio) for ratio in ratios):
+        return fixed_point_constants(ratios, multiplier_bits)
+    return [(1, ratio.denominator.bit_length() - ratio.numerator.bit_length()) for ratio in ratios]
+
+
+def _is_po2(ratio: Fraction) -> bool:
+    return not (ratio.numerator & (ratio.numerator - 1) or ratio.denominator & (ratio.denominator - 1))
 
 
 def fixed_point_constants(ratios: Sequence[Fraction], multiplier_bits: int) -> list[tuple[int, int]]:
@@ -192,11 +219,15 @@ class Engine:
     """Execute an `IntModel` bit-exactly on `device` (results do not depend on it).
 
     `multiplier_bits` sets the width of the fixed-point requantization multiplier under `float` scaling
-    (`po2` needs none). `checks[i]` acts on the codes the output stage of op i (a QuantAct after a weight
-    layer) produces: a protection such as `dsetool.protect.check.RangeCheck`. `input_checks[w]` acts on the
-    codes weight op w reads, as it reads them (so a fault in its input buffer meets it). Raises ValueError when a
-    layer's accumulators could leave float64's exact integer range (2**53), or their product with the
-    multiplier could leave int64's.
+    (`po2` needs none, except after an average pool whose window is no power of two). `checks[i]` acts on
+    the codes the output stage of op i (a quantizer reading another op's integers) produces: a protection
+    such as `dsetool.protect.check.RangeCheck`. `input_checks[w]` acts on the codes weight op w reads, as
+    it reads them (so a fault in its input buffer meets it). Raises ValueError when a layer's accumulators
+    could leave float64's exact integer range (2**53), or their product with the multiplier could leave
+    int64's.
+
+    Ops run in the model's topological order; each reads the outputs of the ops `IntModel.inputs` names,
+    so a residual branch is kept until its add has read it.
     """
 
     def __init__(self, model: IntModel, *, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
@@ -208,36 +239,68 @@ class Engine:
         self.model, self.multiplier_bits, self.device = model, multiplier_bits, torch.device(device)
         self.checks: dict[int, Step] = dict(checks or {})
         self.input_checks: dict[int, Step] = dict(input_checks or {})
-        self._unchecked: dict[int, Step] = {}   # the output stages the checks follow, alone
+        self._unchecked: dict[int, OpStep] = {}   # the output stages the checks follow, alone
         ops.disable_transform_convolutions()
         self.layers: dict[int, GemmLayer] = {}
-        self.requantizers: dict[int, Requantizer] = {}
-        self._steps = [self._step(index, op) for index, op in enumerate(model.ops)]
+        self.requantizers: dict[int, Requantizer] = {}   # by the weight op whose accumulators they read
+        self.output_stages: dict[int, Requantizer] = {}  # by quantizer op: every requantizing quantizer
+        self.ranges: list[tuple[int, int]] = []   # every op's output values lie in ranges[i]
+        self.dtypes: list[torch.dtype] = []       # and come out as dtypes[i]
+        self._steps: list[OpStep] = []
+        for index, op in enumerate(model.ops):
+            self._steps.append(self._step(index, op))
         for index, check in self.input_checks.items():
             if index not in self.layers:
                 raise ValueError(f"Input checks go before weight layers, and op {index} is not one")
             self._steps[index] = _then(check, self._steps[index])
         self.weight_layers: tuple[int, ...] = tuple(self.layers)
+        self._last_reader = _last_readers(model)
 
-    def _step(self, index: int, op: Op) -> Step:
+    def _step(self, index: int, op: Op) -> OpStep:
+        reads = self.model.inputs[index]
+        inner = [self.ranges[i] for i in reads if i != INPUT]
         if isinstance(op, QuantAct):
-            return self._quant_step(index, op)
+            step = self._quant_step(index, op)
+            self._record(op.qrange, ops.CODE_DTYPE)
+            return step
         if isinstance(op, WeightOp):
             act = self.model.ops[self._producer(index)]
             assert isinstance(act, QuantAct)  # the loader checked the wiring
-            self.layers[index] = GemmLayer(index, op, act, self.device)
-            return self.layers[index]
-        if isinstance(op, MaxPool2d):
+            layer = self.layers[index] = GemmLayer(index, op, act, self.device)
+            self._record(layer.widths.acc_range, layer.dtype)
+            return layer
+        if isinstance(op, MaxPool2d | Flatten):
+            self._record(inner[0], self.dtypes[reads[0]])
+            if isinstance(op, Flatten):
+                return partial(torch.flatten, start_dim=1)
             return partial(ops.max_pool2d, kernel=op.kernel, stride=op.stride, padding=op.padding)
-        assert isinstance(op, Flatten)
-        return partial(torch.flatten, start_dim=1)
+        if isinstance(op, AvgPool2d):
+            low, high = inner[0]
+            bound = op.window * min(0, low), op.window * max(0, high)   # padding adds zeros
+            dtype = self._exact_dtype(bound, op.name)
+            return partial(_sum_pool, dtype=dtype, kernel=op.kernel, stride=op.stride, padding=op.padding)
+        assert isinstance(op, Add)
+        bound = inner[0][0] + inner[1][0], inner[0][1] + inner[1][1]
+        return partial(_add, dtype=self._exact_dtype(bound, op.name))
 
-    def _quant_step(self, index: int, op: QuantAct) -> Step:
-        if not op.relu:
+    def _record(self, bound: tuple[int, int], dtype: torch.dtype) -> None:
+        self.ranges.append(bound)
+        self.dtypes.append(dtype)
+
+    def _exact_dtype(self, bound: tuple[int, int], name: str) -> torch.dtype:
+        ops.check_exact(bound, f"Op {name!r}")
+        dtype = ops.accumulator_dtype(bound)
+        self._record(bound, dtype)
+        return dtype
+
+    def _quant_step(self, index: int, op: QuantAct) -> OpStep:
+        if op.kind == "quant_input":
             return partial(ops.quantize, scale=op.scale, qmin=op.qrange[0], qmax=op.qrange[1])
         source = self._producer(index)
-        requantizer = self._requantizer(self.layers[source], op)
-        self.requantizers[source] = requantizer
+        requantizer = self._requantizer(index, source, op)
+        self.output_stages[index] = requantizer
+        if source in self.layers:
+            self.requantizers[source] = requantizer
         step = requantizer.step(self.model.input_shape_of(index))
         check = self.checks.get(index)
         if check is None:
@@ -250,59 +313,90 @@ class Engine:
         assert source is not None  # the loader checked the wiring
         return source
 
-    def _requantizer(self, layer: GemmLayer, out: QuantAct) -> Requantizer:
-        ratios = [Fraction(float(scale)) / Fraction(out.scale) for scale in layer.op.acc_scale()]
+    def _requantizer(self, index: int, source: int, out: QuantAct) -> Requantizer:
+        ratios = [scale / Fraction(out.scale) for scale in self.model.scale_of(source)]
         constants = OUTPUT_STAGES[self.model.scaling](ratios, self.multiplier_bits)
-        return Requantizer(constants, ratios, out, layer.widths.acc_range, self.device,
-                           f"Output stage of {layer.name!r}")
+        what = f"Output stage of {self.model.ops[source].name!r}" if source in self.layers \
+            else f"Quantizer {out.name!r}"
+        return Requantizer(constants, ratios, out, self.ranges[source], self.device, what)
 
     def input_shape(self, index: int) -> tuple[int, ...]:
         """Return the per-image shape of op `index`'s input (`len(ops)` gives the logits' shape)."""
         return self.model.input_shape_of(index) if index < len(self.model.ops) else self.model.ops[-1].out_shape
 
     def input_dtype(self, index: int) -> torch.dtype:
-        """Return the dtype op `index` reads: float32 images or codes, or the accumulators of the weight
-        layer it follows (float32 or float64, that layer's `dtype`)."""
-        if index < len(self.model.ops) and self.model.inputs[index] == (INPUT,):
-            return torch.float32
-        source = self.model.producer(index) if index < len(self.model.ops) else len(self.model.ops) - 1
-        if source is not None and source in self.layers and source < index:
-            return self.layers[source].dtype
-        return ops.CODE_DTYPE
+        """Return the dtype op `index` reads (of its first input): float32 images or codes, or the integers
+        of the op it follows (a weight layer's accumulators: float32 or float64, that layer's `dtype`)."""
+        if index >= len(self.model.ops):
+            return self.dtypes[-1]
+        source = self.model.inputs[index][0]
+        return torch.float32 if source == INPUT else self.dtypes[source]
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return the input quantizer's codes of float images x (B, C, H, W), as Brevitas computes them."""
         return self.run(x, stop=1)
 
-    @overload
-    def run(self, x: torch.Tensor, *, start: int = ..., stop: int | None = ...,
-            keep: Literal[False] = ..., checked: bool = ...) -> torch.Tensor: ...
+    def step(self, index: int, *inputs: torch.Tensor, checked: bool = True) -> torch.Tensor:
+        """Execute op `index` on its batched input tensors (`IntModel.inputs` order), which must already
+        be in the dtypes the ops before it give; `checked` False: without the protection after it."""
+        return (self._steps[index] if checked else self._unchecked.get(index, self._steps[index]))(*inputs)
 
     @overload
-    def run(self, x: torch.Tensor, *, start: int = ..., stop: int | None = ...,
-            keep: Literal[True], checked: bool = ...) -> list[torch.Tensor]: ...
+    def run(self, x: torch.Tensor | None, *, start: int = ..., stop: int | None = ...,
+            keep: Literal[False] = ..., checked: bool = ...,
+            given: Sequence[torch.Tensor] | Mapping[int, torch.Tensor] | None = ...) -> torch.Tensor: ...
 
-    def run(self, x: torch.Tensor, *, start: int = 0, stop: int | None = None,
-            keep: bool = False, checked: bool = True) -> torch.Tensor | list[torch.Tensor]:
+    @overload
+    def run(self, x: torch.Tensor | None, *, start: int = ..., stop: int | None = ...,
+            keep: Literal[True], checked: bool = ...,
+            given: Sequence[torch.Tensor] | Mapping[int, torch.Tensor] | None = ...) -> list[torch.Tensor]: ...
+
+    def run(self, x: torch.Tensor | None, *, start: int = 0, stop: int | None = None,
+            keep: bool = False, checked: bool = True,
+            given: Sequence[torch.Tensor] | Mapping[int, torch.Tensor] | None = None
+            ) -> torch.Tensor | list[torch.Tensor]:
         """Run ops[start:stop] on x, the batched input of op `start`; return the last output, or with
         `keep` the list of every op's output (item j is op start + j). `checked` False runs the ops
         without the protections (`checks`) after them.
 
-        x is not modified. Outputs may share storage (flatten returns a view of its input): clone one
-        before editing it in place. x is cast to `input_dtype(start)` (images: float32, the Brevitas model's).
+        An op that reads the output of an op before `start` other than op `start`'s input (a residual
+        branch) takes it from `given` (a list or dict by op index: the golden run, say); x may then be
+        None when `given` holds op `start`'s input too. x is not modified. Outputs may share storage
+        (flatten returns a view of its input): clone one before editing it in place. x is cast to
+        `input_dtype(start)` (images: float32, the Brevitas model's).
         """
         stop = len(self._steps) if stop is None else stop
         if not 0 <= start <= stop <= len(self._steps):
             raise ValueError(f"Op range [{start}, {stop}) is not within the model's {len(self._steps)} ops")
-        if tuple(x.shape[1:]) != self.input_shape(start):
-            raise ValueError(f"Op {start} reads per-image shape {list(self.input_shape(start))}, "
-                             f"not {list(x.shape[1:])}")
-        x = x.to(self.device, self.input_dtype(start))
+        values: dict[int, torch.Tensor] = {}
+        if x is not None:
+            if tuple(x.shape[1:]) != self.input_shape(start):
+                raise ValueError(f"Op {start} reads per-image shape {list(self.input_shape(start))}, "
+                                 f"not {list(x.shape[1:])}")
+            x = x.to(self.device, self.input_dtype(start))
+            if start < len(self._steps):
+                values[self.model.inputs[start][0]] = x
         outputs = []
+        last = x
         for index in range(start, stop):
-            x = (self._steps[index] if checked else self._unchecked.get(index, self._steps[index]))(x)
-            outputs.append(x)
-        return outputs if keep else x
+            reads = [self._value(source, values, given, index) for source in self.model.inputs[index]]
+            last = values[index] = self.step(index, *reads, checked=checked)
+            outputs.append(last)
+            for source in self.model.inputs[index]:   # free what no later op reads
+                if self._last_reader[source] <= index and source in values and source != index:
+                    del values[source]
+        if keep:
+            return outputs
+        assert last is not None, "an empty op range needs its input x"
+        return last
+
+    def _value(self, source: int, values: Mapping[int, torch.Tensor],
+               given: Sequence[torch.Tensor] | Mapping[int, torch.Tensor] | None, reader: int) -> torch.Tensor:
+        if source in values:
+            return values[source]
+        if given is not None and (source in given if isinstance(given, Mapping) else 0 <= source < len(given)):
+            return given[source].to(self.device, self.dtypes[source] if source != INPUT else torch.float32)
+        raise ValueError(f"Op {reader} reads op {source}'s output, which this run neither computes nor is given")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Return the last layer's integer accumulators (B, num_classes) for float images x."""
@@ -332,5 +426,23 @@ class Engine:
         return self.requantizers[index](acc.to(self.device, torch.float64), channels)
 
 
-def _then(first: Step, second: Step) -> Step:
+def _then(first: Step, second: OpStep) -> OpStep:
     return lambda x: second(first(x))
+
+
+def _sum_pool(values: torch.Tensor, *, dtype: torch.dtype, kernel: tuple[int, int], stride: tuple[int, int],
+              padding: tuple[int, int]) -> torch.Tensor:
+    return ops.sum_pool2d(values.to(dtype), kernel, stride, padding)
+
+
+def _add(first: torch.Tensor, second: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
+    return first.to(dtype) + second.to(dtype)
+
+
+def _last_readers(model: IntModel) -> dict[int, int]:
+    """Return, per op (and `INPUT`), the index of the last op that reads its output (-1: none)."""
+    last = {index: -1 for index in range(-1, len(model.ops))}
+    for index, reads in enumerate(model.inputs):
+        for source in reads:
+            last[source] = index
+    return last

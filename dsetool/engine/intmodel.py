@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,16 @@ GRANULARITIES = ("per_tensor", "per_channel")
 
 @dataclass(frozen=True)
 class QuantAct:
-    """`quant_input` (relu=False) or `quant_relu`: codes = clamp(round(relu?(x) / scale), qmin, qmax)."""
+    """A quantizer: codes = clamp(round(relu?(x) / scale), qmin, qmax).
+
+    `quant_input` reads the float images; `quant_relu` (ReLU first) and `quant_identity` read the integers
+    of another op (a layer's accumulators, an add's sums, a pool's sums or another quantizer's codes) and
+    requantize them from that op's scale to theirs.
+    """
 
     name: str
     out_shape: tuple[int, ...]
-    relu: bool
+    kind: str   # quant_input | quant_relu | quant_identity
     scale: float
     bits: int
     signed: bool
@@ -49,8 +55,8 @@ class QuantAct:
     scale_exp: int | None  # scale == 2**scale_exp under po2 scaling, else None
 
     @property
-    def kind(self) -> str:
-        return "quant_relu" if self.relu else "quant_input"
+    def relu(self) -> bool:
+        return self.kind == "quant_relu"
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -103,9 +109,13 @@ class WeightOp:
 
 @dataclass(frozen=True, eq=False)
 class Conv2d(WeightOp):
+    """A convolution; with `groups` g, output channel n reads only input channels of its group
+    (n // (out / g)), and `weight` is (out, in / g, kh, kw): g = in channels is a depthwise conv."""
+
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
+    groups: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,13 +134,43 @@ class MaxPool2d:
 
 
 @dataclass(frozen=True)
+class AvgPool2d:
+    """Average pooling as the hardware computes it: the integer sum of each window (zeros where padding),
+    at the input's scale divided by the window size; the quantizer reading it does the division as part
+    of its requantization (Brevitas's rule for a pooled QuantTensor). A global average pool is the one
+    window covering the map."""
+
+    name: str
+    out_shape: tuple[int, ...]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    kind = "avgpool2d"
+
+    @property
+    def window(self) -> int:
+        """Return the number of values each sum adds (the divisor of the average)."""
+        return self.kernel[0] * self.kernel[1]
+
+
+@dataclass(frozen=True)
+class Add:
+    """The elementwise sum of two quantizers' codes that share one scale (exact integers at that scale);
+    a quantizer reading it requantizes the sum, as a residual block's output quantizer does."""
+
+    name: str
+    out_shape: tuple[int, ...]
+    kind = "add"
+
+
+@dataclass(frozen=True)
 class Flatten:
     name: str
     out_shape: tuple[int, ...]
     kind = "flatten"
 
 
-Op = QuantAct | Conv2d | Linear | MaxPool2d | Flatten
+Op = QuantAct | Conv2d | Linear | MaxPool2d | AvgPool2d | Add | Flatten
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,12 +204,37 @@ class IntModel:
         return self.input_shape if source == INPUT else self.ops[source].out_shape
 
     def producer(self, index: int) -> int | None:
-        """Return the op whose values op `index` reads through max-pools and flattens (which keep them):
-        a quantizer for a weight op, a weight op for a requantizer; None for the images."""
-        source = self.input_of(index)
+        """Return the op whose values op `index` (of one input) reads through max-pools and flattens (which
+        keep them): a quantizer for a weight op, the op whose integers it requantizes for a quantizer; None
+        for the images."""
+        return self._through_passthrough(self.input_of(index))
+
+    def producers(self, index: int) -> tuple[int | None, ...]:
+        """Return `producer` of each of op `index`'s inputs, in order (an add has two)."""
+        return tuple(self._through_passthrough(source) for source in self.inputs[index])
+
+    def _through_passthrough(self, source: int) -> int | None:
         while source != INPUT and self.ops[source].kind in _PASSTHROUGH:
             source = self.input_of(source)
         return None if source == INPUT else source
+
+    def is_chain(self) -> bool:
+        """Say whether every op reads the op before it (the three original architectures are chains)."""
+        return all(reads == (index - 1,) for index, reads in enumerate(self.inputs))
+
+    def scale_of(self, index: int) -> tuple[Fraction, ...]:
+        """Return the exact float scale of op `index`'s integer outputs, one per channel, or a single
+        one when every channel shares it: a quantizer's scale, a weight layer's accumulator scales, an
+        add's common input scale, a pool's input scale (an average pool's divided by its window)."""
+        op = self.ops[index]
+        if isinstance(op, QuantAct):
+            return (Fraction(op.scale),)
+        if isinstance(op, WeightOp):
+            return tuple(Fraction(float(s)) for s in op.acc_scale())
+        scale = self.scale_of(self.inputs[index][0])   # only quant_input reads the images (`_check_graph`)
+        if isinstance(op, AvgPool2d):
+            return tuple(s / op.window for s in scale)
+        return scale
 
     def consumers(self, index: int) -> tuple[int, ...]:
         """Return the ops that read op `index`'s output, in order."""
@@ -287,11 +352,14 @@ class _Fields:
 def _parse_op(fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -> Op:
     kind = fields.choice("op", tuple(_ARITY))
     common = {"name": fields.get("name", str), "out_shape": fields.shape("out_shape")}
-    if kind in ("quant_input", "quant_relu"):
-        return _parse_quant(fields, common, kind == "quant_relu", scaling)
-    if kind == "maxpool2d":
-        return MaxPool2d(**common, kernel=_pair(fields, "kernel", 1), stride=_pair(fields, "stride", 1),
-                         padding=_pair(fields, "padding", 0))
+    if kind in _QUANT_KINDS:
+        return _parse_quant(fields, common, kind, scaling)
+    if kind in ("maxpool2d", "avgpool2d"):
+        pool = MaxPool2d if kind == "maxpool2d" else AvgPool2d
+        return pool(**common, kernel=_pair(fields, "kernel", 1), stride=_pair(fields, "stride", 1),
+                    padding=_pair(fields, "padding", 0))
+    if kind == "add":
+        return Add(**common)
     if kind == "flatten":
         if fields.get("start_dim", int) != 1 or fields.get("order", str) != "chw":
             raise ValueError(f"{fields.where}: only flatten from dim 1 in 'chw' order is supported")
@@ -299,8 +367,11 @@ def _parse_op(fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -
     weights = _parse_weights(fields, arrays, scaling)
     if kind == "linear":
         return Linear(**common, **weights)
+    groups = fields.raw.get("groups", 1)   # absent in exports written before grouped convolutions
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise fields.error("groups", "an integer >= 1")
     return Conv2d(**common, **weights, kernel=_pair(fields, "kernel", 1), stride=_pair(fields, "stride", 1),
-                  padding=_pair(fields, "padding", 0))
+                  padding=_pair(fields, "padding", 0), groups=groups)
 
 
 def _pair(fields: _Fields, key: str, low: int) -> tuple[int, int]:
@@ -308,12 +379,12 @@ def _pair(fields: _Fields, key: str, low: int) -> tuple[int, int]:
     return first, second
 
 
-def _parse_quant(fields: _Fields, common: dict[str, Any], relu: bool, scaling: str) -> QuantAct:
+def _parse_quant(fields: _Fields, common: dict[str, Any], kind: str, scaling: str) -> QuantAct:
     if fields.raw.get("zero_point") != 0 or fields.raw.get("rounding") != "half_even":
         raise ValueError(f"{fields.where}: only zero_point 0 and rounding 'half_even' are supported, not "
                          f"{fields.raw.get('zero_point')!r} and {fields.raw.get('rounding')!r}")
     scale = fields.number("scale")
-    return QuantAct(**common, relu=relu, scale=scale, bits=fields.bits("bits"), signed=fields.get("signed", bool),
+    return QuantAct(**common, kind=kind, scale=scale, bits=fields.bits("bits"), signed=fields.get("signed", bool),
                     narrow_range=fields.get("narrow_range", bool),
                     scale_exp=_exponent(fields, "scale_exp", [scale], scaling)[0] if scaling == "po2" else None)
 
@@ -363,8 +434,10 @@ def _exponent(fields: _Fields, key: str, scales: list[float], scaling: str) -> t
 
 
 _WEIGHT_KINDS = ("conv2d", "linear")
-_PASSTHROUGH = ("maxpool2d", "flatten")  # ops between a producer and its consumer
-_ARITY = {"quant_input": 1, "quant_relu": 1, "conv2d": 1, "linear": 1, "maxpool2d": 1, "flatten": 1}
+_QUANT_KINDS = ("quant_input", "quant_relu", "quant_identity")
+_PASSTHROUGH = ("maxpool2d", "flatten")  # ops between a producer and its consumer that keep its values
+_ARITY = {"quant_input": 1, "quant_relu": 1, "quant_identity": 1, "conv2d": 1, "linear": 1, "maxpool2d": 1,
+          "avgpool2d": 1, "add": 2, "flatten": 1}
 
 
 def _parse_inputs(raw_ops: list[Any], ops: tuple[Op, ...], version: int, source: str) -> tuple[tuple[int, ...], ...]:
@@ -409,9 +482,12 @@ def _check_structure(model: IntModel, source: str) -> None:
         raise ValueError(f"{source}: the last op must be the linear layer {model.logits!r} with num_classes "
                          f"({model.num_classes}) outputs, not {last.kind} {last.name!r}")
     for index, op in enumerate(ops):
+        where = f"{source}: op {index} ({op.name!r})"
+        if isinstance(op, Add):
+            _check_add(model, index, where)
+            continue
         source_op = model.producer(index)
         feeds = ops[source_op] if source_op is not None else None
-        where = f"{source}: op {index} ({op.name!r})"
         if isinstance(op, WeightOp):
             if not isinstance(feeds, QuantAct):
                 raise ValueError(f"{where}: a {op.kind} must read a quantizer's codes (through maxpool2d / "
@@ -420,14 +496,29 @@ def _check_structure(model: IntModel, source: str) -> None:
                 raise ValueError(f"{where}: input_scale {op.input_scale!r} is not the scale {feeds.scale!r} "
                                  f"of {feeds.name!r}, which feeds it")
             _check_granularity(model, op, where)
-        elif isinstance(op, QuantAct) and op.relu and not isinstance(feeds, WeightOp):
-            raise ValueError(f"{where}: a quant_relu must read a conv2d / linear layer's accumulators "
-                             f"(through maxpool2d / flatten only), not {feeds.kind if feeds else 'nothing'}")
-    consumed = {model.producer(index) for index, op in enumerate(ops) if op.kind == "quant_relu"}
-    for index, op in enumerate(ops[:-1]):
-        if isinstance(op, WeightOp) and index not in consumed:
-            raise ValueError(f"{source}: op {index} ({op.name!r}) is not the logits layer, yet no quant_relu "
-                             "requantizes its accumulators")
+        elif isinstance(op, QuantAct) and op.kind != "quant_input" and feeds is None:
+            raise ValueError(f"{where}: a {op.kind} must read the integers of an op, not the images")
+
+
+def _check_add(model: IntModel, index: int, where: str) -> None:
+    """Both inputs are quantizers' codes (through maxpool2d / flatten) of one scale, exactly: the sum is
+    then an integer at that scale. Brevitas enforces the same when it adds two QuantTensors; a residual
+    block meets it by passing both branches through one quantizer."""
+    feeds = [model.ops[p] if p is not None else None for p in model.producers(index)]
+    if not all(isinstance(feed, QuantAct) for feed in feeds):
+        raise ValueError(f"{where}: an add must read two quantizers' codes (through maxpool2d / flatten "
+                         f"only), not {[feed.kind if feed else 'the images' for feed in feeds]}")
+    first, second = feeds
+    assert isinstance(first, QuantAct) and isinstance(second, QuantAct)
+    if first.scale != second.scale:
+        raise ValueError(f"{where}: adds {first.name!r} and {second.name!r}, whose scales {first.scale!r} and "
+                         f"{second.scale!r} differ (the sum of codes is exact only at one shared scale)")
+    shapes = [model.ops[i].out_shape for i in model.inputs[index]]
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"{where}: adds tensors of shapes {list(shapes[0])} and {list(shapes[1])}")
+    if model.ops[index].out_shape != shapes[0]:
+        raise ValueError(f"{where}: out_shape {list(model.ops[index].out_shape)} is not its inputs' shape "
+                         f"{list(shapes[0])}")
 
 
 def _check_granularity(model: IntModel, op: WeightOp, where: str) -> None:
@@ -440,6 +531,8 @@ def _check_granularity(model: IntModel, op: WeightOp, where: str) -> None:
 def _check_shapes(model: IntModel, source: str) -> None:
     """Re-derive each op's output shape from its input's shape and parameters; it must match `out_shape`."""
     for index, op in enumerate(model.ops):
+        if isinstance(op, Add):
+            continue   # `_check_add` compared its inputs' shapes; its out_shape is theirs
         shape = model.input_shape_of(index)
         try:
             derived = _output_shape(op, shape)
@@ -463,9 +556,13 @@ def _output_shape(op: Op, shape: tuple[int, ...]) -> tuple[int, ...]:
         raise ValueError(f"a {op.kind} needs a (C, H, W) input, not {list(shape)}")
     channels, height, width = shape
     if isinstance(op, Conv2d):
-        if op.weight.shape != (op.out_features, channels, *op.kernel):
+        if channels % op.groups or op.out_features % op.groups:
+            raise ValueError(f"{op.groups} groups do not divide {channels} input and {op.out_features} output "
+                             "channels")
+        if op.weight.shape != (op.out_features, channels // op.groups, *op.kernel):
+            groups = f" in {op.groups} groups" if op.groups > 1 else ""
             raise ValueError(f"weight of shape {op.weight.shape} does not match kernel {list(op.kernel)} "
-                             f"on {channels} input channels")
+                             f"on {channels} input channels{groups}")
         channels = op.out_features
     sides = [conv_output_size(side, k, s, p)
              for side, k, s, p in zip((height, width), op.kernel, op.stride, op.padding, strict=True)]

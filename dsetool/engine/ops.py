@@ -120,7 +120,7 @@ def gemm(columns: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
 
 
 def conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
-           padding: tuple[int, int]) -> torch.Tensor:
+           padding: tuple[int, int], groups: int = 1) -> torch.Tensor:
     """Return the (B, N, out_h, out_w) accumulators of a convolution, bias included (the same values as
     `fold(gemm(im2col(codes)))`, 1.5-3x faster).
 
@@ -128,7 +128,7 @@ def conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     add the exact integer products, so every partial sum obeys `gemm_bound`. NNPACK must stay off (see
     `disable_transform_convolutions`): its Winograd and FFT transforms compute with fractions and round.
     """
-    return F.conv2d(codes, weight, bias, stride=stride, padding=padding)
+    return F.conv2d(codes, weight, bias, stride=stride, padding=padding, groups=groups)
 
 
 def disable_transform_convolutions() -> None:
@@ -143,14 +143,17 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def requantize(acc: torch.Tensor, factor: torch.Tensor | float, qmin: int, qmax: int) -> torch.Tensor:
-    """Return clamp(round_half_even(relu(acc) * factor), qmin, qmax) with factor = M * 2**-s.
+def requantize(acc: torch.Tensor, factor: torch.Tensor | float, qmin: int, qmax: int, relu: bool = True
+               ) -> torch.Tensor:
+    """Return clamp(round_half_even(relu(acc) * factor), qmin, qmax) with factor = M * 2**-s (without the
+    ReLU when `relu` is False).
 
     Exact in float64 when relu(acc) * M * 2**max(0, -s) is an integer below 2**53 (the engine proves it
     when it is built, else it uses `fixed_point_requantize_int`): scaling by 2**-s only moves the exponent,
     so torch.round sees the exact rational value and rounds ties to even, as the integer form does.
     """
-    return acc.clamp(min=0).mul_(factor).round_().clamp_(qmin, qmax)
+    scaled = acc.clamp(min=0).mul_(factor) if relu else acc * factor
+    return scaled.round_().clamp_(qmin, qmax)
 
 
 def shift_round_half_even(x: torch.Tensor, shift: torch.Tensor | int) -> torch.Tensor:
@@ -175,9 +178,10 @@ def shift_round_half_even(x: torch.Tensor, shift: torch.Tensor | int) -> torch.T
 
 
 def fixed_point_requantize_int(acc: torch.Tensor, multiplier: torch.Tensor | int, shift: torch.Tensor | int,
-                               qmin: int, qmax: int) -> torch.Tensor:
-    """Return clamp(round_half_even(relu(acc) * M / 2**s), qmin, qmax) on int64, as the RTL does."""
-    product = acc.clamp(min=0) * torch.as_tensor(multiplier, dtype=torch.int64, device=acc.device)
+                               qmin: int, qmax: int, relu: bool = True) -> torch.Tensor:
+    """Return clamp(round_half_even(relu?(acc) * M / 2**s), qmin, qmax) on int64, as the RTL does."""
+    product = (acc.clamp(min=0) if relu else acc) * torch.as_tensor(multiplier, dtype=torch.int64,
+                                                                     device=acc.device)
     return shift_round_half_even(product, shift).clamp_(qmin, qmax)
 
 
@@ -221,3 +225,12 @@ def max_pool2d(codes: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, 
             result = tap.clone() if result is None else torch.maximum(result, tap, out=result)
     assert result is not None
     return result
+
+
+def sum_pool2d(values: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+               padding: tuple[int, int]) -> torch.Tensor:
+    """Return the sum of each window (zeros where padding) of integer values: an average pool before its
+    division, which the requantization after it performs. Exact while the sums stay in the dtype's exact
+    integer range (the engine picks the dtype from the bound, as for a GEMM)."""
+    return F.avg_pool2d(values, kernel, stride, padding, ceil_mode=False, count_include_pad=True,
+                        divisor_override=1)

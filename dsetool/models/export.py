@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import operator
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.fx
 from brevitas.core.function_wrapper import RoundSte
 from brevitas.core.restrict_val import PowerOfTwoRestrictValue
 from brevitas.core.scaling import ParameterFromRuntimeStatsScaling
@@ -24,6 +26,8 @@ from brevitas.core.stats import AbsPercentile
 from brevitas.graph.calibrate import quantization_status_manager
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 from torch import nn
+
+from dsetool.models.graphnet import Add
 
 FORMAT = "dsetool-intmodel"
 VERSION = 2   # 2: every op names the ops it reads (`inputs`); 1 was an implied chain
@@ -160,66 +164,159 @@ def _exponent(scale: float) -> int:
 
 
 class _Exporter:
-    """Walk the model's children in order, turning each into one op and its arrays."""
+    """Turn the traced graph of a quantized model into ops and arrays, node by node in execution order.
+
+    Each op records the names of the ops it reads; a module called twice (the shared quantizer of a
+    residual add) gives one op per call, the later ones named `module:2`, `module:3`, ...
+    """
 
     # module type -> (op kind, method name); the first match wins, so subclasses come first.
     KINDS: tuple[tuple[type, str, str], ...] = (
-        (QuantIdentity, "quant_input", "_activation"), (QuantReLU, "quant_relu", "_activation"),
+        (QuantIdentity, "quant_identity", "_activation"), (QuantReLU, "quant_relu", "_activation"),
         (QuantConv2d, "conv2d", "_conv2d"), (QuantLinear, "linear", "_linear"),
-        (nn.MaxPool2d, "maxpool2d", "_maxpool2d"), (nn.Flatten, "flatten", "_flatten"))
+        (nn.MaxPool2d, "maxpool2d", "_maxpool2d"), (nn.AvgPool2d, "avgpool2d", "_avgpool2d"),
+        (nn.AdaptiveAvgPool2d, "avgpool2d", "_adaptive_avgpool2d"), (nn.Flatten, "flatten", "_flatten"),
+        (Add, "add", "_add"))
+    ALIASES = (nn.Identity, nn.Dropout)   # no op in eval mode: the node is its input
 
-    def __init__(self, shapes: dict[str, list[int]]) -> None:
-        self.shapes = shapes
-        self.input_scale: torch.Tensor | None = None
+    def __init__(self, model: nn.Module, shapes: dict[str, list[int]]) -> None:
+        self.modules = dict(model.named_modules())
+        self.shapes = shapes   # fx node name -> per-image output shape
         self.ops: list[dict[str, Any]] = []
         self.arrays: dict[str, np.ndarray] = {}
         self.po2: set[bool] = set()
         self.granularity: set[str] = set()
+        self.names: dict[str, str] = {}          # fx node name -> op name (the tensor it reads)
+        self.code_scale: dict[str, torch.Tensor] = {}   # op name -> scale of the codes it holds
+        self.calls: dict[str, int] = {}
 
-    def add(self, name: str, module: nn.Module) -> None:
-        kind, method = self._kind(name, module)
-        if (kind == "quant_input") != (not self.ops):
-            raise ValueError(f"The input quantizer must be the first op and only there, not {name!r}")
-        fields = getattr(self, method)(name, module)
-        reads = [self.ops[-1]["name"]] if self.ops else [GRAPH_INPUT]   # a Sequential model: a chain
-        self.ops.append({"op": kind, "name": name, "inputs": reads, **fields, "out_shape": self.shapes[name]})
+    def node(self, node: torch.fx.Node) -> None:
+        """Export one node of the traced graph."""
+        if node.op == "placeholder":
+            self.names[node.name] = GRAPH_INPUT
+        elif node.op == "call_module":
+            self._module_node(node)
+        elif node.op in ("call_function", "call_method"):
+            self._function_node(node)
+        elif node.op == "output":
+            self.logits = self._read(node.args[0], node)
+        else:
+            raise ValueError(f"Cannot export node {node.name!r} ({node.op} {node.target!r})")
+
+    def _read(self, arg: Any, node: torch.fx.Node) -> str:
+        if not isinstance(arg, torch.fx.Node) or arg.name not in self.names:
+            raise ValueError(f"{node.name!r} reads {arg!r}, which is not a tensor of the network")
+        return self.names[arg.name]
+
+    def _module_node(self, node: torch.fx.Node) -> None:
+        target = str(node.target)
+        module = self.modules[target]
+        reads = [self._read(arg, node) for arg in node.args]
+        if isinstance(module, self.ALIASES):
+            self.names[node.name] = reads[0]
+            return
+        kind, method = self._kind(target, module)
+        count = self.calls[target] = self.calls.get(target, 0) + 1
+        name = target if count == 1 else f"{target}:{count}"
+        if kind == "quant_identity" and reads == [GRAPH_INPUT]:
+            kind = "quant_input"
+        fields = getattr(self, method)(name, module, reads)
+        self._append(node, kind, name, reads, fields)
+
+    def _function_node(self, node: torch.fx.Node) -> None:
+        function = node.target
+        tensors = [arg for arg in node.args if isinstance(arg, torch.fx.Node)]
+        reads = [self._read(arg, node) for arg in tensors]
+        if function in (operator.add, torch.add) and len(tensors) == 2 and not node.kwargs:
+            self._append(node, "add", node.name, reads, self._add(node.name, None, reads))
+        elif function in (torch.flatten, "flatten") and len(tensors) == 1 \
+                and tuple(node.args[1:]) in ((1,), (1, -1)) and not node.kwargs:
+            self._append(node, "flatten", node.name, reads, self._flatten(node.name, nn.Flatten(), reads))
+        else:
+            what = function if isinstance(function, str) else getattr(function, "__name__", repr(function))
+            raise ValueError(f"Cannot export {node.name!r}: {what!r} is not an op the integer engine runs "
+                             f"(it runs {', '.join(sorted({kind for _, kind, _ in self.KINDS}))})")
+
+    def _append(self, node: torch.fx.Node, kind: str, name: str, reads: list[str], fields: dict[str, Any]) -> None:
+        if not self.ops and kind != "quant_input":
+            raise TypeError(f"Cannot export {name!r}, a {kind}: the first op must be the input quantizer (a "
+                            "QuantIdentity reading the images) (is it the float baseline?)")
+        self.names[node.name] = name
+        self.ops.append({"op": kind, "name": name, "inputs": reads, **fields, "out_shape": self.shapes[node.name]})
 
     def _kind(self, name: str, module: nn.Module) -> tuple[str, str]:
         for cls, kind, method in self.KINDS:
             if isinstance(module, cls):
                 return kind, method
         raise TypeError(f"Cannot export {name!r}, a {type(module).__name__}: the integer format knows "
-                        f"{', '.join(kind for _, kind, _ in self.KINDS)} (is it the float baseline?)")
+                        f"{', '.join(sorted({kind for _, kind, _ in self.KINDS}))} (is it the float baseline, or "
+                        "a batch norm not folded?)")
 
-    def _activation(self, name: str, module: Any) -> dict[str, Any]:
+    def _activation(self, name: str, module: Any, reads: list[str]) -> dict[str, Any]:
         scale = module.act_quant.scale().detach()
-        self.input_scale = scale
+        self.code_scale[name] = scale
         self.po2.add(_is_po2(module.act_quant))
         return _quantizer_fields(module.act_quant, scale)
 
-    def _maxpool2d(self, name: str, module: nn.MaxPool2d) -> dict[str, Any]:
+    def _passes_codes(self, name: str, reads: list[str]) -> None:
+        """A max pool or flatten of codes holds codes of the same scale."""
+        if reads[0] in self.code_scale:
+            self.code_scale[name] = self.code_scale[reads[0]]
+
+    def _maxpool2d(self, name: str, module: nn.MaxPool2d, reads: list[str]) -> dict[str, Any]:
+        if module.ceil_mode or _pair(module.dilation) != [1, 1]:
+            raise ValueError(f"{name!r}: only floor-mode, dilation-1 max pools are exported")
+        self._passes_codes(name, reads)
         stride = module.stride if module.stride is not None else module.kernel_size
         return {"kernel": _pair(module.kernel_size), "stride": _pair(stride), "padding": _pair(module.padding)}
 
-    def _flatten(self, name: str, module: nn.Flatten) -> dict[str, Any]:
-        return {"start_dim": module.start_dim, "order": "chw"}
+    def _avgpool2d(self, name: str, module: nn.AvgPool2d, reads: list[str]) -> dict[str, Any]:
+        padding = _pair(module.padding)
+        if module.ceil_mode or module.divisor_override is not None or \
+                (padding != [0, 0] and not module.count_include_pad):
+            raise ValueError(f"{name!r}: only floor-mode average pools dividing by the whole window are exported")
+        stride = module.stride if module.stride is not None else module.kernel_size
+        return {"kernel": _pair(module.kernel_size), "stride": _pair(stride), "padding": padding}
 
-    def _conv2d(self, name: str, module: QuantConv2d) -> dict[str, Any]:
-        if module.groups != 1 or _pair(module.dilation) != [1, 1]:
-            raise ValueError(f"{name!r}: only groups=1, dilation=1 convolutions are exported")
+    def _adaptive_avgpool2d(self, name: str, module: nn.AdaptiveAvgPool2d, reads: list[str]) -> dict[str, Any]:
+        in_shape = self._shape_of(reads[0])
+        out_size = _pair(module.output_size)
+        sides = [side if out is None else out for side, out in zip(in_shape[1:], out_size, strict=True)]
+        if any(side % out for side, out in zip(in_shape[1:], sides, strict=True)):
+            raise ValueError(f"{name!r}: adaptive average pool from {in_shape[1:]} to {sides} has unequal windows")
+        kernel = [side // out for side, out in zip(in_shape[1:], sides, strict=True)]
+        return {"kernel": kernel, "stride": kernel, "padding": [0, 0]}
+
+    def _shape_of(self, op_name: str) -> list[int]:
+        return next(op["out_shape"] for op in self.ops if op["name"] == op_name)
+
+    def _add(self, name: str, module: Any, reads: list[str]) -> dict[str, Any]:
+        return {}
+
+    def _flatten(self, name: str, module: nn.Flatten, reads: list[str]) -> dict[str, Any]:
+        if module.start_dim != 1 or module.end_dim != -1:
+            raise ValueError(f"{name!r}: only flatten from dim 1 to the end is exported")
+        self._passes_codes(name, reads)
+        return {"start_dim": 1, "order": "chw"}
+
+    def _conv2d(self, name: str, module: QuantConv2d, reads: list[str]) -> dict[str, Any]:
+        if _pair(module.dilation) != [1, 1] or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise ValueError(f"{name!r}: only dilation-1 convolutions with numeric zero padding are exported")
         fields = {"in_channels": module.in_channels, "out_channels": module.out_channels,
                   "kernel": _pair(module.kernel_size), "stride": _pair(module.stride),
-                  "padding": _pair(module.padding)}
-        return {**fields, **self._weights(name, module)}
+                  "padding": _pair(module.padding), "groups": module.groups}
+        return {**fields, **self._weights(name, module, reads)}
 
-    def _linear(self, name: str, module: QuantLinear) -> dict[str, Any]:
+    def _linear(self, name: str, module: QuantLinear, reads: list[str]) -> dict[str, Any]:
         fields = {"in_features": module.in_features, "out_features": module.out_features}
-        return {**fields, **self._weights(name, module)}
+        return {**fields, **self._weights(name, module, reads)}
 
-    def _weights(self, name: str, module: Any) -> dict[str, Any]:
+    def _weights(self, name: str, module: Any, reads: list[str]) -> dict[str, Any]:
         """Integer weights and bias; the layer's output is accumulator * input_scale * weight_scale."""
-        if self.input_scale is None:
-            raise ValueError(f"{name!r} has no quantized input, so its bias scale is unknown")
+        input_scale = self.code_scale.get(reads[0])
+        if input_scale is None:
+            raise ValueError(f"{name!r} reads {reads[0]!r}, which holds no quantizer's codes, so its input and "
+                             "bias scales are unknown (put a quantizer before it)")
         weight = module.quant_weight()
         per_channel = weight.scale.dim() > 1  # per-tensor scales are 0-d, per-channel ones (out, 1, ...)
         scale = weight.scale.detach().reshape(-1)
@@ -231,15 +328,15 @@ class _Exporter:
                   "weight_narrow_range": bool(module.weight_quant.is_narrow_range),
                   "weight": f"{name}.weight", "weight_scale": f"{name}.weight_scale",
                   "weight_rounding": _rounding(module.weight_quant),
-                  "input_scale": float(self.input_scale)}
+                  "input_scale": float(input_scale)}
         po2 = _is_po2(module.weight_quant)
         self.po2.add(po2)
         self.granularity.add("per_channel" if per_channel else "per_tensor")
         if po2:
             exps = [_exponent(float(s)) for s in scale]
             fields["weight_scale_exp"] = exps if per_channel else exps[0]
-            fields["input_scale_exp"] = _exponent(float(self.input_scale))
-        return {**fields, **self._bias(name, module, scale * self.input_scale.reshape(-1))}
+            fields["input_scale_exp"] = _exponent(float(input_scale))
+        return {**fields, **self._bias(name, module, scale * input_scale.reshape(-1))}
 
     def _bias(self, name: str, module: Any, bias_scale: torch.Tensor) -> dict[str, Any]:
         """Quantize the bias as Int32Bias does, at the float32 product weight_scale * input_scale."""
@@ -264,22 +361,38 @@ def _integers(values: torch.Tensor, bits: int) -> np.ndarray:
     return array.astype(dtype)
 
 
-def _output_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, list[int]]:
-    """Run one zero image through the model to record every child's output shape (batch dim dropped)."""
+class _Leaves(torch.fx.Tracer):
+    """Trace a model down to the modules the exporter knows (Brevitas layers are not torch.nn's, so the
+    default tracer would trace into them)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, tuple(cls for cls, _, _ in _Exporter.KINDS) + _Exporter.ALIASES) \
+            or super().is_leaf_module(module, qualified_name)
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """Return the model's graph as a GraphModule whose call_module nodes are the exported ops."""
+    try:
+        graph = _Leaves().trace(model)
+    except Exception as error:   # torch.fx raises many kinds (TraceError, TypeError, ...) on dynamic code
+        raise ValueError(f"Cannot trace the model into a graph (torch.fx): {error}") from error
+    return torch.fx.GraphModule(model, graph)
+
+
+def _output_shapes(module: torch.fx.GraphModule, input_shape: tuple[int, int, int]) -> dict[str, list[int]]:
+    """Run one zero image through the traced model to record every node's output shape (batch dim dropped)."""
     shapes: dict[str, list[int]] = {}
 
-    def recorder(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            shapes[name] = list(output.shape[1:])
-        return hook
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node: torch.fx.Node) -> Any:
+            result = super().run_node(node)
+            value = getattr(result, "value", result)   # a Brevitas QuantTensor holds its tensor in .value
+            if isinstance(value, torch.Tensor):
+                shapes[node.name] = list(value.shape[1:])
+            return result
 
-    hooks = [child.register_forward_hook(recorder(name)) for name, child in model.named_children()]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=_device(model)))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.no_grad():
+        Recorder(module).run(torch.zeros(1, *input_shape, device=_device(module)))
     return shapes
 
 
@@ -295,14 +408,15 @@ def integer_model(model: nn.Module, *, arch: str, input_shape: tuple[int, int, i
     was_training = model.training
     model.eval()
     try:
-        exporter = _Exporter(_output_shapes(model, input_shape))
+        traced = trace(model)
+        exporter = _Exporter(model, _output_shapes(traced, input_shape))
         with torch.no_grad():
-            for name, child in model.named_children():
-                exporter.add(name, child)
+            for node in traced.graph.nodes:
+                exporter.node(node)
     finally:
         model.train(was_training)
     last = exporter.ops[-1]
-    if last["op"] != "linear":
+    if last["op"] != "linear" or exporter.logits != last["name"]:
         raise ValueError(f"The last op must be the linear layer giving the logits, not {last['op']!r}")
     header = {"format": FORMAT, "version": VERSION, "arch": arch, "input_shape": list(input_shape),
               "num_classes": last["out_features"],

@@ -134,12 +134,21 @@ class QuantLayers:
         bits = self.spec.bits_for(first_layer).act_bits
         return QuantIdentity(act_quant=act_quantizer(self.spec, bits, signed=False), return_quant_tensor=True)
 
-    def conv(self, name: str, in_channels: int, out_channels: int, kernel: int, padding: int) -> Any:
+    def conv(self, name: str, in_channels: int, out_channels: int, kernel: int, padding: int, stride: int = 1,
+             groups: int = 1) -> Any:
         """Return a quantized conv layer named `name` (the name selects its bit widths)."""
         from brevitas.nn import QuantConv2d
 
-        return QuantConv2d(in_channels, out_channels, kernel, padding=padding, bias=True,
-                           **self._weight_kwargs(name))
+        return QuantConv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, groups=groups,
+                           bias=True, **self._weight_kwargs(name))
+
+    def shared_quant(self, next_layer: str) -> Any:
+        """Return the signed quantizer both inputs of an add pass through (one module, so one scale: the
+        sum of their codes is an exact integer), at the act_bits of `next_layer`."""
+        from brevitas.nn import QuantIdentity
+
+        bits = self.spec.bits_for(next_layer).act_bits
+        return QuantIdentity(act_quant=act_quantizer(self.spec, bits, signed=True), return_quant_tensor=True)
 
     def linear(self, name: str, in_features: int, out_features: int) -> Any:
         """Return a quantized fully connected layer named `name`."""

@@ -18,6 +18,10 @@ Shapes (no padding in LeNet-5; 3x3 kernels with padding 1 in AlexNet-32; 2x2 max
   -> pool 4x4 -> flatten 4096 -> fc1 256 -> fc2 256 -> fc3 classes (no dropout, no batch norm: the integer
   array runs exactly this graph). ReLU after every layer but fc3.
 - mlp: flatten -> fc1 hidden[0] -> fc2 hidden[1] ... -> fc<n> classes, ReLU between, at the native size.
+
+resnet8, resnet20, mobilenet and vgg11 are graphs (`models.graphs`): `build_model` gives a `GraphNet` whose
+modules are named by their node (`layer1.0.conv1`, `block3.dw`, `fc`), with batch norms only in the float
+model (they are folded into the convs before quantization).
 """
 
 from __future__ import annotations
@@ -26,15 +30,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dsetool.models.graphs import GRAPH_INPUT, GRAPHS, Node, first_weight_reader, module_name, weight_nodes
+from dsetool.models.graphs import INPUT_SIZES as GRAPH_INPUT_SIZES
+
 if TYPE_CHECKING:
     import torch
 
     from dsetool.models.quant import QuantSpec
 
-ARCHITECTURES = ("lenet5", "alexnet32", "mlp")
+CHAIN_ARCHITECTURES = ("lenet5", "alexnet32", "mlp")
+ARCHITECTURES = (*CHAIN_ARCHITECTURES, *GRAPHS)
 DEFAULT_MLP_HIDDEN = (64, 32)
 
-_INPUT_SIZES: Mapping[str, int | None] = {"lenet5": 32, "alexnet32": 32, "mlp": None}
+_INPUT_SIZES: Mapping[str, int | None] = {"lenet5": 32, "alexnet32": 32, "mlp": None, **GRAPH_INPUT_SIZES}
 
 
 @dataclass(frozen=True)
@@ -105,12 +113,15 @@ def layers(arch: str, mlp_hidden: tuple[int, ...] = DEFAULT_MLP_HIDDEN) -> tuple
 
 def input_size(arch: str, native: tuple[int, int]) -> int | None:
     """Return the square side the images must be resized to for `arch`, or None to keep `native`."""
-    layers(arch)
+    if arch not in GRAPHS:
+        layers(arch)
     return _INPUT_SIZES[arch]
 
 
 def weight_layer_names(arch: str, mlp_hidden: tuple[int, ...] = DEFAULT_MLP_HIDDEN) -> list[str]:
     """Return the names of the weight layers of `arch`, in execution order (no torch import)."""
+    if arch in GRAPHS:
+        return [node.name for node in weight_nodes(arch)]
     return [layer.name for layer in layers(arch, mlp_hidden) if isinstance(layer, (Conv, Linear))]
 
 
@@ -122,10 +133,23 @@ class FloatLayers:
 
         return nn.Identity()
 
-    def conv(self, name: str, in_channels: int, out_channels: int, kernel: int, padding: int) -> Any:
+    def conv(self, name: str, in_channels: int, out_channels: int, kernel: int, padding: int, stride: int = 1,
+             groups: int = 1) -> Any:
         from torch import nn
 
-        return nn.Conv2d(in_channels, out_channels, kernel, padding=padding)
+        return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, groups=groups)
+
+    def batch_norm(self, channels: int) -> Any:
+        """Return the norm after a conv (the quantized model has none: it is folded into the conv)."""
+        from torch import nn
+
+        return nn.BatchNorm2d(channels)
+
+    def shared_quant(self, next_layer: str) -> Any:
+        """Return the quantizer both inputs of an add pass through (the float model: nothing)."""
+        from torch import nn
+
+        return nn.Identity()
 
     def linear(self, name: str, in_features: int, out_features: int) -> Any:
         from torch import nn
@@ -201,6 +225,73 @@ def _product(values: tuple[int, ...]) -> int:
     return result
 
 
+def _graph_modules(nodes: tuple[Node, ...], factory: Any, in_channels: int, image_size: tuple[int, int],
+                   num_classes: int) -> dict[str, Any]:
+    """Build every node's module, tracking shapes so the linear layer's width follows the image size."""
+    from torch import nn
+
+    from dsetool.models.graphnet import Add
+
+    shapes: dict[str, tuple[int, ...]] = {GRAPH_INPUT: (in_channels, *image_size)}
+    modules: dict[str, Any] = {}
+    first = weight_nodes_of(nodes)[0]
+    modules["input_quant"] = factory.input(first)
+    for node in nodes:
+        shape = shapes[node.inputs[0]]
+        reader = first_weight_reader(nodes, node.name) or nodes[-1].name
+        if node.kind == "conv":
+            channels, height, width = shape
+            groups = channels if node.groups == 0 else node.groups
+            out = node.out or num_classes
+            modules[node.name] = factory.conv(node.name, channels, out, node.kernel, node.padding, node.stride,
+                                              groups)
+            if node.bn and isinstance(factory, FloatLayers):
+                modules[f"{node.name}_bn"] = factory.batch_norm(out)
+            side = [(s + 2 * node.padding - node.kernel) // node.stride + 1 for s in (height, width)]
+            shape = (out, *side)
+        elif node.kind == "linear":
+            out = node.out or num_classes
+            modules[node.name] = factory.linear(node.name, _product(shape), out)
+            shape = (out,)
+        elif node.kind == "relu":
+            modules[node.name] = factory.relu(reader)
+        elif node.kind == "addq":
+            if module_name(node) not in modules:
+                modules[module_name(node)] = factory.shared_quant(reader)
+        elif node.kind == "add":
+            modules[node.name] = Add()
+        elif node.kind == "maxpool":
+            modules[node.name] = nn.MaxPool2d(node.kernel, node.stride)
+            shape = (shape[0], *(s // node.stride for s in shape[1:]))
+        elif node.kind == "gap":
+            modules[node.name] = nn.AdaptiveAvgPool2d(1)
+            shape = (shape[0], 1, 1)
+        elif node.kind == "flatten":
+            modules[node.name] = nn.Flatten()
+            shape = (_product(shape),)
+        if min(shape) < 1:
+            raise ValueError(f"Image size {image_size} is too small for {node.name}")
+        shapes[node.name] = shape
+    return modules
+
+
+def weight_nodes_of(nodes: tuple[Node, ...]) -> list[str]:
+    """Return the names of the weight nodes among `nodes`, in order."""
+    return [node.name for node in nodes if node.kind in ("conv", "linear")]
+
+
+def _build_graph(arch: str, factory: Any, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> Any:
+    from dsetool.models.graphnet import GraphNet
+
+    nodes = GRAPHS[arch]
+    modules = _graph_modules(nodes, factory, in_channels, image_size, num_classes)
+    input_quant = modules.pop("input_quant")
+    graph = (Node("input_quant", "input", (GRAPH_INPUT,)),   # the input quantizer runs first, on the images
+             *(Node(n.name, n.kind, tuple("input_quant" if i == GRAPH_INPUT else i for i in n.inputs), n.out,
+                    n.kernel, n.stride, n.padding, n.groups, n.bn) for n in nodes))
+    return GraphNet(graph, {"input_quant": input_quant, **modules})
+
+
 def build_model(arch: str, *, in_channels: int, num_classes: int, image_size: tuple[int, int],
                 quant: QuantSpec | None = None, mlp_hidden: tuple[int, ...] = DEFAULT_MLP_HIDDEN
                 ) -> torch.nn.Module:
@@ -215,10 +306,12 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, image_size: tu
 
     from dsetool.models.quant import QuantLayers
 
-    specs = layers(arch, mlp_hidden)
     if quant is not None:
         _check_overrides(arch, quant, weight_layer_names(arch, mlp_hidden))
     factory = FloatLayers() if quant is None else QuantLayers(quant)
+    if arch in GRAPHS:
+        return _build_graph(arch, factory, in_channels, num_classes, image_size)
+    specs = layers(arch, mlp_hidden)
     height, width = image_size
     children = _Builder(factory, in_channels, (height, width), num_classes).build(specs)
     return nn.Sequential(OrderedDict(children))
