@@ -11,7 +11,7 @@ import dataclasses
 
 from dsetool.config import RunConfig
 from dsetool.data import geometry_of
-from dsetool.models.shapes import Gemm, gemm_shapes
+from dsetool.models.shapes import Gemm, array_gemms, gemm_shapes
 from hw.arrayconfig import PROTECTIONS, ArrayConfig
 
 
@@ -49,7 +49,7 @@ def network_cycles(cfg: RunConfig) -> int:
     """Return the array cycles of one inference (closed form, every layer's GEMM tiled onto the array)."""
     from hw.cycles import network_cycles as cycles
 
-    return cycles([(g.m, g.k, g.n) for g in network_gemms(cfg)], cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow)
+    return cycles(array_gemms(network_gemms(cfg)), cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow)
 
 
 def baseline(cfg: RunConfig) -> RunConfig:

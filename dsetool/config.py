@@ -29,11 +29,12 @@ from dsetool.validate import (
     suggest_key,
     to_plain,
 )
+from dsetool.models import zoo
 from dsetool.yamlfile import parse as parse_yaml
 from dsetool.yamlfile import read_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ARCHITECTURES = ("lenet5", "alexnet32", "mlp")
+ARCHITECTURES = zoo.ARCHITECTURES
 
 
 @dataclass(frozen=True)

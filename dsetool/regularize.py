@@ -44,8 +44,15 @@ _PENALTIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def relu_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Return the model's ReLUs by name (`relu1`, `relu2`, ...: the zoo numbers them in order)."""
-    return {name: module for name, module in model.named_children() if name.startswith("relu")}
+    """Return the model's ReLUs (torch's or Brevitas's quantizing ones) by module name (`relu1`, ... in the
+    chain architectures, `layer1.0.relu` in the graph ones)."""
+    from brevitas.nn import QuantReLU
+
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():   # parents first: a QuantReLU's inner nn.ReLU is not another
+        if isinstance(module, nn.ReLU | QuantReLU) and not any(name.startswith(f"{outer}.") for outer in found):
+            found[name] = module
+    return found
 
 
 @contextmanager

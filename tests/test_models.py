@@ -44,13 +44,15 @@ def test_import_does_not_pull_in_torch() -> None:
 
 
 def test_layer_names_and_input_sizes() -> None:
-    assert ARCHITECTURES == ("lenet5", "alexnet32", "mlp")
+    assert ARCHITECTURES == ("lenet5", "alexnet32", "mlp", "resnet8", "resnet20", "mobilenet", "vgg11")
+    assert len(weight_layer_names("resnet20")) == 1 + 3 * 3 * 2 + 2 + 1   # stem, 9 blocks, 2 shortcuts, fc
+    assert weight_layer_names("mobilenet")[:3] == ["conv1", "block1.dw", "block1.pw"]
     assert weight_layer_names("lenet5") == ["conv1", "conv2", "fc1", "fc2", "fc3"]
     assert weight_layer_names("alexnet32") == [f"conv{i}" for i in range(1, 6)] + ["fc1", "fc2", "fc3"]
     assert weight_layer_names("mlp") == ["fc1", "fc2", "fc3"]
     assert weight_layer_names("mlp", (16,)) == ["fc1", "fc2"]
-    assert [input_size(a, (8, 8)) for a in ARCHITECTURES] == [32, 32, None]
-    message = r"^Architecture must be one of 'lenet5', 'alexnet32', 'mlp', not 'vgg'$"
+    assert [input_size(a, (8, 8)) for a in ARCHITECTURES] == [32, 32, None, 32, 32, 32, 32]
+    message = r"^Architecture must be one of 'lenet5', 'alexnet32', 'mlp', 'resnet8', .*, 'vgg11', not 'vgg'$"
     with pytest.raises(ValueError, match=message):
         weight_layer_names("vgg")
 

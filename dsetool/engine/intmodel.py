@@ -6,7 +6,8 @@ so a malformed export fails here with a message naming the file, the op and the 
 fault campaign: op kinds, the graph (each op names the ops it reads, earlier ops only, every op but the
 logits read by another), shapes (re-derived op by op from each op's input), integer dtypes and ranges of
 weights and biases, positive scales, power-of-two exponents under `po2` scaling, and the wiring of scales
-(each weight op's `input_scale` is the scale of the quantizer feeding it).
+(each weight op's `input_scale` is the scale of the quantizer feeding it; an add's two inputs are codes of
+one scale, exactly).
 
 It is the one reader of the export: the rest of the tool asks the `IntModel` for an op's input
 (`input_of`), the quantizer or weight layer behind it (`producer`) and its readers (`consumers`), never

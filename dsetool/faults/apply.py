@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import WeightOp
+from dsetool.engine.intmodel import Conv2d, IntModel, WeightOp
 from dsetool.faults import kernels
 from dsetool.faults.bits import with_masks
-from dsetool.faults.propagate import Propagated, follows, golden_rows, propagate, unchecked_golden
+from dsetool.faults.propagate import Propagated, can_follow, follows, golden_rows, propagate, unchecked_golden
 from dsetool.faults.sites import SiteGroup
 from dsetool.faults.sparse import act_fault_accumulators
 from dsetool.protect.check import acted
@@ -29,8 +29,8 @@ class Network(Protocol):
 
     engine: Engine
 
-    def run_op(self, index: int, tensor: torch.Tensor, checked: bool = True) -> torch.Tensor:
-        """Execute op `index` on its input codes (`checked` False: without the protection after it)."""
+    def run_op(self, index: int, *tensors: torch.Tensor, checked: bool = True) -> torch.Tensor:
+        """Execute op `index` on its input tensors (`checked` False: without the protection after it)."""
         ...
 
     def check(self, index: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -135,6 +135,9 @@ def _weight_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: t
     old = weights[n_idx, k_idx].to(torch.int64)
     delta = (with_masks(old, torch.from_numpy(m), model, group.width, True) - old).to(acc.dtype)
     operand = net.gemm_input(group.op_index, op_input)             # (B, K, M)
+    op = net.weight_op(group.op_index)
+    if isinstance(op, Conv2d) and op.groups > 1:   # output n reads its own group's rows of the operand
+        k_idx = k_idx + torch.div(n_idx, n_out // op.groups, rounding_mode="floor") * k_in
     contribution = delta[:, None] * operand[torch.from_numpy(r), k_idx]   # (F, M)
     flat = acc.reshape(acc.shape[0], n_out, -1).clone(memory_format=torch.contiguous_format)
     flat.view(-1, flat.shape[-1]).index_add_(0, torch.from_numpy(r) * n_out + n_idx, contribution)
@@ -147,11 +150,17 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
 
     `golden[i]` holds op i's output for every campaign input; `inputs[b]` names row b's input. A row
     joins the computation at its first faulted op (its prefix is the golden tensor) and leaves as soon
-    as its tensor is golden again after its last fault (masked: its logits are the golden ones). Rows
-    with a single fault in a layer's input are followed as the values they change (`propagate`) and join
-    the dense rows only where that no longer pays, if their fault was not masked before.
+    as every tensor it still needs is golden again after its last fault (masked: its logits are the golden
+    ones). Rows with a single fault in a layer's input are followed as the values they change
+    (`propagate`) and join the dense rows only where that no longer pays, if their fault was not masked
+    before.
+
+    The dense rows run the ops in order; `frontier` holds, for the live rows, each computed tensor that a
+    later op still reads (in a chain only the latest; a residual branch stays until its add). An op reads
+    a tensor from the frontier, or the golden run when no live row has it computed.
     """
     last_op = net.n_ops - 1
+    graph = net.engine.model
     logits = _rows_of(golden[last_op], inputs)
     detected = np.zeros(len(inputs), dtype=np.bool_)
     masked_by = np.zeros(len(inputs), dtype=np.int8)
@@ -168,12 +177,12 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     if start == 0:
         _missing_input(start)
     pre = np.array([g.hook == "pre" for g in groups])[faults.group]
-    pending: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {}  # op -> (its input, rows) joining there
+    pending: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {}  # op -> (op - 1's output, rows) joining there
     carried_rows = np.zeros(len(inputs), dtype=bool)  # rows whose single fault `_carry` follows
-    weight_ops = np.array([net.weight_op(i) is not None for i in range(net.n_ops)])
-    carried = np.nonzero(pre & weight_ops[fault_ops] & (n_faults[faults.row] == 1))[0]
+    carried = np.nonzero(pre & (n_faults[faults.row] == 1))[0]
     if not follows(net.engine):
         carried = carried[:0]
+    carried = carried[_carriable(net, groups)[faults.group[carried]]]
     if len(carried):
         carried_rows[faults.row[carried]] = True
         first[faults.row[carried]] = np.iinfo(np.int64).max   # they arrive through `pending` only
@@ -187,55 +196,98 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
             else:
                 pending.setdefault(join.op, []).append((join.tensor, rows))
     live = np.zeros(0, dtype=np.int64)
-    tensor: torch.Tensor | None = None
+    frontier: dict[int, torch.Tensor] = {}
     position = np.full(len(inputs), -1, dtype=np.int64)
     entry_ops = set(first[first <= last_op].tolist()) | set(pending)
     if not entry_ops:
         return _masked_at_logits(result, golden[last_op], inputs, n_faults)
+    last_reader = _last_readers(graph)
     for op in range(min(entry_ops), last_op + 1):
-        if tensor is None and op not in entry_ops:
+        if not len(live) and op not in entry_ops:
             continue  # nothing runs here
         joining = np.nonzero(first == op)[0]
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
         dense = np.setdiff1d(joining, sparse, assume_unique=True) if len(sparse) else joining
-        arriving = [(_rows_of(golden[op - 1], inputs[dense]), dense)] if len(dense) else []
-        arriving += pending.pop(op, [])
-        for fresh, rows in arriving:
-            tensor, live = _join(tensor, live, fresh, rows)
+        arriving = [({}, dense)] if len(dense) else []
+        arriving += [({op - 1: tensor}, rows) for tensor, rows in pending.pop(op, [])]
+        for given, rows in arriving:
+            frontier, live = _join(frontier, live, given, rows, golden, inputs)
         if arriving:
             position[live] = np.arange(len(live))
-        before = tensor   # the op's input, with the faults it reads (`_step`)
-        if tensor is not None and len(live):
+        before: torch.Tensor | None = None   # the op's (first) input, with the faults it reads
+        if len(live):
             local = np.where(carried_rows[faults.row], -1, position[faults.row])  # carried: applied already
-            tensor, unchecked, before = _step(net, op, tensor, groups, faults, local, fault_ops, model)
-            golden_in = _rows_of(golden[op - 1], inputs[live])
-            if unchecked is not None:
-                _detect(net.check(op), before != golden_in, unchecked, tensor,
-                        _rows_of(unchecked_golden(net.engine, golden, op), inputs[live]), live, detected)
-            checked_input = net.input_check(op)
-            if checked_input is not None:
-                _detect(checked_input, before != golden_in, before, checked_input(before), golden_in, live, detected)
-                # (the golden input is the buffer's content, unchecked: what a fault changed is what differs)
+            _fault_buffers(frontier, op, groups, faults, local, fault_ops, model, golden, inputs, live)
+            reads = [frontier[i] if i in frontier else _rows_of(golden[i], inputs[live]) for i in graph.inputs[op]]
+            output, unchecked, before = _step(net, op, reads, groups, faults, local, fault_ops, model)
+            frontier[op] = output
+            if unchecked is not None or net.input_check(op) is not None:
+                golden_in = _rows_of(golden[graph.inputs[op][0]], inputs[live])
+                if unchecked is not None:
+                    _detect(net.check(op), before != golden_in, unchecked, output,
+                            _rows_of(unchecked_golden(net.engine, golden, op), inputs[live]), live, detected)
+                checked_input = net.input_check(op)
+                if checked_input is not None:
+                    _detect(checked_input, before != golden_in, before, checked_input(before), golden_in, live,
+                            detected)
+                    # (the golden input is the buffer's content, unchecked: what a fault changed is what differs)
         if len(sparse):
             outputs = _sparse_step(net, op, golden, inputs, sparse, groups, faults, fault_ops, model)
-            tensor, live = _join(tensor, live, outputs, sparse)
+            frontier, live = _join(frontier, live, {op: outputs}, sparse, golden, inputs)
             position[live] = np.arange(len(live))
-        if tensor is None or not len(live):
+        frontier = {i: t for i, t in frontier.items() if last_reader[i] > op or i == last_op}
+        if not len(live):
             continue
         done = final[live] <= op
         if ((op < last_op and net.can_mask(op)) or net.input_check(op) is not None) and done.any():
-            same = ~(tensor != _rows_of(golden[op], inputs[live])).reshape(len(live), -1).any(dim=1).numpy()
+            same = np.ones(len(live), dtype=bool)
+            for i, tensor in frontier.items():
+                same &= ~(tensor != _rows_of(golden[i], inputs[live])).reshape(len(live), -1).any(dim=1).numpy()
             keep = ~(done & same)
             if not keep.all():
                 masked_by[live[~keep]] = _masked_by(net, op, golden, inputs, before, live, ~keep)
-                tensor, live = tensor[torch.from_numpy(keep)], live[keep]
+                index = torch.from_numpy(keep)
+                frontier = {i: tensor[index] for i, tensor in frontier.items()}
+                live = live[keep]
                 position[:] = -1
                 position[live] = np.arange(len(live))
                 if not len(live):
-                    tensor = None  # nobody left; rows joining later start afresh
-    if tensor is not None and len(live):
-        logits[torch.from_numpy(live)] = tensor
+                    frontier = {}  # nobody left; rows joining later start afresh
+    if len(live):
+        logits[torch.from_numpy(live)] = frontier[last_op]
     return _masked_at_logits(result, golden[last_op], inputs, n_faults)
+
+
+def _carriable(net: Network, groups: Sequence[SiteGroup]) -> np.ndarray:
+    """Say per group whether its single faults can be followed sparsely (`propagate`): an activation buffer
+    read only by the weight layer right after the op that writes it (as in a chain)."""
+    graph = net.engine.model
+    return np.array([g.hook == "pre" and g.buffer == g.op_index - 1 and graph.consumers(g.buffer) == (g.op_index,)
+                     and can_follow(net.engine, g.op_index) for g in groups], dtype=bool)
+
+
+def _last_readers(graph: IntModel) -> dict[int, int]:
+    """Return, per op, the last op reading its output (-1: none)."""
+    last = {index: -1 for index in range(len(graph.ops))}
+    for index, reads in enumerate(graph.inputs):
+        for source in reads:
+            if source >= 0:
+                last[source] = index
+    return last
+
+
+def _fault_buffers(frontier: dict[int, torch.Tensor], op: int, groups: Sequence[SiteGroup], faults: Faults,
+                   local: np.ndarray, fault_ops: np.ndarray, model: str, golden: Sequence[torch.Tensor],
+                   inputs: np.ndarray, live: np.ndarray) -> None:
+    """Apply the activation-buffer faults that op `op` is the first to read, to the buffer itself (in the
+    frontier), so every later read of the buffer sees them too."""
+    js = [j for j in np.nonzero((fault_ops == op) & (local >= 0))[0].tolist()
+          if groups[int(faults.group[j])].hook == "pre"]
+    for group_js in _per_group(js, faults):
+        group = groups[int(faults.group[group_js[0]])]
+        buffer = frontier[group.buffer] if group.buffer in frontier else _rows_of(golden[group.buffer], inputs[live])
+        frontier[group.buffer] = _fault_tensor(buffer, group, local[group_js], faults.element[group_js],
+                                               faults.bit[group_js], model)
 
 
 def _masked_at_logits(result: Evaluated, golden_logits: torch.Tensor, inputs: np.ndarray, n_faults: np.ndarray
@@ -267,7 +319,8 @@ def _masked_by(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np
     assert before is not None
     picked = torch.from_numpy(np.nonzero(rows)[0])
     reference = golden[op] if net.check(op) is None else unchecked_golden(net.engine, golden, op)
-    return net.masked_by(op, before[picked], _rows_of(golden[op - 1], inputs[live[rows]]),
+    source = net.engine.model.inputs[op][0]
+    return net.masked_by(op, before[picked], _rows_of(golden[source], inputs[live[rows]]),
                          _rows_of(reference, inputs[live[rows]]))
 
 
@@ -276,16 +329,30 @@ def _rows_of(tensor: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
     return torch.index_select(tensor, 0, torch.from_numpy(rows))
 
 
-def _join(tensor: torch.Tensor | None, live: np.ndarray, fresh: torch.Tensor, rows: np.ndarray
-          ) -> tuple[torch.Tensor, np.ndarray]:
-    joined = fresh if tensor is None else torch.cat([tensor, fresh])
+def _join(frontier: dict[int, torch.Tensor], live: np.ndarray, given: dict[int, torch.Tensor], rows: np.ndarray,
+          golden: Sequence[torch.Tensor], inputs: np.ndarray) -> tuple[dict[int, torch.Tensor], np.ndarray]:
+    """Add `rows` to the live rows: their tensors are `given` where named, else golden (they have no
+    fault before here)."""
+    joined = {}
+    for index in frontier.keys() | given.keys():
+        fresh = given[index] if index in given else _rows_of(golden[index], inputs[rows])
+        if index in frontier:
+            joined[index] = torch.cat([frontier[index], fresh])
+        elif len(live):
+            joined[index] = torch.cat([_rows_of(golden[index], inputs[live]), fresh])
+        else:
+            joined[index] = fresh
     return joined, np.concatenate([live, rows])
 
 
 def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fault_ops: np.ndarray,
                  pre: np.ndarray, n_rows: int) -> np.ndarray:
-    """Return the joining rows whose faults at weight op `op` all sit in its input buffer."""
-    if not len(joining) or net.weight_op(op) is None or net.input_check(op) is not None:
+    """Return the joining rows whose faults at weight op `op` all sit in its input buffer, which no other op
+    reads (else the other reads must see the fault: the dense path)."""
+    weight_op = net.weight_op(op)
+    if not len(joining) or weight_op is None or net.input_check(op) is not None \
+            or (isinstance(weight_op, Conv2d) and weight_op.groups > 1) \
+            or net.engine.model.consumers(net.engine.model.input_of(op)) != (op,):
         return np.zeros(0, dtype=np.int64)
     other = np.zeros(n_rows, dtype=bool)
     at_op = fault_ops == op
@@ -303,7 +370,7 @@ def _carry(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, js:
     for g in np.unique(faults.group[js]).tolist():
         mine = faults.group[js] == g
         group = groups[g]
-        old[mine] = golden_rows(golden[group.op_index - 1])[inputs[rows[mine]], faults.element[js[mine]]]
+        old[mine] = golden_rows(golden[group.buffer])[inputs[rows[mine]], faults.element[js[mine]]]
         width[mine], signed[mine] = group.width, group.signed
     faulty = with_masks(old, np.left_shift(1, faults.bit[js]), model, width, signed)
     return propagate(net.engine, golden, inputs[rows], fault_ops[js], faults.element[js], faulty)
@@ -319,19 +386,19 @@ def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: 
     js = np.nonzero((fault_ops == op) & (local[faults.row] >= 0))[0]
     group = groups[int(faults.group[js[0]])]
     r, e, m = combined_masks(local[faults.row[js]], faults.element[js], faults.bit[js], model)
-    golden_in = _rows_of(golden[op - 1], inputs[rows])
+    golden_in = _rows_of(golden[net.engine.model.input_of(op)], inputs[rows])
     old = golden_in.reshape(len(rows), -1)[torch.from_numpy(r), torch.from_numpy(e)].to(torch.int64)
     faulty = with_masks(old, torch.from_numpy(m), model, group.width, group.signed)
     return act_fault_accumulators(weight_op, net.weight_tensor(op), golden_in, _rows_of(golden[op], inputs[rows]),
                                   r, e, faulty)
 
 
-def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGroup], faults: Faults,
+def _step(net: Network, op: int, reads: list[torch.Tensor], groups: Sequence[SiteGroup], faults: Faults,
           local: np.ndarray, fault_ops: np.ndarray, model: str
           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Run op `op` on the live rows, with the faults that hit its input, its weights or its output; return
-    its output, where a protection follows the op the output before it, and its input with its faults
-    (before the op's input check, if it has one)."""
+    """Run op `op` on the live rows' input tensors `reads` (its buffer faults already in them), with the
+    faults that hit its weights, its PE registers or its output; return its output, where a protection
+    follows the op the output before it, and its (first) input (before the op's input check, if any)."""
     by_hook: dict[str, list[int]] = {}
     for j in np.nonzero((fault_ops == op) & (local >= 0))[0].tolist():
         by_hook.setdefault(groups[int(faults.group[j])].hook, []).append(j)
@@ -339,18 +406,16 @@ def _step(net: Network, op: int, tensor: torch.Tensor, groups: Sequence[SiteGrou
     def where(js: list[int]) -> tuple[SiteGroup, np.ndarray, np.ndarray, np.ndarray]:
         return groups[int(faults.group[js[0]])], local[js], faults.element[js], faults.bit[js]
 
-    for js in _per_group(by_hook.get("pre", []), faults):
-        tensor = _fault_tensor(tensor, *where(js), model)
-    faulted = op_input = tensor
+    faulted = op_input = reads[0]
     input_check = net.input_check(op)
     if input_check is not None:
-        op_input = input_check(tensor)   # what the GEMM multiplies (run_op checks it again: the same)
+        op_input = input_check(faulted)   # what the GEMM multiplies (run_op checks it again: the same)
     check = net.check(op)
     unchecked = None
     if check is None:
-        tensor = net.run_op(op, tensor)
+        tensor = net.run_op(op, *reads)
     else:
-        unchecked = net.run_op(op, tensor, checked=False)
+        unchecked = net.run_op(op, *reads, checked=False)
         tensor = check(unchecked)
     for js in _per_group(by_hook.get("weight", []), faults):
         tensor = _weight_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)

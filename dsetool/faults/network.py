@@ -25,9 +25,12 @@ class EngineNetwork:
         """Return the number of ops."""
         return len(self.engine.model.ops)
 
-    def run_op(self, index: int, tensor: torch.Tensor, checked: bool = True) -> torch.Tensor:
-        """Execute op `index` on its (batched) input (`checked` False: without the protection after it)."""
-        return self.engine.run(tensor, start=index, stop=index + 1, checked=checked)
+    def run_op(self, index: int, *tensors: torch.Tensor, checked: bool = True) -> torch.Tensor:
+        """Execute op `index` on its (batched) input tensors (`checked` False: without the protection after it)."""
+        sources = self.engine.model.inputs[index]
+        cast = [t.to(self.engine.dtypes[source]) if source >= 0 else t.to(torch.float32)
+                for t, source in zip(tensors, sources, strict=True)]
+        return self.engine.step(index, *cast, checked=checked)
 
     def check(self, index: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Return the protection applied to op `index`'s output, if any."""
@@ -51,9 +54,7 @@ class EngineNetwork:
                 return np.where(unchanged, kernels.ARITHMETIC, kernels.POOL).astype(np.int8)
             checked = (input_check(acc) == input_check(golden_acc)).reshape(rows, -1).all(dim=1).numpy()
             return np.where(~unchanged & checked, kernels.PROTECTION, kernels.ARITHMETIC).astype(np.int8)
-        source = self.engine.model.producer(index)
-        assert source is not None
-        requantizer = self.engine.requantizers[source]
+        requantizer = self.engine.output_stages[index]
         faulty, golden = acc.to(torch.float64), golden_acc.to(torch.float64)
         rounded, golden_rounded = requantizer.rounded(faulty), requantizer.rounded(golden)
         codes = rounded.clamp(requantizer.qmin, requantizer.qmax)
@@ -71,16 +72,19 @@ class EngineNetwork:
         return self._weights[index]
 
     def gemm_input(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
-        """Return the (B, K, M) operand matrices of weight op `index` for its input `tensor`."""
+        """Return the (B, K, M) operand matrices of weight op `index` for its input `tensor` (a grouped conv:
+        over all input channels, group after group; its output channel n reads rows
+        group(n) * K_group .. of them, `weight_matrix` holding only the K_group of its own group)."""
         return self.engine.layers[index].im2col(tensor).transpose(1, 2)
 
     def can_mask(self, index: int) -> bool:
         """Say whether op `index` can turn a corrupted input back into the golden output.
 
-        Requantization (rounding, saturation, ReLU) and max-pooling can; a GEMM of a changed input
-        (almost) never gives the golden accumulators, and flatten only reshapes.
+        Requantization (rounding, saturation, ReLU) and max-pooling can; a GEMM, an add or a pool's sum of a
+        changed input (almost) never gives the golden values, and flatten only reshapes.
         """
-        return isinstance(self.engine.model.ops[index], QuantAct | MaxPool2d)
+        op = self.engine.model.ops[index]
+        return isinstance(op, MaxPool2d) or (isinstance(op, QuantAct) and op.kind != "quant_input")
 
     def weight_op(self, index: int) -> WeightOp | None:
         """Return op `index` when it is a conv/linear layer (its geometry), else None."""

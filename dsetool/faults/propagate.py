@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import Conv2d, Flatten, Linear, MaxPool2d, QuantAct
+from dsetool.engine.intmodel import Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct
 from dsetool.faults import kernels
 from dsetool.protect.check import RangeCheck
+
+_SKIP = "skip"   # a step that leaves the values as they are (flatten)
 
 # One scattered multiply-add of the compiled loops costs about this many multiply-adds of the dense
 # layer (BLAS, vectorized); a fault whose change would cost more joins the dense rows there. Only a
@@ -147,7 +149,12 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
             index = int(ahead[0])
             continue
         step = steps[index]
-        if step is None:  # flatten
+        if step is _SKIP:  # flatten
+            index += 1
+            continue
+        if step is None:   # no sparse step here (a branch, an add, a pool's sum): the dense path takes over
+            joins.append(_dense_join(index, golden[index - 1], inputs, changes))
+            changes = Changes.empty()
             index += 1
             continue
         reads = [golden_rows(golden[i]) for i in step.reads]
@@ -207,20 +214,47 @@ class _Step:
 def _steps(engine: Engine) -> list[_Step | None]:
     """Return the step of every op, built once per engine. None: flatten (the same values, numbered
     alike) or the input quantizer (before every weight op: no fault reaches it)."""
-    def build() -> list[_Step | None]:
+    def build() -> list[_Step | str | None]:
         if not follows(engine):
             raise NotImplementedError("The sparse fault path follows range checks only (see `follows`)")
-        builders = {Conv2d: _conv_step, Linear: _linear_step, MaxPool2d: _pool_step, QuantAct: _requantize_step}
-        model_ops = engine.model.ops
-        steps = [None if isinstance(op, Flatten) or (isinstance(op, QuantAct) and engine.model.producer(index) is None)
-                 else builders[type(op)](engine, index) for index, op in enumerate(model_ops)]
-        return [step if step is None else dataclasses.replace(
+        steps = [_sparse_step_of(engine, index, op) for index, op in enumerate(engine.model.ops)]
+        return [step if not isinstance(step, _Step) else dataclasses.replace(
                     step, check=_check(engine.checks.get(step.last), engine.model.ops[step.last].out_shape),
                     input_check=_check(engine.input_checks.get(index), engine.input_shape(index)))
                 for index, step in enumerate(steps)]
 
-    steps: list[_Step | None] = _operand(engine, ("steps", 0), build)
+    steps: list[_Step | str | None] = _operand(engine, ("steps", 0), build)
     return steps
+
+
+def _sparse_step_of(engine: Engine, index: int, op: Op) -> _Step | str | None:
+    """Return how the sparse path crosses op `index`: a step, `_SKIP` (flatten: the same values), or None
+    (the faults join the dense path here). It crosses only chain links: op `index` reads op `index - 1`
+    and nothing else does, so the changes it carries are all that differs."""
+    model = engine.model
+    if not _chained(model, index):
+        return None
+    if isinstance(op, Flatten):
+        return _SKIP
+    if isinstance(op, Conv2d):
+        return _conv_step(engine, index) if op.groups == 1 else None
+    if isinstance(op, Linear):
+        return _linear_step(engine, index)
+    if isinstance(op, MaxPool2d):
+        return _pool_step(engine, index)
+    if isinstance(op, QuantAct) and op.relu and model.producer(index) in engine.requantizers:
+        return _requantize_step(engine, index)
+    return None
+
+
+def _chained(model: IntModel, index: int) -> bool:
+    return index > 0 and model.inputs[index] == (index - 1,) and model.consumers(index - 1) == (index,)
+
+
+def can_follow(engine: Engine, index: int) -> bool:
+    """Say whether a single fault in weight op `index`'s input buffer can start on the sparse path."""
+    return follows(engine) and isinstance(_steps(engine)[index], _Step) \
+        and isinstance(engine.model.ops[index], Conv2d | Linear)
 
 
 def _sparse_limit(op: Conv2d | Linear) -> float:
@@ -282,10 +316,11 @@ def _window(op: Conv2d | MaxPool2d, in_shape: Sequence[int]) -> tuple[np.ndarray
 
 
 def _fused_output_stage(engine: Engine, index: int) -> bool:
-    """Say whether weight op `index`'s output stage is the op right after it."""
+    """Say whether weight op `index`'s output stage (a ReLU requantizer) is the op right after it, and the
+    only reader of its accumulators."""
     model_ops = engine.model.ops
     return index + 1 < len(model_ops) and isinstance(model_ops[index + 1], QuantAct) \
-        and engine.model.producer(index + 1) == index
+        and model_ops[index + 1].relu and _chained(engine.model, index + 1)
 
 
 def golden_rows(tensor: torch.Tensor) -> np.ndarray:
@@ -307,7 +342,7 @@ def unchecked_golden(engine: Engine, golden: Sequence[torch.Tensor], op: int) ->
     """Return output stage `op`'s golden codes before the protection after it (computed once per golden
     tensor). A fault changed a code when it differs from these; the protection then acts on it."""
     return _per_tensor(_UNCHECKED, golden[op],
-                       lambda: engine.run(golden[op - 1], start=op, stop=op + 1, checked=False))
+                       lambda: engine.run(None, start=op, stop=op + 1, checked=False, given=golden))
 
 
 def _per_tensor(cache: dict[int, tuple[weakref.ref[torch.Tensor], Any]], tensor: torch.Tensor,

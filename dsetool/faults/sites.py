@@ -5,6 +5,11 @@ the layer reads (`act`), its stored weights (`weight`), or its requantized outpu
 knows its shape, the register width and signedness of its values, and where in the op sequence a
 fault must be applied, so a campaign can sample sites uniformly over the whole population (early,
 large layers dominate, as in real hardware) and apply them to the engine.
+
+An activation buffer read by several ops (a residual block's input, read by its first conv and by its
+shortcut) is one group, named after the first weight layer reading it: a fault there is seen by every
+read. It is applied when the first op reading the buffer runs (`op_index`), to the buffer itself
+(`buffer`, the op whose output it is), so the later reads see it too.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class SiteGroup:
     signed: bool
     tiling: LayerTiling | None = None   # PE sites: the layer's schedule on the array
     acc_bits: int = 0                    # PE sites: the array's accumulator width (sums wrap there)
+    buffer: int = -1                     # act sites: the op whose output the buffer holds
 
     @property
     def size(self) -> int:
@@ -59,8 +65,9 @@ def _producer(model: IntModel, index: int) -> QuantAct:
 
 
 def _consumer(model: IntModel, index: int) -> int | None:
-    """Return the index of the requantizer of weight op `index`, or None for the logits layer."""
-    return next((j for j, op in enumerate(model.ops) if isinstance(op, QuantAct) and op.relu
+    """Return the index of the requantizer of weight op `index` (the first, if several read it), or None
+    for the logits layer."""
+    return next((j for j, op in enumerate(model.ops) if isinstance(op, QuantAct) and op.kind != "quant_input"
                  and model.producer(j) == index), None)
 
 
@@ -81,7 +88,17 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
     if unknown:
         raise SiteError(f"the model has no weight layer {unknown[0]!r} (layers: {', '.join(names)})")
     chosen = [i for i in indices if not layers or model.ops[i].name in layers]
+    if site == "act":   # one group per buffer, however many weight layers read it
+        chosen = [i for i in chosen if _first_weight_reader(model, model.input_of(i)) == i]
     return [_group(model, site, i, acc_bits, array) for i in chosen]
+
+
+def _first_weight_reader(model: IntModel, buffer: int) -> int:
+    return min(j for j in model.consumers(buffer) if isinstance(model.ops[j], WeightOp))
+
+
+def _grouped(op: WeightOp) -> bool:
+    return isinstance(op, Conv2d) and op.groups > 1
 
 
 def gemm_shape(op: WeightOp) -> tuple[int, int, int]:
@@ -95,6 +112,9 @@ def gemm_shape(op: WeightOp) -> tuple[int, int, int]:
 def _pe_group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int], array: ArrayConfig) -> SiteGroup:
     op = model.ops[index]
     assert isinstance(op, WeightOp)
+    if _grouped(op):
+        raise SiteError(f"site {site!r}: layer {op.name} is a grouped convolution, whose schedule on the array "
+                        "the PE fault model does not map yet (choose act, weight or out, or other layers)")
     tiling = LayerTiling(*gemm_shape(op), array.rows, array.cols, array.dataflow)
     accumulator = array.acc_bits or acc_bits[op.name]
     if site == "pe.act":
@@ -116,7 +136,10 @@ def _group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int],
         return _pe_group(model, site, index, acc_bits, array)
     if site == "act":
         producer = _producer(model, index)
-        return SiteGroup(site, op.name, index, "pre", model.input_shape_of(index), producer.bits, producer.signed)
+        buffer = model.input_of(index)
+        first = min(model.consumers(buffer))   # the first op reading the buffer applies the fault
+        return SiteGroup(site, op.name, first, "pre", model.input_shape_of(index), producer.bits, producer.signed,
+                         buffer=buffer)
     if site == "weight":
         return SiteGroup(site, op.name, index, "weight", tuple(op.weight.shape), op.weight_bits, True)
     consumer = _consumer(model, index)

@@ -437,14 +437,22 @@ def export_integer(model: nn.Module, out_dir: Path, *, arch: str, input_shape: t
 
     The ops (shapes are per image, channels first; torch layouts throughout):
 
-    - `quant_input`, `quant_relu`: y = clamp(round(x / scale), min, max) at `bits` (`signed`,
-      `narrow_range`, `zero_point` 0, `rounding` "half_even"); quant_relu applies ReLU to x first. `scale`
-      is a float, with `scale_exp` (scale == 2**scale_exp) when scaling is po2.
+    - `quant_input`, `quant_relu`, `quant_identity`: y = clamp(round(x / scale), min, max) at `bits`
+      (`signed`, `narrow_range`, `zero_point` 0, `rounding` "half_even"); quant_relu applies ReLU to x
+      first. `scale` is a float, with `scale_exp` (scale == 2**scale_exp) when scaling is po2.
+      quant_input reads the images; the others read another op's integers, x being those integers times
+      that op's scale (a requantization).
     - `conv2d`, `linear`: acc = sum(x_int * w_int) + bias_int, exactly; the float output is
       acc * input_scale * weight_scale (per output channel when `weight_granularity` is per_channel). npz
       keys `<name>.weight` (int8 / int16), `<name>.weight_scale` (float64, shape () or (out,)),
-      `<name>.bias` (int64, in the accumulator scale, clamped to `bias_bits`).
+      `<name>.bias` (int64, in the accumulator scale, clamped to `bias_bits`). A conv has `groups`
+      (weight (out, in / groups, kh, kw); absent means 1), `stride` and `padding` (zeros).
     - `maxpool2d` (kernel, stride, padding) and `flatten` (channels-height-width order) act on the integers.
+    - `avgpool2d` (kernel, stride, padding): the integer sum of each window (zeros where padding), at the
+      input's scale divided by kh * kw; a global average pool is one window over the whole map. The
+      quantizer reading it divides as part of its requantization, as Brevitas scales a pooled QuantTensor.
+    - `add`: the sum of two quantizers' codes of one scale (exactly equal: the loader checks), an integer
+      at that scale; read by a quantizer, as a residual block's output quantizer reads it.
 
     The last op is the linear layer whose float output is the logits (`logits` names it).
     """

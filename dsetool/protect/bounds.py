@@ -1,8 +1,9 @@
 """Profiled activation bounds: the range of codes each protected tensor takes on the calibration split.
 
-A protected tensor is the requantized output of a weight layer: what the array's output stage writes
-back and the next layer reads, where the paper's range check sits (every layer but the logits one,
-unless the experiment names fewer). Bounds are integer codes at the tensor's own scale, one pair per
+A protected tensor is the output of a requantizer: a weight layer's requantized output, what the array's
+output stage writes back and the next layer reads, where the paper's range check sits (every layer but
+the logits one, unless the experiment names fewer), and in graph networks also the requantized sum of a
+residual add or of an average pool (named after their quantizer, e.g. `layer1.0.relu`). Bounds are integer codes at the tensor's own scale, one pair per
 tensor or per output channel (axis 1), found by running the integer engine on the calibration images.
 
 Then, in this order: the range mode (Ozen's ablation) picks `profiled` (each tensor its own), `global`
@@ -52,15 +53,18 @@ class Bounds:
 
 
 def protected_ops(model: IntModel, layers: Sequence[str]) -> list[tuple[str, int]]:
-    """Return (weight layer, index of its output-stage op) for every protected tensor, in network order:
-    the chosen layers, or all that have a requantized output when `layers` is empty."""
+    """Return (name, index of its output-stage op) for every protected tensor, in network order: the
+    chosen layers, or all requantized outputs when `layers` is empty. The name is the weight layer whose
+    accumulators the stage requantizes, else the quantizer's own (after an add or a pool)."""
     found = []
     for index, op in enumerate(model.ops):
-        source = model.producer(index) if isinstance(op, QuantAct) else None
-        if source is not None and isinstance(model.ops[source], WeightOp):
-            name = model.ops[source].name
-            if not layers or name in layers:
-                found.append((name, index))
+        if not isinstance(op, QuantAct) or op.kind == "quant_input":
+            continue
+        source = model.producer(index)
+        assert source is not None   # the loader checked: only quant_input reads the images
+        name = model.ops[source].name if isinstance(model.ops[source], WeightOp) else op.name
+        if not layers or name in layers:
+            found.append((name, index))
     return found
 
 

@@ -14,6 +14,7 @@ import torch
 
 from dsetool.data import DataSplits
 from dsetool.models.export import calibrate_activations, export_integer, export_qonnx
+from dsetool.models.fold import folded_state
 from dsetool.models.zoo import load_float_weights
 from dsetool.regularize import activation_sparsity
 from dsetool.sam import SHARPNESS_RHO, model_hessian_trace, model_sharpness
@@ -68,8 +69,12 @@ def _label(ctx: StageContext, method: str) -> str:
 
 
 def _from_float(ctx: StageContext, splits: DataSplits) -> torch.nn.Module:
+    """Return the quantized network starting from the float baseline's weights, its batch norms folded
+    into the convs before them (the quantized network has none; `models.fold`)."""
+    float_model = new_model(ctx.config, splits, quantized=False)
+    float_model.load_state_dict(load_state(ctx.upstream["pretrain"].artifact(MODEL_FILE)))
     model = new_model(ctx.config, splits, quantized=True)
-    load_float_weights(model, load_state(ctx.upstream["pretrain"].artifact(MODEL_FILE)))
+    load_float_weights(model, folded_state(float_model))
     return model
 
 

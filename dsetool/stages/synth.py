@@ -25,6 +25,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from dsetool.arrays import accumulator_depth, array_config, network_gemms, rtl_protection
+from dsetool.models.shapes import array_gemms
 from dsetool.config import RunConfig
 from dsetool.stages import StageContext
 from dsetool.store import Result
@@ -99,7 +100,7 @@ def derived_metrics(cfg: RunConfig, metrics: dict[str, Any], base: dict[str, Any
     from hw.cycles import network_cycles
 
     drain = metrics.get("drain_cycles", 0)
-    cycles = network_cycles([(g.m, g.k, g.n) for g in network_gemms(cfg)], cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow,
+    cycles = network_cycles(array_gemms(network_gemms(cfg)), cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow,
                             drain if isinstance(drain, int) else 0)
     fmax = metrics.get("fmax_mhz")
     latency = cycles / fmax if isinstance(fmax, int | float) and fmax > 0 else None

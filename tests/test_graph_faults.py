@@ -1,0 +1,167 @@
+"""Faults in graph-shaped networks (residual adds, a depthwise conv, average pooling): the campaign's
+fast path (frontier of live branch tensors, sparse chain segments, early exit) equals recomputing each
+faulty inference from scratch, for every site kind, single and multiple faults, with and without range
+checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dsetool.engine import Engine
+from dsetool.faults import propagate
+from dsetool.faults.apply import Faults, evaluate
+from dsetool.faults.bits import apply_fault
+from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard
+from dsetool.faults.network import EngineNetwork
+from dsetool.faults.sites import SiteError, site_groups
+from dsetool.protect.bounds import protected_ops
+from dsetool.protect.check import RangeCheck
+from hw.arrayconfig import ArrayConfig
+from tests.fixtures.engines import digits, exported_engine
+
+N_INPUTS = 16
+SIDE = 16
+
+
+@pytest.fixture(scope="module", params=["resnet8", "mobilenet"])
+def graph(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    torch.set_num_threads(1)
+    engine = exported_engine(tmp_path_factory.mktemp(request.param), request.param, bits=4, size=SIDE)
+    x = digits(SIDE).test.x[:N_INPUTS]
+    return engine, x
+
+
+def _spec(faults_per_inference: int = 1, seed: int = 3) -> CampaignSpec:
+    return CampaignSpec(model="bitflip", bits="all", faults_per_inference=faults_per_inference, ber=None,
+                        samples=80, margin=0.02, confidence=0.95, early_stop=False, seed=seed, shard_size=80,
+                        batch_size=80)
+
+
+def brute_force(engine: Engine, group, x_row: torch.Tensor, element: int, bit: int, model: str) -> torch.Tensor:
+    """Recompute one faulty inference: fault the buffer (or the weights, or an output), rerun the graph."""
+    if group.hook == "weight":
+        layer = engine.layers[group.op_index]
+        saved = layer.weight.clone()
+        k_in = layer.weight.shape[0]
+        old = layer.weight[element % k_in, element // k_in].to(torch.int64).reshape(1)
+        layer.weight[element % k_in, element // k_in] = apply_fault(old, torch.tensor([bit]), model, group.width,
+                                                                    True).to(layer.weight.dtype)[0]
+        try:
+            return engine.run(x_row[None])
+        finally:
+            layer.weight.copy_(saved)
+    outputs = engine.run(x_row[None], keep=True)
+    target = group.buffer if group.hook == "pre" else group.op_index
+    flat = outputs[target].reshape(-1).clone()
+    old = flat[element].to(torch.int64).reshape(1)
+    flat[element] = apply_fault(old, torch.tensor([bit]), model, group.width, group.signed).to(flat.dtype)[0]
+    outputs[target] = flat.reshape(outputs[target].shape)
+    if target + 1 == len(outputs):
+        return outputs[target]
+    return engine.run(None, start=target + 1, given=outputs)
+
+
+def _evaluate(engine: Engine, x: torch.Tensor, site: str, spec: CampaignSpec, array: ArrayConfig | None = None):
+    network = EngineNetwork(engine)
+    groups = site_groups(engine.model, site, [], network.acc_bits(), array)
+    golden = Golden(engine.run(x, keep=True), torch.zeros(len(x), dtype=torch.int64), network.logit_scale())
+    faults = draw_shard(spec, groups, N_INPUTS, shard=0, size=spec.samples)
+    evaluated = evaluate(network, golden.outputs, faults.inputs, groups,
+                         Faults(faults.trial, faults.group, faults.element, faults.bit), spec.model)
+    return groups, faults, evaluated
+
+
+@pytest.mark.parametrize("site", ["act", "weight", "out"])
+def test_single_faults_equal_recomputing(graph, site: str) -> None:
+    engine, x = graph
+    groups, faults, evaluated = _evaluate(engine, x, site, _spec())
+    for t in range(faults.size):
+        group = groups[int(faults.group[t])]
+        expected = brute_force(engine, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]), "bitflip")
+        assert torch.equal(evaluated.logits[t], expected.reshape(-1)), (site, group.layer, t)
+
+
+def recompute_with_buffer_faults(engine: Engine, groups, x_row: torch.Tensor, picked: list[tuple[int, int, int]],
+                                 model: str) -> torch.Tensor:
+    """Run the graph op by op, faulting each op's output as soon as it is computed: `picked` holds
+    (group, element, bit) of act or out faults."""
+    values: dict[int, torch.Tensor] = {}
+    for index in range(len(engine.model.ops)):
+        reads = [x_row[None] if source < 0 else values[source] for source in engine.model.inputs[index]]
+        out = engine.step(index, *reads)
+        for group_index, element, bit in picked:
+            group = groups[group_index]
+            if (group.buffer if group.hook == "pre" else group.op_index) == index:
+                flat = out.reshape(-1).clone()
+                old = flat[element].to(torch.int64).reshape(1)
+                flat[element] = apply_fault(old, torch.tensor([bit]), model, group.width, group.signed).to(flat.dtype)[0]
+                out = flat.reshape(out.shape)
+        values[index] = out
+    return values[len(engine.model.ops) - 1]
+
+
+@pytest.mark.parametrize("site", ["act", "out"])
+def test_several_faults_per_inference_equal_recomputing(graph, site: str) -> None:
+    """Three faults per inference, often on both branches of a block: every one must reach the add."""
+    engine, x = graph
+    groups, faults, evaluated = _evaluate(engine, x, site, _spec(faults_per_inference=3, seed=5))
+    for trial in range(faults.size):
+        picked = [(int(faults.group[j]), int(faults.element[j]), int(faults.bit[j]))
+                  for j in np.nonzero(faults.trial == trial)[0]]
+        expected = recompute_with_buffer_faults(engine, groups, x[faults.inputs[trial]], picked, "bitflip")
+        assert torch.equal(evaluated.logits[trial], expected.reshape(-1)), (site, trial)
+
+
+def test_a_buffer_read_twice_is_one_act_site_group(graph) -> None:
+    """A residual block's input feeds its first conv and its shortcut: one act group, counted once, named
+    after the first layer reading it and applied where the first op reads it."""
+    engine, _ = graph
+    model = engine.model
+    groups = site_groups(model, "act", [], EngineNetwork(engine).acc_bits())
+    buffers = [g.buffer for g in groups]
+    read_by_weights = {model.input_of(i) for i in engine.layers}
+    assert sorted(buffers) == sorted(read_by_weights)   # every buffer once
+    for group in groups:
+        assert group.op_index == min(model.consumers(group.buffer))
+        assert group.size == int(np.prod(model.ops[group.buffer].out_shape))
+    shared = [b for b in buffers if len(model.consumers(b)) > 1]
+    assert bool(shared) == (model.arch == "resnet8")
+
+
+def test_range_checks_on_every_requantizer_equal_recomputing(graph) -> None:
+    engine, x = graph
+    model = engine.model
+    checks = {index: RangeCheck("clip", np.ones(model.ops[index].out_shape[0], dtype=np.int64),
+                                np.full(model.ops[index].out_shape[0], max(1, model.ops[index].qrange[1] // 2),
+                                        dtype=np.int64))
+              for _, index in protected_ops(model, [])}
+    checked = Engine(model, checks=checks)
+    groups, faults, evaluated = _evaluate(checked, x, "act", _spec(seed=9))
+    for t in range(faults.size):
+        group = groups[int(faults.group[t])]
+        expected = brute_force(checked, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]),
+                               "bitflip")
+        assert torch.equal(evaluated.logits[t], expected.reshape(-1)), (group.layer, t)
+
+
+def test_sparse_and_dense_paths_agree(graph, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, x = graph
+    results = []
+    for cost in (0, 10**9):
+        monkeypatch.setattr(propagate, "SPARSE_COST", cost)
+        propagate._OPERANDS.pop(engine, None)
+        _, _, evaluated = _evaluate(engine, x, "act", _spec(seed=11))
+        results.append(evaluated)
+    assert torch.equal(results[0].logits, results[1].logits)
+    assert np.array_equal(results[0].masked_by, results[1].masked_by)
+
+
+def test_pe_faults_refuse_a_depthwise_conv_clearly(tmp_path: Path) -> None:
+    engine = exported_engine(tmp_path, "mobilenet", bits=4, size=SIDE)
+    array = ArrayConfig(rows=4, cols=4, act_bits=4, weight_bits=4)
+    with pytest.raises(SiteError, match=r"layer block1.dw is a grouped convolution"):
+        site_groups(engine.model, "pe.psum", [], EngineNetwork(engine).acc_bits(), array)
