@@ -58,8 +58,16 @@ class DataConfig:
 class ModelConfig:
     """The network architecture."""
 
-    arch: str = spec("lenet5", choices=ARCHITECTURES, help="network architecture")
+    arch: str = spec("lenet5", choices=ARCHITECTURES, help="network architecture (built in)")
     mlp_hidden: tuple[int, ...] = spec((64, 32), range=(1, 65536), help="hidden widths of the mlp")
+    factory: str = spec("", help="your own network instead of arch: FILE.py:FUNCTION or package.module:FUNCTION, "
+                                 "called with in_channels, num_classes and image_size, returning a float "
+                                 "torch.nn.Module (trained at the data's native size)")
+
+    @property
+    def label(self) -> str:
+        """Return the network's name in reports: the architecture, or the factory function's name."""
+        return self.factory.rpartition(":")[2] if self.factory else self.arch
 
 
 @dataclass(frozen=True)
@@ -403,18 +411,43 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     raw[leaf] = value
 
 
-def normalize(config: RunConfig, source: str) -> RunConfig:
-    """Resolve shorthands so equal design points compare (and hash) equal; check cross-field rules."""
+def network_layers(config: RunConfig, source: str = "") -> list[str]:
+    """Return the weight-layer names of the design point's network, in execution order (a factory network
+    is built and checked once per file content and data geometry: torch is imported only then)."""
     from dsetool.models.zoo import weight_layer_names
 
+    if not config.model.factory:
+        return weight_layer_names(config.model.arch, config.model.mlp_hidden)
+    return list(factory_info(config, source).weight_layers)
+
+
+def factory_info(config: RunConfig, source: str = "") -> Any:
+    """Return the `dsetool.models.factory.FactoryInfo` of a factory network; a broken factory is a
+    ConfigError on `model.factory`."""
+    from dsetool.data import geometry_of
+    from dsetool.models.factory import FactoryError, describe, source_digest
+
+    try:
+        channels, native, classes = geometry_of(config.data.name, config.data.root)
+        return describe(config.model.factory, source_digest(config.model.factory), channels, tuple(native), classes)
+    except FactoryError as error:
+        raise ConfigError(source or str(config.name), "model.factory", str(error)) from None
+
+
+def normalize(config: RunConfig, source: str) -> RunConfig:
+    """Resolve shorthands so equal design points compare (and hash) equal; check cross-field rules."""
+
     quant = config.quant
-    layers = weight_layer_names(config.model.arch, config.model.mlp_hidden)
+    if config.model.factory and quant.layers:
+        raise ConfigError(source, "quant.layers", "per-layer bit widths are not offered for model.factory networks "
+                                                  "(Brevitas's graph quantizer applies one width per layer kind)")
+    layers = network_layers(config, source)
     for key, names in (("quant.layers", list(quant.layers)), ("faults.layers", list(config.faults.layers)),
                        ("protect.layers", list(config.protect.layers))):
         for name in names:
             if name not in layers:
                 raise ConfigError(source, f"{key}.{name}" if key == "quant.layers" else key,
-                                  f"{config.model.arch} has no layer {name!r}" + did_you_mean(name, layers))
+                                  f"{config.model.label} has no layer {name!r}" + did_you_mean(name, layers))
     if quant.bits is not None:
         quant = dataclasses.replace(quant, weight_bits=quant.bits, act_bits=quant.bits, bits=None)
     config = dataclasses.replace(config, quant=quant)

@@ -11,3 +11,5 @@ import warnings
 
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
+# Brevitas's fx backport reads a deprecated pytree field on every trace (graph quantization of a factory model).
+warnings.filterwarnings("ignore", message=r"`treespec.children_specs` is deprecated")

@@ -97,7 +97,7 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
 
     array = array_config(cfg)
     hw = cfg.hw
-    return {"model": cfg.model.arch, "dataset": cfg.data.name, "weight_bits": array.weight_bits,
+    return {"model": cfg.model.label, "dataset": cfg.data.name, "weight_bits": array.weight_bits,
             "act_bits": array.act_bits, "method": cfg.quant.method, "protection": hw.protection, "tmr": hw.tmr,
             "protection_label": protection_label(hw.protection, hw.tmr),
             "array": f"{hw.rows}x{hw.cols} {hw.dataflow}", "multiplier": hw.multiplier, "target": hw.target}

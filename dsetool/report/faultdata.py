@@ -84,7 +84,6 @@ def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 
 def _network_order(p: PointResults) -> list[str]:
-    from dsetool.models.zoo import weight_layer_names
+    from dsetool.config import network_layers
 
-    model = p.point.config.model
-    return weight_layer_names(model.arch, model.mlp_hidden)
+    return network_layers(p.point.config)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dsetool.config import RANGE_PROTECTIONS, TRAIN_THREADS, RunConfig
+from dsetool.validate import ConfigError
 from dsetool.progress import Reporter, SilentReporter
 from dsetool.store import Entry, Result, Store, make_key
 from dsetool.validate import to_plain
@@ -55,8 +56,18 @@ def _pretrain_reads(cfg: RunConfig) -> dict[str, Any]:
     for name in ("calib_size", "root", "download"):  # where the files live must not change the key
         data.pop(name)
     model = to_plain(cfg.model)
-    if cfg.model.arch != "mlp":
+    if cfg.model.arch != "mlp" or cfg.model.factory:
         model.pop("mlp_hidden")
+    if cfg.model.factory:   # the user's network: its source, not the built-in arch, says what it is
+        from dsetool.models.factory import FactoryError, source_digest
+
+        model.pop("arch")
+        try:
+            model["factory_source"] = source_digest(cfg.model.factory)
+        except FactoryError as error:
+            raise ConfigError(str(cfg.name), "model.factory", str(error)) from None
+    else:
+        model.pop("factory")   # absent from keys made before factories existed
     content = _data_content(cfg.data.name, cfg.data.root)
     if content is not None:   # a user's images: what they are, not where they live (built-in sets: the name)
         data["content"] = content

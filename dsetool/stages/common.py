@@ -12,7 +12,9 @@ import dsetool.quiet  # noqa: F401  (before Brevitas is imported)
 from dsetool.config import RunConfig
 from dsetool.data import DataSplits, geometry_of, load_dataset
 from dsetool.models.quant import LayerBits, QuantSpec
-from dsetool.models.zoo import build_model, input_size
+from dsetool.models.fold import folded_state
+from dsetool.models.zoo import build_model, input_size, load_float_weights
+from dsetool.validate import ConfigError
 from dsetool.training import pick_device, seed_everything
 
 MODEL_FILE = "model.pt"
@@ -28,7 +30,8 @@ def prepare(cfg: RunConfig, threads: int | None = None) -> tuple[DataSplits, tor
     native = geometry_of(cfg.data.name, cfg.data.root)[1]
     splits = load_dataset(
         cfg.data.name, root=cfg.data.root, download=cfg.data.download,
-        image_size=input_size(cfg.model.arch, native), val_fraction=cfg.data.val_fraction,
+        image_size=None if cfg.model.factory else input_size(cfg.model.arch, native),
+        val_fraction=cfg.data.val_fraction,
         test_fraction=cfg.data.test_fraction, calib_size=cfg.data.calib_size,
         max_train=cfg.data.max_train, split_seed=cfg.data.split_seed,
     )
@@ -47,14 +50,36 @@ def quant_spec(cfg: RunConfig) -> QuantSpec:
                      relu_unsigned=q.relu_unsigned)
 
 
-def new_model(cfg: RunConfig, splits: DataSplits, quantized: bool) -> torch.nn.Module:
-    """Build the design point's network, float or quantized, with fixed initial weights."""
+def new_model(cfg: RunConfig, splits: DataSplits, quantized: bool,
+              float_state: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Build the design point's network, float or quantized, with fixed initial weights.
+
+    With `float_state` (the float baseline's weights) the quantized network starts from them: a built-in
+    one takes the weight layers of the float model with its batch norms folded in (`models.fold`), a
+    factory network is quantized from the float model itself (Brevitas merges the norms)."""
     torch.manual_seed(cfg.seed)
-    return build_model(
-        cfg.model.arch, in_channels=splits.in_channels, num_classes=splits.num_classes,
-        image_size=splits.image_size, quant=quant_spec(cfg) if quantized else None,
-        mlp_hidden=cfg.model.mlp_hidden,
-    )
+    if cfg.model.factory:
+        from dsetool.models.factory import FactoryError, build_float, quantize, source_file
+
+        try:
+            model = build_float(cfg.model.factory, splits.in_channels, splits.num_classes, splits.image_size)
+            if float_state is not None:
+                model.load_state_dict(float_state)
+            return quantize(model, quant_spec(cfg), source_file(cfg.model.factory)) if quantized else model
+        except FactoryError as error:
+            raise ConfigError(str(cfg.name), "model.factory", str(error)) from None
+    float_model = build_model(cfg.model.arch, in_channels=splits.in_channels, num_classes=splits.num_classes,
+                              image_size=splits.image_size, mlp_hidden=cfg.model.mlp_hidden)
+    if not quantized:
+        if float_state is not None:
+            float_model.load_state_dict(float_state)
+        return float_model
+    model = build_model(cfg.model.arch, in_channels=splits.in_channels, num_classes=splits.num_classes,
+                        image_size=splits.image_size, quant=quant_spec(cfg), mlp_hidden=cfg.model.mlp_hidden)
+    if float_state is not None:
+        float_model.load_state_dict(float_state)
+        load_float_weights(model, folded_state(float_model))
+    return model
 
 
 def save_model(model: torch.nn.Module, out: Path) -> None:

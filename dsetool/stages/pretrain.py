@@ -17,7 +17,7 @@ def run(ctx: StageContext) -> Result:
     splits, device = prepare(cfg)
     model = new_model(cfg, splits, quantized=False)
     history = train(model, splits.train, splits.val, cfg.train.pretrain, seed=cfg.seed, device=device,
-                    reporter=ctx.reporter, description=f"float {cfg.model.arch}", scratch=ctx.scratch,
+                    reporter=ctx.reporter, description=f"float {cfg.model.label}", scratch=ctx.scratch,
                     objective=objective(cfg, qat=False))
     save_model(model, ctx.out)
     write_json(ctx.out / HISTORY_FILE, history)

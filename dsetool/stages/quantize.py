@@ -14,8 +14,6 @@ import torch
 
 from dsetool.data import DataSplits
 from dsetool.models.export import calibrate_activations, export_integer, export_qonnx
-from dsetool.models.fold import folded_state
-from dsetool.models.zoo import load_float_weights
 from dsetool.regularize import activation_sparsity
 from dsetool.sam import SHARPNESS_RHO, model_hessian_trace, model_sharpness
 from dsetool.stages import StageContext
@@ -65,17 +63,13 @@ def run_ptq(ctx: StageContext) -> Result:
 
 def _label(ctx: StageContext, method: str) -> str:
     q = ctx.config.quant
-    return f"{method} {ctx.config.model.arch} W{q.weight_bits}A{q.act_bits}"
+    return f"{method} {ctx.config.model.label} W{q.weight_bits}A{q.act_bits}"
 
 
 def _from_float(ctx: StageContext, splits: DataSplits) -> torch.nn.Module:
-    """Return the quantized network starting from the float baseline's weights, its batch norms folded
-    into the convs before them (the quantized network has none; `models.fold`)."""
-    float_model = new_model(ctx.config, splits, quantized=False)
-    float_model.load_state_dict(load_state(ctx.upstream["pretrain"].artifact(MODEL_FILE)))
-    model = new_model(ctx.config, splits, quantized=True)
-    load_float_weights(model, folded_state(float_model))
-    return model
+    """Return the quantized network starting from the float baseline's weights (`common.new_model`)."""
+    state = load_state(ctx.upstream["pretrain"].artifact(MODEL_FILE))
+    return new_model(ctx.config, splits, quantized=True, float_state=state)
 
 
 def _calib_batches(splits: DataSplits) -> Iterator[torch.Tensor]:
@@ -89,7 +83,7 @@ def _finish(ctx: StageContext, model: torch.nn.Module, splits: DataSplits, devic
     save_model(model, ctx.out)
     model.cpu()
     shape = (splits.in_channels, *splits.image_size)
-    export_integer(model, ctx.out, arch=ctx.config.model.arch, input_shape=shape)
+    export_integer(model, ctx.out, arch=ctx.config.model.label, input_shape=shape)
     qonnx = "ok"
     try:
         export_qonnx(model, ctx.out / QONNX_FILE, input_shape=shape)
