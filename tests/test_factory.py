@@ -1,0 +1,142 @@
+"""The user's own network (`model.factory`): quantized by Brevitas's graph quantizer and run bit for bit on
+the engine (residual adds, batch norms, a depthwise and a strided conv, global average pooling); a broken
+factory is a one-line configuration error; its source is part of the store key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dsetool.cli import main
+from dsetool.config import RunConfig, load_experiment
+from dsetool.stages import stage_key
+
+NETWORK = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, groups=cout, bias=False)   # depthwise
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \\
+            if stride != 1 or cin != cout else nn.Identity()
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class Net(nn.Module):
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(Block(8, 8, 1), Block(8, 16, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+def make(in_channels, num_classes, image_size):
+    return Net(in_channels, num_classes)
+'''
+
+
+@pytest.fixture
+def network_file(tmp_path: Path) -> Path:
+    path = tmp_path / "net.py"
+    path.write_text(NETWORK)
+    return path
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_a_factory_network_runs_bit_for_bit_on_the_engine(tmp_path: Path, network_file: Path, bits: int) -> None:
+    torch = pytest.importorskip("torch")
+    from dsetool.engine import Engine, load_intmodel
+    from dsetool.models.export import calibrate_activations, export_integer
+    from dsetool.models.factory import build_float, quantize
+    from dsetool.models.quant import QuantSpec
+    from tests.fixtures.engines import digits
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    data = digits(16)
+    model = build_float(f"{network_file}:make", 1, 10, (16, 16))
+    model.train()
+    with torch.no_grad():
+        model(data.train.x[:64] * 2)   # batch-norm statistics to merge
+    quantized = quantize(model.eval(), QuantSpec(weight_bits=bits, act_bits=bits), network_file)
+    calibrate_activations(quantized, [data.calib.x[:64]])
+    quantized.eval()
+    export_integer(quantized, tmp_path / "export", arch="make", input_shape=(1, 16, 16))
+    engine = Engine(load_intmodel(tmp_path / "export"))
+    kinds = [op.kind for op in engine.model.ops]
+    assert {"add", "avgpool2d", "quant_identity"} <= set(kinds) and not engine.model.is_chain()
+    convs = [op for op in engine.model.ops if op.kind == "conv2d"]
+    assert any(op.groups == op.out_features > 1 for op in convs) and any(op.stride == (2, 2) for op in convs)
+    for x in (torch.rand(16, 1, 16, 16), data.test.x[:64]):
+        with torch.no_grad():
+            logits = quantized(x).double()
+        expected = logits / engine.acc_scale(engine.weight_layers[-1])
+        assert torch.equal(engine.run(x), expected)
+
+
+BROKEN = {
+    "no such file": (None, "missing.py:make", r"missing.py: no such file"),
+    "not a spec": (NETWORK, "{file}", r"is not FILE.py:FUNCTION"),
+    "no such function": (NETWORK, "{file}:build", r"net.py: defines no function 'build'"),
+    "raises on import": ("raise RuntimeError('boom')\n", "{file}:make", r"net.py: importing it raised RuntimeError: boom"),
+    "raises when called": ("def make(**kw):\n    raise ValueError('no')\n", "{file}:make",
+                           r"net.py: make\(in_channels=1, num_classes=10, image_size=\(8, 8\)\) raised ValueError: no"),
+    "not a module": ("def make(**kw):\n    return 3\n", "{file}:make", r"net.py: make returned a int, not a torch.nn.Module"),
+    "unsupported module": (NETWORK.replace("nn.ReLU())\n        self.blocks", "nn.GELU())\n        self.blocks"),
+                           "{file}:make", r"net.py: module 'stem.2' is a GELU, which the integer engine does not run"),
+    "unsupported function": (NETWORK.replace("torch.flatten(self.pool(", "torch.flatten(torch.sigmoid(self.pool("
+                                             ).replace("self.stem(x))), 1))", "self.stem(x)))), 1))"),
+                             "{file}:make", r"net.py: .*sigmoid.*which the integer engine does not run"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_factory_is_a_one_line_error_and_writes_nothing(tmp_path: Path, write_experiment, case: str) -> None:
+    source, spec, message = BROKEN[case]
+    if source is not None:
+        (tmp_path / "net.py").write_text(source)
+    spec = spec.format(file=tmp_path / "net.py")
+    if case == "no such file":
+        spec = f"{tmp_path / 'missing.py'}:make"
+    path = write_experiment({"name": "mine", "model": {"factory": spec}})
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs", str(runs)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith(f"Error: {path}: model.factory: "), lines[0]
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert not runs.exists()
+
+
+def test_per_layer_widths_are_refused_for_a_factory(network_file: Path, write_experiment) -> None:
+    path = write_experiment({"name": "mine", "model": {"factory": f"{network_file}:make"},
+                             "quant": {"layers": {"fc": {"weight_bits": 4}}}})
+    with pytest.raises(Exception, match=r"quant.layers: per-layer bit widths are not offered"):
+        load_experiment(path)
+
+
+def test_the_factory_source_is_part_of_the_key(network_file: Path) -> None:
+    config = RunConfig()
+    mine = dataclasses.replace(config, model=dataclasses.replace(config.model, factory=f"{network_file}:make"))
+    first = stage_key("pretrain", mine)[0]
+    assert stage_key("pretrain", mine)[0] == first != stage_key("pretrain", config)[0]
+    network_file.write_text(NETWORK.replace("8, 3, padding=1", "12, 3, padding=1").replace("Block(8, 8", "Block(12, 8"))
+    assert stage_key("pretrain", mine)[0] != first
