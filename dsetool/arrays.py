@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dsetool.config import RunConfig, factory_info
+from dsetool.config import RunConfig, factory_info, qonnx_info
 from dsetool.data import geometry_of
 from dsetool.models.shapes import Gemm, array_gemms, gemm_shapes
 from hw.arrayconfig import PROTECTIONS, ArrayConfig
@@ -17,6 +17,8 @@ from hw.arrayconfig import PROTECTIONS, ArrayConfig
 
 def network_gemms(cfg: RunConfig) -> list[Gemm]:
     """Return the GEMM of every weight layer of the design point's network."""
+    if cfg.model.qonnx:
+        return list(qonnx_info(cfg).gemms)
     if cfg.model.factory:
         return list(factory_info(cfg).gemms)
     channels, native, classes = geometry_of(cfg.data.name, cfg.data.root)

@@ -64,9 +64,15 @@ class ModelConfig:
                                  "called with in_channels, num_classes and image_size, returning a float "
                                  "torch.nn.Module (trained at the data's native size)")
 
+    qonnx: str = spec("", help="a model quantized elsewhere, as a QONNX file (Brevitas or FINN export): imported as "
+                               "the integer model, no training; its bit widths and scales replace quant.*")
+
     @property
     def label(self) -> str:
-        """Return the network's name in reports: the architecture, or the factory function's name."""
+        """Return the network's name in reports: the architecture, the factory function's or the QONNX
+        file's name."""
+        if self.qonnx:
+            return Path(self.qonnx).stem
         return self.factory.rpartition(":")[2] if self.factory else self.arch
 
 
@@ -416,9 +422,42 @@ def network_layers(config: RunConfig, source: str = "") -> list[str]:
     is built and checked once per file content and data geometry: torch is imported only then)."""
     from dsetool.models.zoo import weight_layer_names
 
+    if config.model.qonnx:
+        return list(qonnx_info(config, source).weight_layers)
     if not config.model.factory:
         return weight_layer_names(config.model.arch, config.model.mlp_hidden)
     return list(factory_info(config, source).weight_layers)
+
+
+def qonnx_info(config: RunConfig, source: str = "") -> Any:
+    """Return the `dsetool.models.qonnx_import.QonnxInfo` of an imported model; a file that cannot be
+    imported is a ConfigError on `model.qonnx`."""
+    from dsetool.models.qonnx_import import QonnxError, describe_qonnx, file_digest
+
+    try:
+        return describe_qonnx(config.model.qonnx, file_digest(config.model.qonnx))
+    except QonnxError as error:
+        raise ConfigError(source or str(config.name), "model.qonnx", str(error)) from None
+
+
+def _from_qonnx(config: RunConfig, source: str) -> RunConfig:
+    """Take the widths and scale format from the imported model (they are the file's, not the
+    experiment's), after checking that it reads the data set's images and classes."""
+    from dsetool.data import geometry_of
+
+    if config.model.factory:
+        raise ConfigError(source, "model.qonnx", "give either model.factory or model.qonnx, not both")
+    info = qonnx_info(config, source)
+    channels, _, classes = geometry_of(config.data.name, config.data.root)
+    c, h, w = info.input_shape
+    if c != channels or classes != info.num_classes or h != w:
+        raise ConfigError(source, "model.qonnx", f"{config.model.qonnx} reads {c}x{h}x{w} images into "
+                                                 f"{info.num_classes} classes; {config.data.name} has {channels}-channel "
+                                                 f"images of {classes} classes (and the input must be square)")
+    quant = dataclasses.replace(config.quant, weight_bits=info.weight_bits, act_bits=info.act_bits, bits=None,
+                                layers={}, scaling=info.scaling, weight_granularity=info.weight_granularity,
+                                relu_unsigned=info.relu_unsigned)
+    return dataclasses.replace(config, quant=quant)
 
 
 def factory_info(config: RunConfig, source: str = "") -> Any:
@@ -437,6 +476,8 @@ def factory_info(config: RunConfig, source: str = "") -> Any:
 def normalize(config: RunConfig, source: str) -> RunConfig:
     """Resolve shorthands so equal design points compare (and hash) equal; check cross-field rules."""
 
+    if config.model.qonnx:
+        config = _from_qonnx(config, source)
     quant = config.quant
     if config.model.factory and quant.layers:
         raise ConfigError(source, "quant.layers", "per-layer bit widths are not offered for model.factory networks "

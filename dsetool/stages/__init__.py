@@ -161,7 +161,25 @@ def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
 
 def quant_stage(cfg: RunConfig) -> str:
     """Name the stage that produces the quantized model of a design point."""
+    if cfg.model.qonnx:
+        return "import-qonnx"
     return "train-qat" if cfg.quant.method == "qat" else "ptq"
+
+
+def _import_reads(cfg: RunConfig) -> dict[str, Any]:
+    """The file's content is the model; the data the accuracy is measured on (where it lives aside)."""
+    from dsetool.models.qonnx_import import QonnxError, file_digest
+
+    data = to_plain(cfg.data)
+    for name in ("calib_size", "root", "download"):
+        data.pop(name)
+    content = _data_content(cfg.data.name, cfg.data.root)
+    if content is not None:
+        data["content"] = content
+    try:
+        return {"qonnx_source": file_digest(cfg.model.qonnx), "data": data}
+    except QonnxError as error:
+        raise ConfigError(str(cfg.name), "model.qonnx", str(error)) from None
 
 
 STAGES: dict[str, StageDef] = {
@@ -170,6 +188,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("pretrain", "2", _pretrain_reads, lambda cfg: (), "dsetool.stages.pretrain:run"),
         StageDef("train-qat", "2", _qat_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_qat"),
         StageDef("ptq", "2", _ptq_reads, lambda cfg: ("pretrain",), "dsetool.stages.quantize:run_ptq"),
+        StageDef("import-qonnx", "1", _import_reads, lambda cfg: (), "dsetool.stages.qonnx:run"),
         StageDef("inject", "9", _inject_reads, _inject_needs, "dsetool.stages.inject:run"),
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 import dsetool.quiet  # noqa: F401  (before Brevitas is imported)
-from dsetool.config import RunConfig
+from dsetool.config import RunConfig, qonnx_info
 from dsetool.data import DataSplits, geometry_of, load_dataset
 from dsetool.models.quant import LayerBits, QuantSpec
 from dsetool.models.fold import folded_state
@@ -30,12 +30,20 @@ def prepare(cfg: RunConfig, threads: int | None = None) -> tuple[DataSplits, tor
     native = geometry_of(cfg.data.name, cfg.data.root)[1]
     splits = load_dataset(
         cfg.data.name, root=cfg.data.root, download=cfg.data.download,
-        image_size=None if cfg.model.factory else input_size(cfg.model.arch, native),
+        image_size=image_side(cfg, native),
         val_fraction=cfg.data.val_fraction,
         test_fraction=cfg.data.test_fraction, calib_size=cfg.data.calib_size,
         max_train=cfg.data.max_train, split_seed=cfg.data.split_seed,
     )
     return splits, pick_device(cfg.device)
+
+
+def image_side(cfg: RunConfig, native: tuple[int, int]) -> int | None:
+    """Return the side the images are resized to: an imported model's input, a built-in CNN's 32, or None
+    (native size) for the mlp and factory networks."""
+    if cfg.model.qonnx:
+        return int(qonnx_info(cfg).input_shape[1])
+    return None if cfg.model.factory else input_size(cfg.model.arch, native)
 
 
 def quant_spec(cfg: RunConfig) -> QuantSpec:

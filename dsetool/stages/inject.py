@@ -66,7 +66,8 @@ def run(ctx: StageContext) -> Result:
     x, labels = test.x[:count], test.y[:count]
     network = EngineNetwork(engine)
     golden = Golden(engine.run(x, keep=True), labels, network.logit_scale())
-    agreement = _check_against_brevitas(ctx, splits, golden, x)
+    agreement = _check_against_qonnx(ctx, golden, x) if cfg.model.qonnx else \
+        _check_against_brevitas(ctx, splits, golden, x)
     protection: dict[str, Any] = {"protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
     if cfg.hw.protection != "none":   # the campaign runs on the protected engine; its fault-free cost first
         checks = _protections(ctx, model)
@@ -162,12 +163,38 @@ def _check_against_brevitas(ctx: StageContext, splits: Any, golden: Golden, x: t
     return {"golden_agreement": agreement, "max_lsb_deviation": deviation}
 
 
-def judge_agreement(scaling: str, agreement: float, deviation: float, inputs: int, minimum: float) -> None:
-    """Raise GoldenMismatch unless the engine reproduces Brevitas as its scaling promises: po2 bit for bit
-    (every logit equal), float scales on at least `minimum` of the inputs' top-1."""
+QONNX_REFERENCE_INPUTS = 32   # QONNX's executor runs one image at a time, node by node
+
+
+def _check_against_qonnx(ctx: StageContext, golden: Golden, x: torch.Tensor) -> dict[str, Any]:
+    """As `_check_against_brevitas`, against QONNX's own executor running the imported file on the first
+    `QONNX_REFERENCE_INPUTS` campaign inputs (it runs one image at a time)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    wrapper = ModelWrapper(ctx.config.model.qonnx).transform(InferShapes())
+    name, output = wrapper.graph.input[0].name, wrapper.graph.output[0].name
+    count = min(len(x), QONNX_REFERENCE_INPUTS)
+    reference = torch.cat([torch.from_numpy(execute_onnx(wrapper, {name: x[i:i + 1].numpy()})[output]).double()
+                           for i in range(count)]) if count else torch.zeros(0)
+    ours = golden.outputs[-1][:count]
+    deviation = float((reference / golden.logit_scale - ours).abs().max()) if count else 0.0
+    agreement = float((reference.argmax(1) == golden.top1[:count]).double().mean()) if count else 1.0
+    judge_agreement(ctx.config.quant.scaling, agreement, deviation, count, ctx.config.faults.golden_agreement,
+                    "QONNX's executor")
+    return {"golden_agreement": agreement, "max_lsb_deviation": deviation}
+
+
+def judge_agreement(scaling: str, agreement: float, deviation: float, inputs: int, minimum: float,
+                    reference: str = "Brevitas") -> None:
+    """Raise GoldenMismatch unless the engine reproduces the reference (Brevitas, or QONNX's executor) as
+    its scaling promises: po2 bit for bit (every logit equal), float scales on at least `minimum` of the
+    inputs' top-1."""
     disagree = round((1 - agreement) * inputs)
     what = f"on top-1 for {disagree} of {inputs} fault-free inputs (max logit deviation {deviation:.3g} LSB)"
     if scaling == "po2" and (deviation > 0 or agreement < 1.0):
-        raise GoldenMismatch(f"integer engine and Brevitas differ with po2 scales, which must be bit-exact: {what}")
+        raise GoldenMismatch(f"integer engine and {reference} differ with po2 scales, which must be bit-exact: {what}")
     if agreement < minimum:
-        raise GoldenMismatch(f"integer engine and Brevitas disagree {what}, below faults.golden_agreement {minimum:g}")
+        raise GoldenMismatch(f"integer engine and {reference} disagree {what}, below faults.golden_agreement "
+                             f"{minimum:g}")
