@@ -1,6 +1,9 @@
-"""Print fault-injection throughput of our integer-engine campaigns next to PyTorchFI's, on LeNet-5 and AlexNet-32.
+"""Print fault-injection throughput of our integer-engine campaigns next to PyTorchFI's, on LeNet-5, AlexNet-32,
+ResNet-20 and MobileNet.
 
-Run: `.venv/bin/python benchmarks/inject_throughput.py` (1.5 minutes on 2 idle cores; `--help` lists the knobs).
+Run: `.venv/bin/python benchmarks/inject_throughput.py` (a few minutes on 2 idle cores; `--help` lists the
+knobs; `--archs resnet20,mobilenet` measures some). The clean integer engine is also timed against
+Brevitas's forward pass of the same quantized model (the reference it is bit-exact with).
 PyTorchFI is a benchmark-only dependency: `.venv/bin/pip install --no-deps pytorchfi`; without it its lines
 say so and the rest is printed.
 
@@ -44,6 +47,7 @@ from dsetool.faults.campaign import CampaignSpec, Golden, run_campaign
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import site_groups
 from dsetool.models.export import calibrate_activations, export_integer
+from dsetool.models.fold import folded_state
 from dsetool.models.quant import QuantSpec
 from dsetool.models.zoo import build_model, load_float_weights
 
@@ -127,7 +131,7 @@ def quantize(arch: str, float_model: nn.Module, calib: Split, directory: Path) -
     """Quantize the float network to W8A8 po2 (PTQ); export it; return it, its engine and the export."""
     quant = build_model(arch, in_channels=1, num_classes=10, image_size=SHAPE[1:],
                         quant=QuantSpec(weight_bits=8, act_bits=8, scaling="po2"))
-    load_float_weights(quant, float_model.state_dict())
+    load_float_weights(quant, folded_state(float_model))   # batch norms (graph models) folded into the convs
     calibrate_activations(quant, [calib.x])
     quant.eval()
     intmodel = export_integer(quant, directory, arch=arch, input_shape=SHAPE)
@@ -173,6 +177,10 @@ def measure_ours(setup: Setup, plan: Plan, batch: int, repeats: int) -> float:
     engine.run(setup.x)
     clean = median_rate(lambda: engine.run(setup.x), len(setup.x), repeats)
     row("ours: clean integer-engine inference", clean, "images/s")
+    with torch.no_grad():
+        brevitas = median_rate(lambda: setup.quant_model(setup.x), len(setup.x), repeats)
+    row("brevitas: W8A8 forward of the same model", brevitas, "images/s")
+    row("ratio: clean engine / brevitas forward", clean / brevitas, "x")
     names = [layer.name for layer in engine.layers.values()]
     campaign_rate(setup, [], batch, batch, 1)  # warm-up: Parquet writer, allocator, compiled fault kernels
     for name in names if plan.per_layer else []:
@@ -412,6 +420,9 @@ def main() -> None:
     parser.add_argument("--lenet-samples", type=int, default=4096)
     parser.add_argument("--alexnet-samples", type=int, default=512)
     parser.add_argument("--alexnet-epochs", type=int, default=3, help="float training epochs (~7 s each)")
+    parser.add_argument("--graph-samples", type=int, default=512, help="faults per ResNet-20 / MobileNet campaign")
+    parser.add_argument("--graph-epochs", type=int, default=2, help="float training epochs of ResNet-20 / MobileNet")
+    parser.add_argument("--archs", default="lenet5,alexnet32,resnet20,mobilenet")
     args = parser.parse_args()
     # PyTorchFI calls logging.basicConfig with a format needing a `clientip` field, which breaks every
     # later log record; configuring the root logger first makes its call a no-op.
@@ -420,8 +431,11 @@ def main() -> None:
     print(header(args.batch, args.threads, args.repeats))
     data = load_dataset("digits", image_size=SHAPE[1])
     plans = (Plan("lenet5", 8, args.lenet_samples, True, 300),
-             Plan("alexnet32", args.alexnet_epochs, args.alexnet_samples, False, 100))
-    for plan in plans:
+             Plan("alexnet32", args.alexnet_epochs, args.alexnet_samples, False, 100),
+             Plan("resnet20", args.graph_epochs, args.graph_samples, False, 100),
+             Plan("mobilenet", args.graph_epochs, args.graph_samples, False, 100))
+    wanted = args.archs.split(",")
+    for plan in (p for p in plans if p.arch in wanted):
         measure(plan, data, args.batch, args.repeats)
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (this run alone makes up to {args.threads}; "
           f"more means another job shared the cores)")

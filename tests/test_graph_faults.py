@@ -160,8 +160,45 @@ def test_sparse_and_dense_paths_agree(graph, monkeypatch: pytest.MonkeyPatch) ->
     assert np.array_equal(results[0].masked_by, results[1].masked_by)
 
 
-def test_pe_faults_refuse_a_depthwise_conv_clearly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+def test_pe_faults_in_a_depthwise_conv_equal_the_cycle_simulation_of_its_group(tmp_path: Path, site: str,
+                                                                                dataflow: str) -> None:
+    """A depthwise conv runs as one GEMM per channel, one after the other: a PE fault during group g's
+    schedule changes group g's outputs as the cycle-by-cycle array simulation of that GEMM says."""
+    from tests.fixtures.systolic_sim import simulate
+    from tests.test_faults_pe import corrupt
+
     engine = exported_engine(tmp_path, "mobilenet", bits=4, size=SIDE)
-    array = ArrayConfig(rows=4, cols=4, act_bits=4, weight_bits=4)
-    with pytest.raises(SiteError, match=r"layer block1.dw is a grouped convolution"):
-        site_groups(engine.model, "pe.psum", [], EngineNetwork(engine).acc_bits(), array)
+    network = EngineNetwork(engine)
+    array = ArrayConfig(rows=2, cols=2, act_bits=4, weight_bits=4, dataflow=dataflow, acc_bits=20)
+    groups = [g for g in site_groups(engine.model, site, ["block1.dw"], network.acc_bits(), array)]
+    (group,) = groups
+    op = engine.model.ops[group.op_index]
+    assert group.shape[0] == op.groups == op.out_features and group.tiling.n == 1
+    x = digits(SIDE).test.x[:4]
+    golden = engine.run(x, keep=True)
+    codes = golden[engine.model.input_of(group.op_index)]
+    operands = network.gemm_input(group.op_index, codes)             # (B, K_all, M)
+    weights = network.weight_matrix(group.op_index)                  # (N, K_group)
+    rng = np.random.default_rng(0)
+    per_group = int(np.prod(group.tiling.shape))
+    for trial in range(12):
+        element, bit = int(rng.integers(0, group.size)), int(rng.integers(0, group.width))
+        faults = Faults(np.array([0]), np.array([0]), np.array([element]), np.array([bit]))
+        evaluated = evaluate(network, golden, np.array([trial % 4]), groups, faults, "bitflip")
+        g, local = divmod(element, per_group)
+        k = group.tiling.k
+        a = operands[trial % 4, g * k:(g + 1) * k].T.numpy().astype(np.int64)     # (M, K)
+        w = weights[g:g + 1].T.numpy().astype(np.int64)                           # (K, 1)
+        tile, u, r, c = np.unravel_index(local, group.tiling.shape)
+        expected_group = simulate(group.tiling, a, w, group.acc_bits, (site, int(tile), int(u), int(r), int(c),
+                                                                        corrupt(bit, group.width, group.signed,
+                                                                                "bitflip")))
+        outputs = [t[trial % 4:trial % 4 + 1] for t in golden]
+        acc = outputs[group.op_index].clone()
+        acc[0, g] = torch.from_numpy((expected_group[:, 0].astype(np.int64) + int(network.bias(group.op_index)[g]))
+                                     .reshape(acc.shape[2:])).to(acc.dtype)
+        outputs[group.op_index] = acc
+        expected = engine.run(None, start=group.op_index + 1, given=outputs)
+        assert torch.equal(evaluated.logits[0], expected.reshape(-1)), (site, dataflow, trial)

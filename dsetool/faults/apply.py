@@ -7,6 +7,7 @@ whose tensor equals the golden one after their last fault are masked and leave t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -433,11 +434,23 @@ def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch
 
     assert group.tiling is not None
     r, e, m = combined_masks(rows, elements, bits, model)
-    n_out = net.weight_matrix(group.op_index).shape[0]
-    corrected = apply_pe_faults(group.site, group.tiling, net.gemm_input(group.op_index, op_input),
-                                net.weight_matrix(group.op_index), acc.reshape(acc.shape[0], n_out, -1),
-                                net.bias(group.op_index), r, e, m, model, group.width, group.signed, group.acc_bits)
-    return corrected.reshape(acc.shape)
+    weights, bias = net.weight_matrix(group.op_index), net.bias(group.op_index)
+    operands = net.gemm_input(group.op_index, op_input)
+    out = acc.reshape(acc.shape[0], weights.shape[0], -1)
+    if len(group.shape) == len(group.tiling.shape):   # one GEMM
+        return apply_pe_faults(group.site, group.tiling, operands, weights, out, bias, r, e, m, model, group.width,
+                               group.signed, group.acc_bits).reshape(acc.shape)
+    # A grouped conv: group g multiplies operand rows g*K.. by output channels g*N.. (N, K of one group).
+    per_group = math.prod(group.tiling.shape)
+    k, n = group.tiling.k, group.tiling.n
+    out = out.clone(memory_format=torch.contiguous_format)
+    for g in np.unique(e // per_group).tolist():
+        mine = e // per_group == g
+        out[:, g * n:(g + 1) * n] = apply_pe_faults(
+            group.site, group.tiling, operands[:, g * k:(g + 1) * k], weights[g * n:(g + 1) * n],
+            out[:, g * n:(g + 1) * n], bias[g * n:(g + 1) * n], r[mine], e[mine] % per_group, m[mine], model,
+            group.width, group.signed, group.acc_bits)
+    return out.reshape(acc.shape)
 
 
 def _per_group(js: list[int], faults: Faults) -> list[list[int]]:

@@ -97,12 +97,9 @@ def _first_weight_reader(model: IntModel, buffer: int) -> int:
     return min(j for j in model.consumers(buffer) if isinstance(model.ops[j], WeightOp))
 
 
-def _grouped(op: WeightOp) -> bool:
-    return isinstance(op, Conv2d) and op.groups > 1
-
-
 def gemm_shape(op: WeightOp) -> tuple[int, int, int]:
-    """Return a weight op's per-image GEMM shape (M, K, N): im2col positions, reduction, outputs."""
+    """Return a weight op's per-image GEMM shape (M, K, N): im2col positions, reduction (of one group),
+    outputs (of all groups)."""
     if isinstance(op, Conv2d):
         _, height, width = op.out_shape
         return height * width, op.reduction, op.out_features
@@ -112,10 +109,9 @@ def gemm_shape(op: WeightOp) -> tuple[int, int, int]:
 def _pe_group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int], array: ArrayConfig) -> SiteGroup:
     op = model.ops[index]
     assert isinstance(op, WeightOp)
-    if _grouped(op):
-        raise SiteError(f"site {site!r}: layer {op.name} is a grouped convolution, whose schedule on the array "
-                        "the PE fault model does not map yet (choose act, weight or out, or other layers)")
-    tiling = LayerTiling(*gemm_shape(op), array.rows, array.cols, array.dataflow)
+    groups = op.groups if isinstance(op, Conv2d) else 1
+    m, k, n = gemm_shape(op)
+    tiling = LayerTiling(m, k, n // groups, array.rows, array.cols, array.dataflow)
     accumulator = array.acc_bits or acc_bits[op.name]
     if site == "pe.act":
         producer = _producer(model, index)
@@ -124,7 +120,9 @@ def _pe_group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int
         width, signed = op.weight_bits, True
     else:
         width, signed = accumulator, True
-    return SiteGroup(site, op.name, index, "pe", tiling.shape, width, signed, tiling, accumulator)
+    # A grouped conv runs as one GEMM per group, one after the other: its PE sites are the groups' schedules.
+    shape = tiling.shape if groups == 1 else (groups, *tiling.shape)
+    return SiteGroup(site, op.name, index, "pe", shape, width, signed, tiling, accumulator)
 
 
 def _group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int],

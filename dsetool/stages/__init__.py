@@ -68,6 +68,7 @@ def _pretrain_reads(cfg: RunConfig) -> dict[str, Any]:
             raise ConfigError(str(cfg.name), "model.factory", str(error)) from None
     else:
         model.pop("factory")   # absent from keys made before factories existed
+    model.pop("qonnx")         # an imported model is never pretrained
     content = _data_content(cfg.data.name, cfg.data.root)
     if content is not None:   # a user's images: what they are, not where they live (built-in sets: the name)
         data["content"] = content
