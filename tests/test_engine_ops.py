@@ -152,12 +152,34 @@ class Builder:
         self.ops: list[dict[str, Any]] = []
         self.arrays: dict[str, np.ndarray] = {}
         self.scale = scale
-        self._quant("quant_input", "input", bits, scale, signed=False)
+        self._quant("quant_input", "input_quant", bits, scale, signed=False)
         self.input_shape = shape
 
     def _add(self, op: dict[str, Any]) -> Builder:
-        self.ops.append({**op, "out_shape": list(self.shape)})
+        reads = op.pop("inputs", None) or ([self.cursor] if getattr(self, "cursor", None) else None)
+        self.cursor = None
+        self.ops.append({**op, "out_shape": list(self.shape), **({"inputs": reads} if reads else {})})
         return self
+
+    def branch(self, name: str) -> Builder:
+        """Let the next op read op `name` (not the last one), at that op's shape and codes' scale."""
+        op = next(o for o in self.ops if o["name"] == name)
+        self.cursor, self.shape = name, tuple(op["out_shape"])
+        self.scale = op.get("scale", self.scale)
+        return self
+
+    def quant(self, name: str, bits: int, scale: float, signed: bool = True) -> Builder:
+        """A quant_identity: requantize the previous op's integers (no ReLU)."""
+        return self._quant("quant_identity", name, bits, scale, signed)
+
+    def avgpool(self, name: str, kernel: int = 2, stride: int = 2, padding: int = 0) -> Builder:
+        channels, height, width = self.shape
+        self.shape = (channels, *(ops.conv_output_size(size, kernel, stride, padding) for size in (height, width)))
+        return self._add({"op": "avgpool2d", "name": name, "kernel": [kernel, kernel], "stride": [stride, stride],
+                          "padding": [padding, padding]})
+
+    def add(self, name: str, first: str, second: str) -> Builder:
+        return self._add({"op": "add", "name": name, "inputs": [first, second]})
 
     def _quant(self, kind: str, name: str, bits: int, scale: float, signed: bool) -> Builder:
         self.scale = scale
@@ -185,14 +207,15 @@ class Builder:
                        "input_scale_exp": int(np.log2(self.scale))}
         return fields
 
-    def conv(self, name: str, out: int, kernel: int, padding: int = 0, bits: int = 8, stride: int = 1) -> Builder:
+    def conv(self, name: str, out: int, kernel: int, padding: int = 0, bits: int = 8, stride: int = 1,
+             groups: int = 1) -> Builder:
         channels, height, width = self.shape
-        fields = self._weights(name, (out, channels, kernel, kernel), bits)
+        fields = self._weights(name, (out, channels // groups, kernel, kernel), bits)
         side = [ops.conv_output_size(size, kernel, stride, padding) for size in (height, width)]
         self.shape = (out, *side)
         return self._add({"op": "conv2d", "name": name, "in_channels": channels, "out_channels": out,
                           "kernel": [kernel, kernel], "stride": [stride, stride], "padding": [padding, padding],
-                          **fields})
+                          "groups": groups, **fields})
 
     def linear(self, name: str, out: int, bits: int = 8) -> Builder:
         (features,) = self.shape
@@ -211,11 +234,17 @@ class Builder:
         return self._add({"op": "flatten", "name": "flatten", "start_dim": 1, "order": "chw"})
 
     def config(self) -> dict[str, Any]:
-        """Return the export's JSON part (what `intmodel.json` holds)."""
-        return {"format": "dsetool-intmodel", "version": 1, "arch": "tiny", "input_shape": list(self.input_shape),
-                "num_classes": self.shape[0], "scaling": self.scaling,
-                "weight_granularity": "per_channel" if self.per_channel else "per_tensor",
-                "logits": self.ops[-1]["name"], "ops": self.ops}
+        """Return the export's JSON part (what `intmodel.json` holds): version 1 for a chain, version 2 (every
+        op naming its inputs) once an op reads something else than the op before it."""
+        header = {"format": "dsetool-intmodel", "version": 1, "arch": "tiny", "input_shape": list(self.input_shape),
+                  "num_classes": self.shape[0], "scaling": self.scaling,
+                  "weight_granularity": "per_channel" if self.per_channel else "per_tensor",
+                  "logits": self.ops[-1]["name"]}
+        if not any("inputs" in op for op in self.ops):
+            return {**header, "ops": self.ops}
+        ops_ = [{**op, "inputs": op.get("inputs") or [self.ops[i - 1]["name"] if i else "input"]}
+                for i, op in enumerate(self.ops)]
+        return {**header, "version": 2, "ops": ops_}
 
     def build(self) -> Any:
         return parse_intmodel(self.config(), self.arrays)
@@ -318,3 +347,46 @@ def test_accumulators_run_in_float32_only_while_every_register_value_is_an_exact
     assert ops.accumulator_dtype((-(2**24 - 1), 2**24 - 1)) == torch.float32       # 25 bits: |v| <= 2**24
     assert ops.accumulator_dtype((0, 2**24)) == torch.float64                      # a partial sum of 2**24 + 1
     assert ops.accumulator_dtype((-(2**30), 5)) == torch.float64
+
+
+def residual_model(scaling: str = "po2", second_scale: float | None = None) -> Builder:
+    """conv1 -> relu1 -> {conv2 -> q_a, relu1 -> q_b} -> add -> relu2 -> avgpool -> q_pool -> flatten -> fc,
+    with a depthwise conv2; `second_scale` gives q_b another scale than q_a (which the loader refuses)."""
+    b = Builder((2, 6, 6), 8, 2.0**-6, scaling=scaling, seed=3).conv("conv1", 4, 3, padding=1) \
+        .relu("relu1", 6, 2.0**-3).conv("conv2", 4, 3, padding=1, groups=4).quant("q_a", 7, 2.0**-2)
+    b.branch("relu1").quant("q_b", 7, second_scale or 2.0**-2).add("add", "q_a", "q_b")
+    return b.relu("relu2", 6, 2.0**-1).avgpool("pool", 3, 3).quant("q_pool", 6, 2.0**-1, signed=False) \
+        .flatten().linear("fc", 3)
+
+
+def test_graph_ops_equal_exact_rational_arithmetic() -> None:
+    """Add, average pool (a window of 9: the po2 output stage takes the fixed-point multiplier) and a
+    requantizer without ReLU, against the same integer rules computed with Python fractions."""
+    model = residual_model().build()
+    engine = Engine(model, multiplier_bits=20)
+    outputs = engine.run(torch.rand(5, 2, 6, 6), keep=True)
+    names = [op.name for op in model.ops]
+    values = {name: outputs[i].numpy() for i, name in enumerate(names)}
+    assert np.array_equal(values["add"], values["q_a"] + values["q_b"])
+    sums = values["relu2"].reshape(5, 4, 2, 3, 2, 3).sum(axis=(3, 5))
+    assert np.array_equal(values["pool"], sums)
+    ratio = Fraction(2) ** -1 / 9 / Fraction(2) ** -1
+    multiplier, shift = ops.fixed_point_multiplier(ratio, 20)
+    expected = [min(max(round_half_even(Fraction(int(v) * multiplier, 2**shift)), 0), 63)
+                for v in sums.reshape(-1)]
+    assert np.array_equal(values["q_pool"].reshape(-1), expected)
+    signed = engine.output_stages[names.index("q_a")]
+    assert not signed.relu and values["q_a"].min() < 0   # no ReLU: negative codes survive
+    assert engine.dtypes[names.index("add")] == torch.float32 and engine.ranges[names.index("add")] == (-128, 126)
+
+
+def test_an_add_of_two_scales_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"op 6 \('add'\): adds 'q_a' and 'q_b', whose scales 0.25 and 0.125 differ"):
+        residual_model(second_scale=2.0**-3).build()
+
+
+def test_groups_must_divide_the_channels() -> None:
+    config = residual_model().config()
+    config["ops"][3]["groups"] = 3
+    with pytest.raises(ValueError, match=r"op 3 \('conv2'\): 3 groups do not divide 4 input and 4 output channels"):
+        parse_intmodel(config, residual_model().arrays)
