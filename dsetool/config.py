@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dsetool.data import DATASETS
+from dsetool.models import zoo
 from dsetool.protect import registry as protection_registry
 from dsetool.validate import (
     ConfigError,
@@ -29,7 +30,6 @@ from dsetool.validate import (
     suggest_key,
     to_plain,
 )
-from dsetool.models import zoo
 from dsetool.yamlfile import parse as parse_yaml
 from dsetool.yamlfile import read_yaml
 
@@ -451,9 +451,10 @@ def _from_qonnx(config: RunConfig, source: str) -> RunConfig:
     channels, _, classes = geometry_of(config.data.name, config.data.root)
     c, h, w = info.input_shape
     if c != channels or classes != info.num_classes or h != w:
-        raise ConfigError(source, "model.qonnx", f"{config.model.qonnx} reads {c}x{h}x{w} images into "
-                                                 f"{info.num_classes} classes; {config.data.name} has {channels}-channel "
-                                                 f"images of {classes} classes (and the input must be square)")
+        raise ConfigError(source, "model.qonnx",
+                          f"{config.model.qonnx} reads {c}x{h}x{w} images into {info.num_classes} classes; "
+                          f"{config.data.name} has {channels}-channel images of {classes} classes (and the input "
+                          "must be square)")
     quant = dataclasses.replace(config.quant, weight_bits=info.weight_bits, act_bits=info.act_bits, bits=None,
                                 layers={}, scaling=info.scaling, weight_granularity=info.weight_granularity,
                                 relu_unsigned=info.relu_unsigned)

@@ -209,7 +209,8 @@ def test_signed_relu_uses_half_the_codes(tmp_path: Path) -> None:
 
 def test_export_refuses_the_float_baseline(tmp_path: Path) -> None:
     model = build_model("mlp", in_channels=1, num_classes=10, image_size=(8, 8))
-    message = r"^Cannot export 'flatten', a flatten: the first op must be the input quantizer .* \(is it the float baseline\?\)$"
+    message = r"^Cannot export 'flatten', a flatten: the first op must be the input quantizer .* \(is it the float " \
+              r"baseline\?\)$"
     with pytest.raises(TypeError, match=message):
         export_integer(model, tmp_path, arch="mlp", input_shape=(1, 8, 8))
 

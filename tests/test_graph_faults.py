@@ -17,7 +17,7 @@ from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.bits import apply_fault
 from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard
 from dsetool.faults.network import EngineNetwork
-from dsetool.faults.sites import SiteError, site_groups
+from dsetool.faults.sites import site_groups
 from dsetool.protect.bounds import protected_ops
 from dsetool.protect.check import RangeCheck
 from hw.arrayconfig import ArrayConfig
@@ -81,7 +81,8 @@ def test_single_faults_equal_recomputing(graph, site: str) -> None:
     groups, faults, evaluated = _evaluate(engine, x, site, _spec())
     for t in range(faults.size):
         group = groups[int(faults.group[t])]
-        expected = brute_force(engine, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]), "bitflip")
+        expected = brute_force(engine, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]),
+                               "bitflip")
         assert torch.equal(evaluated.logits[t], expected.reshape(-1)), (site, group.layer, t)
 
 
@@ -98,7 +99,8 @@ def recompute_with_buffer_faults(engine: Engine, groups, x_row: torch.Tensor, pi
             if (group.buffer if group.hook == "pre" else group.op_index) == index:
                 flat = out.reshape(-1).clone()
                 old = flat[element].to(torch.int64).reshape(1)
-                flat[element] = apply_fault(old, torch.tensor([bit]), model, group.width, group.signed).to(flat.dtype)[0]
+                flipped = apply_fault(old, torch.tensor([bit]), model, group.width, group.signed)
+                flat[element] = flipped.to(flat.dtype)[0]
                 out = flat.reshape(out.shape)
         values[index] = out
     return values[len(engine.model.ops) - 1]

@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 
 from dsetool.cli import main  # noqa: E402
 from dsetool.engine import Engine, load_intmodel, parse_intmodel  # noqa: E402
-from dsetool.models.export import calibrate_activations, export_integer, export_qonnx, integer_model  # noqa: E402
+from dsetool.models.export import calibrate_activations, export_integer, export_qonnx  # noqa: E402
 from dsetool.models.qonnx_import import import_qonnx  # noqa: E402
 from dsetool.models.quant import QuantSpec  # noqa: E402
 from dsetool.models.zoo import build_model  # noqa: E402

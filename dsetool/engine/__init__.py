@@ -32,6 +32,6 @@ from dsetool.engine.intmodel import (
 )
 
 __all__ = [
-    "Add", "AvgPool2d", "DEFAULT_MULTIPLIER_BITS", "Conv2d", "Engine", "Flatten", "GemmLayer", "IntModel", "Linear", "MaxPool2d",
-    "Op", "QuantAct", "RegisterWidths", "Requantizer", "WeightOp", "load_intmodel", "parse_intmodel",
+    "Add", "AvgPool2d", "DEFAULT_MULTIPLIER_BITS", "Conv2d", "Engine", "Flatten", "GemmLayer", "IntModel", "Linear",
+    "MaxPool2d", "Op", "QuantAct", "RegisterWidths", "Requantizer", "WeightOp", "load_intmodel", "parse_intmodel",
 ]

@@ -565,6 +565,7 @@ def _output_shape(op: Op, shape: tuple[int, ...]) -> tuple[int, ...]:
             raise ValueError(f"weight of shape {op.weight.shape} does not match kernel {list(op.kernel)} "
                              f"on {channels} input channels{groups}")
         channels = op.out_features
+    assert not isinstance(op, Add)   # `_check_shapes` skips adds
     sides = [conv_output_size(side, k, s, p)
              for side, k, s, p in zip((height, width), op.kernel, op.stride, op.padding, strict=True)]
     if min(sides) < 1:

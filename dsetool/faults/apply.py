@@ -209,7 +209,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         joining = np.nonzero(first == op)[0]
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
         dense = np.setdiff1d(joining, sparse, assume_unique=True) if len(sparse) else joining
-        arriving = [({}, dense)] if len(dense) else []
+        arriving: list[tuple[dict[int, torch.Tensor], np.ndarray]] = [({}, dense)] if len(dense) else []
         arriving += [({op - 1: tensor}, rows) for tensor, rows in pending.pop(op, [])]
         for given, rows in arriving:
             frontier, live = _join(frontier, live, given, rows, golden, inputs)

@@ -152,7 +152,7 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
         if step is _SKIP:  # flatten
             index += 1
             continue
-        if step is None:   # no sparse step here (a branch, an add, a pool's sum): the dense path takes over
+        if not isinstance(step, _Step):   # no sparse step here (a branch, an add, a pool's sum): the dense path
             joins.append(_dense_join(index, golden[index - 1], inputs, changes))
             changes = Changes.empty()
             index += 1
@@ -211,9 +211,8 @@ class _Step:
     input_check: tuple[Any, ...] | None = None   # a weight op's check of the codes it reads, likewise
 
 
-def _steps(engine: Engine) -> list[_Step | None]:
-    """Return the step of every op, built once per engine. None: flatten (the same values, numbered
-    alike) or the input quantizer (before every weight op: no fault reaches it)."""
+def _steps(engine: Engine) -> list[_Step | str | None]:
+    """Return the step of every op, built once per engine (see `_sparse_step_of`)."""
     def build() -> list[_Step | str | None]:
         if not follows(engine):
             raise NotImplementedError("The sparse fault path follows range checks only (see `follows`)")
@@ -319,8 +318,8 @@ def _fused_output_stage(engine: Engine, index: int) -> bool:
     """Say whether weight op `index`'s output stage (a ReLU requantizer) is the op right after it, and the
     only reader of its accumulators."""
     model_ops = engine.model.ops
-    return index + 1 < len(model_ops) and isinstance(model_ops[index + 1], QuantAct) \
-        and model_ops[index + 1].relu and _chained(engine.model, index + 1)
+    after = model_ops[index + 1] if index + 1 < len(model_ops) else None
+    return isinstance(after, QuantAct) and after.relu and _chained(engine.model, index + 1)
 
 
 def golden_rows(tensor: torch.Tensor) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import dsetool.quiet  # noqa: F401  (every module here that imports Brevitas is imported after this)
+
 _EXPORTS = {
     "ARCHITECTURES": "zoo", "input_size": "zoo", "weight_layer_names": "zoo", "build_model": "zoo",
     "load_float_weights": "zoo",

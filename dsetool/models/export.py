@@ -12,7 +12,7 @@ import importlib.util
 import json
 import math
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +280,8 @@ class _Exporter:
 
     def _adaptive_avgpool2d(self, name: str, module: nn.AdaptiveAvgPool2d, reads: list[str]) -> dict[str, Any]:
         in_shape = self._shape_of(reads[0])
-        out_size = _pair(module.output_size)
+        size = module.output_size
+        out_size = [size, size] if isinstance(size, int) or size is None else list(size)
         sides = [side if out is None else out for side, out in zip(in_shape[1:], out_size, strict=True)]
         if any(side % out for side, out in zip(in_shape[1:], sides, strict=True)):
             raise ValueError(f"{name!r}: adaptive average pool from {in_shape[1:]} to {sides} has unequal windows")

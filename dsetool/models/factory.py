@@ -29,8 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from dsetool.models.shapes import Gemm
 
-import dsetool.quiet  # noqa: F401  (before Brevitas is imported)
-
 if TYPE_CHECKING:
     from torch import nn
 

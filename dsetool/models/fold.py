@@ -48,6 +48,7 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
                          "it cannot be folded (the integer model has no batch-norm op)")
     for conv_name, norm_name in pairs:
         conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)
         _fold_into(conv, norm)
         _replace(folded, norm_name, nn.Identity())
     return folded

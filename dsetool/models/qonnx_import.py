@@ -148,14 +148,15 @@ class _Importer:
             kind, reads = "quant_input", [source]
         else:
             kind, reads = "quant_identity", [source]
-        fields = {"scale": float(scale.reshape(())), "bits": bits, "signed": signed, "narrow_range": narrow,
-                  "zero_point": 0, "rounding": _ROUNDING[rounding]}
+        value = float(scale.reshape(()))
+        fields: dict[str, Any] = {"scale": value, "bits": bits, "signed": signed, "narrow_range": narrow,
+                                  "zero_point": 0, "rounding": _ROUNDING[rounding]}
         if self.po2:
-            fields["scale_exp"] = int(np.log2(fields["scale"]))
+            fields["scale_exp"] = int(np.log2(value))
         if reads[0] not in self.shapes:
             raise self.fail(node, f"reads {reads[0]!r}, which no supported op produced")
         self.add(node, kind, self.name_for(_quantizer_name(node)), reads, self.shapes[reads[0]], **fields)
-        self.code_scale[node.output[0]] = fields["scale"]
+        self.code_scale[node.output[0]] = value
 
     def _constant_input(self, node: Any, name: str) -> np.ndarray:
         if name not in self.inits:
@@ -428,7 +429,7 @@ def _describe(path: str, digest: str) -> QonnxInfo:
             gemms.append(Gemm(op.name, height * width, op.reduction, op.out_features // op.groups, op.groups))
         else:
             gemms.append(Gemm(op.name, 1, op.reduction, op.out_features))
-    feeding = [model.ops[model.producer(i)] for i, _ in weights]
+    feeding = [model.ops[source] for i, _ in weights if (source := model.producer(i)) is not None]
     relus = [op for op in model.ops if isinstance(op, QuantAct) and op.relu]
     channels, height, width = model.input_shape
     return QonnxInfo(Path(path).stem, (channels, height, width), model.num_classes,

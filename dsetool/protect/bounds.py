@@ -3,8 +3,9 @@
 A protected tensor is the output of a requantizer: a weight layer's requantized output, what the array's
 output stage writes back and the next layer reads, where the paper's range check sits (every layer but
 the logits one, unless the experiment names fewer), and in graph networks also the requantized sum of a
-residual add or of an average pool (named after their quantizer, e.g. `layer1.0.relu`). Bounds are integer codes at the tensor's own scale, one pair per
-tensor or per output channel (axis 1), found by running the integer engine on the calibration images.
+residual add or of an average pool (named after their quantizer, e.g. `layer1.0.relu`). Bounds are integer
+codes at the tensor's own scale, one pair per tensor or per output channel (axis 1), found by running the
+integer engine on the calibration images.
 
 Then, in this order: the range mode (Ozen's ablation) picks `profiled` (each tensor its own), `global`
 (one real-valued range over all protected tensors, expressed in each tensor's codes) or `global10` (ten

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from dsetool.config import RANGE_PROTECTIONS, TRAIN_THREADS, RunConfig
-from dsetool.validate import ConfigError
 from dsetool.progress import Reporter, SilentReporter
 from dsetool.store import Entry, Result, Store, make_key
-from dsetool.validate import to_plain
+from dsetool.validate import ConfigError, to_plain
 
 
 @dataclass(frozen=True)

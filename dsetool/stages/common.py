@@ -11,11 +11,11 @@ import torch
 import dsetool.quiet  # noqa: F401  (before Brevitas is imported)
 from dsetool.config import RunConfig, qonnx_info
 from dsetool.data import DataSplits, geometry_of, load_dataset
-from dsetool.models.quant import LayerBits, QuantSpec
 from dsetool.models.fold import folded_state
+from dsetool.models.quant import LayerBits, QuantSpec
 from dsetool.models.zoo import build_model, input_size, load_float_weights
-from dsetool.validate import ConfigError
 from dsetool.training import pick_device, seed_everything
+from dsetool.validate import ConfigError
 
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
