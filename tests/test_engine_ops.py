@@ -380,6 +380,26 @@ def test_graph_ops_equal_exact_rational_arithmetic() -> None:
     assert engine.dtypes[names.index("add")] == torch.float32 and engine.ranges[names.index("add")] == (-128, 126)
 
 
+def test_a_po2_model_is_bit_exact_only_with_power_of_two_pool_windows() -> None:
+    assert not residual_model().build().bit_exact   # a 3x3 average pool: a fixed-point multiplier
+    b = Builder((2, 4, 4), 8, 2.0**-6, scaling="po2").conv("conv1", 4, 3, padding=1).relu("relu1", 6, 2.0**-3) \
+        .avgpool("pool", 2, 2).quant("q", 6, 2.0**-2).flatten().linear("fc", 3)
+    assert b.build().bit_exact and not Builder((2, 4, 4), 8, 0.01).flatten().linear("fc", 3).build().bit_exact
+
+
+def test_a_layer_too_wide_for_float32_runs_as_two_exact_float32_products() -> None:
+    """8-bit codes and weights over K = 64 x 9: accumulators beyond 2**24 need float64; the engine splits
+    the weights into halves whose products are exact in float32 and sums them in float64."""
+    model = Builder((64, 6, 6), 8, 1 / 255, seed=5).conv("conv", 8, 3, padding=1).relu("relu", 8, 0.5) \
+        .flatten().linear("fc", 3).build()
+    engine = Engine(model)
+    layer = engine.layers[1]
+    assert layer.dtype == torch.float64 and layer.split is not None
+    codes = torch.randint(0, 256, (4, 64, 6, 6)).to(torch.float32)
+    expected = torch.nn.functional.conv2d(codes.double(), layer.weight_tensor, layer.bias, padding=1)
+    assert torch.equal(layer(codes), expected)
+
+
 def test_an_add_of_two_scales_is_refused() -> None:
     with pytest.raises(ValueError, match=r"op 6 \('add'\): adds 'q_a' and 'q_b', whose scales 0.25 and 0.125 differ"):
         residual_model(second_scale=2.0**-3).build()

@@ -204,3 +204,54 @@ def test_pe_faults_in_a_depthwise_conv_equal_the_cycle_simulation_of_its_group(t
         outputs[group.op_index] = acc
         expected = engine.run(None, start=group.op_index + 1, given=outputs)
         assert torch.equal(evaluated.logits[0], expected.reshape(-1)), (site, dataflow, trial)
+
+
+def test_input_placement_keeps_every_reader_of_a_protected_tensor_protected(graph) -> None:
+    """`protect.placement: input` on a graph: weight layers check what they read, and a protected tensor
+    that an add or a pool reads keeps its check after the output stage; campaigns stay exact."""
+    from dsetool.protect.check import placed
+
+    engine, x = graph
+    model = engine.model
+    checks = {index: RangeCheck("zero", np.ones(model.ops[index].out_shape[0], dtype=np.int64),
+                                np.full(model.ops[index].out_shape[0], max(1, model.ops[index].qrange[1] // 2),
+                                        dtype=np.int64))
+              for _, index in protected_ops(model, [])}
+    where = placed(model, checks, "input")
+    covered = set(where["checks"]) | {model.producer(i) for i in where["input_checks"]}
+    assert covered == set(checks)   # no protected tensor lost its check
+    protected = Engine(model, **where)
+    groups, faults, evaluated = _evaluate(protected, x, "act", _spec(seed=13))
+    for t in range(faults.size):
+        group = groups[int(faults.group[t])]
+        expected = brute_force(protected, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]),
+                               "bitflip")
+        assert torch.equal(evaluated.logits[t], expected.reshape(-1)), (group.layer, t)
+
+
+def test_naming_a_later_reader_of_a_shared_buffer_selects_its_group(graph) -> None:
+    engine, _ = graph
+    model = engine.model
+    shared = [i for i in engine.layers if len(model.consumers(model.input_of(i))) > 1
+              and min(j for j in model.consumers(model.input_of(i)) if j in engine.layers) != i]
+    if not shared:
+        pytest.skip("no weight layer reads a buffer after another one (a chain)")
+    later = model.ops[shared[0]].name
+    (group,) = site_groups(model, "act", [later], EngineNetwork(engine).acc_bits())
+    assert group.buffer == model.input_of(shared[0]) and group.layer != later
+
+
+def test_a_requantizer_without_relu_never_reports_relu_masking(graph) -> None:
+    from dsetool.faults import kernels
+
+    engine, _ = graph
+    network = EngineNetwork(engine)
+    identities = [i for i, op in enumerate(engine.model.ops) if op.kind == "quant_identity"
+                  and engine.model.producer(i) in engine.layers]
+    if not identities:
+        pytest.skip("no requantizer without ReLU")
+    index = identities[0]
+    acc = torch.full((1, *engine.input_shape(index)), -85.0, dtype=engine.dtypes[engine.model.producer(index)])
+    golden_out = engine.step(index, acc)
+    why = network.masked_by(index, acc - 1, acc, golden_out)
+    assert why[0] != kernels.RELU

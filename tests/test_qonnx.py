@@ -119,6 +119,8 @@ BROKEN = {
     "unsupported op": (lambda path: _edited(path, _first("Relu")),
                        r"\(Sigmoid\): not an op the integer engine runs"),
     "missing file": (lambda path: path.with_name("missing.onnx"), r"missing.onnx: cannot read it"),
+    "malformed quant": (lambda path: _edited(path, lambda m: next(n for n in m.graph.node if n.op_type == "Quant")
+                                             .input.pop()), r"\(Quant\): malformed \(ValueError"),
 }
 
 
@@ -143,3 +145,19 @@ def test_a_model_for_other_images_is_refused(tmp_path: Path, write_experiment) -
     np.savez(tmp_path / "rgb.npz", x=rng.integers(0, 255, (20, 3, 8, 8)).astype(np.uint8), y=np.arange(20) % 10)
     result = _run(["sweep", str(experiment)], tmp_path / "runs")
     assert result.exit_code == 2 and "reads 1x32x32 images into 10 classes" in result.output, result.output
+
+
+def test_the_imported_model_and_the_engine_width_are_in_the_key(tmp_path: Path) -> None:
+    import dataclasses
+
+    from dsetool.config import RunConfig
+    from dsetool.stages import stage_key
+
+    path = exported("mlp", tmp_path)
+    config = RunConfig()
+    mine = dataclasses.replace(config, model=dataclasses.replace(config.model, qonnx=str(path)))
+    wider = dataclasses.replace(mine, hw=dataclasses.replace(mine.hw, multiplier_bits=16))
+    first = stage_key("import-qonnx", mine)[0]
+    assert stage_key("import-qonnx", wider)[0] != first
+    path.write_bytes(path.read_bytes() + b" ")   # another file content (onnx ignores trailing bytes)
+    assert stage_key("import-qonnx", mine)[0] != first

@@ -77,6 +77,7 @@ class GemmLayer:
         self.weight_tensor = torch.from_numpy(op.weight.astype(np.float64)).to(device, self.dtype)  # torch layout
         self.weight = self.weight_tensor.reshape(op.out_features, -1).T  # (K, N), a view: one copy of the weights
         self.bias = torch.from_numpy(op.bias.astype(np.float64)).to(device, self.dtype)
+        self.split = _split_shift(op, act) if self.dtype == torch.float64 else None
 
     def im2col(self, codes: torch.Tensor) -> torch.Tensor:
         """Return the (B, M, K) input matrices (in the layer's dtype) of codes shaped like its input."""
@@ -100,11 +101,50 @@ class GemmLayer:
         return isinstance(self.op, Conv2d) and self.op.groups > 1
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
+        if self.split is not None:
+            return self._split_call(codes)
         codes = codes.to(self.dtype)
         if isinstance(self.op, Conv2d):
             return ops.conv2d(codes, self.weight_tensor, self.bias, self.op.stride, self.op.padding,
                               self.op.groups)
         return torch.addmm(self.bias, codes.reshape(len(codes), -1), self.weight)
+
+    def _split_call(self, codes: torch.Tensor) -> torch.Tensor:
+        """The float64 accumulators of a layer too wide for float32, from two float32 products: with
+        w = hi * 2**s + lo (0 <= lo < 2**s), each of x @ hi and x @ lo stays an exact float32 integer
+        (`_split_shift` proves it), and hi * 2**s + lo is summed exactly in float64. Float64 BLAS and
+        convolutions run about 10x slower than float32 here. The halves are taken from `weight_tensor`
+        at every call, so an edited weight (a test's brute-force fault) is what runs."""
+        assert self.split is not None
+        codes = codes.to(torch.float32)
+        scale = float(2**self.split)
+        high = torch.floor(self.weight_tensor / scale)
+        low = (self.weight_tensor - high * scale).to(torch.float32)
+        high = high.to(torch.float32)
+        op = self.op
+        if isinstance(op, Conv2d):
+            def product(weights: torch.Tensor) -> torch.Tensor:
+                return ops.conv2d(codes, weights, None, op.stride, op.padding, op.groups)
+        else:
+            flat = codes.reshape(len(codes), -1)
+
+            def product(weights: torch.Tensor) -> torch.Tensor:
+                return flat @ weights.reshape(self.op.out_features, -1).T
+        shape = (-1, 1, 1) if isinstance(self.op, Conv2d) else (-1,)
+        return product(high).double().mul_(scale).add_(product(low).double()).add_(self.bias.reshape(shape))
+
+
+def _split_shift(op: WeightOp, act: QuantAct) -> int | None:
+    """Return s such that both halves of every weight, hi = floor(w / 2**s) and lo = w - hi * 2**s, keep a
+    product with any register activation exact in float32 (every partial sum below 2**24), or None."""
+    act_register = ops.int_range(act.bits, act.signed)
+    low, high = ops.int_range(op.weight_bits, op.weight_signed)
+    for shift in range(1, op.weight_bits):
+        halves = ((low >> shift, high >> shift), (0, 2**shift - 1))
+        if all(ops.fits(ops.gemm_bound(op.reduction, act_register, part, (0, 0)), ops.FLOAT32_EXACT_BITS)
+               for part in halves):
+            return shift
+    return None
 
 
 def _widths(op: WeightOp, act: QuantAct) -> RegisterWidths:
@@ -370,11 +410,12 @@ class Engine:
             raise ValueError(f"Op range [{start}, {stop}) is not within the model's {len(self._steps)} ops")
         values: dict[int, torch.Tensor] = {}
         if x is not None:
-            if tuple(x.shape[1:]) != self.input_shape(start):
-                raise ValueError(f"Op {start} reads per-image shape {list(self.input_shape(start))}, "
-                                 f"not {list(x.shape[1:])}")
+            first = self.model.inputs[start][0] if start < len(self._steps) else len(self._steps) - 1
+            expected = self.model.input_shape if first == INPUT else self.model.ops[first].out_shape
+            if tuple(x.shape[1:]) != expected:
+                raise ValueError(f"Op {start} reads per-image shape {list(expected)}, not {list(x.shape[1:])}")
             x = x.to(self.device, self.input_dtype(start))
-            if start < len(self._steps):
+            if start < len(self._steps):   # x is op start's first input (an add takes its other one from given)
                 values[self.model.inputs[start][0]] = x
         outputs = []
         last = x

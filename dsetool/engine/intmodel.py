@@ -219,6 +219,15 @@ class IntModel:
             source = self.input_of(source)
         return None if source == INPUT else source
 
+    @property
+    def bit_exact(self) -> bool:
+        """Say whether the engine must equal Brevitas bit for bit: po2 scales, and every average pool over a
+        power-of-two window (another window divides by a fixed-point multiplier in the engine and by a
+        float32 division in Brevitas, which can round a tie the other way: within one LSB, as float
+        scales are)."""
+        windows = [op.window for op in self.ops if isinstance(op, AvgPool2d)]
+        return self.scaling == "po2" and all(w & (w - 1) == 0 for w in windows)
+
     def is_chain(self) -> bool:
         """Say whether every op reads the op before it (the three original architectures are chains)."""
         return all(reads == (index - 1,) for index, reads in enumerate(self.inputs))

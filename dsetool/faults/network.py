@@ -63,7 +63,8 @@ class EngineNetwork:
         why = torch.where(inside & (codes == golden_rounded.clamp(requantizer.qmin, requantizer.qmax)),
                           kernels.SATURATION, why)
         why = torch.where(inside & (rounded == golden_rounded), kernels.ROUNDING, why)
-        why = torch.where(inside & (faulty <= 0) & (golden <= 0), kernels.RELU, why)
+        if requantizer.relu:
+            why = torch.where(inside & (faulty <= 0) & (golden <= 0), kernels.RELU, why)
         why = torch.where(faulty == golden, kernels.ARITHMETIC, why)
         return why.reshape(rows, -1).amax(dim=1).numpy().astype(np.int8)
 

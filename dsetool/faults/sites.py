@@ -88,8 +88,8 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
     if unknown:
         raise SiteError(f"the model has no weight layer {unknown[0]!r} (layers: {', '.join(names)})")
     chosen = [i for i in indices if not layers or model.ops[i].name in layers]
-    if site == "act":   # one group per buffer, however many weight layers read it
-        chosen = [i for i in chosen if _first_weight_reader(model, model.input_of(i)) == i]
+    if site == "act":   # one group per buffer, however many weight layers read it (named after the first)
+        chosen = sorted({_first_weight_reader(model, model.input_of(i)) for i in chosen})
     return [_group(model, site, i, acc_bits, array) for i in chosen]
 
 

@@ -157,6 +157,10 @@ def _check_supported(graph: Any, path: Path) -> None:
                                                   or isinstance(module.padding, str)):
                 raise FactoryError(f"{path}: module {node.target!r}: only dilation-1 convs with numeric zero "
                                    "padding run on the engine")
+        elif node.op == "call_function" and node.target in (operator.add, torch.add) and \
+                sum(isinstance(arg, type(node)) for arg in node.args) != 2:
+            raise FactoryError(f"{path}: {node.name!r} adds a constant to a tensor; the integer engine adds two "
+                               "quantized tensors only (fold the constant into a bias)")
         elif node.op == "call_function" and node.target not in functions:
             name = getattr(node.target, "__name__", repr(node.target))
             raise FactoryError(f"{path}: {node.name!r} calls {name}, which the integer engine does not run "
@@ -222,7 +226,22 @@ def describe(spec: str, digest: str, in_channels: int, image_size: tuple[int, in
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape[1:]) != (num_classes,):
         shape = list(logits.shape[1:]) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise FactoryError(f"{path}: the model returns {shape} per image, not the {num_classes} class logits")
+    _trial_export(spec, path, in_channels, num_classes, image_size)
     return FactoryInfo(split_spec(spec)[1], *_weight_gemms(graph, shapes))
+
+
+def _trial_export(spec: str, path: Path, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> None:
+    """Quantize and export the untrained network once, so what only the export can refuse (a ceil-mode
+    pool, a constant added to a tensor, unequal adaptive-pool windows) is refused before any training."""
+    from dsetool.models.export import integer_model
+    from dsetool.models.quant import QuantSpec
+
+    quantized = quantize(build_float(spec, in_channels, num_classes, image_size), QuantSpec(), path)
+    try:
+        integer_model(quantized, arch="trial", input_shape=(in_channels, *image_size))
+    except (ValueError, TypeError) as error:
+        raise FactoryError(f"{path}: the quantized network cannot be exported to the integer engine: {error}") \
+            from None
 
 
 def _recorder(shapes: dict[str, tuple[int, ...]], name: str) -> Any:

@@ -94,7 +94,12 @@ class _Importer:
         if handler is None:
             raise self.fail(node, "not an op the integer engine runs (it runs Quant, Conv, Gemm, Relu before a "
                                   "Quant, MaxPool, AveragePool, GlobalAveragePool, Flatten, Add)")
-        handler(node)
+        try:
+            handler(node)
+        except QonnxError:
+            raise
+        except Exception as error:   # a malformed node (missing inputs or attributes) of an op we know
+            raise self.fail(node, f"malformed ({type(error).__name__}: {error})") from None
 
     def _constant(self, node: Any) -> None:
         from onnx import numpy_helper
@@ -235,6 +240,8 @@ class _Importer:
         attrs = _attributes(node)
         if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
             raise self.fail(node, "only alpha = beta = 1 without transA is a linear layer")
+        if node.input[1] not in self.quantized:
+            raise self.fail(node, "its weights must pass through a Quant node (a float weight is not quantized)")
         if not attrs.get("transB", 0):   # weights stored (in, out): the engine's layout is torch's (out, in)
             self.quantized[node.input[1]].ints = self.quantized[node.input[1]].ints.T
         source = node.input[0]

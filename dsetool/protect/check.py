@@ -76,6 +76,30 @@ def at_inputs(model: IntModel, checks: Mapping[int, Check]) -> dict[int, Check]:
     return moved
 
 
+def placed(model: IntModel, checks: Mapping[int, Check], placement: str) -> dict[str, dict[int, Check]]:
+    """Return the `Engine` keyword arguments that place the protections: `output` after the output stages;
+    `input` where the weight layers read them (`at_inputs`), and, for a protected tensor that another op
+    reads too (an add or a pool in a graph network; max pools and flattens pass the codes on), also after
+    its output stage, so no reader goes unprotected."""
+    if placement == "output":
+        return {"checks": dict(checks)}
+    return {"input_checks": at_inputs(model, checks),
+            "checks": {index: check for index, check in checks.items() if _read_by_other_ops(model, index)}}
+
+
+def _read_by_other_ops(model: IntModel, index: int) -> bool:
+    """Say whether an op other than a weight layer reads op `index`'s output (through max pools and
+    flattens)."""
+    pending = list(model.consumers(index))
+    while pending:
+        reader = pending.pop()
+        if model.ops[reader].kind in ("maxpool2d", "flatten"):
+            pending.extend(model.consumers(reader))
+        elif not isinstance(model.ops[reader], WeightOp):
+            return True
+    return False
+
+
 def range_checks(bounds: Mapping[str, Any], mode: str, channels: Mapping[int, int]) -> dict[int, RangeCheck]:
     """Return the range check of every protected tensor in a `bounds.json` document, by output-stage op
     index; `channels[op]` is that tensor's channel count (per-layer bounds are repeated over it)."""

@@ -177,7 +177,8 @@ def _import_reads(cfg: RunConfig) -> dict[str, Any]:
     if content is not None:
         data["content"] = content
     try:
-        return {"qonnx_source": file_digest(cfg.model.qonnx), "data": data}
+        return {"qonnx_source": file_digest(cfg.model.qonnx), "data": data,
+                "multiplier_bits": cfg.hw.multiplier_bits}   # the engine measures the accuracy
     except QonnxError as error:
         raise ConfigError(str(cfg.name), "model.qonnx", str(error)) from None
 

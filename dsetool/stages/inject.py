@@ -38,7 +38,7 @@ from dsetool.faults.sites import SiteError, site_groups
 from dsetool.faults.stats import wilson
 from dsetool.protect import registry as protections
 from dsetool.protect.bounds import protected_ops
-from dsetool.protect.check import CHECK_MODES, at_inputs, range_checks
+from dsetool.protect.check import CHECK_MODES, placed, range_checks
 from dsetool.protect.schemes import scheme
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
@@ -71,8 +71,9 @@ def run(ctx: StageContext) -> Result:
     protection: dict[str, Any] = {"protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
     if cfg.hw.protection != "none":   # the campaign runs on the protected engine; its fault-free cost first
         checks = _protections(ctx, model)
-        placed = {"checks": checks} if cfg.protect.placement == "output" else {"input_checks": at_inputs(model, checks)}
-        engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits, **placed)
+        where = placed(model, checks, cfg.protect.placement)
+        engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits, checks=where.get("checks"),
+                        input_checks=where.get("input_checks"))
         network = EngineNetwork(engine)
         unprotected, golden = golden, Golden(engine.run(x, keep=True), labels, network.logit_scale())
         protection.update(clean_predictions_changed=int((golden.top1 != unprotected.top1).sum()),
@@ -159,8 +160,14 @@ def _check_against_brevitas(ctx: StageContext, splits: Any, golden: Golden, x: t
     ours = golden.outputs[-1]
     deviation = float((reference / golden.logit_scale - ours).abs().max()) if len(x) else 0.0
     agreement = float((reference.argmax(1) == golden.top1).double().mean()) if len(x) else 1.0
-    judge_agreement(ctx.config.quant.scaling, agreement, deviation, len(x), ctx.config.faults.golden_agreement)
+    judge_agreement(golden_rule(ctx), agreement, deviation, len(x), ctx.config.faults.golden_agreement)
     return {"golden_agreement": agreement, "max_lsb_deviation": deviation}
+
+
+def golden_rule(ctx: StageContext) -> str:
+    """Return how the engine must agree with its reference: "po2" (bit for bit) when the model is bit-exact
+    (`IntModel.bit_exact`), else "float" (top-1, `faults.golden_agreement`)."""
+    return "po2" if load_intmodel(ctx.upstream[quant_stage(ctx.config)].path).bit_exact else "float"
 
 
 QONNX_REFERENCE_INPUTS = 32   # QONNX's executor runs one image at a time, node by node
@@ -181,7 +188,7 @@ def _check_against_qonnx(ctx: StageContext, golden: Golden, x: torch.Tensor) -> 
     ours = golden.outputs[-1][:count]
     deviation = float((reference / golden.logit_scale - ours).abs().max()) if count else 0.0
     agreement = float((reference.argmax(1) == golden.top1[:count]).double().mean()) if count else 1.0
-    judge_agreement(ctx.config.quant.scaling, agreement, deviation, count, ctx.config.faults.golden_agreement,
+    judge_agreement(golden_rule(ctx), agreement, deviation, count, ctx.config.faults.golden_agreement,
                     "QONNX's executor")
     return {"golden_agreement": agreement, "max_lsb_deviation": deviation}
 
