@@ -421,7 +421,7 @@ def main() -> None:
     parser.add_argument("--alexnet-samples", type=int, default=512)
     parser.add_argument("--alexnet-epochs", type=int, default=3, help="float training epochs (~7 s each)")
     parser.add_argument("--graph-samples", type=int, default=512, help="faults per ResNet-20 / MobileNet campaign")
-    parser.add_argument("--graph-epochs", type=int, default=2, help="float training epochs of ResNet-20 / MobileNet")
+    parser.add_argument("--graph-epochs", type=int, default=6, help="float training epochs of ResNet-20 / MobileNet")
     parser.add_argument("--archs", default="lenet5,alexnet32,resnet20,mobilenet")
     args = parser.parse_args()
     # PyTorchFI calls logging.basicConfig with a format needing a `clientip` field, which breaks every
