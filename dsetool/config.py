@@ -69,11 +69,14 @@ class ModelConfig:
 
     @property
     def label(self) -> str:
-        """Return the network's name in reports: the architecture, the factory function's or the QONNX
-        file's name."""
+        """Return the network's name in reports: the architecture, the QONNX file's name, or the factory's
+        file (or module) and function (`nets.make`: two files' `make` stay apart)."""
         if self.qonnx:
             return Path(self.qonnx).stem
-        return self.factory.rpartition(":")[2] if self.factory else self.arch
+        if not self.factory:
+            return self.arch
+        target, _, function = self.factory.rpartition(":")
+        return f"{Path(target).stem if target.endswith('.py') else target}.{function}"
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,9 @@ def _split(
     if max_train > 0:
         train = train[_take(y[train], max_train, seed)[1]]
     if len(train) == 0:
-        raise DatasetError(f"no training samples left; lower val_fraction ({val_fraction}) or test_fraction")
+        raise DatasetError(f"no training samples left: {n_all} samples, of which {len(y_test)} test and {len(val)} "
+                           f"validation (each fraction rounds up to at least one); give more samples or lower "
+                           f"val_fraction ({val_fraction}) or test_fraction ({test_fraction})")
     calib = train[_take(y[train], calib_size, seed)[1]]
     pairs = (x[train], y[train]), (x[val], y[val]), (x_test, y_test), (x[calib], y[calib])
     return dict(zip(("train", "val", "test", "calib"), pairs, strict=True))

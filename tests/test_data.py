@@ -176,7 +176,8 @@ def test_tiny_subsets_fall_back_to_an_unstratified_draw() -> None:
 def test_fractions_leaving_no_train_data_are_rejected() -> None:
     with pytest.raises(DatasetError, match=r"^val_fraction and test_fraction must be in \[0, 1\), not 1\.5$"):
         load_dataset("digits", val_fraction=1.5)
-    with pytest.raises(DatasetError, match="no training samples left"):
+    with pytest.raises(DatasetError, match=r"no training samples left: 1797 samples, of which 1079 test and 718 "
+                                           r"validation .* lower val_fraction \(0.6\) or test_fraction \(0.6\)"):
         load_dataset("digits", val_fraction=0.6, test_fraction=0.6)
 
 

@@ -147,3 +147,22 @@ def test_the_factory_source_is_part_of_the_key(network_file: Path) -> None:
     assert stage_key("pretrain", mine)[0] == first != stage_key("pretrain", config)[0]
     network_file.write_text(NETWORK.replace("8, 3, padding=1", "12, 3, padding=1").replace("Block(8, 8", "Block(12, 8"))
     assert stage_key("pretrain", mine)[0] != first
+
+
+def test_a_factory_network_runs_through_the_stages(tmp_path: Path, network_file: Path, write_experiment) -> None:
+    """Pretrain, QAT, bounds and a protected campaign on the user's network, reported under its name."""
+    import json
+
+    experiment = write_experiment({
+        "name": "mine", "threads": 1, "data": {"name": "digits", "calib_size": 32, "max_train": 300},
+        "model": {"factory": f"{network_file}:make"}, "quant": {"bits": 4},
+        "train": {"pretrain": {"epochs": 2, "batch_size": 64}, "qat": {"epochs": 1, "batch_size": 64}},
+        "hw": {"protection": "clip"}, "faults": {"samples": 150, "inputs": 48, "site": ["act", "pe.psum"]}})
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["inject", str(experiment), "--json", "--runs", str(runs)])
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")][0]["metrics"]
+    assert metrics["golden_agreement"] == 1.0 and metrics["max_lsb_deviation"] == 0.0
+    assert (metrics["weight_bits"], metrics["act_bits"]) == (4, 4) and metrics["planned_inferences"] == 150
+    model = json.loads(next((runs / "train-qat").glob("*/*/intmodel.json")).read_text())
+    assert model["arch"] == "net.make" and {"add", "avgpool2d"} <= {op["op"] for op in model["ops"]}
