@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -173,7 +174,7 @@ def test_schema_is_json_schema_with_constraints():
     assert s["additionalProperties"] is False
 
 
-@pytest.mark.parametrize("name", ["lenet", "lenet-mnist", "alexnet-cifar10", "smoke"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")))
 def test_shipped_experiments_are_valid(name):
     from tests.conftest import REPO
 
