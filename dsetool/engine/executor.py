@@ -1,18 +1,22 @@
 """Run an `IntModel` on integer codes, op by op, as the systolic array and its output stage compute it.
 
-`Engine.run` executes ops[start:stop] on the input of op `start`: the float images for op 0 (the input
-quantizer), else codes or accumulators. Each op's output is:
+`Engine.run` executes ops[start:stop] in the model's topological order, each op on the outputs of the ops
+`IntModel.inputs` names: the float images for op 0 (the input quantizer), else codes or integers. Each
+op's output is:
 
-- quant_input / quant_relu: activation codes (float32 tensors of exact integers);
+- quant_input / quant_relu / quant_identity: activation codes (float32 tensors of exact integers);
 - conv2d / linear: the layer's int accumulators, (B, C, H, W) or (B, N), at scale `acc_scale(i)`, in the
   layer's `dtype` (float32 when its accumulators provably fit, else float64; see `ops.accumulator_dtype`);
-- maxpool2d / flatten: the same values, pooled or reshaped.
+- maxpool2d / flatten: the same values, pooled or reshaped;
+- avgpool2d / add: exact integer window sums or sums of two code tensors (`ranges[i]`, `dtypes[i]`).
 
 What the fault layer builds on: `run(x, keep=True)` returns every op's output (the golden cache, list
-index i = op i); `run(y, start=i)` recomputes only ops i.. from a replacement y for op i's input (prefix
-reuse); `layers[i]` is weight op i as a GEMM (`weight` K x N, `im2col`, `gemm`, `fold`, register `widths`);
-`requantize(i, acc, channels)` is weight op i's output stage on any subset of its accumulators; `top1`
-turns logit accumulators into classes (per-class scales under per-channel weights).
+index i = op i); `run(y, start=i, given=golden)` recomputes only ops i.. from a replacement y for op i's
+input, reading other earlier outputs (a residual branch) from `given`; `step(i, *inputs)` runs one op;
+`layers[i]` is weight op i as a GEMM (`weight` K x N, `im2col`, `gemm`, `fold`, register `widths`);
+`requantize(i, acc, channels)` is weight op i's output stage on any subset of its accumulators
+(`output_stages[q]`: quantizer q's, whatever it reads); `top1` turns logit accumulators into classes
+(per-class scales under per-channel weights).
 """
 
 from __future__ import annotations
