@@ -85,8 +85,9 @@ def test_resnet_export_is_a_graph_with_one_scale_per_add(tmp_path: Path) -> None
     names = [op.name for op in model.ops]
     add = names.index("layer2.0.add")
     left, right = (model.ops[i] for i in model.inputs[add])
-    assert (left.name, right.name) == ("layer2.0.addq", "layer2.0.addq:2") and left.scale == right.scale
-    assert model.ops[model.producer(names.index("layer2.0.addq:2"))].name == "layer2.0.shortcut"
+    assert (left.name, right.name) == ("layer2.0.addq:2", "layer2.0.addq") and left.scale == right.scale
+    assert model.ops[model.producer(names.index("layer2.0.addq"))].name == "layer2.0.shortcut"
+    assert model.inputs[add][0] == add - 1   # the residual path is a chain into the add
     block_input = model.input_of(names.index("layer1.0.conv1"))
     assert len(model.consumers(block_input)) == 2   # the first conv and, through the add quantizer, the shortcut
     assert model.ops[names.index("pool")].kind == "avgpool2d" and model.ops[names.index("pool")].window == 16

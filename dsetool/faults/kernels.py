@@ -116,7 +116,7 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
                  start: np.ndarray, element: np.ndarray, value: np.ndarray, weight: np.ndarray,
                  taps: np.ndarray, out_shape: np.ndarray, geometry: np.ndarray, requantize: bool,
                  factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool, qmin: float,
-                 qmax: float) -> Output:
+                 qmax: float, relu: bool) -> Output:
     """Return the changes of a convolution: golden + (new - golden input) x weight, summed over the
     kernel taps each changed input reaches; with `requantize`, through its output stage (its codes where
     they differ from `golden_codes`: the changed accumulators are never stored), else the accumulators.
@@ -146,10 +146,11 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
                     golden = golden_acc[img, position]
                     result = golden + change
                     if requantize:
-                        code = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
+                        code = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax, relu)
                         if code == golden_codes[img, position]:
                             if why < SATURATION:
-                                why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer))
+                                why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer,
+                                                          relu))
                             delta[pixel * outs + n] = 0.0
                             continue
                         result = code
@@ -166,7 +167,7 @@ def conv_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np
 def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: np.ndarray, image: np.ndarray,
                    start: np.ndarray, element: np.ndarray, value: np.ndarray, weight: np.ndarray,
                    requantize: bool, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, integer: bool,
-                   qmin: float, qmax: float) -> Output:
+                   qmin: float, qmax: float, relu: bool) -> Output:
     """Return the changes of a linear layer (`weight` (K, N), so the loop over the N outputs runs
     contiguously): with `requantize`, its codes after the output stage where they differ from
     `golden_codes`; without (the logits layer), its changed accumulators."""
@@ -190,10 +191,10 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
                 result = golden + delta[n]
                 delta[n] = 0.0
                 if requantize:
-                    code = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax)
+                    code = _requantized(result, n, factor, multiplier, shift, integer, qmin, qmax, relu)
                     if code == golden_codes[img, n]:
                         if why < SATURATION:
-                            why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer))
+                            why = max(why, _masked_by(result, golden, n, factor, multiplier, shift, integer, relu))
                         continue
                     result = code
                 new_element[used] = n
@@ -218,9 +219,11 @@ def _close(f: int, first: int, used: int, why: int, alive: np.ndarray, n_alive: 
 
 @numba.njit(nogil=True, cache=True)
 def _rounded(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
-             integer: bool) -> float:
-    """Return an accumulator after the output stage's ReLU, scaling and rounding (not yet saturated)."""
-    acc = max(acc, 0.0)
+             integer: bool, relu: bool) -> float:
+    """Return an accumulator after the output stage's ReLU (if it has one), scaling and rounding (not yet
+    saturated)."""
+    if relu:
+        acc = max(acc, 0.0)
     if integer:
         return float(_shift_round_half_even(np.int64(acc) * multiplier[channel], shift[channel]))
     return np.rint(acc * factor[channel])
@@ -228,21 +231,21 @@ def _rounded(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarra
 
 @numba.njit(nogil=True, cache=True)
 def _requantized(acc: float, channel: int, factor: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
-                 integer: bool, qmin: float, qmax: float) -> float:
+                 integer: bool, qmin: float, qmax: float, relu: bool) -> float:
     """Return the output stage's code of one accumulator (see `dsetool.engine.executor.Requantizer`)."""
-    return min(max(_rounded(acc, channel, factor, multiplier, shift, integer), qmin), qmax)
+    return min(max(_rounded(acc, channel, factor, multiplier, shift, integer, relu), qmin), qmax)
 
 
 @numba.njit(nogil=True, cache=True)
 def _masked_by(acc: float, golden: float, channel: int, factor: np.ndarray, multiplier: np.ndarray,
-               shift: np.ndarray, integer: bool) -> int:
+               shift: np.ndarray, integer: bool, relu: bool) -> int:
     """Return the output-stage step after which a changed accumulator whose code is the golden one (before
     any protection: the kernels compare with those) first equals the golden value: RELU, ROUNDING, else
     SATURATION."""
-    if acc <= 0 and golden <= 0:
+    if relu and acc <= 0 and golden <= 0:
         return RELU
-    if _rounded(acc, channel, factor, multiplier, shift, integer) == \
-            _rounded(golden, channel, factor, multiplier, shift, integer):
+    if _rounded(acc, channel, factor, multiplier, shift, integer, relu) == \
+            _rounded(golden, channel, factor, multiplier, shift, integer, relu):
         return ROUNDING
     return SATURATION
 
@@ -265,8 +268,9 @@ def _shift_round_half_even(x: np.int64, shift: np.int64) -> np.int64:
 @numba.njit(nogil=True, cache=True)
 def requantize_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.ndarray, start: np.ndarray,
                        element: np.ndarray, value: np.ndarray, per_channel: int, factor: np.ndarray,
-                       multiplier: np.ndarray, shift: np.ndarray, integer: bool, qmin: float, qmax: float) -> Output:
-    """Return the changed codes: the changed accumulators through the output stage (relu, M * 2**-s,
+                       multiplier: np.ndarray, shift: np.ndarray, integer: bool, qmin: float, qmax: float,
+                       relu: bool) -> Output:
+    """Return the changed codes: the changed accumulators through the output stage (relu?, M * 2**-s,
     half-even rounding, saturation, as the engine's `Requantizer`), where they differ from golden."""
     faults = len(image)
     alive, new_start, new_element, new_value, masked = _buffers(faults, len(element))
@@ -278,14 +282,35 @@ def requantize_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.
         for j in range(start[f], start[f + 1]):
             e = element[j]
             channel = e // per_channel
-            code = _requantized(value[j], channel, factor, multiplier, shift, integer, qmin, qmax)
+            code = _requantized(value[j], channel, factor, multiplier, shift, integer, qmin, qmax, relu)
             if code != golden_out[img, e]:
                 new_element[used] = e
                 new_value[used] = code
                 used += 1
             elif why < SATURATION:
-                why = max(why, _masked_by(value[j], golden_in[img, e], channel, factor, multiplier, shift, integer))
+                why = max(why, _masked_by(value[j], golden_in[img, e], channel, factor, multiplier, shift, integer,
+                                          relu))
         n_alive = _close(f, first, used, why, alive, n_alive, new_start, masked)
+    return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
+
+
+@numba.njit(nogil=True, cache=True)
+def add_changes(golden_other: np.ndarray, golden_out: np.ndarray, image: np.ndarray, start: np.ndarray,
+                element: np.ndarray, value: np.ndarray) -> Output:
+    """Return the changes of an add whose other input is golden: each changed value plus the other
+    input's value at its element (a sum changes wherever one addend does: nothing is masked here)."""
+    faults = len(image)
+    alive, new_start, new_element, new_value, masked = _buffers(faults, len(element))
+    used = n_alive = 0
+    for f in range(faults):
+        img = image[f]
+        first = used
+        for j in range(start[f], start[f + 1]):
+            e = element[j]
+            new_element[used] = e
+            new_value[used] = value[j] + golden_other[img, e]
+            used += 1
+        n_alive = _close(f, first, used, ARITHMETIC, alive, n_alive, new_start, masked)
     return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
 
 

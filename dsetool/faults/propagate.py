@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct
+from dsetool.engine.executor import Requantizer
+from dsetool.engine.intmodel import Add, Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct
 from dsetool.faults import kernels
 from dsetool.protect.check import RangeCheck
 
@@ -219,7 +220,8 @@ def _steps(engine: Engine) -> list[_Step | str | None]:
         steps = [_sparse_step_of(engine, index, op) for index, op in enumerate(engine.model.ops)]
         return [step if not isinstance(step, _Step) else dataclasses.replace(
                     step, check=_check(engine.checks.get(step.last), engine.model.ops[step.last].out_shape),
-                    input_check=_check(engine.input_checks.get(index), engine.input_shape(index)))
+                    input_check=_check(engine.input_checks.get(index), engine.input_shape(index))
+                    if index in engine.input_checks else None)
                 for index, step in enumerate(steps)]
 
     steps: list[_Step | str | None] = _operand(engine, ("steps", 0), build)
@@ -231,6 +233,8 @@ def _sparse_step_of(engine: Engine, index: int, op: Op) -> _Step | str | None:
     (the faults join the dense path here). It crosses only chain links: op `index` reads op `index - 1`
     and nothing else does, so the changes it carries are all that differs."""
     model = engine.model
+    if isinstance(op, Add):
+        return _add_step(engine, index)
     if not _chained(model, index):
         return None
     if isinstance(op, Flatten):
@@ -241,9 +245,20 @@ def _sparse_step_of(engine: Engine, index: int, op: Op) -> _Step | str | None:
         return _linear_step(engine, index)
     if isinstance(op, MaxPool2d):
         return _pool_step(engine, index)
-    if isinstance(op, QuantAct) and op.relu and model.producer(index) in engine.requantizers:
+    if isinstance(op, QuantAct) and index in engine.output_stages:
         return _requantize_step(engine, index)
     return None
+
+
+def _add_step(engine: Engine, index: int) -> _Step | None:
+    """An add, crossed when the changes come from op `index - 1`, which only the add reads (the other
+    addend is then golden for every fault on the path)."""
+    model = engine.model
+    reads = model.inputs[index]
+    if index - 1 not in reads or model.consumers(index - 1) != (index,) or reads[0] == reads[1]:
+        return None
+    other = reads[0] if reads[1] == index - 1 else reads[1]
+    return _Step(kernels.add_changes, (other, index), (), index)
 
 
 def _chained(model: IntModel, index: int) -> bool:
@@ -275,7 +290,7 @@ def _conv_step(engine: Engine, index: int) -> _Step:
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.conv_changes, (index - 1, index, index + 1 if fused else index),
                  (weight, kernels.reach(in_shape, geometry), _shape(current.out_shape), geometry, fused,
-                  *_output_stage(engine, index if fused else None)), index + fused,
+                  *_output_stage(engine, index + 1 if fused else None)), index + fused,
                  _sparse_limit(current),
                  current.kernel[0] * current.kernel[1] * current.out_features)
 
@@ -287,7 +302,7 @@ def _linear_step(engine: Engine, index: int) -> _Step:
     weight = engine.layers[index].weight_tensor.to(torch.float64).T.contiguous().numpy()
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.linear_changes, (index - 1, index, index + 1 if fused else index),
-                 (weight, fused, *_output_stage(engine, index if fused else None)), index + fused,
+                 (weight, fused, *_output_stage(engine, index + 1 if fused else None)), index + fused,
                  _sparse_limit(current), current.out_features)
 
 
@@ -301,11 +316,11 @@ def _pool_step(engine: Engine, index: int) -> _Step:
 
 
 def _requantize_step(engine: Engine, index: int) -> _Step:
-    """An output stage not fused into its weight op (a pool sits between them)."""
-    source = engine.model.producer(index)
-    assert source is not None
-    per_channel = math.prod(engine.input_shape(index)) // len(engine.requantizers[source].multiplier)
-    return _Step(kernels.requantize_changes, (index - 1, index), (per_channel, *_output_stage(engine, source)), index)
+    """An output stage not fused into a weight op (a pool sits between them, or it requantizes an add's or
+    a pool's sums, or another quantizer's codes)."""
+    stage = engine.output_stages[index]
+    per_channel = math.prod(engine.input_shape(index)) // len(stage.multiplier)
+    return _Step(kernels.requantize_changes, (index - 1, index), (per_channel, *_stage_operands(stage)), index)
 
 
 def _window(op: Conv2d | MaxPool2d, in_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -315,11 +330,9 @@ def _window(op: Conv2d | MaxPool2d, in_shape: Sequence[int]) -> tuple[np.ndarray
 
 
 def _fused_output_stage(engine: Engine, index: int) -> bool:
-    """Say whether weight op `index`'s output stage (a ReLU requantizer) is the op right after it, and the
-    only reader of its accumulators."""
-    model_ops = engine.model.ops
-    after = model_ops[index + 1] if index + 1 < len(model_ops) else None
-    return isinstance(after, QuantAct) and after.relu and _chained(engine.model, index + 1)
+    """Say whether weight op `index`'s output stage is the op right after it, and the only reader of its
+    accumulators."""
+    return index + 1 in engine.output_stages and _chained(engine.model, index + 1)
 
 
 def golden_rows(tensor: torch.Tensor) -> np.ndarray:
@@ -367,22 +380,23 @@ def _shape(shape: Sequence[int]) -> np.ndarray:
     return np.array(shape, dtype=np.int64)
 
 
-Stage = tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float]
+Stage = tuple[np.ndarray, np.ndarray, np.ndarray, bool, float, float, bool]
 
 # What the kernels take for "no output stage" (their `requantize` False): never read, typed alike.
-_NO_STAGE: Stage = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), False, 0.0, 0.0)
+_NO_STAGE: Stage = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), False, 0.0, 0.0, True)
 _CHECK_MODES = {"clip": kernels.CLIP, "zero": kernels.ZERO, "detect": kernels.DETECT}
 
 
-def _output_stage(engine: Engine, source: int | None) -> Stage:
-    """Return weight layer `source`'s output-stage constants as the kernels take them (`source` None: no
-    output stage)."""
-    if source is None:
-        return _NO_STAGE
-    requantizer = engine.requantizers[source]
+def _output_stage(engine: Engine, quantizer: int | None) -> Stage:
+    """Return quantizer op `quantizer`'s output-stage constants as the kernels take them (None: no output
+    stage)."""
+    return _NO_STAGE if quantizer is None else _stage_operands(engine.output_stages[quantizer])
+
+
+def _stage_operands(requantizer: Requantizer) -> Stage:
     return (requantizer.factor.to(torch.float64).numpy(), np.array(requantizer.multiplier, dtype=np.int64),
             np.array(requantizer.shift, dtype=np.int64), requantizer.compute_dtype == torch.int64,
-            float(requantizer.qmin), float(requantizer.qmax))
+            float(requantizer.qmin), float(requantizer.qmax), requantizer.relu)
 
 
 def _check(check: Any, shape: Sequence[int]) -> tuple[Any, ...] | None:

@@ -87,15 +87,18 @@ def _resnet(blocks_per_stage: int) -> tuple[Node, ...]:
             stride = 2 if stage > 1 and block == 0 else 1
             prefix = f"layer{stage}.{block}"
             entry = graph.last
-            graph.conv_relu(f"{prefix}.conv1", width, 3, stride)
-            residual = graph.add(f"{prefix}.conv2", "conv", out=width, kernel=3, padding=1, bn=True)
+            # The shortcut first, so the residual path conv1 -> conv2 -> its quantizer -> add -> relu is a
+            # chain of ops each only its successor reads: single faults cross it on the sparse fault path.
             shortcut = entry
             if stride != 1 or width != channels:
                 shortcut = graph.add(f"{prefix}.shortcut", "conv", entry, out=width, kernel=1, stride=stride,
                                      bn=True)
             # One quantizer (one scale) for both inputs of the add: two calls of the same module.
-            left = graph.add(f"{prefix}.addq", "addq", residual)
-            right = graph.add(f"{prefix}.addq:2", "addq", shortcut)
+            right = graph.add(f"{prefix}.addq", "addq", shortcut)
+            graph.add(f"{prefix}.conv1", "conv", entry, out=width, kernel=3, stride=stride, padding=1, bn=True)
+            graph.add(f"{prefix}.conv1_relu", "relu")
+            residual = graph.add(f"{prefix}.conv2", "conv", out=width, kernel=3, padding=1, bn=True)
+            left = graph.add(f"{prefix}.addq:2", "addq", residual)
             graph.add(f"{prefix}.add", "add", left, right)
             graph.add(f"{prefix}.relu", "relu")
             channels = width
