@@ -18,10 +18,9 @@ from dsetool.faults.bits import apply_fault
 from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import site_groups
-from dsetool.protect.bounds import protected_ops
-from dsetool.protect.check import RangeCheck
 from hw.arrayconfig import ArrayConfig
 from tests.fixtures.engines import digits, exported_engine
+from tests.test_faults_propagate import narrow_checks
 
 N_INPUTS = 16
 SIDE = 16
@@ -78,12 +77,7 @@ def _evaluate(engine: Engine, x: torch.Tensor, site: str, spec: CampaignSpec, ar
 @pytest.mark.parametrize("site", ["act", "weight", "out"])
 def test_single_faults_equal_recomputing(graph, site: str) -> None:
     engine, x = graph
-    groups, faults, evaluated = _evaluate(engine, x, site, _spec())
-    for t in range(faults.size):
-        group = groups[int(faults.group[t])]
-        expected = brute_force(engine, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]),
-                               "bitflip")
-        assert torch.equal(evaluated.logits[t], expected.reshape(-1)), (site, group.layer, t)
+    assert_campaign_equals_recomputing(engine, x, site, _spec())
 
 
 def recompute_with_buffer_faults(engine: Engine, groups, x_row: torch.Tensor, picked: list[tuple[int, int, int]],
@@ -134,20 +128,20 @@ def test_a_buffer_read_twice_is_one_act_site_group(graph) -> None:
     assert bool(shared) == (model.arch == "resnet8")
 
 
-def test_range_checks_on_every_requantizer_equal_recomputing(graph) -> None:
-    engine, x = graph
-    model = engine.model
-    checks = {index: RangeCheck("clip", np.ones(model.ops[index].out_shape[0], dtype=np.int64),
-                                np.full(model.ops[index].out_shape[0], max(1, model.ops[index].qrange[1] // 2),
-                                        dtype=np.int64))
-              for _, index in protected_ops(model, [])}
-    checked = Engine(model, checks=checks)
-    groups, faults, evaluated = _evaluate(checked, x, "act", _spec(seed=9))
+def assert_campaign_equals_recomputing(engine: Engine, x: torch.Tensor, site: str, spec: CampaignSpec) -> None:
+    """Every single-fault row of a campaign batch gives the logits of recomputing it from scratch."""
+    groups, faults, evaluated = _evaluate(engine, x, site, spec)
     for t in range(faults.size):
         group = groups[int(faults.group[t])]
-        expected = brute_force(checked, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]),
-                               "bitflip")
-        assert torch.equal(evaluated.logits[t], expected.reshape(-1)), (group.layer, t)
+        expected = brute_force(engine, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]),
+                               spec.model)
+        assert torch.equal(evaluated.logits[t], expected.reshape(-1)), (site, group.layer, t)
+
+
+def test_range_checks_on_every_requantizer_equal_recomputing(graph) -> None:
+    engine, x = graph
+    assert_campaign_equals_recomputing(Engine(engine.model, checks=narrow_checks(engine.model, "clip")), x, "act",
+                                       _spec(seed=9))
 
 
 def test_sparse_and_dense_paths_agree(graph, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,20 +207,11 @@ def test_input_placement_keeps_every_reader_of_a_protected_tensor_protected(grap
 
     engine, x = graph
     model = engine.model
-    checks = {index: RangeCheck("zero", np.ones(model.ops[index].out_shape[0], dtype=np.int64),
-                                np.full(model.ops[index].out_shape[0], max(1, model.ops[index].qrange[1] // 2),
-                                        dtype=np.int64))
-              for _, index in protected_ops(model, [])}
+    checks = narrow_checks(model, "zero")
     where = placed(model, checks, "input")
     covered = set(where["checks"]) | {model.producer(i) for i in where["input_checks"]}
     assert covered == set(checks)   # no protected tensor lost its check
-    protected = Engine(model, **where)
-    groups, faults, evaluated = _evaluate(protected, x, "act", _spec(seed=13))
-    for t in range(faults.size):
-        group = groups[int(faults.group[t])]
-        expected = brute_force(protected, group, x[faults.inputs[t]], int(faults.element[t]), int(faults.bit[t]),
-                               "bitflip")
-        assert torch.equal(evaluated.logits[t], expected.reshape(-1)), (group.layer, t)
+    assert_campaign_equals_recomputing(Engine(model, **where), x, "act", _spec(seed=13))
 
 
 def test_naming_a_later_reader_of_a_shared_buffer_selects_its_group(graph) -> None:

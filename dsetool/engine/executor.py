@@ -298,7 +298,7 @@ class Engine:
                 raise ValueError(f"Input checks go before weight layers, and op {index} is not one")
             self._steps[index] = _then(check, self._steps[index])
         self.weight_layers: tuple[int, ...] = tuple(self.layers)
-        self._last_reader = _last_readers(model)
+        self._last_reader = model.last_readers()
 
     def _step(self, index: int, op: Op) -> OpStep:
         reads = self.model.inputs[index]
@@ -483,11 +483,3 @@ def _sum_pool(values: torch.Tensor, *, dtype: torch.dtype, kernel: tuple[int, in
 def _add(first: torch.Tensor, second: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
     return first.to(dtype) + second.to(dtype)
 
-
-def _last_readers(model: IntModel) -> dict[int, int]:
-    """Return, per op (and `INPUT`), the index of the last op that reads its output (-1: none)."""
-    last = {index: -1 for index in range(-1, len(model.ops))}
-    for index, reads in enumerate(model.inputs):
-        for source in reads:
-            last[source] = index
-    return last

@@ -28,7 +28,7 @@ import numpy as np
 
 from dsetool.engine.ops import conv_output_size, int_range
 
-FORMAT = "dsetool-intmodel"  # mirrors dsetool.models.export (not imported: it pulls in Brevitas)
+FORMAT = "dsetool-intmodel"  # what the writers (`models.export`, `models.qonnx_import`) put in the header
 VERSION = 2
 VERSIONS = (1, 2)   # 1: a chain without `inputs`, read as the graph it implies
 GRAPH_INPUT = "input"   # what the first op reads: the images
@@ -125,27 +125,28 @@ class Linear(WeightOp):
 
 
 @dataclass(frozen=True)
-class MaxPool2d:
+class _Pool:
+    """A sliding window over each channel (floor mode, dilation 1)."""
+
     name: str
     out_shape: tuple[int, ...]
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class MaxPool2d(_Pool):
     kind = "maxpool2d"
 
 
 @dataclass(frozen=True)
-class AvgPool2d:
+class AvgPool2d(_Pool):
     """Average pooling as the hardware computes it: the integer sum of each window (zeros where padding),
     at the input's scale divided by the window size; the quantizer reading it does the division as part
     of its requantization (Brevitas's rule for a pooled QuantTensor). A global average pool is the one
     window covering the map."""
 
-    name: str
-    out_shape: tuple[int, ...]
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
     kind = "avgpool2d"
 
     @property
@@ -215,7 +216,7 @@ class IntModel:
         return tuple(self._through_passthrough(source) for source in self.inputs[index])
 
     def _through_passthrough(self, source: int) -> int | None:
-        while source != INPUT and self.ops[source].kind in _PASSTHROUGH:
+        while source != INPUT and self.ops[source].kind in PASSTHROUGH:
             source = self.input_of(source)
         return None if source == INPUT else source
 
@@ -245,6 +246,15 @@ class IntModel:
         if isinstance(op, AvgPool2d):
             return tuple(s / op.window for s in scale)
         return scale
+
+    def last_readers(self) -> dict[int, int]:
+        """Return, per op (and `INPUT`), the index of the last op that reads its output (-1: none): when a
+        run may let go of a tensor."""
+        last = {index: -1 for index in range(INPUT, len(self.ops))}
+        for index, reads in enumerate(self.inputs):
+            for source in reads:
+                last[source] = index
+        return last
 
     def consumers(self, index: int) -> tuple[int, ...]:
         """Return the ops that read op `index`'s output, in order."""
@@ -359,6 +369,11 @@ class _Fields:
         return array
 
 
+def stored_ints(values: np.ndarray, bits: int) -> np.ndarray:
+    """Return integer weights in the narrowest dtype the npz stores them in (int8, int16, int32)."""
+    return values.astype(np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32)
+
+
 def _parse_op(fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -> Op:
     kind = fields.choice("op", tuple(_ARITY))
     common = {"name": fields.get("name", str), "out_shape": fields.shape("out_shape")}
@@ -445,7 +460,7 @@ def _exponent(fields: _Fields, key: str, scales: list[float], scaling: str) -> t
 
 _WEIGHT_KINDS = ("conv2d", "linear")
 _QUANT_KINDS = ("quant_input", "quant_relu", "quant_identity")
-_PASSTHROUGH = ("maxpool2d", "flatten")  # ops between a producer and its consumer that keep its values
+PASSTHROUGH = ("maxpool2d", "flatten")  # ops between a producer and its consumer that keep its values
 _ARITY = {"quant_input": 1, "quant_relu": 1, "quant_identity": 1, "conv2d": 1, "linear": 1, "maxpool2d": 1,
           "avgpool2d": 1, "add": 2, "flatten": 1}
 

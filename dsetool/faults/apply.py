@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dsetool.engine import Engine
-from dsetool.engine.intmodel import Conv2d, IntModel, WeightOp
+from dsetool.engine.intmodel import Conv2d, WeightOp
 from dsetool.faults import kernels
 from dsetool.faults.bits import with_masks
 from dsetool.faults.propagate import Propagated, can_follow, follows, golden_rows, propagate, unchecked_golden
@@ -202,7 +202,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     entry_ops = set(first[first <= last_op].tolist()) | set(pending)
     if not entry_ops:
         return _masked_at_logits(result, golden[last_op], inputs, n_faults)
-    last_reader = _last_readers(graph)
+    last_reader = graph.last_readers()
     for op in range(min(entry_ops), last_op + 1):
         if not len(live) and op not in entry_ops:
             continue  # nothing runs here
@@ -261,20 +261,10 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
 
 def _carriable(net: Network, groups: Sequence[SiteGroup]) -> np.ndarray:
     """Say per group whether its single faults can be followed sparsely (`propagate`): an activation buffer
-    read only by the weight layer right after the op that writes it (as in a chain)."""
-    graph = net.engine.model
-    return np.array([g.hook == "pre" and g.buffer == g.op_index - 1 and graph.consumers(g.buffer) == (g.op_index,)
-                     and can_follow(net.engine, g.op_index) for g in groups], dtype=bool)
+    that only the weight layer right after the op writing it reads (`can_follow` checks that chain link)."""
+    return np.array([g.hook == "pre" and g.buffer == g.op_index - 1 and can_follow(net.engine, g.op_index)
+                     for g in groups], dtype=bool)
 
-
-def _last_readers(graph: IntModel) -> dict[int, int]:
-    """Return, per op, the last op reading its output (-1: none)."""
-    last = {index: -1 for index in range(len(graph.ops))}
-    for index, reads in enumerate(graph.inputs):
-        for source in reads:
-            if source >= 0:
-                last[source] = index
-    return last
 
 
 def _fault_buffers(frontier: dict[int, torch.Tensor], op: int, groups: Sequence[SiteGroup], faults: Faults,

@@ -27,11 +27,9 @@ from brevitas.graph.calibrate import quantization_status_manager
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 from torch import nn
 
+from dsetool.engine.intmodel import FORMAT, GRAPH_INPUT, VERSION, stored_ints
 from dsetool.models.graphnet import Add
 
-FORMAT = "dsetool-intmodel"
-VERSION = 2   # 2: every op names the ops it reads (`inputs`); 1 was an implied chain
-GRAPH_INPUT = "input"
 CALIBRATION_METHODS = ("maxabs", "percentile")
 
 # Brevitas's RoundSte is torch.round, which rounds half to even; any other rounding must be added here
@@ -355,11 +353,10 @@ def _pair(value: int | tuple[int, ...]) -> list[int]:
 
 
 def _integers(values: torch.Tensor, bits: int) -> np.ndarray:
-    dtype = np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32  # QuantSpec stops at 16
     array = values.detach().cpu().numpy()
     if not np.array_equal(array, np.round(array)):
         raise ValueError("Quantized weights are not integers")
-    return array.astype(dtype)
+    return stored_ints(array, bits)
 
 
 class _Leaves(torch.fx.Tracer):

@@ -28,11 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from dsetool.engine.intmodel import FORMAT, GRAPH_INPUT, VERSION, stored_ints
 from dsetool.engine.ops import conv_output_size, int_range
 
-FORMAT = "dsetool-intmodel"
-VERSION = 2
-GRAPH_INPUT = "input"
 _ROUNDING = {"ROUND": "half_even", "HALF_EVEN": "half_even"}
 
 
@@ -202,7 +200,7 @@ class _Importer:
                 raise self.fail(node, "its bias must be a constant")
         else:
             bias_ints = np.zeros(out, dtype=np.int64)
-        self.arrays[f"{name}.weight"] = _narrowest(weight.ints, weight.bits)
+        self.arrays[f"{name}.weight"] = stored_ints(weight.ints, weight.bits)
         self.arrays[f"{name}.weight_scale"] = scale.astype(np.float64).reshape(-1 if per_channel else ())
         self.arrays[f"{name}.bias"] = np.broadcast_to(bias_ints, (out,)).astype(np.int64)
         fields = {"weight_bits": weight.bits, "weight_signed": weight.signed, "weight_narrow_range": weight.narrow,
@@ -337,10 +335,6 @@ def _quantizer_name(node: Any) -> str:
     return base if match.group(2) is None else f"{base}:{int(match.group(2)) + 1}"
 
 
-def _narrowest(values: np.ndarray, bits: int) -> np.ndarray:
-    return values.astype(np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32)
-
-
 def import_qonnx(path: Path | str, arch: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Return the integer export (json dict, npz arrays) of the QONNX model at `path`, as
     `dsetool.models.export.integer_model` gives it for a Brevitas model; raise QonnxError when it cannot."""
@@ -404,7 +398,17 @@ class QonnxInfo:
 
 
 def file_digest(path: Path | str) -> str:
-    """Return the SHA-256 of a QONNX file (its content is the model: part of every key)."""
+    """Return the SHA-256 of a QONNX file (its content is the model: part of every key), read once per
+    file state: a sweep asks for it at every point and stage."""
+    try:
+        stat = Path(path).stat()
+    except OSError as error:
+        raise QonnxError(f"{path}: cannot read it ({error.strerror or error})") from None
+    return _digest(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
     import hashlib
 
     try:

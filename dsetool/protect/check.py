@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsetool.engine.intmodel import IntModel, WeightOp
+from dsetool.engine.intmodel import PASSTHROUGH, IntModel, WeightOp
 
 Check = Callable[[torch.Tensor], torch.Tensor]   # a protection: codes in, checked codes out
 MODES = ("clip", "zero", "detect")
@@ -93,7 +93,7 @@ def _read_by_other_ops(model: IntModel, index: int) -> bool:
     pending = list(model.consumers(index))
     while pending:
         reader = pending.pop()
-        if model.ops[reader].kind in ("maxpool2d", "flatten"):
+        if model.ops[reader].kind in PASSTHROUGH:
             pending.extend(model.consumers(reader))
         elif not isinstance(model.ops[reader], WeightOp):
             return True
