@@ -11,7 +11,8 @@ import dataclasses
 
 from dsetool.config import RunConfig, factory_info, qonnx_info
 from dsetool.data import geometry_of
-from dsetool.models.shapes import Gemm, array_gemms, gemm_shapes
+from dsetool.gemm import Gemm, array_gemms
+from dsetool.models.shapes import gemm_shapes
 from hw.arrayconfig import PROTECTIONS, ArrayConfig
 
 

@@ -6,6 +6,7 @@ flatten between a layer and its requantizer, and the float64 exactness guards.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from fractions import Fraction
@@ -19,6 +20,8 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from dsetool.engine import Engine, ops, parse_intmodel  # noqa: E402
+from dsetool.engine.intmodel import OP_CLASSES, Flatten  # noqa: E402
+from dsetool.gemm import window_side  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +118,7 @@ def test_im2col_gemm_equals_conv2d(channels: int, out_channels: int, kernel: int
     assert columns.shape == (2, expected.shape[2] * expected.shape[3], channels * kernel * kernel)
     acc = ops.gemm(columns, weight.reshape(out_channels, -1).T, bias)
     assert torch.equal(acc.transpose(1, 2).reshape(expected.shape), expected)
-    assert expected.shape[2] == ops.conv_output_size(height, kernel, stride, padding)
+    assert expected.shape[2] == window_side(height, kernel, stride, padding)
 
 
 # -- the 2**53 guard --------------------------------------------------------------------------------------
@@ -174,7 +177,7 @@ class Builder:
 
     def avgpool(self, name: str, kernel: int = 2, stride: int = 2, padding: int = 0) -> Builder:
         channels, height, width = self.shape
-        self.shape = (channels, *(ops.conv_output_size(size, kernel, stride, padding) for size in (height, width)))
+        self.shape = (channels, *(window_side(size, kernel, stride, padding) for size in (height, width)))
         return self._add({"op": "avgpool2d", "name": name, "kernel": [kernel, kernel], "stride": [stride, stride],
                           "padding": [padding, padding]})
 
@@ -211,7 +214,7 @@ class Builder:
              groups: int = 1) -> Builder:
         channels, height, width = self.shape
         fields = self._weights(name, (out, channels // groups, kernel, kernel), bits)
-        side = [ops.conv_output_size(size, kernel, stride, padding) for size in (height, width)]
+        side = [window_side(size, kernel, stride, padding) for size in (height, width)]
         self.shape = (out, *side)
         return self._add({"op": "conv2d", "name": name, "in_channels": channels, "out_channels": out,
                           "kernel": [kernel, kernel], "stride": [stride, stride], "padding": [padding, padding],
@@ -225,7 +228,7 @@ class Builder:
 
     def pool(self, name: str, kernel: int = 2, stride: int = 2, padding: int = 0) -> Builder:
         channels, height, width = self.shape
-        self.shape = (channels, *(ops.conv_output_size(size, kernel, stride, padding) for size in (height, width)))
+        self.shape = (channels, *(window_side(size, kernel, stride, padding) for size in (height, width)))
         return self._add({"op": "maxpool2d", "name": name, "kernel": [kernel, kernel], "stride": [stride, stride],
                           "padding": [padding, padding]})
 
@@ -410,3 +413,20 @@ def test_groups_must_divide_the_channels() -> None:
     config["ops"][3]["groups"] = 3
     with pytest.raises(ValueError, match=r"op 3 \('conv2'\): 3 groups do not divide 4 input and 4 output channels"):
         parse_intmodel(config, residual_model().arrays)
+
+
+def test_an_op_class_without_an_engine_step_is_refused_by_name() -> None:
+    """The engine runs an op through its class's builder (`Engine._BUILDERS`), never by guessing: an op class
+    it does not know (a new kind added to the integer model only) is a clear error naming the op."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Reshape(Flatten):
+        pass
+
+    model = Builder((1, 4, 4), 8, 0.1).flatten().linear("fc", 2).build()
+    index = next(i for i, op in enumerate(model.ops) if isinstance(op, Flatten))
+    ops = list(model.ops)
+    ops[index] = Reshape(name="reshape", out_shape=model.ops[index].out_shape)
+    with pytest.raises(ValueError, match="no step for op 'reshape' of kind 'flatten'"):
+        Engine(dataclasses.replace(model, ops=tuple(ops)))
+    assert set(Engine._BUILDERS) == set(OP_CLASSES)

@@ -226,3 +226,14 @@ def test_qonnx_export_writes_a_valid_model(tmp_path: Path) -> None:
     assert quant_nodes and {node.domain for node in quant_nodes} == {"qonnx.custom_op.general"}
     assert sum(node.op_type == "Conv" for node in proto.graph.node) == 2
     assert not model.training
+
+
+def test_every_kind_the_exporter_writes_is_one_the_integer_model_loads() -> None:
+    """The exporter's table of Brevitas modules (plus quant_input, the first quantizer's kind) writes exactly
+    the kinds `intmodel.KINDS` loads: no mapping writes an op the loader lacks, and no op loads that a
+    Brevitas model cannot give."""
+    from dsetool.engine.intmodel import KINDS
+    from dsetool.models.export import _Exporter
+
+    written = {kind for _, kind, _ in _Exporter.KINDS} | {"quant_input"}
+    assert written == set(KINDS)

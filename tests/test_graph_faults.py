@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsetool.engine import Engine
+from dsetool.engine import Conv2d, Engine, Linear
 from dsetool.faults import propagate
 from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.bits import apply_fault
@@ -152,6 +152,22 @@ def test_sparse_and_dense_paths_agree(graph, monkeypatch: pytest.MonkeyPatch) ->
         propagate._OPERANDS.pop(engine, None)
         _, _, evaluated = _evaluate(engine, x, "act", _spec(seed=11))
         results.append(evaluated)
+    assert torch.equal(results[0].logits, results[1].logits)
+    assert np.array_equal(results[0].masked_by, results[1].masked_by)
+
+
+def test_ops_without_a_sparse_step_send_their_faults_to_the_dense_path(graph, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sparse path knows an op only through `_SPARSE_STEPS`: with only weight layers listed (a new op
+    kind would be missing likewise) the faults join the dense path at every other op, never raise, and
+    give the same logits and masking as with every step."""
+    engine, x = graph
+    results = []
+    for steps in (propagate._SPARSE_STEPS, {Conv2d: propagate._conv_step, Linear: propagate._linear_step}):
+        monkeypatch.setattr(propagate, "_SPARSE_STEPS", steps)
+        propagate._OPERANDS.pop(engine, None)
+        _, _, evaluated = _evaluate(engine, x, "act", _spec(seed=13))
+        results.append(evaluated)
+    propagate._OPERANDS.pop(engine, None)
     assert torch.equal(results[0].logits, results[1].logits)
     assert np.array_equal(results[0].masked_by, results[1].masked_by)
 

@@ -97,12 +97,14 @@ def test_resnet_export_is_a_graph_with_one_scale_per_add(tmp_path: Path) -> None
 
 
 def test_gemm_shapes_follow_the_exported_model(tmp_path: Path) -> None:
-    """The torch-free shapes (synth, cycles) equal the exported layers' GEMMs, depthwise groups included."""
+    """The torch-free shapes (synth, cycles) equal the exported layers' GEMMs, depthwise groups included,
+    and those are what the op's own GEMM says (one derivation: `dsetool.gemm.Gemm`)."""
     _, engine = quantized("mobilenet", QuantSpec(weight_bits=4, act_bits=4), tmp_path, side=32)
     shapes = {g.layer: g for g in gemm_shapes("mobilenet", 1, (8, 8), 10)}   # resized to its 32 x 32
     for index in engine.weight_layers:
         op = engine.model.ops[index]
         gemm = shapes[op.name]
+        assert op.gemm == gemm
         groups = getattr(op, "groups", 1)
         m = op.out_shape[1] * op.out_shape[2] if len(op.out_shape) == 3 else 1
         assert (gemm.m, gemm.k, gemm.n * gemm.groups, gemm.groups) == (m, op.reduction, op.out_features, groups)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import partial
-from typing import Literal, overload
+from typing import Any, ClassVar, Literal, overload
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from dsetool.engine.intmodel import (
     Conv2d,
     Flatten,
     IntModel,
+    Linear,
     MaxPool2d,
     Op,
     QuantAct,
@@ -301,31 +302,51 @@ class Engine:
         self._last_reader = model.last_readers()
 
     def _step(self, index: int, op: Op) -> OpStep:
-        reads = self.model.inputs[index]
-        inner = [self.ranges[i] for i in reads if i != INPUT]
-        if isinstance(op, QuantAct):
-            step = self._quant_step(index, op)
-            self._record(op.qrange, ops.CODE_DTYPE)
-            return step
-        if isinstance(op, WeightOp):
-            act = self.model.ops[self._producer(index)]
-            assert isinstance(act, QuantAct)  # the loader checked the wiring
-            layer = self.layers[index] = GemmLayer(index, op, act, self.device)
-            self._record(layer.widths.acc_range, layer.dtype)
-            return layer
-        if isinstance(op, MaxPool2d | Flatten):
-            self._record(inner[0], self.dtypes[reads[0]])
-            if isinstance(op, Flatten):
-                return partial(torch.flatten, start_dim=1)
-            return partial(ops.max_pool2d, kernel=op.kernel, stride=op.stride, padding=op.padding)
-        if isinstance(op, AvgPool2d):
-            low, high = inner[0]
-            bound = op.window * min(0, low), op.window * max(0, high)   # padding adds zeros
-            dtype = self._exact_dtype(bound, op.name)
-            return partial(_sum_pool, dtype=dtype, kernel=op.kernel, stride=op.stride, padding=op.padding)
-        assert isinstance(op, Add)
-        bound = inner[0][0] + inner[1][0], inner[0][1] + inner[1][1]
+        """Return how op `index` runs, recording the range and dtype of its outputs; each op class has its
+        builder in `_BUILDERS` (an op class without one cannot be executed: a clear error, not a guess)."""
+        builder = self._BUILDERS.get(type(op))
+        if builder is None:
+            raise ValueError(f"The engine has no step for op {op.name!r} of kind {op.kind!r}")
+        return builder(self, index, op)
+
+    def _input_ranges(self, index: int) -> list[tuple[int, int]]:
+        return [self.ranges[i] for i in self.model.inputs[index] if i != INPUT]
+
+    def _quant(self, index: int, op: QuantAct) -> OpStep:
+        step = self._quant_step(index, op)
+        self._record(op.qrange, ops.CODE_DTYPE)
+        return step
+
+    def _weight(self, index: int, op: WeightOp) -> OpStep:
+        act = self.model.ops[self._producer(index)]
+        assert isinstance(act, QuantAct)  # the loader checked the wiring
+        layer = self.layers[index] = GemmLayer(index, op, act, self.device)
+        self._record(layer.widths.acc_range, layer.dtype)
+        return layer
+
+    def _maxpool(self, index: int, op: MaxPool2d) -> OpStep:
+        self._record(self._input_ranges(index)[0], self.dtypes[self.model.inputs[index][0]])
+        return partial(ops.max_pool2d, kernel=op.kernel, stride=op.stride, padding=op.padding)
+
+    def _flatten(self, index: int, op: Flatten) -> OpStep:
+        self._record(self._input_ranges(index)[0], self.dtypes[self.model.inputs[index][0]])
+        return partial(torch.flatten, start_dim=1)
+
+    def _avgpool(self, index: int, op: AvgPool2d) -> OpStep:
+        low, high = self._input_ranges(index)[0]
+        bound = op.window * min(0, low), op.window * max(0, high)   # padding adds zeros
+        dtype = self._exact_dtype(bound, op.name)
+        return partial(_sum_pool, dtype=dtype, kernel=op.kernel, stride=op.stride, padding=op.padding)
+
+    def _add(self, index: int, op: Add) -> OpStep:
+        first, second = self._input_ranges(index)
+        bound = first[0] + second[0], first[1] + second[1]
         return partial(_add, dtype=self._exact_dtype(bound, op.name))
+
+    # op class -> how the engine builds its step (and records its outputs' range and dtype)
+    _BUILDERS: ClassVar[dict[type, Callable[[Engine, int, Any], OpStep]]] = {
+        QuantAct: _quant, Conv2d: _weight, Linear: _weight, MaxPool2d: _maxpool, Flatten: _flatten,
+        AvgPool2d: _avgpool, Add: _add}
 
     def _record(self, bound: tuple[int, int], dtype: torch.dtype) -> None:
         self.ranges.append(bound)

@@ -12,21 +12,29 @@ one scale, exactly).
 It is the one reader of the export: the rest of the tool asks the `IntModel` for an op's input
 (`input_of`), the quantizer or weight layer behind it (`producer`) and its readers (`consumers`), never
 the JSON. Version 1 files (a chain: each op reads the one before) load as the graph they imply.
+
+Each op class speaks the `OpKind` protocol: which export kinds load as it, how many tensors it reads,
+its output shape from its inputs', the scale of its integers, the GEMM it puts on the array (one
+derivation, `dsetool.gemm`), and its wiring checks. `KINDS` maps the export's kinds to these classes;
+the engine and the sparse fault path look an op's step up by its class (`Engine._BUILDERS`,
+`dsetool.faults.propagate._SPARSE_STEPS`), so an op the sparse path lacks goes dense and an op the
+engine lacks is refused by name.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from dsetool.engine.ops import conv_output_size, int_range
+from dsetool.engine.ops import int_range
+from dsetool.gemm import Gemm, window_side
 
 FORMAT = "dsetool-intmodel"  # what the writers (`models.export`, `models.qonnx_import`) put in the header
 VERSION = 2
@@ -37,8 +45,66 @@ SCALINGS = ("po2", "float")
 GRANULARITIES = ("per_tensor", "per_channel")
 
 
+Shape = tuple[int, ...]
+Scales = tuple[Fraction, ...]
+
+
+class OpKind:
+    """What every op of the integer model tells the rest of the tool about itself, so that adding an op
+    is its class here (with `parse` and the methods below), its step in the engine
+    (`dsetool.engine.executor.Engine`) and, optionally, its step on the sparse fault path
+    (`dsetool.faults.propagate`; an op without one sends the faults that reach it to the dense path).
+
+    Class attributes: `KINDS`, the `op` strings of the export that load as this class; `ARITY`, how many
+    tensors it reads; `PASSTHROUGH`, whether it keeps its input's values (max pool, flatten: a weight layer
+    behind it still reads a quantizer's codes).
+    """
+
+    KINDS: ClassVar[tuple[str, ...]] = ()
+    ARITY: ClassVar[int] = 1
+    PASSTHROUGH: ClassVar[bool] = False
+
+    name: str
+    out_shape: Shape
+    if TYPE_CHECKING:
+        @property
+        def kind(self) -> str:
+            """The op's kind, as the export names it (one of `KINDS`)."""
+
+    @classmethod
+    def parse(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str, kind: str) -> OpKind:
+        """Return the op from its JSON fields (`name`, `out_shape` and its kind's own)."""
+        return cls(name=fields.get("name", str), out_shape=fields.shape("out_shape"))  # type: ignore[call-arg]
+
+    def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        """Return the per-image output shape the op gives for inputs of these shapes; raise ValueError
+        when it cannot read them. The loader compares it with `out_shape`."""
+        return inputs[0]
+
+    def output_scale(self, inputs: Sequence[Scales]) -> Scales:
+        """Return the exact float scale of the op's integer outputs (one per channel, or one shared), given
+        its inputs' (`IntModel.scale_of`)."""
+        return inputs[0]
+
+    @property
+    def gemm(self) -> Gemm | None:
+        """Return the GEMM the op puts on the systolic array, or None (it runs after the output stage)."""
+        return None
+
+    def check_wiring(self, model: IntModel, index: int, where: str) -> None:
+        """Raise ValueError when the ops the op reads cannot give it what it needs (beyond shapes)."""
+
+
+class _OneKind(OpKind):
+    """An op class that loads from one export kind, its `kind`."""
+
+    @property
+    def kind(self) -> str:
+        return self.KINDS[0]
+
+
 @dataclass(frozen=True)
-class QuantAct:
+class QuantAct(OpKind):
     """A quantizer: codes = clamp(round(relu?(x) / scale), qmin, qmax).
 
     `quant_input` reads the float images; `quant_relu` (ReLU first) and `quant_identity` read the integers
@@ -46,9 +112,11 @@ class QuantAct:
     requantize them from that op's scale to theirs.
     """
 
+    KINDS: ClassVar[tuple[str, ...]] = ("quant_input", "quant_relu", "quant_identity")
+
     name: str
     out_shape: tuple[int, ...]
-    kind: str   # quant_input | quant_relu | quant_identity
+    kind: str   # one of KINDS
     scale: float
     bits: int
     signed: bool
@@ -63,9 +131,27 @@ class QuantAct:
     def qrange(self) -> tuple[int, int]:
         return int_range(self.bits, self.signed, self.narrow_range)
 
+    @classmethod
+    def parse(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str, kind: str) -> QuantAct:
+        if fields.raw.get("zero_point") != 0 or fields.raw.get("rounding") != "half_even":
+            raise ValueError(f"{fields.where}: only zero_point 0 and rounding 'half_even' are supported, not "
+                             f"{fields.raw.get('zero_point')!r} and {fields.raw.get('rounding')!r}")
+        scale = fields.number("scale")
+        return QuantAct(name=fields.get("name", str), out_shape=fields.shape("out_shape"), kind=kind, scale=scale,
+                        bits=fields.bits("bits"), signed=fields.get("signed", bool),
+                        narrow_range=fields.get("narrow_range", bool),
+                        scale_exp=_exponent(fields, "scale_exp", [scale], scaling)[0] if scaling == "po2" else None)
+
+    def output_scale(self, inputs: Sequence[Scales]) -> Scales:
+        return (Fraction(self.scale),)
+
+    def check_wiring(self, model: IntModel, index: int, where: str) -> None:
+        if self.kind != "quant_input" and model.producer(index) is None:
+            raise ValueError(f"{where}: a {self.kind} must read the integers of an op, not the images")
+
 
 @dataclass(frozen=True, eq=False)
-class WeightOp:
+class WeightOp(_OneKind):
     """A conv2d or linear layer: acc = sum(x * weight) + bias; its float value is acc * acc_scale.
 
     `weight` is the int array in torch layout (read-only), `weight_scale` float64 of shape () per tensor or
@@ -87,10 +173,6 @@ class WeightOp:
     input_scale_exp: int | None
 
     @property
-    def kind(self) -> str:
-        return "conv2d" if isinstance(self, Conv2d) else "linear"
-
-    @property
     def out_features(self) -> int:
         return int(self.weight.shape[0])
 
@@ -107,37 +189,128 @@ class WeightOp:
         """Return the float scale of each output channel's accumulator, shape (out,)."""
         return self.input_scale * np.broadcast_to(self.weight_scale, (self.out_features,))
 
+    def output_scale(self, inputs: Sequence[Scales]) -> Scales:
+        return tuple(Fraction(float(s)) for s in self.acc_scale())
+
+    @classmethod
+    def _weight_fields(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -> dict[str, Any]:
+        return {"name": fields.get("name", str), "out_shape": fields.shape("out_shape"),
+                **_parse_weights(fields, arrays, scaling)}
+
+    def check_wiring(self, model: IntModel, index: int, where: str) -> None:
+        """A weight layer reads a quantizer's codes (through max-pools and flattens) at its own input scale,
+        with the model's weight-scale granularity."""
+        source = model.producer(index)
+        feeds = model.ops[source] if source is not None else None
+        if not isinstance(feeds, QuantAct):
+            raise ValueError(f"{where}: a {self.kind} must read a quantizer's codes (through maxpool2d / "
+                             f"flatten only), not {feeds.kind if feeds else 'nothing'}")
+        if self.input_scale != feeds.scale:
+            raise ValueError(f"{where}: input_scale {self.input_scale!r} is not the scale {feeds.scale!r} "
+                             f"of {feeds.name!r}, which feeds it")
+        per_channel = self.weight_scale.ndim == 1
+        if per_channel != (model.weight_granularity == "per_channel"):
+            raise ValueError(f"{where}: weight_scale of shape {self.weight_scale.shape} contradicts "
+                             f"weight_granularity {model.weight_granularity!r}")
+
+
+class _Window(_OneKind):
+    """A sliding window over each channel (floor mode, dilation 1): `kernel`, `stride`, `padding`."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    def window_shape(self, shape: Shape, channels: int | None = None) -> Shape:
+        """Return (channels, H_out, W_out) of the window slid over a (C, H, W) input (C kept unless given)."""
+        if len(shape) != 3:
+            raise ValueError(f"a {self.kind} needs a (C, H, W) input, not {list(shape)}")
+        sides = [window_side(side, k, s, p)
+                 for side, k, s, p in zip(shape[1:], self.kernel, self.stride, self.padding, strict=True)]
+        if min(sides) < 1:
+            raise ValueError(f"kernel {list(self.kernel)} does not fit the input {list(shape)}")
+        return (shape[0] if channels is None else channels, *sides)
+
+    @staticmethod
+    def window_fields(fields: _Fields) -> dict[str, Any]:
+        return {"kernel": _pair(fields, "kernel", 1), "stride": _pair(fields, "stride", 1),
+                "padding": _pair(fields, "padding", 0)}
+
 
 @dataclass(frozen=True, eq=False)
-class Conv2d(WeightOp):
+class Conv2d(WeightOp, _Window):
     """A convolution; with `groups` g, output channel n reads only input channels of its group
     (n // (out / g)), and `weight` is (out, in / g, kh, kw): g = in channels is a depthwise conv."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ("conv2d",)
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     groups: int = 1
 
+    @classmethod
+    def parse(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str, kind: str) -> Conv2d:
+        groups = fields.raw.get("groups", 1)   # absent in exports written before grouped convolutions
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise fields.error("groups", "an integer >= 1")
+        return Conv2d(**cls._weight_fields(fields, arrays, scaling), **cls.window_fields(fields), groups=groups)
+
+    def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        shape = inputs[0]
+        channels = shape[0] if len(shape) == 3 else 0
+        if len(shape) == 3 and (channels % self.groups or self.out_features % self.groups):
+            raise ValueError(f"{self.groups} groups do not divide {channels} input and {self.out_features} output "
+                             "channels")
+        if len(shape) == 3 and self.weight.shape != (self.out_features, channels // self.groups, *self.kernel):
+            groups = f" in {self.groups} groups" if self.groups > 1 else ""
+            raise ValueError(f"weight of shape {self.weight.shape} does not match kernel {list(self.kernel)} "
+                             f"on {channels} input channels{groups}")
+        return self.window_shape(shape, self.out_features)
+
+    @property
+    def gemm(self) -> Gemm:
+        return Gemm.conv(self.name, self.out_shape, int(self.weight.shape[1]) * self.groups, self.kernel, self.groups)
+
 
 @dataclass(frozen=True, eq=False)
 class Linear(WeightOp):
-    pass
+    KINDS: ClassVar[tuple[str, ...]] = ("linear",)
+
+    @classmethod
+    def parse(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str, kind: str) -> Linear:
+        return Linear(**cls._weight_fields(fields, arrays, scaling))
+
+    def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        if self.weight.ndim != 2 or inputs[0] != (self.weight.shape[1],):
+            raise ValueError(f"weight of shape {self.weight.shape} cannot read an input of shape {list(inputs[0])}")
+        return (self.out_features,)
+
+    @property
+    def gemm(self) -> Gemm:
+        return Gemm.linear(self.name, int(self.weight.shape[1]), self.out_features)
 
 
 @dataclass(frozen=True)
-class _Pool:
-    """A sliding window over each channel (floor mode, dilation 1)."""
-
+class _Pool(_Window):
     name: str
     out_shape: tuple[int, ...]
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
 
+    @classmethod
+    def parse(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str, kind: str) -> _Pool:
+        return cls(name=fields.get("name", str), out_shape=fields.shape("out_shape"), **cls.window_fields(fields))
+
+    def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        return self.window_shape(inputs[0])
+
 
 @dataclass(frozen=True)
 class MaxPool2d(_Pool):
-    kind = "maxpool2d"
+    KINDS: ClassVar[tuple[str, ...]] = ("maxpool2d",)
+    PASSTHROUGH: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -147,32 +320,72 @@ class AvgPool2d(_Pool):
     of its requantization (Brevitas's rule for a pooled QuantTensor). A global average pool is the one
     window covering the map."""
 
-    kind = "avgpool2d"
+    KINDS: ClassVar[tuple[str, ...]] = ("avgpool2d",)
 
     @property
     def window(self) -> int:
         """Return the number of values each sum adds (the divisor of the average)."""
         return self.kernel[0] * self.kernel[1]
 
+    def output_scale(self, inputs: Sequence[Scales]) -> Scales:
+        return tuple(s / self.window for s in inputs[0])
+
 
 @dataclass(frozen=True)
-class Add:
+class Add(_OneKind):
     """The elementwise sum of two quantizers' codes that share one scale (exact integers at that scale);
     a quantizer reading it requantizes the sum, as a residual block's output quantizer does."""
 
+    KINDS: ClassVar[tuple[str, ...]] = ("add",)
+    ARITY: ClassVar[int] = 2
+
     name: str
     out_shape: tuple[int, ...]
-    kind = "add"
+
+    def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        if inputs[0] != inputs[1]:
+            raise ValueError(f"adds tensors of shapes {list(inputs[0])} and {list(inputs[1])}")
+        return inputs[0]
+
+    def check_wiring(self, model: IntModel, index: int, where: str) -> None:
+        """Both inputs are quantizers' codes (through maxpool2d / flatten) of one scale, exactly: the sum is
+        then an integer at that scale. Brevitas enforces the same when it adds two QuantTensors; a residual
+        block meets it by passing both branches through one quantizer."""
+        feeds = [model.ops[p] if p is not None else None for p in model.producers(index)]
+        if not all(isinstance(feed, QuantAct) for feed in feeds):
+            raise ValueError(f"{where}: an add must read two quantizers' codes (through maxpool2d / flatten "
+                             f"only), not {[feed.kind if feed else 'the images' for feed in feeds]}")
+        first, second = feeds
+        assert isinstance(first, QuantAct) and isinstance(second, QuantAct)
+        if first.scale != second.scale:
+            raise ValueError(f"{where}: adds {first.name!r} and {second.name!r}, whose scales {first.scale!r} and "
+                             f"{second.scale!r} differ (the sum of codes is exact only at one shared scale)")
 
 
 @dataclass(frozen=True)
-class Flatten:
+class Flatten(_OneKind):
+    KINDS: ClassVar[tuple[str, ...]] = ("flatten",)
+    PASSTHROUGH: ClassVar[bool] = True
+
     name: str
     out_shape: tuple[int, ...]
-    kind = "flatten"
+
+    @classmethod
+    def parse(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str, kind: str) -> Flatten:
+        if fields.get("start_dim", int) != 1 or fields.get("order", str) != "chw":
+            raise ValueError(f"{fields.where}: only flatten from dim 1 in 'chw' order is supported")
+        return Flatten(name=fields.get("name", str), out_shape=fields.shape("out_shape"))
+
+    def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        return (math.prod(inputs[0]),)
 
 
 Op = QuantAct | Conv2d | Linear | MaxPool2d | AvgPool2d | Add | Flatten
+
+# The export's op kinds and the class each loads as: the one list of what the integer model can hold.
+OP_CLASSES: tuple[type[OpKind], ...] = (QuantAct, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Flatten)
+KINDS: dict[str, type[OpKind]] = {kind: cls for cls in OP_CLASSES for kind in cls.KINDS}
+PASSTHROUGH: tuple[str, ...] = tuple(kind for kind, cls in KINDS.items() if cls.PASSTHROUGH)
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,15 +450,9 @@ class IntModel:
         """Return the exact float scale of op `index`'s integer outputs, one per channel, or a single
         one when every channel shares it: a quantizer's scale, a weight layer's accumulator scales, an
         add's common input scale, a pool's input scale (an average pool's divided by its window)."""
-        op = self.ops[index]
-        if isinstance(op, QuantAct):
-            return (Fraction(op.scale),)
-        if isinstance(op, WeightOp):
-            return tuple(Fraction(float(s)) for s in op.acc_scale())
-        scale = self.scale_of(self.inputs[index][0])   # only quant_input reads the images (`_check_graph`)
-        if isinstance(op, AvgPool2d):
-            return tuple(s / op.window for s in scale)
-        return scale
+        # only quant_input reads the images (`_check_graph`), and it ignores its input's scale
+        return self.ops[index].output_scale([self.scale_of(source) if source != INPUT else (Fraction(1),)
+                                             for source in self.inputs[index]])
 
     def last_readers(self) -> dict[int, int]:
         """Return, per op (and `INPUT`), the index of the last op that reads its output (-1: none): when a
@@ -375,43 +582,14 @@ def stored_ints(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _parse_op(fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -> Op:
-    kind = fields.choice("op", tuple(_ARITY))
-    common = {"name": fields.get("name", str), "out_shape": fields.shape("out_shape")}
-    if kind in _QUANT_KINDS:
-        return _parse_quant(fields, common, kind, scaling)
-    if kind in ("maxpool2d", "avgpool2d"):
-        pool = MaxPool2d if kind == "maxpool2d" else AvgPool2d
-        return pool(**common, kernel=_pair(fields, "kernel", 1), stride=_pair(fields, "stride", 1),
-                    padding=_pair(fields, "padding", 0))
-    if kind == "add":
-        return Add(**common)
-    if kind == "flatten":
-        if fields.get("start_dim", int) != 1 or fields.get("order", str) != "chw":
-            raise ValueError(f"{fields.where}: only flatten from dim 1 in 'chw' order is supported")
-        return Flatten(**common)
-    weights = _parse_weights(fields, arrays, scaling)
-    if kind == "linear":
-        return Linear(**common, **weights)
-    groups = fields.raw.get("groups", 1)   # absent in exports written before grouped convolutions
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise fields.error("groups", "an integer >= 1")
-    return Conv2d(**common, **weights, kernel=_pair(fields, "kernel", 1), stride=_pair(fields, "stride", 1),
-                  padding=_pair(fields, "padding", 0), groups=groups)
+    kind = fields.choice("op", tuple(KINDS))
+    op = KINDS[kind].parse(fields, arrays, scaling, kind)
+    return op  # type: ignore[return-value]   # every class of KINDS is one of Op
 
 
 def _pair(fields: _Fields, key: str, low: int) -> tuple[int, int]:
     first, second = fields.ints(key, 2, low)
     return first, second
-
-
-def _parse_quant(fields: _Fields, common: dict[str, Any], kind: str, scaling: str) -> QuantAct:
-    if fields.raw.get("zero_point") != 0 or fields.raw.get("rounding") != "half_even":
-        raise ValueError(f"{fields.where}: only zero_point 0 and rounding 'half_even' are supported, not "
-                         f"{fields.raw.get('zero_point')!r} and {fields.raw.get('rounding')!r}")
-    scale = fields.number("scale")
-    return QuantAct(**common, kind=kind, scale=scale, bits=fields.bits("bits"), signed=fields.get("signed", bool),
-                    narrow_range=fields.get("narrow_range", bool),
-                    scale_exp=_exponent(fields, "scale_exp", [scale], scaling)[0] if scaling == "po2" else None)
 
 
 def _parse_weights(fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str) -> dict[str, Any]:
@@ -458,13 +636,6 @@ def _exponent(fields: _Fields, key: str, scales: list[float], scaling: str) -> t
     return tuple(exps)
 
 
-_WEIGHT_KINDS = ("conv2d", "linear")
-_QUANT_KINDS = ("quant_input", "quant_relu", "quant_identity")
-PASSTHROUGH = ("maxpool2d", "flatten")  # ops between a producer and its consumer that keep its values
-_ARITY = {"quant_input": 1, "quant_relu": 1, "quant_identity": 1, "conv2d": 1, "linear": 1, "maxpool2d": 1,
-          "avgpool2d": 1, "add": 2, "flatten": 1}
-
-
 def _parse_inputs(raw_ops: list[Any], ops: tuple[Op, ...], version: int, source: str) -> tuple[tuple[int, ...], ...]:
     """Return each op's input indices: version 2 names them (`inputs`), version 1 is a chain."""
     if version == 1:
@@ -478,8 +649,8 @@ def _parse_inputs(raw_ops: list[Any], ops: tuple[Op, ...], version: int, source:
         if unknown:
             raise ValueError(f"{where}: inputs {unknown} name no earlier op (ops are in topological order; the "
                              f"images are {GRAPH_INPUT!r})")
-        if len(names) != _ARITY[op.kind]:
-            raise ValueError(f"{where}: a {op.kind} reads {_ARITY[op.kind]} tensor(s), not {len(names)}")
+        if len(names) != op.ARITY:
+            raise ValueError(f"{where}: a {op.kind} reads {op.ARITY} tensor(s), not {len(names)}")
         out.append(tuple(INPUT if n == GRAPH_INPUT else index_of[n] for n in names))
         if op.name in index_of or op.name == GRAPH_INPUT:
             raise ValueError(f"{where}: the name is taken (op names are the graph's tensor names)")
@@ -507,91 +678,18 @@ def _check_structure(model: IntModel, source: str) -> None:
         raise ValueError(f"{source}: the last op must be the linear layer {model.logits!r} with num_classes "
                          f"({model.num_classes}) outputs, not {last.kind} {last.name!r}")
     for index, op in enumerate(ops):
-        where = f"{source}: op {index} ({op.name!r})"
-        if isinstance(op, Add):
-            _check_add(model, index, where)
-            continue
-        source_op = model.producer(index)
-        feeds = ops[source_op] if source_op is not None else None
-        if isinstance(op, WeightOp):
-            if not isinstance(feeds, QuantAct):
-                raise ValueError(f"{where}: a {op.kind} must read a quantizer's codes (through maxpool2d / "
-                                 f"flatten only), not {feeds.kind if feeds else 'nothing'}")
-            if op.input_scale != feeds.scale:
-                raise ValueError(f"{where}: input_scale {op.input_scale!r} is not the scale {feeds.scale!r} "
-                                 f"of {feeds.name!r}, which feeds it")
-            _check_granularity(model, op, where)
-        elif isinstance(op, QuantAct) and op.kind != "quant_input" and feeds is None:
-            raise ValueError(f"{where}: a {op.kind} must read the integers of an op, not the images")
-
-
-def _check_add(model: IntModel, index: int, where: str) -> None:
-    """Both inputs are quantizers' codes (through maxpool2d / flatten) of one scale, exactly: the sum is
-    then an integer at that scale. Brevitas enforces the same when it adds two QuantTensors; a residual
-    block meets it by passing both branches through one quantizer."""
-    feeds = [model.ops[p] if p is not None else None for p in model.producers(index)]
-    if not all(isinstance(feed, QuantAct) for feed in feeds):
-        raise ValueError(f"{where}: an add must read two quantizers' codes (through maxpool2d / flatten "
-                         f"only), not {[feed.kind if feed else 'the images' for feed in feeds]}")
-    first, second = feeds
-    assert isinstance(first, QuantAct) and isinstance(second, QuantAct)
-    if first.scale != second.scale:
-        raise ValueError(f"{where}: adds {first.name!r} and {second.name!r}, whose scales {first.scale!r} and "
-                         f"{second.scale!r} differ (the sum of codes is exact only at one shared scale)")
-    shapes = [model.ops[i].out_shape for i in model.inputs[index]]
-    if shapes[0] != shapes[1]:
-        raise ValueError(f"{where}: adds tensors of shapes {list(shapes[0])} and {list(shapes[1])}")
-    if model.ops[index].out_shape != shapes[0]:
-        raise ValueError(f"{where}: out_shape {list(model.ops[index].out_shape)} is not its inputs' shape "
-                         f"{list(shapes[0])}")
-
-
-def _check_granularity(model: IntModel, op: WeightOp, where: str) -> None:
-    per_channel = op.weight_scale.ndim == 1
-    if per_channel != (model.weight_granularity == "per_channel"):
-        raise ValueError(f"{where}: weight_scale of shape {op.weight_scale.shape} contradicts "
-                         f"weight_granularity {model.weight_granularity!r}")
+        op.check_wiring(model, index, f"{source}: op {index} ({op.name!r})")
 
 
 def _check_shapes(model: IntModel, source: str) -> None:
-    """Re-derive each op's output shape from its input's shape and parameters; it must match `out_shape`."""
+    """Re-derive each op's output shape from its inputs' shapes and parameters; it must match `out_shape`."""
     for index, op in enumerate(model.ops):
-        if isinstance(op, Add):
-            continue   # `_check_add` compared its inputs' shapes; its out_shape is theirs
-        shape = model.input_shape_of(index)
+        shapes = [model.input_shape if i == INPUT else model.ops[i].out_shape for i in model.inputs[index]]
         try:
-            derived = _output_shape(op, shape)
+            derived = op.output_shape(shapes)
         except ValueError as error:
             raise ValueError(f"{source}: op {index} ({op.name!r}): {error}") from None
         if derived != op.out_shape:
             raise ValueError(f"{source}: op {index} ({op.name!r}): out_shape {list(op.out_shape)} does not "
-                             f"follow from input shape {list(shape)} (expected {list(derived)})")
-
-
-def _output_shape(op: Op, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(op, QuantAct):
-        return shape
-    if isinstance(op, Flatten):
-        return (int(np.prod(shape)),)
-    if isinstance(op, Linear):
-        if op.weight.ndim != 2 or shape != (op.weight.shape[1],):
-            raise ValueError(f"weight of shape {op.weight.shape} cannot read an input of shape {list(shape)}")
-        return (op.out_features,)
-    if len(shape) != 3:
-        raise ValueError(f"a {op.kind} needs a (C, H, W) input, not {list(shape)}")
-    channels, height, width = shape
-    if isinstance(op, Conv2d):
-        if channels % op.groups or op.out_features % op.groups:
-            raise ValueError(f"{op.groups} groups do not divide {channels} input and {op.out_features} output "
-                             "channels")
-        if op.weight.shape != (op.out_features, channels // op.groups, *op.kernel):
-            groups = f" in {op.groups} groups" if op.groups > 1 else ""
-            raise ValueError(f"weight of shape {op.weight.shape} does not match kernel {list(op.kernel)} "
-                             f"on {channels} input channels{groups}")
-        channels = op.out_features
-    assert not isinstance(op, Add)   # `_check_shapes` skips adds
-    sides = [conv_output_size(side, k, s, p)
-             for side, k, s, p in zip((height, width), op.kernel, op.stride, op.padding, strict=True)]
-    if min(sides) < 1:
-        raise ValueError(f"kernel {list(op.kernel)} does not fit the input {list(shape)}")
-    return (channels, *sides)
+                             f"follow from input shape{'s' if len(shapes) > 1 else ''} "
+                             f"{' and '.join(str(list(shape)) for shape in shapes)} (expected {list(derived)})")

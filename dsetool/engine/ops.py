@@ -138,11 +138,6 @@ def disable_transform_convolutions() -> None:
     torch.backends.nnpack.set_flags(False)
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Return the output side of a convolution or pool (floor mode, dilation 1)."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def requantize(acc: torch.Tensor, factor: torch.Tensor | float, qmin: int, qmax: int, relu: bool = True
                ) -> torch.Tensor:
     """Return clamp(round_half_even(relu(acc) * factor), qmin, qmax) with factor = M * 2**-s (without the

@@ -30,7 +30,7 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.executor import Requantizer
-from dsetool.engine.intmodel import Add, Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct
+from dsetool.engine.intmodel import Add, Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct, WeightOp
 from dsetool.faults import kernels
 from dsetool.protect.check import RangeCheck
 
@@ -230,24 +230,13 @@ def _steps(engine: Engine) -> list[_Step | str | None]:
 
 def _sparse_step_of(engine: Engine, index: int, op: Op) -> _Step | str | None:
     """Return how the sparse path crosses op `index`: a step, `_SKIP` (flatten: the same values), or None
-    (the faults join the dense path here). It crosses only chain links: op `index` reads op `index - 1`
-    and nothing else does, so the changes it carries are all that differs."""
-    model = engine.model
-    if isinstance(op, Add):
-        return _add_step(engine, index)
-    if not _chained(model, index):
+    (the faults join the dense path here: an op class without a builder in `_SPARSE_STEPS`, or one whose
+    builder declines, as a grouped conv's does). An op of one input is crossed only on a chain link: it
+    reads op `index - 1` and nothing else does, so the changes it carries are all that differs."""
+    builder = _SPARSE_STEPS.get(type(op))
+    if builder is None or (op.ARITY == 1 and not _chained(engine.model, index)):
         return None
-    if isinstance(op, Flatten):
-        return _SKIP
-    if isinstance(op, Conv2d):
-        return _conv_step(engine, index) if op.groups == 1 else None
-    if isinstance(op, Linear):
-        return _linear_step(engine, index)
-    if isinstance(op, MaxPool2d):
-        return _pool_step(engine, index)
-    if isinstance(op, QuantAct) and index in engine.output_stages:
-        return _requantize_step(engine, index)
-    return None
+    return builder(engine, index)
 
 
 def _add_step(engine: Engine, index: int) -> _Step | None:
@@ -268,7 +257,7 @@ def _chained(model: IntModel, index: int) -> bool:
 def can_follow(engine: Engine, index: int) -> bool:
     """Say whether a single fault in weight op `index`'s input buffer can start on the sparse path."""
     return follows(engine) and isinstance(_steps(engine)[index], _Step) \
-        and isinstance(engine.model.ops[index], Conv2d | Linear)
+        and isinstance(engine.model.ops[index], WeightOp)
 
 
 def _sparse_limit(op: Conv2d | Linear) -> float:
@@ -281,10 +270,13 @@ def _sparse_limit(op: Conv2d | Linear) -> float:
     return op.reduction / SPARSE_COST
 
 
-def _conv_step(engine: Engine, index: int) -> _Step:
-    """Convolution, with its output stage when that follows directly (codes out, else accumulators)."""
+def _conv_step(engine: Engine, index: int) -> _Step | None:
+    """Convolution, with its output stage when that follows directly (codes out, else accumulators); a
+    grouped conv goes dense (its kernel scatters over every output channel)."""
     current = engine.model.ops[index]
     assert isinstance(current, Conv2d)
+    if current.groups != 1:
+        return None
     weight = engine.layers[index].weight_tensor.to(torch.float64).permute(1, 2, 3, 0).contiguous().numpy()
     in_shape, geometry = _window(current, engine.input_shape(index))
     fused = _fused_output_stage(engine, index)
@@ -315,12 +307,20 @@ def _pool_step(engine: Engine, index: int) -> _Step:
                  (kernels.reach(in_shape, geometry), in_shape, _shape(current.out_shape), geometry), index)
 
 
-def _requantize_step(engine: Engine, index: int) -> _Step:
+def _requantize_step(engine: Engine, index: int) -> _Step | None:
     """An output stage not fused into a weight op (a pool sits between them, or it requantizes an add's or
-    a pool's sums, or another quantizer's codes)."""
+    a pool's sums, or another quantizer's codes); the input quantizer starts no fault's path."""
+    if index not in engine.output_stages:
+        return None
     stage = engine.output_stages[index]
     per_channel = math.prod(engine.input_shape(index)) // len(stage.multiplier)
     return _Step(kernels.requantize_changes, (index - 1, index), (per_channel, *_stage_operands(stage)), index)
+
+
+# op class -> how the sparse path crosses it; an op class missing here sends its faults to the dense path.
+_SPARSE_STEPS: dict[type, Callable[[Engine, int], _Step | str | None]] = {
+    Conv2d: _conv_step, Linear: _linear_step, MaxPool2d: _pool_step, QuantAct: _requantize_step, Add: _add_step,
+    Flatten: lambda engine, index: _SKIP}
 
 
 def _window(op: Conv2d | MaxPool2d, in_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsetool.models.shapes import Gemm
+from dsetool.gemm import Gemm
 
 if TYPE_CHECKING:
     from torch import nn
@@ -258,13 +258,10 @@ def _weight_gemms(graph: Any, shapes: dict[str, tuple[int, ...]]) -> tuple[tuple
     for node in graph.graph.nodes:
         module = modules.get(node.target) if node.op == "call_module" else None
         if isinstance(module, nn.Conv2d):
-            out_c, out_h, out_w = shapes[node.name]
-            groups = module.groups
-            kh, kw = module.kernel_size
-            gemms.append(Gemm(node.target, out_h * out_w, module.in_channels // groups * kh * kw, out_c // groups,
-                              groups))
+            gemms.append(Gemm.conv(node.target, shapes[node.name], module.in_channels, module.kernel_size,
+                                   module.groups))
             names.append(node.target)
         elif isinstance(module, nn.Linear):
-            gemms.append(Gemm(node.target, 1, module.in_features, module.out_features))
+            gemms.append(Gemm.linear(node.target, module.in_features, module.out_features))
             names.append(node.target)
     return tuple(names), tuple(gemms)

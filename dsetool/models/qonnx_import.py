@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from dsetool.engine.intmodel import FORMAT, GRAPH_INPUT, VERSION, stored_ints
-from dsetool.engine.ops import conv_output_size, int_range
+from dsetool.engine.ops import int_range
+from dsetool.gemm import Gemm, window_side
 
 _ROUNDING = {"ROUND": "half_even", "HALF_EVEN": "half_even"}
 
@@ -228,7 +229,7 @@ class _Importer:
             raise self.fail(node, "auto_pad is not supported (export explicit pads)")
         channels, height, width = self.shapes[source]
         group = int(attrs.get("group", 1))
-        sides = [conv_output_size(s, k, st, p) for s, k, st, p in zip((height, width), kernel, strides, pads[:2],
+        sides = [window_side(s, k, st, p) for s, k, st, p in zip((height, width), kernel, strides, pads[:2],
                                                                       strict=True)]
         self.add(node, "conv2d", name, [source], [int(weight.shape[0]), *sides], in_channels=channels,
                  out_channels=int(weight.shape[0]), kernel=kernel, stride=strides, padding=pads[:2], groups=group,
@@ -256,7 +257,7 @@ class _Importer:
         channels, height, width = self.shapes[source]
         if len(pads) != 4 or pads[:2] != pads[2:]:
             raise self.fail(node, "only symmetric padding runs on the engine")
-        sides = [conv_output_size(s, k, st, p) for s, k, st, p in zip((height, width), kernel, strides, pads[:2],
+        sides = [window_side(s, k, st, p) for s, k, st, p in zip((height, width), kernel, strides, pads[:2],
                                                                       strict=True)]
         self.add(node, kind, self.name_for(_node_name(node)), [source], [channels, *sides], kernel=kernel,
                  stride=strides, padding=pads[:2])
@@ -389,7 +390,7 @@ class QonnxInfo:
     input_shape: tuple[int, int, int]
     num_classes: int
     weight_layers: tuple[str, ...]
-    gemms: tuple[Any, ...]          # `models.shapes.Gemm` of each weight layer
+    gemms: tuple[Gemm, ...]         # of each weight layer
     weight_bits: int
     act_bits: int                   # the widest activation a weight layer reads
     scaling: str
@@ -424,8 +425,7 @@ def describe_qonnx(path: Path | str, digest: str) -> QonnxInfo:
 
 @functools.lru_cache(maxsize=8)
 def _describe(path: str, digest: str) -> QonnxInfo:
-    from dsetool.engine.intmodel import Conv2d, QuantAct, WeightOp, parse_intmodel
-    from dsetool.models.shapes import Gemm
+    from dsetool.engine.intmodel import QuantAct, WeightOp, parse_intmodel
 
     config, arrays = import_qonnx(path)
     try:
@@ -433,13 +433,7 @@ def _describe(path: str, digest: str) -> QonnxInfo:
     except ValueError as error:
         raise QonnxError(str(error)) from None
     weights = [(i, op) for i, op in enumerate(model.ops) if isinstance(op, WeightOp)]
-    gemms = []
-    for _, op in weights:
-        if isinstance(op, Conv2d):
-            _, height, width = op.out_shape
-            gemms.append(Gemm(op.name, height * width, op.reduction, op.out_features // op.groups, op.groups))
-        else:
-            gemms.append(Gemm(op.name, 1, op.reduction, op.out_features))
+    gemms = [op.gemm for _, op in weights]
     feeding = [model.ops[source] for i, _ in weights if (source := model.producer(i)) is not None]
     relus = [op for op in model.ops if isinstance(op, QuantAct) and op.relu]
     channels, height, width = model.input_shape

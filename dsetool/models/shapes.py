@@ -6,34 +6,11 @@ cache hit must not import torch, so shapes are propagated here from the torch-fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
+from dsetool.gemm import Gemm, window_side
 from dsetool.models.graphs import GRAPH_INPUT, GRAPHS, Node
 from dsetool.models.zoo import DEFAULT_MLP_HIDDEN, Conv, Flatten, Linear, Pool, input_size, layers
-
-
-@dataclass(frozen=True)
-class Gemm:
-    """One weight layer as GEMMs per image: M output positions, K-long dot products, N outputs, in each of
-    `groups` independent groups (a depthwise conv: one group per channel, N = 1 each)."""
-
-    layer: str
-    m: int
-    k: int
-    n: int
-    groups: int = 1
-
-
-def array_gemms(gemms: list[Gemm]) -> list[tuple[int, int, int]]:
-    """Return the (M, K, N) GEMMs the array runs, one after the other: a grouped conv's groups run as
-    separate GEMMs (a depthwise conv is C GEMMs of N = 1, so it fills one array column: the schedule the
-    cycle model and the PE fault mapping assume)."""
-    return [(g.m, g.k, g.n) for g in gemms for _ in range(g.groups)]
-
-
-def conv_side(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Return the output side of a convolution or pool (floor mode, dilation 1)."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def gemm_shapes(arch: str, in_channels: int, native: tuple[int, int], num_classes: int,
@@ -48,9 +25,9 @@ def gemm_shapes(arch: str, in_channels: int, native: tuple[int, int], num_classe
     out: list[Gemm] = []
     for spec in layers(arch, mlp_hidden):
         if isinstance(spec, Conv):
-            height = conv_side(height, spec.kernel, 1, spec.padding)
-            width = conv_side(width, spec.kernel, 1, spec.padding)
-            out.append(Gemm(spec.name, height * width, channels * spec.kernel ** 2, spec.out_channels))
+            height = window_side(height, spec.kernel, 1, spec.padding)
+            width = window_side(width, spec.kernel, 1, spec.padding)
+            out.append(Gemm.conv(spec.name, (spec.out_channels, height, width), channels, (spec.kernel,) * 2))
             channels = spec.out_channels
         elif isinstance(spec, Pool):
             height, width = height // spec.kernel, width // spec.kernel
@@ -58,7 +35,7 @@ def gemm_shapes(arch: str, in_channels: int, native: tuple[int, int], num_classe
             features = channels * height * width
         elif isinstance(spec, Linear):
             n = spec.out_features or num_classes
-            out.append(Gemm(spec.name, 1, features, n))
+            out.append(Gemm.linear(spec.name, features, n))
             features = n
     return out
 
@@ -72,26 +49,17 @@ def _graph_gemms(nodes: tuple[Node, ...], image: tuple[int, int, int], num_class
             channels, height, width = shape
             groups = channels if node.groups == 0 else node.groups
             n = node.out or num_classes
-            sides = [conv_side(s, node.kernel, node.stride, node.padding) for s in (height, width)]
-            out.append(Gemm(node.name, sides[0] * sides[1], channels // groups * node.kernel ** 2, n // groups,
-                            groups))
-            shape = (n, *sides)
+            shape = (n, *(window_side(s, node.kernel, node.stride, node.padding) for s in (height, width)))
+            out.append(Gemm.conv(node.name, shape, channels, (node.kernel,) * 2, groups))
         elif node.kind == "linear":
             n = node.out or num_classes
-            out.append(Gemm(node.name, 1, _product(shape), n))
+            out.append(Gemm.linear(node.name, math.prod(shape), n))
             shape = (n,)
         elif node.kind == "maxpool":
-            shape = (shape[0], *(conv_side(s, node.kernel, node.stride, 0) for s in shape[1:]))
+            shape = (shape[0], *(window_side(s, node.kernel, node.stride, 0) for s in shape[1:]))
         elif node.kind == "gap":
             shape = (shape[0], 1, 1)
         elif node.kind == "flatten":
-            shape = (_product(shape),)
+            shape = (math.prod(shape),)
         shapes[node.name] = shape
     return out
-
-
-def _product(values: tuple[int, ...]) -> int:
-    result = 1
-    for value in values:
-        result *= value
-    return result

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsetool.arrays import accumulator_depth, array_config, network_gemms, rtl_protection
 from dsetool.config import RunConfig
-from dsetool.models.shapes import array_gemms
+from dsetool.gemm import array_gemms
 from dsetool.stages import StageContext
 from dsetool.store import Result
 from dsetool.validate import ConfigError
