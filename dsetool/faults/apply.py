@@ -178,7 +178,8 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     if start == 0:
         _missing_input(start)
     pre = np.array([g.hook == "pre" for g in groups])[faults.group]
-    pending: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {}  # op -> (op - 1's output, rows) joining there
+    # op -> (the changed tensors, rows) of sparse faults joining there
+    pending: dict[int, list[tuple[dict[int, torch.Tensor], np.ndarray]]] = {}
     carried_rows = np.zeros(len(inputs), dtype=bool)  # rows whose single fault `_carry` follows
     carried = np.nonzero(pre & (n_faults[faults.row] == 1))[0]
     if not follows(net.engine):
@@ -193,9 +194,9 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         for join in propagated.joins:
             rows = faults.row[carried[join.rows]]
             if join.op > last_op:
-                logits[torch.from_numpy(rows)] = join.tensor.to(logits.dtype)
+                logits[torch.from_numpy(rows)] = join.tensors[last_op].to(logits.dtype)
             else:
-                pending.setdefault(join.op, []).append((join.tensor, rows))
+                pending.setdefault(join.op, []).append((join.tensors, rows))
     live = np.zeros(0, dtype=np.int64)
     frontier: dict[int, torch.Tensor] = {}
     position = np.full(len(inputs), -1, dtype=np.int64)
@@ -210,7 +211,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
         sparse = _sparse_rows(net, op, joining, faults, fault_ops, pre, len(inputs))
         dense = np.setdiff1d(joining, sparse, assume_unique=True) if len(sparse) else joining
         arriving: list[tuple[dict[int, torch.Tensor], np.ndarray]] = [({}, dense)] if len(dense) else []
-        arriving += [({op - 1: tensor}, rows) for tensor, rows in pending.pop(op, [])]
+        arriving += pending.pop(op, [])
         for given, rows in arriving:
             frontier, live = _join(frontier, live, given, rows, golden, inputs)
         if arriving:
@@ -261,9 +262,8 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
 
 def _carriable(net: Network, groups: Sequence[SiteGroup]) -> np.ndarray:
     """Say per group whether its single faults can be followed sparsely (`propagate`): an activation buffer
-    that only the weight layer right after the op writing it reads (`can_follow` checks that chain link)."""
-    return np.array([g.hook == "pre" and g.buffer == g.op_index - 1 and can_follow(net.engine, g.op_index)
-                     for g in groups], dtype=bool)
+    whose first reader has a sparse step (`can_follow`)."""
+    return np.array([g.hook == "pre" and can_follow(net.engine, g.op_index) for g in groups], dtype=bool)
 
 
 
@@ -353,18 +353,19 @@ def _sparse_rows(net: Network, op: int, joining: np.ndarray, faults: Faults, fau
 
 def _carry(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, js: np.ndarray,
            groups: Sequence[SiteGroup], faults: Faults, fault_ops: np.ndarray, model: str) -> Propagated:
-    """Follow faults `js`, each its row's only fault and in a weight op's input, sparsely (`propagate`);
+    """Follow faults `js`, each its row's only fault and in an activation buffer, sparsely (`propagate`);
     `Join.rows` index `js`."""
     rows = faults.row[js]
     old = np.empty(len(js), dtype=np.int64)
+    buffer = np.empty(len(js), dtype=np.int64)
     width, signed = np.empty(len(js), dtype=np.int64), np.empty(len(js), dtype=np.int64)
     for g in np.unique(faults.group[js]).tolist():
         mine = faults.group[js] == g
         group = groups[g]
         old[mine] = golden_rows(golden[group.buffer])[inputs[rows[mine]], faults.element[js[mine]]]
-        width[mine], signed[mine] = group.width, group.signed
+        width[mine], signed[mine], buffer[mine] = group.width, group.signed, group.buffer
     faulty = with_masks(old, np.left_shift(1, faults.bit[js]), model, width, signed)
-    return propagate(net.engine, golden, inputs[rows], fault_ops[js], faults.element[js], faulty)
+    return propagate(net.engine, golden, inputs[rows], fault_ops[js], faults.element[js], faulty, buffer)
 
 
 def _sparse_step(net: Network, op: int, golden: Sequence[torch.Tensor], inputs: np.ndarray, rows: np.ndarray,

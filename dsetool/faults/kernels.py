@@ -295,21 +295,46 @@ def requantize_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.
 
 
 @numba.njit(nogil=True, cache=True)
-def add_changes(golden_other: np.ndarray, golden_out: np.ndarray, image: np.ndarray, start: np.ndarray,
-                element: np.ndarray, value: np.ndarray) -> Output:
-    """Return the changes of an add whose other input is golden: each changed value plus the other
-    input's value at its element (a sum changes wherever one addend does: nothing is masked here)."""
+def add_changes(golden_a: np.ndarray, golden_b: np.ndarray, golden_out: np.ndarray, image: np.ndarray,
+                a_start: np.ndarray, a_element: np.ndarray, a_value: np.ndarray, b_start: np.ndarray,
+                b_element: np.ndarray, b_value: np.ndarray) -> Output:
+    """Return the changes of an add whose addends changed as given (one row per fault in both, rows aligned,
+    a fault's row empty where that addend is golden): the sum wherever either addend changed, where it
+    differs from the golden sum (changes of the two addends can cancel: masked by the arithmetic)."""
     faults = len(image)
-    alive, new_start, new_element, new_value, masked = _buffers(faults, len(element))
+    size = golden_out.shape[1]
+    alive, new_start, new_element, new_value, masked = _buffers(faults, len(a_element) + len(b_element))
+    delta = np.zeros(size, dtype=np.float64)   # scratch, reset after each fault where it was touched
+    seen = np.zeros(size, dtype=np.bool_)
+    touched = np.empty(size, dtype=np.int64)
     used = n_alive = 0
     for f in range(faults):
         img = image[f]
+        n_touched = 0
+        for j in range(a_start[f], a_start[f + 1]):
+            e = a_element[j]
+            delta[e] += a_value[j] - golden_a[img, e]
+            if not seen[e]:
+                seen[e] = True
+                touched[n_touched] = e
+                n_touched += 1
+        for j in range(b_start[f], b_start[f + 1]):
+            e = b_element[j]
+            delta[e] += b_value[j] - golden_b[img, e]
+            if not seen[e]:
+                seen[e] = True
+                touched[n_touched] = e
+                n_touched += 1
+        new_element, new_value = _room(new_element, new_value, used, n_touched)
         first = used
-        for j in range(start[f], start[f + 1]):
-            e = element[j]
-            new_element[used] = e
-            new_value[used] = value[j] + golden_other[img, e]
-            used += 1
+        for i in range(n_touched):
+            e = touched[i]
+            if delta[e] != 0:
+                new_element[used] = e
+                new_value[used] = golden_out[img, e] + delta[e]
+                used += 1
+            delta[e] = 0.0
+            seen[e] = False
         n_alive = _close(f, first, used, ARITHMETIC, alive, n_alive, new_start, masked)
     return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
 
@@ -430,21 +455,28 @@ def scatter_rows(dense: np.ndarray, start: np.ndarray, element: np.ndarray, valu
 def pick(keep: np.ndarray, start: np.ndarray, element: np.ndarray, value: np.ndarray
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return the (start, element, value) of the faults where `keep` holds."""
-    total = kept = 0
-    for f in range(len(keep)):
-        if keep[f]:
-            kept += 1
-            total += start[f + 1] - start[f]
-    new_start = np.empty(kept + 1, dtype=np.int64)
+    return gather(np.nonzero(keep)[0], start, element, value)
+
+
+@numba.njit(nogil=True, cache=True)
+def gather(order: np.ndarray, start: np.ndarray, element: np.ndarray, value: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the (start, element, value) whose row i is row `order[i]` of the given ones (empty where
+    `order[i]` is -1: a fault with no change there)."""
+    total = 0
+    for i in range(len(order)):
+        if order[i] >= 0:
+            total += start[order[i] + 1] - start[order[i]]
+    new_start = np.empty(len(order) + 1, dtype=np.int64)
     new_element = np.empty(total, dtype=np.int64)
     new_value = np.empty(total, dtype=np.float64)
-    new_start[0] = used = i = 0
-    for f in range(len(keep)):
-        if keep[f]:
+    new_start[0] = used = 0
+    for i in range(len(order)):
+        f = order[i]
+        if f >= 0:
             for j in range(start[f], start[f + 1]):
                 new_element[used] = element[j]
                 new_value[used] = value[j]
                 used += 1
-            i += 1
-            new_start[i] = used
+        new_start[i + 1] = used
     return new_start, new_element, new_value

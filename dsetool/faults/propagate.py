@@ -30,7 +30,7 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.executor import Requantizer
-from dsetool.engine.intmodel import Add, Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct, WeightOp
+from dsetool.engine.intmodel import Add, Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct
 from dsetool.faults import kernels
 from dsetool.protect.check import RangeCheck
 
@@ -50,12 +50,13 @@ DENSE_START = 2_000_000
 
 @dataclass(frozen=True)
 class Join:
-    """Faults that leave the sparse path at the input of op `op`: `tensor` holds their dense inputs to
-    it (with `op` one past the last op: their logits); `rows` index the propagated faults."""
+    """Faults that leave the sparse path at op `op`: `tensors` holds their dense values of every tensor that
+    differs from the golden run and that op `op` or a later op reads, by the index of the op that wrote it
+    (with `op` one past the last op: their logits); `rows` index the propagated faults."""
 
     op: int
     rows: np.ndarray
-    tensor: torch.Tensor
+    tensors: dict[int, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,13 @@ class Changes:
     def pick(self, keep: np.ndarray) -> Changes:
         """Return the faults where `keep` (bool) holds."""
         return Changes(self.rows[keep], *kernels.pick(keep, self.start, self.element, self.value))
+
+    def aligned(self, rows: np.ndarray, faults: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (start, element, value) with one row per fault of `rows` (of `faults` propagated ones),
+        empty for a fault these changes do not hold."""
+        where = np.full(faults, -1, dtype=np.int64)
+        where[self.rows] = np.arange(len(self.rows))
+        return kernels.gather(where[rows], self.start, self.element, self.value)
 
     def after(self, output: kernels.Output, masked_by: np.ndarray) -> Changes:
         """Return a kernel's output changes of these faults (the ones it left alive); record in
@@ -121,70 +129,155 @@ def follows(engine: Engine) -> bool:
     return all(isinstance(check, RangeCheck) for check in (*engine.checks.values(), *engine.input_checks.values()))
 
 
-def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray, start: np.ndarray,
-              element: np.ndarray, faulty: np.ndarray) -> Propagated:
-    """Follow one changed input value per fault: flat element `element[f]` of weight op `start[f]`'s
-    input, now `faulty[f]`, on campaign input `inputs[f]` (its golden tensors are `golden[i][inputs[f]]`).
+class _Tensors:
+    """The tensors that differ from the golden run, each as the changes of the faults that changed it, kept
+    until the last op reading it has run; per fault, how many of them it changes and which step last
+    removed one of its changes. A fault none of them holds any more is masked (by that step)."""
 
-    Faults of every layer travel together: a fault joins the others at its own layer, so each op's
-    kernel runs once per batch however many layers it holds faults of.
+    def __init__(self, engine: Engine, faults: int) -> None:
+        self.changed: dict[int, Changes] = {}
+        self.holds = np.zeros(faults, dtype=np.int64)
+        self.why = np.zeros(faults, dtype=np.int8)   # kernels.MASKED_BY codes of the last step that dropped changes
+        self.last_reader = engine.model.last_readers()
+        self.logits = len(engine.model.ops) - 1
+
+    def add(self, tensor: int, changes: Changes) -> None:
+        """Record `changes` of op `tensor`'s output (faults it does not hold yet)."""
+        if not len(changes.rows):
+            return
+        self.holds[changes.rows] += 1
+        held = self.changed.get(tensor)
+        self.changed[tensor] = changes if held is None else held.merge(changes)
+
+    def read_by(self, reads: Sequence[int]) -> list[int]:
+        """Return which of the tensors an op reads differ for some fault."""
+        return [t for t in reads if t in self.changed]
+
+    def release(self, done: int, masked_by: np.ndarray) -> None:
+        """Let go of the tensors no op after op `done` reads; a fault that no tensor holds any more is masked."""
+        for tensor in [t for t in self.changed if self.last_reader[t] <= done and t != self.logits]:
+            rows = self.changed.pop(tensor).rows
+            self.holds[rows] -= 1
+            gone = rows[self.holds[rows] == 0]
+            masked_by[gone] = self.why[gone]
+
+    def leave(self, op: int, rows: np.ndarray, golden: Sequence[torch.Tensor], inputs: np.ndarray) -> Join:
+        """Return the dense tensors of faults `rows`, which leave the sparse path at op `op`, and forget them."""
+        tensors = {}
+        for tensor, changes in list(self.changed.items()):
+            mine = np.isin(changes.rows, rows)
+            if mine.any():
+                tensors[tensor] = _dense(golden[tensor], inputs, rows, changes.pick(mine), len(self.holds))
+                kept = changes.pick(~mine)
+                if len(kept.rows):
+                    self.changed[tensor] = kept
+                else:
+                    del self.changed[tensor]
+        self.holds[rows] = 0
+        return Join(op, rows, tensors)
+
+
+def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray, start: np.ndarray,
+              element: np.ndarray, faulty: np.ndarray, buffer: np.ndarray | None = None) -> Propagated:
+    """Follow one changed value per fault: flat element `element[f]` of op `buffer[f]`'s output (default:
+    the op before `start[f]`), now `faulty[f]`, from op `start[f]`, the first op reading it, on campaign
+    input `inputs[f]` (its golden tensors are `golden[i][inputs[f]]`).
+
+    Each tensor that differs from the golden run for some fault is followed on its own, so a fault crosses
+    a residual block: a changed block input changes the shortcut and the residual branch, and the add sums
+    what both changed. Faults of every layer travel together: a fault joins the others at its own layer,
+    so each op's kernel runs once per batch however many layers it holds faults of.
     """
     steps = _steps(engine)
+    model = engine.model
+    faults = len(inputs)
+    buffer = start - 1 if buffer is None else buffer
+    state = _Tensors(engine, faults)
     joins: list[Join] = []
-    masked_by = np.zeros(len(inputs), dtype=np.int8)
-    detected = np.zeros(len(inputs), dtype=np.bool_)
-    changes = Changes.empty()
+    masked_by = np.zeros(faults, dtype=np.int8)
+    detected = np.zeros(faults, dtype=np.bool_)
     later = np.unique(start)
     index = int(later[0])
     while index < len(steps):
         born = np.nonzero(start == index)[0]
-        if len(born):   # a stuck-at bit that already held its value changed nothing
-            unchanged = faulty[born] == golden_rows(golden[index - 1])[inputs[born], element[born]]
-            masked_by[born[unchanged]] = kernels.ARITHMETIC
-            born = born[~unchanged]
-            changes = changes.merge(Changes.born(born, element[born], faulty[born]))
-        if not len(changes.rows):
-            ahead = later[later > index]
-            if not len(ahead):
-                break
-            index = int(ahead[0])
+        for tensor in np.unique(buffer[born]).tolist():   # a stuck-at bit that already held its value changed nothing
+            mine = born[buffer[born] == tensor]
+            unchanged = faulty[mine] == golden_rows(golden[tensor])[inputs[mine], element[mine]]
+            masked_by[mine[unchanged]] = kernels.ARITHMETIC
+            mine = mine[~unchanged]
+            state.add(tensor, Changes.born(mine, element[mine], faulty[mine]))
+        reads = model.inputs[index]
+        if not state.read_by(reads):
+            if not state.changed:
+                ahead = later[later > index]
+                if not len(ahead):
+                    break
+                index = int(ahead[0])
+            else:
+                index += 1
             continue
         step = steps[index]
-        if step is _SKIP:  # flatten
-            index += 1
-            continue
-        if not isinstance(step, _Step):   # no sparse step here (a branch, an add, a pool's sum): the dense path
-            joins.append(_dense_join(index, golden[index - 1], inputs, changes))
-            changes = Changes.empty()
-            index += 1
-            continue
-        reads = [golden_rows(golden[i]) for i in step.reads]
-        if step.input_check is not None:   # the weight op reads its input through a check
-            reads[0] = checked_rows(golden[index - 1], engine.input_checks[index])
-            changes = _checked(changes, step.input_check, reads[0], inputs, masked_by, detected)
-            if not len(changes.rows):
-                index += 1
-                continue
-        if step.sparse_limit is not None:
-            # Faults born here have one change: never dearer than the layer.
-            count = changes.count
-            dense = (start[changes.rows] != index) & (count > step.sparse_limit)
-            if dense.any() and int(count[dense].sum()) * step.products > DENSE_START:
-                joins.append(_dense_join(index, golden[index - 1], inputs, changes.pick(dense)))
-                changes = changes.pick(~dense)
-                if not len(changes.rows):
-                    index += 1
-                    continue
-        if step.check is not None:   # the kernel finds what a fault changed against the unprotected codes
-            reads[-1] = golden_rows(unchecked_golden(engine, golden, step.last))
-        changes = changes.after(step.kernel(*reads, inputs[changes.rows], changes.start, changes.element,
-                                            changes.value, *step.operands), masked_by)
-        if step.check is not None and len(changes.rows):
-            changes = _checked(changes, step.check, golden_rows(golden[step.last]), inputs, masked_by, detected)
-        index = step.last + 1
-    if len(changes.rows):  # past the logits layer: the changes are the rows' logits
-        joins.append(_dense_join(index, golden[index - 1], inputs, changes))
+        last = index
+        if step is _SKIP:  # flatten: the same values at the same flat positions
+            state.add(index, state.changed[reads[0]])
+        elif not isinstance(step, _Step):   # no sparse step here (a grouped conv, an average pool's sum): dense
+            rows = np.unique(np.concatenate([state.changed[t].rows for t in state.read_by(reads)]))
+            joins.append(state.leave(index, rows, golden, inputs))
+        elif step.binary:
+            state.add(index, _sum(step, state, golden, inputs))
+        else:
+            last = step.last
+            changes = _unary(engine, index, step, state, start, golden, inputs, joins, detected)
+            if changes is not None:
+                state.add(last, changes)
+        state.release(last, masked_by)
+        index = last + 1
+    logits = state.changed.get(len(steps) - 1)
+    if logits is not None:  # past the logits layer: the changes are the rows' logits
+        joins.append(state.leave(len(steps), logits.rows, golden, inputs))
     return Propagated(joins, masked_by, detected)
+
+
+def _unary(engine: Engine, index: int, step: _Step, state: _Tensors, start: np.ndarray,
+           golden: Sequence[torch.Tensor], inputs: np.ndarray, joins: list[Join], detected: np.ndarray
+           ) -> Changes | None:
+    """Run an op of one input on the changes of its input; return its output's changes (None: none left)."""
+    source = step.reads[0]
+    changes = state.changed[source]
+    reads = [golden_rows(golden[i]) for i in step.reads]
+    if step.input_check is not None:   # the weight op reads its input through a check (the buffer keeps it)
+        reads[0] = checked_rows(golden[source], engine.input_checks[index])
+        changes = _checked(changes, step.input_check, reads[0], inputs, state.why, detected)
+        if not len(changes.rows):
+            return None
+    if step.sparse_limit is not None:
+        # Faults born here have one change: never dearer than the layer.
+        count = changes.count
+        dense = (start[changes.rows] != index) & (count > step.sparse_limit)
+        if dense.any() and int(count[dense].sum()) * step.products > DENSE_START:
+            joins.append(state.leave(index, changes.rows[dense], golden, inputs))
+            changes = changes.pick(~dense)
+            if not len(changes.rows):
+                return None
+    if step.check is not None:   # the kernel finds what a fault changed against the unprotected codes
+        reads[-1] = golden_rows(unchecked_golden(engine, golden, step.last))
+    changes = changes.after(step.kernel(*reads, inputs[changes.rows], changes.start, changes.element,
+                                        changes.value, *step.operands), state.why)
+    if step.check is not None and len(changes.rows):
+        changes = _checked(changes, step.check, golden_rows(golden[step.last]), inputs, state.why, detected)
+    return changes
+
+
+def _sum(step: _Step, state: _Tensors, golden: Sequence[torch.Tensor], inputs: np.ndarray) -> Changes:
+    """Run an add on the changes of its addends (either or both)."""
+    first, second, _ = step.reads
+    empty = Changes.empty()
+    addends = state.changed.get(first, empty), state.changed.get(second, empty)
+    rows = np.union1d(addends[0].rows, addends[1].rows)
+    aligned = [changes.aligned(rows, len(state.holds)) for changes in addends]
+    union = Changes(rows, *aligned[0])
+    return union.after(step.kernel(*(golden_rows(golden[i]) for i in step.reads), inputs[rows], *aligned[0],
+                                   *aligned[1]), state.why)
 
 
 def _checked(changes: Changes, operands: tuple[Any, ...], golden: np.ndarray, inputs: np.ndarray,
@@ -210,6 +303,7 @@ class _Step:
     products: int = 0                   # a weight op: multiply-adds per changed input
     check: tuple[Any, ...] | None = None   # the range check on op `last`'s codes: `kernels.check_changes` operands
     input_check: tuple[Any, ...] | None = None   # a weight op's check of the codes it reads, likewise
+    binary: bool = False                 # an add: `kernel` takes the changes of both inputs (`_sum`)
 
 
 def _steps(engine: Engine) -> list[_Step | str | None]:
@@ -231,23 +325,17 @@ def _steps(engine: Engine) -> list[_Step | str | None]:
 def _sparse_step_of(engine: Engine, index: int, op: Op) -> _Step | str | None:
     """Return how the sparse path crosses op `index`: a step, `_SKIP` (flatten: the same values), or None
     (the faults join the dense path here: an op class without a builder in `_SPARSE_STEPS`, or one whose
-    builder declines, as a grouped conv's does). An op of one input is crossed only on a chain link: it
-    reads op `index - 1` and nothing else does, so the changes it carries are all that differs."""
+    builder declines, as a grouped conv's does)."""
     builder = _SPARSE_STEPS.get(type(op))
-    if builder is None or (op.ARITY == 1 and not _chained(engine.model, index)):
-        return None
-    return builder(engine, index)
+    return None if builder is None else builder(engine, index)
 
 
 def _add_step(engine: Engine, index: int) -> _Step | None:
-    """An add, crossed when the changes come from op `index - 1`, which only the add reads (the other
-    addend is then golden for every fault on the path)."""
-    model = engine.model
-    reads = model.inputs[index]
-    if index - 1 not in reads or model.consumers(index - 1) != (index,) or reads[0] == reads[1]:
+    """An add, on the changes of either addend or both (`kernels.add_changes`); not of a tensor to itself."""
+    first, second = engine.model.inputs[index]
+    if first == second:
         return None
-    other = reads[0] if reads[1] == index - 1 else reads[1]
-    return _Step(kernels.add_changes, (other, index), (), index)
+    return _Step(kernels.add_changes, (first, second, index), (), index, binary=True)
 
 
 def _chained(model: IntModel, index: int) -> bool:
@@ -255,9 +343,8 @@ def _chained(model: IntModel, index: int) -> bool:
 
 
 def can_follow(engine: Engine, index: int) -> bool:
-    """Say whether a single fault in weight op `index`'s input buffer can start on the sparse path."""
-    return follows(engine) and isinstance(_steps(engine)[index], _Step) \
-        and isinstance(engine.model.ops[index], WeightOp)
+    """Say whether a single fault in the buffer op `index` is the first to read can start on the sparse path."""
+    return follows(engine) and _steps(engine)[index] is not None
 
 
 def _sparse_limit(op: Conv2d | Linear) -> float:
@@ -280,7 +367,7 @@ def _conv_step(engine: Engine, index: int) -> _Step | None:
     weight = engine.layers[index].weight_tensor.to(torch.float64).permute(1, 2, 3, 0).contiguous().numpy()
     in_shape, geometry = _window(current, engine.input_shape(index))
     fused = _fused_output_stage(engine, index)
-    return _Step(kernels.conv_changes, (index - 1, index, index + 1 if fused else index),
+    return _Step(kernels.conv_changes, (_source(engine, index), index, index + 1 if fused else index),
                  (weight, kernels.reach(in_shape, geometry), _shape(current.out_shape), geometry, fused,
                   *_output_stage(engine, index + 1 if fused else None)), index + fused,
                  _sparse_limit(current),
@@ -293,7 +380,7 @@ def _linear_step(engine: Engine, index: int) -> _Step:
     assert isinstance(current, Linear)
     weight = engine.layers[index].weight_tensor.to(torch.float64).T.contiguous().numpy()
     fused = _fused_output_stage(engine, index)
-    return _Step(kernels.linear_changes, (index - 1, index, index + 1 if fused else index),
+    return _Step(kernels.linear_changes, (_source(engine, index), index, index + 1 if fused else index),
                  (weight, fused, *_output_stage(engine, index + 1 if fused else None)), index + fused,
                  _sparse_limit(current), current.out_features)
 
@@ -303,7 +390,7 @@ def _pool_step(engine: Engine, index: int) -> _Step:
     current = engine.model.ops[index]
     assert isinstance(current, MaxPool2d)
     in_shape, geometry = _window(current, engine.input_shape(index))
-    return _Step(kernels.pool_changes, (index - 1, index),
+    return _Step(kernels.pool_changes, (_source(engine, index), index),
                  (kernels.reach(in_shape, geometry), in_shape, _shape(current.out_shape), geometry), index)
 
 
@@ -314,7 +401,13 @@ def _requantize_step(engine: Engine, index: int) -> _Step | None:
         return None
     stage = engine.output_stages[index]
     per_channel = math.prod(engine.input_shape(index)) // len(stage.multiplier)
-    return _Step(kernels.requantize_changes, (index - 1, index), (per_channel, *_stage_operands(stage)), index)
+    return _Step(kernels.requantize_changes, (_source(engine, index), index), (per_channel, *_stage_operands(stage)),
+                 index)
+
+
+def _source(engine: Engine, index: int) -> int:
+    """Return the op whose output op `index` (of one input) reads."""
+    return engine.model.input_of(index)
 
 
 # op class -> how the sparse path crosses it; an op class missing here sends its faults to the dense path.
@@ -423,8 +516,9 @@ def _operand(engine: Engine, key: tuple[str, int], build: Callable[[], Any]) -> 
     return cache[key]
 
 
-def _dense_join(op: int, golden_in: torch.Tensor, inputs: np.ndarray, changes: Changes) -> Join:
-    """Return the faults' dense input to op `op`: their golden rows with their changes put in."""
-    dense = torch.index_select(golden_in, 0, torch.from_numpy(inputs[changes.rows]))
-    kernels.scatter_rows(dense.reshape(len(dense), -1).numpy(), changes.start, changes.element, changes.value)
-    return Join(op, changes.rows, dense)
+def _dense(golden: torch.Tensor, inputs: np.ndarray, rows: np.ndarray, changes: Changes, faults: int
+           ) -> torch.Tensor:
+    """Return the golden rows of faults `rows` with their changes (a fault `changes` lacks keeps golden) put in."""
+    dense = torch.index_select(golden, 0, torch.from_numpy(inputs[rows]))
+    kernels.scatter_rows(dense.reshape(len(dense), -1).numpy(), *changes.aligned(rows, faults))
+    return dense
