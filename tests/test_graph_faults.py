@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from dsetool.engine import Conv2d, Engine, Linear
-from dsetool.faults import propagate
+from dsetool.engine import Add, Conv2d, Engine, Linear
+from dsetool.faults import kernels, propagate
 from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.bits import apply_fault
 from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard
@@ -126,6 +126,44 @@ def test_a_buffer_read_twice_is_one_act_site_group(graph) -> None:
         assert group.size == int(np.prod(model.ops[group.buffer].out_shape))
     shared = [b for b in buffers if len(model.consumers(b)) > 1]
     assert bool(shared) == (model.arch == "resnet8")
+
+
+def test_a_fault_in_a_block_input_crosses_the_block_on_the_sparse_path(graph) -> None:
+    """A changed residual-block input changes the shortcut and the first conv; the sparse path follows both
+    tensors and sums them at the add, so no such fault leaves for the dense path inside the block, and its
+    logits equal the campaign's exact evaluation (the tests above) by construction of the same changes."""
+    engine, x = graph
+    model = engine.model
+    shared = [b for b in range(len(model.ops)) if len(model.consumers(b)) > 1]
+    if not shared:
+        pytest.skip("no buffer read by two ops (a chain)")
+    buffer = shared[0]
+    add = next(j for j in range(buffer + 1, len(model.ops)) if buffer in _ancestors(model, j) and
+               isinstance(model.ops[j], Add))
+    golden = engine.run(x, keep=True)
+    rng = np.random.default_rng(5)
+    count = 48
+    inputs = rng.integers(0, len(x), count)
+    element = rng.integers(0, int(np.prod(model.ops[buffer].out_shape)), count)
+    values = golden[buffer].reshape(len(x), -1)[torch.from_numpy(inputs), torch.from_numpy(element)].numpy()
+    faulty = np.where(values == 0, 7.0, 0.0)   # a code that differs from the golden one
+    first = min(model.consumers(buffer))
+    propagated = propagate.propagate(engine, golden, inputs, np.full(count, first), element, faulty,
+                                     np.full(count, buffer))
+    assert all(join.op > add for join in propagated.joins)
+    alive = sum(len(join.rows) for join in propagated.joins)
+    assert alive + int((propagated.masked_by != kernels.LIVE).sum()) == count
+    assert alive > 0
+
+
+def _ancestors(model, index: int) -> set[int]:
+    found, todo = set(), list(model.inputs[index])
+    while todo:
+        source = todo.pop()
+        if source >= 0 and source not in found:
+            found.add(source)
+            todo.extend(model.inputs[source])
+    return found
 
 
 def assert_campaign_equals_recomputing(engine: Engine, x: torch.Tensor, site: str, spec: CampaignSpec) -> None:
@@ -243,8 +281,6 @@ def test_naming_a_later_reader_of_a_shared_buffer_selects_its_group(graph) -> No
 
 
 def test_a_requantizer_without_relu_never_reports_relu_masking(graph) -> None:
-    from dsetool.faults import kernels
-
     engine, _ = graph
     network = EngineNetwork(engine)
     identities = [i for i, op in enumerate(engine.model.ops) if op.kind == "quant_identity"

@@ -14,6 +14,12 @@ with the dense rows. A fault whose changes all vanish is masked and never reache
 Exact: the same integer operations on the same values (float64 holding exact integers), only on the
 values that differ from the golden run. It turns an early-layer fault from a whole inference into a few
 thousand multiply-adds.
+
+On a graph, each tensor that differs from the golden run is followed on its own (`_Tensors`), kept until
+the last op reading it has run: a residual block's changed input changes its shortcut and its first conv,
+each is followed, and the add sums what either or both addends changed. A fault is masked when no tensor
+holds a change of it any more, by the step that removed its last one. An op class without a sparse step
+(`_SPARSE_STEPS`) sends the faults reaching it to the dense path, with every tensor they changed.
 """
 
 from __future__ import annotations
