@@ -65,6 +65,8 @@ class _Importer:
     taken: set[str] = field(default_factory=set)
     po2: bool = True
     per_channel: set[bool] = field(default_factory=set)
+    acc_scale: dict[str, np.ndarray] = field(default_factory=dict)   # weight layer -> its accumulator scales
+    biasable: dict[str, int] = field(default_factory=dict)   # MatMul output -> its op (an Add may bring the bias)
 
     def fail(self, node: Any, reason: str) -> QonnxError:
         return QonnxError(f"{self.path}: node {node.name or node.output[0]!r} ({node.op_type}): {reason}")
@@ -91,8 +93,9 @@ class _Importer:
     def node(self, node: Any) -> None:
         handler = getattr(self, f"_{node.op_type.lower()}", None)
         if handler is None:
-            raise self.fail(node, "not an op the integer engine runs (it runs Quant, Conv, Gemm, Relu before a "
-                                  "Quant, MaxPool, AveragePool, GlobalAveragePool, Flatten, Add)")
+            raise self.fail(node, "not an op the integer engine runs (it runs Quant, Conv, Gemm, MatMul with the Add "
+                                  "of its bias, Relu before a Quant, MaxPool, AveragePool, GlobalAveragePool, "
+                                  "Flatten, Reshape, Add)")
         try:
             handler(node)
         except QonnxError:
@@ -186,24 +189,12 @@ class _Importer:
         base = self.weight_names[weight_name]
         name = self.name_for(base[:-len(".weight")] if base.endswith(".weight") else base)
         acc_scale = (np.float32(input_scale) * scale.astype(np.float32)).astype(np.float64)
-        bias_bits, bias_signed = 32, True
-        if len(node.input) > 2 and node.input[2]:
-            bias_name = node.input[2]
-            if bias_name in self.quantized:
-                bias = self.quantized[bias_name]
-                if not np.allclose(bias.scale.reshape(-1), acc_scale, rtol=1e-6, atol=0):
-                    raise self.fail(node, "its bias is quantized at another scale than input x weight scale")
-                bias_ints, bias_bits, bias_signed = bias.ints.reshape(-1), bias.bits, bias.signed
-            elif bias_name in self.inits:   # a float bias: quantized at the accumulator scale, as Int32Bias does
-                values = self.inits[bias_name].astype(np.float32).reshape(-1)
-                bias_ints = np.round(values / acc_scale.astype(np.float32)).astype(np.int64)
-            else:
-                raise self.fail(node, "its bias must be a constant")
-        else:
-            bias_ints = np.zeros(out, dtype=np.int64)
+        bias_name = node.input[2] if len(node.input) > 2 else ""
+        bias_ints, bias_bits, bias_signed = self._bias(node, bias_name, acc_scale, out)
         self.arrays[f"{name}.weight"] = stored_ints(weight.ints, weight.bits)
         self.arrays[f"{name}.weight_scale"] = scale.astype(np.float64).reshape(-1 if per_channel else ())
-        self.arrays[f"{name}.bias"] = np.broadcast_to(bias_ints, (out,)).astype(np.int64)
+        self.arrays[f"{name}.bias"] = bias_ints
+        self.acc_scale[name] = acc_scale
         fields = {"weight_bits": weight.bits, "weight_signed": weight.signed, "weight_narrow_range": weight.narrow,
                   "weight": f"{name}.weight", "weight_scale": f"{name}.weight_scale", "weight_rounding": "half_even",
                   "input_scale": input_scale, "bias": f"{name}.bias", "bias_bits": bias_bits,
@@ -213,6 +204,25 @@ class _Importer:
             fields["weight_scale_exp"] = exps if per_channel else exps[0]
             fields["input_scale_exp"] = int(np.log2(input_scale))
         return {"name": name, **fields}
+
+    def _bias(self, node: Any, bias_name: str, acc_scale: np.ndarray, out: int) -> tuple[np.ndarray, int, bool]:
+        """Return a layer's bias as integers at its accumulator scale, their width and signedness: a
+        quantized bias must be at that scale; a float one is rounded to it, as Brevitas's Int32Bias does."""
+        if not bias_name:
+            return np.zeros(out, dtype=np.int64), 32, True
+        if bias_name in self.quantized:
+            bias = self.quantized[bias_name]
+            if not np.allclose(bias.scale.reshape(-1), acc_scale, rtol=1e-6, atol=0):
+                raise self.fail(node, "its bias is quantized at another scale than input x weight scale")
+            ints, bits, signed = bias.ints.reshape(-1), bias.bits, bias.signed
+        elif bias_name in self.inits:
+            values = self.inits[bias_name].astype(np.float32).reshape(-1)
+            ints, bits, signed = np.round(values / acc_scale.astype(np.float32)).astype(np.int64), 32, True
+        else:
+            raise self.fail(node, "its bias must be a constant")
+        if ints.size not in (1, out):
+            raise self.fail(node, f"a bias of {ints.size} values does not fit {out} outputs")
+        return np.broadcast_to(ints, (out,)).astype(np.int64), bits, signed
 
     def _conv(self, node: Any) -> None:
         attrs = _attributes(node)
@@ -235,13 +245,22 @@ class _Importer:
                  out_channels=int(weight.shape[0]), kernel=kernel, stride=strides, padding=pads[:2], groups=group,
                  **fields)
 
+    def _matmul(self, node: Any) -> None:
+        """A linear layer as FINN's flow and older exports write it: x @ W with W stored (in, out), its bias
+        (if any) in the Add that follows (`_add`)."""
+        self._linear(node, transposed=False)
+        self.biasable[node.output[0]] = len(self.ops) - 1
+
     def _gemm(self, node: Any) -> None:
         attrs = _attributes(node)
         if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
             raise self.fail(node, "only alpha = beta = 1 without transA is a linear layer")
+        self._linear(node, transposed=bool(attrs.get("transB", 0)))
+
+    def _linear(self, node: Any, transposed: bool) -> None:
         if node.input[1] not in self.quantized:
             raise self.fail(node, "its weights must pass through a Quant node (a float weight is not quantized)")
-        if not attrs.get("transB", 0):   # weights stored (in, out): the engine's layout is torch's (out, in)
+        if not transposed:   # weights stored (in, out): the engine's layout is torch's (out, in)
             self.quantized[node.input[1]].ints = self.quantized[node.input[1]].ints.T
         source = node.input[0]
         fields = self._weights(node, source)
@@ -308,9 +327,26 @@ class _Importer:
 
     def _add(self, node: Any) -> None:
         first, second = node.input
+        constant = [name for name in (first, second) if name in self.quantized or name in self.inits]
+        layer = next((self.biasable[name] for name in (first, second) if name in self.biasable), None)
+        if constant and layer is not None:   # a MatMul's bias
+            self._add_bias(node, layer, constant[0])
+            return
         if first not in self.shapes or second not in self.shapes:
             raise self.fail(node, "adds a tensor that no supported op produced (both inputs must be quantized)")
         self.add(node, "add", self.name_for(_node_name(node)), [first, second], self.shapes[first])
+
+    def _add_bias(self, node: Any, layer: int, bias_name: str) -> None:
+        """Put the bias an Add gives a MatMul's output into that linear layer (its accumulators are the sum)."""
+        op = self.ops[layer]
+        out = int(op["out_features"])
+        ints, bits, signed = self._bias(node, bias_name, self.acc_scale[op["name"]], out)
+        self.arrays[op["bias"]] = ints
+        op.update(bias_bits=bits, bias_signed=signed)
+        source = next(name for name in node.input if name in self.biasable)
+        del self.biasable[source]
+        self.names[node.output[0]] = op["name"]
+        self.shapes[node.output[0]] = self.shapes[source]
 
 
 def _attributes(node: Any) -> dict[str, Any]:
