@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dsetool.config import RANGE_PROTECTIONS, TRAIN_THREADS, RunConfig
+from dsetool.faults import site_registry
 from dsetool.progress import Reporter, SilentReporter
 from dsetool.store import Entry, Result, Store, make_key
 from dsetool.validate import ConfigError, to_plain
@@ -124,7 +125,7 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
         p = cfg.protect
         hw["scheme"] = {"layers": list(p.layers), "chunk": cfg.hw.cols, "gamma": p.gamma, "gates": p.gates,
                         "action": p.afd_action}
-    if any(site.startswith("pe.") for site in cfg.faults.sites):  # only PE registers depend on the array
+    if site_registry.in_array(cfg.faults.sites):  # only PE registers depend on the array
         from dsetool.arrays import array_config
 
         hw["array"] = to_plain(array_config(cfg))
