@@ -179,10 +179,7 @@ class HwConfig:
     placer: str = spec("auto", choices=("auto", "heap", "static"),
                        help="nextpnr placer: heap (analytic), static (electrostatic: about twice as fast on an "
                             "8x8 array), auto (static from 4,000 LUTs up); in the synth key when not heap")
-    protection: str = spec("none", choices=PROTECTIONS,
-                           help="after each protected output stage: range check (clip, zero, or sed: flag only) "
-                                "with profiled bounds, channel median (median3, median5) or anomalous-feature "
-                                "suppression (afd); synth builds none, clip, zero")
+    protection: str = spec("none", choices=PROTECTIONS, help=protection_registry.help_text())
     tmr: bool = spec(False, help="triplicate the datapath with bitwise majority voters (synth); campaigns run "
                                  "three independently faulted executions and vote their top-1")
 
