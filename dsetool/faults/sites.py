@@ -27,8 +27,6 @@ from dsetool.faults import site_registry
 from dsetool.faults.site_registry import ACCUMULATOR, INPUT, PE, POST, PRE, WEIGHT, WEIGHTS, FaultSite, Hook
 from hw.arrayconfig import ArrayConfig
 
-SUPPORTED_SITES = site_registry.NAMES
-
 
 class SiteError(ValueError):
     """A fault spec that does not fit the model (unknown layer, bit beyond the register)."""
