@@ -13,7 +13,8 @@ from dsetool.config import RunConfig, factory_info, qonnx_info
 from dsetool.data import geometry_of
 from dsetool.gemm import Gemm, array_gemms
 from dsetool.models.shapes import gemm_shapes
-from hw.arrayconfig import PROTECTIONS, ArrayConfig
+from dsetool.protect import registry as protections
+from hw.arrayconfig import ArrayConfig
 
 
 def network_gemms(cfg: RunConfig) -> list[Gemm]:
@@ -39,9 +40,10 @@ def array_config(cfg: RunConfig) -> ArrayConfig:
 
 
 def rtl_protection(cfg: RunConfig) -> str:
-    """Return the protection unit the array is built with: the range check's clip or zero; `none` for the
-    engine-only protections (sed, median, afd), which the synth stage refuses (`dsetool.stages.synth`)."""
-    return cfg.hw.protection if cfg.hw.protection in PROTECTIONS else "none"
+    """Return the protection unit the array is built with: the design point's when the RTL builds it
+    (`Protection.rtl`: the range check's clip or zero), else `none` (the engine-only protections: sed,
+    median, afd), which the synth stage refuses (`dsetool.stages.synth`)."""
+    return cfg.hw.protection if protections.REGISTRY[cfg.hw.protection].rtl else protections.NONE
 
 
 def accumulator_depth(cfg: RunConfig) -> int:
@@ -59,4 +61,4 @@ def network_cycles(cfg: RunConfig) -> int:
 
 def baseline(cfg: RunConfig) -> RunConfig:
     """Return the design point without protection or TMR: what their overhead is measured against."""
-    return dataclasses.replace(cfg, hw=dataclasses.replace(cfg.hw, protection="none", tmr=False))
+    return dataclasses.replace(cfg, hw=dataclasses.replace(cfg.hw, protection=protections.NONE, tmr=False))

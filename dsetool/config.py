@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dsetool.data import DATASETS
+from dsetool.faults import site_registry
 from dsetool.models import zoo
 from dsetool.protect import registry as protection_registry
 from dsetool.validate import (
@@ -178,15 +179,12 @@ class HwConfig:
     placer: str = spec("auto", choices=("auto", "heap", "static"),
                        help="nextpnr placer: heap (analytic), static (electrostatic: about twice as fast on an "
                             "8x8 array), auto (static from 4,000 LUTs up); in the synth key when not heap")
-    protection: str = spec("none", choices=PROTECTIONS,
-                           help="after each protected output stage: range check (clip, zero, or sed: flag only) "
-                                "with profiled bounds, channel median (median3, median5) or anomalous-feature "
-                                "suppression (afd); synth builds none, clip, zero")
+    protection: str = spec("none", choices=PROTECTIONS, help=protection_registry.help_text())
     tmr: bool = spec(False, help="triplicate the datapath with bitwise majority voters (synth); campaigns run "
                                  "three independently faulted executions and vote their top-1")
 
 
-FAULT_SITES = ("act", "weight", "pe.act", "pe.weight", "pe.psum", "out")
+FAULT_SITES = site_registry.NAMES
 RANGE_MODES = ("profiled", "global", "global10")
 BIT_SELECTIONS = ("all", "msb", "high", "low")
 
@@ -195,8 +193,7 @@ BIT_SELECTIONS = ("all", "msb", "high", "low")
 class FaultConfig:
     """One fault campaign: where faults land, what they do, how many, and how the campaign is sized."""
 
-    site: str | tuple[str, ...] = spec("act", choices=FAULT_SITES,
-                                       help="register or buffer the faults hit; a list: uniform over all of them")
+    site: str | tuple[str, ...] = spec("act", choices=FAULT_SITES, help=site_registry.help_text())
     layers: tuple[str, ...] = spec((), help="weight layers to fault; empty = all")
     model: str = spec("bitflip", choices=("bitflip", "stuck0", "stuck1", "zero"), help="fault effect")
     bits: str | tuple[int, ...] = spec("all", choices=BIT_SELECTIONS, range=(0, 63),
@@ -539,22 +536,17 @@ def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
 
 
 def _register_width(config: RunConfig, layers: list[str], name: str, site: str) -> int | None:
-    """Return the width of the register fault site `site` reads in layer `name` (None: the wide logits)."""
-    q = config.quant
-
-    def bits_of(layer: str, kind: str) -> int:
-        override = q.layers.get(layer)
-        value = getattr(override, kind) if override is not None else None
-        return int(value or getattr(q, kind))
-
-    if site in ("weight", "pe.weight"):
-        return bits_of(name, "weight_bits")
-    if site in ("act", "pe.act"):
-        return bits_of(name, "act_bits")
-    if site == "pe.psum":
+    """Return the width of the register fault site `site` reads in layer `name` (None: the wide logits,
+    or an accumulator sized for the network)."""
+    register = site_registry.site(site).register
+    if register.quant_bits is None:
         return config.hw.acc_bits or None
-    position = layers.index(name)
-    return bits_of(layers[position + 1], "act_bits") if position + 1 < len(layers) else None
+    position = layers.index(name) + (1 if register.next_layer else 0)
+    if position == len(layers):
+        return None
+    override = config.quant.layers.get(layers[position])
+    value = getattr(override, register.quant_bits) if override is not None else None
+    return int(value or getattr(config.quant, register.quant_bits))
 
 
 def _unique(points: list[Point]) -> list[Point]:

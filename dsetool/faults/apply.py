@@ -20,6 +20,7 @@ from dsetool.engine.intmodel import Conv2d, WeightOp
 from dsetool.faults import kernels
 from dsetool.faults.bits import with_masks
 from dsetool.faults.propagate import Propagated, can_follow, follows, golden_rows, propagate, unchecked_golden
+from dsetool.faults.site_registry import PE, POST, PRE, WEIGHT, Hook
 from dsetool.faults.sites import SiteGroup
 from dsetool.faults.sparse import act_fault_accumulators
 from dsetool.protect.check import acted
@@ -177,7 +178,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
     start = int(fault_ops.min())
     if start == 0:
         _missing_input(start)
-    pre = np.array([g.hook == "pre" for g in groups])[faults.group]
+    pre = np.array([g.hook == PRE for g in groups])[faults.group]
     # op -> (the changed tensors, rows) of sparse faults joining there
     pending: dict[int, list[tuple[dict[int, torch.Tensor], np.ndarray]]] = {}
     carried_rows = np.zeros(len(inputs), dtype=bool)  # rows whose single fault `_carry` follows
@@ -263,7 +264,7 @@ def evaluate(net: Network, golden: Sequence[torch.Tensor], inputs: np.ndarray, g
 def _carriable(net: Network, groups: Sequence[SiteGroup]) -> np.ndarray:
     """Say per group whether its single faults can be followed sparsely (`propagate`): an activation buffer
     whose first reader has a sparse step (`can_follow`)."""
-    return np.array([g.hook == "pre" and can_follow(net.engine, g.op_index) for g in groups], dtype=bool)
+    return np.array([g.hook == PRE and can_follow(net.engine, g.op_index) for g in groups], dtype=bool)
 
 
 
@@ -273,7 +274,7 @@ def _fault_buffers(frontier: dict[int, torch.Tensor], op: int, groups: Sequence[
     """Apply the activation-buffer faults that op `op` is the first to read, to the buffer itself (in the
     frontier), so every later read of the buffer sees them too."""
     js = [j for j in np.nonzero((fault_ops == op) & (local >= 0))[0].tolist()
-          if groups[int(faults.group[j])].hook == "pre"]
+          if groups[int(faults.group[j])].hook == PRE]
     for group_js in _per_group(js, faults):
         group = groups[int(faults.group[group_js[0]])]
         buffer = frontier[group.buffer] if group.buffer in frontier else _rows_of(golden[group.buffer], inputs[live])
@@ -391,7 +392,7 @@ def _step(net: Network, op: int, reads: list[torch.Tensor], groups: Sequence[Sit
     """Run op `op` on the live rows' input tensors `reads` (its buffer faults already in them), with the
     faults that hit its weights, its PE registers or its output; return its output, where a protection
     follows the op the output before it, and its (first) input (before the op's input check, if any)."""
-    by_hook: dict[str, list[int]] = {}
+    by_hook: dict[Hook, list[int]] = {}
     for j in np.nonzero((fault_ops == op) & (local >= 0))[0].tolist():
         by_hook.setdefault(groups[int(faults.group[j])].hook, []).append(j)
 
@@ -409,12 +410,10 @@ def _step(net: Network, op: int, reads: list[torch.Tensor], groups: Sequence[Sit
     else:
         unchecked = net.run_op(op, *reads, checked=False)
         tensor = check(unchecked)
-    for js in _per_group(by_hook.get("weight", []), faults):
-        tensor = _weight_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)
-    for js in _per_group(by_hook.get("pe", []), faults):
-        tensor = _pe_delta(net, *where(js)[:1], op_input, tensor, *where(js)[1:], model)
-    for js in _per_group(by_hook.get("post", []), faults):
-        tensor = _fault_tensor(tensor, *where(js), model)
+    for hook, apply in STEP_HOOKS:
+        for js in _per_group(by_hook.get(hook, []), faults):
+            group, rows, elements, bits = where(js)
+            tensor = apply(net, group, op_input, tensor, rows, elements, bits, model)
     return tensor, unchecked, faulted
 
 
@@ -442,6 +441,20 @@ def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch
             out[:, g * n:(g + 1) * n], bias[g * n:(g + 1) * n], r[mine], e[mine] % per_group, m[mine], model,
             group.width, group.signed, group.acc_bits)
     return out.reshape(acc.shape)
+
+
+def _output_fault(net: Network, group: SiteGroup, op_input: torch.Tensor, output: torch.Tensor, rows: np.ndarray,
+                  elements: np.ndarray, bits: np.ndarray, model: str) -> torch.Tensor:
+    """Fault the op's output codes (its requantizer's, or the logits layer's accumulators)."""
+    return _fault_tensor(output, group, rows, elements, bits, model)
+
+
+StepFault = Callable[[Network, SiteGroup, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray, str],
+                     torch.Tensor]
+# The faults an op's step applies (`_step`), by `site_registry` hook and in this order: the corrections of
+# its accumulators for faulty weights and PE registers, then its output. A `pre` fault is in the buffer
+# before the op runs (`_fault_buffers`, or followed sparsely: `_carry`, `_sparse_step`).
+STEP_HOOKS: tuple[tuple[Hook, StepFault], ...] = ((WEIGHT, _weight_delta), (PE, _pe_delta), (POST, _output_fault))
 
 
 def _per_group(js: list[int], faults: Faults) -> list[list[int]]:

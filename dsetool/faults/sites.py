@@ -10,19 +10,22 @@ An activation buffer read by several ops (a residual block's input, read by its 
 shortcut) is one group, named after the first weight layer reading it: a fault there is seen by every
 read. It is applied when the first op reading the buffer runs (`op_index`), to the buffer itself
 (`buffer`, the op whose output it is), so the later reads see it too.
+
+Which sites exist, and what each one corrupts, is `dsetool.faults.site_registry`; this module turns an
+entry into groups with the builder of its hook (`GROUP_BUILDERS`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from dsetool.engine.intmodel import Conv2d, IntModel, QuantAct, WeightOp
+from dsetool.engine.intmodel import IntModel, QuantAct, WeightOp
 from dsetool.engine.tiling import LayerTiling
+from dsetool.faults import site_registry
+from dsetool.faults.site_registry import ACCUMULATOR, INPUT, PE, POST, PRE, WEIGHT, WEIGHTS, FaultSite, Hook
 from hw.arrayconfig import ArrayConfig
-
-SUPPORTED_SITES = ("act", "weight", "out", "pe.act", "pe.weight", "pe.psum")
 
 
 class SiteError(ValueError):
@@ -33,10 +36,10 @@ class SiteError(ValueError):
 class SiteGroup:
     """One faultable tensor of one layer."""
 
-    site: str            # act | weight | out
+    site: str            # a `site_registry` name
     layer: str           # weight layer name
     op_index: int        # the op whose input (act), weights or output (weight, out) is faulted
-    hook: str            # "pre": the op's input; "post": its output; "weight": its weights; "pe": a PE register
+    hook: Hook           # the site's `site_registry` hook: where the campaign applies the fault
     shape: tuple[int, ...]
     width: int
     signed: bool
@@ -78,9 +81,11 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
     `acc_bits` gives each layer's accumulator width: the register width of the logits for `out` faults
     on the last layer (which has no requantizer), and of partial sums unless the array fixes one.
     """
-    if site not in SUPPORTED_SITES:
-        raise SiteError(f"unknown fault site {site!r}; use one of {', '.join(SUPPORTED_SITES)}")
-    if site.startswith("pe.") and array is None:
+    try:
+        kind = site_registry.site(site)
+    except site_registry.UnknownSite as error:
+        raise SiteError(str(error)) from None
+    if kind.in_array and array is None:
         raise SiteError(f"site {site!r} needs an array (rows, cols, dataflow)")
     indices = weight_layer_ops(model)
     names = [model.ops[i].name for i in indices]
@@ -88,64 +93,85 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
     if unknown:
         raise SiteError(f"the model has no weight layer {unknown[0]!r} (layers: {', '.join(names)})")
     chosen = [i for i in indices if not layers or model.ops[i].name in layers]
-    if site == "act":   # one group per buffer, however many weight layers read it (named after the first)
+    if kind.hook == PRE:   # one group per buffer, however many weight layers read it (named after the first)
         chosen = sorted({_first_weight_reader(model, model.input_of(i)) for i in chosen})
-    return [_group(model, site, i, acc_bits, array) for i in chosen]
+    build = GROUP_BUILDERS[kind.hook]
+    return [build(model, kind, i, acc_bits, array) for i in chosen]
 
 
 def _first_weight_reader(model: IntModel, buffer: int) -> int:
     return min(j for j in model.consumers(buffer) if isinstance(model.ops[j], WeightOp))
 
 
-def gemm_shape(op: WeightOp) -> tuple[int, int, int]:
-    """Return a weight op's per-image GEMM shape (M, K, N): im2col positions, reduction (of one group),
-    outputs (of all groups)."""
-    if isinstance(op, Conv2d):
-        _, height, width = op.out_shape
-        return height * width, op.reduction, op.out_features
-    return 1, op.reduction, op.out_features
-
-
-def _pe_group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int], array: ArrayConfig) -> SiteGroup:
+def _weight_op(model: IntModel, index: int) -> WeightOp:
     op = model.ops[index]
     assert isinstance(op, WeightOp)
-    groups = op.groups if isinstance(op, Conv2d) else 1
-    m, k, n = gemm_shape(op)
-    tiling = LayerTiling(m, k, n // groups, array.rows, array.cols, array.dataflow)
+    return op
+
+
+def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[str, int],
+              array: ArrayConfig | None) -> SiteGroup:
+    """A PE register of the layer's schedule on the array: an operand (its input codes or weights) or a
+    partial sum (the array's accumulator width)."""
+    assert array is not None
+    op = _weight_op(model, index)
+    gemm = op.gemm
+    assert gemm is not None   # every weight op puts a GEMM on the array
+    groups = gemm.groups
+    tiling = LayerTiling(*gemm.tile_shape, array.rows, array.cols, array.dataflow)
     accumulator = array.acc_bits or acc_bits[op.name]
-    if site == "pe.act":
-        producer = _producer(model, index)
-        width, signed = producer.bits, producer.signed
-    elif site == "pe.weight":
-        width, signed = op.weight_bits, True
-    else:
-        width, signed = accumulator, True
+    width, signed = _pe_register(model, kind, index, accumulator)
     # A grouped conv runs as one GEMM per group, one after the other: its PE sites are the groups' schedules.
     shape = tiling.shape if groups == 1 else (groups, *tiling.shape)
-    return SiteGroup(site, op.name, index, "pe", shape, width, signed, tiling, accumulator)
+    return SiteGroup(kind.name, op.name, index, kind.hook, shape, width, signed, tiling, accumulator)
 
 
-def _group(model: IntModel, site: str, index: int, acc_bits: Mapping[str, int],
-           array: ArrayConfig | None) -> SiteGroup:
-    op = model.ops[index]
-    assert isinstance(op, WeightOp)
-    if site.startswith("pe."):
-        assert array is not None
-        return _pe_group(model, site, index, acc_bits, array)
-    if site == "act":
+def _pe_register(model: IntModel, kind: FaultSite, index: int, accumulator: int) -> tuple[int, bool]:
+    """Return the (width, signed) of the PE register a site hits in weight op `index`."""
+    if kind.register == INPUT:
         producer = _producer(model, index)
-        buffer = model.input_of(index)
-        first = min(model.consumers(buffer))   # the first op reading the buffer applies the fault
-        return SiteGroup(site, op.name, first, "pre", model.input_shape_of(index), producer.bits, producer.signed,
-                         buffer=buffer)
-    if site == "weight":
-        return SiteGroup(site, op.name, index, "weight", tuple(op.weight.shape), op.weight_bits, True)
+        return producer.bits, producer.signed
+    if kind.register == WEIGHTS:
+        return _weight_op(model, index).weight_bits, True
+    if kind.register == ACCUMULATOR:
+        return accumulator, True
+    raise SiteError(f"no PE register holds the {kind.register.name} of a layer (site {kind.name!r})")
+
+
+def _pre_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[str, int],
+               array: ArrayConfig | None) -> SiteGroup:
+    """The activation buffer weight op `index` reads, faulted as the first op reading it runs."""
+    op = _weight_op(model, index)
+    producer = _producer(model, index)
+    buffer = model.input_of(index)
+    first = min(model.consumers(buffer))   # the first op reading the buffer applies the fault
+    return SiteGroup(kind.name, op.name, first, kind.hook, model.input_shape_of(index), producer.bits,
+                     producer.signed, buffer=buffer)
+
+
+def _weight_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[str, int],
+                  array: ArrayConfig | None) -> SiteGroup:
+    """The stored weights of weight op `index`."""
+    op = _weight_op(model, index)
+    return SiteGroup(kind.name, op.name, index, kind.hook, tuple(op.weight.shape), op.weight_bits, True)
+
+
+def _post_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[str, int],
+                array: ArrayConfig | None) -> SiteGroup:
+    """The requantized output of weight op `index` (its requantizer's codes), or the logits layer's
+    accumulators."""
+    op = _weight_op(model, index)
     consumer = _consumer(model, index)
     if consumer is None:
-        return SiteGroup(site, op.name, index, "post", op.out_shape, acc_bits[op.name], True)
+        return SiteGroup(kind.name, op.name, index, kind.hook, op.out_shape, acc_bits[op.name], True)
     requant = model.ops[consumer]
     assert isinstance(requant, QuantAct)
-    return SiteGroup(site, op.name, consumer, "post", requant.out_shape, requant.bits, requant.signed)
+    return SiteGroup(kind.name, op.name, consumer, kind.hook, requant.out_shape, requant.bits, requant.signed)
+
+
+GroupBuilder = Callable[[IntModel, FaultSite, int, Mapping[str, int], ArrayConfig | None], SiteGroup]
+GROUP_BUILDERS: dict[Hook, GroupBuilder] = {PRE: _pre_group, WEIGHT: _weight_group, POST: _post_group, PE: _pe_group}
+"""How the sites of each `site_registry` hook are laid out in one weight layer."""
 
 
 def bit_choices(selection: str | Sequence[int], width: int, group: SiteGroup) -> list[int]:

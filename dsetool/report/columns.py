@@ -8,6 +8,8 @@ have (no campaign, no synthesis, a design that did not fit) is blank (NaN / None
 
 from __future__ import annotations
 
+from dsetool.protect.registry import NAMES as PROTECTIONS
+
 AXIS_PREFIX = "axis_"
 
 # (name, meaning). Axis columns (`axis_<dotted key with _>`) follow `point`, in the experiment's order.
@@ -20,7 +22,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("weight_bits", "weight bit width (widest layer)"),
     ("act_bits", "activation bit width (widest layer)"),
     ("method", "quantization method: qat or ptq"),
-    ("protection", "output-stage protection (hw.protection): none, clip, zero, sed, median3, median5, afd"),
+    ("protection", f"output-stage protection (hw.protection): {', '.join(PROTECTIONS)}"),
     ("tmr", "datapath triplicated with majority voters"),
     ("protection_label", "protection and TMR in one word, e.g. clip+tmr (what plots group by)"),
     ("array", "systolic array, rows x cols and dataflow, e.g. 8x8 ws"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dsetool.faults import site_registry
 from dsetool.faults.stats import wilson
 from dsetool.report.plotkit import (
     MAX_LEGEND,
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 MIN_CELL = 5
 MAX_BARRED = 4
-ACT_SITES = ("act", "pe.act", "out")
-WEIGHT_SITES = ("weight", "pe.weight")
 RATES = (("sdc", "SDC rate (%)"), ("critical", "critical rate (%)"))
 
 
@@ -132,9 +131,17 @@ def bit_sensitivity(data: PlotInput) -> Drawn | str:
 
 def _group(row: Any, with_protection: bool) -> str:
     site = str(row["site"])
-    width = row["act_bits"] if site in ACT_SITES else row["weight_bits"] if site in WEIGHT_SITES else None
+    width = _register_width(row, site)
     name = f"{site} ({int(width)}-bit)" if width is not None else site
     return f"{name}, {row['protection_label']}" if with_protection else name
+
+
+def _register_width(row: Any, site: str) -> Any:
+    """Return the width of the register a fault site hits at the row's design point (its widest layer's
+    act_bits or weight_bits, as `site_registry` says), or None for an accumulator, whose width varies."""
+    kind = site_registry.REGISTRY.get(site)
+    bits = kind.register.quant_bits if kind is not None else None
+    return row[bits] if bits is not None else None
 
 
 def _bit_line(ax: Any, line: pd.DataFrame, rate: str, color: Any, label: str, dodge: float | None) -> float:

@@ -17,8 +17,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dsetool.config import RANGE_PROTECTIONS, TRAIN_THREADS, RunConfig
+from dsetool.config import TRAIN_THREADS, RunConfig
+from dsetool.faults import site_registry
 from dsetool.progress import Reporter, SilentReporter
+from dsetool.protect import registry as protections
 from dsetool.store import Entry, Result, Store, make_key
 from dsetool.validate import ConfigError, to_plain
 
@@ -116,15 +118,14 @@ def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
+    protection = protections.REGISTRY[cfg.hw.protection]
     hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits,
                           "protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
-    if cfg.hw.protection != "none":
+    if protection.protects:
         hw["placement"] = cfg.protect.placement
-    if cfg.hw.protection not in ("none", *RANGE_PROTECTIONS):   # median, afd: their parameters, the array width
-        p = cfg.protect
-        hw["scheme"] = {"layers": list(p.layers), "chunk": cfg.hw.cols, "gamma": p.gamma, "gates": p.gates,
-                        "action": p.afd_action}
-    if any(site.startswith("pe.") for site in cfg.faults.sites):  # only PE registers depend on the array
+    if protection.reads_scheme:   # median, afd: their parameters, the array width
+        hw["scheme"] = protections.check_settings(cfg).scheme_key()
+    if site_registry.in_array(cfg.faults.sites):  # only PE registers depend on the array
         from dsetool.arrays import array_config
 
         hw["array"] = to_plain(array_config(cfg))
@@ -133,7 +134,8 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
 
 def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
     """A protected campaign needs the profiled bounds as well as the quantized model."""
-    return (quant_stage(cfg),) + (("range-restrict",) if cfg.hw.protection in RANGE_PROTECTIONS else ())
+    reads_bounds = protections.REGISTRY[cfg.hw.protection].reads_bounds
+    return (quant_stage(cfg),) + (("range-restrict",) if reads_bounds else ())
 
 
 def _restrict_reads(cfg: RunConfig) -> dict[str, Any]:
@@ -205,13 +207,12 @@ def point_stages(cfg: RunConfig) -> tuple[str, ...]:
     request at a point whose protection reads no bounds, and synth of a protection the RTL does not build
     (sed, median, afd), are skipped: those points have nothing to compute there.
     """
-    from dsetool.arrays import rtl_protection
-
+    protection = protections.REGISTRY[cfg.hw.protection]
     wanted = {"quantize": quant_stage(cfg), "range-restrict": "range-restrict", "inject": "inject", "synth": "synth"}
     skip = set()
-    if cfg.hw.protection not in RANGE_PROTECTIONS:
+    if not protection.reads_bounds:
         skip.add("range-restrict")
-    if rtl_protection(cfg) != cfg.hw.protection:
+    if not protection.rtl:
         skip.add("synth")
     ordered: list[str] = []
 

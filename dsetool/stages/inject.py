@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from dsetool.arrays import array_config
-from dsetool.config import RANGE_PROTECTIONS
 from dsetool.engine import Engine, load_intmodel
 from dsetool.faults.campaign import (
     CampaignSpec,
@@ -37,9 +36,7 @@ from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import SiteError, site_groups
 from dsetool.faults.stats import wilson
 from dsetool.protect import registry as protections
-from dsetool.protect.bounds import protected_ops
-from dsetool.protect.check import CHECK_MODES, placed, range_checks
-from dsetool.protect.schemes import scheme
+from dsetool.protect.check import placed
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
 from dsetool.stages.restrict import BOUNDS_FILE
@@ -69,7 +66,7 @@ def run(ctx: StageContext) -> Result:
     agreement = _check_against_qonnx(ctx, golden, x) if cfg.model.qonnx else \
         _check_against_brevitas(ctx, splits, golden, x)
     protection: dict[str, Any] = {"protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
-    if cfg.hw.protection != "none":   # the campaign runs on the protected engine; its fault-free cost first
+    if protections.REGISTRY[cfg.hw.protection].protects:   # the campaign runs protected: its fault-free cost first
         checks = _protections(ctx, model)
         where = placed(model, checks, cfg.protect.placement)
         engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits, checks=where.get("checks"),
@@ -112,15 +109,14 @@ def run(ctx: StageContext) -> Result:
 
 
 def _protections(ctx: StageContext, model: Any) -> dict[int, Any]:
-    """Return the design point's protection of every protected output stage, by op index."""
+    """Return the design point's protection of every protected output stage, by op index (the registry
+    entry builds it; a range check from the profiled bounds of stage range-restrict)."""
     cfg = ctx.config
-    if cfg.hw.protection in RANGE_PROTECTIONS:
-        bounds = json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text())
-        channels = {index: model.ops[index].out_shape[0] for index in range(len(model.ops))}
-        return range_checks(bounds, CHECK_MODES[cfg.hw.protection], channels)
-    p = cfg.protect
-    filter_ = scheme(cfg.hw.protection, chunk=cfg.hw.cols, gamma=p.gamma, gates=p.gates, action=p.afd_action)
-    return {index: filter_ for _, index in protected_ops(model, p.layers)}
+    protection = protections.REGISTRY[cfg.hw.protection]
+    assert protection.build is not None
+    bounds = json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text()) \
+        if protection.reads_bounds else None
+    return protection.build(model, protections.check_settings(cfg, bounds))
 
 
 def _spec(cfg: Any) -> CampaignSpec:

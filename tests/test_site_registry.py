@@ -1,0 +1,199 @@
+"""The fault-site and protection registries own their vocabularies: the config's choices, the engine's
+site groups and checks, and the stage keys all come from them, and the keys they shape stay the same."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dsetool.config import FaultConfig, HwConfig, RunConfig, _register_width
+from dsetool.faults import apply, site_registry, sites
+from dsetool.faults.network import EngineNetwork
+from dsetool.faults.site_registry import PRE
+from dsetool.faults.sites import SiteError, site_groups
+from dsetool.protect import registry as protections
+from dsetool.protect.bounds import profiled_bounds
+from dsetool.protect.check import CHECK_MODES, RangeCheck, range_checks
+from dsetool.protect.schemes import scheme
+from dsetool.stages import STAGES, point_stages, stage_key
+from dsetool.validate import field_spec
+from hw.arrayconfig import PROTECTIONS as RTL_PROTECTIONS
+from hw.arrayconfig import ArrayConfig
+from tests.conftest import REPO
+from tests.fixtures.engines import digits, exported_engine
+
+ACC_BITS = 20
+ARRAY = ArrayConfig(rows=4, cols=4, act_bits=4, weight_bits=4, acc_bits=ACC_BITS, dataflow="os")
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory: pytest.TempPathFactory) -> EngineNetwork:
+    torch.set_num_threads(1)
+    return EngineNetwork(exported_engine(tmp_path_factory.mktemp("lenet"), "lenet5", bits=4))
+
+
+def point(site: str | tuple[str, ...] = "act", protection: str = "none", **hw: object) -> RunConfig:
+    base = RunConfig()
+    return dataclasses.replace(base, faults=dataclasses.replace(base.faults, site=site),
+                               hw=dataclasses.replace(base.hw, protection=protection, **hw),
+                               stages=("quantize", "range-restrict", "inject", "synth"))
+
+
+def choices(cls: type, name: str) -> tuple[str, ...] | None:
+    return field_spec(next(f for f in dataclasses.fields(cls) if f.name == name)).choices
+
+
+def test_config_choices_and_help_come_from_the_registries():
+    assert choices(FaultConfig, "site") == site_registry.NAMES
+    assert choices(HwConfig, "protection") == protections.NAMES
+    site_help = field_spec(next(f for f in dataclasses.fields(FaultConfig) if f.name == "site")).help
+    assert all(f"{s.name}: {s.help}" in site_help for s in site_registry.REGISTRY.values())
+
+
+def test_registries_import_no_heavy_library():
+    """The config imports both registries, and a cached run decides on keys without torch."""
+    code = ("import sys, dataclasses\nfrom dsetool.config import RunConfig\nfrom dsetool.stages import stage_key\n"
+            "base = RunConfig()\n"
+            "cfg = dataclasses.replace(base, faults=dataclasses.replace(base.faults, site=('act', 'pe.psum')),\n"
+            "                          hw=dataclasses.replace(base.hw, protection='median3'))\n"
+            "stage_key('inject', cfg)\n"
+            "print('heavy=' + ','.join(m for m in ('torch', 'brevitas', 'amaranth') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "heavy="
+
+
+def test_every_hook_has_a_group_builder_and_an_application():
+    """`pre` faults go into the buffer before the op runs; every other hook is applied in the op's step."""
+    assert set(sites.GROUP_BUILDERS) == set(site_registry.HOOKS)
+    assert [hook for hook, _ in apply.STEP_HOOKS] == ["weight", "pe", "post"]
+    assert set(site_registry.HOOKS) == {PRE} | {hook for hook, _ in apply.STEP_HOOKS}
+    assert {s.hook for s in site_registry.REGISTRY.values()} == set(site_registry.HOOKS)
+
+
+def test_an_entry_whose_hook_cannot_reach_its_register_is_refused():
+    with pytest.raises(ValueError, match="cannot corrupt"):
+        site_registry.FaultSite("pre.weights", "nonsense", site_registry.WEIGHTS, PRE)
+    with pytest.raises(site_registry.UnknownSite, match="use one of act, weight"):
+        site_registry.site("psum")
+
+
+@pytest.mark.parametrize("name", site_registry.NAMES)
+def test_every_site_builds_groups_whose_widths_the_config_checks(lenet: EngineNetwork, name: str):
+    """Each site's groups carry its registry hook, and the width the config checks `faults.bits` against
+    (from the site's register) is the width of the engine's register (None: the wide logits)."""
+    kind = site_registry.site(name)
+    model = lenet.engine.model
+    groups = site_groups(model, name, [], lenet.acc_bits(), ARRAY)
+    assert groups and all(g.site == name and g.hook == kind.hook for g in groups)
+    assert all((g.tiling is not None) == kind.in_array for g in groups)
+    four = dataclasses.replace(RunConfig().quant, weight_bits=4, act_bits=4)   # as the exported model
+    cfg = dataclasses.replace(point(name, acc_bits=ACC_BITS), quant=four)
+    layers = [model.ops[index].name for index in sites.weight_layer_ops(model)]
+    for group in groups:
+        expected = _register_width(cfg, layers, group.layer, name)
+        assert group.width == (expected if expected is not None else lenet.acc_bits()[group.layer]), group
+
+
+@pytest.mark.parametrize("name", [s.name for s in site_registry.REGISTRY.values() if s.in_array])
+def test_a_site_in_the_array_needs_the_array(lenet: EngineNetwork, name: str):
+    with pytest.raises(SiteError, match="needs an array"):
+        site_groups(lenet.engine.model, name, [], lenet.acc_bits())
+
+
+@pytest.mark.parametrize("name", site_registry.NAMES)
+def test_the_array_enters_the_inject_key_exactly_for_sites_in_the_array(name: str):
+    hw = stage_key("inject", point(name))[1]["config"]["hw"]
+    assert ("array" in hw) == site_registry.site(name).in_array
+    assert ("array" in stage_key("inject", point(("act", name)))[1]["config"]["hw"]) == (
+        site_registry.site(name).in_array)
+
+
+def _bounds(network: EngineNetwork) -> dict:
+    found = profiled_bounds(network.engine, digits().calib.x[:32], (), "layer", "profiled", 1.0, 0.0)
+    return {"layers": {b.layer: b.to_json() for b in found}}
+
+
+@pytest.mark.parametrize("name", protections.NAMES)
+def test_every_protection_builds_its_engine_check_or_is_none(lenet: EngineNetwork, name: str):
+    """The registry's builder gives the checks the protection modules make for that name."""
+    protection = protections.REGISTRY[name]
+    model = lenet.engine.model
+    if not protection.protects:
+        assert name == protections.NONE and protection.build is None
+        return
+    assert protection.build is not None
+    cfg = point(protection=name, cols=4)
+    bounds = _bounds(lenet) if protection.reads_bounds else None
+    built = protection.build(model, protections.check_settings(cfg, bounds))
+    assert built
+    if protection.reads_bounds:
+        assert bounds is not None
+        channels = {index: op.out_shape[0] for index, op in enumerate(model.ops)}
+        expected = range_checks(bounds, CHECK_MODES[name], channels)
+        assert built.keys() == expected.keys()
+        for index, check in built.items():
+            assert isinstance(check, RangeCheck)
+            assert check.mode == expected[index].mode
+            assert np.array_equal(check.lo, expected[index].lo) and np.array_equal(check.hi, expected[index].hi)
+    else:
+        p = cfg.protect
+        assert set(built.values()) == {scheme(name, chunk=4, gamma=p.gamma, gates=p.gates, action=p.afd_action)}
+
+
+def test_a_range_check_without_bounds_is_refused(lenet: EngineNetwork):
+    build = protections.REGISTRY["clip"].build
+    assert build is not None
+    with pytest.raises(ValueError, match="profiled bounds"):
+        build(lenet.engine.model, protections.check_settings(RunConfig()))
+
+
+@pytest.mark.parametrize("name", protections.NAMES)
+def test_stage_keys_and_stages_follow_the_protection_registry(name: str):
+    protection = protections.REGISTRY[name]
+    cfg = point(protection=name)
+    hw = stage_key("inject", cfg)[1]["config"]["hw"]
+    assert ("placement" in hw) == protection.protects
+    assert ("scheme" in hw) == protection.reads_scheme
+    assert ("range-restrict" in STAGES["inject"].needs(cfg)) == protection.reads_bounds
+    assert ("range-restrict" in point_stages(cfg)) == protection.reads_bounds
+    assert ("synth" in point_stages(cfg)) == protection.rtl
+
+
+def test_the_rtl_builds_exactly_the_registry_protections_it_says():
+    """`hw` cannot import the registry: its own list must agree with the entries marked `rtl`."""
+    assert protections.RTL_PROTECTIONS == RTL_PROTECTIONS
+
+
+# Keys computed before the registries existed: site and protection names must keep shaping them the same.
+PINNED_INJECT = {
+    ('act', 'none'): "024621b346d012cb136d483089b9b90e9d621bde7eb05f75972a92fa27cf9d01",
+    ('weight', 'none'): "42772eb7607f61d51821c957bffa0a0b712d306bc7c29811a4ab3bd01a789044",
+    ('out', 'none'): "dbb3ae713ec7cbc029f2ce4cc5ff608e0d45b166fd4aa8172d3ba0b8a8f7bed6",
+    ('pe.act', 'none'): "ac7e3abbfef4679a81218dcd3919f2c6f49a47cb2b23fc92034a15493d214d1b",
+    ('pe.weight', 'none'): "1e81eebaf7298df7f65afc32b9190c60b601f949c966d7b3d710b3d2dd4eeaf4",
+    ('pe.psum', 'none'): "e766625d68bb253f4fd86f1c5b711ec74c09512b5025a73ef5406d75bca497f4",
+    (('act', 'pe.psum'), 'none'): "37419f68b395819bbd8901693e53ca1bd808be49165b509b2b1287bf22ca7fdd",
+    ('act', 'clip'): "50fa9ff12af71aa4533e6a7528f8a7f5dbff64993b3c7a4a74c34bbab993ed1d",
+    ('act', 'zero'): "35f23b8a1cd34dcad95c69ddbfa1740f1fcba308730d6e82fa6d8c308ffca971",
+    ('act', 'sed'): "e16aeee40e549cee055c9a01fdcecd440b58918fc8b476d88a61a4ac25866833",
+    ('act', 'median3'): "b3dd02a5dc42f3b739c3253c7295a08ce08b27d0576d04c8c01109465881d31b",
+    ('act', 'median5'): "b4fda55d0349e3d548bddad6b3e16645bf0406af73d3502c393e054258259e75",
+    ('pe.weight', 'afd'): "ee04e2e41d73cf670e3283a90dff5ef9ff941637c3fb1f89b81086bfa07a315f",
+}
+
+
+@pytest.mark.parametrize("site, protection", list(PINNED_INJECT))
+def test_inject_keys_of_every_site_and_protection_are_pinned(site, protection):
+    key, inputs = stage_key("inject", point(site, protection, cols=4, dataflow="os"))
+    assert key == PINNED_INJECT[site, protection], json.dumps(inputs)
+
+
+def test_pinned_keys_cover_every_site_and_protection():
+    assert {s for s, _ in PINNED_INJECT if isinstance(s, str)} == set(site_registry.NAMES)
+    assert {p for _, p in PINNED_INJECT} == set(protections.NAMES)
