@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 from dsetool.engine.tiling import LayerTiling
+from dsetool.faults import site_registry
 from dsetool.faults.bits import with_masks
-
-PE_SITES = ("pe.act", "pe.weight", "pe.psum")
 
 
 def wrap(values: torch.Tensor, width: int) -> torch.Tensor:
@@ -55,7 +54,8 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     def weight(kk: torch.Tensor, nn: torch.Tensor) -> torch.Tensor:
         return weights[nn.clamp(0, N - 1), kk.clamp(0, K - 1)]
 
-    if site == "pe.act":
+    register = site_registry.site(site).register   # which operand or sum the PE register holds
+    if register is site_registry.INPUT:
         valid = (m >= 0) & (m < M) & (k >= 0) & (k < K)
         old = operand(b, m, k).to(torch.int64)
         delta = (with_masks(old, mask, model, width, signed) - old) * valid
@@ -65,7 +65,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
         value = delta[:, None] * weight(k[:, None].expand_as(n_all), n_all) * live
         add(b[:, None].expand_as(n_all).reshape(-1), n_all.clamp(0, N - 1).reshape(-1),
             m[:, None].expand_as(n_all).clamp(0, M - 1).reshape(-1), value.reshape(-1))
-    elif site == "pe.weight":
+    elif register is site_registry.WEIGHTS:
         valid = (n < N) & (k >= 0) & (k < K)
         old = weight(k, n).to(torch.int64)
         delta = (with_masks(old, mask, model, width, True) - old) * valid
@@ -82,7 +82,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
             value = delta[:, None] * operand(b[:, None].expand_as(m_all), m_all, k[:, None].expand_as(m_all)) * live
             add(b[:, None].expand_as(m_all).reshape(-1), n.clamp(0, N - 1)[:, None].expand_as(m_all).reshape(-1),
                 m_all.clamp(0, M - 1).reshape(-1), value.reshape(-1))
-    else:
+    else:   # the partial sum
         valid = (m >= 0) & (m < M) & (n < N)
         partial = _partial_sums(tiling, operands, weights, b, m, n, ta, r, u, c)
         faulty = with_masks(partial.to(torch.int64), mask, model, acc_bits, True)
@@ -94,7 +94,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
         base = flat[hit].to(torch.int64) - bias.to(torch.int64)[channel]   # the array's sum, before bias
         # wrapping is modular, so several faults on one accumulator may be summed before one wrap
         flat[hit] = (wrap(base + total[hit], acc_bits) + bias.to(torch.int64)[channel]).to(flat.dtype)
-    if site != "pe.psum" and acc_bits:
+    if register is not site_registry.ACCUMULATOR and acc_bits:
         column = bias.to(torch.int64)[:, None]
         out.copy_((wrap(out.to(torch.int64) - column, acc_bits) + column).to(out.dtype))
     return out

@@ -14,10 +14,11 @@ Adding a fault site is one `FaultSite` entry below, naming
   holds at a cycle, so they enter the inject key), the others a buffer the array reads or writes.
 A buffer site (hook `pre`, `weight` or `post`) needs nothing else: `dsetool.faults.sites` builds its
 groups with the builder of its hook (`sites.GROUP_BUILDERS`), and `dsetool.faults.apply` applies them by
-hook. A PE site also needs its correction in `dsetool.faults.pe.apply_pe_faults`, which follows a value
-through the schedule by site name. A new register kind is a `Register` (the config's bit check and the
-report read its width from its fields) and its engine width in `sites._pe_register`; a new hook needs
-its group builder in `sites.GROUP_BUILDERS` and its application in `dsetool.faults.apply`.
+hook. A PE site on one of the three registers a PE holds (input, weights, accumulator) needs nothing
+else either: `dsetool.faults.pe.apply_pe_faults` follows a value through the schedule by its register.
+A new register kind is a `Register` (the config's bit check and the report read its width from its
+fields) and its engine width in `sites._pe_register`; a new hook needs its group builder in
+`sites.GROUP_BUILDERS` and its application in `dsetool.faults.apply`.
 """
 
 from __future__ import annotations
