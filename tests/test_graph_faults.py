@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dsetool.engine import Add, Conv2d, Engine, Linear
-from dsetool.faults import kernels, propagate
+from dsetool.faults import apply, kernels, propagate
 from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.bits import apply_fault
 from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard
@@ -183,15 +183,20 @@ def test_range_checks_on_every_requantizer_equal_recomputing(graph) -> None:
 
 
 def test_sparse_and_dense_paths_agree(graph, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same faults give the same logits and masking steps followed sparsely as far as they go (cost 0),
+    leaving at the first layer where the dense layer is cheaper (a huge cost), or never sparse at all."""
     engine, x = graph
     results = []
-    for cost in (0, 10**9):
+    for cost, sparse in ((0, True), (10**9, True), (10, False)):
         monkeypatch.setattr(propagate, "SPARSE_COST", cost)
+        if not sparse:
+            monkeypatch.setattr(apply, "_carriable", lambda net, groups: np.zeros(len(groups), dtype=bool))
         propagate._OPERANDS.pop(engine, None)
         _, _, evaluated = _evaluate(engine, x, "act", _spec(seed=11))
         results.append(evaluated)
-    assert torch.equal(results[0].logits, results[1].logits)
-    assert np.array_equal(results[0].masked_by, results[1].masked_by)
+    for other in results[1:]:
+        assert torch.equal(results[0].logits, other.logits)
+        assert np.array_equal(results[0].masked_by, other.masked_by)
 
 
 def test_ops_without_a_sparse_step_send_their_faults_to_the_dense_path(graph, monkeypatch: pytest.MonkeyPatch) -> None:

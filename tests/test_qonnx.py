@@ -163,42 +163,37 @@ def test_the_imported_model_and_the_engine_width_are_in_the_key(tmp_path: Path) 
     assert stage_key("import-qonnx", mine)[0] != first
 
 
-def _as_matmul_and_add(path: Path) -> Path:
-    """Rewrite every Gemm (transB = 1, weights through a Quant node) as MatMul on the transposed weights and
-    an Add of its bias: the form FINN's flow and older exports write linear layers in."""
-    model = onnx.load(str(path))
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    nodes = []
-    for node in graph.node:
-        if node.op_type != "Gemm":
-            nodes.append(node)
-            continue
-        quant = producers[node.input[1]]
-        weight = inits[quant.input[0]]
-        transposed = onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight).T.copy(), weight.name)
-        weight.CopyFrom(transposed)
-        product = f"{node.output[0]}_product"
-        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], node.input[1]], [product], name=f"{node.name}_mm"))
-        nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    out = path.with_name("matmul.onnx")
-    onnx.save(model, str(out))
+def _as_matmul_and_add(path: Path, fold_transpose: bool) -> Path:
+    """Rewrite every Gemm as FINN's flow does (qonnx's GemmToMatMul: Quant -> Transpose -> MatMul, then an Add
+    of the bias), with the transpose left in or folded into the weights (FoldTransposeIntoQuantInit)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.quant_constant_folding import FoldTransposeIntoQuantInit
+
+    model = ModelWrapper(str(path)).transform(InferShapes()).transform(GemmToMatMul())
+    if fold_transpose:
+        model = model.transform(FoldTransposeIntoQuantInit())
+    out = path.with_name(f"matmul_{fold_transpose}.onnx")
+    model.save(str(out))
     return out
 
 
-@pytest.mark.parametrize("arch", ["lenet5", "mlp"])
-def test_linear_layers_as_matmul_and_add_import_as_gemm_does(tmp_path: Path, arch: str) -> None:
-    path = exported(arch, tmp_path)
-    rewritten = _as_matmul_and_add(path)
-    assert "Gemm" not in {node.op_type for node in onnx.load(str(rewritten)).graph.node}
+@pytest.mark.parametrize("fold_transpose", [False, True])
+@pytest.mark.parametrize("arch, spec", [
+    ("lenet5", QuantSpec(weight_bits=4, act_bits=4)),
+    ("mlp", QuantSpec(weight_bits=6, act_bits=6, weight_granularity="per_channel"))])
+def test_linear_layers_as_matmul_and_add_import_as_gemm_does(tmp_path: Path, arch: str, spec: QuantSpec,
+                                                              fold_transpose: bool) -> None:
+    path = exported(arch, tmp_path, spec)
+    rewritten = _as_matmul_and_add(path, fold_transpose)
+    kinds = {node.op_type for node in onnx.load(str(rewritten)).graph.node}
+    assert "Gemm" not in kinds and "MatMul" in kinds and ("Transpose" in kinds) != fold_transpose
     ours, imported = load_intmodel(tmp_path), parse_intmodel(*import_qonnx(rewritten))
     assert any(np.any(op.bias) for op in ours.ops if hasattr(op, "bias"))   # the Adds carried real biases
     assert [op.kind for op in imported.ops] == [op.kind for op in ours.ops]
     for mine, theirs in zip(imported.ops, ours.ops, strict=True):
-        for array in ("weight", "bias"):
+        for array in ("weight", "weight_scale", "bias"):
             if hasattr(theirs, array):
                 assert np.array_equal(getattr(mine, array), getattr(theirs, array)), (theirs.name, array)
     x = torch.rand(8, *ours.input_shape)

@@ -338,7 +338,7 @@ class Engine:
         dtype = self._exact_dtype(bound, op.name)
         return partial(_sum_pool, dtype=dtype, kernel=op.kernel, stride=op.stride, padding=op.padding)
 
-    def _add(self, index: int, op: Add) -> OpStep:
+    def _add_op(self, index: int, op: Add) -> OpStep:
         first, second = self._input_ranges(index)
         bound = first[0] + second[0], first[1] + second[1]
         return partial(_add, dtype=self._exact_dtype(bound, op.name))
@@ -346,7 +346,7 @@ class Engine:
     # op class -> how the engine builds its step (and records its outputs' range and dtype)
     _BUILDERS: ClassVar[dict[type, Callable[[Engine, int, Any], OpStep]]] = {
         QuantAct: _quant, Conv2d: _weight, Linear: _weight, MaxPool2d: _maxpool, Flatten: _flatten,
-        AvgPool2d: _avgpool, Add: _add}
+        AvgPool2d: _avgpool, Add: _add_op}
 
     def _record(self, bound: tuple[int, int], dtype: torch.dtype) -> None:
         self.ranges.append(bound)

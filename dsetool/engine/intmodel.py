@@ -23,6 +23,7 @@ engine lacks is refused by name.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -450,9 +451,16 @@ class IntModel:
         """Return the exact float scale of op `index`'s integer outputs, one per channel, or a single
         one when every channel shares it: a quantizer's scale, a weight layer's accumulator scales, an
         add's common input scale, a pool's input scale (an average pool's divided by its window)."""
-        # only quant_input reads the images (`_check_graph`), and it ignores its input's scale
-        return self.ops[index].output_scale([self.scale_of(source) if source != INPUT else (Fraction(1),)
-                                             for source in self.inputs[index]])
+        return self._scales[index]
+
+    @functools.cached_property
+    def _scales(self) -> tuple[tuple[Fraction, ...], ...]:
+        """Every op's `scale_of`, derived once in topological order (each op from its inputs' scales; only
+        quant_input reads the images, and it ignores their scale)."""
+        scales: list[tuple[Fraction, ...]] = []
+        for op, reads in zip(self.ops, self.inputs, strict=True):
+            scales.append(op.output_scale([scales[source] if source != INPUT else (Fraction(1),) for source in reads]))
+        return tuple(scales)
 
     def last_readers(self) -> dict[int, int]:
         """Return, per op (and `INPUT`), the index of the last op that reads its output (-1: none): when a

@@ -67,6 +67,7 @@ class _Importer:
     per_channel: set[bool] = field(default_factory=set)
     acc_scale: dict[str, np.ndarray] = field(default_factory=dict)   # weight layer -> its accumulator scales
     biasable: dict[str, int] = field(default_factory=dict)   # MatMul output -> its op (an Add may bring the bias)
+    readers: dict[str, int] = field(default_factory=dict)    # tensor -> how many nodes read it
 
     def fail(self, node: Any, reason: str) -> QonnxError:
         return QonnxError(f"{self.path}: node {node.name or node.output[0]!r} ({node.op_type}): {reason}")
@@ -94,8 +95,8 @@ class _Importer:
         handler = getattr(self, f"_{node.op_type.lower()}", None)
         if handler is None:
             raise self.fail(node, "not an op the integer engine runs (it runs Quant, Conv, Gemm, MatMul with the Add "
-                                  "of its bias, Relu before a Quant, MaxPool, AveragePool, GlobalAveragePool, "
-                                  "Flatten, Reshape, Add)")
+                                  "of its bias and a Transpose of its weights, Relu before a Quant, MaxPool, "
+                                  "AveragePool, GlobalAveragePool, Flatten, Reshape, Add)")
         try:
             handler(node)
         except QonnxError:
@@ -111,6 +112,8 @@ class _Importer:
 
     def _identity(self, node: Any) -> None:
         source = node.input[0]
+        if source in self.biasable:
+            self.biasable[node.output[0]] = self.biasable.pop(source)
         if source in self.quantized:
             self.quantized[node.output[0]] = self.quantized[source]
             return
@@ -249,7 +252,21 @@ class _Importer:
         """A linear layer as FINN's flow and older exports write it: x @ W with W stored (in, out), its bias
         (if any) in the Add that follows (`_add`)."""
         self._linear(node, transposed=False)
-        self.biasable[node.output[0]] = len(self.ops) - 1
+        if self.readers.get(node.output[0], 0) == 1:   # its product feeds one node only: that may add the bias
+            self.biasable[node.output[0]] = len(self.ops) - 1
+
+    def _transpose(self, node: Any) -> None:
+        """A transposed quantized weight matrix: qonnx's GemmToMatMul (FINN's flow) turns a Gemm with transB
+        into Quant -> Transpose -> MatMul."""
+        source = node.input[0]
+        perm = list(_attributes(node).get("perm", []))
+        quantized = self.quantized.get(source)
+        if quantized is None or quantized.ints.ndim != 2 or perm not in ([], [1, 0]):
+            raise self.fail(node, "only the transpose of a quantized weight matrix runs (a linear layer's)")
+        scale = quantized.scale.T if quantized.scale.ndim == 2 else quantized.scale
+        self.quantized[node.output[0]] = _Quantized(np.ascontiguousarray(quantized.ints.T), scale, quantized.bits,
+                                                    quantized.signed, quantized.narrow)
+        self.weight_names[node.output[0]] = self.weight_names[source]
 
     def _gemm(self, node: Any) -> None:
         attrs = _attributes(node)
@@ -261,7 +278,9 @@ class _Importer:
         if node.input[1] not in self.quantized:
             raise self.fail(node, "its weights must pass through a Quant node (a float weight is not quantized)")
         if not transposed:   # weights stored (in, out): the engine's layout is torch's (out, in)
-            self.quantized[node.input[1]].ints = self.quantized[node.input[1]].ints.T
+            stored = self.quantized[node.input[1]]
+            self.quantized[node.input[1]] = _Quantized(stored.ints.T, stored.scale, stored.bits, stored.signed,
+                                                       stored.narrow)
         source = node.input[0]
         fields = self._weights(node, source)
         name = fields.pop("name")
@@ -332,6 +351,9 @@ class _Importer:
         if constant and layer is not None:   # a MatMul's bias
             self._add_bias(node, layer, constant[0])
             return
+        if constant:
+            raise self.fail(node, f"adds the constant {constant[0]!r} to something other than a MatMul's product "
+                                  "(only a linear layer's bias may be added as a constant)")
         if first not in self.shapes or second not in self.shapes:
             raise self.fail(node, "adds a tensor that no supported op produced (both inputs must be quantized)")
         self.add(node, "add", self.name_for(_node_name(node)), [first, second], self.shapes[first])
@@ -394,6 +416,9 @@ def import_qonnx(path: Path | str, arch: str | None = None) -> tuple[dict[str, A
     if not any(node.op_type == "Quant" for node in graph.node):
         raise QonnxError(f"{path}: has no Quant node: not a QONNX model (export it with Brevitas's export_qonnx)")
     importer = _Importer(path, inits)
+    for node in graph.node:
+        for name in node.input:
+            importer.readers[name] = importer.readers.get(name, 0) + 1
     importer.names[inputs[0].name] = GRAPH_INPUT
     importer.shapes[inputs[0].name] = dims[1:]
     for node in graph.node:
