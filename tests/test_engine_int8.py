@@ -170,3 +170,18 @@ def test_a_built_in_model_gives_identical_logits_with_the_route_on_and_off(tmp_p
     x = digits(size).test.x[:64]
     got, expected = engine.run(x, keep=True), reference.run(x, keep=True)
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("bits, signed", [(8, False), (8, True), (5, False)])
+def test_large_planes_cast_before_the_transpose(bits: int, signed: bool) -> None:
+    """Planes of `TRANSPOSE_AFTER_CAST` codes or more take the cast-first conversion: the same integers."""
+    generator = torch.Generator().manual_seed(bits)
+    act_range = ops.int_range(bits, signed)
+    act_offset = ops.int8_act_offset(act_range)
+    assert act_offset is not None
+    codes = register_values((3, 4, 32, 33), *act_range, generator)
+    assert 32 * 33 >= ops.TRANSPOSE_AFTER_CAST
+    weight = register_values((5, 4, 3, 3), -128, 127, generator)
+    bias = register_values((5,), -(2**20), 2**20, generator)
+    acc = ops.int8_conv2d(codes, *int8_operands(weight, bias, act_offset), act_offset, (3, 3), (1, 1), (1, 1))
+    assert torch.equal(acc, F.conv2d(codes.double(), weight.double(), bias.double(), padding=1))

@@ -29,6 +29,7 @@ INT32_BITS = 31  # magnitudes below 2**31 fit an int32
 INT8_RANGE = (-128, 127)
 UNSIGNED_BYTE_OFFSET = 128  # 0..255 minus 128 is -128..127: the byte with its top bit flipped
 INT8_CHUNK_BYTES = 2**21  # int8 columns + int32 products of the images one int8 GEMM takes at a time
+TRANSPOSE_AFTER_CAST = 1024  # codes per plane from which `int8_codes` casts before it transposes
 INT8_GEMM_ENABLED = True  # layers built while False keep the float route (tests compare the two)
 
 
@@ -210,14 +211,19 @@ def int8_codes(codes: torch.Tensor, act_offset: int, padding: tuple[int, int] = 
     """Return codes (B, C, H, W) as channels-last int8 (B, H + 2 ph, W + 2 pw, C) holding code - act_offset,
     the zero padding as 0 - act_offset; (B, K) codes as (B, K) int8.
 
-    One cast-and-transpose pass. For act_offset 128 the codes are cast to unsigned bytes (exact on 0..255)
-    and the top bit flipped, which is the subtraction of 128 on the int8 reading of the byte.
+    For act_offset 128 the codes are cast to unsigned bytes (exact on 0..255) and the top bit flipped,
+    which is the subtraction of 128 on the int8 reading of the byte. Planes of 1024 or more codes are cast
+    before the transpose: the transposing copy then reads channels 1 KiB apart, not 4 KiB (float32), which
+    alias in the cache (8 images of 32 channels at 32x32: 0.73 -> 0.32 ms on one core; 64 channels at
+    16x16 transpose faster straight from float32, 0.12 against 0.17 ms).
     """
     dtype = torch.uint8 if act_offset else torch.int8
     if codes.dim() == 2:
         out = codes.to(dtype)
     else:
         (ph, pw), (batch, channels, height, width) = padding, codes.shape
+        if height * width >= TRANSPOSE_AFTER_CAST:
+            codes = codes.to(dtype)
         shape = (batch, height + 2 * ph, width + 2 * pw, channels)
         out = torch.zeros(shape, dtype=dtype, device=codes.device) if ph or pw else \
             torch.empty(shape, dtype=dtype, device=codes.device)
