@@ -162,10 +162,12 @@ class _Int8Route:
     back to the float route when a value leaves the weight register the proof assumed.
 
     Taken for ungrouped convs and linear layers (grouped and depthwise convs stay float: each group's GEMM
-    is too small, K = 9 and N = 1 for a depthwise 3x3). Measured on 2 EPYC cores (VNNI), batch 256, codes
-    in and accumulators out as the engine passes them: large layers run 1.5-3x faster than float32
-    `F.conv2d` (AlexNet-32 conv2-conv5: 64->192 @16x16 ~2x, 192->384 @8x8 ~3x); the casts around the GEMM
-    (float codes to int8 channels-last, int32 to float NCHW) bound the gain on layers with few channels.
+    is too small, K = 9 and N = 1 for a depthwise 3x3). Measured on one EPYC core (VNNI), batch 256,
+    float32 codes in and contiguous accumulators out, int8 against float32 `F.conv2d`: 64->192 3x3 at
+    16x16 84 / 177 ms, 192->384 at 8x8 65 / 166, 384->256 at 8x8 88 / 222, 1x1 128->256 at 8x8 10 / 14;
+    against the split route of float64 layers 3.5-4.6x (AlexNet-32 conv2-conv5, ResNet-20 stage 3). The
+    casts around the GEMM (float codes to int8 channels-last, int32 products to float NCHW) bound the gain
+    on layers with few channels: see `_int8_pays_off`.
     """
 
     def __init__(self, op: WeightOp, act_offset: int, weight_range: tuple[int, int], sum_dtype: torch.dtype,
@@ -192,6 +194,8 @@ class _Int8Route:
         bias = (int(op.bias.min()), int(op.bias.max()))
         offsets = column[0] + min(0, bias[0]), column[1] + max(0, bias[1])
         exact_bits = ops.FLOAT32_EXACT_BITS if out_dtype == torch.float32 else ops.FLOAT64_EXACT_BITS
+        if not ops.fits(offsets, ops.FLOAT64_EXACT_BITS):
+            return None
         narrow = all(ops.fits(bound, exact_bits) for bound in (products, offsets, widths.acc_range))
         return cls(op, act_offset, weight_range, out_dtype if narrow else torch.float64, out_dtype)
 
@@ -225,8 +229,8 @@ class _Int8Route:
 
 def _int8_pays_off(op: WeightOp, out_dtype: torch.dtype) -> bool:
     """Say whether the int8 route beats the float one on `op`: always for float64 accumulators (the split
-    route runs two float32 products and float64 passes: 3-5x slower than int8 on AlexNet-32 conv2-conv5 and
-    the 64-channel ResNet-20 convs), else when K * N >= `INT8_MIN_WORK`.
+    route runs two float32 products and float64 passes: 3.5-4.6x slower than int8 on AlexNet-32 conv2-conv5
+    and the 64-channel ResNet-20 convs), else when K * N >= `INT8_MIN_WORK`.
 
     Below that the casts around the int8 GEMM cost more than the float32 product saves. Per layer, batch
     256, one EPYC core (CPU ms, int8 / float32): ResNet-20 16->16 3x3 at 32x32 (K*N 2,304) 24 / 19, 1x1
