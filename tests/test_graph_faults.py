@@ -128,6 +128,16 @@ def test_a_buffer_read_twice_is_one_act_site_group(graph) -> None:
     assert bool(shared) == (model.arch == "resnet8")
 
 
+def test_every_conv_has_a_sparse_step_depthwise_included(graph) -> None:
+    """A grouped or depthwise conv crosses the sparse path as the dense conv with zeros between groups (its
+    exactness: the campaign tests above on MobileNet); no conv sends its faults to the dense path."""
+    engine, _ = graph
+    steps = propagate._steps(engine)
+    convs = [i for i, op in enumerate(engine.model.ops) if isinstance(op, Conv2d)]
+    assert all(isinstance(steps[i], propagate._Step) for i in convs)
+    assert any(engine.model.ops[i].groups > 1 for i in convs) == (engine.model.arch == "mobilenet")
+
+
 def test_a_fault_in_a_block_input_crosses_the_block_on_the_sparse_path(graph) -> None:
     """A changed residual-block input changes the shortcut and the first conv; the sparse path follows both
     tensors and sums them at the add, so no such fault leaves for the dense path inside the block, and its

@@ -366,13 +366,13 @@ def _sparse_limit(op: Conv2d | Linear) -> float:
 
 
 def _conv_step(engine: Engine, index: int) -> _Step | None:
-    """Convolution, with its output stage when that follows directly (codes out, else accumulators); a
-    grouped conv goes dense (its kernel scatters over every output channel)."""
+    """Convolution, with its output stage when that follows directly (codes out, else accumulators). A
+    grouped (or depthwise) conv runs as the dense conv whose weights are zero between groups: a changed
+    input reaches only its group's outputs, the others get exact zeros and never count as changed."""
     current = engine.model.ops[index]
     assert isinstance(current, Conv2d)
-    if current.groups != 1:
-        return None
-    weight = engine.layers[index].weight_tensor.to(torch.float64).permute(1, 2, 3, 0).contiguous().numpy()
+    weight = _ungrouped(engine.layers[index].weight_tensor.to(torch.float64), current.groups)
+    weight = weight.permute(1, 2, 3, 0).contiguous().numpy()
     in_shape, geometry = _window(current, engine.input_shape(index))
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.conv_changes, (_source(engine, index), index, index + 1 if fused else index),
@@ -380,6 +380,20 @@ def _conv_step(engine: Engine, index: int) -> _Step | None:
                   *_output_stage(engine, index + 1 if fused else None)), index + fused,
                  _sparse_limit(current),
                  current.kernel[0] * current.kernel[1] * current.out_features)
+
+
+def _ungrouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Return grouped conv weights (N, C / g, kh, kw) as the (N, C, kh, kw) weights of the same conv with
+    zeros between groups."""
+    if groups == 1:
+        return weight
+    out_channels, per_group, kh, kw = weight.shape
+    outs = out_channels // groups
+    full = torch.zeros(out_channels, per_group * groups, kh, kw, dtype=weight.dtype)
+    for group in range(groups):
+        full[group * outs:(group + 1) * outs, group * per_group:(group + 1) * per_group] = \
+            weight[group * outs:(group + 1) * outs]
+    return full
 
 
 def _linear_step(engine: Engine, index: int) -> _Step:
