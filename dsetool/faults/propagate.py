@@ -228,7 +228,7 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
         last = index
         if step is _SKIP:  # flatten: the same values at the same flat positions
             state.add(index, state.changed[reads[0]])
-        elif not isinstance(step, _Step):   # no sparse step here (a grouped conv, an average pool's sum): dense
+        elif not isinstance(step, _Step):   # no sparse step here (an average pool's sum): the dense path
             rows = np.unique(np.concatenate([state.changed[t].rows for t in state.read_by(reads)]))
             joins.append(state.leave(index, rows, golden, inputs))
         elif step.binary:
@@ -333,7 +333,7 @@ def _steps(engine: Engine) -> list[_Step | str | None]:
 def _sparse_step_of(engine: Engine, index: int, op: Op) -> _Step | str | None:
     """Return how the sparse path crosses op `index`: a step, `_SKIP` (flatten: the same values), or None
     (the faults join the dense path here: an op class without a builder in `_SPARSE_STEPS`, or one whose
-    builder declines, as a grouped conv's does)."""
+    builder declines)."""
     builder = _SPARSE_STEPS.get(type(op))
     return None if builder is None else builder(engine, index)
 
