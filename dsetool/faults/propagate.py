@@ -365,14 +365,14 @@ def _sparse_limit(op: Conv2d | Linear) -> float:
     return op.reduction / SPARSE_COST
 
 
-def _conv_step(engine: Engine, index: int) -> _Step | None:
+def _conv_step(engine: Engine, index: int) -> _Step:
     """Convolution, with its output stage when that follows directly (codes out, else accumulators). A
     grouped (or depthwise) conv runs as the dense conv whose weights are zero between groups: a changed
     input reaches only its group's outputs, the others get exact zeros and never count as changed."""
     current = engine.model.ops[index]
     assert isinstance(current, Conv2d)
-    weight = _ungrouped(engine.layers[index].weight_tensor.to(torch.float64), current.groups)
-    weight = weight.permute(1, 2, 3, 0).contiguous().numpy()
+    ungrouped = _ungrouped(engine.layers[index].weight_tensor.to(torch.float64), current.groups)
+    weight = ungrouped.permute(1, 2, 3, 0).contiguous().numpy()
     in_shape, geometry = _window(current, engine.input_shape(index))
     fused = _fused_output_stage(engine, index)
     return _Step(kernels.conv_changes, (_source(engine, index), index, index + 1 if fused else index),
