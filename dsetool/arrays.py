@@ -62,3 +62,8 @@ def network_cycles(cfg: RunConfig) -> int:
 def baseline(cfg: RunConfig) -> RunConfig:
     """Return the design point without protection or TMR: what their overhead is measured against."""
     return dataclasses.replace(cfg, hw=dataclasses.replace(cfg.hw, protection=protections.NONE, tmr=False))
+
+
+def protected(cfg: RunConfig) -> bool:
+    """Tell whether the design point has a protection or TMR, so that `baseline` is another point."""
+    return protections.REGISTRY[cfg.hw.protection].protects or cfg.hw.tmr

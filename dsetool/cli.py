@@ -111,12 +111,12 @@ def _with_derived(store: Store, entry: Entry, point: Point, debug: bool, compute
         return entry
     import dataclasses
 
-    from dsetool.arrays import baseline
+    from dsetool.arrays import baseline, protected
     from dsetool.config import Point as DesignPoint
     from dsetool.stages.synth import derived_metrics
 
     base = None
-    if point.config.hw.protection != "none" or point.config.hw.tmr:
+    if protected(point.config):
         plain = DesignPoint(axes=point.axes, config=baseline(point.config))
         if compute:
             base = _compute(store, "synth", plain, debug)[0].metrics

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from dsetool.arrays import baseline
+from dsetool.arrays import baseline, protected
 from dsetool.config import Experiment, RunConfig
 from dsetool.stages import STAGES, point_stages, stage_key
 from dsetool.store import Store
@@ -85,7 +85,7 @@ def plan(exp: Experiment) -> Plan:
         for stage in stages:
             ids.append(_add(tasks, _task(stage, point.config)))
         cfg = point.config
-        if "synth" in stages and (cfg.hw.protection != "none" or cfg.hw.tmr):
+        if "synth" in stages and protected(cfg):
             ids.append(_add(tasks, _task("synth", baseline(cfg))))
         points[point.label] = tuple(ids)
     return Plan(tasks, points)

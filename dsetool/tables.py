@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dsetool.protect import registry as protections
+
 if TYPE_CHECKING:
     from dsetool.check import Finding
     from dsetool.config import Point
@@ -54,7 +56,7 @@ CAMPAIGN_COLUMNS: list[Column] = [
     ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
     ("test %", _metric_pct("quant_test_acc")),
     ("faults", lambda m: f"{m.get('site', '-')} {m.get('fault_model', '')}"
-                         + (f", {m['protection']}" if m.get("protection", "none") != "none" else "")
+                         + (f", {m['protection']}" if m.get("protection", protections.NONE) != protections.NONE else "")
                          + (", TMR" if m.get("tmr") else "")),
     ("n", lambda m: str(m.get("faulty_inferences", "-"))),
     ("masked %", _metric_pct("masked_rate")),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsetool.config import Experiment, Point, RunConfig
+from dsetool.protect import registry as protections
 from dsetool.report.columns import axis_column
 from dsetool.store import Entry, Store
 
@@ -106,7 +107,7 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
 def protection_label(protection: str, tmr: bool) -> str:
     """Name a protection with TMR in one word: none, clip, tmr, clip+tmr."""
     if tmr:
-        return "tmr" if protection == "none" else f"{protection}+tmr"
+        return "tmr" if protection == protections.NONE else f"{protection}+tmr"
     return protection
 
 
