@@ -159,7 +159,6 @@ class PtqConfig:
 
 SWEEP_STAGES = ("quantize", "range-restrict", "inject", "synth")
 PROTECTIONS = protection_registry.NAMES
-RANGE_PROTECTIONS = protection_registry.RANGE_PROTECTIONS   # the ones that read profiled bounds (range-restrict)
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,21 @@ def requantize_changes(golden_in: np.ndarray, golden_out: np.ndarray, image: np.
     return alive[:n_alive], new_start[:n_alive + 1], new_element[:used], new_value[:used], masked
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _add_deltas(golden: np.ndarray, img: int, begin: int, end: int, element: np.ndarray, value: np.ndarray,
+                delta: np.ndarray, seen: np.ndarray, touched: np.ndarray, n_touched: int) -> int:
+    """Add one addend's changes (entries begin..end) minus its golden values into `delta`; list the positions
+    first touched; return how many are listed."""
+    for j in range(begin, end):
+        e = element[j]
+        delta[e] += value[j] - golden[img, e]
+        if not seen[e]:
+            seen[e] = True
+            touched[n_touched] = e
+            n_touched += 1
+    return n_touched
+
+
 @numba.njit(nogil=True, cache=True)
 def add_changes(golden_a: np.ndarray, golden_b: np.ndarray, golden_out: np.ndarray, image: np.ndarray,
                 a_start: np.ndarray, a_element: np.ndarray, a_value: np.ndarray, b_start: np.ndarray,
@@ -303,6 +318,7 @@ def add_changes(golden_a: np.ndarray, golden_b: np.ndarray, golden_out: np.ndarr
     differs from the golden sum (changes of the two addends can cancel: masked by the arithmetic)."""
     faults = len(image)
     size = golden_out.shape[1]
+    # at most one output change per input change: the buffers never grow
     alive, new_start, new_element, new_value, masked = _buffers(faults, len(a_element) + len(b_element))
     delta = np.zeros(size, dtype=np.float64)   # scratch, reset after each fault where it was touched
     seen = np.zeros(size, dtype=np.bool_)
@@ -310,22 +326,9 @@ def add_changes(golden_a: np.ndarray, golden_b: np.ndarray, golden_out: np.ndarr
     used = n_alive = 0
     for f in range(faults):
         img = image[f]
-        n_touched = 0
-        for j in range(a_start[f], a_start[f + 1]):
-            e = a_element[j]
-            delta[e] += a_value[j] - golden_a[img, e]
-            if not seen[e]:
-                seen[e] = True
-                touched[n_touched] = e
-                n_touched += 1
-        for j in range(b_start[f], b_start[f + 1]):
-            e = b_element[j]
-            delta[e] += b_value[j] - golden_b[img, e]
-            if not seen[e]:
-                seen[e] = True
-                touched[n_touched] = e
-                n_touched += 1
-        new_element, new_value = _room(new_element, new_value, used, n_touched)
+        n_touched = _add_deltas(golden_a, img, a_start[f], a_start[f + 1], a_element, a_value, delta, seen, touched, 0)
+        n_touched = _add_deltas(golden_b, img, b_start[f], b_start[f + 1], b_element, b_value, delta, seen, touched,
+                                n_touched)
         first = used
         for i in range(n_touched):
             e = touched[i]
