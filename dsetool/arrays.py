@@ -8,23 +8,47 @@ layer, and two models with the same widths and longest reduction share one synth
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
 
 from dsetool.config import RunConfig, factory_info, qonnx_info
 from dsetool.data import geometry_of
-from dsetool.gemm import Gemm, array_gemms
-from dsetool.models.shapes import gemm_shapes
+from dsetool.gemm import Gemm, VectorPass, array_gemms
+from dsetool.models.shapes import network_shapes
 from dsetool.protect import registry as protections
 from hw.arrayconfig import ArrayConfig
 
 
+class _DatapathWork(Protocol):
+    """What a network puts on the datapath (`models.shapes.NetworkShapes`, and the factory's and QONNX
+    model's infos)."""
+
+    @property
+    def gemms(self) -> Sequence[Gemm]: ...
+
+    @property
+    def vector_passes(self) -> Sequence[VectorPass]: ...
+
+
 def network_gemms(cfg: RunConfig) -> list[Gemm]:
     """Return the GEMM of every weight layer of the design point's network."""
+    return list(_network(cfg).gemms)
+
+
+def network_vector_passes(cfg: RunConfig) -> list[VectorPass]:
+    """Return the vector-unit pass of every post-GEMM op of the design point's network that has one
+    (`dsetool.gemm.vector_pass`)."""
+    return list(_network(cfg).vector_passes)
+
+
+def _network(cfg: RunConfig) -> _DatapathWork:
+    """Return what the design point's network puts on the datapath."""
     if cfg.model.qonnx:
-        return list(qonnx_info(cfg).gemms)
+        return qonnx_info(cfg)
     if cfg.model.factory:
-        return list(factory_info(cfg).gemms)
+        return factory_info(cfg)
     channels, native, classes = geometry_of(cfg.data.name, cfg.data.root)
-    return gemm_shapes(cfg.model.arch, channels, native, classes, cfg.model.mlp_hidden)
+    return network_shapes(cfg.model.arch, channels, native, classes, cfg.model.mlp_hidden)
 
 
 def array_config(cfg: RunConfig) -> ArrayConfig:
@@ -52,11 +76,15 @@ def accumulator_depth(cfg: RunConfig) -> int:
     return max(g.m for g in network_gemms(cfg)) if cfg.hw.dataflow == "ws" else 0
 
 
-def network_cycles(cfg: RunConfig) -> int:
-    """Return the array cycles of one inference (closed form, every layer's GEMM tiled onto the array)."""
-    from hw.cycles import network_cycles as cycles
+def inference_cycles(cfg: RunConfig, drain: int) -> tuple[int, int]:
+    """Return the cycles of one inference on the design point's datapath (closed form): the array's (every
+    weight layer's GEMM tiled onto it, each plus the output stage's `drain`) and the vector unit's (every
+    post-GEMM op's pass, one lane per array column), run one after the other (`hw.cycles`)."""
+    from hw.cycles import network_cycles, vector_cycles
 
-    return cycles(array_gemms(network_gemms(cfg)), cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow)
+    array = network_cycles(array_gemms(network_gemms(cfg)), cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow, drain)
+    vector = sum(vector_cycles(p.channels, p.positions, p.window, cfg.hw.cols) for p in network_vector_passes(cfg))
+    return array, vector
 
 
 def baseline(cfg: RunConfig) -> RunConfig:

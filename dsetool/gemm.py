@@ -1,9 +1,11 @@
-"""The GEMM a weight layer puts on the systolic array: one derivation for every place that needs it.
+"""What a layer puts on the datapath: the GEMM of a weight layer on the systolic array, and the pass of a
+post-GEMM op on the vector unit after the output stage. One derivation for every place that needs it.
 
 The cycle model (`hw.cycles` via `dsetool.arrays`), the layer shapes of built-in, factory and QONNX
 networks (`dsetool.models`), the PE fault tables (`dsetool.faults.sites`) and the integer model's ops
 (`dsetool.engine.intmodel`) all ask a layer for its GEMM here, so strides, padding and groups are counted
-one way. Pure Python: deciding a synth cache hit reads it without importing torch.
+one way; `vector_pass` is the one rule saying which other ops cost a pass of their own. Pure Python:
+deciding a synth cache hit reads it without importing torch.
 """
 
 from __future__ import annotations
@@ -53,3 +55,45 @@ def array_gemms(gemms: Sequence[Gemm]) -> list[tuple[int, int, int]]:
 def window_side(size: int, kernel: int, stride: int, padding: int) -> int:
     """Return the output side of a convolution or pool (floor mode, dilation 1)."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+# What a layer is to the datapath; `vector_pass` decides from it whether the layer costs cycles of its own.
+GEMM = "gemm"              # a conv or linear layer: the array (`Gemm`)
+REQUANTIZE = "requantize"  # a quantizer: codes from integers at another scale, ReLU included
+WINDOW = "window"          # a max or average pool: one output per window of its input
+ADD = "add"                # the elementwise sum of two tensors
+RESHAPE = "reshape"        # a flatten: only the addressing changes
+INPUT = "input"            # the images: the host writes their codes into the activation buffer
+ROLES = (GEMM, REQUANTIZE, WINDOW, ADD, RESHAPE, INPUT)
+
+
+@dataclass(frozen=True)
+class VectorPass:
+    """A post-GEMM op as the vector unit runs it: `positions` outputs per channel in each of `channels`
+    channels, each reading `window` values of every operand from the activation buffer (`hw.cycles`
+    counts its cycles)."""
+
+    layer: str
+    channels: int
+    positions: int
+    window: int = 1
+
+
+def vector_pass(layer: str, role: str, source_role: str, out_shape: Sequence[int], window: int = 1
+                ) -> VectorPass | None:
+    """Return the pass a layer of `role` costs when it reads a tensor of `source_role` (looked up through
+    reshapes), or None when it costs none of its own.
+
+    Pools and adds are passes over their output. A requantization is a pass only when it reads another
+    quantizer's codes (the shortcut of a residual block, re-quantized to the add's scale); otherwise it
+    is fused where its input is made: a weight layer's accumulators leave through the output stage, which
+    requantizes them (its drain is in the GEMM's cycles); a pool's or an add's results are requantized in
+    the same pass; the host quantizes the images. A flatten only changes addresses.
+    """
+    for name, value in (("role", role), ("source_role", source_role)):
+        if value not in ROLES:
+            raise ValueError(f"Layer {layer!r}: {name} must be one of {ROLES}, not {value!r}")
+    if role in (WINDOW, ADD) or (role == REQUANTIZE and source_role == REQUANTIZE):
+        channels, *rest = out_shape
+        return VectorPass(layer, channels, math.prod(rest), window)
+    return None

@@ -12,6 +12,15 @@ A datapath's output stage (`hw.accelerator`) adds a `drain` once per GEMM: the c
 output to the last requantized code leaving the stage, which the next layer waits for; earlier tiles drain
 while the next tile runs, so they add nothing.
 
+Post-GEMM ops (pools, residual adds, a quantizer re-scaling another's codes) run on a vector unit after the
+output stage, one lane per array column: each cycle every lane reads one value of each operand from the
+activation buffer (an add's two addends through two read ports), and the op's requantization, ReLU
+included, is in the same pass. A pass over `channels` x `positions` outputs, each reading a `window`, takes
+ceil(channels / lanes) * positions * window cycles plus `VECTOR_PIPELINE` (read, compute, requantize,
+write); passes run after the GEMM they read, not overlapped with the array. This is the schedule the cycle
+model assumes for them; which ops are passes, and which are fused into the output stage, is
+`dsetool.gemm.vector_pass`.
+
 Pure Python: the RTL testbench in `tests/hw/test_array.py` checks the Amaranth array against `gemm_cycles`.
 """
 
@@ -20,13 +29,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 DATAFLOWS = ("ws", "os", "is")
+VECTOR_PIPELINE = 4   # cycles from a pass's first buffer read to its first write
 
 Gemm = tuple[int, int, int]
 
 
-def _positive(name: str, value: object) -> None:
+def _positive(name: str, value: object, what: str = "GEMM") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"GEMM {name} must be a positive integer, not {value!r}")
+        raise ValueError(f"{what} {name} must be a positive integer, not {value!r}")
 
 
 def _check(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> None:
@@ -102,3 +112,11 @@ def network_cycles(gemms: Iterable[Gemm], rows: int, cols: int, dataflow: str = 
     """Return the cycles of a network run layer after layer: the sum over its (M, K, N) GEMMs, each with its
     drain (a layer waits for the previous one's last output)."""
     return sum(gemm_cycles(m, k, n, rows, cols, dataflow, drain) for m, k, n in gemms)
+
+
+def vector_cycles(channels: int, positions: int, window: int, lanes: int) -> int:
+    """Return the cycles of one pass of the vector unit: ceil(channels / lanes) * positions * window reads
+    per lane, plus the pipeline's fill."""
+    for name, value in (("channels", channels), ("positions", positions), ("window", window), ("lanes", lanes)):
+        _positive(name, value, "Vector pass")
+    return _ceil(channels, lanes) * positions * window + VECTOR_PIPELINE

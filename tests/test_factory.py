@@ -89,6 +89,13 @@ def test_a_factory_network_runs_bit_for_bit_on_the_engine(tmp_path: Path, networ
             logits = quantized(x).double()
         expected = logits / engine.acc_scale(engine.weight_layers[-1])
         assert torch.equal(engine.run(x), expected)
+    if bits == 8:   # planning's view of the network (from the untrained trial export) has the same vector passes
+        from dsetool.models.factory import describe, source_digest
+
+        info = describe(f"{network_file}:make", source_digest(f"{network_file}:make"), 1, (16, 16), 10)
+        assert info.vector_passes == tuple(engine.model.vector_passes())
+        assert [p.layer for p in info.vector_passes if p.window > 1] == ["pool"]   # the global average pool
+        assert sum(op.kind == "add" for op in engine.model.ops) == 2 <= len(info.vector_passes) - 1
 
 
 BROKEN = {

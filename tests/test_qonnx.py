@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 from dsetool.cli import main  # noqa: E402
 from dsetool.engine import Engine, load_intmodel, parse_intmodel  # noqa: E402
 from dsetool.models.export import calibrate_activations, export_integer, export_qonnx  # noqa: E402
-from dsetool.models.qonnx_import import import_qonnx  # noqa: E402
+from dsetool.models.qonnx_import import describe_qonnx, file_digest, import_qonnx  # noqa: E402
 from dsetool.models.quant import QuantSpec  # noqa: E402
 from dsetool.models.zoo import build_model  # noqa: E402
 
@@ -60,6 +60,9 @@ def test_a_round_trip_gives_the_same_integer_model_and_logits(tmp_path: Path, ar
                 assert np.array_equal(getattr(mine, array), getattr(theirs, array)), (theirs.name, array)
     x = torch.rand(8, *ours.input_shape)
     assert torch.equal(Engine(imported).run(x), Engine(ours).run(x))
+    planned = describe_qonnx(path, file_digest(path)).vector_passes   # what the cycle model counts
+    assert [(p.channels, p.positions, p.window) for p in planned] == \
+        [(p.channels, p.positions, p.window) for p in ours.vector_passes()]
 
 
 @pytest.mark.parametrize("arch", sorted(GEOMETRY))

@@ -30,13 +30,16 @@ def test_synth_small_array_then_cache_hit_runs_no_tool(tmp_path, write_experimen
     assert m["placer"] == "heap"   # auto: a few hundred LUTs are placed faster by heap
     assert m["critical_path_ns"] == pytest.approx(1000 / m["fmax_mhz"], rel=1e-3)
     assert isinstance(m["critical_path_from"], str) and isinstance(m["critical_path_to"], str)
-    from hw.cycles import network_cycles
+    from hw.cycles import VECTOR_PIPELINE, network_cycles
 
     lenet = [(784, 25, 6), (100, 150, 16), (1, 400, 120), (1, 120, 84), (1, 84, 10)]
     # every layer waits for the last codes of the previous one to leave the K accumulator (2 edges) and
     # the pipelined output stage (4); the accumulator holds conv1's 784 rows, in block RAM
     assert (m["drain_cycles"], m["acc_depth"]) == (6, 784) and m["bram"] > 0
-    assert m["cycles_per_inference"] == network_cycles(lenet, 2, 2, "ws", drain=6)
+    # then the vector unit's two max-pool passes, 2 lanes: 6 channels x 14x14 outputs x 4 reads, 16 x 5x5 x 4
+    vector = (3 * 196 * 4 + VECTOR_PIPELINE) + (8 * 25 * 4 + VECTOR_PIPELINE)
+    assert (m["array_cycles"], m["vector_cycles"]) == (network_cycles(lenet, 2, 2, "ws", drain=6), vector)
+    assert m["cycles_per_inference"] == m["array_cycles"] + vector
     assert m["latency_us"] == pytest.approx(m["cycles_per_inference"] / m["fmax_mhz"])
 
     def no_tools(*args, **kwargs):

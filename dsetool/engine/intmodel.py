@@ -14,11 +14,11 @@ It is the one reader of the export: the rest of the tool asks the `IntModel` for
 the JSON. Version 1 files (a chain: each op reads the one before) load as the graph they imply.
 
 Each op class speaks the `OpKind` protocol: which export kinds load as it, how many tensors it reads,
-its output shape from its inputs', the scale of its integers, the GEMM it puts on the array (one
-derivation, `dsetool.gemm`), and its wiring checks. `KINDS` maps the export's kinds to these classes;
-the engine and the sparse fault path look an op's step up by its class (`Engine._BUILDERS`,
-`dsetool.faults.propagate._SPARSE_STEPS`), so an op the sparse path lacks goes dense and an op the
-engine lacks is refused by name.
+its output shape from its inputs', the scale of its integers, the GEMM it puts on the array and its
+role on the datapath (one derivation each, `dsetool.gemm`), and its wiring checks. `KINDS` maps the
+export's kinds to these classes; the engine and the sparse fault path look an op's step up by its class
+(`Engine._BUILDERS`, `dsetool.faults.propagate._SPARSE_STEPS`), so an op the sparse path lacks goes dense
+and an op the engine lacks is refused by name.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from dsetool import gemm as datapath
 from dsetool.engine.ops import int_range
-from dsetool.gemm import Gemm, window_side
+from dsetool.gemm import Gemm, VectorPass, window_side
 
 FORMAT = "dsetool-intmodel"  # what the writers (`models.export`, `models.qonnx_import`) put in the header
 VERSION = 2
@@ -58,12 +59,14 @@ class OpKind:
 
     Class attributes: `KINDS`, the `op` strings of the export that load as this class; `ARITY`, how many
     tensors it reads; `PASSTHROUGH`, whether it keeps its input's values (max pool, flatten: a weight layer
-    behind it still reads a quantizer's codes).
+    behind it still reads a quantizer's codes); `ROLE`, what it is to the datapath (`dsetool.gemm.ROLES`:
+    whether it costs a pass of the vector unit after the array, `vector_pass`).
     """
 
     KINDS: ClassVar[tuple[str, ...]] = ()
     ARITY: ClassVar[int] = 1
     PASSTHROUGH: ClassVar[bool] = False
+    ROLE: ClassVar[str] = ""   # each class names its own: a missing one is refused by `vector_pass`
 
     name: str
     out_shape: Shape
@@ -92,6 +95,11 @@ class OpKind:
         """Return the GEMM the op puts on the systolic array, or None (it runs after the output stage)."""
         return None
 
+    def vector_pass(self, source_role: str) -> VectorPass | None:
+        """Return the pass the op costs on the vector unit when it reads a tensor of `source_role`, or None
+        (`dsetool.gemm.vector_pass`)."""
+        return datapath.vector_pass(self.name, self.ROLE, source_role, self.out_shape)
+
     def check_wiring(self, model: IntModel, index: int, where: str) -> None:
         """Raise ValueError when the ops the op reads cannot give it what it needs (beyond shapes)."""
 
@@ -114,6 +122,7 @@ class QuantAct(OpKind):
     """
 
     KINDS: ClassVar[tuple[str, ...]] = ("quant_input", "quant_relu", "quant_identity")
+    ROLE: ClassVar[str] = datapath.REQUANTIZE
 
     name: str
     out_shape: tuple[int, ...]
@@ -158,6 +167,8 @@ class WeightOp(_OneKind):
     `weight` is the int array in torch layout (read-only), `weight_scale` float64 of shape () per tensor or
     (out,) per channel, `bias` int64 (out,) already at the accumulator scale input_scale * weight_scale.
     """
+
+    ROLE: ClassVar[str] = datapath.GEMM
 
     name: str
     out_shape: tuple[int, ...]
@@ -294,6 +305,8 @@ class Linear(WeightOp):
 
 @dataclass(frozen=True)
 class _Pool(_Window):
+    ROLE: ClassVar[str] = datapath.WINDOW
+
     name: str
     out_shape: tuple[int, ...]
     kernel: tuple[int, int]
@@ -306,6 +319,9 @@ class _Pool(_Window):
 
     def output_shape(self, inputs: Sequence[Shape]) -> Shape:
         return self.window_shape(inputs[0])
+
+    def vector_pass(self, source_role: str) -> VectorPass | None:
+        return datapath.vector_pass(self.name, self.ROLE, source_role, self.out_shape, math.prod(self.kernel))
 
 
 @dataclass(frozen=True)
@@ -339,6 +355,7 @@ class Add(_OneKind):
 
     KINDS: ClassVar[tuple[str, ...]] = ("add",)
     ARITY: ClassVar[int] = 2
+    ROLE: ClassVar[str] = datapath.ADD
 
     name: str
     out_shape: tuple[int, ...]
@@ -367,6 +384,7 @@ class Add(_OneKind):
 class Flatten(_OneKind):
     KINDS: ClassVar[tuple[str, ...]] = ("flatten",)
     PASSTHROUGH: ClassVar[bool] = True
+    ROLE: ClassVar[str] = datapath.RESHAPE
 
     name: str
     out_shape: tuple[int, ...]
@@ -474,6 +492,19 @@ class IntModel:
     def consumers(self, index: int) -> tuple[int, ...]:
         """Return the ops that read op `index`'s output, in order."""
         return tuple(j for j, reads in enumerate(self.inputs) if index in reads)
+
+    def vector_passes(self) -> list[VectorPass]:
+        """Return the passes the network's post-GEMM ops cost on the vector unit, in execution order
+        (`dsetool.gemm.vector_pass`; a reshape is looked through to the tensor it reshapes)."""
+        roles: list[str] = []
+        passes = []
+        for op, reads in zip(self.ops, self.inputs, strict=True):
+            source = datapath.INPUT if reads[0] == INPUT else roles[reads[0]]
+            vector = op.vector_pass(source)
+            if vector is not None:
+                passes.append(vector)
+            roles.append(source if op.ROLE == datapath.RESHAPE else op.ROLE)
+        return passes
 
 
 def load_intmodel(directory: Path | str) -> IntModel:

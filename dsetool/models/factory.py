@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsetool.gemm import Gemm
+from dsetool.gemm import Gemm, VectorPass
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,6 +46,7 @@ class FactoryInfo:
     name: str                        # the function's name (the network's label)
     weight_layers: tuple[str, ...]   # module paths of the conv / linear layers, in execution order
     gemms: tuple[Gemm, ...]
+    vector_passes: tuple[VectorPass, ...]   # of the post-GEMM ops (from the trial export)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -226,19 +227,23 @@ def describe(spec: str, digest: str, in_channels: int, image_size: tuple[int, in
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape[1:]) != (num_classes,):
         shape = list(logits.shape[1:]) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise FactoryError(f"{path}: the model returns {shape} per image, not the {num_classes} class logits")
-    _trial_export(spec, path, in_channels, num_classes, image_size)
-    return FactoryInfo(split_spec(spec)[1], *_weight_gemms(graph, shapes))
+    passes = _trial_export(spec, path, in_channels, num_classes, image_size)
+    return FactoryInfo(split_spec(spec)[1], *_weight_gemms(graph, shapes), passes)
 
 
-def _trial_export(spec: str, path: Path, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> None:
+def _trial_export(spec: str, path: Path, in_channels: int, num_classes: int, image_size: tuple[int, int]
+                  ) -> tuple[VectorPass, ...]:
     """Quantize and export the untrained network once, so what only the export can refuse (a ceil-mode
-    pool, a constant added to a tensor, unequal adaptive-pool windows) is refused before any training."""
+    pool, a constant added to a tensor, unequal adaptive-pool windows) is refused before any training;
+    return the vector-unit passes of its integer model (they depend on shapes only, not on widths)."""
+    from dsetool.engine.intmodel import parse_intmodel
     from dsetool.models.export import integer_model
     from dsetool.models.quant import QuantSpec
 
     quantized = quantize(build_float(spec, in_channels, num_classes, image_size), QuantSpec(), path)
     try:
-        integer_model(quantized, arch="trial", input_shape=(in_channels, *image_size))
+        exported, arrays = integer_model(quantized, arch="trial", input_shape=(in_channels, *image_size))
+        return tuple(parse_intmodel(exported, arrays).vector_passes())
     except (ValueError, TypeError) as error:
         raise FactoryError(f"{path}: the quantized network cannot be exported to the integer engine: {error}") \
             from None

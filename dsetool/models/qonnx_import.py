@@ -30,7 +30,7 @@ import numpy as np
 
 from dsetool.engine.intmodel import FORMAT, GRAPH_INPUT, VERSION, stored_ints
 from dsetool.engine.ops import int_range
-from dsetool.gemm import Gemm, window_side
+from dsetool.gemm import Gemm, VectorPass, window_side
 
 _ROUNDING = {"ROUND": "half_even", "HALF_EVEN": "half_even"}
 
@@ -452,6 +452,7 @@ class QonnxInfo:
     num_classes: int
     weight_layers: tuple[str, ...]
     gemms: tuple[Gemm, ...]         # of each weight layer
+    vector_passes: tuple[VectorPass, ...]   # of the post-GEMM ops
     weight_bits: int
     act_bits: int                   # the widest activation a weight layer reads
     scaling: str
@@ -499,6 +500,7 @@ def _describe(path: str, digest: str) -> QonnxInfo:
     relus = [op for op in model.ops if isinstance(op, QuantAct) and op.relu]
     channels, height, width = model.input_shape
     return QonnxInfo(Path(path).stem, (channels, height, width), model.num_classes,
-                     tuple(op.name for _, op in weights), tuple(gemms), max(op.weight_bits for _, op in weights),
+                     tuple(op.name for _, op in weights), tuple(gemms), tuple(model.vector_passes()),
+                     max(op.weight_bits for _, op in weights),
                      max(op.bits for op in feeding if isinstance(op, QuantAct)), model.scaling,
                      model.weight_granularity, all(not op.signed for op in relus))

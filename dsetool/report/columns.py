@@ -75,7 +75,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("dsp", "DSP blocks"),
     ("bram", "block RAMs"),
     ("fmax_mhz", "maximum clock after place and route (blank when it did not fit)"),
-    ("cycles", "array cycles of one inference of the network (closed form, with the array's drain)"),
+    ("cycles", "cycles of one inference of the network (closed form: the array's, with its drain, plus the vector "
+               "unit's)"),
     ("latency_us", "cycles / Fmax, microseconds per inference"),
     ("lut_overhead_pct", "LUT increase over the same array without protection or TMR, percent"),
     ("ff_overhead_pct", "FF increase over the unprotected array, percent"),

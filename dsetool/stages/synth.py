@@ -24,9 +24,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from dsetool.arrays import accumulator_depth, array_config, network_gemms, rtl_protection
+from dsetool.arrays import accumulator_depth, array_config, inference_cycles, rtl_protection
 from dsetool.config import RunConfig
-from dsetool.gemm import array_gemms
 from dsetool.stages import StageContext
 from dsetool.store import Result
 from dsetool.validate import ConfigError
@@ -95,16 +94,16 @@ def _split(result: SynthResult, harnessed: bool) -> tuple[dict[str, int], dict[s
 
 
 def derived_metrics(cfg: RunConfig, metrics: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return cycles and latency per inference of the design point's network on the synthesized array,
-    and, given the unprotected baseline's metrics, the overhead of its protection in percent."""
-    from hw.cycles import network_cycles
-
+    """Return cycles and latency per inference of the design point's network on the synthesized datapath
+    (the array's and the vector unit's cycles, `arrays.inference_cycles`), and, given the unprotected
+    baseline's metrics, the overhead of its protection in percent."""
     drain = metrics.get("drain_cycles", 0)
-    cycles = network_cycles(array_gemms(network_gemms(cfg)), cfg.hw.rows, cfg.hw.cols, cfg.hw.dataflow,
-                            drain if isinstance(drain, int) else 0)
+    array, vector = inference_cycles(cfg, drain if isinstance(drain, int) else 0)
+    cycles = array + vector
     fmax = metrics.get("fmax_mhz")
     latency = cycles / fmax if isinstance(fmax, int | float) and fmax > 0 else None
-    out: dict[str, Any] = {"cycles_per_inference": cycles, "latency_us": latency}
+    out: dict[str, Any] = {"cycles_per_inference": cycles, "array_cycles": array, "vector_cycles": vector,
+                           "latency_us": latency}
     if base is not None:
         for name in ("lut", "ff", "dsp", "fmax_mhz"):
             mine, theirs = metrics.get(name), base.get(name)

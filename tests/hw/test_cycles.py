@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hw.cycles import conv_gemm, gemm_cycles, linear_gemm, network_cycles, tile_cycles, tile_grid, tiles
+from hw.cycles import (
+    VECTOR_PIPELINE,
+    conv_gemm,
+    gemm_cycles,
+    linear_gemm,
+    network_cycles,
+    tile_cycles,
+    tile_grid,
+    tiles,
+    vector_cycles,
+)
 
 dims = st.integers(1, 40)
 arrays = st.integers(1, 9)
@@ -65,6 +75,8 @@ def test_layer_shapes_and_network_sum() -> None:
     (lambda: gemm_cycles(1, 1, 1, 2, 2, "xs"), "GEMM dataflow must be one of 'ws', 'os', 'is', not 'xs'"),
     (lambda: conv_gemm(3, 16, (3, 0), (6, 5)), "GEMM kw must be a positive integer, not 0"),
     (lambda: linear_gemm(True, 10), "GEMM in_features must be a positive integer, not True"),
+    (lambda: vector_cycles(16, 64, 0, 8), "Vector pass window must be a positive integer, not 0"),
+    (lambda: vector_cycles(16, 64, 1, 0), "Vector pass lanes must be a positive integer, not 0"),
 ])
 def test_errors(call: object, message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
@@ -82,3 +94,17 @@ def test_drain_is_paid_once_per_gemm(m: int, k: int, n: int, rows: int, cols: in
 def test_drain_must_be_a_non_negative_integer(drain: object) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(f'GEMM drain must be a non-negative integer, not {drain!r}')}$"):
         gemm_cycles(4, 4, 4, 2, 2, "ws", drain)  # type: ignore[arg-type]
+
+
+def test_vector_pass_reads_each_window_once_per_lane_group() -> None:
+    # a 2x2 max pool of 6 channels to 14x14 on 4 lanes: two groups of channels, 196 outputs, 4 reads each
+    assert vector_cycles(6, 196, 4, 4) == 2 * 196 * 4 + VECTOR_PIPELINE
+    # lanes beyond the channels do not help; more lanes than channels cost as many groups as one lane
+    assert vector_cycles(6, 196, 4, 8) == vector_cycles(6, 196, 4, 6) == 196 * 4 + VECTOR_PIPELINE
+    assert vector_cycles(64, 1, 16, 8) == 8 * 16 + VECTOR_PIPELINE   # a global average pool of a 4x4 map
+
+
+@given(st.integers(1, 600), st.integers(1, 1024), st.integers(1, 49), arrays)
+def test_vector_cycles_cover_every_read(channels: int, positions: int, window: int, lanes: int) -> None:
+    busy = vector_cycles(channels, positions, window, lanes) - VECTOR_PIPELINE
+    assert busy * lanes >= channels * positions * window > (busy - positions * window) * lanes
