@@ -483,3 +483,23 @@ def gather(order: np.ndarray, start: np.ndarray, element: np.ndarray, value: np.
                 used += 1
         new_start[i + 1] = used
     return new_start, new_element, new_value
+
+
+@numba.njit(nogil=True, cache=True)
+def still_golden(values: np.ndarray, golden: np.ndarray, images: np.ndarray, same: np.ndarray) -> None:
+    """Clear `same[r]` for each row r still set whose values (`values[r]`, one image's flattened tensor)
+    differ anywhere from `golden[images[r]]`.
+
+    The dense path asks this after every op for every tensor its rows still need, to let go of the rows a
+    fault no longer changes. As tensor operations that is a gather of the golden rows, a comparison and a
+    reduction over whole tensors; here a row stops at its first difference and rows already known to
+    differ are skipped, with no copy."""
+    for r in range(values.shape[0]):
+        if not same[r]:
+            continue
+        reference = golden[images[r]]
+        row = values[r]
+        for j in range(row.shape[0]):
+            if row[j] != reference[j]:
+                same[r] = False
+                break
