@@ -121,24 +121,6 @@ def test_im2col_gemm_equals_conv2d(channels: int, out_channels: int, kernel: int
     assert expected.shape[2] == window_side(height, kernel, stride, padding)
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from([ops.UNFOLD_MIN_OUT_CHANNELS, 2 * ops.UNFOLD_MIN_OUT_CHANNELS + 3]), st.integers(1, 5),
-       st.integers(1, 3), st.integers(0, 2), st.integers(5, 12), st.booleans(), st.integers(0, 2**31 - 1))
-def test_one_channel_convs_run_unfolded_and_exact(out_channels: int, kernel: int, stride: int, padding: int,
-                                                 side: int, with_bias: bool, seed: int) -> None:
-    """The unfold + GEMM form taken for one input channel gives F.conv2d's integers, in float32 and float64."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (3, 1, side, side + 1), generator=generator).float()
-    weight = torch.randint(-128, 128, (out_channels, 1, kernel, kernel), generator=generator).float()
-    bias = torch.randint(-(2**16), 2**16, (out_channels,), generator=generator).float() if with_bias else None
-    expected = torch.nn.functional.conv2d(x.double(), weight.double(), None if bias is None else bias.double(),
-                                          stride=stride, padding=padding)
-    for dtype in (torch.float32, torch.float64):
-        got = ops.conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), (stride, stride),
-                         (padding, padding))
-        assert got.dtype == dtype and got.is_contiguous() and torch.equal(got.double(), expected)
-
-
 # -- the 2**53 guard --------------------------------------------------------------------------------------
 
 @given(st.integers(1, 4), st.tuples(st.integers(-8, 0), st.integers(0, 8)),

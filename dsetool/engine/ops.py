@@ -39,7 +39,6 @@ UNSIGNED_BYTE_OFFSET = 128  # 0..255 minus 128 is -128..127: the byte with its t
 INT8_CHUNK_BYTES = 2**21  # int8 columns + int32 products of the images one int8 GEMM takes at a time
 TRANSPOSE_AFTER_CAST = 1024  # codes per plane from which `int8_codes` casts before it transposes
 INT8_GEMM_ENABLED = True  # layers built while False keep the float route (tests compare the two)
-UNFOLD_MIN_OUT_CHANNELS = 32  # a conv of one input channel to this many or more runs as unfold + GEMM
 
 
 def int_range(bits: int, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
@@ -143,28 +142,8 @@ def conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     Exact for the same reason as `gemm`: oneDNN's direct algorithm and the im2col + GEMM fallback only
     add the exact integer products, so every partial sum obeys `gemm_bound`. NNPACK must stay off (see
     `disable_transform_convolutions`): its Winograd and FFT transforms compute with fractions and round.
-
-    A conv reading one channel into `UNFOLD_MIN_OUT_CHANNELS` or more (the first layer on grayscale
-    images) runs as unfold + one GEMM per image instead: oneDNN's direct kernel is slow there. Batch 256,
-    3x3 at 32x32, two EPYC cores, `F.conv2d` / unfold + GEMM: 1->64 57 / 15 ms, 1->32 11.9 / 8.2, but 1->16
-    5.3 / 6.0, 1->6 2.7 / 3.4 and 3->64 17.0 / 23.3.
     """
-    if groups == 1 and weight.shape[1] == 1 and weight.shape[0] >= UNFOLD_MIN_OUT_CHANNELS:
-        return _unfolded_conv2d(codes, weight, bias, stride, padding)
     return F.conv2d(codes, weight, bias, stride=stride, padding=padding, groups=groups)
-
-
-def _unfolded_conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
-    """`conv2d` as (N, K) weights times each image's (K, positions) columns: the same exact products."""
-    kernel = tuple(weight.shape[2:])
-    columns = F.unfold(codes, kernel, padding=padding, stride=stride)
-    out = torch.matmul(weight.reshape(len(weight), -1), columns)
-    if bias is not None:
-        out.add_(bias[:, None])
-    height, width = (window_side(side, k, s, p) for side, k, s, p in zip(codes.shape[2:], kernel, stride, padding,
-                                                                           strict=True))
-    return out.view(len(codes), len(weight), height, width)
 
 
 def disable_transform_convolutions() -> None:
@@ -385,8 +364,8 @@ def max_pool2d(codes: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, 
     The maximum of a window is the maximum over its kh rows of each row's maximum over kw columns, so it is
     taken as elementwise maxima of strided taps, first along the height (whole rows at a time), then along
     the width: the same values as `F.max_pool2d` (padding counts as -inf), in kh + kw passes instead of
-    kh * kw. Batch 256, 2x2 windows, two EPYC cores, float32, `F.max_pool2d` / this: 64 channels at 32x32
-    49 / 8.5 ms, 192 at 16x16 53 / 6.7 ms, 256 at 8x8 12.9 / 1.1 ms (torch has no fast float64 kernel).
+    kh * kw: 2-5x faster than that on float32 maps, 5-16x faster than `F.max_pool2d`
+    (`benchmarks/engine_kernels.py`; torch has no fast float64 kernel at all).
     """
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     if ph or pw:
