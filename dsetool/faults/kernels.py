@@ -101,9 +101,10 @@ def _scatter(golden_in: np.ndarray, img: int, element: np.ndarray, value: np.nda
                             seen[pixel] = True
                             touched[n_touched] = pixel
                             n_touched += 1
-                        base = pixel * outs
+                        row = delta[pixel * outs:(pixel + 1) * outs]   # slices: indices known to be >= 0,
+                        tap = weight[c, ky, kx]                         # so the loop vectorizes
                         for n in range(outs):
-                            delta[base + n] += change * weight[c, ky, kx, n]
+                            row[n] += change * tap[n]
                     kx += sw
                     ox -= 1
             ky += sh
@@ -181,8 +182,9 @@ def linear_changes(golden_in: np.ndarray, golden_acc: np.ndarray, golden_codes: 
             e = element[j]
             change = value[j] - golden_in[img, e]
             if change != 0:
+                row = weight[e]
                 for n in range(outs):
-                    delta[n] += change * weight[e, n]
+                    delta[n] += change * row[n]
         first = used
         why = ARITHMETIC
         for n in range(outs):

@@ -44,10 +44,12 @@ _SKIP = "skip"   # a step that leaves the values as they are (flatten)
 
 # One scattered multiply-add of the compiled loops costs about this many multiply-adds of the dense
 # layer (BLAS or int8 GEMMs, vectorized); a fault whose change would cost more joins the dense rows there.
-# Only a crossover: both paths give identical values. Since the dense layers run as int8 GEMMs, 30 beats
-# the earlier 10 on ResNet-20 campaigns (1,750-1,854 against 1,390-1,412 faults/s, two rounds in one
-# process) and matches it within noise on LeNet-5, AlexNet-32 and MobileNet (2026-12-06, 2 cores).
-SPARSE_COST = 30
+# Only a crossover: both paths give identical values. Since the dense layers run as int8 GEMMs and find
+# the rows a fault no longer changes with a compiled scan, 60 beats 30 on ResNet-20 campaigns (2,664-2,815
+# against 2,528-2,541 faults/s; 15: 1,931-1,994) and AlexNet-32 (5,008-5,304 against 4,864-5,179; 100:
+# 4,395-4,747), and matches it within noise on LeNet-5 and MobileNet (two rounds in one process each, the
+# benchmark's `prepare` and `campaign_rate` with this constant set between calls; 2026-12-06, 2 cores).
+SPARSE_COST = 60
 
 # Faults that would be cheaper dense still stay sparse while their sparse multiply-adds at that layer,
 # all together, stay below this: starting the dense computation costs a batch more than the arithmetic
