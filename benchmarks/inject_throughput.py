@@ -3,7 +3,8 @@ ResNet-20 and MobileNet.
 
 Run: `.venv/bin/python benchmarks/inject_throughput.py` (a few minutes on 2 idle cores; `--help` lists the
 knobs; `--archs resnet20,mobilenet` measures some). The clean integer engine is also timed against
-Brevitas's forward pass of the same quantized model (the reference it is bit-exact with).
+Brevitas's forward pass of the same quantized model (the reference it is bit-exact with), the two
+alternating call by call after one warm-up call each (`paired_rates`).
 PyTorchFI is a benchmark-only dependency: `.venv/bin/pip install --no-deps pytorchfi`; without it its lines
 say so and the rest is printed.
 
@@ -100,6 +101,25 @@ def median_rate(run: Callable[[], Any], work: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
+def paired_rates(first: Callable[[], Any], second: Callable[[], Any], work: int, repeats: int) -> tuple[float, float]:
+    """Return the median `work / seconds` of `first` and of `second`, timed alternately (after one untimed
+    call each) so that both see the same machine: this shared VM's speed drifts between seconds, and a
+    ratio of figures taken one after the other inherits the drift. At least `repeats` pairs, and as many
+    more as fit in 2 * `MIN_SECONDS` (at most 100)."""
+    first()
+    second()
+    rates: tuple[list[float], list[float]] = ([], [])
+    spent = 0.0
+    while len(rates[0]) < repeats or (spent < 2 * MIN_SECONDS and len(rates[0]) < 100):
+        for run, out in ((first, rates[0]), (second, rates[1])):
+            began = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - began
+            spent += seconds
+            out.append(work / seconds)
+    return statistics.median(rates[0]), statistics.median(rates[1])
+
+
 def row(label: str, value: float, unit: str, note: str = "") -> None:
     """Print one figure of the table (ratios with two decimals)."""
     number = f"{value:>10.2f}" if unit == "x" else f"{value:>10,.0f}"
@@ -174,11 +194,10 @@ def campaign_rate(setup: Setup, layers: Sequence[str], samples: int, batch: int,
 def measure_ours(setup: Setup, plan: Plan, batch: int, repeats: int) -> float:
     """Print the clean and campaign figures; return the uniform campaign's faults/s."""
     engine = setup.net.engine
-    engine.run(setup.x)
-    clean = median_rate(lambda: engine.run(setup.x), len(setup.x), repeats)
-    row("ours: clean integer-engine inference", clean, "images/s")
     with torch.no_grad():
-        brevitas = median_rate(lambda: setup.quant_model(setup.x), len(setup.x), repeats)
+        clean, brevitas = paired_rates(lambda: engine.run(setup.x), lambda: setup.quant_model(setup.x), len(setup.x),
+                                       repeats)
+    row("ours: clean integer-engine inference", clean, "images/s")
     row("brevitas: W8A8 forward of the same model", brevitas, "images/s")
     row("ratio: clean engine / brevitas forward", clean / brevitas, "x")
     names = [layer.name for layer in engine.layers.values()]

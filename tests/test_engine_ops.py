@@ -431,3 +431,17 @@ def test_an_op_class_without_an_engine_step_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="no step for op 'reshape' of kind 'flatten'"):
         Engine(dataclasses.replace(model, ops=tuple(ops)))
     assert set(Engine._BUILDERS) == set(OP_CLASSES)
+
+
+def test_a_large_batch_runs_in_parts_with_the_same_values() -> None:
+    """`run` takes `run_chunk` images at a time (its widest output under `RUN_CHUNK_BYTES`): the logits and
+    every kept output equal those of the batch run whole, also for a batch that is not a multiple."""
+    engine = Engine(residual_model().build(), multiplier_bits=20)
+    x = torch.rand(11, 2, 6, 6)
+    whole_logits, whole = engine.run(x), engine.run(x, keep=True)
+    assert engine.run_chunk >= len(x)   # tiny maps: one part
+    engine.run_chunk = 4
+    assert torch.equal(engine.run(x), whole_logits)
+    parts = engine.run(x, keep=True)
+    assert len(parts) == len(whole) and all(torch.equal(a, b) for a, b in zip(parts, whole, strict=True))
+    assert torch.equal(engine.run(x, start=0, stop=3), whole[2])

@@ -21,6 +21,7 @@ input, reading other earlier outputs (a residual branch) from `given`; `step(i, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -46,6 +47,10 @@ from dsetool.engine.intmodel import (
 )
 
 DEFAULT_MULTIPLIER_BITS = 16
+# `Engine.run` splits a batch into parts whose widest op output stays below this many bytes: each part's
+# tensors are then reused from the allocator's heap and stay in cache, where a batch of 256 allocates
+# tensors of tens of MB that are fresh memory, page-faulted in, every call.
+RUN_CHUNK_BYTES = 2**23
 INT8_MIN_WORK = 8192   # K * N from which a float32 layer takes the int8 route (`_int8_pays_off`)
 Step = Callable[[torch.Tensor], torch.Tensor]
 OpStep = Callable[..., torch.Tensor]   # an op on its input tensors, in the order of `IntModel.inputs`
@@ -403,6 +408,9 @@ class Engine:
             self._steps[index] = _then(check, self._steps[index])
         self.weight_layers: tuple[int, ...] = tuple(self.layers)
         self._last_reader = model.last_readers()
+        widest = max(math.prod(op.out_shape) * dtype.itemsize for op, dtype in zip(model.ops, self.dtypes,
+                                                                                      strict=True))
+        self.run_chunk = max(1, RUN_CHUNK_BYTES // widest)   # images `run` takes at a time
 
     def _step(self, index: int, op: Op) -> OpStep:
         """Return how op `index` runs, recording the range and dtype of its outputs; each op class has its
@@ -531,11 +539,21 @@ class Engine:
         branch) takes it from `given` (a list or dict by op index: the golden run, say); x may then be
         None when `given` holds op `start`'s input too. x is not modified. Outputs may share storage
         (flatten returns a view of its input): clone one before editing it in place. x is cast to
-        `input_dtype(start)` (images: float32, the Brevitas model's).
+        `input_dtype(start)` (images: float32, the Brevitas model's). Without `given`, a batch of more
+        than `run_chunk` images runs `run_chunk` at a time (`RUN_CHUNK_BYTES`; every op is per image, so
+        the values are the same).
         """
         stop = len(self._steps) if stop is None else stop
         if not 0 <= start <= stop <= len(self._steps):
             raise ValueError(f"Op range [{start}, {stop}) is not within the model's {len(self._steps)} ops")
+        if given is None and x is not None and len(x) > self.run_chunk:
+            pieces = range(0, len(x), self.run_chunk)
+            if keep:
+                kept = [self.run(x[first:first + self.run_chunk], start=start, stop=stop, keep=True, checked=checked)
+                        for first in pieces]
+                return [torch.cat(outputs) for outputs in zip(*kept, strict=True)]
+            return torch.cat([self.run(x[first:first + self.run_chunk], start=start, stop=stop, checked=checked)
+                              for first in pieces])
         values: dict[int, torch.Tensor] = {}
         if x is not None:
             first = self.model.inputs[start][0] if start < len(self._steps) else len(self._steps) - 1
