@@ -437,9 +437,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lenet-samples", type=int, default=4096)
-    parser.add_argument("--alexnet-samples", type=int, default=512)
+    # 2,048 faults are 8 batches of 256: the campaign runs them on its worker threads, as a sweep's campaigns
+    # of thousands of faults do (fewer than 2 batches per thread run one after the other, `run_campaign`)
+    parser.add_argument("--alexnet-samples", type=int, default=2048)
     parser.add_argument("--alexnet-epochs", type=int, default=3, help="float training epochs (~7 s each)")
-    parser.add_argument("--graph-samples", type=int, default=512, help="faults per ResNet-20 / MobileNet campaign")
+    parser.add_argument("--graph-samples", type=int, default=2048, help="faults per ResNet-20 / MobileNet campaign")
     parser.add_argument("--graph-epochs", type=int, default=6, help="float training epochs of ResNet-20 / MobileNet")
     parser.add_argument("--archs", default="lenet5,alexnet32,resnet20,mobilenet")
     args = parser.parse_args()
