@@ -34,7 +34,9 @@ def main() -> None:
     engine, model = setup.net.engine, setup.net.engine.model
     golden = engine.run(setup.x, keep=True)
     weight_ops = [i for i, op in enumerate(model.ops) if isinstance(op, Conv2d | Linear)]
+    # a weight layer's input buffer (through a pool or flatten, the codes of the quantizer behind it)
     buffers = sorted({model.input_of(i) for i in weight_ops} - {INPUT})
+    quantizer = {model.input_of(i): model.producer(i) for i in weight_ops if model.input_of(i) != INPUT}
     sizes = np.array([golden[b][0].numel() for b in buffers], dtype=np.float64)
     full = sum(model.ops[i].gemm.m * model.ops[i].gemm.k * model.ops[i].gemm.n * model.ops[i].gemm.groups
                for i in weight_ops)
@@ -45,8 +47,9 @@ def main() -> None:
         image = int(rng.integers(len(setup.x)))
         values = {i: golden[i][image:image + 1].clone() for i in range(len(model.ops))}
         flat = values[buffer].view(-1)
-        low, high = model.ops[buffer].qrange
-        position, bit = int(rng.integers(flat.numel())), int(rng.integers(model.ops[buffer].bits))
+        codes = model.ops[quantizer[buffer]]
+        low, high = codes.qrange
+        position, bit = int(rng.integers(flat.numel())), int(rng.integers(codes.bits))
         flipped = ((int(flat[position]) - low) ^ (1 << bit)) + low
         flat[position] = float(min(max(flipped, low), high))
         for index in range(buffer + 1, len(model.ops)):

@@ -433,15 +433,22 @@ def test_an_op_class_without_an_engine_step_is_refused_by_name() -> None:
     assert set(Engine._BUILDERS) == set(OP_CLASSES)
 
 
-def test_a_large_batch_runs_in_parts_with_the_same_values() -> None:
+def test_a_large_batch_runs_in_parts_with_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
     """`run` takes `run_chunk` images at a time (its widest output under `RUN_CHUNK_BYTES`): the logits and
-    every kept output equal those of the batch run whole, also for a batch that is not a multiple."""
+    a partial run equal those of the batch run whole, also for a batch that is not a multiple; a run that
+    keeps every output runs whole."""
     engine = Engine(residual_model().build(), multiplier_bits=20)
     x = torch.rand(11, 2, 6, 6)
     whole_logits, whole = engine.run(x), engine.run(x, keep=True)
     assert engine.run_chunk >= len(x)   # tiny maps: one part
     engine.run_chunk = 4
+    calls: list[int] = []
+    step = engine.step
+    monkeypatch.setattr(engine, "step", lambda index, *inputs, **kw: calls.append(len(inputs[0])) or
+                        step(index, *inputs, **kw))
     assert torch.equal(engine.run(x), whole_logits)
-    parts = engine.run(x, keep=True)
-    assert len(parts) == len(whole) and all(torch.equal(a, b) for a, b in zip(parts, whole, strict=True))
+    assert sorted(set(calls)) == [3, 4]   # parts of 4, 4 and 3 images
     assert torch.equal(engine.run(x, start=0, stop=3), whole[2])
+    calls.clear()
+    kept = engine.run(x, keep=True)
+    assert set(calls) == {11} and all(torch.equal(a, b) for a, b in zip(kept, whole, strict=True))

@@ -539,21 +539,17 @@ class Engine:
         branch) takes it from `given` (a list or dict by op index: the golden run, say); x may then be
         None when `given` holds op `start`'s input too. x is not modified. Outputs may share storage
         (flatten returns a view of its input): clone one before editing it in place. x is cast to
-        `input_dtype(start)` (images: float32, the Brevitas model's). Without `given`, a batch of more
-        than `run_chunk` images runs `run_chunk` at a time (`RUN_CHUNK_BYTES`; every op is per image, so
-        the values are the same).
+        `input_dtype(start)` (images: float32, the Brevitas model's). Without `given` or `keep`, a batch
+        of more than `run_chunk` images runs `run_chunk` at a time (`RUN_CHUNK_BYTES`; every op is per
+        image, so the values are the same). With `keep` it runs whole: its outputs are batch-sized anyway,
+        and gathering the parts' would hold every output twice.
         """
         stop = len(self._steps) if stop is None else stop
         if not 0 <= start <= stop <= len(self._steps):
             raise ValueError(f"Op range [{start}, {stop}) is not within the model's {len(self._steps)} ops")
-        if given is None and x is not None and len(x) > self.run_chunk:
-            pieces = range(0, len(x), self.run_chunk)
-            if keep:
-                kept = [self.run(x[first:first + self.run_chunk], start=start, stop=stop, keep=True, checked=checked)
-                        for first in pieces]
-                return [torch.cat(outputs) for outputs in zip(*kept, strict=True)]
+        if given is None and x is not None and not keep and len(x) > self.run_chunk:
             return torch.cat([self.run(x[first:first + self.run_chunk], start=start, stop=stop, checked=checked)
-                              for first in pieces])
+                              for first in range(0, len(x), self.run_chunk)])
         values: dict[int, torch.Tensor] = {}
         if x is not None:
             first = self.model.inputs[start][0] if start < len(self._steps) else len(self._steps) - 1
