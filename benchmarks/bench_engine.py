@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import call_seconds  # (this directory: the script's own, first on sys.path)
 
 from dsetool.engine import Engine, load_intmodel
 from dsetool.models.export import calibrate_activations, export_integer
@@ -25,13 +25,7 @@ SHAPE = (1, 32, 32)
 
 def best_seconds(run: Callable[[], object], repeats: int) -> float:
     """Return the fastest of `repeats` timed calls, after one untimed warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return min(times)
+    return min(call_seconds(run, repeats))
 
 
 def main() -> None:

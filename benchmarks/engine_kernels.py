@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import call_seconds  # (this directory: the script's own, first on sys.path)
 
 from dsetool.engine import ops
 from dsetool.faults import kernels
@@ -30,14 +30,7 @@ from dsetool.faults import kernels
 
 def median_ms(run: Callable[[], object], repeats: int) -> float:
     """Return the median wall time of `repeats` calls of `run`, in ms, after two untimed warm-up calls."""
-    run()
-    run()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(call_seconds(run, repeats, warmups=2))
 
 
 def line(label: str, *times: float) -> None:
