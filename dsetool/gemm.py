@@ -62,7 +62,7 @@ GEMM = "gemm"              # a conv or linear layer: the array (`Gemm`)
 REQUANTIZE = "requantize"  # a quantizer: codes from integers at another scale, ReLU included
 WINDOW = "window"          # a max or average pool: one output per window of its input
 ADD = "add"                # the elementwise sum of two tensors
-RESHAPE = "reshape"        # a flatten: only the addressing changes
+RESHAPE = "reshape"        # a flatten, a concat: only the addressing changes
 INPUT = "input"            # the images: the host writes their codes into the activation buffer
 ROLES = (GEMM, REQUANTIZE, WINDOW, ADD, RESHAPE, INPUT)
 
@@ -88,7 +88,7 @@ def vector_pass(layer: str, role: str, source_role: str, out_shape: Sequence[int
     quantizer's codes (the shortcut of a residual block, re-quantized to the add's scale); otherwise it
     is fused where its input is made: a weight layer's accumulators leave through the output stage, which
     requantizes them (its drain is in the GEMM's cycles); a pool's or an add's results are requantized in
-    the same pass; the host quantizes the images. A flatten only changes addresses.
+    the same pass; the host quantizes the images. A flatten or a concat only changes addresses.
     """
     for name, value in (("role", role), ("source_role", source_role)):
         if value not in ROLES:

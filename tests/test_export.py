@@ -229,11 +229,12 @@ def test_qonnx_export_writes_a_valid_model(tmp_path: Path) -> None:
 
 
 def test_every_kind_the_exporter_writes_is_one_the_integer_model_loads() -> None:
-    """The exporter's table of Brevitas modules (plus quant_input, the first quantizer's kind) writes exactly
+    """The exporter's table of Brevitas modules (plus quant_input, the first quantizer's kind, and concat, a
+    torch.cat call) writes exactly
     the kinds `intmodel.KINDS` loads: no mapping writes an op the loader lacks, and no op loads that a
     Brevitas model cannot give."""
     from dsetool.engine.intmodel import KINDS
     from dsetool.models.export import _Exporter
 
-    written = {kind for _, kind, _ in _Exporter.KINDS} | {"quant_input"}
+    written = {kind for _, kind, _ in _Exporter.KINDS} | {"quant_input", "concat"}   # concat: from torch.cat
     assert written == set(KINDS)

@@ -1,4 +1,4 @@
-"""Faults in graph-shaped networks (residual adds, a depthwise conv, average pooling): the campaign's
+"""Faults in graph-shaped networks (residual adds, a depthwise conv, average pooling, concatenations): the campaign's
 fast path (frontier of live branch tensors, sparse chain segments, early exit) equals recomputing each
 faulty inference from scratch, for every site kind, single and multiple faults, with and without range
 checks."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsetool.engine import Add, Conv2d, Engine, Linear
+from dsetool.engine import Add, Concat, Conv2d, Engine, Linear
 from dsetool.faults import apply, kernels, propagate
 from dsetool.faults.apply import Faults, evaluate
 from dsetool.faults.bits import apply_fault
@@ -19,17 +19,19 @@ from dsetool.faults.campaign import CampaignSpec, Golden, draw_shard
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import site_groups
 from hw.arrayconfig import ArrayConfig
-from tests.fixtures.engines import digits, exported_engine
+from tests.fixtures.engines import digits, exported_engine, factory_engine
 from tests.test_faults_propagate import narrow_checks
 
 N_INPUTS = 16
 SIDE = 16
 
 
-@pytest.fixture(scope="module", params=["resnet8", "mobilenet"])
+@pytest.fixture(scope="module", params=["resnet8", "mobilenet", "squeezenet"])
 def graph(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     torch.set_num_threads(1)
-    engine = exported_engine(tmp_path_factory.mktemp(request.param), request.param, bits=4, size=SIDE)
+    directory = tmp_path_factory.mktemp(request.param)
+    engine = factory_engine(directory, bits=4, size=SIDE, arch="squeezenet") if request.param == "squeezenet" else \
+        exported_engine(directory, request.param, bits=4, size=SIDE)
     x = digits(SIDE).test.x[:N_INPUTS]
     return engine, x
 
@@ -125,7 +127,7 @@ def test_a_buffer_read_twice_is_one_act_site_group(graph) -> None:
         assert group.op_index == min(model.consumers(group.buffer))
         assert group.size == int(np.prod(model.ops[group.buffer].out_shape))
     shared = [b for b in buffers if len(model.consumers(b)) > 1]
-    assert bool(shared) == (model.arch == "resnet8")
+    assert bool(shared) == (model.arch in ("resnet8", "squeezenet"))   # a shortcut; a fire module's expands
 
 
 def test_every_conv_has_a_sparse_step_depthwise_included(graph) -> None:
@@ -140,8 +142,9 @@ def test_every_conv_has_a_sparse_step_depthwise_included(graph) -> None:
 
 def test_a_fault_in_a_block_input_crosses_the_block_on_the_sparse_path(graph) -> None:
     """A changed residual-block input changes the shortcut and the first conv; the sparse path follows both
-    tensors and sums them at the add, so no such fault leaves for the dense path inside the block, and its
-    logits equal the campaign's exact evaluation (the tests above) by construction of the same changes."""
+    tensors and sums them at the add (a fire module's: both expands, joined at the concat), so no such
+    fault leaves for the dense path inside the block, and its logits equal the campaign's exact evaluation
+    (the tests above) by construction of the same changes."""
     engine, x = graph
     model = engine.model
     shared = [b for b in range(len(model.ops)) if len(model.consumers(b)) > 1]
@@ -149,7 +152,7 @@ def test_a_fault_in_a_block_input_crosses_the_block_on_the_sparse_path(graph) ->
         pytest.skip("no buffer read by two ops (a chain)")
     buffer = shared[0]
     add = next(j for j in range(buffer + 1, len(model.ops)) if buffer in _ancestors(model, j) and
-               isinstance(model.ops[j], Add))
+               isinstance(model.ops[j], Add | Concat))
     golden = engine.run(x, keep=True)
     rng = np.random.default_rng(5)
     count = 48
@@ -278,7 +281,7 @@ def test_input_placement_keeps_every_reader_of_a_protected_tensor_protected(grap
     model = engine.model
     checks = narrow_checks(model, "zero")
     where = placed(model, checks, "input")
-    covered = set(where["checks"]) | {model.producer(i) for i in where["input_checks"]}
+    covered = set(where["checks"]) | {q for i in where["input_checks"] for q, _ in model.quantizers_read(i)}
     assert covered == set(checks)   # no protected tensor lost its check
     assert_campaign_equals_recomputing(Engine(model, **where), x, "act", _spec(seed=13))
 

@@ -19,6 +19,7 @@ from dsetool.engine.executor import (
 from dsetool.engine.intmodel import (
     Add,
     AvgPool2d,
+    Concat,
     Conv2d,
     Flatten,
     IntModel,
@@ -32,6 +33,7 @@ from dsetool.engine.intmodel import (
 )
 
 __all__ = [
-    "Add", "AvgPool2d", "DEFAULT_MULTIPLIER_BITS", "Conv2d", "Engine", "Flatten", "GemmLayer", "IntModel", "Linear",
-    "MaxPool2d", "Op", "QuantAct", "RegisterWidths", "Requantizer", "WeightOp", "load_intmodel", "parse_intmodel",
+    "Add", "AvgPool2d", "Concat", "DEFAULT_MULTIPLIER_BITS", "Conv2d", "Engine", "Flatten", "GemmLayer", "IntModel",
+    "Linear", "MaxPool2d", "Op", "QuantAct", "RegisterWidths", "Requantizer", "WeightOp", "load_intmodel",
+    "parse_intmodel",
 ]

@@ -7,7 +7,7 @@ op's output is:
 - quant_input / quant_relu / quant_identity: activation codes (float32 tensors of exact integers);
 - conv2d / linear: the layer's int accumulators, (B, C, H, W) or (B, N), at scale `acc_scale(i)`, in the
   layer's `dtype` (float32 when its accumulators provably fit, else float64; see `ops.accumulator_dtype`);
-- maxpool2d / flatten: the same values, pooled or reshaped;
+- maxpool2d / flatten / concat: the same values, pooled, reshaped or joined along the channels;
 - avgpool2d / add: exact integer window sums or sums of two code tensors (`ranges[i]`, `dtypes[i]`).
 
 What the fault layer builds on: `run(x, keep=True)` returns every op's output (the golden cache, list
@@ -36,6 +36,7 @@ from dsetool.engine.intmodel import (
     INPUT,
     Add,
     AvgPool2d,
+    Concat,
     Conv2d,
     Flatten,
     IntModel,
@@ -454,10 +455,16 @@ class Engine:
         bound = first[0] + second[0], first[1] + second[1]
         return partial(_add, dtype=self._exact_dtype(bound, op.name))
 
+    def _concat(self, index: int, op: Concat) -> OpStep:
+        ranges = self._input_ranges(index)
+        self._record((min(low for low, _ in ranges), max(high for _, high in ranges)),
+                     self.dtypes[self.model.inputs[index][0]])   # codes of one format: one range, one dtype
+        return _concatenated
+
     # op class -> how the engine builds its step (and records its outputs' range and dtype)
     _BUILDERS: ClassVar[dict[type, Callable[[Engine, int, Any], OpStep]]] = {
         QuantAct: _quant, Conv2d: _weight, Linear: _weight, MaxPool2d: _maxpool, Flatten: _flatten,
-        AvgPool2d: _avgpool, Add: _add_op}
+        AvgPool2d: _avgpool, Add: _add_op, Concat: _concat}
 
     def _record(self, bound: tuple[int, int], dtype: torch.dtype) -> None:
         self.ranges.append(bound)
@@ -620,4 +627,8 @@ def _sum_pool(values: torch.Tensor, *, dtype: torch.dtype, kernel: tuple[int, in
 
 def _add(first: torch.Tensor, second: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
     return first.to(dtype) + second.to(dtype)
+
+
+def _concatenated(*parts: torch.Tensor) -> torch.Tensor:
+    return torch.cat(parts, dim=1)
 

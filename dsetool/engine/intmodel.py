@@ -58,13 +58,15 @@ class OpKind:
     (`dsetool.faults.propagate`; an op without one sends the faults that reach it to the dense path).
 
     Class attributes: `KINDS`, the `op` strings of the export that load as this class; `ARITY`, how many
-    tensors it reads; `PASSTHROUGH`, whether it keeps its input's values (max pool, flatten: a weight layer
-    behind it still reads a quantizer's codes); `ROLE`, what it is to the datapath (`dsetool.gemm.ROLES`:
+    tensors it reads (at least, when `VARIADIC`); `PASSTHROUGH`, whether it keeps its inputs' values (max
+    pool, flatten, concat: a weight layer behind it still reads quantizers' codes); `ROLE`, what it is to
+    the datapath (`dsetool.gemm.ROLES`:
     whether it costs a pass of the vector unit after the array, `vector_pass`).
     """
 
     KINDS: ClassVar[tuple[str, ...]] = ()
     ARITY: ClassVar[int] = 1
+    VARIADIC: ClassVar[bool] = False   # reads ARITY tensors or more
     PASSTHROUGH: ClassVar[bool] = False
     ROLE: ClassVar[str] = ""   # each class names its own: a missing one is refused by `vector_pass`
 
@@ -381,6 +383,51 @@ class Add(_OneKind):
 
 
 @dataclass(frozen=True)
+class Concat(_OneKind):
+    """Two or more quantizers' codes joined along the channels (torch.cat(dim=1)): the producers write
+    adjacent channel ranges of one activation buffer, which the next layer reads as one tensor.
+
+    The codes keep their values, so they must mean the same at every channel: every input is a
+    quantizer's codes (through max pools and flattens) of one format, scale, width and sign alike.
+    Brevitas's graph quantization gives the inputs of a concatenation one shared quantizer for this
+    reason (sign included), as it does for an add; `check_wiring` holds an export to it."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ("concat",)
+    ARITY: ClassVar[int] = 2
+    VARIADIC: ClassVar[bool] = True
+    PASSTHROUGH: ClassVar[bool] = True
+    ROLE: ClassVar[str] = datapath.RESHAPE   # addressing: where each producer writes in the buffer
+
+    name: str
+    out_shape: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str, kind: str) -> Concat:
+        if fields.get("axis", int) != 1:
+            raise ValueError(f"{fields.where}: only concatenation along the channels (axis 1) is supported")
+        return Concat(name=fields.get("name", str), out_shape=fields.shape("out_shape"))
+
+    def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        rest = {tuple(shape[1:]) for shape in inputs}
+        if len(rest) != 1:
+            raise ValueError(f"concatenates tensors of shapes {' and '.join(str(list(s)) for s in inputs)}, which "
+                             "differ beyond the channels")
+        return (sum(shape[0] for shape in inputs), *rest.pop())
+
+    def check_wiring(self, model: IntModel, index: int, where: str) -> None:
+        feeds = [model.ops[p] if p is not None else None for p in model.producers(index)]
+        if not all(isinstance(feed, QuantAct) for feed in feeds):
+            raise ValueError(f"{where}: a concat must read quantizers' codes (through maxpool2d / flatten only), "
+                             f"not {[feed.kind if feed else 'the images' for feed in feeds]}")
+        formats = {(feed.scale, feed.bits, feed.signed, feed.narrow_range) for feed in feeds
+                   if isinstance(feed, QuantAct)}
+        if len(formats) > 1:
+            raise ValueError(f"{where}: concatenates the codes of {[feed.name for feed in feeds if feed]}, whose "
+                             "(scale, bits, signed, narrow_range) differ: "
+                             f"{sorted(formats)} (one shared quantizer gives them one format)")
+
+
+@dataclass(frozen=True)
 class Flatten(_OneKind):
     KINDS: ClassVar[tuple[str, ...]] = ("flatten",)
     PASSTHROUGH: ClassVar[bool] = True
@@ -399,10 +446,10 @@ class Flatten(_OneKind):
         return (math.prod(inputs[0]),)
 
 
-Op = QuantAct | Conv2d | Linear | MaxPool2d | AvgPool2d | Add | Flatten
+Op = QuantAct | Conv2d | Linear | MaxPool2d | AvgPool2d | Add | Concat | Flatten
 
 # The export's op kinds and the class each loads as: the one list of what the integer model can hold.
-OP_CLASSES: tuple[type[OpKind], ...] = (QuantAct, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Flatten)
+OP_CLASSES: tuple[type[OpKind], ...] = (QuantAct, Conv2d, Linear, MaxPool2d, AvgPool2d, Add, Concat, Flatten)
 KINDS: dict[str, type[OpKind]] = {kind: cls for cls in OP_CLASSES for kind in cls.KINDS}
 PASSTHROUGH: tuple[str, ...] = tuple(kind for kind, cls in KINDS.items() if cls.PASSTHROUGH)
 
@@ -438,9 +485,10 @@ class IntModel:
         return self.input_shape if source == INPUT else self.ops[source].out_shape
 
     def producer(self, index: int) -> int | None:
-        """Return the op whose values op `index` (of one input) reads through max-pools and flattens (which
-        keep them): a quantizer for a weight op, the op whose integers it requantizes for a quantizer; None
-        for the images."""
+        """Return the op whose values op `index` (of one input) reads through max-pools, flattens and
+        concats (which keep them): a quantizer for a weight op, the op whose integers it requantizes for a
+        quantizer; None for the images. Behind a concat, its first input's quantizer, which stands for all
+        (`Concat`: one format); `quantizers_read` gives each."""
         return self._through_passthrough(self.input_of(index))
 
     def producers(self, index: int) -> tuple[int | None, ...]:
@@ -449,8 +497,24 @@ class IntModel:
 
     def _through_passthrough(self, source: int) -> int | None:
         while source != INPUT and self.ops[source].kind in PASSTHROUGH:
-            source = self.input_of(source)
+            source = self.inputs[source][0]
         return None if source == INPUT else source
+
+    def quantizers_read(self, index: int) -> tuple[tuple[int, int], ...]:
+        """Return (quantizer op, channels) for each channel range of the codes op `index` (of one input)
+        reads, in channel order: one range, except behind a concat (each input's, in order). Empty when
+        it reads the images or a tensor that holds no codes."""
+        return self._codes_behind(self.input_of(index))
+
+    def _codes_behind(self, source: int) -> tuple[tuple[int, int], ...]:
+        if source == INPUT:
+            return ()
+        op = self.ops[source]
+        if isinstance(op, Concat):
+            return tuple(part for read in self.inputs[source] for part in self._codes_behind(read))
+        if op.kind in PASSTHROUGH:
+            return self._codes_behind(self.inputs[source][0])
+        return ((source, op.out_shape[0]),) if isinstance(op, QuantAct) else ()
 
     @property
     def bit_exact(self) -> bool:
@@ -688,8 +752,9 @@ def _parse_inputs(raw_ops: list[Any], ops: tuple[Op, ...], version: int, source:
         if unknown:
             raise ValueError(f"{where}: inputs {unknown} name no earlier op (ops are in topological order; the "
                              f"images are {GRAPH_INPUT!r})")
-        if len(names) != op.ARITY:
-            raise ValueError(f"{where}: a {op.kind} reads {op.ARITY} tensor(s), not {len(names)}")
+        if len(names) < op.ARITY if op.VARIADIC else len(names) != op.ARITY:
+            least = "at least " if op.VARIADIC else ""
+            raise ValueError(f"{where}: a {op.kind} reads {least}{op.ARITY} tensor(s), not {len(names)}")
         out.append(tuple(INPUT if n == GRAPH_INPUT else index_of[n] for n in names))
         if op.name in index_of or op.name == GRAPH_INPUT:
             raise ValueError(f"{where}: the name is taken (op names are the graph's tensor names)")

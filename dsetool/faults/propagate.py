@@ -36,7 +36,7 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.executor import Requantizer
-from dsetool.engine.intmodel import Add, Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct
+from dsetool.engine.intmodel import Add, Concat, Conv2d, Flatten, IntModel, Linear, MaxPool2d, Op, QuantAct
 from dsetool.faults import kernels
 from dsetool.protect.check import RangeCheck
 
@@ -230,9 +230,11 @@ def propagate(engine: Engine, golden: Sequence[torch.Tensor], inputs: np.ndarray
         last = index
         if step is _SKIP:  # flatten: the same values at the same flat positions
             state.add(index, state.changed[reads[0]])
-        elif not isinstance(step, _Step):   # no sparse step here (an average pool's sum): the dense path
+        elif not isinstance(step, _Step | _Joined):   # no sparse step here (an average pool's sum): the dense path
             rows = np.unique(np.concatenate([state.changed[t].rows for t in state.read_by(reads)]))
             joins.append(state.leave(index, rows, golden, inputs))
+        elif isinstance(step, _Joined):
+            state.add(index, step.changes(state))
         elif step.binary:
             state.add(index, _sum(step, state, golden, inputs))
         else:
@@ -316,9 +318,43 @@ class _Step:
     binary: bool = False                 # an add: `kernel` takes the changes of both inputs (`_sum`)
 
 
-def _steps(engine: Engine) -> list[_Step | str | None]:
+@dataclass(frozen=True)
+class _Joined:
+    """A concat on the sparse path: each input's changes, moved to its channels in the output (`offsets`:
+    flat position of each input's first value). Values pass unchanged, so nothing is masked here."""
+
+    reads: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+    def changes(self, state: _Tensors) -> Changes:
+        """Return the output's changes: per fault, its changes of every input, in input order."""
+        parts = [state.changed.get(read, Changes.empty()) for read in self.reads]
+        rows = np.unique(np.concatenate([part.rows for part in parts]))
+        counts, elements, values, owners = [], [], [], []
+        for part, offset in zip(parts, self.offsets, strict=True):
+            start, element, value = part.aligned(rows, len(state.holds))
+            count = np.diff(start)
+            counts.append(count)
+            elements.append(element + offset)
+            values.append(value)
+            owners.append(np.repeat(np.arange(len(rows)), count))
+        order = np.argsort(np.concatenate(owners), kind="stable")   # by fault; inputs in order within one
+        start = np.concatenate([[0], np.cumsum(np.sum(counts, axis=0))]).astype(np.int64)
+        return Changes(rows, start, np.concatenate(elements)[order], np.concatenate(values)[order])
+
+
+def _concat_step(engine: Engine, index: int) -> _Joined:
+    """A concat: its inputs' changes at their channels' place (`_Joined`)."""
+    model = engine.model
+    plane = math.prod(model.ops[index].out_shape[1:])
+    channels = [model.ops[read].out_shape[0] for read in model.inputs[index]]
+    offsets = np.concatenate([[0], np.cumsum(channels)[:-1]]) * plane
+    return _Joined(model.inputs[index], tuple(int(offset) for offset in offsets))
+
+
+def _steps(engine: Engine) -> list[_Step | _Joined | str | None]:
     """Return the step of every op, built once per engine (see `_sparse_step_of`)."""
-    def build() -> list[_Step | str | None]:
+    def build() -> list[_Step | _Joined | str | None]:
         if not follows(engine):
             raise NotImplementedError("The sparse fault path follows range checks only (see `follows`)")
         steps = [_sparse_step_of(engine, index, op) for index, op in enumerate(engine.model.ops)]
@@ -328,11 +364,11 @@ def _steps(engine: Engine) -> list[_Step | str | None]:
                     if index in engine.input_checks else None)
                 for index, step in enumerate(steps)]
 
-    steps: list[_Step | str | None] = _operand(engine, ("steps", 0), build)
+    steps: list[_Step | _Joined | str | None] = _operand(engine, ("steps", 0), build)
     return steps
 
 
-def _sparse_step_of(engine: Engine, index: int, op: Op) -> _Step | str | None:
+def _sparse_step_of(engine: Engine, index: int, op: Op) -> _Step | _Joined | str | None:
     """Return how the sparse path crosses op `index`: a step, `_SKIP` (flatten: the same values), or None
     (the faults join the dense path here: an op class without a builder in `_SPARSE_STEPS`, or one whose
     builder declines)."""
@@ -435,9 +471,9 @@ def _source(engine: Engine, index: int) -> int:
 
 
 # op class -> how the sparse path crosses it; an op class missing here sends its faults to the dense path.
-_SPARSE_STEPS: dict[type, Callable[[Engine, int], _Step | str | None]] = {
+_SPARSE_STEPS: dict[type, Callable[[Engine, int], _Step | _Joined | str | None]] = {
     Conv2d: _conv_step, Linear: _linear_step, MaxPool2d: _pool_step, QuantAct: _requantize_step, Add: _add_step,
-    Flatten: lambda engine, index: _SKIP}
+    Concat: _concat_step, Flatten: lambda engine, index: _SKIP}
 
 
 def _window(op: Conv2d | MaxPool2d, in_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

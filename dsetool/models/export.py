@@ -73,7 +73,10 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], met
         raise ValueError(f"Calibration method must be one of {', '.join(map(repr, CALIBRATION_METHODS))}, "
                          f"not {method!r}")
     proxies = _act_proxies(model)
-    stats = {name: _Statistic(method, percentile) for name in proxies}
+    # Quantizers sharing one scale (Brevitas aligns the inputs of a concatenation so) share one statistic.
+    impls = {name: _scaling_impl(proxy, name) for name, proxy in proxies.items()}
+    shared = {id(impl): _Statistic(method, percentile) for impl in impls.values()}
+    stats = {name: shared[id(impl)] for name, impl in impls.items()}
     hooks = [proxy.fused_activation_quant_proxy.activation_impl.register_forward_hook(stats[name].update)
              for name, proxy in proxies.items()]
     try:
@@ -81,10 +84,10 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor], met
     finally:
         for hook in hooks:
             hook.remove()
-    for name, proxy in proxies.items():
+    for name, impl in impls.items():
         if stats[name].batches == 0:
             raise ValueError(f"Calibration saw no data at {name!r}: the batches were empty")
-        _set_runtime_scale(_scaling_impl(proxy, name), stats[name].value())
+        _set_runtime_scale(impl, stats[name].value())
 
 
 def _act_proxies(model: nn.Module) -> dict[str, Any]:
@@ -223,6 +226,9 @@ class _Exporter:
 
     def _function_node(self, node: torch.fx.Node) -> None:
         function = node.target
+        if function is torch.cat:
+            self._concat(node)
+            return
         tensors = [arg for arg in node.args if isinstance(arg, torch.fx.Node)]
         reads = [self._read(arg, node) for arg in tensors]
         if function in (operator.add, torch.add) and len(tensors) == 2 and not node.kwargs:
@@ -291,6 +297,20 @@ class _Exporter:
 
     def _add(self, name: str, module: Any, reads: list[str]) -> dict[str, Any]:
         return {}
+
+    def _concat(self, node: torch.fx.Node) -> None:
+        """torch.cat of two or more tensors along the channels: an op reading them all, holding the codes
+        of their (one, shared) quantizer."""
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        rank = len(self.shapes[node.name]) + 1   # with the batch
+        if not isinstance(parts, list | tuple) or len(parts) < 2 or not isinstance(dim, int) or dim % rank != 1:
+            raise ValueError(f"Cannot export {node.name!r}: only torch.cat of two or more tensors along the "
+                             f"channels (dim 1) is an op the integer engine runs")
+        reads = [self._read(part, node) for part in parts]
+        if reads[0] in self.code_scale:
+            self.code_scale[node.name] = self.code_scale[reads[0]]   # the loader checks the others agree
+        self._append(node, "concat", node.name, reads, {"axis": 1})
 
     def _flatten(self, name: str, module: nn.Flatten, reads: list[str]) -> dict[str, Any]:
         if module.start_dim != 1 or module.end_dim != -1:
@@ -451,6 +471,8 @@ def export_integer(model: nn.Module, out_dir: Path, *, arch: str, input_shape: t
       quantizer reading it divides as part of its requantization, as Brevitas scales a pooled QuantTensor.
     - `add`: the sum of two quantizers' codes of one scale (exactly equal: the loader checks), an integer
       at that scale; read by a quantizer, as a residual block's output quantizer reads it.
+    - `concat` (`axis` 1): the codes of two or more quantizers of one format (scale, bits, sign: the
+      loader checks) joined along the channels, in the order of `inputs`.
 
     The last op is the linear layer whose float output is the logits (`logits` names it).
     """

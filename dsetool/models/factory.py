@@ -139,7 +139,8 @@ def _allowed_modules() -> tuple[type, ...]:
             nn.Identity, nn.Dropout)
 
 
-SUPPORTED = "conv2d (any stride, padding, groups), linear, relu, max pool, average pool, flatten, add"
+SUPPORTED = ("conv2d (any stride, padding, groups), linear, relu, max pool, average pool, flatten, add, "
+             "torch.cat along the channels")
 
 
 def _check_supported(graph: Any, path: Path) -> None:
@@ -147,7 +148,7 @@ def _check_supported(graph: Any, path: Path) -> None:
     from torch import nn
 
     modules = dict(graph.named_modules())
-    functions = (operator.add, torch.add, torch.flatten)
+    functions = (operator.add, torch.add, torch.flatten, torch.cat)
     for node in graph.graph.nodes:
         if node.op == "call_module":
             module = modules[node.target]
@@ -198,8 +199,12 @@ def quantize(model: nn.Module, spec: QuantSpec, path: Path | str = "model") -> A
     layers = {nn.AvgPool2d: None, nn.Conv2d: (QuantConv2d, weights()), nn.Linear: (QuantLinear, weights())}
     relu = {nn.ReLU: (QuantReLU, {"act_quant": act_quantizer(spec, spec.act_bits, signed=not spec.relu_unsigned),
                                   "return_quant_tensor": True})}
-    return graph_quantize(graph, quant_identity_map={"signed": identity(True), "unsigned": identity(False)},
-                          compute_layer_map=layers, quant_act_map=relu, requantize_layer_handler_output=False)
+    quantized = graph_quantize(graph, quant_identity_map={"signed": identity(True), "unsigned": identity(False)},
+                               compute_layer_map=layers, quant_act_map=relu, requantize_layer_handler_output=False)
+    # Aligning a concatenation's ReLU inputs shares their scale and leaves the quantizer Brevitas made for
+    # the alignment unused: calibrating it would find no data.
+    quantized.delete_all_unused_submodules()
+    return quantized
 
 
 @functools.lru_cache(maxsize=16)

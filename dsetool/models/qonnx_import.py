@@ -96,7 +96,7 @@ class _Importer:
         if handler is None:
             raise self.fail(node, "not an op the integer engine runs (it runs Quant, Conv, Gemm, MatMul with the Add "
                                   "of its bias and a Transpose of its weights, Relu before a Quant, MaxPool, "
-                                  "AveragePool, GlobalAveragePool, Flatten, Reshape, Add)")
+                                  "AveragePool, GlobalAveragePool, Flatten, Reshape, Add, Concat)")
         try:
             handler(node)
         except QonnxError:
@@ -357,6 +357,22 @@ class _Importer:
         if first not in self.shapes or second not in self.shapes:
             raise self.fail(node, "adds a tensor that no supported op produced (both inputs must be quantized)")
         self.add(node, "add", self.name_for(_node_name(node)), [first, second], self.shapes[first])
+
+    def _concat(self, node: Any) -> None:
+        parts = list(node.input)
+        missing = [name for name in parts if name not in self.shapes]
+        if missing:
+            raise self.fail(node, f"joins {missing[0]!r}, which no supported op produced (every input must be "
+                                  "quantized)")
+        rank = len(self.shapes[parts[0]]) + 1   # with the batch
+        if len(parts) < 2 or _attributes(node).get("axis", 0) % rank != 1:
+            raise self.fail(node, "only a concatenation of two or more tensors along the channels (axis 1) runs "
+                                  "on the engine")
+        shapes = [self.shapes[name] for name in parts]
+        self.add(node, "concat", self.name_for(_node_name(node)), parts,
+                 [sum(shape[0] for shape in shapes), *shapes[0][1:]], axis=1)
+        if parts[0] in self.code_scale:
+            self.code_scale[node.output[0]] = self.code_scale[parts[0]]   # the loader checks the others agree
 
     def _add_bias(self, node: Any, layer: int, bias_name: str) -> None:
         """Put the bias an Add gives a MatMul's output into that linear layer (its accumulators are the sum)."""

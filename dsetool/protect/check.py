@@ -67,13 +67,56 @@ def acted(check: Check, before: torch.Tensor, after: torch.Tensor) -> torch.Tens
 
 def at_inputs(model: IntModel, checks: Mapping[int, Check]) -> dict[int, Check]:
     """Return protections keyed by the output op they follow as protections of the weight ops that read
-    those outputs (`Engine(input_checks=...)`): the check then also meets faults in the input buffer."""
-    moved = {}
+    those outputs (`Engine(input_checks=...)`): the check then also meets faults in the input buffer.
+    A layer reading a concatenation checks each input's channels with that input's protection
+    (`_by_channels`)."""
+    moved: dict[int, Check] = {}
     for index, op in enumerate(model.ops):
-        source = model.producer(index) if isinstance(op, WeightOp) else None
-        if source is not None and source in checks:
-            moved[index] = checks[source]
+        parts = model.quantizers_read(index) if isinstance(op, WeightOp) else ()
+        found = [(model.ops[quantizer], channels, checks.get(quantizer)) for quantizer, channels in parts]
+        only = found[0][2] if len(found) == 1 else None
+        if only is not None:
+            moved[index] = only
+        elif len(found) > 1 and any(check is not None for _, _, check in found):
+            moved[index] = _by_channels(found)
     return moved
+
+
+def _by_channels(parts: Sequence[tuple[Any, int, Check | None]]) -> Check:
+    """Return one protection of a concatenation's channels from its inputs' (quantizer, channels, check):
+    range checks of one mode (or none: the quantizer's full range, never acted on) as one range check of
+    their bounds side by side, which the sparse fault path follows; else each check on its channels."""
+    ranges = [check for _, _, check in parts if check is not None]
+    modes = {check.mode for check in ranges if isinstance(check, RangeCheck)}
+    if len(modes) == 1 and all(isinstance(check, RangeCheck) for check in ranges):
+        lo, hi = [], []
+        for quantizer, channels, check in parts:
+            if isinstance(check, RangeCheck):
+                lo.append(check.lo)
+                hi.append(check.hi)
+            else:
+                low, high = quantizer.qrange
+                lo.append(np.full(channels, low, dtype=np.int64))
+                hi.append(np.full(channels, high, dtype=np.int64))
+        return RangeCheck(modes.pop(), np.concatenate(lo), np.concatenate(hi))
+    return ChannelChecks(tuple((channels, check) for _, channels, check in parts))
+
+
+@dataclass(frozen=True)
+class ChannelChecks:
+    """Protections of consecutive channel ranges of one tensor (a concatenation's inputs), each applied to
+    its own channels; None leaves a range as it is."""
+
+    parts: tuple[tuple[int, Check | None], ...]
+
+    def __call__(self, codes: torch.Tensor) -> torch.Tensor:
+        planes = codes.shape[1] // sum(channels for channels, _ in self.parts) if codes.dim() == 2 else 1
+        pieces, first = [], 0
+        for channels, check in self.parts:
+            piece = codes[:, first:first + channels * planes]
+            pieces.append(piece if check is None else check(piece))
+            first += channels * planes
+        return torch.cat(pieces, dim=1)
 
 
 def placed(model: IntModel, checks: Mapping[int, Check], placement: str) -> dict[str, dict[int, Check]]:
