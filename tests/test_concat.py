@@ -28,7 +28,7 @@ def quantized_squeezenet(bits: int) -> torch.nn.Module:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = quantize(build_float(SQUEEZENET, 1, 10, (SIDE, SIDE)).eval(), QuantSpec(weight_bits=bits, act_bits=bits),
-                     SQUEEZENET)
+                     SQUEEZENET, (1, SIDE, SIDE))
     calibrate_activations(model, [digits(SIDE).calib.x[:64]])
     return model.eval()
 

@@ -75,7 +75,7 @@ def test_a_factory_network_runs_bit_for_bit_on_the_engine(tmp_path: Path, networ
     model.train()
     with torch.no_grad():
         model(data.train.x[:64] * 2)   # batch-norm statistics to merge
-    quantized = quantize(model.eval(), QuantSpec(weight_bits=bits, act_bits=bits), network_file)
+    quantized = quantize(model.eval(), QuantSpec(weight_bits=bits, act_bits=bits), network_file, (1, 16, 16))
     calibrate_activations(quantized, [data.calib.x[:64]])
     quantized.eval()
     export_integer(quantized, tmp_path / "export", arch="make", input_shape=(1, 16, 16))
@@ -173,3 +173,60 @@ def test_a_factory_network_runs_through_the_stages(tmp_path: Path, network_file:
     assert (metrics["weight_bits"], metrics["act_bits"]) == (4, 4) and metrics["planned_inferences"] == 150
     model = json.loads(next((runs / "train-qat").glob("*/*/intmodel.json")).read_text())
     assert model["arch"] == "net.make" and {"add", "avgpool2d"} <= {op["op"] for op in model["ops"]}
+
+
+CIFAR_RESNET = "tests.fixtures.cifar_resnet:make"
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_network_that_reads_its_own_sizes_runs_bit_for_bit(tmp_path: Path, bits: int) -> None:
+    """`F.avg_pool2d(out, out.size()[3])` and `out.view(out.size(0), -1)`, the CIFAR-code idiom: the sizes
+    become constants (the pool a global average pool) and the view a flatten, then as any factory net."""
+    torch = pytest.importorskip("torch")
+    from dsetool.engine import Engine, load_intmodel
+    from dsetool.models.export import calibrate_activations, export_integer
+    from dsetool.models.factory import build_float, describe, quantize, source_digest
+    from dsetool.models.quant import QuantSpec
+    from tests.fixtures.engines import digits
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    data = digits(16)
+    model = build_float(CIFAR_RESNET, 1, 10, (16, 16))
+    model.train()
+    with torch.no_grad():
+        model(data.train.x[:64] * 2)
+    quantized = quantize(model.eval(), QuantSpec(weight_bits=bits, act_bits=bits), CIFAR_RESNET, (1, 16, 16))
+    calibrate_activations(quantized, [data.calib.x[:64]])
+    quantized.eval()
+    export_integer(quantized, tmp_path, arch="cifar", input_shape=(1, 16, 16))
+    engine = Engine(load_intmodel(tmp_path))
+    assert [op.kind for op in engine.model.ops][-4:] == ["avgpool2d", "flatten", "quant_identity", "linear"]
+    assert engine.model.ops[-4].kernel == (8, 8)
+    for x in (torch.rand(16, 1, 16, 16), data.test.x[:64]):
+        with torch.no_grad():
+            expected = quantized(x).double() / engine.acc_scale(engine.weight_layers[-1])
+        assert torch.equal(engine.run(x), expected)
+    info = describe(CIFAR_RESNET, source_digest(CIFAR_RESNET), 1, (16, 16), 10)
+    assert info.vector_passes == tuple(engine.model.vector_passes())
+
+
+def test_only_sizes_that_do_not_depend_on_the_batch_become_constants() -> None:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from dsetool.models.tracing import static_graph
+
+    class Sized(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pooled = torch.nn.functional.avg_pool2d(x, x.shape[2] // 2)
+            return pooled.reshape(x.size(0), -1) * x.size(0)   # the factor depends on the batch: kept
+
+    graph = static_graph(Sized(), (3, 8, 8))
+    calls = [(node.op, node.target) for node in graph.graph.nodes]
+    assert ("call_function", torch.flatten) in calls and ("call_method", "reshape") not in calls
+    pool = next(node for node in graph.graph.nodes if "avg_pool2d" in str(node.target))
+    assert pool.args[1] == 4
+    assert sum(target == "size" for _, target in calls) == 1   # x.size(0) for the factor
+    x = torch.rand(5, 3, 8, 8)
+    assert torch.equal(graph(x), Sized()(x))

@@ -117,14 +117,17 @@ def build_float(spec: str, in_channels: int, num_classes: int, image_size: tuple
     return model
 
 
-def prepared(model: nn.Module, path: Path) -> Any:
-    """Return Brevitas's preprocessed graph of a float model (traced, batch norms merged) after checking
-    every node against the ops the integer engine runs."""
+def prepared(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Any:
+    """Return Brevitas's preprocessed graph of a float model for (C, H, W) inputs (traced with its sizes
+    as constants, `models.tracing`; batch norms merged) after checking every node against the ops the
+    integer engine runs."""
     from brevitas.graph.quantize import preprocess_for_quantize
+
+    from dsetool.models.tracing import static_graph
 
     model.eval()
     try:
-        graph = preprocess_for_quantize(model, trace_model=True, merge_bn=True)
+        graph = preprocess_for_quantize(static_graph(model, input_shape), trace_model=True, merge_bn=True)
     except Exception as error:   # torch.fx raises many kinds on code it cannot trace
         raise FactoryError(f"{path}: the model cannot be traced into a graph (torch.fx): "
                            f"{type(error).__name__}: {error}") from None
@@ -175,8 +178,9 @@ def _check_supported(graph: Any, path: Path) -> None:
                                "the integer engine does not run")
 
 
-def quantize(model: nn.Module, spec: QuantSpec, path: Path | str = "model") -> Any:
-    """Return the Brevitas graph model of a float model at `spec`'s widths and scale format."""
+def quantize(model: nn.Module, spec: QuantSpec, path: Path | str, input_shape: tuple[int, ...]) -> Any:
+    """Return the Brevitas graph model of a float model for (C, H, W) inputs at `spec`'s widths and scale
+    format (`path`: the factory's file, named in errors)."""
     from brevitas.graph.quantize import quantize as graph_quantize
     from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
     from torch import nn
@@ -185,7 +189,7 @@ def quantize(model: nn.Module, spec: QuantSpec, path: Path | str = "model") -> A
 
     if spec.per_layer:
         raise FactoryError(f"{path}: per-layer bit widths (quant.layers) are not offered for factory models")
-    graph = prepared(model, Path(path))
+    graph = prepared(model, Path(path), input_shape)
     bits = spec.weight_bits
 
     def weights() -> dict[str, Any]:
@@ -215,7 +219,7 @@ def describe(spec: str, digest: str, in_channels: int, image_size: tuple[int, in
 
     model = build_float(spec, in_channels, num_classes, image_size)
     path = source_file(spec)
-    graph = prepared(model, path)
+    graph = prepared(model, path, (in_channels, *image_size))
     shapes: dict[str, tuple[int, ...]] = {}
     modules = dict(graph.named_modules())
     hooks = [modules[node.target].register_forward_hook(_recorder(shapes, node.name))
@@ -245,7 +249,8 @@ def _trial_export(spec: str, path: Path, in_channels: int, num_classes: int, ima
     from dsetool.models.export import integer_model
     from dsetool.models.quant import QuantSpec
 
-    quantized = quantize(build_float(spec, in_channels, num_classes, image_size), QuantSpec(), path)
+    quantized = quantize(build_float(spec, in_channels, num_classes, image_size), QuantSpec(), path,
+                         (in_channels, *image_size))
     try:
         exported, arrays = integer_model(quantized, arch="trial", input_shape=(in_channels, *image_size))
         return tuple(parse_intmodel(exported, arrays).vector_passes())

@@ -73,7 +73,8 @@ def new_model(cfg: RunConfig, splits: DataSplits, quantized: bool,
             model = build_float(cfg.model.factory, splits.in_channels, splits.num_classes, splits.image_size)
             if float_state is not None:
                 model.load_state_dict(float_state)
-            return quantize(model, quant_spec(cfg), source_file(cfg.model.factory)) if quantized else model
+            return quantize(model, quant_spec(cfg), source_file(cfg.model.factory),
+                            (splits.in_channels, *splits.image_size)) if quantized else model
         except FactoryError as error:
             raise ConfigError(str(cfg.name), "model.factory", str(error)) from None
     float_model = build_model(cfg.model.arch, in_channels=splits.in_channels, num_classes=splits.num_classes,
