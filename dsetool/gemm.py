@@ -52,9 +52,14 @@ def array_gemms(gemms: Sequence[Gemm]) -> list[tuple[int, int, int]]:
     return [g.tile_shape for g in gemms for _ in range(g.groups)]
 
 
-def window_side(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Return the output side of a convolution or pool (floor mode, dilation 1)."""
-    return (size + 2 * padding - kernel) // stride + 1
+def window_side(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> int:
+    """Return the output side of a convolution or pool (dilation 1). Ceil mode (a pool's option) also keeps
+    a last window that runs past the far edge, as long as it starts inside the input or its near padding
+    (PyTorch's rule)."""
+    if not ceil_mode:
+        return (size + 2 * padding - kernel) // stride + 1
+    side = -(-(size + 2 * padding - kernel) // stride) + 1
+    return side - 1 if (side - 1) * stride >= size + padding else side
 
 
 # What a layer is to the datapath; `vector_pass` decides from it whether the layer costs cycles of its own.

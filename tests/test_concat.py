@@ -64,9 +64,9 @@ def test_planning_sees_the_exported_vector_passes() -> None:
     info = describe(SQUEEZENET, source_digest(SQUEEZENET), 1, (SIDE, SIDE), 10)
     assert [layer for layer in info.weight_layers if "expand" in layer] == \
         ["fire1.expand1.0", "fire1.expand3.0", "fire2.expand1.0", "fire2.expand3.0"]
-    # a concat is addressing (each expand writes its channels of one buffer): the 2x2 max pool after fire1
-    # and the head's global average pool over 4x4 are the only passes
-    assert [p.window for p in info.vector_passes] == [4, 16]
+    # a concat is addressing (each expand writes its channels of one buffer): the 3x3 max pool after fire1
+    # (ceil mode: 8x8 to 4x4) and the head's global average pool over 4x4 are the only passes
+    assert [(p.window, p.positions) for p in info.vector_passes] == [(9, 16), (16, 1)]
 
 
 def test_a_qonnx_round_trip_gives_the_same_model_and_the_executor_agrees(exported, tmp_path: Path) -> None:

@@ -338,12 +338,29 @@ def test_importing_the_engine_imports_neither_brevitas_nor_amaranth() -> None:
     ((2, 2), (2, 2), (0, 0), (28, 28)), ((3, 3), (2, 2), (1, 1), (9, 7)), ((2, 3), (1, 2), (0, 1), (5, 6)),
     ((1, 1), (1, 1), (0, 0), (4, 5)), ((1, 3), (2, 1), (0, 1), (6, 6)), ((4, 4), (4, 4), (0, 0), (8, 8)),
 ])
-def test_max_pool_equals_torch(kernel, stride, padding, size):
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pool_equals_torch(kernel, stride, padding, size, ceil_mode):
     from dsetool.engine.ops import max_pool2d
 
     codes = torch.randint(-128, 128, (3, 4, *size)).double()
-    expected = torch.nn.functional.max_pool2d(codes, kernel, stride=stride, padding=padding)
-    assert torch.equal(max_pool2d(codes, kernel, stride, padding), expected)
+    expected = torch.nn.functional.max_pool2d(codes, kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)
+    assert torch.equal(max_pool2d(codes, kernel, stride, padding, ceil_mode), expected)
+
+
+def test_window_sides_follow_torch_in_both_modes() -> None:
+    """Ceil mode keeps a window past the far edge only while it starts inside the input or its near
+    padding: torch's rule, over every small geometry."""
+    from dsetool.gemm import window_side
+
+    for size in range(1, 12):
+        for kernel in range(1, min(size, 5) + 1):
+            for stride in range(1, 5):
+                for padding in range(0, kernel // 2 + 1):
+                    for ceil_mode in (False, True):
+                        out = torch.nn.functional.max_pool2d(torch.zeros(1, 1, size, size), kernel, stride, padding,
+                                                             ceil_mode=ceil_mode)
+                        assert window_side(size, kernel, stride, padding, ceil_mode) == out.shape[-1], \
+                            (size, kernel, stride, padding, ceil_mode)
 
 
 def test_accumulators_run_in_float32_only_while_every_register_value_is_an_exact_float32() -> None:

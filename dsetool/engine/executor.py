@@ -438,7 +438,8 @@ class Engine:
 
     def _maxpool(self, index: int, op: MaxPool2d) -> OpStep:
         self._record(self._input_ranges(index)[0], self.dtypes[self.model.inputs[index][0]])
-        return partial(ops.max_pool2d, kernel=op.kernel, stride=op.stride, padding=op.padding)
+        return partial(ops.max_pool2d, kernel=op.kernel, stride=op.stride, padding=op.padding,
+                       ceil_mode=op.ceil_mode)
 
     def _flatten(self, index: int, op: Flatten) -> OpStep:
         self._record(self._input_ranges(index)[0], self.dtypes[self.model.inputs[index][0]])

@@ -229,17 +229,18 @@ class WeightOp(_OneKind):
 
 
 class _Window(_OneKind):
-    """A sliding window over each channel (floor mode, dilation 1): `kernel`, `stride`, `padding`."""
+    """A sliding window over each channel (dilation 1; floor mode unless a max pool says otherwise):
+    `kernel`, `stride`, `padding`."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
 
-    def window_shape(self, shape: Shape, channels: int | None = None) -> Shape:
+    def window_shape(self, shape: Shape, channels: int | None = None, ceil_mode: bool = False) -> Shape:
         """Return (channels, H_out, W_out) of the window slid over a (C, H, W) input (C kept unless given)."""
         if len(shape) != 3:
             raise ValueError(f"a {self.kind} needs a (C, H, W) input, not {list(shape)}")
-        sides = [window_side(side, k, s, p)
+        sides = [window_side(side, k, s, p, ceil_mode)
                  for side, k, s, p in zip(shape[1:], self.kernel, self.stride, self.padding, strict=True)]
         if min(sides) < 1:
             raise ValueError(f"kernel {list(self.kernel)} does not fit the input {list(shape)}")
@@ -328,8 +329,24 @@ class _Pool(_Window):
 
 @dataclass(frozen=True)
 class MaxPool2d(_Pool):
+    """Max pooling; in `ceil_mode` a last window that runs past the far edge is kept (torchvision's
+    SqueezeNet pools so) and takes the maximum of the values it covers, as padding counts as -inf."""
+
     KINDS: ClassVar[tuple[str, ...]] = ("maxpool2d",)
     PASSTHROUGH: ClassVar[bool] = True
+
+    ceil_mode: bool = False
+
+    @classmethod
+    def parse(cls, fields: _Fields, arrays: Mapping[str, np.ndarray], scaling: str, kind: str) -> MaxPool2d:
+        ceil_mode = fields.raw.get("ceil_mode", False)   # absent in exports written before ceil mode
+        if not isinstance(ceil_mode, bool):
+            raise fields.error("ceil_mode", "a boolean")
+        return MaxPool2d(name=fields.get("name", str), out_shape=fields.shape("out_shape"),
+                         **cls.window_fields(fields), ceil_mode=ceil_mode)
+
+    def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        return self.window_shape(inputs[0], ceil_mode=self.ceil_mode)
 
 
 @dataclass(frozen=True)

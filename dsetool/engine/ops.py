@@ -358,7 +358,7 @@ def _floor_log2(value: Fraction) -> int:
 
 
 def max_pool2d(codes: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-               padding: tuple[int, int]) -> torch.Tensor:
+               padding: tuple[int, int], ceil_mode: bool = False) -> torch.Tensor:
     """Return the max pool of codes or accumulators (it commutes with any monotonic requantization).
 
     The maximum of a window is the maximum over its kh rows of each row's maximum over kw columns, so it is
@@ -368,9 +368,12 @@ def max_pool2d(codes: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, 
     (`benchmarks/engine_kernels.py`; torch has no fast float64 kernel at all).
     """
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    if ph or pw:
-        codes = F.pad(codes, (pw, pw, ph, ph), value=float("-inf"))
-    out_h, out_w = (codes.shape[2] - kh) // sh + 1, (codes.shape[3] - kw) // sw + 1
+    height, width = codes.shape[2:]
+    out_h, out_w = window_side(height, kh, sh, ph, ceil_mode), window_side(width, kw, sw, pw, ceil_mode)
+    beyond_h = max(0, (out_h - 1) * sh + kh - height - 2 * ph)   # ceil mode: a last window past the edge
+    beyond_w = max(0, (out_w - 1) * sw + kw - width - 2 * pw)
+    if ph or pw or beyond_h or beyond_w:
+        codes = F.pad(codes, (pw, pw + beyond_w, ph, ph + beyond_h), value=float("-inf"))
     rows = _max_of_taps(codes, 2, kh, sh, out_h)
     return _max_of_taps(rows, 3, kw, sw, out_w)
 

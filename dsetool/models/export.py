@@ -268,11 +268,12 @@ class _Exporter:
             self.code_scale[name] = self.code_scale[reads[0]]
 
     def _maxpool2d(self, name: str, module: nn.MaxPool2d, reads: list[str]) -> dict[str, Any]:
-        if module.ceil_mode or _pair(module.dilation) != [1, 1]:
-            raise ValueError(f"{name!r}: only floor-mode, dilation-1 max pools are exported")
+        if _pair(module.dilation) != [1, 1]:
+            raise ValueError(f"{name!r}: only dilation-1 max pools are exported")
         self._passes_codes(name, reads)
         stride = module.stride if module.stride is not None else module.kernel_size
-        return {"kernel": _pair(module.kernel_size), "stride": _pair(stride), "padding": _pair(module.padding)}
+        fields = {"kernel": _pair(module.kernel_size), "stride": _pair(stride), "padding": _pair(module.padding)}
+        return {**fields, "ceil_mode": True} if module.ceil_mode else fields
 
     def _avgpool2d(self, name: str, module: nn.AvgPool2d, reads: list[str]) -> dict[str, Any]:
         padding = _pair(module.padding)
@@ -465,7 +466,8 @@ def export_integer(model: nn.Module, out_dir: Path, *, arch: str, input_shape: t
       keys `<name>.weight` (int8 / int16), `<name>.weight_scale` (float64, shape () or (out,)),
       `<name>.bias` (int64, in the accumulator scale, clamped to `bias_bits`). A conv has `groups`
       (weight (out, in / groups, kh, kw); absent means 1), `stride` and `padding` (zeros).
-    - `maxpool2d` (kernel, stride, padding) and `flatten` (channels-height-width order) act on the integers.
+    - `maxpool2d` (kernel, stride, padding; `ceil_mode` true keeps a last window past the far edge, which
+      takes the maximum of what it covers) and `flatten` (channels-height-width order) act on the integers.
     - `avgpool2d` (kernel, stride, padding): the integer sum of each window (zeros where padding), at the
       input's scale divided by kh * kw; a global average pool is one window over the whole map. The
       quantizer reading it divides as part of its requantization, as Brevitas scales a pooled QuantTensor.

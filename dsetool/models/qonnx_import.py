@@ -288,26 +288,29 @@ class _Importer:
         self.add(node, "linear", name, [source], [int(weight.shape[0])], in_features=int(weight.shape[1]),
                  out_features=int(weight.shape[0]), **fields)
 
-    def _pool(self, node: Any, kind: str, kernel: list[int], strides: list[int], pads: list[int]) -> None:
+    def _pool(self, node: Any, kind: str, kernel: list[int], strides: list[int], pads: list[int],
+              ceil_mode: bool = False) -> None:
         source = node.input[0]
         if source not in self.shapes:
             raise self.fail(node, f"reads {source!r}, which no supported op produced")
         channels, height, width = self.shapes[source]
         if len(pads) != 4 or pads[:2] != pads[2:]:
             raise self.fail(node, "only symmetric padding runs on the engine")
-        sides = [window_side(s, k, st, p) for s, k, st, p in zip((height, width), kernel, strides, pads[:2],
-                                                                      strict=True)]
+        sides = [window_side(s, k, st, p, ceil_mode) for s, k, st, p in zip((height, width), kernel, strides,
+                                                                                 pads[:2], strict=True)]
+        extra = {"ceil_mode": True} if ceil_mode else {}
         self.add(node, kind, self.name_for(_node_name(node)), [source], [channels, *sides], kernel=kernel,
-                 stride=strides, padding=pads[:2])
+                 stride=strides, padding=pads[:2], **extra)
         if kind == "maxpool2d" and source in self.code_scale:
             self.code_scale[node.output[0]] = self.code_scale[source]
 
     def _maxpool(self, node: Any) -> None:
         attrs = _attributes(node)
-        if attrs.get("ceil_mode", 0) or list(attrs.get("dilations", [1, 1])) != [1, 1]:
-            raise self.fail(node, "only floor-mode, dilation-1 max pools run on the engine")
+        if list(attrs.get("dilations", [1, 1])) != [1, 1]:
+            raise self.fail(node, "only dilation-1 max pools run on the engine")
         kernel = list(attrs["kernel_shape"])
-        self._pool(node, "maxpool2d", kernel, list(attrs.get("strides", kernel)), list(attrs.get("pads", [0] * 4)))
+        self._pool(node, "maxpool2d", kernel, list(attrs.get("strides", kernel)), list(attrs.get("pads", [0] * 4)),
+                   bool(attrs.get("ceil_mode", 0)))
 
     def _averagepool(self, node: Any) -> None:
         attrs = _attributes(node)
