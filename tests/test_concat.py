@@ -43,9 +43,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module,
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_a_network_with_concatenations_runs_bit_for_bit(tmp_path: Path, bits: int) -> None:
+    """Two fire modules, and the logits a flattened global average pool of ReLU codes (no linear layer)."""
     model = quantized_squeezenet(bits)
     export_integer(model, tmp_path, arch="squeezenet", input_shape=(1, SIDE, SIDE))
     engine = Engine(load_intmodel(tmp_path))
+    assert [op.kind for op in engine.model.ops][-2:] == ["avgpool2d", "flatten"]
     concats = [i for i, op in enumerate(engine.model.ops) if isinstance(op, Concat)]
     assert len(concats) == 2
     for index in concats:   # the two expands' ReLUs, one shared quantizer's format
@@ -54,7 +56,7 @@ def test_a_network_with_concatenations_runs_bit_for_bit(tmp_path: Path, bits: in
             (second.scale, second.bits, second.signed)
     for x in (torch.rand(16, 1, SIDE, SIDE), digits(SIDE).test.x[:64]):
         with torch.no_grad():
-            expected = model(x).double() / engine.acc_scale(engine.weight_layers[-1])
+            expected = model(x).double() / engine.logit_scale()
         assert torch.equal(engine.run(x), expected)
 
 

@@ -230,3 +230,33 @@ def test_only_sizes_that_do_not_depend_on_the_batch_become_constants() -> None:
     assert sum(target == "size" for _, target in calls) == 1   # x.size(0) for the factor
     x = torch.rand(5, 3, 8, 8)
     assert torch.equal(graph(x), Sized()(x))
+
+
+@pytest.mark.parametrize("name", ["squeezenet", "resnet18", "mobilenet_v2"])
+def test_torchvision_networks_run_bit_for_bit(tmp_path: Path, name: str) -> None:
+    """torchvision's SqueezeNet 1.1 (ceil-mode pools, concatenations, logits from a pool), ResNet-18 and
+    MobileNetV2, given as factories with a one-channel stem: Brevitas's W8A8 logits, bit for bit."""
+    torch = pytest.importorskip("torch")
+    from dsetool.engine import Engine, load_intmodel
+    from dsetool.models.export import calibrate_activations, export_integer
+    from dsetool.models.factory import build_float, quantize
+    from dsetool.models.quant import QuantSpec
+    from tests.fixtures.engines import digits
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    spec = f"tests.fixtures.torchvision_nets:{name}"
+    data = digits(32)
+    model = build_float(spec, 1, 10, (32, 32))
+    model.train()
+    with torch.no_grad():
+        model(data.train.x[:32] * 2)   # batch-norm statistics to merge
+    quantized = quantize(model.eval(), QuantSpec(weight_bits=8, act_bits=8), spec, (1, 32, 32))
+    calibrate_activations(quantized, [data.calib.x[:32]])
+    quantized.eval()
+    export_integer(quantized, tmp_path, arch=name, input_shape=(1, 32, 32))
+    engine = Engine(load_intmodel(tmp_path))
+    x = data.test.x[:8]
+    with torch.no_grad():
+        expected = quantized(x).double() / engine.logit_scale()
+    assert torch.equal(engine.run(x), expected)

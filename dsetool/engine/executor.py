@@ -590,23 +590,33 @@ class Engine:
         raise ValueError(f"Op {reader} reads op {source}'s output, which this run neither computes nor is given")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the last layer's integer accumulators (B, num_classes) for float images x."""
+        """Return the last op's integers (B, num_classes) for float images x: the last layer's accumulators,
+        or what the last op gives (a flattened global average pool's sums, as SqueezeNet ends)."""
         return self.run(x)
+
+    def logit_scale(self) -> torch.Tensor:
+        """Return the float scale of each logit (num_classes,): the last layer's accumulator scales, else
+        the exact scale of the last op's integers (`IntModel.scale_of`), per class."""
+        last = len(self.model.ops) - 1
+        if last in self.layers:
+            return self.acc_scale(last)
+        scales = torch.tensor([float(s) for s in self.model.scale_of(last)], dtype=torch.float64, device=self.device)
+        return scales.repeat_interleave(self.model.num_classes // len(scales))   # channel-major when flattened
 
     def acc_scale(self, index: int) -> torch.Tensor:
         """Return the float scale of weight op `index`'s accumulators, per output channel (N,)."""
         return torch.from_numpy(self.layers[index].op.acc_scale().copy()).to(self.device)
 
     def dequantized_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the float logits, accumulators times their scale (comparable with Brevitas's output)."""
-        return self.logits(x) * self.acc_scale(self.weight_layers[-1])
+        """Return the float logits, the integer logits times their scale (comparable with Brevitas's output)."""
+        return self.logits(x) * self.logit_scale()
 
     def top1(self, acc: torch.Tensor) -> torch.Tensor:
-        """Return the predicted class of logit accumulators (B, num_classes).
+        """Return the predicted class of integer logits (B, num_classes).
 
         Not `acc.argmax(1)`: with per-channel weight scales each class has its own accumulator scale.
         """
-        return (acc.to(self.device) * self.acc_scale(self.weight_layers[-1])).argmax(1)
+        return (acc.to(self.device) * self.logit_scale()).argmax(1)
 
     def requantize(self, index: int, acc: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
         """Apply weight op `index`'s output stage to `acc` (see `Requantizer.__call__`)."""

@@ -795,9 +795,10 @@ def _check_structure(model: IntModel, source: str) -> None:
     if kinds[0] != "quant_input" or "quant_input" in kinds[1:]:
         raise ValueError(f"{source}: the first op, and only it, must be quant_input; got {kinds}")
     last = ops[-1]
-    if not isinstance(last, Linear) or last.name != model.logits or last.out_features != model.num_classes:
-        raise ValueError(f"{source}: the last op must be the linear layer {model.logits!r} with num_classes "
-                         f"({model.num_classes}) outputs, not {last.kind} {last.name!r}")
+    if last.name != model.logits or last.out_shape != (model.num_classes,) or len(ops) == 1:
+        raise ValueError(f"{source}: the last op must be {model.logits!r}, giving the num_classes "
+                         f"({model.num_classes}) logits of each image, not {last.kind} {last.name!r} of shape "
+                         f"{list(last.out_shape)}")
     for index, op in enumerate(ops):
         op.check_wiring(model, index, f"{source}: op {index} ({op.name!r})")
 

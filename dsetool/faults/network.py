@@ -105,5 +105,5 @@ class EngineNetwork:
         return {layer.name: layer.widths.acc_bits for layer in self.engine.layers.values()}
 
     def logit_scale(self) -> torch.Tensor:
-        """Return the per-class scale of the logit accumulators (top-1 must compare scaled values)."""
-        return self.engine.acc_scale(self.engine.weight_layers[-1])
+        """Return the per-class scale of the integer logits (top-1 must compare scaled values)."""
+        return self.engine.logit_scale()

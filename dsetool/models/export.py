@@ -435,10 +435,11 @@ def integer_model(model: nn.Module, *, arch: str, input_shape: tuple[int, int, i
     finally:
         model.train(was_training)
     last = exporter.ops[-1]
-    if last["op"] != "linear" or exporter.logits != last["name"]:
-        raise ValueError(f"The last op must be the linear layer giving the logits, not {last['op']!r}")
+    if exporter.logits != last["name"] or len(last["out_shape"]) != 1:
+        raise ValueError(f"The network's output must be its last op giving one logit per class (a linear layer, "
+                         f"or a flattened pool), not {last['op']!r} of shape {last['out_shape']}")
     header = {"format": FORMAT, "version": VERSION, "arch": arch, "input_shape": list(input_shape),
-              "num_classes": last["out_features"],
+              "num_classes": last["out_shape"][0],
               "scaling": "po2" if _one(exporter.po2, "scaling") else "float",
               "weight_granularity": _one(exporter.granularity, "weight granularity"),
               "logits": last["name"]}
@@ -476,7 +477,8 @@ def export_integer(model: nn.Module, out_dir: Path, *, arch: str, input_shape: t
     - `concat` (`axis` 1): the codes of two or more quantizers of one format (scale, bits, sign: the
       loader checks) joined along the channels, in the order of `inputs`.
 
-    The last op is the linear layer whose float output is the logits (`logits` names it).
+    The last op gives the logits, one integer per class at that op's scale (`logits` names it): a linear
+    layer's accumulators, or, as SqueezeNet ends, a flattened global average pool's sums.
     """
     config, arrays = integer_model(model, arch=arch, input_shape=input_shape)
     out_dir = Path(out_dir)

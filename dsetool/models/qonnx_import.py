@@ -448,11 +448,13 @@ def import_qonnx(path: Path | str, arch: str | None = None) -> tuple[dict[str, A
         raise QonnxError(f"{path}: a Relu ({unused[0]!r}) is not followed by a Quant; the engine requantizes every "
                          "ReLU output")
     output = graph.output[0].name
-    if not importer.ops or importer.names.get(output) != importer.ops[-1]["name"] or importer.ops[-1]["op"] != "linear":
-        raise QonnxError(f"{path}: the graph output must be the last op, a Gemm (the logits, not requantized)")
+    if not importer.ops or importer.names.get(output) != importer.ops[-1]["name"] or \
+            len(importer.ops[-1]["out_shape"]) != 1:
+        raise QonnxError(f"{path}: the graph output must be the last op, one logit per class (a Gemm's, not "
+                         "requantized, or a flattened pool's)")
     last = importer.ops[-1]
     header = {"format": FORMAT, "version": VERSION, "arch": arch or path.stem, "input_shape": dims[1:],
-              "num_classes": last["out_features"], "scaling": "po2" if importer.po2 else "float",
+              "num_classes": last["out_shape"][0], "scaling": "po2" if importer.po2 else "float",
               "weight_granularity": "per_channel" if True in importer.per_channel else "per_tensor",
               "logits": last["name"]}
     if importer.po2 is False:   # po2 exponents were written while every scale so far was a power of two
