@@ -110,9 +110,9 @@ BROKEN = {
                      r"net.py: make returned a int, not a torch.nn.Module"),
     "unsupported module": (NETWORK.replace("nn.ReLU())\n        self.blocks", "nn.GELU())\n        self.blocks"),
                            "{file}:make", r"net.py: module 'stem.2' is a GELU, which the integer engine does not run"),
-    "ceil-mode pool": (NETWORK.replace("self.pool = nn.AdaptiveAvgPool2d(1)", "self.pool = nn.Sequential("
-                                       "nn.MaxPool2d(2, 2, ceil_mode=True), nn.AdaptiveAvgPool2d(1))"),
-                       "{file}:make", r"net.py: the quantized network cannot be exported .*floor-mode"),
+    "ceil-mode average pool": (NETWORK.replace("self.pool = nn.AdaptiveAvgPool2d(1)", "self.pool = nn.Sequential("
+                                               "nn.AvgPool2d(3, 2, ceil_mode=True), nn.AdaptiveAvgPool2d(1))"),
+                               "{file}:make", r"net.py: the quantized network cannot be exported .*floor-mode"),
     "constant added": (NETWORK.replace("return self.relu2(self.bn2", "return self.relu2(1.0 + self.bn2"),
                        "{file}:make", r"net.py: .* adds a constant to a tensor"),
     "unsupported function": (NETWORK.replace("torch.flatten(self.pool(", "torch.flatten(torch.sigmoid(self.pool("
