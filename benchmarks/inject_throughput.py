@@ -17,8 +17,10 @@ model itself: it injects only into leaf modules, and a Brevitas QuantConv2d hold
 modules), with one neuron fault per inference, sites uniform over every conv/linear output value, each
 flipping one random bit of the value's int8 code (per-layer max-abs scale): (a) batch 1, one
 `declare_neuron_fi` per fault; (b) one fault per element of a `--batch` batch, declared
-again for every batch as its documentation does. Every figure is the median of at least `--repeats`
-timed runs and of as many as fit in 2 seconds.
+again for every batch as its documentation does. The uniform campaign and PyTorchFI's faster batched mode
+are then timed once more, alternately (`paired_rates`): their ratio is the one to read on a shared machine,
+whose speed drifts between the minutes the separate figures are taken in. Every figure is the median of at
+least `--repeats` timed runs and of as many as fit in 2 seconds.
 """
 
 from __future__ import annotations
@@ -172,9 +174,10 @@ def prepare(plan: Plan, data: DataSplits, batch: int) -> Setup:
     return Setup(plan.arch, float_model, quant_model, net, intmodel, x, golden, (float_acc, int_acc))
 
 
-def campaign_rate(setup: Setup, layers: Sequence[str], samples: int, batch: int, repeats: int) -> tuple[float, str]:
-    """Return the median faults/s of a single-bit `act` flip campaign (a new seed and scratch per repeat),
-    and a note on the outcomes of the last one."""
+def campaign_runner(setup: Setup, layers: Sequence[str], samples: int, batch: int
+                    ) -> tuple[Callable[[], None], Callable[[], str]]:
+    """Return a call running one single-bit `act` flip campaign of `samples` faults (a new seed and scratch
+    each time), and one giving a note on the outcomes of the last."""
     groups = site_groups(setup.net.engine.model, "act", layers, setup.net.acc_bits())
     seeds = itertools.count()
     counts: dict[str, int] = {}
@@ -187,8 +190,16 @@ def campaign_rate(setup: Setup, layers: Sequence[str], samples: int, batch: int,
             tally, _, _ = run_campaign(setup.net, setup.golden, groups, spec, Path(scratch), lambda *_: None)
         counts.update(tally.counts)
 
-    rate = median_rate(run, samples, repeats)
-    return rate, f"masked {100 * counts['masked'] / counts['n']:.0f}%, {changed(counts['sdc'], counts['n'])}"
+    def note() -> str:
+        return f"masked {100 * counts['masked'] / counts['n']:.0f}%, {changed(counts['sdc'], counts['n'])}"
+
+    return run, note
+
+
+def campaign_rate(setup: Setup, layers: Sequence[str], samples: int, batch: int, repeats: int) -> tuple[float, str]:
+    """Return the median faults/s of a campaign (`campaign_runner`) and a note on the outcomes of the last."""
+    run, note = campaign_runner(setup, layers, samples, batch)
+    return median_rate(run, samples, repeats), note()
 
 
 def measure_ours(setup: Setup, plan: Plan, batch: int, repeats: int) -> float:
@@ -338,8 +349,16 @@ def pfi_single_rate(case: FloatCase, faults: int, repeats: int) -> tuple[float, 
 
 
 def pfi_batched_rate(case: FloatCase, batches: int, repeats: int, precomputed: bool) -> tuple[float, str]:
-    """Return PyTorchFI's faults/s with one fault per batch element, declared anew for every batch, and a
-    note on the outcomes of the last repeat.
+    """Return PyTorchFI's faults/s with one fault per batch element (`pfi_batched_runner`) and a note on
+    the outcomes of the last repeat."""
+    run, wrong = pfi_batched_runner(case, batches, precomputed)
+    size = len(case.x)
+    return median_rate(run, batches * size, repeats), changed(wrong[0], batches * size)
+
+
+def pfi_batched_runner(case: FloatCase, batches: int, precomputed: bool) -> tuple[Callable[[], None], list[int]]:
+    """Return a call injecting one fault per batch element over `batches` batches, declared anew for every
+    batch, and the count of top-1 changes of its last call.
 
     `precomputed`: the flipped values are computed ahead from the clean outputs and declared with `value=`
     (PyTorchFI's built-in hook); else the `BitFlipHook` computes them during the forward pass.
@@ -362,7 +381,7 @@ def pfi_batched_rate(case: FloatCase, batches: int, repeats: int, precomputed: b
             with torch.no_grad():
                 wrong[0] += int((corrupted(case.x).argmax(1) != case.top1).sum())
 
-    return median_rate(run, batches * size, repeats), changed(wrong[0], batches * size)
+    return run, wrong
 
 
 def flipped_values(case: FloatCase, drawn: dict[str, list[Any]], bits: torch.Tensor) -> list[float]:
@@ -378,8 +397,9 @@ def flipped_values(case: FloatCase, drawn: dict[str, list[Any]], bits: torch.Ten
     return values.tolist()
 
 
-def measure_pfi(setup: Setup, plan: Plan, batch: int, repeats: int) -> tuple[float, float] | None:
-    """Print PyTorchFI's figures; return (best batched, single) faults/s, or None when it is missing."""
+def measure_pfi(setup: Setup, plan: Plan, batch: int, repeats: int) -> tuple[float, float, bool] | None:
+    """Print PyTorchFI's figures; return (best batched, single) faults/s and whether the best batched mode
+    is (b'), or None when it is missing."""
     try:
         import pytorchfi  # noqa: F401
     except ImportError:
@@ -400,7 +420,7 @@ def measure_pfi(setup: Setup, plan: Plan, batch: int, repeats: int) -> tuple[flo
     row(f"pfi: (b) batch {batch}, 1 fault/element (N={batches * batch})", batched, "faults/s", note)
     valued, note = pfi_batched_rate(case, batches, repeats, precomputed=True)
     row(f"pfi: (b') as (b), built-in value= hook (N={batches * batch})", valued, "faults/s", note)
-    return max(batched, valued), single
+    return max(batched, valued), single, valued >= batched
 
 
 def header(batch: int, threads: int, repeats: int) -> str:
@@ -426,9 +446,18 @@ def measure(plan: Plan, data: DataSplits, batch: int, repeats: int) -> None:
     ours = measure_ours(setup, plan, batch, repeats)
     pfi = measure_pfi(setup, plan, batch, repeats)
     if pfi is not None:
-        batched, single = pfi
+        batched, single, valued = pfi
         row("ratio: ours uniform / pfi best batched (b, b')", ours / batched, "x")
         row("ratio: ours uniform / pfi single (a)", ours / single, "x")
+        # The same two timed alternately: figures taken minutes apart inherit this VM's drift.
+        batches = max(1, plan.samples // batch)
+        campaign, _ = campaign_runner(setup, [], batches * batch, batch)
+        injector, _ = pfi_batched_runner(FloatCase.of(setup.float_model, setup.x), batches, valued)
+        ours_paired, theirs_paired = paired_rates(campaign, injector, batches * batch, repeats)
+        label = "b'" if valued else "b"
+        row(f"paired: ours uniform, alternating with pfi ({label})", ours_paired, "faults/s")
+        row(f"paired: pfi ({label}), alternating with ours", theirs_paired, "faults/s")
+        row(f"ratio: ours / pfi ({label}), timed alternately", ours_paired / theirs_paired, "x")
 
 
 def main() -> None:
