@@ -428,6 +428,16 @@ def network_layers(config: RunConfig, source: str = "") -> list[str]:
     return list(factory_info(config, source).weight_layers)
 
 
+def logits_layer(config: RunConfig, source: str = "") -> str | None:
+    """Return the weight layer whose accumulators are the logits: a built-in network's last, a factory's or an
+    imported model's when its last op is one (None when the logits are a pool's sums, as SqueezeNet's)."""
+    if config.model.qonnx:
+        return qonnx_info(config, source).logits_layer
+    if config.model.factory:
+        return factory_info(config, source).logits_layer
+    return network_layers(config, source)[-1]
+
+
 def qonnx_info(config: RunConfig, source: str = "") -> Any:
     """Return the `dsetool.models.qonnx_import.QonnxInfo` of an imported model; a file that cannot be
     imported is a ConfigError on `model.qonnx`."""
@@ -504,8 +514,9 @@ def normalize(config: RunConfig, source: str) -> RunConfig:
     if config.protect.range != "profiled" and config.protect.granularity == "channel":
         raise ConfigError(source, "protect.range", f"{config.protect.range} bounds are one range per layer; "
                                                    "use protect.granularity: layer")
-    if layers[-1] in config.protect.layers:
-        raise ConfigError(source, "protect.layers", f"{layers[-1]} computes the logits: it has no requantized "
+    logits = logits_layer(config, source)
+    if logits in config.protect.layers:
+        raise ConfigError(source, "protect.layers", f"{logits} computes the logits: it has no requantized "
                                                     "output to protect")
     return config
 

@@ -165,3 +165,20 @@ def test_a_network_with_concatenations_runs_through_the_stages(tmp_path: Path, w
     assert metrics["planned_inferences"] == 120
     model = json.loads(next((runs / "train-qat").glob("*/*/intmodel.json")).read_text())
     assert sum(op["op"] == "concat" for op in model["ops"]) == 2
+
+
+def test_the_last_weight_layer_is_protectable_when_a_pool_gives_the_logits(write_experiment) -> None:
+    """SqueezeNet's last conv is requantized (its ReLU codes are pooled into the logits): it can be named in
+    `protect.layers`, where a linear logits layer cannot."""
+    from dsetool.config import load_experiment
+
+    network = Path(__file__).parent / "fixtures" / "squeezenet.py"
+    base = {"name": "fire", "data": {"name": "digits"}, "model": {"factory": f"{network}:make"},
+            "hw": {"protection": "clip"}}
+    (point,) = load_experiment(write_experiment({**base, "protect": {"layers": ["head.0"]}})).points
+    config = point.config
+    assert config.protect.layers == ("head.0",)
+    resnet = Path(__file__).parent / "fixtures" / "cifar_resnet.py"
+    with pytest.raises(Exception, match=r"protect.layers: linear computes the logits"):
+        load_experiment(write_experiment({**base, "model": {"factory": f"{resnet}:make"},
+                                          "protect": {"layers": ["linear"]}}))

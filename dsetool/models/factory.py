@@ -47,6 +47,7 @@ class FactoryInfo:
     weight_layers: tuple[str, ...]   # module paths of the conv / linear layers, in execution order
     gemms: tuple[Gemm, ...]
     vector_passes: tuple[VectorPass, ...]   # of the post-GEMM ops (from the trial export)
+    logits_layer: str | None = None  # the weight layer whose accumulators are the logits (None: a pool's sums)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -236,15 +237,16 @@ def describe(spec: str, digest: str, in_channels: int, image_size: tuple[int, in
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape[1:]) != (num_classes,):
         shape = list(logits.shape[1:]) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise FactoryError(f"{path}: the model returns {shape} per image, not the {num_classes} class logits")
-    passes = _trial_export(spec, path, in_channels, num_classes, image_size)
-    return FactoryInfo(split_spec(spec)[1], *_weight_gemms(graph, shapes), passes)
+    passes, logits_layer = _trial_export(spec, path, in_channels, num_classes, image_size)
+    return FactoryInfo(split_spec(spec)[1], *_weight_gemms(graph, shapes), passes, logits_layer)
 
 
 def _trial_export(spec: str, path: Path, in_channels: int, num_classes: int, image_size: tuple[int, int]
-                  ) -> tuple[VectorPass, ...]:
+                  ) -> tuple[tuple[VectorPass, ...], str | None]:
     """Quantize and export the untrained network once, so what only the export can refuse (a ceil-mode
     pool, a constant added to a tensor, unequal adaptive-pool windows) is refused before any training;
-    return the vector-unit passes of its integer model (they depend on shapes only, not on widths)."""
+    return the vector-unit passes of its integer model (they depend on shapes only, not on widths) and the
+    weight layer whose accumulators are the logits (None when the last op is not a weight layer)."""
     from dsetool.engine.intmodel import parse_intmodel
     from dsetool.models.export import integer_model
     from dsetool.models.quant import QuantSpec
@@ -253,7 +255,8 @@ def _trial_export(spec: str, path: Path, in_channels: int, num_classes: int, ima
                          (in_channels, *image_size))
     try:
         exported, arrays = integer_model(quantized, arch="trial", input_shape=(in_channels, *image_size))
-        return tuple(parse_intmodel(exported, arrays).vector_passes())
+        model = parse_intmodel(exported, arrays)
+        return tuple(model.vector_passes()), model.logits if model.ops[-1].gemm is not None else None
     except (ValueError, TypeError) as error:
         raise FactoryError(f"{path}: the quantized network cannot be exported to the integer engine: {error}") \
             from None

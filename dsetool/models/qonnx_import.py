@@ -479,6 +479,7 @@ class QonnxInfo:
     scaling: str
     weight_granularity: str
     relu_unsigned: bool
+    logits_layer: str | None = None   # the weight layer whose accumulators are the logits (None: a pool's sums)
 
 
 def file_digest(path: Path | str) -> str:
@@ -524,4 +525,5 @@ def _describe(path: str, digest: str) -> QonnxInfo:
                      tuple(op.name for _, op in weights), tuple(gemms), tuple(model.vector_passes()),
                      max(op.weight_bits for _, op in weights),
                      max(op.bits for op in feeding if isinstance(op, QuantAct)), model.scaling,
-                     model.weight_granularity, all(not op.signed for op in relus))
+                     model.weight_granularity, all(not op.signed for op in relus),
+                     model.logits if model.ops[-1].gemm is not None else None)
