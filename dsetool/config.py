@@ -535,7 +535,7 @@ def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
         return
     chosen = [name for name in layers if not faults.layers or name in faults.layers]
     for site in faults.sites:
-        known = [w for w in (_register_width(config, layers, name, site) for name in chosen) if w is not None]
+        known = [w for w in (_register_width(config, layers, name, site, source) for name in chosen) if w is not None]
         if not known:
             continue
         width = min(known)
@@ -545,16 +545,17 @@ def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
                                                      f"register (bits 0..{width - 1})")
 
 
-def _register_width(config: RunConfig, layers: list[str], name: str, site: str) -> int | None:
+def _register_width(config: RunConfig, layers: list[str], name: str, site: str, source: str) -> int | None:
     """Return the width of the register fault site `site` reads in layer `name` (None: the wide logits,
     or an accumulator sized for the network)."""
     register = site_registry.site(site).register
     if register.quant_bits is None:
         return config.hw.acc_bits or None
-    position = layers.index(name) + (1 if register.next_layer else 0)
-    if position == len(layers):
+    if register.next_layer and name == logits_layer(config, source):
         return None
-    override = config.quant.layers.get(layers[position])
+    position = layers.index(name) + (1 if register.next_layer else 0)
+    # past the last layer (its output requantized: logits from a pool) only the experiment's widths apply
+    override = config.quant.layers.get(layers[position]) if position < len(layers) else None
     value = getattr(override, register.quant_bits) if override is not None else None
     return int(value or getattr(config.quant, register.quant_bits))
 

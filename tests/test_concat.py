@@ -182,3 +182,36 @@ def test_the_last_weight_layer_is_protectable_when_a_pool_gives_the_logits(write
     with pytest.raises(Exception, match=r"protect.layers: linear computes the logits"):
         load_experiment(write_experiment({**base, "model": {"factory": f"{resnet}:make"},
                                           "protect": {"layers": ["linear"]}}))
+
+
+def test_only_feature_maps_are_concatenated() -> None:
+    """Flattened inputs would give channel runs of different lengths, which per-channel bounds cannot
+    describe: the loader refuses them (concatenate before flattening)."""
+    with pytest.raises(ValueError, match=r"only feature maps \(C, H, W\)"):
+        Concat(name="joined", out_shape=(12,)).output_shape([(8,), (4,)])
+    assert Concat(name="joined", out_shape=(6, 2, 2)).output_shape([(4, 2, 2), (2, 2, 2)]) == (6, 2, 2)
+
+
+def test_logits_read_through_a_flatten_keep_their_layer(tmp_path: Path, write_experiment) -> None:
+    """An all-conv classifier (a conv over the whole map to one value per class, flattened) computes the
+    logits: that conv cannot be protected, and its `out` faults are the wide logits'; SqueezeNet's last
+    conv is requantized, so a bit beyond its codes' width is refused there."""
+    from dsetool.config import load_experiment
+    from dsetool.models.factory import describe, source_digest
+
+    network = tmp_path / "allconv.py"
+    network.write_text("import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+                       "    def __init__(self, c, n):\n        super().__init__()\n"
+                       "        self.body = nn.Sequential(nn.Conv2d(c, 8, 3, 2, 1), nn.ReLU())\n"
+                       "        self.head = nn.Conv2d(8, n, 4)\n\n"
+                       "    def forward(self, x):\n        return torch.flatten(self.head(self.body(x)), 1)\n\n\n"
+                       "def make(in_channels, num_classes, image_size):\n    return Net(in_channels, num_classes)\n")
+    spec = f"{network}:make"
+    assert describe(spec, source_digest(spec), 1, (8, 8), 10).logits_layer == "head"
+    base = {"name": "x", "data": {"name": "digits"}, "hw": {"protection": "clip"}}
+    with pytest.raises(Exception, match=r"protect.layers: head computes the logits"):
+        load_experiment(write_experiment({**base, "model": {"factory": spec}, "protect": {"layers": ["head"]}}))
+    squeezenet = Path(__file__).parent / "fixtures" / "squeezenet.py"
+    with pytest.raises(Exception, match=r"faults.bits: bit 6 is beyond the 4-bit out register"):
+        load_experiment(write_experiment({**base, "model": {"factory": f"{squeezenet}:make"}, "quant": {"bits": 4},
+                                          "faults": {"site": "out", "layers": ["head.0"], "bits": [6]}}))

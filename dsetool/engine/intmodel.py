@@ -425,6 +425,11 @@ class Concat(_OneKind):
         return Concat(name=fields.get("name", str), out_shape=fields.shape("out_shape"))
 
     def output_shape(self, inputs: Sequence[Shape]) -> Shape:
+        # feature maps only: a flattened input's channel runs differ in length from input to input, which the
+        # per-channel bounds of the range checks (one pair per channel, each over one plane) cannot describe
+        if any(len(shape) != 3 for shape in inputs):
+            raise ValueError(f"concatenates {' and '.join(str(list(s)) for s in inputs)}: only feature maps (C, H, W) "
+                             "are joined (concatenate before flattening)")
         rest = {tuple(shape[1:]) for shape in inputs}
         if len(rest) != 1:
             raise ValueError(f"concatenates tensors of shapes {' and '.join(str(list(s)) for s in inputs)}, which "
@@ -516,6 +521,12 @@ class IntModel:
         while source != INPUT and self.ops[source].kind in PASSTHROUGH:
             source = self.inputs[source][0]
         return None if source == INPUT else source
+
+    def logits_layer(self) -> str | None:
+        """Return the weight layer whose accumulators are the logits (through flattens and max pools), or
+        None when the logits are another op's integers (a flattened pool of codes, as SqueezeNet ends)."""
+        source = self._through_passthrough(len(self.ops) - 1)
+        return self.ops[source].name if source is not None and self.ops[source].gemm is not None else None
 
     def quantizers_read(self, index: int) -> tuple[tuple[int, int], ...]:
         """Return (quantizer op, channels) for each channel range of the codes op `index` (of one input)

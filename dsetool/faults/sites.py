@@ -78,8 +78,8 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
                 array: ArrayConfig | None = None) -> list[SiteGroup]:
     """Return the site groups of `site` in the selected weight layers (all when `layers` is empty).
 
-    `acc_bits` gives each layer's accumulator width: the register width of the logits for `out` faults
-    on the last layer (which has no requantizer), and of partial sums unless the array fixes one.
+    `acc_bits` gives each layer's accumulator width: the register width of `out` faults on a layer without
+    a requantizer (the one whose accumulators are the logits), and of partial sums unless the array fixes one.
     """
     try:
         kind = site_registry.site(site)

@@ -256,7 +256,7 @@ def _trial_export(spec: str, path: Path, in_channels: int, num_classes: int, ima
     try:
         exported, arrays = integer_model(quantized, arch="trial", input_shape=(in_channels, *image_size))
         model = parse_intmodel(exported, arrays)
-        return tuple(model.vector_passes()), model.logits if model.ops[-1].gemm is not None else None
+        return tuple(model.vector_passes()), model.logits_layer()
     except (ValueError, TypeError) as error:
         raise FactoryError(f"{path}: the quantized network cannot be exported to the integer engine: {error}") \
             from None

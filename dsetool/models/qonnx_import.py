@@ -526,4 +526,4 @@ def _describe(path: str, digest: str) -> QonnxInfo:
                      max(op.weight_bits for _, op in weights),
                      max(op.bits for op in feeding if isinstance(op, QuantAct)), model.scaling,
                      model.weight_granularity, all(not op.signed for op in relus),
-                     model.logits if model.ops[-1].gemm is not None else None)
+                     model.logits_layer())

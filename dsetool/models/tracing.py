@@ -4,9 +4,10 @@ Networks written for PyTorch read their own tensors' sizes: `F.avg_pool2d(out, o
 whole map, `out.view(out.size(0), -1)` flattens it (the CIFAR ResNets most papers start from do both).
 torch.fx traces such a size as a graph value, and Brevitas cannot turn a pool whose kernel is a graph
 value into a module. Every image a design point sees has one shape, so each size but the batch is a
-constant: the graph is run on two batch sizes, and a size-derived value equal in both is put in as that
-constant. A view or reshape to (batch, features), the one reshape the engine runs, becomes
-`torch.flatten(x, 1)`. What else depends on the batch stays, for the op check to name.
+constant: a size-derived value that no batch dimension enters (followed through indexing and arithmetic)
+is put in as the constant it is, which a run of the graph gives (and a second run, at another batch size,
+confirms). A view or reshape to (batch, features), the one reshape the engine runs, becomes
+`torch.flatten(x, 1)`. What depends on the batch stays, for the op check to name.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ def static_graph(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.Gra
     traced = torch.fx.symbolic_trace(model)
     runs = [_values(traced, torch.zeros(batch, *input_shape)) for batch in PROBE_BATCHES]
     graph = traced.graph
+    batch: dict[torch.fx.Node, bool | tuple[bool, ...]] = {}   # which parts of a size-derived value are the batch
     for node in list(graph.nodes):
         first, second = (run.get(node) for run in runs)
-        if _is_size(first) and _sizes_equal(first, second) and _from_sizes(node):
-            _put_in(node, tuple(first) if isinstance(first, torch.Size) else first)
+        if _from_sizes(node) and _is_size(first):
+            batch[node] = _batch_parts(node, first, runs[0], batch)
+            if not _any(batch[node]) and _sizes_equal(first, second):
+                _put_in(node, tuple(first) if isinstance(first, torch.Size) else first)
         elif _flattens(node, first, second):
             with graph.inserting_before(node):
                 flat = graph.call_function(torch.flatten, (node.args[0], 1))
@@ -43,6 +47,28 @@ def static_graph(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.Gra
     graph.lint()
     traced.recompile()
     return traced
+
+
+def _batch_parts(node: torch.fx.Node, value: Any, values: dict[Any, Any],
+                 batch: dict[Any, bool | tuple[bool, ...]]) -> bool | tuple[bool, ...]:
+    """Return whether a size-derived value comes from a batch dimension (per element, for a tuple): a whole
+    size's first element, `size(0)`, and whatever indexing or arithmetic takes from them."""
+    if node.op == "call_method" and node.target == "dim":
+        return False
+    if node.op == "call_method" and node.target == "size" or node.op == "call_function" and node.target is getattr:
+        dim = node.args[1] if node.target == "size" and len(node.args) > 1 else node.kwargs.get("dim")
+        if dim is None:   # the whole size (or shape): its first element is the batch
+            return tuple(i == 0 for i in range(len(value)))
+        return dim % values[node.args[0]].dim() == 0
+    if node.target is operator.getitem and isinstance(batch.get(node.args[0]), tuple):
+        parts = batch[node.args[0]]
+        assert isinstance(parts, tuple)
+        return parts[node.args[1]]   # type: ignore[index]   # an int or a slice
+    return any(_any(batch.get(arg, False)) for arg in node.args)
+
+
+def _any(parts: Any) -> bool:
+    return any(parts) if isinstance(parts, tuple) else bool(parts)
 
 
 def _put_in(node: torch.fx.Node, constant: Any) -> None:
