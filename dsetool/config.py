@@ -545,7 +545,7 @@ def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
                                                      f"register (bits 0..{width - 1})")
 
 
-def _register_width(config: RunConfig, layers: list[str], name: str, site: str, source: str) -> int | None:
+def _register_width(config: RunConfig, layers: list[str], name: str, site: str, source: str = "") -> int | None:
     """Return the width of the register fault site `site` reads in layer `name` (None: the wide logits,
     or an accumulator sized for the network)."""
     register = site_registry.site(site).register
