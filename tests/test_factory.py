@@ -262,3 +262,36 @@ def test_torchvision_networks_run_bit_for_bit(tmp_path: Path, name: str) -> None
     with torch.no_grad():
         expected = quantized(x).double() / engine.logit_scale()
     assert torch.equal(engine.run(x), expected)
+
+
+def test_a_spatial_mean_is_a_global_average_pool(tmp_path: Path) -> None:
+    """`x.mean([2, 3])` (MobileNet and EfficientNet code pool so) becomes a global average pool and a
+    flatten; the network then runs bit for bit."""
+    torch = pytest.importorskip("torch")
+    from dsetool.engine import Engine, load_intmodel
+    from dsetool.models.export import calibrate_activations, export_integer
+    from dsetool.models.factory import build_float, quantize
+    from dsetool.models.quant import QuantSpec
+    from tests.fixtures.engines import digits
+
+    network = tmp_path / "meaned.py"
+    network.write_text("import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+                       "    def __init__(self, c, n):\n        super().__init__()\n"
+                       "        self.body = nn.Sequential(nn.Conv2d(c, 8, 3, 2, 1), nn.ReLU())\n"
+                       "        self.fc = nn.Linear(8, n)\n\n"
+                       "    def forward(self, x):\n        return self.fc(self.body(x).mean([2, 3]))\n\n\n"
+                       "def make(in_channels, num_classes, image_size):\n    return Net(in_channels, num_classes)\n")
+    spec = f"{network}:make"
+    torch.manual_seed(0)
+    data = digits(16)
+    quantized = quantize(build_float(spec, 1, 10, (16, 16)).eval(), QuantSpec(weight_bits=4, act_bits=4), spec,
+                         (1, 16, 16))
+    calibrate_activations(quantized, [data.calib.x[:64]])
+    quantized.eval()
+    export_integer(quantized, tmp_path / "export", arch="meaned", input_shape=(1, 16, 16))
+    engine = Engine(load_intmodel(tmp_path / "export"))
+    assert [op.kind for op in engine.model.ops][-4:] == ["avgpool2d", "flatten", "quant_identity", "linear"]
+    x = data.test.x[:32]
+    with torch.no_grad():
+        expected = quantized(x).double() / engine.logit_scale()
+    assert torch.equal(engine.run(x), expected)

@@ -7,7 +7,8 @@ value into a module. Every image a design point sees has one shape, so each size
 constant: a size-derived value that no batch dimension enters (followed through indexing and arithmetic)
 is put in as the constant it is, which a run of the graph gives (and a second run, at another batch size,
 confirms). A view or reshape to (batch, features), the one reshape the engine runs, becomes
-`torch.flatten(x, 1)`. What depends on the batch stays, for the op check to name.
+`torch.flatten(x, 1)`, and a mean over the height and width a global average pool (flattened unless it
+keeps the dimensions). What depends on the batch stays, for the op check to name.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def static_graph(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.Gra
                 flat = graph.call_function(torch.flatten, (node.args[0], 1))
             node.replace_all_uses_with(flat)
             graph.erase_node(node)
+        elif _spatial_mean(node, runs[0]) is not None:
+            keepdim = _spatial_mean(node, runs[0])
+            with graph.inserting_before(node):
+                pooled = graph.call_function(torch.nn.functional.adaptive_avg_pool2d, (node.args[0], 1))
+                if not keepdim:
+                    pooled = graph.call_function(torch.flatten, (pooled, 1))
+            node.replace_all_uses_with(pooled)
+            graph.erase_node(node)
     graph.eliminate_dead_code()
     graph.lint()
     traced.recompile()
@@ -69,6 +78,24 @@ def _batch_parts(node: torch.fx.Node, value: Any, values: dict[Any, Any],
 
 def _any(parts: Any) -> bool:
     return any(parts) if isinstance(parts, tuple) else bool(parts)
+
+
+def _spatial_mean(node: torch.fx.Node, values: dict[Any, Any]) -> bool | None:
+    """Return keepdim when the node is the mean of a (B, C, H, W) tensor over H and W (`x.mean([2, 3])`,
+    `torch.mean(x, (2, 3))`: a global average pool, as many MobileNet and EfficientNet codes write it),
+    else None."""
+    import torch
+
+    if not (node.op == "call_method" and node.target == "mean" or
+            node.op == "call_function" and node.target is torch.mean):
+        return None
+    source = values.get(node.args[0]) if node.args else None
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if not isinstance(source, torch.Tensor) or source.dim() != 4 or not isinstance(dims, list | tuple) or \
+            not isinstance(keepdim, bool) or set(node.kwargs) - {"dim", "keepdim"}:
+        return None
+    return keepdim if sorted(d % 4 for d in dims if isinstance(d, int)) == [2, 3] and len(dims) == 2 else None
 
 
 def _put_in(node: torch.fx.Node, constant: Any) -> None:
