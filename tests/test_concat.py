@@ -14,29 +14,20 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dsetool.engine import Concat, Engine, MaxPool2d, load_intmodel, parse_intmodel  # noqa: E402
-from dsetool.models.export import calibrate_activations, export_integer, export_qonnx  # noqa: E402
-from dsetool.models.factory import build_float, quantize  # noqa: E402
+from dsetool.models.export import export_integer, export_qonnx  # noqa: E402
 from dsetool.models.qonnx_import import import_qonnx  # noqa: E402
-from dsetool.models.quant import QuantSpec  # noqa: E402
 from dsetool.protect.check import ChannelChecks, RangeCheck, at_inputs  # noqa: E402
-from tests.fixtures.engines import SQUEEZENET, digits  # noqa: E402
+from tests.fixtures.engines import SQUEEZENET, assert_equals_brevitas, digits, engine_of  # noqa: E402
+from tests.fixtures.engines import quantized_factory as quantized_squeezenet  # noqa: E402
 
 SIDE = 16
-
-
-def quantized_squeezenet(bits: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    model = quantize(build_float(SQUEEZENET, 1, 10, (SIDE, SIDE)).eval(), QuantSpec(weight_bits=bits, act_bits=bits),
-                     SQUEEZENET, (1, SIDE, SIDE))
-    calibrate_activations(model, [digits(SIDE).calib.x[:64]])
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
     directory = tmp_path_factory.mktemp("squeezenet")
-    model = quantized_squeezenet(4)
+    torch.set_num_threads(1)
+    model = quantized_squeezenet(SQUEEZENET, 4, SIDE)
     export_integer(model, directory, arch="squeezenet", input_shape=(1, SIDE, SIDE))
     return model, directory
 
@@ -44,9 +35,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module,
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_a_network_with_concatenations_runs_bit_for_bit(tmp_path: Path, bits: int) -> None:
     """Two fire modules, and the logits a flattened global average pool of ReLU codes (no linear layer)."""
-    model = quantized_squeezenet(bits)
-    export_integer(model, tmp_path, arch="squeezenet", input_shape=(1, SIDE, SIDE))
-    engine = Engine(load_intmodel(tmp_path))
+    torch.set_num_threads(1)
+    model = quantized_squeezenet(SQUEEZENET, bits, SIDE)
+    engine = engine_of(model, tmp_path, SIDE, "squeezenet")
     assert [op.kind for op in engine.model.ops][-2:] == ["avgpool2d", "flatten"]
     concats = [i for i, op in enumerate(engine.model.ops) if isinstance(op, Concat)]
     assert len(concats) == 2
@@ -55,9 +46,7 @@ def test_a_network_with_concatenations_runs_bit_for_bit(tmp_path: Path, bits: in
         assert first.name != second.name and (first.scale, first.bits, first.signed) == \
             (second.scale, second.bits, second.signed)
     for x in (torch.rand(16, 1, SIDE, SIDE), digits(SIDE).test.x[:64]):
-        with torch.no_grad():
-            expected = model(x).double() / engine.logit_scale()
-        assert torch.equal(engine.run(x), expected)
+        assert_equals_brevitas(engine, model, x)
 
 
 def test_planning_sees_the_exported_vector_passes() -> None:

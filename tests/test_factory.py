@@ -62,33 +62,17 @@ def network_file(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_a_factory_network_runs_bit_for_bit_on_the_engine(tmp_path: Path, network_file: Path, bits: int) -> None:
     torch = pytest.importorskip("torch")
-    from dsetool.engine import Engine, load_intmodel
-    from dsetool.models.export import calibrate_activations, export_integer
-    from dsetool.models.factory import build_float, quantize
-    from dsetool.models.quant import QuantSpec
-    from tests.fixtures.engines import digits
+    from tests.fixtures.engines import assert_equals_brevitas, digits, engine_of, quantized_factory
 
-    torch.manual_seed(0)
     torch.set_num_threads(1)
-    data = digits(16)
-    model = build_float(f"{network_file}:make", 1, 10, (16, 16))
-    model.train()
-    with torch.no_grad():
-        model(data.train.x[:64] * 2)   # batch-norm statistics to merge
-    quantized = quantize(model.eval(), QuantSpec(weight_bits=bits, act_bits=bits), network_file, (1, 16, 16))
-    calibrate_activations(quantized, [data.calib.x[:64]])
-    quantized.eval()
-    export_integer(quantized, tmp_path / "export", arch="make", input_shape=(1, 16, 16))
-    engine = Engine(load_intmodel(tmp_path / "export"))
+    quantized = quantized_factory(f"{network_file}:make", bits, 16, norms=True)
+    engine = engine_of(quantized, tmp_path / "export", 16, "make")
     kinds = [op.kind for op in engine.model.ops]
     assert {"add", "avgpool2d", "quant_identity"} <= set(kinds) and not engine.model.is_chain()
     convs = [op for op in engine.model.ops if op.kind == "conv2d"]
     assert any(op.groups == op.out_features > 1 for op in convs) and any(op.stride == (2, 2) for op in convs)
-    for x in (torch.rand(16, 1, 16, 16), data.test.x[:64]):
-        with torch.no_grad():
-            logits = quantized(x).double()
-        expected = logits / engine.acc_scale(engine.weight_layers[-1])
-        assert torch.equal(engine.run(x), expected)
+    for x in (torch.rand(16, 1, 16, 16), digits(16).test.x[:64]):
+        assert_equals_brevitas(engine, quantized, x)
     if bits == 8:   # planning's view of the network (from the untrained trial export) has the same vector passes
         from dsetool.models.factory import describe, source_digest
 
@@ -183,30 +167,16 @@ def test_a_network_that_reads_its_own_sizes_runs_bit_for_bit(tmp_path: Path, bit
     """`F.avg_pool2d(out, out.size()[3])` and `out.view(out.size(0), -1)`, the CIFAR-code idiom: the sizes
     become constants (the pool a global average pool) and the view a flatten, then as any factory net."""
     torch = pytest.importorskip("torch")
-    from dsetool.engine import Engine, load_intmodel
-    from dsetool.models.export import calibrate_activations, export_integer
-    from dsetool.models.factory import build_float, describe, quantize, source_digest
-    from dsetool.models.quant import QuantSpec
-    from tests.fixtures.engines import digits
+    from dsetool.models.factory import describe, source_digest
+    from tests.fixtures.engines import assert_equals_brevitas, digits, engine_of, quantized_factory
 
-    torch.manual_seed(0)
     torch.set_num_threads(1)
-    data = digits(16)
-    model = build_float(CIFAR_RESNET, 1, 10, (16, 16))
-    model.train()
-    with torch.no_grad():
-        model(data.train.x[:64] * 2)
-    quantized = quantize(model.eval(), QuantSpec(weight_bits=bits, act_bits=bits), CIFAR_RESNET, (1, 16, 16))
-    calibrate_activations(quantized, [data.calib.x[:64]])
-    quantized.eval()
-    export_integer(quantized, tmp_path, arch="cifar", input_shape=(1, 16, 16))
-    engine = Engine(load_intmodel(tmp_path))
+    quantized = quantized_factory(CIFAR_RESNET, bits, 16, norms=True)
+    engine = engine_of(quantized, tmp_path, 16, "cifar")
     assert [op.kind for op in engine.model.ops][-4:] == ["avgpool2d", "flatten", "quant_identity", "linear"]
     assert engine.model.ops[-4].kernel == (8, 8)
-    for x in (torch.rand(16, 1, 16, 16), data.test.x[:64]):
-        with torch.no_grad():
-            expected = quantized(x).double() / engine.acc_scale(engine.weight_layers[-1])
-        assert torch.equal(engine.run(x), expected)
+    for x in (torch.rand(16, 1, 16, 16), digits(16).test.x[:64]):
+        assert_equals_brevitas(engine, quantized, x)
     info = describe(CIFAR_RESNET, source_digest(CIFAR_RESNET), 1, (16, 16), 10)
     assert info.vector_passes == tuple(engine.model.vector_passes())
 
@@ -239,40 +209,18 @@ def test_torchvision_networks_run_bit_for_bit(tmp_path: Path, name: str) -> None
     """torchvision's SqueezeNet 1.1 (ceil-mode pools, concatenations, logits from a pool), ResNet-18 and
     MobileNetV2, given as factories with a one-channel stem: Brevitas's W8A8 logits, bit for bit."""
     torch = pytest.importorskip("torch")
-    from dsetool.engine import Engine, load_intmodel
-    from dsetool.models.export import calibrate_activations, export_integer
-    from dsetool.models.factory import build_float, quantize
-    from dsetool.models.quant import QuantSpec
-    from tests.fixtures.engines import digits
+    from tests.fixtures.engines import assert_equals_brevitas, digits, engine_of, quantized_factory
 
-    torch.manual_seed(0)
     torch.set_num_threads(2)
-    spec = f"tests.fixtures.torchvision_nets:{name}"
-    data = digits(32)
-    model = build_float(spec, 1, 10, (32, 32))
-    model.train()
-    with torch.no_grad():
-        model(data.train.x[:32] * 2)   # batch-norm statistics to merge
-    quantized = quantize(model.eval(), QuantSpec(weight_bits=8, act_bits=8), spec, (1, 32, 32))
-    calibrate_activations(quantized, [data.calib.x[:32]])
-    quantized.eval()
-    export_integer(quantized, tmp_path, arch=name, input_shape=(1, 32, 32))
-    engine = Engine(load_intmodel(tmp_path))
-    x = data.test.x[:8]
-    with torch.no_grad():
-        expected = quantized(x).double() / engine.logit_scale()
-    assert torch.equal(engine.run(x), expected)
+    quantized = quantized_factory(f"tests.fixtures.torchvision_nets:{name}", 8, 32, norms=True)
+    assert_equals_brevitas(engine_of(quantized, tmp_path, 32, name), quantized, digits(32).test.x[:8])
 
 
 def test_a_spatial_mean_is_a_global_average_pool(tmp_path: Path) -> None:
     """`x.mean([2, 3])` (MobileNet and EfficientNet code pool so) becomes a global average pool and a
     flatten; the network then runs bit for bit."""
-    torch = pytest.importorskip("torch")
-    from dsetool.engine import Engine, load_intmodel
-    from dsetool.models.export import calibrate_activations, export_integer
-    from dsetool.models.factory import build_float, quantize
-    from dsetool.models.quant import QuantSpec
-    from tests.fixtures.engines import digits
+    pytest.importorskip("torch")
+    from tests.fixtures.engines import assert_equals_brevitas, digits, engine_of, quantized_factory
 
     network = tmp_path / "meaned.py"
     network.write_text("import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
@@ -281,17 +229,7 @@ def test_a_spatial_mean_is_a_global_average_pool(tmp_path: Path) -> None:
                        "        self.fc = nn.Linear(8, n)\n\n"
                        "    def forward(self, x):\n        return self.fc(self.body(x).mean([2, 3]))\n\n\n"
                        "def make(in_channels, num_classes, image_size):\n    return Net(in_channels, num_classes)\n")
-    spec = f"{network}:make"
-    torch.manual_seed(0)
-    data = digits(16)
-    quantized = quantize(build_float(spec, 1, 10, (16, 16)).eval(), QuantSpec(weight_bits=4, act_bits=4), spec,
-                         (1, 16, 16))
-    calibrate_activations(quantized, [data.calib.x[:64]])
-    quantized.eval()
-    export_integer(quantized, tmp_path / "export", arch="meaned", input_shape=(1, 16, 16))
-    engine = Engine(load_intmodel(tmp_path / "export"))
+    quantized = quantized_factory(f"{network}:make", 4, 16)
+    engine = engine_of(quantized, tmp_path / "export", 16, "meaned")
     assert [op.kind for op in engine.model.ops][-4:] == ["avgpool2d", "flatten", "quant_identity", "linear"]
-    x = data.test.x[:32]
-    with torch.no_grad():
-        expected = quantized(x).double() / engine.logit_scale()
-    assert torch.equal(engine.run(x), expected)
+    assert_equals_brevitas(engine, quantized, digits(16).test.x[:32])

@@ -388,15 +388,21 @@ class Add(_OneKind):
         """Both inputs are quantizers' codes (through maxpool2d / flatten) of one scale, exactly: the sum is
         then an integer at that scale. Brevitas enforces the same when it adds two QuantTensors; a residual
         block meets it by passing both branches through one quantizer."""
-        feeds = [model.ops[p] if p is not None else None for p in model.producers(index)]
-        if not all(isinstance(feed, QuantAct) for feed in feeds):
-            raise ValueError(f"{where}: an add must read two quantizers' codes (through maxpool2d / flatten "
-                             f"only), not {[feed.kind if feed else 'the images' for feed in feeds]}")
-        first, second = feeds
-        assert isinstance(first, QuantAct) and isinstance(second, QuantAct)
+        first, second = _quantizers_feeding(model, index, where, "an add must read two")
         if first.scale != second.scale:
             raise ValueError(f"{where}: adds {first.name!r} and {second.name!r}, whose scales {first.scale!r} and "
                              f"{second.scale!r} differ (the sum of codes is exact only at one shared scale)")
+
+
+def _quantizers_feeding(model: IntModel, index: int, where: str, must: str) -> list[QuantAct]:
+    """Return the quantizers whose codes op `index` reads, one per input (through max pools, flattens and
+    concats); raise ValueError (`where`: `must` read quantizers' codes) when an input holds none."""
+    feeds = [model.ops[p] if p is not None else None for p in model.producers(index)]
+    quantizers = [feed for feed in feeds if isinstance(feed, QuantAct)]
+    if len(quantizers) != len(feeds):
+        raise ValueError(f"{where}: {must} quantizers' codes (through maxpool2d / flatten / concat only), not "
+                         f"{[feed.kind if feed else 'the images' for feed in feeds]}")
+    return quantizers
 
 
 @dataclass(frozen=True)
@@ -437,14 +443,10 @@ class Concat(_OneKind):
         return (sum(shape[0] for shape in inputs), *rest.pop())
 
     def check_wiring(self, model: IntModel, index: int, where: str) -> None:
-        feeds = [model.ops[p] if p is not None else None for p in model.producers(index)]
-        if not all(isinstance(feed, QuantAct) for feed in feeds):
-            raise ValueError(f"{where}: a concat must read quantizers' codes (through maxpool2d / flatten only), "
-                             f"not {[feed.kind if feed else 'the images' for feed in feeds]}")
-        formats = {(feed.scale, feed.bits, feed.signed, feed.narrow_range) for feed in feeds
-                   if isinstance(feed, QuantAct)}
+        feeds = _quantizers_feeding(model, index, where, "a concat must read")
+        formats = {(feed.scale, feed.bits, feed.signed, feed.narrow_range) for feed in feeds}
         if len(formats) > 1:
-            raise ValueError(f"{where}: concatenates the codes of {[feed.name for feed in feeds if feed]}, whose "
+            raise ValueError(f"{where}: concatenates the codes of {[feed.name for feed in feeds]}, whose "
                              "(scale, bits, signed, narrow_range) differ: "
                              f"{sorted(formats)} (one shared quantizer gives them one format)")
 

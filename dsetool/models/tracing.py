@@ -44,8 +44,7 @@ def static_graph(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.Gra
                 flat = graph.call_function(torch.flatten, (node.args[0], 1))
             node.replace_all_uses_with(flat)
             graph.erase_node(node)
-        elif _spatial_mean(node, runs[0]) is not None:
-            keepdim = _spatial_mean(node, runs[0])
+        elif (keepdim := _spatial_mean(node, runs[0])) is not None:
             with graph.inserting_before(node):
                 pooled = graph.call_function(torch.nn.functional.adaptive_avg_pool2d, (node.args[0], 1))
                 if not keepdim:
