@@ -43,16 +43,20 @@ class KAccumulator(wiring.Component):
     first, last : In(1) : the row's tile is the first / last K tile of its N slice (both for K <= R).
     out_valid : Out(1) : after a last-tile row: `out` holds its complete sums.
     out : Out(signed(acc_bits)).array(cols), registered.
+    bias : In(signed(acc_bits)).array(cols), only `with_bias`: where a first tile's sums start instead
+        of 0 (the layer's bias, for free in the adder that is there anyway); sampled with the row one
+        edge after it arrives.
     """
 
-    def __init__(self, acc_bits: int, cols: int, depth: int) -> None:
+    def __init__(self, acc_bits: int, cols: int, depth: int, *, with_bias: bool = False) -> None:
         for name, value in (("acc_bits", acc_bits), ("cols", cols), ("depth", depth)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Accumulator {name} must be a positive integer, not {value!r}")
-        self.acc_bits, self.cols, self.depth = acc_bits, cols, depth
+        self.acc_bits, self.cols, self.depth, self.with_bias = acc_bits, cols, depth, with_bias
         super().__init__({
             "valid": In(1), "acc": In(signed(acc_bits)).array(cols), "first": In(1), "last": In(1),
             "out_valid": Out(1), "out": Out(signed(acc_bits)).array(cols),
+            **({"bias": In(signed(acc_bits)).array(cols)} if with_bias else {}),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -71,7 +75,8 @@ class KAccumulator(wiring.Component):
             m.submodules[f"sums_{c}"] = sums = Memory(shape=signed(self.acc_bits), depth=self.depth, init=[])
             read, write = sums.read_port(), sums.write_port()
             total = Signal(signed(self.acc_bits), name=f"total_{c}")   # wraps at acc_bits
-            m.d.comb += [read.addr.eq(address), total.eq(Mux(held_first, 0, read.data) + held)]
+            start = self.bias[c] if self.with_bias else 0
+            m.d.comb += [read.addr.eq(address), total.eq(Mux(held_first, start, read.data) + held)]
             m.d.comb += [write.addr.eq(held_address), write.data.eq(total), write.en.eq(held_valid & ~held_last)]
             m.d.sync += self.out[c].eq(total)
         return m

@@ -1,0 +1,92 @@
+"""Encode an accelerator program into the memory images and parameters `hw.machine.Machine` is built
+with (`hw.isa` formats): the one place where the program's fields become bits."""
+
+from __future__ import annotations
+
+from dsetool.machine.program import Gemm, MaxPool, Program, Tensor
+from hw import isa
+from hw.arrayconfig import ArrayConfig
+from hw.machine import MachineParams
+
+
+def _bits(largest: int) -> int:
+    return max(1, int(largest).bit_length())
+
+
+def widths_of(program: Program) -> isa.Widths:
+    """Return field widths that hold every value the program's instructions and slices carry."""
+    tensors = [program.input] + [t for i in program.instructions for t in _tensors(i)]
+    dims = [max(t.height, t.width) for t in tensors] + [max(i.out_height, i.out_width) if isinstance(i, Gemm)
+                                                         else max(i.dest.height, i.dest.width)
+                                                         for i in program.instructions]
+    slices = sum(len(i.slices) for i in program.instructions if isinstance(i, Gemm))
+    strides = [s for i in program.instructions for s in i.stride]
+    largest_pitch = max(t.width * t.groups * max(strides + [1]) for t in tensors)
+    return isa.Widths(address=_bits(max(program.buffer_words, largest_pitch) + 1), dim=_bits(max(dims) + 1),
+                      weight=_bits(len(program.weights) + 1), const=_bits(len(program.constants) + 1),
+                      slice=_bits(slices + 1), lane=_bits(program.lanes // program.rows),
+                      code=program.act_bits + 1)
+
+
+def _tensors(instr: Gemm | MaxPool) -> list[Tensor]:
+    return [instr.source] + ([instr.dest] if instr.dest is not None else [])
+
+
+def _gemm(instr: Gemm, slice_first: int, program: Program) -> tuple[dict[str, int], list[dict[str, int]]]:
+    src, (sy, sx) = instr.source, instr.stride
+    pitch = src.width * src.groups
+    dest = instr.dest
+    fields = {"opcode": isa.GEMM, "src_base": src.base, "src_h": src.height, "src_w": src.width,
+              "src_groups": src.groups, "row_pitch": pitch, "step_y": sy * pitch, "step_x": sx * src.groups,
+              "sy": sy, "sx": sx, "out_h": instr.out_height, "out_w": instr.out_width, "m_count": instr.m,
+              "dst_base": dest.base if dest else 0, "dst_groups": dest.groups if dest else 0,
+              "n_count": -(-instr.out_channels // program.cols), "slice_first": slice_first,
+              "slice_count": len(instr.slices), "weight_base": instr.weight_base, "const_base": instr.const_base,
+              "relu": int(instr.relu), "check": int(instr.check != "none"), "logits": int(instr.logits),
+              "qmin": instr.qmin, "qmax": instr.qmax}
+    slices = [{"dy": s.dy, "dx": s.dx, "row_off": s.dy * pitch + s.group, "col_off": s.dx * src.groups,
+               "part": s.lane // program.rows} for s in instr.slices]
+    return fields, slices
+
+
+def _maxpool(instr: MaxPool) -> dict[str, int]:
+    src, dest = instr.source, instr.dest
+    (kh, kw), (sy, sx), (py, px) = instr.kernel, instr.stride, instr.padding
+    pitch = src.width * src.groups
+    return {"opcode": isa.MAXPOOL, "src_base": src.base, "src_h": src.height, "src_w": src.width,
+            "src_groups": src.groups, "row_pitch": pitch, "step_y": sy * pitch, "step_x": sx * src.groups,
+            "sy": sy, "sx": sx, "py": py, "px": px, "kh": kh, "kw": kw, "out_h": dest.height,
+            "out_w": dest.width, "dst_base": dest.base, "row_off": -py * pitch, "col_off": -px * src.groups}
+
+
+def check_mode(program: Program) -> str:
+    """Return the range-check unit the machine needs: the one mode its checked layers use, or none."""
+    modes = {i.check for i in program.instructions if isinstance(i, Gemm) and i.check != "none"}
+    if len(modes) > 1:
+        raise ValueError(f"The machine builds one range-check unit, and the program asks for {sorted(modes)}")
+    return modes.pop() if modes else "none"
+
+
+def machine_params(program: Program, multiplier: str = "dsp") -> MachineParams:
+    """Return the parameters and memory images of the machine that runs `program`."""
+    widths = widths_of(program)
+    instruction, slice_ = isa.instruction_layout(widths), isa.slice_layout(widths)
+    words: list[int] = []
+    slice_words: list[int] = []
+    for instr in program.instructions:
+        if isinstance(instr, Gemm):
+            fields, slices = _gemm(instr, len(slice_words), program)
+            slice_words.extend(isa.pack(slice_, s) for s in slices)
+        else:
+            fields = _maxpool(instr)
+        words.append(isa.pack(instruction, fields))
+    words.append(isa.pack(instruction, {"opcode": isa.END}))
+    array = ArrayConfig(rows=program.rows, cols=program.cols, act_bits=program.act_bits,
+                        weight_bits=program.weight_bits, acc_bits=program.acc_bits, act_signed=program.act_signed,
+                        multiplier=multiplier)
+    constants = tuple(tuple((c.bias, c.multiplier, c.shift, c.lo, c.hi) for c in word) for word in program.constants)
+    return MachineParams(array=array, lanes=program.lanes, widths=widths, multiplier_bits=program.multiplier_bits,
+                         shift_bits=program.shift_bits, check=check_mode(program), buffer_words=program.buffer_words,
+                         input_base=program.input.base, input_words=program.input.words,
+                         num_classes=program.num_classes, instructions=tuple(words), slices=tuple(slice_words),
+                         weights=program.weights, constants=constants)

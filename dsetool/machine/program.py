@@ -1,0 +1,157 @@
+"""The accelerator's program: what `dsetool.machine.compiler` makes of an integer model, and what the
+sequencer (`hw.sequencer`), the memories and the reference model (`dsetool.machine.reference`) read.
+
+Pure data, no torch. The machine has four memories, each a list of words:
+
+- the activation buffer: words of `lanes` codes; a tensor of C channels at H x W lives at `base` as
+  H * W * ceil(C / lanes) words, pixel-major, each pixel's channels in consecutive words of `lanes`
+  channels (padding lanes hold 0): `Tensor.address(y, x, group)`. A vector (a linear layer's input or
+  output) is the 1 x 1 case; a flatten is no instruction at all: the linear layer that reads it takes
+  its words in this order, and the compiler permutes its weight rows to match.
+- the weight memory: words of `cols` weights, one row of a weight-stationary tile each, in the order the
+  array loads them (per tile the row of its last lane first): a GEMM's tiles are consecutive from
+  `Gemm.weight_base`, N slice by N slice, each N slice's K slices in `Gemm.slices` order.
+- the constant memory: one word per N slice of a GEMM (`Gemm.const_base` + n), `cols` `Constants` (bias,
+  requantization multiplier and shift, range-check bounds) of output channels n * cols ..
+- the logits memory: words of `cols` accumulators, the last GEMM's raw outputs (no output stage).
+
+A `Slice` is one K slice of a GEMM: `rows` consecutive lanes (from `lane`) of the word of group `group`
+at the pixel offset (dy, dx) from the output pixel's window origin. Slices whose lanes are all padding
+are never listed, so a 1-channel first layer does not stream 7 empty slices per tap on an 8-row array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """Where a tensor of `channels` x `height` x `width` codes lives in the activation buffer."""
+
+    base: int
+    channels: int
+    height: int
+    width: int
+    lanes: int
+
+    @property
+    def groups(self) -> int:
+        """Return the words per pixel: ceil(channels / lanes)."""
+        return _ceil(self.channels, self.lanes)
+
+    @property
+    def words(self) -> int:
+        return self.height * self.width * self.groups
+
+    def address(self, y: int, x: int, group: int) -> int:
+        """Return the word holding channels group * lanes .. of pixel (y, x)."""
+        return self.base + (y * self.width + x) * self.groups + group
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One K slice: lanes lane .. lane + rows - 1 of group `group`'s word at pixel offset (dy, dx)."""
+
+    dy: int
+    dx: int
+    group: int
+    lane: int
+
+
+@dataclass(frozen=True)
+class Constants:
+    """One output channel's output-stage constants: acc + bias is requantized with (multiplier, shift)
+    and clamped to the instruction's (qmin, qmax); with a range check, codes outside [lo, hi] are
+    corrected (`Gemm.check`)."""
+
+    bias: int
+    multiplier: int
+    shift: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """A convolution or linear layer and the quantizer reading its accumulators, on the array.
+
+    Output pixel (oy, ox) reads, for slice s, the word at (oy * stride_y + s.dy, ox * stride_x + s.dx) of
+    `source` (zeros outside the map: padding). `logits`: the accumulators (bias added) go to the logits
+    memory instead of an output stage.
+    """
+
+    name: str
+    source: Tensor
+    dest: Tensor | None
+    out_height: int
+    out_width: int
+    stride: tuple[int, int]
+    out_channels: int
+    slices: tuple[Slice, ...]
+    weight_base: int
+    const_base: int
+    relu: bool
+    qmin: int
+    qmax: int
+    check: str   # "none", "clip" or "zero": the output stage's range check for this layer
+
+    @property
+    def logits(self) -> bool:
+        return self.dest is None
+
+    @property
+    def m(self) -> int:
+        """Return the rows of the GEMM: output pixels."""
+        return self.out_height * self.out_width
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    """A max pool of codes: output word (oy, ox, g) is the lane-wise max of the window's words of
+    `source` inside the map (a window never lies wholly outside it)."""
+
+    name: str
+    source: Tensor
+    dest: Tensor
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+Instruction = Gemm | MaxPool
+
+
+@dataclass(frozen=True)
+class Program:
+    """Everything the accelerator holds for one network: its instructions and memory images.
+
+    `input` is where the host writes the input quantizer's codes of an image; `num_classes` logits are
+    read from the logits memory, channel c at word c // cols, lane c % cols.
+    """
+
+    rows: int
+    cols: int
+    lanes: int
+    act_bits: int
+    act_signed: bool
+    weight_bits: int
+    acc_bits: int
+    multiplier_bits: int
+    shift_bits: int
+    input: Tensor
+    num_classes: int
+    instructions: tuple[Instruction, ...]
+    weights: tuple[tuple[int, ...], ...]      # weight memory words (cols each)
+    constants: tuple[tuple[Constants, ...], ...]   # constant memory words (cols each)
+    buffer_words: int                          # activation buffer depth
+
+    @property
+    def logits_words(self) -> int:
+        return _ceil(self.num_classes, self.cols)

@@ -1,0 +1,142 @@
+"""Run an accelerator program on one image as the machine does, word by word, without RTL.
+
+It reads only the program's memory images (the weights as the array loads them, the constants as the
+output stage reads them, the buffer layout), so it checks the compiler against the engine
+(`tests/test_machine.py`), and the RTL is checked against it. Accumulators wrap at the program's
+`acc_bits`, as the machine's registers do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dsetool.machine.program import Constants, Gemm, MaxPool, Program, Tensor
+
+
+def _wrap(values: np.ndarray, bits: int) -> np.ndarray:
+    half = 1 << (bits - 1)
+    return ((values + half) & ((1 << bits) - 1)) - half
+
+
+def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, relu: bool, qmin: int, qmax: int
+               ) -> np.ndarray:
+    """Return clamp(round_half_even(relu?(acc) * M / 2**s), qmin, qmax) on int64 (the output stage)."""
+    product = (np.maximum(acc, 0) if relu else acc) * multiplier
+    right = np.clip(shift, 0, 63)
+    kept = product >> right
+    dropped = product - (kept << right)
+    half = np.where(right > 0, np.left_shift(1, np.maximum(right - 1, 0)), 0)
+    up = (right > 0) & ((dropped > half) | ((dropped == half) & (kept & 1 == 1)))
+    rounded = (kept + up) << np.maximum(-shift, 0)
+    return np.clip(rounded, qmin, qmax)
+
+
+class Machine:
+    """The accelerator's memories and one image's execution: `load(codes)`, `run()`, then `logits`."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.buffer = np.zeros((max(1, program.buffer_words), program.lanes), dtype=np.int64)
+        self.weights = np.asarray(program.weights, dtype=np.int64).reshape(-1, program.cols)
+        self.logits = np.zeros(program.logits_words * program.cols, dtype=np.int64)
+
+    def load(self, codes: np.ndarray) -> None:
+        """Write one image's input codes (C, H, W) into the buffer (what the host port does)."""
+        self._write(self.program.input, np.asarray(codes, dtype=np.int64))
+
+    def _write(self, tensor: Tensor, values: np.ndarray) -> None:
+        lanes = tensor.lanes
+        padded = np.zeros((tensor.groups * lanes, tensor.height, tensor.width), dtype=np.int64)
+        padded[:tensor.channels] = values.reshape(tensor.channels, tensor.height, tensor.width)
+        words = padded.reshape(tensor.groups, lanes, tensor.height * tensor.width).transpose(2, 0, 1)
+        self.buffer[tensor.base:tensor.base + tensor.words] = words.reshape(-1, lanes)
+
+    def read(self, tensor: Tensor) -> np.ndarray:
+        """Return a tensor's codes (C, H, W) from the buffer."""
+        words = self.buffer[tensor.base:tensor.base + tensor.words]
+        grid = words.reshape(tensor.height * tensor.width, tensor.groups * tensor.lanes).T
+        return grid[:tensor.channels].reshape(tensor.channels, tensor.height, tensor.width)
+
+    def run(self) -> np.ndarray:
+        """Execute every instruction; return the logits (num_classes,)."""
+        for instr in self.program.instructions:
+            if isinstance(instr, Gemm):
+                self._gemm(instr)
+            else:
+                self._maxpool(instr)
+        return self.logits[:self.program.num_classes].copy()
+
+    def _stream(self, instr: Gemm) -> np.ndarray:
+        """Return the rows the array streams, (M, slices * rows): per output pixel each slice's lanes."""
+        src, rows = instr.source, self.program.rows
+        sy, sx = instr.stride
+        oy, ox = np.divmod(np.arange(instr.m), instr.out_width)
+        parts = []
+        for s in instr.slices:
+            y, x = oy * sy + s.dy, ox * sx + s.dx
+            inside = (y >= 0) & (y < src.height) & (x >= 0) & (x < src.width)
+            address = src.base + (np.where(inside, y, 0) * src.width + np.where(inside, x, 0)) * src.groups + s.group
+            words = self.buffer[address, s.lane:s.lane + rows]
+            parts.append(np.where(inside[:, None], words, 0))
+        return np.concatenate(parts, axis=1)
+
+    def _tile_weights(self, instr: Gemm, nt: int) -> np.ndarray:
+        """Return N slice nt's weights (slices * rows, cols) from the weight memory, as loaded."""
+        rows, count = self.program.rows, len(instr.slices)
+        first = instr.weight_base + nt * count * rows
+        block = self.weights[first:first + count * rows].reshape(count, rows, self.program.cols)
+        return block[:, ::-1, :].reshape(count * rows, self.program.cols)   # each tile's last row first
+
+    def _gemm(self, instr: Gemm) -> None:
+        p = self.program
+        a = self._stream(instr)
+        for nt in range(-(-instr.out_channels // p.cols)):
+            constants = p.constants[instr.const_base + nt]
+            bias = np.array([c.bias for c in constants], dtype=np.int64)
+            acc = _wrap(a @ self._tile_weights(instr, nt) + bias, p.acc_bits)
+            if instr.dest is None:
+                self.logits[nt * p.cols:(nt + 1) * p.cols] = acc[0]
+                continue
+            codes = requantize(acc, np.array([c.multiplier for c in constants]), np.array([c.shift for c in constants]),
+                               instr.relu, instr.qmin, instr.qmax)
+            codes = _checked(codes, constants, instr.check)
+            self._write_columns(instr, nt, codes)
+
+    def _write_columns(self, instr: Gemm, nt: int, codes: np.ndarray) -> None:
+        """Write N slice nt's codes (M, cols) into `cols` lanes of the destination's words."""
+        dest, cols = instr.dest, self.program.cols
+        assert dest is not None
+        first = nt * cols
+        group, lane = divmod(first, dest.lanes)
+        count = min(cols, dest.channels - first)
+        pixels = np.arange(instr.m)
+        self.buffer[dest.base + pixels * dest.groups + group, lane:lane + count] = codes[:, :count]
+
+    def _maxpool(self, instr: MaxPool) -> None:
+        src, dest = instr.source, instr.dest
+        (kh, kw), (sy, sx), (py, px) = instr.kernel, instr.stride, instr.padding
+        words = self.buffer[src.base:src.base + src.words].reshape(src.height, src.width, src.groups, src.lanes)
+        out = np.empty((dest.height, dest.width, dest.groups, dest.lanes), dtype=np.int64)
+        for oy in range(dest.height):
+            for ox in range(dest.width):
+                ys = slice(max(0, oy * sy - py), min(src.height, oy * sy - py + kh))
+                xs = slice(max(0, ox * sx - px), min(src.width, ox * sx - px + kw))
+                out[oy, ox] = words[ys, xs].max(axis=(0, 1))
+        self.buffer[dest.base:dest.base + dest.words] = out.reshape(-1, dest.lanes)
+
+
+def _checked(codes: np.ndarray, constants: tuple[Constants, ...], mode: str) -> np.ndarray:
+    if mode == "none":
+        return codes
+    lo = np.array([c.lo for c in constants], dtype=np.int64)
+    hi = np.array([c.hi for c in constants], dtype=np.int64)
+    if mode == "clip":
+        return np.minimum(np.maximum(codes, lo), hi)
+    return np.where((codes < lo) | (codes > hi), 0, codes)
+
+
+def run_image(program: Program, codes: np.ndarray) -> np.ndarray:
+    """Return the logits the machine computes for one image's input codes (C, H, W)."""
+    machine = Machine(program)
+    machine.load(codes)
+    return machine.run()

@@ -1,0 +1,84 @@
+"""The accelerator's instruction and slice-table formats, shared by the sequencer (`hw.machine`) and the
+compiler's encoder (`dsetool.machine.encode`). Pure Python and `amaranth.lib.data` layouts.
+
+An instruction is one word of named fields (`instruction_fields`); which fields an opcode reads:
+
+- `GEMM`: the array runs an im2col GEMM. For N slice n and K slice s (slice-table entries `slice_first`
+  .. + `slice_count`), output pixel (oy, ox) (row m = oy * `out_w` + ox, `m_count` rows) reads the word at
+  `src_base` + s.row_off + oy * `step_y` + s.col_off + ox * `step_x`, when the pixel it stands for,
+  (oy * `sy` + s.dy, ox * `sx` + s.dx), lies inside `src_h` x `src_w` (else zeros: padding), and takes
+  `rows` lanes of it from lane s.part * rows. Weights: `rows` words per tile, consecutive from `weight_base`.
+  Constants: word `const_base` + n. Results: row m of N slice n goes to word `dst_base` + m * `dst_groups`
+  + n * cols // lanes, lanes n * cols % lanes ..; with `logits`, the raw sums go to logits word n.
+- `MAXPOOL`: output word (oy, ox, g) (`out_h` x `out_w` x `src_groups`) is the lane-wise max of the
+  `kh` x `kw` window words at pixel (oy * `sy` - `py` + ky, ox * `sx` - `px` + kx) inside the map, word
+  `src_base` + y * `row_pitch` + x * `src_groups` + g; it goes to `dst_base` + (oy * out_w + ox) *
+  src_groups + g.
+- `END`: the program is done: the logits are streamed out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+END, GEMM, MAXPOOL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Field widths, sized from the program so no field is wider than it needs (all at least 1)."""
+
+    address: int     # activation buffer word addresses (unsigned)
+    dim: int         # heights, widths, output rows
+    weight: int      # weight memory addresses
+    const: int       # constant memory addresses
+    slice: int       # slice-table addresses
+    lane: int        # lane index within a word
+    code: int        # code width + 1 (signed clamp bounds)
+
+
+def instruction_layout(w: Widths) -> data.StructLayout:
+    """Return the instruction word's layout."""
+    address, dim = unsigned(w.address), unsigned(w.dim)
+    return data.StructLayout({
+        "opcode": unsigned(2),
+        "src_base": address, "src_h": dim, "src_w": dim, "src_groups": address, "row_pitch": address,
+        "step_y": address, "step_x": address, "sy": unsigned(4), "sx": unsigned(4),
+        "py": unsigned(4), "px": unsigned(4), "kh": unsigned(4), "kw": unsigned(4),
+        "out_h": dim, "out_w": dim, "m_count": unsigned(2 * w.dim),
+        "dst_base": address, "dst_groups": address,
+        "n_count": unsigned(w.const), "slice_first": unsigned(w.slice), "slice_count": unsigned(w.slice + 1),
+        "weight_base": unsigned(w.weight), "const_base": unsigned(w.const),
+        "relu": unsigned(1), "check": unsigned(1), "logits": unsigned(1),
+        "qmin": signed(w.code), "qmax": signed(w.code),
+        "row_off": signed(w.address + 1), "col_off": signed(w.address + 1),
+    })
+
+
+def slice_layout(w: Widths) -> data.StructLayout:
+    """Return the slice-table entry's layout."""
+    return data.StructLayout({
+        "dy": signed(w.dim + 1), "dx": signed(w.dim + 1),
+        "row_off": signed(w.address + 1), "col_off": signed(w.address + 1), "part": unsigned(w.lane),
+    })
+
+
+def pack(layout: data.StructLayout, fields: dict[str, int]) -> int:
+    """Return the integer whose bits hold `fields` in `layout` (missing fields are 0); raise ValueError
+    when a value does not fit its field."""
+    unknown = set(fields) - {name for name, _ in layout}
+    if unknown:
+        raise ValueError(f"Unknown fields {sorted(unknown)}")
+    word = 0
+    for name, member in layout:
+        value = int(fields.get(name, 0))
+        shape = member.shape
+        top = 1 << (shape.width - 1) if shape.signed else 1 << shape.width
+        lo, hi = (-top, top - 1) if shape.signed else (0, top - 1)
+        if not lo <= value <= hi:
+            raise ValueError(f"Field {name} = {value} does not fit {shape!r}")
+        word |= (value & ((1 << shape.width) - 1)) << member.offset
+    return word

@@ -1,0 +1,485 @@
+"""The accelerator that runs a whole network: memories, sequencer, weight-stationary datapath, max-pool
+unit and host port, around the program `dsetool.machine.compiler` makes (`hw.isa` is the format).
+
+    host in  --> activation buffer <--> [stream feed] --> WSArray --> KAccumulator (+bias)
+                      ^   |                                                  |
+                      |   '--> [max-pool unit] --.                    ColumnStage (requant, clamp, check)
+                      '------------ writes ------'------------------------- '   (logits: raw sums)
+    instruction memory, slice table --> sequencer;  weight memory --> array;  constant memory --> columns
+    logits memory --> host out
+
+One instruction at a time (`hw.isa`): a GEMM runs tile after tile, each tile = `SETUP` cycles (read its
+slice-table entry, and at an N slice's first tile its constants word), `rows` cycles loading the weights,
+`m_count` cycles streaming rows of A read from the buffer, and `rows + cols - 2` cycles letting the last
+row leave the array; after its last tile the output pipeline drains (`GEMM_TAIL`). A max pool reads one
+window word per cycle and writes one output word per window. Every instruction costs `FETCH` cycles
+before it. `hw.cycles.machine_cycles` counts exactly this schedule.
+
+Host port: while idle, `in_*` is a valid/ready stream of the input tensor's codes, lane by lane, word by
+word from the input's base (padding lanes included: zeros); a pulse on `start` runs the program; at its
+end the `out_*` stream gives the `num_classes` logits (the last GEMM's sums), then the machine is idle.
+Memory contents other than the activation buffer are given at build time (the network's weights and
+program): the machine is built for the network it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw import isa
+from hw.accumulator import LATENCY as ACC_LATENCY
+from hw.accumulator import KAccumulator
+from hw.array import WSArray
+from hw.arrayconfig import ArrayConfig
+from hw.column_stage import LATENCY as STAGE_LATENCY
+from hw.column_stage import ColumnStage
+from hw.pe import MULTIPLIERS
+from hw.protect import MODES
+
+FETCH = 2       # cycles per instruction before it runs: read it, decode it
+SETUP = 2       # cycles per GEMM tile before its weights load: read its slice entry (and constants)
+GEMM_TAIL = ACC_LATENCY + STAGE_LATENCY + 1   # last sums through the accumulator, the stage, the write
+POOL_TAIL = 1   # the last window's word: read and written
+
+
+@dataclass(frozen=True)
+class MachineParams:
+    """What the machine is built with: the array, the widths and the memory images (plain integers).
+
+    `constants[n][c]` is (bias, multiplier, shift, lo, hi) of column c in constant word n; `weights[i]` a
+    row of `cols` weights; `instructions` and `slices` words packed with `hw.isa.pack`.
+    """
+
+    array: ArrayConfig
+    lanes: int
+    widths: isa.Widths
+    multiplier_bits: int
+    shift_bits: int
+    check: str                       # "none", "clip" or "zero": the range-check unit built
+    buffer_words: int
+    input_base: int
+    input_words: int
+    num_classes: int
+    instructions: tuple[int, ...]
+    slices: tuple[int, ...]
+    weights: tuple[tuple[int, ...], ...]
+    constants: tuple[tuple[tuple[int, int, int, int, int], ...], ...]
+
+    @property
+    def code_shape(self) -> Shape:
+        a = self.array
+        return signed(a.act_bits) if a.act_signed else unsigned(a.act_bits)
+
+    @property
+    def logits_words(self) -> int:
+        return -(-self.num_classes // self.array.cols)
+
+
+@dataclass(frozen=True)
+class _WriterReset:
+    """The output writer's position registers, set at each instruction's decode."""
+
+    row: Signal
+    address: Signal
+    group: Signal
+    part: Signal
+    logit_word: Signal
+
+    def reset(self, fetched: Value) -> list:
+        return [self.row.eq(0), self.address.eq(fetched.dst_base), self.group.eq(0),
+                self.part.eq(0)]
+
+
+def _bits(value: int, width: int) -> int:
+    return value & ((1 << width) - 1)
+
+
+def _pack_row(values: tuple[int, ...], width: int) -> int:
+    return sum(_bits(v, width) << (i * width) for i, v in enumerate(values))
+
+
+class Machine(wiring.Component):
+    """The accelerator; see the module docstring for its schedule and host protocol.
+
+    Members
+    -------
+    in_valid : In(1); in_data : In(code shape); in_ready : Out(1) : the input codes, while idle.
+    start : In(1) : run the program (ignored unless idle).
+    busy : Out(1) : the program is running or the logits are being sent.
+    out_valid : Out(1); out_data : Out(signed(acc_bits)); out_ready : In(1) : the logits.
+    """
+
+    def __init__(self, params: MachineParams) -> None:
+        self.params = params
+        a = params.array
+        if a.dataflow != "ws" or a.tmr or a.protection != "none":
+            raise ValueError("Machine needs a weight-stationary ArrayConfig without TMR or protection "
+                             "(the range check is MachineParams.check)")
+        if a.rows < 2:
+            raise ValueError(f"Machine rows must be at least 2, not {a.rows!r}")
+        self.instruction = isa.instruction_layout(params.widths)
+        self.slice = isa.slice_layout(params.widths)
+        super().__init__({
+            "in_valid": In(1), "in_data": In(params.code_shape), "in_ready": Out(1),
+            "start": In(1), "busy": Out(1),
+            "out_valid": Out(1), "out_data": Out(signed(a.acc_bits)), "out_ready": In(1),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        p, a = self.params, self.params.array
+        code = p.code_shape
+        rows, cols, lanes = a.rows, a.cols, p.lanes
+        word_bits = lanes * code.width
+
+        # ---- memories
+        imem = Memory(shape=unsigned(self.instruction.size), depth=max(1, len(p.instructions)),
+                      init=list(p.instructions))
+        smem = Memory(shape=unsigned(self.slice.size), depth=max(1, len(p.slices)), init=list(p.slices))
+        wmem = Memory(shape=unsigned(cols * a.weight_bits), depth=max(1, len(p.weights)),
+                      init=[_pack_row(row, a.weight_bits) for row in p.weights])
+        const_bits = a.acc_bits + p.multiplier_bits + p.shift_bits + 2 * code.width
+        cmem = Memory(shape=unsigned(cols * const_bits), depth=max(1, len(p.constants)),
+                      init=[self._const_word(word) for word in p.constants])
+        abuf = Memory(shape=unsigned(word_bits), depth=max(1, p.buffer_words), init=[])
+        lmem = Memory(shape=unsigned(cols * a.acc_bits), depth=max(1, p.logits_words), init=[])
+        m.submodules.imem, m.submodules.smem, m.submodules.wmem = imem, smem, wmem
+        m.submodules.cmem, m.submodules.abuf, m.submodules.lmem = cmem, abuf, lmem
+        iread, sread, wread, cread = imem.read_port(), smem.read_port(), wmem.read_port(), cmem.read_port()
+        aread, awrite = abuf.read_port(), abuf.write_port(granularity=code.width)
+        lread, lwrite = lmem.read_port(), lmem.write_port()
+
+        # ---- datapath
+        m.submodules.array = array = WSArray(a)
+        m.submodules.sums = sums = KAccumulator(array.acc_bits, cols, max(1, self._max_rows()), with_bias=True)
+        check = MODES[p.check] if p.check != "none" else None
+        m.submodules.stage = stage = ColumnStage(a.acc_bits, cols, code, p.multiplier_bits, p.shift_bits,
+                                                 check=check, multiplier=MULTIPLIERS[a.multiplier])
+        skew = rows + cols - 1
+        k_first, k_last = Signal(), Signal()
+        first_line, last_line = k_first, k_last
+        for i in range(skew):
+            first_next, last_next = Signal(name=f"k_first_{i}"), Signal(name=f"k_last_{i}")
+            m.d.sync += [first_next.eq(first_line), last_next.eq(last_line)]
+            first_line, last_line = first_next, last_next
+        m.d.comb += [sums.valid.eq(array.out_valid), sums.first.eq(first_line), sums.last.eq(last_line)]
+        m.d.comb += [sums.acc[c].eq(array.out[c]) for c in range(cols)]
+
+        # ---- instruction registers and counters
+        instr = Signal(self.instruction)
+        sl = Signal(self.slice)
+        pc = Signal(range(max(2, len(p.instructions) + 1)))
+        nt = Signal(p.widths.const + 1)
+        kt = Signal(p.widths.slice + 1)
+        wptr = Signal(range(max(2, len(p.weights) + 1)))
+        count = Signal(32)   # cycles within a phase
+        pending = Signal(unsigned(cols * const_bits))
+        active = Signal(unsigned(cols * const_bits))
+        bias_active = Signal(unsigned(cols * const_bits))
+        self._feed_constants(m, stage, sums, active, bias_active, const_bits)
+        m.d.comb += [stage.valid.eq(sums.out_valid & ~instr.logits), stage.relu.eq(instr.relu),
+                     stage.check_on.eq(instr.check), stage.qmin.eq(instr.qmin), stage.qmax.eq(instr.qmax)]
+        m.d.comb += [stage.acc[c].eq(sums.out[c]) for c in range(cols)]
+
+        # ---- the stream feed's address generator (one row of A per cycle)
+        gen = {name: Signal(signed(p.widths.address + 2), name=f"gen_{name}") for name in ("row", "col")}
+        y, x = Signal(signed(p.widths.dim + 2)), Signal(signed(p.widths.dim + 2))
+        ox = Signal(p.widths.dim)
+        inside_d, part_d = Signal(), Signal(max(1, p.widths.lane))
+        m.d.sync += part_d.eq(sl.part)
+
+        def issue_row() -> list:
+            """Read the current row's word, remember whether it lies inside the map, step to the next."""
+            m.d.comb += aread.addr.eq((gen["row"] + gen["col"])[:p.widths.address])
+            m.d.sync += inside_d.eq((y >= 0) & (y < instr.src_h) & (x >= 0) & (x < instr.src_w))
+            with m.If(ox == instr.out_w - 1):
+                m.d.sync += [ox.eq(0), x.eq(sl.dx), gen["col"].eq(sl.col_off), y.eq(y + instr.sy),
+                             gen["row"].eq(gen["row"] + instr.step_y)]
+            with m.Else():
+                m.d.sync += [ox.eq(ox + 1), x.eq(x + instr.sx), gen["col"].eq(gen["col"] + instr.step_x)]
+            return []
+
+        a_lanes = aread.data.word_select(part_d, rows * code.width)
+        feed_valid = Signal()
+        m.d.comb += [array.a_valid.eq(feed_valid)]
+        for r in range(rows):
+            lane = a_lanes[r * code.width:(r + 1) * code.width]
+            m.d.comb += array.a[r].eq(Mux(inside_d, lane.as_signed() if code.signed else lane, 0))
+
+        # ---- output writer: rows of the stage (or raw sums for logits) in order, N slice after N slice
+        writer = self._writer(m, instr, stage, sums, awrite, lwrite)
+
+        # ---- max-pool unit
+        pool = self._pool_unit(m, instr, aread, awrite, code)
+
+        # ---- host input
+        in_word = Signal(range(max(2, p.input_words + 1)))
+        in_lane = Signal(range(max(2, lanes)))
+
+        # ---- sequencer
+        m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
+        m.d.comb += [array.w[c].eq(wread.data[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
+                     for c in range(cols)]
+        out_index = Signal(range(max(2, p.num_classes + 1)))
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                m.d.comb += self.in_ready.eq(1)
+                with m.If(self.in_valid):
+                    self._host_write(m, awrite, in_word, in_lane, code)
+                with m.If(self.start):
+                    m.d.sync += [pc.eq(0), in_word.eq(0), in_lane.eq(0), writer.logit_word.eq(0)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.comb += self.busy.eq(1)
+                fetched = data.View(self.instruction, iread.data)
+                m.d.sync += [instr.eq(iread.data), nt.eq(0), kt.eq(0), wptr.eq(fetched.weight_base),
+                             pc.eq(pc + 1), count.eq(0)]
+                m.d.sync += writer.reset(fetched)
+                with m.Switch(fetched.opcode):
+                    with m.Case(isa.GEMM):
+                        m.next = "G_SETUP"
+                    with m.Case(isa.MAXPOOL):
+                        m.d.sync += pool["start"](fetched)
+                        m.next = "P_RUN"
+                    with m.Default():
+                        m.d.sync += out_index.eq(0)
+                        m.next = "OUT_READ"
+            with m.State("G_SETUP"):
+                m.d.comb += [self.busy.eq(1), sread.addr.eq(instr.slice_first + kt),
+                             cread.addr.eq(instr.const_base + nt)]
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == 1):
+                    slice_now = data.View(self.slice, sread.data)
+                    m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
+                                 gen["row"].eq(instr.src_base + slice_now.row_off), gen["col"].eq(slice_now.col_off),
+                                 count.eq(0)]
+                    with m.If(kt == 0):
+                        m.d.sync += pending.eq(cread.data)
+                    m.next = "G_LOAD"
+            with m.State("G_LOAD"):
+                m.d.comb += [self.busy.eq(1), array.w_load.eq(1), wread.addr.eq(wptr + 1)]
+                m.d.sync += [count.eq(count + 1), wptr.eq(wptr + 1)]
+                with m.If(count == rows - 1):
+                    issue_row()
+                    m.d.sync += count.eq(0)
+                    m.next = "G_STREAM"
+            with m.State("G_STREAM"):
+                m.d.comb += [self.busy.eq(1), feed_valid.eq(1), k_first.eq(kt == 0),
+                             k_last.eq(kt == instr.slice_count - 1)]
+                with m.If(count == 0):
+                    with m.If(kt == 0):
+                        m.d.sync += bias_active.eq(pending)
+                    with m.If(kt == instr.slice_count - 1):
+                        m.d.sync += active.eq(pending)
+                issue_row()
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == instr.m_count - 1):
+                    m.d.sync += count.eq(0)
+                    m.next = "G_DRAIN"
+            with m.State("G_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == rows + cols - 3):
+                    m.d.sync += count.eq(0)
+                    with m.If(kt == instr.slice_count - 1):
+                        m.d.sync += [kt.eq(0), nt.eq(nt + 1)]
+                        with m.If(nt == instr.n_count - 1):
+                            m.next = "G_TAIL"
+                        with m.Else():
+                            m.next = "G_SETUP"
+                    with m.Else():
+                        m.d.sync += kt.eq(kt + 1)
+                        m.next = "G_SETUP"
+            with m.State("G_TAIL"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == GEMM_TAIL - 1):
+                    m.next = "FETCH"
+            with m.State("P_RUN"):
+                m.d.comb += [self.busy.eq(1), pool["run"].eq(1)]
+                with m.If(pool["last"]):
+                    m.d.sync += count.eq(0)
+                    m.next = "P_TAIL"
+            with m.State("P_TAIL"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == POOL_TAIL - 1):
+                    m.next = "FETCH"
+            with m.State("OUT_READ"):
+                m.d.comb += [self.busy.eq(1), lread.addr.eq(out_index // cols if cols > 1 else out_index)]
+                m.next = "OUT_SEND"
+            with m.State("OUT_SEND"):
+                m.d.comb += [self.busy.eq(1), self.out_valid.eq(1)]
+                lane_sel = (out_index % cols) if cols > 1 else Const(0)
+                m.d.comb += self.out_data.eq(lread.data.word_select(lane_sel, a.acc_bits).as_signed())
+                with m.If(self.out_ready):
+                    m.d.sync += out_index.eq(out_index + 1)
+                    with m.If(out_index == p.num_classes - 1):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "OUT_READ"
+        return m
+
+    def _max_rows(self) -> int:
+        """Return the largest GEMM M of the program (the K accumulator's depth)."""
+        layout = self.instruction
+        largest = 0
+        for word in self.params.instructions:
+            view = {name: (word >> member.offset) & ((1 << member.shape.width) - 1) for name, member in layout}
+            if view["opcode"] == isa.GEMM:
+                largest = max(largest, view["m_count"])
+        return largest
+
+    def _const_word(self, word: tuple[tuple[int, int, int, int, int], ...]) -> int:
+        p = self.params
+        widths = (p.array.acc_bits, p.multiplier_bits, p.shift_bits, p.code_shape.width, p.code_shape.width)
+        packed, offset = 0, 0
+        for column in word:
+            for value, width in zip(column, widths, strict=True):
+                packed |= _bits(value, width) << offset
+                offset += width
+        return packed
+
+    def _feed_constants(self, m: Module, stage: ColumnStage, sums: KAccumulator, active: Value,
+                        bias_active: Value, const_bits: int) -> None:
+        """Drive each column's constants from the active words: the bias into the K accumulator, the
+        multiplier, shift and bounds into the column stage."""
+        p = self.params
+        widths = (p.array.acc_bits, p.multiplier_bits, p.shift_bits, p.code_shape.width, p.code_shape.width)
+        for c in range(p.array.cols):
+            fields, offset = [], c * const_bits
+            for width in widths:
+                fields.append((offset, width))
+                offset += width
+            (b_off, b_w), (m_off, m_w), (s_off, s_w), (lo_off, lo_w), (hi_off, hi_w) = fields
+            cast = (lambda v: v.as_signed()) if p.code_shape.signed else (lambda v: v)
+            m.d.comb += [sums.bias[c].eq(bias_active[b_off:b_off + b_w].as_signed()),
+                         stage.multiplier[c].eq(active[m_off:m_off + m_w]),
+                         stage.shift[c].eq(active[s_off:s_off + s_w].as_signed()),
+                         stage.lo[c].eq(cast(active[lo_off:lo_off + lo_w])),
+                         stage.hi[c].eq(cast(active[hi_off:hi_off + hi_w]))]
+
+    def _writer(self, m: Module, instr: Value, stage: ColumnStage, sums: KAccumulator, awrite: Any,
+                lwrite: Any) -> _WriterReset:
+        """Write each output row where the instruction puts it: the stage's codes into `cols` lanes of a
+        buffer word, or a logits layer's raw sums into the logits memory; N slice after N slice."""
+        p, a = self.params, self.params.array
+        cols, lanes = a.cols, p.lanes
+        parts = lanes // cols
+        row = Signal(2 * p.widths.dim + 1)
+        address = Signal(p.widths.address + 1)
+        group = Signal(p.widths.address + 1)
+        part = Signal(range(max(2, parts)))
+        logit_word = Signal(range(max(2, p.logits_words + 1)))
+        codes = Cat(*(stage.out[c] for c in range(cols)))
+        m.d.comb += [awrite.data.eq(Cat(*([codes] * parts))), awrite.addr.eq(address)]
+        with m.If(stage.out_valid):
+            m.d.comb += awrite.en.eq(((1 << cols) - 1) << (part * cols))
+            with m.If(row == instr.m_count - 1):
+                next_part = Mux(part == parts - 1, 0, part + 1)
+                next_group = Mux(part == parts - 1, group + 1, group)
+                m.d.sync += [row.eq(0), part.eq(next_part), group.eq(next_group),
+                             address.eq(instr.dst_base + next_group)]
+            with m.Else():
+                m.d.sync += [row.eq(row + 1), address.eq(address + instr.dst_groups)]
+        m.d.comb += [lwrite.addr.eq(logit_word),
+                     lwrite.data.eq(Cat(*(sums.out[c] for c in range(cols))))]
+        with m.If(sums.out_valid & instr.logits):
+            m.d.comb += lwrite.en.eq(1)
+            m.d.sync += logit_word.eq(logit_word + 1)
+        return _WriterReset(row, address, group, part, logit_word)
+
+    def _pool_unit(self, m: Module, instr: Value, aread: Any, awrite: Any, code: Shape) -> dict[str, Value]:
+        """Build the max-pool unit: one window tap read per cycle while `run` is high, the lane-wise max
+        kept in a register, each window's word written on the cycle its last tap's data arrives. Returns
+        its controls: `start` (sync statements that set it up from the instruction being decoded), `run`
+        (drive high to step it) and `last` (high on the cycle it issues its last read)."""
+        p = self.params
+        lanes, width, dim = p.lanes, code.width, p.widths.dim
+        addr_shape, pos_shape = signed(p.widths.address + 2), signed(dim + 2)
+        win_row, win_col, tap_row, tap_col = (Signal(addr_shape, name=f"pool_{n}") for n in
+                                              ("win_row", "win_col", "tap_row", "tap_col"))
+        win_y, win_x, y, x = (Signal(pos_shape, name=f"pool_{n}") for n in ("win_y", "win_x", "y", "x"))
+        oy, ox, g = Signal(dim, name="pool_oy"), Signal(dim, name="pool_ox"), Signal(p.widths.address, name="pool_g")
+        ky, kx = Signal(4, name="pool_ky"), Signal(4, name="pool_kx")
+        dst = Signal(p.widths.address + 1, name="pool_dst")
+        run, last = Signal(name="pool_run"), Signal(name="pool_last")
+        inside_d, first_d, last_d = Signal(), Signal(), Signal()
+        best = Signal(unsigned(lanes * width), name="pool_max")
+
+        with m.If(run):
+            m.d.comb += aread.addr.eq((tap_row + tap_col + g)[:p.widths.address])
+            m.d.sync += [inside_d.eq((y >= 0) & (y < instr.src_h) & (x >= 0) & (x < instr.src_w)),
+                         first_d.eq((ky == 0) & (kx == 0)), last_d.eq((ky == instr.kh - 1) & (kx == instr.kw - 1))]
+            self._pool_step(m, instr, (win_row, win_col, tap_row, tap_col, win_y, win_x, y, x, oy, ox, g, ky, kx), last)
+        with m.Else():
+            m.d.sync += [inside_d.eq(0), first_d.eq(0), last_d.eq(0)]
+        floor = -(1 << (width - 1)) if code.signed else 0
+        merged = []
+        for lane in range(lanes):
+            raw = aread.data[lane * width:(lane + 1) * width]
+            value = Mux(inside_d, raw.as_signed() if code.signed else raw, floor)
+            held = best[lane * width:(lane + 1) * width]
+            held = held.as_signed() if code.signed else held
+            merged.append(Mux(first_d | (value > held), value, held)[:width])
+        new_best = Cat(*merged)
+        with m.If(first_d | last_d | inside_d):
+            m.d.sync += best.eq(new_best)
+        with m.If(last_d):
+            m.d.comb += [awrite.addr.eq(dst), awrite.data.eq(new_best), awrite.en.eq((1 << lanes) - 1)]
+            m.d.sync += dst.eq(dst + 1)
+
+        def start(fetched: Value) -> list:
+            f = fetched
+            return [win_row.eq(f.src_base + f.row_off), tap_row.eq(f.src_base + f.row_off),
+                    win_col.eq(f.col_off), tap_col.eq(f.col_off), win_y.eq(-f.py), y.eq(-f.py),
+                    win_x.eq(-f.px), x.eq(-f.px), oy.eq(0), ox.eq(0), g.eq(0), ky.eq(0), kx.eq(0),
+                    dst.eq(f.dst_base)]
+        return {"start": start, "run": run, "last": last}
+
+    @staticmethod
+    def _pool_step(m: Module, instr: Value, regs: tuple, last: Value) -> None:
+        """Step the pool's loops (oy, ox, g, ky, kx; kx innermost) and their address registers."""
+        win_row, win_col, tap_row, tap_col, win_y, win_x, y, x, oy, ox, g, ky, kx = regs
+        i = instr
+        kx_end, ky_end = kx == i.kw - 1, ky == i.kh - 1
+        g_end, ox_end, oy_end = g == i.src_groups - 1, ox == i.out_w - 1, oy == i.out_h - 1
+        m.d.comb += last.eq(kx_end & ky_end & g_end & ox_end & oy_end)
+        with m.If(~kx_end):
+            m.d.sync += [kx.eq(kx + 1), x.eq(x + 1), tap_col.eq(tap_col + i.src_groups)]
+        with m.Elif(~ky_end):
+            m.d.sync += [kx.eq(0), x.eq(win_x), tap_col.eq(win_col),
+                         ky.eq(ky + 1), y.eq(y + 1), tap_row.eq(tap_row + i.row_pitch)]
+        with m.Elif(~g_end):
+            m.d.sync += [kx.eq(0), x.eq(win_x), tap_col.eq(win_col), ky.eq(0), y.eq(win_y), tap_row.eq(win_row),
+                         g.eq(g + 1)]
+        with m.Elif(~ox_end):
+            next_col, next_x = win_col + i.step_x, win_x + i.sx
+            m.d.sync += [kx.eq(0), ky.eq(0), g.eq(0), y.eq(win_y), tap_row.eq(win_row), ox.eq(ox + 1),
+                         win_col.eq(next_col), tap_col.eq(next_col), win_x.eq(next_x), x.eq(next_x)]
+        with m.Else():
+            next_row, next_y = win_row + i.step_y, win_y + i.sy
+            first_col, first_x = i.col_off, -i.px
+            m.d.sync += [kx.eq(0), ky.eq(0), g.eq(0), ox.eq(0), oy.eq(oy + 1),
+                         win_row.eq(next_row), tap_row.eq(next_row), win_y.eq(next_y), y.eq(next_y),
+                         win_col.eq(first_col), tap_col.eq(first_col), win_x.eq(first_x), x.eq(first_x)]
+
+    def _host_write(self, m: Module, awrite: Any, word: Value, lane: Value, code: Shape) -> None:
+        """Write one input code into its lane of the input tensor's current word, and step."""
+        p = self.params
+        m.d.comb += [awrite.addr.eq(p.input_base + word),
+                     awrite.data.eq(Cat(*([self.in_data] * p.lanes))),
+                     awrite.en.eq(Const(1, p.lanes) << lane)]
+        with m.If(lane == p.lanes - 1):
+            m.d.sync += [lane.eq(0), word.eq(word + 1)]
+        with m.Else():
+            m.d.sync += lane.eq(lane + 1)
