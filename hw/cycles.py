@@ -120,3 +120,41 @@ def vector_cycles(channels: int, positions: int, window: int, lanes: int) -> int
     for name, value in (("channels", channels), ("positions", positions), ("window", window), ("lanes", lanes)):
         _positive(name, value, "Vector pass")
     return _ceil(channels, lanes) * positions * window + VECTOR_PIPELINE
+
+
+# The accelerator's schedule (`hw.machine.Machine`), cycle for cycle: every instruction pays
+# `MACHINE_FETCH` cycles (read, decode); a GEMM runs its tiles one after the other, each
+# `MACHINE_SETUP` + R (weights) + M (rows streamed) + R + C - 2 (the last row leaving the array), then
+# `MACHINE_GEMM_TAIL` cycles while its last sums pass the K accumulator, the output stage and the write;
+# a max pool reads one window word per cycle and writes its last word `MACHINE_POOL_TAIL` later; after
+# the program's end the first logit is on the host stream `MACHINE_OUTPUT` cycles later. Counted from
+# the cycle that presents `start` (`MACHINE_START`) to the one that presents the first logit.
+MACHINE_START = 1
+MACHINE_FETCH = 2
+MACHINE_SETUP = 2
+MACHINE_GEMM_TAIL = 7
+MACHINE_POOL_TAIL = 1
+MACHINE_OUTPUT = 1
+
+
+def machine_gemm_cycles(m: int, k_slices: int, n_slices: int, rows: int, cols: int) -> int:
+    """Return the cycles of one GEMM instruction of the accelerator: fetch, n_slices * k_slices tiles of
+    M streamed rows, and the output pipeline's tail."""
+    for name, value in (("m", m), ("k_slices", k_slices), ("n_slices", n_slices), ("rows", rows), ("cols", cols)):
+        _positive(name, value)
+    tile = MACHINE_SETUP + 2 * rows + cols - 2 + m
+    return MACHINE_FETCH + n_slices * k_slices * tile + MACHINE_GEMM_TAIL
+
+
+def machine_pool_cycles(words: int, window: int) -> int:
+    """Return the cycles of one max-pool instruction: fetch, one read per window word of each of its
+    `words` output words, and the last write."""
+    _positive("words", words, "Pool")
+    _positive("window", window, "Pool")
+    return MACHINE_FETCH + words * window + MACHINE_POOL_TAIL
+
+
+def machine_end_cycles() -> int:
+    """Return the cycles outside the instructions: the start, the end instruction's fetch and the cycle
+    before the first logit is on the host stream."""
+    return MACHINE_START + MACHINE_FETCH + MACHINE_OUTPUT

@@ -36,49 +36,17 @@ from hw import isa
 from hw.accumulator import LATENCY as ACC_LATENCY
 from hw.accumulator import KAccumulator
 from hw.array import WSArray
-from hw.arrayconfig import ArrayConfig
 from hw.column_stage import LATENCY as STAGE_LATENCY
 from hw.column_stage import ColumnStage
+from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_POOL_TAIL, MACHINE_SETUP
+from hw.machine_format import BEAT, CMEM, IMEM, SMEM, WMEM, MachineShape
 from hw.pe import MULTIPLIERS
 from hw.protect import MODES
 
-FETCH = 2       # cycles per instruction before it runs: read it, decode it
-SETUP = 2       # cycles per GEMM tile before its weights load: read its slice entry (and constants)
-GEMM_TAIL = ACC_LATENCY + STAGE_LATENCY + 1   # last sums through the accumulator, the stage, the write
-POOL_TAIL = 1   # the last window's word: read and written
-
-
-@dataclass(frozen=True)
-class MachineParams:
-    """What the machine is built with: the array, the widths and the memory images (plain integers).
-
-    `constants[n][c]` is (bias, multiplier, shift, lo, hi) of column c in constant word n; `weights[i]` a
-    row of `cols` weights; `instructions` and `slices` words packed with `hw.isa.pack`.
-    """
-
-    array: ArrayConfig
-    lanes: int
-    widths: isa.Widths
-    multiplier_bits: int
-    shift_bits: int
-    check: str                       # "none", "clip" or "zero": the range-check unit built
-    buffer_words: int
-    input_base: int
-    input_words: int
-    num_classes: int
-    instructions: tuple[int, ...]
-    slices: tuple[int, ...]
-    weights: tuple[tuple[int, ...], ...]
-    constants: tuple[tuple[tuple[int, int, int, int, int], ...], ...]
-
-    @property
-    def code_shape(self) -> Shape:
-        a = self.array
-        return signed(a.act_bits) if a.act_signed else unsigned(a.act_bits)
-
-    @property
-    def logits_words(self) -> int:
-        return -(-self.num_classes // self.array.cols)
+SETUP = MACHINE_SETUP   # cycles per GEMM tile before its weights load: read its slice entry (and constants)
+GEMM_TAIL = MACHINE_GEMM_TAIL   # last sums through the accumulator, the stage, the write
+POOL_TAIL = MACHINE_POOL_TAIL   # the last window's word: read and written
+assert GEMM_TAIL == ACC_LATENCY + STAGE_LATENCY + 1
 
 
 @dataclass(frozen=True)
@@ -96,14 +64,6 @@ class _WriterReset:
                 self.part.eq(0)]
 
 
-def _bits(value: int, width: int) -> int:
-    return value & ((1 << width) - 1)
-
-
-def _pack_row(values: tuple[int, ...], width: int) -> int:
-    return sum(_bits(v, width) << (i * width) for i, v in enumerate(values))
-
-
 class Machine(wiring.Component):
     """The accelerator; see the module docstring for its schedule and host protocol.
 
@@ -115,18 +75,19 @@ class Machine(wiring.Component):
     out_valid : Out(1); out_data : Out(signed(acc_bits)); out_ready : In(1) : the logits.
     """
 
-    def __init__(self, params: MachineParams) -> None:
+    def __init__(self, params: MachineShape) -> None:
         self.params = params
         a = params.array
         if a.dataflow != "ws" or a.tmr or a.protection != "none":
             raise ValueError("Machine needs a weight-stationary ArrayConfig without TMR or protection "
-                             "(the range check is MachineParams.check)")
+                             "(the range check is MachineShape.check)")
         if a.rows < 2:
             raise ValueError(f"Machine rows must be at least 2, not {a.rows!r}")
         self.instruction = isa.instruction_layout(params.widths)
         self.slice = isa.slice_layout(params.widths)
         super().__init__({
             "in_valid": In(1), "in_data": In(params.code_shape), "in_ready": Out(1),
+            "load_valid": In(1), "load_data": In(BEAT), "load_ready": Out(1),
             "start": In(1), "busy": Out(1),
             "out_valid": Out(1), "out_data": Out(signed(a.acc_bits)), "out_ready": In(1),
         })
@@ -138,26 +99,24 @@ class Machine(wiring.Component):
         rows, cols, lanes = a.rows, a.cols, p.lanes
         word_bits = lanes * code.width
 
-        # ---- memories
-        imem = Memory(shape=unsigned(self.instruction.size), depth=max(1, len(p.instructions)),
-                      init=list(p.instructions))
-        smem = Memory(shape=unsigned(self.slice.size), depth=max(1, len(p.slices)), init=list(p.slices))
-        wmem = Memory(shape=unsigned(cols * a.weight_bits), depth=max(1, len(p.weights)),
-                      init=[_pack_row(row, a.weight_bits) for row in p.weights])
-        const_bits = a.acc_bits + p.multiplier_bits + p.shift_bits + 2 * code.width
-        cmem = Memory(shape=unsigned(cols * const_bits), depth=max(1, len(p.constants)),
-                      init=[self._const_word(word) for word in p.constants])
+        # ---- memories: the loadable ones, the activation buffer, the logits
+        loadable = {memory: Memory(shape=unsigned(p.word_bits(memory)), depth=p.depth(memory), init=[])
+                    for memory in (IMEM, SMEM, WMEM, CMEM)}
+        imem, smem, wmem, cmem = (loadable[memory] for memory in (IMEM, SMEM, WMEM, CMEM))
+        const_bits = sum(p.const_fields)
         abuf = Memory(shape=unsigned(word_bits), depth=max(1, p.buffer_words), init=[])
         lmem = Memory(shape=unsigned(cols * a.acc_bits), depth=max(1, p.logits_words), init=[])
         m.submodules.imem, m.submodules.smem, m.submodules.wmem = imem, smem, wmem
         m.submodules.cmem, m.submodules.abuf, m.submodules.lmem = cmem, abuf, lmem
         iread, sread, wread, cread = imem.read_port(), smem.read_port(), wmem.read_port(), cmem.read_port()
+        idle = Signal()
+        self._loader(m, loadable, idle)
         aread, awrite = abuf.read_port(), abuf.write_port(granularity=code.width)
         lread, lwrite = lmem.read_port(), lmem.write_port()
 
         # ---- datapath
         m.submodules.array = array = WSArray(a)
-        m.submodules.sums = sums = KAccumulator(array.acc_bits, cols, max(1, self._max_rows()), with_bias=True)
+        m.submodules.sums = sums = KAccumulator(array.acc_bits, cols, max(1, p.max_rows), with_bias=True)
         check = MODES[p.check] if p.check != "none" else None
         m.submodules.stage = stage = ColumnStage(a.acc_bits, cols, code, p.multiplier_bits, p.shift_bits,
                                                  check=check, multiplier=MULTIPLIERS[a.multiplier])
@@ -174,10 +133,10 @@ class Machine(wiring.Component):
         # ---- instruction registers and counters
         instr = Signal(self.instruction)
         sl = Signal(self.slice)
-        pc = Signal(range(max(2, len(p.instructions) + 1)))
+        pc = Signal(range(max(2, p.instruction_words + 1)))
         nt = Signal(p.widths.const + 1)
         kt = Signal(p.widths.slice + 1)
-        wptr = Signal(range(max(2, len(p.weights) + 1)))
+        wptr = Signal(range(max(2, p.weight_words + 1)))
         count = Signal(32)   # cycles within a phase
         pending = Signal(unsigned(cols * const_bits))
         active = Signal(unsigned(cols * const_bits))
@@ -229,7 +188,7 @@ class Machine(wiring.Component):
         out_index = Signal(range(max(2, p.num_classes + 1)))
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                m.d.comb += self.in_ready.eq(1)
+                m.d.comb += [self.in_ready.eq(1), idle.eq(1)]
                 with m.If(self.in_valid):
                     self._host_write(m, awrite, in_word, in_lane, code)
                 with m.If(self.start):
@@ -329,32 +288,51 @@ class Machine(wiring.Component):
                         m.next = "OUT_READ"
         return m
 
-    def _max_rows(self) -> int:
-        """Return the largest GEMM M of the program (the K accumulator's depth)."""
-        layout = self.instruction
-        largest = 0
-        for word in self.params.instructions:
-            view = {name: (word >> member.offset) & ((1 << member.shape.width) - 1) for name, member in layout}
-            if view["opcode"] == isa.GEMM:
-                largest = max(largest, view["m_count"])
-        return largest
-
-    def _const_word(self, word: tuple[tuple[int, int, int, int, int], ...]) -> int:
+    def _loader(self, m: Module, memories: dict[int, Memory], idle: Value) -> None:
+        """Build the host's load stream (`hw.machine_format`): headers, then each word's beats gathered
+        into a register and written on the cycle after its last beat; accepted only while idle."""
         p = self.params
-        widths = (p.array.acc_bits, p.multiplier_bits, p.shift_bits, p.code_shape.width, p.code_shape.width)
-        packed, offset = 0, 0
-        for column in word:
-            for value, width in zip(column, widths, strict=True):
-                packed |= _bits(value, width) << offset
-                offset += width
-        return packed
+        per_word = {memory: -(-p.word_bits(memory) // BEAT) for memory in memories}
+        gathered = Signal(BEAT * max(per_word.values()), name="load_word")
+        target, address = Signal(2, name="load_memory"), Signal(BEAT, name="load_address")
+        remaining, beat = Signal(BEAT, name="load_remaining"), Signal(range(max(per_word.values()) + 1))
+        commit = Signal(name="load_commit")
+        last_beat = Signal()
+        with m.Switch(target):
+            for memory, beats in per_word.items():
+                with m.Case(memory):
+                    m.d.comb += last_beat.eq(beat == beats - 1)
+        for memory, mem in memories.items():
+            port = mem.write_port()
+            m.d.comb += [port.addr.eq(address), port.data.eq(gathered[:p.word_bits(memory)]),
+                         port.en.eq(commit & (target == memory))]
+        m.d.sync += commit.eq(0)
+        with m.If(commit):
+            m.d.sync += address.eq(address + 1)
+        m.d.comb += self.load_ready.eq(idle)
+        with m.FSM(name="load"):
+            for state, register, following in (("MEMORY", target, "ADDRESS"), ("ADDRESS", address, "COUNT"),
+                                                ("COUNT", remaining, "DATA")):
+                with m.State(state):
+                    with m.If(self.load_valid & idle):
+                        m.d.sync += [register.eq(self.load_data), beat.eq(0)]
+                        m.next = following
+            with m.State("DATA"):
+                with m.If(self.load_valid & idle):
+                    m.d.sync += gathered.word_select(beat, BEAT).eq(self.load_data)
+                    with m.If(last_beat):
+                        m.d.sync += [beat.eq(0), commit.eq(1), remaining.eq(remaining - 1)]
+                        with m.If(remaining == 1):
+                            m.next = "MEMORY"
+                    with m.Else():
+                        m.d.sync += beat.eq(beat + 1)
 
     def _feed_constants(self, m: Module, stage: ColumnStage, sums: KAccumulator, active: Value,
                         bias_active: Value, const_bits: int) -> None:
         """Drive each column's constants from the active words: the bias into the K accumulator, the
         multiplier, shift and bounds into the column stage."""
         p = self.params
-        widths = (p.array.acc_bits, p.multiplier_bits, p.shift_bits, p.code_shape.width, p.code_shape.width)
+        widths = p.const_fields
         for c in range(p.array.cols):
             fields, offset = [], c * const_bits
             for width in widths:

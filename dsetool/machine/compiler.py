@@ -13,6 +13,7 @@ cannot run is refused before anything is built.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,7 @@ class _Compiler:
         self.weights: list[tuple[int, ...]] = []
         self.constants: list[tuple[Constants, ...]] = []
         self.fused: set[int] = set()
+        self.logits: set[int] = set()   # ops whose values are the logits (the last GEMM and its flattens)
         self.readers = self._last_readers()
 
     def _last_readers(self) -> dict[int, int]:
@@ -114,8 +116,11 @@ class _Compiler:
         if isinstance(op, QuantAct) and op.kind == "quant_input":
             self._place(index, op.out_shape)
         elif isinstance(op, Flatten):
-            source = self.codes[self.model.input_of(index)]
-            self.codes[index] = _Codes(source.tensor, source.shape, source.owner)
+            source = self.model.input_of(index)
+            if source in self.codes:
+                self.codes[index] = self.codes[source]   # the same words, read in their order
+            elif source not in self.logits:   # flattening the logits layer's sums: they are the logits already
+                raise UnsupportedOp(f"op {op.name!r} flattens integers the accelerator does not hold as codes")
         elif isinstance(op, WeightOp):
             self._gemm(index, op)
         elif isinstance(op, MaxPool2d):
@@ -157,6 +162,8 @@ class _Compiler:
         quantizer = self._quantizer(index)
         if quantizer is not None:
             self.fused.add(quantizer)
+        else:
+            self.logits.update(range(index, len(self.model.ops)))
         dest = self._place(quantizer, op.out_shape) if quantizer is not None else None
         slices, k_index = self._slices(op, source)
         gemm = Gemm(name=op.name, source=self._read_view(op, source), dest=dest,
@@ -172,13 +179,23 @@ class _Compiler:
     def _quantizer(self, index: int) -> int | None:
         """Return the quantizer fused into layer `index`'s output stage, or None for the logits layer."""
         readers = self.model.consumers(index)
-        if not readers and index == len(self.model.ops) - 1:
+        if self._is_logits(index):
             return None
         if len(readers) != 1 or not isinstance(self.model.ops[readers[0]], QuantAct):
             names = [self.model.ops[r].name for r in readers]
             raise UnsupportedOp(f"layer {self.model.ops[index].name!r} feeds {names}: the accelerator needs its "
                                 f"accumulators read by one quantizer (its output stage) or to be the logits")
         return readers[0]
+
+    def _is_logits(self, index: int) -> bool:
+        """Tell whether layer `index`'s accumulators are the logits: the last op, or flattened into it,
+        one value per output channel (the logits memory holds channels, not maps)."""
+        last = index
+        while (readers := self.model.consumers(last)) and len(readers) == 1 \
+                and isinstance(self.model.ops[readers[0]], Flatten):
+            last = readers[0]
+        shape = self.model.ops[index].out_shape
+        return last == len(self.model.ops) - 1 and not self.model.consumers(last) and math.prod(shape[1:]) == 1
 
     def _stage(self, quantizer: int | None) -> dict[str, object]:
         if quantizer is None:
@@ -282,7 +299,7 @@ def compile_program(engine: Engine, rows: int, cols: int) -> Program:
     constants = [c for word in compiler.constants for c in word]
     return Program(
         rows=rows, cols=cols, lanes=compiler.lanes,
-        act_bits=max(q.bits for q in quantizers), act_signed=any(q.signed for q in quantizers),
+        **_lane_format(quantizers),
         weight_bits=max(op.weight_bits for op in model.ops if isinstance(op, WeightOp)),
         acc_bits=max(layer.widths.acc_bits for layer in engine.layers.values()),
         multiplier_bits=max(1, *(c.multiplier.bit_length() for c in constants)),
@@ -290,6 +307,16 @@ def compile_program(engine: Engine, rows: int, cols: int) -> Program:
         input=compiler.codes[_input_op(model)].tensor, num_classes=model.num_classes,
         instructions=tuple(compiler.instructions), weights=tuple(compiler.weights),
         constants=tuple(compiler.constants), buffer_words=compiler.buffer.high)
+
+
+def _lane_format(quantizers: Sequence[QuantAct]) -> dict[str, Any]:
+    """Return the buffer lanes' width and sign: the widest code, one bit wider when signed and unsigned
+    codes meet (a signed input quantizer before ReLU layers), so every code reads back as itself."""
+    signed_bits = max((q.bits for q in quantizers if q.signed), default=0)
+    unsigned_bits = max((q.bits for q in quantizers if not q.signed), default=0)
+    if signed_bits and unsigned_bits:
+        return {"act_bits": max(signed_bits, unsigned_bits + 1), "act_signed": True}
+    return {"act_bits": signed_bits or unsigned_bits, "act_signed": bool(signed_bits)}
 
 
 def _input_op(model: IntModel) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dsetool.machine.program import Gemm, MaxPool, Program, Tensor
 from hw import isa
 from hw.arrayconfig import ArrayConfig
-from hw.machine import MachineParams
+from hw.machine_format import SHIFT_BITS, MachineImages, MachineShape
 
 
 def _bits(largest: int) -> int:
@@ -67,8 +67,11 @@ def check_mode(program: Program) -> str:
     return modes.pop() if modes else "none"
 
 
-def machine_params(program: Program, multiplier: str = "dsp") -> MachineParams:
-    """Return the parameters and memory images of the machine that runs `program`."""
+def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int | None = None
+               ) -> tuple[MachineShape, MachineImages]:
+    """Return the shape of the machine that runs `program` and the images its host loads.
+    `multiplier_bits`: the requantization multiplier's width (the design's; by default what the
+    program's constants need)."""
     widths = widths_of(program)
     instruction, slice_ = isa.instruction_layout(widths), isa.slice_layout(widths)
     words: list[int] = []
@@ -84,9 +87,27 @@ def machine_params(program: Program, multiplier: str = "dsp") -> MachineParams:
     array = ArrayConfig(rows=program.rows, cols=program.cols, act_bits=program.act_bits,
                         weight_bits=program.weight_bits, acc_bits=program.acc_bits, act_signed=program.act_signed,
                         multiplier=multiplier)
-    constants = tuple(tuple((c.bias, c.multiplier, c.shift, c.lo, c.hi) for c in word) for word in program.constants)
-    return MachineParams(array=array, lanes=program.lanes, widths=widths, multiplier_bits=program.multiplier_bits,
-                         shift_bits=program.shift_bits, check=check_mode(program), buffer_words=program.buffer_words,
+    bits = multiplier_bits or program.multiplier_bits
+    if bits < program.multiplier_bits or program.shift_bits > SHIFT_BITS:
+        raise ValueError(f"The program's constants need a {program.multiplier_bits}-bit multiplier and "
+                         f"{program.shift_bits}-bit shift; the machine has {bits} and {SHIFT_BITS}")
+    shape = MachineShape(array=array, lanes=program.lanes, widths=widths, multiplier_bits=bits,
+                         check=check_mode(program), buffer_words=program.buffer_words,
                          input_base=program.input.base, input_words=program.input.words,
-                         num_classes=program.num_classes, instructions=tuple(words), slices=tuple(slice_words),
-                         weights=program.weights, constants=constants)
+                         num_classes=program.num_classes, instruction_words=len(words),
+                         slice_words=len(slice_words), weight_words=len(program.weights),
+                         const_words=len(program.constants),
+                         max_rows=max(i.m for i in program.instructions if isinstance(i, Gemm)))
+    constants = tuple(tuple((c.bias, c.multiplier, c.shift, c.lo, c.hi) for c in word) for word in program.constants)
+    return shape, MachineImages(tuple(words), tuple(slice_words), program.weights, constants)
+
+
+def input_codes(program: Program, codes: object) -> list[int]:
+    """Return the host's input stream for one image's input codes (C, H, W): the input tensor's words
+    lane by lane, padding lanes 0 (`hw.machine.Machine`'s `in_*` stream)."""
+    import numpy as np
+
+    t = program.input
+    padded = np.zeros((t.groups * t.lanes, t.height, t.width), dtype=np.int64)
+    padded[:t.channels] = np.asarray(codes, dtype=np.int64).reshape(t.channels, t.height, t.width)
+    return [int(v) for v in padded.reshape(t.groups * t.lanes, -1).T.reshape(-1)]

@@ -155,3 +155,18 @@ class Program:
     @property
     def logits_words(self) -> int:
         return _ceil(self.num_classes, self.cols)
+
+
+def program_cycles(program: Program) -> int:
+    """Return the cycles from `start` to the first logit on the host stream (`hw.cycles`' machine
+    schedule), which the RTL simulation measures."""
+    from hw.cycles import machine_end_cycles, machine_gemm_cycles, machine_pool_cycles
+
+    total = machine_end_cycles()
+    for instr in program.instructions:
+        if isinstance(instr, Gemm):
+            total += machine_gemm_cycles(instr.m, len(instr.slices), _ceil(instr.out_channels, program.cols),
+                                         program.rows, program.cols)
+        else:
+            total += machine_pool_cycles(instr.dest.words, instr.kernel[0] * instr.kernel[1])
+    return total

@@ -1,0 +1,153 @@
+"""The accelerator (`hw.machine.Machine`) runs whole networks bit for bit against the integer engine, and
+takes exactly the cycles `hw.cycles`' machine schedule counts: small networks in Amaranth's simulator,
+LeNet-5 in the compiled (Verilator) simulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from dsetool.engine import Engine
+from dsetool.machine.compiler import compile_program
+from dsetool.machine.encode import input_codes, machine_of
+from dsetool.machine.program import Program, program_cycles
+from dsetool.protect.check import RangeCheck
+from hw.arrayconfig import ArrayConfig
+from hw.machine import Machine
+from hw.machine_format import load_beats
+from tests.fixtures.engines import digits, exported_engine, factory_engine
+
+TINY_CNN = "tests.fixtures.tiny_cnn:make"
+
+
+def simulate(engine: Engine, program: Program, images: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Load the machine of `program` through its host port, run every image; return logits and cycles."""
+    shape, contents = machine_of(program)
+    dut = Machine(shape)
+    beats = load_beats(shape, contents)
+    codes = engine.quantize_input(images).numpy()
+    logits: list[list[int]] = []
+    cycles: list[int] = []
+
+    async def bench(ctx: Any) -> None:
+        await _stream(ctx, dut.load_valid, dut.load_data, beats)
+        for image in codes:
+            await _stream(ctx, dut.in_valid, dut.in_data, input_codes(program, image))
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            count = 1
+            while not ctx.get(dut.out_valid):
+                await ctx.tick()
+                count += 1
+            ctx.set(dut.out_ready, 1)
+            out: list[int] = []
+            while len(out) < program.num_classes:
+                if ctx.get(dut.out_valid):
+                    out.append(ctx.get(dut.out_data))
+                await ctx.tick()
+            ctx.set(dut.out_ready, 0)
+            logits.append(out)
+            cycles.append(count)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(logits), cycles
+
+
+async def _stream(ctx: Any, valid: Any, data: Any, values: list[int]) -> None:
+    for value in values:
+        ctx.set(valid, 1)
+        ctx.set(data, value)
+        await ctx.tick()
+    ctx.set(valid, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return factory_engine(tmp_path_factory.mktemp("tiny"), TINY_CNN, bits=4, size=12)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (2, 4), (4, 2)])
+def test_strided_padded_convs_and_pools_run_bit_for_bit_in_the_counted_cycles(tiny_cnn: Engine, rows: int,
+                                                                              cols: int) -> None:
+    x = digits(12).test.x[:2]
+    program = compile_program(tiny_cnn, rows, cols)
+    logits, cycles = simulate(tiny_cnn, program, x)
+    np.testing.assert_array_equal(logits, tiny_cnn.logits(x).numpy())
+    assert cycles == [program_cycles(program)] * 2
+
+
+def test_linear_layers_and_per_channel_float_scales(tmp_path: Path) -> None:
+    engine = exported_engine(tmp_path, "mlp", bits=4, scaling="float", granularity="per_channel")
+    x = digits(8).test.x[:1]
+    program = compile_program(engine, 4, 4)
+    logits, cycles = simulate(engine, program, x)
+    np.testing.assert_array_equal(logits, engine.logits(x).numpy())
+    assert cycles == [program_cycles(program)]
+
+
+@pytest.mark.parametrize("mode", ["clip", "zero"])
+def test_range_check_unit_acts_as_the_engines_check(tiny_cnn: Engine, mode: str) -> None:
+    model = tiny_cnn.model
+    x = digits(12).test.x[:2]
+    outputs = tiny_cnn.run(x, keep=True)
+    checks = {}
+    for index in tiny_cnn.output_stages:   # bounds inside the observed range, so the check acts
+        codes = outputs[index].numpy()
+        channels = codes.shape[1]
+        per_channel = codes.transpose(1, 0, 2, 3).reshape(channels, -1)
+        checks[index] = RangeCheck(mode, per_channel.min(1) + 1, np.maximum(per_channel.min(1) + 1,
+                                                                          per_channel.max(1) - 1))
+    checked = Engine(model, checks=checks)
+    assert not np.array_equal(checked.logits(x).numpy(), tiny_cnn.logits(x).numpy())
+    program = compile_program(checked, 4, 4)
+    logits, _ = simulate(checked, program, x)
+    np.testing.assert_array_equal(logits, checked.logits(x).numpy())
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (ArrayConfig(rows=4, cols=4, dataflow="os"), "weight-stationary"),
+    (ArrayConfig(rows=1, cols=4), "rows must be at least 2"),
+])
+def test_machine_refuses_what_it_cannot_build(tiny_cnn: Engine, config: ArrayConfig, message: str) -> None:
+    import dataclasses
+
+    shape, _ = machine_of(compile_program(tiny_cnn, 4, 4))
+    with pytest.raises(ValueError, match=message):
+        Machine(dataclasses.replace(shape, array=config))
+
+
+def test_load_stream_refuses_images_larger_than_the_memories(tiny_cnn: Engine) -> None:
+    import dataclasses
+
+    shape, contents = machine_of(compile_program(tiny_cnn, 4, 4))
+    with pytest.raises(ValueError, match="holds"):
+        load_beats(dataclasses.replace(shape, weight_words=1), contents)
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize(("bits", "scaling", "granularity", "rows", "cols"), [
+    (8, "po2", "per_tensor", 8, 8), (4, "float", "per_channel", 4, 8)])
+def test_lenet_runs_in_compiled_simulation_bit_for_bit(tmp_path: Path, bits: int, scaling: str, granularity: str,
+                                                       rows: int, cols: int) -> None:
+    from hw import machine_host, rtlsim
+
+    engine = exported_engine(tmp_path / "model", "lenet5", bits, scaling, granularity)
+    x = digits(32).test.x[:32]
+    program = compile_program(engine, rows, cols)
+    shape, contents = machine_of(program)
+    compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
+    results = []
+    with compiled.open() as session:
+        machine_host.load(session, shape, contents)
+        for image in engine.quantize_input(x).numpy():
+            results.append(machine_host.infer(session, shape, input_codes(program, image)))
+    np.testing.assert_array_equal(np.array([logits for logits, _ in results]), engine.logits(x).numpy())
+    assert {cycles for _, cycles in results} == {program_cycles(program)}

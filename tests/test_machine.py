@@ -1,0 +1,90 @@
+"""The compiler (`dsetool.machine.compiler`) and the word-level reference machine: every built-in chain
+network, both scalings and granularities, square and oblong arrays, give the engine's logits; what the
+machine cannot run is refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsetool.engine import Engine
+from dsetool.machine.compiler import UnsupportedOp, compile_program, lanes_of
+from dsetool.machine.encode import input_codes, machine_of
+from dsetool.machine.program import Gemm, Program
+from dsetool.machine.reference import Machine, run_image
+from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
+
+
+def reference_logits(engine: Engine, program: Program, x: object) -> np.ndarray:
+    return np.stack([run_image(program, codes) for codes in engine.quantize_input(x).numpy()])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("arch", "bits", "scaling", "granularity", "rows", "cols"), [
+    ("lenet5", 4, "po2", "per_tensor", 8, 8), ("lenet5", 2, "po2", "per_tensor", 4, 8),
+    ("lenet5", 8, "float", "per_channel", 8, 4), ("lenet5", 4, "po2", "per_channel", 2, 2),
+    ("alexnet32", 4, "float", "per_tensor", 8, 8), ("mlp", 8, "po2", "per_channel", 4, 4)])
+def test_reference_machine_gives_the_engines_logits(tmp_path: Path, arch: str, bits: int, scaling: str,
+                                                     granularity: str, rows: int, cols: int) -> None:
+    engine = exported_engine(tmp_path, arch, bits, scaling, granularity)
+    x = digits(8 if arch == "mlp" else 32).test.x[:6]
+    np.testing.assert_array_equal(reference_logits(engine, compile_program(engine, rows, cols), x),
+                                  engine.logits(x).numpy())
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return exported_engine(tmp_path_factory.mktemp("lenet"), "lenet5", 4, "po2")
+
+
+def test_buffer_reuses_words_but_never_under_a_live_tensor(lenet: Engine) -> None:
+    program = compile_program(lenet, 8, 8)
+    tensors = [program.input] + [i.dest for i in program.instructions if i.dest is not None]
+    assert program.buffer_words < sum(t.words for t in tensors)
+    for instr in program.instructions:
+        if instr.dest is None:
+            continue
+        source, dest = instr.source, instr.dest
+        assert source.base + source.words <= dest.base or dest.base + dest.words <= source.base, instr.name
+
+
+def test_first_layer_streams_only_slices_with_a_real_channel(lenet: Engine) -> None:
+    conv1 = compile_program(lenet, 8, 8).instructions[0]
+    assert isinstance(conv1, Gemm)
+    assert len(conv1.slices) == 25   # one per tap of the 5 x 5 kernel on its one channel, not 8 lanes each
+
+
+def test_input_stream_puts_channels_in_lanes(lenet: Engine) -> None:
+    program = compile_program(lenet, 8, 8)
+    codes = lenet.quantize_input(digits(32).test.x[:1]).numpy()[0]
+    machine = Machine(program)
+    machine.load(codes)
+    words = machine.buffer[program.input.base:program.input.base + program.input.words]
+    assert input_codes(program, codes) == [int(v) for v in words.reshape(-1)]
+
+
+def test_weights_and_constants_fill_the_machines_memories(lenet: Engine) -> None:
+    program = compile_program(lenet, 4, 4)
+    shape, images = machine_of(program)
+    assert shape.weight_words == len(images.weights) == len(program.weights)
+    assert shape.instruction_words == len(program.instructions) + 1   # and the end
+    assert shape.max_rows == 28 * 28
+
+
+def test_signed_input_and_unsigned_relu_codes_share_lanes_one_bit_wider(tmp_path: Path) -> None:
+    engine = factory_engine(tmp_path, "tests.fixtures.tiny_cnn:make", bits=4, size=12)
+    program = compile_program(engine, 4, 4)
+    assert (program.act_bits, program.act_signed) == (5, True)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(4, 6), (3, 8)])
+def test_arrays_whose_sides_do_not_divide_are_refused(rows: int, cols: int) -> None:
+    with pytest.raises(UnsupportedOp, match=f"divide one another, not {rows} x {cols}"):
+        lanes_of(rows, cols)
+
+
+def test_ops_without_a_unit_are_refused_by_name(tmp_path: Path) -> None:
+    engine = factory_engine(tmp_path, SQUEEZENET, bits=4, size=16)
+    with pytest.raises(UnsupportedOp, match=r"op '.*' \((concat|avgpool2d|quant_identity)\) has no unit"):
+        compile_program(engine, 4, 4)
