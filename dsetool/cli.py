@@ -111,13 +111,14 @@ def _with_derived(store: Store, entry: Entry, point: Point, debug: bool, compute
         return entry
     import dataclasses
 
-    from dsetool.arrays import baseline, protected
     from dsetool.config import Point as DesignPoint
+    from dsetool.design import design_of
     from dsetool.stages.synth import derived_metrics
 
     base = None
-    if protected(point.config):
-        plain = DesignPoint(axes=point.axes, config=baseline(point.config))
+    design = design_of(point.config)
+    if design.protected:
+        plain = DesignPoint(axes=point.axes, config=design.baseline().config)
         if compute:
             base = _compute(store, "synth", plain, debug)[0].metrics
         else:
@@ -125,7 +126,7 @@ def _with_derived(store: Store, entry: Entry, point: Point, debug: bool, compute
 
             found = store.get("synth", stage_key("synth", plain.config)[0])
             base = found.metrics if found is not None else None
-    metrics = {**entry.metrics, **derived_metrics(point.config, entry.metrics, base)}
+    metrics = {**entry.metrics, **derived_metrics(design, entry.metrics, base)}
     return dataclasses.replace(entry, manifest={**entry.manifest, "metrics": metrics})
 
 

@@ -1,7 +1,7 @@
 """What a layer puts on the datapath: the GEMM of a weight layer on the systolic array, and the pass of a
 post-GEMM op on the vector unit after the output stage. One derivation for every place that needs it.
 
-The cycle model (`hw.cycles` via `dsetool.arrays`), the layer shapes of built-in, factory and QONNX
+The cycle model (`hw.cycles` via `dsetool.design`), the layer shapes of built-in, factory and QONNX
 networks (`dsetool.models`), the PE fault tables (`dsetool.faults.sites`) and the integer model's ops
 (`dsetool.engine.intmodel`) all ask a layer for its GEMM here, so strides, padding and groups are counted
 one way; `vector_pass` is the one rule saying which other ops cost a pass of their own. Pure Python:
@@ -76,16 +76,20 @@ ROLES = (GEMM, REQUANTIZE, WINDOW, ADD, RESHAPE, INPUT)
 class VectorPass:
     """A post-GEMM op as the vector unit runs it: `positions` outputs per channel in each of `channels`
     channels, each reading `window` values of every operand from the activation buffer (`hw.cycles`
-    counts its cycles)."""
+    counts its cycles). The quantizer reading its results divides them by `divisor` as it requantizes
+    them: an average pool's window (its results are window sums), 1 for every other pass; a divisor
+    that is no power of two makes that requantization more than a shift under po2 scales
+    (`dsetool.design`)."""
 
     layer: str
     channels: int
     positions: int
     window: int = 1
+    divisor: int = 1
 
 
-def vector_pass(layer: str, role: str, source_role: str, out_shape: Sequence[int], window: int = 1
-                ) -> VectorPass | None:
+def vector_pass(layer: str, role: str, source_role: str, out_shape: Sequence[int], window: int = 1,
+                divisor: int = 1) -> VectorPass | None:
     """Return the pass a layer of `role` costs when it reads a tensor of `source_role` (looked up through
     reshapes), or None when it costs none of its own.
 
@@ -100,5 +104,5 @@ def vector_pass(layer: str, role: str, source_role: str, out_shape: Sequence[int
             raise ValueError(f"Layer {layer!r}: {name} must be one of {ROLES}, not {value!r}")
     if role in (WINDOW, ADD) or (role == REQUANTIZE and source_role == REQUANTIZE):
         channels, *rest = out_shape
-        return VectorPass(layer, channels, math.prod(rest), window)
+        return VectorPass(layer, channels, math.prod(rest), window, divisor)
     return None

@@ -12,8 +12,8 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from dsetool.arrays import baseline, protected
 from dsetool.config import Experiment, RunConfig
+from dsetool.design import design_of
 from dsetool.stages import STAGES, point_stages, stage_key
 from dsetool.store import Store
 
@@ -84,9 +84,8 @@ def plan(exp: Experiment) -> Plan:
         stages = point_stages(point.config)
         for stage in stages:
             ids.append(_add(tasks, _task(stage, point.config)))
-        cfg = point.config
-        if "synth" in stages and protected(cfg):
-            ids.append(_add(tasks, _task("synth", baseline(cfg))))
+        if "synth" in stages and (design := design_of(point.config)).protected:
+            ids.append(_add(tasks, _task("synth", design.baseline().config)))
         points[point.label] = tuple(ids)
     return Plan(tasks, points)
 

@@ -49,7 +49,7 @@ def test_which_ops_cost_a_vector_pass():
     # ones read a 1x1 conv, whose output stage requantizes them); the global average pool reads 8x8 values
     assert {k: len(v) for k, v in by_kind.items()} == {"add": 9, "requantized shortcut": 7, "pool": 1}
     assert len(passes) == 17
-    assert by_kind["pool"] == [datapath.VectorPass("pool", 64, 1, 64)]
+    assert by_kind["pool"] == [datapath.VectorPass("pool", 64, 1, window=64, divisor=64)]   # sums: averaged
     assert by_kind["add"][0] == datapath.VectorPass("layer1.0.add", 16, 32 * 32, 1)
     assert network_shapes("mlp", 1, (8, 8), 10).vector_passes == ()   # its ReLUs are in the output stage
 

@@ -324,7 +324,13 @@ class _Pool(_Window):
         return self.window_shape(inputs[0])
 
     def vector_pass(self, source_role: str) -> VectorPass | None:
-        return datapath.vector_pass(self.name, self.ROLE, source_role, self.out_shape, math.prod(self.kernel))
+        return datapath.vector_pass(self.name, self.ROLE, source_role, self.out_shape, math.prod(self.kernel),
+                                    self.divisor)
+
+    @property
+    def divisor(self) -> int:
+        """Return what the quantizer reading the pool divides its results by (1: a max pool's are codes)."""
+        return 1
 
 
 @dataclass(frozen=True)
@@ -362,6 +368,10 @@ class AvgPool2d(_Pool):
     def window(self) -> int:
         """Return the number of values each sum adds (the divisor of the average)."""
         return self.kernel[0] * self.kernel[1]
+
+    @property
+    def divisor(self) -> int:
+        return self.window
 
     def output_scale(self, inputs: Sequence[Scales]) -> Scales:
         return tuple(s / self.window for s in inputs[0])

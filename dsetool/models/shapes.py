@@ -89,7 +89,7 @@ def _graph_shapes(nodes: tuple[Node, ...], image: tuple[int, int, int], num_clas
     passes: list[VectorPass] = []
     for node in nodes:
         shape = shapes[node.inputs[0]]
-        window = 1
+        window = divisor = 1
         if node.kind == "conv":
             channels, height, width = shape
             groups = channels if node.groups == 0 else node.groups
@@ -104,12 +104,12 @@ def _graph_shapes(nodes: tuple[Node, ...], image: tuple[int, int, int], num_clas
             window = node.kernel ** 2
             shape = (shape[0], *(window_side(s, node.kernel, node.stride, 0) for s in shape[1:]))
         elif node.kind == "gap":
-            window = math.prod(shape[1:])
+            window = divisor = math.prod(shape[1:])   # window sums: the quantizer reading them averages
             shape = (shape[0], 1, 1)
         elif node.kind == "flatten":
             shape = (math.prod(shape),)
         role, source = _NODE_ROLES[node.kind], roles[node.inputs[0]]
-        vector = datapath.vector_pass(node.name, role, source, shape, window)
+        vector = datapath.vector_pass(node.name, role, source, shape, window, divisor)
         passes.extend([vector] if vector else [])
         shapes[node.name] = shape
         roles[node.name] = source if role == datapath.RESHAPE else role

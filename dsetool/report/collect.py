@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsetool.config import Experiment, Point, RunConfig
 from dsetool.protect import registry as protections
 from dsetool.report.columns import axis_column
 from dsetool.store import Entry, Store
+
+if TYPE_CHECKING:
+    from dsetool.design import Design
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,13 @@ def _cached_lookup(store: Store) -> Lookup:
 
 
 def _find_point(lookup: Lookup, number: int, point: Point) -> PointResults:
-    from dsetool.arrays import baseline
+    from dsetool.design import design_of
     from dsetool.stages import point_stages
 
     cfg = point.config
     entries = {stage: entry for stage in point_stages(cfg) if (entry := lookup(stage, cfg)) is not None}
     # The same array without protection or TMR (the point's own when unprotected): what overhead is against.
-    base = lookup("synth", baseline(cfg)) if "synth" in entries else None
+    base = lookup("synth", design_of(cfg).baseline().config) if "synth" in entries else None
     return PointResults(number, point, entries, base.metrics if base is not None else None)
 
 
@@ -80,11 +83,14 @@ def rows(found: Sequence[PointResults]) -> list[dict[str, Any]]:
 
 def row(p: PointResults) -> dict[str, Any]:
     """Return the row of one design point."""
+    from dsetool.design import design_of
+
     cfg = p.point.config
+    design = design_of(cfg)
     out: dict[str, Any] = {"point_id": p.point_id, "point": p.point.label}
     out.update({axis_column(k): _cell(v) for k, v in p.point.axes.items()})
-    return {**out, **identity(cfg), **accuracy(p), **reliability(cfg, p.metrics("inject")),
-            **hardware(cfg, p.metrics("synth"), p.baseline_synth), **keys(p)}
+    return {**out, **identity(design), **accuracy(p), **reliability(cfg, p.metrics("inject")),
+            **hardware(design, p.metrics("synth"), p.baseline_synth), **keys(p)}
 
 
 def _cell(value: Any) -> Any:
@@ -92,11 +98,9 @@ def _cell(value: Any) -> Any:
     return "+".join(map(str, value)) if isinstance(value, list | tuple) else value
 
 
-def identity(cfg: RunConfig) -> dict[str, Any]:
+def identity(design: Design) -> dict[str, Any]:
     """Return what the design point is: network, data, bit widths, method, protection, array."""
-    from dsetool.arrays import array_config
-
-    array = array_config(cfg)
+    cfg, array = design.config, design.array
     hw = cfg.hw
     return {"model": cfg.model.label, "dataset": cfg.data.name, "weight_bits": array.weight_bits,
             "act_bits": array.act_bits, "method": cfg.quant.method, "protection": hw.protection, "tmr": hw.tmr,
@@ -159,13 +163,13 @@ def _bounds(ci: Any) -> tuple[Any, Any]:
     return (ci[0], ci[1]) if isinstance(ci, list | tuple) and len(ci) == 2 else (None, None)
 
 
-def hardware(cfg: RunConfig, m: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
+def hardware(design: Design, m: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
     """Return area, Fmax, cycles, latency and the protection's overhead (blank without a synthesis)."""
     from dsetool.stages.synth import derived_metrics
 
     out: dict[str, Any] = {"synth_status": m.get("status")}
     out.update({name: m.get(name) for name in ("lut", "ff", "dsp", "bram", "fmax_mhz")})
-    derived = derived_metrics(cfg, dict(m), dict(base) if base is not None else None) if m else {}
+    derived = derived_metrics(design, dict(m), dict(base) if base is not None else None) if m else {}
     out["cycles"] = derived.get("cycles_per_inference")
     out["latency_us"] = derived.get("latency_us")
     for name in ("lut", "ff", "dsp"):

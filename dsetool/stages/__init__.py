@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsetool.config import TRAIN_THREADS, RunConfig
 from dsetool.faults import site_registry
@@ -23,6 +23,9 @@ from dsetool.progress import Reporter, SilentReporter
 from dsetool.protect import registry as protections
 from dsetool.store import Entry, Result, Store, make_key
 from dsetool.validate import ConfigError, to_plain
+
+if TYPE_CHECKING:
+    from dsetool.design import Design
 
 
 @dataclass(frozen=True)
@@ -118,17 +121,19 @@ def _ptq_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
-    protection = protections.REGISTRY[cfg.hw.protection]
-    hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits,
-                          "protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
-    if protection.protects:
-        hw["placement"] = cfg.protect.placement
-    if protection.reads_scheme:   # median, afd: their parameters, the array width
-        hw["scheme"] = protections.check_settings(cfg).scheme_key()
-    if site_registry.in_array(cfg.faults.sites):  # only PE registers depend on the array
-        from dsetool.arrays import array_config
+    from dsetool.design import protection_of
 
-        hw["array"] = to_plain(array_config(cfg))
+    protection = protection_of(cfg)
+    hw: dict[str, Any] = {"acc_bits": cfg.hw.acc_bits, "multiplier_bits": cfg.hw.multiplier_bits,
+                          "protection": protection.name, "tmr": protection.tmr}
+    if protection.entry.protects:
+        hw["placement"] = protection.placement
+    if protection.entry.reads_scheme:   # median, afd: their parameters, the array width
+        hw["scheme"] = protection.scheme.scheme_key()
+    if site_registry.in_array(cfg.faults.sites):  # only PE registers depend on the array
+        from dsetool.design import design_of
+
+        hw["array"] = to_plain(design_of(cfg).array)
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
@@ -139,26 +144,38 @@ def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def _restrict_reads(cfg: RunConfig) -> dict[str, Any]:
-    p = cfg.protect   # the bounds' settings only: where a check sits and the AFD knobs do not change them
-    bounds = {"layers": list(p.layers), "granularity": p.granularity, "range": p.range, "margin": p.margin,
-              "factor": p.factor}
-    return {"protect": bounds, "calib_size": cfg.data.calib_size, "multiplier_bits": cfg.hw.multiplier_bits}
+    from dsetool.design import protection_of
+
+    # the bounds' settings only: where a check sits and the AFD knobs do not change them
+    return {"protect": protection_of(cfg).bounds_key(), "calib_size": cfg.data.calib_size,
+            "multiplier_bits": cfg.hw.multiplier_bits}
 
 
 def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
-    from dsetool.arrays import accumulator_depth, array_config
+    from dsetool.design import design_of
     from hw.flow import HARNESS_VERSION, get_target, needs_harness, tool_fingerprint
 
     hw = cfg.hw
-    reads = {"array": to_plain(array_config(cfg)), "acc_depth": accumulator_depth(cfg),
-             "scaling": cfg.quant.scaling, "target": hw.target,
-             "freq_mhz": hw.freq_mhz,
-             "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
+    design = design_of(cfg)
+    reads = {"array": to_plain(design.array), "acc_depth": design.acc_depth, **_output_stage_reads(design),
+             "target": hw.target, "freq_mhz": hw.freq_mhz, "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
     if hw.placer != "heap":   # heap was the only placer once: its syntheses keep their keys
         reads["placer"] = hw.placer
     if needs_harness(get_target(hw.target)):  # only these targets' keys see the harness, so others stay cached
         reads["io_harness"] = HARNESS_VERSION
     return reads
+
+
+def _output_stage_reads(design: Design) -> dict[str, Any]:
+    """Return what the output stage is built from beyond the array: the requantization multiplier's width
+    and the constants' layout. A shift-only stage with one constant set per layer is `scaling: po2`, as
+    every po2 point's key said when that was the only datapath po2 scales got: their RTL is unchanged, so
+    they keep their syntheses."""
+    from dsetool.design import PER_LAYER, SHIFT
+
+    if design.multiplier_bits == SHIFT and design.constants == PER_LAYER:
+        return {"scaling": "po2"}
+    return {"multiplier_bits": design.multiplier_bits, "constants": design.constants}
 
 
 def quant_stage(cfg: RunConfig) -> str:

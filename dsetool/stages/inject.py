@@ -14,6 +14,7 @@ first faulted one onward run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -21,8 +22,8 @@ from typing import Any
 
 import torch
 
-from dsetool.arrays import array_config
-from dsetool.engine import Engine, load_intmodel
+from dsetool.design import Design, design_of
+from dsetool.engine import load_intmodel
 from dsetool.faults.campaign import (
     CampaignSpec,
     Golden,
@@ -57,7 +58,8 @@ def run(ctx: StageContext) -> Result:
     upstream = ctx.upstream[quant_stage(cfg)]
     intmodel_dir = upstream.path
     model = load_intmodel(intmodel_dir)
-    engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits)
+    design = design_of(cfg)
+    engine = design.engine(model)
     test = splits.test
     count = len(test.y) if cfg.faults.inputs == 0 else min(cfg.faults.inputs, len(test.y))
     x, labels = test.x[:count], test.y[:count]
@@ -65,12 +67,11 @@ def run(ctx: StageContext) -> Result:
     golden = Golden(engine.run(x, keep=True), labels, network.logit_scale())
     agreement = _check_against_qonnx(ctx, golden, x) if cfg.model.qonnx else \
         _check_against_brevitas(ctx, splits, golden, x)
-    protection: dict[str, Any] = {"protection": cfg.hw.protection, "tmr": cfg.hw.tmr}
-    if protections.REGISTRY[cfg.hw.protection].protects:   # the campaign runs protected: its fault-free cost first
-        checks = _protections(ctx, model)
-        where = placed(model, checks, cfg.protect.placement)
-        engine = Engine(model, multiplier_bits=cfg.hw.multiplier_bits, checks=where.get("checks"),
-                        input_checks=where.get("input_checks"))
+    protection: dict[str, Any] = {"protection": design.protection.name, "tmr": design.protection.tmr}
+    if design.protection.entry.protects:   # the campaign runs protected: its fault-free cost first
+        checks = _protections(ctx, design, model)
+        where = placed(model, checks, design.protection.placement)
+        engine = design.engine(model, checks=where.get("checks"), input_checks=where.get("input_checks"))
         network = EngineNetwork(engine)
         unprotected, golden = golden, Golden(engine.run(x, keep=True), labels, network.logit_scale())
         protection.update(clean_predictions_changed=int((golden.top1 != unprotected.top1).sum()),
@@ -81,9 +82,8 @@ def run(ctx: StageContext) -> Result:
         raise ConfigError(str(cfg.name), "hw.acc_bits", f"{cfg.hw.acc_bits} bits cannot hold the accumulators of "
                                                         f"layer {name}, which need {bits}")
     try:
-        array = array_config(cfg)  # the same array the synth stage builds
-        groups = [group for site in cfg.faults.sites
-                  for group in site_groups(model, site, cfg.faults.layers, network.acc_bits(), array)]
+        groups = [group for site in cfg.faults.sites   # on the same array the synth stage builds
+                  for group in site_groups(model, site, cfg.faults.layers, network.acc_bits(), design.array)]
     except SiteError as exc:
         raise ConfigError(str(cfg.name), "faults", str(exc)) from None
     spec = _spec(cfg)
@@ -108,15 +108,14 @@ def run(ctx: StageContext) -> Result:
     return Result(metrics)
 
 
-def _protections(ctx: StageContext, model: Any) -> dict[int, Any]:
+def _protections(ctx: StageContext, design: Design, model: Any) -> dict[int, Any]:
     """Return the design point's protection of every protected output stage, by op index (the registry
     entry builds it; a range check from the profiled bounds of stage range-restrict)."""
-    cfg = ctx.config
-    protection = protections.REGISTRY[cfg.hw.protection]
+    protection = design.protection.entry
     assert protection.build is not None
     bounds = json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text()) \
         if protection.reads_bounds else None
-    return protection.build(model, protections.check_settings(cfg, bounds))
+    return protection.build(model, dataclasses.replace(design.protection.scheme, bounds=bounds))
 
 
 def _spec(cfg: Any) -> CampaignSpec:

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import torch
 
+from dsetool.design import design_of
 from dsetool.engine import Engine, load_intmodel
 from dsetool.models.qonnx_import import QonnxError, import_qonnx
 from dsetool.stages import StageContext
@@ -32,7 +33,7 @@ def run(ctx: StageContext) -> Result:
         raise ConfigError(str(cfg.name), "model.qonnx", str(error)) from None
     np.savez(ctx.out / "intmodel.npz", **arrays)  # type: ignore[arg-type]
     (ctx.out / "intmodel.json").write_text(json.dumps(config, indent=1) + "\n")
-    engine = Engine(load_intmodel(ctx.out), multiplier_bits=cfg.hw.multiplier_bits)
+    engine = design_of(cfg).engine(load_intmodel(ctx.out))
     ctx.reporter.note(f"import-qonnx {cfg.model.label}: {len(engine.model.ops)} ops, "
                       f"{len(engine.weight_layers)} weight layers")
     return Result({"quant_val_acc": _accuracy(engine, splits.val.x, splits.val.y),

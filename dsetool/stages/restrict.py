@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from dsetool.engine import Engine, load_intmodel
+from dsetool.design import design_of
+from dsetool.engine import load_intmodel
 from dsetool.protect.bounds import coverage, profiled_bounds
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import prepare
@@ -21,9 +22,10 @@ BOUNDS_FILE = "bounds.json"
 def run(ctx: StageContext) -> Result:
     """Profile the bounds of this design point's quantized model and store them."""
     cfg = ctx.config
-    p = cfg.protect
+    design = design_of(cfg)
+    p = design.protection
     splits, _ = prepare(cfg)
-    engine = Engine(load_intmodel(ctx.upstream[quant_stage(cfg)].path), multiplier_bits=cfg.hw.multiplier_bits)
+    engine = design.engine(load_intmodel(ctx.upstream[quant_stage(cfg)].path))
     ctx.reporter.note(f"range-restrict: {p.range} bounds per {p.granularity} on {len(splits.calib.y)} "
                       f"calibration images")
     bounds = profiled_bounds(engine, splits.calib.x, p.layers, p.granularity, p.range, p.factor, p.margin)

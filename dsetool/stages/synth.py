@@ -1,12 +1,15 @@
 """Stage `synth`: generate the design point's array in Amaranth and synthesize it with Yosys/nextpnr.
 
-The result depends only on the array (its shape, dataflow, widths, multiplier, and for weight-stationary
-the depth of its K accumulator: the network's largest GEMM M), the target, the clock constraint, the P&R
-seed and the tool versions, so every model that runs on the same array shares one synthesis. The
-synthesized design is the whole datapath (array + K accumulator + pipelined output stage + protection,
-with TMR if asked). Per-inference cycles and latency of a particular network are derived from the entry
-by `derived_metrics` (closed-form cycles over the network's GEMMs, each plus the datapath's
-`drain_cycles`, divided by the achieved Fmax).
+Everything is read from the point's `dsetool.design.Design`. The result depends only on the array (its
+shape, dataflow, widths, multiplier, and for weight-stationary the depth of its K accumulator: the
+network's largest GEMM M), the output stage's requantization multiplier width (the one the engine's
+campaigns use) and constant layout, the target, the clock constraint, the P&R seed and the tool versions,
+so every model that runs on the same datapath shares one synthesis. The synthesized design is the whole
+datapath (array + K accumulator + pipelined output stage + protection, with TMR if asked). The output
+stage holds one constant set per layer: a per-channel design (`constants` in the metrics) is synthesized
+with that stage for now, under its own key. Per-inference cycles and latency of a particular network are
+derived from the entry by `derived_metrics` (closed-form cycles over the network's GEMMs, each plus the
+datapath's `drain_cycles`, divided by the achieved Fmax).
 
 Targets placed without an out-of-context mode (iCE40: every top-level port bit needs a pin, see
 `hw.flow.needs_harness`) get the datapath wrapped in `hw.harness.IOHarness`, which puts it behind six
@@ -24,8 +27,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from dsetool.arrays import accumulator_depth, array_config, inference_cycles, rtl_protection
-from dsetool.config import RunConfig
+from dsetool.design import Design, design_of
 from dsetool.stages import StageContext
 from dsetool.store import Result
 from dsetool.validate import ConfigError
@@ -41,21 +43,21 @@ DROPPED = ("synth.json",)  # the full netlist: large, and everything we report i
 
 def run(ctx: StageContext) -> Result:
     """Build the array, run the flow, keep the reports; a misfit or tool failure is a status, not an error."""
-    from hw.accelerator import build_datapath, drain_cycles
+    from hw.accelerator import drain_cycles
     from hw.flow import emit_rtlil, emit_verilog, get_target, needs_harness, synthesize, tool_fingerprint
     from hw.harness import DESIGN_MODULE, IOHarness
 
     cfg = ctx.config
-    if rtl_protection(cfg) != cfg.hw.protection:
+    design = design_of(cfg)
+    if design.protection.rtl != design.protection.name:
         raise ConfigError(str(cfg.name), "hw.protection", f"the array has no RTL for {cfg.hw.protection} (it "
                                                           f"builds the range check: none, clip, zero)")
-    array = array_config(cfg)
-    multiplier_bits = 1 if cfg.quant.scaling == "po2" else 16   # po2 requantization is a shift
-    component = build_datapath(array, depth=accumulator_depth(cfg), multiplier_bits=multiplier_bits)
+    array = design.array
+    component = design.datapath()
     target = get_target(cfg.hw.target)
     harnessed = needs_harness(target)
-    design = "top" if not harnessed else DESIGN_MODULE
-    keep = ((DESIGN_MODULE,) if harnessed else ()) + ((f"{design}.rep*",) if array.tmr else ())
+    module = "top" if not harnessed else DESIGN_MODULE
+    keep = ((DESIGN_MODULE,) if harnessed else ()) + ((f"{module}.rep*",) if array.tmr else ())
     rtlil = emit_rtlil(IOHarness(component) if harnessed else component, ctx.out / RTLIL_FILE)
     ctx.reporter.note(f"synth {array.rows}x{array.cols} {array.dataflow} W{array.weight_bits}A{array.act_bits} "
                       f"protection={array.protection} tmr={array.tmr} on {cfg.hw.target}"
@@ -72,7 +74,8 @@ def run(ctx: StageContext) -> Result:
                "rows": array.rows, "cols": array.cols, "dataflow": array.dataflow, "act_bits": array.act_bits,
                "weight_bits": array.weight_bits, "acc_bits": array.acc_bits, "multiplier": array.multiplier,
                "protection": array.protection, "tmr": array.tmr, "drain_cycles": drain_cycles(component),
-               "acc_depth": accumulator_depth(cfg),
+               "acc_depth": design.acc_depth, "multiplier_bits": design.multiplier_bits,
+               "constants": design.constants,
                **{k.lower(): v for k, v in resources.items()}, "fmax_mhz": result.fmax_mhz,
                **{f"critical_path_{k}": result.critical_path.get(k) for k in CRITICAL_PATH_KEYS}, **extra,
                "placer": result.placer,
@@ -93,12 +96,12 @@ def _split(result: SynthResult, harnessed: bool) -> tuple[dict[str, int], dict[s
     return design, {**{f"harness_{k.lower()}": v for k, v in harness.items()}, "pins": pins}
 
 
-def derived_metrics(cfg: RunConfig, metrics: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+def derived_metrics(design: Design, metrics: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return cycles and latency per inference of the design point's network on the synthesized datapath
-    (the array's and the vector unit's cycles, `arrays.inference_cycles`), and, given the unprotected
+    (the array's and the vector unit's cycles, `Design.inference_cycles`), and, given the unprotected
     baseline's metrics, the overhead of its protection in percent."""
     drain = metrics.get("drain_cycles", 0)
-    array, vector = inference_cycles(cfg, drain if isinstance(drain, int) else 0)
+    array, vector = design.inference_cycles(drain if isinstance(drain, int) else 0)
     cycles = array + vector
     fmax = metrics.get("fmax_mhz")
     latency = cycles / fmax if isinstance(fmax, int | float) and fmax > 0 else None
