@@ -126,14 +126,14 @@ def vector_cycles(channels: int, positions: int, window: int, lanes: int) -> int
 # `MACHINE_FETCH` cycles (read, decode); a GEMM runs its tiles one after the other, each
 # `MACHINE_SETUP` + R (weights) + M (rows streamed) + R + C - 2 (the last row leaving the array), then
 # `MACHINE_GEMM_TAIL` cycles while its last sums pass the K accumulator, the output stage and the write;
-# a max pool reads one window word per cycle and writes its last word `MACHINE_POOL_TAIL` later; after
+# a vector instruction reads one window tap per cycle and writes its last word `MACHINE_VECTOR_TAIL` later; after
 # the program's end the first logit is on the host stream `MACHINE_OUTPUT` cycles later. Counted from
 # the cycle that presents `start` (`MACHINE_START`) to the one that presents the first logit.
 MACHINE_START = 1
 MACHINE_FETCH = 2
 MACHINE_SETUP = 2
 MACHINE_GEMM_TAIL = 7
-MACHINE_POOL_TAIL = 1
+MACHINE_VECTOR_TAIL = 5
 MACHINE_OUTPUT = 1
 
 
@@ -146,12 +146,12 @@ def machine_gemm_cycles(m: int, k_slices: int, n_slices: int, rows: int, cols: i
     return MACHINE_FETCH + n_slices * k_slices * tile + MACHINE_GEMM_TAIL
 
 
-def machine_pool_cycles(words: int, window: int) -> int:
-    """Return the cycles of one max-pool instruction: fetch, one read per window word of each of its
-    `words` output words, and the last write."""
-    _positive("words", words, "Pool")
-    _positive("window", window, "Pool")
-    return MACHINE_FETCH + words * window + MACHINE_POOL_TAIL
+def machine_vector_cycles(words: int, taps: int) -> int:
+    """Return the cycles of one vector instruction: fetch, one read per tap of each of its `words`
+    output words (a pool's window, an add's two addends), and the last word through the unit's stage."""
+    _positive("words", words, "Vector instruction")
+    _positive("taps", taps, "Vector instruction")
+    return MACHINE_FETCH + words * taps + MACHINE_VECTOR_TAIL
 
 
 def machine_end_cycles() -> int:

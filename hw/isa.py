@@ -10,10 +10,12 @@ An instruction is one word of named fields (`instruction_fields`); which fields 
   `rows` lanes of it from lane s.part * rows. Weights: `rows` words per tile, consecutive from `weight_base`.
   Constants: word `const_base` + n. Results: row m of N slice n goes to word `dst_base` + m * `dst_groups`
   + n * cols // lanes, lanes n * cols % lanes ..; with `logits`, the raw sums go to logits word n.
-- `MAXPOOL`: output word (oy, ox, g) (`out_h` x `out_w` x `src_groups`) is the lane-wise max of the
-  `kh` x `kw` window words at pixel (oy * `sy` - `py` + ky, ox * `sx` - `px` + kx) inside the map, word
-  `src_base` + y * `row_pitch` + x * `src_groups` + g; it goes to `dst_base` + (oy * out_w + ox) *
-  src_groups + g.
+- `VECTOR`: the vector unit (`hw.vector_unit`) walks output words (oy, ox, g) (`out_h` x `out_w` x
+  `src_groups`), reads each one's `kh` x `kw` window taps from `src_base` + `row_off` + oy * `step_y` +
+  ky * `ky_step` + `col_off` + ox * `step_x` + kx * `kx_step` + g (when `bounded`, only taps at pixels
+  (oy * `sy` - `py` + ky, ox * `sx` - `px` + kx) inside `src_h` x `src_w`), reduces them by maximum
+  (`reduce_max`) or sum, requantizes with `multiplier` and `shift` (ReLU, clamp, check against `lo` /
+  `hi` as a GEMM's output stage does) and writes the words in order from `dst_base`.
 - `END`: the program is done: the logits are streamed out.
 """
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-END, GEMM, MAXPOOL = 0, 1, 2
+END, GEMM, VECTOR = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Widths:
     slice: int       # slice-table addresses
     lane: int        # lane index within a word
     code: int        # code width + 1 (signed clamp bounds)
+    multiplier: int  # the requantization multiplier
+    shift: int       # the requantization shift (two's complement)
 
 
 def instruction_layout(w: Widths) -> data.StructLayout:
@@ -47,7 +51,7 @@ def instruction_layout(w: Widths) -> data.StructLayout:
         "opcode": unsigned(2),
         "src_base": address, "src_h": dim, "src_w": dim, "src_groups": address, "row_pitch": address,
         "step_y": address, "step_x": address, "sy": unsigned(4), "sx": unsigned(4),
-        "py": unsigned(4), "px": unsigned(4), "kh": unsigned(4), "kw": unsigned(4),
+        "py": unsigned(4), "px": unsigned(4), "kh": dim, "kw": dim,
         "out_h": dim, "out_w": dim, "m_count": unsigned(2 * w.dim),
         "dst_base": address, "dst_groups": address,
         "n_count": unsigned(w.const), "slice_first": unsigned(w.slice), "slice_count": unsigned(w.slice + 1),
@@ -55,6 +59,9 @@ def instruction_layout(w: Widths) -> data.StructLayout:
         "relu": unsigned(1), "check": unsigned(1), "logits": unsigned(1),
         "qmin": signed(w.code), "qmax": signed(w.code),
         "row_off": signed(w.address + 1), "col_off": signed(w.address + 1),
+        "ky_step": signed(w.address + 1), "kx_step": signed(w.address + 1), "bounded": unsigned(1),
+        "reduce_max": unsigned(1), "multiplier": unsigned(w.multiplier), "shift": signed(w.shift),
+        "lo": signed(w.code), "hi": signed(w.code),
     })
 
 

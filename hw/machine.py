@@ -32,21 +32,21 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw import isa
+from hw import isa, vector_unit
 from hw.accumulator import LATENCY as ACC_LATENCY
 from hw.accumulator import KAccumulator
 from hw.array import WSArray
 from hw.column_stage import LATENCY as STAGE_LATENCY
 from hw.column_stage import ColumnStage
-from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_POOL_TAIL, MACHINE_SETUP
+from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_VECTOR_TAIL
 from hw.machine_format import BEAT, CMEM, IMEM, SMEM, WMEM, MachineShape
 from hw.pe import MULTIPLIERS
 from hw.protect import MODES
 
 SETUP = MACHINE_SETUP   # cycles per GEMM tile before its weights load: read its slice entry (and constants)
 GEMM_TAIL = MACHINE_GEMM_TAIL   # last sums through the accumulator, the stage, the write
-POOL_TAIL = MACHINE_POOL_TAIL   # the last window's word: read and written
-assert GEMM_TAIL == ACC_LATENCY + STAGE_LATENCY + 1
+VECTOR_TAIL = MACHINE_VECTOR_TAIL   # the last window's word through the vector unit's stage
+assert GEMM_TAIL == ACC_LATENCY + STAGE_LATENCY + 1 and VECTOR_TAIL == vector_unit.TAIL
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ class Machine(wiring.Component):
         m.submodules.imem, m.submodules.smem, m.submodules.wmem = imem, smem, wmem
         m.submodules.cmem, m.submodules.abuf, m.submodules.lmem = cmem, abuf, lmem
         iread, sread, wread, cread = imem.read_port(), smem.read_port(), wmem.read_port(), cmem.read_port()
+        self._fetched = data.View(self.instruction, iread.data)
         idle = Signal()
         self._loader(m, loadable, idle)
         aread, awrite = abuf.read_port(), abuf.write_port(granularity=code.width)
@@ -174,8 +175,8 @@ class Machine(wiring.Component):
         # ---- output writer: rows of the stage (or raw sums for logits) in order, N slice after N slice
         writer = self._writer(m, instr, stage, sums, awrite, lwrite)
 
-        # ---- max-pool unit
-        pool = self._pool_unit(m, instr, aread, awrite, code)
+        # ---- vector unit (pools, adds, requantizations)
+        vector = self._vector_unit(m, instr, aread, awrite)
 
         # ---- host input
         in_word = Signal(range(max(2, p.input_words + 1)))
@@ -199,16 +200,16 @@ class Machine(wiring.Component):
                 m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += self.busy.eq(1)
-                fetched = data.View(self.instruction, iread.data)
+                fetched = self._fetched
                 m.d.sync += [instr.eq(iread.data), nt.eq(0), kt.eq(0), wptr.eq(fetched.weight_base),
                              pc.eq(pc + 1), count.eq(0)]
                 m.d.sync += writer.reset(fetched)
                 with m.Switch(fetched.opcode):
                     with m.Case(isa.GEMM):
                         m.next = "G_SETUP"
-                    with m.Case(isa.MAXPOOL):
-                        m.d.sync += pool["start"](fetched)
-                        m.next = "P_RUN"
+                    with m.Case(isa.VECTOR):
+                        m.d.comb += vector.start.eq(1)
+                        m.next = "V_RUN"
                     with m.Default():
                         m.d.sync += out_index.eq(0)
                         m.next = "OUT_READ"
@@ -263,15 +264,15 @@ class Machine(wiring.Component):
                 m.d.sync += count.eq(count + 1)
                 with m.If(count == GEMM_TAIL - 1):
                     m.next = "FETCH"
-            with m.State("P_RUN"):
-                m.d.comb += [self.busy.eq(1), pool["run"].eq(1)]
-                with m.If(pool["last"]):
+            with m.State("V_RUN"):
+                m.d.comb += [self.busy.eq(1), vector.run.eq(1)]
+                with m.If(vector.last):
                     m.d.sync += count.eq(0)
-                    m.next = "P_TAIL"
-            with m.State("P_TAIL"):
+                    m.next = "V_TAIL"
+            with m.State("V_TAIL"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += count.eq(count + 1)
-                with m.If(count == POOL_TAIL - 1):
+                with m.If(count == VECTOR_TAIL - 1):
                     m.next = "FETCH"
             with m.State("OUT_READ"):
                 m.d.comb += [self.busy.eq(1), lread.addr.eq(out_index // cols if cols > 1 else out_index)]
@@ -376,80 +377,22 @@ class Machine(wiring.Component):
             m.d.sync += logit_word.eq(logit_word + 1)
         return _WriterReset(row, address, group, part, logit_word)
 
-    def _pool_unit(self, m: Module, instr: Value, aread: Any, awrite: Any, code: Shape) -> dict[str, Value]:
-        """Build the max-pool unit: one window tap read per cycle while `run` is high, the lane-wise max
-        kept in a register, each window's word written on the cycle its last tap's data arrives. Returns
-        its controls: `start` (sync statements that set it up from the instruction being decoded), `run`
-        (drive high to step it) and `last` (high on the cycle it issues its last read)."""
+    def _vector_unit(self, m: Module, instr: Value, aread: Any, awrite: Any) -> vector_unit.VectorUnit:
+        """Add the vector unit on the buffer's ports: it reads while it runs, and writes when its stage
+        gives a word (never while the array's writer does: one instruction at a time)."""
         p = self.params
-        lanes, width, dim = p.lanes, code.width, p.widths.dim
-        addr_shape, pos_shape = signed(p.widths.address + 2), signed(dim + 2)
-        win_row, win_col, tap_row, tap_col = (Signal(addr_shape, name=f"pool_{n}") for n in
-                                              ("win_row", "win_col", "tap_row", "tap_col"))
-        win_y, win_x, y, x = (Signal(pos_shape, name=f"pool_{n}") for n in ("win_y", "win_x", "y", "x"))
-        oy, ox, g = Signal(dim, name="pool_oy"), Signal(dim, name="pool_ox"), Signal(p.widths.address, name="pool_g")
-        ky, kx = Signal(4, name="pool_ky"), Signal(4, name="pool_kx")
-        dst = Signal(p.widths.address + 1, name="pool_dst")
-        run, last = Signal(name="pool_run"), Signal(name="pool_last")
-        inside_d, first_d, last_d = Signal(), Signal(), Signal()
-        best = Signal(unsigned(lanes * width), name="pool_max")
-
-        with m.If(run):
-            m.d.comb += aread.addr.eq((tap_row + tap_col + g)[:p.widths.address])
-            m.d.sync += [inside_d.eq((y >= 0) & (y < instr.src_h) & (x >= 0) & (x < instr.src_w)),
-                         first_d.eq((ky == 0) & (kx == 0)), last_d.eq((ky == instr.kh - 1) & (kx == instr.kw - 1))]
-            self._pool_step(m, instr, (win_row, win_col, tap_row, tap_col, win_y, win_x, y, x, oy, ox, g, ky, kx), last)
-        with m.Else():
-            m.d.sync += [inside_d.eq(0), first_d.eq(0), last_d.eq(0)]
-        floor = -(1 << (width - 1)) if code.signed else 0
-        merged = []
-        for lane in range(lanes):
-            raw = aread.data[lane * width:(lane + 1) * width]
-            value = Mux(inside_d, raw.as_signed() if code.signed else raw, floor)
-            held = best[lane * width:(lane + 1) * width]
-            held = held.as_signed() if code.signed else held
-            merged.append(Mux(first_d | (value > held), value, held)[:width])
-        new_best = Cat(*merged)
-        with m.If(first_d | last_d | inside_d):
-            m.d.sync += best.eq(new_best)
-        with m.If(last_d):
-            m.d.comb += [awrite.addr.eq(dst), awrite.data.eq(new_best), awrite.en.eq((1 << lanes) - 1)]
-            m.d.sync += dst.eq(dst + 1)
-
-        def start(fetched: Value) -> list:
-            f = fetched
-            return [win_row.eq(f.src_base + f.row_off), tap_row.eq(f.src_base + f.row_off),
-                    win_col.eq(f.col_off), tap_col.eq(f.col_off), win_y.eq(-f.py), y.eq(-f.py),
-                    win_x.eq(-f.px), x.eq(-f.px), oy.eq(0), ox.eq(0), g.eq(0), ky.eq(0), kx.eq(0),
-                    dst.eq(f.dst_base)]
-        return {"start": start, "run": run, "last": last}
-
-    @staticmethod
-    def _pool_step(m: Module, instr: Value, regs: tuple, last: Value) -> None:
-        """Step the pool's loops (oy, ox, g, ky, kx; kx innermost) and their address registers."""
-        win_row, win_col, tap_row, tap_col, win_y, win_x, y, x, oy, ox, g, ky, kx = regs
-        i = instr
-        kx_end, ky_end = kx == i.kw - 1, ky == i.kh - 1
-        g_end, ox_end, oy_end = g == i.src_groups - 1, ox == i.out_w - 1, oy == i.out_h - 1
-        m.d.comb += last.eq(kx_end & ky_end & g_end & ox_end & oy_end)
-        with m.If(~kx_end):
-            m.d.sync += [kx.eq(kx + 1), x.eq(x + 1), tap_col.eq(tap_col + i.src_groups)]
-        with m.Elif(~ky_end):
-            m.d.sync += [kx.eq(0), x.eq(win_x), tap_col.eq(win_col),
-                         ky.eq(ky + 1), y.eq(y + 1), tap_row.eq(tap_row + i.row_pitch)]
-        with m.Elif(~g_end):
-            m.d.sync += [kx.eq(0), x.eq(win_x), tap_col.eq(win_col), ky.eq(0), y.eq(win_y), tap_row.eq(win_row),
-                         g.eq(g + 1)]
-        with m.Elif(~ox_end):
-            next_col, next_x = win_col + i.step_x, win_x + i.sx
-            m.d.sync += [kx.eq(0), ky.eq(0), g.eq(0), y.eq(win_y), tap_row.eq(win_row), ox.eq(ox + 1),
-                         win_col.eq(next_col), tap_col.eq(next_col), win_x.eq(next_x), x.eq(next_x)]
-        with m.Else():
-            next_row, next_y = win_row + i.step_y, win_y + i.sy
-            first_col, first_x = i.col_off, -i.px
-            m.d.sync += [kx.eq(0), ky.eq(0), g.eq(0), ox.eq(0), oy.eq(oy + 1),
-                         win_row.eq(next_row), tap_row.eq(next_row), win_y.eq(next_y), y.eq(next_y),
-                         win_col.eq(first_col), tap_col.eq(first_col), win_x.eq(first_x), x.eq(first_x)]
+        check = MODES[p.check] if p.check != "none" else None
+        unit = vector_unit.VectorUnit(self.instruction, p.lanes, p.code_shape, p.sum_bits, p.widths.address,
+                                      p.widths.dim, p.multiplier_bits, p.shift_bits, check=check,
+                                      multiplier=MULTIPLIERS[p.array.multiplier])
+        m.submodules.vector = unit
+        m.d.comb += [unit.instr.eq(instr), unit.next_instr.eq(self._fetched), unit.read_data.eq(aread.data)]
+        with m.If(unit.run):
+            m.d.comb += aread.addr.eq(unit.read_addr)
+        with m.If(unit.write_en):
+            m.d.comb += [awrite.addr.eq(unit.write_addr), awrite.data.eq(unit.write_data),
+                         awrite.en.eq((1 << p.lanes) - 1)]
+        return unit
 
     def _host_write(self, m: Module, awrite: Any, word: Value, lane: Value, code: Shape) -> None:
         """Write one input code into its lane of the input tensor's current word, and step."""

@@ -29,7 +29,8 @@ class MachineShape:
     """The machine's build parameters: the array, the widths, the memories' depths, the host layout.
 
     `check` is the range-check unit built ("none", "clip", "zero"); `max_rows` the largest GEMM M (the
-    K accumulator's depth); `input_base` / `input_words` where the host's input codes go.
+    K accumulator's depth); `input_base` / `input_words` where the host's input codes go; `sum_bits`
+    the width of the vector unit's reductions.
     """
 
     array: ArrayConfig
@@ -46,6 +47,7 @@ class MachineShape:
     weight_words: int
     const_words: int
     max_rows: int
+    sum_bits: int    # the vector unit's sums: a window's codes, or an add's two
 
     @property
     def shift_bits(self) -> int:

@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dsetool.engine.intmodel import INPUT, Conv2d, Flatten, IntModel, MaxPool2d, QuantAct, WeightOp
-from dsetool.machine.program import Constants, Gemm, Instruction, MaxPool, Program, Slice, Tensor
+from dsetool.engine.intmodel import INPUT, Add, AvgPool2d, Conv2d, Flatten, IntModel, MaxPool2d, QuantAct, WeightOp
+from dsetool.machine.program import Constants, Gemm, Instruction, Program, Slice, Tensor, Vector
 
 if TYPE_CHECKING:
     from dsetool.engine import Engine
+
+
+SUMS = (Add, AvgPool2d)   # ops whose sums only the quantizer reading them turns into codes
 
 
 class UnsupportedOp(ValueError):
@@ -96,8 +99,31 @@ class _Compiler:
         for index in range(len(self.model.ops)):
             for source in self.model.inputs[index]:
                 owner = self._owner(source)
-                last[owner] = max(last.get(owner, -1), index)
+                last[owner] = max(last.get(owner, -1), self._runs_at(index))
         return last
+
+    def _runs_at(self, index: int) -> int:
+        """Return the op whose instruction reads what op `index` reads: an add's or average pool's own
+        (their sums exist only inside the vector unit), else op `index`."""
+        if isinstance(self.model.ops[index], (*SUMS, Flatten)) and self._sums_of(index) is not None:
+            reader = index
+            while (readers := self.model.consumers(reader)) and len(readers) == 1 \
+                    and isinstance(self.model.ops[readers[0]], Flatten):
+                reader = readers[0]
+            if not readers:
+                raise UnsupportedOp(f"the logits are the sums of op {self.model.ops[index].name!r} "
+                                    f"({self.model.ops[index].kind}); the accelerator's logits come from a layer")
+            if len(readers) != 1 or not isinstance(self.model.ops[readers[0]], QuantAct):
+                raise UnsupportedOp(f"op {self.model.ops[index].name!r} ({self.model.ops[index].kind}) must be read "
+                                    f"by one quantizer, which the vector unit runs it with")
+            return readers[0]
+        return index
+
+    def _sums_of(self, index: int) -> int | None:
+        """Return the add or average pool whose sums op `index` holds (itself, or through flattens)."""
+        while index != INPUT and isinstance(self.model.ops[index], Flatten):
+            index = self.model.inputs[index][0]
+        return index if index != INPUT and isinstance(self.model.ops[index], SUMS) else None
 
     def _owner(self, source: int) -> int:
         while source != INPUT and isinstance(self.model.ops[source], Flatten):
@@ -115,6 +141,8 @@ class _Compiler:
     def _op(self, index: int, op: object) -> None:
         if isinstance(op, QuantAct) and op.kind == "quant_input":
             self._place(index, op.out_shape)
+        elif isinstance(op, Flatten) and self._sums_of(index) is not None:
+            self._runs_at(index)   # flattened sums: run with the quantizer that reads them
         elif isinstance(op, Flatten):
             source = self.model.input_of(index)
             if source in self.codes:
@@ -125,6 +153,10 @@ class _Compiler:
             self._gemm(index, op)
         elif isinstance(op, MaxPool2d):
             self._maxpool(index, op)
+        elif isinstance(op, SUMS):
+            self._runs_at(index)   # run by the quantizer that reads the sums
+        elif isinstance(op, QuantAct):
+            self._requantize(index, op)
         else:
             raise UnsupportedOp(f"op {op.name!r} ({op.kind}) has no unit on the accelerator yet")  # type: ignore[attr-defined]
 
@@ -151,8 +183,58 @@ class _Compiler:
 
     def _maxpool(self, index: int, op: MaxPool2d) -> None:
         source = self._source(index, "integers")
+        quantizer = self.model.ops[self.model.producer(index)]   # type: ignore[index]
+        assert isinstance(quantizer, QuantAct)
+        qmin, qmax = quantizer.qrange
         dest = self._place(index, op.out_shape)
-        self.instructions.append(MaxPool(op.name, source.tensor, dest, op.kernel, op.stride, op.padding))
+        self.instructions.append(Vector(op.name, source.tensor, None, dest, op.kernel, op.stride, op.padding,
+                                        "max", 1, 0, False, qmin, qmax, "none", qmin, qmax))
+
+    def _requantize(self, index: int, op: QuantAct) -> None:
+        """Run a quantizer that reads codes, an add's sums or an average pool's on the vector unit."""
+        source_index = self.model.input_of(index)
+        sums = self._sums_of(source_index)
+        source_index = sums if sums is not None else source_index
+        source_op = self.model.ops[source_index] if source_index != INPUT else None
+        window: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1), (0, 0))
+        other = None
+        if isinstance(source_op, Add):
+            first, second = (self._codes_of(source_op.name, i) for i in self.model.inputs[source_index])
+            source, other = first, second.tensor
+        elif isinstance(source_op, AvgPool2d):
+            source = self._codes_of(source_op.name, self.model.inputs[source_index][0])
+            window = (source_op.kernel, source_op.stride, source_op.padding)
+        else:
+            source = self._source(index, "integers")
+        stage = self.engine.output_stages[index]
+        multiplier, shift = _one(stage.multiplier, op.name, "multiplier"), _one(stage.shift, op.name, "shift")
+        mode, lo, hi = self._tensor_check(index, stage.qmin, stage.qmax)
+        t = source.tensor
+        shape: tuple[int, ...] = op.out_shape if len(op.out_shape) == 3 else (t.channels, t.height, t.width)
+        if isinstance(source_op, AvgPool2d):
+            shape = op.out_shape
+        dest = self._place(index, shape)
+        self.codes[index] = _Codes(dest, tuple(op.out_shape), index)
+        self.instructions.append(Vector(op.name, t, other, dest, *window, "sum", multiplier, shift, stage.relu,
+                                        stage.qmin, stage.qmax, mode, lo, hi))
+
+    def _codes_of(self, reader: str, source: int) -> _Codes:
+        if source == INPUT or source not in self.codes:
+            raise UnsupportedOp(f"op {reader!r} reads integers the accelerator does not hold as codes")
+        return self.codes[source]
+
+    def _tensor_check(self, index: int, qmin: int, qmax: int) -> tuple[str, int, int]:
+        """Return the range check after quantizer `index` on the vector unit: one pair of bounds for the
+        whole tensor (its stage has one constant set)."""
+        check = self.engine.checks.get(index)
+        if check is None:
+            return "none", qmin, qmax
+        mode = getattr(check, "mode", "none")
+        lo, hi = (np.unique(np.asarray(getattr(check, name))) for name in ("lo", "hi"))
+        if mode not in ("clip", "zero") or len(lo) != 1 or len(hi) != 1:
+            raise UnsupportedOp(f"the range check after {self.model.ops[index].name!r} ({mode}, "
+                                f"{len(lo)} bounds) has no unit on the accelerator's vector unit yet")
+        return mode, int(lo[0]), int(hi[0])
 
     def _gemm(self, index: int, op: WeightOp) -> None:
         if isinstance(op, Conv2d) and op.groups != 1:
@@ -283,6 +365,13 @@ class _Compiler:
         return words
 
 
+def _one(values: Sequence[int], name: str, what: str) -> int:
+    distinct = set(int(v) for v in values)
+    if len(distinct) != 1:
+        raise UnsupportedOp(f"quantizer {name!r} needs one {what} per channel; the vector unit has one")
+    return distinct.pop()
+
+
 def _per_channel(values: Sequence[int] | np.ndarray, channels: int) -> list[int]:
     values = [int(v) for v in np.asarray(values).reshape(-1)]
     return values * channels if len(values) == 1 else values
@@ -296,7 +385,9 @@ def compile_program(engine: Engine, rows: int, cols: int) -> Program:
     compiler.run()
     model = engine.model
     quantizers = [op for op in model.ops if isinstance(op, QuantAct)]
-    constants = [c for word in compiler.constants for c in word]
+    vectors = [i for i in compiler.instructions if isinstance(i, Vector)]
+    constants = [c for word in compiler.constants for c in word] + [
+        Constants(0, v.multiplier, v.shift, v.lo, v.hi) for v in vectors]
     return Program(
         rows=rows, cols=cols, lanes=compiler.lanes,
         **_lane_format(quantizers),

@@ -3,7 +3,7 @@ with (`hw.isa` formats): the one place where the program's fields become bits.""
 
 from __future__ import annotations
 
-from dsetool.machine.program import Gemm, MaxPool, Program, Tensor
+from dsetool.machine.program import Gemm, Program, Tensor, Vector
 from hw import isa
 from hw.arrayconfig import ArrayConfig
 from hw.machine_format import SHIFT_BITS, MachineImages, MachineShape
@@ -13,7 +13,7 @@ def _bits(largest: int) -> int:
     return max(1, int(largest).bit_length())
 
 
-def widths_of(program: Program) -> isa.Widths:
+def widths_of(program: Program, multiplier_bits: int) -> isa.Widths:
     """Return field widths that hold every value the program's instructions and slices carry."""
     tensors = [program.input] + [t for i in program.instructions for t in _tensors(i)]
     dims = [max(t.height, t.width) for t in tensors] + [max(i.out_height, i.out_width) if isinstance(i, Gemm)
@@ -25,11 +25,12 @@ def widths_of(program: Program) -> isa.Widths:
     return isa.Widths(address=_bits(max(program.buffer_words, largest_pitch) + 1), dim=_bits(max(dims) + 1),
                       weight=_bits(len(program.weights) + 1), const=_bits(len(program.constants) + 1),
                       slice=_bits(slices + 1), lane=_bits(program.lanes // program.rows),
-                      code=program.act_bits + 1)
+                      code=program.act_bits + 1, multiplier=multiplier_bits, shift=SHIFT_BITS)
 
 
-def _tensors(instr: Gemm | MaxPool) -> list[Tensor]:
-    return [instr.source] + ([instr.dest] if instr.dest is not None else [])
+def _tensors(instr: Gemm | Vector) -> list[Tensor]:
+    others = [instr.other] if isinstance(instr, Vector) and instr.other is not None else []
+    return [instr.source, *others] + ([instr.dest] if instr.dest is not None else [])
 
 
 def _gemm(instr: Gemm, slice_first: int, program: Program) -> tuple[dict[str, int], list[dict[str, int]]]:
@@ -49,19 +50,26 @@ def _gemm(instr: Gemm, slice_first: int, program: Program) -> tuple[dict[str, in
     return fields, slices
 
 
-def _maxpool(instr: MaxPool) -> dict[str, int]:
+def _vector(instr: Vector) -> dict[str, int]:
     src, dest = instr.source, instr.dest
     (kh, kw), (sy, sx), (py, px) = instr.kernel, instr.stride, instr.padding
     pitch = src.width * src.groups
-    return {"opcode": isa.MAXPOOL, "src_base": src.base, "src_h": src.height, "src_w": src.width,
-            "src_groups": src.groups, "row_pitch": pitch, "step_y": sy * pitch, "step_x": sx * src.groups,
-            "sy": sy, "sx": sx, "py": py, "px": px, "kh": kh, "kw": kw, "out_h": dest.height,
-            "out_w": dest.width, "dst_base": dest.base, "row_off": -py * pitch, "col_off": -px * src.groups}
+    fields = {"opcode": isa.VECTOR, "src_base": src.base, "src_h": src.height, "src_w": src.width,
+              "src_groups": src.groups, "row_pitch": pitch, "step_y": sy * pitch, "step_x": sx * src.groups,
+              "sy": sy, "sx": sx, "py": py, "px": px, "kh": kh, "kw": kw, "out_h": dest.height,
+              "out_w": dest.width, "dst_base": dest.base, "row_off": -py * pitch, "col_off": -px * src.groups,
+              "ky_step": pitch, "kx_step": src.groups, "bounded": 1, "reduce_max": int(instr.reduce == "max"),
+              "multiplier": instr.multiplier, "shift": instr.shift, "relu": int(instr.relu),
+              "qmin": instr.qmin, "qmax": instr.qmax, "check": int(instr.check != "none"),
+              "lo": instr.lo, "hi": instr.hi}
+    if instr.other is not None:   # an add: a 1 x 2 window whose second tap is the other addend's word
+        fields |= {"kw": 2, "kx_step": instr.other.base - src.base, "bounded": 0}
+    return fields
 
 
 def check_mode(program: Program) -> str:
     """Return the range-check unit the machine needs: the one mode its checked layers use, or none."""
-    modes = {i.check for i in program.instructions if isinstance(i, Gemm) and i.check != "none"}
+    modes = {i.check for i in program.instructions if i.check != "none"}
     if len(modes) > 1:
         raise ValueError(f"The machine builds one range-check unit, and the program asks for {sorted(modes)}")
     return modes.pop() if modes else "none"
@@ -72,7 +80,8 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
     """Return the shape of the machine that runs `program` and the images its host loads.
     `multiplier_bits`: the requantization multiplier's width (the design's; by default what the
     program's constants need)."""
-    widths = widths_of(program)
+    bits = multiplier_bits or program.multiplier_bits
+    widths = widths_of(program, bits)
     instruction, slice_ = isa.instruction_layout(widths), isa.slice_layout(widths)
     words: list[int] = []
     slice_words: list[int] = []
@@ -81,13 +90,13 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
             fields, slices = _gemm(instr, len(slice_words), program)
             slice_words.extend(isa.pack(slice_, s) for s in slices)
         else:
-            fields = _maxpool(instr)
+            fields = _vector(instr)
         words.append(isa.pack(instruction, fields))
     words.append(isa.pack(instruction, {"opcode": isa.END}))
+    taps = [i.taps for i in program.instructions if isinstance(i, Vector)]
     array = ArrayConfig(rows=program.rows, cols=program.cols, act_bits=program.act_bits,
                         weight_bits=program.weight_bits, acc_bits=program.acc_bits, act_signed=program.act_signed,
                         multiplier=multiplier)
-    bits = multiplier_bits or program.multiplier_bits
     if bits < program.multiplier_bits or program.shift_bits > SHIFT_BITS:
         raise ValueError(f"The program's constants need a {program.multiplier_bits}-bit multiplier and "
                          f"{program.shift_bits}-bit shift; the machine has {bits} and {SHIFT_BITS}")
@@ -97,7 +106,8 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
                          num_classes=program.num_classes, instruction_words=len(words),
                          slice_words=len(slice_words), weight_words=len(program.weights),
                          const_words=len(program.constants),
-                         max_rows=max(i.m for i in program.instructions if isinstance(i, Gemm)))
+                         max_rows=max(i.m for i in program.instructions if isinstance(i, Gemm)),
+                         sum_bits=program.act_bits + _bits(max([1] + taps)) + 1)
     constants = tuple(tuple((c.bias, c.multiplier, c.shift, c.lo, c.hi) for c in word) for word in program.constants)
     return shape, MachineImages(tuple(words), tuple(slice_words), program.weights, constants)
 

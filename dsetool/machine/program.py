@@ -113,19 +113,38 @@ class Gemm:
 
 
 @dataclass(frozen=True)
-class MaxPool:
-    """A max pool of codes: output word (oy, ox, g) is the lane-wise max of the window's words of
-    `source` inside the map (a window never lies wholly outside it)."""
+class Vector:
+    """An op of the vector unit (`hw.vector_unit`): each output word (oy, ox, g) reduces the `kernel`
+    window of `source` at (oy * stride_y - pad_y, ox * stride_x - pad_x), lane by lane, by maximum
+    (`reduce` "max": taps outside the map are left out) or sum ("sum": they count 0); with `other` (an
+    add) the word of `other` at the same place is added. The result is requantized with one
+    (multiplier, shift), ReLU when `relu`, clamped to [qmin, qmax] and, with `check`, checked against
+    [lo, hi]. A max pool requantizes by 1 to its codes' own range."""
 
     name: str
     source: Tensor
+    other: Tensor | None
     dest: Tensor
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
+    reduce: str
+    multiplier: int
+    shift: int
+    relu: bool
+    qmin: int
+    qmax: int
+    check: str
+    lo: int
+    hi: int
+
+    @property
+    def taps(self) -> int:
+        """Return the buffer words read per output word."""
+        return self.kernel[0] * self.kernel[1] + (self.other is not None)
 
 
-Instruction = Gemm | MaxPool
+Instruction = Gemm | Vector
 
 
 @dataclass(frozen=True)
@@ -160,7 +179,7 @@ class Program:
 def program_cycles(program: Program) -> int:
     """Return the cycles from `start` to the first logit on the host stream (`hw.cycles`' machine
     schedule), which the RTL simulation measures."""
-    from hw.cycles import machine_end_cycles, machine_gemm_cycles, machine_pool_cycles
+    from hw.cycles import machine_end_cycles, machine_gemm_cycles, machine_vector_cycles
 
     total = machine_end_cycles()
     for instr in program.instructions:
@@ -168,5 +187,5 @@ def program_cycles(program: Program) -> int:
             total += machine_gemm_cycles(instr.m, len(instr.slices), _ceil(instr.out_channels, program.cols),
                                          program.rows, program.cols)
         else:
-            total += machine_pool_cycles(instr.dest.words, instr.kernel[0] * instr.kernel[1])
+            total += machine_vector_cycles(instr.dest.words, instr.taps)
     return total

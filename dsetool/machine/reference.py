@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dsetool.machine.program import Constants, Gemm, MaxPool, Program, Tensor
+from dsetool.machine.program import Constants, Gemm, Program, Tensor, Vector
 
 
 def _wrap(values: np.ndarray, bits: int) -> np.ndarray:
@@ -63,7 +63,7 @@ class Machine:
             if isinstance(instr, Gemm):
                 self._gemm(instr)
             else:
-                self._maxpool(instr)
+                self._vector(instr)
         return self.logits[:self.program.num_classes].copy()
 
     def _stream(self, instr: Gemm) -> np.ndarray:
@@ -112,17 +112,28 @@ class Machine:
         pixels = np.arange(instr.m)
         self.buffer[dest.base + pixels * dest.groups + group, lane:lane + count] = codes[:, :count]
 
-    def _maxpool(self, instr: MaxPool) -> None:
+    def _vector(self, instr: Vector) -> None:
+        """Reduce each output word's window (and add the other addend), then requantize and check."""
         src, dest = instr.source, instr.dest
         (kh, kw), (sy, sx), (py, px) = instr.kernel, instr.stride, instr.padding
-        words = self.buffer[src.base:src.base + src.words].reshape(src.height, src.width, src.groups, src.lanes)
-        out = np.empty((dest.height, dest.width, dest.groups, dest.lanes), dtype=np.int64)
+        words = self._words(src)
+        out = np.empty((dest.height, dest.width, src.groups, src.lanes), dtype=np.int64)
         for oy in range(dest.height):
             for ox in range(dest.width):
                 ys = slice(max(0, oy * sy - py), min(src.height, oy * sy - py + kh))
                 xs = slice(max(0, ox * sx - px), min(src.width, ox * sx - px + kw))
-                out[oy, ox] = words[ys, xs].max(axis=(0, 1))
-        self.buffer[dest.base:dest.base + dest.words] = out.reshape(-1, dest.lanes)
+                window = words[ys, xs]
+                out[oy, ox] = window.max(axis=(0, 1)) if instr.reduce == "max" else window.sum(axis=(0, 1))
+        if instr.other is not None:
+            out += self._words(instr.other)
+        codes = requantize(out, np.array(instr.multiplier), np.array(instr.shift), instr.relu, instr.qmin, instr.qmax)
+        constants = (Constants(0, instr.multiplier, instr.shift, instr.lo, instr.hi),)
+        codes = _checked(codes, constants, instr.check)
+        self.buffer[dest.base:dest.base + dest.words] = codes.reshape(-1, dest.lanes)
+
+    def _words(self, tensor: Tensor) -> np.ndarray:
+        words = self.buffer[tensor.base:tensor.base + tensor.words]
+        return words.reshape(tensor.height, tensor.width, tensor.groups, tensor.lanes)
 
 
 def _checked(codes: np.ndarray, constants: tuple[Constants, ...], mode: str) -> np.ndarray:

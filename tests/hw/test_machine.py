@@ -22,6 +22,7 @@ from hw.machine_format import load_beats
 from tests.fixtures.engines import digits, exported_engine, factory_engine
 
 TINY_CNN = "tests.fixtures.tiny_cnn:make"
+TINY_RESNET = "tests.fixtures.tiny_resnet:make"
 
 
 def simulate(engine: Engine, program: Program, images: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -84,6 +85,21 @@ def test_strided_padded_convs_and_pools_run_bit_for_bit_in_the_counted_cycles(ti
     assert cycles == [program_cycles(program)] * 2
 
 
+@pytest.fixture(scope="module")
+def tiny_resnet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return factory_engine(tmp_path_factory.mktemp("resnet"), TINY_RESNET, bits=4, size=8)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (2, 4)])
+def test_residual_adds_average_pools_and_requantizations_on_the_vector_unit(tiny_resnet: Engine, rows: int,
+                                                                           cols: int) -> None:
+    x = digits(8).test.x[:2]
+    program = compile_program(tiny_resnet, rows, cols)
+    logits, cycles = simulate(tiny_resnet, program, x)
+    np.testing.assert_array_equal(logits, tiny_resnet.logits(x).numpy())
+    assert cycles == [program_cycles(program)] * 2
+
+
 def test_linear_layers_and_per_channel_float_scales(tmp_path: Path) -> None:
     engine = exported_engine(tmp_path, "mlp", bits=4, scaling="float", granularity="per_channel")
     x = digits(8).test.x[:1]
@@ -133,14 +149,15 @@ def test_load_stream_refuses_images_larger_than_the_memories(tiny_cnn: Engine) -
 
 
 @pytest.mark.toolchain
-@pytest.mark.parametrize(("bits", "scaling", "granularity", "rows", "cols"), [
-    (8, "po2", "per_tensor", 8, 8), (4, "float", "per_channel", 4, 8)])
-def test_lenet_runs_in_compiled_simulation_bit_for_bit(tmp_path: Path, bits: int, scaling: str, granularity: str,
-                                                       rows: int, cols: int) -> None:
+@pytest.mark.parametrize(("arch", "bits", "scaling", "granularity", "rows", "cols", "images"), [
+    ("lenet5", 8, "po2", "per_tensor", 8, 8, 32), ("lenet5", 4, "float", "per_channel", 4, 8, 32),
+    ("resnet8", 4, "float", "per_tensor", 8, 8, 4)])
+def test_networks_run_in_compiled_simulation_bit_for_bit(tmp_path: Path, arch: str, bits: int, scaling: str,
+                                                         granularity: str, rows: int, cols: int, images: int) -> None:
     from hw import machine_host, rtlsim
 
-    engine = exported_engine(tmp_path / "model", "lenet5", bits, scaling, granularity)
-    x = digits(32).test.x[:32]
+    engine = exported_engine(tmp_path / "model", arch, bits, scaling, granularity)
+    x = digits(32).test.x[:images]
     program = compile_program(engine, rows, cols)
     shape, contents = machine_of(program)
     compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
