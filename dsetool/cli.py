@@ -196,6 +196,8 @@ _stage_command("range-restrict", "range-restrict", "Profile the bounds of every 
                                                    "(requantized layer outputs) on the calibration split.")
 _stage_command("synth", "synth", "Generate the design point's systolic array in Amaranth and synthesize it with "
                                  "Yosys/nextpnr (area, Fmax, cycles and latency per inference).")
+_stage_command("rtlsim", "rtlsim", "Run the design point's network on its accelerator in compiled RTL simulation "
+                                   "(Verilator): agreement with the engine bit for bit, measured cycles.")
 
 
 class JobsType(click.ParamType):

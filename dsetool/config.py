@@ -157,7 +157,7 @@ class PtqConfig:
     percentile: float = spec(99.99, range=(50.0, 100.0), help="percentile for percentile calibration")
 
 
-SWEEP_STAGES = ("quantize", "range-restrict", "inject", "synth")
+SWEEP_STAGES = ("quantize", "range-restrict", "inject", "synth", "rtlsim")
 PROTECTIONS = protection_registry.NAMES
 
 
@@ -181,6 +181,8 @@ class HwConfig:
     protection: str = spec("none", choices=PROTECTIONS, help=protection_registry.help_text())
     tmr: bool = spec(False, help="triplicate the datapath with bitwise majority voters (synth); campaigns run "
                                  "three independently faulted executions and vote their top-1")
+    rtl_images: int = spec(32, range=(1, 100_000), help="test images the rtlsim stage runs through the simulated "
+                                                        "accelerator (each must give the engine's logits)")
 
 
 FAULT_SITES = site_registry.NAMES
@@ -263,7 +265,8 @@ class RunConfig:
     stages: tuple[str, ...] = spec(("inject", "synth"), choices=SWEEP_STAGES,
                                    help="what `sweep` computes at every design point (each with what it needs): "
                                         "quantize (QAT or PTQ), range-restrict (range protections only), inject, "
-                                        "synth (protections the RTL builds)")
+                                        "synth (protections the RTL builds), rtlsim (the accelerator in compiled RTL "
+                                        "simulation)")
     data: DataConfig = spec(factory=DataConfig)
     model: ModelConfig = spec(factory=ModelConfig)
     quant: QuantConfig = spec(factory=QuantConfig)

@@ -27,6 +27,7 @@ from typing import Any
 MANIFEST = "manifest.json"
 INDEX = "index.json"
 EXPERIMENTS = "experiments"
+CACHE = "cache"   # builds shared by the keys of a stage (`Store.cache_dir`)
 Warn = Callable[[str], None]
 
 
@@ -173,6 +174,13 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def cache_dir(self, stage: str) -> Path:
+        """Return a directory a stage shares between its keys for what many keys can reuse (compiled
+        simulators, say), keyed inside by content; never listed as entries, safe to delete."""
+        path = self.root / CACHE / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def drop_scratch(self, stage: str, key: str) -> None:
         """Remove the scratch directory once the entry is published."""
         shutil.rmtree(self.entry_dir(stage, key).parent / f".partial-{key}", ignore_errors=True)
@@ -183,7 +191,7 @@ class Store:
         """Yield every verified entry (corrupt ones are reported and skipped)."""
         if not self.root.is_dir():
             return
-        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != EXPERIMENTS):
+        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name not in (EXPERIMENTS, CACHE)):
             for path in sorted(stage_dir.glob("??/*")):
                 if path.is_dir() and not path.name.startswith("."):
                     entry = self.get(stage_dir.name, path.name)

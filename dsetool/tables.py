@@ -110,7 +110,19 @@ SYNTH_COLUMNS: list[Column] = [
 # are reported apart; the column appears only when some row has one.
 HARNESS_COLUMN: Column = ("IO harness LUT/FF", lambda m: f"{m['harness_lut']}/{m['harness_ff']}"
                           if "harness_lut" in m else "-")
-STAGE_COLUMNS = {"inject": CAMPAIGN_COLUMNS, "synth": SYNTH_COLUMNS, "range-restrict": BOUNDS_COLUMNS}
+RTLSIM_COLUMNS: list[Column] = [
+    ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
+    ("status", lambda m: str(m.get("status", "-"))),
+    ("agreement %", _metric_pct("rtl_agreement")),
+    ("images", lambda m: str(m.get("rtl_images", "-"))),
+    ("cycles (RTL)", lambda m: str(m.get("rtl_cycles", "-"))),
+    ("cycles (model)", lambda m: str(m.get("model_cycles", "-"))),
+    ("sim Mcycles/s", lambda m: f"{m['sim_cycles_per_second'] / 1e6:.2f}"
+                                if isinstance(m.get("sim_cycles_per_second"), float) else "-"),
+    ("why not built", lambda m: str(m.get("message") or "-")),
+]
+STAGE_COLUMNS = {"inject": CAMPAIGN_COLUMNS, "synth": SYNTH_COLUMNS, "range-restrict": BOUNDS_COLUMNS,
+                 "rtlsim": RTLSIM_COLUMNS}
 
 
 def results_table(experiment: str, rows: Sequence[tuple[Point, Entry, bool]]) -> None:

@@ -88,7 +88,11 @@ class ColumnStage(wiring.Component):
     def _column(self, m: Module, c: int) -> None:
         width = self.code_shape.width
         source = Mux(self.relu & (self.acc[c] < 0), 0, self.acc[c])
-        product = _register(m, self._multiply(source, self.multiplier[c]), f"product_{c}")
+        if len(self.multiplier[c]) == 1:   # power-of-two scales: M is 0 or 1, a pure shift follows; no DSP
+            scaled: Value = Mux(self.multiplier[c], source, 0)
+        else:
+            scaled = self._multiply(source, self.multiplier[c])
+        product = _register(m, scaled, f"product_{c}")
         controls = {name: _register(m, value, f"shift_{name}_{c}")
                     for name, value in decode_shift(self.shift[c], width + 1).items()}
         lo, hi = _register(m, self.lo[c], f"lo_{c}"), _register(m, self.hi[c], f"hi_{c}")

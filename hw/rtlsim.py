@@ -596,7 +596,10 @@ class Session:
                 self._proc.wait()
         for stream in (self._proc.stdin, self._proc.stdout, self._stderr):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except OSError:   # unflushed commands to a server that died: nothing to deliver them to
+                    pass
 
     def _port(self, name: str, *, settable: bool = False) -> tuple[int, Port]:
         try:

