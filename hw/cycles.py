@@ -137,13 +137,14 @@ MACHINE_VECTOR_TAIL = 5
 MACHINE_OUTPUT = 1
 
 
-def machine_gemm_cycles(m: int, k_slices: int, n_slices: int, rows: int, cols: int) -> int:
-    """Return the cycles of one GEMM instruction of the accelerator: fetch, n_slices * k_slices tiles of
-    M streamed rows, and the output pipeline's tail."""
-    for name, value in (("m", m), ("k_slices", k_slices), ("n_slices", n_slices), ("rows", rows), ("cols", cols)):
+def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int) -> int:
+    """Return the cycles of one GEMM instruction of the accelerator: fetch, `tiles` weight tiles (every N
+    slice's K slices: a dense layer's N * K, a grouped conv's own count per N slice) of M streamed rows,
+    and the output pipeline's tail."""
+    for name, value in (("m", m), ("tiles", tiles), ("rows", rows), ("cols", cols)):
         _positive(name, value)
     tile = MACHINE_SETUP + 2 * rows + cols - 2 + m
-    return MACHINE_FETCH + n_slices * k_slices * tile + MACHINE_GEMM_TAIL
+    return MACHINE_FETCH + tiles * tile + MACHINE_GEMM_TAIL
 
 
 def machine_vector_cycles(words: int, taps: int) -> int:

@@ -3,19 +3,27 @@ compiler's encoder (`dsetool.machine.encode`). Pure Python and `amaranth.lib.dat
 
 An instruction is one word of named fields (`instruction_fields`); which fields an opcode reads:
 
-- `GEMM`: the array runs an im2col GEMM. For N slice n and K slice s (slice-table entries `slice_first`
-  .. + `slice_count`), output pixel (oy, ox) (row m = oy * `out_w` + ox, `m_count` rows) reads the word at
-  `src_base` + s.row_off + oy * `step_y` + s.col_off + ox * `step_x`, when the pixel it stands for,
-  (oy * `sy` + s.dy, ox * `sx` + s.dx), lies inside `src_h` x `src_w` (else zeros: padding), and takes
-  `rows` lanes of it from lane s.part * rows. Weights: `rows` words per tile, consecutive from `weight_base`.
-  Constants: word `const_base` + n. Results: row m of N slice n goes to word `dst_base` + m * `dst_groups`
-  + n * cols // lanes, lanes n * cols % lanes ..; with `logits`, the raw sums go to logits word n.
+- `GEMM`: the array runs an im2col GEMM, N slice after N slice (`n_count`), each as tiles, one per K slice
+  s: the slice-table entries from `slice_first` up to the one marked `last`. The next N slice's K slices
+  start at `slice_first` again, or, with `slice_walk` (a grouped conv, whose N slices read different
+  input channels), at the entry after the `last` one. For tile s, output pixel (oy, ox) (row m = oy *
+  `out_w` + ox, `m_count` rows) reads the word at `src_base` + s.row_off + oy * `step_y` + s.col_off + ox *
+  `step_x`, when the pixel it stands for, (oy * `sy` + s.dy, ox * `sx` + s.dx), lies inside `src_h` x
+  `src_w` (else zeros: padding), and takes `rows` lanes of it from lane s.part * rows. Weights: `rows`
+  words per tile, consecutive from `weight_base`. Constants: word `const_base` + n. Results: row m of N
+  slice n goes to word `dst_base` + m * `dst_groups` + (`dst_part` + n) // (lanes // cols), lanes
+  (`dst_part` + n) % (lanes // cols) * cols ..; only the columns holding a channel are written: not the
+  first `dst_lead` of N slice 0 nor the last `dst_trail` of the last N slice (a layer writing its range
+  of a concat's tensor). With `logits`, the raw sums go to the logits memory, N slice n to its n-th
+  `cols`-wide part (logit c at part c // cols, lane c % cols).
 - `VECTOR`: the vector unit (`hw.vector_unit`) walks output words (oy, ox, g) (`out_h` x `out_w` x
   `src_groups`), reads each one's `kh` x `kw` window taps from `src_base` + `row_off` + oy * `step_y` +
   ky * `ky_step` + `col_off` + ox * `step_x` + kx * `kx_step` + g (when `bounded`, only taps at pixels
   (oy * `sy` - `py` + ky, ox * `sx` - `px` + kx) inside `src_h` x `src_w`), reduces them by maximum
   (`reduce_max`) or sum, requantizes with `multiplier` and `shift` (ReLU, clamp, check against `lo` /
-  `hi` as a GEMM's output stage does) and writes the words in order from `dst_base`.
+  `hi` as a GEMM's output stage does) and writes the words in order from `dst_base`, skipping `dst_skip`
+  words after each pixel's (a range of a concat's tensor). With `logits` the sums themselves, not
+  requantized, go to the logits memory, one output word (`lanes` logits) after another.
 - `END`: the program is done: the logits are streamed out.
 """
 
@@ -38,10 +46,11 @@ class Widths:
     weight: int      # weight memory addresses
     const: int       # constant memory addresses
     slice: int       # slice-table addresses
-    lane: int        # lane index within a word
+    lane: int        # a K slice's part of a word (lanes // rows parts)
     code: int        # code width + 1 (signed clamp bounds)
     multiplier: int  # the requantization multiplier
     shift: int       # the requantization shift (two's complement)
+    column: int = 1  # a column of the array, or an output part of a word (lanes // cols parts)
 
 
 def instruction_layout(w: Widths) -> data.StructLayout:
@@ -54,7 +63,9 @@ def instruction_layout(w: Widths) -> data.StructLayout:
         "py": unsigned(4), "px": unsigned(4), "kh": dim, "kw": dim,
         "out_h": dim, "out_w": dim, "m_count": unsigned(2 * w.dim),
         "dst_base": address, "dst_groups": address,
-        "n_count": unsigned(w.const), "slice_first": unsigned(w.slice), "slice_count": unsigned(w.slice + 1),
+        "n_count": unsigned(w.const), "slice_first": unsigned(w.slice), "slice_walk": unsigned(1),
+        "dst_part": unsigned(w.column), "dst_lead": unsigned(w.column), "dst_trail": unsigned(w.column),
+        "dst_skip": address,
         "weight_base": unsigned(w.weight), "const_base": unsigned(w.const),
         "relu": unsigned(1), "check": unsigned(1), "logits": unsigned(1),
         "qmin": signed(w.code), "qmax": signed(w.code),
@@ -70,6 +81,7 @@ def slice_layout(w: Widths) -> data.StructLayout:
     return data.StructLayout({
         "dy": signed(w.dim + 1), "dx": signed(w.dim + 1),
         "row_off": signed(w.address + 1), "col_off": signed(w.address + 1), "part": unsigned(w.lane),
+        "last": unsigned(1),
     })
 
 

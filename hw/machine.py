@@ -11,13 +11,20 @@ unit and host port, around the program `dsetool.machine.compiler` makes (`hw.isa
 One instruction at a time (`hw.isa`): a GEMM runs tile after tile, each tile = `SETUP` cycles (read its
 slice-table entry, and at an N slice's first tile its constants word), `rows` cycles loading the weights,
 `m_count` cycles streaming rows of A read from the buffer, and `rows + cols - 2` cycles letting the last
-row leave the array; after its last tile the output pipeline drains (`GEMM_TAIL`). A max pool reads one
-window word per cycle and writes one output word per window. Every instruction costs `FETCH` cycles
-before it. `hw.cycles.machine_cycles` counts exactly this schedule.
+row leave the array; an N slice ends with the tile of the slice entry marked `last` (a grouped conv's N
+slices have their own K slices, `slice_walk`); after its last tile the output pipeline drains
+(`GEMM_TAIL`). The writer writes only the columns that hold channels, from any `cols`-wide part of a
+word on, so a layer writes its channel range of a concat's tensor directly. A vector instruction reads
+one window word per cycle and writes one output word per window. Every instruction costs `FETCH` cycles
+before it. `hw.cycles`' machine functions count exactly this schedule.
+
+The logits memory holds `lanes` sums per word, written `cols` at a time by a logits GEMM (one N slice's)
+or `lanes` at a time by the vector unit (an average pool's sums that are the logits); logit c is lane
+c % cols of the `cols`-wide part c // cols.
 
 Host port: while idle, `in_*` is a valid/ready stream of the input tensor's codes, lane by lane, word by
 word from the input's base (padding lanes included: zeros); a pulse on `start` runs the program; at its
-end the `out_*` stream gives the `num_classes` logits (the last GEMM's sums), then the machine is idle.
+end the `out_*` stream gives the `num_classes` logits, then the machine is idle.
 Memory contents other than the activation buffer are given at build time (the network's weights and
 program): the machine is built for the network it runs.
 """
@@ -57,11 +64,11 @@ class _WriterReset:
     address: Signal
     group: Signal
     part: Signal
-    logit_word: Signal
+    n_slice: Signal
 
     def reset(self, fetched: Value) -> list:
         return [self.row.eq(0), self.address.eq(fetched.dst_base), self.group.eq(0),
-                self.part.eq(0)]
+                self.part.eq(fetched.dst_part), self.n_slice.eq(0)]
 
 
 class Machine(wiring.Component):
@@ -105,7 +112,7 @@ class Machine(wiring.Component):
         imem, smem, wmem, cmem = (loadable[memory] for memory in (IMEM, SMEM, WMEM, CMEM))
         const_bits = sum(p.const_fields)
         abuf = Memory(shape=unsigned(word_bits), depth=max(1, p.buffer_words), init=[])
-        lmem = Memory(shape=unsigned(cols * a.acc_bits), depth=max(1, p.logits_words), init=[])
+        lmem = Memory(shape=unsigned(lanes * a.acc_bits), depth=-(-p.num_classes // lanes), init=[])
         m.submodules.imem, m.submodules.smem, m.submodules.wmem = imem, smem, wmem
         m.submodules.cmem, m.submodules.abuf, m.submodules.lmem = cmem, abuf, lmem
         iread, sread, wread, cread = imem.read_port(), smem.read_port(), wmem.read_port(), cmem.read_port()
@@ -113,7 +120,7 @@ class Machine(wiring.Component):
         idle = Signal()
         self._loader(m, loadable, idle)
         aread, awrite = abuf.read_port(), abuf.write_port(granularity=code.width)
-        lread, lwrite = lmem.read_port(), lmem.write_port()
+        lread, lwrite = lmem.read_port(), lmem.write_port(granularity=cols * a.acc_bits)
 
         # ---- datapath
         m.submodules.array = array = WSArray(a)
@@ -137,6 +144,7 @@ class Machine(wiring.Component):
         pc = Signal(range(max(2, p.instruction_words + 1)))
         nt = Signal(p.widths.const + 1)
         kt = Signal(p.widths.slice + 1)
+        sp = Signal(p.widths.slice + 1)   # the slice-table entry of the current tile
         wptr = Signal(range(max(2, p.weight_words + 1)))
         count = Signal(32)   # cycles within a phase
         pending = Signal(unsigned(cols * const_bits))
@@ -172,11 +180,14 @@ class Machine(wiring.Component):
             lane = a_lanes[r * code.width:(r + 1) * code.width]
             m.d.comb += array.a[r].eq(Mux(inside_d, lane.as_signed() if code.signed else lane, 0))
 
-        # ---- output writer: rows of the stage (or raw sums for logits) in order, N slice after N slice
-        writer = self._writer(m, instr, stage, sums, awrite, lwrite)
+        # ---- output writer: rows of the stage in order, N slice after N slice
+        writer = self._writer(m, instr, stage, awrite)
 
         # ---- vector unit (pools, adds, requantizations)
         vector = self._vector_unit(m, instr, aread, awrite)
+
+        # ---- logits: a GEMM's raw sums, or the vector unit's
+        logit_reset = self._logits(m, instr, sums, vector, lwrite)
 
         # ---- host input
         in_word = Signal(range(max(2, p.input_words + 1)))
@@ -187,13 +198,14 @@ class Machine(wiring.Component):
         m.d.comb += [array.w[c].eq(wread.data[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
                      for c in range(cols)]
         out_index = Signal(range(max(2, p.num_classes + 1)))
+        out_word, out_lane = Signal(range(max(2, lmem.depth))), Signal(range(lanes))
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 m.d.comb += [self.in_ready.eq(1), idle.eq(1)]
                 with m.If(self.in_valid):
                     self._host_write(m, awrite, in_word, in_lane, code)
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(0), in_word.eq(0), in_lane.eq(0), writer.logit_word.eq(0)]
+                    m.d.sync += [pc.eq(0), in_word.eq(0), in_lane.eq(0), *logit_reset]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += self.busy.eq(1)
@@ -202,7 +214,7 @@ class Machine(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 fetched = self._fetched
                 m.d.sync += [instr.eq(iread.data), nt.eq(0), kt.eq(0), wptr.eq(fetched.weight_base),
-                             pc.eq(pc + 1), count.eq(0)]
+                             pc.eq(pc + 1), count.eq(0), sp.eq(fetched.slice_first)]
                 m.d.sync += writer.reset(fetched)
                 with m.Switch(fetched.opcode):
                     with m.Case(isa.GEMM):
@@ -211,10 +223,10 @@ class Machine(wiring.Component):
                         m.d.comb += vector.start.eq(1)
                         m.next = "V_RUN"
                     with m.Default():
-                        m.d.sync += out_index.eq(0)
+                        m.d.sync += [out_index.eq(0), out_word.eq(0), out_lane.eq(0)]
                         m.next = "OUT_READ"
             with m.State("G_SETUP"):
-                m.d.comb += [self.busy.eq(1), sread.addr.eq(instr.slice_first + kt),
+                m.d.comb += [self.busy.eq(1), sread.addr.eq(sp),
                              cread.addr.eq(instr.const_base + nt)]
                 m.d.sync += count.eq(count + 1)
                 with m.If(count == 1):
@@ -233,12 +245,11 @@ class Machine(wiring.Component):
                     m.d.sync += count.eq(0)
                     m.next = "G_STREAM"
             with m.State("G_STREAM"):
-                m.d.comb += [self.busy.eq(1), feed_valid.eq(1), k_first.eq(kt == 0),
-                             k_last.eq(kt == instr.slice_count - 1)]
+                m.d.comb += [self.busy.eq(1), feed_valid.eq(1), k_first.eq(kt == 0), k_last.eq(sl.last)]
                 with m.If(count == 0):
                     with m.If(kt == 0):
                         m.d.sync += bias_active.eq(pending)
-                    with m.If(kt == instr.slice_count - 1):
+                    with m.If(sl.last):
                         m.d.sync += active.eq(pending)
                 issue_row()
                 m.d.sync += count.eq(count + 1)
@@ -250,14 +261,14 @@ class Machine(wiring.Component):
                 m.d.sync += count.eq(count + 1)
                 with m.If(count == rows + cols - 3):
                     m.d.sync += count.eq(0)
-                    with m.If(kt == instr.slice_count - 1):
-                        m.d.sync += [kt.eq(0), nt.eq(nt + 1)]
+                    with m.If(sl.last):
+                        m.d.sync += [kt.eq(0), nt.eq(nt + 1), sp.eq(Mux(instr.slice_walk, sp + 1, instr.slice_first))]
                         with m.If(nt == instr.n_count - 1):
                             m.next = "G_TAIL"
                         with m.Else():
                             m.next = "G_SETUP"
                     with m.Else():
-                        m.d.sync += kt.eq(kt + 1)
+                        m.d.sync += [kt.eq(kt + 1), sp.eq(sp + 1)]
                         m.next = "G_SETUP"
             with m.State("G_TAIL"):
                 m.d.comb += self.busy.eq(1)
@@ -275,14 +286,15 @@ class Machine(wiring.Component):
                 with m.If(count == VECTOR_TAIL - 1):
                     m.next = "FETCH"
             with m.State("OUT_READ"):
-                m.d.comb += [self.busy.eq(1), lread.addr.eq(out_index // cols if cols > 1 else out_index)]
+                m.d.comb += [self.busy.eq(1), lread.addr.eq(out_word)]
                 m.next = "OUT_SEND"
             with m.State("OUT_SEND"):
-                m.d.comb += [self.busy.eq(1), self.out_valid.eq(1)]
-                lane_sel = (out_index % cols) if cols > 1 else Const(0)
-                m.d.comb += self.out_data.eq(lread.data.word_select(lane_sel, a.acc_bits).as_signed())
+                m.d.comb += [self.busy.eq(1), self.out_valid.eq(1), lread.addr.eq(out_word)]
+                m.d.comb += self.out_data.eq(lread.data.word_select(out_lane, a.acc_bits).as_signed())
                 with m.If(self.out_ready):
-                    m.d.sync += out_index.eq(out_index + 1)
+                    m.d.sync += [out_index.eq(out_index + 1), out_lane.eq(out_lane + 1)]
+                    with m.If(out_lane == lanes - 1):
+                        m.d.sync += [out_lane.eq(0), out_word.eq(out_word + 1)]
                     with m.If(out_index == p.num_classes - 1):
                         m.next = "IDLE"
                     with m.Else():
@@ -347,10 +359,11 @@ class Machine(wiring.Component):
                          stage.lo[c].eq(cast(active[lo_off:lo_off + lo_w])),
                          stage.hi[c].eq(cast(active[hi_off:hi_off + hi_w]))]
 
-    def _writer(self, m: Module, instr: Value, stage: ColumnStage, sums: KAccumulator, awrite: Any,
-                lwrite: Any) -> _WriterReset:
-        """Write each output row where the instruction puts it: the stage's codes into `cols` lanes of a
-        buffer word, or a logits layer's raw sums into the logits memory; N slice after N slice."""
+    def _writer(self, m: Module, instr: Value, stage: ColumnStage, awrite: Any) -> _WriterReset:
+        """Write each output row of the stage into `cols` lanes of a buffer word, N slice after N slice
+        from part `dst_part` of word `dst_base` on; only the columns holding channels (not the first
+        `dst_lead` of N slice 0, nor the last `dst_trail` of the last), so a concat's inputs each write
+        their range of its tensor without touching the others'."""
         p, a = self.params, self.params.array
         cols, lanes = a.cols, p.lanes
         parts = lanes // cols
@@ -358,24 +371,45 @@ class Machine(wiring.Component):
         address = Signal(p.widths.address + 1)
         group = Signal(p.widths.address + 1)
         part = Signal(range(max(2, parts)))
-        logit_word = Signal(range(max(2, p.logits_words + 1)))
+        n_slice = Signal(p.widths.const + 1, name="write_n_slice")
         codes = Cat(*(stage.out[c] for c in range(cols)))
+        first, last = n_slice == 0, n_slice == instr.n_count - 1
+        columns = Cat(*((~first | (instr.dst_lead <= c)) & (~last | (instr.dst_trail + c < cols))
+                        for c in range(cols)))
         m.d.comb += [awrite.data.eq(Cat(*([codes] * parts))), awrite.addr.eq(address)]
         with m.If(stage.out_valid):
-            m.d.comb += awrite.en.eq(((1 << cols) - 1) << (part * cols))
+            m.d.comb += awrite.en.eq(columns << (part * cols))
             with m.If(row == instr.m_count - 1):
                 next_part = Mux(part == parts - 1, 0, part + 1)
                 next_group = Mux(part == parts - 1, group + 1, group)
                 m.d.sync += [row.eq(0), part.eq(next_part), group.eq(next_group),
-                             address.eq(instr.dst_base + next_group)]
+                             address.eq(instr.dst_base + next_group), n_slice.eq(n_slice + 1)]
             with m.Else():
                 m.d.sync += [row.eq(row + 1), address.eq(address + instr.dst_groups)]
-        m.d.comb += [lwrite.addr.eq(logit_word),
-                     lwrite.data.eq(Cat(*(sums.out[c] for c in range(cols))))]
+        return _WriterReset(row, address, group, part, n_slice)
+
+    def _logits(self, m: Module, instr: Value, sums: KAccumulator, vector: vector_unit.VectorUnit,
+                lwrite: Any) -> list:
+        """Write the logits memory: a logits GEMM's raw sums, `cols` per N slice into the next `cols`-wide
+        part of a word; or the vector unit's sums (sign-extended), `lanes` per word. Return the
+        statements that reset its position at the program's start."""
+        p, a = self.params, self.params.array
+        parts = p.lanes // a.cols
+        address = Signal(range(max(2, -(-p.num_classes // p.lanes) + 1)), name="logit_word")
+        part = Signal(range(max(2, parts)), name="logit_part")
+        wide = [Signal(signed(a.acc_bits), name=f"logit_sum_{lane}") for lane in range(p.lanes)]
+        m.d.comb += [wide[lane].eq(vector.sums[lane]) for lane in range(p.lanes)]
+        m.d.comb += lwrite.addr.eq(address)
         with m.If(sums.out_valid & instr.logits):
-            m.d.comb += lwrite.en.eq(1)
-            m.d.sync += logit_word.eq(logit_word + 1)
-        return _WriterReset(row, address, group, part, logit_word)
+            m.d.comb += [lwrite.data.eq(Cat(*(sums.out[c] for c in range(a.cols))).replicate(parts)),
+                         lwrite.en.eq(Const(1, parts) << part)]
+            m.d.sync += part.eq(Mux(part == parts - 1, 0, part + 1))
+            with m.If(part == parts - 1):
+                m.d.sync += address.eq(address + 1)
+        with m.If(vector.sums_valid & instr.logits):
+            m.d.comb += [lwrite.data.eq(Cat(*wide)), lwrite.en.eq((1 << parts) - 1)]
+            m.d.sync += address.eq(address + 1)
+        return [address.eq(0), part.eq(0)]
 
     def _vector_unit(self, m: Module, instr: Value, aread: Any, awrite: Any) -> vector_unit.VectorUnit:
         """Add the vector unit on the buffer's ports: it reads while it runs, and writes when its stage

@@ -8,13 +8,16 @@ ky * `ky_step` + `col_off` + ox * `step_x` + kx * `kx_step` + g, and when `bound
 are reduced lane by lane, by maximum (`reduce_max`: padding is the smallest code) or by sum (padding is
 0). The reduced word then passes one `hw.column_stage.ColumnStage` of `lanes` columns with the
 instruction's single multiplier, shift, clamp, ReLU and bounds, and is written to `dst_base` + the
-output word's index. So one unit runs:
+output word's index (+ `dst_skip` per output pixel before it: a range of a concat's tensor). So one unit
+runs:
 
 - max pooling (identity requantization: multiplier 1, shift 0, the codes' full range);
 - average pooling, global included: the window's sum requantized by the quantizer that reads it;
 - a residual add: a 1 x 2 window, unbounded, whose second tap is the other addend's word
   (`kx_step` = its base - the first's), requantized by the quantizer that reads the sum;
-- a quantizer re-scaling another's codes: a 1 x 1 window.
+- a quantizer re-scaling another's codes: a 1 x 1 window;
+- with `logits`, an average pool's (or add's) sums that are the network's logits: `sums` gives them on
+  the cycle `sums_valid` is high, not requantized, and the buffer is not written.
 
 Timing: while `run` is high one tap is read per cycle (`last` high on the cycle of the final one); the
 last word is written `TAIL` cycles after that cycle.
@@ -63,6 +66,8 @@ class VectorUnit(wiring.Component):
     read_addr : Out(address_bits); read_data : In(lanes * code width) : the buffer's read port (data one
         cycle after the address).
     write_addr : Out(address_bits); write_data : Out(lanes * code width); write_en : Out(1)
+    sums_valid : Out(1); sums : Out(signed(sum_bits)).array(lanes) : each word's reduction, before the
+        stage (the logits, with `logits`).
     """
 
     def __init__(self, instruction: object, lanes: int, code_shape: object, sum_bits: int, address_bits: int,
@@ -77,6 +82,7 @@ class VectorUnit(wiring.Component):
             "instr": In(instruction), "start": In(1), "next_instr": In(instruction), "run": In(1), "last": Out(1),
             "read_addr": Out(address_bits), "read_data": In(word),
             "write_addr": Out(address_bits), "write_data": Out(word), "write_en": Out(1),
+            "sums_valid": Out(1), "sums": Out(signed(sum_bits)).array(lanes),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -102,18 +108,28 @@ class VectorUnit(wiring.Component):
             m.d.sync += [inside_d.eq(0), first_d.eq(0), last_d.eq(0)]
         reduced = self._reduce(m, inside_d, first_d)
         m.d.comb += [stage.valid.eq(last_d), stage.relu.eq(i.relu), stage.check_on.eq(i.check),
-                     stage.qmin.eq(i.qmin), stage.qmax.eq(i.qmax)]
+                     stage.qmin.eq(i.qmin), stage.qmax.eq(i.qmax), self.sums_valid.eq(last_d)]
         for lane in range(self.lanes):
             m.d.comb += [stage.acc[lane].eq(reduced[lane]), stage.multiplier[lane].eq(i.multiplier),
-                         stage.shift[lane].eq(i.shift), stage.lo[lane].eq(i.lo), stage.hi[lane].eq(i.hi)]
-        destination = Signal(self.address_bits + 1, name="destination")
-        with m.If(self.start):
-            m.d.sync += destination.eq(self.next_instr.dst_base)
-        m.d.comb += [self.write_addr.eq(destination), self.write_data.eq(Cat(*stage.out)),
-                     self.write_en.eq(stage.out_valid)]
-        with m.If(stage.out_valid):
-            m.d.sync += destination.eq(destination + 1)
+                         stage.shift[lane].eq(i.shift), stage.lo[lane].eq(i.lo), stage.hi[lane].eq(i.hi),
+                         self.sums[lane].eq(reduced[lane])]
+        self._writer(m, stage)
         return m
+
+    def _writer(self, m: Module, stage: ColumnStage) -> None:
+        """Write each word the stage gives to the next destination word: in order, skipping `dst_skip`
+        words after each pixel's `src_groups` (a range of a concat's tensor); nothing with `logits`."""
+        i = self.instr
+        destination = Signal(self.address_bits + 1, name="destination")
+        group = Signal(self.address_bits, name="write_group")
+        with m.If(self.start):
+            m.d.sync += [destination.eq(self.next_instr.dst_base), group.eq(0)]
+        m.d.comb += [self.write_addr.eq(destination), self.write_data.eq(Cat(*stage.out)),
+                     self.write_en.eq(stage.out_valid & ~i.logits)]
+        with m.If(stage.out_valid & (group == i.src_groups - 1)):
+            m.d.sync += [destination.eq(destination + 1 + i.dst_skip), group.eq(0)]
+        with m.Elif(stage.out_valid):
+            m.d.sync += [destination.eq(destination + 1), group.eq(group + 1)]
 
     def _reduce(self, m: Module, inside_d: Value, first_d: Value) -> list[Value]:
         """Return each lane's reduction so far including the tap whose data is arriving (comb), and keep

@@ -1,6 +1,7 @@
-"""The compiler (`dsetool.machine.compiler`) and the word-level reference machine: every built-in chain
-network, both scalings and granularities, square and oblong arrays, give the engine's logits; what the
-machine cannot run is refused by name."""
+"""The compiler (`dsetool.machine.compiler`) and the word-level reference machine: every built-in
+network (MobileNet's depthwise convs included) and SqueezeNet's concats and pooled logits, both scalings
+and granularities, square and oblong arrays, give the engine's logits; what the machine cannot run is
+refused by name."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 from dsetool.engine import Engine
 from dsetool.machine.compiler import UnsupportedOp, compile_program, lanes_of
 from dsetool.machine.encode import input_codes, machine_of
-from dsetool.machine.program import Gemm, Program
+from dsetool.machine.program import Gemm, Program, Vector, sum_bits
 from dsetool.machine.reference import Machine, run_image
 from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
+
+ARRAYS = [(8, 8), (4, 8), (8, 4), (2, 2)]
 
 
 def reference_logits(engine: Engine, program: Program, x: object) -> np.ndarray:
@@ -35,14 +38,65 @@ def test_reference_machine_gives_the_engines_logits(tmp_path: Path, arch: str, b
                                   engine.logits(x).numpy())
 
 
+@pytest.mark.parametrize(("bits", "scaling", "granularity"), [   # every pair of values once
+    (4, "po2", "per_tensor"), (8, "po2", "per_channel"), (4, "float", "per_channel"), (8, "float", "per_tensor")])
+def test_depthwise_separable_mobilenet_gives_the_engines_logits(tmp_path: Path, bits: int, scaling: str,
+                                                                granularity: str) -> None:
+    engine = exported_engine(tmp_path, "mobilenet", bits, scaling, granularity)
+    x = digits(32).test.x[:2]
+    for rows, cols in ARRAYS:
+        np.testing.assert_array_equal(reference_logits(engine, compile_program(engine, rows, cols), x),
+                                      engine.logits(x).numpy(), err_msg=f"{rows} x {cols}")
+
+
+@pytest.fixture(scope="module")
+def squeezenet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return factory_engine(tmp_path_factory.mktemp("squeezenet"), SQUEEZENET, bits=4, size=16)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(16, 16), (8, 8), (4, 4), (2, 4)])
+def test_squeezenet_concats_and_pooled_logits_give_the_engines_logits(squeezenet: Engine, rows: int,
+                                                                       cols: int) -> None:
+    x = digits(16).test.x[:3]
+    np.testing.assert_array_equal(reference_logits(squeezenet, compile_program(squeezenet, rows, cols), x),
+                                  squeezenet.logits(x).numpy())
+
+
+def test_depthwise_conv_costs_a_tile_per_tap_and_min_side_of_channels(tmp_path: Path) -> None:
+    engine = exported_engine(tmp_path, "mobilenet", 4, "po2")
+    for rows, cols in ARRAYS:
+        program = compile_program(engine, rows, cols)
+        for gemm in (i for i in program.instructions if isinstance(i, Gemm) and i.name.endswith(".dw")):
+            channels = gemm.out_channels
+            assert gemm.tiles(cols) == 9 * -(-channels // cols) * -(-cols // rows), (gemm.name, rows, cols)
+            assert len(gemm.slices) == gemm.n_slices(cols)   # each N slice its own K slices
+            assert all(len(gemm.k_slices(n)) == 9 * -(-cols // rows) for n in range(gemm.n_slices(cols)))
+
+
+def test_concat_inputs_write_their_ranges_of_one_tensor(squeezenet: Engine) -> None:
+    names = {i.name: i for i in compile_program(squeezenet, 16, 16).instructions}
+    expand1, expand3, pool = names["fire1.expand1.0"], names["fire1.expand3.0"], names["pool"]
+    assert isinstance(expand1, Gemm) and isinstance(expand3, Gemm)
+    assert expand1.dest == expand3.dest == pool.source and (expand1.dest_offset, expand3.dest_offset) == (0, 8)
+    assert expand3.lead(16) == 8 and expand3.n_slices(16) == 1   # one N slice, its first 8 columns empty
+
+
+def test_pooled_sums_are_the_logits_in_words_wide_enough(squeezenet: Engine) -> None:
+    program = compile_program(squeezenet, 4, 4)
+    last = program.instructions[-1]
+    assert isinstance(last, Vector) and last.logits and last.name == "head.2"
+    assert program.acc_bits >= sum_bits(program.act_bits, last.taps)
+
+
 @pytest.fixture(scope="module")
 def lenet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return exported_engine(tmp_path_factory.mktemp("lenet"), "lenet5", 4, "po2")
 
 
-def test_buffer_reuses_words_but_never_under_a_live_tensor(lenet: Engine) -> None:
-    program = compile_program(lenet, 8, 8)
-    tensors = [program.input] + [i.dest for i in program.instructions if i.dest is not None]
+@pytest.mark.parametrize("network", ["lenet", "squeezenet"])
+def test_buffer_reuses_words_but_never_under_a_live_tensor(request: pytest.FixtureRequest, network: str) -> None:
+    program = compile_program(request.getfixturevalue(network), 8, 8)
+    tensors = {program.input} | {i.dest for i in program.instructions if i.dest is not None}
     assert program.buffer_words < sum(t.words for t in tensors)
     for instr in program.instructions:
         if instr.dest is None:
@@ -54,7 +108,7 @@ def test_buffer_reuses_words_but_never_under_a_live_tensor(lenet: Engine) -> Non
 def test_first_layer_streams_only_slices_with_a_real_channel(lenet: Engine) -> None:
     conv1 = compile_program(lenet, 8, 8).instructions[0]
     assert isinstance(conv1, Gemm)
-    assert len(conv1.slices) == 25   # one per tap of the 5 x 5 kernel on its one channel, not 8 lanes each
+    assert len(conv1.k_slices(0)) == 25   # one per tap of the 5 x 5 kernel on its one channel, not 8 lanes each
 
 
 def test_input_stream_puts_channels_in_lanes(lenet: Engine) -> None:
@@ -86,7 +140,9 @@ def test_arrays_whose_sides_do_not_divide_are_refused(rows: int, cols: int) -> N
         lanes_of(rows, cols)
 
 
-def test_ops_without_a_unit_are_refused_by_name(tmp_path: Path) -> None:
-    engine = factory_engine(tmp_path, SQUEEZENET, bits=4, size=16)
-    with pytest.raises(UnsupportedOp, match=r"the logits are the sums of op 'head.2' \(avgpool2d\)"):
-        compile_program(engine, 4, 4)
+def test_concat_ranges_the_vector_unit_cannot_write_are_refused_by_name(tmp_path: Path) -> None:
+    engine = factory_engine(tmp_path, "tests.fixtures.tiny_concat:make", bits=4, size=8)
+    compile_program(engine, 4, 4)   # 4 lanes: the max pool writes one whole word of the concat
+    with pytest.raises(UnsupportedOp, match=r"^op 'pooled.2' \(maxpool2d\) writes channels 0..3 of concat "
+                                            r"'cat_1'; the vector unit writes whole words of 8 channels"):
+        compile_program(engine, 8, 8)

@@ -4,11 +4,18 @@ The engine (`dsetool.engine.Engine`) is the source of every number: its output s
 constants, its layers' accumulator ranges and its range checks, so the machine computes what the engine
 computes by construction, and `dsetool.machine.reference` checks the layout and ordering on top of that.
 
-Ops the machine runs today: the input quantizer (the host writes its codes), convolutions (groups 1,
-any stride and padding) and linear layers with the quantizer that reads their accumulators (fused into
-the output stage: bias, ReLU, requantization, range check), max pools of codes, and flattens (no
-instruction: a layout). Anything else raises `UnsupportedOp` naming the op, so a network the machine
-cannot run is refused before anything is built.
+Ops the machine runs today: the input quantizer (the host writes its codes), convolutions (any stride,
+padding and groups) and linear layers with the quantizer that reads their accumulators (fused into the
+output stage: bias, ReLU, requantization, range check), the vector unit's max and average pools, adds
+and requantizations (an average pool's or add's sums may be the logits themselves), and two ops that
+are no instruction, only a layout: flattens, and concats along the channels, whose inputs' producers
+write straight into their channel ranges of the concat's one tensor. Anything else raises
+`UnsupportedOp` naming the op, so a network the machine cannot run is refused before anything is built.
+
+Grouped and depthwise convolutions run on the same weight-stationary array as dense layers: each N
+slice streams only the K slices (tap, word, lane part) that hold a channel of its columns' groups, and
+its tiles hold zeros for the lanes of other groups (`dsetool.machine.program` counts what a depthwise
+conv costs: about 9 C / min(rows, cols) tiles of M rows, min(rows, cols) useful weights in each).
 """
 
 from __future__ import annotations
@@ -20,14 +27,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dsetool.engine.intmodel import INPUT, Add, AvgPool2d, Conv2d, Flatten, IntModel, MaxPool2d, QuantAct, WeightOp
-from dsetool.machine.program import Constants, Gemm, Instruction, Program, Slice, Tensor, Vector
+from dsetool.engine.intmodel import (
+    INPUT,
+    Add,
+    AvgPool2d,
+    Concat,
+    Conv2d,
+    Flatten,
+    IntModel,
+    MaxPool2d,
+    QuantAct,
+    WeightOp,
+)
+from dsetool.machine.program import Constants, Gemm, Instruction, Program, Slice, Tensor, Vector, sum_bits
 
 if TYPE_CHECKING:
     from dsetool.engine import Engine
 
 
 SUMS = (Add, AvgPool2d)   # ops whose sums only the quantizer reading them turns into codes
+Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]   # kernel, stride, padding
 
 
 class UnsupportedOp(ValueError):
@@ -91,6 +110,7 @@ class _Compiler:
         self.constants: list[tuple[Constants, ...]] = []
         self.fused: set[int] = set()
         self.logits: set[int] = set()   # ops whose values are the logits (the last GEMM and its flattens)
+        self.concats: dict[int, tuple[Tensor, int]] = {}   # a concat's tensor and its channel offset there
         self.readers = self._last_readers()
 
     def _last_readers(self) -> dict[int, int]:
@@ -104,15 +124,15 @@ class _Compiler:
 
     def _runs_at(self, index: int) -> int:
         """Return the op whose instruction reads what op `index` reads: an add's or average pool's own
-        (their sums exist only inside the vector unit), else op `index`."""
+        (their sums exist only inside the vector unit) is the quantizer's reading them, or theirs when
+        the sums are the logits; else op `index`."""
         if isinstance(self.model.ops[index], (*SUMS, Flatten)) and self._sums_of(index) is not None:
             reader = index
             while (readers := self.model.consumers(reader)) and len(readers) == 1 \
                     and isinstance(self.model.ops[readers[0]], Flatten):
                 reader = readers[0]
-            if not readers:
-                raise UnsupportedOp(f"the logits are the sums of op {self.model.ops[index].name!r} "
-                                    f"({self.model.ops[index].kind}); the accelerator's logits come from a layer")
+            if not readers:   # the sums are the logits: the vector unit writes them to the logits memory
+                return index
             if len(readers) != 1 or not isinstance(self.model.ops[readers[0]], QuantAct):
                 raise UnsupportedOp(f"op {self.model.ops[index].name!r} ({self.model.ops[index].kind}) must be read "
                                     f"by one quantizer, which the vector unit runs it with")
@@ -140,6 +160,9 @@ class _Compiler:
 
     def _op(self, index: int, op: object) -> None:
         if isinstance(op, QuantAct) and op.kind == "quant_input":
+            if self._concat_reading(index) is not None:
+                raise UnsupportedOp(f"the input quantizer {op.name!r} feeds a concat; the host writes the input "
+                                    f"codes into words of their own")
             self._place(index, op.out_shape)
         elif isinstance(op, Flatten) and self._sums_of(index) is not None:
             self._runs_at(index)   # flattened sums: run with the quantizer that reads them
@@ -153,10 +176,14 @@ class _Compiler:
             self._gemm(index, op)
         elif isinstance(op, MaxPool2d):
             self._maxpool(index, op)
+        elif isinstance(op, SUMS) and self._runs_at(index) == index:
+            self._sum_logits(index, op)
         elif isinstance(op, SUMS):
-            self._runs_at(index)   # run by the quantizer that reads the sums
+            pass   # run by the quantizer that reads the sums
         elif isinstance(op, QuantAct):
             self._requantize(index, op)
+        elif isinstance(op, Concat):
+            assert index in self.codes, "a concat's tensor is placed with its first input"
         else:
             raise UnsupportedOp(f"op {op.name!r} ({op.kind}) has no unit on the accelerator yet")  # type: ignore[attr-defined]
 
@@ -166,6 +193,46 @@ class _Compiler:
         tensor = Tensor(self.buffer.take(tensor.words), channels, height, width, self.lanes)
         self.codes[index] = _Codes(tensor, tuple(shape), index)
         return tensor
+
+    def _destination(self, index: int, shape: Sequence[int], unit: int) -> tuple[Tensor, int]:
+        """Place op `index`'s codes and return (tensor, channel offset) where its writer puts them: words of
+        their own, or, when a concat reads them, their channel range of the concat's tensor, placed with
+        its first input. `unit`: the channels a writer writes at once (the vector unit writes whole
+        words), which a range inside a concat must start at and end at (or at the concat's end)."""
+        concat = self._concat_reading(index)
+        if concat is None:
+            return self._place(index, shape), 0
+        whole, start = self._concat_tensor(concat)
+        reads = self.model.inputs[concat]
+        offset = start + sum(self.model.ops[r].out_shape[0] for r in reads[:reads.index(index)])
+        end = offset + shape[0]
+        if offset % unit or (end % unit and end != whole.channels):
+            op = self.model.ops[index]
+            raise UnsupportedOp(f"op {op.name!r} ({op.kind}) writes channels {offset}..{end - 1} of concat "
+                                f"{self.model.ops[concat].name!r}; the vector unit writes whole words of {unit} "
+                                f"channels, so the range must start and end at a multiple of {unit}")
+        self.codes[index] = _Codes(whole, tuple(shape), self.codes[concat].owner)
+        return whole, offset
+
+    def _concat_reading(self, index: int) -> int | None:
+        """Return the concat that reads op `index`'s codes, or None; refuse other readers beside it (the
+        codes exist only inside the concat's tensor)."""
+        readers = self.model.consumers(index)
+        concats = [r for r in readers if isinstance(self.model.ops[r], Concat)]
+        if not concats:
+            return None
+        if len(readers) > 1 or self.model.inputs[concats[0]].count(index) > 1:
+            names = [self.model.ops[r].name for r in readers]
+            raise UnsupportedOp(f"op {self.model.ops[index].name!r} feeds {names}: the accelerator writes a "
+                                f"concat's input only into the concat's tensor, so the concat must read it alone, once")
+        return concats[0]
+
+    def _concat_tensor(self, concat: int) -> tuple[Tensor, int]:
+        """Return the concat's tensor and the channel offset of its channel 0 there (a concat inside
+        another lives in the outer one's range), placing it on first use."""
+        if concat not in self.concats:
+            self.concats[concat] = self._destination(concat, self.model.ops[concat].out_shape, 1)
+        return self.concats[concat]
 
     def _release(self, index: int) -> None:
         """Free the words of every tensor whose last reader is op `index`."""
@@ -186,37 +253,50 @@ class _Compiler:
         quantizer = self.model.ops[self.model.producer(index)]   # type: ignore[index]
         assert isinstance(quantizer, QuantAct)
         qmin, qmax = quantizer.qrange
-        dest = self._place(index, op.out_shape)
+        dest, offset = self._destination(index, op.out_shape, self.lanes)
         self.instructions.append(Vector(op.name, source.tensor, None, dest, op.kernel, op.stride, op.padding,
-                                        "max", 1, 0, False, qmin, qmax, "none", qmin, qmax))
+                                        "max", 1, 0, False, qmin, qmax, "none", qmin, qmax, offset))
 
     def _requantize(self, index: int, op: QuantAct) -> None:
         """Run a quantizer that reads codes, an add's sums or an average pool's on the vector unit."""
         source_index = self.model.input_of(index)
         sums = self._sums_of(source_index)
-        source_index = sums if sums is not None else source_index
-        source_op = self.model.ops[source_index] if source_index != INPUT else None
-        window: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1), (0, 0))
-        other = None
-        if isinstance(source_op, Add):
-            first, second = (self._codes_of(source_op.name, i) for i in self.model.inputs[source_index])
-            source, other = first, second.tensor
-        elif isinstance(source_op, AvgPool2d):
-            source = self._codes_of(source_op.name, self.model.inputs[source_index][0])
-            window = (source_op.kernel, source_op.stride, source_op.padding)
+        if sums is not None:
+            source, other, window = self._summed(sums)
         else:
-            source = self._source(index, "integers")
+            source, other, window = self._source(index, "integers"), None, ((1, 1), (1, 1), (0, 0))
         stage = self.engine.output_stages[index]
         multiplier, shift = _one(stage.multiplier, op.name, "multiplier"), _one(stage.shift, op.name, "shift")
         mode, lo, hi = self._tensor_check(index, stage.qmin, stage.qmax)
         t = source.tensor
         shape: tuple[int, ...] = op.out_shape if len(op.out_shape) == 3 else (t.channels, t.height, t.width)
-        if isinstance(source_op, AvgPool2d):
+        if sums is not None and isinstance(self.model.ops[sums], AvgPool2d):
             shape = op.out_shape
-        dest = self._place(index, shape)
-        self.codes[index] = _Codes(dest, tuple(op.out_shape), index)
+        dest, offset = self._destination(index, shape, self.lanes)
         self.instructions.append(Vector(op.name, t, other, dest, *window, "sum", multiplier, shift, stage.relu,
-                                        stage.qmin, stage.qmax, mode, lo, hi))
+                                        stage.qmin, stage.qmax, mode, lo, hi, offset))
+
+    def _summed(self, index: int) -> tuple[_Codes, Tensor | None, Window]:
+        """Return what the vector unit reads for add or average pool `index`: the codes it sums, the
+        other addend and the window."""
+        op = self.model.ops[index]
+        if isinstance(op, Add):
+            first, second = (self._codes_of(op.name, i) for i in self.model.inputs[index])
+            return first, second.tensor, ((1, 1), (1, 1), (0, 0))
+        assert isinstance(op, AvgPool2d)
+        return self._codes_of(op.name, self.model.inputs[index][0]), None, (op.kernel, op.stride, op.padding)
+
+    def _sum_logits(self, index: int, op: Add | AvgPool2d) -> None:
+        """Write the sums of op `index`, which are the logits (flattened), to the logits memory: one value
+        per channel, so only over one output pixel (a global pool's)."""
+        if math.prod(op.out_shape[1:]) != 1:
+            raise UnsupportedOp(f"the logits are the sums of op {op.name!r} ({op.kind}) over a "
+                                f"{' x '.join(map(str, op.out_shape[1:]))} map; the logits memory holds one "
+                                f"value per channel")
+        source, other, window = self._summed(index)
+        self.logits.update(range(index, len(self.model.ops)))
+        self.instructions.append(Vector(op.name, source.tensor, other, None, *window, "sum", 1, 0, False, 0, 0,
+                                        "none", 0, 0))
 
     def _codes_of(self, reader: str, source: int) -> _Codes:
         if source == INPUT or source not in self.codes:
@@ -237,25 +317,23 @@ class _Compiler:
         return mode, int(lo[0]), int(hi[0])
 
     def _gemm(self, index: int, op: WeightOp) -> None:
-        if isinstance(op, Conv2d) and op.groups != 1:
-            raise UnsupportedOp(f"op {op.name!r} is a grouped convolution ({op.groups} groups), which the "
-                                f"accelerator does not map yet")
         source = self._source(index, "values")
         quantizer = self._quantizer(index)
         if quantizer is not None:
             self.fused.add(quantizer)
         else:
             self.logits.update(range(index, len(self.model.ops)))
-        dest = self._place(quantizer, op.out_shape) if quantizer is not None else None
-        slices, k_index = self._slices(op, source)
+        dest, offset = self._destination(quantizer, op.out_shape, 1) if quantizer is not None else (None, 0)
+        columns = self._columns(op.out_features, offset % self.cols)
+        slices, words = self._tiles(op, source, columns)
         gemm = Gemm(name=op.name, source=self._read_view(op, source), dest=dest,
                     out_height=op.out_shape[1] if len(op.out_shape) == 3 else 1,
                     out_width=op.out_shape[2] if len(op.out_shape) == 3 else 1,
                     stride=op.stride if isinstance(op, Conv2d) else (1, 1), out_channels=op.out_features,
-                    slices=tuple(slices), weight_base=len(self.weights), const_base=len(self.constants),
-                    **self._stage(quantizer))  # type: ignore[arg-type]
-        self.weights.extend(self._weight_rows(op, k_index))
-        self.constants.extend(self._constant_words(index, op, quantizer))
+                    slices=slices, weight_base=len(self.weights), const_base=len(self.constants),
+                    dest_offset=offset, **self._stage(quantizer))  # type: ignore[arg-type]
+        self.weights.extend(words)
+        self.constants.extend(self._constant_words(op, quantizer, columns))
         self.instructions.append(gemm)
 
     def _quantizer(self, index: int) -> int | None:
@@ -298,9 +376,43 @@ class _Compiler:
         t = source.tensor
         return Tensor(t.base, t.words * self.lanes, 1, 1, self.lanes)
 
-    def _slices(self, op: WeightOp, source: _Codes) -> tuple[list[Slice], list[list[int]]]:
+    def _columns(self, out_channels: int, lead: int) -> np.ndarray:
+        """Return per N slice the output channel of each column (-1: none): channel n at column
+        lead + n, so a layer writing from inside a part of a word lines its N slices up with the parts."""
+        virtual = np.arange(_ceil(lead + out_channels, self.cols) * self.cols) - lead
+        return np.where(virtual < out_channels, virtual, -1).reshape(-1, self.cols)
+
+    def _tiles(self, op: WeightOp, source: _Codes, columns: np.ndarray
+               ) -> tuple[tuple[tuple[Slice, ...], ...], list[tuple[int, ...]]]:
+        """Return the K slices of each N slice (one shared list when all read the same) and the weight
+        memory words of their tiles: per N slice, per K slice, `rows` rows of `cols` weights, the row of
+        the slice's last lane first (the order the array loads them)."""
+        slices, k_index = self._slices(op, source)
+        matrix = _dense_weight(op)
+        padded = np.zeros((matrix.shape[0] + 1, matrix.shape[1] + 1), dtype=np.int64)
+        padded[:-1, :-1] = matrix   # index -1 (no channel, a padding lane) reads the zero row and column
+        lists: list[tuple[Slice, ...]] = []
+        words: list[tuple[int, ...]] = []
+        for outs in columns:
+            read = np.flatnonzero(self._reads(op, outs, k_index))
+            lists.append(tuple(slices[i] for i in read))
+            rows = k_index[read][:, ::-1]
+            words.extend(map(tuple, padded[outs[None, None, :], rows[:, :, None]].reshape(-1, self.cols).tolist()))
+        return ((lists[0],) if all(one == lists[0] for one in lists) else tuple(lists)), words
+
+    @staticmethod
+    def _reads(op: WeightOp, outs: np.ndarray, k_index: np.ndarray) -> np.ndarray:
+        """Return which K slices an N slice with output channels `outs` reads: all for a dense layer; for a
+        grouped conv those holding a channel of one of its columns' groups."""
+        if not isinstance(op, Conv2d) or op.groups == 1:
+            return np.ones(len(k_index), dtype=bool)
+        in_group = int(op.weight.shape[1]) * op.kernel[0] * op.kernel[1]   # K indices per group
+        groups = np.unique(outs[outs >= 0] // (op.out_features // op.groups))
+        return np.asarray((np.isin(k_index // in_group, groups) & (k_index >= 0)).any(axis=1))
+
+    def _slices(self, op: WeightOp, source: _Codes) -> tuple[list[Slice], np.ndarray]:
         """Return the layer's K slices (all-padding ones left out) and, per slice, the index into the
-        flattened torch weight (out, -1) of each of its `rows` lanes (-1: a padding lane)."""
+        dense weight (`_dense_weight`) of each of its `rows` lanes (-1: a padding lane)."""
         slices: list[Slice] = []
         k_index: list[list[int]] = []
         for dy, dx, group, _, flat in self._taps(op, source):
@@ -309,7 +421,7 @@ class _Compiler:
                 if any(i >= 0 for i in indices):
                     slices.append(Slice(dy, dx, group, first))
                     k_index.append(indices)
-        return slices, k_index
+        return slices, np.array(k_index, dtype=np.int64).reshape(-1, self.rows)
 
     def _taps(self, op: WeightOp, source: _Codes) -> Iterator[tuple[int, int, int, int, Any]]:
         """Yield (dy, dx, group, lane, flat) per word a layer reads at each output pixel, flat(lane)
@@ -334,21 +446,12 @@ class _Compiler:
                 return c * pixels + pixel if c < t.channels else -1
             yield 0, 0, word, 0, flat_linear
 
-    def _weight_rows(self, op: WeightOp, k_index: list[list[int]]) -> list[tuple[int, ...]]:
-        """Return the weight memory words of the layer's tiles: per N slice, per K slice, `rows` rows of
-        `cols` weights, the row of the slice's last lane first (the order the array loads them)."""
-        matrix = np.asarray(op.weight, dtype=np.int64).reshape(op.out_features, -1)
-        words: list[tuple[int, ...]] = []
-        for nt in range(-(-op.out_features // self.cols)):
-            outs = range(nt * self.cols, (nt + 1) * self.cols)
-            for indices in k_index:
-                for k in reversed(indices):
-                    words.append(tuple(int(matrix[n, k]) if k >= 0 and n < op.out_features else 0 for n in outs))
-        return words
-
-    def _constant_words(self, index: int, op: WeightOp, quantizer: int | None) -> list[tuple[Constants, ...]]:
+    def _constant_words(self, op: WeightOp, quantizer: int | None, columns: np.ndarray
+                        ) -> list[tuple[Constants, ...]]:
+        """Return the constant memory words of the layer: per N slice its columns' constants (zeros for a
+        column without a channel)."""
         n_out = op.out_features
-        bias = np.asarray(op.bias, dtype=np.int64)
+        bias = [int(b) for b in np.asarray(op.bias, dtype=np.int64)]
         multiplier, shift, lo, hi = [1] * n_out, [0] * n_out, [0] * n_out, [0] * n_out
         if quantizer is not None:
             stage = self.engine.output_stages[quantizer]
@@ -357,12 +460,27 @@ class _Compiler:
             check = self.engine.checks.get(quantizer)
             lo = _per_channel(getattr(check, "lo", [stage.qmin]), n_out)
             hi = _per_channel(getattr(check, "hi", [stage.qmax]), n_out)
-        words = []
-        for nt in range(-(-n_out // self.cols)):
-            words.append(tuple(Constants(int(bias[n]), multiplier[n], shift[n], lo[n], hi[n]) if n < n_out
-                               else Constants(0, 0, 0, 0, 0)
-                               for n in range(nt * self.cols, (nt + 1) * self.cols)))
-        return words
+        return [tuple(Constants(bias[n], multiplier[n], shift[n], lo[n], hi[n]) if n >= 0 else Constants(0, 0, 0, 0, 0)
+                      for n in outs.tolist()) for outs in columns]
+
+
+def _dense_weight(op: WeightOp) -> np.ndarray:
+    """Return the layer's weights as a dense (out, K) matrix, K = input channel * taps + tap (a linear
+    layer's: its flat input): a grouped conv's block diagonal, zeros between an output channel and the
+    input channels of other groups."""
+    weight = np.asarray(op.weight, dtype=np.int64)
+    if not isinstance(op, Conv2d) or op.groups == 1:
+        return weight.reshape(op.out_features, -1)
+    out_group, in_group = op.out_features // op.groups, int(weight.shape[1])
+    dense = np.zeros((op.out_features, in_group * op.groups, op.kernel[0] * op.kernel[1]), dtype=np.int64)
+    for g in range(op.groups):
+        outs, ins = slice(g * out_group, (g + 1) * out_group), slice(g * in_group, (g + 1) * in_group)
+        dense[outs, ins] = weight[outs].reshape(out_group, in_group, -1)
+    return dense.reshape(op.out_features, -1)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _one(values: Sequence[int], name: str, what: str) -> int:
@@ -388,11 +506,12 @@ def compile_program(engine: Engine, rows: int, cols: int) -> Program:
     vectors = [i for i in compiler.instructions if isinstance(i, Vector)]
     constants = [c for word in compiler.constants for c in word] + [
         Constants(0, v.multiplier, v.shift, v.lo, v.hi) for v in vectors]
+    lane_format = _lane_format(quantizers)
+    logit_sums = [sum_bits(lane_format["act_bits"], v.taps) for v in vectors if v.logits]   # held as accumulators
     return Program(
-        rows=rows, cols=cols, lanes=compiler.lanes,
-        **_lane_format(quantizers),
+        rows=rows, cols=cols, lanes=compiler.lanes, **lane_format,
         weight_bits=max(op.weight_bits for op in model.ops if isinstance(op, WeightOp)),
-        acc_bits=max(layer.widths.acc_bits for layer in engine.layers.values()),
+        acc_bits=max([layer.widths.acc_bits for layer in engine.layers.values()] + logit_sums),
         multiplier_bits=max(1, *(c.multiplier.bit_length() for c in constants)),
         shift_bits=max(2, *(_signed_bits(c.shift) for c in constants)),
         input=compiler.codes[_input_op(model)].tensor, num_classes=model.num_classes,

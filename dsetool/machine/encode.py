@@ -3,7 +3,7 @@ with (`hw.isa` formats): the one place where the program's fields become bits.""
 
 from __future__ import annotations
 
-from dsetool.machine.program import Gemm, Program, Tensor, Vector
+from dsetool.machine.program import Gemm, Program, Tensor, Vector, sum_bits
 from hw import isa
 from hw.arrayconfig import ArrayConfig
 from hw.machine_format import SHIFT_BITS, MachineImages, MachineShape
@@ -16,16 +16,16 @@ def _bits(largest: int) -> int:
 def widths_of(program: Program, multiplier_bits: int) -> isa.Widths:
     """Return field widths that hold every value the program's instructions and slices carry."""
     tensors = [program.input] + [t for i in program.instructions for t in _tensors(i)]
-    dims = [max(t.height, t.width) for t in tensors] + [max(i.out_height, i.out_width) if isinstance(i, Gemm)
-                                                         else max(i.dest.height, i.dest.width)
+    dims = [max(t.height, t.width) for t in tensors] + [max(i.out_height, i.out_width)
                                                          for i in program.instructions]
-    slices = sum(len(i.slices) for i in program.instructions if isinstance(i, Gemm))
+    slices = sum(len(one) for i in program.instructions if isinstance(i, Gemm) for one in i.slices)
     strides = [s for i in program.instructions for s in i.stride]
     largest_pitch = max(t.width * t.groups * max(strides + [1]) for t in tensors)
     return isa.Widths(address=_bits(max(program.buffer_words, largest_pitch) + 1), dim=_bits(max(dims) + 1),
                       weight=_bits(len(program.weights) + 1), const=_bits(len(program.constants) + 1),
                       slice=_bits(slices + 1), lane=_bits(program.lanes // program.rows),
-                      code=program.act_bits + 1, multiplier=multiplier_bits, shift=SHIFT_BITS)
+                      code=program.act_bits + 1, multiplier=multiplier_bits, shift=SHIFT_BITS,
+                      column=_bits(max(program.cols, program.lanes // program.cols)))
 
 
 def _tensors(instr: Gemm | Vector) -> list[Tensor]:
@@ -36,18 +36,29 @@ def _tensors(instr: Gemm | Vector) -> list[Tensor]:
 def _gemm(instr: Gemm, slice_first: int, program: Program) -> tuple[dict[str, int], list[dict[str, int]]]:
     src, (sy, sx) = instr.source, instr.stride
     pitch = src.width * src.groups
-    dest = instr.dest
     fields = {"opcode": isa.GEMM, "src_base": src.base, "src_h": src.height, "src_w": src.width,
               "src_groups": src.groups, "row_pitch": pitch, "step_y": sy * pitch, "step_x": sx * src.groups,
               "sy": sy, "sx": sx, "out_h": instr.out_height, "out_w": instr.out_width, "m_count": instr.m,
-              "dst_base": dest.base if dest else 0, "dst_groups": dest.groups if dest else 0,
-              "n_count": -(-instr.out_channels // program.cols), "slice_first": slice_first,
-              "slice_count": len(instr.slices), "weight_base": instr.weight_base, "const_base": instr.const_base,
-              "relu": int(instr.relu), "check": int(instr.check != "none"), "logits": int(instr.logits),
-              "qmin": instr.qmin, "qmax": instr.qmax}
+              "n_count": instr.n_slices(program.cols), "slice_first": slice_first,
+              "slice_walk": int(len(instr.slices) > 1), "weight_base": instr.weight_base,
+              "const_base": instr.const_base, "relu": int(instr.relu), "check": int(instr.check != "none"),
+              "logits": int(instr.logits), "qmin": instr.qmin, "qmax": instr.qmax, **_gemm_writer(instr, program)}
     slices = [{"dy": s.dy, "dx": s.dx, "row_off": s.dy * pitch + s.group, "col_off": s.dx * src.groups,
-               "part": s.lane // program.rows} for s in instr.slices]
+               "part": s.lane // program.rows, "last": int(j == len(one) - 1)}
+              for one in instr.slices for j, s in enumerate(one)]
     return fields, slices
+
+
+def _gemm_writer(instr: Gemm, program: Program) -> dict[str, int]:
+    """Return where the output writer starts (the word and `cols`-wide part of column 0 of N slice 0)
+    and the columns it leaves unwritten (before the first channel, after the last)."""
+    dest, cols = instr.dest, program.cols
+    if dest is None:
+        return {}
+    lead = instr.lead(cols)
+    group, part = divmod((instr.dest_offset - lead) // cols, program.lanes // cols)
+    return {"dst_base": dest.base + group, "dst_groups": dest.groups, "dst_part": part, "dst_lead": lead,
+            "dst_trail": instr.n_slices(cols) * cols - lead - instr.out_channels}
 
 
 def _vector(instr: Vector) -> dict[str, int]:
@@ -56,12 +67,14 @@ def _vector(instr: Vector) -> dict[str, int]:
     pitch = src.width * src.groups
     fields = {"opcode": isa.VECTOR, "src_base": src.base, "src_h": src.height, "src_w": src.width,
               "src_groups": src.groups, "row_pitch": pitch, "step_y": sy * pitch, "step_x": sx * src.groups,
-              "sy": sy, "sx": sx, "py": py, "px": px, "kh": kh, "kw": kw, "out_h": dest.height,
-              "out_w": dest.width, "dst_base": dest.base, "row_off": -py * pitch, "col_off": -px * src.groups,
+              "sy": sy, "sx": sx, "py": py, "px": px, "kh": kh, "kw": kw, "out_h": instr.out_height,
+              "out_w": instr.out_width, "row_off": -py * pitch, "col_off": -px * src.groups,
               "ky_step": pitch, "kx_step": src.groups, "bounded": 1, "reduce_max": int(instr.reduce == "max"),
               "multiplier": instr.multiplier, "shift": instr.shift, "relu": int(instr.relu),
               "qmin": instr.qmin, "qmax": instr.qmax, "check": int(instr.check != "none"),
-              "lo": instr.lo, "hi": instr.hi}
+              "lo": instr.lo, "hi": instr.hi, "logits": int(instr.logits)}
+    if dest is not None:   # a range of a concat's tensor starts dest_offset // lanes words into each pixel's
+        fields |= {"dst_base": dest.base + instr.dest_offset // dest.lanes, "dst_skip": dest.groups - src.groups}
     if instr.other is not None:   # an add: a 1 x 2 window whose second tap is the other addend's word
         fields |= {"kw": 2, "kx_step": instr.other.base - src.base, "bounded": 0}
     return fields
@@ -107,7 +120,7 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
                          slice_words=len(slice_words), weight_words=len(program.weights),
                          const_words=len(program.constants),
                          max_rows=max(i.m for i in program.instructions if isinstance(i, Gemm)),
-                         sum_bits=program.act_bits + _bits(max([1] + taps)) + 1)
+                         sum_bits=sum_bits(program.act_bits, max([1] + taps)))
     constants = tuple(tuple((c.bias, c.multiplier, c.shift, c.lo, c.hi) for c in word) for word in program.constants)
     return shape, MachineImages(tuple(words), tuple(slice_words), program.weights, constants)
 

@@ -10,14 +10,33 @@ Pure data, no torch. The machine has four memories, each a list of words:
   its words in this order, and the compiler permutes its weight rows to match.
 - the weight memory: words of `cols` weights, one row of a weight-stationary tile each, in the order the
   array loads them (per tile the row of its last lane first): a GEMM's tiles are consecutive from
-  `Gemm.weight_base`, N slice by N slice, each N slice's K slices in `Gemm.slices` order.
+  `Gemm.weight_base`, N slice by N slice, each N slice's K slices in `Gemm.k_slices` order.
 - the constant memory: one word per N slice of a GEMM (`Gemm.const_base` + n), `cols` `Constants` (bias,
-  requantization multiplier and shift, range-check bounds) of output channels n * cols ..
-- the logits memory: words of `cols` accumulators, the last GEMM's raw outputs (no output stage).
+  requantization multiplier and shift, range-check bounds) of the N slice's columns.
+- the logits memory: logit c at word c // cols, lane c % cols: the last GEMM's raw sums (no output
+  stage), or the vector unit's sums when the logits are an average pool's (SqueezeNet ends so).
 
 A `Slice` is one K slice of a GEMM: `rows` consecutive lanes (from `lane`) of the word of group `group`
 at the pixel offset (dy, dx) from the output pixel's window origin. Slices whose lanes are all padding
 are never listed, so a 1-channel first layer does not stream 7 empty slices per tap on an 8-row array.
+
+Grouped and depthwise convolutions: output channel n of group g reads only that group's input channels,
+so N slices read different K slices. `Gemm.slices` then holds one list per N slice, each listing only
+the (tap, word, lane part) slices holding a channel of one of its columns' groups; tile rows of lanes
+outside a column's group are zero weights. N slices may differ in K slice count (a depthwise conv of 6
+channels on a 2 x 4 array: 18 slices, then 9): the slice table marks each N slice's last entry, so the
+machine runs exactly the listed tiles (27 there, where padding every N slice to the largest count would
+run 36), and `program_cycles` counts them (`Gemm.tiles`). A depthwise 3 x 3 conv of C channels on an
+R x C_a array costs at most 9 * ceil(C / C_a) * ceil(C_a / R) tiles, 9 C / min(R, C_a) when the sides
+divide C, each streaming every output pixel with min(R, C_a) useful weights in its R x C_a: the array
+runs at 1 / max(R, C_a) of its peak, the known weakness of systolic arrays on depthwise layers (a
+column's output reads one input channel, so the K that would fill the rows is only the 9 taps, which
+the feed streams as separate slices of one word each).
+
+Concatenation along the channels is no instruction: each input's producer writes its channels into its
+range of the concat's one tensor (`Gemm.dest_offset`, `Vector.dest_offset`). A GEMM whose range starts
+inside a `cols`-wide part of a word runs with `lead` = dest_offset % cols empty columns first (zero
+weights, never written), so its N slices line up with the destination's parts.
 """
 
 from __future__ import annotations
@@ -83,8 +102,11 @@ class Gemm:
     """A convolution or linear layer and the quantizer reading its accumulators, on the array.
 
     Output pixel (oy, ox) reads, for slice s, the word at (oy * stride_y + s.dy, ox * stride_x + s.dx) of
-    `source` (zeros outside the map: padding). `logits`: the accumulators (bias added) go to the logits
-    memory instead of an output stage.
+    `source` (zeros outside the map: padding). `slices`: the K slices of every N slice (one list), or of
+    each N slice (a grouped conv: one list per N slice). `logits`: the accumulators (bias added) go to the
+    logits memory instead of an output stage. Column c of N slice n holds output channel
+    n * cols + c - lead (`lead`: none unless the layer writes into a concat at `dest_offset`), which goes
+    to channel `dest_offset` + that of `dest`.
     """
 
     name: str
@@ -94,13 +116,14 @@ class Gemm:
     out_width: int
     stride: tuple[int, int]
     out_channels: int
-    slices: tuple[Slice, ...]
+    slices: tuple[tuple[Slice, ...], ...]
     weight_base: int
     const_base: int
     relu: bool
     qmin: int
     qmax: int
     check: str   # "none", "clip" or "zero": the output stage's range check for this layer
+    dest_offset: int = 0   # the destination channel of output channel 0 (a concat's input: its range)
 
     @property
     def logits(self) -> bool:
@@ -111,6 +134,22 @@ class Gemm:
         """Return the rows of the GEMM: output pixels."""
         return self.out_height * self.out_width
 
+    def lead(self, cols: int) -> int:
+        """Return the empty columns before output channel 0, which line its N slices up with the
+        destination's `cols`-wide parts of words."""
+        return self.dest_offset % cols
+
+    def n_slices(self, cols: int) -> int:
+        return _ceil(self.lead(cols) + self.out_channels, cols)
+
+    def k_slices(self, nt: int) -> tuple[Slice, ...]:
+        """Return N slice nt's K slices."""
+        return self.slices[nt] if len(self.slices) > 1 else self.slices[0]
+
+    def tiles(self, cols: int) -> int:
+        """Return the weight tiles the array runs: every N slice's K slices."""
+        return sum(len(self.k_slices(nt)) for nt in range(self.n_slices(cols)))
+
 
 @dataclass(frozen=True)
 class Vector:
@@ -119,12 +158,14 @@ class Vector:
     (`reduce` "max": taps outside the map are left out) or sum ("sum": they count 0); with `other` (an
     add) the word of `other` at the same place is added. The result is requantized with one
     (multiplier, shift), ReLU when `relu`, clamped to [qmin, qmax] and, with `check`, checked against
-    [lo, hi]. A max pool requantizes by 1 to its codes' own range."""
+    [lo, hi]. A max pool requantizes by 1 to its codes' own range. Words go to group
+    dest_offset // lanes + g of `dest`'s pixel (oy, ox); without `dest` (the logits: an average pool's
+    sums over one output pixel) the sums themselves, lane by lane, are the logits."""
 
     name: str
     source: Tensor
     other: Tensor | None
-    dest: Tensor
+    dest: Tensor | None
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
@@ -137,6 +178,24 @@ class Vector:
     check: str
     lo: int
     hi: int
+    dest_offset: int = 0   # a multiple of lanes: the destination channel of channel 0
+
+    @property
+    def logits(self) -> bool:
+        return self.dest is None
+
+    @property
+    def out_height(self) -> int:
+        return self.dest.height if self.dest is not None else 1
+
+    @property
+    def out_width(self) -> int:
+        return self.dest.width if self.dest is not None else 1
+
+    @property
+    def words(self) -> int:
+        """Return the output words: one per output pixel and group of the source's channels."""
+        return self.out_height * self.out_width * self.source.groups
 
     @property
     def taps(self) -> int:
@@ -152,7 +211,8 @@ class Program:
     """Everything the accelerator holds for one network: its instructions and memory images.
 
     `input` is where the host writes the input quantizer's codes of an image; `num_classes` logits are
-    read from the logits memory, channel c at word c // cols, lane c % cols.
+    read from the logits memory, channel c at word c // cols, lane c % cols. `acc_bits` holds every
+    layer's accumulators and, when the logits are the vector unit's sums, those.
     """
 
     rows: int
@@ -176,6 +236,11 @@ class Program:
         return _ceil(self.num_classes, self.cols)
 
 
+def sum_bits(act_bits: int, taps: int) -> int:
+    """Return the width of the vector unit's sums of `taps` codes of `act_bits` (two's complement)."""
+    return act_bits + max(1, taps.bit_length()) + 1
+
+
 def program_cycles(program: Program) -> int:
     """Return the cycles from `start` to the first logit on the host stream (`hw.cycles`' machine
     schedule), which the RTL simulation measures."""
@@ -184,8 +249,7 @@ def program_cycles(program: Program) -> int:
     total = machine_end_cycles()
     for instr in program.instructions:
         if isinstance(instr, Gemm):
-            total += machine_gemm_cycles(instr.m, len(instr.slices), _ceil(instr.out_channels, program.cols),
-                                         program.rows, program.cols)
+            total += machine_gemm_cycles(instr.m, instr.tiles(program.cols), program.rows, program.cols)
         else:
-            total += machine_vector_cycles(instr.dest.words, instr.taps)
+            total += machine_vector_cycles(instr.words, instr.taps)
     return total

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dsetool.machine.program import Constants, Gemm, Program, Tensor, Vector
+from dsetool.machine.program import Constants, Gemm, Program, Slice, Tensor, Vector
 
 
 def _wrap(values: np.ndarray, bits: int) -> np.ndarray:
@@ -38,7 +38,7 @@ class Machine:
         self.program = program
         self.buffer = np.zeros((max(1, program.buffer_words), program.lanes), dtype=np.int64)
         self.weights = np.asarray(program.weights, dtype=np.int64).reshape(-1, program.cols)
-        self.logits = np.zeros(program.logits_words * program.cols, dtype=np.int64)
+        self.logits = np.zeros(-(-program.num_classes // program.lanes) * program.lanes, dtype=np.int64)
 
     def load(self, codes: np.ndarray) -> None:
         """Write one image's input codes (C, H, W) into the buffer (what the host port does)."""
@@ -66,13 +66,13 @@ class Machine:
                 self._vector(instr)
         return self.logits[:self.program.num_classes].copy()
 
-    def _stream(self, instr: Gemm) -> np.ndarray:
+    def _stream(self, instr: Gemm, slices: tuple[Slice, ...]) -> np.ndarray:
         """Return the rows the array streams, (M, slices * rows): per output pixel each slice's lanes."""
         src, rows = instr.source, self.program.rows
         sy, sx = instr.stride
         oy, ox = np.divmod(np.arange(instr.m), instr.out_width)
         parts = []
-        for s in instr.slices:
+        for s in slices:
             y, x = oy * sy + s.dy, ox * sx + s.dx
             inside = (y >= 0) & (y < src.height) & (x >= 0) & (x < src.width)
             address = src.base + (np.where(inside, y, 0) * src.width + np.where(inside, x, 0)) * src.groups + s.group
@@ -80,20 +80,22 @@ class Machine:
             parts.append(np.where(inside[:, None], words, 0))
         return np.concatenate(parts, axis=1)
 
-    def _tile_weights(self, instr: Gemm, nt: int) -> np.ndarray:
-        """Return N slice nt's weights (slices * rows, cols) from the weight memory, as loaded."""
-        rows, count = self.program.rows, len(instr.slices)
-        first = instr.weight_base + nt * count * rows
+    def _tile_weights(self, first: int, count: int) -> np.ndarray:
+        """Return an N slice's weights (count * rows, cols) from weight memory word `first`, as loaded."""
+        rows = self.program.rows
         block = self.weights[first:first + count * rows].reshape(count, rows, self.program.cols)
         return block[:, ::-1, :].reshape(count * rows, self.program.cols)   # each tile's last row first
 
     def _gemm(self, instr: Gemm) -> None:
         p = self.program
-        a = self._stream(instr)
-        for nt in range(-(-instr.out_channels // p.cols)):
+        streams = {id(slices): self._stream(instr, slices) for slices in instr.slices}
+        first = instr.weight_base
+        for nt in range(instr.n_slices(p.cols)):
+            slices = instr.k_slices(nt)
             constants = p.constants[instr.const_base + nt]
             bias = np.array([c.bias for c in constants], dtype=np.int64)
-            acc = _wrap(a @ self._tile_weights(instr, nt) + bias, p.acc_bits)
+            acc = _wrap(streams[id(slices)] @ self._tile_weights(first, len(slices)) + bias, p.acc_bits)
+            first += len(slices) * p.rows
             if instr.dest is None:
                 self.logits[nt * p.cols:(nt + 1) * p.cols] = acc[0]
                 continue
@@ -103,33 +105,42 @@ class Machine:
             self._write_columns(instr, nt, codes)
 
     def _write_columns(self, instr: Gemm, nt: int, codes: np.ndarray) -> None:
-        """Write N slice nt's codes (M, cols) into `cols` lanes of the destination's words."""
+        """Write N slice nt's codes (M, cols) into `cols` lanes of the destination's words: the columns
+        holding output channels only, each at its channel of the destination."""
         dest, cols = instr.dest, self.program.cols
         assert dest is not None
-        first = nt * cols
-        group, lane = divmod(first, dest.lanes)
-        count = min(cols, dest.channels - first)
+        lead = instr.lead(cols)
+        channel = instr.dest_offset - lead + nt * cols   # of column 0
+        group, lane = divmod(channel, dest.lanes)
+        real = [c for c in range(cols) if 0 <= nt * cols + c - lead < instr.out_channels]
         pixels = np.arange(instr.m)
-        self.buffer[dest.base + pixels * dest.groups + group, lane:lane + count] = codes[:, :count]
+        self.buffer[dest.base + pixels[:, None] * dest.groups + group, lane + np.array(real)] = codes[:, real]
 
     def _vector(self, instr: Vector) -> None:
-        """Reduce each output word's window (and add the other addend), then requantize and check."""
-        src, dest = instr.source, instr.dest
+        """Reduce each output word's window (and add the other addend), then requantize and check; or
+        keep the sums as the logits."""
+        src = instr.source
         (kh, kw), (sy, sx), (py, px) = instr.kernel, instr.stride, instr.padding
         words = self._words(src)
-        out = np.empty((dest.height, dest.width, src.groups, src.lanes), dtype=np.int64)
-        for oy in range(dest.height):
-            for ox in range(dest.width):
+        out = np.empty((instr.out_height, instr.out_width, src.groups, src.lanes), dtype=np.int64)
+        for oy in range(instr.out_height):
+            for ox in range(instr.out_width):
                 ys = slice(max(0, oy * sy - py), min(src.height, oy * sy - py + kh))
                 xs = slice(max(0, ox * sx - px), min(src.width, ox * sx - px + kw))
                 window = words[ys, xs]
                 out[oy, ox] = window.max(axis=(0, 1)) if instr.reduce == "max" else window.sum(axis=(0, 1))
         if instr.other is not None:
             out += self._words(instr.other)
+        if instr.dest is None:
+            self.logits[:out.size] = out.reshape(-1)
+            return
         codes = requantize(out, np.array(instr.multiplier), np.array(instr.shift), instr.relu, instr.qmin, instr.qmax)
         constants = (Constants(0, instr.multiplier, instr.shift, instr.lo, instr.hi),)
         codes = _checked(codes, constants, instr.check)
-        self.buffer[dest.base:dest.base + dest.words] = codes.reshape(-1, dest.lanes)
+        dest = instr.dest
+        pixels = np.arange(dest.height * dest.width)[:, None] * dest.groups
+        address = dest.base + pixels + instr.dest_offset // dest.lanes + np.arange(src.groups)[None, :]
+        self.buffer[address.reshape(-1)] = codes.reshape(-1, dest.lanes)
 
     def _words(self, tensor: Tensor) -> np.ndarray:
         words = self.buffer[tensor.base:tensor.base + tensor.words]

@@ -1,6 +1,7 @@
 """The accelerator (`hw.machine.Machine`) runs whole networks bit for bit against the integer engine, and
-takes exactly the cycles `hw.cycles`' machine schedule counts: small networks in Amaranth's simulator,
-LeNet-5 in the compiled (Verilator) simulation."""
+takes exactly the cycles `hw.cycles`' machine schedule counts: small networks in Amaranth's simulator
+(convs, pools, residual adds, depthwise and grouped convs, concats, pooled logits), LeNet-5, ResNet-8,
+MobileNet and SqueezeNet in the compiled (Verilator) simulation."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from dsetool.protect.check import RangeCheck
 from hw.arrayconfig import ArrayConfig
 from hw.machine import Machine
 from hw.machine_format import load_beats
-from tests.fixtures.engines import digits, exported_engine, factory_engine
+from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
 
 TINY_CNN = "tests.fixtures.tiny_cnn:make"
 TINY_RESNET = "tests.fixtures.tiny_resnet:make"
+TINY_MOBILENET = "tests.fixtures.tiny_mobilenet:make"
+TINY_CONCAT = "tests.fixtures.tiny_concat:make"
 
 
 def simulate(engine: Engine, program: Program, images: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -100,6 +103,36 @@ def test_residual_adds_average_pools_and_requantizations_on_the_vector_unit(tiny
     assert cycles == [program_cycles(program)] * 2
 
 
+@pytest.fixture(scope="module")
+def tiny_mobilenet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return factory_engine(tmp_path_factory.mktemp("mobilenet"), TINY_MOBILENET, bits=4, size=8)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (2, 4)])
+def test_depthwise_and_grouped_convs_run_bit_for_bit_in_the_counted_cycles(tiny_mobilenet: Engine, rows: int,
+                                                                          cols: int) -> None:
+    x = digits(8).test.x[:2]
+    program = compile_program(tiny_mobilenet, rows, cols)
+    logits, cycles = simulate(tiny_mobilenet, program, x)
+    np.testing.assert_array_equal(logits, tiny_mobilenet.logits(x).numpy())
+    assert cycles == [program_cycles(program)] * 2
+
+
+@pytest.fixture(scope="module")
+def tiny_concat(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return factory_engine(tmp_path_factory.mktemp("concat"), TINY_CONCAT, bits=4, size=8)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (4, 2)])
+def test_concats_and_pooled_logits_run_bit_for_bit_in_the_counted_cycles(tiny_concat: Engine, rows: int,
+                                                                         cols: int) -> None:
+    x = digits(8).test.x[:2]
+    program = compile_program(tiny_concat, rows, cols)
+    logits, cycles = simulate(tiny_concat, program, x)
+    np.testing.assert_array_equal(logits, tiny_concat.logits(x).numpy())
+    assert cycles == [program_cycles(program)] * 2
+
+
 def test_linear_layers_and_per_channel_float_scales(tmp_path: Path) -> None:
     engine = exported_engine(tmp_path, "mlp", bits=4, scaling="float", granularity="per_channel")
     x = digits(8).test.x[:1]
@@ -151,13 +184,16 @@ def test_load_stream_refuses_images_larger_than_the_memories(tiny_cnn: Engine) -
 @pytest.mark.toolchain
 @pytest.mark.parametrize(("arch", "bits", "scaling", "granularity", "rows", "cols", "images"), [
     ("lenet5", 8, "po2", "per_tensor", 8, 8, 32), ("lenet5", 4, "float", "per_channel", 4, 8, 32),
-    ("resnet8", 4, "float", "per_tensor", 8, 8, 4)])
+    ("resnet8", 4, "float", "per_tensor", 8, 8, 4), ("mobilenet", 4, "po2", "per_tensor", 8, 8, 3),
+    ("squeezenet", 4, "po2", "per_tensor", 4, 4, 4)])
 def test_networks_run_in_compiled_simulation_bit_for_bit(tmp_path: Path, arch: str, bits: int, scaling: str,
                                                          granularity: str, rows: int, cols: int, images: int) -> None:
     from hw import machine_host, rtlsim
 
-    engine = exported_engine(tmp_path / "model", arch, bits, scaling, granularity)
-    x = digits(32).test.x[:images]
+    if arch == "squeezenet":   # a factory network, for 16 x 16 images
+        engine, x = factory_engine(tmp_path / "model", SQUEEZENET, bits, size=16), digits(16).test.x[:images]
+    else:
+        engine, x = exported_engine(tmp_path / "model", arch, bits, scaling, granularity), digits(32).test.x[:images]
     program = compile_program(engine, rows, cols)
     shape, contents = machine_of(program)
     compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
