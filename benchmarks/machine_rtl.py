@@ -8,7 +8,8 @@ Verilator, loads it over the host port and runs `--images` test images. It print
 of images whose logits equal the engine's, the measured cycles per inference, the machine schedule's
 count (`hw.cycles`, without simulation) and the simulator's speed.
 
-    .venv/bin/python benchmarks/machine_rtl.py [--arch lenet5 resnet20] [--images 32]
+    .venv/bin/python benchmarks/machine_rtl.py [--arch lenet5 resnet20] [--images 32] [--bits 8 4]
+        [--scaling po2 float] [--granularity per_tensor per_channel] [--sides 4 8]
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="+", default=["lenet5"])
     parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--bits", type=int, nargs="+", default=[8, 4])
+    parser.add_argument("--scaling", nargs="+", default=["po2", "float"])
+    parser.add_argument("--granularity", nargs="+", default=["per_tensor", "per_channel"])
+    parser.add_argument("--sides", type=int, nargs="+", default=[4, 8])
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"{time.strftime('%Y-%m-%d')}")
@@ -76,7 +81,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for arch, bits, scaling, granularity, side in itertools.product(
-                args.arch, (8, 4), ("po2", "float"), ("per_tensor", "per_channel"), (4, 8)):
+                args.arch, args.bits, args.scaling, args.granularity, args.sides):
             print(measure(arch, bits, scaling, granularity, side, args.images, Path(tmp)), flush=True)
 
 
