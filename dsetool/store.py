@@ -177,9 +177,7 @@ class Store:
     def cache_dir(self, stage: str) -> Path:
         """Return a directory a stage shares between its keys for what many keys can reuse (compiled
         simulators, say), keyed inside by content; never listed as entries, safe to delete."""
-        path = self.root / CACHE / stage
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.root / CACHE / stage   # made by whoever writes into it
 
     def drop_scratch(self, stage: str, key: str) -> None:
         """Remove the scratch directory once the entry is published."""

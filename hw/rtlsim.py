@@ -504,7 +504,9 @@ def _compile(staging: Path, key: str, jobs: int, timeout: float, seconds: dict[s
         _share_runtime(staging, shared)
 
 
-def _require_toolchain() -> None:
+def require_toolchain() -> None:
+    """Raise `SimulatorNotFound` (one line saying what to install) unless Verilator, a C++ compiler, make
+    and perl are all there: what `build` needs, checked before anything is computed."""
     find_verilator()
     find_compiler()
     _require("make", "install it, e.g. `apt install make`")
@@ -526,7 +528,7 @@ def build(design: Any, workdir: Path, *, jobs: int = 2, timeout: float = DEFAULT
     try:
         source, ports = _stage(design, staging)
         _check_widths(ports)
-        _require_toolchain()
+        require_toolchain()
         driver = driver_source(ports)
         key = build_key(source, driver)
         target = workdir / key

@@ -146,3 +146,17 @@ def test_concat_ranges_the_vector_unit_cannot_write_are_refused_by_name(tmp_path
     with pytest.raises(UnsupportedOp, match=r"^op 'pooled.2' \(maxpool2d\) writes channels 0..3 of concat "
                                             r"'cat_1'; the vector unit writes whole words of 8 channels"):
         compile_program(engine, 8, 8)
+
+
+def test_a_flattened_average_pool_keeps_its_map_layout_for_the_linear_layer(tmp_path: Path) -> None:
+    engine = factory_engine(tmp_path, "tests.fixtures.tail_nets:pooled_linear", bits=4, size=8)
+    x = digits(8).test.x[:4]
+    for rows, cols in ((4, 4), (2, 4)):
+        np.testing.assert_array_equal(reference_logits(engine, compile_program(engine, rows, cols), x),
+                                      engine.logits(x).numpy())
+
+
+def test_logits_that_are_a_quantizers_codes_are_refused(tmp_path: Path) -> None:
+    engine = factory_engine(tmp_path, "tests.fixtures.tail_nets:relu_logits", bits=4, size=8)
+    with pytest.raises(UnsupportedOp, match=r"the logits are the codes of op '.*' \(quant_relu\)"):
+        compile_program(engine, 4, 4)

@@ -269,9 +269,10 @@ class _Compiler:
         multiplier, shift = _one(stage.multiplier, op.name, "multiplier"), _one(stage.shift, op.name, "shift")
         mode, lo, hi = self._tensor_check(index, stage.qmin, stage.qmax)
         t = source.tensor
-        shape: tuple[int, ...] = op.out_shape if len(op.out_shape) == 3 else (t.channels, t.height, t.width)
-        if sums is not None and isinstance(self.model.ops[sums], AvgPool2d):
-            shape = op.out_shape
+        # The codes keep the map they are made on (pixel-major words), even when a flatten comes between:
+        # a pool's output map, else the map read; a linear layer reading them takes the words in that order.
+        shape: tuple[int, ...] = self.model.ops[sums].out_shape if sums is not None else \
+            (op.out_shape if len(op.out_shape) == 3 else (t.channels, t.height, t.width))
         dest, offset = self._destination(index, shape, self.lanes)
         self.instructions.append(Vector(op.name, t, other, dest, *window, "sum", multiplier, shift, stage.relu,
                                         stage.qmin, stage.qmax, mode, lo, hi, offset))
@@ -317,6 +318,9 @@ class _Compiler:
         return mode, int(lo[0]), int(hi[0])
 
     def _gemm(self, index: int, op: WeightOp) -> None:
+        if not op.weight_signed:
+            raise UnsupportedOp(f"layer {op.name!r} has unsigned weights; the array's weight registers are two's "
+                                f"complement")
         source = self._source(index, "values")
         quantizer = self._quantizer(index)
         if quantizer is not None:
@@ -502,6 +506,10 @@ def compile_program(engine: Engine, rows: int, cols: int) -> Program:
     compiler = _Compiler(engine, rows, cols)
     compiler.run()
     model = engine.model
+    if not any(instr.logits for instr in compiler.instructions):
+        last = model.ops[-1]
+        raise UnsupportedOp(f"the logits are the codes of op {last.name!r} ({last.kind}); the accelerator's "
+                            f"logits are a layer's accumulators or a pool's sums")
     quantizers = [op for op in model.ops if isinstance(op, QuantAct)]
     vectors = [i for i in compiler.instructions if isinstance(i, Vector)]
     constants = [c for word in compiler.constants for c in word] + [

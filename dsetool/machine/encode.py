@@ -3,6 +3,7 @@ with (`hw.isa` formats): the one place where the program's fields become bits.""
 
 from __future__ import annotations
 
+from dsetool.machine.compiler import UnsupportedOp
 from dsetool.machine.program import Gemm, Program, Tensor, Vector, sum_bits
 from hw import isa
 from hw.arrayconfig import ArrayConfig
@@ -84,12 +85,12 @@ def check_mode(program: Program) -> str:
     """Return the range-check unit the machine needs: the one mode its checked layers use, or none."""
     modes = {i.check for i in program.instructions if i.check != "none"}
     if len(modes) > 1:
-        raise ValueError(f"The machine builds one range-check unit, and the program asks for {sorted(modes)}")
+        raise UnsupportedOp(f"The machine builds one range-check unit, and the program asks for {sorted(modes)}")
     return modes.pop() if modes else "none"
 
 
-def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int | None = None
-               ) -> tuple[MachineShape, MachineImages]:
+def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int | None = None,
+               acc_bits: int | None = None) -> tuple[MachineShape, MachineImages]:
     """Return the shape of the machine that runs `program` and the images its host loads.
     `multiplier_bits`: the requantization multiplier's width (the design's; by default what the
     program's constants need)."""
@@ -107,11 +108,13 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
         words.append(isa.pack(instruction, fields))
     words.append(isa.pack(instruction, {"opcode": isa.END}))
     taps = [i.taps for i in program.instructions if isinstance(i, Vector)]
+    if acc_bits is not None and acc_bits < program.acc_bits:
+        raise UnsupportedOp(f"the program's accumulators need {program.acc_bits} bits; the machine has {acc_bits}")
     array = ArrayConfig(rows=program.rows, cols=program.cols, act_bits=program.act_bits,
-                        weight_bits=program.weight_bits, acc_bits=program.acc_bits, act_signed=program.act_signed,
-                        multiplier=multiplier)
+                        weight_bits=program.weight_bits, acc_bits=acc_bits or program.acc_bits,
+                        act_signed=program.act_signed, multiplier=multiplier)
     if bits < program.multiplier_bits or program.shift_bits > SHIFT_BITS:
-        raise ValueError(f"The program's constants need a {program.multiplier_bits}-bit multiplier and "
+        raise UnsupportedOp(f"The program's constants need a {program.multiplier_bits}-bit multiplier and "
                          f"{program.shift_bits}-bit shift; the machine has {bits} and {SHIFT_BITS}")
     shape = MachineShape(array=array, lanes=program.lanes, widths=widths, multiplier_bits=bits,
                          check=check_mode(program), buffer_words=program.buffer_words,

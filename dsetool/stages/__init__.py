@@ -168,30 +168,34 @@ def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _output_stage_reads(design: Design) -> dict[str, Any]:
-    """Return what the output stage is built from beyond the array: the requantization multiplier's width
-    and the constants' layout. A shift-only stage with one constant set per layer is `scaling: po2`, as
-    every po2 point's key said when that was the only datapath po2 scales got: their RTL is unchanged, so
-    they keep their syntheses."""
-    from dsetool.design import PER_LAYER, SHIFT
+    """Return what the output stage is built from beyond the array: the requantization multiplier's width.
+    A shift-only stage is `scaling: po2`, as every po2 point's key said when that was the only datapath po2
+    scales got, so their syntheses stay valid. The constants' layout is not read: the synthesized datapath
+    holds one constant set per layer whatever the design's layout (the accelerator, `hw.machine`, holds
+    them per channel), so it changes no netlist."""
+    from dsetool.design import SHIFT
 
-    if design.multiplier_bits == SHIFT and design.constants == PER_LAYER:
+    if design.multiplier_bits == SHIFT:
         return {"scaling": "po2"}
-    return {"multiplier_bits": design.multiplier_bits, "constants": design.constants}
+    return {"multiplier_bits": design.multiplier_bits}
 
 
 def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
     """The machine is built from the design (array, widths, the protection it checks with) and runs the
     quantized model (an upstream key) on the first `hw.rtl_images` test images."""
     from dsetool.design import design_of
-    from hw.rtlsim import SimulatorNotFound, verilator_fingerprint
+    from hw.rtlsim import SimulatorNotFound, require_toolchain, verilator_fingerprint
 
     try:
+        require_toolchain()
         verilator = verilator_fingerprint()
     except SimulatorNotFound as missing:
         raise ConfigError(str(cfg.name), "stages", str(missing)) from None
     design = design_of(cfg)
     protection = design.protection
-    return {"array": to_plain(design.array), "multiplier_bits": design.multiplier_bits,
+    array = design.array   # the machine's operand and accumulator widths follow the model (upstream key)
+    return {"rows": array.rows, "cols": array.cols, "dataflow": array.dataflow, "multiplier": array.multiplier,
+            "acc_bits": cfg.hw.acc_bits, "multiplier_bits": design.multiplier_bits,
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
             "images": cfg.hw.rtl_images, "data": _test_data_reads(cfg), "verilator": verilator}
 

@@ -11,7 +11,9 @@ where the machine builds them); anything below 1.0 fails the stage, naming the f
 `hw.cycles`' machine schedule counts for the program without simulating it.
 
 A network or design the machine does not build (an op without a unit, an output-stationary array, TMR,
-a check placed at the layers' inputs) is `status: not_built` with the reason, not a failure.
+a check placed at the layers' inputs, one array row) is `status: not_built` with the reason, not a
+failure. The machine's lanes and accumulators are as wide as the model needs (`hw.acc_bits`, when set,
+must hold them, as for inject).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dsetool.engine import Engine, load_intmodel
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import prepare
 from dsetool.store import Result
+from dsetool.validate import ConfigError
 
 BUILD_DIR = "rtlsim"   # under the store's shared build cache
 
@@ -45,9 +48,12 @@ def run(ctx: StageContext) -> Result:
 
     try:
         program = compile_program(engine, design.array.rows, design.array.cols)
+        if cfg.hw.acc_bits and program.acc_bits > cfg.hw.acc_bits:
+            raise ConfigError(str(cfg.name), "hw.acc_bits", f"{cfg.hw.acc_bits} bits cannot hold the network's "
+                                                            f"accumulators, which need {program.acc_bits}")
         shape, images = machine_of(program, multiplier=design.array.multiplier,
-                                   multiplier_bits=design.multiplier_bits)
-    except (UnsupportedOp, ValueError) as error:
+                                   multiplier_bits=design.multiplier_bits, acc_bits=cfg.hw.acc_bits or None)
+    except UnsupportedOp as error:
         return Result({"status": "not_built", "message": str(error), **widths})
     splits, _ = prepare(cfg, cfg.threads)
     x = splits.test.x[:cfg.hw.rtl_images]
@@ -57,6 +63,8 @@ def run(ctx: StageContext) -> Result:
 
 
 def _not_built(design: Any) -> str:
+    if design.array.rows < 2:
+        return "the accelerator needs at least 2 array rows (hw.rows)"
     if design.array.dataflow != "ws":
         return "the accelerator is built weight-stationary only (hw.dataflow: ws)"
     if design.protection.tmr:
