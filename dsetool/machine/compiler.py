@@ -21,8 +21,8 @@ conv costs: about 9 C / min(rows, cols) tiles of M rows, min(rows, cols) useful 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +39,9 @@ from dsetool.engine.intmodel import (
     QuantAct,
     WeightOp,
 )
-from dsetool.machine.program import Constants, Gemm, Instruction, Program, Slice, Tensor, Vector, sum_bits
+from dsetool.machine.allocate import Buffer
+from dsetool.machine.program import Constants, Gemm, Instruction, Program, Tensor, Vector, sum_bits
+from dsetool.machine.tiling import Tiling
 
 if TYPE_CHECKING:
     from dsetool.engine import Engine
@@ -62,33 +64,6 @@ def lanes_of(rows: int, cols: int) -> int:
     return max(rows, cols)
 
 
-@dataclass
-class _Buffer:
-    """First-fit allocation of tensors in the activation buffer, freed after their last reader."""
-
-    free: list[tuple[int, int]] = field(default_factory=lambda: [(0, 1 << 40)])
-    high: int = 0
-
-    def take(self, words: int) -> int:
-        for i, (start, size) in enumerate(self.free):
-            if size >= words:
-                self.free[i] = (start + words, size - words)
-                self.high = max(self.high, start + words)
-                return start
-        raise AssertionError("the free list ends in an unbounded region")
-
-    def give(self, start: int, words: int) -> None:
-        spans = sorted([*self.free, (start, words)])
-        merged = [spans[0]]
-        for begin, size in spans[1:]:
-            last_begin, last_size = merged[-1]
-            if last_begin + last_size == begin:
-                merged[-1] = (last_begin, last_size + size)
-            else:
-                merged.append((begin, size))
-        self.free = merged
-
-
 @dataclass(frozen=True)
 class _Codes:
     """A tensor of codes in the buffer, and the torch shape its words stand for (a flatten keeps the
@@ -103,7 +78,8 @@ class _Compiler:
     def __init__(self, engine: Engine, rows: int, cols: int) -> None:
         self.engine, self.model = engine, engine.model
         self.rows, self.cols, self.lanes = rows, cols, lanes_of(rows, cols)
-        self.buffer = _Buffer()
+        self.buffer = Buffer()
+        self.tiling = Tiling(rows, cols, self.lanes)
         self.codes: dict[int, _Codes] = {}
         self.instructions: list[Instruction] = []
         self.weights: list[tuple[int, ...]] = []
@@ -328,8 +304,8 @@ class _Compiler:
         else:
             self.logits.update(range(index, len(self.model.ops)))
         dest, offset = self._destination(quantizer, op.out_shape, 1) if quantizer is not None else (None, 0)
-        columns = self._columns(op.out_features, offset % self.cols)
-        slices, words = self._tiles(op, source, columns)
+        columns = self.tiling.columns(op.out_features, offset % self.cols)
+        slices, words = self.tiling.tiles(op, source.tensor, columns)
         gemm = Gemm(name=op.name, source=self._read_view(op, source), dest=dest,
                     out_height=op.out_shape[1] if len(op.out_shape) == 3 else 1,
                     out_width=op.out_shape[2] if len(op.out_shape) == 3 else 1,
@@ -380,76 +356,6 @@ class _Compiler:
         t = source.tensor
         return Tensor(t.base, t.words * self.lanes, 1, 1, self.lanes)
 
-    def _columns(self, out_channels: int, lead: int) -> np.ndarray:
-        """Return per N slice the output channel of each column (-1: none): channel n at column
-        lead + n, so a layer writing from inside a part of a word lines its N slices up with the parts."""
-        virtual = np.arange(_ceil(lead + out_channels, self.cols) * self.cols) - lead
-        return np.where(virtual < out_channels, virtual, -1).reshape(-1, self.cols)
-
-    def _tiles(self, op: WeightOp, source: _Codes, columns: np.ndarray
-               ) -> tuple[tuple[tuple[Slice, ...], ...], list[tuple[int, ...]]]:
-        """Return the K slices of each N slice (one shared list when all read the same) and the weight
-        memory words of their tiles: per N slice, per K slice, `rows` rows of `cols` weights, the row of
-        the slice's last lane first (the order the array loads them)."""
-        slices, k_index = self._slices(op, source)
-        matrix = _dense_weight(op)
-        padded = np.zeros((matrix.shape[0] + 1, matrix.shape[1] + 1), dtype=np.int64)
-        padded[:-1, :-1] = matrix   # index -1 (no channel, a padding lane) reads the zero row and column
-        lists: list[tuple[Slice, ...]] = []
-        words: list[tuple[int, ...]] = []
-        for outs in columns:
-            read = np.flatnonzero(self._reads(op, outs, k_index))
-            lists.append(tuple(slices[i] for i in read))
-            rows = k_index[read][:, ::-1]
-            words.extend(map(tuple, padded[outs[None, None, :], rows[:, :, None]].reshape(-1, self.cols).tolist()))
-        return ((lists[0],) if all(one == lists[0] for one in lists) else tuple(lists)), words
-
-    @staticmethod
-    def _reads(op: WeightOp, outs: np.ndarray, k_index: np.ndarray) -> np.ndarray:
-        """Return which K slices an N slice with output channels `outs` reads: all for a dense layer; for a
-        grouped conv those holding a channel of one of its columns' groups."""
-        if not isinstance(op, Conv2d) or op.groups == 1:
-            return np.ones(len(k_index), dtype=bool)
-        in_group = int(op.weight.shape[1]) * op.kernel[0] * op.kernel[1]   # K indices per group
-        groups = np.unique(outs[outs >= 0] // (op.out_features // op.groups))
-        return np.asarray((np.isin(k_index // in_group, groups) & (k_index >= 0)).any(axis=1))
-
-    def _slices(self, op: WeightOp, source: _Codes) -> tuple[list[Slice], np.ndarray]:
-        """Return the layer's K slices (all-padding ones left out) and, per slice, the index into the
-        dense weight (`_dense_weight`) of each of its `rows` lanes (-1: a padding lane)."""
-        slices: list[Slice] = []
-        k_index: list[list[int]] = []
-        for dy, dx, group, _, flat in self._taps(op, source):
-            for first in range(0, self.lanes, self.rows):
-                indices = [flat(lane_c) for lane_c in range(first, first + self.rows)]
-                if any(i >= 0 for i in indices):
-                    slices.append(Slice(dy, dx, group, first))
-                    k_index.append(indices)
-        return slices, np.array(k_index, dtype=np.int64).reshape(-1, self.rows)
-
-    def _taps(self, op: WeightOp, source: _Codes) -> Iterator[tuple[int, int, int, int, Any]]:
-        """Yield (dy, dx, group, lane, flat) per word a layer reads at each output pixel, flat(lane)
-        giving the torch weight's flat K index of that lane (-1: padding)."""
-        lanes, t = self.lanes, source.tensor
-        if isinstance(op, Conv2d):
-            (kh, kw), (py, px) = op.kernel, op.padding
-            for ky in range(kh):
-                for kx in range(kw):
-                    for g in range(t.groups):
-                        def flat(lane: int, g: int = g, ky: int = ky, kx: int = kx) -> int:
-                            c = g * lanes + lane
-                            return c * kh * kw + ky * kw + kx if c < t.channels else -1
-                        yield ky - py, kx - px, g, 0, flat
-            return
-        pixels = t.height * t.width
-        for word in range(t.words):
-            pixel, g = divmod(word, t.groups)
-
-            def flat_linear(lane: int, g: int = g, pixel: int = pixel) -> int:
-                c = g * lanes + lane
-                return c * pixels + pixel if c < t.channels else -1
-            yield 0, 0, word, 0, flat_linear
-
     def _constant_words(self, op: WeightOp, quantizer: int | None, columns: np.ndarray
                         ) -> list[tuple[Constants, ...]]:
         """Return the constant memory words of the layer: per N slice its columns' constants (zeros for a
@@ -466,25 +372,6 @@ class _Compiler:
             hi = _per_channel(getattr(check, "hi", [stage.qmax]), n_out)
         return [tuple(Constants(bias[n], multiplier[n], shift[n], lo[n], hi[n]) if n >= 0 else Constants(0, 0, 0, 0, 0)
                       for n in outs.tolist()) for outs in columns]
-
-
-def _dense_weight(op: WeightOp) -> np.ndarray:
-    """Return the layer's weights as a dense (out, K) matrix, K = input channel * taps + tap (a linear
-    layer's: its flat input): a grouped conv's block diagonal, zeros between an output channel and the
-    input channels of other groups."""
-    weight = np.asarray(op.weight, dtype=np.int64)
-    if not isinstance(op, Conv2d) or op.groups == 1:
-        return weight.reshape(op.out_features, -1)
-    out_group, in_group = op.out_features // op.groups, int(weight.shape[1])
-    dense = np.zeros((op.out_features, in_group * op.groups, op.kernel[0] * op.kernel[1]), dtype=np.int64)
-    for g in range(op.groups):
-        outs, ins = slice(g * out_group, (g + 1) * out_group), slice(g * in_group, (g + 1) * in_group)
-        dense[outs, ins] = weight[outs].reshape(out_group, in_group, -1)
-    return dense.reshape(op.out_features, -1)
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _one(values: Sequence[int], name: str, what: str) -> int:

@@ -1,0 +1,114 @@
+"""How a layer's weights tile the weight-stationary array: its K slices (lanes of one activation word at
+one kernel tap; slices holding only padding channels left out), which slices each N slice reads (all of
+them, or for a grouped conv those holding its columns' groups) and the weight memory's words in the order
+the array loads them. Pure numpy, from the layer and where its input lies (`program.Tensor`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dsetool.engine.intmodel import Conv2d, WeightOp
+from dsetool.machine.program import Slice, Tensor
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The array (`rows` x `cols`) and the activation word's `lanes` a layer is tiled for."""
+
+    rows: int
+    cols: int
+    lanes: int
+
+    def columns(self, out_channels: int, lead: int) -> np.ndarray:
+        """Return per N slice the output channel of each column (-1: none): channel n at column
+        lead + n, so a layer writing from inside a part of a word lines its N slices up with the parts."""
+        virtual = np.arange(_ceil(lead + out_channels, self.cols) * self.cols) - lead
+        return np.where(virtual < out_channels, virtual, -1).reshape(-1, self.cols)
+
+    def tiles(self, op: WeightOp, source: Tensor, columns: np.ndarray
+              ) -> tuple[tuple[tuple[Slice, ...], ...], list[tuple[int, ...]]]:
+        """Return the K slices of each N slice (one shared list when all read the same) and the weight
+        memory words of their tiles: per N slice, per K slice, `rows` rows of `cols` weights, the row of
+        the slice's last lane first (the order the array loads them)."""
+        slices, k_index = self.slices(op, source)
+        matrix = dense_weight(op)
+        padded = np.zeros((matrix.shape[0] + 1, matrix.shape[1] + 1), dtype=np.int64)
+        padded[:-1, :-1] = matrix   # index -1 (no channel, a padding lane) reads the zero row and column
+        lists: list[tuple[Slice, ...]] = []
+        words: list[tuple[int, ...]] = []
+        for outs in columns:
+            read = np.flatnonzero(_reads(op, outs, k_index))
+            lists.append(tuple(slices[i] for i in read))
+            rows = k_index[read][:, ::-1]
+            words.extend(map(tuple, padded[outs[None, None, :], rows[:, :, None]].reshape(-1, self.cols).tolist()))
+        return ((lists[0],) if all(one == lists[0] for one in lists) else tuple(lists)), words
+
+    def slices(self, op: WeightOp, source: Tensor) -> tuple[list[Slice], np.ndarray]:
+        """Return the layer's K slices (all-padding ones left out) and, per slice, the index into the
+        dense weight (`dense_weight`) of each of its `rows` lanes (-1: a padding lane)."""
+        slices: list[Slice] = []
+        k_index: list[list[int]] = []
+        for dy, dx, group, _, flat in self.taps(op, source):
+            for first in range(0, self.lanes, self.rows):
+                indices = [flat(lane_c) for lane_c in range(first, first + self.rows)]
+                if any(i >= 0 for i in indices):
+                    slices.append(Slice(dy, dx, group, first))
+                    k_index.append(indices)
+        return slices, np.array(k_index, dtype=np.int64).reshape(-1, self.rows)
+
+    def taps(self, op: WeightOp, source: Tensor) -> Iterator[tuple[int, int, int, int, Any]]:
+        """Yield (dy, dx, group, lane, flat) per word a layer reads at each output pixel, flat(lane)
+        giving the torch weight's flat K index of that lane (-1: padding)."""
+        lanes, t = self.lanes, source
+        if isinstance(op, Conv2d):
+            (kh, kw), (py, px) = op.kernel, op.padding
+            for ky in range(kh):
+                for kx in range(kw):
+                    for g in range(t.groups):
+                        def flat(lane: int, g: int = g, ky: int = ky, kx: int = kx) -> int:
+                            c = g * lanes + lane
+                            return c * kh * kw + ky * kw + kx if c < t.channels else -1
+                        yield ky - py, kx - px, g, 0, flat
+            return
+        pixels = t.height * t.width
+        for word in range(t.words):
+            pixel, g = divmod(word, t.groups)
+
+            def flat_linear(lane: int, g: int = g, pixel: int = pixel) -> int:
+                c = g * lanes + lane
+                return c * pixels + pixel if c < t.channels else -1
+            yield 0, 0, word, 0, flat_linear
+
+
+def _reads(op: WeightOp, outs: np.ndarray, k_index: np.ndarray) -> np.ndarray:
+    """Return which K slices an N slice with output channels `outs` reads: all for a dense layer; for a
+    grouped conv those holding a channel of one of its columns' groups."""
+    if not isinstance(op, Conv2d) or op.groups == 1:
+        return np.ones(len(k_index), dtype=bool)
+    in_group = int(op.weight.shape[1]) * op.kernel[0] * op.kernel[1]   # K indices per group
+    groups = np.unique(outs[outs >= 0] // (op.out_features // op.groups))
+    return np.asarray((np.isin(k_index // in_group, groups) & (k_index >= 0)).any(axis=1))
+
+
+
+def dense_weight(op: WeightOp) -> np.ndarray:
+    """Return the layer's weights as a dense (out, K) matrix, K = input channel * taps + tap (a linear
+    layer's: its flat input): a grouped conv's block diagonal, zeros between an output channel and the
+    input channels of other groups."""
+    weight = np.asarray(op.weight, dtype=np.int64)
+    if not isinstance(op, Conv2d) or op.groups == 1:
+        return weight.reshape(op.out_features, -1)
+    out_group, in_group = op.out_features // op.groups, int(weight.shape[1])
+    dense = np.zeros((op.out_features, in_group * op.groups, op.kernel[0] * op.kernel[1]), dtype=np.int64)
+    for g in range(op.groups):
+        outs, ins = slice(g * out_group, (g + 1) * out_group), slice(g * in_group, (g + 1) * in_group)
+        dense[outs, ins] = weight[outs].reshape(out_group, in_group, -1)
+    return dense.reshape(op.out_features, -1)
