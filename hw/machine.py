@@ -147,6 +147,7 @@ class Machine(wiring.Component):
         sp = Signal(p.widths.slice + 1)   # the slice-table entry of the current tile
         wptr = Signal(range(max(2, p.weight_words + 1)))
         count = Signal(32)   # cycles within a phase
+        tail = Signal(range(max(GEMM_TAIL, VECTOR_TAIL)))   # the finishing instruction's pipeline, less one
         pending = Signal(unsigned(cols * const_bits))
         active = Signal(unsigned(cols * const_bits))
         bias_active = Signal(unsigned(cols * const_bits))
@@ -264,26 +265,22 @@ class Machine(wiring.Component):
                     with m.If(sl.last):
                         m.d.sync += [kt.eq(0), nt.eq(nt + 1), sp.eq(Mux(instr.slice_walk, sp + 1, instr.slice_first))]
                         with m.If(nt == instr.n_count - 1):
-                            m.next = "G_TAIL"
+                            m.d.sync += tail.eq(GEMM_TAIL - 1)
+                            m.next = "TAIL"
                         with m.Else():
                             m.next = "G_SETUP"
                     with m.Else():
                         m.d.sync += [kt.eq(kt + 1), sp.eq(sp + 1)]
                         m.next = "G_SETUP"
-            with m.State("G_TAIL"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == GEMM_TAIL - 1):
-                    m.next = "FETCH"
             with m.State("V_RUN"):
                 m.d.comb += [self.busy.eq(1), vector.run.eq(1)]
                 with m.If(vector.last):
-                    m.d.sync += count.eq(0)
-                    m.next = "V_TAIL"
-            with m.State("V_TAIL"):
+                    m.d.sync += [count.eq(0), tail.eq(VECTOR_TAIL - 1)]
+                    m.next = "TAIL"
+            with m.State("TAIL"):   # the instruction's last results leave its pipeline
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += count.eq(count + 1)
-                with m.If(count == VECTOR_TAIL - 1):
+                with m.If(count == tail):
                     m.next = "FETCH"
             with m.State("OUT_READ"):
                 m.d.comb += [self.busy.eq(1), lread.addr.eq(out_word)]

@@ -59,10 +59,6 @@ class MachineShape:
         return signed(a.act_bits) if a.act_signed else unsigned(a.act_bits)
 
     @property
-    def logits_words(self) -> int:
-        return -(-self.num_classes // self.array.cols)
-
-    @property
     def const_fields(self) -> tuple[int, int, int, int, int]:
         """Return the widths of one column's constants: bias, multiplier, shift, lo, hi."""
         code = self.code_shape.width

@@ -15,6 +15,7 @@ import pytest
 from dsetool.config import RunConfig, load_experiment
 from dsetool.design import PER_CHANNEL, PER_LAYER, SHIFT, Design, design_of, multiplier_bits_for
 from dsetool.stages import stage_key
+from hw.arrayconfig import required_acc_bits
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -214,7 +215,9 @@ def test_engine_only_protections_build_no_range_check():
 def test_bias_and_accumulator():
     design = design_of(point("hw.dataflow=os"))
     assert design.bias and design.acc_depth == 0
-    assert design.acc_bits == design.array.accumulator_bits(max(g.k for g in design.gemms))
+    a = design.array   # sized for the longest dot product of the network's operands, independently derived
+    assert design.acc_bits == required_acc_bits(max(g.k for g in design.gemms), a.act_bits, a.weight_bits,
+                                                a.act_signed)
     ws = design_of(point())
     assert ws.acc_depth == max(g.m for g in ws.gemms)
 

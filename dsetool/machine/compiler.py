@@ -21,7 +21,7 @@ conv costs: about 9 C / min(rows, cols) tiles of M rows, min(rows, cols) useful 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -430,8 +430,3 @@ def _input_op(model: IntModel) -> int:
 
 def _signed_bits(value: int) -> int:
     return (value if value >= 0 else ~value).bit_length() + 1
-
-
-def layer_names(program: Program) -> Mapping[str, Instruction]:
-    """Return the program's instructions by the name of the op they run."""
-    return {instr.name: instr for instr in program.instructions}

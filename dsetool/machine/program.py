@@ -43,10 +43,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT_VERSION = 1
 
-
-def _ceil(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
+    """Return ceil(a / b) for positive integers: words of lanes, slices of columns."""
     return -(-a // b)
 
 
@@ -63,7 +62,7 @@ class Tensor:
     @property
     def groups(self) -> int:
         """Return the words per pixel: ceil(channels / lanes)."""
-        return _ceil(self.channels, self.lanes)
+        return ceil_div(self.channels, self.lanes)
 
     @property
     def words(self) -> int:
@@ -140,7 +139,7 @@ class Gemm:
         return self.dest_offset % cols
 
     def n_slices(self, cols: int) -> int:
-        return _ceil(self.lead(cols) + self.out_channels, cols)
+        return ceil_div(self.lead(cols) + self.out_channels, cols)
 
     def k_slices(self, nt: int) -> tuple[Slice, ...]:
         """Return N slice nt's K slices."""
@@ -231,9 +230,6 @@ class Program:
     constants: tuple[tuple[Constants, ...], ...]   # constant memory words (cols each)
     buffer_words: int                          # activation buffer depth
 
-    @property
-    def logits_words(self) -> int:
-        return _ceil(self.num_classes, self.cols)
 
 
 def sum_bits(act_bits: int, taps: int) -> int:

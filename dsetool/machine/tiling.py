@@ -12,11 +12,7 @@ from typing import Any
 import numpy as np
 
 from dsetool.engine.intmodel import Conv2d, WeightOp
-from dsetool.machine.program import Slice, Tensor
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
+from dsetool.machine.program import Slice, Tensor, ceil_div
 
 
 @dataclass(frozen=True)
@@ -30,7 +26,7 @@ class Tiling:
     def columns(self, out_channels: int, lead: int) -> np.ndarray:
         """Return per N slice the output channel of each column (-1: none): channel n at column
         lead + n, so a layer writing from inside a part of a word lines its N slices up with the parts."""
-        virtual = np.arange(_ceil(lead + out_channels, self.cols) * self.cols) - lead
+        virtual = np.arange(ceil_div(lead + out_channels, self.cols) * self.cols) - lead
         return np.where(virtual < out_channels, virtual, -1).reshape(-1, self.cols)
 
     def tiles(self, op: WeightOp, source: Tensor, columns: np.ndarray

@@ -73,63 +73,36 @@ async def _stream(ctx: Any, valid: Any, data: Any, values: list[int]) -> None:
     ctx.set(valid, 0)
 
 
-@pytest.fixture(scope="module")
-def tiny_cnn(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return factory_engine(tmp_path_factory.mktemp("tiny"), TINY_CNN, bits=4, size=12)
-
-
-@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (2, 4), (4, 2)])
-def test_strided_padded_convs_and_pools_run_bit_for_bit_in_the_counted_cycles(tiny_cnn: Engine, rows: int,
-                                                                              cols: int) -> None:
-    x = digits(12).test.x[:2]
-    program = compile_program(tiny_cnn, rows, cols)
-    logits, cycles = simulate(tiny_cnn, program, x)
-    np.testing.assert_array_equal(logits, tiny_cnn.logits(x).numpy())
-    assert cycles == [program_cycles(program)] * 2
+# each a small factory network, its input side and the arrays it runs on in Amaranth's simulator
+TINY_NETWORKS = {
+    TINY_CNN: (12, [(4, 4), (2, 4), (4, 2)]),      # strided, padded convs; padded and ceil-mode pools
+    TINY_RESNET: (8, [(4, 4), (2, 4)]),            # residual adds, average pools, requantizations
+    TINY_MOBILENET: (8, [(4, 4), (2, 4)]),         # depthwise and grouped convs
+    TINY_CONCAT: (8, [(4, 4), (4, 2)]),            # concatenations, pooled logits
+}
 
 
 @pytest.fixture(scope="module")
-def tiny_resnet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return factory_engine(tmp_path_factory.mktemp("resnet"), TINY_RESNET, bits=4, size=8)
-
-
-@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (2, 4)])
-def test_residual_adds_average_pools_and_requantizations_on_the_vector_unit(tiny_resnet: Engine, rows: int,
-                                                                           cols: int) -> None:
-    x = digits(8).test.x[:2]
-    program = compile_program(tiny_resnet, rows, cols)
-    logits, cycles = simulate(tiny_resnet, program, x)
-    np.testing.assert_array_equal(logits, tiny_resnet.logits(x).numpy())
-    assert cycles == [program_cycles(program)] * 2
+def tiny_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Engine]:
+    """Each tiny network's engine, exported once per module (W4A4, seeded random weights)."""
+    return {spec: factory_engine(tmp_path_factory.mktemp("tiny"), spec, bits=4, size=size)
+            for spec, (size, _) in TINY_NETWORKS.items()}
 
 
 @pytest.fixture(scope="module")
-def tiny_mobilenet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return factory_engine(tmp_path_factory.mktemp("mobilenet"), TINY_MOBILENET, bits=4, size=8)
+def tiny_cnn(tiny_engines: dict[str, Engine]) -> Engine:
+    return tiny_engines[TINY_CNN]
 
 
-@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (2, 4)])
-def test_depthwise_and_grouped_convs_run_bit_for_bit_in_the_counted_cycles(tiny_mobilenet: Engine, rows: int,
-                                                                          cols: int) -> None:
-    x = digits(8).test.x[:2]
-    program = compile_program(tiny_mobilenet, rows, cols)
-    logits, cycles = simulate(tiny_mobilenet, program, x)
-    np.testing.assert_array_equal(logits, tiny_mobilenet.logits(x).numpy())
-    assert cycles == [program_cycles(program)] * 2
-
-
-@pytest.fixture(scope="module")
-def tiny_concat(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return factory_engine(tmp_path_factory.mktemp("concat"), TINY_CONCAT, bits=4, size=8)
-
-
-@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (4, 2)])
-def test_concats_and_pooled_logits_run_bit_for_bit_in_the_counted_cycles(tiny_concat: Engine, rows: int,
-                                                                         cols: int) -> None:
-    x = digits(8).test.x[:2]
-    program = compile_program(tiny_concat, rows, cols)
-    logits, cycles = simulate(tiny_concat, program, x)
-    np.testing.assert_array_equal(logits, tiny_concat.logits(x).numpy())
+@pytest.mark.parametrize(("spec", "rows", "cols"), [(spec, rows, cols) for spec, (_, arrays) in TINY_NETWORKS.items()
+                                                    for rows, cols in arrays])
+def test_every_op_runs_bit_for_bit_in_the_counted_cycles(tiny_engines: dict[str, Engine], spec: str, rows: int,
+                                                        cols: int) -> None:
+    engine = tiny_engines[spec]
+    x = digits(TINY_NETWORKS[spec][0]).test.x[:2]
+    program = compile_program(engine, rows, cols)
+    logits, cycles = simulate(engine, program, x)
+    np.testing.assert_array_equal(logits, engine.logits(x).numpy())
     assert cycles == [program_cycles(program)] * 2
 
 
