@@ -181,6 +181,10 @@ class HwConfig:
     protection: str = spec("none", choices=PROTECTIONS, help=protection_registry.help_text())
     tmr: bool = spec(False, help="triplicate the datapath with bitwise majority voters (synth); campaigns run "
                                  "three independently faulted executions and vote their top-1")
+    synth: str = spec("accelerator", choices=("accelerator", "datapath"),
+                      help="what the synth stage builds: the whole accelerator that runs the network (where the "
+                           "point has one: weight-stationary, no TMR, checks at layer outputs; else the datapath), "
+                           "or only the datapath (array, accumulator, output stage, protection), much faster")
     rtl_images: int = spec(32, range=(1, 100_000), help="test images the rtlsim stage runs through the simulated "
                                                         "accelerator (each must give the engine's logits)")
 

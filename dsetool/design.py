@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SHIFT = 1   # the multiplier width of an output stage that only shifts (M = 1)
 PER_LAYER, PER_CHANNEL = "per_layer", "per_channel"   # the layouts of the output stage's constants
+DATAPATH = "datapath"   # `hw.synth` when only the datapath is synthesized
 
 
 class _DatapathWork(Protocol):
@@ -136,11 +137,32 @@ class Design:
         """Tell whether the point has a protection or TMR, so that `baseline` is another point."""
         return self.protection.entry.protects or self.protection.tmr
 
+    @property
+    def unbuilt(self) -> str:
+        """Return why the point has no accelerator (`hw.machine`), so that synth builds its datapath alone,
+        or "" when it has one (the machine compiler may still refuse the network's ops)."""
+        protection, array = self.protection, self.array
+        if self.config.hw.synth == DATAPATH:
+            return "hw.synth: datapath"
+        if array.rows < 2:
+            return "the accelerator needs at least 2 array rows (hw.rows)"
+        if array.dataflow != "ws":
+            return "the accelerator is built weight-stationary only (hw.dataflow: ws)"
+        if protection.tmr:
+            return "the accelerator is not built with TMR (hw.tmr)"
+        if protection.entry.protects and protection.rtl == protections.NONE:
+            return f"the accelerator has no unit for {protection.name}"
+        if protection.entry.protects and protection.placement != "output":
+            return "the accelerator checks a layer's outputs only (protect.placement: output)"
+        return ""
+
     def baseline(self) -> Design:
-        """Return the design without protection or TMR: what their overhead is measured against."""
-        cfg = self.config
-        return design_of(dataclasses.replace(cfg, hw=dataclasses.replace(cfg.hw, protection=protections.NONE,
-                                                                          tmr=False)))
+        """Return the design without protection or TMR: what their overhead is measured against, built
+        the same way (a point synthesized as a datapath is measured against the unprotected datapath)."""
+        hw = dataclasses.replace(self.config.hw, protection=protections.NONE, tmr=False)
+        if self.unbuilt:
+            hw = dataclasses.replace(hw, synth=DATAPATH)
+        return design_of(dataclasses.replace(self.config, hw=hw))
 
     def inference_cycles(self, drain: int) -> tuple[int, int]:
         """Return the cycles of one inference on the datapath (closed form): the array's (every weight

@@ -167,8 +167,8 @@ def hardware(design: Design, m: Mapping[str, Any], base: Mapping[str, Any] | Non
     """Return area, Fmax, cycles, latency and the protection's overhead (blank without a synthesis)."""
     from dsetool.stages.synth import derived_metrics
 
-    out: dict[str, Any] = {"synth_status": m.get("status")}
-    out.update({name: m.get(name) for name in ("lut", "ff", "dsp", "bram", "fmax_mhz")})
+    out: dict[str, Any] = {"synth_status": m.get("status"), "synth_scope": m.get("scope", "datapath" if m else None)}
+    out.update({name: m.get(name) for name in ("lut", "ff", "dsp", "bram", "datapath_lut", "datapath_ff", "fmax_mhz")})
     derived = derived_metrics(design, dict(m), dict(base) if base is not None else None) if m else {}
     out["cycles"] = derived.get("cycles_per_inference")
     out["latency_us"] = derived.get("latency_us")

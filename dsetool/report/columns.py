@@ -70,18 +70,23 @@ COLUMNS: tuple[tuple[str, str], ...] = (
                          "(1 with po2 scales, which are bit-exact)"),
     # hardware
     ("synth_status", "ok, does_not_fit or tool_error (blank: not synthesized)"),
-    ("lut", "LUTs of the array (Yosys; known even when the design does not fit)"),
+    ("synth_scope", "what was synthesized: machine (the whole accelerator that runs the network) or datapath "
+                    "(array, accumulator, output stage: where the accelerator is not built, or hw.synth: datapath)"),
+    ("lut", "LUTs of the synthesized design (Yosys; known even when the design does not fit)"),
     ("ff", "flip-flops"),
     ("dsp", "DSP blocks"),
     ("bram", "block RAMs"),
+    ("datapath_lut", "LUTs of the accelerator's array, K accumulator and output stage (machine scope)"),
+    ("datapath_ff", "flip-flops of the accelerator's array, K accumulator and output stage (machine scope)"),
     ("fmax_mhz", "maximum clock after place and route (blank when it did not fit)"),
-    ("cycles", "cycles of one inference of the network (closed form: the array's, with its drain, plus the vector "
-               "unit's)"),
+    ("cycles", "cycles of one inference of the network: the accelerator's schedule, as its RTL simulation "
+               "measures it (machine scope), or the closed form over the datapath"),
     ("latency_us", "cycles / Fmax, microseconds per inference"),
-    ("lut_overhead_pct", "LUT increase over the same array without protection or TMR, percent"),
-    ("ff_overhead_pct", "FF increase over the unprotected array, percent"),
-    ("dsp_overhead_pct", "DSP increase over the unprotected array, percent"),
-    ("fmax_overhead_pct", "Fmax change against the unprotected array, percent (negative: slower)"),
+    ("lut_overhead_pct", "LUT increase over the same design (accelerator or datapath) without protection or TMR, "
+                         "percent"),
+    ("ff_overhead_pct", "FF increase over the unprotected design, percent"),
+    ("dsp_overhead_pct", "DSP increase over the unprotected design, percent"),
+    ("fmax_overhead_pct", "Fmax change against the unprotected design, percent (negative: slower)"),
     # the front
     ("pareto", "on the Pareto front of its fault scenario (accuracy under faults up; LUT, DSP, latency down)"),
     ("pareto_excluded", "why the point cannot be on a front (missing objectives, did not fit); blank otherwise"),

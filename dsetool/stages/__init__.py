@@ -160,11 +160,29 @@ def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
     design = design_of(cfg)
     reads = {"array": to_plain(design.array), "acc_depth": design.acc_depth, **_output_stage_reads(design),
              "target": hw.target, "freq_mhz": hw.freq_mhz, "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
+    if not design.unbuilt:
+        reads["machine"] = _machine_reads(cfg, design)
     if hw.placer != "heap":   # heap was the only placer once: its syntheses keep their keys
         reads["placer"] = hw.placer
     if needs_harness(get_target(hw.target)):  # only these targets' keys see the harness, so others stay cached
         reads["io_harness"] = HARNESS_VERSION
     return reads
+
+
+def _machine_reads(cfg: RunConfig, design: Design) -> dict[str, Any]:
+    """Return what the accelerator's shape depends on beyond the datapath's reads: the network (its
+    identity and the images' geometry, not a trained model: `dsetool.stages.skeleton`), the accumulator
+    and the per-layer widths. Weight and bound values never change the machine, so neither do the
+    quantization method, the scales' granularity or the bounds."""
+    from dsetool.data import geometry_of
+    from dsetool.machine.build import MACHINE_VERSION, machine_acc_bits
+
+    model = _pretrain_reads(cfg)["model"] if not cfg.model.qonnx else {"qonnx": _import_reads(cfg)["qonnx_source"]}
+    channels, native, classes = geometry_of(cfg.data.name, cfg.data.root)
+    data = {"name": cfg.data.name, "channels": channels, "size": list(native), "classes": classes}
+    layers = {name: to_plain(layer) for name, layer in sorted(cfg.quant.layers.items())}
+    return {"version": MACHINE_VERSION, "network": model, "data": data, "acc_bits": machine_acc_bits(design),
+            "relu_unsigned": cfg.quant.relu_unsigned, "layers": layers}
 
 
 def _output_stage_reads(design: Design) -> dict[str, Any]:

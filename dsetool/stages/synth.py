@@ -1,49 +1,75 @@
-"""Stage `synth`: generate the design point's array in Amaranth and synthesize it with Yosys/nextpnr.
+"""Stage `synth`: generate the design point's accelerator in Amaranth and synthesize it with Yosys/nextpnr.
 
-Everything is read from the point's `dsetool.design.Design`. The result depends only on the array (its
-shape, dataflow, widths, multiplier, and for weight-stationary the depth of its K accumulator: the
-network's largest GEMM M), the output stage's requantization multiplier width (the one the engine's
-campaigns use) and constant layout, the target, the clock constraint, the P&R seed and the tool versions,
-so every model that runs on the same datapath shares one synthesis. The synthesized design is the whole
-datapath (array + K accumulator + pipelined output stage + protection, with TMR if asked). The output
-stage holds one constant set per layer: a per-channel design (`constants` in the metrics) is synthesized
-with that stage for now, under its own key. Per-inference cycles and latency of a particular network are
-derived from the entry by `derived_metrics` (closed-form cycles over the network's GEMMs, each plus the
-datapath's `drain_cycles`, divided by the achieved Fmax).
+What is synthesized (`scope` in the metrics):
+
+- `machine`: the whole accelerator that runs the network (`hw.machine.Machine`: memories, sequencer,
+  array, K accumulator with bias, per-channel output stage with the range check, vector unit, host port),
+  whenever the design point has one (`dsetool.machine.build.not_built`, and the compiler takes the
+  network). Its shape comes from the network's untrained skeleton (`dsetool.stages.skeleton`) and the
+  design's widths, never from weight values, so one synthesis serves every trained model of the point
+  (QAT and PTQ, per-tensor and per-channel scales: the constants are per output channel in any case),
+  and the key reads the network's identity instead of a model. The array (`top.array`), the K
+  accumulator (`top.sums`) and the output stage (`top.stage`) are kept apart in Yosys, so `datapath_lut`,
+  `datapath_ff`, `datapath_dsp` and `datapath_bram` are their share of the machine exactly.
+  `cycles_per_inference` is the machine's schedule for the network (`program_cycles`, which equals what
+  its compiled RTL simulation measures, stage `rtlsim`); latency is that over the achieved Fmax.
+- `datapath`: where the accelerator is not built (output-stationary arrays, TMR, one row, a check at the
+  layers' inputs, an op without a unit: `scope_reason` says which), the datapath alone (array + K
+  accumulator + pipelined output stage with one constant set per layer + protection, triplicated with
+  TMR), as before the accelerator existed, under its old keys; its cycles are the closed-form count
+  over the network's GEMMs and post-GEMM passes (`Design.inference_cycles`).
+
+A netlist that Yosys already counts beyond the target's LUTs, FFs, DSPs or block RAMs is
+`status: does_not_fit` naming the resource, without place and route (`hw.flow.synthesize`).
 
 Targets placed without an out-of-context mode (iCE40: every top-level port bit needs a pin, see
-`hw.flow.needs_harness`) get the datapath wrapped in `hw.harness.IOHarness`, which puts it behind six
-pins. The datapath stays its own module (kept apart in Yosys), so the netlist's cells split exactly:
-`lut`, `ff`, `dsp` and `bram` are the datapath's alone, as on every other target, and `harness_lut`,
-`harness_ff`, `harness_dsp`, `harness_bram` the harness's own (its shift registers and their muxes). The P&R
-figures, `fmax_mhz` and `pins` (package IOs used), are of the wrapped design, the only one that can be
-placed, and Fmax includes the paths from the harness's input register into the datapath and from the
-datapath's outputs into the harness's capture chain. Other targets synthesize the bare datapath exactly as
-before and report no harness keys.
+`hw.flow.needs_harness`) get the design wrapped in `hw.harness.IOHarness`, which puts it behind six
+pins. The design stays its own module (kept apart in Yosys), so the netlist's cells split exactly:
+`lut`, `ff`, `dsp` and `bram` are the design's alone, as on every other target, and `harness_lut`,
+`harness_ff`, `harness_dsp`, `harness_bram` the harness's own. The P&R figures, `fmax_mhz` and `pins`
+(package IOs used), are of the wrapped design, the only one that can be placed.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dsetool.design import Design, design_of
+from dsetool.design import PER_CHANNEL, Design, design_of
 from dsetool.stages import StageContext
 from dsetool.store import Result
 from dsetool.validate import ConfigError
 
 if TYPE_CHECKING:
+    from amaranth.lib import wiring
+
     from hw.flow import SynthResult
 
 RTLIL_FILE = "array.il"
 VERILOG_FILE = "array.v"
 CRITICAL_PATH_KEYS = ("from", "to", "ns", "routing_ns")  # where Fmax is lost: see hw.flow.parse_critical_path
 DROPPED = ("synth.json",)  # the full netlist: large, and everything we report is in stat.json / pnr.json
+MACHINE, DATAPATH = "machine", "datapath"
+DATAPATH_MODULES = ("array*", "sums*", "stage*")   # the machine's submodules that make up its datapath
+SKELETON_DIR = "skeleton"
+
+
+@dataclass
+class _Build:
+    """What is synthesized: the component, its scope, the submodules Yosys keeps apart (globs below the
+    design's module) and the scope's own metrics."""
+
+    component: wiring.Component
+    scope: str
+    keep: tuple[str, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def run(ctx: StageContext) -> Result:
-    """Build the array, run the flow, keep the reports; a misfit or tool failure is a status, not an error."""
-    from hw.accelerator import drain_cycles
+    """Build the accelerator (or the datapath), run the flow, keep the reports; a misfit or tool failure
+    is a status, not an error."""
     from hw.flow import emit_rtlil, emit_verilog, get_target, needs_harness, synthesize, tool_fingerprint
     from hw.harness import DESIGN_MODULE, IOHarness
 
@@ -53,34 +79,87 @@ def run(ctx: StageContext) -> Result:
         raise ConfigError(str(cfg.name), "hw.protection", f"the array has no RTL for {cfg.hw.protection} (it "
                                                           f"builds the range check: none, clip, zero)")
     array = design.array
-    component = design.datapath()
+    build = _machine(ctx, design)
+    if isinstance(build, str):
+        build = _datapath(design, build)
     target = get_target(cfg.hw.target)
     harnessed = needs_harness(target)
     module = "top" if not harnessed else DESIGN_MODULE
-    keep = ((DESIGN_MODULE,) if harnessed else ()) + ((f"{module}.rep*",) if array.tmr else ())
-    rtlil = emit_rtlil(IOHarness(component) if harnessed else component, ctx.out / RTLIL_FILE)
-    ctx.reporter.note(f"synth {array.rows}x{array.cols} {array.dataflow} W{array.weight_bits}A{array.act_bits} "
-                      f"protection={array.protection} tmr={array.tmr} on {cfg.hw.target}"
+    keep = ((DESIGN_MODULE,) if harnessed else ()) + tuple(f"{module}.{glob}" for glob in build.keep)
+    rtlil = emit_rtlil(IOHarness(build.component) if harnessed else build.component, ctx.out / RTLIL_FILE)
+    ctx.reporter.note(f"synth {build.scope} {array.rows}x{array.cols} {array.dataflow} W{array.weight_bits}"
+                      f"A{array.act_bits} protection={array.protection} tmr={array.tmr} on {cfg.hw.target}"
                       + (" in an IO harness" if harnessed else ""))
     result = synthesize(rtlil, ctx.out, cfg.hw.target, seed=cfg.hw.pnr_seed, freq_mhz=cfg.hw.freq_mhz,
                         keep_hierarchy=keep, placer=cfg.hw.placer)
     resources, extra = _split(result, harnessed)
+    if build.scope == MACHINE:
+        extra |= _datapath_share(result, module)
     if result.status == "ok":
         emit_verilog(rtlil, ctx.out / VERILOG_FILE)
     for name in DROPPED:
         (ctx.out / name).unlink(missing_ok=True)
     (ctx.out / "design.il").unlink(missing_ok=True)  # a copy of array.il made for the tools
     metrics = {"status": result.status, "message": result.message, "target": cfg.hw.target,
-               "rows": array.rows, "cols": array.cols, "dataflow": array.dataflow, "act_bits": array.act_bits,
-               "weight_bits": array.weight_bits, "acc_bits": array.acc_bits, "multiplier": array.multiplier,
-               "protection": array.protection, "tmr": array.tmr, "drain_cycles": drain_cycles(component),
+               "scope": build.scope, "rows": array.rows, "cols": array.cols, "dataflow": array.dataflow,
+               "act_bits": array.act_bits, "weight_bits": array.weight_bits, "acc_bits": array.acc_bits,
+               "multiplier": array.multiplier, "protection": array.protection, "tmr": array.tmr,
                "acc_depth": design.acc_depth, "multiplier_bits": design.multiplier_bits,
-               "constants": design.constants,
+               "constants": design.constants, **build.metrics,
                **{k.lower(): v for k, v in resources.items()}, "fmax_mhz": result.fmax_mhz,
                **{f"critical_path_{k}": result.critical_path.get(k) for k in CRITICAL_PATH_KEYS}, **extra,
                "placer": result.placer,
                "seconds_synth": result.seconds.get("synth"), "seconds_pnr": result.seconds.get("pnr")}
     return Result(metrics, extra={"tools": tool_fingerprint()})
+
+
+def _machine(ctx: StageContext, design: Design) -> _Build | str:
+    """Return the design point's accelerator, built from its network's skeleton, or why there is none."""
+    if design.unbuilt:
+        return design.unbuilt
+    from dsetool.machine.build import design_machine
+    from dsetool.machine.compiler import UnsupportedOp, compile_program
+    from dsetool.machine.program import program_cycles
+    from dsetool.stages.skeleton import skeleton_model
+    from hw.machine import Machine
+
+    model = skeleton_model(ctx.config, ctx.scratch / SKELETON_DIR)
+    try:
+        program = compile_program(design.engine(model), design.array.rows, design.array.cols)
+        shape, _ = design_machine(design, program)
+    except UnsupportedOp as refused:
+        return str(refused)
+    metrics = {"constants": PER_CHANNEL, "acc_bits": shape.array.acc_bits, "lanes": shape.lanes,
+               "lane_bits": shape.array.act_bits,
+               "cycles_per_inference": program_cycles(program), "instructions": len(program.instructions),
+               "buffer_words": shape.buffer_words, "weight_words": shape.weight_words,
+               "const_words": shape.const_words}
+    return _Build(Machine(shape), MACHINE, DATAPATH_MODULES, metrics)
+
+
+def _datapath(design: Design, reason: str) -> _Build:
+    """Return the design point's datapath alone (`reason`: why its accelerator is not built)."""
+    from hw.accelerator import drain_cycles
+
+    component = design.datapath()
+    keep = ("rep*",) if design.array.tmr else ()
+    return _Build(component, DATAPATH, keep, {"scope_reason": reason, "drain_cycles": drain_cycles(component)})
+
+
+def _datapath_share(result: SynthResult, module: str) -> dict[str, Any]:
+    """Return the resources of the machine's array, accumulator and output stage (`datapath_*`), from the
+    Yosys statistics of the modules kept apart."""
+    from hw.flow import count_resources, get_target, parse_stat
+
+    stat = result.artifacts.get("stat")
+    if stat is None:
+        return {}
+    modules = json.loads(stat.read_text()).get("modules", {})
+    globs = [f"{module}.{glob}" for glob in DATAPATH_MODULES]
+    kept = {name: section for name, section in modules.items()
+            if any(fnmatch.fnmatchcase(name.lstrip("\\"), glob) for glob in globs)}
+    cells = parse_stat({"modules": kept})
+    return {f"datapath_{k.lower()}": v for k, v in count_resources(cells, get_target(result.target).family).items()}
 
 
 def _split(result: SynthResult, harnessed: bool) -> tuple[dict[str, int], dict[str, Any]]:
@@ -97,20 +176,27 @@ def _split(result: SynthResult, harnessed: bool) -> tuple[dict[str, int], dict[s
 
 
 def derived_metrics(design: Design, metrics: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return cycles and latency per inference of the design point's network on the synthesized datapath
-    (the array's and the vector unit's cycles, `Design.inference_cycles`), and, given the unprotected
-    baseline's metrics, the overhead of its protection in percent."""
-    drain = metrics.get("drain_cycles", 0)
-    array, vector = design.inference_cycles(drain if isinstance(drain, int) else 0)
-    cycles = array + vector
+    """Return cycles and latency per inference of the design point's network and, given the unprotected
+    baseline's metrics (built the same way, `Design.baseline`), the overhead of its protection in percent.
+
+    The accelerator's cycles are its schedule for the network (in the synth entry); a datapath's are the
+    closed form (the array's GEMMs, each plus the output stage's drain, then the vector passes)."""
+    if metrics.get("scope") == MACHINE:
+        cycles = metrics.get("cycles_per_inference")
+        out: dict[str, Any] = {"cycles_per_inference": cycles}
+    else:
+        drain = metrics.get("drain_cycles", 0)
+        array, vector = design.inference_cycles(drain if isinstance(drain, int) else 0)
+        cycles = array + vector
+        out = {"cycles_per_inference": cycles, "array_cycles": array, "vector_cycles": vector}
     fmax = metrics.get("fmax_mhz")
-    latency = cycles / fmax if isinstance(fmax, int | float) and fmax > 0 else None
-    out: dict[str, Any] = {"cycles_per_inference": cycles, "array_cycles": array, "vector_cycles": vector,
-                           "latency_us": latency}
+    timed = isinstance(cycles, int) and isinstance(fmax, int | float) and fmax > 0
+    out["latency_us"] = cycles / fmax if timed and isinstance(cycles, int) and isinstance(fmax, int | float) else None
     if base is not None:
-        for name in ("lut", "ff", "dsp", "fmax_mhz"):
+        same = base.get("scope", DATAPATH) == metrics.get("scope", DATAPATH)
+        for name in ("lut", "ff", "dsp", "bram", "fmax_mhz"):
             mine, theirs = metrics.get(name), base.get(name)
-            if isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs:
+            if same and isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs:
                 out[f"{name}_overhead_pct"] = 100.0 * (float(mine) - float(theirs)) / float(theirs)
             else:
                 out[f"{name}_overhead_pct"] = None

@@ -73,6 +73,21 @@ def test_matches_engine_fixed_point(requant: tuple[Requantizer, CombProbe], data
     assert _run(requant, acc, multiplier, shift) == _engine(dut, acc, multiplier, shift)
 
 
+@pytest.fixture(scope="module")
+def shift_only() -> tuple[Requantizer, CombProbe]:
+    dut = Requantizer(8, 1, 8, 4, relu=False)
+    return dut, CombProbe(dut)
+
+
+@settings(max_examples=60, deadline=None)
+@given(acc=st.integers(-128, 127), shift=st.integers(-8, 127))
+def test_a_shift_field_wider_than_the_value_is_capped_exactly(shift_only: tuple[Requantizer, CombProbe], acc: int,
+                                                              shift: int) -> None:
+    """An 8-bit shift field over an 8-bit accumulator (a pure shift, M = 1): every right shift up to 127
+    places gives the engine's code, though the shifter spans only the value's width plus one."""
+    assert _run(shift_only, acc, 1, shift) == _engine(shift_only[0], acc, 1, shift)
+
+
 @pytest.mark.parametrize(("acc", "multiplier", "shift", "expected"), [
     (3, 1, 1, 2), (5, 1, 1, 2), (6, 1, 2, 2), (10, 1, 2, 2), (11, 1, 2, 3), (7, 3, 1, 10), (9, 3, 1, 14),
     (-7, 3, 0, 0), (1, 1, -7, 128), (1, 1, -8, 255), (2, 1, -32, 255), (255, 255, 0, 255),

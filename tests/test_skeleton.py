@@ -1,0 +1,48 @@
+"""The network's untrained skeleton builds the same accelerator as a model with other weights and scales
+(what lets one synthesis serve every trained model of a design point)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dsetool.config import RunConfig
+from dsetool.design import design_of
+from dsetool.machine.build import design_machine, machine_acc_bits
+from dsetool.machine.compiler import UnsupportedOp, compile_program
+from dsetool.machine.program import program_cycles
+from dsetool.stages.skeleton import skeleton_model
+from tests.fixtures.engines import exported_engine
+
+
+def _config(bits: int, granularity: str, seed: int, protection: str = "none") -> RunConfig:
+    base = RunConfig()
+    quant = dataclasses.replace(base.quant, weight_bits=bits, act_bits=bits, weight_granularity=granularity)
+    hw = dataclasses.replace(base.hw, rows=4, cols=4, protection=protection)
+    model = dataclasses.replace(base.model, arch="lenet5")
+    return dataclasses.replace(base, seed=seed, quant=quant, hw=hw, model=model)
+
+
+@pytest.mark.parametrize(("bits", "protection"), [(4, "none"), (8, "clip")])
+def test_the_skeleton_builds_the_machine_a_model_with_other_weights_builds(tmp_path, bits, protection):
+    cfg = _config(bits, "per_tensor", seed=7, protection=protection)
+    design = design_of(cfg)
+    skeleton = compile_program(design.engine(skeleton_model(cfg, tmp_path / "skeleton")), 4, 4)
+    other = exported_engine(tmp_path / "other", bits=bits, granularity="per_channel")   # other seed and scales
+    trained = compile_program(design_of(_config(bits, "per_channel", seed=0, protection=protection)).engine(
+        other.model), 4, 4)
+    assert skeleton.weights != trained.weights
+    shape, _ = design_machine(design, skeleton)
+    assert shape == design_machine(design, trained)[0]
+    assert program_cycles(skeleton) == program_cycles(trained)
+    assert shape.array.acc_bits == machine_acc_bits(design) == design.acc_bits + 1
+    assert shape.check == protection
+
+
+def test_a_model_needing_wider_accumulators_than_the_design_is_refused(tmp_path):
+    cfg = _config(4, "per_tensor", seed=7)
+    design = design_of(dataclasses.replace(cfg, hw=dataclasses.replace(cfg.hw, acc_bits=8)))
+    program = compile_program(design.engine(skeleton_model(cfg, tmp_path)), 4, 4)
+    with pytest.raises(UnsupportedOp, match=r"accumulators need \d+ bits; the machine has 8"):
+        design_machine(design, program)
