@@ -98,6 +98,7 @@ SYNTH_COLUMNS: list[Column] = [
     ("LUT", lambda m: str(m.get("lut", "-"))),
     ("FF", lambda m: str(m.get("ff", "-"))),
     ("DSP", lambda m: str(m.get("dsp", "-"))),
+    ("BRAM", lambda m: str(m.get("bram", "-"))),
     ("Fmax MHz", lambda m: f"{m['fmax_mhz']:.1f}" if isinstance(m.get("fmax_mhz"), float) else "-"),
     ("cycles", lambda m: str(m.get("cycles_per_inference", "-"))),
     ("latency us", lambda m: f"{m['latency_us']:.1f}" if isinstance(m.get("latency_us"), float) else "-"),
@@ -110,6 +111,9 @@ SYNTH_COLUMNS: list[Column] = [
 # are reported apart; the column appears only when some row has one.
 HARNESS_COLUMN: Column = ("IO harness LUT/FF", lambda m: f"{m['harness_lut']}/{m['harness_ff']}"
                           if "harness_lut" in m else "-")
+# A synthesized accelerator (scope machine) reports its array, accumulator and output stage apart.
+DATAPATH_COLUMN: Column = ("datapath LUT/FF", lambda m: f"{m['datapath_lut']}/{m['datapath_ff']}"
+                           if "datapath_lut" in m else "-")
 RTLSIM_COLUMNS: list[Column] = [
     ("W/A", lambda m: f"{m.get('weight_bits', '-')}/{m.get('act_bits', '-')}"),
     ("status", lambda m: str(m.get("status", "-"))),
@@ -133,6 +137,8 @@ def results_table(experiment: str, rows: Sequence[tuple[Point, Entry, bool]]) ->
     columns = next((STAGE_COLUMNS[e.stage] for _, e, _ in rows if e.stage in STAGE_COLUMNS), MODEL_COLUMNS)
     if any("harness_lut" in entry.metrics for _, entry, _ in rows):
         columns = [*columns, HARNESS_COLUMN]
+    if any("datapath_lut" in entry.metrics for _, entry, _ in rows):
+        columns = [*columns, DATAPATH_COLUMN]
     stages = sorted({entry.stage for _, entry, _ in rows})
     table = Table(title=f"{experiment}: {len(rows)} results ({', '.join(stages)})")
     for key in axes:

@@ -1,5 +1,5 @@
-"""Terminal tables: the synth table shows an IO harness's cells only when some design point has one; a
-campaign row names its protection."""
+"""Terminal tables: the synth table shows an IO harness's cells, and an accelerator's datapath share, only
+when some design point has one; a campaign row names its protection."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def test_harness_column_only_when_a_point_has_one(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert ("harness" in err) == harness
     assert ("10/75" in err) == harness and "416" in err
+
+
+@pytest.mark.parametrize("machine", [True, False])
+def test_datapath_share_column_only_when_an_accelerator_was_synthesized(capsys: pytest.CaptureFixture[str],
+                                                                       machine: bool) -> None:
+    extra = {"scope": "machine", "datapath_lut": 123, "datapath_ff": 45} if machine else {"scope": "datapath"}
+    tables.results_table("t", [(SimpleNamespace(axes={}), synth_entry("a", **extra), False)])  # type: ignore[list-item]
+    err = capsys.readouterr().err
+    assert ("datapath" in err) == machine and ("123/45" in err) == machine
 
 
 @pytest.mark.parametrize("protection", ["none", "clip"])
