@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from dsetool.config import RunConfig
+from dsetool.design import design_of
 from dsetool.sweep import Plan, Task
 
 PRETRAIN_SECONDS_PER_EPOCH = 0.8   # float LeNet-5 on the digits training split, 2 threads
@@ -31,6 +32,7 @@ CAMPAIGN_SECONDS = 2.0             # one fault campaign of a few thousand faulty
 SYNTH_SECONDS_4X4 = 45.0           # Yosys + nextpnr of a W8A8 4x4 array on an ECP5
 SYNTH_GROWTH = 1.3                 # synthesis time grows a little faster than the PE count (routing)
 TMR_FACTOR = 4.0                   # three datapaths and the voters
+ACCELERATOR_FACTOR = 3.5           # the whole accelerator against its datapath (LeNet-5 W8A8: 3.3x at 8x8)
 UNLOCKS = 1e6                      # added to a task others wait for: it ranks above every task that is not
 
 
@@ -51,7 +53,7 @@ def estimate_seconds(task: Task) -> float:
         pes = cfg.hw.rows * cfg.hw.cols
         bits = max(cfg.quant.weight_bits, cfg.quant.act_bits)   # 4x4 W4A4 took about half of W8A8
         seconds = SYNTH_SECONDS_4X4 * (pes / 16) ** SYNTH_GROWTH * (bits / 8) ** 0.8
-        return seconds * (TMR_FACTOR if cfg.hw.tmr else 1.0)
+        return seconds * (TMR_FACTOR if cfg.hw.tmr else 1.0) * (1.0 if design_of(cfg).unbuilt else ACCELERATOR_FACTOR)
     return CAMPAIGN_SECONDS
 
 

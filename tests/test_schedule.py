@@ -30,6 +30,8 @@ def test_bigger_arrays_and_wider_operands_are_estimated_longer():
                                                                                      _array(4, tmr=True)))
     narrow = dataclasses.replace(_array(4), quant=dataclasses.replace(RunConfig().quant, weight_bits=4, act_bits=4))
     assert estimate_seconds(Task("synth", "k", narrow, ())) < small < tmr and small * 4 < large
+    datapath = dataclasses.replace(_array(4), hw=dataclasses.replace(_array(4).hw, synth="datapath"))
+    assert estimate_seconds(Task("synth", "k", datapath, ())) * 3 < small   # the whole accelerator: ~3.5x
 
 
 def test_a_task_ranks_by_the_longest_chain_it_starts():
