@@ -8,7 +8,8 @@ Amaranth-free at import (deciding a synth cache hit reads it).
 
 Operand widths are the widest the network needs (per-layer overrides included); with `hw.acc_bits: 0`
 the accumulator is sized for the network's longest dot product, so one synthesized array serves every
-layer, and two models with the same widths and longest reduction share one synthesis.
+layer (a datapath synthesis is shared by every network with the same widths and longest reduction, an
+accelerator's by every trained model of one network: see stage synth).
 """
 
 from __future__ import annotations
@@ -139,15 +140,21 @@ class Design:
 
     @property
     def unbuilt(self) -> str:
-        """Return why the point has no accelerator (`hw.machine`), so that synth builds its datapath alone,
-        or "" when it has one (the machine compiler may still refuse the network's ops)."""
+        """Return why synth builds the point's datapath alone instead of its accelerator (`hw.synth`, or
+        `no_machine`), or "" when it builds the accelerator."""
+        return "hw.synth: datapath" if self.config.hw.synth == DATAPATH else self.no_machine
+
+    @property
+    def no_machine(self) -> str:
+        """Return why the point has no accelerator (`hw.machine`), or "" when it has one (the machine
+        compiler may still refuse the network's ops)."""
         protection, array = self.protection, self.array
-        if self.config.hw.synth == DATAPATH:
-            return "hw.synth: datapath"
         if array.rows < 2:
             return "the accelerator needs at least 2 array rows (hw.rows)"
         if array.dataflow != "ws":
             return "the accelerator is built weight-stationary only (hw.dataflow: ws)"
+        if max(array.rows, array.cols) % min(array.rows, array.cols):
+            return "the accelerator needs array rows and cols that divide one another (hw.rows, hw.cols)"
         if protection.tmr:
             return "the accelerator is not built with TMR (hw.tmr)"
         if protection.entry.protects and protection.rtl == protections.NONE:

@@ -172,7 +172,7 @@ def hardware(design: Design, m: Mapping[str, Any], base: Mapping[str, Any] | Non
     derived = derived_metrics(design, dict(m), dict(base) if base is not None else None) if m else {}
     out["cycles"] = derived.get("cycles_per_inference")
     out["latency_us"] = derived.get("latency_us")
-    for name in ("lut", "ff", "dsp"):
+    for name in ("lut", "ff", "dsp", "bram"):
         out[f"{name}_overhead_pct"] = derived.get(f"{name}_overhead_pct")
     out["fmax_overhead_pct"] = derived.get("fmax_mhz_overhead_pct")
     return out

@@ -86,6 +86,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
                          "percent"),
     ("ff_overhead_pct", "FF increase over the unprotected design, percent"),
     ("dsp_overhead_pct", "DSP increase over the unprotected design, percent"),
+    ("bram_overhead_pct", "block RAM increase over the unprotected design, percent"),
     ("fmax_overhead_pct", "Fmax change against the unprotected design, percent (negative: slower)"),
     # the front
     ("pareto", "on the Pareto front of its fault scenario (accuracy under faults up; LUT, DSP, latency down)"),

@@ -9,7 +9,10 @@ point dominates (equal points are both on it).
 Accuracy under faults only compares within one fault scenario (the same site, fault model and rate): a
 point under BER 1e-5 is not "more reliable" than one under 1e-2. So there is one front per scenario.
 A point enters a front only with all four objectives and a synthesis that fit (`synth_status: ok`); the
-others are listed with the reason in `pareto_excluded`. A scenario whose designs have no latency at all
+others are listed with the reason in `pareto_excluded`. Where a scenario has both whole accelerators and
+points synthesized as a datapath alone (`synth_scope`: TMR or output-stationary points have no
+accelerator), the datapaths stay off the front: their area and latency leave out the memories, the
+control and the schedule the accelerators pay for. A scenario whose designs have no latency at all
 (an area-only target: no place and route, no Fmax) is judged on cycles per inference instead.
 """
 
@@ -24,6 +27,8 @@ from typing import Any
 OBJECTIVES: tuple[tuple[str, int], ...] = (
     ("accuracy_under_faults", +1), ("lut", -1), ("dsp", -1), ("latency_us", -1))
 SCENARIO = "fault_scenario"
+SCOPE, MACHINE, DATAPATH = "synth_scope", "machine", "datapath"
+DATAPATH_ONLY = "datapath only, the others are whole accelerators"
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,11 @@ def pareto(rows: Sequence[Mapping[str, Any]]) -> Front:
     for name in scenarios:
         mine = [i for i, row in enumerate(rows) if str(row.get(SCENARIO)) == name]
         chosen = objectives([rows[i] for i in mine])
+        mixed = {rows[i].get(SCOPE) for i in mine} >= {MACHINE, DATAPATH}
         for i in mine:
             reason = exclusion(rows[i], chosen)
+            if reason is None and mixed and rows[i].get(SCOPE) == DATAPATH:
+                reason = DATAPATH_ONLY
             if reason is not None:
                 excluded[i] = reason
         candidates = [i for i in mine if i not in excluded]

@@ -170,19 +170,44 @@ def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _machine_reads(cfg: RunConfig, design: Design) -> dict[str, Any]:
-    """Return what the accelerator's shape depends on beyond the datapath's reads: the network (its
-    identity and the images' geometry, not a trained model: `dsetool.stages.skeleton`), the accumulator
-    and the per-layer widths. Weight and bound values never change the machine, so neither do the
-    quantization method, the scales' granularity or the bounds."""
-    from dsetool.data import geometry_of
+    """Return what the accelerator's shape depends on beyond the datapath's reads: the network (what it is
+    and the geometry of its input and output, not a trained model: `dsetool.stages.skeleton`), the
+    accumulator and the per-layer widths. Weight and bound values never change the machine, so neither do
+    the quantization method, the scales' granularity, the seed or the bounds."""
     from dsetool.machine.build import MACHINE_VERSION, machine_acc_bits
 
-    model = _pretrain_reads(cfg)["model"] if not cfg.model.qonnx else {"qonnx": _import_reads(cfg)["qonnx_source"]}
+    reads = {"version": MACHINE_VERSION, "network": _network_reads(cfg), "acc_bits": machine_acc_bits(design)}
+    if not cfg.model.qonnx:   # an imported model fixes its own widths and quantizers
+        reads["relu_unsigned"] = cfg.quant.relu_unsigned
+        reads["layers"] = {name: to_plain(layer) for name, layer in sorted(cfg.quant.layers.items())}
+    return reads
+
+
+def _network_reads(cfg: RunConfig) -> dict[str, Any]:
+    """Return what identifies the point's network: a QONNX file's content; a factory's source and function;
+    a built-in's arch; with the input's channels and size and the classes."""
+    from dsetool.data import geometry_of
+
+    if cfg.model.qonnx:
+        return {"qonnx_source": _import_reads(cfg)["qonnx_source"]}
     channels, native, classes = geometry_of(cfg.data.name, cfg.data.root)
-    data = {"name": cfg.data.name, "channels": channels, "size": list(native), "classes": classes}
-    layers = {name: to_plain(layer) for name, layer in sorted(cfg.quant.layers.items())}
-    return {"version": MACHINE_VERSION, "network": model, "data": data, "acc_bits": machine_acc_bits(design),
-            "relu_unsigned": cfg.quant.relu_unsigned, "layers": layers}
+    geometry = {"channels": channels, "classes": classes}
+    if cfg.model.factory:
+        from dsetool.models.factory import FactoryError, source_digest
+
+        try:
+            source = source_digest(cfg.model.factory)
+        except FactoryError as error:
+            raise ConfigError(str(cfg.name), "model.factory", str(error)) from None
+        function = cfg.model.factory.rpartition(":")[2]
+        return {"factory_source": source, "function": function, "size": list(native), **geometry}
+    from dsetool.models.zoo import input_size
+
+    side = input_size(cfg.model.arch, native)
+    network = {"arch": cfg.model.arch, "size": [side, side] if side else list(native), **geometry}
+    if cfg.model.arch == "mlp":
+        network["mlp_hidden"] = list(cfg.model.mlp_hidden)
+    return network
 
 
 def _output_stage_reads(design: Design) -> dict[str, Any]:

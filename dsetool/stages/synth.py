@@ -4,8 +4,8 @@ What is synthesized (`scope` in the metrics):
 
 - `machine`: the whole accelerator that runs the network (`hw.machine.Machine`: memories, sequencer,
   array, K accumulator with bias, per-channel output stage with the range check, vector unit, host port),
-  whenever the design point has one (`dsetool.machine.build.not_built`, and the compiler takes the
-  network). Its shape comes from the network's untrained skeleton (`dsetool.stages.skeleton`) and the
+  whenever the design point has one (`Design.unbuilt` is empty, and the compiler takes the network). Its
+  shape comes from the network's untrained skeleton (`dsetool.stages.skeleton`) and the
   design's widths, never from weight values, so one synthesis serves every trained model of the point
   (QAT and PTQ, per-tensor and per-channel scales: the constants are per output channel in any case),
   and the key reads the network's identity instead of a model. The array (`top.array`), the K
@@ -13,11 +13,13 @@ What is synthesized (`scope` in the metrics):
   `datapath_ff`, `datapath_dsp` and `datapath_bram` are their share of the machine exactly.
   `cycles_per_inference` is the machine's schedule for the network (`program_cycles`, which equals what
   its compiled RTL simulation measures, stage `rtlsim`); latency is that over the achieved Fmax.
-- `datapath`: where the accelerator is not built (output-stationary arrays, TMR, one row, a check at the
-  layers' inputs, an op without a unit: `scope_reason` says which), the datapath alone (array + K
-  accumulator + pipelined output stage with one constant set per layer + protection, triplicated with
-  TMR), as before the accelerator existed, under its old keys; its cycles are the closed-form count
-  over the network's GEMMs and post-GEMM passes (`Design.inference_cycles`).
+- `datapath`: with `hw.synth: datapath`, or where the point has no accelerator (output-stationary arrays,
+  TMR, one row, sides that do not divide one another, a check at the layers' inputs: `Design.no_machine`),
+  the datapath alone (array + K accumulator + pipelined output stage with one constant set per layer +
+  protection, triplicated with TMR), under the keys it had before the accelerator existed. A network the
+  machine compiler refuses (an op without a unit, a model whose biases need wider accumulators than the
+  design's) falls back to the datapath too, under the accelerator's key (`scope_reason` says why); its
+  cycles are the closed-form count over the network's GEMMs and post-GEMM passes (`Design.inference_cycles`).
 
 A netlist that Yosys already counts beyond the target's LUTs, FFs, DSPs or block RAMs is
 `status: does_not_fit` naming the resource, without place and route (`hw.flow.synthesize`).
@@ -32,7 +34,6 @@ pins. The design stays its own module (kept apart in Yosys), so the netlist's ce
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,14 +53,15 @@ VERILOG_FILE = "array.v"
 CRITICAL_PATH_KEYS = ("from", "to", "ns", "routing_ns")  # where Fmax is lost: see hw.flow.parse_critical_path
 DROPPED = ("synth.json",)  # the full netlist: large, and everything we report is in stat.json / pnr.json
 MACHINE, DATAPATH = "machine", "datapath"
-DATAPATH_MODULES = ("array*", "sums*", "stage*")   # the machine's submodules that make up its datapath
+DATAPATH_MODULES = ("array", "sums", "stage")   # the machine's submodules that make up its datapath (their own
+                                                # submodules, the PEs, flatten into them)
 SKELETON_DIR = "skeleton"
 
 
 @dataclass
 class _Build:
-    """What is synthesized: the component, its scope, the submodules Yosys keeps apart (globs below the
-    design's module) and the scope's own metrics."""
+    """What is synthesized: the component, its scope, the submodules Yosys keeps apart (names or globs
+    below the design's module) and the scope's own metrics."""
 
     component: wiring.Component
     scope: str
@@ -155,15 +157,15 @@ def _datapath_share(result: SynthResult, module: str) -> dict[str, Any]:
     if stat is None:
         return {}
     modules = json.loads(stat.read_text()).get("modules", {})
-    globs = [f"{module}.{glob}" for glob in DATAPATH_MODULES]
+    globs = {f"{module}.{name}" for name in DATAPATH_MODULES}
     kept = {name: section for name, section in modules.items()
-            if any(fnmatch.fnmatchcase(name.lstrip("\\"), glob) for glob in globs)}
+            if name.lstrip("\\") in globs}
     cells = parse_stat({"modules": kept})
     return {f"datapath_{k.lower()}": v for k, v in count_resources(cells, get_target(result.target).family).items()}
 
 
 def _split(result: SynthResult, harnessed: bool) -> tuple[dict[str, int], dict[str, Any]]:
-    """Return the datapath's resources and, in an IO harness, the harness's own and the pins used."""
+    """Return the design's resources and, in an IO harness, the harness's own and the pins used."""
     from hw.flow import get_target
     from hw.harness import split_resources
 
@@ -190,8 +192,9 @@ def derived_metrics(design: Design, metrics: dict[str, Any], base: dict[str, Any
         cycles = array + vector
         out = {"cycles_per_inference": cycles, "array_cycles": array, "vector_cycles": vector}
     fmax = metrics.get("fmax_mhz")
-    timed = isinstance(cycles, int) and isinstance(fmax, int | float) and fmax > 0
-    out["latency_us"] = cycles / fmax if timed and isinstance(cycles, int) and isinstance(fmax, int | float) else None
+    out["latency_us"] = None
+    if isinstance(cycles, int) and isinstance(fmax, int | float) and fmax > 0:
+        out["latency_us"] = cycles / fmax
     if base is not None:
         same = base.get("scope", DATAPATH) == metrics.get("scope", DATAPATH)
         for name in ("lut", "ff", "dsp", "bram", "fmax_mhz"):
