@@ -74,8 +74,9 @@ class Plan:
 def plan(exp: Experiment) -> Plan:
     """Return the deduplicated stage graph of every design point of `exp`.
 
-    A protected or triplicated point that synthesizes also gets the unprotected array's synthesis, the
-    baseline its overhead is measured against, as a task of its own (shared by every such point).
+    A protected or triplicated point that synthesizes also gets the synthesis of its unprotected design
+    (`Design.baseline`), the baseline its overhead is measured against, as a task of its own (shared by
+    every such point).
     """
     tasks: dict[str, Task] = {}
     points: dict[str, tuple[str, ...]] = {}

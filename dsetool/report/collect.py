@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PointResults:
-    """The store entries found for one design point (stage -> entry), and its unprotected array's synthesis."""
+    """The store entries found for one design point (stage -> entry), and its unprotected design's synthesis."""
 
     point_id: int
     point: Point

@@ -18,7 +18,7 @@ FIT, MISFIT = "tab:blue", "0.7"
 
 
 def hardware_cost(data: PlotInput) -> Drawn | str:
-    """Draw one horizontal bar per synthesized design and cost, overheads against the unprotected array."""
+    """Draw one horizontal bar per synthesized design and cost, overheads against the unprotected design."""
     t = data.table[data.table["synth_key"].notna()].drop_duplicates("synth_key")
     if t.empty:
         return "no design point has a synthesis"
