@@ -105,8 +105,8 @@ def _run_points(stage: str, experiment: str, overrides: tuple[str, ...], as_json
 
 def _with_derived(store: Store, entry: Entry, point: Point, debug: bool, compute: bool = True) -> Entry:
     """Add the metrics that depend on the design point, not only on the cached entry: synth latency, and a
-    protection's overhead against the unprotected array (synthesized too, once, if it is not cached and
-    `compute`; otherwise the overhead is left out when the store lacks it)."""
+    protection's overhead against the unprotected design built the same way (synthesized too, once, if it
+    is not cached and `compute`; otherwise the overhead is left out when the store lacks it)."""
     if entry.stage != "synth":
         return entry
     import dataclasses
@@ -384,6 +384,113 @@ def check(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
     bad = [f for f in findings if f.regressed]
     if bad:
         raise StageFailure(f"check: {len(bad)} of {len(findings)} checks regressed against {baseline_csv}")
+
+
+def _one_point(command: str, exp: Experiment, label: str | None) -> Point:
+    """Return the design point a board command runs: the only one, or the one labelled `label`."""
+    labels = [point.label for point in exp.points]
+    if label is None and len(labels) == 1:
+        return exp.points[0]
+    if label in labels:
+        return exp.points[labels.index(label)]
+    what = f"no design point {label!r}" if label is not None else f"{len(labels)} design points"
+    raise UserError(f"{command}: {exp.source} has {what}; pick one with --point (one of: {', '.join(labels)})")
+
+
+def _board_machine(command: str, store: Store, point: Point, debug: bool) -> Any:
+    """Quantize the point's model (cached) and compile it for the accelerator, as a board command needs it."""
+    from dsetool import board as boards
+    from dsetool.progress import RichReporter
+    from dsetool.stages import quant_stage
+
+    try:
+        boards.check_point(point.config)
+        _compute(store, quant_stage(point.config), point, debug)
+        return boards.point_machine(store, point.config, RichReporter())
+    except boards.BoardError as exc:
+        raise UserError(f"{command}: {exc}") from None
+
+
+_board_point = click.option("--point", "point_label", metavar="LABEL",
+                            help="The design point, by its label, when the experiment has several.")
+_board_baud = click.option("--baud", type=click.IntRange(1200, 12_000_000), default=115_200, show_default=True,
+                           help="Serial baud rate (the bitstream is built for it).")
+
+
+@main.command("board")
+@_options
+@_board_point
+@_board_baud
+@click.option("--board", "board_name", default="ulx3s-85f", show_default=True,
+              help="The board (amaranth-boards platform): ulx3s-85f, ulx3s-45f or ulx3s-25f.")
+@click.option("--seed", type=int, default=1, show_default=True, help="nextpnr placement seed.")
+@_guarded
+def board(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str,
+          point_label: str | None, baud: int, board_name: str, seed: int) -> None:
+    """Build (or reuse) the bitstream of a design point's accelerator behind a UART for an FPGA board; program
+    the board with it (e.g. `openFPGALoader -b ulx3s top.bit`), then run images with `dsetool board-run`."""
+    from dsetool import board as boards
+    from dsetool.config import load_experiment
+
+    exp = load_experiment(experiment, overrides)
+    point = _one_point("board", exp, point_label)
+    store = _store(runs_dir)
+    _preflight(exp)
+    machine = _board_machine("board", store, point, debug)
+    try:
+        built = boards.build_bitstream(store, machine.shape, board_name, baud, seed=seed)
+    except boards.BoardError as exc:
+        raise UserError(str(exc)) from None
+    except boards.BuildFailed as exc:
+        raise StageFailure(str(exc)) from None
+    click.echo(boards.build_summary(board_name, built), err=True)
+    if as_json:
+        click.echo(json.dumps({"stage": "board", "key": built.key, "path": str(built.bitstream),
+                               "cached": built.cached, "point": point.label, "metrics": built.result},
+                               sort_keys=True))
+
+
+@main.command("board-run")
+@_options
+@_board_point
+@_board_baud
+@click.option("--port", "device", required=True, metavar="DEVICE", help="The board's serial port, e.g. /dev/ttyUSB0.")
+@click.option("--images", "count", type=click.IntRange(1, 100_000), default=10, show_default=True,
+              help="Test images to run (the first ones of the point's test split).")
+@click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="Seconds a reply may take before the board counts as silent.")
+@_guarded
+def board_run(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str,
+              point_label: str | None, baud: int, device: str, count: int, timeout: float) -> None:
+    """Load a design point's network onto a board running its `dsetool board` bitstream, over the serial port;
+    run test images and print their logits against the integer engine's. Exit 1 when any differ."""
+    from dsetool import board as boards
+    from dsetool.config import load_experiment
+    from hw.uart_protocol import LinkError
+
+    exp = load_experiment(experiment, overrides)
+    point = _one_point("board-run", exp, point_label)
+    store = _store(runs_dir)
+    _preflight(exp)
+    machine = _board_machine("board-run", store, point, debug)
+    codes, expected = boards.test_images(machine, point.config, count)
+    try:
+        with boards.open_port(device, baud, timeout) as port:
+            got = boards.run_images(port, machine, codes)
+    except boards.BoardError as exc:
+        raise UserError(str(exc)) from None
+    except LinkError as exc:
+        raise StageFailure(f"board-run: {device}: {exc}") from None
+    for index, (logits, reference) in enumerate(zip(got, expected, strict=True)):
+        row = {"image": index, "logits": logits, "expected": reference, "agree": logits == reference,
+               "prediction": logits.index(max(logits))}
+        click.echo(boards.image_line(row), err=True)
+        if as_json:
+            click.echo(json.dumps({"stage": "board-run", "point": point.label, **row}, sort_keys=True))
+    wrong = sum(logits != reference for logits, reference in zip(got, expected, strict=True))
+    click.echo(f"board-run: {len(got)} images, {len(got) - wrong} with the engine's logits", err=True)
+    if wrong:
+        raise StageFailure(f"board-run: the board's logits differ from the engine's on {wrong} of {len(got)} images")
 
 
 @main.command("schema")

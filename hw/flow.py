@@ -126,15 +126,21 @@ def emit_rtlil(component: Any, path: Path) -> Path:
     return path
 
 
-def emit_verilog(rtlil_path: Path, verilog_path: Path, *, timeout: float = 600.0) -> Path:
-    """Write Verilog for people to read next to `rtlil_path`, converted by Yosys; return `verilog_path`.
+READABLE_PASSES = "proc -nomux -norom; memory_collect"  # processes stay `always` blocks, as written
 
-    `verilog_path` must be in the same directory as `rtlil_path`. Raises `RuntimeError` if Yosys fails.
+
+def emit_verilog(rtlil_path: Path, verilog_path: Path, *, passes: str = READABLE_PASSES,
+                 timeout: float = 600.0) -> Path:
+    """Write Verilog next to `rtlil_path`, converted by Yosys through `passes`; return `verilog_path`.
+
+    The default passes keep the netlist for people to read; `hw.rtlsim` asks for ones that make it faster
+    to simulate. `verilog_path` must be in the same directory as `rtlil_path`. Raises `RuntimeError` if
+    Yosys fails.
     """
     workdir = rtlil_path.parent
     if verilog_path.parent.resolve() != workdir.resolve():
         raise ValueError(f"Verilog path must be beside {rtlil_path}, not {verilog_path}")
-    script = f"read_rtlil {rtlil_path.name}; proc -nomux -norom; memory_collect"
+    script = f"read_rtlil {rtlil_path.name}; {passes}"
     script += f"; write_verilog -norename {verilog_path.name}"
     log = workdir / f"{verilog_path.stem}.log"
     if run_tool([find_tool("yosys"), "-q", "-p", script], workdir, log, timeout) != 0:
@@ -471,6 +477,125 @@ def _place_and_route(
         if spec.note and "SB_IO" in short:
             message += f" ({spec.note})"
         return replace(area, status="does_not_fit", message=message, artifacts=artifacts, seconds=seconds)
+    artifacts["report"] = workdir / REPORT
+    report = json.loads((workdir / REPORT).read_text())
+    used = {bel: {"used": int(u["used"]), "available": int(u["available"])} for bel, u in report["utilization"].items()}
+    clock, fmax = parse_fmax(report)
+    return replace(area, utilization=used, fmax_mhz=fmax, clock=clock,
+                   critical_path=parse_critical_path(report, clock), artifacts=artifacts, seconds=seconds)
+
+
+# ---- in-context builds for a board: pins from a constraint file, a bitstream at the end
+
+BITSTREAM = "top.bit"
+LPF = "top.lpf"
+TEXTCFG = "top.config"
+PACK_LOG = "ecppack.log"
+# ecppack's .bit: a comment block (0xFF 0x00, text, 0x00 0xFF), then the preamble with the ECP5 sync word.
+ECP5_COMMENT_START = b"\xff\x00"
+ECP5_PREAMBLE = b"\xff\xff\xbd\xb3"
+
+
+@dataclass(frozen=True)
+class BitstreamResult:
+    """What an in-context ECP5 build produced (`build_bitstream`): as `SynthResult`, plus the clock the
+    constraints ask for (`clock_mhz`), whether place and route met it, and the bitstream's size."""
+
+    synth: SynthResult
+    clock_mhz: float | None = None
+    bitstream_bytes: int = 0
+
+    @property
+    def status(self) -> str:
+        return self.synth.status
+
+    @property
+    def bitstream(self) -> Path | None:
+        return self.synth.artifacts.get("bitstream")
+
+    @property
+    def timing_met(self) -> bool | None:
+        if self.synth.fmax_mhz is None or self.clock_mhz is None:
+            return None
+        return self.synth.fmax_mhz >= self.clock_mhz
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.synth.to_json(), "clock_mhz": self.clock_mhz, "timing_met": self.timing_met,
+                "bitstream_bytes": self.bitstream_bytes}
+
+
+def is_ecp5_bitstream(data: bytes) -> bool:
+    """Return whether `data` starts as an ecppack .bit file does: a comment block, then the preamble."""
+    end = data.find(b"\x00\xff", len(ECP5_COMMENT_START))
+    return data.startswith(ECP5_COMMENT_START) and end >= 0 and data[end + 2:end + 6] == ECP5_PREAMBLE
+
+
+def build_bitstream(
+    rtlil_path: Path,
+    lpf_path: Path,
+    workdir: Path,
+    device_args: Sequence[str],
+    *,
+    clock_mhz: float | None = None,
+    seed: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> BitstreamResult:
+    """Synthesize `rtlil_path` (top module ``top``, its ports the board's pins) for an ECP5, place and route it
+    with the pin and clock constraints of `lpf_path`, and pack the bitstream ``workdir/top.bit``.
+
+    Unlike `synthesize` this is an in-context build: nextpnr places every top-level port on the pin the LPF
+    names (`device_args` say which device, package and speed grade: ``--85k --package CABGA381 --speed 6``),
+    takes the clock frequencies from the LPF, and `ecppack` turns its text configuration into the .bit.
+    Timing failures are allowed (`BitstreamResult.timing_met` against `clock_mhz` tells). Statuses as for
+    `synthesize`; a bitstream that `ecppack` does not write or that lacks the ECP5 preamble is a tool error.
+    """
+    spec = Target("ecp5-board", ECP5, tuple(device_args))
+    workdir = Path(workdir)
+    _stage_input(Path(rtlil_path), workdir)
+    if Path(lpf_path).resolve() != (workdir / LPF).resolve():
+        shutil.copyfile(lpf_path, workdir / LPF)
+    for stale in (TEXTCFG, BITSTREAM, PACK_LOG):
+        (workdir / stale).unlink(missing_ok=True)
+    (workdir / SCRIPT).write_text(yosys_script(spec))
+    artifacts = {"rtlil": workdir / RTLIL, "lpf": workdir / LPF, "script": workdir / SCRIPT,
+                 "synth_log": workdir / SYNTH_LOG}
+    seconds: dict[str, float] = {}
+    code = _timed([find_tool("yosys"), "-s", SCRIPT], workdir, SYNTH_LOG, timeout, seconds, "synth")
+    if code != 0 or not (workdir / NETLIST).exists() or not (workdir / STAT).exists():
+        message = f"yosys failed (exit {code}): {_first_error(workdir / SYNTH_LOG)}"
+        return BitstreamResult(SynthResult(spec.name, "tool_error", message, artifacts=artifacts, seconds=seconds),
+                               clock_mhz)
+    artifacts.update(netlist=workdir / NETLIST, stat=workdir / STAT)
+    cells = parse_stat(json.loads((workdir / STAT).read_text()))
+    area = SynthResult(spec.name, "ok", resources=count_resources(cells, ECP5), cells=cells,
+                       placer=pick_placer("auto", count_resources(cells, ECP5)))
+    args = [find_tool("nextpnr-ecp5"), *device_args, "--json", NETLIST, "--lpf", LPF, "--textcfg", TEXTCFG]
+    args += ["--timing-allow-fail", "--seed", str(seed), "--placer", str(area.placer), "--report", REPORT]
+    placed = _finish_pnr(spec, workdir, args, timeout, area, artifacts, seconds)
+    if placed.status != "ok":
+        return BitstreamResult(placed, clock_mhz)
+    code = _timed([find_tool("ecppack"), "--input", TEXTCFG, "--bit", BITSTREAM], workdir, PACK_LOG, timeout,
+                  seconds, "pack")
+    bit = workdir / BITSTREAM
+    if code != 0 or not bit.exists() or not is_ecp5_bitstream(bit.read_bytes()[:4096]):
+        message = f"ecppack failed (exit {code}): {_first_error(workdir / PACK_LOG)}"
+        return BitstreamResult(replace(placed, status="tool_error", message=message), clock_mhz)
+    artifacts.update(textcfg=workdir / TEXTCFG, bitstream=bit)
+    return BitstreamResult(replace(placed, artifacts=artifacts, seconds=seconds), clock_mhz, bit.stat().st_size)
+
+
+def _finish_pnr(spec: Target, workdir: Path, args: list[str], timeout: float, area: SynthResult,
+                artifacts: dict[str, Path], seconds: dict[str, float]) -> SynthResult:
+    """Run nextpnr with `args` and read its report, as `_place_and_route` does for out-of-context runs."""
+    code = _timed(args, workdir, PNR_LOG, timeout, seconds, "pnr")
+    artifacts["pnr_log"] = workdir / PNR_LOG
+    if code != 0 or not (workdir / REPORT).exists():
+        short = misfit((workdir / PNR_LOG).read_text(errors="replace"))
+        if short is None:
+            message = f"nextpnr-ecp5 failed (exit {code}): {_first_error(workdir / PNR_LOG)}"
+            return replace(area, status="tool_error", message=message, artifacts=artifacts, seconds=seconds)
+        return replace(area, status="does_not_fit", message=f"does not fit: {short}", artifacts=artifacts,
+                       seconds=seconds)
     artifacts["report"] = workdir / REPORT
     report = json.loads((workdir / REPORT).read_text())
     used = {bel: {"used": int(u["used"]), "available": int(u["available"])} for bel, u in report["utilization"].items()}

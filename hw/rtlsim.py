@@ -3,8 +3,9 @@
 `build` turns a `wiring.Component` (or Verilog text whose top module is ``top``) into a `CompiledModel`: the
 Verilog (RTLIL from Amaranth, converted by Yosys through `hw.flow`), a generated C++ simulation server, and
 the executable Verilator compiles from both. Builds are cached: the build directory under `workdir` is named
-by a sha256 of what the binary depends on (for a component its RTLIL and the Yosys build, for Verilog the
-text; the driver source, the Verilator build and the flags), so building the same design again runs no tool.
+by a sha256 of what the binary depends on (for a component its RTLIL, the Yosys build and its passes, for
+Verilog the text; the driver source, the Verilator build and the flags), so building the same design again
+runs no tool.
 
 `CompiledModel.open` starts one server process per `Session`. Ports are named as Amaranth flattens them
 (``out__0``, ``host__data``); the clock is ``clk`` and the reset ``rst``, Amaranth's names for the ``sync``
@@ -27,7 +28,13 @@ table the driver was generated with, numbers in decimal (negative numbers as two
 A block of words (command payload or reply) follows its line as raw 64-bit little-endian integers, so a
 stream of 10,000 values costs one round trip and no text formatting. Commands without a reply are only
 buffered on the Python side; a query flushes them. A clock cycle is: inputs as set, rising edge, outputs
-settled; the server keeps ``clk`` high between cycles, so a cycle costs two `eval` calls.
+settled; the server keeps ``clk`` high between cycles and evaluates the model once per cycle, at the rising
+edge (twice, at ``clk`` low first, for a design with falling-edge triggers). Its C++ source comes from
+`hw.rtlsim_server`.
+
+For speed, Yosys writes the Verilog of a component through `SIM_PASSES` (processes to multiplexers, then
+Yosys's `opt` and `wreduce`, which drop logic and narrow what Verilator evaluates every cycle), not the
+readable netlist `hw.flow.emit_verilog` writes by default.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ from typing import IO, Any
 import numpy as np
 
 from hw import flow
+from hw.rtlsim_server import cxx_name as cxx_name  # re-exported: part of the API
+from hw.rtlsim_server import driver_source, has_falling_edges
 
 FORMAT = "1"  # of the driver and the build layout: part of every cache key
 VERILOG = "top.v"
@@ -65,9 +74,14 @@ RUNTIME = ("verilated.o", "verilated_threads.o")  # Verilator's run-time library
 # an initial value); lint warnings on Yosys's output are noise, not errors.
 VERILATOR_FLAGS = ("--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-initial", "fast",
                    "--no-assert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "top", "-o", "sim")
-# verilated.mk compiles with -Os; Verilator's manual suggests -O2 for speed. On the 8x8 datapath -Os, -O2
-# and -O3 simulate within noise of each other (benchmarks/rtlsim_speed.py): the model is straight-line code.
+# verilated.mk compiles with -Os; Verilator's manual suggests -O2 for speed. On the 8x8 machine running
+# LeNet-5, -O3 simulates within noise of -O2 (and takes twice as long to compile), -O1 is 10% slower and
+# -Os 30%: the model is one long straight-line function.
 OPT_LEVEL = "-O2"
+# Equivalence-preserving Yosys passes for the simulated Verilog: on the 8x8 machine they cut a LeNet-5
+# inference's simulation time by 7-10% against the readable netlist (processes kept as `always @*` blocks,
+# part of which Verilator evaluated in every `eval`, not only at clock edges).
+SIM_PASSES = "proc -norom; memory_collect; opt; wreduce; opt_clean"
 
 
 class SimulatorNotFound(FileNotFoundError):
@@ -187,203 +201,6 @@ def _with_inits(ports: list[Port], component: Any) -> list[Port]:
     return [Port(p.name, p.width, p.signed, p.direction, inits.get(p.name, 0)) for p in ports]
 
 
-def cxx_name(name: str) -> str:
-    """Return the C++ member Verilator gives a top-level port: its `AstNode::encodeName`, under which a
-    double underscore becomes ``___05F`` (``out__0`` -> ``out___05F0``) and other symbols ``__0`` + hex."""
-    out, i = [], 0
-    while i < len(name):
-        char = name[i]
-        if char.isascii() and (char.isalpha() or (i > 0 and char.isdigit())):
-            out.append(char)
-        elif char == "_" and name[i + 1:i + 2] == "_":
-            out.append("___05F")
-            i += 1
-        elif char == "_":
-            out.append("_")
-        else:
-            out.append(f"__0{ord(char):02x}")
-        i += 1
-    return "".join(out)
-
-
-_DRIVER_TEMPLATE = r"""// Simulation server for the Verilator model Vtop, by hw/rtlsim.py (protocol: see its docstring).
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-#include "Vtop.h"
-#include "verilated.h"
-
-struct Port { void* ptr; int size; int width; bool is_signed; };
-
-static Vtop* top;
-static Port* ports;
-static uint64_t cycles = 0;
-static bool dirty = true;
-static char* cur;
-static std::vector<uint64_t> block;
-
-static uint64_t mask(int width) { return width >= 64 ? ~0ULL : (1ULL << width) - 1; }
-static uint64_t num() { return strtoull(cur, &cur, 10); }
-static Port& port() { return ports[num()]; }
-
-static uint64_t get(const Port& p) {
-    if (dirty) { top->eval(); dirty = false; }
-    uint64_t v;
-    switch (p.size) {
-        case 1: v = *static_cast<uint8_t*>(p.ptr); break;
-        case 2: v = *static_cast<uint16_t*>(p.ptr); break;
-        case 4: v = *static_cast<uint32_t*>(p.ptr); break;
-        default: v = *static_cast<uint64_t*>(p.ptr);
-    }
-    if (p.is_signed && p.width < 64 && ((v >> (p.width - 1)) & 1)) v |= ~mask(p.width);
-    return v;
-}
-
-static void set(const Port& p, uint64_t v) {
-    v &= mask(p.width);
-    switch (p.size) {
-        case 1: *static_cast<uint8_t*>(p.ptr) = static_cast<uint8_t>(v); break;
-        case 2: *static_cast<uint16_t*>(p.ptr) = static_cast<uint16_t>(v); break;
-        case 4: *static_cast<uint32_t*>(p.ptr) = static_cast<uint32_t>(v); break;
-        default: *static_cast<uint64_t*>(p.ptr) = v;
-    }
-    dirty = true;
-}
-
-static inline void tick() {
-#if HAS_CLK
-    top->clk = 0;
-    top->eval();
-    top->clk = 1;
-#endif
-    top->eval();
-    dirty = false;
-    ++cycles;
-}
-
-static void read_block(size_t n) {
-    block.resize(n);
-    if (fread(block.data(), 8, n, stdin) != n) { fprintf(stderr, "rtlsim: short block\n"); exit(3); }
-}
-
-static void reply(const char* head, uint64_t a, uint64_t b, const std::vector<uint64_t>* words) {
-    if (b == ~0ULL) printf("%s %llu\n", head, (unsigned long long)a);
-    else printf("%s %llu %llu\n", head, (unsigned long long)a, (unsigned long long)b);
-    if (words && !words->empty()) fwrite(words->data(), 8, words->size(), stdout);
-    fflush(stdout);
-}
-
-static void get_cmd() {
-    const Port& p = port();
-    if (p.is_signed) printf("= %lld\n", (long long)get(p)); else printf("= %llu\n", (unsigned long long)get(p));
-    fflush(stdout);
-}
-
-static void run_until() {
-    const Port& p = port();
-    uint64_t want = num(), limit = num();
-    for (uint64_t n = 0;; ++n) {
-        if (get(p) == want) return reply("=", n, ~0ULL, nullptr);
-        if (n == limit) return reply("!", n, ~0ULL, nullptr);
-        tick();
-    }
-}
-
-static void send() {
-    const Port& d = port(); const Port& v = port(); const Port& r = port();
-    uint64_t stall_limit = num(), start = cycles, stall = 0;
-    size_t n = num(), i = 0;
-    read_block(n);
-    if (n) { set(d, block[0]); set(v, 1); }
-    while (i < n) {
-        bool ready = get(r) != 0;
-        tick();
-        if (ready) { stall = 0; if (++i < n) set(d, block[i]); }
-        else if (++stall >= stall_limit) break;
-    }
-    set(v, 0);
-    if (i < n) return reply("!", cycles - start, i, nullptr);
-    reply("=", cycles - start, ~0ULL, nullptr);
-}
-
-static void receive() {
-    const Port& d = port(); const Port& v = port(); const Port& r = port();
-    size_t n = num();
-    uint64_t limit = num(), start = cycles;
-    block.clear();
-    set(r, 1);
-    while (block.size() < n && cycles - start < limit) {
-        bool valid = get(v) != 0;
-        uint64_t value = get(d);
-        tick();
-        if (valid) block.push_back(value);
-    }
-    set(r, 0);
-    if (block.size() < n) return reply("!", cycles - start, block.size(), nullptr);
-    reply("=", cycles - start, n, &block);
-}
-
-static void drive() {
-    std::vector<Port*> in(num()), out;
-    for (auto& p : in) p = &port();
-    out.resize(num());
-    for (auto& p : out) p = &port();
-    long long when = strtoll(cur, &cur, 10);
-    size_t n = num(), rows = 0;
-    read_block(n * in.size());
-    std::vector<uint64_t> sampled;
-    for (size_t c = 0; c < n; ++c) {
-        for (size_t i = 0; i < in.size(); ++i) set(*in[i], block[c * in.size() + i]);
-        tick();
-        if (when >= 0 && !get(ports[when])) continue;
-        for (Port* p : out) sampled.push_back(get(*p));
-        ++rows;
-    }
-    reply("=", rows, ~0ULL, &sampled);
-}
-
-int main(int argc, char** argv) {
-    VerilatedContext context;
-    context.commandArgs(argc, argv);
-    top = new Vtop{&context};
-    Port table[] = {
-@PORTS@
-        {nullptr, 0, 0, false}};
-    ports = table;
-    top->eval();
-    dirty = false;
-    char* line = nullptr;
-    size_t capacity = 0;
-    while (getline(&line, &capacity, stdin) > 0) {
-        cur = line + 1;
-        switch (line[0]) {
-            case 's': { const Port& p = port(); set(p, num()); break; }
-            case 't': for (uint64_t n = num(); n; --n) tick(); break;
-            case 'g': get_cmd(); break;
-            case 'c': reply("=", cycles, ~0ULL, nullptr); break;
-            case 'u': run_until(); break;
-            case 'S': send(); break;
-            case 'R': receive(); break;
-            case 'd': drive(); break;
-            case 'q': top->final(); return 0;
-            default: fprintf(stderr, "rtlsim: unknown command %s", line); return 2;
-        }
-    }
-    top->final();
-    return 0;
-}
-"""
-
-
-def driver_source(ports: Sequence[Port]) -> str:
-    """Return the C++ server for a model with `ports` (in this order: the protocol's port indices)."""
-    rows = [f"        {{&top->{cxx_name(p.name)}, sizeof(top->{cxx_name(p.name)}), {p.width}, "
-            f"{'true' if p.signed else 'false'}}}," for p in ports]
-    has_clk = any(p.name == "clk" and p.direction == "input" and p.width == 1 for p in ports)
-    return f"#define HAS_CLK {int(has_clk)}\n" + _DRIVER_TEMPLATE.replace("@PORTS@", "\n".join(rows))
-
-
 @dataclass(frozen=True)
 class CompiledModel:
     """A built simulation server: where it lives, the port table it was generated with (indices of the
@@ -418,23 +235,25 @@ def _digest(text: str) -> str:
 def build_key(source: Mapping[str, str], driver: str) -> str:
     """Return the cache key of a build: sha256 of canonical JSON of everything the binary depends on.
 
-    `source` identifies the Verilog: for a component its RTLIL's digest and the Yosys build that converts
-    it, so a cached design needs no tool to find; for Verilog input the text's digest.
+    `source` identifies the Verilog: for a component its RTLIL's digest, the Yosys build and the passes
+    (`SIM_PASSES`) that convert it, so a cached design needs no tool to find; for Verilog input the text's
+    digest.
     """
     material = {"format": FORMAT, "source": dict(source), "driver": _digest(driver),
                 "verilator": verilator_fingerprint(), "flags": list(VERILATOR_FLAGS), "opt": OPT_LEVEL}
     return _digest(json.dumps(material, sort_keys=True))
 
 
-def _stage(design: Any, staging: Path) -> tuple[dict[str, str], list[Port]]:
-    """Write the design's netlist into `staging`; return what identifies it and its ports."""
+def _stage(design: Any, staging: Path) -> tuple[dict[str, str], list[Port], bool]:
+    """Write the design's netlist into `staging`; return what identifies it, its ports and whether it has
+    falling-edge triggers."""
     if isinstance(design, (str, Path)):
         text = Path(design).read_text() if isinstance(design, Path) else design
         (staging / VERILOG).write_text(text)
-        return {"verilog": _digest(text)}, verilog_ports(text)
+        return {"verilog": _digest(text)}, verilog_ports(text), has_falling_edges(text)
     rtlil = flow.emit_rtlil(design, staging / "top.il").read_text()
-    source = {"rtlil": _digest(rtlil), "yosys": flow.tool_fingerprint()["yosys"]}
-    return source, _with_inits(rtlil_ports(rtlil), design)
+    source = {"rtlil": _digest(rtlil), "yosys": flow.tool_fingerprint()["yosys"], "passes": SIM_PASSES}
+    return source, _with_inits(rtlil_ports(rtlil), design), has_falling_edges(rtlil)
 
 
 def _make_vars(compiler: str, staged_runtime: bool) -> str:
@@ -526,10 +345,10 @@ def build(design: Any, workdir: Path, *, jobs: int = 2, timeout: float = DEFAULT
     workdir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=workdir))
     try:
-        source, ports = _stage(design, staging)
+        source, ports, falling = _stage(design, staging)
         _check_widths(ports)
         require_toolchain()
-        driver = driver_source(ports)
+        driver = driver_source(ports, falling_edges=falling)
         key = build_key(source, driver)
         target = workdir / key
         if (target / BINARY).is_file():
@@ -537,7 +356,7 @@ def build(design: Any, workdir: Path, *, jobs: int = 2, timeout: float = DEFAULT
         seconds: dict[str, float] = {}
         if not (staging / VERILOG).exists():
             start = time.monotonic()
-            flow.emit_verilog(staging / "top.il", staging / VERILOG)
+            flow.emit_verilog(staging / "top.il", staging / VERILOG, passes=SIM_PASSES)
             seconds["yosys"] = round(time.monotonic() - start, 3)
         (staging / DRIVER).write_text(driver)
         _compile(staging, key, jobs, timeout, seconds)

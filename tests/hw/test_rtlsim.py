@@ -273,6 +273,40 @@ def test_build_key_is_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     assert key == "8502155ca8d21ed996ac2c7b2455054288800c676cb86a68f1ac08e74f08dfd6"
 
 
+FALLING = """module top(clk, rises, falls);
+  input clk;
+  output [7:0] rises;
+  output [7:0] falls;
+  reg [7:0] rises = 8'h00;
+  reg [7:0] falls = 8'h00;
+  always @(posedge clk) rises <= rises + 8'h01;
+  always @(negedge clk) falls <= falls + 8'h01;
+endmodule
+"""
+
+
+def test_falling_edges_are_found_in_rtlil_and_verilog() -> None:
+    assert rtlsim.has_falling_edges(FALLING)
+    assert rtlsim.has_falling_edges("    parameter \\CLK_POLARITY 0\n")
+    assert rtlsim.has_falling_edges("    parameter \\CLK_POLARITY 1'0\n")
+    assert not rtlsim.has_falling_edges(FALLING.replace("negedge", "posedge"))
+    assert not rtlsim.has_falling_edges("    parameter \\CLK_POLARITY 1\n    wire \\negedge_count\n")
+
+
+@toolchain
+def test_a_cycle_is_one_eval_without_falling_edges(bench: rtlsim.CompiledModel) -> None:
+    assert "#define ONE_EVAL 1\n" in (bench.directory / rtlsim.DRIVER).read_text()
+
+
+@toolchain
+def test_falling_edge_flops_see_every_falling_edge(workdir: Path) -> None:
+    model = rtlsim.build(FALLING, workdir)
+    assert "#define ONE_EVAL 0\n" in (model.directory / rtlsim.DRIVER).read_text()
+    with model.open() as session:
+        session.tick(3)
+        assert (session.get("rises"), session.get("falls")) == (3, 2)  # clk falls between rising edges
+
+
 def test_verilator_names_of_ports() -> None:
     assert rtlsim.cxx_name("out__0__1") == "out___05F0___05F1"
     assert rtlsim.cxx_name("a_valid") == "a_valid" and rtlsim.cxx_name("_x$y") == "_x__024y"

@@ -1,0 +1,189 @@
+"""`dsetool board` and `dsetool board-run`: the bitstream built once per machine shape and board (a spy on the
+build), and the host side run against a serial port whose far end is the UART machine in compiled simulation
+(logits equal to the engine's), a device that answers for another machine, one that stays silent, and a port
+that does not exist."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import dsetool.board
+import hw.board
+from dsetool.cli import main
+from dsetool.config import load_experiment
+from dsetool.store import Store
+from hw import flow, rtlsim
+from hw import uart_protocol as protocol
+from hw.uart_host import SimulatedSerial
+from hw.uart_machine import UARTMachine
+
+DIVIDER = 4
+EXPERIMENT = {"name": "board", "model": {"arch": "mlp", "mlp_hidden": [16]},
+              "data": {"name": "digits", "calib_size": 32, "max_train": 400}, "quant": {"bits": 4},
+              "hw": {"rows": 4, "cols": 4},
+              "train": {"pretrain": {"epochs": 1, "batch_size": 128}, "qat": {"epochs": 1, "batch_size": 128}}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The experiment file, a store holding its quantized model, and the point's machine."""
+    root = tmp_path_factory.mktemp("board")
+    path = root / "exp.yaml"
+    path.write_text(yaml.safe_dump(EXPERIMENT, sort_keys=False))
+    runs = root / "runs"
+    point = load_experiment(path).points[0]
+    return {"path": path, "runs": runs, "machine": dsetool.board.point_machine(Store(runs), point.config)}
+
+
+@pytest.fixture(scope="module")
+def compiled(setup: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> rtlsim.CompiledModel:
+    """The point's UART machine in compiled simulation."""
+    return rtlsim.build(UARTMachine(setup["machine"].shape, DIVIDER), tmp_path_factory.mktemp("sim"))
+
+
+def invoke(setup: dict[str, Any], *args: str) -> tuple[Any, list[dict[str, Any]]]:
+    result = CliRunner().invoke(main, [args[0], str(setup["path"]), "--json", "--runs", str(setup["runs"]), *args[1:]])
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result, rows
+
+
+def serve(monkeypatch: pytest.MonkeyPatch, port_of: Any) -> list[tuple[str, int]]:
+    """Make `dsetool.board.open_port` yield `port_of()`; return the (device, baud) pairs it was asked for."""
+    opened: list[tuple[str, int]] = []
+
+    @contextmanager
+    def fake(device: str, baud: int, timeout: float = 1.0) -> Iterator[Any]:
+        opened.append((device, baud))
+        with port_of() as port:
+            yield port
+
+    monkeypatch.setattr(dsetool.board, "open_port", fake)
+    return opened
+
+
+@pytest.mark.toolchain
+def test_board_run_prints_the_simulated_boards_logits(setup: dict[str, Any], compiled: rtlsim.CompiledModel,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    @contextmanager
+    def simulated() -> Iterator[SimulatedSerial]:
+        with compiled.open() as session:
+            yield SimulatedSerial(session, DIVIDER)
+
+    opened = serve(monkeypatch, simulated)
+    result, rows = invoke(setup, "board-run", "--port", "/dev/ttyUSB7", "--images", "3", "--baud", "1000000")
+    assert result.exit_code == 0, result.output
+    assert opened == [("/dev/ttyUSB7", 1_000_000)]
+    assert [row["image"] for row in rows] == [0, 1, 2]
+    assert all(row["agree"] and row["logits"] == row["expected"] for row in rows)
+    assert all(row["prediction"] == row["logits"].index(max(row["logits"])) for row in rows)
+    assert "board-run: 3 images, 3 with the engine's logits" in result.stderr
+
+
+class Device:
+    """A device model that answers INFO with `info` (or nothing at all) and every other command with OK."""
+
+    def __init__(self, info: protocol.Info | None) -> None:
+        self.info, self.replies = info, bytearray()
+
+    def write(self, data: bytes) -> int:
+        if self.info is not None:
+            self.replies += bytes([protocol.STATUS_OK]) + (self.info.encode() if data == protocol.INFO else b"")
+        return len(data)
+
+    def read(self, size: int) -> bytes:
+        out = bytes(self.replies[:size])
+        del self.replies[:size]
+        return out
+
+
+@contextmanager
+def device(info: protocol.Info | None) -> Iterator[Device]:
+    yield Device(info)
+
+
+def test_a_board_built_for_another_machine_is_a_usage_error(setup: dict[str, Any],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    other = protocol.Info(code_bits=8, code_signed=False, acc_bits=25, num_classes=10, input_codes=4096)
+    serve(monkeypatch, lambda: device(other))
+    result, _ = invoke(setup, "board-run", "--port", "/dev/ttyUSB0")
+    assert result.exit_code == 2
+    assert "board-run: the board runs a different machine" in result.output and "dsetool board" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_silent_board_fails_with_the_port_named(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    serve(monkeypatch, lambda: device(None))
+    result, _ = invoke(setup, "board-run", "--port", "/dev/ttyUSB0")
+    assert result.exit_code == 1
+    assert "board-run: /dev/ttyUSB0: The device sent 0 of the 10 bytes of its INFO reply (timed out)" in result.output
+
+
+def test_a_port_that_cannot_be_opened_is_a_usage_error(setup: dict[str, Any], tmp_path: Path) -> None:
+    missing = str(tmp_path / "ttyNONE")
+    result, _ = invoke(setup, "board-run", "--port", missing, "--images", "1")
+    assert result.exit_code == 2
+    assert f"board-run: cannot open serial port {missing!r}" in result.output
+
+
+def test_bitstream_is_built_once_per_machine_shape_and_board(setup: dict[str, Any], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    builds: list[tuple[str, int]] = []
+
+    def fake_build(shape: Any, board: str, workdir: Path, *, baud: int, seed: int = 1) -> flow.BitstreamResult:
+        builds.append((board, baud))
+        (workdir / "top.bit").write_bytes(b"\xff\x00Part\x00\xff\xff\xff\xbd\xb3" + bytes(100))
+        synth = flow.SynthResult("ecp5-board", "ok", resources={"LUT": 10, "FF": 5, "DSP": 1, "BRAM": 2},
+                                 fmax_mhz=40.0, artifacts={"bitstream": workdir / "top.bit"})
+        return flow.BitstreamResult(synth, 25.0, 110)
+
+    monkeypatch.setattr(hw.board, "build", fake_build)
+    monkeypatch.setattr(flow, "tool_fingerprint", lambda: {"yosys": "test"})
+    runs = ["--runs", str(tmp_path / "runs")]
+    first = CliRunner().invoke(main, ["board", str(setup["path"]), "--json", *runs])
+    again = CliRunner().invoke(main, ["board", str(setup["path"]), "--json", *runs])
+    assert first.exit_code == again.exit_code == 0, first.output + again.output
+    one, two = (json.loads(r.stdout.splitlines()[-1]) for r in (first, again))
+    assert builds == [("ulx3s-85f", 115_200)]
+    assert (one["cached"], two["cached"]) == (False, True) and one["key"] == two["key"]
+    assert Path(two["path"]).read_bytes()[:2] == b"\xff\x00" and two["metrics"]["bitstream_bytes"] == 110
+    assert two["metrics"]["timing_met"] and "timing met" in again.stderr
+    other = CliRunner().invoke(main, ["board", str(setup["path"]), "--json", *runs, "--baud", "1000000"])
+    assert json.loads(other.stdout.splitlines()[-1])["key"] != one["key"] and len(builds) == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--board", "orangecrab"], "board: Board must be one of 'ulx3s-85f', 'ulx3s-45f', 'ulx3s-25f', not 'orangecrab'"),
+    (["--baud", "4000000"], "board: A 25 MHz clock cannot make 4000000 baud within 2 % (nearest divider 6)"),
+    (["--set", "hw.dataflow=os"], "board: the accelerator is built weight-stationary only (hw.dataflow: ws)"),
+    (["--set", "hw.tmr=true"], "board: the board runs unprotected points only (hw.protection: none, hw.tmr: false)"),
+])
+def test_boards_and_points_the_board_cannot_take_are_usage_errors(setup: dict[str, Any], args: list[str],
+                                                                  message: str) -> None:
+    result, _ = invoke(setup, "board", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_an_experiment_with_several_points_needs_one_picked(setup: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**EXPERIMENT, "sweep": {"quant.bits": [4, 8]}}))
+    result = CliRunner().invoke(main, ["board", str(path), "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert "has 2 design points; pick one with --point (one of: quant.bits=4, quant.bits=8)" in result.output
+
+
+def test_summary_says_when_the_board_clock_is_too_fast_for_the_design(tmp_path: Path) -> None:
+    result = {"resources": {"LUT": 7060, "FF": 4092, "DSP": 16, "BRAM": 54}, "bitstream_bytes": 2052897,
+              "fmax_mhz": 21.04, "clock_mhz": 25.0, "timing_met": False}
+    built = dsetool.board.BoardBuild("ab" * 32, tmp_path, True, result)
+    assert dsetool.board.build_summary("ulx3s-85f", built) == (
+        f"board ulx3s-85f: {tmp_path / 'top.bit'} (2,052,897 bytes, cached); LUT 7,060, FF 4,092, DSP 16, BRAM 54; "
+        "Fmax 21.0 MHz at a 25 MHz clock: timing NOT met")
