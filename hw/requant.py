@@ -9,7 +9,7 @@ shifted value, code) so that it stays off the array's critical path.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -50,17 +50,28 @@ def decode_shift(shift: Value, left_limit: int) -> dict[str, Value]:
     }
 
 
-def shift_and_round_bit(value: Value, shift: dict[str, Value]) -> tuple[Value, Value]:
+def shift_and_round_bit(value: Value, shift: dict[str, Value], *, thermometer: bool = False
+                        ) -> tuple[Value, Value]:
     """Return (base, up) with round_half_even(value / 2**shift) = base + up, given `decode_shift(shift)`.
 
     Split so that a pipeline can register the shifter's output before the +1 (and the clamp) of the rounding.
     The dropped bits are value mod 2**right: their top bit (the "half") is the value's bit right - 1, sign
     extended past its width, and they exceed one half when any bit below it (the "sticky" bits) is set.
+
+    The sticky bits' mask is (1 << below) - 1, 2**len(below) bits wide before synthesis trims it; with
+    `thermometer` it is built from len(value) comparisons instead (bit i set when i < below; the bits past
+    the value's width are its sign, which its top bit already holds), the same results. A compiled
+    simulation computes the wide shift literally in every cycle, so the accelerator, simulated whole,
+    uses the thermometer; the datapath keeps the shift, so its netlists stay the ones measured.
     """
     right, below = shift["right"], shift["below"]
     kept = value >> right
     half_bit = (value >> below)[0]
-    sticky = (value & ((Value.cast(1) << below) - 1)) != 0
+    if thermometer:
+        mask = Cat(*(below > i for i in range(len(value))))
+        sticky = (value.as_unsigned() & mask) != 0
+    else:
+        sticky = (value & ((Value.cast(1) << below) - 1)) != 0
     up = (right != 0) & half_bit & (sticky | kept[0])
     return Mux(shift["neg"], value << shift["left"], kept), Mux(shift["neg"], 0, up)
 

@@ -10,12 +10,15 @@ from fractions import Fraction
 import pytest
 import torch
 from amaranth.back import rtlil
+from amaranth.hdl import Module, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dsetool.engine import ops
 from hw.pe import LUTMultiplier
-from hw.requant import PIPELINE_STAGES, Requantizer
+from hw.requant import PIPELINE_STAGES, Requantizer, decode_shift, shift_and_round_bit
 from tests.hw.drivers import CombProbe
 
 
@@ -158,3 +161,35 @@ def test_constructor_errors(call: Callable[[], object], error: type[Exception], 
     with pytest.raises(error, match=f"^{re.escape(message)}$"):
         call()
     gc.collect()
+
+
+class _BothMasks(wiring.Component):
+    """The rounding shifter with the sticky mask made by a shift and by a thermometer, side by side."""
+
+    def __init__(self) -> None:
+        super().__init__({"value": In(signed(7)), "shift": In(signed(8)), "shifted": Out(signed(16)).array(2),
+                          "up": Out(1).array(2)})
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        controls = decode_shift(self.shift, 8)
+        for i, thermometer in enumerate((False, True)):
+            base, up = shift_and_round_bit(self.value, controls, thermometer=thermometer)
+            m.d.comb += [self.shifted[i].eq(base), self.up[i].eq(up)]
+        return m
+
+
+@pytest.fixture(scope="module")
+def both_masks() -> tuple[_BothMasks, CombProbe]:
+    dut = _BothMasks()
+    return dut, CombProbe(dut)
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=st.integers(-64, 63), shift=st.integers(-128, 127))
+def test_the_thermometer_mask_rounds_as_the_shifted_one(both_masks: tuple[_BothMasks, CombProbe], value: int,
+                                                        shift: int) -> None:
+    dut, probe = both_masks
+    wide, narrow, wide_up, narrow_up = probe([(dut.value, value), (dut.shift, shift)],
+                                             [dut.shifted[0], dut.shifted[1], dut.up[0], dut.up[1]])
+    assert (wide, wide_up) == (narrow, narrow_up)
