@@ -46,7 +46,8 @@ class ColumnStage(wiring.Component):
     multiplier_bits, shift_bits : int
         Widths of the unsigned multiplier M and the two's complement shift s.
     check : RangeMode or None
-        The range check's correction (`hw.protect.MODES`), or None: no range-check logic at all.
+        The range check's correction (`hw.protect.MACHINE_MODES`: clip, zero, or only flag), or None: no
+        range-check logic at all.
     multiplier : Multiplier
         Builds acc * M; `DSPMultiplier()` by default.
 
@@ -56,7 +57,8 @@ class ColumnStage(wiring.Component):
     multiplier : In(unsigned(multiplier_bits)).array(cols); shift : In(signed(shift_bits)).array(cols)
     lo, hi : In(code shape).array(cols) : each column's bounds (used when `check_on`).
     relu, check_on : In(1); qmin, qmax : In(signed(code width + 1)) : the layer's settings.
-    out_valid : Out(1); out : Out(code shape).array(cols); detected : Out(1).array(cols).
+    out_valid : Out(1); out : Out(code shape).array(cols); detected : Out(1).array(cols) : with `out`,
+        whether the column's code left its bounds (when `check_on`).
     """
 
     def __init__(self, acc_bits: int, cols: int, code_shape: object, multiplier_bits: int, shift_bits: int, *,

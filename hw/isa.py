@@ -15,13 +15,18 @@ An instruction is one word of named fields (`instruction_fields`); which fields 
   (`dst_part` + n) % (lanes // cols) * cols ..; only the columns holding a channel are written: not the
   first `dst_lead` of N slice 0 nor the last `dst_trail` of the last N slice (a layer writing its range
   of a concat's tensor). With `logits`, the raw sums go to the logits memory, N slice n to its n-th
-  `cols`-wide part (logit c at part c // cols, lane c % cols).
+  `cols`-wide part (logit c at part c // cols, lane c % cols). `check`: the output stage checks each
+  column's code against its bounds in the constants word. `in_check`: the codes read from the buffer
+  (not the padding zeros, which are no read) are checked before they enter the array, against the
+  bounds memory's word s.bound (`hw.machine_format`: `lanes` (lo, hi) pairs, the `rows` of part s.part
+  taken), so a fault in the buffer meets the check the layer reading it has.
 - `VECTOR`: the vector unit (`hw.vector_unit`) walks output words (oy, ox, g) (`out_h` x `out_w` x
   `src_groups`), reads each one's `kh` x `kw` window taps from `src_base` + `row_off` + oy * `step_y` +
   ky * `ky_step` + `col_off` + ox * `step_x` + kx * `kx_step` + g (when `bounded`, only taps at pixels
   (oy * `sy` - `py` + ky, ox * `sx` - `px` + kx) inside `src_h` x `src_w`), reduces them by maximum
-  (`reduce_max`) or sum, requantizes with `multiplier` and `shift` (ReLU, clamp, check against `lo` /
-  `hi` as a GEMM's output stage does) and writes the words in order from `dst_base`, skipping `dst_skip`
+  (`reduce_max`) or sum, requantizes with `multiplier` and `shift` (ReLU, clamp and, with `check`, a
+  range check as a GEMM's output stage does, lane by lane against the bounds memory's word `bounds_base`
+  + g: per-channel bounds) and writes the words in order from `dst_base`, skipping `dst_skip`
   words after each pixel's (a range of a concat's tensor). With `logits` the sums themselves, not
   requantized, go to the logits memory, one output word (`lanes` logits) after another.
 - `END`: the program is done: the logits are streamed out.
@@ -51,6 +56,7 @@ class Widths:
     multiplier: int  # the requantization multiplier
     shift: int       # the requantization shift (two's complement)
     column: int = 1  # a column of the array, or an output part of a word (lanes // cols parts)
+    bounds: int = 1  # bounds memory addresses
 
 
 def instruction_layout(w: Widths) -> data.StructLayout:
@@ -67,12 +73,12 @@ def instruction_layout(w: Widths) -> data.StructLayout:
         "dst_part": unsigned(w.column), "dst_lead": unsigned(w.column), "dst_trail": unsigned(w.column),
         "dst_skip": address,
         "weight_base": unsigned(w.weight), "const_base": unsigned(w.const),
-        "relu": unsigned(1), "check": unsigned(1), "logits": unsigned(1),
+        "relu": unsigned(1), "check": unsigned(1), "in_check": unsigned(1), "logits": unsigned(1),
         "qmin": signed(w.code), "qmax": signed(w.code),
         "row_off": signed(w.address + 1), "col_off": signed(w.address + 1),
         "ky_step": signed(w.address + 1), "kx_step": signed(w.address + 1), "bounded": unsigned(1),
         "reduce_max": unsigned(1), "multiplier": unsigned(w.multiplier), "shift": signed(w.shift),
-        "lo": signed(w.code), "hi": signed(w.code),
+        "bounds_base": unsigned(w.bounds),
     })
 
 
@@ -81,7 +87,7 @@ def slice_layout(w: Widths) -> data.StructLayout:
     return data.StructLayout({
         "dy": signed(w.dim + 1), "dx": signed(w.dim + 1),
         "row_off": signed(w.address + 1), "col_off": signed(w.address + 1), "part": unsigned(w.lane),
-        "last": unsigned(1),
+        "last": unsigned(1), "bound": unsigned(w.bounds),
     })
 
 

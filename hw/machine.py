@@ -1,12 +1,12 @@
-"""The accelerator that runs a whole network: memories, sequencer, weight-stationary datapath, max-pool
-unit and host port, around the program `dsetool.machine.compiler` makes (`hw.isa` is the format).
+"""The accelerator that runs a whole network: memories, sequencer, weight-stationary datapath, vector
+unit, range checks and host port, around the program `dsetool.machine.compiler` makes (`hw.isa` is the format).
 
-    host in  --> activation buffer <--> [stream feed] --> WSArray --> KAccumulator (+bias)
-                      ^   |                                                  |
-                      |   '--> [max-pool unit] --.                    ColumnStage (requant, clamp, check)
-                      '------------ writes ------'------------------------- '   (logits: raw sums)
+    host in  --> activation buffer <--> [stream feed, input check] --> WSArray --> KAccumulator (+bias)
+                      ^   |                                                          |
+                      |   '--> [vector unit] --.                       ColumnStage (requant, clamp, check)
+                      '----------- writes -----'---------------------------------- '   (logits: raw sums)
     instruction memory, slice table --> sequencer;  weight memory --> array;  constant memory --> columns
-    logits memory --> host out
+    bounds memory --> input check, vector unit;  logits memory --> host out;  every check --> alarm
 
 One instruction at a time (`hw.isa`): a GEMM runs tile after tile, each tile = `SETUP` cycles (read its
 slice-table entry, and at an N slice's first tile its constants word), `rows` cycles loading the weights,
@@ -22,11 +22,23 @@ The logits memory holds `lanes` sums per word, written `cols` at a time by a log
 or `lanes` at a time by the vector unit (an average pool's sums that are the logits); logit c is lane
 c % cols of the `cols`-wide part c // cols.
 
-Host port: while idle, `in_*` is a valid/ready stream of the input tensor's codes, lane by lane, word by
-word from the input's base (padding lanes included: zeros); a pulse on `start` runs the program; at its
-end the `out_*` stream gives the `num_classes` logits, then the machine is idle.
-Memory contents other than the activation buffer are given at build time (the network's weights and
-program): the machine is built for the network it runs.
+Range checks (`MachineShape.check`: clip, zero or detect, `hw.protect.MACHINE_MODES`), each unit built
+only when the program has such checks: on each column's output code (`ColumnStage`, bounds from the
+constants word, `check`), on the vector unit's output words (bounds per lane from the bounds memory,
+`check`), and on the read path into the array (`MachineShape.input_check`, instruction bit `in_check`):
+the `rows` codes a tile streams are checked (combinationally, between the buffer's read data and the
+array's row inputs, so the schedule is unchanged) against the bounds of its K slice's word group,
+read from the bounds memory at the tile's setup (slice entry `bound`) and held for its rows; a padded
+position is no read: its zeros are not checked, as the engine pads after its input check. `alarm` is a
+sticky detector: cleared by `start`, set when any check finds a code outside its bounds (a code the
+array takes, a column a writer writes, a word the vector unit gives), valid with the logits.
+
+Host port: while idle, the load stream (`load_*`, `hw.machine_format`) writes the program, slice table,
+weights, constants and bounds into their memories (once per network: the machine is built for a shape,
+`MachineShape`, not for one network's values); `in_*` is a valid/ready stream of the input tensor's
+codes, lane by lane, word by word from the input's base (padding lanes included: zeros); a pulse on
+`start` runs the program; at its end the `out_*` stream gives the `num_classes` logits (and `alarm`
+says whether a check fired), then the machine is idle.
 """
 
 from __future__ import annotations
@@ -41,14 +53,13 @@ from amaranth.lib.wiring import In, Out
 
 from hw import isa, vector_unit
 from hw.accumulator import LATENCY as ACC_LATENCY
-from hw.accumulator import KAccumulator
-from hw.array import WSArray
 from hw.column_stage import LATENCY as STAGE_LATENCY
-from hw.column_stage import ColumnStage
 from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_VECTOR_TAIL
-from hw.machine_format import BEAT, CMEM, IMEM, SMEM, WMEM, MachineShape
+from hw.machine_datapath import Datapath
+from hw.machine_format import BEAT, BMEM, CMEM, IMEM, MEMORY_BITS, SMEM, WMEM, MachineShape
 from hw.pe import MULTIPLIERS
-from hw.protect import MODES
+from hw.protect import MACHINE_MODES
+from hw.tmr import TripleModular
 
 SETUP = MACHINE_SETUP   # cycles per GEMM tile before its weights load: read its slice entry (and constants)
 GEMM_TAIL = MACHINE_GEMM_TAIL   # last sums through the accumulator, the stage, the write
@@ -65,6 +76,7 @@ class _WriterReset:
     group: Signal
     part: Signal
     n_slice: Signal
+    columns: Value   # which of the stage's columns the current row writes (hold a channel)
 
     def reset(self, fetched: Value) -> list:
         return [self.row.eq(0), self.address.eq(fetched.dst_base), self.group.eq(0),
@@ -80,13 +92,15 @@ class Machine(wiring.Component):
     start : In(1) : run the program (ignored unless idle).
     busy : Out(1) : the program is running or the logits are being sent.
     out_valid : Out(1); out_data : Out(signed(acc_bits)); out_ready : In(1) : the logits.
+    load_valid : In(1); load_data : In(32); load_ready : Out(1) : the load stream (`hw.machine_format`).
+    alarm : Out(1) : a range check fired during the last run (cleared by `start`; valid with the logits).
     """
 
     def __init__(self, params: MachineShape) -> None:
         self.params = params
         a = params.array
-        if a.dataflow != "ws" or a.tmr or a.protection != "none":
-            raise ValueError("Machine needs a weight-stationary ArrayConfig without TMR or protection "
+        if a.dataflow != "ws" or a.protection != "none":
+            raise ValueError("Machine needs a weight-stationary ArrayConfig without protection "
                              "(the range check is MachineShape.check)")
         if a.rows < 2:
             raise ValueError(f"Machine rows must be at least 2, not {a.rows!r}")
@@ -96,7 +110,7 @@ class Machine(wiring.Component):
             "in_valid": In(1), "in_data": In(params.code_shape), "in_ready": Out(1),
             "load_valid": In(1), "load_data": In(BEAT), "load_ready": Out(1),
             "start": In(1), "busy": Out(1),
-            "out_valid": Out(1), "out_data": Out(signed(a.acc_bits)), "out_ready": In(1),
+            "out_valid": Out(1), "out_data": Out(signed(a.acc_bits)), "out_ready": In(1), "alarm": Out(1),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -108,7 +122,7 @@ class Machine(wiring.Component):
 
         # ---- memories: the loadable ones, the activation buffer, the logits
         loadable = {memory: Memory(shape=unsigned(p.word_bits(memory)), depth=p.depth(memory), init=[])
-                    for memory in (IMEM, SMEM, WMEM, CMEM)}
+                    for memory in p.memories}
         imem, smem, wmem, cmem = (loadable[memory] for memory in (IMEM, SMEM, WMEM, CMEM))
         const_bits = sum(p.const_fields)
         abuf = Memory(shape=unsigned(word_bits), depth=max(1, p.buffer_words), init=[])
@@ -116,27 +130,18 @@ class Machine(wiring.Component):
         m.submodules.imem, m.submodules.smem, m.submodules.wmem = imem, smem, wmem
         m.submodules.cmem, m.submodules.abuf, m.submodules.lmem = cmem, abuf, lmem
         iread, sread, wread, cread = imem.read_port(), smem.read_port(), wmem.read_port(), cmem.read_port()
+        bread = None
+        if BMEM in loadable:
+            m.submodules.bmem = loadable[BMEM]
+            bread = loadable[BMEM].read_port()
         self._fetched = data.View(self.instruction, iread.data)
         idle = Signal()
         self._loader(m, loadable, idle)
         aread, awrite = abuf.read_port(), abuf.write_port(granularity=code.width)
         lread, lwrite = lmem.read_port(), lmem.write_port(granularity=cols * a.acc_bits)
 
-        # ---- datapath
-        m.submodules.array = array = WSArray(a)
-        m.submodules.sums = sums = KAccumulator(array.acc_bits, cols, max(1, p.max_rows), with_bias=True)
-        check = MODES[p.check] if p.check != "none" else None
-        m.submodules.stage = stage = ColumnStage(a.acc_bits, cols, code, p.multiplier_bits, p.shift_bits,
-                                                 check=check, multiplier=MULTIPLIERS[a.multiplier])
-        skew = rows + cols - 1
-        k_first, k_last = Signal(), Signal()
-        first_line, last_line = k_first, k_last
-        for i in range(skew):
-            first_next, last_next = Signal(name=f"k_first_{i}"), Signal(name=f"k_last_{i}")
-            m.d.sync += [first_next.eq(first_line), last_next.eq(last_line)]
-            first_line, last_line = first_next, last_next
-        m.d.comb += [sums.valid.eq(array.out_valid), sums.first.eq(first_line), sums.last.eq(last_line)]
-        m.d.comb += [sums.acc[c].eq(array.out[c]) for c in range(cols)]
+        # ---- datapath (array, K accumulator, column stage), triplicated and voted with TMR
+        m.submodules.datapath = dp = self._datapath()
 
         # ---- instruction registers and counters
         instr = Signal(self.instruction)
@@ -151,10 +156,9 @@ class Machine(wiring.Component):
         pending = Signal(unsigned(cols * const_bits))
         active = Signal(unsigned(cols * const_bits))
         bias_active = Signal(unsigned(cols * const_bits))
-        self._feed_constants(m, stage, sums, active, bias_active, const_bits)
-        m.d.comb += [stage.valid.eq(sums.out_valid & ~instr.logits), stage.relu.eq(instr.relu),
-                     stage.check_on.eq(instr.check), stage.qmin.eq(instr.qmin), stage.qmax.eq(instr.qmax)]
-        m.d.comb += [stage.acc[c].eq(sums.out[c]) for c in range(cols)]
+        self._feed_constants(m, dp, active, bias_active, const_bits)
+        m.d.comb += [dp.logits.eq(instr.logits), dp.relu.eq(instr.relu), dp.check_on.eq(instr.check),
+                     dp.qmin.eq(instr.qmin), dp.qmax.eq(instr.qmax)]
 
         # ---- the stream feed's address generator (one row of A per cycle)
         gen = {name: Signal(signed(p.widths.address + 2), name=f"gen_{name}") for name in ("row", "col")}
@@ -174,21 +178,26 @@ class Machine(wiring.Component):
                 m.d.sync += [ox.eq(ox + 1), x.eq(x + instr.sx), gen["col"].eq(gen["col"] + instr.step_x)]
             return []
 
-        a_lanes = aread.data.word_select(part_d, rows * code.width)
-        feed_valid = Signal()
-        m.d.comb += [array.a_valid.eq(feed_valid)]
-        for r in range(rows):
-            lane = a_lanes[r * code.width:(r + 1) * code.width]
-            m.d.comb += array.a[r].eq(Mux(inside_d, lane.as_signed() if code.signed else lane, 0))
+        feed_valid, load_bounds = Signal(), Signal()
+        m.d.comb += [dp.a_valid.eq(feed_valid)]
+        read_fired = self._read_path(m, instr, dp, aread.data.word_select(part_d, rows * code.width), inside_d,
+                                     feed_valid, bread, sl.part, load_bounds)
 
         # ---- output writer: rows of the stage in order, N slice after N slice
-        writer = self._writer(m, instr, stage, awrite)
+        writer = self._writer(m, instr, dp, awrite)
 
         # ---- vector unit (pools, adds, requantizations)
-        vector = self._vector_unit(m, instr, aread, awrite)
+        vector = self._vector_unit(m, instr, aread, awrite, bread)
+
+        # ---- the detector: any range check firing during a run
+        alarm = Signal()
+        m.d.comb += self.alarm.eq(alarm)
+        stage_fired = dp.out_valid & (Cat(*dp.detected) & writer.columns).any()
+        with m.If(read_fired | stage_fired | vector.detected):
+            m.d.sync += alarm.eq(1)
 
         # ---- logits: a GEMM's raw sums, or the vector unit's
-        logit_reset = self._logits(m, instr, sums, vector, lwrite)
+        logit_reset = self._logits(m, instr, dp, vector, lwrite)
 
         # ---- host input
         in_word = Signal(range(max(2, p.input_words + 1)))
@@ -196,7 +205,7 @@ class Machine(wiring.Component):
 
         # ---- sequencer
         m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
-        m.d.comb += [array.w[c].eq(wread.data[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
+        m.d.comb += [dp.w[c].eq(wread.data[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
                      for c in range(cols)]
         out_index = Signal(range(max(2, p.num_classes + 1)))
         out_word, out_lane = Signal(range(max(2, lmem.depth))), Signal(range(lanes))
@@ -206,7 +215,7 @@ class Machine(wiring.Component):
                 with m.If(self.in_valid):
                     self._host_write(m, awrite, in_word, in_lane, code)
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(0), in_word.eq(0), in_lane.eq(0), *logit_reset]
+                    m.d.sync += [pc.eq(0), in_word.eq(0), in_lane.eq(0), alarm.eq(0), *logit_reset]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += self.busy.eq(1)
@@ -232,6 +241,8 @@ class Machine(wiring.Component):
                 m.d.sync += count.eq(count + 1)
                 with m.If(count == 1):
                     slice_now = data.View(self.slice, sread.data)
+                    if bread is not None:   # its bounds word arrives on G_LOAD's first cycle
+                        m.d.comb += bread.addr.eq(slice_now.bound)
                     m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
                                  gen["row"].eq(instr.src_base + slice_now.row_off), gen["col"].eq(slice_now.col_off),
                                  count.eq(0)]
@@ -239,14 +250,14 @@ class Machine(wiring.Component):
                         m.d.sync += pending.eq(cread.data)
                     m.next = "G_LOAD"
             with m.State("G_LOAD"):
-                m.d.comb += [self.busy.eq(1), array.w_load.eq(1), wread.addr.eq(wptr + 1)]
+                m.d.comb += [self.busy.eq(1), dp.w_load.eq(1), wread.addr.eq(wptr + 1), load_bounds.eq(count == 0)]
                 m.d.sync += [count.eq(count + 1), wptr.eq(wptr + 1)]
                 with m.If(count == rows - 1):
                     issue_row()
                     m.d.sync += count.eq(0)
                     m.next = "G_STREAM"
             with m.State("G_STREAM"):
-                m.d.comb += [self.busy.eq(1), feed_valid.eq(1), k_first.eq(kt == 0), k_last.eq(sl.last)]
+                m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last)]
                 with m.If(count == 0):
                     with m.If(kt == 0):
                         m.d.sync += bias_active.eq(pending)
@@ -304,7 +315,7 @@ class Machine(wiring.Component):
         p = self.params
         per_word = {memory: -(-p.word_bits(memory) // BEAT) for memory in memories}
         gathered = Signal(BEAT * max(per_word.values()), name="load_word")
-        target, address = Signal(2, name="load_memory"), Signal(BEAT, name="load_address")
+        target, address = Signal(MEMORY_BITS, name="load_memory"), Signal(BEAT, name="load_address")
         remaining, beat = Signal(BEAT, name="load_remaining"), Signal(range(max(per_word.values()) + 1))
         commit = Signal(name="load_commit")
         last_beat = Signal()
@@ -337,8 +348,18 @@ class Machine(wiring.Component):
                     with m.Else():
                         m.d.sync += beat.eq(beat + 1)
 
-    def _feed_constants(self, m: Module, stage: ColumnStage, sums: KAccumulator, active: Value,
-                        bias_active: Value, const_bits: int) -> None:
+    def _datapath(self) -> Datapath | TripleModular:
+        """Return the datapath, or with `ArrayConfig.tmr` three of them behind bitwise majority voters
+        (`hw.tmr.TripleModular`: replicas `rep0`..`rep2`, each with its own skew registers)."""
+        p = self.params
+        check = MACHINE_MODES[p.check] if p.check != "none" and p.output_check else None
+
+        def make() -> Datapath:
+            return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check)
+
+        return TripleModular(make) if p.array.tmr else make()
+
+    def _feed_constants(self, m: Module, dp: Any, active: Value, bias_active: Value, const_bits: int) -> None:
         """Drive each column's constants from the active words: the bias into the K accumulator, the
         multiplier, shift and bounds into the column stage."""
         p = self.params
@@ -350,13 +371,13 @@ class Machine(wiring.Component):
                 offset += width
             (b_off, b_w), (m_off, m_w), (s_off, s_w), (lo_off, lo_w), (hi_off, hi_w) = fields
             cast = (lambda v: v.as_signed()) if p.code_shape.signed else (lambda v: v)
-            m.d.comb += [sums.bias[c].eq(bias_active[b_off:b_off + b_w].as_signed()),
-                         stage.multiplier[c].eq(active[m_off:m_off + m_w]),
-                         stage.shift[c].eq(active[s_off:s_off + s_w].as_signed()),
-                         stage.lo[c].eq(cast(active[lo_off:lo_off + lo_w])),
-                         stage.hi[c].eq(cast(active[hi_off:hi_off + hi_w]))]
+            m.d.comb += [dp.bias[c].eq(bias_active[b_off:b_off + b_w].as_signed()),
+                         dp.multiplier[c].eq(active[m_off:m_off + m_w]),
+                         dp.shift[c].eq(active[s_off:s_off + s_w].as_signed()),
+                         dp.lo[c].eq(cast(active[lo_off:lo_off + lo_w])),
+                         dp.hi[c].eq(cast(active[hi_off:hi_off + hi_w]))]
 
-    def _writer(self, m: Module, instr: Value, stage: ColumnStage, awrite: Any) -> _WriterReset:
+    def _writer(self, m: Module, instr: Value, stage: Any, awrite: Any) -> _WriterReset:
         """Write each output row of the stage into `cols` lanes of a buffer word, N slice after N slice
         from part `dst_part` of word `dst_base` on; only the columns holding channels (not the first
         `dst_lead` of N slice 0, nor the last `dst_trail` of the last), so a concat's inputs each write
@@ -383,10 +404,9 @@ class Machine(wiring.Component):
                              address.eq(instr.dst_base + next_group), n_slice.eq(n_slice + 1)]
             with m.Else():
                 m.d.sync += [row.eq(row + 1), address.eq(address + instr.dst_groups)]
-        return _WriterReset(row, address, group, part, n_slice)
+        return _WriterReset(row, address, group, part, n_slice, columns)
 
-    def _logits(self, m: Module, instr: Value, sums: KAccumulator, vector: vector_unit.VectorUnit,
-                lwrite: Any) -> list:
+    def _logits(self, m: Module, instr: Value, dp: Any, vector: vector_unit.VectorUnit, lwrite: Any) -> list:
         """Write the logits memory: a logits GEMM's raw sums, `cols` per N slice into the next `cols`-wide
         part of a word; or the vector unit's sums (sign-extended), `lanes` per word. Return the
         statements that reset its position at the program's start."""
@@ -397,8 +417,8 @@ class Machine(wiring.Component):
         wide = [Signal(signed(a.acc_bits), name=f"logit_sum_{lane}") for lane in range(p.lanes)]
         m.d.comb += [wide[lane].eq(vector.sums[lane]) for lane in range(p.lanes)]
         m.d.comb += lwrite.addr.eq(address)
-        with m.If(sums.out_valid & instr.logits):
-            m.d.comb += [lwrite.data.eq(Cat(*(sums.out[c] for c in range(a.cols))).replicate(parts)),
+        with m.If(dp.sums_valid & instr.logits):
+            m.d.comb += [lwrite.data.eq(Cat(*(dp.sums[c] for c in range(a.cols))).replicate(parts)),
                          lwrite.en.eq(Const(1, parts) << part)]
             m.d.sync += part.eq(Mux(part == parts - 1, 0, part + 1))
             with m.If(part == parts - 1):
@@ -408,18 +428,51 @@ class Machine(wiring.Component):
             m.d.sync += address.eq(address + 1)
         return [address.eq(0), part.eq(0)]
 
-    def _vector_unit(self, m: Module, instr: Value, aread: Any, awrite: Any) -> vector_unit.VectorUnit:
-        """Add the vector unit on the buffer's ports: it reads while it runs, and writes when its stage
-        gives a word (never while the array's writer does: one instruction at a time)."""
+    def _read_path(self, m: Module, instr: Value, array: Any, lanes: Value, inside_d: Value, feed_valid: Value,
+                   bread: Any, part: Value, load_bounds: Value) -> Value:
+        """Drive the array's rows from the `rows` lanes read from the buffer: zeros for a padded position
+        (no read), else the code, checked against its channel's bounds when the machine has an input
+        check and the instruction asks for it (`in_check`). A tile's bounds are the `rows` pairs of part
+        `part` of the bounds word read at its setup, taken on `load_bounds`. Return whether a check fired
+        on a code the array takes this cycle."""
         p = self.params
-        check = MODES[p.check] if p.check != "none" else None
+        code = p.code_shape
+        width = code.width
+        values = [lanes[r * width:(r + 1) * width] for r in range(p.array.rows)]
+        values = [value.as_signed() if code.signed else value for value in values]
+        if not p.input_check or bread is None:
+            m.d.comb += [array.a[r].eq(Mux(inside_d, value, 0)) for r, value in enumerate(values)]
+            return Const(0)
+        mode = MACHINE_MODES[p.check]
+        pairs = bread.data.word_select(part, 2 * p.array.rows * width)
+        fired = []
+        for r, value in enumerate(values):
+            lo, hi = Signal(code, name=f"read_lo_{r}"), Signal(code, name=f"read_hi_{r}")
+            with m.If(load_bounds):
+                m.d.sync += [lo.eq(pairs[2 * r * width:(2 * r + 1) * width]),
+                             hi.eq(pairs[(2 * r + 1) * width:(2 * r + 2) * width])]
+            below, above = (value < lo) & instr.in_check, (value > hi) & instr.in_check
+            m.d.comb += array.a[r].eq(Mux(inside_d, mode(value, lo, hi, below, above), 0))
+            fired.append(below | above)
+        return feed_valid & inside_d & Cat(*fired).any()
+
+    def _vector_unit(self, m: Module, instr: Value, aread: Any, awrite: Any, bread: Any) -> vector_unit.VectorUnit:
+        """Add the vector unit on the buffer's ports (and the bounds memory's): it reads while it runs,
+        and writes when its stage gives a word (never while the array's writer does: one instruction at
+        a time)."""
+        p = self.params
+        check = MACHINE_MODES[p.check] if p.check != "none" and p.output_check else None
         unit = vector_unit.VectorUnit(self.instruction, p.lanes, p.code_shape, p.sum_bits, p.widths.address,
                                       p.widths.dim, p.multiplier_bits, p.shift_bits, check=check,
-                                      multiplier=MULTIPLIERS[p.array.multiplier])
+                                      multiplier=MULTIPLIERS[p.array.multiplier], bounds_bits=p.widths.bounds)
         m.submodules.vector = unit
         m.d.comb += [unit.instr.eq(instr), unit.next_instr.eq(self._fetched), unit.read_data.eq(aread.data)]
+        if bread is not None:
+            m.d.comb += unit.bounds_data.eq(bread.data)
         with m.If(unit.run):
             m.d.comb += aread.addr.eq(unit.read_addr)
+            if bread is not None:
+                m.d.comb += bread.addr.eq(unit.bounds_addr)
         with m.If(unit.write_en):
             m.d.comb += [awrite.addr.eq(unit.write_addr), awrite.data.eq(unit.write_data),
                          awrite.en.eq((1 << p.lanes) - 1)]

@@ -6,8 +6,15 @@ one compiled simulation) serves every trained model of a design point: the weigh
 program arrive over the host port, as they would on a board.
 
 Load stream (while the machine is idle): 32-bit beats. A block is three header beats (the memory:
-`IMEM`, `SMEM`, `WMEM` or `CMEM`; the first word address; the word count), then every word as
-ceil(width / 32) beats, least significant first. Blocks follow one another.
+`IMEM`, `SMEM`, `WMEM`, `CMEM` or, in a machine with range checks, `BMEM`; the first word address; the
+word count), then every word as ceil(width / 32) beats, least significant first. Blocks follow one
+another.
+
+The bounds memory (`BMEM`) holds range-check bounds by activation word: a word is `lanes` (lo, hi)
+pairs, lane l's at bits 2 * l * w .. (w the code width), for the channels a word of a checked tensor
+holds (lane l of group g: channel g * lanes + l). A GEMM's input check reads the word of its current K
+slice's group (the slice entry's `bound`), a vector instruction's output check that of its output
+word's group (`bounds_base` + g). Padding lanes hold the codes' whole range, so they never fire.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from hw import isa
 from hw.arrayconfig import ArrayConfig
 
 BEAT = 32
-IMEM, SMEM, WMEM, CMEM = 0, 1, 2, 3
+IMEM, SMEM, WMEM, CMEM, BMEM = 0, 1, 2, 3, 4
+MEMORY_BITS = 3   # the width of a block's memory id in the load stream's register
 SHIFT_BITS = 8   # the requantization shift's width: s in -128..127, whatever the scales
 
 
@@ -28,9 +36,12 @@ SHIFT_BITS = 8   # the requantization shift's width: s in -128..127, whatever th
 class MachineShape:
     """The machine's build parameters: the array, the widths, the memories' depths, the host layout.
 
-    `check` is the range-check unit built ("none", "clip", "zero"); `max_rows` the largest GEMM M (the
-    K accumulator's depth); `input_base` / `input_words` where the host's input codes go; `sum_bits`
-    the width of the vector unit's reductions.
+    `check` is the range-check mode of every unit built ("none", or `hw.protect.MACHINE_MODES`: "clip",
+    "zero", "detect"); `output_check` whether the output stages (array columns and vector unit) have a
+    range-check unit, `input_check` whether the activation buffer's read path into the array has one;
+    `bounds_words` the bounds memory's depth (`BMEM`, built when `check` is not "none"). `max_rows` the
+    largest GEMM M (the K accumulator's depth); `input_base` / `input_words` where the host's input codes
+    go; `sum_bits` the width of the vector unit's reductions.
     """
 
     array: ArrayConfig
@@ -48,6 +59,14 @@ class MachineShape:
     const_words: int
     max_rows: int
     sum_bits: int    # the vector unit's sums: a window's codes, or an add's two
+    bounds_words: int = 0
+    input_check: bool = False
+    output_check: bool = True
+
+    @property
+    def memories(self) -> tuple[int, ...]:
+        """Return the loadable memories the machine has: the bounds memory only with range checks."""
+        return (IMEM, SMEM, WMEM, CMEM) + ((BMEM,) if self.check != "none" else ())
 
     @property
     def shift_bits(self) -> int:
@@ -68,22 +87,25 @@ class MachineShape:
         """Return the width of one word of a loadable memory."""
         return {IMEM: isa.instruction_layout(self.widths).size, SMEM: isa.slice_layout(self.widths).size,
                 WMEM: self.array.cols * self.array.weight_bits,
-                CMEM: self.array.cols * sum(self.const_fields)}[memory]
+                CMEM: self.array.cols * sum(self.const_fields),
+                BMEM: self.lanes * 2 * self.code_shape.width}[memory]
 
     def depth(self, memory: int) -> int:
         return max(1, {IMEM: self.instruction_words, SMEM: self.slice_words, WMEM: self.weight_words,
-                       CMEM: self.const_words}[memory])
+                       CMEM: self.const_words, BMEM: self.bounds_words}[memory])
 
 
 @dataclass(frozen=True)
 class MachineImages:
     """The contents the host loads: packed instruction and slice words (`hw.isa.pack`), weight rows of
-    `cols` weights, and constant words of `cols` (bias, multiplier, shift, lo, hi)."""
+    `cols` weights, constant words of `cols` (bias, multiplier, shift, lo, hi), and bounds words of
+    `lanes` (lo, hi)."""
 
     instructions: tuple[int, ...]
     slices: tuple[int, ...]
     weights: tuple[tuple[int, ...], ...]
     constants: tuple[tuple[tuple[int, int, int, int, int], ...], ...]
+    bounds: tuple[tuple[tuple[int, int], ...], ...] = ()
 
 
 def _bits(value: int, width: int) -> int:
@@ -100,13 +122,22 @@ def pack_fields(values: tuple[int, ...], widths: tuple[int, ...]) -> int:
 
 
 def memory_words(shape: MachineShape, images: MachineImages) -> dict[int, list[int]]:
-    """Return each loadable memory's words as integers."""
+    """Return each loadable memory's words as integers; raise ValueError for bounds a machine without
+    range checks cannot hold."""
     a = shape.array
     fields = shape.const_fields
-    return {IMEM: list(images.instructions), SMEM: list(images.slices),
-            WMEM: [pack_fields(row, (a.weight_bits,) * a.cols) for row in images.weights],
-            CMEM: [pack_fields(tuple(v for column in word for v in column), fields * a.cols)
-                   for word in images.constants]}
+    words = {IMEM: list(images.instructions), SMEM: list(images.slices),
+             WMEM: [pack_fields(row, (a.weight_bits,) * a.cols) for row in images.weights],
+             CMEM: [pack_fields(tuple(v for column in word for v in column), fields * a.cols)
+                    for word in images.constants]}
+    if BMEM not in shape.memories:
+        if images.bounds:
+            raise ValueError("A machine without range checks has no bounds memory to load")
+        return words
+    code = shape.code_shape.width
+    words[BMEM] = [pack_fields(tuple(v for pair in word for v in pair), (code,) * (2 * shape.lanes))
+                   for word in images.bounds]
+    return words
 
 
 def load_beats(shape: MachineShape, images: MachineImages) -> list[int]:

@@ -1,5 +1,6 @@
 """The host side of `hw.machine.Machine`'s port, over a compiled simulation (`hw.rtlsim.Session`): load
-the images once, then run inferences. A board's host script speaks the same protocol over a UART."""
+the images once, then run inferences (and read the detector's `alarm` after each). A board's host script
+speaks the same protocol over a UART."""
 
 from __future__ import annotations
 
@@ -29,3 +30,8 @@ def infer(session: Session, shape: MachineShape, codes: Sequence[int]) -> tuple[
     cycles = 1 + session.run_until("out_valid", 1, MAX_CYCLES)
     logits = session.receive("out_data", "out_valid", "out_ready", shape.num_classes, MAX_CYCLES)
     return logits, cycles
+
+
+def alarm(session: Session) -> bool:
+    """Return the machine's detector after an inference (`infer`): whether a range check fired."""
+    return bool(session.get("alarm"))

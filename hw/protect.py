@@ -1,9 +1,11 @@
 """The range-check unit: on a column's output after requantization, catch a value outside the layer's
-profiled bounds and correct it (DESIGN §5, protection `clip` and `zero`).
+profiled bounds and correct it (DESIGN §5, protection `clip` and `zero`), or only flag it (`sed`).
 
 What to do with an out-of-range value is a swappable part (`RangeMode`): `ClipToBounds` replaces it by the
-nearer bound (the paper's unit), `ZeroOutOfRange` by 0 (Ranger-style). The bounds are input ports loaded per
-layer, so one unit serves every layer.
+nearer bound (the paper's unit), `ZeroOutOfRange` by 0 (Ranger-style), `FlagOnly` leaves it (a symptom-based
+error detector: only the `detected` flag says anything). The bounds are input ports loaded per layer, so one
+unit serves every layer. `MODES` are the array's (`hw.arrayconfig.PROTECTIONS`); `MACHINE_MODES` what
+`hw.machine.Machine` builds, by the engine's check mode (`dsetool.protect.check.MODES`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ class ZeroOutOfRange:
         return Mux(below | above, 0, value)
 
 
+class FlagOnly:
+    """Leave every value as it is: the check only raises `detected` (SED)."""
+
+    def __call__(self, value: Value, lo: Value, hi: Value, below: Value, above: Value) -> Value:
+        return value
+
+
 MODES: dict[str, RangeMode] = {"clip": ClipToBounds(), "zero": ZeroOutOfRange()}  # ArrayConfig.protection
+MACHINE_MODES: dict[str, RangeMode] = {**MODES, "detect": FlagOnly()}   # MachineShape.check
 
 
 def _shape(what: str, shape: object) -> Shape:

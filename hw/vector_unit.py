@@ -7,7 +7,9 @@ ky * `ky_step` + `col_off` + ox * `step_x` + kx * `kx_step` + g, and when `bound
 (oy * sy - py + ky, ox * sx - px + kx) lies inside `src_h` x `src_w` (else the tap is padding). Taps
 are reduced lane by lane, by maximum (`reduce_max`: padding is the smallest code) or by sum (padding is
 0). The reduced word then passes one `hw.column_stage.ColumnStage` of `lanes` columns with the
-instruction's single multiplier, shift, clamp, ReLU and bounds, and is written to `dst_base` + the
+instruction's single multiplier, shift, clamp and ReLU, and with `check` each lane's range check against
+its channel's bounds (the bounds memory's word `bounds_base` + g, `hw.machine_format`), and is written
+to `dst_base` + the
 output word's index (+ `dst_skip` per output pixel before it: a range of a concat's tensor). So one unit
 runs:
 
@@ -20,12 +22,13 @@ runs:
   the cycle `sums_valid` is high, not requantized, and the buffer is not written.
 
 Timing: while `run` is high one tap is read per cycle (`last` high on the cycle of the final one); the
-last word is written `TAIL` cycles after that cycle.
+last word is written `TAIL` cycles after that cycle. The bounds memory is read beside the buffer, its
+word addressed on the same cycle as each tap's (so its data arrives with the window's last tap).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value, signed
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -50,8 +53,8 @@ class VectorUnit(wiring.Component):
         One lane's code.
     sum_bits : int
         Width of a window's sum (two's complement).
-    address_bits, dim_bits : int
-        Widths of buffer addresses and of map positions.
+    address_bits, dim_bits, bounds_bits : int
+        Widths of buffer addresses, of map positions and of bounds memory addresses.
     multiplier_bits, shift_bits : int
         Requantization constant widths.
     check, multiplier
@@ -68,11 +71,14 @@ class VectorUnit(wiring.Component):
     write_addr : Out(address_bits); write_data : Out(lanes * code width); write_en : Out(1)
     sums_valid : Out(1); sums : Out(signed(sum_bits)).array(lanes) : each word's reduction, before the
         stage (the logits, with `logits`).
+    bounds_addr : Out(bounds_bits); bounds_data : In(lanes * 2 * code width) : the bounds memory's read
+        port (data one cycle after the address).
+    detected : Out(1) : a lane of the word the stage gives left its bounds (with `check`).
     """
 
     def __init__(self, instruction: object, lanes: int, code_shape: object, sum_bits: int, address_bits: int,
                  dim_bits: int, multiplier_bits: int, shift_bits: int, *, check: RangeMode | None = None,
-                 multiplier: Multiplier | None = None) -> None:
+                 multiplier: Multiplier | None = None, bounds_bits: int = 1) -> None:
         self.code_shape = Shape.cast(code_shape)
         self.lanes, self.sum_bits, self.address_bits, self.dim_bits = lanes, sum_bits, address_bits, dim_bits
         self.stage = ColumnStage(sum_bits, lanes, self.code_shape, multiplier_bits, shift_bits, check=check,
@@ -83,6 +89,7 @@ class VectorUnit(wiring.Component):
             "read_addr": Out(address_bits), "read_data": In(word),
             "write_addr": Out(address_bits), "write_data": Out(word), "write_en": Out(1),
             "sums_valid": Out(1), "sums": Out(signed(sum_bits)).array(lanes),
+            "bounds_addr": Out(unsigned(bounds_bits)), "bounds_data": In(2 * word), "detected": Out(1),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -99,7 +106,8 @@ class VectorUnit(wiring.Component):
             m.d.sync += self._setup(regs, self.next_instr)
         with m.If(self.run):
             r = regs
-            m.d.comb += self.read_addr.eq((r["tap_row"] + r["tap_col"] + r["g"])[:self.address_bits])
+            m.d.comb += [self.read_addr.eq((r["tap_row"] + r["tap_col"] + r["g"])[:self.address_bits]),
+                         self.bounds_addr.eq(i.bounds_base + r["g"])]
             inside = (r["y"] >= 0) & (r["y"] < i.src_h) & (r["x"] >= 0) & (r["x"] < i.src_w)
             m.d.sync += [inside_d.eq(inside | ~i.bounded), first_d.eq((r["ky"] == 0) & (r["kx"] == 0)),
                          last_d.eq((r["ky"] == i.kh - 1) & (r["kx"] == i.kw - 1))]
@@ -109,10 +117,13 @@ class VectorUnit(wiring.Component):
         reduced = self._reduce(m, inside_d, first_d)
         m.d.comb += [stage.valid.eq(last_d), stage.relu.eq(i.relu), stage.check_on.eq(i.check),
                      stage.qmin.eq(i.qmin), stage.qmax.eq(i.qmax), self.sums_valid.eq(last_d)]
+        width = self.code_shape.width
         for lane in range(self.lanes):
+            lo, hi = (self.bounds_data[(2 * lane + k) * width:(2 * lane + k + 1) * width] for k in (0, 1))
             m.d.comb += [stage.acc[lane].eq(reduced[lane]), stage.multiplier[lane].eq(i.multiplier),
-                         stage.shift[lane].eq(i.shift), stage.lo[lane].eq(i.lo), stage.hi[lane].eq(i.hi),
+                         stage.shift[lane].eq(i.shift), stage.lo[lane].eq(lo), stage.hi[lane].eq(hi),
                          self.sums[lane].eq(reduced[lane])]
+        m.d.comb += self.detected.eq(stage.out_valid & Cat(*stage.detected).any())
         self._writer(m, stage)
         return m
 

@@ -1,7 +1,8 @@
 """The compiler (`dsetool.machine.compiler`) and the word-level reference machine: every built-in
 network (MobileNet's depthwise convs included) and SqueezeNet's concats and pooled logits, both scalings
 and granularities, square and oblong arrays, give the engine's logits; what the machine cannot run is
-refused by name."""
+refused by name. Range checks (every mode, granularity and placement the engine evaluates) give the
+checked engine's logits, and the reference's alarm is raised where one of the engine's checks fires."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import numpy as np
 import pytest
 
 from dsetool.engine import Engine
+from dsetool.machine.alarms import engine_alarms
 from dsetool.machine.compiler import UnsupportedOp, compile_program, lanes_of
 from dsetool.machine.encode import input_codes, machine_of
 from dsetool.machine.program import Gemm, Program, Vector, sum_bits
-from dsetool.machine.reference import Machine, run_image
+from dsetool.machine.reference import Machine, run_detecting, run_image
+from dsetool.protect.check import RangeCheck, placed
+from dsetool.protect.schemes import MedianFilter
 from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
+from tests.fixtures.range_checks import checked_engine
 
 ARRAYS = [(8, 8), (4, 8), (8, 4), (2, 2)]
 
@@ -177,3 +182,58 @@ def test_logits_that_are_a_quantizers_codes_are_refused(tmp_path: Path) -> None:
     engine = factory_engine(tmp_path, "tests.fixtures.tail_nets:relu_logits", bits=4, size=8)
     with pytest.raises(UnsupportedOp, match=r"the logits are the codes of op '.*' \(quant_relu\)"):
         compile_program(engine, 4, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_nets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Engine, int]]:
+    sizes = {"tiny_cnn": 12, "tiny_resnet": 8, "tiny_mobilenet": 8, "tiny_concat": 8}
+    return {name: (factory_engine(tmp_path_factory.mktemp(name), f"tests.fixtures.{name}:make", bits=4, size=size),
+                   size) for name, size in sizes.items()}
+
+
+@pytest.mark.parametrize("placement", ["input", "output"])
+@pytest.mark.parametrize(("mode", "granularity"), [("clip", "channel"), ("zero", "layer"), ("detect", "channel")])
+@pytest.mark.parametrize("network", ["tiny_cnn", "tiny_resnet", "tiny_mobilenet", "tiny_concat"])
+def test_range_checks_give_the_checked_engines_logits_and_alarm(tiny_nets: dict[str, tuple[Engine, int]],
+                                                                 network: str, mode: str, granularity: str,
+                                                                 placement: str) -> None:
+    engine, size = tiny_nets[network]
+    x = digits(size).test.x[:4]
+    checked = checked_engine(engine, x[:2], mode, granularity, placement)
+    program = compile_program(checked, 2, 4)
+    runs = [run_detecting(program, codes) for codes in checked.quantize_input(x).numpy()]
+    np.testing.assert_array_equal(np.stack([logits for logits, _ in runs]), checked.logits(x).numpy())
+    assert [alarm for _, alarm in runs] == engine_alarms(checked, x).tolist()
+    assert program.check == mode
+
+
+def test_input_checks_of_linear_layers_repeat_their_bounds_per_pixel(lenet: Engine) -> None:
+    """LeNet's first linear layer reads a 16 x 5 x 5 map as 25 pixels' words: each word's lanes are
+    checked against its channels' bounds."""
+    x = digits(32).test.x[:3]
+    checked = checked_engine(lenet, x[:2], "zero", "channel", "input")
+    program = compile_program(checked, 8, 8)
+    fc = next(i for i in program.instructions if isinstance(i, Gemm) and i.source.height == 1 and i.source.groups > 2)
+    assert fc.input_check == "zero" and fc.input_period == 2 and fc.source.groups == 50
+    np.testing.assert_array_equal(reference_logits(checked, program, x), checked.logits(x).numpy())
+    assert not np.array_equal(checked.logits(x).numpy(), lenet.logits(x).numpy())
+
+
+def test_padding_lanes_hold_the_codes_whole_range(lenet: Engine) -> None:
+    """Bounds that leave out 0 on every channel: a word's padding lanes (LeNet's conv1 has 6 channels in
+    8 lanes) are bounded by the codes' range, so their zeros never raise the alarm."""
+    checks = {index: RangeCheck("detect", np.full(lenet.model.ops[index].out_shape[0], 1),
+                                np.full(lenet.model.ops[index].out_shape[0], 2)) for index in lenet.output_stages}
+    program = compile_program(Engine(lenet.model, **placed(lenet.model, checks, "input")), 8, 8)  # type: ignore[arg-type]
+    conv2 = [i for i in program.instructions if isinstance(i, Gemm)][1]
+    bits = program.act_bits
+    whole = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if program.act_signed else (0, (1 << bits) - 1)
+    assert conv2.source.channels == 6 and program.lanes == 8
+    assert program.bounds[conv2.input_bounds] == ((1, 2),) * 6 + (whole,) * 2
+
+
+def test_protections_other_than_range_checks_are_refused_by_name(lenet: Engine) -> None:
+    quantizer = next(iter(lenet.output_stages))
+    engine = Engine(lenet.model, checks={quantizer: MedianFilter(3, 8)})
+    with pytest.raises(UnsupportedOp, match=r"\(MedianFilter\) has no unit on the accelerator; it builds range checks"):
+        compile_program(engine, 8, 8)

@@ -39,11 +39,39 @@ def test_network_runs_bit_for_bit_in_the_counted_cycles_with_one_build_per_shape
     assert (first["build_cached"], second["build_cached"]) == (False, True)
 
 
+@pytest.mark.slow
+@pytest.mark.toolchain
+@pytest.mark.parametrize(("protection", "granularity", "margin", "tmr"), [
+    ("clip", "channel", 0.0, False), ("sed", "channel", 0.0, False), ("zero", "layer", 1e6, True)])
+def test_input_placed_range_checks_run_bit_for_bit_with_their_alarm(tmp_path, write_experiment, protection,
+                                                                     granularity, margin, tmr):
+    """Checks where the layers read their inputs, per channel or per layer, and SED's detector (and a
+    TMR datapath): the logits equal the checked engine's, the alarm is raised exactly where one of its
+    checks fires (bounds profiled on calibration images fire on some test images; a huge margin on none)."""
+    result, rows = run(tmp_path, write_experiment, {
+        "quant": {"bits": 4}, "hw": {"rows": 4, "cols": 4, "rtl_images": 16, "protection": protection, "tmr": tmr},
+        "protect": {"placement": "input", "granularity": granularity, "margin": margin}})
+    assert result.exit_code == 0, result.output
+    m = rows[0]["metrics"]
+    assert (m["status"], m["rtl_agreement"], m["alarm_agreement"]) == ("ok", 1.0, 1.0)
+    assert m["rtl_cycles"] == m["model_cycles"]
+    assert m["rtl_alarms"] == m["engine_alarms"]
+    assert m["rtl_alarms"] == 0 if margin else m["rtl_alarms"] > 0
+
+
 def test_designs_the_machine_does_not_build_are_a_status(tmp_path, write_experiment):
     result, rows = run(tmp_path, write_experiment, {"quant": {"bits": 4}, "hw": {"dataflow": "os", "rtl_images": 2}})
     assert result.exit_code == 0, result.output
     m = rows[0]["metrics"]
     assert m["status"] == "not_built" and "weight-stationary" in m["message"]
+
+
+def test_protections_other_than_range_checks_are_a_status(tmp_path, write_experiment):
+    result, rows = run(tmp_path, write_experiment, {"quant": {"bits": 4}, "hw": {"protection": "median3",
+                                                                                   "rtl_images": 2}})
+    assert result.exit_code == 0, result.output
+    m = rows[0]["metrics"]
+    assert m["status"] == "not_built" and "no unit for median3" in m["message"]
 
 
 def test_missing_verilator_is_one_line_and_exit_2(tmp_path, write_experiment, monkeypatch):

@@ -12,6 +12,12 @@ are no instruction, only a layout: flattens, and concats along the channels, who
 write straight into their channel ranges of the concat's one tensor. Anything else raises
 `UnsupportedOp` naming the op, so a network the machine cannot run is refused before anything is built.
 
+Range checks: every `dsetool.protect.check.RangeCheck` the engine evaluates (clip, zero or detect, one
+mode per network), per-layer or per-channel bounds. After an output stage (`Engine.checks`) on a GEMM
+the bounds go in the constants words; on the vector unit, and on the codes a weight layer reads
+(`Engine.input_checks`: checked as the array reads them from the buffer), in the bounds memory, one
+word per word group of the checked tensor (`dsetool.machine.program`).
+
 Grouped and depthwise convolutions run on the same weight-stationary array as dense layers: each N
 slice streams only the K slices (tap, word, lane part) that hold a channel of its columns' groups, and
 its tiles hold zeros for the lanes of other groups (`dsetool.machine.program` counts what a depthwise
@@ -87,6 +93,8 @@ class _Compiler:
         self.fused: set[int] = set()
         self.logits: set[int] = set()   # ops whose values are the logits (the last GEMM and its flattens)
         self.concats: dict[int, tuple[Tensor, int]] = {}   # a concat's tensor and its channel offset there
+        self.bounds: list[tuple[tuple[int, int], ...]] = []   # the bounds memory's words
+        self.lane_format = _lane_format([op for op in self.model.ops if isinstance(op, QuantAct)])
         self.readers = self._last_readers()
 
     def _last_readers(self) -> dict[int, int]:
@@ -231,7 +239,7 @@ class _Compiler:
         qmin, qmax = quantizer.qrange
         dest, offset = self._destination(index, op.out_shape, self.lanes)
         self.instructions.append(Vector(op.name, source.tensor, None, dest, op.kernel, op.stride, op.padding,
-                                        "max", 1, 0, False, qmin, qmax, "none", qmin, qmax, offset))
+                                        "max", 1, 0, False, qmin, qmax, "none", 0, offset))
 
     def _requantize(self, index: int, op: QuantAct) -> None:
         """Run a quantizer that reads codes, an add's sums or an average pool's on the vector unit."""
@@ -243,15 +251,15 @@ class _Compiler:
             source, other, window = self._source(index, "integers"), None, ((1, 1), (1, 1), (0, 0))
         stage = self.engine.output_stages[index]
         multiplier, shift = _one(stage.multiplier, op.name, "multiplier"), _one(stage.shift, op.name, "shift")
-        mode, lo, hi = self._tensor_check(index, stage.qmin, stage.qmax)
         t = source.tensor
+        mode, bounds = self._bounds_of(self.engine.checks.get(index), op.name, t.channels)
         # The codes keep the map they are made on (pixel-major words), even when a flatten comes between:
         # a pool's output map, else the map read; a linear layer reading them takes the words in that order.
         shape: tuple[int, ...] = self.model.ops[sums].out_shape if sums is not None else \
             (op.out_shape if len(op.out_shape) == 3 else (t.channels, t.height, t.width))
         dest, offset = self._destination(index, shape, self.lanes)
         self.instructions.append(Vector(op.name, t, other, dest, *window, "sum", multiplier, shift, stage.relu,
-                                        stage.qmin, stage.qmax, mode, lo, hi, offset))
+                                        stage.qmin, stage.qmax, mode, bounds, offset))
 
     def _summed(self, index: int) -> tuple[_Codes, Tensor | None, Window]:
         """Return what the vector unit reads for add or average pool `index`: the codes it sums, the
@@ -273,25 +281,41 @@ class _Compiler:
         source, other, window = self._summed(index)
         self.logits.update(range(index, len(self.model.ops)))
         self.instructions.append(Vector(op.name, source.tensor, other, None, *window, "sum", 1, 0, False, 0, 0,
-                                        "none", 0, 0))
+                                        "none", 0))
 
     def _codes_of(self, reader: str, source: int) -> _Codes:
         if source == INPUT or source not in self.codes:
             raise UnsupportedOp(f"op {reader!r} reads integers the accelerator does not hold as codes")
         return self.codes[source]
 
-    def _tensor_check(self, index: int, qmin: int, qmax: int) -> tuple[str, int, int]:
-        """Return the range check after quantizer `index` on the vector unit: one pair of bounds for the
-        whole tensor (its stage has one constant set)."""
-        check = self.engine.checks.get(index)
+    def _bounds_of(self, check: object, where: str, channels: int) -> tuple[str, int]:
+        """Return a range check's mode and the bounds memory word of its tensor's word group 0, placing
+        its words (`lanes` (lo, hi) pairs each, padding lanes the codes' whole range); ("none", 0)
+        without a check."""
         if check is None:
-            return "none", qmin, qmax
-        mode = getattr(check, "mode", "none")
-        lo, hi = (np.unique(np.asarray(getattr(check, name))) for name in ("lo", "hi"))
-        if mode not in ("clip", "zero") or len(lo) != 1 or len(hi) != 1:
-            raise UnsupportedOp(f"the range check after {self.model.ops[index].name!r} ({mode}, "
-                                f"{len(lo)} bounds) has no unit on the accelerator's vector unit yet")
-        return mode, int(lo[0]), int(hi[0])
+            return "none", 0
+        mode = _range_mode(check, where)
+        lo, hi = (self._fitted(_per_channel(getattr(check, name), channels), where, channels) for name in ("lo", "hi"))
+        lowest, highest = self._code_range()
+        if min(lo) > highest or max(hi) < lowest:
+            raise UnsupportedOp(f"the range check at {where!r} has bounds outside the codes' range "
+                                f"{lowest}..{highest}")
+        pairs = [(max(a, lowest), min(b, highest)) for a, b in zip(lo, hi, strict=True)]
+        pairs += [(lowest, highest)] * (-len(pairs) % self.lanes)
+        base = len(self.bounds)
+        self.bounds.extend(tuple(pairs[g:g + self.lanes]) for g in range(0, len(pairs), self.lanes))
+        return mode, base
+
+    @staticmethod
+    def _fitted(values: list[int], where: str, channels: int) -> list[int]:
+        if len(values) != channels:
+            raise UnsupportedOp(f"the range check at {where!r} has {len(values)} bounds for {channels} channels")
+        return values
+
+    def _code_range(self) -> tuple[int, int]:
+        """Return the smallest and largest code a buffer lane holds."""
+        bits = self.lane_format["act_bits"]
+        return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if self.lane_format["act_signed"] else (0, (1 << bits) - 1)
 
     def _gemm(self, index: int, op: WeightOp) -> None:
         if not op.weight_signed:
@@ -306,12 +330,15 @@ class _Compiler:
         dest, offset = self._destination(quantizer, op.out_shape, 1) if quantizer is not None else (None, 0)
         columns = self.tiling.columns(op.out_features, offset % self.cols)
         slices, words = self.tiling.tiles(op, source.tensor, columns)
+        in_mode, in_bounds = self._bounds_of(self.engine.input_checks.get(index), f"the input of {op.name}",
+                                             source.tensor.channels)
         gemm = Gemm(name=op.name, source=self._read_view(op, source), dest=dest,
                     out_height=op.out_shape[1] if len(op.out_shape) == 3 else 1,
                     out_width=op.out_shape[2] if len(op.out_shape) == 3 else 1,
                     stride=op.stride if isinstance(op, Conv2d) else (1, 1), out_channels=op.out_features,
                     slices=slices, weight_base=len(self.weights), const_base=len(self.constants),
-                    dest_offset=offset, **self._stage(quantizer))  # type: ignore[arg-type]
+                    dest_offset=offset, input_check=in_mode, input_bounds=in_bounds,
+                    input_period=source.tensor.groups, **self._stage(quantizer))  # type: ignore[arg-type]
         self.weights.extend(words)
         self.constants.extend(self._constant_words(op, quantizer, columns))
         self.instructions.append(gemm)
@@ -342,10 +369,7 @@ class _Compiler:
             return {"relu": False, "qmin": 0, "qmax": 0, "check": "none"}
         stage = self.engine.output_stages[quantizer]
         check = self.engine.checks.get(quantizer)
-        mode = getattr(check, "mode", "none") if check is not None else "none"
-        if check is not None and mode not in ("clip", "zero"):
-            raise UnsupportedOp(f"the range check after {self.model.ops[quantizer].name!r} ({mode}) has no "
-                                f"unit on the accelerator yet")
+        mode = _range_mode(check, self.model.ops[quantizer].name) if check is not None else "none"
         return {"relu": stage.relu, "qmin": stage.qmin, "qmax": stage.qmax, "check": mode}
 
     def _read_view(self, op: WeightOp, source: _Codes) -> Tensor:
@@ -368,10 +392,22 @@ class _Compiler:
             multiplier = _per_channel(stage.multiplier, n_out)
             shift = _per_channel(stage.shift, n_out)
             check = self.engine.checks.get(quantizer)
-            lo = _per_channel(getattr(check, "lo", [stage.qmin]), n_out)
-            hi = _per_channel(getattr(check, "hi", [stage.qmax]), n_out)
+            lowest, highest = self._code_range()   # a bound beyond the codes' range acts as the range's end
+            lo = [max(v, lowest) for v in _per_channel(getattr(check, "lo", [stage.qmin]), n_out)]
+            hi = [min(v, highest) for v in _per_channel(getattr(check, "hi", [stage.qmax]), n_out)]
         return [tuple(Constants(bias[n], multiplier[n], shift[n], lo[n], hi[n]) if n >= 0 else Constants(0, 0, 0, 0, 0)
                       for n in outs.tolist()) for outs in columns]
+
+
+def _range_mode(check: object, where: str) -> str:
+    """Return the mode of a range check the machine builds (`dsetool.protect.check.RangeCheck`); refuse
+    any other protection by name."""
+    from dsetool.protect.check import RangeCheck
+
+    if not isinstance(check, RangeCheck):
+        raise UnsupportedOp(f"the protection at {where!r} ({type(check).__name__}) has no unit on the accelerator; "
+                            f"it builds range checks (clip, zero, detect)")
+    return check.mode
 
 
 def _one(values: Sequence[int], name: str, what: str) -> int:
@@ -400,7 +436,7 @@ def compile_program(engine: Engine, rows: int, cols: int) -> Program:
     quantizers = [op for op in model.ops if isinstance(op, QuantAct)]
     vectors = [i for i in compiler.instructions if isinstance(i, Vector)]
     constants = [c for word in compiler.constants for c in word] + [
-        Constants(0, v.multiplier, v.shift, v.lo, v.hi) for v in vectors]
+        Constants(0, v.multiplier, v.shift, 0, 0) for v in vectors]
     lane_format = _lane_format(quantizers)
     logit_sums = [sum_bits(lane_format["act_bits"], v.taps) for v in vectors if v.logits]   # held as accumulators
     return Program(
@@ -411,7 +447,7 @@ def compile_program(engine: Engine, rows: int, cols: int) -> Program:
         shift_bits=max(2, *(_signed_bits(c.shift) for c in constants)),
         input=compiler.codes[_input_op(model)].tensor, num_classes=model.num_classes,
         instructions=tuple(compiler.instructions), weights=tuple(compiler.weights),
-        constants=tuple(compiler.constants), buffer_words=compiler.buffer.high)
+        constants=tuple(compiler.constants), buffer_words=compiler.buffer.high, bounds=tuple(compiler.bounds))
 
 
 def _lane_format(quantizers: Sequence[QuantAct]) -> dict[str, Any]:

@@ -26,7 +26,8 @@ def widths_of(program: Program, multiplier_bits: int) -> isa.Widths:
                       weight=_bits(len(program.weights) + 1), const=_bits(len(program.constants) + 1),
                       slice=_bits(slices + 1), lane=_bits(program.lanes // program.rows),
                       code=program.act_bits + 1, multiplier=multiplier_bits, shift=SHIFT_BITS,
-                      column=_bits(max(program.cols, program.lanes // program.cols)))
+                      column=_bits(max(program.cols, program.lanes // program.cols)),
+                      bounds=_bits(len(program.bounds) + 1))
 
 
 def _tensors(instr: Gemm | Vector) -> list[Tensor]:
@@ -43,9 +44,11 @@ def _gemm(instr: Gemm, slice_first: int, program: Program) -> tuple[dict[str, in
               "n_count": instr.n_slices(program.cols), "slice_first": slice_first,
               "slice_walk": int(len(instr.slices) > 1), "weight_base": instr.weight_base,
               "const_base": instr.const_base, "relu": int(instr.relu), "check": int(instr.check != "none"),
+              "in_check": int(instr.input_check != "none"),
               "logits": int(instr.logits), "qmin": instr.qmin, "qmax": instr.qmax, **_gemm_writer(instr, program)}
     slices = [{"dy": s.dy, "dx": s.dx, "row_off": s.dy * pitch + s.group, "col_off": s.dx * src.groups,
-               "part": s.lane // program.rows, "last": int(j == len(one) - 1)}
+               "part": s.lane // program.rows, "last": int(j == len(one) - 1),
+               "bound": instr.bound_word(s) if instr.input_check != "none" else 0}
               for one in instr.slices for j, s in enumerate(one)]
     return fields, slices
 
@@ -73,7 +76,7 @@ def _vector(instr: Vector) -> dict[str, int]:
               "ky_step": pitch, "kx_step": src.groups, "bounded": 1, "reduce_max": int(instr.reduce == "max"),
               "multiplier": instr.multiplier, "shift": instr.shift, "relu": int(instr.relu),
               "qmin": instr.qmin, "qmax": instr.qmax, "check": int(instr.check != "none"),
-              "lo": instr.lo, "hi": instr.hi, "logits": int(instr.logits)}
+              "bounds_base": instr.bounds, "logits": int(instr.logits)}
     if dest is not None:   # a range of a concat's tensor starts dest_offset // lanes words into each pixel's
         fields |= {"dst_base": dest.base + instr.dest_offset // dest.lanes, "dst_skip": dest.groups - src.groups}
     if instr.other is not None:   # an add: a 1 x 2 window whose second tap is the other addend's word
@@ -82,18 +85,18 @@ def _vector(instr: Vector) -> dict[str, int]:
 
 
 def check_mode(program: Program) -> str:
-    """Return the range-check unit the machine needs: the one mode its checked layers use, or none."""
-    modes = {i.check for i in program.instructions if i.check != "none"}
-    if len(modes) > 1:
-        raise UnsupportedOp(f"The machine builds one range-check unit, and the program asks for {sorted(modes)}")
-    return modes.pop() if modes else "none"
+    """Return the range-check mode the machine's units need: the one its checks use, or none."""
+    try:
+        return program.check
+    except ValueError as error:
+        raise UnsupportedOp(str(error)) from None
 
 
 def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int | None = None,
-               acc_bits: int | None = None) -> tuple[MachineShape, MachineImages]:
+               acc_bits: int | None = None, tmr: bool = False) -> tuple[MachineShape, MachineImages]:
     """Return the shape of the machine that runs `program` and the images its host loads.
     `multiplier_bits`: the requantization multiplier's width (the design's; by default what the
-    program's constants need)."""
+    program's constants need); `tmr`: the datapath triplicated and voted (`hw.machine_datapath`)."""
     bits = multiplier_bits or program.multiplier_bits
     widths = widths_of(program, bits)
     instruction, slice_ = isa.instruction_layout(widths), isa.slice_layout(widths)
@@ -112,7 +115,7 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
         raise UnsupportedOp(f"the program's accumulators need {program.acc_bits} bits; the machine has {acc_bits}")
     array = ArrayConfig(rows=program.rows, cols=program.cols, act_bits=program.act_bits,
                         weight_bits=program.weight_bits, acc_bits=acc_bits or program.acc_bits,
-                        act_signed=program.act_signed, multiplier=multiplier)
+                        act_signed=program.act_signed, multiplier=multiplier, tmr=tmr)
     if bits < program.multiplier_bits or program.shift_bits > SHIFT_BITS:
         raise UnsupportedOp(f"The program's constants need a {program.multiplier_bits}-bit multiplier and "
                          f"{program.shift_bits}-bit shift; the machine has {bits} and {SHIFT_BITS}")
@@ -123,9 +126,11 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
                          slice_words=len(slice_words), weight_words=len(program.weights),
                          const_words=len(program.constants),
                          max_rows=max(i.m for i in program.instructions if isinstance(i, Gemm)),
-                         sum_bits=sum_bits(program.act_bits, max([1] + taps)))
+                         sum_bits=sum_bits(program.act_bits, max([1] + taps)), bounds_words=len(program.bounds),
+                         input_check=any(isinstance(i, Gemm) and i.input_check != "none" for i in program.instructions),
+                         output_check=any(i.check != "none" for i in program.instructions))
     constants = tuple(tuple((c.bias, c.multiplier, c.shift, c.lo, c.hi) for c in word) for word in program.constants)
-    return shape, MachineImages(tuple(words), tuple(slice_words), program.weights, constants)
+    return shape, MachineImages(tuple(words), tuple(slice_words), program.weights, constants, program.bounds)
 
 
 def input_codes(program: Program, codes: object) -> list[int]:

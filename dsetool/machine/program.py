@@ -1,7 +1,7 @@
 """The accelerator's program: what `dsetool.machine.compiler` makes of an integer model, and what the
 sequencer (`hw.sequencer`), the memories and the reference model (`dsetool.machine.reference`) read.
 
-Pure data, no torch. The machine has four memories, each a list of words:
+Pure data, no torch. The machine has five memories, each a list of words:
 
 - the activation buffer: words of `lanes` codes; a tensor of C channels at H x W lives at `base` as
   H * W * ceil(C / lanes) words, pixel-major, each pixel's channels in consecutive words of `lanes`
@@ -13,6 +13,11 @@ Pure data, no torch. The machine has four memories, each a list of words:
   `Gemm.weight_base`, N slice by N slice, each N slice's K slices in `Gemm.k_slices` order.
 - the constant memory: one word per N slice of a GEMM (`Gemm.const_base` + n), `cols` `Constants` (bias,
   requantization multiplier and shift, range-check bounds) of the N slice's columns.
+- the bounds memory: the range checks' per-channel bounds, one word of `lanes` (lo, hi) pairs per
+  word group of a checked tensor (lane l of group g: channel g * lanes + l; padding lanes hold the
+  codes' whole range): a GEMM's input check reads its K slice's group's (`Gemm.bound_word`), a vector
+  instruction's output check its output word's group's (`Vector.bounds` + g). Per-layer bounds are
+  the same pair in every lane.
 - the logits memory: logit c at word c // cols, lane c % cols: the last GEMM's raw sums (no output
   stage), or the vector unit's sums when the logits are an average pool's (SqueezeNet ends so).
 
@@ -121,8 +126,15 @@ class Gemm:
     relu: bool
     qmin: int
     qmax: int
-    check: str   # "none", "clip" or "zero": the output stage's range check for this layer
+    check: str   # "none", "clip", "zero" or "detect": the output stage's range check for this layer
     dest_offset: int = 0   # the destination channel of output channel 0 (a concat's input: its range)
+    input_check: str = "none"   # the range check on the codes read from `source` (engine input_checks)
+    input_bounds: int = 0   # its bounds: words input_bounds .. of the bounds memory, one per word group
+    input_period: int = 1   # the checked tensor's word groups (a linear layer's view repeats them per pixel)
+
+    def bound_word(self, s: Slice) -> int:
+        """Return the bounds memory word that holds the bounds of K slice s's lanes."""
+        return self.input_bounds + s.group % self.input_period
 
     @property
     def logits(self) -> bool:
@@ -157,9 +169,10 @@ class Vector:
     (`reduce` "max": taps outside the map are left out) or sum ("sum": they count 0); with `other` (an
     add) the word of `other` at the same place is added. The result is requantized with one
     (multiplier, shift), ReLU when `relu`, clamped to [qmin, qmax] and, with `check`, checked against
-    [lo, hi]. A max pool requantizes by 1 to its codes' own range. Words go to group
-    dest_offset // lanes + g of `dest`'s pixel (oy, ox); without `dest` (the logits: an average pool's
-    sums over one output pixel) the sums themselves, lane by lane, are the logits."""
+    the bounds memory's words `bounds` + g (per channel). A max pool requantizes by 1 to its codes' own
+    range. Words go to group dest_offset // lanes + g of `dest`'s pixel (oy, ox); without `dest` (the
+    logits: an average pool's sums over one output pixel) the sums themselves, lane by lane, are the
+    logits."""
 
     name: str
     source: Tensor
@@ -175,8 +188,7 @@ class Vector:
     qmin: int
     qmax: int
     check: str
-    lo: int
-    hi: int
+    bounds: int   # the bounds memory word of output group 0 (with `check`)
     dest_offset: int = 0   # a multiple of lanes: the destination channel of channel 0
 
     @property
@@ -229,6 +241,16 @@ class Program:
     weights: tuple[tuple[int, ...], ...]      # weight memory words (cols each)
     constants: tuple[tuple[Constants, ...], ...]   # constant memory words (cols each)
     buffer_words: int                          # activation buffer depth
+    bounds: tuple[tuple[tuple[int, int], ...], ...] = ()   # bounds memory words ((lo, hi) per lane)
+
+    @property
+    def check(self) -> str:
+        """Return the one range-check mode of the program's checks ("none" without any); raise
+        ValueError when they differ (the machine builds one mode)."""
+        modes = {mode for i in self.instructions for mode in (i.check, getattr(i, "input_check", "none"))} - {"none"}
+        if len(modes) > 1:
+            raise ValueError(f"The machine builds one range-check mode, and the program asks for {sorted(modes)}")
+        return modes.pop() if modes else "none"
 
 
 

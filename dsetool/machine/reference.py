@@ -1,16 +1,18 @@
 """Run an accelerator program on one image as the machine does, word by word, without RTL.
 
 It reads only the program's memory images (the weights as the array loads them, the constants as the
-output stage reads them, the buffer layout), so it checks the compiler against the engine
-(`tests/test_machine.py`), and the RTL is checked against it. Accumulators wrap at the program's
-`acc_bits`, as the machine's registers do.
+output stage reads them, the bounds memory as the range checks read it, the buffer layout), so it
+checks the compiler against the engine (`tests/test_machine.py`), and the RTL is checked against it.
+Accumulators wrap at the program's `acc_bits`, as the machine's registers do. `alarm` is the machine's
+detector output: whether any range check found a code outside its bounds during the last `run` (the
+codes a GEMM reads from the buffer, not its padding zeros; the channels an output stage writes).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dsetool.machine.program import Constants, Gemm, Program, Slice, Tensor, Vector
+from dsetool.machine.program import Gemm, Program, Slice, Tensor, Vector
 
 
 def _wrap(values: np.ndarray, bits: int) -> np.ndarray:
@@ -32,13 +34,16 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, relu:
 
 
 class Machine:
-    """The accelerator's memories and one image's execution: `load(codes)`, `run()`, then `logits`."""
+    """The accelerator's memories and one image's execution: `load(codes)`, `run()`, then `logits` and
+    `alarm`."""
 
     def __init__(self, program: Program) -> None:
         self.program = program
         self.buffer = np.zeros((max(1, program.buffer_words), program.lanes), dtype=np.int64)
         self.weights = np.asarray(program.weights, dtype=np.int64).reshape(-1, program.cols)
         self.logits = np.zeros(-(-program.num_classes // program.lanes) * program.lanes, dtype=np.int64)
+        self.bounds = np.asarray(program.bounds, dtype=np.int64).reshape(-1, program.lanes, 2)
+        self.alarm = False
 
     def load(self, codes: np.ndarray) -> None:
         """Write one image's input codes (C, H, W) into the buffer (what the host port does)."""
@@ -59,6 +64,7 @@ class Machine:
 
     def run(self) -> np.ndarray:
         """Execute every instruction; return the logits (num_classes,)."""
+        self.alarm = False
         for instr in self.program.instructions:
             if isinstance(instr, Gemm):
                 self._gemm(instr)
@@ -77,6 +83,10 @@ class Machine:
             inside = (y >= 0) & (y < src.height) & (x >= 0) & (x < src.width)
             address = src.base + (np.where(inside, y, 0) * src.width + np.where(inside, x, 0)) * src.groups + s.group
             words = self.buffer[address, s.lane:s.lane + rows]
+            if instr.input_check != "none":   # the codes as read, before the padding zeros replace some
+                bounds = self.bounds[instr.bound_word(s), s.lane:s.lane + rows]
+                words, fired = _checked(words, bounds[:, 0], bounds[:, 1], instr.input_check)
+                self.alarm |= bool((fired & inside[:, None]).any())
             parts.append(np.where(inside[:, None], words, 0))
         return np.concatenate(parts, axis=1)
 
@@ -101,7 +111,12 @@ class Machine:
                 continue
             codes = requantize(acc, np.array([c.multiplier for c in constants]), np.array([c.shift for c in constants]),
                                instr.relu, instr.qmin, instr.qmax)
-            codes = _checked(codes, constants, instr.check)
+            if instr.check != "none":
+                lo, hi = (np.array([getattr(c, name) for c in constants], dtype=np.int64) for name in ("lo", "hi"))
+                codes, fired = _checked(codes, lo, hi, instr.check)
+                real = (np.arange(p.cols) + nt * p.cols - instr.lead(p.cols) >= 0) & \
+                    (np.arange(p.cols) + nt * p.cols - instr.lead(p.cols) < instr.out_channels)
+                self.alarm |= bool(fired[:, real].any())
             self._write_columns(instr, nt, codes)
 
     def _write_columns(self, instr: Gemm, nt: int, codes: np.ndarray) -> None:
@@ -135,8 +150,10 @@ class Machine:
             self.logits[:out.size] = out.reshape(-1)
             return
         codes = requantize(out, np.array(instr.multiplier), np.array(instr.shift), instr.relu, instr.qmin, instr.qmax)
-        constants = (Constants(0, instr.multiplier, instr.shift, instr.lo, instr.hi),)
-        codes = _checked(codes, constants, instr.check)
+        if instr.check != "none":   # output group g against bounds word `bounds` + g, lane by lane
+            bounds = self.bounds[instr.bounds:instr.bounds + src.groups]
+            codes, fired = _checked(codes, bounds[..., 0], bounds[..., 1], instr.check)
+            self.alarm |= bool(fired.any())
         dest = instr.dest
         pixels = np.arange(dest.height * dest.width)[:, None] * dest.groups
         address = dest.base + pixels + instr.dest_offset // dest.lanes + np.arange(src.groups)[None, :]
@@ -147,18 +164,24 @@ class Machine:
         return words.reshape(tensor.height, tensor.width, tensor.groups, tensor.lanes)
 
 
-def _checked(codes: np.ndarray, constants: tuple[Constants, ...], mode: str) -> np.ndarray:
-    if mode == "none":
-        return codes
-    lo = np.array([c.lo for c in constants], dtype=np.int64)
-    hi = np.array([c.hi for c in constants], dtype=np.int64)
+def _checked(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the codes the range check in `mode` gives (bounds broadcast over the codes' last axes) and
+    where it fired."""
+    fired = (codes < lo) | (codes > hi)
     if mode == "clip":
-        return np.minimum(np.maximum(codes, lo), hi)
-    return np.where((codes < lo) | (codes > hi), 0, codes)
+        return np.minimum(np.maximum(codes, lo), hi), fired
+    if mode == "zero":
+        return np.where(fired, 0, codes), fired
+    return codes, fired
 
 
 def run_image(program: Program, codes: np.ndarray) -> np.ndarray:
     """Return the logits the machine computes for one image's input codes (C, H, W)."""
+    return run_detecting(program, codes)[0]
+
+
+def run_detecting(program: Program, codes: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Return the logits the machine computes for one image's input codes (C, H, W) and its alarm."""
     machine = Machine(program)
     machine.load(codes)
-    return machine.run()
+    return machine.run(), machine.alarm

@@ -5,13 +5,21 @@ The quantized model is compiled into the accelerator's program (`dsetool.machine
 program's shape is generated (`hw.machine`) and compiled by Verilator (`hw.rtlsim`; one build serves
 every point whose machine has the same shape: the build cache is shared by the store), the program,
 weights and constants go in over the host port, then `hw.rtl_images` test images, one after the other.
-`rtl_agreement` is the share of images whose logits equal the engine's (with the point's range checks
-where the machine builds them); anything below 1.0 fails the stage, naming the first image that differs.
-`rtl_cycles` is the measured cycles per inference (from `start` to the first logit), `model_cycles` what
-`hw.cycles`' machine schedule counts for the program without simulating it.
+`rtl_agreement` is the share of images whose logits equal the engine's (with the point's range checks,
+clip, zero or sed, per layer or per channel, placed as `protect.placement` says: after the output
+stages, or where the weight layers read their inputs from the buffer); anything below 1.0 fails the
+stage, naming the first image that differs. `rtl_cycles` is the measured cycles per inference (from
+`start` to the first logit), `model_cycles` what `hw.cycles`' machine schedule counts for the program
+without simulating it. With a range check, `rtl_alarms` counts the images on which the machine's
+detector (its `alarm`) was raised, `engine_alarms` those on which one of the engine's checks fired
+(`dsetool.machine.alarms`), and `alarm_agreement` the share of images on which they agree; an alarm the
+engine has no cause for fails the stage (the machine checks only codes the engine checks too).
 
-A network or design the machine does not build (an op without a unit, an output-stationary array, TMR,
-a check placed at the layers' inputs, one array row) is `status: not_built` with the reason, not a
+With `hw.tmr` the machine's datapath (array, K accumulator, column stage) is built three times behind
+bitwise majority voters (`hw.machine_datapath`); fault-free it computes what one datapath does.
+
+A network or design the machine does not build (an op without a unit, an output-stationary array, a
+protection other than a range check, one array row) is `status: not_built` with the reason, not a
 failure. The machine's lanes and accumulators are as wide as the model needs (`hw.acc_bits`, when set,
 must hold them, as for inject).
 """
@@ -52,7 +60,8 @@ def run(ctx: StageContext) -> Result:
             raise ConfigError(str(cfg.name), "hw.acc_bits", f"{cfg.hw.acc_bits} bits cannot hold the network's "
                                                             f"accumulators, which need {program.acc_bits}")
         shape, images = machine_of(program, multiplier=design.array.multiplier,
-                                   multiplier_bits=design.multiplier_bits, acc_bits=cfg.hw.acc_bits or None)
+                                   multiplier_bits=design.multiplier_bits, acc_bits=cfg.hw.acc_bits or None,
+                                   tmr=design.protection.tmr)
     except UnsupportedOp as error:
         return Result({"status": "not_built", "message": str(error), **widths})
     splits, _ = prepare(cfg, cfg.threads)
@@ -67,22 +76,20 @@ def _not_built(design: Any) -> str:
         return "the accelerator needs at least 2 array rows (hw.rows)"
     if design.array.dataflow != "ws":
         return "the accelerator is built weight-stationary only (hw.dataflow: ws)"
-    if design.protection.tmr:
-        return "the accelerator is not built with TMR (hw.tmr); the datapath synthesis measures it"
-    if design.protection.entry.protects and design.protection.rtl == "none":
-        return f"the accelerator has no unit for {design.protection.name}"
-    if design.protection.entry.protects and design.protection.placement != "output":
-        return "the accelerator checks a layer's outputs only (protect.placement: output)"
+    if design.protection.entry.protects and not design.protection.entry.reads_bounds:
+        return f"the accelerator has no unit for {design.protection.name}; it builds range checks (clip, zero, sed)"
     return ""
 
 
 def _engine(ctx: StageContext, design: Any, model: Any) -> Engine:
-    """Return the engine the machine must equal: with the point's range checks after the output stages."""
+    """Return the engine the machine must equal: with the point's range checks where it places them."""
     if not design.protection.entry.protects:
         return design.engine(model)
+    from dsetool.protect.check import placed
     from dsetool.stages.inject import _protections
 
-    return design.engine(model, checks=_protections(ctx, design, model))
+    where = placed(model, _protections(ctx, design, model), design.protection.placement)
+    return design.engine(model, checks=where.get("checks"), input_checks=where.get("input_checks"))
 
 
 def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: Engine, x: Any) -> dict[str, Any]:
@@ -95,13 +102,14 @@ def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: 
     compiled = rtlsim.build(Machine(shape), ctx.cache / BUILD_DIR)
     built = time.perf_counter()
     expected = engine.logits(x).numpy()
-    got, cycles = [], []
+    got, cycles, alarms = [], [], []
     with compiled.open() as session:
         machine_host.load(session, shape, images)
         for codes in engine.quantize_input(x).numpy():
             logits, count = machine_host.infer(session, shape, input_codes(program, codes))
             got.append(logits)
             cycles.append(count)
+            alarms.append(machine_host.alarm(session))
         rate = session.cycles_per_second
     agree = np.all(np.array(got) == expected, axis=1)
     if not agree.all():
@@ -110,7 +118,22 @@ def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: 
                            f"images (first: image {first}, {got[first]} against {expected[first].tolist()})")
     return {"rtl_agreement": float(agree.mean()), "rtl_images": len(agree), "rtl_cycles": max(cycles),
             "model_cycles": program_cycles(program), "sim_cycles_per_second": rate,
+            **(_alarms(engine, x, np.array(alarms)) if shape.check != "none" else {}),
             "seconds_build": built - began, "seconds_sim": time.perf_counter() - built, "build_cached": compiled.cached}
+
+
+def _alarms(engine: Engine, x: Any, rtl: np.ndarray) -> dict[str, Any]:
+    """Return the detector's figures against the engine's checks; raise on an alarm the engine has no
+    cause for."""
+    from dsetool.machine.alarms import engine_alarms
+
+    fired = engine_alarms(engine, x)
+    unexplained = np.flatnonzero(rtl & ~fired)
+    if len(unexplained):
+        raise RuntimeError(f"the RTL raised its alarm on {len(unexplained)} of {len(rtl)} images where no range check "
+                           f"of the engine fires (first: image {int(unexplained[0])})")
+    return {"rtl_alarms": int(rtl.sum()), "engine_alarms": int(fired.sum()),
+            "alarm_agreement": float((rtl == fired).mean())}
 
 
 def _shape_metrics(program: Any, shape: Any) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The accelerator (`hw.machine.Machine`) runs whole networks bit for bit against the integer engine, and
 takes exactly the cycles `hw.cycles`' machine schedule counts: small networks in Amaranth's simulator
 (convs, pools, residual adds, depthwise and grouped convs, concats, pooled logits), LeNet-5, ResNet-8,
-MobileNet and SqueezeNet in the compiled (Verilator) simulation."""
+MobileNet and SqueezeNet in the compiled (Verilator) simulation. Range checks (clip, zero, SED's detect;
+per layer or per channel; after the output stages or on the codes a layer reads) act as the engine's,
+and the alarm is raised exactly on the images where one of the engine's checks fires."""
 
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ import pytest
 from amaranth.sim import Simulator
 
 from dsetool.engine import Engine
+from dsetool.machine.alarms import engine_alarms
 from dsetool.machine.compiler import compile_program
 from dsetool.machine.encode import input_codes, machine_of
-from dsetool.machine.program import Program, program_cycles
+from dsetool.machine.program import Program, Vector, program_cycles
 from dsetool.protect.check import RangeCheck
 from hw.arrayconfig import ArrayConfig
 from hw.machine import Machine
 from hw.machine_format import load_beats
 from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
+from tests.fixtures.range_checks import checked_engine
 
 TINY_CNN = "tests.fixtures.tiny_cnn:make"
 TINY_RESNET = "tests.fixtures.tiny_resnet:make"
@@ -30,12 +34,21 @@ TINY_CONCAT = "tests.fixtures.tiny_concat:make"
 
 def simulate(engine: Engine, program: Program, images: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """Load the machine of `program` through its host port, run every image; return logits and cycles."""
-    shape, contents = machine_of(program)
+    logits, cycles, _ = simulate_detecting(engine, program, images)
+    return logits, cycles
+
+
+def simulate_detecting(engine: Engine, program: Program, images: np.ndarray, tmr: bool = False
+                       ) -> tuple[np.ndarray, list[int], list[bool]]:
+    """Load the machine of `program` (its datapath triplicated with `tmr`) through its host port, run
+    every image; return logits, cycles and the alarm read with each image's logits."""
+    shape, contents = machine_of(program, tmr=tmr)
     dut = Machine(shape)
     beats = load_beats(shape, contents)
     codes = engine.quantize_input(images).numpy()
     logits: list[list[int]] = []
     cycles: list[int] = []
+    alarms: list[bool] = []
 
     async def bench(ctx: Any) -> None:
         await _stream(ctx, dut.load_valid, dut.load_data, beats)
@@ -49,6 +62,7 @@ def simulate(engine: Engine, program: Program, images: np.ndarray) -> tuple[np.n
                 await ctx.tick()
                 count += 1
             ctx.set(dut.out_ready, 1)
+            alarms.append(bool(ctx.get(dut.alarm)))
             out: list[int] = []
             while len(out) < program.num_classes:
                 if ctx.get(dut.out_valid):
@@ -62,7 +76,7 @@ def simulate(engine: Engine, program: Program, images: np.ndarray) -> tuple[np.n
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
-    return np.array(logits), cycles
+    return np.array(logits), cycles, alarms
 
 
 async def _stream(ctx: Any, valid: Any, data: Any, values: list[int]) -> None:
@@ -134,6 +148,68 @@ def test_range_check_unit_acts_as_the_engines_check(tiny_cnn: Engine, mode: str)
     np.testing.assert_array_equal(logits, checked.logits(x).numpy())
 
 
+@pytest.mark.parametrize(("spec", "mode", "granularity", "rows", "cols"), [
+    (TINY_CNN, "clip", "channel", 4, 4), (TINY_CNN, "zero", "layer", 2, 4),     # padded convs, a linear layer
+    (TINY_RESNET, "clip", "layer", 4, 4), (TINY_RESNET, "zero", "channel", 2, 4),   # and adds' checks
+    (TINY_MOBILENET, "clip", "channel", 2, 4), (TINY_CONCAT, "zero", "channel", 4, 2)])
+def test_input_checks_on_the_buffer_read_path_act_as_the_engines(tiny_engines: dict[str, Engine], spec: str,
+                                                                  mode: str, granularity: str, rows: int,
+                                                                  cols: int) -> None:
+    """Checks where each layer reads its input (padding zeros are no read), bounds one code inside what
+    the images give, so they fire: the machine equals the checked engine, not the unchecked one, in the
+    unchanged cycle count, and raises its alarm."""
+    engine = tiny_engines[spec]
+    x = digits(TINY_NETWORKS[spec][0]).test.x[:2]
+    checked = checked_engine(engine, x, mode, granularity, "input")
+    assert checked.input_checks
+    expected = checked.logits(x).numpy()
+    assert not np.array_equal(expected, engine.logits(x).numpy())
+    program = compile_program(checked, rows, cols)
+    logits, cycles, alarms = simulate_detecting(checked, program, x)
+    np.testing.assert_array_equal(logits, expected)
+    assert cycles == [program_cycles(program)] * 2 and program_cycles(program) == program_cycles(
+        compile_program(engine, rows, cols))
+    assert alarms == engine_alarms(checked, x).tolist() == [True, True]
+
+
+def test_per_channel_bounds_on_the_vector_units_outputs(tiny_engines: dict[str, Engine]) -> None:
+    engine = tiny_engines[TINY_RESNET]
+    x = digits(8).test.x[:2]
+    checked = checked_engine(engine, x, "clip", "channel", "output")
+    program = compile_program(checked, 4, 4)
+    assert any(i.check == "clip" for i in program.instructions if isinstance(i, Vector))   # adds' quantizers
+    logits, _, alarms = simulate_detecting(checked, program, x)
+    np.testing.assert_array_equal(logits, checked.logits(x).numpy())
+    assert alarms == [True, True]
+
+
+@pytest.mark.parametrize(("placement", "granularity"), [("output", "channel"), ("input", "layer")])
+def test_sed_raises_the_alarm_only_when_a_check_fires_and_leaves_the_values(tiny_engines: dict[str, Engine],
+                                                                          placement: str, granularity: str) -> None:
+    """Bounds profiled on image 0 exactly: it raises no alarm, the others do; logits are unchecked."""
+    engine = tiny_engines[TINY_RESNET]
+    x = digits(8).test.x[:3]
+    detecting = checked_engine(engine, x[:1], "detect", granularity, placement, inset=0)
+    program = compile_program(detecting, 4, 4)
+    logits, cycles, alarms = simulate_detecting(detecting, program, x)
+    np.testing.assert_array_equal(logits, engine.logits(x).numpy())
+    assert alarms == engine_alarms(detecting, x).tolist()
+    assert alarms[0] is False and any(alarms[1:])
+    assert cycles == [program_cycles(program)] * 3
+
+
+def test_tmr_datapath_runs_bit_for_bit_in_the_same_cycles(tiny_engines: dict[str, Engine]) -> None:
+    """Three datapaths behind voters, with input checks: fault-free, what one computes, as fast."""
+    engine = tiny_engines[TINY_RESNET]
+    x = digits(8).test.x[:2]
+    checked = checked_engine(engine, x, "clip", "channel", "input")
+    program = compile_program(checked, 4, 4)
+    assert machine_of(program, tmr=True)[0].array.tmr
+    logits, cycles, alarms = simulate_detecting(checked, program, x, tmr=True)
+    np.testing.assert_array_equal(logits, checked.logits(x).numpy())
+    assert cycles == [program_cycles(program)] * 2 and alarms == [True, True]
+
+
 @pytest.mark.parametrize(("config", "message"), [
     (ArrayConfig(rows=4, cols=4, dataflow="os"), "weight-stationary"),
     (ArrayConfig(rows=1, cols=4), "rows must be at least 2"),
@@ -177,3 +253,27 @@ def test_networks_run_in_compiled_simulation_bit_for_bit(tmp_path: Path, arch: s
             results.append(machine_host.infer(session, shape, input_codes(program, image)))
     np.testing.assert_array_equal(np.array([logits for logits, _ in results]), engine.logits(x).numpy())
     assert {cycles for _, cycles in results} == {program_cycles(program)}
+
+
+@pytest.mark.toolchain
+def test_lenet_with_per_channel_input_clip_runs_in_compiled_simulation(tmp_path: Path) -> None:
+    from hw import machine_host, rtlsim
+
+    engine = exported_engine(tmp_path / "model", "lenet5", 8, "po2", "per_tensor")
+    x = digits(32).test.x[:8]
+    checked = checked_engine(engine, x[:4], "clip", "channel", "input")
+    expected = checked.logits(x).numpy()
+    assert not np.array_equal(expected, engine.logits(x).numpy())
+    program = compile_program(checked, 8, 8)
+    shape, contents = machine_of(program)
+    assert shape.input_check and not shape.output_check
+    compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
+    results, alarms = [], []
+    with compiled.open() as session:
+        machine_host.load(session, shape, contents)
+        for image in checked.quantize_input(x).numpy():
+            results.append(machine_host.infer(session, shape, input_codes(program, image)))
+            alarms.append(machine_host.alarm(session))
+    np.testing.assert_array_equal(np.array([logits for logits, _ in results]), expected)
+    assert {cycles for _, cycles in results} == {program_cycles(program)}
+    assert alarms == engine_alarms(checked, x).tolist() and all(alarms[:4])

@@ -1,0 +1,94 @@
+"""The machine's datapath as one block: the weight-stationary array, its K accumulator (bias added) and
+the column stage, so that `hw.machine.Machine` can build it once or three times with a vote on its
+outputs (`hw.tmr.TripleModular`, `ArrayConfig.tmr`).
+
+    a, w --> WSArray --> KAccumulator (+bias) --> sums (the logits' raw sums)
+                                  '--> ColumnStage (requantize, clamp, check) --> out, detected
+
+`k_first` / `k_last` come with each streamed row (the tile's first and last K slice) and are delayed
+here by the array's skew (rows + cols - 1 cycles) to meet its sums; the stage takes the sums unless
+`logits`. Timing as in the parts: `sums` `ACC_LATENCY` after the array's output, `out` `STAGE_LATENCY`
+after that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In
+
+from hw.accumulator import KAccumulator
+from hw.array import WSArray
+from hw.arrayconfig import ArrayConfig
+from hw.column_stage import ColumnStage
+from hw.pe import MULTIPLIERS
+from hw.protect import RangeMode
+
+
+class Datapath(wiring.Component):
+    """The array, K accumulator and column stage of a machine (see the module docstring).
+
+    Parameters
+    ----------
+    array : ArrayConfig
+        The weight-stationary array (its `tmr` flag is the caller's business: one datapath is built).
+    depth : int
+        The K accumulator's rows (the largest GEMM M).
+    code_shape : shape-castable
+        The activation buffer's codes.
+    multiplier_bits, shift_bits : int
+        The requantization constants' widths.
+    check : RangeMode or None
+        The column stage's range check (`hw.protect.MACHINE_MODES`), or None.
+
+    Members
+    -------
+    a_valid, a, w_load, w : the array's ports. k_first, k_last : In(1) : with each streamed row.
+    bias : the K accumulator's. multiplier, shift, lo, hi, relu, check_on, qmin, qmax : the stage's.
+    logits : In(1) : the sums are the logits (the stage idles).
+    sums_valid : Out(1); sums : the K accumulator's output. out_valid, out, detected : the stage's.
+    """
+
+    def __init__(self, array: ArrayConfig, depth: int, code_shape: object, multiplier_bits: int, shift_bits: int,
+                 *, check: RangeMode | None = None) -> None:
+        self._array = WSArray(dataclasses.replace(array, tmr=False))
+        self._sums = KAccumulator(self._array.acc_bits, array.cols, max(1, depth), with_bias=True)
+        self._stage = ColumnStage(self._array.acc_bits, array.cols, code_shape, multiplier_bits, shift_bits,
+                                 check=check, multiplier=MULTIPLIERS[array.multiplier])
+        self.skew = array.rows + array.cols - 1
+        parts = {"array": self._array.signature.members, "sums": self._sums.signature.members,
+                 "stage": self._stage.signature.members}
+        members = {name: parts["array"][name] for name in ("a_valid", "a", "w_load", "w")}
+        members |= {"k_first": In(1), "k_last": In(1), "bias": parts["sums"]["bias"], "logits": In(1)}
+        members |= {name: parts["stage"][name] for name in ("multiplier", "shift", "lo", "hi", "relu", "check_on",
+                                                             "qmin", "qmax", "out_valid", "out", "detected")}
+        members |= {"sums_valid": parts["sums"]["out_valid"], "sums": parts["sums"]["out"]}
+        super().__init__(members)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.array, m.submodules.sums, m.submodules.stage = array, sums, stage = \
+            self._array, self._sums, self._stage
+        first, last = self.k_first, self.k_last
+        for i in range(self.skew):
+            first_next, last_next = Signal(name=f"k_first_{i}"), Signal(name=f"k_last_{i}")
+            m.d.sync += [first_next.eq(first), last_next.eq(last)]
+            first, last = first_next, last_next
+        cols = range(len(self.w))
+        m.d.comb += [array.a_valid.eq(self.a_valid), array.w_load.eq(self.w_load)]
+        m.d.comb += [array.a[r].eq(self.a[r]) for r in range(len(self.a))]
+        m.d.comb += [array.w[c].eq(self.w[c]) for c in cols]
+        m.d.comb += [sums.valid.eq(array.out_valid), sums.first.eq(first), sums.last.eq(last)]
+        m.d.comb += [sums.acc[c].eq(array.out[c]) for c in cols]
+        m.d.comb += [sums.bias[c].eq(self.bias[c]) for c in cols]
+        m.d.comb += [self.sums_valid.eq(sums.out_valid)] + [self.sums[c].eq(sums.out[c]) for c in cols]
+        m.d.comb += [stage.valid.eq(sums.out_valid & ~self.logits), stage.relu.eq(self.relu),
+                     stage.check_on.eq(self.check_on), stage.qmin.eq(self.qmin), stage.qmax.eq(self.qmax)]
+        for c in cols:
+            m.d.comb += [stage.acc[c].eq(sums.out[c]), stage.multiplier[c].eq(self.multiplier[c]),
+                         stage.shift[c].eq(self.shift[c]), stage.lo[c].eq(self.lo[c]), stage.hi[c].eq(self.hi[c]),
+                         self.detected[c].eq(stage.detected[c]), self.out[c].eq(stage.out[c])]
+        m.d.comb += self.out_valid.eq(stage.out_valid)
+        return m
