@@ -155,12 +155,8 @@ class Design:
             return "the accelerator is built weight-stationary only (hw.dataflow: ws)"
         if max(array.rows, array.cols) % min(array.rows, array.cols):
             return "the accelerator needs array rows and cols that divide one another (hw.rows, hw.cols)"
-        if protection.tmr:
-            return "the accelerator is not built with TMR (hw.tmr)"
-        if protection.entry.protects and protection.rtl == protections.NONE:
-            return f"the accelerator has no unit for {protection.name}"
-        if protection.entry.protects and protection.placement != "output":
-            return "the accelerator checks a layer's outputs only (protect.placement: output)"
+        if protection.entry.protects and not protection.entry.reads_bounds:
+            return f"the accelerator has no unit for {protection.name}; it builds range checks (clip, zero, sed)"
         return ""
 
     def baseline(self) -> Design:

@@ -98,7 +98,7 @@ class ColumnStage(wiring.Component):
         controls = {name: _register(m, value, f"shift_{name}_{c}")
                     for name, value in decode_shift(self.shift[c], width + 1).items()}
         lo, hi = _register(m, self.lo[c], f"lo_{c}"), _register(m, self.hi[c], f"hi_{c}")
-        base, up = shift_and_round_bit(product, controls)
+        base, up = shift_and_round_bit(product, controls, thermometer=True)   # fast in compiled simulation
         base, up = _register(m, base, f"base_{c}"), _register(m, up, f"up_{c}")
         lo, hi = _register(m, lo, f"lo2_{c}"), _register(m, hi, f"hi2_{c}")
         # As in hw.requant: compare base alone, the +1 moves it past a bound only from the bound itself.

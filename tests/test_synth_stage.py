@@ -49,7 +49,8 @@ def test_the_accelerator_is_synthesized_with_its_datapath_share_and_the_cycles_r
     r = synth(tmp_path, write_experiment, hw_section, experiment=mlp, command="rtlsim")["metrics"]
     assert (r["status"], r["rtl_agreement"]) == ("ok", 1.0)
     assert r["rtl_cycles"] == m["cycles_per_inference"]
-    for name in ("lanes", "lane_bits", "acc_bits", "buffer_words", "weight_words", "const_words", "instructions"):
+    for name in ("lanes", "lane_bits", "acc_bits", "buffer_words", "weight_words", "const_words", "bounds_words",
+                 "instructions"):
         assert r[name] == m[name], name
 
 
@@ -68,9 +69,14 @@ def test_one_accelerator_synthesis_serves_every_trained_model_of_a_network(write
     assert len({key} | {synth_key(write_experiment, e, f"o{i}.yaml")[0] for i, e in enumerate(other)}) == 5
     datapath = synth_key(write_experiment, {**lenet, "hw": {"synth": "datapath"}}, "d.yaml")[1]["config"]
     assert "machine" not in datapath and datapath == {k: v for k, v in inputs["config"].items() if k != "machine"}
-    # where the accelerator is not built (output-stationary, TMR) the datapath's key is as it was
-    for hw_section in ({"dataflow": "os"}, {"tmr": True}):
+    # where the accelerator is not built (output-stationary, sides that do not divide) the datapath's key is as
+    # it was; TMR and range checks at the inputs or flagging only (sed) are built, and keyed
+    for hw_section in ({"dataflow": "os"}, {"rows": 3, "cols": 4}):
         assert "machine" not in synth_key(write_experiment, {**lenet, "hw": hw_section}, "n.yaml")[1]["config"]
+    checked = [{"hw": {"tmr": True}}, {"hw": {"protection": "sed"}}, {"hw": {"protection": "clip"}},
+               {"hw": {"protection": "clip"}, "protect": {"placement": "input"}}]
+    keys = {synth_key(write_experiment, {**lenet, **e}, f"c{i}.yaml")[0] for i, e in enumerate(checked)}
+    assert len(keys | {key}) == 5
 
 
 @pytest.mark.slow

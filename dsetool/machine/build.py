@@ -1,25 +1,29 @@
-"""The accelerator a design point builds (where `Design.unbuilt` is empty): its shape from the design.
+"""The accelerator a design point builds (where `Design.no_machine` is empty): the engine it must equal,
+with the point's range checks placed where the machine places them, and its shape from the design.
 
-Stage `synth` builds it from the network's untrained skeleton (`dsetool.stages.skeleton`) and stage
-`rtlsim` from the trained model; both go through `design_machine`, so they build the same machine: the
-accumulators are the design's (`machine_acc_bits`), not the tightest a particular model's biases allow,
-and the range-check unit is the design's protection, whichever layers a model's bounds check.
+Stage `synth` builds it from the network's untrained skeleton (`dsetool.stages.skeleton`, with bounds
+profiled on the skeleton itself) and stages `rtlsim` and `board` from the trained model (with the bounds of
+stage range-restrict); all go through `checked_engine` and `design_machine`, so they build the same
+machine: the accumulators are the design's (`machine_acc_bits`), not the tightest a particular model's
+biases allow, and which tensors are checked, and where, follows `protect.*`, not bound values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from dsetool.design import Design
-from dsetool.protect import registry as protections
 
 if TYPE_CHECKING:
+    from dsetool.engine import Engine
+    from dsetool.engine.intmodel import IntModel
     from dsetool.machine.program import Program
     from hw.machine_format import MachineImages, MachineShape
 
-MACHINE_VERSION = 1   # in synth's key: raise it when the generated accelerator changes
-BIAS_HEADROOM = 1   # bits: a bias as large as the worst-case dot product still fits
+MACHINE_VERSION = 2   # in synth's key: raise it when the generated accelerator changes
+BIAS_HEADROOM = 1     # bits: a bias as large as the worst-case dot product still fits
 
 
 def machine_acc_bits(design: Design) -> int:
@@ -30,22 +34,25 @@ def machine_acc_bits(design: Design) -> int:
     return design.acc_bits + BIAS_HEADROOM
 
 
-def check_unit(design: Design) -> str:
-    """Return the range-check unit the design's accelerator is built with ("none", "clip", "zero")."""
-    protection = design.protection
-    return protection.rtl if protection.entry.protects else protections.NONE
+def checked_engine(design: Design, model: IntModel, bounds: Mapping[str, Any] | None) -> Engine:
+    """Return the engine of `model` with the design's range checks (from `bounds`, a `bounds.json`
+    document) placed as `protect.placement` says: what the machine must compute, bit for bit."""
+    entry = design.protection.entry
+    if not entry.protects:
+        return design.engine(model)
+    from dsetool.protect.check import placed
+
+    assert entry.build is not None
+    checks = entry.build(model, dataclasses.replace(design.protection.scheme, bounds=bounds))
+    where = placed(model, checks, design.protection.placement)
+    return design.engine(model, checks=where.get("checks"), input_checks=where.get("input_checks"))
 
 
 def design_machine(design: Design, program: Program) -> tuple[MachineShape, MachineImages]:
     """Return the design's machine for `program` and the images that load it; raise
     `dsetool.machine.compiler.UnsupportedOp` when the program needs wider accumulators than the design
-    has (a model whose biases exceed the headroom) or asks for another range-check unit."""
-    from dsetool.machine.compiler import UnsupportedOp
+    has (a model whose biases exceed the headroom)."""
     from dsetool.machine.encode import machine_of
 
-    shape, images = machine_of(program, multiplier=design.array.multiplier,
-                               multiplier_bits=design.multiplier_bits, acc_bits=machine_acc_bits(design))
-    unit = check_unit(design)
-    if shape.check not in (protections.NONE, unit):
-        raise UnsupportedOp(f"the program checks with {shape.check}; the design's unit is {unit}")
-    return dataclasses.replace(shape, check=unit), images
+    return machine_of(program, multiplier=design.array.multiplier, multiplier_bits=design.multiplier_bits,
+                      acc_bits=machine_acc_bits(design), tmr=design.protection.tmr)

@@ -177,6 +177,10 @@ def _machine_reads(cfg: RunConfig, design: Design) -> dict[str, Any]:
     from dsetool.machine.build import MACHINE_VERSION, machine_acc_bits
 
     reads = {"version": MACHINE_VERSION, "network": _network_reads(cfg), "acc_bits": machine_acc_bits(design)}
+    protection = design.protection
+    if protection.entry.protects:   # which tensors are checked, where, and how (sed only flags)
+        reads["checks"] = {"protection": protection.name, "placement": protection.placement,
+                           "layers": list(protection.layers)}
     if not cfg.model.qonnx:   # an imported model fixes its own widths and quantizers
         reads["relu_unsigned"] = cfg.quant.relu_unsigned
         reads["layers"] = {name: to_plain(layer) for name, layer in sorted(cfg.quant.layers.items())}
@@ -290,7 +294,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),
         StageDef("synth", "6", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
-        StageDef("rtlsim", "1", _rtlsim_reads, _rtlsim_needs, "dsetool.stages.rtlsim:run"),
+        StageDef("rtlsim", "2", _rtlsim_reads, _rtlsim_needs, "dsetool.stages.rtlsim:run"),
     )
 }
 
@@ -308,7 +312,7 @@ def point_stages(cfg: RunConfig) -> tuple[str, ...]:
     skip = set()
     if not protection.reads_bounds:
         skip.add("range-restrict")
-    if not protection.rtl:
+    if not protection.rtl and _datapath_synth(cfg):   # sed has an accelerator's unit, not a datapath's
         skip.add("synth")
     ordered: list[str] = []
 
@@ -322,6 +326,12 @@ def point_stages(cfg: RunConfig) -> tuple[str, ...]:
         if request not in skip:
             visit(wanted[request])
     return tuple(ordered)
+
+
+def _datapath_synth(cfg: RunConfig) -> bool:
+    from dsetool.design import design_of
+
+    return bool(design_of(cfg).unbuilt)
 
 
 def stage_key(name: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:

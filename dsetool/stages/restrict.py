@@ -8,8 +8,10 @@ the inject stage's protections and the hardware's range-check registers take the
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
-from dsetool.design import design_of
+from dsetool.design import Design, design_of
 from dsetool.engine import load_intmodel
 from dsetool.protect.bounds import coverage, profiled_bounds
 from dsetool.stages import StageContext, quant_stage
@@ -29,9 +31,15 @@ def run(ctx: StageContext) -> Result:
     ctx.reporter.note(f"range-restrict: {p.range} bounds per {p.granularity} on {len(splits.calib.y)} "
                       f"calibration images")
     bounds = profiled_bounds(engine, splits.calib.x, p.layers, p.granularity, p.range, p.factor, p.margin)
-    document = {"granularity": p.granularity, "range": p.range, "factor": p.factor, "margin": p.margin,
-                "calibration_images": len(splits.calib.y), "layers": {b.layer: b.to_json() for b in bounds}}
-    (ctx.out / BOUNDS_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+    (ctx.out / BOUNDS_FILE).write_text(json.dumps(bounds_document(design, bounds, len(splits.calib.y)), indent=2,
+                                                  sort_keys=True))
     return Result({"protected_layers": len(bounds), "calibration_images": len(splits.calib.y),
                    "bound_coverage": coverage(bounds), "range": p.range, "granularity": p.granularity,
                    "weight_bits": cfg.quant.weight_bits, "act_bits": cfg.quant.act_bits})
+
+
+def bounds_document(design: Design, bounds: Sequence[Any], images: int) -> dict[str, Any]:
+    """Return the `bounds.json` document of profiled `bounds` (`dsetool.protect.bounds.profiled_bounds`)."""
+    p = design.protection
+    return {"granularity": p.granularity, "range": p.range, "factor": p.factor, "margin": p.margin,
+            "calibration_images": images, "layers": {b.layer: b.to_json() for b in bounds}}

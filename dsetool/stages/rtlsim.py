@@ -19,13 +19,15 @@ With `hw.tmr` the machine's datapath (array, K accumulator, column stage) is bui
 bitwise majority voters (`hw.machine_datapath`); fault-free it computes what one datapath does.
 
 A network or design the machine does not build (an op without a unit, an output-stationary array, a
-protection other than a range check, one array row) is `status: not_built` with the reason, not a
-failure. The machine's lanes and accumulators are as wide as the model needs (`hw.acc_bits`, when set,
-must hold them, as for inject).
+protection other than a range check, one array row: `Design.no_machine`) is `status: not_built` with the
+reason, not a failure. The machine is the one stage synth measures for the point
+(`dsetool.machine.build.design_machine`): accumulators as wide as the design's, one bit over the array's
+worst case for the bias (`hw.acc_bits` when set); a model whose biases need more is not built, and says so.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -33,10 +35,10 @@ import numpy as np
 
 from dsetool.design import design_of
 from dsetool.engine import Engine, load_intmodel
+from dsetool.machine.build import checked_engine, design_machine
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import prepare
 from dsetool.store import Result
-from dsetool.validate import ConfigError
 
 BUILD_DIR = "rtlsim"   # under the store's shared build cache
 
@@ -45,23 +47,17 @@ def run(ctx: StageContext) -> Result:
     """Compile, build, simulate; return agreement and cycles, or why the machine is not built."""
     cfg = ctx.config
     design = design_of(cfg)
-    reason = _not_built(design)
+    reason = design.no_machine
     widths = {"weight_bits": cfg.quant.weight_bits, "act_bits": cfg.quant.act_bits}
     if reason:
         return Result({"status": "not_built", "message": reason, **widths})
     model = load_intmodel(ctx.upstream[quant_stage(cfg)].path)
-    engine = _engine(ctx, design, model)
+    engine = checked_engine(design, model, _bounds(ctx, design))
     from dsetool.machine.compiler import UnsupportedOp, compile_program
-    from dsetool.machine.encode import machine_of
 
     try:
         program = compile_program(engine, design.array.rows, design.array.cols)
-        if cfg.hw.acc_bits and program.acc_bits > cfg.hw.acc_bits:
-            raise ConfigError(str(cfg.name), "hw.acc_bits", f"{cfg.hw.acc_bits} bits cannot hold the network's "
-                                                            f"accumulators, which need {program.acc_bits}")
-        shape, images = machine_of(program, multiplier=design.array.multiplier,
-                                   multiplier_bits=design.multiplier_bits, acc_bits=cfg.hw.acc_bits or None,
-                                   tmr=design.protection.tmr)
+        shape, images = design_machine(design, program)
     except UnsupportedOp as error:
         return Result({"status": "not_built", "message": str(error), **widths})
     splits, _ = prepare(cfg, cfg.threads)
@@ -71,25 +67,13 @@ def run(ctx: StageContext) -> Result:
     return Result({"status": "ok", **widths, **measured, **_shape_metrics(program, shape)})
 
 
-def _not_built(design: Any) -> str:
-    if design.array.rows < 2:
-        return "the accelerator needs at least 2 array rows (hw.rows)"
-    if design.array.dataflow != "ws":
-        return "the accelerator is built weight-stationary only (hw.dataflow: ws)"
-    if design.protection.entry.protects and not design.protection.entry.reads_bounds:
-        return f"the accelerator has no unit for {design.protection.name}; it builds range checks (clip, zero, sed)"
-    return ""
+def _bounds(ctx: StageContext, design: Any) -> Any:
+    """Return the profiled bounds of stage range-restrict when the point's protection reads them."""
+    if not design.protection.entry.reads_bounds:
+        return None
+    from dsetool.stages.restrict import BOUNDS_FILE
 
-
-def _engine(ctx: StageContext, design: Any, model: Any) -> Engine:
-    """Return the engine the machine must equal: with the point's range checks where it places them."""
-    if not design.protection.entry.protects:
-        return design.engine(model)
-    from dsetool.protect.check import placed
-    from dsetool.stages.inject import _protections
-
-    where = placed(model, _protections(ctx, design, model), design.protection.placement)
-    return design.engine(model, checks=where.get("checks"), input_checks=where.get("input_checks"))
+    return json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text())
 
 
 def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: Engine, x: Any) -> dict[str, Any]:
@@ -139,5 +123,5 @@ def _alarms(engine: Engine, x: Any, rtl: np.ndarray) -> dict[str, Any]:
 def _shape_metrics(program: Any, shape: Any) -> dict[str, Any]:
     return {"lanes": shape.lanes, "lane_bits": shape.array.act_bits, "acc_bits": shape.array.acc_bits,
             "multiplier_bits": shape.multiplier_bits, "buffer_words": shape.buffer_words,
-            "weight_words": shape.weight_words, "const_words": shape.const_words,
+            "weight_words": shape.weight_words, "const_words": shape.const_words, "bounds_words": shape.bounds_words,
             "instructions": len(program.instructions)}

@@ -8,13 +8,15 @@ What is synthesized (`scope` in the metrics):
   shape comes from the network's untrained skeleton (`dsetool.stages.skeleton`) and the
   design's widths, never from weight values, so one synthesis serves every trained model of the point
   (QAT and PTQ, per-tensor and per-channel scales: the constants are per output channel in any case),
-  and the key reads the network's identity instead of a model. The array (`top.array`), the K
-  accumulator (`top.sums`) and the output stage (`top.stage`) are kept apart in Yosys, so `datapath_lut`,
-  `datapath_ff`, `datapath_dsp` and `datapath_bram` are their share of the machine exactly.
+  and the key reads the network's identity instead of a model. Its datapath (`top.datapath`: array, K
+  accumulator, column stage; with TMR three of them behind voters) is kept apart in Yosys, so
+  `datapath_lut`, `datapath_ff`, `datapath_dsp` and `datapath_bram` are its share of the machine exactly.
+  The range checks are placed as the campaigns place them (`protect.placement`: the column outputs, or
+  the buffer's read path into the array), SED's only flags (the machine's `alarm`).
   `cycles_per_inference` is the machine's schedule for the network (`program_cycles`, which equals what
   its compiled RTL simulation measures, stage `rtlsim`); latency is that over the achieved Fmax.
 - `datapath`: with `hw.synth: datapath`, or where the point has no accelerator (output-stationary arrays,
-  TMR, one row, sides that do not divide one another, a check at the layers' inputs: `Design.no_machine`),
+  one row, sides that do not divide one another, a filter protection: `Design.no_machine`),
   the datapath alone (array + K accumulator + pipelined output stage with one constant set per layer +
   protection, triplicated with TMR), under the keys it had before the accelerator existed. A network the
   machine compiler refuses (an op without a unit, a model whose biases need wider accumulators than the
@@ -34,6 +36,7 @@ pins. The design stays its own module (kept apart in Yosys), so the netlist's ce
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,8 +56,9 @@ VERILOG_FILE = "array.v"
 CRITICAL_PATH_KEYS = ("from", "to", "ns", "routing_ns")  # where Fmax is lost: see hw.flow.parse_critical_path
 DROPPED = ("synth.json",)  # the full netlist: large, and everything we report is in stat.json / pnr.json
 MACHINE, DATAPATH = "machine", "datapath"
-DATAPATH_MODULES = ("array", "sums", "stage")   # the machine's submodules that make up its datapath (their own
-                                                # submodules, the PEs, flatten into them)
+# the machine's datapath (array, K accumulator, column stage: `hw.machine_datapath`), its own submodules
+# flattened into it, and with TMR its three replicas, kept apart so that Yosys cannot merge them
+DATAPATH_MODULES = ("datapath", "datapath.rep*")
 SKELETON_DIR = "skeleton"
 
 
@@ -77,11 +81,14 @@ def run(ctx: StageContext) -> Result:
 
     cfg = ctx.config
     design = design_of(cfg)
-    if design.protection.rtl != design.protection.name:
-        raise ConfigError(str(cfg.name), "hw.protection", f"the array has no RTL for {cfg.hw.protection} (it "
+    datapath_only = design.protection.rtl != design.protection.name   # sed: the accelerator's, not the datapath's
+    if design.unbuilt and datapath_only:
+        raise ConfigError(str(cfg.name), "hw.protection", f"the datapath has no RTL for {cfg.hw.protection} (it "
                                                           f"builds the range check: none, clip, zero)")
     array = design.array
     build = _machine(ctx, design)
+    if isinstance(build, str) and datapath_only:
+        return Result({"status": "not_built", "message": build, "target": cfg.hw.target, "scope": MACHINE})
     if isinstance(build, str):
         build = _datapath(design, build)
     target = get_target(cfg.hw.target)
@@ -119,15 +126,16 @@ def _machine(ctx: StageContext, design: Design) -> _Build | str:
     """Return the design point's accelerator, built from its network's skeleton, or why there is none."""
     if design.unbuilt:
         return design.unbuilt
-    from dsetool.machine.build import design_machine
+    from dsetool.machine.build import checked_engine, design_machine
     from dsetool.machine.compiler import UnsupportedOp, compile_program
     from dsetool.machine.program import program_cycles
-    from dsetool.stages.skeleton import skeleton_model
+    from dsetool.stages.skeleton import skeleton_bounds, skeleton_model
     from hw.machine import Machine
 
-    model = skeleton_model(ctx.config, ctx.scratch / SKELETON_DIR)
+    model, calib = skeleton_model(ctx.config, ctx.scratch / SKELETON_DIR)
     try:
-        program = compile_program(design.engine(model), design.array.rows, design.array.cols)
+        program = compile_program(checked_engine(design, model, skeleton_bounds(design, model, calib)),
+                                  design.array.rows, design.array.cols)
         shape, _ = design_machine(design, program)
     except UnsupportedOp as refused:
         return str(refused)
@@ -135,7 +143,7 @@ def _machine(ctx: StageContext, design: Design) -> _Build | str:
                "lane_bits": shape.array.act_bits,
                "cycles_per_inference": program_cycles(program), "instructions": len(program.instructions),
                "buffer_words": shape.buffer_words, "weight_words": shape.weight_words,
-               "const_words": shape.const_words}
+               "const_words": shape.const_words, "bounds_words": shape.bounds_words}
     return _Build(Machine(shape), MACHINE, DATAPATH_MODULES, metrics)
 
 
@@ -157,9 +165,9 @@ def _datapath_share(result: SynthResult, module: str) -> dict[str, Any]:
     if stat is None:
         return {}
     modules = json.loads(stat.read_text()).get("modules", {})
-    globs = {f"{module}.{name}" for name in DATAPATH_MODULES}
+    globs = [f"{module}.{name}" for name in DATAPATH_MODULES]
     kept = {name: section for name, section in modules.items()
-            if name.lstrip("\\") in globs}
+            if any(fnmatch.fnmatchcase(name.lstrip("\\"), glob) for glob in globs)}
     cells = parse_stat({"modules": kept})
     return {f"datapath_{k.lower()}": v for k, v in count_resources(cells, get_target(result.target).family).items()}
 

@@ -1,0 +1,33 @@
+"""The accelerator a design point builds: synth's key reads `MACHINE_VERSION`, not the generator's sources,
+so a pinned digest of a small machine's RTLIL and schedule says when the version must be raised."""
+
+from __future__ import annotations
+
+import hashlib
+
+import amaranth
+import pytest
+
+from dsetool.machine.build import MACHINE_VERSION
+from dsetool.machine.compiler import compile_program
+from dsetool.machine.encode import machine_of
+from dsetool.machine.program import program_cycles
+from hw.flow import emit_rtlil
+from hw.machine import Machine
+from tests.fixtures.engines import factory_engine
+
+TINY_CNN = "tests.fixtures.tiny_cnn:make"
+PINNED_AMARANTH = "0.5.10"   # the RTLIL's bytes are Amaranth's: the digest holds for this version
+
+
+@pytest.mark.skipif(amaranth.__version__ != PINNED_AMARANTH, reason="the digest is Amaranth 0.5.10's RTLIL")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_change_to_the_generated_accelerator_raises_its_version(tmp_path):
+    """If this fails after a change to `hw/machine*.py`, its parts, `hw/isa.py`, `hw/cycles.py` or the
+    compiler, raise `dsetool.machine.build.MACHINE_VERSION` (every synthesized accelerator is then made
+    again) and pin the new digest and cycles with it."""
+    program = compile_program(factory_engine(tmp_path / "model", TINY_CNN, bits=4, size=12), 4, 4)
+    shape, _ = machine_of(program)
+    digest = hashlib.sha256(emit_rtlil(Machine(shape), tmp_path / "machine.il").read_bytes()).hexdigest()
+    assert (MACHINE_VERSION, digest, program_cycles(program)) == (
+        2, "97c891eeeb6977c503177869c56246d107932bb3202077e735fb15f8bc062f08", 2171)
