@@ -194,8 +194,9 @@ _stage_command("inject", "inject", "Run a seeded fault campaign on the bit-exact
                                    "point (quantizing first, with QAT or PTQ as quant.method says).")
 _stage_command("range-restrict", "range-restrict", "Profile the bounds of every protected activation tensor "
                                                    "(requantized layer outputs) on the calibration split.")
-_stage_command("synth", "synth", "Generate the design point's systolic array in Amaranth and synthesize it with "
-                                 "Yosys/nextpnr (area, Fmax, cycles and latency per inference).")
+_stage_command("synth", "synth", "Generate the design point's accelerator (or, hw.synth: datapath, its datapath) in "
+                                 "Amaranth and synthesize it with Yosys/nextpnr (area, Fmax, cycles and latency per "
+                                 "inference).")
 _stage_command("rtlsim", "rtlsim", "Run the design point's network on its accelerator in compiled RTL simulation "
                                    "(Verilator): agreement with the engine bit for bit, measured cycles.")
 
