@@ -103,10 +103,11 @@ def test_nearby_bit_error_rates_are_separate_scenarios():
 
 
 def test_a_datapath_is_not_set_against_whole_accelerators():
-    """A TMR point has no accelerator, so its synthesis is the datapath alone: far fewer LUTs than any
-    accelerator, yet not a cheaper machine. Beside accelerators it stays off the front; alone it competes."""
+    """An output-stationary point has no accelerator, so its synthesis is the datapath alone: far fewer LUTs
+    than any accelerator, yet not a cheaper machine. Beside accelerators it stays off the front; alone it
+    competes."""
     accelerator = {**row(0.9, 9000, 64, 200.0), "synth_scope": "machine"}
-    tmr = {**row(0.95, 5000, 64, 150.0), "synth_scope": "datapath"}
-    front = pareto([accelerator, tmr])
+    os = {**row(0.95, 5000, 64, 150.0), "synth_scope": "datapath"}
+    front = pareto([accelerator, os])
     assert front.members == {0} and front.excluded == {1: "datapath only, the others are whole accelerators"}
-    assert pareto([tmr, {**tmr, "accuracy_under_faults": 0.5}]).members == {0}
+    assert pareto([os, {**os, "accuracy_under_faults": 0.5}]).members == {0}

@@ -10,8 +10,8 @@ Accuracy under faults only compares within one fault scenario (the same site, fa
 point under BER 1e-5 is not "more reliable" than one under 1e-2. So there is one front per scenario.
 A point enters a front only with all four objectives and a synthesis that fit (`synth_status: ok`); the
 others are listed with the reason in `pareto_excluded`. Where a scenario has both whole accelerators and
-points synthesized as a datapath alone (`synth_scope`: TMR or output-stationary points have no
-accelerator), the datapaths stay off the front: their area and latency leave out the memories, the
+points synthesized as a datapath alone (`synth_scope`: output-stationary points have no accelerator),
+the datapaths stay off the front: their area and latency leave out the memories, the
 control and the schedule the accelerators pay for. A scenario whose designs have no latency at all
 (an area-only target: no place and route, no Fmax) is judged on cycles per inference instead.
 """
