@@ -139,7 +139,9 @@ def _machine(ctx: StageContext, design: Design) -> _Build | str:
         shape, _ = design_machine(design, program)
     except UnsupportedOp as refused:
         return str(refused)
-    metrics = {"constants": PER_CHANNEL, "acc_bits": shape.array.acc_bits, "lanes": shape.lanes,
+    protection = design.protection   # the array's `protection` is the datapath's unit: none for sed
+    metrics = {"protection": protection.name, "placement": protection.placement if protection.entry.protects else None,
+               "constants": PER_CHANNEL, "acc_bits": shape.array.acc_bits, "lanes": shape.lanes,
                "lane_bits": shape.array.act_bits,
                "cycles_per_inference": program_cycles(program), "instructions": len(program.instructions),
                "buffer_words": shape.buffer_words, "weight_words": shape.weight_words,
