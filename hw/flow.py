@@ -466,23 +466,7 @@ def _place_and_route(
     assert spec.family.nextpnr is not None
     args = [find_tool(spec.family.nextpnr), *spec.nextpnr_args, "--json", NETLIST, "--freq", f"{freq_mhz:g}"]
     args += ["--timing-allow-fail", "--seed", str(seed), "--placer", str(area.placer), "--report", REPORT]
-    code = _timed(args, workdir, PNR_LOG, timeout, seconds, "pnr")
-    artifacts["pnr_log"] = workdir / PNR_LOG
-    if code != 0 or not (workdir / REPORT).exists():
-        short = misfit((workdir / PNR_LOG).read_text(errors="replace"))
-        if short is None:
-            message = f"{spec.family.nextpnr} failed (exit {code}): {_first_error(workdir / PNR_LOG)}"
-            return replace(area, status="tool_error", message=message, artifacts=artifacts, seconds=seconds)
-        message = f"does not fit {spec.name}: {short}"
-        if spec.note and "SB_IO" in short:
-            message += f" ({spec.note})"
-        return replace(area, status="does_not_fit", message=message, artifacts=artifacts, seconds=seconds)
-    artifacts["report"] = workdir / REPORT
-    report = json.loads((workdir / REPORT).read_text())
-    used = {bel: {"used": int(u["used"]), "available": int(u["available"])} for bel, u in report["utilization"].items()}
-    clock, fmax = parse_fmax(report)
-    return replace(area, utilization=used, fmax_mhz=fmax, clock=clock,
-                   critical_path=parse_critical_path(report, clock), artifacts=artifacts, seconds=seconds)
+    return _finish_pnr(spec, workdir, args, timeout, area, artifacts, seconds)
 
 
 # ---- in-context builds for a board: pins from a constraint file, a bitstream at the end
@@ -586,16 +570,20 @@ def build_bitstream(
 
 def _finish_pnr(spec: Target, workdir: Path, args: list[str], timeout: float, area: SynthResult,
                 artifacts: dict[str, Path], seconds: dict[str, float]) -> SynthResult:
-    """Run nextpnr with `args` and read its report, as `_place_and_route` does for out-of-context runs."""
+    """Run nextpnr with `args` (out of context, or pinned for a board) and read its report; a failure or a
+    misfit is a status."""
+    assert spec.family.nextpnr is not None
     code = _timed(args, workdir, PNR_LOG, timeout, seconds, "pnr")
     artifacts["pnr_log"] = workdir / PNR_LOG
     if code != 0 or not (workdir / REPORT).exists():
         short = misfit((workdir / PNR_LOG).read_text(errors="replace"))
         if short is None:
-            message = f"nextpnr-ecp5 failed (exit {code}): {_first_error(workdir / PNR_LOG)}"
+            message = f"{spec.family.nextpnr} failed (exit {code}): {_first_error(workdir / PNR_LOG)}"
             return replace(area, status="tool_error", message=message, artifacts=artifacts, seconds=seconds)
-        return replace(area, status="does_not_fit", message=f"does not fit: {short}", artifacts=artifacts,
-                       seconds=seconds)
+        message = f"does not fit {spec.name}: {short}"
+        if spec.note and "SB_IO" in short:
+            message += f" ({spec.note})"
+        return replace(area, status="does_not_fit", message=message, artifacts=artifacts, seconds=seconds)
     artifacts["report"] = workdir / REPORT
     report = json.loads((workdir / REPORT).read_text())
     used = {bel: {"used": int(u["used"]), "available": int(u["available"])} for bel, u in report["utilization"].items()}

@@ -14,7 +14,6 @@ first faulted one onward run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from dsetool.design import Design, design_of
+from dsetool.design import design_of
 from dsetool.engine import load_intmodel
 from dsetool.faults.campaign import (
     CampaignSpec,
@@ -36,11 +35,11 @@ from dsetool.faults.campaign import (
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import SiteError, site_groups
 from dsetool.faults.stats import wilson
+from dsetool.machine.build import checked_engine
 from dsetool.protect import registry as protections
-from dsetool.protect.check import placed
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import MODEL_FILE, load_state, new_model, prepare
-from dsetool.stages.restrict import BOUNDS_FILE
+from dsetool.stages.restrict import read_bounds
 from dsetool.store import Result
 from dsetool.validate import ConfigError
 
@@ -69,9 +68,7 @@ def run(ctx: StageContext) -> Result:
         _check_against_brevitas(ctx, splits, golden, x)
     protection: dict[str, Any] = {"protection": design.protection.name, "tmr": design.protection.tmr}
     if design.protection.entry.protects:   # the campaign runs protected: its fault-free cost first
-        checks = _protections(ctx, design, model)
-        where = placed(model, checks, design.protection.placement)
-        engine = design.engine(model, checks=where.get("checks"), input_checks=where.get("input_checks"))
+        engine = checked_engine(design, model, read_bounds(ctx, design))
         network = EngineNetwork(engine)
         unprotected, golden = golden, Golden(engine.run(x, keep=True), labels, network.logit_scale())
         protection.update(clean_predictions_changed=int((golden.top1 != unprotected.top1).sum()),
@@ -106,16 +103,6 @@ def run(ctx: StageContext) -> Result:
                    act_bits=cfg.quant.act_bits,
                    faults_per_second=tally.counts["n"] / seconds if seconds > 0 else None)
     return Result(metrics)
-
-
-def _protections(ctx: StageContext, design: Design, model: Any) -> dict[int, Any]:
-    """Return the design point's protection of every protected output stage, by op index (the registry
-    entry builds it; a range check from the profiled bounds of stage range-restrict)."""
-    protection = design.protection.entry
-    assert protection.build is not None
-    bounds = json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text()) \
-        if protection.reads_bounds else None
-    return protection.build(model, dataclasses.replace(design.protection.scheme, bounds=bounds))
 
 
 def _spec(cfg: Any) -> CampaignSpec:

@@ -43,3 +43,11 @@ def bounds_document(design: Design, bounds: Sequence[Any], images: int) -> dict[
     p = design.protection
     return {"granularity": p.granularity, "range": p.range, "factor": p.factor, "margin": p.margin,
             "calibration_images": images, "layers": {b.layer: b.to_json() for b in bounds}}
+
+
+def read_bounds(ctx: StageContext, design: Design) -> dict[str, Any] | None:
+    """Return the `bounds.json` document of the point's upstream range-restrict entry, or None when its
+    protection reads no bounds (a stage that reads them lists range-restrict among its needs)."""
+    if not design.protection.entry.reads_bounds:
+        return None
+    return json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text())

@@ -27,7 +27,6 @@ worst case for the bias (`hw.acc_bits` when set); a model whose biases need more
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -38,6 +37,7 @@ from dsetool.engine import Engine, load_intmodel
 from dsetool.machine.build import checked_engine, design_machine
 from dsetool.stages import StageContext, quant_stage
 from dsetool.stages.common import prepare
+from dsetool.stages.restrict import read_bounds
 from dsetool.store import Result
 
 BUILD_DIR = "rtlsim"   # under the store's shared build cache
@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> Result:
     if reason:
         return Result({"status": "not_built", "message": reason, **widths})
     model = load_intmodel(ctx.upstream[quant_stage(cfg)].path)
-    engine = checked_engine(design, model, _bounds(ctx, design))
+    engine = checked_engine(design, model, read_bounds(ctx, design))
     from dsetool.machine.compiler import UnsupportedOp, compile_program
 
     try:
@@ -65,15 +65,6 @@ def run(ctx: StageContext) -> Result:
     ctx.reporter.note(f"rtlsim {design.array.rows}x{design.array.cols} on {len(x)} images")
     measured = _simulate(ctx, program, shape, images, engine, x)
     return Result({"status": "ok", **widths, **measured, **_shape_metrics(program, shape)})
-
-
-def _bounds(ctx: StageContext, design: Any) -> Any:
-    """Return the profiled bounds of stage range-restrict when the point's protection reads them."""
-    if not design.protection.entry.reads_bounds:
-        return None
-    from dsetool.stages.restrict import BOUNDS_FILE
-
-    return json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text())
 
 
 def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: Engine, x: Any) -> dict[str, Any]:
