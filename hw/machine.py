@@ -8,15 +8,16 @@ unit, range checks and host port, around the program `dsetool.machine.compiler` 
     instruction memory, slice table --> sequencer;  weight memory --> array;  constant memory --> columns
     bounds memory --> input check, vector unit;  logits memory --> host out;  every check --> alarm
 
-One instruction at a time (`hw.isa`): a GEMM runs tile after tile, each tile = `SETUP` cycles (read its
-slice-table entry, and at an N slice's first tile its constants word), `rows` cycles loading the weights,
-`m_count` cycles streaming rows of A read from the buffer, and `rows + cols - 2` cycles letting the last
-row leave the array; an N slice ends with the tile of the slice entry marked `last` (a grouped conv's N
-slices have their own K slices, `slice_walk`); after its last tile the output pipeline drains
-(`GEMM_TAIL`). The writer writes only the columns that hold channels, from any `cols`-wide part of a
-word on, so a layer writes its channel range of a concat's tensor directly. A vector instruction reads
-one window word per cycle and writes one output word per window. Every instruction costs `FETCH` cycles
-before it. `hw.cycles`' machine functions count exactly this schedule.
+One instruction at a time (`hw.isa`): a GEMM runs tile after tile, each tile = `SETUP` cycles (read its slice-
+table entry, and at an N slice's first tile its constants word), `rows` cycles loading the weights, `m_count`
+cycles streaming rows of A read from the buffer (each read two cycles ahead, the last two load cycles reading
+the first two rows: the read codes are registered, checked, before the array), and `rows + cols - 2` cycles
+letting the last row leave the array; an N slice ends with the tile of the slice entry marked `last` (a
+grouped conv's N slices have their own K slices, `slice_walk`); after its last tile the output pipeline drains
+(`GEMM_TAIL`). The writer writes only the columns that hold channels, from any `cols`-wide part of a word on,
+so a layer writes its channel range of a concat's tensor directly. A vector instruction reads one window word
+per cycle and writes one output word per window. Every instruction costs `FETCH` cycles before it.
+`hw.cycles`' machine functions count exactly this schedule.
 
 The logits memory holds `lanes` sums per word, written `cols` at a time by a logits GEMM (one N slice's)
 or `lanes` at a time by the vector unit (an average pool's sums that are the logits); logit c is lane
@@ -26,8 +27,8 @@ Range checks (`MachineShape.check`: clip, zero or detect, `hw.protect.MACHINE_MO
 only when the program has such checks: on each column's output code (`ColumnStage`, bounds from the
 constants word, `check`), on the vector unit's output words (bounds per lane from the bounds memory,
 `check`), and on the read path into the array (`MachineShape.input_check`, instruction bit `in_check`):
-the `rows` codes a tile streams are checked (combinationally, between the buffer's read data and the
-array's row inputs, so the schedule is unchanged) against the bounds of its K slice's word group,
+the `rows` codes a tile streams are checked (between the buffer's read data and the register before
+the array's row inputs, so the schedule is unchanged) against the bounds of its K slice's word group,
 read from the bounds memory at the tile's setup (slice entry `bound`) and held for its rows; a padded
 position is no read: its zeros are not checked, as the engine pads after its input check. `alarm` is a
 sticky detector: cleared by `start`, set when any check finds a code outside its bounds (a code the
@@ -252,8 +253,9 @@ class Machine(wiring.Component):
             with m.State("G_LOAD"):
                 m.d.comb += [self.busy.eq(1), dp.w_load.eq(1), wread.addr.eq(wptr + 1), load_bounds.eq(count == 0)]
                 m.d.sync += [count.eq(count + 1), wptr.eq(wptr + 1)]
-                with m.If(count == rows - 1):
+                with m.If(count >= rows - 2):   # a row reaches the array two cycles after its read
                     issue_row()
+                with m.If(count == rows - 1):
                     m.d.sync += count.eq(0)
                     m.next = "G_STREAM"
             with m.State("G_STREAM"):
@@ -433,15 +435,19 @@ class Machine(wiring.Component):
         """Drive the array's rows from the `rows` lanes read from the buffer: zeros for a padded position
         (no read), else the code, checked against its channel's bounds when the machine has an input
         check and the instruction asks for it (`in_check`). A tile's bounds are the `rows` pairs of part
-        `part` of the bounds word read at its setup, taken on `load_bounds`. Return whether a check fired
-        on a code the array takes this cycle."""
+        `part` of the bounds word read at its setup, taken on `load_bounds`. The codes are registered
+        before the array (the block RAM's clock-to-output, the lane select and the check would otherwise
+        lie on one path with the first column's multipliers), so a row is read two cycles before the
+        array takes it. Return whether a check fired on a code the array takes this cycle."""
         p = self.params
         code = p.code_shape
         width = code.width
         values = [lanes[r * width:(r + 1) * width] for r in range(p.array.rows)]
         values = [value.as_signed() if code.signed else value for value in values]
+        rows_in = [Signal(code, name=f"row_in_{r}") for r in range(p.array.rows)]
+        m.d.comb += [array.a[r].eq(rows_in[r]) for r in range(p.array.rows)]
         if not p.input_check or bread is None:
-            m.d.comb += [array.a[r].eq(Mux(inside_d, value, 0)) for r, value in enumerate(values)]
+            m.d.sync += [rows_in[r].eq(Mux(inside_d, value, 0)) for r, value in enumerate(values)]
             return Const(0)
         mode = MACHINE_MODES[p.check]
         pairs = bread.data.word_select(part, 2 * p.array.rows * width)
@@ -452,9 +458,11 @@ class Machine(wiring.Component):
                 m.d.sync += [lo.eq(pairs[2 * r * width:(2 * r + 1) * width]),
                              hi.eq(pairs[(2 * r + 1) * width:(2 * r + 2) * width])]
             below, above = (value < lo) & instr.in_check, (value > hi) & instr.in_check
-            m.d.comb += array.a[r].eq(Mux(inside_d, mode(value, lo, hi, below, above), 0))
+            m.d.sync += rows_in[r].eq(Mux(inside_d, mode(value, lo, hi, below, above), 0))
             fired.append(below | above)
-        return feed_valid & inside_d & Cat(*fired).any()
+        fired_in = Signal(name="read_fired")
+        m.d.sync += fired_in.eq(inside_d & Cat(*fired).any())
+        return feed_valid & fired_in
 
     def _vector_unit(self, m: Module, instr: Value, aread: Any, awrite: Any, bread: Any) -> vector_unit.VectorUnit:
         """Add the vector unit on the buffer's ports (and the bounds memory's): it reads while it runs,
