@@ -183,10 +183,15 @@ class HwConfig:
                                  "three independently faulted executions and vote their top-1")
     synth: str = spec("accelerator", choices=("accelerator", "datapath"),
                       help="what the synth stage builds: the whole accelerator that runs the network (where the "
-                           "point has one: weight-stationary, no TMR, checks at layer outputs; else the datapath), "
-                           "or only the datapath (array, accumulator, output stage, protection), much faster")
+                           "point has one: weight-stationary, two rows or more, no protection but range checks, "
+                           "SED and TMR; else the datapath), or only the datapath (array, accumulator, output "
+                           "stage, protection), much faster")
     rtl_images: int = spec(32, range=(1, 100_000), help="test images the rtlsim stage runs through the simulated "
                                                         "accelerator (each must give the engine's logits)")
+    rtl_faults: int = spec(64, range=(0, 100_000), help="single-bit faults the rtlsim stage injects into the simulated "
+                                                        "accelerator's activation buffer and weight memory, each on "
+                                                        "one of those images (each must give the engine's faulty "
+                                                        "logits; 0: none)")
 
 
 FAULT_SITES = site_registry.NAMES

@@ -119,6 +119,7 @@ RTLSIM_COLUMNS: list[Column] = [
     ("status", lambda m: str(m.get("status", "-"))),
     ("agreement %", _metric_pct("rtl_agreement")),
     ("images", lambda m: str(m.get("rtl_images", "-"))),
+    ("faults agree %", _metric_pct("rtl_fault_agreement")),
     ("cycles (RTL)", lambda m: str(m.get("rtl_cycles", "-"))),
     ("cycles (model)", lambda m: str(m.get("model_cycles", "-"))),
     ("sim Mcycles/s", lambda m: f"{m['sim_cycles_per_second'] / 1e6:.2f}"

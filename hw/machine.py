@@ -95,10 +95,19 @@ class Machine(wiring.Component):
     out_valid : Out(1); out_data : Out(signed(acc_bits)); out_ready : In(1) : the logits.
     load_valid : In(1); load_data : In(32); load_ready : Out(1) : the load stream (`hw.machine_format`).
     alarm : Out(1) : a range check fired during the last run (cleared by `start`; valid with the logits).
+
+    With `fault_port` (for simulation: the accelerator synth builds has none), a fault injector: while
+    `fault_arm` is high, the fetch of instruction `fault_pc` reads activation-buffer word `fault_address`
+    and the next cycle writes it back with the bits `fault_mask` of lane `fault_lane` flipped, so a
+    stored code is corrupted after the instructions before it wrote it and before that instruction
+    reads it (the buffer is idle while an instruction is fetched and decoded).
+    fault_arm : In(1); fault_pc : In(instruction index); fault_address : In(buffer address);
+    fault_lane : In(lane); fault_mask : In(code width).
     """
 
-    def __init__(self, params: MachineShape) -> None:
+    def __init__(self, params: MachineShape, *, fault_port: bool = False) -> None:
         self.params = params
+        self.fault_port = fault_port
         a = params.array
         if a.dataflow != "ws" or a.protection != "none":
             raise ValueError("Machine needs a weight-stationary ArrayConfig without protection "
@@ -112,6 +121,9 @@ class Machine(wiring.Component):
             "load_valid": In(1), "load_data": In(BEAT), "load_ready": Out(1),
             "start": In(1), "busy": Out(1),
             "out_valid": Out(1), "out_data": Out(signed(a.acc_bits)), "out_ready": In(1), "alarm": Out(1),
+            **({"fault_arm": In(1), "fault_pc": In(range(max(2, params.instruction_words + 1))),
+                "fault_address": In(range(max(2, params.buffer_words))), "fault_lane": In(range(max(2, params.lanes))),
+                "fault_mask": In(params.code_shape.width)} if fault_port else {}),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -210,6 +222,7 @@ class Machine(wiring.Component):
                      for c in range(cols)]
         out_index = Signal(range(max(2, p.num_classes + 1)))
         out_word, out_lane = Signal(range(max(2, lmem.depth))), Signal(range(lanes))
+        flip = self._fault_injector(m, aread, awrite) if self.fault_port else None
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 m.d.comb += [self.in_ready.eq(1), idle.eq(1)]
@@ -220,9 +233,15 @@ class Machine(wiring.Component):
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += self.busy.eq(1)
+                if flip is not None:
+                    with m.If(self.fault_arm & (pc == self.fault_pc)):
+                        m.d.comb += aread.addr.eq(self.fault_address)
+                        m.d.sync += flip.eq(1)
                 m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += self.busy.eq(1)
+                if flip is not None:
+                    m.d.sync += flip.eq(0)
                 fetched = self._fetched
                 m.d.sync += [instr.eq(iread.data), nt.eq(0), kt.eq(0), wptr.eq(fetched.weight_base),
                              pc.eq(pc + 1), count.eq(0), sp.eq(fetched.slice_first)]
@@ -310,6 +329,18 @@ class Machine(wiring.Component):
                     with m.Else():
                         m.next = "OUT_READ"
         return m
+
+    def _fault_injector(self, m: Module, aread: Any, awrite: Any) -> Signal:
+        """Write word `fault_address`, read at the fetch, back with lane `fault_lane`'s bits `fault_mask`
+        flipped on the cycle after (the decode), when the returned signal is high: a bit flip of a stored
+        code, seen by every later read until the word is written again."""
+        width = self.params.code_shape.width
+        flip = Signal(name="fault_flip")
+        with m.If(flip):
+            m.d.comb += [awrite.addr.eq(self.fault_address),
+                         awrite.data.eq(aread.data ^ (self.fault_mask << (self.fault_lane * width))),
+                         awrite.en.eq((1 << self.params.lanes) - 1)]
+        return flip
 
     def _loader(self, m: Module, memories: dict[int, Memory], idle: Value) -> None:
         """Build the host's load stream (`hw.machine_format`): headers, then each word's beats gathered

@@ -35,3 +35,16 @@ def infer(session: Session, shape: MachineShape, codes: Sequence[int]) -> tuple[
 def alarm(session: Session) -> bool:
     """Return the machine's detector after an inference (`infer`): whether a range check fired."""
     return bool(session.get("alarm"))
+
+
+def arm_fault(session: Session, pc: int, address: int, lane: int, mask: int) -> None:
+    """Arm the fault port of a machine built with `fault_port`: the next runs flip bits `mask` of lane
+    `lane` of buffer word `address` when they fetch instruction `pc`."""
+    for port, value in (("fault_pc", pc), ("fault_address", address), ("fault_lane", lane), ("fault_mask", mask),
+                        ("fault_arm", 1)):
+        session.set(port, value)
+
+
+def disarm_fault(session: Session) -> None:
+    """Let the next runs go fault-free."""
+    session.set("fault_arm", 0)

@@ -28,13 +28,14 @@ def run(tmp_path, write_experiment, extra, name="exp.yaml"):
 @pytest.mark.toolchain
 def test_network_runs_bit_for_bit_in_the_counted_cycles_with_one_build_per_shape(tmp_path, write_experiment):
     result, rows = run(tmp_path, write_experiment, {"quant": {"bits": 4}, "hw": {"rows": 4, "cols": 4,
-                                                                                   "rtl_images": 4},
+                                                                                   "rtl_images": 4, "rtl_faults": 8},
                                                     "sweep": {"seed": [0, 1]}})
     assert result.exit_code == 0, result.output
     first, second = (row["metrics"] for row in rows)
     for m in (first, second):
         assert (m["status"], m["rtl_agreement"], m["rtl_images"]) == ("ok", 1.0, 4)
         assert m["rtl_cycles"] == m["model_cycles"] > 0
+        assert (m["rtl_faults"], m["rtl_fault_agreement"]) == (8, 1.0)
     # two trained models, one machine shape: the second point loads its weights into the first's build
     assert (first["build_cached"], second["build_cached"]) == (False, True)
 
@@ -49,7 +50,8 @@ def test_input_placed_range_checks_run_bit_for_bit_with_their_alarm(tmp_path, wr
     TMR datapath): the logits equal the checked engine's, the alarm is raised exactly where one of its
     checks fires (bounds profiled on calibration images fire on some test images; a huge margin on none)."""
     result, rows = run(tmp_path, write_experiment, {
-        "quant": {"bits": 4}, "hw": {"rows": 4, "cols": 4, "rtl_images": 16, "protection": protection, "tmr": tmr},
+        "quant": {"bits": 4}, "hw": {"rows": 4, "cols": 4, "rtl_images": 16, "rtl_faults": 32, "protection": protection,
+                                     "tmr": tmr},
         "protect": {"placement": "input", "granularity": granularity, "margin": margin}})
     assert result.exit_code == 0, result.output
     m = rows[0]["metrics"]
@@ -57,6 +59,8 @@ def test_input_placed_range_checks_run_bit_for_bit_with_their_alarm(tmp_path, wr
     assert m["rtl_cycles"] == m["model_cycles"]
     assert m["rtl_alarms"] == m["engine_alarms"]
     assert m["rtl_alarms"] == 0 if margin else m["rtl_alarms"] > 0
+    # faults in the buffer and the weights: the engine's fault model, the checks' corrections and alarms
+    assert (m["rtl_faults"], m["rtl_fault_agreement"], m["fault_alarm_agreement"]) == (32, 1.0, 1.0)
 
 
 def test_designs_the_machine_does_not_build_are_a_status(tmp_path, write_experiment):
@@ -94,6 +98,7 @@ def test_key_follows_images_and_array_not_the_campaign(write_experiment):
     base = key(rows=4, cols=4)
     assert key(rows=4, cols=4, faults={"model": "stuck1"}) == base
     assert key(rows=4, cols=4, rtl_images=8) != base
+    assert key(rows=4, cols=4, rtl_faults=0) != base
     assert key(rows=8, cols=4) != base
 
 
@@ -103,5 +108,5 @@ def test_key_is_pinned_for_a_given_verilator(write_experiment, monkeypatch):
     monkeypatch.setattr(hw.rtlsim, "require_toolchain", lambda: None)
     path = write_experiment({"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4}})
     key = stage_key("rtlsim", load_experiment(path).points[0].config)[0]
-    # rtlsim v2 (range checks at the inputs, sed's alarm, TMR: points once not_built are built): a new key on purpose
-    assert key == "5d76b6ad8d27553afe44b2635a1a574a332be7bf8e9f062220febe1decc50398"
+    # the machine's version and the faults injected (hw.rtl_faults, the seed) are read: a new key on purpose
+    assert key == "72805d697af8c09c4ef4f2067e1cd6353d4c12341e46b17952c06a74eb56287f"

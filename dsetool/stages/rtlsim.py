@@ -15,6 +15,16 @@ detector (its `alarm`) was raised, `engine_alarms` those on which one of the eng
 (`dsetool.machine.alarms`), and `alarm_agreement` the share of images on which they agree; an alarm the
 engine has no cause for fails the stage (the machine checks only codes the engine checks too).
 
+Then the engine's fault model is checked against the machine (`dsetool.machine.faults`): `hw.rtl_faults`
+single-bit faults, drawn with the experiment's seed over the activation buffers the weight layers read and
+their stored weights, each on one of those images, are injected into a build of the machine with its
+fault port (a stored code flipped in the buffer after it is written, before it is read; a weight flipped
+in the weight memory) and every faulty run must give the logits the engine's campaign path computes for
+that fault (`rtl_fault_agreement`; anything else fails the stage, naming the fault).
+`rtl_faults_changing_logits` says how many of them reached the logits; with a range check,
+`fault_alarm_agreement` is the share of faulty runs whose alarm is what the engine says (raised
+fault-free on that image, or a check acted on a value the fault changed).
+
 With `hw.tmr` the machine's datapath (array, K accumulator, column stage) is built three times behind
 bitwise majority voters (`hw.machine_datapath`); fault-free it computes what one datapath does.
 
@@ -64,6 +74,11 @@ def run(ctx: StageContext) -> Result:
     x = splits.test.x[:cfg.hw.rtl_images]
     ctx.reporter.note(f"rtlsim {design.array.rows}x{design.array.cols} on {len(x)} images")
     measured = _simulate(ctx, program, shape, images, engine, x)
+    if cfg.hw.rtl_faults:
+        bounds = read_bounds(ctx, design)
+        measured |= _inject(ctx, program, shape, images, engine, x, cfg.hw.rtl_faults, cfg.seed,
+                            lambda faulty: checked_engine(design, faulty, bounds),
+                            lambda faulty: design_machine(design, faulty)[1])
     return Result({"status": "ok", **widths, **measured, **_shape_metrics(program, shape)})
 
 
@@ -95,6 +110,41 @@ def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: 
             "model_cycles": program_cycles(program), "sim_cycles_per_second": rate,
             **(_alarms(engine, x, np.array(alarms)) if shape.check != "none" else {}),
             "seconds_build": built - began, "seconds_sim": time.perf_counter() - built, "build_cached": compiled.cached}
+
+
+def _inject(ctx: StageContext, program: Any, shape: Any, images: Any, engine: Engine, x: Any, count: int, seed: int,
+            make_engine: Any, images_of: Any) -> dict[str, Any]:
+    """Inject `count` faults into the machine (a build with its fault port) and compare each run with the
+    engine's fault model (`dsetool.machine.faults`; `make_engine` and `images_of` give a faulty model's
+    engine and memory images); raise on the first that differs."""
+    from dsetool.faults.network import EngineNetwork
+    from dsetool.faults.sites import site_groups
+    from dsetool.machine.alarms import engine_alarms
+    from dsetool.machine.faults import SITES, check_faults, draw, session_runner
+    from hw import machine_host, rtlsim
+    from hw.machine import Machine
+
+    began = time.perf_counter()
+    acc_bits = EngineNetwork(engine).acc_bits()
+    groups = [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)]
+    faults = draw(groups, len(x), count, seed)
+    ctx.reporter.note(f"rtlsim: {count} faults in the activation buffer and the weight memory")
+    compiled = rtlsim.build(Machine(shape, fault_port=True), ctx.cache / BUILD_DIR)
+    with compiled.open() as session:
+        machine_host.load(session, shape, images)
+        run = session_runner(session, program, shape, images_of)
+        golden_alarms = engine_alarms(engine, x) if shape.check != "none" else None
+        outcome = check_faults(engine, program, x, groups, faults, run, make_engine, golden_alarms)
+    if outcome.first_disagreement is not None:
+        raise RuntimeError(f"the RTL's faulty logits differ from the engine's fault model on "
+                           f"{outcome.faults - outcome.agree} of {outcome.faults} faults (first: "
+                           f"{outcome.first_disagreement})")
+    figures: dict[str, Any] = {"rtl_faults": outcome.faults, "rtl_fault_agreement": outcome.agree / outcome.faults,
+                               "rtl_faults_changing_logits": outcome.changed,
+                               "seconds_faults": time.perf_counter() - began}
+    if outcome.alarm_agree is not None:
+        figures["fault_alarm_agreement"] = outcome.alarm_agree / outcome.faults
+    return figures
 
 
 def _alarms(engine: Engine, x: Any, rtl: np.ndarray) -> dict[str, Any]:

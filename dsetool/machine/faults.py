@@ -1,0 +1,195 @@
+"""Faults injected into the simulated accelerator, checked against the engine's fault model.
+
+The engine's campaigns compute what a fault does without simulating hardware (`dsetool.faults.apply`).
+This module injects the same faults into the compiled RTL of the accelerator that runs the network and
+compares the logits bit for bit, so the fault model is checked against the machine, as ENFOR-SA checks
+its injector against RTL:
+
+- `act` (the activation buffer a weight layer reads): the stored code (`lane_mask`) is flipped in the machine's
+  activation buffer through `hw.machine.Machine`'s fault port, when the instruction of the engine's first
+  reader of that buffer is fetched: after every instruction before it wrote the tensor, before any read
+  of it. Every later read sees the flip (a residual branch's second reader too), and an input-side range
+  check meets the faulty code as the engine's `input_check` does.
+- `weight` (a layer's stored weights): the machine is loaded with the program compiled from the model
+  with that weight flipped, which is what a flipped cell of the weight memory holds for the whole
+  inference, the engine's semantics.
+
+`check_faults` draws faults uniformly over the population of both sites (each site's groups weighted by
+their size, bit uniform over the register's width), runs each on its image, and returns how many give the
+engine's logits (and, with a range check, whether the machine's alarm is what the engine says: raised
+fault-free on that image, or a check acted on a value the fault changed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsetool.engine import Engine
+from dsetool.engine.intmodel import IntModel, WeightOp
+from dsetool.faults.sites import SiteGroup
+from dsetool.machine.program import Gemm, Program, Tensor, Vector
+
+SITES = ("act", "weight")   # the sites the machine is faulted at
+
+
+@dataclass(frozen=True)
+class BufferFlip:
+    """Where one activation-buffer fault lands in the machine: the bits `mask` of lane `lane` of word
+    `address`, flipped at the fetch of instruction `pc`."""
+
+    pc: int
+    address: int
+    lane: int
+    mask: int
+
+
+def _reads(instr: Gemm | Vector) -> list[Tensor]:
+    return [instr.source] + ([instr.other] if isinstance(instr, Vector) and instr.other is not None else [])
+
+
+def buffer_flip(program: Program, group: SiteGroup, element: int, bit: int) -> BufferFlip:
+    """Return where an `act` fault (of `group`, on its flat `element`, bit `bit`) lands in the machine.
+
+    Raises ValueError when the machine cannot hold it as the engine does (a code narrower than the
+    machine's lanes: its flip would be sign- or zero-extended differently)."""
+    if group.width > program.act_bits:
+        raise ValueError(f"layer {group.layer}'s input codes have {group.width} bits, more than the machine's "
+                         f"lanes ({program.act_bits})")
+    instructions = program.instructions
+    at = next(i for i, instr in enumerate(instructions) if isinstance(instr, Gemm) and instr.name == group.layer)
+    view = instructions[at].source
+    written, tensor = _stored(program, at, view, group.size)
+    channel, y, x = np.unravel_index(element, (tensor.channels, tensor.height, tensor.width))
+    pc = min(i for i in range(written + 1, at + 1) if any(t.base == view.base for t in _reads(instructions[i])))
+    return BufferFlip(pc, tensor.address(int(y), int(x), int(channel) // tensor.lanes),
+                      int(channel) % tensor.lanes, lane_mask(bit, group.width, group.signed, program.act_bits))
+
+
+def _stored(program: Program, reader: int, view: Tensor, size: int) -> tuple[int, Tensor]:
+    """Return the tensor as written that instruction `reader` reads through `view` (a linear layer reads
+    its input's words as one pixel of words x lanes channels), the last one written at that base before
+    it, and the instruction that wrote it (-1: the host wrote the input)."""
+    written = [(-1, program.input)] + [(i, instr.dest) for i, instr in enumerate(program.instructions[:reader])
+                                       if instr.dest is not None]
+    for writer, tensor in reversed(written):
+        if tensor.base == view.base and tensor.channels * tensor.height * tensor.width == size:
+            return writer, tensor
+    raise ValueError(f"no tensor of {size} codes at buffer word {view.base} before instruction {reader}")
+
+
+def lane_mask(bit: int, width: int, signed: bool, lane_bits: int) -> int:
+    """Return the lane bits that change when bit `bit` of a `width`-bit code flips: the code is held
+    zero- or sign-extended to `lane_bits`, so a signed code's sign bit flips its extension too."""
+    if signed and bit == width - 1:
+        return ((1 << lane_bits) - 1) ^ ((1 << bit) - 1)
+    return 1 << bit
+
+
+def flipped_weight(model: IntModel, group: SiteGroup, element: int, bit: int) -> IntModel:
+    """Return `model` with weight `element` of `group`'s layer (its flat torch-layout index) with bit
+    `bit` flipped in the weight's two's complement width."""
+    op = model.ops[group.op_index]
+    assert isinstance(op, WeightOp)
+    weights = np.array(op.weight, dtype=np.int64).reshape(-1)
+    width = group.width
+    raw = (int(weights[element]) & ((1 << width) - 1)) ^ (1 << bit)
+    weights[element] = raw - (1 << width) if raw >> (width - 1) else raw
+    ops = list(model.ops)
+    ops[group.op_index] = replace(op, weight=weights.reshape(op.weight.shape).astype(op.weight.dtype))
+    return replace(model, ops=tuple(ops))
+
+
+@dataclass(frozen=True)
+class FaultCheck:
+    """The outcome of `check_faults`."""
+
+    faults: int
+    agree: int                 # faulty runs whose logits equal the engine's
+    changed: int               # of them, runs whose logits differ from the fault-free ones
+    alarm_agree: int | None    # with a range check: runs whose alarm is the engine's
+    first_disagreement: str | None
+
+
+def draw(groups: Sequence[SiteGroup], images: int, count: int, seed: int
+         ) -> list[tuple[int, int, int, int]]:
+    """Draw `count` single-bit faults (group, element, bit, image), uniform over the sites' population."""
+    rng = np.random.default_rng(seed)
+    sizes = np.array([g.size * g.width for g in groups], dtype=np.float64)
+    chosen = rng.choice(len(groups), size=count, p=sizes / sizes.sum())
+    return [(int(j), int(rng.integers(groups[j].size)), int(rng.integers(groups[j].width)), int(rng.integers(images)))
+            for j in chosen]
+
+
+def engine_outcomes(engine: Engine, x: torch.Tensor, groups: Sequence[SiteGroup],
+                    faults: Sequence[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Return the engine's faulty logits and whether a protection acted on a changed value, per fault."""
+    from dsetool.faults.apply import Faults, evaluate
+    from dsetool.faults.network import EngineNetwork
+
+    golden = engine.run(x, keep=True)
+    table = np.array(faults, dtype=np.int64).reshape(-1, 4)
+    rows = np.arange(len(table))
+    result = evaluate(EngineNetwork(engine), golden, table[:, 3], groups,
+                      Faults(rows, table[:, 0], table[:, 1], table[:, 2]), "bitflip")
+    return result.logits.to(torch.int64).numpy(), result.detected
+
+
+def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequence[SiteGroup],
+                 faults: Sequence[tuple[int, int, int, int]], run: Any, make_engine: Callable[[IntModel], Engine],
+                 golden_alarms: np.ndarray | None) -> FaultCheck:
+    """Run every fault on the machine (`run(program, codes, flip)` -> (logits, alarm), `flip` a
+    `BufferFlip` or None; a weight fault passes the program of its faulty model, whose engine, with the
+    same range checks, `make_engine` gives) and compare with the engine."""
+    from dsetool.machine.compiler import compile_program
+
+    expected, detected = engine_outcomes(engine, x, groups, faults)
+    clean = engine.logits(x).to(torch.int64).numpy()
+    codes = engine.quantize_input(x).numpy()
+    agree = changed = alarm_agree = 0
+    first = None
+    for row, (g, element, bit, image) in enumerate(faults):
+        group = groups[g]
+        if group.site == "act":
+            logits, alarm = run(program, codes[image], buffer_flip(program, group, element, bit))
+        else:
+            faulty_engine = make_engine(flipped_weight(engine.model, group, element, bit))
+            faulty = compile_program(faulty_engine, program.rows, program.cols)
+            logits, alarm = run(faulty, codes[image], None)
+        same = np.array_equal(np.asarray(logits, dtype=np.int64), expected[row])
+        agree += same
+        changed += same and not np.array_equal(expected[row], clean[image])
+        if golden_alarms is not None:
+            alarm_agree += alarm == bool(golden_alarms[image] or detected[row])
+        if not same and first is None:
+            first = (f"{group.site} fault in layer {group.layer}, element {element}, bit {bit}, image {image}: "
+                     f"{list(logits)} against {expected[row].tolist()}")
+    return FaultCheck(len(faults), agree, changed, alarm_agree if golden_alarms is not None else None, first)
+
+
+def session_runner(session: Any, program: Program, shape: Any, images_of: Callable[[Program], Any]
+                   ) -> Callable[[Program, np.ndarray, BufferFlip | None], tuple[list[int], bool]]:
+    """Return `check_faults`' `run` over a compiled simulation of a machine built with `fault_port` and
+    loaded with `program` (`images_of(program)` gives a program's memory images: a weight fault's program
+    is loaded for its run, the original again after it)."""
+    from dsetool.machine.encode import input_codes
+    from hw import machine_host
+
+    loaded = [program]
+
+    def run(prog: Program, codes: np.ndarray, flip: BufferFlip | None) -> tuple[list[int], bool]:
+        if prog is not loaded[0]:
+            machine_host.load(session, shape, images_of(prog))
+            loaded[0] = prog
+        if flip is None:
+            machine_host.disarm_fault(session)
+        else:
+            machine_host.arm_fault(session, flip.pc, flip.address, flip.lane, flip.mask)
+        logits, _ = machine_host.infer(session, shape, input_codes(prog, codes))
+        return logits, machine_host.alarm(session)
+
+    return run
