@@ -22,8 +22,9 @@ runs:
   the cycle `sums_valid` is high, not requantized, and the buffer is not written.
 
 Timing: while `run` is high one tap is read per cycle (`last` high on the cycle of the final one); the
-last word is written `TAIL` cycles after that cycle. The bounds memory is read beside the buffer, its
-word addressed on the same cycle as each tap's (so its data arrives with the window's last tap).
+last word is written `TAIL` cycles after that cycle (a window's reduction is registered before the stage).
+The bounds memory is read beside the buffer, its word addressed on the same cycle as each tap's (so its
+data arrives with the window's last tap, and is held for the stage).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from hw.column_stage import ColumnStage
 from hw.pe import Multiplier
 from hw.protect import RangeMode
 
-TAIL = 1 + STAGE_LATENCY   # the last tap's data, then the stage; written on the following edge
+TAIL = 2 + STAGE_LATENCY   # the last tap's data, its reduction registered, the stage; written on the next edge
 
 
 class VectorUnit(wiring.Component):
@@ -69,8 +70,8 @@ class VectorUnit(wiring.Component):
     read_addr : Out(address_bits); read_data : In(lanes * code width) : the buffer's read port (data one
         cycle after the address).
     write_addr : Out(address_bits); write_data : Out(lanes * code width); write_en : Out(1)
-    sums_valid : Out(1); sums : Out(signed(sum_bits)).array(lanes) : each word's reduction, before the
-        stage (the logits, with `logits`).
+    sums_valid : Out(1); sums : Out(signed(sum_bits)).array(lanes) : each word's reduction, registered,
+        before the stage (the logits, with `logits`).
     bounds_addr : Out(bounds_bits); bounds_data : In(lanes * 2 * code width) : the bounds memory's read
         port (data one cycle after the address).
     detected : Out(1) : a lane of the word the stage gives left its bounds (with `check`).
@@ -115,14 +116,22 @@ class VectorUnit(wiring.Component):
         with m.Else():
             m.d.sync += [inside_d.eq(0), first_d.eq(0), last_d.eq(0)]
         reduced = self._reduce(m, inside_d, first_d)
-        m.d.comb += [stage.valid.eq(last_d), stage.relu.eq(i.relu), stage.check_on.eq(i.check),
-                     stage.qmin.eq(i.qmin), stage.qmax.eq(i.qmax), self.sums_valid.eq(last_d)]
+        # The window's reduction is registered before the stage and the logits memory (the buffer's
+        # clock-to-output and the adder would otherwise lie on one path with their inputs), and the
+        # bounds word, which arrives with the last tap, is held for it.
+        done = Signal(name="window_done")
+        bounds = Signal.like(self.bounds_data, name="window_bounds")
+        m.d.sync += [done.eq(last_d), bounds.eq(self.bounds_data)]
+        m.d.comb += [stage.valid.eq(done), stage.relu.eq(i.relu), stage.check_on.eq(i.check),
+                     stage.qmin.eq(i.qmin), stage.qmax.eq(i.qmax), self.sums_valid.eq(done)]
         width = self.code_shape.width
         for lane in range(self.lanes):
-            lo, hi = (self.bounds_data[(2 * lane + k) * width:(2 * lane + k + 1) * width] for k in (0, 1))
-            m.d.comb += [stage.acc[lane].eq(reduced[lane]), stage.multiplier[lane].eq(i.multiplier),
+            total = Signal(signed(self.sum_bits), name=f"window_{lane}")
+            m.d.sync += total.eq(reduced[lane])
+            lo, hi = (bounds[(2 * lane + k) * width:(2 * lane + k + 1) * width] for k in (0, 1))
+            m.d.comb += [stage.acc[lane].eq(total), stage.multiplier[lane].eq(i.multiplier),
                          stage.shift[lane].eq(i.shift), stage.lo[lane].eq(lo), stage.hi[lane].eq(hi),
-                         self.sums[lane].eq(reduced[lane])]
+                         self.sums[lane].eq(total)]
         m.d.comb += self.detected.eq(stage.out_valid & Cat(*stage.detected).any())
         self._writer(m, stage)
         return m

@@ -30,4 +30,4 @@ def test_a_change_to_the_generated_accelerator_raises_its_version(tmp_path):
     shape, _ = machine_of(program)
     digest = hashlib.sha256(emit_rtlil(Machine(shape), tmp_path / "machine.il").read_bytes()).hexdigest()
     assert (MACHINE_VERSION, digest, program_cycles(program)) == (
-        3, "8c441df2ae1914720bb818ce25bd122882e25af67ee1c6cb5a28f691070867d4", 2171)
+        4, "460af679ad373243561208c912118ac3e97aa9b8e91b14269a6f0ac60b80d2a5", 2173)
