@@ -1,9 +1,11 @@
 """Run a design point's network on an FPGA board: build the bitstream of its accelerator behind a UART
 (`hw.board`), cached in the store by what it is built from, and talk to the board over a serial port
-(`hw.uart_protocol`): load the program, weights and constants, send test images, read the logits.
+(`hw.uart_protocol`): load the program, weights and constants, send test images, read the logits and the
+machine's alarm (a range check fired during the run).
 
-The bitstream depends only on the machine's shape (layer shapes and widths), the board and the baud rate,
-not on the trained weights: a retrained model of the same design point runs on the same bitstream.
+The bitstream depends only on the machine's shape (layer shapes and widths), its RTL's version, the board
+and the baud rate, not on the trained weights: a retrained model of the same design point runs on the same
+bitstream.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from hw.uart_protocol import Port
 
 STAGE = "board"   # the store's build cache this module keeps its bitstreams in
-FORMAT = "1"      # of the cached build directory: part of every key
+FORMAT = "2"      # of the cached build and its UART protocol (`hw.uart_protocol.VERSION`): part of every key
 RESULT = "result.json"
 PORT_TIMEOUT = 30.0   # seconds a reply may take: a LOAD chunk at 9600 baud, the largest network's run
 
@@ -74,12 +76,8 @@ def check_point(cfg: RunConfig) -> Any:
     from dsetool.design import design_of
 
     design = design_of(cfg)
-    # The board's machine is the plain one: range checks and TMR are measured in simulation (rtlsim), where
-    # the engine they must equal is built with the point's profiled bounds.
-    protected = "the board runs unprotected points only (hw.protection: none, hw.tmr: false)"
-    reason = protected if design.protected else design.no_machine
-    if reason:
-        raise BoardError(reason)
+    if design.no_machine:
+        raise BoardError(design.no_machine)
     return design
 
 
@@ -87,13 +85,19 @@ def point_machine(store: Store, cfg: RunConfig, reporter: Reporter | None = None
     """Quantize the point's model (or take it from the store) and compile it for the accelerator; raise
     BoardError (the reason, without a command name) when the accelerator does not build the point."""
     from dsetool.engine import load_intmodel
-    from dsetool.machine.build import design_machine
+    from dsetool.machine.build import checked_engine, design_machine
     from dsetool.machine.compiler import UnsupportedOp, compile_program
     from dsetool.stages import ensure, quant_stage
+    from dsetool.stages.restrict import BOUNDS_FILE
 
     design = check_point(cfg)
     entry, _ = ensure(store, quant_stage(cfg), cfg, reporter)
-    engine = design.engine(load_intmodel(entry.path))
+    bounds = None
+    if design.protection.entry.reads_bounds:   # the range checks' bounds, profiled as for the campaigns
+        profiled, _ = ensure(store, "range-restrict", cfg, reporter)
+        bounds = json.loads(profiled.artifact(BOUNDS_FILE).read_text())
+    # the engine with the point's checks placed as the campaigns place them: what the machine computes
+    engine = checked_engine(design, load_intmodel(entry.path), bounds)
     try:
         program = compile_program(engine, design.array.rows, design.array.cols)
         shape, images = design_machine(design, program)   # the machine synth measures for the point
@@ -103,12 +107,13 @@ def point_machine(store: Store, cfg: RunConfig, reporter: Reporter | None = None
 
 
 def bitstream_key(shape: MachineShape, board: str, baud: int, seed: int = 1) -> str:
-    """Return the cache key of a bitstream: the machine's shape, the board, the baud rate, the placement
-    seed and the tools."""
+    """Return the cache key of a bitstream: the machine's shape and RTL version, the board, the baud rate,
+    the placement seed and the tools."""
+    from dsetool.machine.build import MACHINE_VERSION
     from hw import flow
 
-    return make_key(STAGE, {"format": FORMAT, "shape": asdict(shape), "board": board, "baud": baud, "seed": seed,
-                            "tools": flow.tool_fingerprint()})
+    return make_key(STAGE, {"format": FORMAT, "machine": MACHINE_VERSION, "shape": asdict(shape), "board": board,
+                            "baud": baud, "seed": seed, "tools": flow.tool_fingerprint()})
 
 
 def build_bitstream(store: Store, shape: MachineShape, board: str, baud: int, *, seed: int = 1) -> BoardBuild:
@@ -160,9 +165,10 @@ def open_port(device: str, baud: int, timeout: float = PORT_TIMEOUT) -> Iterator
         port.close()
 
 
-def run_images(port: Port, machine: PointMachine, codes: Sequence[Sequence[int]]) -> list[list[int]]:
+def run_images(port: Port, machine: PointMachine, codes: Sequence[Sequence[int]]) -> list[tuple[list[int], bool]]:
     """Check that the board runs this machine, load its program, weights and constants, and return the logits
-    of each image's input codes (`dsetool.machine.encode.input_codes`)."""
+    of each image's input codes (`dsetool.machine.encode.input_codes`) and whether the machine's alarm was
+    raised on it."""
     from hw import uart_protocol as protocol
     from hw.machine_format import load_beats
     from hw.uart_machine import device_info
@@ -176,8 +182,11 @@ def run_images(port: Port, machine: PointMachine, codes: Sequence[Sequence[int]]
     return [protocol.infer(port, image, device) for image in codes]
 
 
-def test_images(machine: PointMachine, cfg: RunConfig, count: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Return the input codes of the point's first `count` test images and the engine's logits for them."""
+def test_images(machine: PointMachine, cfg: RunConfig, count: int
+                ) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+    """Return the input codes of the point's first `count` test images, the engine's logits for them and
+    whether one of the engine's range checks fires on each (`dsetool.machine.alarms`; never without one)."""
+    from dsetool.machine.alarms import engine_alarms
     from dsetool.machine.encode import input_codes
     from dsetool.stages.common import prepare
 
@@ -185,7 +194,10 @@ def test_images(machine: PointMachine, cfg: RunConfig, count: int) -> tuple[list
     x = splits.test.x[:count]
     images = machine.engine.quantize_input(x).numpy()
     codes = [[int(c) for c in input_codes(machine.program, image)] for image in images]
-    return codes, [[int(v) for v in row] for row in machine.engine.logits(x).numpy()]
+    logits = [[int(v) for v in row] for row in machine.engine.logits(x).numpy()]
+    alarms = [bool(a) for a in engine_alarms(machine.engine, x)] if machine.shape.check != "none" \
+        else [False] * len(codes)
+    return codes, logits, alarms
 
 
 def build_summary(board: str, built: BoardBuild) -> str:
@@ -202,6 +214,13 @@ def build_summary(board: str, built: BoardBuild) -> str:
 
 
 def image_line(row: dict[str, Any]) -> str:
-    """Return one line on an image run on the board: its logits, class, and the engine's logits if they differ."""
-    differs = "" if row["agree"] else f" (engine: {row['expected']})"
-    return f"image {row['image']}: {row['logits']} class {row['prediction']}{differs}"
+    """Return one line on an image run on the board: its logits, class, `alarm` when the machine raised it,
+    and the engine's logits and alarm where they differ."""
+    alarm = " alarm" if row["alarm"] else ""
+    differs = []
+    if row["logits"] != row["expected"]:
+        differs.append(f"engine: {row['expected']}")
+    if row["alarm"] != row["engine_alarm"]:
+        differs.append(f"engine alarm: {'raised' if row['engine_alarm'] else 'not raised'}")
+    return f"image {row['image']}: {row['logits']} class {row['prediction']}{alarm}" + \
+        (f" ({'; '.join(differs)})" if differs else "")

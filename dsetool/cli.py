@@ -464,7 +464,7 @@ def board(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: boo
 def board_run(experiment: str, overrides: tuple[str, ...], as_json: bool, debug: bool, runs_dir: str,
               point_label: str | None, baud: int, device: str, count: int, timeout: float) -> None:
     """Load a design point's network onto a board running its `dsetool board` bitstream, over the serial port;
-    run test images and print their logits against the integer engine's. Exit 1 when any differ."""
+    run test images and print their logits and alarm against the integer engine's. Exit 1 when any differ."""
     from dsetool import board as boards
     from dsetool.config import load_experiment
     from hw.uart_protocol import LinkError
@@ -474,7 +474,7 @@ def board_run(experiment: str, overrides: tuple[str, ...], as_json: bool, debug:
     store = _store(runs_dir)
     _preflight(exp)
     machine = _board_machine("board-run", store, point, debug)
-    codes, expected = boards.test_images(machine, point.config, count)
+    codes, expected, engine_alarms = boards.test_images(machine, point.config, count)
     try:
         with boards.open_port(device, baud, timeout) as port:
             got = boards.run_images(port, machine, codes)
@@ -482,16 +482,19 @@ def board_run(experiment: str, overrides: tuple[str, ...], as_json: bool, debug:
         raise UserError(str(exc)) from None
     except LinkError as exc:
         raise StageFailure(f"board-run: {device}: {exc}") from None
-    for index, (logits, reference) in enumerate(zip(got, expected, strict=True)):
-        row = {"image": index, "logits": logits, "expected": reference, "agree": logits == reference,
-               "prediction": logits.index(max(logits))}
+    wrong = 0
+    for index, ((logits, alarm), reference, engine_alarm) in enumerate(zip(got, expected, engine_alarms, strict=True)):
+        agree = logits == reference and alarm == engine_alarm
+        wrong += not agree
+        row = {"image": index, "logits": logits, "expected": reference, "alarm": alarm, "engine_alarm": engine_alarm,
+               "agree": agree, "prediction": logits.index(max(logits))}
         click.echo(boards.image_line(row), err=True)
         if as_json:
             click.echo(json.dumps({"stage": "board-run", "point": point.label, **row}, sort_keys=True))
-    wrong = sum(logits != reference for logits, reference in zip(got, expected, strict=True))
-    click.echo(f"board-run: {len(got)} images, {len(got) - wrong} with the engine's logits", err=True)
+    click.echo(f"board-run: {len(got)} images, {len(got) - wrong} with the engine's logits and alarm", err=True)
     if wrong:
-        raise StageFailure(f"board-run: the board's logits differ from the engine's on {wrong} of {len(got)} images")
+        raise StageFailure(f"board-run: the board's logits or alarm differ from the engine's on {wrong} of {len(got)} "
+                           "images")
 
 
 @main.command("schema")

@@ -4,8 +4,9 @@
 protocol of `hw.uart_protocol` (request, whole reply, next request). The command decoder forwards each LOAD
 beat and IMAGE code to the machine's streams as soon as its last byte arrives; the machine is idle then (a
 RUN's reply ends only after its last logit), so its streams take a word on the cycle it is offered, and the
-receiver holds a byte a whole frame long: at any divider no byte is lost. A host that sends before a reply
-is complete gets `OVERRUN` in the next status.
+receiver holds a byte a whole frame long: at any divider no byte is lost. A RUN's reply ends with the
+machine's `alarm` (a range check fired during the run) as one byte after the last logit. A host that sends
+before a reply is complete gets `OVERRUN` in the next status.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class UARTMachine(wiring.Component):
                     m.next = "GATHER"
 
     def _replies(self, m: Module, r: _Registers, tx: UARTTransmitter, machine: Machine) -> None:
-        """Add the states that send the status byte, then a RUN's logits or the INFO bytes."""
+        """Add the states that send the status byte, then a RUN's logits and alarm, or the INFO bytes."""
         acc_bytes = protocol.byte_count(self.info.acc_bits)
         info = self.info.encode()
         with m.State("STATUS"):
@@ -162,9 +163,13 @@ class UARTMachine(wiring.Component):
                 m.d.sync += r.index.eq(r.index + 1)
                 with m.If(r.index == acc_bytes - 1):
                     with m.If(r.logits == 0):
-                        m.next = "COMMAND"
+                        m.next = "ALARM"
                     with m.Else():
                         m.next = "LOGIT"
+        with m.State("ALARM"):   # the detector is valid with the logits and holds until the next start
+            m.d.comb += [tx.valid.eq(1), tx.data.eq(machine.alarm)]
+            with m.If(tx.ready):
+                m.next = "COMMAND"
         with m.State("INFO"):
             rom = Const(int.from_bytes(info, "little"), 8 * len(info))
             m.d.comb += [tx.valid.eq(1), tx.data.eq(rom.word_select(r.index, 8))]

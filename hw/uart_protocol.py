@@ -9,12 +9,17 @@ Request and reply, one at a time: the host sends a command and reads its whole r
                                                        may be split over several LOAD commands)
     IMAGE  'I' n:u32 code*n             -> status     (each code in ceil(code bits / 8) bytes, two's
                                                        complement; one image per RUN)
-    RUN    'R'                          -> status, logit*num_classes (each in ceil(acc bits / 8) bytes,
-                                                       two's complement)
+    RUN    'R'                          -> status, logit*num_classes, alarm (each logit in
+                                                       ceil(acc bits / 8) bytes, two's complement; the alarm
+                                                       one byte: 0x01 if a range check fired during the
+                                                       run, else 0x00)
 
 The status byte is `STATUS_OK` (0x80) with a flag for each error seen since the last status: a frame with a
 low stop bit (`FRAMING`), a byte that arrived before the device took the one before (`OVERRUN`), a byte
 that is no command (`BAD_COMMAND`, answered with a status alone).
+
+Version 2 added the RUN reply's alarm byte (the machine's detector, `hw.machine.Machine`'s `alarm`);
+INFO's version byte lets the host refuse a device of another version.
 
 `line_bits` and `line_bytes` model the 8N1 line itself, a sample per clock cycle, for simulations.
 """
@@ -29,7 +34,7 @@ INFO, LOAD, IMAGE, RUN = b"?", b"L", b"I", b"R"
 STATUS_OK = 0x80
 FRAMING, OVERRUN, BAD_COMMAND = 0x01, 0x02, 0x04
 FLAGS = {FRAMING: "framing error", OVERRUN: "overrun", BAD_COMMAND: "unknown command"}
-VERSION = 1
+VERSION = 2
 INFO_BYTES = 9
 MAX_COUNT = (1 << 32) - 1
 
@@ -114,6 +119,13 @@ def decode_logits(data: bytes, info: Info) -> list[int]:
     return [int.from_bytes(data[i:i + width], "little", signed=True) for i in range(0, len(data), width)]
 
 
+def decode_alarm(byte: int) -> bool:
+    """Return the alarm of a RUN reply's last byte: 0x01 raised, 0x00 not."""
+    if byte not in (0, 1):
+        raise LinkError(f"A RUN reply's alarm byte is 0x00 or 0x01, not {byte:#04x}")
+    return bool(byte)
+
+
 class Port(Protocol):
     """A serial port as the host uses it (pyserial's `Serial` is one): `read` returns at most n bytes,
     fewer after its timeout."""
@@ -148,16 +160,22 @@ def load(port: Port, beats: Sequence[int], chunk: int = 4096) -> None:
         check_status(_reply(port, 1, "LOAD")[0])
 
 
-def infer(port: Port, codes: Sequence[int], device: Info) -> list[int]:
-    """Send one image's input codes, run the network and return its logits."""
+def infer(port: Port, codes: Sequence[int], device: Info) -> tuple[list[int], bool]:
+    """Send one image's input codes, run the network and return its logits and whether the machine's
+    alarm was raised during the run."""
     if len(codes) != device.input_codes:
         raise ValueError(f"The device's input takes {device.input_codes} codes, not {len(codes)}")
     port.write(image_command(codes, device))
     check_status(_reply(port, 1, "IMAGE")[0])
     port.write(RUN)
-    data = _reply(port, 1 + byte_count(device.acc_bits) * device.num_classes, "RUN")
+    data = _reply(port, run_reply_bytes(device), "RUN")
     check_status(data[0])
-    return decode_logits(data[1:], device)
+    return decode_logits(data[1:-1], device), decode_alarm(data[-1])
+
+
+def run_reply_bytes(device: Info) -> int:
+    """Return the bytes of a RUN reply: the status, the logits and the alarm."""
+    return 1 + byte_count(device.acc_bits) * device.num_classes + 1
 
 
 def line_bits(data: Iterable[int], divider: int, gap: int = 0) -> list[int]:

@@ -1,10 +1,12 @@
 """`dsetool board` and `dsetool board-run`: the bitstream built once per machine shape and board (a spy on the
 build), and the host side run against a serial port whose far end is the UART machine in compiled simulation
-(logits equal to the engine's), a device that answers for another machine, one that stays silent, and a port
-that does not exist."""
+(logits equal to the engine's, the alarm never raised on an unprotected point, an alarm the engine does not
+raise counted as a disagreement), a device that answers for another machine, one that stays silent, and a
+port that does not exist."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +25,7 @@ from dsetool.store import Store
 from hw import flow, rtlsim
 from hw import uart_protocol as protocol
 from hw.uart_host import SimulatedSerial
-from hw.uart_machine import UARTMachine
+from hw.uart_machine import UARTMachine, device_info
 
 DIVIDER = 4
 EXPERIMENT = {"name": "board", "model": {"arch": "mlp", "mlp_hidden": [16]},
@@ -84,11 +86,80 @@ def test_board_run_prints_the_simulated_boards_logits(setup: dict[str, Any], com
     assert [row["image"] for row in rows] == [0, 1, 2]
     assert all(row["agree"] and row["logits"] == row["expected"] for row in rows)
     assert all(row["prediction"] == row["logits"].index(max(row["logits"])) for row in rows)
-    assert "board-run: 3 images, 3 with the engine's logits" in result.stderr
+    assert all(row["alarm"] is False and row["engine_alarm"] is False for row in rows)   # no range check
+    assert "board-run: 3 images, 3 with the engine's logits and alarm" in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("image ")]
+    assert len(lines) == 3 and not any("alarm" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_a_sed_point_runs_on_the_board_with_its_checks_and_alarm(setup: dict[str, Any], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """SED per channel where the layers read their inputs, bounds profiled on 32 calibration images: the
+    board's machine has the checks (in detect mode), and its alarm is the engine's on every image."""
+    protected = {**EXPERIMENT, "hw": {**EXPERIMENT["hw"], "protection": "sed"},
+                 "protect": {"placement": "input", "granularity": "channel"}}
+    path = tmp_path / "sed.yaml"
+    path.write_text(yaml.safe_dump(protected, sort_keys=False))
+    point = load_experiment(path).points[0]
+    machine = dsetool.board.point_machine(Store(setup["runs"]), point.config)
+    assert (machine.shape.check, machine.shape.input_check) == ("detect", True)
+    compiled = rtlsim.build(UARTMachine(machine.shape, DIVIDER), tmp_path / "sim")
+
+    @contextmanager
+    def simulated() -> Iterator[SimulatedSerial]:
+        with compiled.open() as session:
+            yield SimulatedSerial(session, DIVIDER)
+
+    serve(monkeypatch, simulated)
+    result = CliRunner().invoke(main, ["board-run", str(path), "--json", "--runs", str(setup["runs"]), "--port",
+                                       "/dev/ttyUSB0", "--images", "12", "--baud", "1000000"])
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert result.exit_code == 0, result.output
+    assert len(rows) == 12 and all(row["agree"] for row in rows)
+    assert [row["alarm"] for row in rows] == [row["engine_alarm"] for row in rows]
+
+
+@pytest.mark.toolchain
+def test_an_alarm_the_engine_does_not_raise_is_a_disagreement(setup: dict[str, Any], compiled: rtlsim.CompiledModel,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's alarm (here said raised on image 1) against the board's: not the same, the run fails."""
+    @contextmanager
+    def simulated() -> Iterator[SimulatedSerial]:
+        with compiled.open() as session:
+            yield SimulatedSerial(session, DIVIDER)
+
+    real = dsetool.board.test_images
+
+    def raised_on_one(*args: Any) -> tuple[Any, Any, list[bool]]:
+        codes, logits, alarms = real(*args)
+        return codes, logits, [index == 1 for index in range(len(alarms))]
+
+    serve(monkeypatch, simulated)
+    monkeypatch.setattr(dsetool.board, "test_images", raised_on_one)
+    result, rows = invoke(setup, "board-run", "--port", "/dev/ttyUSB7", "--images", "2", "--baud", "1000000")
+    assert result.exit_code == 1, result.output
+    assert [(row["agree"], row["alarm"], row["engine_alarm"]) for row in rows] == [(True, False, False),
+                                                                                   (False, False, True)]
+    assert rows[1]["logits"] == rows[1]["expected"]
+    assert "(engine alarm: raised)" in result.stderr
+    assert "board-run: 2 images, 1 with the engine's logits and alarm" in result.stderr
+    assert "board-run: the board's logits or alarm differ from the engine's on 1 of 2 images" in result.output
+
+
+def test_image_line_says_alarm_and_what_the_engine_says_where_it_differs() -> None:
+    row = {"image": 3, "logits": [1, -2], "expected": [1, -2], "prediction": 0, "alarm": True, "engine_alarm": True}
+    assert dsetool.board.image_line(row) == "image 3: [1, -2] class 0 alarm"
+    assert dsetool.board.image_line({**row, "engine_alarm": False}) == \
+        "image 3: [1, -2] class 0 alarm (engine alarm: not raised)"
+    assert dsetool.board.image_line({**row, "alarm": False, "expected": [0, 5]}) == \
+        "image 3: [1, -2] class 0 (engine: [0, 5]; engine alarm: raised)"
 
 
 class Device:
-    """A device model that answers INFO with `info` (or nothing at all) and every other command with OK."""
+    """A device model that answers INFO with `info` (of this host's protocol version unless it says otherwise;
+    or nothing at all) and every other command with OK."""
 
     def __init__(self, info: protocol.Info | None) -> None:
         self.info, self.replies = info, bytearray()
@@ -117,6 +188,15 @@ def test_a_board_built_for_another_machine_is_a_usage_error(setup: dict[str, Any
     assert result.exit_code == 2
     assert "board-run: the board runs a different machine" in result.output and "dsetool board" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_board_of_another_protocol_version_fails_with_both_versions(setup: dict[str, Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    old = dataclasses.replace(device_info(setup["machine"].shape), version=1)   # a bitstream without the alarm
+    serve(monkeypatch, lambda: device(old))
+    result, _ = invoke(setup, "board-run", "--port", "/dev/ttyUSB0")
+    assert result.exit_code == 1
+    assert "board-run: /dev/ttyUSB0: The device speaks protocol version 1, this host 2" in result.output
 
 
 def test_a_silent_board_fails_with_the_port_named(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,11 +239,21 @@ def test_bitstream_is_built_once_per_machine_shape_and_board(setup: dict[str, An
     assert json.loads(other.stdout.splitlines()[-1])["key"] != one["key"] and len(builds) == 2
 
 
+def test_bitstream_key_reads_the_machines_rtl_version(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsetool.machine.build
+
+    monkeypatch.setattr(flow, "tool_fingerprint", lambda: {"yosys": "test"})
+    shape = setup["machine"].shape
+    key = dsetool.board.bitstream_key(shape, "ulx3s-85f", 115_200)
+    monkeypatch.setattr(dsetool.machine.build, "MACHINE_VERSION", dsetool.machine.build.MACHINE_VERSION + 1)
+    assert dsetool.board.bitstream_key(shape, "ulx3s-85f", 115_200) != key
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--board", "orangecrab"], "board: Board must be one of 'ulx3s-85f', 'ulx3s-45f', 'ulx3s-25f', not 'orangecrab'"),
     (["--baud", "4000000"], "board: A 25 MHz clock cannot make 4000000 baud within 2 % (nearest divider 6)"),
     (["--set", "hw.dataflow=os"], "board: the accelerator is built weight-stationary only (hw.dataflow: ws)"),
-    (["--set", "hw.tmr=true"], "board: the board runs unprotected points only (hw.protection: none, hw.tmr: false)"),
+    (["--set", "hw.protection=median3"], "board: the accelerator has no unit for median3"),
 ])
 def test_boards_and_points_the_board_cannot_take_are_usage_errors(setup: dict[str, Any], args: list[str],
                                                                   message: str) -> None:

@@ -1,16 +1,19 @@
 """The accelerator behind its UART (`hw.uart_machine`), in compiled simulation at 4 clocks per bit: the bytes
 of `hw.uart_protocol` on the rx pin load a tiny network and run images whose logits, decoded from the tx
-pin, equal the integer engine's; errors come back as status flags, a silent device as a timeout."""
+pin, equal the integer engine's, and whose alarm byte is the engine's range checks' (never raised without
+one, raised where a tight SED check fires); errors come back as status flags, a silent device as a timeout."""
 
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from dsetool.engine import Engine
+from dsetool.machine.alarms import engine_alarms
 from dsetool.machine.compiler import compile_program
 from dsetool.machine.encode import input_codes, machine_of
 from hw import rtlsim
@@ -19,6 +22,7 @@ from hw.machine_format import load_beats
 from hw.uart_host import SimulatedSerial
 from hw.uart_machine import UARTMachine, device_info
 from tests.fixtures.engines import digits, factory_engine
+from tests.fixtures.range_checks import checked_engine
 
 pytestmark = pytest.mark.toolchain   # Yosys and Verilator build the simulation
 
@@ -44,10 +48,33 @@ def test_logits_over_the_uart_equal_the_engines(tiny: dict[str, Any]) -> None:
         device = protocol.info(port)
         assert device == device_info(tiny["shape"])
         protocol.load(port, load_beats(tiny["shape"], tiny["images"]), chunk=100)   # split over LOAD commands
-        got = [protocol.infer(port, input_codes(tiny["program"], codes), device)
-               for codes in engine.quantize_input(x).numpy()]
-    np.testing.assert_array_equal(np.array(got), expected)
+        runs = [protocol.infer(port, input_codes(tiny["program"], codes), device)
+                for codes in engine.quantize_input(x).numpy()]
+    np.testing.assert_array_equal(np.array([logits for logits, _ in runs]), expected)
     assert (expected < 0).any() and (expected > 127).any()   # the high byte carries the sign or the value
+    assert [alarm for _, alarm in runs] == [False, False]    # no range check: the detector never fires
+
+
+def test_the_alarm_over_the_uart_is_the_sed_checks(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Detect-mode (SED) checks at the output stages, per channel, bounded by what the first two images
+    give: the alarm byte of each RUN is what the engine's checks say, raised on some later images and not on
+    others (so `start` clears it), and the logits are the checked engine's."""
+    x = digits(12).test.x[:6]
+    engine = checked_engine(tiny["engine"], x[:2], "detect", "channel", "output", inset=0)
+    program = compile_program(engine, 4, 4)
+    shape, images = machine_of(program)
+    assert shape.check == "detect"
+    compiled = rtlsim.build(UARTMachine(shape, DIVIDER), tmp_path)
+    with compiled.open() as session:
+        port = SimulatedSerial(session, DIVIDER)
+        device = protocol.info(port)
+        protocol.load(port, load_beats(shape, images))
+        runs = [protocol.infer(port, input_codes(program, codes), device)
+                for codes in engine.quantize_input(x).numpy()]
+    np.testing.assert_array_equal(np.array([logits for logits, _ in runs]), engine.logits(x).numpy())
+    expected = engine_alarms(engine, x).tolist()
+    assert [alarm for _, alarm in runs] == expected
+    assert any(expected) and False in expected[expected.index(True):]   # raised, then cleared by a later run
 
 
 def test_an_unknown_command_is_answered_with_its_flag_once(tiny: dict[str, Any]) -> None:
@@ -65,7 +92,8 @@ def test_bytes_sent_during_a_run_are_reported_as_an_overrun(tiny: dict[str, Any]
     with tiny["compiled"].open() as session:
         port = SimulatedSerial(session, DIVIDER)
         port.write(protocol.RUN + protocol.INFO * 2)   # the host does not wait for the RUN reply
-        reply = port.read(1 + 2 * device.num_classes)
+        reply = port.read(protocol.run_reply_bytes(device))
+        assert reply[-1] == 0   # the alarm byte
         protocol.check_status(reply[0])
         with pytest.raises(protocol.LinkError, match=r"^The device reports overrun \(status 0x82\)$"):
             protocol.info(port)

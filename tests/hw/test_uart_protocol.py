@@ -1,5 +1,6 @@
 """The byte protocol of the UART machine (`hw.uart_protocol`): counted little-endian payloads, two's complement
-codes and logits, status bytes, the INFO record, and the 8N1 line model the simulations use."""
+codes and logits, the RUN reply's alarm byte, status bytes, the INFO record and its version, and the 8N1 line
+model the simulations use."""
 
 from __future__ import annotations
 
@@ -43,11 +44,28 @@ class Loopback:
         return out
 
 
-def test_host_sends_image_then_run_and_decodes_the_logits() -> None:
+LOGITS = (-5).to_bytes(4, "little", signed=True) + (70000).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize(("alarm", "raised"), [(b"\x00", False), (b"\x01", True)])
+def test_host_sends_image_then_run_and_decodes_the_logits_and_alarm(alarm: bytes, raised: bool) -> None:
     info = protocol.Info(code_bits=8, code_signed=False, acc_bits=25, num_classes=2, input_codes=3)
-    port = Loopback(b"\x80" + b"\x80" + (-5).to_bytes(4, "little", signed=True) + (70000).to_bytes(4, "little"))
-    assert protocol.infer(port, [1, 2, 255], info) == [-5, 70000]
+    port = Loopback(b"\x80" + b"\x80" + LOGITS + alarm)
+    assert protocol.infer(port, [1, 2, 255], info) == ([-5, 70000], raised)
     assert bytes(port.sent) == b"I\x03\x00\x00\x00\x01\x02\xffR"
+    assert not port.replies
+
+
+def test_host_refuses_an_alarm_byte_other_than_0_or_1() -> None:
+    info = protocol.Info(code_bits=8, code_signed=False, acc_bits=25, num_classes=2, input_codes=3)
+    with pytest.raises(protocol.LinkError, match=r"^A RUN reply's alarm byte is 0x00 or 0x01, not 0x02$"):
+        protocol.infer(Loopback(b"\x80" + b"\x80" + LOGITS + b"\x02"), [1, 2, 255], info)
+
+
+def test_a_run_reply_without_its_alarm_byte_times_out() -> None:
+    info = protocol.Info(code_bits=8, code_signed=False, acc_bits=25, num_classes=2, input_codes=3)
+    with pytest.raises(protocol.LinkError, match=r"^The device sent 9 of the 10 bytes of its RUN reply \(timed out\)$"):
+        protocol.infer(Loopback(b"\x80" + b"\x80" + LOGITS), [1, 2, 255], info)   # a version 1 device
 
 
 def test_host_splits_a_load_into_chunks_and_checks_each_status() -> None:
@@ -58,6 +76,9 @@ def test_host_splits_a_load_into_chunks_and_checks_each_status() -> None:
 
 
 def test_host_refuses_a_device_of_another_protocol_version() -> None:
-    info = protocol.Info(code_bits=8, code_signed=False, acc_bits=25, num_classes=10, input_codes=4, version=2)
-    with pytest.raises(protocol.LinkError, match=r"^The device speaks protocol version 2, this host 1$"):
+    assert protocol.VERSION == 2   # the RUN reply carries the alarm
+    info = protocol.Info(code_bits=8, code_signed=False, acc_bits=25, num_classes=10, input_codes=4, version=1)
+    with pytest.raises(protocol.LinkError, match=r"^The device speaks protocol version 1, this host 2$"):
         protocol.info(Loopback(b"\x80" + info.encode()))
+    current = protocol.Info(code_bits=8, code_signed=False, acc_bits=25, num_classes=10, input_codes=4)
+    assert protocol.info(Loopback(b"\x80" + current.encode())) == current
