@@ -54,6 +54,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw import isa, vector_unit
 from hw.accumulator import LATENCY as ACC_LATENCY
+from hw.array import delay_line
 from hw.column_stage import LATENCY as STAGE_LATENCY
 from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_VECTOR_TAIL
 from hw.machine_datapath import Datapath
@@ -66,6 +67,36 @@ SETUP = MACHINE_SETUP   # cycles per GEMM tile before its weights load: read its
 GEMM_TAIL = MACHINE_GEMM_TAIL   # last sums through the accumulator, the stage, the write
 VECTOR_TAIL = MACHINE_VECTOR_TAIL   # the last window's word through the vector unit's stage
 assert GEMM_TAIL == ACC_LATENCY + STAGE_LATENCY + 1 and VECTOR_TAIL == vector_unit.TAIL
+
+
+@dataclass(frozen=True)
+class _Overlap:
+    """The double-buffered sequencer's registers (`Machine._overlap`)."""
+
+    period: Signal       # P: cycles from one tile's first row read to the next's (`machine_tile_period`)
+    phase: Signal        # cycles since the current tile's first row read, modulo P
+    feeding: Signal      # a tile's rows are being read
+    walk_done: Signal    # the GEMM's last tile is latched: no slice entry to read
+    final: Signal        # the tile being read is the GEMM's last
+    feed_first: Signal   # the tile being read is its N slice's first K tile
+    bank: Signal         # the weight bank of the next tile latched
+    feed_bank: Signal    # the weight bank of the tile being read
+    issue_valid: Signal  # a row is read this cycle (comb)
+    issue_first: Signal  # it is its tile's first (comb)
+    wread: Any           # the weight memory's read port
+    waddr: Signal        # the weight word the loader reads next
+    lrows: Signal        # one-hot: the array row the loader writes this cycle
+    lbank: Signal        # the bank it writes
+    bias_nt: Signal      # the N slices whose bias has been read (the next's constants word)
+    stage_nt: Signal     # the N slices whose stage constants have been read
+
+    def reset(self, fetched: Value, rows: int, cols: int) -> list:
+        m_count = fetched.m_count
+        half = (m_count + cols) >> 1   # ceil((M + C - 1) / 2)
+        longer = Mux(m_count > rows, m_count, rows)
+        period = Mux(half > longer, half, longer)
+        return [self.period.eq(period), self.phase.eq(period - 2), self.feeding.eq(0), self.walk_done.eq(0),
+                self.final.eq(0), self.bank.eq(0), self.bias_nt.eq(0), self.stage_nt.eq(0)]
 
 
 @dataclass(frozen=True)
@@ -154,10 +185,15 @@ class Machine(wiring.Component):
         wptr = Signal(range(max(2, p.weight_words + 1)))
         count = Signal(32)   # cycles within a phase
         tail = Signal(range(max(GEMM_TAIL, VECTOR_TAIL)))   # the finishing instruction's pipeline, less one
-        pending = Signal(unsigned(cols * const_bits))
-        active = Signal(unsigned(cols * const_bits))
-        bias_active = Signal(unsigned(cols * const_bits))
-        self._feed_constants(m, dp, active, bias_active, const_bits)
+        double = p.weight_buffers == 2
+        if double:   # the constants words straight from two read ports of the constants memory
+            cstage = cmem.read_port()
+            self._feed_constants(m, dp, cstage.data, cread.data, const_bits)
+        else:
+            pending = Signal(unsigned(cols * const_bits))
+            active = Signal(unsigned(cols * const_bits))
+            bias_active = Signal(unsigned(cols * const_bits))
+            self._feed_constants(m, dp, active, bias_active, const_bits)
         m.d.comb += [dp.logits.eq(instr.logits), dp.relu.eq(instr.relu), dp.check_on.eq(instr.check),
                      dp.qmin.eq(instr.qmin), dp.qmax.eq(instr.qmax)]
 
@@ -205,7 +241,11 @@ class Machine(wiring.Component):
         in_lane = Signal(range(max(2, lanes)))
 
         # ---- sequencer
-        m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
+        if double:
+            m.d.comb += iread.addr.eq(pc)
+            ov = self._overlap(m, dp, instr, sl, wread, cread, cstage, feed_valid)
+        else:
+            m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
         m.d.comb += [dp.w[c].eq(wread.data[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
                      for c in range(cols)]
         out_index = Signal(range(max(2, p.num_classes + 1)))
@@ -227,64 +267,71 @@ class Machine(wiring.Component):
                 m.d.sync += [instr.eq(iread.data), nt.eq(0), kt.eq(0), wptr.eq(fetched.weight_base),
                              pc.eq(pc + 1), count.eq(0), sp.eq(fetched.slice_first)]
                 m.d.sync += writer.reset(fetched)
+                if double:
+                    m.d.sync += ov.reset(fetched, rows, cols)
                 with m.Switch(fetched.opcode):
                     with m.Case(isa.GEMM):
-                        m.next = "G_SETUP"
+                        m.next = "G_RUN" if double else "G_SETUP"
                     with m.Case(isa.VECTOR):
                         m.d.comb += vector.start.eq(1)
                         m.next = "V_RUN"
                     with m.Default():
                         m.d.sync += [out_index.eq(0), out_word.eq(0), out_lane.eq(0)]
                         m.next = "OUT_READ"
-            with m.State("G_SETUP"):
-                m.d.comb += [self.busy.eq(1), sread.addr.eq(sp),
-                             cread.addr.eq(instr.const_base + nt)]
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == 1):
-                    slice_now = data.View(self.slice, sread.data)
-                    if bread is not None:   # its bounds word arrives on G_LOAD's first cycle
-                        m.d.comb += bread.addr.eq(slice_now.bound)
-                    m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
-                                 gen["row"].eq(instr.src_base + slice_now.row_off), gen["col"].eq(slice_now.col_off),
-                                 count.eq(0)]
-                    with m.If(kt == 0):
-                        m.d.sync += pending.eq(cread.data)
-                    m.next = "G_LOAD"
-            with m.State("G_LOAD"):
-                m.d.comb += [self.busy.eq(1), dp.w_load.eq(1), wread.addr.eq(wptr + 1), load_bounds.eq(count == 0)]
-                m.d.sync += [count.eq(count + 1), wptr.eq(wptr + 1)]
-                with m.If(count >= rows - 2):   # a row reaches the array two cycles after its read
+            if double:
+                self._overlapped_states(m, ov, instr, sl, sp, nt, kt, wptr, count, tail, sread, bread, gen, y, x, ox,
+                                        issue_row, load_bounds)
+            else:   # one tile at a time: setup, load, stream, drain
+                with m.State("G_SETUP"):
+                    m.d.comb += [self.busy.eq(1), sread.addr.eq(sp),
+                                 cread.addr.eq(instr.const_base + nt)]
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == 1):
+                        slice_now = data.View(self.slice, sread.data)
+                        if bread is not None:   # its bounds word arrives on G_LOAD's first cycle
+                            m.d.comb += bread.addr.eq(slice_now.bound)
+                        m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
+                                     gen["row"].eq(instr.src_base + slice_now.row_off),
+                                     gen["col"].eq(slice_now.col_off), count.eq(0)]
+                        with m.If(kt == 0):
+                            m.d.sync += pending.eq(cread.data)
+                        m.next = "G_LOAD"
+                with m.State("G_LOAD"):
+                    m.d.comb += [self.busy.eq(1), dp.w_load.eq(1), wread.addr.eq(wptr + 1), load_bounds.eq(count == 0)]
+                    m.d.sync += [count.eq(count + 1), wptr.eq(wptr + 1)]
+                    with m.If(count >= rows - 2):   # a row reaches the array two cycles after its read
+                        issue_row()
+                    with m.If(count == rows - 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "G_STREAM"
+                with m.State("G_STREAM"):
+                    m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last)]
+                    with m.If(count == 0):
+                        with m.If(kt == 0):
+                            m.d.sync += bias_active.eq(pending)
+                        with m.If(sl.last):
+                            m.d.sync += active.eq(pending)
                     issue_row()
-                with m.If(count == rows - 1):
-                    m.d.sync += count.eq(0)
-                    m.next = "G_STREAM"
-            with m.State("G_STREAM"):
-                m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last)]
-                with m.If(count == 0):
-                    with m.If(kt == 0):
-                        m.d.sync += bias_active.eq(pending)
-                    with m.If(sl.last):
-                        m.d.sync += active.eq(pending)
-                issue_row()
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == instr.m_count - 1):
-                    m.d.sync += count.eq(0)
-                    m.next = "G_DRAIN"
-            with m.State("G_DRAIN"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == rows + cols - 3):
-                    m.d.sync += count.eq(0)
-                    with m.If(sl.last):
-                        m.d.sync += [kt.eq(0), nt.eq(nt + 1), sp.eq(Mux(instr.slice_walk, sp + 1, instr.slice_first))]
-                        with m.If(nt == instr.n_count - 1):
-                            m.d.sync += tail.eq(GEMM_TAIL - 1)
-                            m.next = "TAIL"
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == instr.m_count - 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "G_DRAIN"
+                with m.State("G_DRAIN"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == rows + cols - 3):
+                        m.d.sync += count.eq(0)
+                        with m.If(sl.last):
+                            m.d.sync += [kt.eq(0), nt.eq(nt + 1),
+                                         sp.eq(Mux(instr.slice_walk, sp + 1, instr.slice_first))]
+                            with m.If(nt == instr.n_count - 1):
+                                m.d.sync += tail.eq(GEMM_TAIL - 1)
+                                m.next = "TAIL"
+                            with m.Else():
+                                m.next = "G_SETUP"
                         with m.Else():
+                            m.d.sync += [kt.eq(kt + 1), sp.eq(sp + 1)]
                             m.next = "G_SETUP"
-                    with m.Else():
-                        m.d.sync += [kt.eq(kt + 1), sp.eq(sp + 1)]
-                        m.next = "G_SETUP"
             with m.State("V_RUN"):
                 m.d.comb += [self.busy.eq(1), vector.run.eq(1)]
                 with m.If(vector.last):
@@ -310,6 +357,108 @@ class Machine(wiring.Component):
                     with m.Else():
                         m.next = "OUT_READ"
         return m
+
+    def _overlap(self, m: Module, dp: Any, instr: Value, sl: Value, wread: Any, cread: Any, cstage: Any,
+                 feed_valid: Value) -> _Overlap:
+        """Build the double-buffered machine's weight loader, the flags that go with each streamed row,
+        and the constants' reads; return the registers the sequencer's states drive (`_Overlap`).
+
+        Loader: started on a tile's first row read (cycle I), it reads the tile's weight words last
+        first (the memory holds row R - 1 first, as the shifting load takes them) and writes row r into
+        every PE of array row r, bank `lbank`, on cycle I + 1 + r: one cycle before the tile's row of A
+        reaches row r (it is presented at I + 2, row r takes it on I + 2 + r), so a tile streams while
+        its own weights load (`hw.array.WSDoubleBufferArray`).
+
+        Flags: a row read on cycle u is presented on u + 2 (`_read_path`); its valid, tile-first,
+        k_first, k_last and bank go with it through two registers. Constants: the bias of an N slice's
+        first K tile is read from the constants memory when that tile's first row reaches the K
+        accumulator (R + C - 1 cycles after it is presented), so the port's data is the word when the
+        accumulator adds the bias (one edge later), for every row of that tile; the stage's fields when
+        the N slice's last K tile's first row enters the column stage (R + C after it is presented).
+        Each port holds its word until its next read: the next such tile comes P >= M cycles later, so
+        every row of the tile takes its N slice's word, the rows of a following N slice the next."""
+        p, a = self.params, self.params.array
+        rows, cols = a.rows, a.cols
+        count_bits = len(Value.cast(instr.m_count)) + max(rows, cols).bit_length() + 1
+        ov = _Overlap(period=Signal(count_bits, name="period"), phase=Signal(count_bits, name="phase"),
+                      feeding=Signal(name="feeding"), walk_done=Signal(name="walk_done"),
+                      final=Signal(name="final"), feed_first=Signal(name="feed_first"), bank=Signal(name="bank"),
+                      feed_bank=Signal(name="feed_bank"),
+                      issue_valid=Signal(name="issue_valid"), issue_first=Signal(name="issue_first"), wread=wread,
+                      waddr=Signal(range(max(2, p.weight_words + 1)), name="load_addr"),
+                      lrows=Signal(rows, name="load_rows"), lbank=Signal(name="load_bank"),
+                      bias_nt=Signal(p.widths.const + 1, name="bias_n_slice"),
+                      stage_nt=Signal(p.widths.const + 1, name="stage_n_slice"))
+        m.d.comb += wread.addr.eq(ov.waddr)   # the states start a load on a tile's first row read
+        m.d.sync += [ov.lrows.eq(ov.lrows << 1), ov.waddr.eq(ov.waddr - 1)]
+        m.d.comb += [dp.w_rows.eq(ov.lrows), dp.w_bank.eq(ov.lbank)]
+        read = Cat(ov.issue_valid, ov.issue_first, ov.feed_first, sl.last, ov.feed_bank)
+        fetched, presented = Signal(len(read), name="row_flags_read"), Signal(len(read), name="row_flags")
+        m.d.sync += [fetched.eq(read), presented.eq(fetched)]
+        valid, first, k_first, k_last, bank = (presented[i] for i in range(len(read)))
+        m.d.comb += [feed_valid.eq(valid), dp.restart.eq(valid & first), dp.k_first.eq(k_first),
+                     dp.k_last.eq(k_last), dp.a_bank.eq(bank)]
+        bias_read = delay_line(m, valid & first & k_first, rows + cols - 1, "bias_read")
+        stage_read = delay_line(m, valid & first & k_last, rows + cols, "stage_read")
+        m.d.comb += [cread.en.eq(bias_read), cread.addr.eq(instr.const_base + ov.bias_nt),
+                     cstage.en.eq(stage_read), cstage.addr.eq(instr.const_base + ov.stage_nt)]
+        with m.If(bias_read):
+            m.d.sync += ov.bias_nt.eq(ov.bias_nt + 1)
+        with m.If(stage_read):
+            m.d.sync += ov.stage_nt.eq(ov.stage_nt + 1)
+        return ov
+
+    def _overlapped_states(self, m: Module, ov: _Overlap, instr: Value, sl: Value, sp: Value, nt: Value,
+                           kt: Value, wptr: Value, count: Value, tail: Value, sread: Any, bread: Any,
+                           gen: dict[str, Value], y: Value, x: Value, ox: Value, issue_row: Any,
+                           load_bounds: Value) -> None:
+        """Add the double-buffered GEMM's states. G_RUN: tile j's first row is read on cycle
+        I_j = I_0 + j P (`hw.cycles.machine_tile_period`), its M rows on consecutive cycles; its slice
+        entry is read on I_j - 2 and latched on I_j - 1 (the feed's address registers, its bounds word
+        read), overriding the previous tile's step when that one reads its last row then (M = P); its
+        weights load from I_j + 1 (`_overlap`) into the bank the tile before it does not use. After
+        the GEMM's last row is read, G_FLUSH: R + C cycles while it is presented and leaves the array,
+        then the output pipeline's tail (`GEMM_TAIL`)."""
+        rows, cols = self.params.array.rows, self.params.array.cols
+        with m.State("G_RUN"):
+            m.d.comb += self.busy.eq(1)
+            m.d.sync += ov.phase.eq(Mux(ov.phase == ov.period - 1, 0, ov.phase + 1))
+            with m.If(ov.feeding):
+                issue_row()
+                m.d.comb += [ov.issue_valid.eq(1), ov.issue_first.eq(count == 0)]
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == 0):   # the tile's weights: row r into the PEs on the (r + 1)-th cycle on
+                    m.d.comb += [ov.wread.addr.eq(wptr + rows - 1), load_bounds.eq(1)]
+                    m.d.sync += [ov.lrows.eq(1), ov.lbank.eq(ov.feed_bank), ov.waddr.eq(wptr + rows - 2),
+                                 wptr.eq(wptr + rows)]
+                with m.If(count == instr.m_count - 1):
+                    m.d.sync += ov.feeding.eq(0)
+                    with m.If(ov.final):
+                        m.d.sync += count.eq(0)
+                        m.next = "G_FLUSH"
+            with m.If(~ov.walk_done):
+                with m.If(ov.phase == ov.period - 2):
+                    m.d.comb += sread.addr.eq(sp)
+                with m.If(ov.phase == ov.period - 1):
+                    slice_now = data.View(self.slice, sread.data)
+                    if bread is not None:   # its bounds word arrives on the tile's first read
+                        m.d.comb += bread.addr.eq(slice_now.bound)
+                    m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
+                                 gen["row"].eq(instr.src_base + slice_now.row_off), gen["col"].eq(slice_now.col_off),
+                                 count.eq(0), ov.feeding.eq(1), ov.feed_first.eq(kt == 0),
+                                 ov.feed_bank.eq(ov.bank), ov.bank.eq(~ov.bank)]
+                    with m.If(slice_now.last):
+                        m.d.sync += [kt.eq(0), nt.eq(nt + 1), sp.eq(Mux(instr.slice_walk, sp + 1, instr.slice_first))]
+                        with m.If(nt == instr.n_count - 1):
+                            m.d.sync += [ov.walk_done.eq(1), ov.final.eq(1)]
+                    with m.Else():
+                        m.d.sync += [kt.eq(kt + 1), sp.eq(sp + 1)]
+        with m.State("G_FLUSH"):
+            m.d.comb += self.busy.eq(1)
+            m.d.sync += count.eq(count + 1)
+            with m.If(count == rows + cols - 1):
+                m.d.sync += [count.eq(0), tail.eq(GEMM_TAIL - 1)]
+                m.next = "TAIL"
 
     def _loader(self, m: Module, memories: dict[int, Memory], idle: Value) -> None:
         """Build the host's load stream (`hw.machine_format`): headers, then each word's beats gathered
@@ -357,6 +506,9 @@ class Machine(wiring.Component):
         check = MACHINE_MODES[p.check] if p.check != "none" and p.output_check else None
 
         def make() -> Datapath:
+            if p.weight_buffers == 2:
+                return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check,
+                                weight_buffers=2)
             return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check)
 
         return TripleModular(make) if p.array.tmr else make()

@@ -32,17 +32,19 @@ TINY_MOBILENET = "tests.fixtures.tiny_mobilenet:make"
 TINY_CONCAT = "tests.fixtures.tiny_concat:make"
 
 
-def simulate(engine: Engine, program: Program, images: np.ndarray) -> tuple[np.ndarray, list[int]]:
+def simulate(engine: Engine, program: Program, images: np.ndarray, weight_buffers: int = 1
+             ) -> tuple[np.ndarray, list[int]]:
     """Load the machine of `program` through its host port, run every image; return logits and cycles."""
-    logits, cycles, _ = simulate_detecting(engine, program, images)
+    logits, cycles, _ = simulate_detecting(engine, program, images, weight_buffers=weight_buffers)
     return logits, cycles
 
 
-def simulate_detecting(engine: Engine, program: Program, images: np.ndarray, tmr: bool = False
-                       ) -> tuple[np.ndarray, list[int], list[bool]]:
-    """Load the machine of `program` (its datapath triplicated with `tmr`) through its host port, run
-    every image; return logits, cycles and the alarm read with each image's logits."""
-    shape, contents = machine_of(program, tmr=tmr)
+def simulate_detecting(engine: Engine, program: Program, images: np.ndarray, tmr: bool = False,
+                       weight_buffers: int = 1) -> tuple[np.ndarray, list[int], list[bool]]:
+    """Load the machine of `program` (its datapath triplicated with `tmr`, `weight_buffers` weight banks
+    per PE) through its host port, run every image; return logits, cycles and the alarm read with each
+    image's logits."""
+    shape, contents = machine_of(program, tmr=tmr, weight_buffers=weight_buffers)
     dut = Machine(shape)
     beats = load_beats(shape, contents)
     codes = engine.quantize_input(images).numpy()
