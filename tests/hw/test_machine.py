@@ -357,3 +357,28 @@ def test_lenet_with_per_channel_input_clip_runs_in_compiled_simulation(tmp_path:
     np.testing.assert_array_equal(np.array([logits for logits, _ in results]), expected)
     assert {cycles for _, cycles in results} == {program_cycles(program)}
     assert alarms == engine_alarms(checked, x).tolist() and all(alarms[:4])
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize(("arch", "rows", "cols"), [("lenet5", 4, 4), ("tiny_cnn", 4, 4)])
+def test_double_buffered_machine_runs_in_compiled_simulation_bit_for_bit(tmp_path: Path, arch: str, rows: int,
+                                                                         cols: int) -> None:
+    """Verilator: LeNet-5 (its linear layers stream one row per tile) and the tiny CNN with two weight
+    banks per PE give the engine's logits in `program_cycles` with two weight buffers."""
+    from hw import machine_host, rtlsim
+
+    if arch == "tiny_cnn":
+        engine, x = factory_engine(tmp_path / "model", TINY_CNN, 4, size=12), digits(12).test.x[:4]
+    else:
+        engine, x = exported_engine(tmp_path / "model", arch, 4, "po2", "per_tensor"), digits(32).test.x[:4]
+    program = compile_program(engine, rows, cols)
+    shape, contents = machine_of(program, weight_buffers=2)
+    compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
+    results = []
+    with compiled.open() as session:
+        machine_host.load(session, shape, contents)
+        for image in engine.quantize_input(x).numpy():
+            results.append(machine_host.infer(session, shape, input_codes(program, image)))
+    np.testing.assert_array_equal(np.array([logits for logits, _ in results]), engine.logits(x).numpy())
+    assert {cycles for _, cycles in results} == {program_cycles(program, weight_buffers=2)}
+    assert program_cycles(program, weight_buffers=2) < program_cycles(program)
