@@ -128,7 +128,10 @@ def vector_cycles(channels: int, positions: int, window: int, lanes: int) -> int
 # `MACHINE_GEMM_TAIL` cycles while its last sums pass the K accumulator, the output stage and the write;
 # a vector instruction reads one window tap per cycle and writes its last word `MACHINE_VECTOR_TAIL` later; after
 # the program's end the first logit is on the host stream `MACHINE_OUTPUT` cycles later. Counted from
-# the cycle that presents `start` (`MACHINE_START`) to the one that presents the first logit.
+# the cycle that presents `start` (`MACHINE_START`) to the one that presents the first logit. With two
+# weight banks per PE (`MachineShape.weight_buffers` 2) a GEMM's tiles start every `machine_tile_period`
+# cycles, each tile's weights loading while the tile before streams, and the GEMM pays `MACHINE_SETUP`
+# and the array's drain once (`machine_gemm_cycles`).
 MACHINE_START = 1
 MACHINE_FETCH = 2
 MACHINE_SETUP = 2

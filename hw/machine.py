@@ -19,6 +19,35 @@ so a layer writes its channel range of a concat's tensor directly. A vector inst
 per cycle and writes one output word per window. Every instruction costs `FETCH` cycles before it.
 `hw.cycles`' machine functions count exactly this schedule.
 
+Double-buffered weights (`MachineShape.weight_buffers` 2; the single-buffered machine above is built
+unchanged otherwise): every PE holds two weight banks (`hw.array.WSDoubleBufferArray`) and a GEMM's
+tiles overlap. Tile j (of the GEMM's T, in the order above) reads its first row of A on cycle
+I_j = I_0 + j P, P = max(M, R, ceil((M + C - 1) / 2)) (`hw.cycles.machine_tile_period`), its M rows on
+consecutive cycles; its slice entry is read on I_j - 2 and latched on I_j - 1 (while the tile before
+may be reading its last row), with its bounds word (input check); its weights load from I_j + 1 on into
+bank j % 2 by a broadcast per row, row r on cycle I_j + 1 + r, read from the weight memory in the
+order the single buffer shifts them in (so the images are the same). Each row of A carries its tile's
+bank through the array, and PE(r, c) multiplies it with that bank. Why this is correct (a row read on
+cycle u is presented on u + 2 and reaches PE(r, c) on u + 2 + r + c; a weight written on cycle l is
+used from l + 1):
+- tile j's row r of weights is written on I_j + 1 + r, before its first row of A reaches row r
+  (I_j + 2 + r): a tile's load overlaps its own stream;
+- the bank tile j writes was last used by tile j - 2, whose last row reached PE(r, C - 1) on
+  I_{j-2} + M + 1 + r + C - 1 = I_j - 2P + M + C + r, before the write on I_j + 1 + r when
+  2P + 1 >= M + C; tile j - 1 uses the other bank, which the load does not touch;
+- one weight row per cycle (P >= R), one row of A per cycle (P >= M), so loads and streams never
+  overlap their own kind;
+- the K accumulator reads entry m for tile j + 1 P >= 2 cycles after tile j's row m arrived, after
+  its write (`hw.accumulator`; no forwarding), and each tile's first row restarts its row count;
+- the constants words are read from the constants memory (two read ports) when an N slice's first K
+  tile's first row reaches the K accumulator (its bias) and when its last K tile's first row enters
+  the column stage (multiplier, shift, bounds), and held until the next such tile's: the rows of
+  different N slices stream back to back, each with its own slice's constants; the writer counts rows
+  as before.
+After the GEMM's last row is read: R + C cycles while it is presented and leaves the array, then
+`GEMM_TAIL`: a GEMM costs `FETCH` + `SETUP` + (T - 1) P + M + R + C + `GEMM_TAIL` cycles, against
+`FETCH` + T (`SETUP` + 2R + C - 2 + M) + `GEMM_TAIL` with one buffer.
+
 The logits memory holds `lanes` sums per word, written `cols` at a time by a logits GEMM (one N slice's)
 or `lanes` at a time by the vector unit (an average pool's sums that are the logits); logit c is lane
 c % cols of the `cols`-wide part c // cols.
