@@ -39,11 +39,11 @@ used from l + 1):
   overlap their own kind;
 - the K accumulator reads entry m for tile j + 1 P >= 2 cycles after tile j's row m arrived, after
   its write (`hw.accumulator`; no forwarding), and each tile's first row restarts its row count;
-- the constants words are read from the constants memory (two read ports) when an N slice's first K
-  tile's first row reaches the K accumulator (its bias) and when its last K tile's first row enters
-  the column stage (multiplier, shift, bounds), and held until the next such tile's: the rows of
-  different N slices stream back to back, each with its own slice's constants; the writer counts rows
-  as before.
+- an N slice's constants word is read from the constants memory when its first K tile's first row
+  reaches the K accumulator (the bias, added from the port's data), and its stage fields (multiplier,
+  shift, bounds) are registered from the port as its last K tile's first row enters the column stage,
+  each held until the next N slice's: the rows of different N slices stream back to back, each with
+  its own slice's constants (`Machine._overlap`); the writer counts rows as before.
 After the GEMM's last row is read: R + C cycles while it is presented and leaves the array, then
 `GEMM_TAIL`: a GEMM costs `FETCH` + `SETUP` + (T - 1) P + M + R + C + `GEMM_TAIL` cycles, against
 `FETCH` + T (`SETUP` + 2R + C - 2 + M) + `GEMM_TAIL` with one buffer.
@@ -116,8 +116,7 @@ class _Overlap:
     waddr: Signal        # the weight word the loader reads next
     lrows: Signal        # one-hot: the array row the loader writes this cycle
     lbank: Signal        # the bank it writes
-    bias_nt: Signal      # the N slices whose bias has been read (the next's constants word)
-    stage_nt: Signal     # the N slices whose stage constants have been read
+    bias_nt: Signal      # the N slices whose constants word has been read (the next's)
 
     def reset(self, fetched: Value, rows: int, cols: int) -> list:
         m_count = fetched.m_count
@@ -125,7 +124,7 @@ class _Overlap:
         longer = Mux(m_count > rows, m_count, rows)
         period = Mux(half > longer, half, longer)
         return [self.period.eq(period), self.phase.eq(period - 2), self.feeding.eq(0), self.walk_done.eq(0),
-                self.final.eq(0), self.bank.eq(0), self.bias_nt.eq(0), self.stage_nt.eq(0)]
+                self.final.eq(0), self.bank.eq(0), self.bias_nt.eq(0)]
 
 
 @dataclass(frozen=True)
@@ -215,9 +214,9 @@ class Machine(wiring.Component):
         count = Signal(32)   # cycles within a phase
         tail = Signal(range(max(GEMM_TAIL, VECTOR_TAIL)))   # the finishing instruction's pipeline, less one
         double = p.weight_buffers == 2
-        if double:   # the constants words straight from two read ports of the constants memory
-            cstage = cmem.read_port()
-            self._feed_constants(m, dp, cstage.data, cread.data, const_bits)
+        if double:   # the bias straight from the constants memory's read port, the stage's fields registered
+            active = Signal(unsigned(cols * const_bits))
+            self._feed_constants(m, dp, active, cread.data, const_bits)
         else:
             pending = Signal(unsigned(cols * const_bits))
             active = Signal(unsigned(cols * const_bits))
@@ -272,7 +271,7 @@ class Machine(wiring.Component):
         # ---- sequencer
         if double:
             m.d.comb += iread.addr.eq(pc)
-            ov = self._overlap(m, dp, instr, sl, wread, cread, cstage, feed_valid)
+            ov = self._overlap(m, dp, instr, sl, wread, cread, active, feed_valid)
         else:
             m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
         m.d.comb += [dp.w[c].eq(wread.data[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
@@ -387,7 +386,7 @@ class Machine(wiring.Component):
                         m.next = "OUT_READ"
         return m
 
-    def _overlap(self, m: Module, dp: Any, instr: Value, sl: Value, wread: Any, cread: Any, cstage: Any,
+    def _overlap(self, m: Module, dp: Any, instr: Value, sl: Value, wread: Any, cread: Any, active: Value,
                  feed_valid: Value) -> _Overlap:
         """Build the double-buffered machine's weight loader, the flags that go with each streamed row,
         and the constants' reads; return the registers the sequencer's states drive (`_Overlap`).
@@ -399,13 +398,15 @@ class Machine(wiring.Component):
         its own weights load (`hw.array.WSDoubleBufferArray`).
 
         Flags: a row read on cycle u is presented on u + 2 (`_read_path`); its valid, tile-first,
-        k_first, k_last and bank go with it through two registers. Constants: the bias of an N slice's
-        first K tile is read from the constants memory when that tile's first row reaches the K
-        accumulator (R + C - 1 cycles after it is presented), so the port's data is the word when the
-        accumulator adds the bias (one edge later), for every row of that tile; the stage's fields when
-        the N slice's last K tile's first row enters the column stage (R + C after it is presented).
-        Each port holds its word until its next read: the next such tile comes P >= M cycles later, so
-        every row of the tile takes its N slice's word, the rows of a following N slice the next."""
+        k_first, k_last and bank go with it through two registers. Constants: an N slice's word is read
+        from the constants memory when its first K tile's first row reaches the K accumulator (cycle T,
+        R + C - 1 cycles after it is presented), so the port's data is the word from T + 1 on, when the
+        accumulator adds the bias to that row, and holds it until the next N slice's first tile's first
+        row arrives, P >= M cycles after the last tile's (the bias, sampled with each row of the first
+        tile, is the port's data itself); the stage's fields are registered (`active`) from the port on
+        the cycle after the N slice's last K tile's first row arrives at the accumulator (that
+        tile's first row arrived at or after T, and the next N slice's read comes P >= 2 cycles after
+        it), so they change just as that row enters the column stage and hold for its M rows."""
         p, a = self.params, self.params.array
         rows, cols = a.rows, a.cols
         count_bits = len(Value.cast(instr.m_count)) + max(rows, cols).bit_length() + 1
@@ -416,8 +417,7 @@ class Machine(wiring.Component):
                       issue_valid=Signal(name="issue_valid"), issue_first=Signal(name="issue_first"), wread=wread,
                       waddr=Signal(range(max(2, p.weight_words + 1)), name="load_addr"),
                       lrows=Signal(rows, name="load_rows"), lbank=Signal(name="load_bank"),
-                      bias_nt=Signal(p.widths.const + 1, name="bias_n_slice"),
-                      stage_nt=Signal(p.widths.const + 1, name="stage_n_slice"))
+                      bias_nt=Signal(p.widths.const + 1, name="const_n_slice"))
         m.d.comb += wread.addr.eq(ov.waddr)   # the states start a load on a tile's first row read
         m.d.sync += [ov.lrows.eq(ov.lrows << 1), ov.waddr.eq(ov.waddr - 1)]
         m.d.comb += [dp.w_rows.eq(ov.lrows), dp.w_bank.eq(ov.lbank)]
@@ -429,12 +429,11 @@ class Machine(wiring.Component):
                      dp.k_last.eq(k_last), dp.a_bank.eq(bank)]
         bias_read = delay_line(m, valid & first & k_first, rows + cols - 1, "bias_read")
         stage_read = delay_line(m, valid & first & k_last, rows + cols, "stage_read")
-        m.d.comb += [cread.en.eq(bias_read), cread.addr.eq(instr.const_base + ov.bias_nt),
-                     cstage.en.eq(stage_read), cstage.addr.eq(instr.const_base + ov.stage_nt)]
+        m.d.comb += [cread.en.eq(bias_read), cread.addr.eq(instr.const_base + ov.bias_nt)]
         with m.If(bias_read):
             m.d.sync += ov.bias_nt.eq(ov.bias_nt + 1)
         with m.If(stage_read):
-            m.d.sync += ov.stage_nt.eq(ov.stage_nt + 1)
+            m.d.sync += active.eq(cread.data)
         return ov
 
     def _overlapped_states(self, m: Module, ov: _Overlap, instr: Value, sl: Value, sp: Value, nt: Value,
