@@ -33,8 +33,9 @@ used from l + 1):
 - tile j's row r of weights is written on I_j + 1 + r, before its first row of A reaches row r
   (I_j + 2 + r): a tile's load overlaps its own stream;
 - the bank tile j writes was last used by tile j - 2, whose last row reached PE(r, C - 1) on
-  I_{j-2} + M + 1 + r + C - 1 = I_j - 2P + M + C + r, before the write on I_j + 1 + r when
-  2P + 1 >= M + C; tile j - 1 uses the other bank, which the load does not touch;
+  I_{j-2} + M + 1 + r + C - 1 = I_j - 2P + M + C + r, no later than the write on I_j + 1 + r (which
+  changes the bank from the next cycle on) when 2P + 1 >= M + C; tile j - 1 uses the other bank, which
+  the load does not touch; a load one cycle earlier fails (`tests/hw/test_array.py`);
 - one weight row per cycle (P >= R), one row of A per cycle (P >= M), so loads and streams never
   overlap their own kind;
 - the K accumulator reads entry m for tile j + 1 P >= 2 cycles after tile j's row m arrived, after
@@ -116,7 +117,7 @@ class _Overlap:
     waddr: Signal        # the weight word the loader reads next
     lrows: Signal        # one-hot: the array row the loader writes this cycle
     lbank: Signal        # the bank it writes
-    bias_nt: Signal      # the N slices whose constants word has been read (the next's)
+    const_nt: Signal     # the N slices whose constants word has been read (the next's)
 
     def reset(self, fetched: Value, rows: int, cols: int) -> list:
         m_count = fetched.m_count
@@ -124,7 +125,7 @@ class _Overlap:
         longer = Mux(m_count > rows, m_count, rows)
         period = Mux(half > longer, half, longer)
         return [self.period.eq(period), self.phase.eq(period - 2), self.feeding.eq(0), self.walk_done.eq(0),
-                self.final.eq(0), self.bank.eq(0), self.bias_nt.eq(0)]
+                self.final.eq(0), self.bank.eq(0), self.const_nt.eq(0)]
 
 
 @dataclass(frozen=True)
@@ -417,7 +418,7 @@ class Machine(wiring.Component):
                       issue_valid=Signal(name="issue_valid"), issue_first=Signal(name="issue_first"), wread=wread,
                       waddr=Signal(range(max(2, p.weight_words + 1)), name="load_addr"),
                       lrows=Signal(rows, name="load_rows"), lbank=Signal(name="load_bank"),
-                      bias_nt=Signal(p.widths.const + 1, name="const_n_slice"))
+                      const_nt=Signal(p.widths.const + 1, name="const_n_slice"))
         m.d.comb += wread.addr.eq(ov.waddr)   # the states start a load on a tile's first row read
         m.d.sync += [ov.lrows.eq(ov.lrows << 1), ov.waddr.eq(ov.waddr - 1)]
         m.d.comb += [dp.w_rows.eq(ov.lrows), dp.w_bank.eq(ov.lbank)]
@@ -429,9 +430,9 @@ class Machine(wiring.Component):
                      dp.k_last.eq(k_last), dp.a_bank.eq(bank)]
         bias_read = delay_line(m, valid & first & k_first, rows + cols - 1, "bias_read")
         stage_read = delay_line(m, valid & first & k_last, rows + cols, "stage_read")
-        m.d.comb += [cread.en.eq(bias_read), cread.addr.eq(instr.const_base + ov.bias_nt)]
+        m.d.comb += [cread.en.eq(bias_read), cread.addr.eq(instr.const_base + ov.const_nt)]
         with m.If(bias_read):
-            m.d.sync += ov.bias_nt.eq(ov.bias_nt + 1)
+            m.d.sync += ov.const_nt.eq(ov.const_nt + 1)
         with m.If(stage_read):
             m.d.sync += active.eq(cread.data)
         return ov
