@@ -8,6 +8,10 @@ n = nt*C + c. One tile computes one K-slice of R rows against one N-slice of C c
 accumulate across K tiles: `hw.accumulator.KAccumulator` (in `hw.accelerator.Datapath`) or the driver adds
 the tiles' rows, wrapping at `acc_bits`.
 
+`WSDoubleBufferArray` is the weight-stationary array with two weight banks per PE, for the machine that
+loads a tile's weights while the previous tile streams (`MachineShape.weight_buffers` 2): same schedule
+per row, weights written by row into a bank, each activation naming its bank.
+
 Output-stationary (`OSArray`): at streaming cycle u of a tile, PE(r, c) holds A[mt*R + r, k] and
 W[k, nt*C + c] with k = u - r - c, and its `psum` register the sum over k' <= k; the tile's R x C outputs are
 complete, with no accumulation outside, after its last streaming cycle.
