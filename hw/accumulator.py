@@ -12,6 +12,14 @@ One row per cycle, in order: the row address counts a tile's rows (`valid` high)
 the sum is formed and written (or registered for the output) on the next, so a row leaves two clock edges
 after it arrives (`LATENCY`). An entry is read again only by the next K tile, at least M + R cycles later,
 so a read never meets its own pending write.
+
+With `restart` (a machine whose tiles stream back to back, `MachineShape.weight_buffers` 2) `valid`
+may stay high from one tile's last row to the next tile's first: the `restart` input marks a tile's
+first row, which takes row address 0. An entry written by row m of a tile (on the cycle after the row
+arrives, visible from the one after that) is then read again by row m of the next K tile, P cycles
+later, where P is the tiles' spacing: P >= 2 (`hw.cycles.machine_tile_period`, at least R >= 2)
+leaves the write visible to that read (the memory's read port is not transparent: a read on the
+write's own cycle would see the old sum), so no forwarding is needed.
 """
 
 from __future__ import annotations
@@ -46,23 +54,33 @@ class KAccumulator(wiring.Component):
     bias : In(signed(acc_bits)).array(cols), only `with_bias`: where a first tile's sums start instead
         of 0 (the layer's bias, for free in the adder that is there anyway); sampled with the row one
         edge after it arrives.
+    restart : In(1), only `restart`: the row on `acc` is its tile's first (row address 0).
     """
 
-    def __init__(self, acc_bits: int, cols: int, depth: int, *, with_bias: bool = False) -> None:
+    def __init__(self, acc_bits: int, cols: int, depth: int, *, with_bias: bool = False,
+                 restart: bool = False) -> None:
         for name, value in (("acc_bits", acc_bits), ("cols", cols), ("depth", depth)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Accumulator {name} must be a positive integer, not {value!r}")
         self.acc_bits, self.cols, self.depth, self.with_bias = acc_bits, cols, depth, with_bias
+        self.restarts = restart
         super().__init__({
             "valid": In(1), "acc": In(signed(acc_bits)).array(cols), "first": In(1), "last": In(1),
             "out_valid": Out(1), "out": Out(signed(acc_bits)).array(cols),
             **({"bias": In(signed(acc_bits)).array(cols)} if with_bias else {}),
+            **({"restart": In(1)} if restart else {}),
         })
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         address = Signal(range(self.depth), name="row")
-        m.d.sync += address.eq(Mux(self.valid, address + 1, 0))
+        if self.restarts:   # this row's address: 0 at a tile's first row, else the count
+            counted = address
+            address = Signal(range(self.depth), name="row_now")
+            m.d.comb += address.eq(Mux(self.restart, 0, counted))
+            m.d.sync += counted.eq(Mux(self.valid, address + 1, 0))
+        else:
+            m.d.sync += address.eq(Mux(self.valid, address + 1, 0))
         # The row one edge later, while its stored sums come out of the memories.
         held_valid, held_first, held_last = Signal(), Signal(), Signal()
         held_address = Signal(range(self.depth))

@@ -8,6 +8,10 @@ n = nt*C + c. One tile computes one K-slice of R rows against one N-slice of C c
 accumulate across K tiles: `hw.accumulator.KAccumulator` (in `hw.accelerator.Datapath`) or the driver adds
 the tiles' rows, wrapping at `acc_bits`.
 
+`WSDoubleBufferArray` is the weight-stationary array with two weight banks per PE, for the machine that
+loads a tile's weights while the previous tile streams (`MachineShape.weight_buffers` 2): same schedule
+per row, weights written by row into a bank, each activation naming its bank.
+
 Output-stationary (`OSArray`): at streaming cycle u of a tile, PE(r, c) holds A[mt*R + r, k] and
 W[k, nt*C + c] with k = u - r - c, and its `psum` register the sum over k' <= k; the tile's R x C outputs are
 complete, with no accumulation outside, after its last streaming cycle.
@@ -20,7 +24,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arrayconfig import ArrayConfig
-from hw.pe import OSProcessingElement, WSProcessingElement
+from hw.pe import OSProcessingElement, WSDoubleBufferPE, WSProcessingElement
 
 
 def delay_line(m: Module, value: Value, stages: int, name: str) -> Value:
@@ -36,7 +40,7 @@ class _Array(wiring.Component):
     """The checks and the accumulator width both dataflows share."""
 
     dataflow = ""
-    pes: list[list[WSProcessingElement]] | list[list[OSProcessingElement]]
+    pes: list[list[WSProcessingElement]] | list[list[OSProcessingElement]] | list[list[WSDoubleBufferPE]]
 
     def __init__(self, config: ArrayConfig, members: dict[str, object]) -> None:
         self._config = config
@@ -127,6 +131,74 @@ class WSArray(_Array):
                     m.d.comb += pe.act_in.eq(line[c - 1].act_out)
             lane = Mux(self.a_valid, self.a[r], 0)
             m.d.comb += line[0].act_in.eq(delay_line(m, lane, r, f"skew_{r}"))
+        for c in range(cols):
+            m.d.comb += self.out[c].eq(delay_line(m, self.pes[rows - 1][c].psum_out, cols - 1 - c, f"deskew_{c}"))
+        m.d.comb += self.out_valid.eq(delay_line(m, self.a_valid, rows + cols - 1, "valid"))
+        return m
+
+
+class WSDoubleBufferArray(_Array):
+    """A rows x cols weight-stationary array whose PEs hold two weight banks (`hw.pe.WSDoubleBufferPE`):
+    the next tile's weights load into one bank while the current tile's activations multiply with the
+    other, so tiles stream back to back.
+
+    Every activation carries a bank-select bit (`a_bank`, presented with its row of A), skewed with it
+    and passed along the row with it: PE(r, c) multiplies the activation of row u with the bank that
+    activation names, whatever is being loaded meanwhile. Weights are loaded by a broadcast per row:
+    column c's bus `w[c]` reaches every PE of the column, and PE(r, c) latches it into bank `w_bank`
+    on a cycle where `w_rows[r]` is high (one row per cycle, any order).
+
+    Timing, with a row of A presented on `a` at cycle t (`a_valid` high): PE(r, c) multiplies it during
+    cycle t + r + c, with the value its bank holds in that cycle; a weight latched on cycle l is held from
+    cycle l + 1. So a tile whose first row is presented at t needs row r of its weights latched on a cycle
+    <= t + r - 1 (loading rows 0, 1, ..., R-1 on cycles t - 1, t, ..., t + R - 2 suffices: the load
+    overlaps the tile's own stream), and a bank whose last activation row was presented at t' may be
+    loaded in row r only from cycle t' + r + C - 1 on (the last PE of the row, c = C - 1, reads it
+    during cycle t' + r + C - 1); rows loaded in order from cycle l on: l >= t' + C - 1. Outputs as in
+    `WSArray`: row m of a tile leaves, de-skewed, R + C - 1 cycles after it was presented, whatever
+    tile it belongs to.
+
+    Members
+    -------
+    w_rows : In(rows) : the rows that latch `w` this cycle. w_bank : In(1) : into which bank.
+    w : In(signed(weight_bits)).array(cols)
+    a_valid : In(1); a_bank : In(1) : the bank this row's activations multiply with.
+    a : In(act shape).array(rows)
+    out_valid : Out(1); out : Out(signed(acc_bits)).array(cols)
+
+    `pes[r][c]` is PE(r, c).
+    """
+
+    dataflow = "ws"
+
+    def __init__(self, config: ArrayConfig, *, k: int | None = None) -> None:
+        acc_bits = self._accumulator(config, k)
+        self.pes = [[WSDoubleBufferPE.from_config(config, acc_bits) for _ in range(config.cols)]
+                    for _ in range(config.rows)]
+        super().__init__(config, {
+            "w_rows": In(config.rows),
+            "w_bank": In(1),
+            "w": In(signed(config.weight_bits)).array(config.cols),
+            "a_valid": In(1),
+            "a_bank": In(1),
+            "a": In(self.pes[0][0].act_shape).array(config.rows),
+            "out_valid": Out(1),
+            "out": Out(signed(acc_bits)).array(config.cols),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        rows, cols = self._config.rows, self._config.cols
+        for r, line in enumerate(self.pes):
+            for c, pe in enumerate(line):
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += [pe.w_load.eq(self.w_rows[r]), pe.w_bank.eq(self.w_bank), pe.w_in.eq(self.w[c])]
+                m.d.comb += pe.psum_in.eq(0 if r == 0 else self.pes[r - 1][c].psum_out)
+                if c > 0:
+                    m.d.comb += [pe.act_in.eq(line[c - 1].act_out), pe.sel_in.eq(line[c - 1].sel_out)]
+            lane = Mux(self.a_valid, self.a[r], 0)
+            m.d.comb += line[0].act_in.eq(delay_line(m, lane, r, f"skew_{r}"))
+            m.d.comb += line[0].sel_in.eq(delay_line(m, self.a_bank, r, f"skew_bank_{r}"))
         for c in range(cols):
             m.d.comb += self.out[c].eq(delay_line(m, self.pes[rows - 1][c].psum_out, cols - 1 - c, f"deskew_{c}"))
         m.d.comb += self.out_valid.eq(delay_line(m, self.a_valid, rows + cols - 1, "valid"))

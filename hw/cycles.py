@@ -128,7 +128,10 @@ def vector_cycles(channels: int, positions: int, window: int, lanes: int) -> int
 # `MACHINE_GEMM_TAIL` cycles while its last sums pass the K accumulator, the output stage and the write;
 # a vector instruction reads one window tap per cycle and writes its last word `MACHINE_VECTOR_TAIL` later; after
 # the program's end the first logit is on the host stream `MACHINE_OUTPUT` cycles later. Counted from
-# the cycle that presents `start` (`MACHINE_START`) to the one that presents the first logit.
+# the cycle that presents `start` (`MACHINE_START`) to the one that presents the first logit. With two
+# weight banks per PE (`MachineShape.weight_buffers` 2) a GEMM's tiles start every `machine_tile_period`
+# cycles, each tile's weights loading while the tile before streams, and the GEMM pays `MACHINE_SETUP`
+# and the array's drain once (`machine_gemm_cycles`).
 MACHINE_START = 1
 MACHINE_FETCH = 2
 MACHINE_SETUP = 2
@@ -137,12 +140,47 @@ MACHINE_VECTOR_TAIL = 6
 MACHINE_OUTPUT = 1
 
 
-def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int) -> int:
+WEIGHT_BUFFERS = (1, 2)
+
+
+def _weight_buffers(weight_buffers: object) -> int:
+    if weight_buffers not in WEIGHT_BUFFERS or isinstance(weight_buffers, bool):
+        raise ValueError(f"Machine weight_buffers must be 1 or 2, not {weight_buffers!r}")
+    assert isinstance(weight_buffers, int)
+    return weight_buffers
+
+
+def machine_tile_period(m: int, rows: int, cols: int) -> int:
+    """Return the cycles from one tile's first streamed row to the next tile's in the double-buffered
+    machine (`MachineShape.weight_buffers` 2): P = max(M, R, ceil((M + C - 1) / 2)).
+
+    M: the rows a tile streams, one per cycle. R: the weight memory gives one row of weights per cycle,
+    and a tile's R rows load into its bank while the tile before it streams. ceil((M + C - 1) / 2): tile
+    j loads the bank tile j - 2 used, from one cycle after its own first row is read (tile j - 2's first
+    row was read 2P cycles earlier), and may only once tile j - 2's last activations have passed the
+    bank's last column: M + C - 1 cycles after that tile's first row presented (`hw.array.WSDoubleBufferArray`),
+    so 2P + 1 >= M + C. P >= R >= 2 also spaces the K accumulator's read of an entry after its write
+    (`hw.accumulator`)."""
+    for name, value in (("m", m), ("rows", rows), ("cols", cols)):
+        _positive(name, value)
+    return max(m, rows, (m + cols) // 2)
+
+
+def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int, weight_buffers: int = 1) -> int:
     """Return the cycles of one GEMM instruction of the accelerator: fetch, `tiles` weight tiles (every N
     slice's K slices: a dense layer's N * K, a grouped conv's own count per N slice) of M streamed rows,
-    and the output pipeline's tail."""
+    and the output pipeline's tail.
+
+    Single-buffered (`weight_buffers` 1): every tile `MACHINE_SETUP` + R (load) + M (stream) + R + C - 2
+    (drain). Double-buffered (2): the tiles start every P = `machine_tile_period` cycles, their setups and
+    loads overlapped with the previous tiles' streams; the GEMM pays `MACHINE_SETUP` once, then
+    (tiles - 1) * P, the last tile's M rows, and R + C cycles while its last row is presented (2) and
+    leaves the array (R + C - 2)."""
     for name, value in (("m", m), ("tiles", tiles), ("rows", rows), ("cols", cols)):
         _positive(name, value)
+    if _weight_buffers(weight_buffers) == 2:
+        period = machine_tile_period(m, rows, cols)
+        return MACHINE_FETCH + MACHINE_SETUP + (tiles - 1) * period + m + rows + cols + MACHINE_GEMM_TAIL
     tile = MACHINE_SETUP + 2 * rows + cols - 2 + m
     return MACHINE_FETCH + tiles * tile + MACHINE_GEMM_TAIL
 

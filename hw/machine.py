@@ -19,6 +19,36 @@ so a layer writes its channel range of a concat's tensor directly. A vector inst
 per cycle and writes one output word per window. Every instruction costs `FETCH` cycles before it.
 `hw.cycles`' machine functions count exactly this schedule.
 
+Double-buffered weights (`MachineShape.weight_buffers` 2; the single-buffered machine above is built
+unchanged otherwise): every PE holds two weight banks (`hw.array.WSDoubleBufferArray`) and a GEMM's
+tiles overlap. Tile j (of the GEMM's T, in the order above) reads its first row of A on cycle
+I_j = I_0 + j P, P = max(M, R, ceil((M + C - 1) / 2)) (`hw.cycles.machine_tile_period`), its M rows on
+consecutive cycles; its slice entry is read on I_j - 2 and latched on I_j - 1 (while the tile before
+may be reading its last row), with its bounds word (input check); its weights load from I_j + 1 on into
+bank j % 2 by a broadcast per row, row r on cycle I_j + 1 + r, read from the weight memory in the
+order the single buffer shifts them in (so the images are the same). Each row of A carries its tile's
+bank through the array, and PE(r, c) multiplies it with that bank. Why this is correct (a row read on
+cycle u is presented on u + 2 and reaches PE(r, c) on u + 2 + r + c; a weight written on cycle l is
+used from l + 1):
+- tile j's row r of weights is written on I_j + 1 + r, before its first row of A reaches row r
+  (I_j + 2 + r): a tile's load overlaps its own stream;
+- the bank tile j writes was last used by tile j - 2, whose last row reached PE(r, C - 1) on
+  I_{j-2} + M + 1 + r + C - 1 = I_j - 2P + M + C + r, no later than the write on I_j + 1 + r (which
+  changes the bank from the next cycle on) when 2P + 1 >= M + C; tile j - 1 uses the other bank, which
+  the load does not touch; a load one cycle earlier fails (`tests/hw/test_array.py`);
+- one weight row per cycle (P >= R), one row of A per cycle (P >= M), so loads and streams never
+  overlap their own kind;
+- the K accumulator reads entry m for tile j + 1 P >= 2 cycles after tile j's row m arrived, after
+  its write (`hw.accumulator`; no forwarding), and each tile's first row restarts its row count;
+- an N slice's constants word is read from the constants memory when its first K tile's first row
+  reaches the K accumulator (the bias, added from the port's data), and its stage fields (multiplier,
+  shift, bounds) are registered from the port as its last K tile's first row enters the column stage,
+  each held until the next N slice's: the rows of different N slices stream back to back, each with
+  its own slice's constants (`Machine._overlap`); the writer counts rows as before.
+After the GEMM's last row is read: R + C cycles while it is presented and leaves the array, then
+`GEMM_TAIL`: a GEMM costs `FETCH` + `SETUP` + (T - 1) P + M + R + C + `GEMM_TAIL` cycles, against
+`FETCH` + T (`SETUP` + 2R + C - 2 + M) + `GEMM_TAIL` with one buffer.
+
 The logits memory holds `lanes` sums per word, written `cols` at a time by a logits GEMM (one N slice's)
 or `lanes` at a time by the vector unit (an average pool's sums that are the logits); logit c is lane
 c % cols of the `cols`-wide part c // cols.
@@ -54,6 +84,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw import isa, vector_unit
 from hw.accumulator import LATENCY as ACC_LATENCY
+from hw.array import delay_line
 from hw.column_stage import LATENCY as STAGE_LATENCY
 from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_VECTOR_TAIL
 from hw.machine_datapath import Datapath
@@ -66,6 +97,35 @@ SETUP = MACHINE_SETUP   # cycles per GEMM tile before its weights load: read its
 GEMM_TAIL = MACHINE_GEMM_TAIL   # last sums through the accumulator, the stage, the write
 VECTOR_TAIL = MACHINE_VECTOR_TAIL   # the last window's word through the vector unit's stage
 assert GEMM_TAIL == ACC_LATENCY + STAGE_LATENCY + 1 and VECTOR_TAIL == vector_unit.TAIL
+
+
+@dataclass(frozen=True)
+class _Overlap:
+    """The double-buffered sequencer's registers (`Machine._overlap`)."""
+
+    period: Signal       # P: cycles from one tile's first row read to the next's (`machine_tile_period`)
+    phase: Signal        # cycles since the current tile's first row read, modulo P
+    feeding: Signal      # a tile's rows are being read
+    walk_done: Signal    # the GEMM's last tile is latched: no slice entry to read
+    final: Signal        # the tile being read is the GEMM's last
+    feed_first: Signal   # the tile being read is its N slice's first K tile
+    bank: Signal         # the weight bank of the next tile latched
+    feed_bank: Signal    # the weight bank of the tile being read
+    issue_valid: Signal  # a row is read this cycle (comb)
+    issue_first: Signal  # it is its tile's first (comb)
+    wread: Any           # the weight memory's read port
+    waddr: Signal        # the weight word the loader reads next
+    lrows: Signal        # one-hot: the array row the loader writes this cycle
+    lbank: Signal        # the bank it writes
+    const_nt: Signal     # the N slices whose constants word has been read (the next's)
+
+    def reset(self, fetched: Value, rows: int, cols: int) -> list:
+        m_count = fetched.m_count
+        half = (m_count + cols) >> 1   # ceil((M + C - 1) / 2)
+        longer = Mux(m_count > rows, m_count, rows)
+        period = Mux(half > longer, half, longer)
+        return [self.period.eq(period), self.phase.eq(period - 2), self.feeding.eq(0), self.walk_done.eq(0),
+                self.final.eq(0), self.bank.eq(0), self.const_nt.eq(0)]
 
 
 @dataclass(frozen=True)
@@ -166,10 +226,15 @@ class Machine(wiring.Component):
         wptr = Signal(range(max(2, p.weight_words + 1)))
         count = Signal(32)   # cycles within a phase
         tail = Signal(range(max(GEMM_TAIL, VECTOR_TAIL)))   # the finishing instruction's pipeline, less one
-        pending = Signal(unsigned(cols * const_bits))
-        active = Signal(unsigned(cols * const_bits))
-        bias_active = Signal(unsigned(cols * const_bits))
-        self._feed_constants(m, dp, active, bias_active, const_bits)
+        double = p.weight_buffers == 2
+        if double:   # the bias straight from the constants memory's read port, the stage's fields registered
+            active = Signal(unsigned(cols * const_bits))
+            self._feed_constants(m, dp, active, cread.data, const_bits)
+        else:
+            pending = Signal(unsigned(cols * const_bits))
+            active = Signal(unsigned(cols * const_bits))
+            bias_active = Signal(unsigned(cols * const_bits))
+            self._feed_constants(m, dp, active, bias_active, const_bits)
         m.d.comb += [dp.logits.eq(instr.logits), dp.relu.eq(instr.relu), dp.check_on.eq(instr.check),
                      dp.qmin.eq(instr.qmin), dp.qmax.eq(instr.qmax)]
 
@@ -217,7 +282,11 @@ class Machine(wiring.Component):
         in_lane = Signal(range(max(2, lanes)))
 
         # ---- sequencer
-        m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
+        if double:
+            m.d.comb += iread.addr.eq(pc)
+            ov = self._overlap(m, dp, instr, sl, wread, cread, active, feed_valid)
+        else:
+            m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
         m.d.comb += [dp.w[c].eq(wread.data[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
                      for c in range(cols)]
         out_index = Signal(range(max(2, p.num_classes + 1)))
@@ -246,64 +315,71 @@ class Machine(wiring.Component):
                 m.d.sync += [instr.eq(iread.data), nt.eq(0), kt.eq(0), wptr.eq(fetched.weight_base),
                              pc.eq(pc + 1), count.eq(0), sp.eq(fetched.slice_first)]
                 m.d.sync += writer.reset(fetched)
+                if double:
+                    m.d.sync += ov.reset(fetched, rows, cols)
                 with m.Switch(fetched.opcode):
                     with m.Case(isa.GEMM):
-                        m.next = "G_SETUP"
+                        m.next = "G_RUN" if double else "G_SETUP"
                     with m.Case(isa.VECTOR):
                         m.d.comb += vector.start.eq(1)
                         m.next = "V_RUN"
                     with m.Default():
                         m.d.sync += [out_index.eq(0), out_word.eq(0), out_lane.eq(0)]
                         m.next = "OUT_READ"
-            with m.State("G_SETUP"):
-                m.d.comb += [self.busy.eq(1), sread.addr.eq(sp),
-                             cread.addr.eq(instr.const_base + nt)]
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == 1):
-                    slice_now = data.View(self.slice, sread.data)
-                    if bread is not None:   # its bounds word arrives on G_LOAD's first cycle
-                        m.d.comb += bread.addr.eq(slice_now.bound)
-                    m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
-                                 gen["row"].eq(instr.src_base + slice_now.row_off), gen["col"].eq(slice_now.col_off),
-                                 count.eq(0)]
-                    with m.If(kt == 0):
-                        m.d.sync += pending.eq(cread.data)
-                    m.next = "G_LOAD"
-            with m.State("G_LOAD"):
-                m.d.comb += [self.busy.eq(1), dp.w_load.eq(1), wread.addr.eq(wptr + 1), load_bounds.eq(count == 0)]
-                m.d.sync += [count.eq(count + 1), wptr.eq(wptr + 1)]
-                with m.If(count >= rows - 2):   # a row reaches the array two cycles after its read
+            if double:
+                self._overlapped_states(m, ov, instr, sl, sp, nt, kt, wptr, count, tail, sread, bread, gen, y, x, ox,
+                                        issue_row, load_bounds)
+            else:   # one tile at a time: setup, load, stream, drain
+                with m.State("G_SETUP"):
+                    m.d.comb += [self.busy.eq(1), sread.addr.eq(sp),
+                                 cread.addr.eq(instr.const_base + nt)]
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == 1):
+                        slice_now = data.View(self.slice, sread.data)
+                        if bread is not None:   # its bounds word arrives on G_LOAD's first cycle
+                            m.d.comb += bread.addr.eq(slice_now.bound)
+                        m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
+                                     gen["row"].eq(instr.src_base + slice_now.row_off),
+                                     gen["col"].eq(slice_now.col_off), count.eq(0)]
+                        with m.If(kt == 0):
+                            m.d.sync += pending.eq(cread.data)
+                        m.next = "G_LOAD"
+                with m.State("G_LOAD"):
+                    m.d.comb += [self.busy.eq(1), dp.w_load.eq(1), wread.addr.eq(wptr + 1), load_bounds.eq(count == 0)]
+                    m.d.sync += [count.eq(count + 1), wptr.eq(wptr + 1)]
+                    with m.If(count >= rows - 2):   # a row reaches the array two cycles after its read
+                        issue_row()
+                    with m.If(count == rows - 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "G_STREAM"
+                with m.State("G_STREAM"):
+                    m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last)]
+                    with m.If(count == 0):
+                        with m.If(kt == 0):
+                            m.d.sync += bias_active.eq(pending)
+                        with m.If(sl.last):
+                            m.d.sync += active.eq(pending)
                     issue_row()
-                with m.If(count == rows - 1):
-                    m.d.sync += count.eq(0)
-                    m.next = "G_STREAM"
-            with m.State("G_STREAM"):
-                m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last)]
-                with m.If(count == 0):
-                    with m.If(kt == 0):
-                        m.d.sync += bias_active.eq(pending)
-                    with m.If(sl.last):
-                        m.d.sync += active.eq(pending)
-                issue_row()
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == instr.m_count - 1):
-                    m.d.sync += count.eq(0)
-                    m.next = "G_DRAIN"
-            with m.State("G_DRAIN"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == rows + cols - 3):
-                    m.d.sync += count.eq(0)
-                    with m.If(sl.last):
-                        m.d.sync += [kt.eq(0), nt.eq(nt + 1), sp.eq(Mux(instr.slice_walk, sp + 1, instr.slice_first))]
-                        with m.If(nt == instr.n_count - 1):
-                            m.d.sync += tail.eq(GEMM_TAIL - 1)
-                            m.next = "TAIL"
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == instr.m_count - 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "G_DRAIN"
+                with m.State("G_DRAIN"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == rows + cols - 3):
+                        m.d.sync += count.eq(0)
+                        with m.If(sl.last):
+                            m.d.sync += [kt.eq(0), nt.eq(nt + 1),
+                                         sp.eq(Mux(instr.slice_walk, sp + 1, instr.slice_first))]
+                            with m.If(nt == instr.n_count - 1):
+                                m.d.sync += tail.eq(GEMM_TAIL - 1)
+                                m.next = "TAIL"
+                            with m.Else():
+                                m.next = "G_SETUP"
                         with m.Else():
+                            m.d.sync += [kt.eq(kt + 1), sp.eq(sp + 1)]
                             m.next = "G_SETUP"
-                    with m.Else():
-                        m.d.sync += [kt.eq(kt + 1), sp.eq(sp + 1)]
-                        m.next = "G_SETUP"
             with m.State("V_RUN"):
                 m.d.comb += [self.busy.eq(1), vector.run.eq(1)]
                 with m.If(vector.last):
@@ -341,6 +417,108 @@ class Machine(wiring.Component):
                          awrite.data.eq(aread.data ^ (self.fault_mask << (self.fault_lane * width))),
                          awrite.en.eq((1 << self.params.lanes) - 1)]
         return flip
+
+    def _overlap(self, m: Module, dp: Any, instr: Value, sl: Value, wread: Any, cread: Any, active: Value,
+                 feed_valid: Value) -> _Overlap:
+        """Build the double-buffered machine's weight loader, the flags that go with each streamed row,
+        and the constants' reads; return the registers the sequencer's states drive (`_Overlap`).
+
+        Loader: started on a tile's first row read (cycle I), it reads the tile's weight words last
+        first (the memory holds row R - 1 first, as the shifting load takes them) and writes row r into
+        every PE of array row r, bank `lbank`, on cycle I + 1 + r: one cycle before the tile's row of A
+        reaches row r (it is presented at I + 2, row r takes it on I + 2 + r), so a tile streams while
+        its own weights load (`hw.array.WSDoubleBufferArray`).
+
+        Flags: a row read on cycle u is presented on u + 2 (`_read_path`); its valid, tile-first,
+        k_first, k_last and bank go with it through two registers. Constants: an N slice's word is read
+        from the constants memory when its first K tile's first row reaches the K accumulator (cycle T,
+        R + C - 1 cycles after it is presented), so the port's data is the word from T + 1 on, when the
+        accumulator adds the bias to that row, and holds it until the next N slice's first tile's first
+        row arrives, P >= M cycles after the last tile's (the bias, sampled with each row of the first
+        tile, is the port's data itself); the stage's fields are registered (`active`) from the port on
+        the cycle after the N slice's last K tile's first row arrives at the accumulator (that
+        tile's first row arrived at or after T, and the next N slice's read comes P >= 2 cycles after
+        it), so they change just as that row enters the column stage and hold for its M rows."""
+        p, a = self.params, self.params.array
+        rows, cols = a.rows, a.cols
+        count_bits = len(Value.cast(instr.m_count)) + max(rows, cols).bit_length() + 1
+        ov = _Overlap(period=Signal(count_bits, name="period"), phase=Signal(count_bits, name="phase"),
+                      feeding=Signal(name="feeding"), walk_done=Signal(name="walk_done"),
+                      final=Signal(name="final"), feed_first=Signal(name="feed_first"), bank=Signal(name="bank"),
+                      feed_bank=Signal(name="feed_bank"),
+                      issue_valid=Signal(name="issue_valid"), issue_first=Signal(name="issue_first"), wread=wread,
+                      waddr=Signal(range(max(2, p.weight_words + 1)), name="load_addr"),
+                      lrows=Signal(rows, name="load_rows"), lbank=Signal(name="load_bank"),
+                      const_nt=Signal(p.widths.const + 1, name="const_n_slice"))
+        m.d.comb += wread.addr.eq(ov.waddr)   # the states start a load on a tile's first row read
+        m.d.sync += [ov.lrows.eq(ov.lrows << 1), ov.waddr.eq(ov.waddr - 1)]
+        m.d.comb += [dp.w_rows.eq(ov.lrows), dp.w_bank.eq(ov.lbank)]
+        read = Cat(ov.issue_valid, ov.issue_first, ov.feed_first, sl.last, ov.feed_bank)
+        fetched, presented = Signal(len(read), name="row_flags_read"), Signal(len(read), name="row_flags")
+        m.d.sync += [fetched.eq(read), presented.eq(fetched)]
+        valid, first, k_first, k_last, bank = (presented[i] for i in range(len(read)))
+        m.d.comb += [feed_valid.eq(valid), dp.restart.eq(valid & first), dp.k_first.eq(k_first),
+                     dp.k_last.eq(k_last), dp.a_bank.eq(bank)]
+        bias_read = delay_line(m, valid & first & k_first, rows + cols - 1, "bias_read")
+        stage_read = delay_line(m, valid & first & k_last, rows + cols, "stage_read")
+        m.d.comb += [cread.en.eq(bias_read), cread.addr.eq(instr.const_base + ov.const_nt)]
+        with m.If(bias_read):
+            m.d.sync += ov.const_nt.eq(ov.const_nt + 1)
+        with m.If(stage_read):
+            m.d.sync += active.eq(cread.data)
+        return ov
+
+    def _overlapped_states(self, m: Module, ov: _Overlap, instr: Value, sl: Value, sp: Value, nt: Value,
+                           kt: Value, wptr: Value, count: Value, tail: Value, sread: Any, bread: Any,
+                           gen: dict[str, Value], y: Value, x: Value, ox: Value, issue_row: Any,
+                           load_bounds: Value) -> None:
+        """Add the double-buffered GEMM's states. G_RUN: tile j's first row is read on cycle
+        I_j = I_0 + j P (`hw.cycles.machine_tile_period`), its M rows on consecutive cycles; its slice
+        entry is read on I_j - 2 and latched on I_j - 1 (the feed's address registers, its bounds word
+        read), overriding the previous tile's step when that one reads its last row then (M = P); its
+        weights load from I_j + 1 (`_overlap`) into the bank the tile before it does not use. After
+        the GEMM's last row is read, G_FLUSH: R + C cycles while it is presented and leaves the array,
+        then the output pipeline's tail (`GEMM_TAIL`)."""
+        rows, cols = self.params.array.rows, self.params.array.cols
+        with m.State("G_RUN"):
+            m.d.comb += self.busy.eq(1)
+            m.d.sync += ov.phase.eq(Mux(ov.phase == ov.period - 1, 0, ov.phase + 1))
+            with m.If(ov.feeding):
+                issue_row()
+                m.d.comb += [ov.issue_valid.eq(1), ov.issue_first.eq(count == 0)]
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == 0):   # the tile's weights: row r into the PEs on the (r + 1)-th cycle on
+                    m.d.comb += [ov.wread.addr.eq(wptr + rows - 1), load_bounds.eq(1)]
+                    m.d.sync += [ov.lrows.eq(1), ov.lbank.eq(ov.feed_bank), ov.waddr.eq(wptr + rows - 2),
+                                 wptr.eq(wptr + rows)]
+                with m.If(count == instr.m_count - 1):
+                    m.d.sync += ov.feeding.eq(0)
+                    with m.If(ov.final):
+                        m.d.sync += count.eq(0)
+                        m.next = "G_FLUSH"
+            with m.If(~ov.walk_done):
+                with m.If(ov.phase == ov.period - 2):
+                    m.d.comb += sread.addr.eq(sp)
+                with m.If(ov.phase == ov.period - 1):
+                    slice_now = data.View(self.slice, sread.data)
+                    if bread is not None:   # its bounds word arrives on the tile's first read
+                        m.d.comb += bread.addr.eq(slice_now.bound)
+                    m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
+                                 gen["row"].eq(instr.src_base + slice_now.row_off), gen["col"].eq(slice_now.col_off),
+                                 count.eq(0), ov.feeding.eq(1), ov.feed_first.eq(kt == 0),
+                                 ov.feed_bank.eq(ov.bank), ov.bank.eq(~ov.bank)]
+                    with m.If(slice_now.last):
+                        m.d.sync += [kt.eq(0), nt.eq(nt + 1), sp.eq(Mux(instr.slice_walk, sp + 1, instr.slice_first))]
+                        with m.If(nt == instr.n_count - 1):
+                            m.d.sync += [ov.walk_done.eq(1), ov.final.eq(1)]
+                    with m.Else():
+                        m.d.sync += [kt.eq(kt + 1), sp.eq(sp + 1)]
+        with m.State("G_FLUSH"):
+            m.d.comb += self.busy.eq(1)
+            m.d.sync += count.eq(count + 1)
+            with m.If(count == rows + cols - 1):
+                m.d.sync += [count.eq(0), tail.eq(GEMM_TAIL - 1)]
+                m.next = "TAIL"
 
     def _loader(self, m: Module, memories: dict[int, Memory], idle: Value) -> None:
         """Build the host's load stream (`hw.machine_format`): headers, then each word's beats gathered
@@ -388,6 +566,9 @@ class Machine(wiring.Component):
         check = MACHINE_MODES[p.check] if p.check != "none" and p.output_check else None
 
         def make() -> Datapath:
+            if p.weight_buffers == 2:
+                return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check,
+                                weight_buffers=2)
             return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check)
 
         return TripleModular(make) if p.array.tmr else make()

@@ -9,6 +9,11 @@ outputs (`hw.tmr.TripleModular`, `ArrayConfig.tmr`).
 here by the array's skew (rows + cols - 1 cycles) to meet its sums; the stage takes the sums unless
 `logits`. Timing as in the parts: `sums` `ACC_LATENCY` after the array's output, `out` `STAGE_LATENCY`
 after that.
+
+With `weight_buffers` 2 the array is `hw.array.WSDoubleBufferArray` (two weight banks per PE, loaded
+by a broadcast per row: `w_rows`, `w_bank`; each streamed row names its bank, `a_bank`), and
+`restart` marks each tile's first streamed row (delayed as `k_first`, it restarts the K accumulator's
+row count: tiles stream back to back).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
 from hw.accumulator import KAccumulator
-from hw.array import WSArray
+from hw.array import WSArray, WSDoubleBufferArray
 from hw.arrayconfig import ArrayConfig
 from hw.column_stage import ColumnStage
 from hw.pe import MULTIPLIERS
@@ -42,26 +47,38 @@ class Datapath(wiring.Component):
         The requantization constants' widths.
     check : RangeMode or None
         The column stage's range check (`hw.protect.MACHINE_MODES`), or None.
+    weight_buffers : int
+        1: `hw.array.WSArray`, weights shifted in (`w_load`); 2: `hw.array.WSDoubleBufferArray`.
 
     Members
     -------
-    a_valid, a, w_load, w : the array's ports. k_first, k_last : In(1) : with each streamed row.
+    a_valid, a, w_load, w : the array's ports (with 2 weight buffers w_rows, w_bank and a_bank instead
+        of w_load). k_first, k_last : In(1) : with each streamed row; restart : In(1) (2 buffers only).
     bias : the K accumulator's. multiplier, shift, lo, hi, relu, check_on, qmin, qmax : the stage's.
     logits : In(1) : the sums are the logits (the stage idles).
     sums_valid : Out(1); sums : the K accumulator's output. out_valid, out, detected : the stage's.
     """
 
     def __init__(self, array: ArrayConfig, depth: int, code_shape: object, multiplier_bits: int, shift_bits: int,
-                 *, check: RangeMode | None = None) -> None:
-        self._array = WSArray(dataclasses.replace(array, tmr=False))
-        self._sums = KAccumulator(self._array.acc_bits, array.cols, max(1, depth), with_bias=True)
+                 *, check: RangeMode | None = None, weight_buffers: int = 1) -> None:
+        if weight_buffers not in (1, 2):
+            raise ValueError(f"Datapath weight_buffers must be 1 or 2, not {weight_buffers!r}")
+        self.weight_buffers = weight_buffers
+        config = dataclasses.replace(array, tmr=False)
+        self._array: WSArray | WSDoubleBufferArray = WSArray(config) if weight_buffers == 1 else \
+            WSDoubleBufferArray(config)
+        self._sums = KAccumulator(self._array.acc_bits, array.cols, max(1, depth), with_bias=True,
+                                  restart=weight_buffers == 2)
         self._stage = ColumnStage(self._array.acc_bits, array.cols, code_shape, multiplier_bits, shift_bits,
                                  check=check, multiplier=MULTIPLIERS[array.multiplier])
         self.skew = array.rows + array.cols - 1
         parts = {"array": self._array.signature.members, "sums": self._sums.signature.members,
                  "stage": self._stage.signature.members}
-        members = {name: parts["array"][name] for name in ("a_valid", "a", "w_load", "w")}
+        loads = ("w_load",) if weight_buffers == 1 else ("w_rows", "w_bank", "a_bank")
+        members = {name: parts["array"][name] for name in ("a_valid", "a", *loads, "w")}
         members |= {"k_first": In(1), "k_last": In(1), "bias": parts["sums"]["bias"], "logits": In(1)}
+        if weight_buffers == 2:
+            members |= {"restart": In(1)}
         members |= {name: parts["stage"][name] for name in ("multiplier", "shift", "lo", "hi", "relu", "check_on",
                                                              "qmin", "qmax", "out_valid", "out", "detected")}
         members |= {"sums_valid": parts["sums"]["out_valid"], "sums": parts["sums"]["out"]}
@@ -77,7 +94,18 @@ class Datapath(wiring.Component):
             m.d.sync += [first_next.eq(first), last_next.eq(last)]
             first, last = first_next, last_next
         cols = range(len(self.w))
-        m.d.comb += [array.a_valid.eq(self.a_valid), array.w_load.eq(self.w_load)]
+        if self.weight_buffers == 2:
+            assert isinstance(array, WSDoubleBufferArray)
+            restart = self.restart
+            for i in range(self.skew):
+                restart_next = Signal(name=f"restart_{i}")
+                m.d.sync += restart_next.eq(restart)
+                restart = restart_next
+            m.d.comb += [array.a_valid.eq(self.a_valid), array.w_rows.eq(self.w_rows),
+                         array.w_bank.eq(self.w_bank), array.a_bank.eq(self.a_bank), sums.restart.eq(restart)]
+        else:
+            assert isinstance(array, WSArray)
+            m.d.comb += [array.a_valid.eq(self.a_valid), array.w_load.eq(self.w_load)]
         m.d.comb += [array.a[r].eq(self.a[r]) for r in range(len(self.a))]
         m.d.comb += [array.w[c].eq(self.w[c]) for c in cols]
         m.d.comb += [sums.valid.eq(array.out_valid), sums.first.eq(first), sums.last.eq(last)]

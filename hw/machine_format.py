@@ -41,7 +41,9 @@ class MachineShape:
     range-check unit, `input_check` whether the activation buffer's read path into the array has one;
     `bounds_words` the bounds memory's depth (`BMEM`, built when `check` is not "none"). `max_rows` the
     largest GEMM M (the K accumulator's depth); `input_base` / `input_words` where the host's input codes
-    go; `sum_bits` the width of the vector unit's reductions.
+    go; `sum_bits` the width of the vector unit's reductions. `weight_buffers` the weight registers per
+    PE: 1, every tile loads, streams and drains in turn; 2, the next tile's weights load into the other
+    bank while the current tile streams, tiles back to back (`hw.machine`, `hw.cycles.machine_gemm_cycles`).
     """
 
     array: ArrayConfig
@@ -62,6 +64,11 @@ class MachineShape:
     bounds_words: int = 0
     input_check: bool = False
     output_check: bool = True
+    weight_buffers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.weight_buffers not in (1, 2) or isinstance(self.weight_buffers, bool):
+            raise ValueError(f"MachineShape weight_buffers must be 1 or 2, not {self.weight_buffers!r}")
 
     @property
     def memories(self) -> tuple[int, ...]:

@@ -175,3 +175,37 @@ class OSProcessingElement(_ProcessingElement):
         product = self._multiplier(self.act_in, self.w_in)
         m.d.sync += self.psum_out.eq(Mux(self.start, 0, self.psum_out) + product)
         return m
+
+
+class WSDoubleBufferPE(_ProcessingElement):
+    """A weight-stationary cell with two weight registers (banks), for a machine that loads the next
+    tile's weights while the current tile streams (`hw.array.WSDoubleBufferArray`).
+
+    Each clock the activation on `act_in` is latched into the `act` register and its bank-select bit
+    `sel_in` into `sel_out` (both passed right), and `psum_in + act_in * bank[sel_in]` into the `psum`
+    register (passed down). While `w_load` is high, `w_in` is latched into the bank `w_bank` names (the
+    other bank holds, so activations that name it are undisturbed).
+
+    Members
+    -------
+    act_in, act_out, psum_in, psum_out : as `WSProcessingElement`.
+    w_in : In(signed(weight_bits)) : the column's weight bus (broadcast to every row).
+    w_out : Out(signed(weight_bits)) : bank 0. w_alt : Out(signed(weight_bits)) : bank 1.
+    w_load : In(1) : this PE's row is being loaded. w_bank : In(1) : which bank it loads.
+    sel_in : In(1); sel_out : Out(1) : the bank the activation on `act_in` multiplies with, registered.
+    """
+
+    def _controls(self) -> dict[str, object]:
+        return {"w_load": In(1), "w_bank": In(1), "sel_in": In(1), "sel_out": Out(1),
+                "w_alt": Out(signed(self._weight_bits)), "psum_in": In(signed(self._acc_bits))}
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.d.sync += [self.act_out.eq(self.act_in), self.sel_out.eq(self.sel_in)]
+        weight = Mux(self.sel_in, self.w_alt, self.w_out)
+        m.d.sync += self.psum_out.eq(self.psum_in + self._multiplier(self.act_in, weight))
+        with m.If(self.w_load & ~self.w_bank):
+            m.d.sync += self.w_out.eq(self.w_in)
+        with m.If(self.w_load & self.w_bank):
+            m.d.sync += self.w_alt.eq(self.w_in)
+        return m

@@ -237,3 +237,25 @@ def test_protections_other_than_range_checks_are_refused_by_name(lenet: Engine) 
     engine = Engine(lenet.model, checks={quantizer: MedianFilter(3, 8)})
     with pytest.raises(UnsupportedOp, match=r"\(MedianFilter\) has no unit on the accelerator; it builds range checks"):
         compile_program(engine, 8, 8)
+
+
+def test_double_buffered_machine_loads_the_same_images_and_counts_fewer_cycles(lenet: Engine) -> None:
+    """Two weight buffers (`MachineShape.weight_buffers`) change the machine, not what its host loads;
+    every GEMM's count is the double-buffered closed form, never above the single buffer's."""
+    import dataclasses
+
+    from dsetool.machine.program import program_cycles
+    from hw.cycles import machine_end_cycles, machine_gemm_cycles, machine_vector_cycles
+
+    for rows, cols in ARRAYS:
+        program = compile_program(lenet, rows, cols)
+        (single, images), (double, double_images) = machine_of(program), machine_of(program, weight_buffers=2)
+        assert double_images == images and double == dataclasses.replace(single, weight_buffers=2)
+        gemms = [i for i in program.instructions if isinstance(i, Gemm)]
+        vectors = [i for i in program.instructions if isinstance(i, Vector)]
+        assert program_cycles(program, weight_buffers=2) == machine_end_cycles() + sum(
+            machine_gemm_cycles(g.m, g.tiles(cols), rows, cols, 2) for g in gemms) + sum(
+            machine_vector_cycles(v.words, v.taps) for v in vectors)
+        assert program_cycles(program, weight_buffers=2) < program_cycles(program)
+    with pytest.raises(ValueError, match="weight_buffers"):
+        machine_of(program, weight_buffers=3)

@@ -93,10 +93,13 @@ def check_mode(program: Program) -> str:
 
 
 def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int | None = None,
-               acc_bits: int | None = None, tmr: bool = False) -> tuple[MachineShape, MachineImages]:
+               acc_bits: int | None = None, tmr: bool = False, weight_buffers: int = 1
+               ) -> tuple[MachineShape, MachineImages]:
     """Return the shape of the machine that runs `program` and the images its host loads.
     `multiplier_bits`: the requantization multiplier's width (the design's; by default what the
-    program's constants need); `tmr`: the datapath triplicated and voted (`hw.machine_datapath`)."""
+    program's constants need); `tmr`: the datapath triplicated and voted (`hw.machine_datapath`);
+    `weight_buffers`: 2 for double-buffered weights (`MachineShape.weight_buffers`; the images are the
+    same)."""
     bits = multiplier_bits or program.multiplier_bits
     widths = widths_of(program, bits)
     instruction, slice_ = isa.instruction_layout(widths), isa.slice_layout(widths)
@@ -128,7 +131,8 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
                          max_rows=max(i.m for i in program.instructions if isinstance(i, Gemm)),
                          sum_bits=sum_bits(program.act_bits, max([1] + taps)), bounds_words=len(program.bounds),
                          input_check=any(isinstance(i, Gemm) and i.input_check != "none" for i in program.instructions),
-                         output_check=any(i.check != "none" for i in program.instructions))
+                         output_check=any(i.check != "none" for i in program.instructions),
+                         weight_buffers=weight_buffers)
     constants = tuple(tuple((c.bias, c.multiplier, c.shift, c.lo, c.hi) for c in word) for word in program.constants)
     return shape, MachineImages(tuple(words), tuple(slice_words), program.weights, constants, program.bounds)
 

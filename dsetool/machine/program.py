@@ -259,15 +259,18 @@ def sum_bits(act_bits: int, taps: int) -> int:
     return act_bits + max(1, taps.bit_length()) + 1
 
 
-def program_cycles(program: Program) -> int:
+def program_cycles(program: Program, weight_buffers: int = 1) -> int:
     """Return the cycles from `start` to the first logit on the host stream (`hw.cycles`' machine
-    schedule), which the RTL simulation measures."""
+    schedule), which the RTL simulation measures, on a machine with `weight_buffers` weight banks per
+    PE (`hw.machine_format.MachineShape.weight_buffers`: 1, or 2 to load a tile's weights while the
+    previous tile streams)."""
     from hw.cycles import machine_end_cycles, machine_gemm_cycles, machine_vector_cycles
 
     total = machine_end_cycles()
     for instr in program.instructions:
         if isinstance(instr, Gemm):
-            total += machine_gemm_cycles(instr.m, instr.tiles(program.cols), program.rows, program.cols)
+            total += machine_gemm_cycles(instr.m, instr.tiles(program.cols), program.rows, program.cols,
+                                         weight_buffers)
         else:
             total += machine_vector_cycles(instr.words, instr.taps)
     return total

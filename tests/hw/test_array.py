@@ -151,3 +151,66 @@ def test_constructor_errors(call: Callable[[], object], error: type[Exception], 
     with pytest.raises(error, match=f"^{re.escape(message)}$"):
         call()
     gc.collect()  # while the filter holds
+
+
+def _double_buffered_tiles(rows: int, cols: int, m: int, period: int, tiles: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Stream `tiles` random tiles through a `WSDoubleBufferArray`, one every `period` cycles, each tile's
+    weight row r written into its bank (tile j's: j % 2) one cycle before its first row of A reaches
+    array row r; return the rows the array gives and the rows numpy gives."""
+    from amaranth.sim import Simulator
+
+    from hw.array import WSDoubleBufferArray
+
+    config = ArrayConfig(rows=rows, cols=cols, act_bits=4, weight_bits=4, act_signed=True)
+    rng = np.random.default_rng(rows * 100 + cols * 10 + m)
+    a = rng.integers(-8, 8, (tiles, m, rows))
+    w = rng.integers(-8, 8, (tiles, rows, cols))
+    dut = WSDoubleBufferArray(config, k=rows)
+    start, cycles = 2, 2 + tiles * period + m + rows + cols + 2
+    plan: list[dict[str, Any]] = [{} for _ in range(cycles)]
+    for j in range(tiles):
+        first = start + j * period
+        for u in range(m):
+            plan[first + u]["a"] = (a[j, u], j % 2)
+        for r in range(rows):
+            plan[first - 1 + r]["w"] = (r, w[j, r], j % 2)
+    out: list[list[int]] = []
+
+    async def bench(ctx: Any) -> None:
+        for step in plan:
+            row, values, bank = step.get("w", (None, [0] * cols, 0))
+            ctx.set(dut.w_rows, 0 if row is None else 1 << row)
+            ctx.set(dut.w_bank, bank)
+            for c in range(cols):
+                ctx.set(dut.w[c], int(values[c]))
+            codes, a_bank = step.get("a", (None, 0))
+            ctx.set(dut.a_valid, codes is not None)
+            ctx.set(dut.a_bank, a_bank)
+            for r in range(rows):
+                ctx.set(dut.a[r], 0 if codes is None else int(codes[r]))
+            if ctx.get(dut.out_valid):
+                out.append([ctx.get(dut.out[c]) for c in range(cols)])
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(out), np.concatenate([a[j] @ w[j] for j in range(tiles)])
+
+
+@pytest.mark.parametrize(("rows", "cols", "m"), [(2, 2, 1), (2, 4, 2), (3, 2, 4), (4, 4, 1), (2, 8, 1), (2, 8, 3)])
+def test_double_buffered_array_streams_tiles_back_to_back(rows: int, cols: int, m: int) -> None:
+    """Tiles one `machine_tile_period` apart, each loading its bank while the previous tile streams and
+    while its own first rows stream: numpy's products, row after row."""
+    from hw.cycles import machine_tile_period
+
+    got, want = _double_buffered_tiles(rows, cols, m, machine_tile_period(m, rows, cols))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_double_buffered_array_needs_the_bank_free_before_loading() -> None:
+    """One cycle closer than 2P + 1 >= M + C allows, a load overwrites weights the tile two before still
+    multiplies with in the last columns."""
+    got, want = _double_buffered_tiles(2, 8, 1, 3)
+    assert got.shape == want.shape and not np.array_equal(got, want)

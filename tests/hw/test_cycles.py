@@ -9,10 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hw.cycles import (
+    MACHINE_FETCH,
+    MACHINE_GEMM_TAIL,
+    MACHINE_SETUP,
     VECTOR_PIPELINE,
     conv_gemm,
     gemm_cycles,
     linear_gemm,
+    machine_gemm_cycles,
+    machine_tile_period,
     network_cycles,
     tile_cycles,
     tile_grid,
@@ -108,3 +113,29 @@ def test_vector_pass_reads_each_window_once_per_lane_group() -> None:
 def test_vector_cycles_cover_every_read(channels: int, positions: int, window: int, lanes: int) -> None:
     busy = vector_cycles(channels, positions, window, lanes) - VECTOR_PIPELINE
     assert busy * lanes >= channels * positions * window > (busy - positions * window) * lanes
+
+
+def test_double_buffered_machine_pays_setup_and_drain_once_per_gemm() -> None:
+    # a linear layer on 8 x 8: tiles every R = 8 cycles (their weights load while the previous streams)
+    assert machine_tile_period(1, 8, 8) == 8
+    assert machine_gemm_cycles(1, 750, 8, 8, 2) == MACHINE_FETCH + MACHINE_SETUP + 749 * 8 + 1 + 16 + MACHINE_GEMM_TAIL
+    single = MACHINE_FETCH + 750 * (MACHINE_SETUP + 16 + 8 - 2 + 1) + MACHINE_GEMM_TAIL
+    assert machine_gemm_cycles(1, 750, 8, 8) == single
+    # a conv streams M rows per tile; the bank a tile loads is free once the tile two before has passed it
+    assert machine_tile_period(100, 8, 8) == 100
+    assert machine_tile_period(2, 2, 8) == 5   # ceil((M + C - 1) / 2)
+    assert machine_tile_period(1, 2, 2) == 2
+
+
+@given(st.integers(1, 300), st.integers(1, 50), st.integers(2, 16), st.integers(1, 16))
+def test_double_buffered_machine_is_never_slower(m: int, tiles: int, rows: int, cols: int) -> None:
+    period = machine_tile_period(m, rows, cols)
+    assert period >= max(m, rows, 2) and 2 * period + 1 >= m + cols
+    single, double = machine_gemm_cycles(m, tiles, rows, cols, 1), machine_gemm_cycles(m, tiles, rows, cols, 2)
+    assert double < single or (double == single and tiles == 1 and rows == 2)   # one tile: R - 2 fewer
+
+
+@pytest.mark.parametrize("buffers", [0, 3, True, "2"])
+def test_machine_weight_buffers_are_one_or_two(buffers: object) -> None:
+    with pytest.raises(ValueError, match="weight_buffers"):
+        machine_gemm_cycles(4, 2, 4, 4, buffers)  # type: ignore[arg-type]

@@ -18,7 +18,8 @@ from dsetool.engine import Engine
 from dsetool.machine.alarms import engine_alarms
 from dsetool.machine.compiler import compile_program
 from dsetool.machine.encode import input_codes, machine_of
-from dsetool.machine.program import Program, Vector, program_cycles
+from dsetool.machine.program import Gemm, Program, Vector, program_cycles
+from dsetool.machine.reference import run_detecting
 from dsetool.protect.check import RangeCheck
 from hw.arrayconfig import ArrayConfig
 from hw.machine import Machine
@@ -30,19 +31,22 @@ TINY_CNN = "tests.fixtures.tiny_cnn:make"
 TINY_RESNET = "tests.fixtures.tiny_resnet:make"
 TINY_MOBILENET = "tests.fixtures.tiny_mobilenet:make"
 TINY_CONCAT = "tests.fixtures.tiny_concat:make"
+TINY_FC = "tests.fixtures.tiny_fc:make"
 
 
-def simulate(engine: Engine, program: Program, images: np.ndarray) -> tuple[np.ndarray, list[int]]:
+def simulate(engine: Engine, program: Program, images: np.ndarray, weight_buffers: int = 1
+             ) -> tuple[np.ndarray, list[int]]:
     """Load the machine of `program` through its host port, run every image; return logits and cycles."""
-    logits, cycles, _ = simulate_detecting(engine, program, images)
+    logits, cycles, _ = simulate_detecting(engine, program, images, weight_buffers=weight_buffers)
     return logits, cycles
 
 
-def simulate_detecting(engine: Engine, program: Program, images: np.ndarray, tmr: bool = False
-                       ) -> tuple[np.ndarray, list[int], list[bool]]:
-    """Load the machine of `program` (its datapath triplicated with `tmr`) through its host port, run
-    every image; return logits, cycles and the alarm read with each image's logits."""
-    shape, contents = machine_of(program, tmr=tmr)
+def simulate_detecting(engine: Engine, program: Program, images: np.ndarray, tmr: bool = False,
+                       weight_buffers: int = 1) -> tuple[np.ndarray, list[int], list[bool]]:
+    """Load the machine of `program` (its datapath triplicated with `tmr`, `weight_buffers` weight banks
+    per PE) through its host port, run every image; return logits, cycles and the alarm read with each
+    image's logits."""
+    shape, contents = machine_of(program, tmr=tmr, weight_buffers=weight_buffers)
     dut = Machine(shape)
     beats = load_beats(shape, contents)
     codes = engine.quantize_input(images).numpy()
@@ -230,6 +234,82 @@ def test_load_stream_refuses_images_larger_than_the_memories(tiny_cnn: Engine) -
         load_beats(dataclasses.replace(shape, weight_words=1), contents)
 
 
+# the double-buffered machine (`MachineShape.weight_buffers` 2): each tiny network on arrays where its
+# tiles run at the period's every bound (M, R, and the bank's (M + C - 1) / 2 on 2 x 8)
+DOUBLE_BUFFERED = [(TINY_CNN, 4, 4), (TINY_CNN, 2, 4), (TINY_CNN, 4, 2), (TINY_RESNET, 4, 4), (TINY_RESNET, 2, 4),
+                   (TINY_MOBILENET, 4, 4), (TINY_MOBILENET, 2, 4), (TINY_CONCAT, 4, 2), (TINY_FC, 4, 4),
+                   (TINY_FC, 2, 2), (TINY_FC, 2, 8)]
+
+
+@pytest.fixture(scope="module")
+def tiny_fc(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """A network of conv, M = 2 and M = 1 conv and linear layers (W4A4, 8 x 8 inputs)."""
+    return factory_engine(tmp_path_factory.mktemp("tiny_fc"), TINY_FC, bits=4, size=8)
+
+
+def _engine(tiny_engines: dict[str, Engine], tiny_fc: Engine, spec: str) -> tuple[Engine, int]:
+    return (tiny_fc, 8) if spec == TINY_FC else (tiny_engines[spec], TINY_NETWORKS[spec][0])
+
+
+def _reference(program: Program, engine: Engine, x: Any) -> tuple[np.ndarray, list[bool]]:
+    runs = [run_detecting(program, codes) for codes in engine.quantize_input(x).numpy()]
+    return np.stack([logits for logits, _ in runs]), [alarm for _, alarm in runs]
+
+
+@pytest.mark.parametrize(("spec", "rows", "cols"), DOUBLE_BUFFERED)
+def test_double_buffered_weights_run_bit_for_bit_in_their_counted_cycles(tiny_engines: dict[str, Engine],
+                                                                        tiny_fc: Engine, spec: str, rows: int,
+                                                                        cols: int) -> None:
+    """Convs (strided, padded), pools, adds, depthwise and grouped convs, concats, M = 2 and M = 1
+    layers (linear ones of many K and N slices): the reference's logits, in `program_cycles` with two
+    weight buffers, fewer than with one."""
+    engine, size = _engine(tiny_engines, tiny_fc, spec)
+    x = digits(size).test.x[:2]
+    program = compile_program(engine, rows, cols)
+    logits, cycles = simulate(engine, program, x, weight_buffers=2)
+    np.testing.assert_array_equal(logits, _reference(program, engine, x)[0])
+    np.testing.assert_array_equal(logits, engine.logits(x).numpy())
+    assert cycles == [program_cycles(program, weight_buffers=2)] * 2
+    assert program_cycles(program, weight_buffers=2) < program_cycles(program)
+    if spec == TINY_FC:   # tiles of one and of two streamed rows follow each other
+        assert {i.m for i in program.instructions if isinstance(i, Gemm) and i.tiles(cols) > 1} >= {1, 2}
+
+
+@pytest.mark.parametrize(("spec", "mode", "granularity", "placement", "rows", "cols"), [
+    (TINY_CNN, "clip", "channel", "input", 4, 4), (TINY_RESNET, "zero", "channel", "input", 2, 4),
+    (TINY_MOBILENET, "clip", "channel", "input", 2, 4), (TINY_FC, "zero", "layer", "input", 2, 2),
+    (TINY_CNN, "clip", "channel", "output", 2, 4), (TINY_RESNET, "zero", "layer", "output", 4, 4),
+    (TINY_FC, "clip", "channel", "output", 2, 8), (TINY_RESNET, "detect", "channel", "output", 4, 4)])
+def test_double_buffered_range_checks_act_as_the_engines(tiny_engines: dict[str, Engine], tiny_fc: Engine,
+                                                         spec: str, mode: str, granularity: str, placement: str,
+                                                         rows: int, cols: int) -> None:
+    """Checks on the codes each tile reads (its K slice's bounds, switched between back-to-back tiles)
+    and after the output stages (constants of N slices streamed back to back): the checked engine's
+    logits and alarms, in the unchecked program's cycles."""
+    engine, size = _engine(tiny_engines, tiny_fc, spec)
+    x = digits(size).test.x[:2]
+    checked = checked_engine(engine, x, mode, granularity, placement)
+    program = compile_program(checked, rows, cols)
+    logits, cycles, alarms = simulate_detecting(checked, program, x, weight_buffers=2)
+    reference, reference_alarms = _reference(program, checked, x)
+    np.testing.assert_array_equal(logits, reference)
+    np.testing.assert_array_equal(logits, checked.logits(x).numpy())
+    if mode != "detect":
+        assert not np.array_equal(logits, engine.logits(x).numpy())
+    assert alarms == reference_alarms == engine_alarms(checked, x).tolist() == [True, True]
+    assert cycles == [program_cycles(program, weight_buffers=2)] * 2
+    assert program_cycles(program, weight_buffers=2) == program_cycles(compile_program(engine, rows, cols), 2)
+
+
+def test_double_buffered_tmr_datapath_runs_bit_for_bit(tiny_engines: dict[str, Engine]) -> None:
+    engine = tiny_engines[TINY_MOBILENET]
+    x = digits(8).test.x[:1]
+    program = compile_program(engine, 2, 4)
+    logits, cycles, _ = simulate_detecting(engine, program, x, tmr=True, weight_buffers=2)
+    np.testing.assert_array_equal(logits, engine.logits(x).numpy())
+    assert cycles == [program_cycles(program, weight_buffers=2)]
+
+
 @pytest.mark.toolchain
 @pytest.mark.parametrize(("arch", "bits", "scaling", "granularity", "rows", "cols", "images"), [
     ("lenet5", 8, "po2", "per_tensor", 8, 8, 32), ("lenet5", 4, "float", "per_channel", 4, 8, 32),
@@ -277,3 +357,28 @@ def test_lenet_with_per_channel_input_clip_runs_in_compiled_simulation(tmp_path:
     np.testing.assert_array_equal(np.array([logits for logits, _ in results]), expected)
     assert {cycles for _, cycles in results} == {program_cycles(program)}
     assert alarms == engine_alarms(checked, x).tolist() and all(alarms[:4])
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize(("arch", "rows", "cols"), [("lenet5", 4, 4), ("tiny_cnn", 4, 4)])
+def test_double_buffered_machine_runs_in_compiled_simulation_bit_for_bit(tmp_path: Path, arch: str, rows: int,
+                                                                         cols: int) -> None:
+    """Verilator: LeNet-5 (its linear layers stream one row per tile) and the tiny CNN with two weight
+    banks per PE give the engine's logits in `program_cycles` with two weight buffers."""
+    from hw import machine_host, rtlsim
+
+    if arch == "tiny_cnn":
+        engine, x = factory_engine(tmp_path / "model", TINY_CNN, 4, size=12), digits(12).test.x[:4]
+    else:
+        engine, x = exported_engine(tmp_path / "model", arch, 4, "po2", "per_tensor"), digits(32).test.x[:4]
+    program = compile_program(engine, rows, cols)
+    shape, contents = machine_of(program, weight_buffers=2)
+    compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
+    results = []
+    with compiled.open() as session:
+        machine_host.load(session, shape, contents)
+        for image in engine.quantize_input(x).numpy():
+            results.append(machine_host.infer(session, shape, input_codes(program, image)))
+    np.testing.assert_array_equal(np.array([logits for logits, _ in results]), engine.logits(x).numpy())
+    assert {cycles for _, cycles in results} == {program_cycles(program, weight_buffers=2)}
+    assert program_cycles(program, weight_buffers=2) < program_cycles(program)
