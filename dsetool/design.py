@@ -115,7 +115,8 @@ class Design:
     scales or the range check's bounds are per output channel, else "per_layer". `bias`: the layers add
     a bias to their accumulators (every weight layer of the integer export carries one, zeros when the
     float layer has none, and the engine adds it). `protection`: see `ProtectionSpec`. `gemms` and
-    `vector_passes`: what the network puts on the array and on the vector unit. `config` is the point.
+    `vector_passes`: what the network puts on the array and on the vector unit. `weight_buffers`: the
+    accelerator's weight registers per PE (`hw.weight_buffers`). `config` is the point.
     """
 
     config: RunConfig = field(compare=False, repr=False)
@@ -127,6 +128,7 @@ class Design:
     protection: ProtectionSpec
     gemms: tuple[Gemm, ...]
     vector_passes: tuple[VectorPass, ...]
+    weight_buffers: int = 2
 
     @property
     def acc_bits(self) -> int:
@@ -212,7 +214,8 @@ def design_of(cfg: RunConfig) -> Design:
                   acc_depth=max(g.m for g in gemms) if array.dataflow == "ws" else 0,
                   multiplier_bits=multiplier_bits_for(cfg, passes),
                   constants=PER_CHANNEL if channel_scales or protection.channel_bounds else PER_LAYER,
-                  bias=True, protection=protection, gemms=gemms, vector_passes=passes)
+                  bias=True, protection=protection, gemms=gemms, vector_passes=passes,
+                  weight_buffers=cfg.hw.weight_buffers)
 
 
 def _network(cfg: RunConfig) -> _DatapathWork:

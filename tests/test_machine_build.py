@@ -27,7 +27,11 @@ def test_a_change_to_the_generated_accelerator_raises_its_version(tmp_path):
     compiler, raise `dsetool.machine.build.MACHINE_VERSION` (every synthesized accelerator is then made
     again) and pin the new digest and cycles with it."""
     program = compile_program(factory_engine(tmp_path / "model", TINY_CNN, bits=4, size=12), 4, 4)
-    shape, _ = machine_of(program)
-    digest = hashlib.sha256(emit_rtlil(Machine(shape), tmp_path / "machine.il").read_bytes()).hexdigest()
-    assert (MACHINE_VERSION, digest, program_cycles(program)) == (
-        4, "460af679ad373243561208c912118ac3e97aa9b8e91b14269a6f0ac60b80d2a5", 2173)
+    built = {}
+    for buffers in (1, 2):   # one weight bank per PE, and the double-buffered default
+        shape, _ = machine_of(program, weight_buffers=buffers)
+        rtlil = emit_rtlil(Machine(shape), tmp_path / f"machine{buffers}.il").read_bytes()
+        built[buffers] = (hashlib.sha256(rtlil).hexdigest(), program_cycles(program, buffers))
+    assert (MACHINE_VERSION, built) == (4, {
+        1: ("460af679ad373243561208c912118ac3e97aa9b8e91b14269a6f0ac60b80d2a5", 2173),
+        2: ("810bad89817044dc055bff0ca4a381fd41bc553e1c4298155b6d26addce9e91a", 1336)})

@@ -99,6 +99,7 @@ def test_key_follows_images_and_array_not_the_campaign(write_experiment):
     assert key(rows=4, cols=4, faults={"model": "stuck1"}) == base
     assert key(rows=4, cols=4, rtl_images=8) != base
     assert key(rows=4, cols=4, rtl_faults=0) != base
+    assert key(rows=4, cols=4, weight_buffers=1) != base
     assert key(rows=8, cols=4) != base
 
 
@@ -108,5 +109,5 @@ def test_key_is_pinned_for_a_given_verilator(write_experiment, monkeypatch):
     monkeypatch.setattr(hw.rtlsim, "require_toolchain", lambda: None)
     path = write_experiment({"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4}})
     key = stage_key("rtlsim", load_experiment(path).points[0].config)[0]
-    # the machine's version and the faults injected (hw.rtl_faults, the seed) are read: a new key on purpose
-    assert key == "72805d697af8c09c4ef4f2067e1cd6353d4c12341e46b17952c06a74eb56287f"
+    # the machine's version, its weight buffers and the faults injected (hw.rtl_faults, the seed) are read: a new key
+    assert key == "2757688444ddb272b3f717b7c78afd15022b122d72bfa6b2cd24157e6c24b92a"

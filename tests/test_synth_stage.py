@@ -65,10 +65,13 @@ def test_one_accelerator_synthesis_serves_every_trained_model_of_a_network(write
             {**lenet, "quant": {"bits": 4, "weight_granularity": "per_channel"}}]
     assert {synth_key(write_experiment, e, f"s{i}.yaml")[0] for i, e in enumerate(same)} == {key}
     other = [{**lenet, "model": {"arch": "alexnet32"}}, {**lenet, "quant": {"bits": 8}},
-             {**lenet, "hw": {"rows": 4, "cols": 4}}, {**lenet, "hw": {"protection": "clip"}}]
-    assert len({key} | {synth_key(write_experiment, e, f"o{i}.yaml")[0] for i, e in enumerate(other)}) == 5
+             {**lenet, "hw": {"rows": 4, "cols": 4}}, {**lenet, "hw": {"protection": "clip"}},
+             {**lenet, "hw": {"weight_buffers": 1}}]
+    assert len({key} | {synth_key(write_experiment, e, f"o{i}.yaml")[0] for i, e in enumerate(other)}) == 6
     datapath = synth_key(write_experiment, {**lenet, "hw": {"synth": "datapath"}}, "d.yaml")[1]["config"]
     assert "machine" not in datapath and datapath == {k: v for k, v in inputs["config"].items() if k != "machine"}
+    one_buffer = {**lenet, "hw": {"synth": "datapath", "weight_buffers": 1}}   # the datapath has no weight banks
+    assert synth_key(write_experiment, one_buffer, "d1.yaml")[1]["config"] == datapath
     # where the accelerator is not built (output-stationary, sides that do not divide) the datapath's key is as
     # it was; TMR and range checks at the inputs or flagging only (sed) are built, and keyed
     for hw_section in ({"dataflow": "os"}, {"rows": 3, "cols": 4}):

@@ -55,4 +55,5 @@ def design_machine(design: Design, program: Program) -> tuple[MachineShape, Mach
     from dsetool.machine.encode import machine_of
 
     return machine_of(program, multiplier=design.array.multiplier, multiplier_bits=design.multiplier_bits,
-                      acc_bits=machine_acc_bits(design), tmr=design.protection.tmr)
+                      acc_bits=machine_acc_bits(design), tmr=design.protection.tmr,
+                      weight_buffers=design.weight_buffers)

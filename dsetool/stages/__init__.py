@@ -176,7 +176,8 @@ def _machine_reads(cfg: RunConfig, design: Design) -> dict[str, Any]:
     the quantization method, the scales' granularity, the seed or the bounds."""
     from dsetool.machine.build import MACHINE_VERSION, machine_acc_bits
 
-    reads = {"version": MACHINE_VERSION, "network": _network_reads(cfg), "acc_bits": machine_acc_bits(design)}
+    reads = {"version": MACHINE_VERSION, "network": _network_reads(cfg), "acc_bits": machine_acc_bits(design),
+             "weight_buffers": design.weight_buffers}
     protection = design.protection
     if protection.entry.protects:   # which tensors are checked, where, and how (sed only flags)
         reads["checks"] = {"protection": protection.name, "placement": protection.placement,
@@ -246,7 +247,8 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
     return {"rows": array.rows, "cols": array.cols, "dataflow": array.dataflow, "multiplier": array.multiplier,
             "acc_bits": cfg.hw.acc_bits, "multiplier_bits": design.multiplier_bits,
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
-            "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults, "seed": cfg.seed, "machine": MACHINE_VERSION,
+            "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
+            "seed": cfg.seed, "machine": MACHINE_VERSION,
             "data": _test_data_reads(cfg), "verilator": verilator}
 
 

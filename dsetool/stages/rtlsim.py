@@ -107,7 +107,7 @@ def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: 
         raise RuntimeError(f"the RTL's logits differ from the engine's on {int((~agree).sum())} of {len(agree)} "
                            f"images (first: image {first}, {got[first]} against {expected[first].tolist()})")
     return {"rtl_agreement": float(agree.mean()), "rtl_images": len(agree), "rtl_cycles": max(cycles),
-            "model_cycles": program_cycles(program), "sim_cycles_per_second": rate,
+            "model_cycles": program_cycles(program, shape.weight_buffers), "sim_cycles_per_second": rate,
             **(_alarms(engine, x, np.array(alarms)) if shape.check != "none" else {}),
             "seconds_build": built - began, "seconds_sim": time.perf_counter() - built, "build_cached": compiled.cached}
 

@@ -143,7 +143,8 @@ def _machine(ctx: StageContext, design: Design) -> _Build | str:
     metrics = {"protection": protection.name, "placement": protection.placement if protection.entry.protects else None,
                "constants": PER_CHANNEL, "acc_bits": shape.array.acc_bits, "lanes": shape.lanes,
                "lane_bits": shape.array.act_bits,
-               "cycles_per_inference": program_cycles(program), "instructions": len(program.instructions),
+               "cycles_per_inference": program_cycles(program, shape.weight_buffers),
+               "weight_buffers": shape.weight_buffers, "instructions": len(program.instructions),
                "buffer_words": shape.buffer_words, "weight_words": shape.weight_words,
                "const_words": shape.const_words, "bounds_words": shape.bounds_words}
     return _Build(Machine(shape), MACHINE, DATAPATH_MODULES, metrics)
