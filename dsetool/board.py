@@ -88,14 +88,13 @@ def point_machine(store: Store, cfg: RunConfig, reporter: Reporter | None = None
     from dsetool.machine.build import checked_engine, design_machine
     from dsetool.machine.compiler import UnsupportedOp, compile_program
     from dsetool.stages import ensure, quant_stage
-    from dsetool.stages.restrict import BOUNDS_FILE
+    from dsetool.stages.restrict import bounds_of
 
     design = check_point(cfg)
     entry, _ = ensure(store, quant_stage(cfg), cfg, reporter)
     bounds = None
     if design.protection.entry.reads_bounds:   # the range checks' bounds, profiled as for the campaigns
-        profiled, _ = ensure(store, "range-restrict", cfg, reporter)
-        bounds = json.loads(profiled.artifact(BOUNDS_FILE).read_text())
+        bounds = bounds_of(ensure(store, "range-restrict", cfg, reporter)[0])
     # the engine with the point's checks placed as the campaigns place them: what the machine computes
     engine = checked_engine(design, load_intmodel(entry.path), bounds)
     try:

@@ -183,9 +183,9 @@ class HwConfig:
                                  "three independently faulted executions and vote their top-1")
     synth: str = spec("accelerator", choices=("accelerator", "datapath"),
                       help="what the synth stage builds: the whole accelerator that runs the network (where the "
-                           "point has one: weight-stationary, two rows or more, no protection but range checks, "
-                           "SED and TMR; else the datapath), or only the datapath (array, accumulator, output "
-                           "stage, protection), much faster")
+                           "point has one: weight-stationary, two rows or more, sides that divide one another, "
+                           "no protection but range checks, SED and TMR; else the datapath), or only the "
+                           "datapath (array, accumulator, output stage, protection), much faster")
     weight_buffers: int = spec(2, range=(1, 2),
                                help="weight registers per PE in the accelerator: 2 loads the next tile's weights "
                                     "while the current one streams (tiles back to back; LeNet-5 runs 1.5x fewer "

@@ -143,9 +143,10 @@ MACHINE_OUTPUT = 1
 WEIGHT_BUFFERS = (1, 2)
 
 
-def _weight_buffers(weight_buffers: object) -> int:
+def check_weight_buffers(weight_buffers: object, what: str = "Machine") -> int:
+    """Return `weight_buffers` (weight registers per PE) if it is 1 or 2; raise ValueError naming `what`."""
     if weight_buffers not in WEIGHT_BUFFERS or isinstance(weight_buffers, bool):
-        raise ValueError(f"Machine weight_buffers must be 1 or 2, not {weight_buffers!r}")
+        raise ValueError(f"{what} weight_buffers must be 1 or 2, not {weight_buffers!r}")
     assert isinstance(weight_buffers, int)
     return weight_buffers
 
@@ -178,7 +179,7 @@ def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int, weight_buffers
     leaves the array (R + C - 2)."""
     for name, value in (("m", m), ("tiles", tiles), ("rows", rows), ("cols", cols)):
         _positive(name, value)
-    if _weight_buffers(weight_buffers) == 2:
+    if check_weight_buffers(weight_buffers) == 2:
         period = machine_tile_period(m, rows, cols)
         return MACHINE_FETCH + MACHINE_SETUP + (tiles - 1) * period + m + rows + cols + MACHINE_GEMM_TAIL
     tile = MACHINE_SETUP + 2 * rows + cols - 2 + m

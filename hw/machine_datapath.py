@@ -28,6 +28,7 @@ from hw.accumulator import KAccumulator
 from hw.array import WSArray, WSDoubleBufferArray
 from hw.arrayconfig import ArrayConfig
 from hw.column_stage import ColumnStage
+from hw.cycles import check_weight_buffers
 from hw.pe import MULTIPLIERS
 from hw.protect import RangeMode
 
@@ -61,9 +62,7 @@ class Datapath(wiring.Component):
 
     def __init__(self, array: ArrayConfig, depth: int, code_shape: object, multiplier_bits: int, shift_bits: int,
                  *, check: RangeMode | None = None, weight_buffers: int = 1) -> None:
-        if weight_buffers not in (1, 2):
-            raise ValueError(f"Datapath weight_buffers must be 1 or 2, not {weight_buffers!r}")
-        self.weight_buffers = weight_buffers
+        self.weight_buffers = check_weight_buffers(weight_buffers, "Datapath")
         config = dataclasses.replace(array, tmr=False)
         self._array: WSArray | WSDoubleBufferArray = WSArray(config) if weight_buffers == 1 else \
             WSDoubleBufferArray(config)

@@ -25,6 +25,7 @@ from amaranth.hdl import Shape, signed, unsigned
 
 from hw import isa
 from hw.arrayconfig import ArrayConfig
+from hw.cycles import check_weight_buffers
 
 BEAT = 32
 IMEM, SMEM, WMEM, CMEM, BMEM = 0, 1, 2, 3, 4
@@ -67,8 +68,7 @@ class MachineShape:
     weight_buffers: int = 1
 
     def __post_init__(self) -> None:
-        if self.weight_buffers not in (1, 2) or isinstance(self.weight_buffers, bool):
-            raise ValueError(f"MachineShape weight_buffers must be 1 or 2, not {self.weight_buffers!r}")
+        check_weight_buffers(self.weight_buffers, "MachineShape")
 
     @property
     def memories(self) -> tuple[int, ...]:

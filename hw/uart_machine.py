@@ -11,6 +11,9 @@ before a reply is complete gets `OVERRUN` in the next status.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -42,11 +45,19 @@ class _Registers:
     bad: Signal
 
 
+def machine_digest(shape: MachineShape) -> int:
+    """Return 32 bits of a sha256 of the machine's shape (its memories' layouts, checks, weight banks), so
+    a host can tell two machines apart that take the same codes and give the same logits."""
+    text = json.dumps(dataclasses.asdict(shape), sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
 def device_info(shape: MachineShape) -> protocol.Info:
     """Return what a machine of this shape answers to INFO."""
     code = shape.code_shape
     return protocol.Info(code_bits=code.width, code_signed=code.signed, acc_bits=shape.array.acc_bits,
-                         num_classes=shape.num_classes, input_codes=shape.input_words * shape.lanes)
+                         num_classes=shape.num_classes, input_codes=shape.input_words * shape.lanes,
+                         machine=machine_digest(shape))
 
 
 class UARTMachine(wiring.Component):

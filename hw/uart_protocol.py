@@ -18,8 +18,10 @@ The status byte is `STATUS_OK` (0x80) with a flag for each error seen since the 
 low stop bit (`FRAMING`), a byte that arrived before the device took the one before (`OVERRUN`), a byte
 that is no command (`BAD_COMMAND`, answered with a status alone).
 
-Version 2 added the RUN reply's alarm byte (the machine's detector, `hw.machine.Machine`'s `alarm`);
-INFO's version byte lets the host refuse a device of another version.
+Version 2 added the RUN reply's alarm byte (the machine's detector, `hw.machine.Machine`'s `alarm`) and
+INFO's digest of the machine's shape (two machines that take the same codes may load different memory
+images: another range check, another weight buffering); INFO's version byte lets the host refuse a device
+of another version.
 
 `line_bits` and `line_bytes` model the 8N1 line itself, a sample per clock cycle, for simulations.
 """
@@ -35,7 +37,7 @@ STATUS_OK = 0x80
 FRAMING, OVERRUN, BAD_COMMAND = 0x01, 0x02, 0x04
 FLAGS = {FRAMING: "framing error", OVERRUN: "overrun", BAD_COMMAND: "unknown command"}
 VERSION = 2
-INFO_BYTES = 9
+INFO_BYTES = 13
 MAX_COUNT = (1 << 32) - 1
 
 
@@ -51,7 +53,8 @@ def byte_count(bits: int) -> int:
 @dataclass(frozen=True)
 class Info:
     """What the machine on the board was built for: the protocol version, the input codes' width and
-    signedness, the logits' width, their number, and the codes one image takes."""
+    signedness, the logits' width, their number, the codes one image takes, and a digest of the machine's
+    shape (its memories' layouts, range checks and weight banks: what the load stream must fit)."""
 
     code_bits: int
     code_signed: bool
@@ -59,11 +62,13 @@ class Info:
     num_classes: int
     input_codes: int
     version: int = VERSION
+    machine: int = 0   # 32 bits of a digest of the machine's shape (`hw.uart_machine.machine_digest`)
 
     def encode(self) -> bytes:
         """Return the INFO reply's bytes after the status (what the hardware sends)."""
         return bytes([self.version, self.code_bits | (self.code_signed << 7), self.acc_bits]) + \
-            self.num_classes.to_bytes(2, "little") + self.input_codes.to_bytes(4, "little")
+            self.num_classes.to_bytes(2, "little") + self.input_codes.to_bytes(4, "little") + \
+            self.machine.to_bytes(4, "little")
 
     @classmethod
     def decode(cls, data: bytes) -> Info:
@@ -71,7 +76,7 @@ class Info:
             raise LinkError(f"An INFO reply has {INFO_BYTES} bytes after its status, not {len(data)}")
         return cls(code_bits=data[1] & 0x7F, code_signed=bool(data[1] & 0x80), acc_bits=data[2],
                    num_classes=int.from_bytes(data[3:5], "little"), input_codes=int.from_bytes(data[5:9], "little"),
-                   version=data[0])
+                   version=data[0], machine=int.from_bytes(data[9:13], "little"))
 
 
 def _counted(command: bytes, items: Sequence[int], width: int, signed: bool) -> bytes:

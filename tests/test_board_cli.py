@@ -203,7 +203,7 @@ def test_a_silent_board_fails_with_the_port_named(setup: dict[str, Any], monkeyp
     serve(monkeypatch, lambda: device(None))
     result, _ = invoke(setup, "board-run", "--port", "/dev/ttyUSB0")
     assert result.exit_code == 1
-    assert "board-run: /dev/ttyUSB0: The device sent 0 of the 10 bytes of its INFO reply (timed out)" in result.output
+    assert "board-run: /dev/ttyUSB0: The device sent 0 of the 14 bytes of its INFO reply (timed out)" in result.output
 
 
 def test_a_port_that_cannot_be_opened_is_a_usage_error(setup: dict[str, Any], tmp_path: Path) -> None:
@@ -277,3 +277,12 @@ def test_summary_says_when_the_board_clock_is_too_fast_for_the_design(tmp_path: 
     assert dsetool.board.build_summary("ulx3s-85f", built) == (
         f"board ulx3s-85f: {tmp_path / 'top.bit'} (2,052,897 bytes, cached); LUT 7,060, FF 4,092, DSP 16, BRAM 54; "
         "Fmax 21.0 MHz at a 25 MHz clock: timing NOT met")
+
+
+def test_info_tells_apart_machines_that_take_the_same_codes(setup: dict[str, Any]) -> None:
+    """Another weight buffering (or range check) loads other memory images into a machine that takes the
+    same codes and gives as many logits: INFO's digest of the shape differs, so board-run refuses it."""
+    shape = setup["machine"].shape
+    ours, other = device_info(shape), device_info(dataclasses.replace(shape, weight_buffers=3 - shape.weight_buffers))
+    assert dataclasses.replace(other, machine=ours.machine) == ours and other.machine != ours.machine
+    assert protocol.Info.decode(ours.encode()) == ours

@@ -55,8 +55,8 @@ def _reads(instr: Gemm | Vector) -> list[Tensor]:
 def buffer_flip(program: Program, group: SiteGroup, element: int, bit: int) -> BufferFlip:
     """Return where an `act` fault (of `group`, on its flat `element`, bit `bit`) lands in the machine.
 
-    Raises ValueError when the machine cannot hold it as the engine does (a code narrower than the
-    machine's lanes: its flip would be sign- or zero-extended differently)."""
+    Raises ValueError for a code wider than the machine's lanes (a compiled program's lanes hold every
+    quantizer's codes, so only a hand-made program has one)."""
     if group.width > program.act_bits:
         raise ValueError(f"layer {group.layer}'s input codes have {group.width} bits, more than the machine's "
                          f"lanes ({program.act_bits})")

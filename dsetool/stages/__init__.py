@@ -231,7 +231,7 @@ def _output_stage_reads(design: Design) -> dict[str, Any]:
 def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
     """The machine is built from the design (array, widths, the protection it checks with; its RTL's
     version) and runs the quantized model (an upstream key) on the first `hw.rtl_images` test images, then
-    `hw.rtl_faults` faults drawn with the experiment's seed."""
+    `hw.rtl_faults` faults drawn with the experiment's seed (read only when there are faults)."""
     from dsetool.design import design_of
     from dsetool.machine.build import MACHINE_VERSION
     from hw.rtlsim import SimulatorNotFound, require_toolchain, verilator_fingerprint
@@ -248,7 +248,7 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
             "acc_bits": cfg.hw.acc_bits, "multiplier_bits": design.multiplier_bits,
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
             "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
-            "seed": cfg.seed, "machine": MACHINE_VERSION,
+            **({"seed": cfg.seed} if cfg.hw.rtl_faults else {}), "machine": MACHINE_VERSION,
             "data": _test_data_reads(cfg), "verilator": verilator}
 
 

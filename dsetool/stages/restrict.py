@@ -50,4 +50,9 @@ def read_bounds(ctx: StageContext, design: Design) -> dict[str, Any] | None:
     protection reads no bounds (a stage that reads them lists range-restrict among its needs)."""
     if not design.protection.entry.reads_bounds:
         return None
-    return json.loads(ctx.upstream["range-restrict"].artifact(BOUNDS_FILE).read_text())
+    return bounds_of(ctx.upstream["range-restrict"])
+
+
+def bounds_of(entry: Any) -> dict[str, Any]:
+    """Return the `bounds.json` document of a range-restrict store entry."""
+    return json.loads(entry.artifact(BOUNDS_FILE).read_text())

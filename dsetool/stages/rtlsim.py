@@ -21,9 +21,9 @@ their stored weights, each on one of those images, are injected into a build of 
 fault port (a stored code flipped in the buffer after it is written, before it is read; a weight flipped
 in the weight memory) and every faulty run must give the logits the engine's campaign path computes for
 that fault (`rtl_fault_agreement`; anything else fails the stage, naming the fault).
-`rtl_faults_changing_logits` says how many of them reached the logits; with a range check,
-`fault_alarm_agreement` is the share of faulty runs whose alarm is what the engine says (raised
-fault-free on that image, or a check acted on a value the fault changed).
+`rtl_faults_changing_logits` says how many of them reached the logits; with a range check, every faulty
+run's alarm must be what the engine says (raised fault-free on that image, or a check acted on a value
+the fault changed: `fault_alarm_agreement`, else the stage fails).
 
 With `hw.tmr` the machine's datapath (array, K accumulator, column stage) is built three times behind
 bitwise majority voters (`hw.machine_datapath`); fault-free it computes what one datapath does.
@@ -62,7 +62,8 @@ def run(ctx: StageContext) -> Result:
     if reason:
         return Result({"status": "not_built", "message": reason, **widths})
     model = load_intmodel(ctx.upstream[quant_stage(cfg)].path)
-    engine = checked_engine(design, model, read_bounds(ctx, design))
+    bounds = read_bounds(ctx, design)
+    engine = checked_engine(design, model, bounds)
     from dsetool.machine.compiler import UnsupportedOp, compile_program
 
     try:
@@ -75,7 +76,6 @@ def run(ctx: StageContext) -> Result:
     ctx.reporter.note(f"rtlsim {design.array.rows}x{design.array.cols} on {len(x)} images")
     measured = _simulate(ctx, program, shape, images, engine, x)
     if cfg.hw.rtl_faults:
-        bounds = read_bounds(ctx, design)
         measured |= _inject(ctx, program, shape, images, engine, x, cfg.hw.rtl_faults, cfg.seed,
                             lambda faulty: checked_engine(design, faulty, bounds),
                             lambda faulty: design_machine(design, faulty)[1])
@@ -143,6 +143,9 @@ def _inject(ctx: StageContext, program: Any, shape: Any, images: Any, engine: En
                                "rtl_faults_changing_logits": outcome.changed,
                                "seconds_faults": time.perf_counter() - began}
     if outcome.alarm_agree is not None:
+        if outcome.alarm_agree < outcome.faults:
+            raise RuntimeError(f"the RTL's alarm differs from the engine's on {outcome.faults - outcome.alarm_agree} "
+                               f"of {outcome.faults} faulty runs")
         figures["fault_alarm_agreement"] = outcome.alarm_agree / outcome.faults
     return figures
 

@@ -103,7 +103,7 @@ def test_a_device_that_stays_silent_times_out(tiny: dict[str, Any]) -> None:
     with tiny["compiled"].open() as session:
         port = SimulatedSerial(session, DIVIDER, timeout_cycles=4000)
         port.write(protocol.LOAD + (2).to_bytes(4, "little") + bytes(4))   # one of two beats: INFO is payload
-        with pytest.raises(protocol.LinkError, match=r"^The device sent 0 of the 10 bytes of its INFO reply"):
+        with pytest.raises(protocol.LinkError, match=r"^The device sent 0 of the 14 bytes of its INFO reply"):
             protocol.info(port)
 
 
