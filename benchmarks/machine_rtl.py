@@ -6,10 +6,11 @@ others), this exports a quantized model with seeded random weights (calibrated o
 runs whatever the integer model says, trained or not), compiles its program, builds the machine in
 Verilator, loads it over the host port and runs `--images` test images. It prints, per design, the share
 of images whose logits equal the engine's, the measured cycles per inference, the machine schedule's
-count (`hw.cycles`, without simulation) and the simulator's speed.
+count (`hw.cycles`, without simulation) and the simulator's speed, on the machine with
+`--weight-buffers` weight registers per PE (default 2, as synth builds it; 1: one per PE).
 
     .venv/bin/python benchmarks/machine_rtl.py [--arch lenet5 resnet20] [--images 32] [--bits 8 4]
-        [--scaling po2 float] [--granularity per_tensor per_channel] [--sides 4 8]
+        [--scaling po2 float] [--granularity per_tensor per_channel] [--sides 4 8] [--weight-buffers 2]
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def engine_of(arch: str, bits: int, scaling: str, granularity: str, directory: P
     return Engine(load_intmodel(directory)), data.test.x
 
 
-def measure(arch: str, bits: int, scaling: str, granularity: str, side: int, images: int, work: Path) -> str:
+def measure(arch: str, bits: int, scaling: str, granularity: str, side: int, images: int, work: Path,
+            weight_buffers: int = 2) -> str:
     engine, x = engine_of(arch, bits, scaling, granularity, work / f"{arch}-{bits}-{scaling}-{granularity}")
     x = x[:images]
     program = compile_program(engine, side, side)
-    shape, contents = machine_of(program)
+    shape, contents = machine_of(program, weight_buffers=weight_buffers)
     began = time.perf_counter()
     compiled = rtlsim.build(Machine(shape), work / "builds")
     built = time.perf_counter() - began
@@ -63,7 +65,8 @@ def measure(arch: str, bits: int, scaling: str, granularity: str, side: int, ima
     agreement = float(np.mean(np.all(np.array([r[0] for r in results]) == engine.logits(x).numpy(), axis=1)))
     cycles = sorted({r[1] for r in results})
     return (f"| {arch} | W{bits}A{bits} {scaling} {granularity} | {side}x{side} | {agreement:.3f} | "
-            f"{', '.join(map(str, cycles))} | {program_cycles(program)} | {rate / 1e6:.2f} | {built:.0f} |")
+            f"{', '.join(map(str, cycles))} | {program_cycles(program, weight_buffers)} | {rate / 1e6:.2f} | "
+            f"{built:.0f} |")
 
 
 def main() -> None:
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--scaling", nargs="+", default=["po2", "float"])
     parser.add_argument("--granularity", nargs="+", default=["per_tensor", "per_channel"])
     parser.add_argument("--sides", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--weight-buffers", type=int, choices=(1, 2), default=2)
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"{time.strftime('%Y-%m-%d')}")
@@ -82,7 +86,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch, bits, scaling, granularity, side in itertools.product(
                 args.arch, args.bits, args.scaling, args.granularity, args.sides):
-            print(measure(arch, bits, scaling, granularity, side, args.images, Path(tmp)), flush=True)
+            print(measure(arch, bits, scaling, granularity, side, args.images, Path(tmp), args.weight_buffers),
+                  flush=True)
 
 
 if __name__ == "__main__":
