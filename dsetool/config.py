@@ -183,11 +183,12 @@ class HwConfig:
                                  "three independently faulted executions and vote their top-1")
     synth: str = spec("accelerator", choices=("accelerator", "datapath"),
                       help="what the synth stage builds: the whole accelerator that runs the network (where the "
-                           "point has one: weight-stationary, two rows or more, sides that divide one another, "
-                           "no protection but range checks, SED and TMR; else the datapath), or only the "
+                           "point has one: weight- or output-stationary, two rows or more, sides that divide one "
+                           "another, no protection but range checks, SED and TMR; else the datapath), or only the "
                            "datapath (array, accumulator, output stage, protection), much faster")
     weight_buffers: int = spec(2, range=(1, 2),
-                               help="weight registers per PE in the accelerator: 2 loads the next tile's weights "
+                               help="weight registers per PE in the weight-stationary accelerator (the output-"
+                                    "stationary one streams its weights): 2 loads the next tile's weights "
                                     "while the current one streams (tiles back to back; LeNet-5 runs 1.5x fewer "
                                     "cycles at up to 5% more LUTs), 1 loads, streams and drains each tile in turn")
     rtl_images: int = spec(32, range=(1, 100_000), help="test images the rtlsim stage runs through the simulated "

@@ -116,7 +116,8 @@ class Design:
     a bias to their accumulators (every weight layer of the integer export carries one, zeros when the
     float layer has none, and the engine adds it). `protection`: see `ProtectionSpec`. `gemms` and
     `vector_passes`: what the network puts on the array and on the vector unit. `weight_buffers`: the
-    accelerator's weight registers per PE (`hw.weight_buffers`). `config` is the point.
+    accelerator's weight registers per PE (`hw.weight_buffers`; 1 for an output-stationary one, whose
+    weights stream). `config` is the point.
     """
 
     config: RunConfig = field(compare=False, repr=False)
@@ -153,8 +154,8 @@ class Design:
         protection, array = self.protection, self.array
         if array.rows < 2:
             return "the accelerator needs at least 2 array rows (hw.rows)"
-        if array.dataflow != "ws":
-            return "the accelerator is built weight-stationary only (hw.dataflow: ws)"
+        if array.dataflow not in ("ws", "os"):
+            return "the accelerator is built weight- or output-stationary (hw.dataflow: ws or os)"
         if max(array.rows, array.cols) % min(array.rows, array.cols):
             return "the accelerator needs array rows and cols that divide one another (hw.rows, hw.cols)"
         if protection.entry.protects and not protection.entry.reads_bounds:
@@ -215,7 +216,7 @@ def design_of(cfg: RunConfig) -> Design:
                   multiplier_bits=multiplier_bits_for(cfg, passes),
                   constants=PER_CHANNEL if channel_scales or protection.channel_bounds else PER_LAYER,
                   bias=True, protection=protection, gemms=gemms, vector_passes=passes,
-                  weight_buffers=cfg.hw.weight_buffers)
+                  weight_buffers=cfg.hw.weight_buffers if array.dataflow == "ws" else 1)
 
 
 def _network(cfg: RunConfig) -> _DatapathWork:

@@ -15,6 +15,10 @@ per row, weights written by row into a bank, each activation naming its bank.
 Output-stationary (`OSArray`): at streaming cycle u of a tile, PE(r, c) holds A[mt*R + r, k] and
 W[k, nt*C + c] with k = u - r - c, and its `psum` register the sum over k' <= k; the tile's R x C outputs are
 complete, with no accumulation outside, after its last streaming cycle.
+
+`OSStreamArray` is the output-stationary array of the accelerator (`hw.machine`): its rows arrive
+already skewed, each activation flagged as its tile's first or last product, and every PE latches its
+finished sum into a shadow register, so tiles stream back to back with no gap for the drain.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arrayconfig import ArrayConfig
-from hw.pe import OSProcessingElement, WSDoubleBufferPE, WSProcessingElement
+from hw.pe import OSProcessingElement, OSStreamPE, WSDoubleBufferPE, WSProcessingElement
 
 
 def delay_line(m: Module, value: Value, stages: int, name: str) -> Value:
@@ -40,7 +44,8 @@ class _Array(wiring.Component):
     """The checks and the accumulator width both dataflows share."""
 
     dataflow = ""
-    pes: list[list[WSProcessingElement]] | list[list[OSProcessingElement]] | list[list[WSDoubleBufferPE]]
+    pes: (list[list[WSProcessingElement]] | list[list[OSProcessingElement]] | list[list[WSDoubleBufferPE]]
+          | list[list[OSStreamPE]])
 
     def __init__(self, config: ArrayConfig, members: dict[str, object]) -> None:
         self._config = config
@@ -268,4 +273,59 @@ class OSArray(_Array):
         for c in range(cols):
             m.d.comb += self.pes[0][c].w_in.eq(delay_line(m, Mux(self.valid, self.w[c], 0), c, f"skew_w_{c}"))
         m.d.comb += self.out_valid.eq(delay_line(m, self.valid & self.last, rows + cols - 1, "done"))
+        return m
+
+
+class OSStreamArray(_Array):
+    """A rows x cols output-stationary array whose tiles follow one another without a gap
+    (`hw.pe.OSStreamPE`), for the accelerator that feeds each row from its own shift register.
+
+    Driving: row r of A is presented on `a[r]` already skewed: the activation A[m_r, k] of a tile on
+    cycle t_k + r, with `first[r]` high with its k = 0 and `last[r]` with its last k (zeros, flags low,
+    between tiles). Column c's weight W[k, n_c] is presented on `w[c]` on cycle t_k, unskewed: it is
+    delayed c cycles inside. PE(r, c) multiplies A[m_r, k] by W[k, n_c] during cycle t_k + r + c and,
+    after the tile's last k, holds the finished sum on `shadow[r][c]` from cycle t_K + r + c on (t_K:
+    the cycle after the last k's t), until that PE's next tile's last product. So the whole tile is on
+    `shadow` from t_K + R + C - 2 on, and its row r can be read on any cycle from t_K + r + C - 1 until
+    t'_K + r - 1, t'_K that of the next tile.
+
+    Members
+    -------
+    a : In(act shape).array(rows); first, last : In(rows)
+    w : In(signed(weight_bits)).array(cols)
+    shadow : Out(signed(acc_bits)).array(rows, cols)
+
+    `pes[r][c]` is PE(r, c).
+    """
+
+    dataflow = "os"
+
+    def __init__(self, config: ArrayConfig, *, k: int | None = None) -> None:
+        acc_bits = self._accumulator(config, k)
+        self.pes = [[OSStreamPE.from_config(config, acc_bits) for _ in range(config.cols)]
+                    for _ in range(config.rows)]
+        super().__init__(config, {
+            "a": In(self.pes[0][0].act_shape).array(config.rows),
+            "first": In(config.rows),
+            "last": In(config.rows),
+            "w": In(signed(config.weight_bits)).array(config.cols),
+            "shadow": Out(signed(acc_bits)).array(config.rows, config.cols),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        for r, line in enumerate(self.pes):
+            for c, pe in enumerate(line):
+                m.submodules[f"pe_{r}_{c}"] = pe
+                if c == 0:
+                    m.d.comb += [pe.act_in.eq(self.a[r]), pe.first_in.eq(self.first[r]),
+                                 pe.last_in.eq(self.last[r])]
+                else:
+                    m.d.comb += [pe.act_in.eq(line[c - 1].act_out), pe.first_in.eq(line[c - 1].first_out),
+                                 pe.last_in.eq(line[c - 1].last_out)]
+                if r > 0:
+                    m.d.comb += pe.w_in.eq(self.pes[r - 1][c].w_out)
+                m.d.comb += self.shadow[r][c].eq(pe.shadow)
+        for c in range(self._config.cols):
+            m.d.comb += self.pes[0][c].w_in.eq(delay_line(m, self.w[c], c, f"skew_w_{c}"))
         return m

@@ -26,7 +26,7 @@ Pure Python: the RTL testbench in `tests/hw/test_array.py` checks the Amaranth a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 DATAFLOWS = ("ws", "os", "is")
 VECTOR_PIPELINE = 4   # cycles from a pass's first buffer read to its first write
@@ -138,6 +138,7 @@ MACHINE_SETUP = 2
 MACHINE_GEMM_TAIL = 7
 MACHINE_VECTOR_TAIL = 6
 MACHINE_OUTPUT = 1
+MACHINE_STREAM_TAIL = 5   # output-stationary: the last row's sums through the column stage and the write
 
 
 WEIGHT_BUFFERS = (1, 2)
@@ -184,6 +185,22 @@ def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int, weight_buffers
         return MACHINE_FETCH + MACHINE_SETUP + (tiles - 1) * period + m + rows + cols + MACHINE_GEMM_TAIL
     tile = MACHINE_SETUP + 2 * rows + cols - 2 + m
     return MACHINE_FETCH + tiles * tile + MACHINE_GEMM_TAIL
+
+
+def machine_stream_gemm_cycles(m: int, k_slices: Sequence[int], rows: int, cols: int) -> int:
+    """Return the cycles of one GEMM instruction of the output-stationary accelerator (`hw.machine_stream`):
+    fetch, setup, then N slice after N slice (`k_slices`: each one's K slice count) ceil(M / R) tiles,
+    each reading its K slices in K' = slices * R cycles, a tile after the first taking max(K', C) (the
+    drain of a tile's shadows needs C cycles between two tiles' last reads), then C + R + 1 cycles until
+    the last tile's last row leaves the shadows and `MACHINE_STREAM_TAIL` while it is requantized and
+    written."""
+    for name, value in (("m", m), ("rows", rows), ("cols", cols)):
+        _positive(name, value)
+    if not k_slices or any(not isinstance(k, int) or k < 1 for k in k_slices):
+        raise ValueError(f"GEMM k_slices must be positive integers, one per N slice, not {list(k_slices)!r}")
+    spans = [k * rows for k in k_slices for _ in range(_ceil(m, rows))]
+    reads = spans[0] + sum(max(span, cols) for span in spans[1:])
+    return MACHINE_FETCH + MACHINE_SETUP + reads + cols + rows + 1 + MACHINE_STREAM_TAIL
 
 
 def machine_vector_cycles(words: int, taps: int) -> int:

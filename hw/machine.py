@@ -1,5 +1,8 @@
-"""The accelerator that runs a whole network: memories, sequencer, weight-stationary datapath, vector
-unit, range checks and host port, around the program `dsetool.machine.compiler` makes (`hw.isa` is the format).
+"""The accelerator that runs a whole network: memories, sequencer, weight- or output-stationary datapath,
+vector unit, range checks and host port, around the program `dsetool.machine.compiler` makes (`hw.isa` is the
+format). The output-stationary machine (`ArrayConfig.dataflow` "os") shares everything here but the GEMM's
+feed, drain and states, which `hw.machine_stream` documents and builds; the rest of this docstring is
+the weight-stationary GEMM.
 
     host in  --> activation buffer <--> [stream feed, input check] --> WSArray --> KAccumulator (+bias)
                       ^   |                                                          |
@@ -86,9 +89,10 @@ from hw import isa, vector_unit
 from hw.accumulator import LATENCY as ACC_LATENCY
 from hw.array import delay_line
 from hw.column_stage import LATENCY as STAGE_LATENCY
-from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_VECTOR_TAIL
-from hw.machine_datapath import Datapath
+from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_STREAM_TAIL, MACHINE_VECTOR_TAIL
+from hw.machine_datapath import Datapath, StreamDatapath
 from hw.machine_format import BEAT, BMEM, CMEM, IMEM, MEMORY_BITS, SMEM, WMEM, MachineShape
+from hw.machine_stream import StreamFeed, StreamPorts, Walker
 from hw.pe import MULTIPLIERS
 from hw.protect import MACHINE_MODES
 from hw.tmr import TripleModular
@@ -96,7 +100,9 @@ from hw.tmr import TripleModular
 SETUP = MACHINE_SETUP   # cycles per GEMM tile before its weights load: read its slice entry (and constants)
 GEMM_TAIL = MACHINE_GEMM_TAIL   # last sums through the accumulator, the stage, the write
 VECTOR_TAIL = MACHINE_VECTOR_TAIL   # the last window's word through the vector unit's stage
+STREAM_TAIL = MACHINE_STREAM_TAIL   # output-stationary: the last row's sums through the stage, the write
 assert GEMM_TAIL == ACC_LATENCY + STAGE_LATENCY + 1 and VECTOR_TAIL == vector_unit.TAIL
+assert STREAM_TAIL == STAGE_LATENCY + 1
 
 
 @dataclass(frozen=True)
@@ -169,9 +175,12 @@ class Machine(wiring.Component):
         self.params = params
         self.fault_port = fault_port
         a = params.array
-        if a.dataflow != "ws" or a.protection != "none":
-            raise ValueError("Machine needs a weight-stationary ArrayConfig without protection "
+        if a.dataflow not in ("ws", "os") or a.protection != "none":
+            raise ValueError("Machine needs a weight- or output-stationary ArrayConfig without protection "
                              "(the range check is MachineShape.check)")
+        if a.dataflow == "os" and params.weight_buffers != 1:
+            raise ValueError("An output-stationary Machine streams its weights: weight_buffers must be 1, "
+                             f"not {params.weight_buffers!r}")
         if a.rows < 2:
             raise ValueError(f"Machine rows must be at least 2, not {a.rows!r}")
         self.instruction = isa.instruction_layout(params.widths)
@@ -227,7 +236,11 @@ class Machine(wiring.Component):
         count = Signal(32)   # cycles within a phase
         tail = Signal(range(max(GEMM_TAIL, VECTOR_TAIL)))   # the finishing instruction's pipeline, less one
         double = p.weight_buffers == 2
-        if double:   # the bias straight from the constants memory's read port, the stage's fields registered
+        stream = a.dataflow == "os"
+        if stream:   # an N slice's constants word, loaded before its first tile's drain (`hw.machine_stream`)
+            active = Signal(unsigned(cols * const_bits))
+            self._feed_constants(m, dp, active, active, const_bits)
+        elif double:   # the bias straight from the constants memory's read port, the stage's fields registered
             active = Signal(unsigned(cols * const_bits))
             self._feed_constants(m, dp, active, cread.data, const_bits)
         else:
@@ -257,9 +270,16 @@ class Machine(wiring.Component):
             return []
 
         feed_valid, load_bounds = Signal(), Signal()
-        m.d.comb += [dp.a_valid.eq(feed_valid)]
-        read_fired = self._read_path(m, instr, dp, aread.data.word_select(part_d, rows * code.width), inside_d,
-                                     feed_valid, bread, sl.part, load_bounds)
+        if stream:
+            feed = StreamFeed(m, p, dp, StreamPorts(
+                instr=instr, sl=sl, slice_layout=self.slice, sp=sp, nt=nt, wptr=wptr, count=count, sread=sread,
+                aread=aread, wread=wread, cread=cread, bread=bread, active=active,
+                walker=Walker(y=y, x=x, row=gen["row"], col=gen["col"], ox=ox)))
+            read_fired = feed.fired
+        else:
+            m.d.comb += [dp.a_valid.eq(feed_valid)]
+            read_fired = self._read_path(m, instr, dp, aread.data.word_select(part_d, rows * code.width), inside_d,
+                                         feed_valid, bread, sl.part, load_bounds)
 
         # ---- output writer: rows of the stage in order, N slice after N slice
         writer = self._writer(m, instr, dp, awrite)
@@ -282,7 +302,9 @@ class Machine(wiring.Component):
         in_lane = Signal(range(max(2, lanes)))
 
         # ---- sequencer
-        if double:
+        if stream:
+            m.d.comb += iread.addr.eq(pc)
+        elif double:
             m.d.comb += iread.addr.eq(pc)
             ov = self._overlap(m, dp, instr, sl, wread, cread, active, feed_valid)
         else:
@@ -315,18 +337,22 @@ class Machine(wiring.Component):
                 m.d.sync += [instr.eq(iread.data), nt.eq(0), kt.eq(0), wptr.eq(fetched.weight_base),
                              pc.eq(pc + 1), count.eq(0), sp.eq(fetched.slice_first)]
                 m.d.sync += writer.reset(fetched)
-                if double:
+                if stream:
+                    m.d.sync += feed.reset()
+                elif double:
                     m.d.sync += ov.reset(fetched, rows, cols)
                 with m.Switch(fetched.opcode):
                     with m.Case(isa.GEMM):
-                        m.next = "G_RUN" if double else "G_SETUP"
+                        m.next = "O_SETUP" if stream else "G_RUN" if double else "G_SETUP"
                     with m.Case(isa.VECTOR):
                         m.d.comb += vector.start.eq(1)
                         m.next = "V_RUN"
                     with m.Default():
                         m.d.sync += [out_index.eq(0), out_word.eq(0), out_lane.eq(0)]
                         m.next = "OUT_READ"
-            if double:
+            if stream:
+                feed.states(self.busy, tail, STREAM_TAIL)
+            elif double:
                 self._overlapped_states(m, ov, instr, sl, sp, nt, kt, wptr, count, tail, sread, bread, gen, y, x, ox,
                                         issue_row, load_bounds)
             else:   # one tile at a time: setup, load, stream, drain
@@ -559,13 +585,15 @@ class Machine(wiring.Component):
                     with m.Else():
                         m.d.sync += beat.eq(beat + 1)
 
-    def _datapath(self) -> Datapath | TripleModular:
+    def _datapath(self) -> Datapath | StreamDatapath | TripleModular:
         """Return the datapath, or with `ArrayConfig.tmr` three of them behind bitwise majority voters
         (`hw.tmr.TripleModular`: replicas `rep0`..`rep2`, each with its own skew registers)."""
         p = self.params
         check = MACHINE_MODES[p.check] if p.check != "none" and p.output_check else None
 
-        def make() -> Datapath:
+        def make() -> Datapath | StreamDatapath:
+            if p.array.dataflow == "os":
+                return StreamDatapath(p.array, p.code_shape, p.multiplier_bits, p.shift_bits, check=check)
             if p.weight_buffers == 2:
                 return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check,
                                 weight_buffers=2)

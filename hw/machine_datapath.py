@@ -14,18 +14,26 @@ With `weight_buffers` 2 the array is `hw.array.WSDoubleBufferArray` (two weight 
 by a broadcast per row: `w_rows`, `w_bank`; each streamed row names its bank, `a_bank`), and
 `restart` marks each tile's first streamed row (delayed as `k_first`, it restarts the K accumulator's
 row count: tiles stream back to back).
+
+`StreamDatapath` is the output-stationary machine's (`ArrayConfig.dataflow` "os"):
+
+    a, first, last, w --> OSStreamArray (shadow sums) --[drain_row]--> + bias --> sums
+                                                               '--> ColumnStage --> out, detected
+
+a tile's R x C sums wait in the PEs' shadow registers and leave one row per cycle (`drain_row`), the
+bias added, while the next tile accumulates.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Array, Module, Signal, signed
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 
 from hw.accumulator import KAccumulator
-from hw.array import WSArray, WSDoubleBufferArray
+from hw.array import OSStreamArray, WSArray, WSDoubleBufferArray
 from hw.arrayconfig import ArrayConfig
 from hw.column_stage import ColumnStage
 from hw.cycles import check_weight_buffers
@@ -118,4 +126,69 @@ class Datapath(wiring.Component):
                          stage.shift[c].eq(self.shift[c]), stage.lo[c].eq(self.lo[c]), stage.hi[c].eq(self.hi[c]),
                          self.detected[c].eq(stage.detected[c]), self.out[c].eq(stage.out[c])]
         m.d.comb += self.out_valid.eq(stage.out_valid)
+        return m
+
+
+class StreamDatapath(wiring.Component):
+    """The output-stationary array, its drain and the column stage of a machine (module docstring).
+
+    Parameters
+    ----------
+    array : ArrayConfig
+        The output-stationary array (its `tmr` flag is the caller's business: one datapath is built).
+    code_shape, multiplier_bits, shift_bits, check
+        As for `Datapath`.
+
+    Members
+    -------
+    a, first, last, w : the array's ports (`hw.array.OSStreamArray`).
+    drain_valid : In(1); drain_row : In(range(rows)) : read this row of the shadow sums this cycle.
+    bias, multiplier, shift, lo, hi : In(...).array(cols) : the constants of the row read, sampled with
+        it (the bias is added as it is read; the stage's fields are registered to meet it there).
+    relu, check_on, qmin, qmax, logits : the layer's, as for `Datapath`.
+    sums_valid : Out(1); sums : Out(signed(acc_bits)).array(cols) : the row read, bias added, one cycle
+        later. out_valid, out, detected : the column stage's, `hw.column_stage.LATENCY` after `sums`.
+    """
+
+    def __init__(self, array: ArrayConfig, code_shape: object, multiplier_bits: int, shift_bits: int,
+                 *, check: RangeMode | None = None) -> None:
+        config = dataclasses.replace(array, tmr=False)
+        self._array = OSStreamArray(config)
+        acc = signed(self._array.acc_bits)
+        self._stage = ColumnStage(self._array.acc_bits, array.cols, code_shape, multiplier_bits, shift_bits,
+                                 check=check, multiplier=MULTIPLIERS[array.multiplier])
+        parts = {"array": self._array.signature.members, "stage": self._stage.signature.members}
+        members = {name: parts["array"][name] for name in ("a", "first", "last", "w")}
+        members |= {"drain_valid": In(1), "drain_row": In(range(array.rows)), "bias": In(acc).array(array.cols),
+                    "logits": In(1)}
+        members |= {name: parts["stage"][name] for name in ("multiplier", "shift", "lo", "hi", "relu", "check_on",
+                                                             "qmin", "qmax", "out_valid", "out", "detected")}
+        members |= {"sums_valid": Out(1), "sums": Out(acc).array(array.cols)}
+        super().__init__(members)
+
+    @property
+    def array(self) -> OSStreamArray:
+        return self._array
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.array, m.submodules.stage = array, stage = self._array, self._stage
+        rows, cols = len(self.a), len(self.w)
+        m.d.comb += [array.a[r].eq(self.a[r]) for r in range(rows)]
+        m.d.comb += [array.first.eq(self.first), array.last.eq(self.last)]
+        m.d.comb += [array.w[c].eq(self.w[c]) for c in range(cols)]
+        m.d.sync += self.sums_valid.eq(self.drain_valid)
+        for c in range(cols):
+            column = Array(array.shadow[r][c] for r in range(rows))
+            m.d.sync += self.sums[c].eq(column[self.drain_row] + self.bias[c])
+            for name in ("multiplier", "shift", "lo", "hi"):
+                field = getattr(self, name)[c]
+                held = Signal(field.shape(), name=f"stage_{name}_{c}")
+                m.d.sync += held.eq(field)
+                m.d.comb += getattr(stage, name)[c].eq(held)
+            m.d.comb += [stage.acc[c].eq(self.sums[c]), self.detected[c].eq(stage.detected[c]),
+                         self.out[c].eq(stage.out[c])]
+        m.d.comb += [stage.valid.eq(self.sums_valid & ~self.logits), stage.relu.eq(self.relu),
+                     stage.check_on.eq(self.check_on), stage.qmin.eq(self.qmin), stage.qmax.eq(self.qmax),
+                     self.out_valid.eq(stage.out_valid)]
         return m

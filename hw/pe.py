@@ -209,3 +209,37 @@ class WSDoubleBufferPE(_ProcessingElement):
         with m.If(self.w_load & self.w_bank):
             m.d.sync += self.w_alt.eq(self.w_in)
         return m
+
+
+class OSStreamPE(_ProcessingElement):
+    """An output-stationary cell for tiles that stream back to back (the accelerator's,
+    `hw.array.OSStreamArray`): each activation carries two flags, `first` (the tile's first product)
+    and `last` (its last), passed right with it, so every cell switches tiles exactly when the new
+    tile's wavefront reaches it.
+
+    Each clock the activation, its flags and the weight are latched and passed on (act and flags right,
+    weight down) and `total` = (0 if `first_in` else `psum`) + act_in * w_in goes into `psum`; with
+    `last_in` it also goes into `shadow`, which holds the finished tile's sum while the next tile
+    accumulates in `psum` (until the next tile's last product).
+
+    Members
+    -------
+    act_in, act_out, w_in, w_out, psum_out : as `OSProcessingElement`.
+    first_in, last_in : In(1); first_out, last_out : Out(1) : the flags of the activation on `act_in`,
+        registered.
+    shadow : Out(signed(acc_bits)) : the last finished tile's sum.
+    """
+
+    def _controls(self) -> dict[str, object]:
+        return {"first_in": In(1), "first_out": Out(1), "last_in": In(1), "last_out": Out(1),
+                "shadow": Out(signed(self._acc_bits))}
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.d.sync += [self.act_out.eq(self.act_in), self.w_out.eq(self.w_in),
+                     self.first_out.eq(self.first_in), self.last_out.eq(self.last_in)]
+        total = Mux(self.first_in, 0, self.psum_out) + self._multiplier(self.act_in, self.w_in)
+        m.d.sync += self.psum_out.eq(total)
+        with m.If(self.last_in):
+            m.d.sync += self.shadow.eq(total)
+        return m

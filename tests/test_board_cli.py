@@ -252,7 +252,7 @@ def test_bitstream_key_reads_the_machines_rtl_version(setup: dict[str, Any], mon
 @pytest.mark.parametrize(("args", "message"), [
     (["--board", "orangecrab"], "board: Board must be one of 'ulx3s-85f', 'ulx3s-45f', 'ulx3s-25f', not 'orangecrab'"),
     (["--baud", "4000000"], "board: A 25 MHz clock cannot make 4000000 baud within 2 % (nearest divider 6)"),
-    (["--set", "hw.dataflow=os"], "board: the accelerator is built weight-stationary only (hw.dataflow: ws)"),
+    (["--set", "hw.rows=1"], "board: the accelerator needs at least 2 array rows (hw.rows)"),
     (["--set", "hw.protection=median3"], "board: the accelerator has no unit for median3"),
 ])
 def test_boards_and_points_the_board_cannot_take_are_usage_errors(setup: dict[str, Any], args: list[str],

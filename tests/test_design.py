@@ -215,6 +215,7 @@ def test_engine_only_protections_build_no_range_check():
 def test_bias_and_accumulator():
     design = design_of(point("hw.dataflow=os"))
     assert design.bias and design.acc_depth == 0
+    assert design.no_machine == "" and design.weight_buffers == 1   # its weights stream: no banks to double
     a = design.array   # sized for the longest dot product of the network's operands, independently derived
     assert design.acc_bits == required_acc_bits(max(g.k for g in design.gemms), a.act_bits, a.weight_bits,
                                                 a.act_signed)

@@ -63,11 +63,24 @@ def test_input_placed_range_checks_run_bit_for_bit_with_their_alarm(tmp_path, wr
     assert (m["rtl_faults"], m["rtl_fault_agreement"], m["fault_alarm_agreement"]) == (32, 1.0, 1.0)
 
 
-def test_designs_the_machine_does_not_build_are_a_status(tmp_path, write_experiment):
-    result, rows = run(tmp_path, write_experiment, {"quant": {"bits": 4}, "hw": {"dataflow": "os", "rtl_images": 2}})
+@pytest.mark.slow
+@pytest.mark.toolchain
+def test_output_stationary_accelerator_runs_bit_for_bit_and_meets_the_fault_model(tmp_path, write_experiment):
+    result, rows = run(tmp_path, write_experiment, {"quant": {"bits": 4}, "hw": {"dataflow": "os", "rows": 4, "cols": 4,
+                                                                                   "rtl_images": 4, "rtl_faults": 8}})
     assert result.exit_code == 0, result.output
     m = rows[0]["metrics"]
-    assert m["status"] == "not_built" and "weight-stationary" in m["message"]
+    assert (m["status"], m["rtl_agreement"], m["rtl_images"]) == ("ok", 1.0, 4)
+    assert m["rtl_cycles"] == m["model_cycles"] > 0
+    assert (m["rtl_faults"], m["rtl_fault_agreement"]) == (8, 1.0)
+
+
+def test_designs_the_machine_does_not_build_are_a_status(tmp_path, write_experiment):
+    result, rows = run(tmp_path, write_experiment, {"quant": {"bits": 4}, "hw": {"rows": 3, "cols": 4,
+                                                                                   "rtl_images": 2}})
+    assert result.exit_code == 0, result.output
+    m = rows[0]["metrics"]
+    assert m["status"] == "not_built" and "divide one another" in m["message"]
 
 
 def test_protections_other_than_range_checks_are_a_status(tmp_path, write_experiment):

@@ -72,10 +72,13 @@ def test_one_accelerator_synthesis_serves_every_trained_model_of_a_network(write
     assert "machine" not in datapath and datapath == {k: v for k, v in inputs["config"].items() if k != "machine"}
     one_buffer = {**lenet, "hw": {"synth": "datapath", "weight_buffers": 1}}   # the datapath has no weight banks
     assert synth_key(write_experiment, one_buffer, "d1.yaml")[1]["config"] == datapath
-    # where the accelerator is not built (output-stationary, sides that do not divide) the datapath's key is as
-    # it was; TMR and range checks at the inputs or flagging only (sed) are built, and keyed
-    for hw_section in ({"dataflow": "os"}, {"rows": 3, "cols": 4}):
-        assert "machine" not in synth_key(write_experiment, {**lenet, "hw": hw_section}, "n.yaml")[1]["config"]
+    # where the accelerator is not built (sides that do not divide) the datapath's key is as it was; the
+    # output-stationary one streams its weights: its key does not read hw.weight_buffers; TMR and range
+    # checks at the inputs or flagging only (sed) are built, and keyed
+    assert "machine" not in synth_key(write_experiment, {**lenet, "hw": {"rows": 3, "cols": 4}}, "n.yaml")[1]["config"]
+    streaming = [synth_key(write_experiment, {**lenet, "hw": {"dataflow": "os", "weight_buffers": b}}, f"os{b}.yaml")
+                 for b in (1, 2)]
+    assert streaming[0][0] == streaming[1][0] != key and streaming[0][1]["config"]["machine"]["weight_buffers"] == 1
     checked = [{"hw": {"tmr": True}}, {"hw": {"protection": "sed"}}, {"hw": {"protection": "clip"}},
                {"hw": {"protection": "clip"}, "protect": {"placement": "input"}}]
     keys = {synth_key(write_experiment, {**lenet, **e}, f"c{i}.yaml")[0] for i, e in enumerate(checked)}

@@ -56,4 +56,4 @@ def design_machine(design: Design, program: Program) -> tuple[MachineShape, Mach
 
     return machine_of(program, multiplier=design.array.multiplier, multiplier_bits=design.multiplier_bits,
                       acc_bits=machine_acc_bits(design), tmr=design.protection.tmr,
-                      weight_buffers=design.weight_buffers)
+                      weight_buffers=design.weight_buffers, dataflow=design.array.dataflow)

@@ -93,13 +93,14 @@ def check_mode(program: Program) -> str:
 
 
 def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int | None = None,
-               acc_bits: int | None = None, tmr: bool = False, weight_buffers: int = 1
+               acc_bits: int | None = None, tmr: bool = False, weight_buffers: int = 1, dataflow: str = "ws"
                ) -> tuple[MachineShape, MachineImages]:
     """Return the shape of the machine that runs `program` and the images its host loads.
     `multiplier_bits`: the requantization multiplier's width (the design's; by default what the
     program's constants need); `tmr`: the datapath triplicated and voted (`hw.machine_datapath`);
     `weight_buffers`: 2 for double-buffered weights (`MachineShape.weight_buffers`; the images are the
-    same)."""
+    same); `dataflow`: "os" for the output-stationary machine (`hw.machine_stream`: same images, and
+    its weights stream, so `weight_buffers` must be 1)."""
     bits = multiplier_bits or program.multiplier_bits
     widths = widths_of(program, bits)
     instruction, slice_ = isa.instruction_layout(widths), isa.slice_layout(widths)
@@ -118,7 +119,7 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
         raise UnsupportedOp(f"the program's accumulators need {program.acc_bits} bits; the machine has {acc_bits}")
     array = ArrayConfig(rows=program.rows, cols=program.cols, act_bits=program.act_bits,
                         weight_bits=program.weight_bits, acc_bits=acc_bits or program.acc_bits,
-                        act_signed=program.act_signed, multiplier=multiplier, tmr=tmr)
+                        act_signed=program.act_signed, multiplier=multiplier, tmr=tmr, dataflow=dataflow)
     if bits < program.multiplier_bits or program.shift_bits > SHIFT_BITS:
         raise UnsupportedOp(f"The program's constants need a {program.multiplier_bits}-bit multiplier and "
                          f"{program.shift_bits}-bit shift; the machine has {bits} and {SHIFT_BITS}")

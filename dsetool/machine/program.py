@@ -259,16 +259,23 @@ def sum_bits(act_bits: int, taps: int) -> int:
     return act_bits + max(1, taps.bit_length()) + 1
 
 
-def program_cycles(program: Program, weight_buffers: int = 1) -> int:
+def program_cycles(program: Program, weight_buffers: int = 1, dataflow: str = "ws") -> int:
     """Return the cycles from `start` to the first logit on the host stream (`hw.cycles`' machine
     schedule), which the RTL simulation measures, on a machine with `weight_buffers` weight banks per
     PE (`hw.machine_format.MachineShape.weight_buffers`: 1, or 2 to load a tile's weights while the
-    previous tile streams)."""
-    from hw.cycles import machine_end_cycles, machine_gemm_cycles, machine_vector_cycles
+    previous tile streams), weight-stationary, or output-stationary (`dataflow` "os", whose weights
+    stream: `weight_buffers` is not read)."""
+    from hw.cycles import machine_end_cycles, machine_gemm_cycles, machine_stream_gemm_cycles, machine_vector_cycles
 
+    if dataflow not in ("ws", "os"):
+        raise ValueError(f"The accelerator's dataflow must be 'ws' or 'os', not {dataflow!r}")
     total = machine_end_cycles()
     for instr in program.instructions:
-        if isinstance(instr, Gemm):
+        if isinstance(instr, Gemm) and dataflow == "os":
+            total += machine_stream_gemm_cycles(instr.m, [len(instr.k_slices(nt)) for nt in
+                                                          range(instr.n_slices(program.cols))],
+                                                program.rows, program.cols)
+        elif isinstance(instr, Gemm):
             total += machine_gemm_cycles(instr.m, instr.tiles(program.cols), program.rows, program.cols,
                                          weight_buffers)
         else:

@@ -28,8 +28,8 @@ the fault changed: `fault_alarm_agreement`, else the stage fails).
 With `hw.tmr` the machine's datapath (array, K accumulator, column stage) is built three times behind
 bitwise majority voters (`hw.machine_datapath`); fault-free it computes what one datapath does.
 
-A network or design the machine does not build (an op without a unit, an output-stationary array, a
-protection other than a range check, one array row: `Design.no_machine`) is `status: not_built` with the
+A network or design the machine does not build (an op without a unit, a protection other than a range
+check, one array row, sides that do not divide one another: `Design.no_machine`) is `status: not_built` with the
 reason, not a failure. The machine is the one stage synth measures for the point
 (`dsetool.machine.build.design_machine`): accumulators as wide as the design's, one bit over the array's
 worst case for the bias (`hw.acc_bits` when set); a model whose biases need more is not built, and says so.
@@ -107,7 +107,8 @@ def _simulate(ctx: StageContext, program: Any, shape: Any, images: Any, engine: 
         raise RuntimeError(f"the RTL's logits differ from the engine's on {int((~agree).sum())} of {len(agree)} "
                            f"images (first: image {first}, {got[first]} against {expected[first].tolist()})")
     return {"rtl_agreement": float(agree.mean()), "rtl_images": len(agree), "rtl_cycles": max(cycles),
-            "model_cycles": program_cycles(program, shape.weight_buffers), "sim_cycles_per_second": rate,
+            "model_cycles": program_cycles(program, shape.weight_buffers, shape.array.dataflow),
+            "sim_cycles_per_second": rate,
             **(_alarms(engine, x, np.array(alarms)) if shape.check != "none" else {}),
             "seconds_build": built - began, "seconds_sim": time.perf_counter() - built, "build_cached": compiled.cached}
 

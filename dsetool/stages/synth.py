@@ -3,7 +3,8 @@
 What is synthesized (`scope` in the metrics):
 
 - `machine`: the whole accelerator that runs the network (`hw.machine.Machine`: memories, sequencer,
-  array, K accumulator with bias, per-channel output stage with the range check, vector unit, host port),
+  array, K accumulator with bias (output-stationary: the shadow sums' drain, `hw.machine_stream`),
+  per-channel output stage with the range check, vector unit, host port),
   whenever the design point has one (`Design.unbuilt` is empty, and the compiler takes the network). Its
   shape comes from the network's untrained skeleton (`dsetool.stages.skeleton`) and the
   design's widths, never from weight values, so one synthesis serves every trained model of the point
@@ -15,8 +16,7 @@ What is synthesized (`scope` in the metrics):
   the buffer's read path into the array), SED's only flags (the machine's `alarm`).
   `cycles_per_inference` is the machine's schedule for the network (`program_cycles`, which equals what
   its compiled RTL simulation measures, stage `rtlsim`); latency is that over the achieved Fmax.
-- `datapath`: with `hw.synth: datapath`, or where the point has no accelerator (output-stationary arrays,
-  one row, sides that do not divide one another, a filter protection: `Design.no_machine`),
+- `datapath`: with `hw.synth: datapath`, or where the point has no accelerator (one row, sides that do not divide one another, a filter protection: `Design.no_machine`),
   the datapath alone (array + K accumulator + pipelined output stage with one constant set per layer +
   protection, triplicated with TMR), under the keys it had before the accelerator existed. A network the
   machine compiler refuses (an op without a unit, a model whose biases need wider accumulators than the
@@ -143,7 +143,7 @@ def _machine(ctx: StageContext, design: Design) -> _Build | str:
     metrics = {"protection": protection.name, "placement": protection.placement if protection.entry.protects else None,
                "constants": PER_CHANNEL, "acc_bits": shape.array.acc_bits, "lanes": shape.lanes,
                "lane_bits": shape.array.act_bits,
-               "cycles_per_inference": program_cycles(program, shape.weight_buffers),
+               "cycles_per_inference": program_cycles(program, shape.weight_buffers, shape.array.dataflow),
                "weight_buffers": shape.weight_buffers, "instructions": len(program.instructions),
                "buffer_words": shape.buffer_words, "weight_words": shape.weight_words,
                "const_words": shape.const_words, "bounds_words": shape.bounds_words}

@@ -34,19 +34,19 @@ TINY_CONCAT = "tests.fixtures.tiny_concat:make"
 TINY_FC = "tests.fixtures.tiny_fc:make"
 
 
-def simulate(engine: Engine, program: Program, images: np.ndarray, weight_buffers: int = 1
+def simulate(engine: Engine, program: Program, images: np.ndarray, weight_buffers: int = 1, dataflow: str = "ws"
              ) -> tuple[np.ndarray, list[int]]:
     """Load the machine of `program` through its host port, run every image; return logits and cycles."""
-    logits, cycles, _ = simulate_detecting(engine, program, images, weight_buffers=weight_buffers)
+    logits, cycles, _ = simulate_detecting(engine, program, images, weight_buffers=weight_buffers, dataflow=dataflow)
     return logits, cycles
 
 
 def simulate_detecting(engine: Engine, program: Program, images: np.ndarray, tmr: bool = False,
-                       weight_buffers: int = 1) -> tuple[np.ndarray, list[int], list[bool]]:
+                       weight_buffers: int = 1, dataflow: str = "ws") -> tuple[np.ndarray, list[int], list[bool]]:
     """Load the machine of `program` (its datapath triplicated with `tmr`, `weight_buffers` weight banks
-    per PE) through its host port, run every image; return logits, cycles and the alarm read with each
-    image's logits."""
-    shape, contents = machine_of(program, tmr=tmr, weight_buffers=weight_buffers)
+    per PE, weight- or output-stationary) through its host port, run every image; return logits, cycles
+    and the alarm read with each image's logits."""
+    shape, contents = machine_of(program, tmr=tmr, weight_buffers=weight_buffers, dataflow=dataflow)
     dut = Machine(shape)
     beats = load_beats(shape, contents)
     codes = engine.quantize_input(images).numpy()
@@ -215,7 +215,7 @@ def test_tmr_datapath_runs_bit_for_bit_in_the_same_cycles(tiny_engines: dict[str
 
 
 @pytest.mark.parametrize(("config", "message"), [
-    (ArrayConfig(rows=4, cols=4, dataflow="os"), "weight-stationary"),
+    (ArrayConfig(rows=4, cols=4, dataflow="is"), "weight- or output-stationary"),
     (ArrayConfig(rows=1, cols=4), "rows must be at least 2"),
 ])
 def test_machine_refuses_what_it_cannot_build(tiny_cnn: Engine, config: ArrayConfig, message: str) -> None:
