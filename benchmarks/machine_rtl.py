@@ -6,11 +6,13 @@ others), this exports a quantized model with seeded random weights (calibrated o
 runs whatever the integer model says, trained or not), compiles its program, builds the machine in
 Verilator, loads it over the host port and runs `--images` test images. It prints, per design, the share
 of images whose logits equal the engine's, the measured cycles per inference, the machine schedule's
-count (`hw.cycles`, without simulation) and the simulator's speed, on the machine with
-`--weight-buffers` weight registers per PE (default 2, as synth builds it; 1: one per PE).
+count (`hw.cycles`, without simulation) and the simulator's speed, on the weight-stationary machine with
+`--weight-buffers` weight registers per PE (default 2, as synth builds it; 1: one per PE) or, with
+`--dataflow os`, the output-stationary one (`hw.machine_stream`).
 
     .venv/bin/python benchmarks/machine_rtl.py [--arch lenet5 resnet20] [--images 32] [--bits 8 4]
         [--scaling po2 float] [--granularity per_tensor per_channel] [--sides 4 8] [--weight-buffers 2]
+        [--dataflow ws]
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ def engine_of(arch: str, bits: int, scaling: str, granularity: str, directory: P
 
 
 def measure(arch: str, bits: int, scaling: str, granularity: str, side: int, images: int, work: Path,
-            weight_buffers: int = 2) -> str:
+            weight_buffers: int = 2, dataflow: str = "ws") -> str:
     engine, x = engine_of(arch, bits, scaling, granularity, work / f"{arch}-{bits}-{scaling}-{granularity}")
     x = x[:images]
     program = compile_program(engine, side, side)
-    shape, contents = machine_of(program, weight_buffers=weight_buffers)
+    if dataflow == "os":
+        weight_buffers = 1   # its weights stream
+    shape, contents = machine_of(program, weight_buffers=weight_buffers, dataflow=dataflow)
     began = time.perf_counter()
     compiled = rtlsim.build(Machine(shape), work / "builds")
     built = time.perf_counter() - began
@@ -64,8 +68,8 @@ def measure(arch: str, bits: int, scaling: str, granularity: str, side: int, ima
         rate = session.cycles_per_second
     agreement = float(np.mean(np.all(np.array([r[0] for r in results]) == engine.logits(x).numpy(), axis=1)))
     cycles = sorted({r[1] for r in results})
-    return (f"| {arch} | W{bits}A{bits} {scaling} {granularity} | {side}x{side} | {agreement:.3f} | "
-            f"{', '.join(map(str, cycles))} | {program_cycles(program, weight_buffers)} | {rate / 1e6:.2f} | "
+    return (f"| {arch} | W{bits}A{bits} {scaling} {granularity} | {side}x{side} {dataflow} | {agreement:.3f} | "
+            f"{', '.join(map(str, cycles))} | {program_cycles(program, weight_buffers, dataflow)} | {rate / 1e6:.2f} | "
             f"{built:.0f} |")
 
 
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--granularity", nargs="+", default=["per_tensor", "per_channel"])
     parser.add_argument("--sides", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--weight-buffers", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--dataflow", choices=("ws", "os"), default="ws")
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"{time.strftime('%Y-%m-%d')}")
@@ -86,8 +91,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch, bits, scaling, granularity, side in itertools.product(
                 args.arch, args.bits, args.scaling, args.granularity, args.sides):
-            print(measure(arch, bits, scaling, granularity, side, args.images, Path(tmp), args.weight_buffers),
-                  flush=True)
+            print(measure(arch, bits, scaling, granularity, side, args.images, Path(tmp), args.weight_buffers,
+                          args.dataflow), flush=True)
 
 
 if __name__ == "__main__":
