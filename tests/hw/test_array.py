@@ -214,3 +214,65 @@ def test_double_buffered_array_needs_the_bank_free_before_loading() -> None:
     multiplies with in the last columns."""
     got, want = _double_buffered_tiles(2, 8, 1, 3)
     assert got.shape == want.shape and not np.array_equal(got, want)
+
+
+def _stream_tiles(rows: int, cols: int, k: int, reads: int, gap: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Drive `hw.array.OSStreamArray` with two tiles of K = k, the second's first k `gap` cycles after the
+    first's last, rows skewed as the machine's feed skews them; return the shadow tile read as the
+    machine's drain reads it (row r on cycle t_K + C - 1 + r, t_K the cycle after the first tile's last k;
+    `reads` rows) and numpy's product for the first tile."""
+    from amaranth.sim import Simulator
+
+    from hw.array import OSStreamArray
+
+    config = ArrayConfig(rows=rows, cols=cols, act_bits=4, weight_bits=4, act_signed=True, dataflow="os")
+    rng = np.random.default_rng(rows * 100 + cols * 10 + k)
+    a = rng.integers(-8, 8, (2, rows, k))
+    w = rng.integers(-8, 8, (2, k, cols))
+    dut = OSStreamArray(config, k=2 * k)
+    starts = (1, 1 + k + gap)
+    drain = starts[0] + k + cols - 1
+    got: list[np.ndarray] = []
+
+    async def bench(ctx: Any) -> None:
+        for t in range(drain + rows + 1):
+            for r in range(rows):
+                value, first, last = 0, 0, 0
+                for j, start in enumerate(starts):
+                    u = t - start - r   # row r's k this cycle
+                    if 0 <= u < k:
+                        value, first, last = int(a[j, r, u]), int(u == 0), int(u == k - 1)
+                ctx.set(dut.a[r], value)
+                ctx.set(dut.first, (ctx.get(dut.first) & ~(1 << r)) | (first << r))
+                ctx.set(dut.last, (ctx.get(dut.last) & ~(1 << r)) | (last << r))
+            for c in range(cols):
+                u = [t - start for start in starts if 0 <= t - start < k]
+                j = [j for j, start in enumerate(starts) if 0 <= t - start < k]
+                ctx.set(dut.w[c], int(w[j[0], u[0], c]) if u else 0)
+            row = t - drain
+            if 0 <= row < reads:
+                got.append(np.array([ctx.get(dut.shadow[row][c]) for c in range(cols)]))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return got, a[0] @ w[0]
+
+
+@pytest.mark.parametrize(("rows", "cols", "k"), [(2, 2, 2), (4, 4, 4), (2, 4, 4), (4, 2, 8)])
+def test_stream_array_holds_a_finished_tile_while_the_next_accumulates(rows: int, cols: int, k: int) -> None:
+    """Tiles back to back (K >= C): row r of the first tile's sums is in the shadows on t_K + C - 1 + r,
+    while the second tile's products run through the PEs."""
+    got, want = _stream_tiles(rows, cols, k, rows, gap=0)
+    np.testing.assert_array_equal(np.array(got), want)
+
+
+def test_stream_array_needs_c_cycles_between_two_tiles_last_products() -> None:
+    """A second tile of K = 2 right after the first on 2 x 4 finishes before the drain reads the first's
+    row 1 in column 0: the shadow holds the second's sum there (the machine's feed waits, `hw.machine_stream`)."""
+    got, want = _stream_tiles(2, 4, 2, 2, gap=0)
+    assert not np.array_equal(np.array(got), want)
+    got, want = _stream_tiles(2, 4, 2, 2, gap=2)   # last products C = 4 cycles apart
+    np.testing.assert_array_equal(np.array(got), want)
