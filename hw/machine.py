@@ -309,7 +309,8 @@ class Machine(wiring.Component):
             ov = self._overlap(m, dp, instr, sl, wread, cread, active, feed_valid)
         else:
             m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
-        m.d.comb += [dp.w[c].eq(wread.data[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
+        weight_row = feed.weights if stream else wread.data
+        m.d.comb += [dp.w[c].eq(weight_row[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
                      for c in range(cols)]
         out_index = Signal(range(max(2, p.num_classes + 1)))
         out_word, out_lane = Signal(range(max(2, lmem.depth))), Signal(range(lanes))

@@ -12,8 +12,8 @@ position or a pixel beyond M) into row r's shift register, which presents one co
 array's row r: row r starts a K slice r cycles after row 0, the skew the array needs, and every row is
 reloaded exactly as its last code leaves, so K slices and tiles stream without a gap. The weight memory
 (the weight-stationary images unchanged: per K slice R words of C weights, the slice's last lane first)
-gives lane i's word one cycle after the slice's i-th read, presented to every column on cycle
-read + 2 (`hw.array.OSStreamArray` delays column c by c): PE(r, c) meets A[m0 + r, k] and W[k, n_c] on
+is read with the slice's i-th code and gives lane i's word, registered and presented to every column on
+cycle read + 2 (`hw.array.OSStreamArray` delays column c by c): PE(r, c) meets A[m0 + r, k] and W[k, n_c] on
 one cycle. The codes carry the tile's first / last flags, with which each PE restarts its sum and
 latches the finished one into its shadow register (`hw.pe.OSStreamPE`).
 
@@ -127,10 +127,12 @@ class StreamFeed:
         inside = (w.y >= 0) & (w.y < p.instr.src_h) & (w.x >= 0) & (w.x < p.instr.src_w) & (self.pos < p.instr.m_count)
         m.d.sync += [rd_valid.eq(self.reading), rd_row.eq(p.count), rd_inside.eq(inside), rd_part.eq(p.sl.part),
                      rd_first.eq(self.tile_first), rd_last.eq(p.sl.last)]
-        self.weight_next = Signal(p.wptr.shape(), name="stream_weight")
-        with m.If(self.reading):
-            m.d.sync += self.weight_next.eq(p.wptr + rows - 1 - p.count)
-        m.d.comb += p.wread.addr.eq(self.weight_next)
+        # lane i's weights: read with the slice's i-th code, registered, on every column the cycle its
+        # code reaches row 0 (the block RAM's output would otherwise feed column 0's multipliers)
+        m.d.comb += p.wread.addr.eq(p.wptr + rows - 1 - p.count)
+        weights = Signal(p.wread.data.shape(), name="stream_weights")
+        m.d.sync += weights.eq(p.wread.data)
+        self.weights = weights
 
         values = [p.aread.data.word_select(rd_part, rows * width)[i * width:(i + 1) * width] for i in range(rows)]
         values = [v.as_signed() if code.signed else v for v in values]
