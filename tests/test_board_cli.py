@@ -96,15 +96,17 @@ def test_board_run_prints_the_simulated_boards_logits(setup: dict[str, Any], com
 @pytest.mark.toolchain
 def test_a_sed_point_runs_on_the_board_with_its_checks_and_alarm(setup: dict[str, Any], tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """SED per channel where the layers read their inputs, bounds profiled on 32 calibration images: the
-    board's machine has the checks (in detect mode), and its alarm is the engine's on every image."""
-    protected = {**EXPERIMENT, "hw": {**EXPERIMENT["hw"], "protection": "sed"},
+    """SED per channel where the layers read their inputs, bounds profiled on 32 calibration images, on
+    the output-stationary machine (the weight-stationary one's alarm over the UART: `tests/hw/
+    test_uart_machine.py`): the board's machine has the checks (in detect mode), and its alarm is the
+    engine's on every image."""
+    protected = {**EXPERIMENT, "hw": {**EXPERIMENT["hw"], "protection": "sed", "dataflow": "os"},
                  "protect": {"placement": "input", "granularity": "channel"}}
     path = tmp_path / "sed.yaml"
     path.write_text(yaml.safe_dump(protected, sort_keys=False))
     point = load_experiment(path).points[0]
     machine = dsetool.board.point_machine(Store(setup["runs"]), point.config)
-    assert (machine.shape.check, machine.shape.input_check) == ("detect", True)
+    assert (machine.shape.check, machine.shape.input_check, machine.shape.array.dataflow) == ("detect", True, "os")
     compiled = rtlsim.build(UARTMachine(machine.shape, DIVIDER), tmp_path / "sim")
 
     @contextmanager
