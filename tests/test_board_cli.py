@@ -57,6 +57,16 @@ def invoke(setup: dict[str, Any], *args: str) -> tuple[Any, list[dict[str, Any]]
     return result, rows
 
 
+def simulated(compiled: rtlsim.CompiledModel) -> Any:
+    """Return a context manager factory: a session of `compiled` (a UART machine) as a serial port."""
+    @contextmanager
+    def port() -> Iterator[SimulatedSerial]:
+        with compiled.open() as session:
+            yield SimulatedSerial(session, DIVIDER)
+
+    return port
+
+
 def serve(monkeypatch: pytest.MonkeyPatch, port_of: Any) -> list[tuple[str, int]]:
     """Make `dsetool.board.open_port` yield `port_of()`; return the (device, baud) pairs it was asked for."""
     opened: list[tuple[str, int]] = []
@@ -74,12 +84,7 @@ def serve(monkeypatch: pytest.MonkeyPatch, port_of: Any) -> list[tuple[str, int]
 @pytest.mark.toolchain
 def test_board_run_prints_the_simulated_boards_logits(setup: dict[str, Any], compiled: rtlsim.CompiledModel,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    @contextmanager
-    def simulated() -> Iterator[SimulatedSerial]:
-        with compiled.open() as session:
-            yield SimulatedSerial(session, DIVIDER)
-
-    opened = serve(monkeypatch, simulated)
+    opened = serve(monkeypatch, simulated(compiled))
     result, rows = invoke(setup, "board-run", "--port", "/dev/ttyUSB7", "--images", "3", "--baud", "1000000")
     assert result.exit_code == 0, result.output
     assert opened == [("/dev/ttyUSB7", 1_000_000)]
@@ -109,12 +114,7 @@ def test_a_sed_point_runs_on_the_board_with_its_checks_and_alarm(setup: dict[str
     assert (machine.shape.check, machine.shape.input_check, machine.shape.array.dataflow) == ("detect", True, "os")
     compiled = rtlsim.build(UARTMachine(machine.shape, DIVIDER), tmp_path / "sim")
 
-    @contextmanager
-    def simulated() -> Iterator[SimulatedSerial]:
-        with compiled.open() as session:
-            yield SimulatedSerial(session, DIVIDER)
-
-    serve(monkeypatch, simulated)
+    serve(monkeypatch, simulated(compiled))
     result = CliRunner().invoke(main, ["board-run", str(path), "--json", "--runs", str(setup["runs"]), "--port",
                                        "/dev/ttyUSB0", "--images", "12", "--baud", "1000000"])
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -127,18 +127,13 @@ def test_a_sed_point_runs_on_the_board_with_its_checks_and_alarm(setup: dict[str
 def test_an_alarm_the_engine_does_not_raise_is_a_disagreement(setup: dict[str, Any], compiled: rtlsim.CompiledModel,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's alarm (here said raised on image 1) against the board's: not the same, the run fails."""
-    @contextmanager
-    def simulated() -> Iterator[SimulatedSerial]:
-        with compiled.open() as session:
-            yield SimulatedSerial(session, DIVIDER)
-
     real = dsetool.board.test_images
 
     def raised_on_one(*args: Any) -> tuple[Any, Any, list[bool]]:
         codes, logits, alarms = real(*args)
         return codes, logits, [index == 1 for index in range(len(alarms))]
 
-    serve(monkeypatch, simulated)
+    serve(monkeypatch, simulated(compiled))
     monkeypatch.setattr(dsetool.board, "test_images", raised_on_one)
     result, rows = invoke(setup, "board-run", "--port", "/dev/ttyUSB7", "--images", "2", "--baud", "1000000")
     assert result.exit_code == 1, result.output
