@@ -131,7 +131,9 @@ def vector_cycles(channels: int, positions: int, window: int, lanes: int) -> int
 # the cycle that presents `start` (`MACHINE_START`) to the one that presents the first logit. With two
 # weight banks per PE (`MachineShape.weight_buffers` 2) a GEMM's tiles start every `machine_tile_period`
 # cycles, each tile's weights loading while the tile before streams, and the GEMM pays `MACHINE_SETUP`
-# and the array's drain once (`machine_gemm_cycles`).
+# and the array's drain once (`machine_gemm_cycles`). The output-stationary machine (`hw.machine_stream`)
+# streams each tile's K through the array and drains the finished tile from shadow registers while the
+# next accumulates (`machine_stream_gemm_cycles`).
 MACHINE_START = 1
 MACHINE_FETCH = 2
 MACHINE_SETUP = 2
