@@ -149,11 +149,14 @@ class StreamFeed:
                 flags.append(below | above)
             values = checked
             fired = rd_valid & rd_inside & Cat(*flags).any()
+        # the R codes a read gives, once (every row's shift register loads from them)
+        loaded = [Signal(code, name=f"feed_code_{i}") for i in range(rows)]
+        m.d.comb += [loaded[i].eq(Mux(rd_inside, values[i], 0)) for i in range(rows)]
         for r in range(rows):
             codes = [Signal(code, name=f"feed_{r}_{i}") for i in range(rows)]
             firsts, lasts = Signal(rows, name=f"feed_first_{r}"), Signal(rows, name=f"feed_last_{r}")
             with m.If(rd_valid & (rd_row == r)):
-                m.d.sync += [codes[i].eq(Mux(rd_inside, values[i], 0)) for i in range(rows)]
+                m.d.sync += [codes[i].eq(loaded[i]) for i in range(rows)]
                 m.d.sync += [firsts.eq(rd_first), lasts.eq(rd_last << (rows - 1))]
             with m.Else():
                 m.d.sync += [codes[i].eq(codes[i + 1]) for i in range(rows - 1)] + [codes[rows - 1].eq(0)]
