@@ -181,11 +181,19 @@ class Design:
         vector = sum(vector_cycles(p.channels, p.positions, p.window, a.cols) for p in self.vector_passes)
         return array, vector
 
+    @property
+    def datapath_placement(self) -> str:
+        """Return where the datapath's range check sits: `protect.placement` when the array builds one
+        (`ArrayConfig.protection`), else "output" (nothing to place)."""
+        return self.protection.placement if self.array.protection != "none" else "output"
+
     def datapath(self) -> wiring.Component:
-        """Return the synthesizable datapath of the design (`hw.accelerator.build_datapath`)."""
+        """Return the synthesizable datapath of the design (`hw.accelerator.build_datapath`), its range
+        check where the campaigns place it."""
         from hw.accelerator import build_datapath
 
-        return build_datapath(self.array, depth=self.acc_depth, multiplier_bits=self.multiplier_bits)
+        return build_datapath(self.array, depth=self.acc_depth, multiplier_bits=self.multiplier_bits,
+                              placement=self.datapath_placement)
 
     def engine(self, model: IntModel, checks: Mapping[int, Any] | None = None,
                input_checks: Mapping[int, Any] | None = None) -> Engine:

@@ -58,7 +58,8 @@ def test_range_check_lowers_the_critical_rate_of_partial_sum_msb_flips(store: St
     faults = ["sweep.faults.site=[pe.psum]", "faults.bits=msb", "faults.samples=20000", "faults.inputs=0",
               "faults.seed=1", "faults.shard_size=4096", "faults.batch_size=256"]
     campaigns = {}
-    for name, extra in (("none", []), ("clip", ["hw.protection=clip", "protect.granularity=channel"])):
+    clip = ["hw.protection=clip", "protect.granularity=channel", "protect.placement=output"]   # the README's row
+    for name, extra in (("none", []), ("clip", clip)):
         exp = load_experiment(REPO / "configs/lenet.yaml", [*LENET_QAT, *faults, *extra])
         campaigns[name] = {p.config.quant.weight_bits: ensure(store, "inject", p.config)[0] for p in exp.points}
     for bits in (8, 4):

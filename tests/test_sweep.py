@@ -61,9 +61,10 @@ def test_plan_shares_upstream_work_across_the_grid():
 
 
 def test_stages_key_limits_what_a_point_computes():
-    exp = load_experiment(REPO / "configs" / "lenet.yaml", ["stages=[quantize]", "sweep.hw.protection=[median3]"])
+    median = ["sweep.hw.protection=[median3]", "protect.placement=output"]   # a channel filter: at the outputs
+    exp = load_experiment(REPO / "configs" / "lenet.yaml", ["stages=[quantize]", *median])
     assert {task.stage for task in plan(exp).ordered()} == {"pretrain", "train-qat", "ptq"}
-    exp = load_experiment(REPO / "configs" / "lenet.yaml", ["sweep.hw.protection=[median3]"])
+    exp = load_experiment(REPO / "configs" / "lenet.yaml", median)
     assert "synth" not in {task.stage for task in plan(exp).ordered()}   # no RTL for the median
 
 

@@ -72,6 +72,16 @@ def test_one_accelerator_synthesis_serves_every_trained_model_of_a_network(write
     assert "machine" not in datapath and datapath == {k: v for k, v in inputs["config"].items() if k != "machine"}
     one_buffer = {**lenet, "hw": {"synth": "datapath", "weight_buffers": 1}}   # the datapath has no weight banks
     assert synth_key(write_experiment, one_buffer, "d1.yaml")[1]["config"] == datapath
+    # the datapath's range check where the layers read their inputs is another synthesis; unprotected,
+    # the placement places nothing
+    placed = {place: synth_key(write_experiment, {**lenet, "hw": {"synth": "datapath", "protection": "clip"},
+                                                  "protect": {"placement": place}}, f"p{place}.yaml")
+              for place in ("output", "input")}
+    assert placed["input"][0] != placed["output"][0] and placed["input"][1]["config"]["placement"] == "input"
+    assert "placement" not in placed["output"][1]["config"]
+    bare = synth_key(write_experiment, {**lenet, "hw": {"synth": "datapath"}, "protect": {"placement": "input"}},
+                     "b.yaml")[1]["config"]
+    assert bare == datapath
     # where the accelerator is not built (sides that do not divide) the datapath's key is as it was; the
     # output-stationary one streams its weights: its key does not read hw.weight_buffers; TMR and range
     # checks at the inputs or flagging only (sed) are built, and keyed

@@ -162,6 +162,8 @@ def _synth_reads(cfg: RunConfig) -> dict[str, Any]:
              "target": hw.target, "freq_mhz": hw.freq_mhz, "pnr_seed": hw.pnr_seed, "tools": tool_fingerprint()}
     if not design.unbuilt:
         reads["machine"] = _machine_reads(cfg, design)
+    elif design.datapath_placement != "output":   # the check on the array's inputs (output keys as they were)
+        reads["placement"] = design.datapath_placement
     if hw.placer != "heap":   # heap was the only placer once: its syntheses keep their keys
         reads["placer"] = hw.placer
     if needs_harness(get_target(hw.target)):  # only these targets' keys see the harness, so others stay cached

@@ -16,9 +16,11 @@ What is synthesized (`scope` in the metrics):
   the buffer's read path into the array), SED's only flags (the machine's `alarm`).
   `cycles_per_inference` is the machine's schedule for the network (`program_cycles`, which equals what
   its compiled RTL simulation measures, stage `rtlsim`); latency is that over the achieved Fmax.
-- `datapath`: with `hw.synth: datapath`, or where the point has no accelerator (one row, sides that do not divide one another, a filter protection: `Design.no_machine`),
-  the datapath alone (array + K accumulator + pipelined output stage with one constant set per layer +
-  protection, triplicated with TMR), under the keys it had before the accelerator existed. A network the
+- `datapath`: with `hw.synth: datapath`, or where the point has no accelerator (one row, sides that do
+  not divide one another, a filter protection: `Design.no_machine`), the datapath alone (array + K
+  accumulator + pipelined output stage with one constant set per layer + the range check, at the column
+  outputs or, `protect.placement: input`, on the array's inputs; triplicated with TMR), under the keys it
+  had before the accelerator existed (a check on the inputs adds `placement` to them). A network the
   machine compiler refuses (an op without a unit, a model whose biases need wider accumulators than the
   design's) falls back to the datapath too, under the accelerator's key (`scope_reason` says why); its
   cycles are the closed-form count over the network's GEMMs and post-GEMM passes (`Design.inference_cycles`).

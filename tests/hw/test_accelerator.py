@@ -156,3 +156,44 @@ def test_constructor_errors(call: Callable[[], object], error: type[Exception], 
     with pytest.raises(error, match=f"^{re.escape(message)}"):
         call()
     gc.collect()
+
+
+IN_LO, IN_HI = 3, 12
+
+
+def _input_checked(a: np.ndarray, protection: str) -> np.ndarray:
+    if protection == "clip":
+        return np.clip(a, IN_LO, IN_HI)
+    return np.where((a < IN_LO) | (a > IN_HI), 0, a)
+
+
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+@pytest.mark.parametrize("protection", ["clip", "zero"])
+def test_range_check_at_the_inputs_acts_on_the_activations_one_cycle_later(dataflow: str, protection: str) -> None:
+    """`placement="input"`: the codes the array multiplies are the checked activations (every row's own
+    bounds); the output stage has no check; the GEMM takes one cycle more (`drain`)."""
+    config = ArrayConfig(rows=2, cols=3, act_bits=4, weight_bits=4, acc_bits=12, dataflow=dataflow,
+                         protection=protection)
+    dut = (Datapath if dataflow == "ws" else OSDatapath)(config, placement="input")
+    output_only = (Datapath if dataflow == "ws" else OSDatapath)(config)
+    assert dut.drain == output_only.drain + 1 and not hasattr(output_only, "in_lo")
+    rng = np.random.default_rng(11)
+    a = rng.integers(0, 16, size=(5, 4))
+    w = rng.integers(-7, 8, size=(4, 4))
+    assert ((a < IN_LO) | (a > IN_HI)).any()
+
+    async def bounds(ctx: Any) -> None:
+        for r in range(config.rows):
+            ctx.set(dut.in_lo[r], IN_LO)
+            ctx.set(dut.in_hi[r], IN_HI)
+
+    drive = drive_ws if dataflow == "ws" else drive_os_rows
+
+    async def driven(ctx: Any, dut_: Any, a_: np.ndarray, w_: np.ndarray, on_output: Any = None) -> Any:
+        await bounds(ctx)
+        return await drive(ctx, dut_, a_, w_, on_output=on_output)
+
+    codes, detected, cycles = run(dut, driven, a, w)
+    assert np.array_equal(codes, expected_codes(_input_checked(a, protection) @ w, "none")[0])
+    assert not detected.any()   # the outputs are not checked
+    assert cycles == gemm_cycles(5, 4, 4, 2, 3, dataflow, drain=dut.drain)
