@@ -10,7 +10,9 @@ the buffer's read path, `hw.machine`): every row's code is checked against that 
 other inputs, one cycle more per GEMM (`drain`). `build_datapath` picks the
 dataflow and adds TMR (three replicas named rep0..rep2 and bitwise voters, `hw.tmr`) when the config asks
 for it. The unprotected datapath is the baseline every protection's overhead is measured against, on the
-same target and seed; it has the same pipeline, so the overhead is the range check's logic alone.
+same target and seed; it has the same pipeline, so the overhead of a check at the outputs is the check's
+logic alone (a check at the inputs adds its register of the array's inputs too, as the accelerator's read
+path has one).
 
 Cycle accounting: a datapath adds `drain` cycles to a GEMM (`hw.cycles.gemm_cycles(..., drain=...)`), once:
 the last tile's rows leave the output stage that much after the array's last output; earlier tiles drain

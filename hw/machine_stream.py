@@ -95,7 +95,8 @@ class StreamFeed:
         a = shape.array
         self.rows, self.cols = a.rows, a.cols
         instr = ports.instr
-        position = len(Value.cast(instr.m_count)) + 1
+        # pixels up to M + R - 1: the last tile reads and drains past M (rows beyond it are zeros, not written)
+        position = max(len(Value.cast(instr.m_count)), self.rows.bit_length()) + 1
         w = ports.walker
         self.base = Walker(*(Signal(Value.cast(v).shape(), name=f"base_{name}")
                              for name, v in zip(("y", "x", "row", "col", "ox"), (w.y, w.x, w.row, w.col, w.ox),

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import hw.rtlsim
 from dsetool.cli import main
 from dsetool.config import load_experiment
-from dsetool.stages import stage_key
+from dsetool.stages import STAGES, stage_key
 
 MLP = {"model": {"arch": "mlp", "mlp_hidden": [16]}, "data": {"name": "digits", "calib_size": 32},
        "train": {"pretrain": {"epochs": 2, "batch_size": 64}, "qat": {"epochs": 1, "batch_size": 64}}}
@@ -114,6 +114,12 @@ def test_key_follows_images_and_array_not_the_campaign(write_experiment):
     assert key(rows=4, cols=4, rtl_faults=0) != base
     assert key(rows=4, cols=4, weight_buffers=1) != base
     assert key(rows=8, cols=4) != base
+    # the output-stationary machine streams its weights (weight_buffers is not read) and has its own RTL
+    # version: a point that was not_built before it existed gets a new key whatever its weight_buffers
+    streaming = key(rows=4, cols=4, dataflow="os", weight_buffers=1)
+    assert streaming == key(rows=4, cols=4, dataflow="os") != base
+    path = write_experiment({"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4, "dataflow": "os"}}, "os.yaml")
+    assert STAGES["rtlsim"].reads(load_experiment(path).points[0].config)["stream"] == 1
 
 
 def test_key_is_pinned_for_a_given_verilator(write_experiment, monkeypatch):

@@ -89,10 +89,17 @@ def test_one_accelerator_synthesis_serves_every_trained_model_of_a_network(write
     streaming = [synth_key(write_experiment, {**lenet, "hw": {"dataflow": "os", "weight_buffers": b}}, f"os{b}.yaml")
                  for b in (1, 2)]
     assert streaming[0][0] == streaming[1][0] != key and streaming[0][1]["config"]["machine"]["weight_buffers"] == 1
+    assert streaming[0][1]["config"]["machine"]["stream"] == 1 and "stream" not in inputs["config"]["machine"]
     checked = [{"hw": {"tmr": True}}, {"hw": {"protection": "sed"}}, {"hw": {"protection": "clip"}},
                {"hw": {"protection": "clip"}, "protect": {"placement": "input"}}]
     keys = {synth_key(write_experiment, {**lenet, **e}, f"c{i}.yaml")[0] for i, e in enumerate(checked)}
     assert len(keys | {key}) == 5
+    # a network the compiler refuses falls back to the datapath under the machine's key: with the check
+    # at the inputs that datapath checks its inputs, and the key says so
+    at_inputs = synth_key(write_experiment, {**lenet, **checked[-1]}, "ci.yaml")[1]["config"]["machine"]["checks"]
+    assert at_inputs["datapath"] == "input"
+    assert "datapath" not in synth_key(write_experiment, {**lenet, **checked[2]}, "co.yaml")[1]["config"]["machine"][
+        "checks"]
 
 
 @pytest.mark.slow

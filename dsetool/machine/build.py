@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from hw.machine_format import MachineImages, MachineShape
 
 MACHINE_VERSION = 4   # in synth's key: raise it when the generated accelerator changes
+STREAM_VERSION = 1    # the output-stationary machine's own (`hw.machine_stream`), in its keys beside it
 BIAS_HEADROOM = 1     # bits: a bias as large as the worst-case dot product still fits
 
 

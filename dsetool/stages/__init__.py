@@ -176,14 +176,19 @@ def _machine_reads(cfg: RunConfig, design: Design) -> dict[str, Any]:
     and the geometry of its input and output, not a trained model: `dsetool.stages.skeleton`), the
     accumulator and the per-layer widths. Weight and bound values never change the machine, so neither do
     the quantization method, the scales' granularity, the seed or the bounds."""
-    from dsetool.machine.build import MACHINE_VERSION, machine_acc_bits
+    from dsetool.machine.build import MACHINE_VERSION, STREAM_VERSION, machine_acc_bits
 
     reads = {"version": MACHINE_VERSION, "network": _network_reads(cfg), "acc_bits": machine_acc_bits(design),
              "weight_buffers": design.weight_buffers}
+    if design.array.dataflow == "os":
+        reads["stream"] = STREAM_VERSION
     protection = design.protection
     if protection.entry.protects:   # which tensors are checked, where, and how (sed only flags)
-        reads["checks"] = {"protection": protection.name, "placement": protection.placement,
-                           "layers": list(protection.layers)}
+        checks: dict[str, Any] = {"protection": protection.name, "placement": protection.placement,
+                                  "layers": list(protection.layers)}
+        if design.datapath_placement == "input":   # the datapath synth falls back to when the compiler
+            checks["datapath"] = "input"           # refuses the network checks its inputs too
+        reads["checks"] = checks
     if not cfg.model.qonnx:   # an imported model fixes its own widths and quantizers
         reads["relu_unsigned"] = cfg.quant.relu_unsigned
         reads["layers"] = {name: to_plain(layer) for name, layer in sorted(cfg.quant.layers.items())}
@@ -235,7 +240,7 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
     version) and runs the quantized model (an upstream key) on the first `hw.rtl_images` test images, then
     `hw.rtl_faults` faults drawn with the experiment's seed (read only when there are faults)."""
     from dsetool.design import design_of
-    from dsetool.machine.build import MACHINE_VERSION
+    from dsetool.machine.build import MACHINE_VERSION, STREAM_VERSION
     from hw.rtlsim import SimulatorNotFound, require_toolchain, verilator_fingerprint
 
     try:
@@ -251,6 +256,7 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
             "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
             **({"seed": cfg.seed} if cfg.hw.rtl_faults else {}), "machine": MACHINE_VERSION,
+            **({"stream": STREAM_VERSION} if array.dataflow == "os" else {}),
             "data": _test_data_reads(cfg), "verilator": verilator}
 
 

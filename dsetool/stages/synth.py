@@ -158,7 +158,9 @@ def _datapath(design: Design, reason: str) -> _Build:
 
     component = design.datapath()
     keep = ("rep*",) if design.array.tmr else ()
-    return _Build(component, DATAPATH, keep, {"scope_reason": reason, "drain_cycles": drain_cycles(component)})
+    return _Build(component, DATAPATH, keep, {"scope_reason": reason, "drain_cycles": drain_cycles(component),
+                                               "placement": design.datapath_placement
+                                               if design.array.protection != "none" else None})
 
 
 def _datapath_share(result: SynthResult, module: str) -> dict[str, Any]:

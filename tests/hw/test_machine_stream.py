@@ -23,7 +23,8 @@ from tests.fixtures.range_checks import checked_engine
 from tests.hw.test_machine import TINY_CNN, TINY_CONCAT, TINY_FC, TINY_MOBILENET, TINY_RESNET, simulate_detecting
 
 TINY_NARROW = "tests.fixtures.tiny_narrow:make"
-SIZES = {TINY_CNN: 12, TINY_RESNET: 8, TINY_MOBILENET: 8, TINY_CONCAT: 8, TINY_FC: 8, TINY_NARROW: 8}
+TINY_PIXELS = "tests.fixtures.tiny_pixels:make"
+SIZES = {TINY_CNN: 12, TINY_RESNET: 8, TINY_MOBILENET: 8, TINY_CONCAT: 8, TINY_FC: 8, TINY_NARROW: 8, TINY_PIXELS: 2}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Engine]:
     (TINY_CNN, 4, 4), (TINY_CNN, 2, 4), (TINY_CNN, 4, 2),   # strided, padded convs; pools; a linear layer
     (TINY_RESNET, 2, 4), (TINY_MOBILENET, 2, 4), (TINY_MOBILENET, 4, 4),   # adds; depthwise, grouped convs
     (TINY_CONCAT, 4, 2), (TINY_FC, 2, 8),   # concats, pooled logits; M = 2 and M = 1 layers
-    (TINY_NARROW, 2, 8), (TINY_NARROW, 2, 4)])   # tiles of fewer K cycles than columns: the feed waits
+    (TINY_NARROW, 2, 8), (TINY_NARROW, 2, 4),    # tiles of fewer K cycles than columns: the feed waits
+    (TINY_PIXELS, 40, 4)])   # 4-pixel maps on 40 rows: pixels counted to M + R - 1 (5-bit M fields)
 def test_every_op_runs_bit_for_bit_in_the_counted_cycles(engines: dict[str, Engine], spec: str, rows: int,
                                                         cols: int) -> None:
     """The engine's logits in `program_cycles(..., dataflow="os")`. TINY_NARROW's 1 x 1 convs stream
