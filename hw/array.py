@@ -40,6 +40,15 @@ def delay_line(m: Module, value: Value, stages: int, name: str) -> Value:
     return value
 
 
+def _deskewed_outputs(m: Module, array: WSArray | WSDoubleBufferArray) -> None:
+    """Drive a weight-stationary array's `out` from its last row's sums, column c delayed C - 1 - c cycles
+    so an output row leaves whole, and `out_valid` from `a_valid` delayed by the array's R + C - 1."""
+    rows, cols = array.config.rows, array.config.cols
+    for c in range(cols):
+        m.d.comb += array.out[c].eq(delay_line(m, array.pes[rows - 1][c].psum_out, cols - 1 - c, f"deskew_{c}"))
+    m.d.comb += array.out_valid.eq(delay_line(m, array.a_valid, rows + cols - 1, "valid"))
+
+
 class _Array(wiring.Component):
     """The checks and the accumulator width both dataflows share."""
 
@@ -125,7 +134,6 @@ class WSArray(_Array):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        rows, cols = self._config.rows, self._config.cols
         for r, line in enumerate(self.pes):
             for c, pe in enumerate(line):
                 m.submodules[f"pe_{r}_{c}"] = pe
@@ -136,9 +144,7 @@ class WSArray(_Array):
                     m.d.comb += pe.act_in.eq(line[c - 1].act_out)
             lane = Mux(self.a_valid, self.a[r], 0)
             m.d.comb += line[0].act_in.eq(delay_line(m, lane, r, f"skew_{r}"))
-        for c in range(cols):
-            m.d.comb += self.out[c].eq(delay_line(m, self.pes[rows - 1][c].psum_out, cols - 1 - c, f"deskew_{c}"))
-        m.d.comb += self.out_valid.eq(delay_line(m, self.a_valid, rows + cols - 1, "valid"))
+        _deskewed_outputs(m, self)
         return m
 
 
@@ -193,7 +199,6 @@ class WSDoubleBufferArray(_Array):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        rows, cols = self._config.rows, self._config.cols
         for r, line in enumerate(self.pes):
             for c, pe in enumerate(line):
                 m.submodules[f"pe_{r}_{c}"] = pe
@@ -204,9 +209,7 @@ class WSDoubleBufferArray(_Array):
             lane = Mux(self.a_valid, self.a[r], 0)
             m.d.comb += line[0].act_in.eq(delay_line(m, lane, r, f"skew_{r}"))
             m.d.comb += line[0].sel_in.eq(delay_line(m, self.a_bank, r, f"skew_bank_{r}"))
-        for c in range(cols):
-            m.d.comb += self.out[c].eq(delay_line(m, self.pes[rows - 1][c].psum_out, cols - 1 - c, f"deskew_{c}"))
-        m.d.comb += self.out_valid.eq(delay_line(m, self.a_valid, rows + cols - 1, "valid"))
+        _deskewed_outputs(m, self)
         return m
 
 

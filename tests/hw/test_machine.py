@@ -83,6 +83,22 @@ def simulate_detecting(engine: Engine, program: Program, images: np.ndarray, tmr
     return np.array(logits), cycles, alarms
 
 
+def compiled_run(engine: Engine, program: Program, images: np.ndarray, workdir: Path, **machine: Any
+                 ) -> tuple[np.ndarray, set[int]]:
+    """Build the machine of `program` (`machine_of`'s keyword arguments) in Verilator, load it over the host
+    port, run every image; return the logits and the set of cycles per inference."""
+    from hw import machine_host, rtlsim
+
+    shape, contents = machine_of(program, **machine)
+    compiled = rtlsim.build(Machine(shape), workdir)
+    results = []
+    with compiled.open() as session:
+        machine_host.load(session, shape, contents)
+        for image in engine.quantize_input(images).numpy():
+            results.append(machine_host.infer(session, shape, input_codes(program, image)))
+    return np.array([logits for logits, _ in results]), {cycles for _, cycles in results}
+
+
 async def _stream(ctx: Any, valid: Any, data: Any, values: list[int]) -> None:
     for value in values:
         ctx.set(valid, 1)
@@ -317,22 +333,14 @@ def test_double_buffered_tmr_datapath_runs_bit_for_bit(tiny_engines: dict[str, E
     ("squeezenet", 4, "po2", "per_tensor", 4, 4, 4)])
 def test_networks_run_in_compiled_simulation_bit_for_bit(tmp_path: Path, arch: str, bits: int, scaling: str,
                                                          granularity: str, rows: int, cols: int, images: int) -> None:
-    from hw import machine_host, rtlsim
-
     if arch == "squeezenet":   # a factory network, for 16 x 16 images
         engine, x = factory_engine(tmp_path / "model", SQUEEZENET, bits, size=16), digits(16).test.x[:images]
     else:
         engine, x = exported_engine(tmp_path / "model", arch, bits, scaling, granularity), digits(32).test.x[:images]
     program = compile_program(engine, rows, cols)
-    shape, contents = machine_of(program)
-    compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
-    results = []
-    with compiled.open() as session:
-        machine_host.load(session, shape, contents)
-        for image in engine.quantize_input(x).numpy():
-            results.append(machine_host.infer(session, shape, input_codes(program, image)))
-    np.testing.assert_array_equal(np.array([logits for logits, _ in results]), engine.logits(x).numpy())
-    assert {cycles for _, cycles in results} == {program_cycles(program)}
+    logits, cycles = compiled_run(engine, program, x, tmp_path / "sim")
+    np.testing.assert_array_equal(logits, engine.logits(x).numpy())
+    assert cycles == {program_cycles(program)}
 
 
 @pytest.mark.toolchain
@@ -365,20 +373,12 @@ def test_double_buffered_machine_runs_in_compiled_simulation_bit_for_bit(tmp_pat
                                                                          cols: int) -> None:
     """Verilator: LeNet-5 (its linear layers stream one row per tile) and the tiny CNN with two weight
     banks per PE give the engine's logits in `program_cycles` with two weight buffers."""
-    from hw import machine_host, rtlsim
-
     if arch == "tiny_cnn":
         engine, x = factory_engine(tmp_path / "model", TINY_CNN, 4, size=12), digits(12).test.x[:4]
     else:
         engine, x = exported_engine(tmp_path / "model", arch, 4, "po2", "per_tensor"), digits(32).test.x[:4]
     program = compile_program(engine, rows, cols)
-    shape, contents = machine_of(program, weight_buffers=2)
-    compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
-    results = []
-    with compiled.open() as session:
-        machine_host.load(session, shape, contents)
-        for image in engine.quantize_input(x).numpy():
-            results.append(machine_host.infer(session, shape, input_codes(program, image)))
-    np.testing.assert_array_equal(np.array([logits for logits, _ in results]), engine.logits(x).numpy())
-    assert {cycles for _, cycles in results} == {program_cycles(program, weight_buffers=2)}
+    logits, cycles = compiled_run(engine, program, x, tmp_path / "sim", weight_buffers=2)
+    np.testing.assert_array_equal(logits, engine.logits(x).numpy())
+    assert cycles == {program_cycles(program, weight_buffers=2)}
     assert program_cycles(program, weight_buffers=2) < program_cycles(program)

@@ -14,13 +14,21 @@ import pytest
 from dsetool.engine import Engine
 from dsetool.machine.alarms import engine_alarms
 from dsetool.machine.compiler import compile_program
-from dsetool.machine.encode import input_codes, machine_of
+from dsetool.machine.encode import machine_of
 from dsetool.machine.program import Gemm, program_cycles
 from hw.cycles import machine_stream_gemm_cycles
 from hw.machine import Machine
 from tests.fixtures.engines import digits, exported_engine, factory_engine
 from tests.fixtures.range_checks import checked_engine
-from tests.hw.test_machine import TINY_CNN, TINY_CONCAT, TINY_FC, TINY_MOBILENET, TINY_RESNET, simulate_detecting
+from tests.hw.test_machine import (
+    TINY_CNN,
+    TINY_CONCAT,
+    TINY_FC,
+    TINY_MOBILENET,
+    TINY_RESNET,
+    compiled_run,
+    simulate_detecting,
+)
 
 TINY_NARROW = "tests.fixtures.tiny_narrow:make"
 TINY_PIXELS = "tests.fixtures.tiny_pixels:make"
@@ -107,17 +115,9 @@ def test_cycle_model_counts_tiles_and_the_drains_spacing() -> None:
     (8, "po2", "per_tensor", 4, 4), (4, "float", "per_channel", 4, 8)])
 def test_lenet_runs_in_compiled_simulation_bit_for_bit(tmp_path: Path, bits: int, scaling: str, granularity: str,
                                                        rows: int, cols: int) -> None:
-    from hw import machine_host, rtlsim
-
     engine = exported_engine(tmp_path / "model", "lenet5", bits, scaling, granularity)
     x = digits(32).test.x[:4]
     program = compile_program(engine, rows, cols)
-    shape, contents = machine_of(program, dataflow="os")
-    compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
-    results = []
-    with compiled.open() as session:
-        machine_host.load(session, shape, contents)
-        for image in engine.quantize_input(x).numpy():
-            results.append(machine_host.infer(session, shape, input_codes(program, image)))
-    np.testing.assert_array_equal(np.array([logits for logits, _ in results]), engine.logits(x).numpy())
-    assert {cycles for _, cycles in results} == {program_cycles(program, dataflow="os")}
+    logits, cycles = compiled_run(engine, program, x, tmp_path / "sim", dataflow="os")
+    np.testing.assert_array_equal(logits, engine.logits(x).numpy())
+    assert cycles == {program_cycles(program, dataflow="os")}
