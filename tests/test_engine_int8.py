@@ -22,8 +22,11 @@ F = torch.nn.functional
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> None:
+def _one_thread_and_the_route_wherever_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread; and the int8 route taken wherever it is exact, also where it is slower than float32 (a
+    CPU without VNNI), so these tests check its integers on every machine."""
     torch.set_num_threads(1)
+    monkeypatch.setattr(ops, "int8_gemm_fast", ops.int8_gemm_available)
 
 
 def register_values(shape: tuple[int, ...], low: int, high: int, generator: torch.Generator) -> torch.Tensor:
@@ -156,6 +159,33 @@ def test_a_probe_without_int_mm_keeps_the_float_route(monkeypatch: pytest.Monkey
         assert all(layer.route != "int8" for layer in engine.layers.values())
     finally:
         ops._probe_int_mm.cache_clear()
+
+
+def test_a_slow_int8_gemm_keeps_the_float_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor, "INT8_MIN_WORK", 0)
+    monkeypatch.setattr(ops, "int8_gemm_fast", lambda device="cpu": False)
+    engine = Engine(small_model(8, False).build())
+    assert all(layer.route != "int8" for layer in engine.layers.values())
+
+
+def test_the_speed_probe_times_both_products_once() -> None:
+    ops._probe_int_mm_speed.cache_clear()
+    calls = {"int8": 0, "float32": 0}
+    real_int_mm, real_mm = torch._int_mm, torch.mm
+
+    def counted(name, multiply):  # type: ignore[no-untyped-def]
+        def run(a, b):  # type: ignore[no-untyped-def]
+            calls[name] += 1
+            return multiply(a, b)
+        return run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "_int_mm", counted("int8", real_int_mm))
+        patch.setattr(torch, "mm", counted("float32", real_mm))
+        first = ops._probe_int_mm_speed("cpu")
+        assert ops._probe_int_mm_speed("cpu") is first     # cached: measured once per process
+    assert calls == {"int8": 3, "float32": 3}
+    ops._probe_int_mm_speed.cache_clear()
 
 
 @pytest.mark.parametrize("arch", ["lenet5", "resnet8"])

@@ -188,7 +188,7 @@ class _Int8Route:
            device: torch.device) -> _Int8Route | None:
         """Return the route when it is exact and pays off for `op`, else None."""
         if not ops.INT8_GEMM_ENABLED or (isinstance(op, Conv2d) and op.groups > 1) or \
-                not _int8_pays_off(op, out_dtype) or not ops.int8_gemm_available(str(device)):
+                not _int8_pays_off(op, out_dtype) or not ops.int8_gemm_fast(str(device)):
             return None
         act_range = ops.int_range(widths.act_bits, widths.act_signed)
         weight_range = ops.int_range(widths.weight_bits, widths.weight_signed)

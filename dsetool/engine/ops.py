@@ -11,8 +11,10 @@ the SIMD width, so most LeNet-sized layers run 2-4x faster than in float64.
 The one integer GEMM torch has is int8 x int8 -> int32 (`torch._int_mm`, oneDNN's VNNI kernels on x86).
 Layers whose codes and weights fit int8 (unsigned bytes shifted by 128) and whose partial sums provably
 fit int32 (`int8_gemm_exact`) can run through it (`int8_conv2d`, `int8_linear`): 2-2.5x faster than a
-float32 convolution on large layers, 3.5-4.6x faster than the float64 ones. Their accumulators come out
-in the float dtype the layer reports, so nothing downstream changes.
+float32 convolution on large layers, 3.5-4.6x faster than the float64 ones on a CPU with VNNI. Their
+accumulators come out in the float dtype the layer reports, so nothing downstream changes. Without VNNI
+(an AVX2-only AMD EPYC, for one) oneDNN's int8 GEMM is a slow reference loop, 30x slower than float32, so
+the route is taken only where `int8_gemm_fast` measured it faster; both routes give the same integers.
 
 The int64 functions (`shift_round_half_even`, `fixed_point_requantize_int`) are the output stage as the RTL
 computes it. The engine uses the float64 form (`requantize`), which the property tests pin to be
@@ -22,6 +24,7 @@ bit-identical, and falls back to the int64 form when a wide multiplier would tak
 from __future__ import annotations
 
 import functools
+import time
 from fractions import Fraction
 
 import torch
@@ -39,6 +42,7 @@ UNSIGNED_BYTE_OFFSET = 128  # 0..255 minus 128 is -128..127: the byte with its t
 INT8_CHUNK_BYTES = 2**21  # int8 columns + int32 products of the images one int8 GEMM takes at a time
 TRANSPOSE_AFTER_CAST = 1024  # codes per plane from which `int8_codes` casts before it transposes
 INT8_GEMM_ENABLED = True  # layers built while False keep the float route (tests compare the two)
+INT8_FAST_RATIO = 0.75  # the int8 GEMM must take at most this share of the float32 one's time to be used
 
 
 def int_range(bits: int, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
@@ -178,6 +182,32 @@ def _probe_int_mm(device_type: str) -> bool:
     except (RuntimeError, NotImplementedError, TypeError):
         return False
     return got.dtype == torch.int32 and torch.equal(got.to(torch.int64), first.to(torch.int64) @ second.to(torch.int64))
+
+
+def int8_gemm_fast(device: str = "cpu") -> bool:
+    """Say whether `torch._int_mm` multiplies faster than float32 `torch.mm` here (measured once per device
+    type): at most `INT8_FAST_RATIO` of its time on a stage-3 ResNet layer's product, 256 x 576 by 576 x 64.
+
+    Exactness does not say speed: without VNNI (AVX2 only) oneDNN runs the int8 GEMM as a reference loop,
+    0.9 GMAC/s on one AMD EPYC core against 27 for float32 (172 against 5.5 ms on 4096 x 576 by 576 x 64),
+    where with VNNI it is 2-4x faster than float32. Which route runs changes no result, only the time.
+    """
+    return int8_gemm_available(device) and _probe_int_mm_speed(torch.device(device).type)
+
+
+@functools.cache
+def _probe_int_mm_speed(device_type: str) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(-128, 128, (256, 576), generator=generator, dtype=torch.int8).to(device_type)
+    second = torch.randint(-128, 128, (576, 64), generator=generator, dtype=torch.int8).to(device_type)
+    pairs = {"int8": (torch._int_mm, first, second), "float32": (torch.mm, first.float(), second.float())}
+    best = dict.fromkeys(pairs, float("inf"))
+    for _ in range(3):
+        for name, (multiply, a, b) in pairs.items():
+            start = time.perf_counter()
+            multiply(a, b)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best["int8"] <= INT8_FAST_RATIO * best["float32"]
 
 
 def int8_act_offset(act_range: tuple[int, int]) -> int | None:
