@@ -408,17 +408,35 @@ def test_a_po2_model_is_bit_exact_only_with_power_of_two_pool_windows() -> None:
     assert b.build().bit_exact and not Builder((2, 4, 4), 8, 0.01).flatten().linear("fc", 3).build().bit_exact
 
 
-def test_a_layer_too_wide_for_float32_runs_as_two_exact_float32_products() -> None:
-    """8-bit codes and weights over K = 64 x 9: accumulators beyond 2**24 need float64; the engine splits
-    the weights into halves whose products are exact in float32 and sums them in float64."""
-    model = Builder((64, 6, 6), 8, 1 / 255, seed=5).conv("conv", 8, 3, padding=1).relu("relu", 8, 0.5) \
-        .flatten().linear("fc", 3).build()
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_a_layer_too_wide_for_float32_runs_as_one_or_two_exact_float32_products(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8-bit codes and weights over K = 576 (64 x 3 x 3, or 16 x 6 x 6 flattened): accumulators beyond 2**24
+    need float64 in the worst case.
+    With these weights every partial sum stays below 2**24, so one float32 product is exact ("narrow");
+    weights at the register's extreme (edited in place, as a brute-force weight fault does) are not, and the
+    engine splits them into halves whose products are exact in float32, summed in float64."""
+    monkeypatch.setattr(ops, "INT8_GEMM_ENABLED", False)
+    shape = (64, 6, 6) if kind == "conv" else (16, 6, 6)
+    builder = Builder(shape, 8, 1 / 255, seed=5)
+    builder = builder.conv("conv", 8, 3, padding=1) if kind == "conv" else builder.flatten().linear("fc0", 8)
+    model = builder.relu("relu", 8, 0.5).flatten().linear("fc", 3).build()
     engine = Engine(model)
-    layer = engine.layers[1]
-    assert layer.dtype == torch.float64 and layer.split is not None
-    codes = torch.randint(0, 256, (4, 64, 6, 6)).to(torch.float32)
-    expected = torch.nn.functional.conv2d(codes.double(), layer.weight_tensor, layer.bias, padding=1)
-    assert torch.equal(layer(codes), expected)
+    layer = engine.layers[engine.weight_layers[0]]
+    assert layer.dtype == torch.float64 and layer.split is not None and layer.route == "narrow"
+    codes = torch.randint(0, 256, (4, *shape)).to(torch.float32)
+    codes[0] = 255    # the register's top code everywhere
+
+    def expected() -> torch.Tensor:
+        if kind == "conv":
+            return torch.nn.functional.conv2d(codes.double(), layer.weight_tensor, layer.bias, padding=1)
+        return codes.reshape(4, -1).double() @ layer.weight_tensor.T + layer.bias
+
+    assert torch.equal(layer(codes), expected())
+    layer.weight_tensor.abs_().add_(100).clamp_(max=127)     # every weight large and positive
+    assert layer._narrow_weights() is None                   # 576 * 255 * 127 reaches 2**24
+    got = layer(codes)
+    assert torch.equal(got, expected()) and got.abs().max() >= 2**24
 
 
 def test_an_add_of_two_scales_is_refused() -> None:

@@ -91,7 +91,10 @@ class GemmLayer:
         self.bias = torch.from_numpy(op.bias.astype(np.float64)).to(device, self.dtype)
         self.split = _split_shift(op, act) if self.dtype == torch.float64 else None
         self.int8 = _Int8Route.of(op, self.widths, self.dtype, device)
-        self.route = "int8" if self.int8 is not None else "split" if self.split is not None else "float"
+        self._narrow: tuple[tuple[int, int], torch.Tensor | None] | None = None
+        narrow = self.dtype == torch.float64 and self.int8 is None and self._narrow_weights() is not None
+        self.route = "int8" if self.int8 is not None else "narrow" if narrow else \
+            "split" if self.split is not None else "float"
 
     def im2col(self, codes: torch.Tensor) -> torch.Tensor:
         """Return the (B, M, K) input matrices (in the layer's dtype) of codes shaped like its input."""
@@ -116,13 +119,17 @@ class GemmLayer:
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
         """Return the layer's accumulators (B, C, H, W) or (B, N) of its input codes, contiguous, in `dtype`:
-        by the int8 GEMM where `route` is "int8" (`_Int8Route`), else in float32 ("float") or as two
-        float32 products summed in float64 ("split"). `im2col`, `gemm` and `fold` stay float (the fault
+        by the int8 GEMM where `route` is "int8" (`_Int8Route`), else in float32 ("float"; "narrow": a
+        float64 layer whose weights keep one float32 product exact, `_narrow_weights`) or as two float32
+        products summed in float64 ("split"). `im2col`, `gemm` and `fold` stay float (the fault
         kernels' operands)."""
         if self.int8 is not None:
             acc = self.int8(codes, self.weight_tensor, self.bias)
             if acc is not None:
                 return acc
+        narrow = self._narrow_weights() if self.dtype == torch.float64 else None
+        if narrow is not None:
+            return self._float32_call(codes.to(torch.float32), narrow, self.bias.to(torch.float32)).double()
         if self.split is not None:
             return self._split_call(codes)
         codes = codes.to(self.dtype)
@@ -130,6 +137,35 @@ class GemmLayer:
             return ops.conv2d(codes, self.weight_tensor, self.bias, self.op.stride, self.op.padding,
                               self.op.groups)
         return torch.addmm(self.bias, codes.reshape(len(codes), -1), self.weight)
+
+    def _float32_call(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.op, Conv2d):
+            return ops.conv2d(codes, weight, bias, self.op.stride, self.op.padding, self.op.groups)
+        return torch.addmm(bias, codes.reshape(len(codes), -1), weight.reshape(self.op.out_features, -1).T)
+
+    def _narrow_weights(self) -> torch.Tensor | None:
+        """Return the weights as float32 when one float32 product of them is exact, else None.
+
+        The register bound (`widths.acc_range`) assumes every weight at its register's extreme; trained
+        weights are far smaller, and with these weights every partial sum of output channel n is at most
+        max|act register| * sum_k |w[n, k]| + |bias[n]| in magnitude, whatever order the terms are added
+        in and whatever codes (faulty ones included) the activation register holds. Below 2**24 one float32
+        product is exact, where the split route runs two and float64 passes (ResNet-20's 64-channel 3x3
+        convs at W8A8: 576 * 255 * 128 reaches 2**24 in the worst case, while trained weights stay near a
+        tenth of it). Checked again whenever the weights or the bias were edited in place (torch's version
+        counter): a brute-force weight fault can push a layer back onto the split route."""
+        versions = (getattr(self.weight_tensor, "_version", -1), getattr(self.bias, "_version", -1))
+        cached = self._narrow
+        if cached is not None and cached[0] == versions and -1 not in versions:
+            return cached[1]
+        low, high = ops.int_range(self.widths.act_bits, self.widths.act_signed)
+        sums = self.weight_tensor.abs().reshape(self.op.out_features, -1).sum(dim=1)
+        worst = sums * max(abs(low), abs(high)) + self.bias.abs()
+        exact = bool(worst.max() < 2**ops.FLOAT32_EXACT_BITS) and \
+            bool((self.weight_tensor.abs() < 2**ops.FLOAT32_EXACT_BITS).all())
+        weight = self.weight_tensor.to(torch.float32) if exact else None
+        self._narrow = versions, weight
+        return weight
 
     def _split_call(self, codes: torch.Tensor) -> torch.Tensor:
         """The float64 accumulators of a layer too wide for float32, from two float32 products: with
