@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from dsetool.data import DataSplits, Split, load_dataset
-from dsetool.engine import Engine, load_intmodel
+from dsetool.engine import Engine, load_intmodel, ops
 from dsetool.faults.campaign import CampaignSpec, Golden, run_campaign
 from dsetool.faults.network import EngineNetwork
 from dsetool.faults.sites import site_groups
@@ -432,9 +432,11 @@ def header(batch: int, threads: int, repeats: int) -> str:
         cpu = names[0] if names else cpu
     except OSError:
         pass
+    int8 = "faster than float32" if ops.int8_gemm_fast() else \
+        "exact but slower than float32: not used" if ops.int8_gemm_available() else "not exact: not used"
     return (f"machine: {cpu}, nproc {len(os.sched_getaffinity(0))} (load {os.getloadavg()[0]:.1f}); "
-            f"torch {torch.__version__}, {threads} threads; batch {batch}; "
-            f"median of >= {repeats} runs and >= {MIN_SECONDS:g} s")
+            f"torch {torch.__version__} (capability {torch.backends.cpu.get_cpu_capability()}; int8 GEMM "
+            f"{int8}), {threads} threads; batch {batch}; median of >= {repeats} runs and >= {MIN_SECONDS:g} s")
 
 
 def measure(plan: Plan, data: DataSplits, batch: int, repeats: int) -> None:
