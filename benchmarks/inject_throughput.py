@@ -445,6 +445,10 @@ def measure(plan: Plan, data: DataSplits, batch: int, repeats: int) -> None:
     float_acc, int_acc = setup.accuracy
     print(f"{plan.arch} W8A8 po2, digits 32x32, {plan.train_epochs} float epochs: top-1 on the {batch} "
           f"images {float_acc:.3f} float / {int_acc:.3f} integer")
+    routes: dict[str, list[str]] = {}
+    for layer in setup.net.engine.layers.values():
+        routes.setdefault(layer.route, []).append(layer.name)
+    print("  engine routes: " + "; ".join(f"{route} {', '.join(names)}" for route, names in routes.items()))
     ours = measure_ours(setup, plan, batch, repeats)
     pfi = measure_pfi(setup, plan, batch, repeats)
     if pfi is not None:

@@ -414,8 +414,9 @@ def test_a_layer_too_wide_for_float32_runs_as_one_or_two_exact_float32_products(
     """8-bit codes and weights over K = 576 (64 x 3 x 3, or 16 x 6 x 6 flattened): accumulators beyond 2**24
     need float64 in the worst case.
     With these weights every partial sum stays below 2**24, so one float32 product is exact ("narrow");
-    weights at the register's extreme (edited in place, as a brute-force weight fault does) are not, and the
-    engine splits them into halves whose products are exact in float32, summed in float64."""
+    large weights (edited in place, as a brute-force weight fault does) are not: the engine splits those
+    channels' weights into halves whose products are exact in float32, summed in float64 ("mixed" when only
+    some channels need it, "split" when all do)."""
     monkeypatch.setattr(ops, "INT8_GEMM_ENABLED", False)
     shape = (64, 6, 6) if kind == "conv" else (16, 6, 6)
     builder = Builder(shape, 8, 1 / 255, seed=5)
@@ -433,8 +434,14 @@ def test_a_layer_too_wide_for_float32_runs_as_one_or_two_exact_float32_products(
         return codes.reshape(4, -1).double() @ layer.weight_tensor.T + layer.bias
 
     assert torch.equal(layer(codes), expected())
-    layer.weight_tensor.abs_().add_(100).clamp_(max=127)     # every weight large and positive
-    assert layer._narrow_weights() is None                   # 576 * 255 * 127 reaches 2**24
+    layer.weight_tensor[2:5].abs_().add_(100).clamp_(max=127)   # channels 2-4: large and positive weights
+    assert layer._wide_route() == "mixed"                        # 576 * 255 * 100 reaches 2**24 there
+    got = layer(codes)
+    assert torch.equal(got, expected()) and got[:, 2:5].abs().max() >= 2**24 and got.is_contiguous()
+    layer.weight_tensor[:7].abs_().add_(100).clamp_(max=127)    # one exact channel of 8: not worth a pass
+    assert layer._wide_route() == "split" and torch.equal(layer(codes), expected())
+    layer.weight_tensor.abs_().add_(100).clamp_(max=127)         # every channel
+    assert layer._narrow_plan() is None and layer._wide_route() == "split"
     got = layer(codes)
     assert torch.equal(got, expected()) and got.abs().max() >= 2**24
 

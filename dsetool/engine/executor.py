@@ -53,6 +53,10 @@ DEFAULT_MULTIPLIER_BITS = 16
 # tensors of tens of MB that are fresh memory, page-faulted in, every call.
 RUN_CHUNK_BYTES = 2**23
 INT8_MIN_WORK = 8192   # K * N from which a float32 layer takes the int8 route (`_int8_pays_off`)
+# The share of a float64 layer's output channels one float32 product must keep exact for the "mixed" route
+# to run them apart from the others (AlexNet-32's conv4, batch 256, one AVX2 core: all split 740 ms; a tenth
+# exact 774, half 517, all 356 ms); below it every channel takes the split route.
+MIXED_MIN_SHARE = 0.25
 Step = Callable[[torch.Tensor], torch.Tensor]
 OpStep = Callable[..., torch.Tensor]   # an op on its input tensors, in the order of `IntModel.inputs`
 
@@ -91,10 +95,15 @@ class GemmLayer:
         self.bias = torch.from_numpy(op.bias.astype(np.float64)).to(device, self.dtype)
         self.split = _split_shift(op, act) if self.dtype == torch.float64 else None
         self.int8 = _Int8Route.of(op, self.widths, self.dtype, device)
-        self._narrow: tuple[tuple[int, int], torch.Tensor | None] | None = None
-        narrow = self.dtype == torch.float64 and self.int8 is None and self._narrow_weights() is not None
-        self.route = "int8" if self.int8 is not None else "narrow" if narrow else \
-            "split" if self.split is not None else "float"
+        self._narrow: tuple[tuple[int, int], Any] | None = None
+        self.route = "int8" if self.int8 is not None else self._wide_route() if self.dtype == torch.float64 \
+            else "float"
+
+    def _wide_route(self) -> str:
+        plan = self._narrow_plan()
+        if plan is not None:
+            return "narrow" if plan[3] is None else "mixed"
+        return "split" if self.split is not None else "float"
 
     def im2col(self, codes: torch.Tensor) -> torch.Tensor:
         """Return the (B, M, K) input matrices (in the layer's dtype) of codes shaped like its input."""
@@ -119,32 +128,37 @@ class GemmLayer:
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
         """Return the layer's accumulators (B, C, H, W) or (B, N) of its input codes, contiguous, in `dtype`:
-        by the int8 GEMM where `route` is "int8" (`_Int8Route`), else in float32 ("float"; "narrow": a
-        float64 layer whose weights keep one float32 product exact, `_narrow_weights`) or as two float32
-        products summed in float64 ("split"). `im2col`, `gemm` and `fold` stay float (the fault
-        kernels' operands)."""
+        by the int8 GEMM where `route` is "int8" (`_Int8Route`), else in float32 ("float"); a float64 layer
+        as one float32 product where its weights keep that exact ("narrow": every output channel; "mixed":
+        some, `_narrow_plan`), the other channels as two float32 products summed in float64 ("split") or
+        one float64 product. `im2col`, `gemm` and `fold` stay float (the fault kernels' operands)."""
         if self.int8 is not None:
             acc = self.int8(codes, self.weight_tensor, self.bias)
             if acc is not None:
                 return acc
-        narrow = self._narrow_weights() if self.dtype == torch.float64 else None
-        if narrow is not None:
-            return self._float32_call(codes.to(torch.float32), narrow, self.bias.to(torch.float32)).double()
-        if self.split is not None:
-            return self._split_call(codes)
-        codes = codes.to(self.dtype)
-        if isinstance(self.op, Conv2d):
-            return ops.conv2d(codes, self.weight_tensor, self.bias, self.op.stride, self.op.padding,
-                              self.op.groups)
-        return torch.addmm(self.bias, codes.reshape(len(codes), -1), self.weight)
+        if self.dtype == torch.float32:
+            return self._product(codes.to(torch.float32), self.weight_tensor, self.bias)
+        plan = self._narrow_plan()
+        if plan is None:
+            return self._wide_product(codes, self.weight_tensor, self.bias)
+        weight, bias, exact, rest = plan
+        narrow = self._product(codes.to(torch.float32), weight, bias).double()
+        if rest is None:
+            return narrow
+        out = torch.empty((len(codes), *self.op.out_shape), dtype=torch.float64, device=codes.device)
+        out.index_copy_(1, exact, narrow)
+        return out.index_copy_(1, rest, self._wide_product(codes, self.weight_tensor[rest], self.bias[rest]))
 
-    def _float32_call(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _product(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The layer's product with `weight` (some or all of its output channels, torch layout) and `bias`,
+        in the codes' dtype."""
         if isinstance(self.op, Conv2d):
             return ops.conv2d(codes, weight, bias, self.op.stride, self.op.padding, self.op.groups)
-        return torch.addmm(bias, codes.reshape(len(codes), -1), weight.reshape(self.op.out_features, -1).T)
+        return torch.addmm(bias, codes.reshape(len(codes), -1), weight.reshape(len(weight), -1).T)
 
-    def _narrow_weights(self) -> torch.Tensor | None:
-        """Return the weights as float32 when one float32 product of them is exact, else None.
+    def _narrow_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """Return (float32 weights, float32 bias, their output channels, the other channels or None when
+        there are none) of the channels one float32 product keeps exact, or None when no channel does.
 
         The register bound (`widths.acc_range`) assumes every weight at its register's extreme; trained
         weights are far smaller, and with these weights every partial sum of output channel n is at most
@@ -152,44 +166,46 @@ class GemmLayer:
         in and whatever codes (faulty ones included) the activation register holds. Below 2**24 one float32
         product is exact, where the split route runs two and float64 passes (ResNet-20's 64-channel 3x3
         convs at W8A8: 576 * 255 * 128 reaches 2**24 in the worst case, while trained weights stay near a
-        tenth of it). Checked again whenever the weights or the bias were edited in place (torch's version
-        counter): a brute-force weight fault can push a layer back onto the split route."""
+        tenth of it). Some channels alone run apart from the rest when they are at least `MIXED_MIN_SHARE`
+        of them; a grouped conv takes all its channels or none (a subset would break its groups).
+        Checked again whenever the weights or the bias were edited in place (torch's version counter): a
+        brute-force weight fault can push a channel back onto the wide route."""
         versions = (getattr(self.weight_tensor, "_version", -1), getattr(self.bias, "_version", -1))
         cached = self._narrow
         if cached is not None and cached[0] == versions and -1 not in versions:
             return cached[1]
         low, high = ops.int_range(self.widths.act_bits, self.widths.act_signed)
-        sums = self.weight_tensor.abs().reshape(self.op.out_features, -1).sum(dim=1)
-        worst = sums * max(abs(low), abs(high)) + self.bias.abs()
-        exact = bool(worst.max() < 2**ops.FLOAT32_EXACT_BITS) and \
-            bool((self.weight_tensor.abs() < 2**ops.FLOAT32_EXACT_BITS).all())
-        weight = self.weight_tensor.to(torch.float32) if exact else None
-        self._narrow = versions, weight
-        return weight
+        flat = self.weight_tensor.abs().reshape(self.op.out_features, -1)
+        worst = flat.sum(dim=1) * max(abs(low), abs(high)) + self.bias.abs()
+        fits = (worst < 2**ops.FLOAT32_EXACT_BITS) & (flat.max(dim=1).values < 2**ops.FLOAT32_EXACT_BITS)
+        plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        if bool(fits.all()):
+            channels = torch.arange(len(fits), device=fits.device)
+            plan = self.weight_tensor.to(torch.float32), self.bias.to(torch.float32), channels, None
+        elif int(fits.sum()) >= MIXED_MIN_SHARE * len(fits) and not self.grouped:
+            exact, rest = fits.nonzero().flatten(), (~fits).nonzero().flatten()
+            plan = self.weight_tensor[exact].to(torch.float32), self.bias[exact].to(torch.float32), exact, rest
+        self._narrow = versions, plan
+        return plan
 
-    def _split_call(self, codes: torch.Tensor) -> torch.Tensor:
-        """The float64 accumulators of a layer too wide for float32, from two float32 products: with
-        w = hi * 2**s + lo (0 <= lo < 2**s), each of x @ hi and x @ lo stays an exact float32 integer
-        (`_split_shift` proves it), and hi * 2**s + lo is summed exactly in float64. Float64 BLAS and
-        convolutions run about 10x slower than float32 here. The halves are taken from `weight_tensor`
-        at every call, so an edited weight (a test's brute-force fault) is what runs."""
-        assert self.split is not None
+    def _wide_product(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The float64 accumulators of `weight`'s channels, from two float32 products where `split` is
+        set: with w = hi * 2**s + lo (0 <= lo < 2**s), each of x @ hi and x @ lo stays an exact float32
+        integer (`_split_shift` proves it), and hi * 2**s + lo is summed exactly in float64; else one
+        float64 product. Float64 BLAS and convolutions run about 10x slower than float32 here. The halves
+        are taken from the weights at every call, so an edited weight (a test's brute-force fault) is what
+        runs."""
+        if self.split is None:
+            return self._product(codes.to(torch.float64), weight, bias)
         codes = codes.to(torch.float32)
         scale = float(2**self.split)
-        high = torch.floor(self.weight_tensor / scale)
-        low = (self.weight_tensor - high * scale).to(torch.float32)
+        high = torch.floor(weight / scale)
+        low = (weight - high * scale).to(torch.float32)
         high = high.to(torch.float32)
-        op = self.op
-        if isinstance(op, Conv2d):
-            def product(weights: torch.Tensor) -> torch.Tensor:
-                return ops.conv2d(codes, weights, None, op.stride, op.padding, op.groups)
-        else:
-            flat = codes.reshape(len(codes), -1)
-
-            def product(weights: torch.Tensor) -> torch.Tensor:
-                return flat @ weights.reshape(self.op.out_features, -1).T
         shape = (-1, 1, 1) if isinstance(self.op, Conv2d) else (-1,)
-        return product(high).double().mul_(scale).add_(product(low).double()).add_(self.bias.reshape(shape))
+        zero = torch.zeros(len(weight), dtype=torch.float32, device=codes.device)
+        return self._product(codes, high, zero).double().mul_(scale).add_(
+            self._product(codes, low, zero).double()).add_(bias.reshape(shape))
 
 
 class _Int8Route:
