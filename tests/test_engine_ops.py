@@ -408,6 +408,21 @@ def test_a_po2_model_is_bit_exact_only_with_power_of_two_pool_windows() -> None:
     assert b.build().bit_exact and not Builder((2, 4, 4), 8, 0.01).flatten().linear("fc", 3).build().bit_exact
 
 
+def test_an_engine_built_and_run_in_inference_mode_recomputes_what_it_cannot_cache(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tensors made under `torch.inference_mode` have no version counter: the routes then check the
+    weights at every call instead of caching on it."""
+    monkeypatch.setattr(ops, "INT8_GEMM_ENABLED", False)
+    model = Builder((64, 6, 6), 8, 1 / 255, seed=5).conv("conv", 8, 3, padding=1).relu("relu", 8, 0.5) \
+        .flatten().linear("fc", 3).build()
+    x = torch.rand(3, 64, 6, 6)
+    expected = Engine(model).run(x)
+    with torch.inference_mode():
+        engine = Engine(model)
+        assert engine.layers[engine.weight_layers[0]].route == "narrow"
+        assert torch.equal(engine.run(x), expected) and torch.equal(engine.run(x), expected)
+
+
 @pytest.mark.parametrize("kind", ["conv", "linear"])
 def test_a_layer_too_wide_for_float32_runs_as_one_or_two_exact_float32_products(
         kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -434,8 +449,8 @@ def test_a_layer_too_wide_for_float32_runs_as_one_or_two_exact_float32_products(
         return codes.reshape(4, -1).double() @ layer.weight_tensor.T + layer.bias
 
     assert torch.equal(layer(codes), expected())
-    layer.weight_tensor[2:5].abs_().add_(100).clamp_(max=127)   # channels 2-4: large and positive weights
-    assert layer._wide_route() == "mixed"                        # 576 * 255 * 100 reaches 2**24 there
+    layer.weight_tensor[2:5].abs_().add_(100).clamp_(max=127)   # channels 2-4: weights of 100-127
+    assert layer._wide_route() == "mixed"                        # 576 x 255 x their mean passes 2**24
     got = layer(codes)
     assert torch.equal(got, expected()) and got[:, 2:5].abs().max() >= 2**24 and got.is_contiguous()
     layer.weight_tensor[:7].abs_().add_(100).clamp_(max=127)    # one exact channel of 8: not worth a pass

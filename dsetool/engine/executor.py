@@ -78,6 +78,18 @@ class RegisterWidths:
     acc_range: tuple[int, int]
 
 
+def tensor_versions(*tensors: torch.Tensor) -> tuple[int, ...] | None:
+    """Return what says whether `tensors` changed since: each one's storage address and autograd version
+    counter (bumped by every in-place op on the tensor or a view of it), or None when one has no counter
+    (made under `torch.inference_mode`): then nothing derived from them may be cached. Writes that bypass
+    the counter (through `.data`, or a NumPy view of the storage) are not seen: edit weights with torch ops.
+    """
+    try:
+        return tuple(number for t in tensors for number in (t.data_ptr(), t._version))
+    except RuntimeError:
+        return None
+
+
 class GemmLayer:
     """One conv2d / linear layer as a GEMM: (B, M, K) input matrices times the K x N weight matrix.
 
@@ -95,7 +107,7 @@ class GemmLayer:
         self.bias = torch.from_numpy(op.bias.astype(np.float64)).to(device, self.dtype)
         self.split = _split_shift(op, act) if self.dtype == torch.float64 else None
         self.int8 = _Int8Route.of(op, self.widths, self.dtype, device)
-        self._narrow: tuple[tuple[int, int], Any] | None = None
+        self._narrow: tuple[tuple[int, ...] | None, Any] | None = None
         self.route = "int8" if self.int8 is not None else self._wide_route() if self.dtype == torch.float64 \
             else "float"
 
@@ -168,11 +180,12 @@ class GemmLayer:
         convs at W8A8: 576 * 255 * 128 reaches 2**24 in the worst case, while trained weights stay near a
         tenth of it). Some channels alone run apart from the rest when they are at least `MIXED_MIN_SHARE`
         of them; a grouped conv takes all its channels or none (a subset would break its groups).
-        Checked again whenever the weights or the bias were edited in place (torch's version counter): a
-        brute-force weight fault can push a channel back onto the wide route."""
-        versions = (getattr(self.weight_tensor, "_version", -1), getattr(self.bias, "_version", -1))
+        Checked again whenever the weights or the bias were replaced or edited in place (`tensor_versions`):
+        a brute-force weight fault can push a channel back onto the wide route. (`route` says what the
+        layer was built with.)"""
+        versions = tensor_versions(self.weight_tensor, self.bias)
         cached = self._narrow
-        if cached is not None and cached[0] == versions and -1 not in versions:
+        if cached is not None and versions is not None and cached[0] == versions:
             return cached[1]
         low, high = ops.int_range(self.widths.act_bits, self.widths.act_signed)
         flat = self.weight_tensor.abs().reshape(self.op.out_features, -1)
@@ -233,7 +246,7 @@ class _Int8Route:
                  out_dtype: torch.dtype) -> None:
         self.op, self.act_offset, self.weight_range = op, act_offset, weight_range
         self.sum_dtype, self.out_dtype = sum_dtype, out_dtype
-        self._operands: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None
+        self._operands: tuple[tuple[int, ...] | None, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def of(cls, op: WeightOp, widths: RegisterWidths, out_dtype: torch.dtype,
@@ -272,9 +285,9 @@ class _Int8Route:
         return acc.to(self.out_dtype)
 
     def _current(self, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        versions = (getattr(weight, "_version", -1), getattr(bias, "_version", -1))
+        versions = tensor_versions(weight, bias)
         cached = self._operands
-        if cached is not None and cached[0] == versions and -1 not in versions:
+        if cached is not None and versions is not None and cached[0] == versions:
             return cached[1], cached[2]
         low, high = self.weight_range
         if not bool(((weight >= low) & (weight <= high)).all()):

@@ -202,11 +202,16 @@ def _probe_int_mm_speed(device_type: str) -> bool:
     second = torch.randint(-128, 128, (576, 64), generator=generator, dtype=torch.int8).to(device_type)
     pairs = {"int8": (torch._int_mm, first, second), "float32": (torch.mm, first.float(), second.float())}
     best = dict.fromkeys(pairs, float("inf"))
-    for _ in range(3):
-        for name, (multiply, a, b) in pairs.items():
-            start = time.perf_counter()
-            multiply(a, b)
-            best[name] = min(best[name], time.perf_counter() - start)
+    wait = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+    try:
+        for _ in range(3):
+            for name, (multiply, a, b) in pairs.items():
+                start = time.perf_counter()
+                multiply(a, b)
+                wait()
+                best[name] = min(best[name], time.perf_counter() - start)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
     return best["int8"] <= INT8_FAST_RATIO * best["float32"]
 
 
