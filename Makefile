@@ -8,11 +8,14 @@ setup:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -e '.[dev]'
 
+# One worker per core (at most 4: each imports torch): the suite is mostly single-threaded tests.
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint:
 	$(BIN)/ruff check dsetool hw tests benchmarks
