@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-from dsetool.engine import Engine, ops, parse_intmodel  # noqa: E402
+from dsetool.engine import Engine, executor, ops, parse_intmodel  # noqa: E402
+from dsetool.engine.executor import RegisterWidths, _NarrowPlan  # noqa: E402
 from dsetool.engine.intmodel import OP_CLASSES, Flatten  # noqa: E402
 from dsetool.gemm import window_side  # noqa: E402
 
@@ -424,14 +425,14 @@ def test_an_engine_built_and_run_in_inference_mode_recomputes_what_it_cannot_cac
 
 
 @pytest.mark.parametrize("kind", ["conv", "linear"])
-def test_a_layer_too_wide_for_float32_runs_as_one_or_two_exact_float32_products(
-        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_layer_too_wide_for_float32_runs_as_exact_float32_products(kind: str, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
     """8-bit codes and weights over K = 576 (64 x 3 x 3, or 16 x 6 x 6 flattened): accumulators beyond 2**24
     need float64 in the worst case.
     With these weights every partial sum stays below 2**24, so one float32 product is exact ("narrow");
-    large weights (edited in place, as a brute-force weight fault does) are not: the engine splits those
-    channels' weights into halves whose products are exact in float32, summed in float64 ("mixed" when only
-    some channels need it, "split" when all do)."""
+    large weights (edited in place, as a brute-force weight fault does) are not: the engine cuts the input
+    channels into slices whose products are exact in float32, summed in float64 ("parts"), and past
+    `MAX_PARTS` slices splits the weights into halves instead ("split")."""
     monkeypatch.setattr(ops, "INT8_GEMM_ENABLED", False)
     shape = (64, 6, 6) if kind == "conv" else (16, 6, 6)
     builder = Builder(shape, 8, 1 / 255, seed=5)
@@ -449,16 +450,38 @@ def test_a_layer_too_wide_for_float32_runs_as_one_or_two_exact_float32_products(
         return codes.reshape(4, -1).double() @ layer.weight_tensor.T + layer.bias
 
     assert torch.equal(layer(codes), expected())
+    units = 64 if kind == "conv" else 576      # input channels, or features
     layer.weight_tensor[2:5].abs_().add_(100).clamp_(max=127)   # channels 2-4: weights of 100-127
-    assert layer._wide_route() == "mixed"                        # 576 x 255 x their mean passes 2**24
+    plan = layer._narrow_plan()
+    assert layer._wide_route() == "parts" and plan is not None and len(plan.bounds) == 2
+    assert plan.bounds[0][0] == 0 and plan.bounds[-1][1] == units and plan.bounds[0][1] == plan.bounds[1][0]
     got = layer(codes)
     assert torch.equal(got, expected()) and got[:, 2:5].abs().max() >= 2**24 and got.is_contiguous()
-    layer.weight_tensor[:7].abs_().add_(100).clamp_(max=127)    # one exact channel of 8: not worth a pass
-    assert layer._wide_route() == "split" and torch.equal(layer(codes), expected())
-    layer.weight_tensor.abs_().add_(100).clamp_(max=127)         # every channel
+    layer.bias[6] = 2**23 if kind == "conv" else -2**23               # a bias past what one product may hold
+    assert layer._wide_route() == "parts" and torch.equal(layer(codes), expected())
+    layer.weight_tensor.abs_().add_(100).clamp_(max=127)         # every channel: two slices, or more than 1:
+    monkeypatch.setattr(executor, "MAX_PARTS", 1)
     assert layer._narrow_plan() is None and layer._wide_route() == "split"
     got = layer(codes)
     assert torch.equal(got, expected()) and got.abs().max() >= 2**24
+
+
+def test_a_float64_layer_whose_bias_alone_does_not_fit_float32_adds_it_after_its_one_product() -> None:
+    """One slice, but a bias that would pass 2**24 inside the float32 product: the product runs without it
+    and the bias is added in float64."""
+    weight = torch.ones(3, 4, dtype=torch.float64)
+    bias = torch.tensor([2.0**24, 1.0, -2.0**25], dtype=torch.float64)
+    widths = RegisterWidths(act_bits=8, act_signed=False, weight_bits=8, weight_signed=True, acc_bits=27,
+                            acc_range=(-2**26, 2**26))
+    plan = _NarrowPlan.of(weight, bias, widths, grouped=False)
+    assert plan is not None and plan.bounds == ((0, 4),) and plan.bias.dtype == torch.float64
+    assert _NarrowPlan.of(weight, bias, widths, grouped=True) is not None
+    heavy = torch.full((3, 8), 127.0, dtype=torch.float64)     # 8 x 255 x 127 < 2**24, but 2**24 / (255 x 127) = 518
+    assert _NarrowPlan.of(heavy, bias * 0, widths, grouped=False).bounds == ((0, 8),)
+    wide = torch.full((3, 1100), 127.0, dtype=torch.float64)    # 518 + 518 + 64 features: three slices
+    plan = _NarrowPlan.of(wide, bias * 0, widths, grouped=False)
+    assert plan is not None and plan.bounds == ((0, 518), (518, 1036), (1036, 1100))
+    assert _NarrowPlan.of(wide, bias * 0, widths, grouped=True) is None
 
 
 def test_an_add_of_two_scales_is_refused() -> None:

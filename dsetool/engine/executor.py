@@ -53,10 +53,12 @@ DEFAULT_MULTIPLIER_BITS = 16
 # tensors of tens of MB that are fresh memory, page-faulted in, every call.
 RUN_CHUNK_BYTES = 2**23
 INT8_MIN_WORK = 8192   # K * N from which a float32 layer takes the int8 route (`_int8_pays_off`)
-# The share of a float64 layer's output channels one float32 product must keep exact for the "mixed" route
-# to run them apart from the others (AlexNet-32's conv4, batch 256, one AVX2 core: all split 740 ms; a tenth
-# exact 774, half 517, all 356 ms); below it every channel takes the split route.
-MIXED_MIN_SHARE = 0.25
+# At most this many float32 products over slices of the input channels run a float64 layer on the "parts"
+# route (`_NarrowPlan`); a layer that needs more takes the split route (two products of weight halves).
+# Each slice adds a copy of its input channels and a float64 add of the output: AlexNet-32's conv4 (384 ->
+# 256, 8x8) and fc1 (4096 -> 256), batch 256, one AVX2 EPYC core, cut into 1 / 2 / 4 / 8 equal slices:
+# 341 / 350 / 372 / 418 ms and 6.5 / 6.6 / 6.9 / 7.2 ms, against 678 and 17.9 ms on the split route.
+MAX_PARTS = 8
 Step = Callable[[torch.Tensor], torch.Tensor]
 OpStep = Callable[..., torch.Tensor]   # an op on its input tensors, in the order of `IntModel.inputs`
 
@@ -107,14 +109,14 @@ class GemmLayer:
         self.bias = torch.from_numpy(op.bias.astype(np.float64)).to(device, self.dtype)
         self.split = _split_shift(op, act) if self.dtype == torch.float64 else None
         self.int8 = _Int8Route.of(op, self.widths, self.dtype, device)
-        self._narrow: tuple[tuple[int, ...] | None, Any] | None = None
+        self._narrow: tuple[tuple[int, ...] | None, _NarrowPlan | None] | None = None
         self.route = "int8" if self.int8 is not None else self._wide_route() if self.dtype == torch.float64 \
             else "float"
 
     def _wide_route(self) -> str:
         plan = self._narrow_plan()
         if plan is not None:
-            return "narrow" if plan[3] is None else "mixed"
+            return "narrow" if len(plan.bounds) == 1 else "parts"
         return "split" if self.split is not None else "float"
 
     def im2col(self, codes: torch.Tensor) -> torch.Tensor:
@@ -141,9 +143,10 @@ class GemmLayer:
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
         """Return the layer's accumulators (B, C, H, W) or (B, N) of its input codes, contiguous, in `dtype`:
         by the int8 GEMM where `route` is "int8" (`_Int8Route`), else in float32 ("float"); a float64 layer
-        as one float32 product where its weights keep that exact ("narrow": every output channel; "mixed":
-        some, `_narrow_plan`), the other channels as two float32 products summed in float64 ("split") or
-        one float64 product. `im2col`, `gemm` and `fold` stay float (the fault kernels' operands)."""
+        as float32 products where its weights keep them exact (`_narrow_plan`: "narrow", one product;
+        "parts", one per slice of the input channels, summed in float64), else as two float32 products of
+        the weights' halves summed in float64 ("split") or one float64 product. `im2col`, `gemm` and `fold`
+        stay float (the fault kernels' operands)."""
         if self.int8 is not None:
             acc = self.int8(codes, self.weight_tensor, self.bias)
             if acc is not None:
@@ -153,53 +156,50 @@ class GemmLayer:
         plan = self._narrow_plan()
         if plan is None:
             return self._wide_product(codes, self.weight_tensor, self.bias)
-        weight, bias, exact, rest = plan
-        narrow = self._product(codes.to(torch.float32), weight, bias).double()
-        if rest is None:
-            return narrow
-        out = torch.empty((len(codes), *self.op.out_shape), dtype=torch.float64, device=codes.device)
-        out.index_copy_(1, exact, narrow)
-        return out.index_copy_(1, rest, self._wide_product(codes, self.weight_tensor[rest], self.bias[rest]))
+        codes = codes.to(torch.float32)
+        if plan.bias.dtype == torch.float32:
+            return self._product(codes, plan.weights[0], plan.bias).double()
+        if isinstance(self.op, Linear):
+            codes = codes.reshape(len(codes), -1)
+        zero = torch.zeros(self.op.out_features, dtype=torch.float32, device=codes.device)
+        parts = (self._product(codes[:, first:last], weight, zero) for (first, last), weight
+                 in zip(plan.bounds, plan.weights, strict=True))
+        out = next(parts).double()
+        for part in parts:
+            out.add_(part)
+        return out.add_(plan.bias.reshape(-1, 1, 1) if isinstance(self.op, Conv2d) else plan.bias)
 
     def _product(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The layer's product with `weight` (some or all of its output channels, torch layout) and `bias`,
-        in the codes' dtype."""
+        """The layer's product with `weight` (torch layout: all output channels, some input channels) and
+        `bias`, in the codes' dtype."""
         if isinstance(self.op, Conv2d):
             return ops.conv2d(codes, weight, bias, self.op.stride, self.op.padding, self.op.groups)
         return torch.addmm(bias, codes.reshape(len(codes), -1), weight.reshape(len(weight), -1).T)
 
-    def _narrow_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-        """Return (float32 weights, float32 bias, their output channels, the other channels or None when
-        there are none) of the channels one float32 product keeps exact, or None when no channel does.
+    def _narrow_plan(self) -> _NarrowPlan | None:
+        """Return how float32 products compute this float64 layer exactly with its actual weights, or None
+        when they cannot in `MAX_PARTS` products.
 
         The register bound (`widths.acc_range`) assumes every weight at its register's extreme; trained
-        weights are far smaller, and with these weights every partial sum of output channel n is at most
-        max|act register| * sum_k |w[n, k]| + |bias[n]| in magnitude, whatever order the terms are added
-        in and whatever codes (faulty ones included) the activation register holds. Below 2**24 one float32
-        product is exact, where the split route runs two and float64 passes (ResNet-20's 64-channel 3x3
-        convs at W8A8: 576 * 255 * 128 reaches 2**24 in the worst case, while trained weights stay near a
-        tenth of it). Some channels alone run apart from the rest when they are at least `MIXED_MIN_SHARE`
-        of them; a grouped conv takes all its channels or none (a subset would break its groups).
-        Checked again whenever the weights or the bias were replaced or edited in place (`tensor_versions`):
-        a brute-force weight fault can push a channel back onto the wide route. (`route` says what the
-        layer was built with.)"""
+        weights are far smaller, and with these weights every partial sum of output channel n over input
+        channels P is at most max|act register| * sum_(k in P) |w[n, k]| in magnitude, whatever order the
+        terms are added in and whatever codes (faulty ones included) the activation register holds. Below
+        2**24 one float32 product over P is exact. So the input channels (a linear layer's features) are cut
+        greedily into the fewest contiguous slices that each stay below it for every output channel; each
+        slice is one float32 product (a conv on those channels: the same multiply-adds as the whole layer
+        in total, where the split route runs every one twice), and their sum and the bias are exact in
+        float64. With one slice the bias joins the product when it fits too: ResNet-20's 64-channel 3x3 convs
+        at W8A8 (576 * 255 * 128 reaches 2**24 in the worst case, while trained weights stay near a tenth of
+        it); AlexNet-32's conv4 and fc1 take two slices. A grouped conv takes one slice or none (a slice of
+        its input channels would cut its groups). Checked again whenever the weights or the bias were
+        replaced or edited in place (`tensor_versions`): a brute-force weight fault can push a layer onto
+        more slices or the split route. (`route` says what the layer was built with.)"""
         versions = tensor_versions(self.weight_tensor, self.bias)
         cached = self._narrow
         if cached is not None and versions is not None and cached[0] == versions:
             return cached[1]
-        low, high = ops.int_range(self.widths.act_bits, self.widths.act_signed)
-        flat = self.weight_tensor.abs().reshape(self.op.out_features, -1)
-        worst = flat.sum(dim=1) * max(abs(low), abs(high)) + self.bias.abs()
-        fits = (worst < 2**ops.FLOAT32_EXACT_BITS) & (flat.max(dim=1).values < 2**ops.FLOAT32_EXACT_BITS)
-        plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
-        if bool(fits.all()):
-            channels = torch.arange(len(fits), device=fits.device)
-            plan = self.weight_tensor.to(torch.float32), self.bias.to(torch.float32), channels, None
-        elif int(fits.sum()) >= MIXED_MIN_SHARE * len(fits) and not self.grouped:
-            exact, rest = fits.nonzero().flatten(), (~fits).nonzero().flatten()
-            plan = self.weight_tensor[exact].to(torch.float32), self.bias[exact].to(torch.float32), exact, rest
-        self._narrow = versions, plan
-        return plan
+        self._narrow = versions, _NarrowPlan.of(self.weight_tensor, self.bias, self.widths, self.grouped)
+        return self._narrow[1]
 
     def _wide_product(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """The float64 accumulators of `weight`'s channels, from two float32 products where `split` is
@@ -219,6 +219,40 @@ class GemmLayer:
         zero = torch.zeros(len(weight), dtype=torch.float32, device=codes.device)
         return self._product(codes, high, zero).double().mul_(scale).add_(
             self._product(codes, low, zero).double()).add_(bias.reshape(shape))
+
+
+@dataclass(frozen=True)
+class _NarrowPlan:
+    """A float64 layer as float32 products over contiguous slices of its input channels (`bounds`, [first,
+    last) each; a linear layer's input features), each exact, summed in float64 (`GemmLayer._narrow_plan`).
+    `weights` are the slices' float32 weights in torch layout; `bias` is float32 and part of the one
+    product when there is one slice and it keeps that exact, else float64, added after the sum."""
+
+    bounds: tuple[tuple[int, int], ...]
+    weights: tuple[torch.Tensor, ...]
+    bias: torch.Tensor
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, bias: torch.Tensor, widths: RegisterWidths, grouped: bool
+           ) -> _NarrowPlan | None:
+        """Return the plan with the fewest slices for `weight` (N, C, ...) and `bias`, or None when one
+        input channel alone passes 2**24, a grouped layer needs two slices, or more than `MAX_PARTS` do."""
+        low, high = ops.int_range(widths.act_bits, widths.act_signed)
+        limit = 2.0**ops.FLOAT32_EXACT_BITS
+        per_channel = weight.abs().reshape(*weight.shape[:2], -1).sum(dim=2) * max(abs(low), abs(high), 1)
+        if bool((per_channel.sum(dim=1) + bias.abs() < limit).all()):
+            return cls(((0, weight.shape[1]),), (weight.to(torch.float32),), bias.to(torch.float32))
+        reach = torch.nn.functional.pad(per_channel.cumsum(dim=1), (1, 0))   # (N, C + 1): sums of channels [0, c)
+        bounds: list[tuple[int, int]] = []
+        first = 0
+        while first < weight.shape[1]:
+            last = int((reach - reach[:, first:first + 1] < limit).all(dim=0).sum()) - 1
+            if last <= first or len(bounds) == (1 if grouped else MAX_PARTS):
+                return None
+            bounds.append((first, last))
+            first = last
+        return cls(tuple(bounds), tuple(weight[:, first:last].to(torch.float32).contiguous()
+                                        for first, last in bounds), bias)
 
 
 class _Int8Route:
