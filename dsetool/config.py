@@ -194,9 +194,9 @@ class HwConfig:
     rtl_images: int = spec(32, range=(1, 100_000), help="test images the rtlsim stage runs through the simulated "
                                                         "accelerator (each must give the engine's logits)")
     rtl_faults: int = spec(64, range=(0, 100_000), help="single-bit faults the rtlsim stage injects into the simulated "
-                                                        "accelerator's activation buffer and weight memory, each on "
-                                                        "one of those images (each must give the engine's faulty "
-                                                        "logits; 0: none)")
+                                                        "accelerator's activation buffer (the layers' inputs and "
+                                                        "outputs) and weight memory, each on one of those images "
+                                                        "(each must give the engine's faulty logits; 0: none)")
 
 
 FAULT_SITES = site_registry.NAMES

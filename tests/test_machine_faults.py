@@ -1,7 +1,8 @@
 """Faults injected into the compiled RTL of the accelerator give the engine's fault model bit for bit:
-activation-buffer flips through the machine's fault port, weight flips as a faulty weight memory, without
-and with an input-side range check (which must clip the faulty codes as the engine's check does and raise
-the alarm exactly when the engine says a check acted)."""
+activation-buffer flips (a layer's input or its requantized output) through the machine's fault port,
+weight flips as a faulty weight memory, without and with a range check where the layers read their
+inputs or after their output stages (which must clip the faulty codes as the engine's check does and
+raise the alarm exactly when the engine says a check acted)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from dsetool.faults.sites import site_groups
 from dsetool.machine.alarms import engine_alarms
 from dsetool.machine.compiler import compile_program
 from dsetool.machine.encode import machine_of
-from dsetool.machine.faults import buffer_flip, check_faults, draw, flipped_weight, session_runner
+from dsetool.machine.faults import (
+    buffer_flip,
+    check_faults,
+    draw,
+    flipped_weight,
+    machine_groups,
+    output_flip,
+    session_runner,
+)
 from dsetool.protect.check import placed
 from hw import machine_host, rtlsim
 from hw.machine import Machine
@@ -44,7 +53,7 @@ def _engine_maker(engine: Engine, placement: str | None):
     return make
 
 
-@pytest.mark.parametrize("placement", [None, "input"])
+@pytest.mark.parametrize("placement", [None, "input", "output"])
 def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_path: Path,
                                                                    placement: str | None) -> None:
     make = _engine_maker(lenet, placement)
@@ -53,9 +62,9 @@ def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine
     shape, images = machine_of(program)
     x = digits().test.x[:IMAGES]
     acc = EngineNetwork(engine).acc_bits()
-    groups = [g for site in ("act", "weight") for g in site_groups(engine.model, site, [], acc)]
+    groups = machine_groups(engine, acc)
     faults = draw(groups, IMAGES, 96, seed=3)
-    assert {groups[g].site for g, *_ in faults} == {"act", "weight"}
+    assert {groups[g].site for g, *_ in faults} == {"act", "out", "weight"}
     compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
     with compiled.open() as session:
         machine_host.load(session, shape, images)
@@ -80,6 +89,25 @@ def test_a_buffer_flip_lands_on_the_word_and_lane_of_its_channel(lenet: Engine) 
     tensor = program.instructions[reader].source
     assert (flip.address, flip.lane, flip.mask) == (tensor.address(y, x, c // tensor.lanes), c % tensor.lanes, 4)
     assert flip.pc == reader
+
+
+def test_an_output_flip_lands_in_the_tensor_its_layer_wrote_before_its_first_reader(lenet: Engine) -> None:
+    program = compile_program(lenet, 4, 4)
+    acc = EngineNetwork(lenet).acc_bits()
+    groups = machine_groups(lenet, acc)
+    outs = [g for g in groups if g.site == "out"]
+    assert [g.layer for g in outs] == ["conv1", "conv2", "fc1", "fc2"]   # not fc3: its logits are not stored
+    first = outs[0]   # conv1's 6 x 28 x 28 requantized codes, read by pool1
+    c, y, x = 4, 20, 3
+    flip = output_flip(program, first, (c * 28 + y) * 28 + x, first.width - 1)
+    writer = next(i for i, instr in enumerate(program.instructions) if getattr(instr, "name", "") == "conv1")
+    tensor = program.instructions[writer].dest
+    assert (flip.address, flip.lane) == (tensor.address(y, x, c // tensor.lanes), c % tensor.lanes)
+    assert flip.mask == 1 << (first.width - 1) and not first.signed
+    assert flip.pc == writer + 1 and program.instructions[flip.pc].source.base == tensor.base
+    logits = [g for g in site_groups(lenet.model, "out", [], acc) if g.layer == "fc3"][0]
+    with pytest.raises(ValueError, match="fc3's output is not stored"):
+        output_flip(program, logits, 0, 0)
 
 
 def test_a_flipped_weight_changes_that_weight_alone(lenet: Engine) -> None:

@@ -10,11 +10,17 @@ its injector against RTL:
   reader of that buffer is fetched: after every instruction before it wrote the tensor, before any read
   of it. Every later read sees the flip (a residual branch's second reader too), and an input-side range
   check meets the faulty code as the engine's `input_check` does.
+- `out` (a layer's requantized output): the code its output stage wrote is flipped in the activation
+  buffer, through the same port, when the first instruction reading that tensor is fetched (a pooling
+  vector instruction, or the next layer): after the whole tensor is written (and checked, with a range
+  check at the outputs), before any read, as the engine flips the requantizer's codes after its check.
+  The logits layer's `out` sites are its accumulators, which the machine streams out and never stores:
+  they are not injected (`machine_groups`).
 - `weight` (a layer's stored weights): the machine is loaded with the program compiled from the model
   with that weight flipped, which is what a flipped cell of the weight memory holds for the whole
   inference, the engine's semantics.
 
-`check_faults` draws faults uniformly over the population of both sites (each site's groups weighted by
+`check_faults` draws faults uniformly over the population of the sites (each site's groups weighted by
 their size, bit uniform over the register's width), runs each on its image, and returns how many give the
 engine's logits (and, with a range check, whether the machine's alarm is what the engine says: raised
 fault-free on that image, or a check acted on a value the fault changed).
@@ -22,7 +28,7 @@ fault-free on that image, or a check acted on a value the fault changed).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,10 +37,10 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.intmodel import IntModel, WeightOp
-from dsetool.faults.sites import SiteGroup
+from dsetool.faults.sites import SiteGroup, site_groups
 from dsetool.machine.program import Gemm, Program, Tensor, Vector
 
-SITES = ("act", "weight")   # the sites the machine is faulted at
+SITES = ("act", "out", "weight")   # the sites the machine is faulted at
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,37 @@ def buffer_flip(program: Program, group: SiteGroup, element: int, bit: int) -> B
     pc = min(i for i in range(written + 1, at + 1) if any(t.base == view.base for t in _reads(instructions[i])))
     return BufferFlip(pc, tensor.address(int(y), int(x), int(channel) // tensor.lanes),
                       int(channel) % tensor.lanes, lane_mask(bit, group.width, group.signed, program.act_bits))
+
+
+def output_flip(program: Program, group: SiteGroup, element: int, bit: int) -> BufferFlip:
+    """Return where an `out` fault (of `group`: a weight layer's requantized codes, on their flat `element`,
+    bit `bit`) lands in the machine: the word its GEMM instruction wrote, flipped when the first
+    instruction after it that reads the tensor is fetched.
+
+    Raises ValueError for a layer whose output the machine does not store (the logits layer's
+    accumulators) or stores at another size than the group's (a layer with two requantizers)."""
+    instructions = program.instructions
+    at = next(i for i, instr in enumerate(instructions) if isinstance(instr, Gemm) and instr.name == group.layer)
+    tensor = instructions[at].dest
+    if tensor is None or tensor.channels * tensor.height * tensor.width != group.size:
+        raise ValueError(f"layer {group.layer}'s output is not stored in the activation buffer as its "
+                         f"{group.size} requantized codes")
+    channel, y, x = np.unravel_index(element, (tensor.channels, tensor.height, tensor.width))
+    pc = next(i for i in range(at + 1, len(instructions))
+              if any(t.base == tensor.base for t in _reads(instructions[i])))
+    return BufferFlip(pc, tensor.address(int(y), int(x), int(channel) // tensor.lanes),
+                      int(channel) % tensor.lanes, lane_mask(bit, group.width, group.signed, program.act_bits))
+
+
+def machine_groups(engine: Engine, acc_bits: Mapping[str, int]) -> list[SiteGroup]:
+    """Return the site groups of `SITES` the machine can be faulted at: every one but the logits layer's
+    `out` group (accumulators the machine streams out, never stores)."""
+    return [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)
+            if not (site == "out" and g.op_index in engine.layers)]
+
+
+FLIPS: dict[str, Callable[[Program, SiteGroup, int, int], BufferFlip]] = {"act": buffer_flip, "out": output_flip}
+"""The sites injected as a flip in the activation buffer, and where each fault lands."""
 
 
 def _stored(program: Program, reader: int, view: Tensor, size: int) -> tuple[int, Tensor]:
@@ -154,8 +191,8 @@ def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequ
     first = None
     for row, (g, element, bit, image) in enumerate(faults):
         group = groups[g]
-        if group.site == "act":
-            logits, alarm = run(program, codes[image], buffer_flip(program, group, element, bit))
+        if group.site in FLIPS:
+            logits, alarm = run(program, codes[image], FLIPS[group.site](program, group, element, bit))
         else:
             faulty_engine = make_engine(flipped_weight(engine.model, group, element, bit))
             faulty = compile_program(faulty_engine, program.rows, program.cols)

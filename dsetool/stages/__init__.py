@@ -307,7 +307,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("range-restrict", "1", _restrict_reads, lambda cfg: (quant_stage(cfg),),
                  "dsetool.stages.restrict:run"),
         StageDef("synth", "6", _synth_reads, lambda cfg: (), "dsetool.stages.synth:run"),
-        StageDef("rtlsim", "2", _rtlsim_reads, _rtlsim_needs, "dsetool.stages.rtlsim:run"),
+        StageDef("rtlsim", "3", _rtlsim_reads, _rtlsim_needs, "dsetool.stages.rtlsim:run"),
     )
 }
 

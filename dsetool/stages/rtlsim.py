@@ -16,11 +16,11 @@ detector (its `alarm`) was raised, `engine_alarms` those on which one of the eng
 engine has no cause for fails the stage (the machine checks only codes the engine checks too).
 
 Then the engine's fault model is checked against the machine (`dsetool.machine.faults`): `hw.rtl_faults`
-single-bit faults, drawn with the experiment's seed over the activation buffers the weight layers read and
-their stored weights, each on one of those images, are injected into a build of the machine with its
-fault port (a stored code flipped in the buffer after it is written, before it is read; a weight flipped
-in the weight memory) and every faulty run must give the logits the engine's campaign path computes for
-that fault (`rtl_fault_agreement`; anything else fails the stage, naming the fault).
+single-bit faults, drawn with the experiment's seed over the activation buffers the weight layers read,
+their requantized outputs and their stored weights, each on one of those images, are injected into a
+build of the machine with its fault port (a stored code flipped in the buffer after it is written, before
+it is read; a weight flipped in the weight memory) and every faulty run must give the logits the engine's
+campaign path computes for that fault (`rtl_fault_agreement`; anything else fails the stage, naming the fault).
 `rtl_faults_changing_logits` says how many of them reached the logits; with a range check, every faulty
 run's alarm must be what the engine says (raised fault-free on that image, or a check acted on a value
 the fault changed: `fault_alarm_agreement`, else the stage fails).
@@ -119,17 +119,17 @@ def _inject(ctx: StageContext, program: Any, shape: Any, images: Any, engine: En
     engine's fault model (`dsetool.machine.faults`; `make_engine` and `images_of` give a faulty model's
     engine and memory images); raise on the first that differs."""
     from dsetool.faults.network import EngineNetwork
-    from dsetool.faults.sites import site_groups
     from dsetool.machine.alarms import engine_alarms
-    from dsetool.machine.faults import SITES, check_faults, draw, session_runner
+    from dsetool.machine.faults import check_faults, draw, machine_groups, session_runner
     from hw import machine_host, rtlsim
     from hw.machine import Machine
 
     began = time.perf_counter()
     acc_bits = EngineNetwork(engine).acc_bits()
-    groups = [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)]
+    groups = machine_groups(engine, acc_bits)
     faults = draw(groups, len(x), count, seed)
-    ctx.reporter.note(f"rtlsim: {count} faults in the activation buffer and the weight memory")
+    ctx.reporter.note(f"rtlsim: {count} faults in the activation buffer (layer inputs and outputs) and the "
+                      f"weight memory")
     compiled = rtlsim.build(Machine(shape, fault_port=True), ctx.cache / BUILD_DIR)
     with compiled.open() as session:
         machine_host.load(session, shape, images)
