@@ -457,9 +457,7 @@ def test_a_layer_too_wide_for_float32_runs_as_exact_float32_products(kind: str, 
     assert plan.bounds[0][0] == 0 and plan.bounds[-1][1] == units and plan.bounds[0][1] == plan.bounds[1][0]
     got = layer(codes)
     assert torch.equal(got, expected()) and got[:, 2:5].abs().max() >= 2**24 and got.is_contiguous()
-    layer.bias[6] = 2**23 if kind == "conv" else -2**23               # a bias past what one product may hold
-    assert layer._wide_route() == "parts" and torch.equal(layer(codes), expected())
-    layer.weight_tensor.abs_().add_(100).clamp_(max=127)         # every channel: two slices, or more than 1:
+    layer.weight_tensor.abs_().add_(100).clamp_(max=127)         # every channel: two slices, past MAX_PARTS = 1
     monkeypatch.setattr(executor, "MAX_PARTS", 1)
     assert layer._narrow_plan() is None and layer._wide_route() == "split"
     got = layer(codes)
@@ -482,6 +480,31 @@ def test_a_float64_layer_whose_bias_alone_does_not_fit_float32_adds_it_after_its
     plan = _NarrowPlan.of(wide, bias * 0, widths, grouped=False)
     assert plan is not None and plan.bounds == ((0, 518), (518, 1036), (1036, 1100))
     assert _NarrowPlan.of(wide, bias * 0, widths, grouped=True) is None
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_a_float64_layer_runs_exact_with_a_bias_one_float32_product_could_not_hold(
+        groups: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16-bit codes into a 3x3 conv (depthwise too): float64 by the register bound (9 x 65535 x 128 >
+    2**24), the weights fit one float32 product, a bias of 2**22 does not join it: the product runs whole,
+    without the bias, and the bias is added in float64."""
+    monkeypatch.setattr(ops, "INT8_GEMM_ENABLED", False)
+    builder = Builder((8, 6, 6), 8, 1 / 255, seed=3).relu("a16", 16, 1e-4).conv("dw", 8, 3, padding=1, groups=groups)
+    rng = np.random.default_rng(0)
+    magnitude = 28 if groups > 1 else 3   # sum_k |w| x 65535: 252 or 216 x 65535 < 2**24, over K = 9 or 72 taps
+    shape = builder.arrays["dw.weight"].shape
+    builder.arrays["dw.weight"][:] = rng.choice([-magnitude, magnitude], shape)
+    builder.arrays["dw.bias"][:] = rng.choice([-2**22, 2**22], 8)              # with it, past 2**24
+    engine = Engine(builder.relu("relu", 8, 0.5).flatten().linear("fc", 3).build())
+    layer = engine.layers[engine.weight_layers[0]]
+    plan = layer._narrow_plan()
+    assert layer.dtype == torch.float64 and layer.route == "narrow"
+    assert plan is not None and len(plan.bounds) == 1 and plan.bias.dtype == torch.float64
+    codes = torch.randint(0, 2**16, (3, 8, 6, 6)).to(torch.float32)
+    codes[0] = 2**16 - 1
+    expected = torch.nn.functional.conv2d(codes.double(), layer.weight_tensor, layer.bias, padding=1, groups=groups)
+    assert torch.equal(layer(codes), expected)
+    engine.run(torch.rand(2, 8, 6, 6))
 
 
 def test_an_add_of_two_scales_is_refused() -> None:

@@ -161,20 +161,22 @@ class GemmLayer:
             return self._product(codes, plan.weights[0], plan.bias).double()
         if isinstance(self.op, Linear):
             codes = codes.reshape(len(codes), -1)
-        zero = torch.zeros(self.op.out_features, dtype=torch.float32, device=codes.device)
-        parts = (self._product(codes[:, first:last], weight, zero) for (first, last), weight
+        whole = len(plan.bounds) == 1   # one slice, the bias added after it (a grouped conv's are never cut)
+        parts = (self._product(codes if whole else codes[:, first:last], weight, None) for (first, last), weight
                  in zip(plan.bounds, plan.weights, strict=True))
         out = next(parts).double()
         for part in parts:
             out.add_(part)
         return out.add_(plan.bias.reshape(-1, 1, 1) if isinstance(self.op, Conv2d) else plan.bias)
 
-    def _product(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _product(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The layer's product with `weight` (torch layout: all output channels, some input channels) and
-        `bias`, in the codes' dtype."""
+        `bias` (None: none), in the codes' dtype."""
         if isinstance(self.op, Conv2d):
             return ops.conv2d(codes, weight, bias, self.op.stride, self.op.padding, self.op.groups)
-        return torch.addmm(bias, codes.reshape(len(codes), -1), weight.reshape(len(weight), -1).T)
+        matrix = weight.reshape(len(weight), -1).T
+        flat = codes.reshape(len(codes), -1)
+        return torch.mm(flat, matrix) if bias is None else torch.addmm(bias, flat, matrix)
 
     def _narrow_plan(self) -> _NarrowPlan | None:
         """Return how float32 products compute this float64 layer exactly with its actual weights, or None
@@ -221,7 +223,7 @@ class GemmLayer:
             self._product(codes, low, zero).double()).add_(bias.reshape(shape))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _NarrowPlan:
     """A float64 layer as float32 products over contiguous slices of its input channels (`bounds`, [first,
     last) each; a linear layer's input features), each exact, summed in float64 (`GemmLayer._narrow_plan`).
