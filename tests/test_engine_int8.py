@@ -168,23 +168,34 @@ def test_a_slow_int8_gemm_keeps_the_float_route(monkeypatch: pytest.MonkeyPatch)
     assert all(layer.route != "int8" for layer in engine.layers.values())
 
 
-def test_the_speed_probe_times_both_products_once() -> None:
+def test_the_speed_probe_times_both_products_once_on_one_thread() -> None:
+    """Three timed calls of each product, on one thread (a loaded machine stalls a multi-threaded GEMM at
+    its barrier, which once made the float32 product look as slow as the int8 reference loop); the
+    process's thread count is restored after, and the answer is cached."""
     ops._probe_int_mm_speed.cache_clear()
     calls = {"int8": 0, "float32": 0}
+    threads: set[int] = set()
     real_int_mm, real_mm = torch._int_mm, torch.mm
 
     def counted(name, multiply):  # type: ignore[no-untyped-def]
         def run(a, b):  # type: ignore[no-untyped-def]
             calls[name] += 1
+            threads.add(torch.get_num_threads())
             return multiply(a, b)
         return run
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch, "_int_mm", counted("int8", real_int_mm))
         patch.setattr(torch, "mm", counted("float32", real_mm))
-        first = ops._probe_int_mm_speed("cpu")
-        assert ops._probe_int_mm_speed("cpu") is first     # cached: measured once per process
-    assert calls == {"int8": 3, "float32": 3}
+        before = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            first = ops._probe_int_mm_speed("cpu")
+            assert ops._probe_int_mm_speed("cpu") is first     # cached: measured once per process
+            assert torch.get_num_threads() == 2
+        finally:
+            torch.set_num_threads(before)
+    assert calls == {"int8": 3, "float32": 3} and threads == {1}
     ops._probe_int_mm_speed.cache_clear()
 
 

@@ -191,7 +191,9 @@ def int8_gemm_fast(device: str = "cpu") -> bool:
     Exactness does not say speed: without VNNI (AVX2 only) oneDNN runs the int8 GEMM as a reference loop,
     0.9 GMAC/s on one AMD EPYC core against 27 for float32 (172 against 5.5 ms on 4096 x 576 by 576 x 64),
     where with VNNI the int8 route runs large layers 2-2.5x faster than float32. Which route runs changes
-    no result, only the time.
+    no result, only the time. Both are timed on one thread: on a loaded machine a multi-threaded float32
+    GEMM waits at its barrier for a descheduled thread (12-20 ms for this product on that EPYC with two
+    threads while the test suite ran, against 0.35 ms on one), and the probe took the 30x slower route.
     """
     return int8_gemm_available(device) and _probe_int_mm_speed(torch.device(device).type)
 
@@ -204,6 +206,8 @@ def _probe_int_mm_speed(device_type: str) -> bool:
     pairs = {"int8": (torch._int_mm, first, second), "float32": (torch.mm, first.float(), second.float())}
     best = dict.fromkeys(pairs, float("inf"))
     wait = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         for _ in range(3):
             for name, (multiply, a, b) in pairs.items():
@@ -213,6 +217,8 @@ def _probe_int_mm_speed(device_type: str) -> bool:
                 best[name] = min(best[name], time.perf_counter() - start)
     except (RuntimeError, NotImplementedError, TypeError):
         return False
+    finally:
+        torch.set_num_threads(threads)
     return best["int8"] <= INT8_FAST_RATIO * best["float32"]
 
 
