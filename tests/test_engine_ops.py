@@ -10,6 +10,7 @@ import dataclasses
 import subprocess
 import sys
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -555,3 +556,50 @@ def test_a_large_batch_runs_in_parts_with_the_same_values(monkeypatch: pytest.Mo
     calls.clear()
     kept = engine.run(x, keep=True)
     assert set(calls) == {11} and all(torch.equal(a, b) for a, b in zip(kept, whole, strict=True))
+
+
+@pytest.mark.parametrize("arch, bits", [("resnet8", 8), ("mobilenet", 4), ("alexnet32", 8)])
+def test_a_clean_run_gives_the_same_integers_channels_last(arch: str, bits: int, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clean `run` convolves channels-last inside (residual adds, depthwise convs, pools; AlexNet-32's
+    seeded float64 layers take the narrow and parts routes): the same logits and a contiguous result; a
+    run that keeps its outputs stays plain NCHW, as the fault paths index it."""
+    from tests.fixtures.engines import digits, exported_engine
+
+    monkeypatch.setattr(ops, "INT8_GEMM_ENABLED", False)
+    engine = exported_engine(tmp_path, arch, bits=bits, size=16)
+    x = digits(16).test.x[:24]
+    monkeypatch.setattr(executor, "CHANNELS_LAST", False)
+    plain = engine.run(x)
+    monkeypatch.setattr(executor, "CHANNELS_LAST", True)
+    layouts: list[bool] = []
+    real = ops.conv2d
+
+    def recorded(codes, *args):  # type: ignore[no-untyped-def]
+        layouts.append(ops.is_channels_last(codes))
+        return real(codes, *args)
+
+    monkeypatch.setattr(ops, "conv2d", recorded)
+    inside = engine.run(x)
+    assert torch.equal(inside, plain) and inside.is_contiguous()
+    assert sum(layouts) >= len(layouts) - 1   # all but a first conv of one input channel
+    layouts.clear()
+    kept = engine.run(x, keep=True)
+    assert all(out.is_contiguous() for out in kept) and torch.equal(kept[-1], plain) and not any(layouts)
+
+
+def test_a_conv_follows_its_codes_layout_and_sees_weights_edited_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ops, "INT8_GEMM_ENABLED", False)
+    model = Builder((6, 5, 5), 8, 1 / 255, seed=2).conv("conv", 4, 3, padding=1).relu("relu", 8, 0.5) \
+        .flatten().linear("fc", 3).build()
+    engine = Engine(model)
+    layer = engine.layers[engine.weight_layers[0]]
+    codes = torch.randint(0, 256, (3, 6, 5, 5)).to(torch.float32)
+    plain = layer(codes)
+    last = layer(codes.contiguous(memory_format=torch.channels_last))
+    assert ops.is_channels_last(last) and torch.equal(last, plain) and plain.is_contiguous()
+    one_channel = torch.zeros(2, 1, 4, 4)
+    assert not ops.is_channels_last(one_channel) and not ops.is_channels_last(torch.zeros(2, 5))
+    layer.weight_tensor[1].add_(3)                                    # a brute-force weight fault
+    edited = layer(codes.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(edited, layer(codes)) and not torch.equal(edited, plain)

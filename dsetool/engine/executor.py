@@ -59,6 +59,13 @@ INT8_MIN_WORK = 8192   # K * N from which a float32 layer takes the int8 route (
 # 256, 8x8) and fc1 (4096 -> 256), batch 256, one AVX2 EPYC core, cut into 1 / 2 / 4 / 8 equal slices:
 # 341 / 350 / 372 / 418 ms and 6.5 / 6.6 / 6.9 / 7.2 ms, against 678 and 17.9 ms on the split route.
 MAX_PARTS = 8
+# `Engine.run` runs a clean batch with its feature maps channels-last (each convolution's input converted
+# once, its weights cached channels-last): oneDNN then convolves without reordering NCHW maps into its
+# blocked layout and back at every call. AlexNet-32 / ResNet-20 / MobileNet W8A8, batch 256, two AVX2 EPYC
+# cores, three alternating rounds: 368-405 / 1,104-1,151 / 1,373-1,608 images/s against 280-335 / 862-951 /
+# 1,223-1,530 plain. Runs that keep their outputs or take given tensors (a campaign's golden run, its
+# dense rows of a residual network) stay plain: the fault paths index flat NCHW memory.
+CHANNELS_LAST = True
 Step = Callable[[torch.Tensor], torch.Tensor]
 OpStep = Callable[..., torch.Tensor]   # an op on its input tensors, in the order of `IntModel.inputs`
 
@@ -110,6 +117,7 @@ class GemmLayer:
         self.split = _split_shift(op, act) if self.dtype == torch.float64 else None
         self.int8 = _Int8Route.of(op, self.widths, self.dtype, device)
         self._narrow: tuple[tuple[int, ...] | None, _NarrowPlan | None] | None = None
+        self._channels_last: dict[int, tuple[torch.Tensor, tuple[int, ...] | None, torch.Tensor]] = {}
         self.route = "int8" if self.int8 is not None else self._wide_route() if self.dtype == torch.float64 \
             else "float"
 
@@ -141,7 +149,8 @@ class GemmLayer:
         return isinstance(self.op, Conv2d) and self.op.groups > 1
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
-        """Return the layer's accumulators (B, C, H, W) or (B, N) of its input codes, contiguous, in `dtype`:
+        """Return the layer's accumulators (B, C, H, W) or (B, N) of its input codes, contiguous (channels-last
+        for channels-last codes, `ops.is_channels_last`), in `dtype`:
         by the int8 GEMM where `route` is "int8" (`_Int8Route`), else in float32 ("float"); a float64 layer
         as float32 products where its weights keep them exact (`_narrow_plan`: "narrow", one product;
         "parts", one per slice of the input channels, summed in float64), else as two float32 products of
@@ -152,31 +161,51 @@ class GemmLayer:
             if acc is not None:
                 return acc
         if self.dtype == torch.float32:
-            return self._product(codes.to(torch.float32), self.weight_tensor, self.bias)
+            return self._product(codes.to(torch.float32), self.weight_tensor, self.bias, slot=-1)
         plan = self._narrow_plan()
         if plan is None:
             return self._wide_product(codes, self.weight_tensor, self.bias)
         codes = codes.to(torch.float32)
         if plan.bias.dtype == torch.float32:
-            return self._product(codes, plan.weights[0], plan.bias).double()
+            return self._product(codes, plan.weights[0], plan.bias, slot=0).double()
         if isinstance(self.op, Linear):
             codes = codes.reshape(len(codes), -1)
         whole = len(plan.bounds) == 1   # one slice, the bias added after it (a grouped conv's are never cut)
-        parts = (self._product(codes if whole else codes[:, first:last], weight, None) for (first, last), weight
-                 in zip(plan.bounds, plan.weights, strict=True))
+        layout = torch.channels_last if ops.is_channels_last(codes) else torch.contiguous_format
+        parts = (self._product(codes if whole else codes[:, first:last].contiguous(memory_format=layout), weight,
+                               None, slot=slot)
+                 for slot, ((first, last), weight) in enumerate(zip(plan.bounds, plan.weights, strict=True)))
         out = next(parts).double()
         for part in parts:
             out.add_(part)
         return out.add_(plan.bias.reshape(-1, 1, 1) if isinstance(self.op, Conv2d) else plan.bias)
 
-    def _product(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _product(self, codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 slot: int | None = None) -> torch.Tensor:
         """The layer's product with `weight` (torch layout: all output channels, some input channels) and
-        `bias` (None: none), in the codes' dtype."""
+        `bias` (None: none), in the codes' dtype. A conv of channels-last codes convolves channels-last
+        weights and gives channels-last accumulators: those of `slot` are kept (`_weights_like`)."""
         if isinstance(self.op, Conv2d):
+            if ops.is_channels_last(codes):
+                weight = self._weights_like(weight, slot)
             return ops.conv2d(codes, weight, bias, self.op.stride, self.op.padding, self.op.groups)
         matrix = weight.reshape(len(weight), -1).T
         flat = codes.reshape(len(codes), -1)
         return torch.mm(flat, matrix) if bias is None else torch.addmm(bias, flat, matrix)
+
+    def _weights_like(self, weight: torch.Tensor, slot: int | None) -> torch.Tensor:
+        """Return `weight` channels-last, kept per `slot` (-1: the layer's weights; i: slice i of the narrow
+        plan; None: not kept, as the split route's halves, made at every call) for as long as that slot
+        holds the same tensor at the same version (an in-place edit makes a new copy)."""
+        if slot is None:
+            return weight.contiguous(memory_format=torch.channels_last)
+        versions = tensor_versions(weight)
+        kept = self._channels_last.get(slot)
+        if kept is not None and kept[0] is weight and versions is not None and kept[1] == versions:
+            return kept[2]
+        copy = weight.contiguous(memory_format=torch.channels_last)
+        self._channels_last[slot] = weight, versions, copy
+        return copy
 
     def _narrow_plan(self) -> _NarrowPlan | None:
         """Return how float32 products compute this float64 layer exactly with its actual weights, or None
@@ -509,6 +538,7 @@ class Engine:
                 raise ValueError(f"Input checks go before weight layers, and op {index} is not one")
             self._steps[index] = _then(check, self._steps[index])
         self.weight_layers: tuple[int, ...] = tuple(self.layers)
+        self._convolutions = frozenset(index for index, layer in self.layers.items() if isinstance(layer.op, Conv2d))
         self._last_reader = model.last_readers()
         widest = max(math.prod(op.out_shape) * dtype.itemsize for op, dtype in zip(model.ops, self.dtypes,
                                                                                       strict=True))
@@ -651,7 +681,8 @@ class Engine:
         `input_dtype(start)` (images: float32, the Brevitas model's). Without `given` or `keep`, a batch
         of more than `run_chunk` images runs `run_chunk` at a time (`RUN_CHUNK_BYTES`; every op is per
         image, so the values are the same). With `keep` it runs whole: its outputs are batch-sized anyway,
-        and gathering the parts' would hold every output twice.
+        and gathering the parts' would hold every output twice. Without `given` or `keep` the feature maps
+        are channels-last inside (`CHANNELS_LAST`); the result is contiguous either way.
         """
         stop = len(self._steps) if stop is None else stop
         if not 0 <= start <= stop <= len(self._steps):
@@ -670,8 +701,11 @@ class Engine:
                 values[self.model.inputs[start][0]] = x
         outputs = []
         last = x
+        plain = not CHANNELS_LAST or keep or given is not None   # else channels-last (see CHANNELS_LAST)
         for index in range(start, stop):
             reads = [self._value(source, values, given, index) for source in self.model.inputs[index]]
+            if not plain and index in self._convolutions:
+                reads[0] = reads[0].contiguous(memory_format=torch.channels_last)
             last = values[index] = self.step(index, *reads, checked=checked)
             outputs.append(last)
             for source in self.model.inputs[index]:   # free what no later op reads
@@ -680,7 +714,7 @@ class Engine:
         if keep:
             return outputs
         assert last is not None, "an empty op range needs its input x"
-        return last
+        return last if plain else last.contiguous()
 
     def _value(self, source: int, values: Mapping[int, torch.Tensor],
                given: Sequence[torch.Tensor] | Mapping[int, torch.Tensor] | None, reader: int) -> torch.Tensor:

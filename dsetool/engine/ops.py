@@ -150,6 +150,12 @@ def conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return F.conv2d(codes, weight, bias, stride=stride, padding=padding, groups=groups)
 
 
+def is_channels_last(tensor: torch.Tensor) -> bool:
+    """Say whether a (B, C, H, W) tensor is laid out channels-last and not also plain contiguous (one
+    channel, or one pixel, is both: such a tensor counts as plain, so it stays in the layout it came in)."""
+    return tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)
+
+
 def disable_transform_convolutions() -> None:
     """Switch NNPACK off for the process: torch could route a float32 convolution to its Winograd or FFT
     algorithms, which are not exact on integers. Process-wide (not a context manager) because campaigns
