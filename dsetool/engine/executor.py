@@ -61,10 +61,11 @@ INT8_MIN_WORK = 8192   # K * N from which a float32 layer takes the int8 route (
 MAX_PARTS = 8
 # `Engine.run` runs a clean batch with its feature maps channels-last (each convolution's input converted
 # once, its weights cached channels-last): oneDNN then convolves without reordering NCHW maps into its
-# blocked layout and back at every call. AlexNet-32 / ResNet-20 / MobileNet W8A8, batch 256, two AVX2 EPYC
-# cores, three alternating rounds: 368-405 / 1,104-1,151 / 1,373-1,608 images/s against 280-335 / 862-951 /
-# 1,223-1,530 plain. Runs that keep their outputs or take given tensors (a campaign's golden run, its
-# dense rows of a residual network) stay plain: the fault paths index flat NCHW memory.
+# blocked layout and back at every call. AlexNet-32 / ResNet-20 W8A8 as `benchmarks/inject_throughput.py`
+# trains them, batch 256, two AVX2 EPYC cores, this flag on and off in one process, three alternating
+# rounds: 309-415 / 898-1,092 images/s against 264-345 / 755-950 plain. Runs that keep their outputs or
+# take given tensors (a campaign's golden run, its dense rows of a residual network) stay plain: the fault
+# paths index flat NCHW memory.
 CHANNELS_LAST = True
 Step = Callable[[torch.Tensor], torch.Tensor]
 OpStep = Callable[..., torch.Tensor]   # an op on its input tensors, in the order of `IntModel.inputs`
