@@ -247,8 +247,12 @@ def test_early_stop_stops_once_the_interval_is_tight(setup, tmp_path: Path):
 
 @pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
 @pytest.mark.parametrize("dataflow", ["ws", "os"])
-def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow):
-    """End to end on an MLP: the campaign's logits equal a cycle-by-cycle simulation of the faulted layer."""
+@pytest.mark.parametrize("rows, cols", [(3, 2), (2, 4)])
+def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow, rows, cols):
+    """End to end on an MLP: the campaign's logits equal a cycle-by-cycle simulation of the faulted layer,
+    on an array no accelerator has (3 x 2: K in im2col order) and on one whose accelerator streams K word
+    by word, 2 of each word's 4 lanes per slice (2 x 4: the images' one channel per pixel word leaves one
+    padding lane in each slice)."""
     from hw.arrayconfig import ArrayConfig
     from tests.fixtures.systolic_sim import simulate
 
@@ -257,8 +261,9 @@ def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow)
     x, y = digits(8).test.x[:16], digits(8).test.y[:16]
     golden = Golden(engine.run(x, keep=True), y, network.logit_scale())
     raw = engine.model
-    array = ArrayConfig(rows=3, cols=2, act_bits=4, weight_bits=4, dataflow=dataflow)
+    array = ArrayConfig(rows=rows, cols=cols, act_bits=4, weight_bits=4, dataflow=dataflow)
     groups = site_groups(raw, site, [], network.acc_bits(), array)
+    assert all((group.tiling.k_order is None) == (rows == 3) for group in groups)
     faults = draw_shard(spec(), groups, 16, shard=0, size=12)
     logits = evaluate(network, golden.outputs, faults.inputs, groups,
                       Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip").logits

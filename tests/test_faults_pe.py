@@ -21,13 +21,23 @@ def corrupt(bit: int, width: int, signed: bool, model: str):
     return apply
 
 
+def shuffled_order(rng: np.random.Generator, k: int, rows: int) -> tuple[int, ...]:
+    """Return a K order as the accelerator makes them: every K index once, in some order, with padding
+    lanes (-1) among them, in whole slices of `rows`."""
+    slots = (k + rows) // rows * rows + rows    # at least one padding lane, and a slice's worth more
+    order = np.full(slots, -1)
+    order[rng.choice(slots, size=k, replace=False)] = rng.permutation(k)
+    return tuple(int(i) for i in order)
+
+
 @pytest.mark.parametrize("rows, cols", ARRAYS)
 @pytest.mark.parametrize("dataflow", ["ws", "os"])
 @pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
-def test_fast_pe_faults_equal_cycle_simulation(rows, cols, dataflow, site):
-    rng = np.random.default_rng(hash((rows, cols, dataflow, site)) % 2**32)
+@pytest.mark.parametrize("ordered", [False, True], ids=["im2col", "k-order"])
+def test_fast_pe_faults_equal_cycle_simulation(rows, cols, dataflow, site, ordered):
+    rng = np.random.default_rng(hash((rows, cols, dataflow, site, ordered)) % 2**32)
     m, k, n = 5, 7, 5   # not multiples of the array
-    tiling = LayerTiling(m, k, n, rows, cols, dataflow)
+    tiling = LayerTiling(m, k, n, rows, cols, dataflow, shuffled_order(rng, k, rows) if ordered else None)
     a = rng.integers(0, 1 << ACT_BITS, size=(m, k))
     w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
     bias = rng.integers(-50, 50, size=n)

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from dsetool.engine import Engine
+from dsetool.engine.intmodel import Conv2d
 from dsetool.machine.alarms import engine_alarms
 from dsetool.machine.compiler import UnsupportedOp, compile_program, lanes_of
 from dsetool.machine.encode import input_codes, machine_of
 from dsetool.machine.program import Gemm, Program, Vector, sum_bits
 from dsetool.machine.reference import Machine, run_detecting, run_image
+from dsetool.machine.tiling import dense_weight, machine_k_order
 from dsetool.protect.check import RangeCheck, placed
 from dsetool.protect.schemes import MedianFilter
 from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
@@ -259,3 +261,33 @@ def test_double_buffered_machine_loads_the_same_images_and_counts_fewer_cycles(l
         assert program_cycles(program, weight_buffers=2) < program_cycles(program)
     with pytest.raises(ValueError, match="weight_buffers"):
         machine_of(program, weight_buffers=3)
+
+
+@pytest.mark.parametrize("network", ["lenet", "squeezenet", "tiny_resnet"])
+@pytest.mark.parametrize(("rows", "cols"), [(8, 8), (2, 4), (4, 2)])
+def test_pe_sites_take_k_in_the_order_the_compiled_weight_tiles_hold_it(request: pytest.FixtureRequest,
+                                                                          network: str, rows: int, cols: int) -> None:
+    """`machine_k_order` (the K order of a layer's PE fault sites) names, slice by slice and lane by lane, the
+    weights the compiled program loads into the array's rows: the order the accelerator streams K in,
+    a flattened input and a concat's tensor included. Grouped convs have none (their N slices differ)."""
+    engine = request.getfixturevalue(network)
+    program = compile_program(engine, rows, cols)
+    index = {op.name: i for i, op in enumerate(engine.model.ops)}
+    ordered = 0
+    for gemm in (i for i in program.instructions if isinstance(i, Gemm)):
+        op = engine.model.ops[index[gemm.name]]
+        order = machine_k_order(engine.model, index[gemm.name], rows, cols)
+        if order is None:
+            assert isinstance(op, Conv2d) and op.groups > 1
+            continue
+        ordered += 1
+        dense = dense_weight(op)
+        padded = np.zeros((dense.shape[0] + 1, dense.shape[1] + 1), dtype=np.int64)
+        padded[:-1, :-1] = dense   # index -1: a padding lane or an empty column
+        per_slice = np.asarray(order).reshape(-1, rows)
+        assert len(per_slice) == len(gemm.k_slices(0))
+        channels = np.arange(gemm.n_slices(cols) * cols) - gemm.lead(cols)
+        channels = np.where(channels < op.out_features, channels, -1).reshape(-1, cols)
+        expected = [tuple(padded[outs, k].tolist()) for outs in channels for lanes in per_slice for k in lanes[::-1]]
+        assert list(program.weights[gemm.weight_base:gemm.weight_base + len(expected)]) == expected, gemm.name
+    assert ordered >= 3

@@ -15,8 +15,18 @@ Output-stationary (`os`): tiles over (m-tile, n-tile); PE(r, c) accumulates out[
 A[m, k] moves right along row r, W[k, n] moves down along column c, both skewed, so at streaming
 cycle u PE(r, c) uses k = u - r - c and its psum register holds the running sum over k' <= u - r - c.
 
+K order (`k_order`): the array meets K in the order the accelerator's feed streams it, one K slice of
+`rows` positions at a time. Without one, the positions are K in im2col order (channel, ky, kx), then zero
+rows up to a multiple of `rows`. The accelerator (`dsetool.machine.tiling`) streams a convolution tap by
+tap, each tap's activation words `rows` lanes at a time (a linear layer word by word, pixel-major), and
+leaves out slices that hold only padding lanes: position j then holds K index `k_order[j]`, or -1 for a
+padding lane (a zero operand times a zero weight). `machine_k_order` gives that order; the fault sites
+of a layer then follow its registers as the accelerator runs it (a 1-channel first conv on 8 rows
+streams 25 slices of one real lane, not ceil(25 / 8) full ones).
+
 A register outside its wavefront (m or k out of range, or a PE beyond the layer's N or M) holds a
-bubble whose products are discarded: a fault there is masked.
+bubble whose products are discarded: a fault there is masked, as it is on a padding lane's operand or
+weight register (the product it feeds is multiplied by the other zero).
 
 Which flip-flop a site is (checked against the Amaranth RTL in `tests/hw/test_rtl_faults.py`): the psum
 site (u, r, c) is PE(r, c)'s psum register just after clock edge u; the WS weight site is PE(r, c)'s
@@ -46,15 +56,34 @@ class LayerTiling:
     rows: int
     cols: int
     dataflow: str
+    k_order: tuple[int, ...] | None = None   # K index at each streamed position (-1: padding); None: im2col
 
     def __post_init__(self) -> None:
         if self.dataflow not in ("ws", "os"):
             raise ValueError(f"Dataflow must be 'ws' or 'os', not {self.dataflow!r}")
+        if self.k_order is not None:
+            if len(self.k_order) % self.rows or not all(-1 <= k < self.k for k in self.k_order):
+                raise ValueError(f"A K order holds whole slices of {self.rows} positions, each a K index below "
+                                 f"{self.k} or -1")
+
+    @property
+    def k_stream(self) -> int:
+        """Return the K positions the array streams: the K order's length, else K."""
+        return self.k if self.k_order is None else len(self.k_order)
+
+    def k_at(self, position: np.ndarray) -> np.ndarray:
+        """Return the K index held at streamed K positions `position` (-1: padding, or outside 0..k_stream)."""
+        position = np.asarray(position, dtype=np.int64)
+        inside = (position >= 0) & (position < self.k_stream)
+        if self.k_order is None:
+            return np.where(inside, position, -1)
+        order = np.asarray(self.k_order, dtype=np.int64)
+        return np.where(inside, order[np.clip(position, 0, max(self.k_stream - 1, 0))], -1)
 
     @property
     def tile_grid(self) -> tuple[int, int]:
         """Return the number of tiles along (k or m, n)."""
-        first = self.k if self.dataflow == "ws" else self.m
+        first = self.k_stream if self.dataflow == "ws" else self.m
         return math.ceil(first / self.rows), math.ceil(self.n / self.cols)
 
     @property
@@ -66,7 +95,7 @@ class LayerTiling:
     @property
     def window(self) -> int:
         """Return the streaming cycles of one tile (the fault window per tile)."""
-        stream = self.m if self.dataflow == "ws" else self.k
+        stream = self.m if self.dataflow == "ws" else self.k_stream
         return stream + self.rows + self.cols - 2
 
     @property

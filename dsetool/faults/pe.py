@@ -39,7 +39,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     R, C, M, K, N = tiling.rows, tiling.cols, tiling.m, tiling.k, tiling.n
     ws = tiling.dataflow == "ws"
     m = u - r - c if ws else ta * R + r
-    k = ta * R + r if ws else u - r - c
+    k = _k_at(tiling, ta * R + r if ws else u - r - c)   # -1: a padding lane, or outside the stream
     n = tn * C + c
     out = acc.clone(memory_format=torch.contiguous_format)
     flat = out.view(-1)
@@ -56,7 +56,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
 
     register = site_registry.site(site).register   # which operand or sum the PE register holds
     if register is site_registry.INPUT:
-        valid = (m >= 0) & (m < M) & (k >= 0) & (k < K)
+        valid = (m >= 0) & (m < M) & (k >= 0)
         old = operand(b, m, k).to(torch.int64)
         delta = (with_masks(old, mask, model, width, signed) - old) * valid
         cols = torch.arange(C)
@@ -66,7 +66,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
         add(b[:, None].expand_as(n_all).reshape(-1), n_all.clamp(0, N - 1).reshape(-1),
             m[:, None].expand_as(n_all).clamp(0, M - 1).reshape(-1), value.reshape(-1))
     elif register is site_registry.WEIGHTS:
-        valid = (n < N) & (k >= 0) & (k < K)
+        valid = (n < N) & (k >= 0)
         old = weight(k, n).to(torch.int64)
         delta = (with_masks(old, mask, model, width, True) - old) * valid
         if ws:   # stationary: every later row m of the tile uses the corrupted weight
@@ -108,11 +108,18 @@ def _partial_sums(tiling: LayerTiling, operands: torch.Tensor, weights: torch.Te
     mm, nn = m.clamp(0, M - 1), n.clamp(0, N - 1)
     if tiling.dataflow == "ws":   # rows r' <= r of this k-tile have added their products
         offsets = torch.arange(R)
-        ks = ta[:, None] * R + offsets
-        live = (offsets <= r[:, None]) & (ks < K)
-    else:                         # products k' <= u - r - c have been accumulated
-        ks = torch.arange(K).expand(len(b), K)
-        live = ks <= (u - r - c)[:, None]
+        positions = ta[:, None] * R + offsets
+        live = offsets <= r[:, None]
+    else:                         # products at streamed positions <= u - r - c have been accumulated
+        positions = torch.arange(tiling.k_stream).expand(len(b), tiling.k_stream)
+        live = positions <= (u - r - c)[:, None]
+    ks = _k_at(tiling, positions)
+    live = live & (ks >= 0)       # padding lanes add a zero product
     ks = ks.clamp(0, K - 1)
     terms = operands[b[:, None], ks, mm[:, None]] * weights[nn[:, None], ks]
     return (terms * live).sum(dim=1)
+
+
+def _k_at(tiling: LayerTiling, positions: torch.Tensor) -> torch.Tensor:
+    """Return the K index the array holds at streamed K `positions` (`LayerTiling.k_at`; -1: none)."""
+    return torch.from_numpy(tiling.k_at(positions.numpy()))

@@ -5,13 +5,14 @@ the array loads them. Pure numpy, from the layer and where its input lies (`prog
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dsetool.engine.intmodel import Conv2d, WeightOp
+from dsetool.engine.intmodel import Conv2d, Flatten, IntModel, WeightOp
 from dsetool.machine.program import Slice, Tensor, ceil_div
 
 
@@ -82,6 +83,29 @@ class Tiling:
                 c = g * lanes + lane
                 return c * pixels + pixel if c < t.channels else -1
             yield 0, 0, word, 0, flat_linear
+
+
+def machine_k_order(model: IntModel, index: int, rows: int, cols: int) -> tuple[int, ...] | None:
+    """Return the order in which the accelerator streams weight op `index`'s K through a rows x cols array
+    (`dsetool.engine.tiling.LayerTiling.k_order`: per K slice its `rows` lanes' K indices, -1 for padding
+    lanes), or None where there is no one order: sides that do not divide one another (no accelerator
+    has that array) or a grouped conv (its N slices read different K slices).
+
+    The layer's input lies in the activation buffer as a tensor of its own (a linear layer after a flatten:
+    the flattened (C, H, W) tensor's words), the way the compiler lays out every tensor that is no concat's
+    part; a concat's tensor is laid out the same way, so its readers' order is the same too."""
+    op = model.ops[index]
+    assert isinstance(op, WeightOp)
+    if max(rows, cols) % min(rows, cols) or (isinstance(op, Conv2d) and op.groups > 1):
+        return None
+    lanes = max(rows, cols)
+    reader = index
+    while isinstance(model.ops[source := model.input_of(reader)], Flatten):
+        reader = source   # a flatten keeps the words of the tensor it flattens
+    shape = model.input_shape_of(reader)
+    channels, height, width = shape if len(shape) == 3 else (math.prod(shape), 1, 1)
+    _, k_index = Tiling(rows, cols, lanes).slices(op, Tensor(0, channels, height, width, lanes))
+    return tuple(int(k) for k in k_index.reshape(-1))
 
 
 def _reads(op: WeightOp, outs: np.ndarray, k_index: np.ndarray) -> np.ndarray:

@@ -135,6 +135,7 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
         from dsetool.design import design_of
 
         hw["array"] = to_plain(design_of(cfg).array)
+        hw["k_order"] = "accelerator"   # PE sites stream K as the accelerator does (`machine_k_order`)
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
