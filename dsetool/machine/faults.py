@@ -40,8 +40,6 @@ from dsetool.engine.intmodel import IntModel, WeightOp
 from dsetool.faults.sites import SiteGroup, site_groups
 from dsetool.machine.program import Gemm, Program, Tensor, Vector
 
-SITES = ("act", "out", "weight")   # the sites the machine is faulted at
-
 
 @dataclass(frozen=True)
 class BufferFlip:
@@ -70,10 +68,8 @@ def buffer_flip(program: Program, group: SiteGroup, element: int, bit: int) -> B
     at = next(i for i, instr in enumerate(instructions) if isinstance(instr, Gemm) and instr.name == group.layer)
     view = instructions[at].source
     written, tensor = _stored(program, at, view, group.size)
-    channel, y, x = np.unravel_index(element, (tensor.channels, tensor.height, tensor.width))
     pc = min(i for i in range(written + 1, at + 1) if any(t.base == view.base for t in _reads(instructions[i])))
-    return BufferFlip(pc, tensor.address(int(y), int(x), int(channel) // tensor.lanes),
-                      int(channel) % tensor.lanes, lane_mask(bit, group.width, group.signed, program.act_bits))
+    return _flip_in(program, tensor, pc, group, element, bit)
 
 
 def output_flip(program: Program, group: SiteGroup, element: int, bit: int) -> BufferFlip:
@@ -89,9 +85,15 @@ def output_flip(program: Program, group: SiteGroup, element: int, bit: int) -> B
     if tensor is None or tensor.channels * tensor.height * tensor.width != group.size:
         raise ValueError(f"layer {group.layer}'s output is not stored in the activation buffer as its "
                          f"{group.size} requantized codes")
-    channel, y, x = np.unravel_index(element, (tensor.channels, tensor.height, tensor.width))
     pc = next(i for i in range(at + 1, len(instructions))
               if any(t.base == tensor.base for t in _reads(instructions[i])))
+    return _flip_in(program, tensor, pc, group, element, bit)
+
+
+def _flip_in(program: Program, tensor: Tensor, pc: int, group: SiteGroup, element: int, bit: int) -> BufferFlip:
+    """Return the flip of bit `bit` of `group`'s code at flat (channel, y, x) `element` of `tensor` as
+    stored, at the fetch of instruction `pc`."""
+    channel, y, x = np.unravel_index(element, (tensor.channels, tensor.height, tensor.width))
     return BufferFlip(pc, tensor.address(int(y), int(x), int(channel) // tensor.lanes),
                       int(channel) % tensor.lanes, lane_mask(bit, group.width, group.signed, program.act_bits))
 
@@ -105,6 +107,7 @@ def machine_groups(engine: Engine, acc_bits: Mapping[str, int]) -> list[SiteGrou
 
 FLIPS: dict[str, Callable[[Program, SiteGroup, int, int], BufferFlip]] = {"act": buffer_flip, "out": output_flip}
 """The sites injected as a flip in the activation buffer, and where each fault lands."""
+SITES = (*FLIPS, "weight")   # the sites the machine is faulted at: the weights by loading a faulty model
 
 
 def _stored(program: Program, reader: int, view: Tensor, size: int) -> tuple[int, Tensor]:

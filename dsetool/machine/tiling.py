@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dsetool.engine.intmodel import Conv2d, Flatten, IntModel, WeightOp
+from dsetool.engine.intmodel import Add, AvgPool2d, Conv2d, Flatten, IntModel, QuantAct, WeightOp
 from dsetool.machine.program import Slice, Tensor, ceil_div
 
 
@@ -91,21 +91,41 @@ def machine_k_order(model: IntModel, index: int, rows: int, cols: int) -> tuple[
     lanes), or None where there is no one order: sides that do not divide one another (no accelerator
     has that array) or a grouped conv (its N slices read different K slices).
 
-    The layer's input lies in the activation buffer as a tensor of its own (a linear layer after a flatten:
-    the flattened (C, H, W) tensor's words), the way the compiler lays out every tensor that is no concat's
-    part; a concat's tensor is laid out the same way, so its readers' order is the same too."""
+    The layer reads its input's words as the compiler lays them out (`stored_map`); a concat's tensor is
+    laid out as any other, so its readers' order follows the same rule."""
     op = model.ops[index]
     assert isinstance(op, WeightOp)
     if max(rows, cols) % min(rows, cols) or (isinstance(op, Conv2d) and op.groups > 1):
         return None
     lanes = max(rows, cols)
-    reader = index
-    while isinstance(model.ops[source := model.input_of(reader)], Flatten):
-        reader = source   # a flatten keeps the words of the tensor it flattens
-    shape = model.input_shape_of(reader)
-    channels, height, width = shape if len(shape) == 3 else (math.prod(shape), 1, 1)
+    channels, height, width = stored_map(model, model.input_of(index))
     _, k_index = Tiling(rows, cols, lanes).slices(op, Tensor(0, channels, height, width, lanes))
     return tuple(int(k) for k in k_index.reshape(-1))
+
+
+def stored_map(model: IntModel, index: int) -> tuple[int, int, int]:
+    """Return the (C, H, W) map whose pixel-major words hold op `index`'s codes in the activation buffer, as
+    `dsetool.machine.compiler` places them: a flatten keeps its input's words; a quantizer the vector unit
+    runs keeps the map its codes are made on even when its output is flat (an add's or average pool's
+    output map, else the map of the codes it reads); every other op's output is its own shape (a vector
+    of F values: F x 1 x 1)."""
+    op = model.ops[index]
+    if isinstance(op, Flatten):
+        return stored_map(model, model.input_of(index))
+    if isinstance(op, QuantAct) and op.kind != "quant_input" and len(op.out_shape) != 3:
+        source = model.input_of(index)
+        inner = source
+        while isinstance(model.ops[inner], Flatten):
+            inner = model.input_of(inner)
+        if isinstance(model.ops[inner], (Add, AvgPool2d)):
+            return _as_map(model.ops[inner].out_shape)
+        if not isinstance(model.ops[inner], WeightOp):   # (a weight op's quantizer is its output stage)
+            return stored_map(model, source)
+    return _as_map(op.out_shape)
+
+
+def _as_map(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return (shape[0], shape[1], shape[2]) if len(shape) == 3 else (math.prod(shape), 1, 1)
 
 
 def _reads(op: WeightOp, outs: np.ndarray, k_index: np.ndarray) -> np.ndarray:
