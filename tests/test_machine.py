@@ -18,7 +18,7 @@ from dsetool.machine.compiler import UnsupportedOp, compile_program, lanes_of
 from dsetool.machine.encode import input_codes, machine_of
 from dsetool.machine.program import Gemm, Program, Vector, sum_bits
 from dsetool.machine.reference import Machine, run_detecting, run_image
-from dsetool.machine.tiling import dense_weight, machine_k_order
+from dsetool.machine.tiling import dense_weight, machine_k_order, machine_lead
 from dsetool.protect.check import RangeCheck, placed
 from dsetool.protect.schemes import MedianFilter
 from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
@@ -274,17 +274,18 @@ def narrow(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 
 
 @pytest.mark.parametrize("network", ["lenet", "squeezenet", "tiny_resnet", "pooled_linear", "narrow"])
-@pytest.mark.parametrize(("rows", "cols"), [(8, 8), (2, 4), (4, 2)])
+@pytest.mark.parametrize(("rows", "cols"), [(8, 8), (2, 4), (4, 2), (16, 16)])
 def test_pe_sites_take_k_in_the_order_the_compiled_weight_tiles_hold_it(request: pytest.FixtureRequest,
                                                                           network: str, rows: int, cols: int) -> None:
     """`machine_k_order` (the K order of a layer's PE fault sites) names, slice by slice and lane by lane, the
     weights the compiled program loads into the array's rows: the order the accelerator streams K in, a
     flattened input, a concat's tensor, a flattened average pool's and a flat quantizer's codes (kept on
-    the map they were made on) included. Grouped convs have none (their N slices differ)."""
+    the map they were made on) included; and `machine_lead` the empty columns before channel 0 of a layer
+    writing into a concat from inside a word. Grouped convs have none (their N slices differ)."""
     engine = request.getfixturevalue(network)
     program = compile_program(engine, rows, cols)
     index = {op.name: i for i, op in enumerate(engine.model.ops)}
-    ordered = 0
+    ordered = leads = 0
     for gemm in (i for i in program.instructions if isinstance(i, Gemm)):
         op = engine.model.ops[index[gemm.name]]
         order = machine_k_order(engine.model, index[gemm.name], rows, cols)
@@ -292,6 +293,8 @@ def test_pe_sites_take_k_in_the_order_the_compiled_weight_tiles_hold_it(request:
             assert isinstance(op, Conv2d) and op.groups > 1
             continue
         ordered += 1
+        assert machine_lead(engine.model, index[gemm.name], cols) == gemm.lead(cols), gemm.name
+        leads += gemm.lead(cols) > 0
         dense = dense_weight(op)
         padded = np.zeros((dense.shape[0] + 1, dense.shape[1] + 1), dtype=np.int64)
         padded[:-1, :-1] = dense   # index -1: a padding lane or an empty column
@@ -302,3 +305,4 @@ def test_pe_sites_take_k_in_the_order_the_compiled_weight_tiles_hold_it(request:
         expected = [tuple(padded[outs, k].tolist()) for outs in channels for lanes in per_slice for k in lanes[::-1]]
         assert list(program.weights[gemm.weight_base:gemm.weight_base + len(expected)]) == expected, gemm.name
     assert ordered >= 2
+    assert leads > 0 or not (network == "squeezenet" and cols == 16)   # fire1's expand3 starts mid-word

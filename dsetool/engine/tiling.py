@@ -24,6 +24,11 @@ padding lane (a zero operand times a zero weight). `machine_k_order` gives that 
 of a layer then follow its registers as the accelerator runs it (a 1-channel first conv on 8 rows
 streams 25 slices of one real lane, not ceil(25 / 8) full ones).
 
+Columns (`lead`): a layer writing into a concat from inside an activation word runs its N slices with
+`lead` empty columns first (`dsetool.machine.tiling.machine_lead`), so its channels line up with the
+word's parts; those columns are never written, so every fault there is masked but an activation's, which
+travels on to the real columns.
+
 A register outside its wavefront (m or k out of range, or a PE beyond the layer's N or M) holds a
 bubble whose products are discarded: a fault there is masked, as it is on a padding lane's operand or
 weight register (the product it feeds is multiplied by the other zero).
@@ -57,6 +62,7 @@ class LayerTiling:
     cols: int
     dataflow: str
     k_order: tuple[int, ...] | None = None   # K index at each streamed position (-1: padding); None: im2col
+    lead: int = 0   # empty columns before output channel 0: column c of N slice t holds channel t*cols + c - lead
 
     def __post_init__(self) -> None:
         if self.dataflow not in ("ws", "os"):
@@ -65,6 +71,8 @@ class LayerTiling:
             if len(self.k_order) % self.rows or not all(-1 <= k < self.k for k in self.k_order):
                 raise ValueError(f"A K order holds whole slices of {self.rows} positions, each a K index below "
                                  f"{self.k} or -1")
+        if not 0 <= self.lead < self.cols:
+            raise ValueError(f"A lead of {self.lead} columns is not in 0..{self.cols - 1}")
 
     @property
     def k_stream(self) -> int:
@@ -84,7 +92,7 @@ class LayerTiling:
     def tile_grid(self) -> tuple[int, int]:
         """Return the number of tiles along (k or m, n)."""
         first = self.k_stream if self.dataflow == "ws" else self.m
-        return math.ceil(first / self.rows), math.ceil(self.n / self.cols)
+        return math.ceil(first / self.rows), math.ceil((self.lead + self.n) / self.cols)
 
     @property
     def tiles(self) -> int:

@@ -40,7 +40,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     ws = tiling.dataflow == "ws"
     m = u - r - c if ws else ta * R + r
     k = _k_at(tiling, ta * R + r if ws else u - r - c)   # -1: a padding lane, or outside the stream
-    n = tn * C + c
+    n = tn * C + c - tiling.lead   # < 0: an empty column before channel 0
     out = acc.clone(memory_format=torch.contiguous_format)
     flat = out.view(-1)
 
@@ -60,13 +60,13 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
         old = operand(b, m, k).to(torch.int64)
         delta = (with_masks(old, mask, model, width, signed) - old) * valid
         cols = torch.arange(C)
-        n_all = tn[:, None] * C + cols                                    # the value moves right
-        live = (cols >= c[:, None]) & (n_all < N)
+        n_all = tn[:, None] * C + cols - tiling.lead                      # the value moves right
+        live = (cols >= c[:, None]) & (n_all >= 0) & (n_all < N)
         value = delta[:, None] * weight(k[:, None].expand_as(n_all), n_all) * live
         add(b[:, None].expand_as(n_all).reshape(-1), n_all.clamp(0, N - 1).reshape(-1),
             m[:, None].expand_as(n_all).clamp(0, M - 1).reshape(-1), value.reshape(-1))
     elif register is site_registry.WEIGHTS:
-        valid = (n < N) & (k >= 0)
+        valid = (n >= 0) & (n < N) & (k >= 0)
         old = weight(k, n).to(torch.int64)
         delta = (with_masks(old, mask, model, width, True) - old) * valid
         if ws:   # stationary: every later row m of the tile uses the corrupted weight
@@ -83,7 +83,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
             add(b[:, None].expand_as(m_all).reshape(-1), n.clamp(0, N - 1)[:, None].expand_as(m_all).reshape(-1),
                 m_all.clamp(0, M - 1).reshape(-1), value.reshape(-1))
     else:   # the partial sum
-        valid = (m >= 0) & (m < M) & (n < N)
+        valid = (m >= 0) & (m < M) & (n >= 0) & (n < N)
         partial = _partial_sums(tiling, operands, weights, b, m, n, ta, r, u, c)
         faulty = with_masks(partial.to(torch.int64), mask, model, acc_bits, True)
         delta = (faulty - partial.to(torch.int64)) * valid

@@ -25,7 +25,7 @@ from dsetool.engine.intmodel import IntModel, QuantAct, WeightOp
 from dsetool.engine.tiling import LayerTiling
 from dsetool.faults import site_registry
 from dsetool.faults.site_registry import ACCUMULATOR, INPUT, PE, POST, PRE, WEIGHT, WEIGHTS, FaultSite, Hook
-from dsetool.machine.tiling import machine_k_order
+from dsetool.machine.tiling import machine_k_order, machine_lead
 from hw.arrayconfig import ArrayConfig
 
 
@@ -119,10 +119,11 @@ def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[st
     gemm = op.gemm
     assert gemm is not None   # every weight op puts a GEMM on the array
     groups = gemm.groups
-    # The accelerator's K order where it has one (`machine_k_order`); a grouped conv's groups, and arrays
-    # no accelerator has, stream K in im2col order.
-    tiling = LayerTiling(*gemm.tile_shape, array.rows, array.cols, array.dataflow,
-                         machine_k_order(model, index, array.rows, array.cols))
+    # The accelerator's K order and columns where it has them (`machine_k_order`, `machine_lead`); a
+    # grouped conv's groups, and arrays no accelerator has, stream K in im2col order from column 0.
+    k_order = machine_k_order(model, index, array.rows, array.cols)
+    lead = machine_lead(model, index, array.cols) if k_order is not None else 0
+    tiling = LayerTiling(*gemm.tile_shape, array.rows, array.cols, array.dataflow, k_order, lead)
     accumulator = array.acc_bits or acc_bits[op.name]
     width, signed = _pe_register(model, kind, index, accumulator)
     # A grouped conv runs as one GEMM per group, one after the other: its PE sites are the groups' schedules.

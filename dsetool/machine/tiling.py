@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dsetool.engine.intmodel import Add, AvgPool2d, Conv2d, Flatten, IntModel, QuantAct, WeightOp
+from dsetool.engine.intmodel import Add, AvgPool2d, Concat, Conv2d, Flatten, IntModel, QuantAct, WeightOp
 from dsetool.machine.program import Slice, Tensor, ceil_div
 
 
@@ -101,6 +101,25 @@ def machine_k_order(model: IntModel, index: int, rows: int, cols: int) -> tuple[
     channels, height, width = stored_map(model, model.input_of(index))
     _, k_index = Tiling(rows, cols, lanes).slices(op, Tensor(0, channels, height, width, lanes))
     return tuple(int(k) for k in k_index.reshape(-1))
+
+
+def machine_lead(model: IntModel, index: int, cols: int) -> int:
+    """Return the empty columns before output channel 0 of weight op `index` on an array of `cols` columns
+    (`Gemm.lead`): its output channels' offset in the concat its quantizer writes into, if any (nested
+    concats add their own), modulo `cols`; 0 for the logits layer or a quantizer with words of its own."""
+    readers = model.consumers(index)
+    if len(readers) != 1 or not isinstance(model.ops[readers[0]], QuantAct):
+        return 0   # the logits (the compiler refuses any other reader)
+    return _concat_offset(model, readers[0]) % cols
+
+
+def _concat_offset(model: IntModel, index: int) -> int:
+    """Return the channel where op `index`'s codes start in the concat reading them (0: none)."""
+    concats = [r for r in model.consumers(index) if isinstance(model.ops[r], Concat)]
+    if not concats:
+        return 0
+    reads = model.inputs[concats[0]]
+    return _concat_offset(model, concats[0]) + sum(model.ops[r].out_shape[0] for r in reads[:reads.index(index)])
 
 
 def stored_map(model: IntModel, index: int) -> tuple[int, int, int]:
