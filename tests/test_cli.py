@@ -147,7 +147,7 @@ def test_every_protection_scheme_and_tmr_run_a_campaign(tmp_path, write_experime
         assert "detected_rate" not in rows[name] and "sdc_detected_rate" not in rows[name], name
         assert 0 <= rows[name]["changed_rate"] <= 1, name
     assert rows["median3"]["changed_rate"] > 0 and rows["tmr"]["changed_rate"] > 0
-    assert rows["median3"]["masked_rate"] != rows["none"]["masked_rate"]
+    assert rows["median3"]["masked_by"]["protection"]["n"] > 0   # the filter itself masked some faults
     assert rows["tmr"]["sdc_rate"] == 0 and rows["tmr"]["masked_rate"] == 1.0 and rows["none"]["sdc_rate"] > 0
     assert rows["tmr"]["masked_by"]["vote"]["n"] > 0 and rows["tmr"]["tmr"] is True
 

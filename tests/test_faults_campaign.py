@@ -250,11 +250,12 @@ def test_early_stop_stops_once_the_interval_is_tight(setup, tmp_path: Path):
 @pytest.mark.parametrize("rows, cols", [(3, 2), (2, 4)])
 def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow, rows, cols):
     """End to end on an MLP: the campaign's logits equal a cycle-by-cycle simulation of the faulted layer,
-    on an array no accelerator has (3 x 2: K in im2col order) and on one whose accelerator streams K word
-    by word, 2 of each word's 4 lanes per slice (2 x 4: the images' one channel per pixel word leaves one
-    padding lane in each slice)."""
+    on an array no accelerator has (3 x 2: K in im2col order, each tile in its own window) and on one whose
+    accelerator streams K word by word, 2 of each word's 4 lanes per slice (2 x 4: the images' one channel
+    per pixel word leaves one padding lane in each slice; weight-stationary, the tiles on the
+    double-buffered machine's timeline)."""
     from hw.arrayconfig import ArrayConfig
-    from tests.fixtures.systolic_sim import simulate
+    from tests.fixtures.systolic_sim import simulate, simulate_timeline
 
     engine = exported_engine(tmp_path, "mlp", bits=4)
     network = EngineNetwork(engine)
@@ -264,6 +265,7 @@ def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow,
     array = ArrayConfig(rows=rows, cols=cols, act_bits=4, weight_bits=4, dataflow=dataflow)
     groups = site_groups(raw, site, [], network.acc_bits(), array)
     assert all((group.tiling.k_order is None) == (rows == 3) for group in groups)
+    assert all(bool(group.tiling.period) == (rows == 2 and dataflow == "ws") for group in groups)
     faults = draw_shard(spec(), groups, 16, shard=0, size=12)
     logits = evaluate(network, golden.outputs, faults.inputs, groups,
                       Faults(faults.trial, faults.group, faults.element, faults.bit), "bitflip").logits
@@ -272,14 +274,17 @@ def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow,
         layer = engine.layers[group.op_index]
         a = golden.outputs[group.op_index - 1][faults.inputs[t]].reshape(1, -1).numpy().astype(np.int64)
         w = layer.weight.numpy().astype(np.int64)
-        tile, u, r, c = np.unravel_index(int(faults.element[t]), group.tiling.shape)
+        where = tuple(int(i) for i in np.unravel_index(int(faults.element[t]), group.tiling.shape))
         bit = int(faults.bit[t])
 
         def corrupt(value, bit=bit, group=group):
             return int(apply_fault(torch.tensor([value]), torch.tensor([bit]), "bitflip", group.width, group.signed)[0])
 
-        out = simulate(group.tiling, a, w, group.width if site == "pe.psum" else 40,
-                       (site, int(tile), int(u), int(r), int(c), corrupt))
+        acc_bits = group.width if site == "pe.psum" else 40
+        if group.tiling.period:   # (cycle, row, col) of the tiles' timeline
+            out = simulate_timeline(group.tiling, a, w, acc_bits, (site, *where, corrupt))
+        else:                     # (tile, cycle of its window, row, col)
+            out = simulate(group.tiling, a, w, acc_bits, (site, *where, corrupt))
         acc = torch.tensor(out.astype(np.int64), dtype=torch.float64) + layer.bias
         expected = engine.run(acc, start=group.op_index + 1) if group.op_index + 1 < network.n_ops else acc
         assert torch.equal(logits[t], expected.reshape(-1)), (site, dataflow, t)

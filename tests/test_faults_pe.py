@@ -9,7 +9,8 @@ import torch
 from dsetool.engine.tiling import LayerTiling
 from dsetool.faults.bits import apply_fault
 from dsetool.faults.pe import apply_pe_faults
-from tests.fixtures.systolic_sim import simulate
+from hw.cycles import machine_tile_period
+from tests.fixtures.systolic_sim import simulate, simulate_timeline
 
 ARRAYS = [(2, 2), (3, 2), (4, 4)]
 ACT_BITS, WEIGHT_BITS, ACC_BITS = 4, 4, 14
@@ -63,3 +64,43 @@ def test_fast_pe_faults_equal_cycle_simulation(rows, cols, dataflow, site, layou
                               ACC_BITS)
         assert np.array_equal(got[0].T.numpy().astype(np.int64) - bias, expected.astype(np.int64)), (
             site, dataflow, (int(tile), int(u), int(r), int(c)), bit, model)
+
+
+@pytest.mark.parametrize("rows, cols", ARRAYS)
+@pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
+@pytest.mark.parametrize("layout", ["im2col", "k-order-lead"])
+@pytest.mark.parametrize("m", [1, 3, 6])
+def test_fast_pe_faults_on_the_tiles_timeline_equal_its_cycle_simulation(rows, cols, site, layout, m):
+    """The double-buffered weight-stationary accelerator starts a tile every `machine_tile_period` cycles
+    while the one before still streams: a site is one register at one cycle of that timeline (each
+    counted once), and the fast model equals a cycle-by-cycle simulation of the overlapping tiles. Few
+    rows per tile (M = 1, 3) make the period longer than M (idle cycles between tiles), M = 6 shorter than
+    a tile's window (a PE's cycles after one tile's rows carry the next tile's)."""
+    rng = np.random.default_rng(hash((rows, cols, site, layout, m)) % 2**32)
+    k, n = 7, 5
+    order = shuffled_order(rng, k, rows) if layout != "im2col" else None
+    tiling = LayerTiling(m, k, n, rows, cols, "ws", order, cols - 1 if layout != "im2col" else 0,
+                         machine_tile_period(m, rows, cols))
+    assert tiling.shape == (tiling.span, rows, cols) and tiling.span < tiling.tiles * tiling.window
+    a = rng.integers(0, 1 << ACT_BITS, size=(m, k))
+    w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
+    bias = rng.integers(-50, 50, size=n)
+    assert np.array_equal(simulate_timeline(tiling, a, w, ACC_BITS, None).astype(np.int64), a @ w)
+    width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True)}[site]
+    operands = torch.tensor(a.T[None], dtype=torch.float64)
+    weights = torch.tensor(w.T, dtype=torch.float64)
+    acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
+    changed = 0
+    for trial in range(40):
+        element = int(rng.integers(0, int(np.prod(tiling.shape))))
+        bit = int(rng.integers(0, width))
+        model = ["bitflip", "stuck0", "stuck1"][trial % 3]
+        cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
+        expected = simulate_timeline(tiling, a, w, ACC_BITS, (site, cycle, r, c, corrupt(bit, width, signed, model)))
+        got = apply_pe_faults(site, tiling, operands, weights, acc, torch.tensor(bias, dtype=torch.float64),
+                              np.array([0]), np.array([element]), np.array([1 << bit]), model, width, signed,
+                              ACC_BITS)
+        assert np.array_equal(got[0].T.numpy().astype(np.int64) - bias, expected.astype(np.int64)), (
+            site, (cycle, r, c), bit, model)
+        changed += not np.array_equal(expected.astype(np.int64), a @ w)
+    assert changed > 0

@@ -24,6 +24,14 @@ padding lane (a zero operand times a zero weight). `machine_k_order` gives that 
 of a layer then follow its registers as the accelerator runs it (a 1-channel first conv on 8 rows
 streams 25 slices of one real lane, not ceil(25 / 8) full ones).
 
+Timeline (`period`): the double-buffered weight-stationary accelerator presents tile j's first row
+`period` cycles after tile j - 1's (`hw.cycles.machine_tile_period`, at least M), while that tile's rows
+still cross the array. A PE then holds row m of tile j on cycle j * period + m + r + c of one shared
+timeline and no tile's row on the others; the sites are each register at each cycle of it, (cycle, row,
+col), counted once, where separate windows would count a PE's cycles that carry the next tile's rows a
+second time, as bubbles. Tiles run in the machine's order, N slice after N slice, each N slice's K slices
+in order. The weight register keeps the weights of the tile the PE passes or last passed.
+
 Columns (`lead`): a layer writing into a concat from inside an activation word runs its N slices with
 `lead` empty columns first (`dsetool.machine.tiling.machine_lead`), so its channels line up with the
 word's parts; those columns are never written, so every fault there is masked but an activation's, which
@@ -63,6 +71,7 @@ class LayerTiling:
     dataflow: str
     k_order: tuple[int, ...] | None = None   # K index at each streamed position (-1: padding); None: im2col
     lead: int = 0   # empty columns before output channel 0: column c of N slice t holds channel t*cols + c - lead
+    period: int = 0   # > 0: the tiles run on one timeline, a tile starting every `period` cycles (see below)
 
     def __post_init__(self) -> None:
         if self.dataflow not in ("ws", "os"):
@@ -73,6 +82,9 @@ class LayerTiling:
                                  f"{self.k} or -1")
         if not 0 <= self.lead < self.cols:
             raise ValueError(f"A lead of {self.lead} columns is not in 0..{self.cols - 1}")
+        if self.period and (self.dataflow != "ws" or self.period < self.m):
+            raise ValueError(f"Tiles on one timeline need the weight-stationary dataflow and a period of at least "
+                             f"M = {self.m} cycles, not {self.dataflow!r} and {self.period}")
 
     @property
     def k_stream(self) -> int:
@@ -107,14 +119,46 @@ class LayerTiling:
         return stream + self.rows + self.cols - 2
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Return the register-site grid (tile, cycle, row, col); its flat index is a site's element."""
+    def span(self) -> int:
+        """Return the cycles of the tiles' timeline (`period` > 0): the first tile's first streaming cycle to
+        the last tile's last."""
+        return (self.tiles - 1) * self.period + self.window
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Return the register-site grid whose flat index is a site's element: (tile, cycle, row, col), each
+        tile its own window; on one timeline (`period`), (cycle, row, col), each register-cycle once."""
+        if self.period:
+            return self.span, self.rows, self.cols
         return self.tiles, self.window, self.rows, self.cols
 
-    def decode(self, element: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Return (tile_a, tile_n, u, r, c) of flat site indices (tile_a is the k- or m-tile)."""
-        tile, u, r, c = np.unravel_index(element, self.shape)
-        tile_a, tile_n = np.divmod(tile, self.tile_grid[1])
+    def decode(self, element: np.ndarray, stationary: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (tile_a, tile_n, u, r, c) of flat site indices (tile_a is the k- or m-tile, u the streaming
+        cycle of that tile's own window).
+
+        On one timeline, tile j (the machine's order: N slice after N slice, each N slice's K slices in
+        order) streams from cycle j * period, so PE(r, c) holds row m of tile j on cycle j * period + m +
+        r + c. A cycle on which it holds no tile's row gives u = -1 (a bubble: masked); with `stationary`
+        (the weight-stationary weight register, which keeps its tile's weight between rows) it gives the
+        weight in use then: the tile whose rows the PE is passing or last passed (the first before any),
+        with u before its first row (the fault corrupts all of the tile's rows) or after its last (none)."""
+        if not self.period:
+            tile, u, r, c = np.unravel_index(element, self.shape)
+            tile_a, tile_n = np.divmod(tile, self.tile_grid[1])
+            return tile_a, tile_n, u, r, c
+        cycle, r, c = (np.asarray(x, dtype=np.int64) for x in np.unravel_index(element, self.shape))
+        ahead = cycle - r - c
+        tile = np.floor_divide(ahead, self.period)
+        if stationary:
+            tile = np.clip(tile, 0, self.tiles - 1)
+            u = ahead - tile * self.period + r + c
+        else:
+            row = ahead - tile * self.period
+            busy = (tile >= 0) & (tile < self.tiles) & (row < self.m)
+            tile = np.where(busy, tile, 0)
+            u = np.where(busy, row + r + c, -1)
+        tile_n, tile_a = np.divmod(tile, self.tile_grid[0])
         return tile_a, tile_n, u, r, c
 
 

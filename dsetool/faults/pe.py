@@ -33,11 +33,13 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     corrupted operand can overflow a narrow accumulator too, not only a corrupted partial sum).
     """
 
-    ta, tn, u, r, c = (torch.from_numpy(a.astype(np.int64)) for a in tiling.decode(elements))
+    register = site_registry.site(site).register   # which operand or sum the PE register holds
+    ws = tiling.dataflow == "ws"
+    stationary = ws and register is site_registry.WEIGHTS
+    ta, tn, u, r, c = (torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in tiling.decode(elements, stationary))
     b = torch.from_numpy(rows.astype(np.int64))
     mask = torch.from_numpy(masks.astype(np.int64))
     R, C, M, K, N = tiling.rows, tiling.cols, tiling.m, tiling.k, tiling.n
-    ws = tiling.dataflow == "ws"
     m = u - r - c if ws else ta * R + r
     k = _k_at(tiling, ta * R + r if ws else u - r - c)   # -1: a padding lane, or outside the stream
     n = tn * C + c - tiling.lead   # < 0: an empty column before channel 0
@@ -54,7 +56,6 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     def weight(kk: torch.Tensor, nn: torch.Tensor) -> torch.Tensor:
         return weights[nn.clamp(0, N - 1), kk.clamp(0, K - 1)]
 
-    register = site_registry.site(site).register   # which operand or sum the PE register holds
     if register is site_registry.INPUT:
         valid = (m >= 0) & (m < M) & (k >= 0)
         old = operand(b, m, k).to(torch.int64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from dsetool.engine.intmodel import IntModel, QuantAct, WeightOp
 from dsetool.engine.tiling import LayerTiling
@@ -27,6 +28,7 @@ from dsetool.faults import site_registry
 from dsetool.faults.site_registry import ACCUMULATOR, INPUT, PE, POST, PRE, WEIGHT, WEIGHTS, FaultSite, Hook
 from dsetool.machine.tiling import machine_k_order, machine_lead
 from hw.arrayconfig import ArrayConfig
+from hw.cycles import machine_tile_period
 
 
 class SiteError(ValueError):
@@ -76,11 +78,13 @@ def _consumer(model: IntModel, index: int) -> int | None:
 
 
 def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Mapping[str, int],
-                array: ArrayConfig | None = None) -> list[SiteGroup]:
+                array: ArrayConfig | None = None, weight_buffers: int = 2) -> list[SiteGroup]:
     """Return the site groups of `site` in the selected weight layers (all when `layers` is empty).
 
     `acc_bits` gives each layer's accumulator width: the register width of `out` faults on a layer without
     a requantizer (the one whose accumulators are the logits), and of partial sums unless the array fixes one.
+    `weight_buffers`: the accelerator's weight registers per PE (`hw.weight_buffers`); with two, a weight-
+    stationary layer's PE sites lie on the tiles' shared timeline (`LayerTiling.period`).
     """
     try:
         kind = site_registry.site(site)
@@ -96,7 +100,7 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
     chosen = [i for i in indices if not layers or model.ops[i].name in layers]
     if kind.hook == PRE:   # one group per buffer, however many weight layers read it (named after the first)
         chosen = sorted({_first_weight_reader(model, model.input_of(i)) for i in chosen})
-    build = GROUP_BUILDERS[kind.hook]
+    build = partial(_pe_group, weight_buffers=weight_buffers) if kind.hook == PE else GROUP_BUILDERS[kind.hook]
     return [build(model, kind, i, acc_bits, array) for i in chosen]
 
 
@@ -111,7 +115,7 @@ def _weight_op(model: IntModel, index: int) -> WeightOp:
 
 
 def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[str, int],
-              array: ArrayConfig | None) -> SiteGroup:
+              array: ArrayConfig | None, weight_buffers: int = 2) -> SiteGroup:
     """A PE register of the layer's schedule on the array: an operand (its input codes or weights) or a
     partial sum (the array's accumulator width)."""
     assert array is not None
@@ -123,7 +127,12 @@ def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[st
     # grouped conv's groups, and arrays no accelerator has, stream K in im2col order from column 0.
     k_order = machine_k_order(model, index, array.rows, array.cols)
     lead = machine_lead(model, index, array.cols) if k_order is not None else 0
-    tiling = LayerTiling(*gemm.tile_shape, array.rows, array.cols, array.dataflow, k_order, lead)
+    # The double-buffered weight-stationary accelerator starts a tile every `machine_tile_period` cycles,
+    # while the one before still streams: its PE sites are each register at each cycle of that timeline.
+    m = gemm.tile_shape[0]
+    period = machine_tile_period(m, array.rows, array.cols) \
+        if k_order is not None and array.dataflow == "ws" and weight_buffers == 2 else 0
+    tiling = LayerTiling(*gemm.tile_shape, array.rows, array.cols, array.dataflow, k_order, lead, period)
     accumulator = array.acc_bits or acc_bits[op.name]
     width, signed = _pe_register(model, kind, index, accumulator)
     # A grouped conv runs as one GEMM per group, one after the other: its PE sites are the groups' schedules.

@@ -134,8 +134,10 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
     if site_registry.in_array(cfg.faults.sites):  # only PE registers depend on the array
         from dsetool.design import design_of
 
-        hw["array"] = to_plain(design_of(cfg).array)
+        design = design_of(cfg)
+        hw["array"] = to_plain(design.array)
         hw["k_order"] = "accelerator"   # PE sites stream K as the accelerator does (`machine_k_order`)
+        hw["weight_buffers"] = design.weight_buffers   # two: the sites lie on the tiles' shared timeline
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
