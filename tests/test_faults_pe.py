@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -38,7 +40,7 @@ def shuffled_order(rng: np.random.Generator, k: int, rows: int) -> tuple[int, ..
 def test_fast_pe_faults_equal_cycle_simulation(rows, cols, dataflow, site, layout):
     """Every site, K in im2col order or in a shuffled one with padding lanes, with and without empty lead
     columns (a layer writing into a concat from inside a word)."""
-    rng = np.random.default_rng(hash((rows, cols, dataflow, site, layout)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((rows, cols, dataflow, site, layout)).encode()))
     m, k, n = 5, 7, 5   # not multiples of the array
     tiling = LayerTiling(m, k, n, rows, cols, dataflow, shuffled_order(rng, k, rows) if layout != "im2col" else None,
                          cols - 1 if layout == "k-order-lead" else 0)
@@ -76,7 +78,7 @@ def test_fast_pe_faults_on_the_tiles_timeline_equal_its_cycle_simulation(rows, c
     counted once), and the fast model equals a cycle-by-cycle simulation of the overlapping tiles. Few
     rows per tile (M = 1, 3) make the period longer than M (idle cycles between tiles), M = 6 shorter than
     a tile's window (a PE's cycles after one tile's rows carry the next tile's)."""
-    rng = np.random.default_rng(hash((rows, cols, site, layout, m)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((rows, cols, site, layout, m)).encode()))
     k, n = 7, 5
     order = shuffled_order(rng, k, rows) if layout != "im2col" else None
     tiling = LayerTiling(m, k, n, rows, cols, "ws", order, cols - 1 if layout != "im2col" else 0,

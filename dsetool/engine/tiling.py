@@ -30,7 +30,8 @@ still cross the array. A PE then holds row m of tile j on cycle j * period + m +
 timeline and no tile's row on the others; the sites are each register at each cycle of it, (cycle, row,
 col), counted once, where separate windows would count a PE's cycles that carry the next tile's rows a
 second time, as bubbles. Tiles run in the machine's order, N slice after N slice, each N slice's K slices
-in order. The weight register keeps the weights of the tile the PE passes or last passed.
+in order. The weight site is the bank in use: the weights of the tile the PE passes or last passed (the
+PE's other bank, loaded for the next tile a few cycles before its first row arrives, is not a site).
 
 Columns (`lead`): a layer writing into a concat from inside an activation word runs its N slices with
 `lead` empty columns first (`dsetool.machine.tiling.machine_lead`), so its channels line up with the
