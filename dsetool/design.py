@@ -26,6 +26,7 @@ from dsetool.gemm import Gemm, VectorPass, array_gemms
 from dsetool.models.shapes import network_shapes
 from dsetool.protect import registry as protections
 from hw.arrayconfig import ArrayConfig
+from hw.cycles import DEFAULT_WEIGHT_BUFFERS
 
 if TYPE_CHECKING:
     from amaranth.lib import wiring
@@ -129,7 +130,7 @@ class Design:
     protection: ProtectionSpec
     gemms: tuple[Gemm, ...]
     vector_passes: tuple[VectorPass, ...]
-    weight_buffers: int = 2
+    weight_buffers: int = DEFAULT_WEIGHT_BUFFERS
 
     @property
     def acc_bits(self) -> int:

@@ -144,6 +144,7 @@ MACHINE_STREAM_TAIL = 5   # output-stationary: the last row's sums through the c
 
 
 WEIGHT_BUFFERS = (1, 2)
+DEFAULT_WEIGHT_BUFFERS = 2   # `hw.weight_buffers`'s default: loads overlapped with streams
 
 
 def check_weight_buffers(weight_buffers: object, what: str = "Machine") -> int:

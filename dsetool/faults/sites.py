@@ -28,7 +28,7 @@ from dsetool.faults import site_registry
 from dsetool.faults.site_registry import ACCUMULATOR, INPUT, PE, POST, PRE, WEIGHT, WEIGHTS, FaultSite, Hook
 from dsetool.machine.tiling import machine_k_order, machine_lead
 from hw.arrayconfig import ArrayConfig
-from hw.cycles import machine_tile_period
+from hw.cycles import DEFAULT_WEIGHT_BUFFERS, machine_tile_period
 
 
 class SiteError(ValueError):
@@ -78,7 +78,7 @@ def _consumer(model: IntModel, index: int) -> int | None:
 
 
 def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Mapping[str, int],
-                array: ArrayConfig | None = None, weight_buffers: int = 2) -> list[SiteGroup]:
+                array: ArrayConfig | None = None, weight_buffers: int = DEFAULT_WEIGHT_BUFFERS) -> list[SiteGroup]:
     """Return the site groups of `site` in the selected weight layers (all when `layers` is empty).
 
     `acc_bits` gives each layer's accumulator width: the register width of `out` faults on a layer without
@@ -115,7 +115,7 @@ def _weight_op(model: IntModel, index: int) -> WeightOp:
 
 
 def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[str, int],
-              array: ArrayConfig | None, weight_buffers: int = 2) -> SiteGroup:
+              array: ArrayConfig | None, weight_buffers: int = DEFAULT_WEIGHT_BUFFERS) -> SiteGroup:
     """A PE register of the layer's schedule on the array: an operand (its input codes or weights) or a
     partial sum (the array's accumulator width)."""
     assert array is not None

@@ -95,9 +95,14 @@ def machine_k_order(model: IntModel, index: int, rows: int, cols: int) -> tuple[
     laid out as any other, so its readers' order follows the same rule."""
     op = model.ops[index]
     assert isinstance(op, WeightOp)
-    if max(rows, cols) % min(rows, cols) or (isinstance(op, Conv2d) and op.groups > 1):
+    from dsetool.machine.compiler import UnsupportedOp, lanes_of  # (the compiler imports this module)
+
+    if isinstance(op, Conv2d) and op.groups > 1:
         return None
-    lanes = max(rows, cols)
+    try:
+        lanes = lanes_of(rows, cols)
+    except UnsupportedOp:
+        return None
     channels, height, width = stored_map(model, model.input_of(index))
     _, k_index = Tiling(rows, cols, lanes).slices(op, Tensor(0, channels, height, width, lanes))
     return tuple(int(k) for k in k_index.reshape(-1))
