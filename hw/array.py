@@ -40,6 +40,31 @@ def delay_line(m: Module, value: Value, stages: int, name: str) -> Value:
     return value
 
 
+FAULT_REGISTERS = ("act", "weight", "psum")
+"""The PE registers a simulation build's fault port can flip, by their code on `fault_register`."""
+
+
+def _fault_port_members(acc_bits: int, config: ArrayConfig) -> dict[str, object]:
+    """The array's fault port (a simulation build): while `fault_fire` is high, PE(`fault_row`,
+    `fault_col`) flips the bits `fault_mask` of its register `fault_register` (`FAULT_REGISTERS`; a
+    double-buffered PE's weight in bank `fault_bank`), as `hw.pe`'s fault masks say."""
+    return {"fault_fire": In(1), "fault_row": In(range(max(2, config.rows))),
+            "fault_col": In(range(max(2, config.cols))), "fault_register": In(2), "fault_bank": In(1),
+            "fault_mask": In(acc_bits)}
+
+
+def _drive_fault_masks(m: Module, array: WSArray | WSDoubleBufferArray) -> None:
+    """Route the fault port's mask to the one PE and register it names, zeros everywhere else."""
+    for r, line in enumerate(array.pes):
+        for c, pe in enumerate(line):
+            here = array.fault_fire & (array.fault_row == r) & (array.fault_col == c)
+            for code, name in enumerate(FAULT_REGISTERS):
+                mask = getattr(pe, f"fault_{name}")
+                m.d.comb += mask.eq(Mux(here & (array.fault_register == code), array.fault_mask[:len(mask)], 0))
+            if isinstance(pe, WSDoubleBufferPE):
+                m.d.comb += pe.fault_bank.eq(array.fault_bank)
+
+
 def _deskewed_outputs(m: Module, array: WSArray | WSDoubleBufferArray) -> None:
     """Drive a weight-stationary array's `out` from its last row's sums, column c delayed C - 1 - c cycles
     so an output row leaves whole, and `out_valid` from `a_valid` delayed by the array's R + C - 1."""
@@ -115,15 +140,18 @@ class WSArray(_Array):
     out : Out(signed(acc_bits)).array(cols)
 
     `pes[r][c]` is PE(r, c), whose `act`, `weight` and `psum` registers a testbench may read or force.
+    With `fault_port` (simulation builds), the fault port of `_fault_port_members` flips them instead.
     """
 
     dataflow = "ws"
 
-    def __init__(self, config: ArrayConfig, *, k: int | None = None) -> None:
+    def __init__(self, config: ArrayConfig, *, k: int | None = None, fault_port: bool = False) -> None:
         acc_bits = self._accumulator(config, k)
-        self.pes = [[WSProcessingElement.from_config(config, acc_bits) for _ in range(config.cols)]
-                    for _ in range(config.rows)]
+        self.fault_port = fault_port
+        self.pes = [[WSProcessingElement.from_config(config, acc_bits, fault_masks=fault_port)
+                     for _ in range(config.cols)] for _ in range(config.rows)]
         super().__init__(config, {
+            **(_fault_port_members(acc_bits, config) if fault_port else {}),
             "w_load": In(1),
             "w": In(signed(config.weight_bits)).array(config.cols),
             "a_valid": In(1),
@@ -144,6 +172,8 @@ class WSArray(_Array):
                     m.d.comb += pe.act_in.eq(line[c - 1].act_out)
             lane = Mux(self.a_valid, self.a[r], 0)
             m.d.comb += line[0].act_in.eq(delay_line(m, lane, r, f"skew_{r}"))
+        if self.fault_port:
+            _drive_fault_masks(m, self)
         _deskewed_outputs(m, self)
         return m
 
@@ -177,16 +207,18 @@ class WSDoubleBufferArray(_Array):
     a : In(act shape).array(rows)
     out_valid : Out(1); out : Out(signed(acc_bits)).array(cols)
 
-    `pes[r][c]` is PE(r, c).
+    `pes[r][c]` is PE(r, c). With `fault_port`, as `WSArray`'s (`fault_bank`: the weight bank flipped).
     """
 
     dataflow = "ws"
 
-    def __init__(self, config: ArrayConfig, *, k: int | None = None) -> None:
+    def __init__(self, config: ArrayConfig, *, k: int | None = None, fault_port: bool = False) -> None:
         acc_bits = self._accumulator(config, k)
-        self.pes = [[WSDoubleBufferPE.from_config(config, acc_bits) for _ in range(config.cols)]
-                    for _ in range(config.rows)]
+        self.fault_port = fault_port
+        self.pes = [[WSDoubleBufferPE.from_config(config, acc_bits, fault_masks=fault_port)
+                     for _ in range(config.cols)] for _ in range(config.rows)]
         super().__init__(config, {
+            **(_fault_port_members(acc_bits, config) if fault_port else {}),
             "w_rows": In(config.rows),
             "w_bank": In(1),
             "w": In(signed(config.weight_bits)).array(config.cols),
@@ -209,6 +241,8 @@ class WSDoubleBufferArray(_Array):
             lane = Mux(self.a_valid, self.a[r], 0)
             m.d.comb += line[0].act_in.eq(delay_line(m, lane, r, f"skew_{r}"))
             m.d.comb += line[0].sel_in.eq(delay_line(m, self.a_bank, r, f"skew_bank_{r}"))
+        if self.fault_port:
+            _drive_fault_masks(m, self)
         _deskewed_outputs(m, self)
         return m
 

@@ -169,12 +169,23 @@ class Machine(wiring.Component):
     reads it (the buffer is idle while an instruction is fetched and decoded).
     fault_arm : In(1); fault_pc : In(instruction index); fault_address : In(buffer address);
     fault_lane : In(lane); fault_mask : In(code width).
+
+    A weight-stationary machine without TMR also gets a PE fault injector with the fault port (`pe_faults`):
+    while `pe_arm` is high, the GEMM instruction `pe_pc` counts its tiles' first rows as they are presented
+    to the array (tile 0 first, in the machine's order), and `pe_cycle` cycles after tile `pe_tile`'s
+    (0: on that cycle) PE(`pe_row`, `pe_col`) flips bits `pe_mask` of its register `pe_register`
+    (`hw.array.FAULT_REGISTERS`; the weight in bank `pe_bank` of a double-buffered PE). So a fault site
+    of `dsetool.engine.tiling` is (tile, cycle of its window) on the single-buffered machine, and (tile
+    0, cycle of the shared timeline) on the double-buffered one, whose tiles start `machine_tile_period`
+    cycles apart. pe_arm : In(1); pe_pc : In(instruction index); pe_tile : In(16); pe_cycle : In(32);
+    pe_row, pe_col, pe_register, pe_bank : the array's; pe_mask : In(acc_bits).
     """
 
     def __init__(self, params: MachineShape, *, fault_port: bool = False) -> None:
         self.params = params
         self.fault_port = fault_port
         a = params.array
+        self.pe_faults = fault_port and a.dataflow == "ws" and not a.tmr
         if a.dataflow not in ("ws", "os") or a.protection != "none":
             raise ValueError("Machine needs a weight- or output-stationary ArrayConfig without protection "
                              "(the range check is MachineShape.check)")
@@ -193,6 +204,9 @@ class Machine(wiring.Component):
             **({"fault_arm": In(1), "fault_pc": In(range(max(2, params.instruction_words + 1))),
                 "fault_address": In(range(max(2, params.buffer_words))), "fault_lane": In(range(max(2, params.lanes))),
                 "fault_mask": In(params.code_shape.width)} if fault_port else {}),
+            **({"pe_arm": In(1), "pe_pc": In(range(max(2, params.instruction_words + 1))), "pe_tile": In(16),
+                "pe_cycle": In(32), "pe_row": In(range(max(2, a.rows))), "pe_col": In(range(max(2, a.cols))),
+                "pe_register": In(2), "pe_bank": In(1), "pe_mask": In(a.acc_bits)} if self.pe_faults else {}),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -315,6 +329,8 @@ class Machine(wiring.Component):
         out_index = Signal(range(max(2, p.num_classes + 1)))
         out_word, out_lane = Signal(range(max(2, lmem.depth))), Signal(range(lanes))
         flip = self._fault_injector(m, aread, awrite) if self.fault_port else None
+        tile_start = Signal(name="pe_tile_start")   # a tile's first row is presented to the array
+        pe_reset = self._pe_fault_injector(m, dp, pc, dp.restart if double else tile_start) if self.pe_faults else []
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 m.d.comb += [self.in_ready.eq(1), idle.eq(1)]
@@ -336,7 +352,7 @@ class Machine(wiring.Component):
                     m.d.sync += flip.eq(0)
                 fetched = self._fetched
                 m.d.sync += [instr.eq(iread.data), nt.eq(0), kt.eq(0), wptr.eq(fetched.weight_base),
-                             pc.eq(pc + 1), count.eq(0), sp.eq(fetched.slice_first)]
+                             pc.eq(pc + 1), count.eq(0), sp.eq(fetched.slice_first), *pe_reset]
                 m.d.sync += writer.reset(fetched)
                 if stream:
                     m.d.sync += feed.reset()
@@ -380,7 +396,8 @@ class Machine(wiring.Component):
                         m.d.sync += count.eq(0)
                         m.next = "G_STREAM"
                 with m.State("G_STREAM"):
-                    m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last)]
+                    m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last),
+                                 tile_start.eq(count == 0)]
                     with m.If(count == 0):
                         with m.If(kt == 0):
                             m.d.sync += bias_active.eq(pending)
@@ -444,6 +461,27 @@ class Machine(wiring.Component):
                          awrite.data.eq(aread.data ^ (self.fault_mask << (self.fault_lane * width))),
                          awrite.en.eq((1 << self.params.lanes) - 1)]
         return flip
+
+    def _pe_fault_injector(self, m: Module, dp: Any, pc: Value, tile_start: Value) -> list:
+        """Drive the datapath's PE fault port from `pe_*` (see the class docstring): count the armed
+        GEMM's tile starts, then its cycles from tile `pe_tile`'s, and fire on cycle `pe_cycle`. Return
+        the statements that reset the counts at an instruction's decode."""
+        seen = Signal(16, name="pe_tiles_seen")
+        running = Signal(name="pe_counting")
+        clock = Signal(32, name="pe_clock")
+        armed = self.pe_arm & (pc == self.pe_pc + 1)   # the decode advanced `pc` past the instruction
+        here = armed & tile_start & ~running & (seen == self.pe_tile)
+        with m.If(running):
+            m.d.sync += clock.eq(clock + 1)
+        with m.If(armed & tile_start):
+            m.d.sync += seen.eq(seen + 1)
+        with m.If(here):
+            m.d.sync += [running.eq(1), clock.eq(1)]
+        fire = (here & (self.pe_cycle == 0)) | (armed & running & (clock == self.pe_cycle))
+        m.d.comb += [dp.fault_fire.eq(fire), dp.fault_row.eq(self.pe_row), dp.fault_col.eq(self.pe_col),
+                     dp.fault_register.eq(self.pe_register), dp.fault_bank.eq(self.pe_bank),
+                     dp.fault_mask.eq(self.pe_mask)]
+        return [seen.eq(0), running.eq(0), clock.eq(0)]
 
     def _overlap(self, m: Module, dp: Any, instr: Value, sl: Value, wread: Any, cread: Any, active: Value,
                  feed_valid: Value) -> _Overlap:
@@ -595,10 +633,8 @@ class Machine(wiring.Component):
         def make() -> Datapath | StreamDatapath:
             if p.array.dataflow == "os":
                 return StreamDatapath(p.array, p.code_shape, p.multiplier_bits, p.shift_bits, check=check)
-            if p.weight_buffers == 2:
-                return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check,
-                                weight_buffers=2)
-            return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check)
+            return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check,
+                            weight_buffers=p.weight_buffers, fault_port=self.pe_faults)
 
         return TripleModular(make) if p.array.tmr else make()
 

@@ -58,6 +58,8 @@ class Datapath(wiring.Component):
         The column stage's range check (`hw.protect.MACHINE_MODES`), or None.
     weight_buffers : int
         1: `hw.array.WSArray`, weights shifted in (`w_load`); 2: `hw.array.WSDoubleBufferArray`.
+    fault_port : bool
+        A simulation build: the array's PE fault port (`fault_fire`, `fault_row`, ...) is passed through.
 
     Members
     -------
@@ -69,11 +71,12 @@ class Datapath(wiring.Component):
     """
 
     def __init__(self, array: ArrayConfig, depth: int, code_shape: object, multiplier_bits: int, shift_bits: int,
-                 *, check: RangeMode | None = None, weight_buffers: int = 1) -> None:
+                 *, check: RangeMode | None = None, weight_buffers: int = 1, fault_port: bool = False) -> None:
         self.weight_buffers = check_weight_buffers(weight_buffers, "Datapath")
+        self.fault_port = fault_port
         config = dataclasses.replace(array, tmr=False)
-        self._array: WSArray | WSDoubleBufferArray = WSArray(config) if weight_buffers == 1 else \
-            WSDoubleBufferArray(config)
+        self._array: WSArray | WSDoubleBufferArray = WSArray(config, fault_port=fault_port) \
+            if weight_buffers == 1 else WSDoubleBufferArray(config, fault_port=fault_port)
         self._sums = KAccumulator(self._array.acc_bits, array.cols, max(1, depth), with_bias=True,
                                   restart=weight_buffers == 2)
         self._stage = ColumnStage(self._array.acc_bits, array.cols, code_shape, multiplier_bits, shift_bits,
@@ -82,7 +85,8 @@ class Datapath(wiring.Component):
         parts = {"array": self._array.signature.members, "sums": self._sums.signature.members,
                  "stage": self._stage.signature.members}
         loads = ("w_load",) if weight_buffers == 1 else ("w_rows", "w_bank", "a_bank")
-        members = {name: parts["array"][name] for name in ("a_valid", "a", *loads, "w")}
+        faults = tuple(name for name in parts["array"] if name.startswith("fault_"))
+        members = {name: parts["array"][name] for name in ("a_valid", "a", *loads, "w", *faults)}
         members |= {"k_first": In(1), "k_last": In(1), "bias": parts["sums"]["bias"], "logits": In(1)}
         if weight_buffers == 2:
             members |= {"restart": In(1)}
@@ -114,6 +118,10 @@ class Datapath(wiring.Component):
             assert isinstance(array, WSArray)
             m.d.comb += [array.a_valid.eq(self.a_valid), array.w_load.eq(self.w_load)]
         m.d.comb += [array.a[r].eq(self.a[r]) for r in range(len(self.a))]
+        if self.fault_port:
+            m.d.comb += [getattr(array, name).eq(getattr(self, name))
+                         for name in ("fault_fire", "fault_row", "fault_col", "fault_register", "fault_bank",
+                                      "fault_mask")]
         m.d.comb += [array.w[c].eq(self.w[c]) for c in cols]
         m.d.comb += [sums.valid.eq(array.out_valid), sums.first.eq(first), sums.last.eq(last)]
         m.d.comb += [sums.acc[c].eq(array.out[c]) for c in cols]

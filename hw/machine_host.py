@@ -45,6 +45,18 @@ def arm_fault(session: Session, pc: int, address: int, lane: int, mask: int) -> 
         session.set(port, value)
 
 
+def arm_pe_fault(session: Session, pc: int, tile: int, cycle: int, row: int, col: int, register: int, bank: int,
+                 mask: int) -> None:
+    """Arm the PE fault port of a machine built with `fault_port` (weight-stationary, no TMR): the next
+    runs flip bits `mask` of register `register` (`hw.array.FAULT_REGISTERS`; bank `bank` of a weight) of
+    PE(`row`, `col`) `cycle` cycles after tile `tile` of GEMM instruction `pc` is presented."""
+    for port, value in (("pe_pc", pc), ("pe_tile", tile), ("pe_cycle", cycle), ("pe_row", row), ("pe_col", col),
+                        ("pe_register", register), ("pe_bank", bank), ("pe_mask", mask), ("pe_arm", 1)):
+        session.set(port, value)
+
+
 def disarm_fault(session: Session) -> None:
-    """Let the next runs go fault-free."""
+    """Let the next runs go fault-free (the PE fault port too, where the machine has one)."""
     session.set("fault_arm", 0)
+    if session.has("pe_arm"):
+        session.set("pe_arm", 0)

@@ -52,7 +52,7 @@ class _ProcessingElement(wiring.Component):
     """Validated widths, the multiplier and the named registers shared by both PEs."""
 
     def __init__(self, act_bits: int, weight_bits: int, acc_bits: int, *, act_signed: bool = False,
-                 multiplier: Multiplier | None = None) -> None:
+                 multiplier: Multiplier | None = None, fault_masks: bool = False) -> None:
         if not isinstance(act_signed, bool):
             raise TypeError(f"PE act_signed must be a bool, not {act_signed!r}")
         self._act_shape: Shape = (signed if act_signed else unsigned)(_width("act_bits", act_bits, 2, 16))
@@ -61,6 +61,7 @@ class _ProcessingElement(wiring.Component):
         if multiplier is not None and not callable(multiplier):
             raise TypeError(f"PE multiplier must be callable as multiplier(a, b), not {multiplier!r}")
         self._multiplier: Multiplier = multiplier if multiplier is not None else DSPMultiplier()
+        self.fault_masks = fault_masks
         super().__init__({
             "act_in": In(self._act_shape),
             "act_out": Out(self._act_shape),
@@ -68,16 +69,43 @@ class _ProcessingElement(wiring.Component):
             "w_out": Out(signed(self._weight_bits)),
             **self._controls(),
             "psum_out": Out(signed(self._acc_bits)),
+            **(self._fault_members() if fault_masks else {}),
         })
 
     def _controls(self) -> dict[str, object]:
         raise NotImplementedError
 
+    def _fault_members(self) -> dict[str, object]:
+        """The fault masks of a simulation build (`fault_masks`): bits flipped this cycle in the operand
+        the PE multiplies (`fault_act`), its weight register (`fault_weight`) and the sum it latches
+        (`fault_psum`); all zero but on a fault's cycle."""
+        return {"fault_act": In(self._act_shape.width), "fault_weight": In(self._weight_bits),
+                "fault_psum": In(self._acc_bits)}
+
     @classmethod
-    def from_config(cls, config: ArrayConfig, acc_bits: int) -> _ProcessingElement:
+    def from_config(cls, config: ArrayConfig, acc_bits: int, *, fault_masks: bool = False) -> _ProcessingElement:
         """Return a PE with the config's operand widths, signedness and multiplier."""
         return cls(config.act_bits, config.weight_bits, acc_bits, act_signed=config.act_signed,
-                   multiplier=MULTIPLIERS[config.multiplier])
+                   multiplier=MULTIPLIERS[config.multiplier], fault_masks=fault_masks)
+
+    def _operand(self) -> Value:
+        """Return the activation the PE multiplies and passes on: `act_in`, with `fault_act`'s bits flipped
+        in a simulation build."""
+        if not self.fault_masks:
+            return self.act_in
+        flipped = (self.act_in.as_unsigned() ^ self.fault_act)[:self._act_shape.width]
+        return flipped.as_signed() if self._act_shape.signed else flipped
+
+    def _sum(self, total: Value) -> Value:
+        """Return the partial sum the PE latches: `total`, with `fault_psum`'s bits flipped in a simulation
+        build (the register holds the flipped sum for one cycle, as a flipped flip-flop would)."""
+        if not self.fault_masks:
+            return total
+        return (total.as_unsigned()[:self._acc_bits] ^ self.fault_psum).as_signed()
+
+    @staticmethod
+    def _flipped(register: Value, mask: Value) -> Value:
+        return (register.as_unsigned() ^ mask).as_signed()
 
     @property
     def act_shape(self) -> Shape:
@@ -132,6 +160,10 @@ class WSProcessingElement(_ProcessingElement):
     psum_out : Out(signed(acc_bits)), the `psum` register.
 
     `act`, `weight` and `psum` name the three registers, for testbenches and fault injection.
+
+    With `fault_masks` (a simulation build), `fault_act` flips bits of the activation multiplied and
+    passed on this cycle, `fault_psum` of the sum latched this cycle, and `fault_weight` of the weight
+    register, for this cycle's product and from the next on (until a load overwrites it).
     """
 
     def _controls(self) -> dict[str, object]:
@@ -139,8 +171,14 @@ class WSProcessingElement(_ProcessingElement):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.d.sync += self.act_out.eq(self.act_in)
-        m.d.sync += self.psum_out.eq(self.psum_in + self._multiplier(self.act_in, self.w_out))
+        act = self._operand()
+        weight = self.w_out
+        if self.fault_masks:
+            weight = self._flipped(self.w_out, self.fault_weight)
+            with m.If(self.fault_weight.any()):
+                m.d.sync += self.w_out.eq(weight)
+        m.d.sync += self.act_out.eq(act)
+        m.d.sync += self.psum_out.eq(self._sum(self.psum_in + self._multiplier(act, weight)))
         with m.If(self.w_load):
             m.d.sync += self.w_out.eq(self.w_in)
         return m
@@ -193,17 +231,30 @@ class WSDoubleBufferPE(_ProcessingElement):
     w_out : Out(signed(weight_bits)) : bank 0. w_alt : Out(signed(weight_bits)) : bank 1.
     w_load : In(1) : this PE's row is being loaded. w_bank : In(1) : which bank it loads.
     sel_in : In(1); sel_out : Out(1) : the bank the activation on `act_in` multiplies with, registered.
+
+    With `fault_masks`, as `WSProcessingElement`'s, and `fault_bank` says which bank `fault_weight` flips.
     """
 
     def _controls(self) -> dict[str, object]:
         return {"w_load": In(1), "w_bank": In(1), "sel_in": In(1), "sel_out": Out(1),
                 "w_alt": Out(signed(self._weight_bits)), "psum_in": In(signed(self._acc_bits))}
 
+    def _fault_members(self) -> dict[str, object]:
+        return {**super()._fault_members(), "fault_bank": In(1)}
+
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.d.sync += [self.act_out.eq(self.act_in), self.sel_out.eq(self.sel_in)]
-        weight = Mux(self.sel_in, self.w_alt, self.w_out)
-        m.d.sync += self.psum_out.eq(self.psum_in + self._multiplier(self.act_in, weight))
+        act = self._operand()
+        banks = [self.w_out, self.w_alt]
+        if self.fault_masks:
+            for index, bank in enumerate(banks):
+                hit = self.fault_weight.any() & (self.fault_bank == index)
+                banks[index] = Mux(hit, self._flipped(bank, self.fault_weight), bank)
+                with m.If(hit):
+                    m.d.sync += bank.eq(banks[index])
+        m.d.sync += [self.act_out.eq(act), self.sel_out.eq(self.sel_in)]
+        weight = Mux(self.sel_in, banks[1], banks[0])
+        m.d.sync += self.psum_out.eq(self._sum(self.psum_in + self._multiplier(act, weight)))
         with m.If(self.w_load & ~self.w_bank):
             m.d.sync += self.w_out.eq(self.w_in)
         with m.If(self.w_load & self.w_bank):

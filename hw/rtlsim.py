@@ -462,6 +462,10 @@ class Session:
             raise self._crashed()
         return data
 
+    def has(self, port: str) -> bool:
+        """Return whether the design has a port named `port`."""
+        return port in self._index
+
     def set(self, port: str, value: int) -> None:
         """Drive input `port` with `value`, wrapped to its width; it takes effect at once (comb) and on the
         next clock edge (sync)."""

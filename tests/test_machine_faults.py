@@ -1,8 +1,10 @@
 """Faults injected into the compiled RTL of the accelerator give the engine's fault model bit for bit:
 activation-buffer flips (a layer's input or its requantized output) through the machine's fault port,
-weight flips as a faulty weight memory, without and with a range check where the layers read their
-inputs or after their output stages (which must clip the faulty codes as the engine's check does and
-raise the alarm exactly when the engine says a check acted)."""
+weight flips as a faulty weight memory, PE-register flips at one cycle through its PE fault port (on the
+single-buffered machine's tile windows and the double-buffered one's shared timeline), without and with
+a range check where the layers read their inputs or after their output stages (which must clip the
+faulty codes as the engine's check does and raise the alarm exactly when the engine says a check
+acted)."""
 
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ from dsetool.machine.alarms import engine_alarms
 from dsetool.machine.compiler import compile_program
 from dsetool.machine.encode import machine_of
 from dsetool.machine.faults import (
+    PE_SITES,
     buffer_flip,
     check_faults,
     draw,
+    engine_outcomes,
     flipped_weight,
     machine_groups,
     output_flip,
+    pe_flip,
     session_runner,
 )
 from dsetool.protect.check import placed
@@ -76,6 +81,80 @@ def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine
     assert outcome.changed >= 5   # enough faults reach the logits for the agreement to mean something
     if placement:
         assert outcome.alarm_agree == outcome.faults
+
+
+@pytest.mark.parametrize("weight_buffers, placement", [(1, None), (2, None), (2, "input")])
+def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_path: Path, weight_buffers: int,
+                                                             placement: str | None) -> None:
+    """Each PE site is the register the machine holds at that cycle: its K order, its tile order and, with
+    two weight banks, its tiles' shared timeline (bias and all sums wrapping as its K accumulator does)."""
+    make = _engine_maker(lenet, placement)
+    engine = make(lenet.model)
+    program = compile_program(engine, 4, 4)
+    shape, images = machine_of(program, weight_buffers=weight_buffers)
+    x = digits().test.x[:IMAGES]
+    groups = [g for g in machine_groups(engine, EngineNetwork(engine).acc_bits(), shape.array, weight_buffers)
+              if g.site in PE_SITES]
+    assert {(g.site, g.tiling.period > 0) for g in groups if g.tiling is not None} == \
+        {(site, weight_buffers == 2) for site in PE_SITES}
+    faults = draw(groups, IMAGES, 150, seed=weight_buffers)
+    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
+    with compiled.open() as session:
+        machine_host.load(session, shape, images)
+        run = session_runner(session, program, shape, lambda p: machine_of(p, weight_buffers=weight_buffers)[1])
+        golden_alarms = engine_alarms(engine, x) if placement else None
+        outcome = check_faults(engine, program, x, groups, faults, run, make, golden_alarms)
+    assert outcome.first_disagreement is None
+    assert outcome.agree == outcome.faults == 150
+    assert outcome.changed >= 10
+    if placement:
+        assert outcome.alarm_agree == outcome.faults
+
+
+def test_a_flip_of_the_first_tiles_weights_before_they_are_written_is_masked_in_rtl(lenet: Engine,
+                                                                                     tmp_path: Path) -> None:
+    """The double-buffered machine writes tile 0's weight row r on timeline cycle r - 1: a flip of that bank
+    before then is overwritten, and one on cycle r corrupts the tile's rows (its sign bit, fc1 on 4x4)."""
+    program = compile_program(lenet, 4, 4)
+    shape, images = machine_of(program, weight_buffers=2)
+    x = digits().test.x[:IMAGES]
+    group = next(g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, 2)
+                 if g.site == "pe.weight" and g.layer == "fc1")
+    assert group.tiling is not None
+    sites = [int(np.ravel_multi_index((cycle, 3, 1), group.tiling.shape)) for cycle in (0, 2, 3)]
+    faults = [(0, element, group.width - 1, image) for element in sites for image in range(IMAGES)]
+    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
+    with compiled.open() as session:
+        machine_host.load(session, shape, images)
+        run = session_runner(session, program, shape, lambda p: machine_of(p, weight_buffers=2)[1])
+        outcome = check_faults(lenet, program, x, [group], faults, run, lambda model: lenet, None)
+    assert outcome.first_disagreement is None
+    assert outcome.agree == len(faults)
+    clean = lenet.logits(x).to(torch.int64).numpy()
+    expected, _ = engine_outcomes(lenet, x, [group], faults)
+    changed = [not np.array_equal(expected[i], clean[i % IMAGES]) for i in range(len(faults))]
+    assert not any(changed[:2 * IMAGES]) and any(changed[2 * IMAGES:])
+
+
+def test_a_pe_flip_names_the_tile_cycle_pe_and_bank_of_its_site(lenet: Engine) -> None:
+    program = compile_program(lenet, 4, 4)
+    shape, _ = machine_of(program, weight_buffers=2)
+    acc = EngineNetwork(lenet).acc_bits()
+    timeline = next(g for g in site_groups(lenet.model, "pe.weight", ["conv2"], acc, shape.array, 2))
+    windows = next(g for g in site_groups(lenet.model, "pe.weight", ["conv2"], acc, shape.array, 1))
+    assert timeline.tiling is not None and windows.tiling is not None
+    period, k_tiles = timeline.tiling.period, timeline.tiling.tile_grid[0]
+    tile = k_tiles + 3   # N slice 1, K slice 3: the machine's tile k_tiles + 3, in bank 0 or 1 by its parity
+    element = int(np.ravel_multi_index((tile * period + 7 + 2 + 1, 2, 1), timeline.tiling.shape))   # row m = 7
+    flip = pe_flip(program, timeline, element, 3)
+    gemm = next(i for i, instr in enumerate(program.instructions) if getattr(instr, "name", "") == "conv2")
+    assert (flip.pc, flip.tile, flip.cycle, flip.row, flip.col) == (gemm, 0, tile * period + 10, 2, 1)
+    assert (flip.register, flip.bank, flip.mask) == (1, tile % 2, 1 << 3)
+    # one tile at a time: the site's window is tile (K slice 3, N slice 1), which the machine runs as tile k_tiles + 3
+    n_tiles = windows.tiling.tile_grid[1]
+    element = int(np.ravel_multi_index((3 * n_tiles + 1, 10, 2, 1), windows.tiling.shape))
+    flip = pe_flip(program, windows, element, 3)
+    assert (flip.tile, flip.cycle, flip.bank) == (tile, 10, 0)
 
 
 def test_a_buffer_flip_lands_on_the_word_and_lane_of_its_channel(lenet: Engine) -> None:

@@ -31,7 +31,9 @@ timeline and no tile's row on the others; the sites are each register at each cy
 col), counted once, where separate windows would count a PE's cycles that carry the next tile's rows a
 second time, as bubbles. Tiles run in the machine's order, N slice after N slice, each N slice's K slices
 in order. The weight site is the bank in use: the weights of the tile the PE passes or last passed (the
-PE's other bank, loaded for the next tile a few cycles before its first row arrives, is not a site).
+PE's other bank, loaded for the next tile a few cycles before its first row arrives, is not a site). The
+machine writes tile j's weight row r on cycle j * period + r - 1 (one cycle before its first row can reach
+that row of PEs), so a flip of the first tile's bank before then is overwritten: masked.
 
 Columns (`lead`): a layer writing into a concat from inside an activation word runs its N slices with
 `lead` empty columns first (`dsetool.machine.tiling.machine_lead`), so its channels line up with the
@@ -143,7 +145,8 @@ class LayerTiling:
         r + c. A cycle on which it holds no tile's row gives u = -1 (a bubble: masked); with `stationary`
         (the weight-stationary weight register, which keeps its tile's weight between rows) it gives the
         weight in use then: the tile whose rows the PE is passing or last passed (the first before any),
-        with u before its first row (the fault corrupts all of the tile's rows) or after its last (none)."""
+        with u before its first row (the fault corrupts all of the tile's rows) or after its last (none;
+        also before the first tile's weights are written, which overwrites the flip)."""
         if not self.period:
             tile, u, r, c = np.unravel_index(element, self.shape)
             tile_a, tile_n = np.divmod(tile, self.tile_grid[1])
@@ -154,6 +157,8 @@ class LayerTiling:
         if stationary:
             tile = np.clip(tile, 0, self.tiles - 1)
             u = ahead - tile * self.period + r + c
+            # Tile 0's weight row r is written on cycle r - 1: a flip before it is overwritten (no row sees it).
+            u = np.where(cycle < r, self.m + r + c, u)
         else:
             row = ahead - tile * self.period
             busy = (tile >= 0) & (tile < self.tiles) & (row < self.m)

@@ -436,11 +436,11 @@ def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch
 
     assert group.tiling is not None
     r, e, m = combined_masks(rows, elements, bits, model)
-    weights, bias = net.weight_matrix(group.op_index), net.bias(group.op_index)
+    weights = net.weight_matrix(group.op_index)
     operands = net.gemm_input(group.op_index, op_input)
     out = acc.reshape(acc.shape[0], weights.shape[0], -1)
     if len(group.shape) == len(group.tiling.shape):   # one GEMM
-        return apply_pe_faults(group.site, group.tiling, operands, weights, out, bias, r, e, m, model, group.width,
+        return apply_pe_faults(group.site, group.tiling, operands, weights, out, r, e, m, model, group.width,
                                group.signed, group.acc_bits).reshape(acc.shape)
     # A grouped conv: group g multiplies operand rows g*K.. by output channels g*N.. (N, K of one group).
     per_group = math.prod(group.tiling.shape)
@@ -450,7 +450,7 @@ def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch
         mine = e // per_group == g
         out[:, g * n:(g + 1) * n] = apply_pe_faults(
             group.site, group.tiling, operands[:, g * k:(g + 1) * k], weights[g * n:(g + 1) * n],
-            out[:, g * n:(g + 1) * n], bias[g * n:(g + 1) * n], r[mine], e[mine] % per_group, m[mine], model,
+            out[:, g * n:(g + 1) * n], r[mine], e[mine] % per_group, m[mine], model,
             group.width, group.signed, group.acc_bits)
     return out.reshape(acc.shape)
 

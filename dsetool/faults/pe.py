@@ -23,14 +23,15 @@ def wrap(values: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weights: torch.Tensor,
-                    acc: torch.Tensor, bias: torch.Tensor, rows: np.ndarray, elements: np.ndarray,
+                    acc: torch.Tensor, rows: np.ndarray, elements: np.ndarray,
                     masks: np.ndarray, model: str, width: int, signed: bool, acc_bits: int) -> torch.Tensor:
     """Return accumulators (B, N, M) corrected for one fault per (row, element).
 
     `operands` are the layer's (B, K, M) input matrices, `weights` its (N, K) integer weights, `acc`
-    the fault-free accumulators (B, N, M) including `bias` (N,). `masks` hold each fault's bit mask.
-    `acc_bits` is the array's accumulator width: every corrected sum wraps there, as the adders do (a
-    corrupted operand can overflow a narrow accumulator too, not only a corrupted partial sum).
+    the fault-free accumulators (B, N, M), bias included. `masks` hold each fault's bit mask.
+    `acc_bits` is the array's accumulator width: every corrected sum wraps there, bias included, as the
+    accelerator's adders do (its K accumulator starts each sum at the bias, `hw.accumulator`; a corrupted
+    operand can overflow a narrow accumulator too, not only a corrupted partial sum).
     """
 
     register = site_registry.site(site).register   # which operand or sum the PE register holds
@@ -91,13 +92,10 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
         index = (b * N + n.clamp(0, N - 1)) * M + m.clamp(0, M - 1)
         total = torch.zeros_like(flat, dtype=torch.int64).index_add_(0, index, delta)
         hit = torch.unique(index[delta != 0])
-        channel = (hit // M) % N
-        base = flat[hit].to(torch.int64) - bias.to(torch.int64)[channel]   # the array's sum, before bias
         # wrapping is modular, so several faults on one accumulator may be summed before one wrap
-        flat[hit] = (wrap(base + total[hit], acc_bits) + bias.to(torch.int64)[channel]).to(flat.dtype)
+        flat[hit] = wrap(flat[hit].to(torch.int64) + total[hit], acc_bits).to(flat.dtype)
     if register is not site_registry.ACCUMULATOR and acc_bits:
-        column = bias.to(torch.int64)[:, None]
-        out.copy_((wrap(out.to(torch.int64) - column, acc_bits) + column).to(out.dtype))
+        out.copy_(wrap(out.to(torch.int64), acc_bits).to(out.dtype))
     return out
 
 

@@ -19,6 +19,12 @@ its injector against RTL:
 - `weight` (a layer's stored weights): the machine is loaded with the program compiled from the model
   with that weight flipped, which is what a flipped cell of the weight memory holds for the whole
   inference, the engine's semantics.
+- `pe.act`, `pe.weight`, `pe.psum` (a PE register at one cycle, `dsetool.engine.tiling`'s sites): the
+  register of the PE the site names is flipped through the machine's PE fault port on the cycle the site
+  names, counted from the presentation of the layer's tile (`pe_flip`): the fault model's K order,
+  columns, tile order and timeline are then checked against the machine that runs them. Weight-stationary
+  machines without TMR have the port (the output-stationary machine's shadow registers and back-to-back
+  tiles are not the sites' model yet, `machine_groups`).
 
 `check_faults` draws faults uniformly over the population of the sites (each site's groups weighted by
 their size, bit uniform over the register's width), runs each on its image, and returns how many give the
@@ -37,8 +43,10 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.intmodel import IntModel, WeightOp
+from dsetool.faults import site_registry
 from dsetool.faults.sites import SiteGroup, site_groups
 from dsetool.machine.program import Gemm, Program, Tensor, Vector
+from hw.arrayconfig import ArrayConfig
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ def buffer_flip(program: Program, group: SiteGroup, element: int, bit: int) -> B
         raise ValueError(f"layer {group.layer}'s input codes have {group.width} bits, more than the machine's "
                          f"lanes ({program.act_bits})")
     instructions = program.instructions
-    at = next(i for i, instr in enumerate(instructions) if isinstance(instr, Gemm) and instr.name == group.layer)
+    at = _gemm_of(program, group.layer)
     view = instructions[at].source
     written, tensor = _stored(program, at, view, group.size)
     pc = min(i for i in range(written + 1, at + 1) if any(t.base == view.base for t in _reads(instructions[i])))
@@ -80,7 +88,7 @@ def output_flip(program: Program, group: SiteGroup, element: int, bit: int) -> B
     Raises ValueError for a layer whose output the machine does not store (the logits layer's
     accumulators) or stores at another size than the group's (a layer with two requantizers)."""
     instructions = program.instructions
-    at = next(i for i, instr in enumerate(instructions) if isinstance(instr, Gemm) and instr.name == group.layer)
+    at = _gemm_of(program, group.layer)
     tensor = instructions[at].dest
     if tensor is None or tensor.channels * tensor.height * tensor.width != group.size:
         raise ValueError(f"layer {group.layer}'s output is not stored in the activation buffer as its "
@@ -88,6 +96,11 @@ def output_flip(program: Program, group: SiteGroup, element: int, bit: int) -> B
     pc = next(i for i in range(at + 1, len(instructions))
               if any(t.base == tensor.base for t in _reads(instructions[i])))
     return _flip_in(program, tensor, pc, group, element, bit)
+
+
+def _gemm_of(program: Program, layer: str) -> int:
+    """Return the index of the GEMM instruction that runs weight layer `layer`."""
+    return next(i for i, instr in enumerate(program.instructions) if isinstance(instr, Gemm) and instr.name == layer)
 
 
 def _flip_in(program: Program, tensor: Tensor, pc: int, group: SiteGroup, element: int, bit: int) -> BufferFlip:
@@ -98,16 +111,83 @@ def _flip_in(program: Program, tensor: Tensor, pc: int, group: SiteGroup, elemen
                       int(channel) % tensor.lanes, lane_mask(bit, group.width, group.signed, program.act_bits))
 
 
-def machine_groups(engine: Engine, acc_bits: Mapping[str, int]) -> list[SiteGroup]:
+@dataclass(frozen=True)
+class PEFlip:
+    """Where one PE-register fault lands in the machine (`hw.machine.Machine`'s `pe_*` port): the bits
+    `mask` of register `register` (an index of `hw.array.FAULT_REGISTERS`; a weight in bank `bank`) of
+    PE(`row`, `col`), flipped `cycle` cycles after the first row of tile `tile` of GEMM instruction `pc`
+    is presented to the array."""
+
+    pc: int
+    tile: int
+    cycle: int
+    row: int
+    col: int
+    register: int
+    bank: int
+    mask: int
+
+
+PE_REGISTERS = {site_registry.INPUT: 0, site_registry.WEIGHTS: 1, site_registry.ACCUMULATOR: 2}
+"""The machine's PE register (`hw.array.FAULT_REGISTERS` index) of each PE site's register kind."""
+
+
+def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFlip:
+    """Return where a PE-register fault (of `group`, a `pe.*` site of a weight-stationary layer on the
+    machine's array, at its flat `element`, bit `bit`) lands in the machine.
+
+    A single-buffered machine runs a tile at a time: the site's (tile, cycle of its window) is the
+    tile's index in the machine's order (N slice after N slice) and its cycle. A double-buffered one
+    runs the tiles on one timeline (`LayerTiling.period`): the cycle counts from tile 0, and a weight
+    site flips the bank of the tile whose weights the PE holds then (tile j's: bank j % 2, as the
+    sequencer alternates them from bank 0 at each GEMM). A code held in a wider register (the
+    machine's lanes and weights) is sign- or zero-extended there: `lane_mask` says which bits flip.
+
+    Raises ValueError for a layer the machine does not run as one GEMM in the sites' order (a grouped
+    conv) or an output-stationary schedule."""
+    tiling = group.tiling
+    if tiling is None or group.shape != tiling.shape or tiling.k_order is None or tiling.dataflow != "ws":
+        raise ValueError(f"layer {group.layer}'s {group.site} sites do not follow a weight-stationary machine's "
+                         f"schedule (a grouped conv, or an array without an accelerator)")
+    if (tiling.rows, tiling.cols) != (program.rows, program.cols):
+        raise ValueError(f"layer {group.layer}'s sites are on a {tiling.rows}x{tiling.cols} array, the machine's "
+                         f"is {program.rows}x{program.cols}")
+    register = site_registry.site(group.site).register
+    pc = _gemm_of(program, group.layer)
+    tile_a, tile_n, u, r, c = (int(np.asarray(v).item()) for v in
+                               tiling.decode(np.array([element]), register is site_registry.WEIGHTS))
+    tile = tile_n * tiling.tile_grid[0] + tile_a
+    if tiling.period:
+        cycle, tile_at, bank = int(np.unravel_index(element, tiling.shape)[0]), 0, tile % 2
+    else:
+        cycle, tile_at, bank = u, tile, 0
+    if register is site_registry.INPUT:
+        mask = lane_mask(bit, group.width, group.signed, program.act_bits)
+    elif register is site_registry.WEIGHTS:
+        mask = lane_mask(bit, group.width, True, program.weight_bits)
+    else:
+        mask = 1 << bit
+    return PEFlip(pc, tile_at, cycle, r, c, PE_REGISTERS[register], bank, mask)
+
+
+def machine_groups(engine: Engine, acc_bits: Mapping[str, int], array: ArrayConfig | None = None,
+                   weight_buffers: int = 1) -> list[SiteGroup]:
     """Return the site groups of `SITES` the machine can be faulted at: every one but the logits layer's
-    `out` group (accumulators the machine streams out, never stores)."""
-    return [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)
-            if not (site == "out" and g.op_index in engine.layers)]
+    `out` group (accumulators the machine streams out, never stores); with the machine's `array` (and
+    its weight buffers), also the PE sites of its layers where the machine has a PE fault port (a
+    weight-stationary array without TMR) and runs the layer as the sites' schedule (not a grouped conv)."""
+    groups = [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)
+              if not (site == "out" and g.op_index in engine.layers)]
+    if array is not None and array.dataflow == "ws" and not array.tmr:
+        groups += [g for site in PE_SITES for g in site_groups(engine.model, site, [], acc_bits, array, weight_buffers)
+                   if g.tiling is not None and g.tiling.k_order is not None and g.shape == g.tiling.shape]
+    return groups
 
 
 FLIPS: dict[str, Callable[[Program, SiteGroup, int, int], BufferFlip]] = {"act": buffer_flip, "out": output_flip}
 """The sites injected as a flip in the activation buffer, and where each fault lands."""
 SITES = (*FLIPS, "weight")   # the sites the machine is faulted at: the weights by loading a faulty model
+PE_SITES = tuple(name for name, entry in site_registry.REGISTRY.items() if entry.in_array)   # through the PE fault port
 
 
 def _stored(program: Program, reader: int, view: Tensor, size: int) -> tuple[int, Tensor]:
@@ -183,8 +263,8 @@ def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequ
                  faults: Sequence[tuple[int, int, int, int]], run: Any, make_engine: Callable[[IntModel], Engine],
                  golden_alarms: np.ndarray | None) -> FaultCheck:
     """Run every fault on the machine (`run(program, codes, flip)` -> (logits, alarm), `flip` a
-    `BufferFlip` or None; a weight fault passes the program of its faulty model, whose engine, with the
-    same range checks, `make_engine` gives) and compare with the engine."""
+    `BufferFlip`, a `PEFlip` or None; a weight fault passes the program of its faulty model, whose engine,
+    with the same range checks, `make_engine` gives) and compare with the engine."""
     from dsetool.machine.compiler import compile_program
 
     expected, detected = engine_outcomes(engine, x, groups, faults)
@@ -196,6 +276,8 @@ def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequ
         group = groups[g]
         if group.site in FLIPS:
             logits, alarm = run(program, codes[image], FLIPS[group.site](program, group, element, bit))
+        elif group.site in PE_SITES:
+            logits, alarm = run(program, codes[image], pe_flip(program, group, element, bit))
         else:
             faulty_engine = make_engine(flipped_weight(engine.model, group, element, bit))
             faulty = compile_program(faulty_engine, program.rows, program.cols)
@@ -212,7 +294,7 @@ def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequ
 
 
 def session_runner(session: Any, program: Program, shape: Any, images_of: Callable[[Program], Any]
-                   ) -> Callable[[Program, np.ndarray, BufferFlip | None], tuple[list[int], bool]]:
+                   ) -> Callable[[Program, np.ndarray, BufferFlip | PEFlip | None], tuple[list[int], bool]]:
     """Return `check_faults`' `run` over a compiled simulation of a machine built with `fault_port` and
     loaded with `program` (`images_of(program)` gives a program's memory images: a weight fault's program
     is loaded for its run, the original again after it)."""
@@ -221,14 +303,16 @@ def session_runner(session: Any, program: Program, shape: Any, images_of: Callab
 
     loaded = [program]
 
-    def run(prog: Program, codes: np.ndarray, flip: BufferFlip | None) -> tuple[list[int], bool]:
+    def run(prog: Program, codes: np.ndarray, flip: BufferFlip | PEFlip | None) -> tuple[list[int], bool]:
         if prog is not loaded[0]:
             machine_host.load(session, shape, images_of(prog))
             loaded[0] = prog
-        if flip is None:
-            machine_host.disarm_fault(session)
-        else:
+        machine_host.disarm_fault(session)
+        if isinstance(flip, BufferFlip):
             machine_host.arm_fault(session, flip.pc, flip.address, flip.lane, flip.mask)
+        elif isinstance(flip, PEFlip):
+            machine_host.arm_pe_fault(session, flip.pc, flip.tile, flip.cycle, flip.row, flip.col, flip.register,
+                                      flip.bank, flip.mask)
         logits, _ = machine_host.infer(session, shape, input_codes(prog, codes))
         return logits, machine_host.alarm(session)
 

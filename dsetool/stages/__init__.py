@@ -138,6 +138,7 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
         hw["array"] = to_plain(design.array)
         hw["k_order"] = "accelerator"   # PE sites stream K as the accelerator does (`machine_k_order`)
         hw["weight_buffers"] = design.weight_buffers   # two: the sites lie on the tiles' shared timeline
+        hw["pe_model"] = site_registry.PE_MODEL
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
@@ -258,7 +259,9 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
             "acc_bits": cfg.hw.acc_bits, "multiplier_bits": design.multiplier_bits,
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
             "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
-            **({"seed": cfg.seed} if cfg.hw.rtl_faults else {}), "machine": MACHINE_VERSION,
+            # every fault site is drawn from (`dsetool.machine.faults.machine_groups`), PE registers included
+            **({"seed": cfg.seed, "fault_sites": list(site_registry.NAMES)} if cfg.hw.rtl_faults else {}),
+            "machine": MACHINE_VERSION,
             **({"stream": STREAM_VERSION} if array.dataflow == "os" else {}),
             "data": _test_data_reads(cfg), "verilator": verilator}
 

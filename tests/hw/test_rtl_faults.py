@@ -126,7 +126,7 @@ def fast_model(array: WSArray | OSArray, site: str, trial: Trial) -> np.ndarray:
     got = apply_pe_faults(site, trial.tiling, torch.tensor(a.T[None], dtype=torch.float64),
                           torch.tensor(w.T, dtype=torch.float64),
                           torch.tensor(wrap(a @ w, acc_bits).T[None], dtype=torch.float64),
-                          torch.zeros(w.shape[1], dtype=torch.float64), np.array([0]), np.array([trial.element]),
+                          np.array([0]), np.array([trial.element]),
                           np.array([1 << trial.bit]), "bitflip", width, signed, acc_bits)
     return got[0].T.numpy().astype(np.int64)
 
