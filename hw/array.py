@@ -53,7 +53,7 @@ def _fault_port_members(acc_bits: int, config: ArrayConfig) -> dict[str, object]
             "fault_mask": In(acc_bits)}
 
 
-def _drive_fault_masks(m: Module, array: WSArray | WSDoubleBufferArray) -> None:
+def _drive_fault_masks(m: Module, array: WSArray | WSDoubleBufferArray | OSStreamArray) -> None:
     """Route the fault port's mask to the one PE and register it names, zeros everywhere else."""
     for r, line in enumerate(array.pes):
         for c, pe in enumerate(line):
@@ -332,16 +332,18 @@ class OSStreamArray(_Array):
     w : In(signed(weight_bits)).array(cols)
     shadow : Out(signed(acc_bits)).array(rows, cols)
 
-    `pes[r][c]` is PE(r, c).
+    `pes[r][c]` is PE(r, c). With `fault_port`, as `WSArray`'s (`fault_bank` unused).
     """
 
     dataflow = "os"
 
-    def __init__(self, config: ArrayConfig, *, k: int | None = None) -> None:
+    def __init__(self, config: ArrayConfig, *, k: int | None = None, fault_port: bool = False) -> None:
         acc_bits = self._accumulator(config, k)
-        self.pes = [[OSStreamPE.from_config(config, acc_bits) for _ in range(config.cols)]
+        self.fault_port = fault_port
+        self.pes = [[OSStreamPE.from_config(config, acc_bits, fault_masks=fault_port) for _ in range(config.cols)]
                     for _ in range(config.rows)]
         super().__init__(config, {
+            **(_fault_port_members(acc_bits, config) if fault_port else {}),
             "a": In(self.pes[0][0].act_shape).array(config.rows),
             "first": In(config.rows),
             "last": In(config.rows),
@@ -365,4 +367,6 @@ class OSStreamArray(_Array):
                 m.d.comb += self.shadow[r][c].eq(pe.shadow)
         for c in range(self._config.cols):
             m.d.comb += self.pes[0][c].w_in.eq(delay_line(m, self.w[c], c, f"skew_w_{c}"))
+        if self.fault_port:
+            _drive_fault_masks(m, self)
         return m

@@ -190,6 +190,15 @@ def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int, weight_buffers
     return MACHINE_FETCH + tiles * tile + MACHINE_GEMM_TAIL
 
 
+def machine_stream_period(k_stream: int, cols: int) -> int:
+    """Return the cycles from one tile's first K position to the next's on the output-stationary
+    accelerator, where they are uniform: K' (`k_stream`, its K slices' positions), the tiles streaming
+    back to back; 0 where K' < C, whose tiles wait before their last K slice (`machine_stream_gemm_cycles`)."""
+    _positive("k_stream", k_stream)
+    _positive("cols", cols)
+    return k_stream if k_stream >= cols else 0
+
+
 def machine_stream_gemm_cycles(m: int, k_slices: Sequence[int], rows: int, cols: int) -> int:
     """Return the cycles of one GEMM instruction of the output-stationary accelerator (`hw.machine_stream`):
     fetch, setup, then N slice after N slice (`k_slices`: each one's K slice count) ceil(M / R) tiles,

@@ -170,14 +170,15 @@ class Machine(wiring.Component):
     fault_arm : In(1); fault_pc : In(instruction index); fault_address : In(buffer address);
     fault_lane : In(lane); fault_mask : In(code width).
 
-    A weight-stationary machine without TMR also gets a PE fault injector with the fault port (`pe_faults`):
-    while `pe_arm` is high, the GEMM instruction `pe_pc` counts its tiles' first rows as they are presented
-    to the array (tile 0 first, in the machine's order), and `pe_cycle` cycles after tile `pe_tile`'s
-    (0: on that cycle) PE(`pe_row`, `pe_col`) flips bits `pe_mask` of its register `pe_register`
-    (`hw.array.FAULT_REGISTERS`; the weight in bank `pe_bank` of a double-buffered PE). So a fault site
-    of `dsetool.engine.tiling` is (tile, cycle of its window) on the single-buffered machine, and (tile
-    0, cycle of the shared timeline) on the double-buffered one, whose tiles start `machine_tile_period`
-    cycles apart. pe_arm : In(1); pe_pc : In(instruction index); pe_tile : In(16); pe_cycle : In(32);
+    A machine without TMR also gets a PE fault injector with the fault port (`pe_faults`): while `pe_arm`
+    is high, the GEMM instruction `pe_pc` counts its tiles' starts as they reach the array (a first row
+    presented; output-stationary: a first K position at row 0; tile 0 first, in the machine's order), and
+    `pe_cycle` cycles after tile `pe_tile`'s (0: on that cycle) PE(`pe_row`, `pe_col`) flips bits `pe_mask`
+    of its register `pe_register` (`hw.array.FAULT_REGISTERS`; the weight in bank `pe_bank` of a
+    double-buffered PE). So a fault site of `dsetool.engine.tiling` is (tile, cycle of its window) on the
+    single-buffered machine, and (tile 0, cycle of the shared timeline) on the double-buffered and the
+    output-stationary ones, whose tiles follow one another on one timeline.
+    pe_arm : In(1); pe_pc : In(instruction index); pe_tile : In(16); pe_cycle : In(32);
     pe_row, pe_col, pe_register, pe_bank : the array's; pe_mask : In(acc_bits).
     """
 
@@ -185,7 +186,7 @@ class Machine(wiring.Component):
         self.params = params
         self.fault_port = fault_port
         a = params.array
-        self.pe_faults = fault_port and a.dataflow == "ws" and not a.tmr
+        self.pe_faults = fault_port and not a.tmr
         if a.dataflow not in ("ws", "os") or a.protection != "none":
             raise ValueError("Machine needs a weight- or output-stationary ArrayConfig without protection "
                              "(the range check is MachineShape.check)")
@@ -330,7 +331,11 @@ class Machine(wiring.Component):
         out_word, out_lane = Signal(range(max(2, lmem.depth))), Signal(range(lanes))
         flip = self._fault_injector(m, aread, awrite) if self.fault_port else None
         tile_start = Signal(name="pe_tile_start")   # a tile's first row is presented to the array
-        pe_reset = self._pe_fault_injector(m, dp, pc, dp.restart if double else tile_start) if self.pe_faults else []
+        if stream:   # a tile's first K position reaches row 0 of the array
+            tile_start = dp.first[0]
+        elif double:
+            tile_start = dp.restart
+        pe_reset = self._pe_fault_injector(m, dp, pc, tile_start) if self.pe_faults else []
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 m.d.comb += [self.in_ready.eq(1), idle.eq(1)]
@@ -632,7 +637,8 @@ class Machine(wiring.Component):
 
         def make() -> Datapath | StreamDatapath:
             if p.array.dataflow == "os":
-                return StreamDatapath(p.array, p.code_shape, p.multiplier_bits, p.shift_bits, check=check)
+                return StreamDatapath(p.array, p.code_shape, p.multiplier_bits, p.shift_bits, check=check,
+                                      fault_port=self.pe_faults)
             return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check,
                             weight_buffers=p.weight_buffers, fault_port=self.pe_faults)
 

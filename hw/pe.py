@@ -279,6 +279,9 @@ class OSStreamPE(_ProcessingElement):
     first_in, last_in : In(1); first_out, last_out : Out(1) : the flags of the activation on `act_in`,
         registered.
     shadow : Out(signed(acc_bits)) : the last finished tile's sum.
+
+    With `fault_masks`: `fault_act` and `fault_weight` flip bits of the operands multiplied (and passed
+    on) this cycle, `fault_psum` of the running sum latched this cycle (not of the shadow's copy).
     """
 
     def _controls(self) -> dict[str, object]:
@@ -287,10 +290,12 @@ class OSStreamPE(_ProcessingElement):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.d.sync += [self.act_out.eq(self.act_in), self.w_out.eq(self.w_in),
+        act = self._operand()
+        weight = self._flipped(self.w_in, self.fault_weight) if self.fault_masks else self.w_in
+        m.d.sync += [self.act_out.eq(act), self.w_out.eq(weight),
                      self.first_out.eq(self.first_in), self.last_out.eq(self.last_in)]
-        total = Mux(self.first_in, 0, self.psum_out) + self._multiplier(self.act_in, self.w_in)
-        m.d.sync += self.psum_out.eq(total)
+        total = Mux(self.first_in, 0, self.psum_out) + self._multiplier(act, weight)
+        m.d.sync += self.psum_out.eq(self._sum(total))
         with m.If(self.last_in):
             m.d.sync += self.shadow.eq(total)
         return m

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import numpy as np
@@ -11,8 +12,8 @@ import torch
 from dsetool.engine.tiling import LayerTiling
 from dsetool.faults.bits import apply_fault
 from dsetool.faults.pe import apply_pe_faults
-from hw.cycles import machine_tile_period
-from tests.fixtures.systolic_sim import simulate, simulate_timeline
+from hw.cycles import machine_stream_period, machine_tile_period
+from tests.fixtures.systolic_sim import simulate, simulate_stream, simulate_timeline
 
 ARRAYS = [(2, 2), (3, 2), (4, 4)]
 ACT_BITS, WEIGHT_BITS, ACC_BITS = 4, 4, 14
@@ -105,6 +106,47 @@ def test_fast_pe_faults_on_the_tiles_timeline_equal_its_cycle_simulation(rows, c
         model = ["bitflip", "stuck0", "stuck1"][trial % 3]
         cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
         expected = simulate_timeline(tiling, a, w, ACC_BITS, (site, cycle, r, c, corrupt(bit, width, signed, model)))
+        got = apply_pe_faults(site, tiling, operands, weights, acc, np.array([0]), np.array([element]),
+                              np.array([1 << bit]), model, width, signed, ACC_BITS)
+        assert np.array_equal(got[0].T.numpy().astype(np.int64), started_at(bias, expected)), (
+            site, (cycle, r, c), bit, model)
+        changed += not np.array_equal(expected.astype(np.int64), a @ w)
+    assert changed > 0
+
+
+@pytest.mark.parametrize("rows, cols", ARRAYS)
+@pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
+@pytest.mark.parametrize("layout", ["im2col", "k-order-lead"])
+@pytest.mark.parametrize("m", [1, 3, 6])
+def test_fast_pe_faults_on_the_streaming_tiles_equal_their_cycle_simulation(rows, cols, site, layout, m):
+    """The output-stationary accelerator streams its tiles back to back, K' cycles apart, and latches each
+    finished sum into a shadow register as the next tile's sums start: the fast model on that timeline
+    equals a cycle-by-cycle simulation of it (a partial sum flipped just after a tile's last product is
+    lost; one flipped earlier carries)."""
+    rng = np.random.default_rng(zlib.crc32(repr(("stream", rows, cols, site, layout, m)).encode()))
+    k, n = 7, 5
+    order = shuffled_order(rng, k, rows) if layout != "im2col" else None
+    plain = LayerTiling(m, k, n, rows, cols, "os", order, cols - 1 if layout != "im2col" else 0)
+    period = machine_stream_period(plain.k_stream, cols)
+    if not period:
+        pytest.skip("K' < C: the machine's tiles wait before their last K slice (no uniform timeline)")
+    tiling = dataclasses.replace(plain, period=period)
+    assert tiling.shape == (tiling.span, rows, cols) and tiling.span < tiling.tiles * tiling.window
+    a = rng.integers(0, 1 << ACT_BITS, size=(m, k))
+    w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
+    bias = rng.integers(-50, 50, size=n)
+    assert np.array_equal(simulate_stream(tiling, a, w, ACC_BITS, None).astype(np.int64), a @ w)
+    width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True)}[site]
+    operands = torch.tensor(a.T[None], dtype=torch.float64)
+    weights = torch.tensor(w.T, dtype=torch.float64)
+    acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
+    changed = 0
+    for trial in range(40):
+        element = int(rng.integers(0, int(np.prod(tiling.shape))))
+        bit = int(rng.integers(0, width))
+        model = ["bitflip", "stuck0", "stuck1"][trial % 3]
+        cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
+        expected = simulate_stream(tiling, a, w, ACC_BITS, (site, cycle, r, c, corrupt(bit, width, signed, model)))
         got = apply_pe_faults(site, tiling, operands, weights, acc, np.array([0]), np.array([element]),
                               np.array([1 << bit]), model, width, signed, ACC_BITS)
         assert np.array_equal(got[0].T.numpy().astype(np.int64), started_at(bias, expected)), (

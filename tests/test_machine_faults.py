@@ -83,25 +83,28 @@ def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine
         assert outcome.alarm_agree == outcome.faults
 
 
-@pytest.mark.parametrize("weight_buffers, placement", [(1, None), (2, None), (2, "input")])
-def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_path: Path, weight_buffers: int,
-                                                             placement: str | None) -> None:
-    """Each PE site is the register the machine holds at that cycle: its K order, its tile order and, with
-    two weight banks, its tiles' shared timeline (bias and all sums wrapping as its K accumulator does)."""
+@pytest.mark.parametrize("dataflow, weight_buffers, placement",
+                         [("ws", 1, None), ("ws", 2, None), ("ws", 2, "input"), ("os", 1, None)])
+def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_path: Path, dataflow: str,
+                                                             weight_buffers: int, placement: str | None) -> None:
+    """Each PE site is the register the machine holds at that cycle: its K order, its tile order and its
+    tiles' shared timeline (two weight banks; or the output-stationary tiles streaming back to back, each
+    finished sum latched into a shadow), bias and all sums wrapping as the machine's accumulators do."""
     make = _engine_maker(lenet, placement)
     engine = make(lenet.model)
     program = compile_program(engine, 4, 4)
-    shape, images = machine_of(program, weight_buffers=weight_buffers)
+    shape, images = machine_of(program, weight_buffers=weight_buffers, dataflow=dataflow)
     x = digits().test.x[:IMAGES]
     groups = [g for g in machine_groups(engine, EngineNetwork(engine).acc_bits(), shape.array, weight_buffers)
               if g.site in PE_SITES]
     assert {(g.site, g.tiling.period > 0) for g in groups if g.tiling is not None} == \
-        {(site, weight_buffers == 2) for site in PE_SITES}
+        {(site, weight_buffers == 2 or dataflow == "os") for site in PE_SITES}
     faults = draw(groups, IMAGES, 150, seed=weight_buffers)
     compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
     with compiled.open() as session:
         machine_host.load(session, shape, images)
-        run = session_runner(session, program, shape, lambda p: machine_of(p, weight_buffers=weight_buffers)[1])
+        run = session_runner(session, program, shape,
+                             lambda p: machine_of(p, weight_buffers=weight_buffers, dataflow=dataflow)[1])
         golden_alarms = engine_alarms(engine, x) if placement else None
         outcome = check_faults(engine, program, x, groups, faults, run, make, golden_alarms)
     assert outcome.first_disagreement is None

@@ -35,6 +35,15 @@ PE's other bank, loaded for the next tile a few cycles before its first row arri
 machine writes tile j's weight row r on cycle j * period + r - 1 (one cycle before its first row can reach
 that row of PEs), so a flip of the first tile's bank before then is overwritten: masked.
 
+The output-stationary accelerator (`hw.machine_stream`) also runs its tiles on one timeline: tile j
+(N slice after N slice, each N slice's M tiles in order) streams its K positions back to back from cycle
+j * period, period = K' (the streamed K), so PE(r, c) meets K position p of tile j on cycle j * period + p
++ r + c. Each PE restarts its sum with a tile's first product and, with its last, latches the finished sum
+into a shadow register, which the drain reads; so a `psum` flip just after the last product is lost (the
+shadow took the sum before it), and the others carry into the tile's output. Where K' < C the machine
+waits before a tile's last K slice so that its shadows drain in time: no uniform timeline; such layers
+keep a window per tile (`OSArray`'s schedule, not the machine's).
+
 Columns (`lead`): a layer writing into a concat from inside an activation word runs its N slices with
 `lead` empty columns first (`dsetool.machine.tiling.machine_lead`), so its channels line up with the
 word's parts; those columns are never written, so every fault there is masked but an activation's, which
@@ -85,9 +94,9 @@ class LayerTiling:
                                  f"{self.k} or -1")
         if not 0 <= self.lead < self.cols:
             raise ValueError(f"A lead of {self.lead} columns is not in 0..{self.cols - 1}")
-        if self.period and (self.dataflow != "ws" or self.period < self.m):
-            raise ValueError(f"Tiles on one timeline need the weight-stationary dataflow and a period of at least "
-                             f"M = {self.m} cycles, not {self.dataflow!r} and {self.period}")
+        if self.period and self.period < self.streamed:
+            raise ValueError(f"Tiles on one timeline need a period of at least the {self.streamed} cycles a tile "
+                             f"streams, not {self.period}")
 
     @property
     def k_stream(self) -> int:
@@ -104,6 +113,12 @@ class LayerTiling:
         return np.where(inside, order[np.clip(position, 0, max(self.k_stream - 1, 0))], -1)
 
     @property
+    def streamed(self) -> int:
+        """Return the cycles a tile streams its operands through the array: M rows (weight-stationary) or
+        its K positions (output-stationary)."""
+        return self.m if self.dataflow == "ws" else self.k_stream
+
+    @property
     def tile_grid(self) -> tuple[int, int]:
         """Return the number of tiles along (k or m, n)."""
         first = self.k_stream if self.dataflow == "ws" else self.m
@@ -118,8 +133,7 @@ class LayerTiling:
     @property
     def window(self) -> int:
         """Return the streaming cycles of one tile (the fault window per tile)."""
-        stream = self.m if self.dataflow == "ws" else self.k_stream
-        return stream + self.rows + self.cols - 2
+        return self.streamed + self.rows + self.cols - 2
 
     @property
     def span(self) -> int:
@@ -140,9 +154,10 @@ class LayerTiling:
         """Return (tile_a, tile_n, u, r, c) of flat site indices (tile_a is the k- or m-tile, u the streaming
         cycle of that tile's own window).
 
-        On one timeline, tile j (the machine's order: N slice after N slice, each N slice's K slices in
-        order) streams from cycle j * period, so PE(r, c) holds row m of tile j on cycle j * period + m +
-        r + c. A cycle on which it holds no tile's row gives u = -1 (a bubble: masked); with `stationary`
+        On one timeline, tile j (the machine's order: N slice after N slice, each N slice's K or M tiles in
+        order) streams from cycle j * period, so PE(r, c) holds row m (K position k) of tile j on cycle
+        j * period + m (k) + r + c. A cycle on which it holds no tile's row gives u = -1 (a bubble:
+        masked); with `stationary`
         (the weight-stationary weight register, which keeps its tile's weight between rows) it gives the
         weight in use then: the tile whose rows the PE is passing or last passed (the first before any),
         with u before its first row (the fault corrupts all of the tile's rows) or after its last (none;
@@ -161,7 +176,7 @@ class LayerTiling:
             u = np.where(cycle < r, self.m + r + c, u)
         else:
             row = ahead - tile * self.period
-            busy = (tile >= 0) & (tile < self.tiles) & (row < self.m)
+            busy = (tile >= 0) & (tile < self.tiles) & (row < self.streamed)
             tile = np.where(busy, tile, 0)
             u = np.where(busy, row + r + c, -1)
         tile_n, tile_a = np.divmod(tile, self.tile_grid[0])

@@ -86,6 +86,8 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
                 m_all.clamp(0, M - 1).reshape(-1), value.reshape(-1))
     else:   # the partial sum
         valid = (m >= 0) & (m < M) & (n >= 0) & (n < N)
+        if tiling.period and not ws:   # the streaming machine: its last product's sum is already in the shadow
+            valid &= (u >= 0) & (u - r - c < tiling.k_stream - 1)
         partial = _partial_sums(tiling, operands, weights, b, m, n, ta, r, u, c)
         faulty = with_masks(partial.to(torch.int64), mask, model, acc_bits, True)
         delta = (faulty - partial.to(torch.int64)) * valid

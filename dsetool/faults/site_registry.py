@@ -96,8 +96,8 @@ NAMES: tuple[str, ...] = tuple(REGISTRY)
 PE_MODEL = 2
 """The version of the PE-register fault model (`dsetool.faults.pe`, `dsetool.engine.tiling`), in the key of
 every campaign at a PE site: raise it when a PE fault's outcome changes (2: sums wrap with their bias, as
-the accelerator's K accumulator adds it; a flip of the first tile's weights before they are written is
-overwritten)."""
+the accelerator's accumulators add it; a flip of the first tile's weights before they are written is
+overwritten; the output-stationary tiles stream back to back, each finished sum latched into a shadow)."""
 
 
 class UnknownSite(ValueError):

@@ -28,7 +28,7 @@ from dsetool.faults import site_registry
 from dsetool.faults.site_registry import ACCUMULATOR, INPUT, PE, POST, PRE, WEIGHT, WEIGHTS, FaultSite, Hook
 from dsetool.machine.tiling import machine_k_order, machine_lead
 from hw.arrayconfig import ArrayConfig
-from hw.cycles import DEFAULT_WEIGHT_BUFFERS, machine_tile_period
+from hw.cycles import DEFAULT_WEIGHT_BUFFERS, machine_stream_period, machine_tile_period
 
 
 class SiteError(ValueError):
@@ -129,9 +129,14 @@ def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[st
     lead = machine_lead(model, index, array.cols) if k_order is not None else 0
     # The double-buffered weight-stationary accelerator starts a tile every `machine_tile_period` cycles,
     # while the one before still streams: its PE sites are each register at each cycle of that timeline.
+    # The output-stationary accelerator streams its tiles back to back where K' >= C.
     m = gemm.tile_shape[0]
-    period = machine_tile_period(m, array.rows, array.cols) \
-        if k_order is not None and array.dataflow == "ws" and weight_buffers == 2 else 0
+    if k_order is None:
+        period = 0
+    elif array.dataflow == "ws":
+        period = machine_tile_period(m, array.rows, array.cols) if weight_buffers == 2 else 0
+    else:
+        period = machine_stream_period(len(k_order), array.cols)
     tiling = LayerTiling(*gemm.tile_shape, array.rows, array.cols, array.dataflow, k_order, lead, period)
     accumulator = array.acc_bits or acc_bits[op.name]
     width, signed = _pe_register(model, kind, index, accumulator)

@@ -22,9 +22,9 @@ its injector against RTL:
 - `pe.act`, `pe.weight`, `pe.psum` (a PE register at one cycle, `dsetool.engine.tiling`'s sites): the
   register of the PE the site names is flipped through the machine's PE fault port on the cycle the site
   names, counted from the presentation of the layer's tile (`pe_flip`): the fault model's K order,
-  columns, tile order and timeline are then checked against the machine that runs them. Weight-stationary
-  machines without TMR have the port (the output-stationary machine's shadow registers and back-to-back
-  tiles are not the sites' model yet, `machine_groups`).
+  columns, tile order and timeline are then checked against the machine that runs them. Machines without
+  TMR have the port; layers whose sites are not the machine's schedule (grouped convs; output-stationary
+  layers with K' < C, whose tiles wait) are left out (`machine_groups`).
 
 `check_faults` draws faults uniformly over the population of the sites (each site's groups weighted by
 their size, bit uniform over the register's width), runs each on its image, and returns how many give the
@@ -43,6 +43,7 @@ import torch
 
 from dsetool.engine import Engine
 from dsetool.engine.intmodel import IntModel, WeightOp
+from dsetool.engine.tiling import LayerTiling
 from dsetool.faults import site_registry
 from dsetool.faults.sites import SiteGroup, site_groups
 from dsetool.machine.program import Gemm, Program, Tensor, Vector
@@ -137,25 +138,26 @@ def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFli
     machine's array, at its flat `element`, bit `bit`) lands in the machine.
 
     A single-buffered machine runs a tile at a time: the site's (tile, cycle of its window) is the
-    tile's index in the machine's order (N slice after N slice) and its cycle. A double-buffered one
-    runs the tiles on one timeline (`LayerTiling.period`): the cycle counts from tile 0, and a weight
-    site flips the bank of the tile whose weights the PE holds then (tile j's: bank j % 2, as the
+    tile's index in the machine's order (N slice after N slice) and its cycle. A double-buffered one,
+    and the output-stationary one, run the tiles on one timeline (`LayerTiling.period`): the cycle
+    counts from tile 0, and a weight-stationary weight site flips the bank of the tile whose weights the
+    PE holds then (tile j's: bank j % 2, as the
     sequencer alternates them from bank 0 at each GEMM). A code held in a wider register (the
     machine's lanes and weights) is sign- or zero-extended there: `lane_mask` says which bits flip.
 
-    Raises ValueError for a layer the machine does not run as one GEMM in the sites' order (a grouped
-    conv) or an output-stationary schedule."""
+    Raises ValueError for a layer whose sites do not follow the machine's schedule (`follows_machine`,
+    a grouped conv)."""
     tiling = group.tiling
-    if tiling is None or group.shape != tiling.shape or tiling.k_order is None or tiling.dataflow != "ws":
-        raise ValueError(f"layer {group.layer}'s {group.site} sites do not follow a weight-stationary machine's "
-                         f"schedule (a grouped conv, or an array without an accelerator)")
+    if tiling is None or not follows_machine(tiling) or group.shape != tiling.shape:
+        raise ValueError(f"layer {group.layer}'s {group.site} sites do not follow the machine's schedule (a grouped "
+                         f"conv, an array without an accelerator, or an output-stationary layer with K' < C)")
     if (tiling.rows, tiling.cols) != (program.rows, program.cols):
         raise ValueError(f"layer {group.layer}'s sites are on a {tiling.rows}x{tiling.cols} array, the machine's "
                          f"is {program.rows}x{program.cols}")
     register = site_registry.site(group.site).register
     pc = _gemm_of(program, group.layer)
-    tile_a, tile_n, u, r, c = (int(np.asarray(v).item()) for v in
-                               tiling.decode(np.array([element]), register is site_registry.WEIGHTS))
+    stationary = tiling.dataflow == "ws" and register is site_registry.WEIGHTS
+    tile_a, tile_n, u, r, c = (int(np.asarray(v).item()) for v in tiling.decode(np.array([element]), stationary))
     tile = tile_n * tiling.tile_grid[0] + tile_a
     if tiling.period:
         cycle, tile_at, bank = int(np.unravel_index(element, tiling.shape)[0]), 0, tile % 2
@@ -170,17 +172,23 @@ def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFli
     return PEFlip(pc, tile_at, cycle, r, c, PE_REGISTERS[register], bank, mask)
 
 
+def follows_machine(tiling: LayerTiling) -> bool:
+    """Tell whether a layer's PE sites are the machine's schedule: the accelerator's K order, and on the
+    output-stationary machine its streaming timeline (K' >= C; `LayerTiling.period`)."""
+    return tiling.k_order is not None and (tiling.dataflow == "ws" or tiling.period > 0)
+
+
 def machine_groups(engine: Engine, acc_bits: Mapping[str, int], array: ArrayConfig | None = None,
                    weight_buffers: int = 1) -> list[SiteGroup]:
     """Return the site groups of `SITES` the machine can be faulted at: every one but the logits layer's
     `out` group (accumulators the machine streams out, never stores); with the machine's `array` (and
-    its weight buffers), also the PE sites of its layers where the machine has a PE fault port (a
-    weight-stationary array without TMR) and runs the layer as the sites' schedule (not a grouped conv)."""
+    its weight buffers), also the PE sites of its layers where the machine has a PE fault port (no TMR)
+    and the sites follow its schedule (`follows_machine`; not a grouped conv)."""
     groups = [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)
               if not (site == "out" and g.op_index in engine.layers)]
-    if array is not None and array.dataflow == "ws" and not array.tmr:
+    if array is not None and not array.tmr:
         groups += [g for site in PE_SITES for g in site_groups(engine.model, site, [], acc_bits, array, weight_buffers)
-                   if g.tiling is not None and g.tiling.k_order is not None and g.shape == g.tiling.shape]
+                   if g.tiling is not None and follows_machine(g.tiling) and g.shape == g.tiling.shape]
     return groups
 
 

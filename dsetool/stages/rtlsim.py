@@ -17,15 +17,16 @@ engine has no cause for fails the stage (the machine checks only codes the engin
 
 Then the engine's fault model is checked against the machine (`dsetool.machine.faults`): `hw.rtl_faults`
 single-bit faults, drawn with the experiment's seed over the activation buffers the weight layers read,
-their requantized outputs, their stored weights and, on a weight-stationary machine without TMR, the PE
-registers of the array at every cycle of each layer (`pe.act`, `pe.weight`, `pe.psum`, as the campaigns'
-sites lay them out), each on one of those images, are injected into a build of the machine with its
-fault ports (a stored code flipped in the buffer after it is written, before it is read; a weight
-flipped in the weight memory; a PE register flipped on its cycle) and every faulty run must give the
-logits the engine's campaign path computes for that fault (`rtl_fault_agreement`; anything else fails
-the stage, naming the fault). `rtl_faults_changing_logits` says how many of them reached the logits;
-with a range check, every faulty run's alarm must be what the engine says (raised fault-free on that
-image, or a check acted on a value the fault changed: `fault_alarm_agreement`, else the stage fails).
+their requantized outputs, their stored weights and, on a machine without TMR, the PE registers of the
+array at every cycle of each layer whose sites follow the machine's schedule (`pe.act`, `pe.weight`,
+`pe.psum`, as the campaigns' sites lay them out; `dsetool.machine.faults.machine_groups`), each on one
+of those images, are injected into a build of the machine with its fault ports (a stored code flipped in
+the buffer after it is written, before it is read; a weight flipped in the weight memory; a PE register
+flipped on its cycle) and every faulty run must give the logits the engine's campaign path computes for
+that fault (`rtl_fault_agreement`; anything else fails the stage, naming the fault).
+`rtl_faults_changing_logits` says how many of them reached the logits; with a range check, every faulty
+run's alarm must be what the engine says (raised fault-free on that image, or a check acted on a value
+the fault changed: `fault_alarm_agreement`, else the stage fails).
 
 With `hw.tmr` the machine's datapath (array, K accumulator, column stage) is built three times behind
 bitwise majority voters (`hw.machine_datapath`); fault-free it computes what one datapath does.
