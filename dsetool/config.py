@@ -548,6 +548,10 @@ def _check_faults(config: RunConfig, layers: list[str], source: str) -> None:
     twice = next((site for i, site in enumerate(faults.sites) if site in faults.sites[:i]), None)
     if twice is not None:
         raise ConfigError(source, "faults.site", f"{twice} is listed twice (each register counts once)")
+    shadows = [site for site in faults.sites if site_registry.site(site).register is site_registry.FINISHED]
+    if shadows and config.hw.dataflow != "os":
+        raise ConfigError(source, "faults.site", f"{shadows[0]} is the output-stationary accelerator's shadow "
+                                                 f"registers; hw.dataflow is {config.hw.dataflow!r}")
     if isinstance(faults.bits, str):
         return
     chosen = [name for name in layers if not faults.layers or name in faults.layers]

@@ -103,6 +103,9 @@ def protection_of(cfg: RunConfig) -> ProtectionSpec:
                           protections.check_settings(cfg))
 
 
+BIAS_HEADROOM = 1     # bits: a bias as large as the worst-case dot product still fits the accelerator's sums
+
+
 @dataclass(frozen=True)
 class Design:
     """What a design point's network runs on, derived once from its config (`design_of`).
@@ -136,6 +139,16 @@ class Design:
     def acc_bits(self) -> int:
         """Return the accumulator width of the array and its output stage."""
         return self.array.acc_bits
+
+    @property
+    def machine_array(self) -> ArrayConfig:
+        """Return the array as the accelerator that runs the network builds it (`dsetool.machine.build`),
+        whose PE registers the `pe.*` fault sites are: its accumulators start each sum at the bias, so
+        they are `BIAS_HEADROOM` bits wider than the dot products' worst case, unless `hw.acc_bits` fixes
+        them."""
+        if self.config.hw.acc_bits:
+            return dataclasses.replace(self.array, acc_bits=self.config.hw.acc_bits)
+        return dataclasses.replace(self.array, acc_bits=self.array.acc_bits + BIAS_HEADROOM)
 
     @property
     def protected(self) -> bool:

@@ -40,8 +40,9 @@ def delay_line(m: Module, value: Value, stages: int, name: str) -> Value:
     return value
 
 
-FAULT_REGISTERS = ("act", "weight", "psum")
-"""The PE registers a simulation build's fault port can flip, by their code on `fault_register`."""
+FAULT_REGISTERS = ("act", "weight", "psum", "shadow")
+"""The PE registers a simulation build's fault port can flip, by their code on `fault_register` (the
+shadow: the streaming output-stationary PE's, `hw.pe.OSStreamPE`)."""
 
 
 def _fault_port_members(acc_bits: int, config: ArrayConfig) -> dict[str, object]:
@@ -59,8 +60,9 @@ def _drive_fault_masks(m: Module, array: WSArray | WSDoubleBufferArray | OSStrea
         for c, pe in enumerate(line):
             here = array.fault_fire & (array.fault_row == r) & (array.fault_col == c)
             for code, name in enumerate(FAULT_REGISTERS):
-                mask = getattr(pe, f"fault_{name}")
-                m.d.comb += mask.eq(Mux(here & (array.fault_register == code), array.fault_mask[:len(mask)], 0))
+                mask = getattr(pe, f"fault_{name}", None)
+                if mask is not None:
+                    m.d.comb += mask.eq(Mux(here & (array.fault_register == code), array.fault_mask[:len(mask)], 0))
             if isinstance(pe, WSDoubleBufferPE):
                 m.d.comb += pe.fault_bank.eq(array.fault_bank)
 

@@ -91,7 +91,18 @@ from hw.array import delay_line
 from hw.column_stage import LATENCY as STAGE_LATENCY
 from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_STREAM_TAIL, MACHINE_VECTOR_TAIL
 from hw.machine_datapath import Datapath, StreamDatapath
-from hw.machine_format import BEAT, BMEM, CMEM, IMEM, MEMORY_BITS, SMEM, WMEM, MachineShape
+from hw.machine_format import (
+    BEAT,
+    BMEM,
+    CMEM,
+    IMEM,
+    MEMORY_BITS,
+    PE_CYCLE_BITS,
+    PE_TILE_BITS,
+    SMEM,
+    WMEM,
+    MachineShape,
+)
 from hw.machine_stream import StreamFeed, StreamPorts, Walker
 from hw.pe import MULTIPLIERS
 from hw.protect import MACHINE_MODES
@@ -178,7 +189,8 @@ class Machine(wiring.Component):
     double-buffered PE). So a fault site of `dsetool.engine.tiling` is (tile, cycle of its window) on the
     single-buffered machine, and (tile 0, cycle of the shared timeline) on the double-buffered and the
     output-stationary ones, whose tiles follow one another on one timeline.
-    pe_arm : In(1); pe_pc : In(instruction index); pe_tile : In(16); pe_cycle : In(32);
+    pe_arm : In(1); pe_pc : In(instruction index); pe_tile : In(`hw.machine_format.PE_TILE_BITS`);
+    pe_cycle : In(`PE_CYCLE_BITS`);
     pe_row, pe_col, pe_register, pe_bank : the array's; pe_mask : In(acc_bits).
     """
 
@@ -205,8 +217,8 @@ class Machine(wiring.Component):
             **({"fault_arm": In(1), "fault_pc": In(range(max(2, params.instruction_words + 1))),
                 "fault_address": In(range(max(2, params.buffer_words))), "fault_lane": In(range(max(2, params.lanes))),
                 "fault_mask": In(params.code_shape.width)} if fault_port else {}),
-            **({"pe_arm": In(1), "pe_pc": In(range(max(2, params.instruction_words + 1))), "pe_tile": In(16),
-                "pe_cycle": In(32), "pe_row": In(range(max(2, a.rows))), "pe_col": In(range(max(2, a.cols))),
+            **({"pe_arm": In(1), "pe_pc": In(range(max(2, params.instruction_words + 1))), "pe_tile": In(PE_TILE_BITS),
+                "pe_cycle": In(PE_CYCLE_BITS), "pe_row": In(range(max(2, a.rows))), "pe_col": In(range(max(2, a.cols))),
                 "pe_register": In(2), "pe_bank": In(1), "pe_mask": In(a.acc_bits)} if self.pe_faults else {}),
         })
 
@@ -330,12 +342,11 @@ class Machine(wiring.Component):
         out_index = Signal(range(max(2, p.num_classes + 1)))
         out_word, out_lane = Signal(range(max(2, lmem.depth))), Signal(range(lanes))
         flip = self._fault_injector(m, aread, awrite) if self.fault_port else None
-        tile_start = Signal(name="pe_tile_start")   # a tile's first row is presented to the array
-        if stream:   # a tile's first K position reaches row 0 of the array
-            tile_start = dp.first[0]
-        elif double:
-            tile_start = dp.restart
-        pe_reset = self._pe_fault_injector(m, dp, pc, tile_start) if self.pe_faults else []
+        tile_start: Value = Const(0)   # (single-buffered: driven in G_STREAM) a tile's first row reaches the array
+        pe_reset: list = []
+        if self.pe_faults:
+            tile_start = dp.first[0] if stream else dp.restart if double else Signal(name="pe_tile_start")
+            pe_reset = self._pe_fault_injector(m, dp, pc, tile_start)
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 m.d.comb += [self.in_ready.eq(1), idle.eq(1)]
@@ -401,8 +412,9 @@ class Machine(wiring.Component):
                         m.d.sync += count.eq(0)
                         m.next = "G_STREAM"
                 with m.State("G_STREAM"):
-                    m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last),
-                                 tile_start.eq(count == 0)]
+                    m.d.comb += [self.busy.eq(1), feed_valid.eq(1), dp.k_first.eq(kt == 0), dp.k_last.eq(sl.last)]
+                    if isinstance(tile_start, Signal):
+                        m.d.comb += tile_start.eq(count == 0)
                     with m.If(count == 0):
                         with m.If(kt == 0):
                             m.d.sync += bias_active.eq(pending)
@@ -471,9 +483,9 @@ class Machine(wiring.Component):
         """Drive the datapath's PE fault port from `pe_*` (see the class docstring): count the armed
         GEMM's tile starts, then its cycles from tile `pe_tile`'s, and fire on cycle `pe_cycle`. Return
         the statements that reset the counts at an instruction's decode."""
-        seen = Signal(16, name="pe_tiles_seen")
+        seen = Signal(PE_TILE_BITS, name="pe_tiles_seen")
         running = Signal(name="pe_counting")
-        clock = Signal(32, name="pe_clock")
+        clock = Signal(PE_CYCLE_BITS, name="pe_clock")
         armed = self.pe_arm & (pc == self.pe_pc + 1)   # the decode advanced `pc` past the instruction
         here = armed & tile_start & ~running & (seen == self.pe_tile)
         with m.If(running):

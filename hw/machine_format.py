@@ -28,6 +28,7 @@ from hw.arrayconfig import ArrayConfig
 from hw.cycles import check_weight_buffers
 
 BEAT = 32
+PE_TILE_BITS = PE_CYCLE_BITS = 32   # the PE fault port's tile and cycle counts (simulation builds only)
 IMEM, SMEM, WMEM, CMEM, BMEM = 0, 1, 2, 3, 4
 MEMORY_BITS = 3   # the width of a block's memory id in the load stream's register
 SHIFT_BITS = 8   # the requantization shift's width: s in -128..127, whatever the scales

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hw.machine_format import MachineImages, MachineShape, load_beats
+from hw.machine_format import PE_CYCLE_BITS, PE_TILE_BITS, MachineImages, MachineShape, load_beats
 from hw.rtlsim import Session
 
 MAX_CYCLES = 100_000_000   # per inference: far beyond any network that fits a device
@@ -47,9 +47,14 @@ def arm_fault(session: Session, pc: int, address: int, lane: int, mask: int) -> 
 
 def arm_pe_fault(session: Session, pc: int, tile: int, cycle: int, row: int, col: int, register: int, bank: int,
                  mask: int) -> None:
-    """Arm the PE fault port of a machine built with `fault_port` (weight-stationary, no TMR): the next
-    runs flip bits `mask` of register `register` (`hw.array.FAULT_REGISTERS`; bank `bank` of a weight) of
-    PE(`row`, `col`) `cycle` cycles after tile `tile` of GEMM instruction `pc` is presented."""
+    """Arm the PE fault port of a machine built with `fault_port` (without TMR): the next runs flip bits
+    `mask` of register `register` (`hw.array.FAULT_REGISTERS`; bank `bank` of a weight) of PE(`row`,
+    `col`) `cycle` cycles after tile `tile` of GEMM instruction `pc` reaches the array.
+
+    Raises ValueError for a tile or cycle beyond the port's counters (`PE_TILE_BITS`, `PE_CYCLE_BITS`)."""
+    if not (0 <= tile < 1 << PE_TILE_BITS and 0 <= cycle < 1 << PE_CYCLE_BITS):
+        raise ValueError(f"the PE fault port counts {PE_TILE_BITS}-bit tiles and {PE_CYCLE_BITS}-bit cycles, "
+                         f"not tile {tile}, cycle {cycle}")
     for port, value in (("pe_pc", pc), ("pe_tile", tile), ("pe_cycle", cycle), ("pe_row", row), ("pe_col", col),
                         ("pe_register", register), ("pe_bank", bank), ("pe_mask", mask), ("pe_arm", 1)):
         session.set(port, value)

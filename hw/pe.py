@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from amaranth.hdl import Module, Mux, Shape, Value, signed, unsigned
+from amaranth.hdl import Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -281,12 +281,17 @@ class OSStreamPE(_ProcessingElement):
     shadow : Out(signed(acc_bits)) : the last finished tile's sum.
 
     With `fault_masks`: `fault_act` and `fault_weight` flip bits of the operands multiplied (and passed
-    on) this cycle, `fault_psum` of the running sum latched this cycle (not of the shadow's copy).
+    on) this cycle, `fault_psum` of the running sum latched this cycle (not of the shadow's copy), and
+    `fault_shadow` of the shadow register, for this cycle's reads and from the next on (unless this
+    cycle latches a new sum).
     """
 
     def _controls(self) -> dict[str, object]:
         return {"first_in": In(1), "first_out": Out(1), "last_in": In(1), "last_out": Out(1),
                 "shadow": Out(signed(self._acc_bits))}
+
+    def _fault_members(self) -> dict[str, object]:
+        return {**super()._fault_members(), "fault_shadow": In(self._acc_bits)}
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -296,6 +301,13 @@ class OSStreamPE(_ProcessingElement):
                      self.first_out.eq(self.first_in), self.last_out.eq(self.last_in)]
         total = Mux(self.first_in, 0, self.psum_out) + self._multiplier(act, weight)
         m.d.sync += self.psum_out.eq(self._sum(total))
+        shadow = self.shadow
+        if self.fault_masks:   # the register behind `shadow`, read through the flip
+            shadow = Signal(signed(self._acc_bits), name="shadow_held")
+            flipped = self._flipped(shadow, self.fault_shadow)
+            m.d.comb += self.shadow.eq(flipped)
+            with m.If(self.fault_shadow.any()):
+                m.d.sync += shadow.eq(flipped)
         with m.If(self.last_in):
-            m.d.sync += self.shadow.eq(total)
+            m.d.sync += shadow.eq(total)
         return m

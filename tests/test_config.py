@@ -184,9 +184,11 @@ def test_shipped_experiments_are_valid(name):
 
 @pytest.mark.parametrize("faults, expected", [
     ({"site": "psum"}, "faults.site: expected one of act, weight, pe.act"),
-    ({"site": ["act", "psum"]}, "faults.site[1]: expected one of act, weight, pe.act, pe.weight, pe.psum, out, "
-                                "got 'psum'"),
+    ({"site": ["act", "psum"]}, "faults.site[1]: expected one of act, weight, pe.act, pe.weight, pe.psum, "
+                                "pe.shadow, out, got 'psum'"),
     ({"site": []}, "faults.site: expected at least one fault site, got an empty list"),
+    ({"site": ["act", "pe.shadow"]}, "faults.site: pe.shadow is the output-stationary accelerator's shadow "
+                                     "registers; hw.dataflow is 'ws'"),
     ({"site": ["act", "out", "act"]}, "faults.site: act is listed twice (each register counts once)"),
     ({"site": ["act", "weight"], "bits": [5], "layers": ["conv1"]}, "bit 5 is beyond the 4-bit weight register"),
     ({"bits": [99]}, "faults.bits[0]: expected an integer in 0..63, got 99"),

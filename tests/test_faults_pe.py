@@ -16,6 +16,7 @@ from hw.cycles import machine_stream_period, machine_tile_period
 from tests.fixtures.systolic_sim import simulate, simulate_stream, simulate_timeline
 
 ARRAYS = [(2, 2), (3, 2), (4, 4)]
+WIDE = [(2, 4), (2, 8)]   # the double-buffered machine's period can be shorter than the array is wide
 ACT_BITS, WEIGHT_BITS, ACC_BITS = 4, 4, 14
 
 
@@ -75,7 +76,7 @@ def test_fast_pe_faults_equal_cycle_simulation(rows, cols, dataflow, site, layou
             site, dataflow, (int(tile), int(u), int(r), int(c)), bit, model)
 
 
-@pytest.mark.parametrize("rows, cols", ARRAYS)
+@pytest.mark.parametrize("rows, cols", ARRAYS + WIDE)
 @pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
 @pytest.mark.parametrize("layout", ["im2col", "k-order-lead"])
 @pytest.mark.parametrize("m", [1, 3, 6])
@@ -115,14 +116,15 @@ def test_fast_pe_faults_on_the_tiles_timeline_equal_its_cycle_simulation(rows, c
 
 
 @pytest.mark.parametrize("rows, cols", ARRAYS)
-@pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
+@pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum", "pe.shadow"])
 @pytest.mark.parametrize("layout", ["im2col", "k-order-lead"])
 @pytest.mark.parametrize("m", [1, 3, 6])
 def test_fast_pe_faults_on_the_streaming_tiles_equal_their_cycle_simulation(rows, cols, site, layout, m):
     """The output-stationary accelerator streams its tiles back to back, K' cycles apart, and latches each
-    finished sum into a shadow register as the next tile's sums start: the fast model on that timeline
-    equals a cycle-by-cycle simulation of it (a partial sum flipped just after a tile's last product is
-    lost; one flipped earlier carries)."""
+    finished sum into a shadow register as the next tile's sums start, which the drain reads a row at a
+    time: the fast model on that timeline equals a cycle-by-cycle simulation of it (a partial sum flipped
+    just after a tile's last product is lost, one flipped earlier carries; a shadow flipped between its
+    latch and its row's drain changes that output)."""
     rng = np.random.default_rng(zlib.crc32(repr(("stream", rows, cols, site, layout, m)).encode()))
     k, n = 7, 5
     order = shuffled_order(rng, k, rows) if layout != "im2col" else None
@@ -136,12 +138,13 @@ def test_fast_pe_faults_on_the_streaming_tiles_equal_their_cycle_simulation(rows
     w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
     bias = rng.integers(-50, 50, size=n)
     assert np.array_equal(simulate_stream(tiling, a, w, ACC_BITS, None).astype(np.int64), a @ w)
-    width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True)}[site]
+    width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True),
+                     "pe.shadow": (ACC_BITS, True)}[site]
     operands = torch.tensor(a.T[None], dtype=torch.float64)
     weights = torch.tensor(w.T, dtype=torch.float64)
     acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
     changed = 0
-    for trial in range(40):
+    for trial in range(40 if site != "pe.shadow" else 80):
         element = int(rng.integers(0, int(np.prod(tiling.shape))))
         bit = int(rng.integers(0, width))
         model = ["bitflip", "stuck0", "stuck1"][trial % 3]
@@ -153,3 +156,34 @@ def test_fast_pe_faults_on_the_streaming_tiles_equal_their_cycle_simulation(rows
             site, (cycle, r, c), bit, model)
         changed += not np.array_equal(expected.astype(np.int64), a @ w)
     assert changed > 0
+
+
+@pytest.mark.parametrize("rows, cols", WIDE)
+def test_every_weight_site_of_a_wide_array_equals_the_timeline_simulation(rows, cols):
+    """On an array wider than the double-buffered machine's period (here M = 1: period max(M, R, (M + C)
+    // 2) <= C - 2), tile j's weights are written into the bank while tile j - 1 has not reached the last
+    columns yet: every weight site, sign bit flipped, against the simulation with the machine's two banks."""
+    rng = np.random.default_rng(zlib.crc32(repr(("wide", rows, cols)).encode()))
+    m, k, n = 1, 16, 2 * cols - 3
+    tiling = LayerTiling(m, k, n, rows, cols, "ws", None, 0, machine_tile_period(m, rows, cols))
+    assert tiling.period <= cols - 2 and tiling.tiles >= 3
+    a = rng.integers(1, 1 << ACT_BITS, size=(m, k))
+    w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
+    operands = torch.tensor(a.T[None], dtype=torch.float64)
+    weights = torch.tensor(w.T, dtype=torch.float64)
+    acc = torch.tensor((a @ w).T[None], dtype=torch.float64)
+    elements = np.arange(int(np.prod(tiling.shape)))
+    got = apply_pe_faults("pe.weight", tiling, operands.expand(len(elements), -1, -1),
+                          weights, acc.expand(len(elements), -1, -1).clone(), elements, elements,
+                          np.full(len(elements), 1 << (WEIGHT_BITS - 1)), "bitflip", WEIGHT_BITS, True, ACC_BITS)
+    reloaded = 0
+    for element in elements.tolist():
+        cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
+        expected = simulate_timeline(tiling, a, w, ACC_BITS, ("pe.weight", cycle, r, c,
+                                                              corrupt(WEIGHT_BITS - 1, WEIGHT_BITS, True, "bitflip")))
+        assert np.array_equal(got[element].T.numpy().astype(np.int64), started_at(np.zeros(n, np.int64), expected)), (
+            cycle, r, c)
+        tile = (cycle - r - c) // tiling.period
+        reloaded += 0 <= tile < tiling.tiles - 2 and cycle >= (tile + 2) * tiling.period + r and \
+            not np.array_equal(expected.astype(np.int64), a @ w)
+    assert reloaded > 0   # sites where the bank already holds the tile after next, which the flip corrupts

@@ -120,6 +120,13 @@ def test_key_follows_images_and_array_not_the_campaign(write_experiment):
     assert streaming == key(rows=4, cols=4, dataflow="os") != base
     path = write_experiment({"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4, "dataflow": "os"}}, "os.yaml")
     assert STAGES["rtlsim"].reads(load_experiment(path).points[0].config)["stream"] == 1
+    # the faults' sites and PE model are read, the PE registers only where the machine has them (no TMR)
+    plain = STAGES["rtlsim"].reads(load_experiment(write_experiment(
+        {"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4}}, "plain.yaml")).points[0].config)
+    voted = STAGES["rtlsim"].reads(load_experiment(write_experiment(
+        {"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4, "tmr": True}}, "tmr.yaml")).points[0].config)
+    assert "pe.psum" in plain["fault_sites"] and "pe_model" in plain
+    assert not any(site.startswith("pe.") for site in voted["fault_sites"]) and "pe_model" not in voted
 
 
 def test_key_is_pinned_for_a_given_verilator(write_experiment, monkeypatch):
@@ -129,5 +136,6 @@ def test_key_is_pinned_for_a_given_verilator(write_experiment, monkeypatch):
     path = write_experiment({"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4}})
     key = stage_key("rtlsim", load_experiment(path).points[0].config)[0]
     # the machine's version, its weight buffers and the faults injected (hw.rtl_faults, the seed, the sites drawn
-    # from) are read; drawing over the PE registers too (`fault_sites`) made a new key on purpose
-    assert key == "3b65aface98c20b7f61130691d8f6207fd4ccdba1b3070e7ad9cb5007aad48a6"
+    # from, the PE model they are checked against) are read; drawing over the PE registers too (`fault_sites`,
+    # `pe_model`) made a new key on purpose
+    assert key == "2a12e86575b496a31801a2ab1167e11804f93e8b5b2cb94c07164f94f6c80714"

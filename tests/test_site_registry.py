@@ -176,21 +176,23 @@ def test_the_rtl_builds_exactly_the_registry_protections_it_says():
 # Keys computed before the registries existed: site and protection names must keep shaping them the same.
 # The PE sites' keys moved on purpose when their K order, columns and timeline became the accelerator's
 # (`machine_k_order`, `machine_lead`, `LayerTiling.period`: the key reads `k_order` and `weight_buffers`),
-# and again when the RTL check made their sums wrap with the bias (`site_registry.PE_MODEL`).
+# and again when the RTL check made their sums wrap with the bias (`site_registry.PE_MODEL`) and their
+# accumulators as wide as the accelerator builds them (`Design.machine_array`).
 PINNED_INJECT = {
     ('act', 'none'): "024621b346d012cb136d483089b9b90e9d621bde7eb05f75972a92fa27cf9d01",
     ('weight', 'none'): "42772eb7607f61d51821c957bffa0a0b712d306bc7c29811a4ab3bd01a789044",
     ('out', 'none'): "dbb3ae713ec7cbc029f2ce4cc5ff608e0d45b166fd4aa8172d3ba0b8a8f7bed6",
-    ('pe.act', 'none'): "88dec6226f4e1604fe217e1829a98807f193ce38eebe1efb8d663b1971253404",
-    ('pe.weight', 'none'): "790ef9ec1ebf7f3a190ba29d6df7b4eac82eae06318f39d05f84276097c8e623",
-    ('pe.psum', 'none'): "2e22edec543a63c5c3fa53477b7498ebca50a831ff47438a2af9cc8165ff1b9f",
-    (('act', 'pe.psum'), 'none'): "e806368d6480f4c6354631fe02f1df17e5d6ee8caf20aa70ab19ef832fd5d0a5",
+    ('pe.act', 'none'): "e4e8299b8cabc222e5c048b4ac4f36aa581d92b9323548c12418d2c55b5b8580",
+    ('pe.weight', 'none'): "84bdcaf87ee881857760e232ddcb2d0564bfdbc021d1646787344b1c7ea37fdb",
+    ('pe.psum', 'none'): "ce09b4cd5ba1c75866cd7a5c2e04bfc4e6a2198771c8b88060191b8c1507adae",
+    ('pe.shadow', 'none'): "a2a5292bd91c90929b6fab2526fb7fe748dcf83a340c58a50ec3b7f3e8d65be0",
+    (('act', 'pe.psum'), 'none'): "b99aec9a2c991abf61506a284876eb68e2e4ea60b8e1c297cbb46f580ca53454",
     ('act', 'clip'): "50fa9ff12af71aa4533e6a7528f8a7f5dbff64993b3c7a4a74c34bbab993ed1d",
     ('act', 'zero'): "35f23b8a1cd34dcad95c69ddbfa1740f1fcba308730d6e82fa6d8c308ffca971",
     ('act', 'sed'): "e16aeee40e549cee055c9a01fdcecd440b58918fc8b476d88a61a4ac25866833",
     ('act', 'median3'): "b3dd02a5dc42f3b739c3253c7295a08ce08b27d0576d04c8c01109465881d31b",
     ('act', 'median5'): "b4fda55d0349e3d548bddad6b3e16645bf0406af73d3502c393e054258259e75",
-    ('pe.weight', 'afd'): "51d5e24997bebdc338ad80855864bb70c1fe400fdb4f2a3bb97f48a11847fc47",
+    ('pe.weight', 'afd'): "9f1e90b2ba120aee91fd9c7ffe618ada565ecd964753bcd9fc9da6f741ed37c9",
 }
 
 

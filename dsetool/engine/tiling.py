@@ -33,7 +33,9 @@ second time, as bubbles. Tiles run in the machine's order, N slice after N slice
 in order. The weight site is the bank in use: the weights of the tile the PE passes or last passed (the
 PE's other bank, loaded for the next tile a few cycles before its first row arrives, is not a site). The
 machine writes tile j's weight row r on cycle j * period + r - 1 (one cycle before its first row can reach
-that row of PEs), so a flip of the first tile's bank before then is overwritten: masked.
+that row of PEs), so a flip of the first tile's bank before then is overwritten: masked; on an array wider
+than the period (period <= C - 2), that write can come before tile j - 1 reaches the PE's column, and from
+then on the bank in use holds tile j's weights.
 
 The output-stationary accelerator (`hw.machine_stream`) also runs its tiles on one timeline: tile j
 (N slice after N slice, each N slice's M tiles in order) streams its K positions back to back from cycle
@@ -172,6 +174,13 @@ class LayerTiling:
         if stationary:
             tile = np.clip(tile, 0, self.tiles - 1)
             u = ahead - tile * self.period + r + c
+            # Tile j's weight row r is written on cycle j * period + r - 1, into the bank of tile j - 2. On a
+            # wide array (period <= C - 2) that can come before tile j - 1 reaches the PE: from then on the
+            # bank in use holds tile j's weights, and a flip there meets all of tile j's rows.
+            later = tile + 2
+            reloaded = (later < self.tiles) & (cycle >= later * self.period + r)
+            u = np.where(reloaded, ahead - later * self.period + r + c, u)
+            tile = np.where(reloaded, later, tile)
             # Tile 0's weight row r is written on cycle r - 1: a flip before it is overwritten (no row sees it).
             u = np.where(cycle < r, self.m + r + c, u)
         else:
@@ -181,6 +190,20 @@ class LayerTiling:
             u = np.where(busy, row + r + c, -1)
         tile_n, tile_a = np.divmod(tile, self.tile_grid[0])
         return tile_a, tile_n, u, r, c
+
+    def decode_shadow(self, element: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (tile_m, tile_n, held, r, c) of flat shadow-register sites of the output-stationary
+        accelerator's timeline: PE(r, c) latches tile j's finished sum on cycle e_j + r + c (e_j = j *
+        period + K' - 1, the tile's last product at PE(0, 0)) and the drain reads it on cycle e_j + C + r
+        (`hw.machine_stream`), so a flip on a cycle in between (`held`) changes that output; on the others
+        the register holds a sum already read, or is rewritten at once (masked)."""
+        cycle, r, c = (np.asarray(x, dtype=np.int64) for x in np.unravel_index(element, self.shape))
+        since = cycle - r - (self.k_stream - 1)    # tile j's latch at PE(r, c) is since = j * period + c
+        tile = np.floor_divide(since - c - 1, self.period)
+        held = (tile >= 0) & (tile < self.tiles) & (since - tile * self.period <= self.cols)
+        tile = np.where(held, tile, 0)
+        tile_n, tile_m = np.divmod(tile, self.tile_grid[0])
+        return tile_m, tile_n, held, r, c
 
 
 def tilings(shapes: dict[str, tuple[int, int, int]], rows: int, cols: int, dataflow: str) -> dict[str, LayerTiling]:

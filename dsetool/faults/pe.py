@@ -37,7 +37,14 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     register = site_registry.site(site).register   # which operand or sum the PE register holds
     ws = tiling.dataflow == "ws"
     stationary = ws and register is site_registry.WEIGHTS
-    ta, tn, u, r, c = (torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in tiling.decode(elements, stationary))
+    held = None
+    if register is site_registry.FINISHED:   # a shadow: the whole sum of its tile, until drained
+        tm, tn_, kept, rr, cc = tiling.decode_shadow(elements)
+        decoded = (tm, tn_, np.where(kept, tiling.k_stream - 1 + rr + cc, -1), rr, cc)
+        held = torch.from_numpy(kept)
+    else:
+        decoded = tiling.decode(elements, stationary)
+    ta, tn, u, r, c = (torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in decoded)
     b = torch.from_numpy(rows.astype(np.int64))
     mask = torch.from_numpy(masks.astype(np.int64))
     R, C, M, K, N = tiling.rows, tiling.cols, tiling.m, tiling.k, tiling.n
@@ -84,9 +91,11 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
             value = delta[:, None] * operand(b[:, None].expand_as(m_all), m_all, k[:, None].expand_as(m_all)) * live
             add(b[:, None].expand_as(m_all).reshape(-1), n.clamp(0, N - 1)[:, None].expand_as(m_all).reshape(-1),
                 m_all.clamp(0, M - 1).reshape(-1), value.reshape(-1))
-    else:   # the partial sum
+    else:   # the partial sum, or the finished one in the shadow
         valid = (m >= 0) & (m < M) & (n >= 0) & (n < N)
-        if tiling.period and not ws:   # the streaming machine: its last product's sum is already in the shadow
+        if held is not None:
+            valid &= held
+        elif tiling.period and not ws:   # the streaming machine: its last product's sum is already in the shadow
             valid &= (u >= 0) & (u - r - c < tiling.k_stream - 1)
         partial = _partial_sums(tiling, operands, weights, b, m, n, ta, r, u, c)
         faulty = with_masks(partial.to(torch.int64), mask, model, acc_bits, True)
@@ -96,7 +105,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
         hit = torch.unique(index[delta != 0])
         # wrapping is modular, so several faults on one accumulator may be summed before one wrap
         flat[hit] = wrap(flat[hit].to(torch.int64) + total[hit], acc_bits).to(flat.dtype)
-    if register is not site_registry.ACCUMULATOR and acc_bits:
+    if register not in (site_registry.ACCUMULATOR, site_registry.FINISHED) and acc_bits:
         out.copy_(wrap(out.to(torch.int64), acc_bits).to(out.dtype))
     return out
 

@@ -53,11 +53,12 @@ INPUT = Register("input", "act_bits")
 WEIGHTS = Register("weights", "weight_bits")
 OUTPUT = Register("output", "act_bits", next_layer=True)
 ACCUMULATOR = Register("accumulator", None)
-REGISTERS: tuple[Register, ...] = (INPUT, WEIGHTS, OUTPUT, ACCUMULATOR)
+FINISHED = Register("finished sum", None)   # a tile's complete sum, held until it is read out of the array
+REGISTERS: tuple[Register, ...] = (INPUT, WEIGHTS, OUTPUT, ACCUMULATOR, FINISHED)
 
 # What each hook can corrupt: a buffer hook fixes its register; a PE register holds an operand or a sum.
 HOOK_REGISTERS: dict[Hook, tuple[Register, ...]] = {PRE: (INPUT,), WEIGHT: (WEIGHTS,), POST: (OUTPUT,),
-                                                   PE: (INPUT, WEIGHTS, ACCUMULATOR)}
+                                                   PE: (INPUT, WEIGHTS, ACCUMULATOR, FINISHED)}
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ REGISTRY: dict[str, FaultSite] = {s.name: s for s in (
     FaultSite("pe.weight", "a PE's weight register at one cycle (stationary or moving, by dataflow)", WEIGHTS, PE),
     FaultSite("pe.psum", "a PE's partial-sum register at one cycle (sums wrap at the accumulator width)",
               ACCUMULATOR, PE),
+    FaultSite("pe.shadow", "a PE's shadow register (output-stationary accelerator): a tile's finished sum until "
+                           "the drain reads it", FINISHED, PE),
     FaultSite("out", "a layer's requantized output (the logits layer: its accumulators)", OUTPUT, POST),
 )}
 

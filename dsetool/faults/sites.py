@@ -25,7 +25,18 @@ from functools import partial
 from dsetool.engine.intmodel import IntModel, QuantAct, WeightOp
 from dsetool.engine.tiling import LayerTiling
 from dsetool.faults import site_registry
-from dsetool.faults.site_registry import ACCUMULATOR, INPUT, PE, POST, PRE, WEIGHT, WEIGHTS, FaultSite, Hook
+from dsetool.faults.site_registry import (
+    ACCUMULATOR,
+    FINISHED,
+    INPUT,
+    PE,
+    POST,
+    PRE,
+    WEIGHT,
+    WEIGHTS,
+    FaultSite,
+    Hook,
+)
 from dsetool.machine.tiling import machine_k_order, machine_lead
 from hw.arrayconfig import ArrayConfig
 from hw.cycles import DEFAULT_WEIGHT_BUFFERS, machine_stream_period, machine_tile_period
@@ -101,7 +112,15 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
     if kind.hook == PRE:   # one group per buffer, however many weight layers read it (named after the first)
         chosen = sorted({_first_weight_reader(model, model.input_of(i)) for i in chosen})
     build = partial(_pe_group, weight_buffers=weight_buffers) if kind.hook == PE else GROUP_BUILDERS[kind.hook]
-    return [build(model, kind, i, acc_bits, array) for i in chosen]
+    groups = [build(model, kind, i, acc_bits, array) for i in chosen]
+    if kind.register == FINISHED:   # shadow registers: the output-stationary accelerator's streaming layers
+        groups = [g for g in groups if g.tiling is not None and g.tiling.dataflow == "os" and g.tiling.period
+                  and g.shape == g.tiling.shape]
+        if not groups:
+            raise SiteError(f"site {site!r} is the output-stationary accelerator's shadow registers: no selected "
+                            f"layer streams on it (dataflow os, an array the accelerator builds, K' >= cols, "
+                            f"not a grouped conv)")
+    return groups
 
 
 def _first_weight_reader(model: IntModel, buffer: int) -> int:
@@ -152,7 +171,7 @@ def _pe_register(model: IntModel, kind: FaultSite, index: int, accumulator: int)
         return producer.bits, producer.signed
     if kind.register == WEIGHTS:
         return _weight_op(model, index).weight_bits, True
-    if kind.register == ACCUMULATOR:
+    if kind.register in (ACCUMULATOR, FINISHED):
         return accumulator, True
     raise SiteError(f"no PE register holds the {kind.register.name} of a layer (site {kind.name!r})")
 

@@ -24,15 +24,13 @@ if TYPE_CHECKING:
 
 MACHINE_VERSION = 4   # in synth's key: raise it when the generated accelerator changes
 STREAM_VERSION = 1    # the output-stationary machine's own (`hw.machine_stream`), in its keys beside it
-BIAS_HEADROOM = 1     # bits: a bias as large as the worst-case dot product still fits
 
 
 def machine_acc_bits(design: Design) -> int:
     """Return the accelerator's accumulator width: `hw.acc_bits` when set, else the array's (the longest
-    dot product's worst case) plus room for a bias, which the accumulator adds as its first sum."""
-    if design.config.hw.acc_bits:
-        return design.config.hw.acc_bits
-    return design.acc_bits + BIAS_HEADROOM
+    dot product's worst case) plus room for a bias, which the accumulator adds as its first sum
+    (`Design.machine_array`)."""
+    return design.machine_array.acc_bits
 
 
 def checked_engine(design: Design, model: IntModel, bounds: Mapping[str, Any] | None) -> Engine:

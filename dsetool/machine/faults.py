@@ -45,7 +45,7 @@ from dsetool.engine import Engine
 from dsetool.engine.intmodel import IntModel, WeightOp
 from dsetool.engine.tiling import LayerTiling
 from dsetool.faults import site_registry
-from dsetool.faults.sites import SiteGroup, site_groups
+from dsetool.faults.sites import SiteError, SiteGroup, site_groups
 from dsetool.machine.program import Gemm, Program, Tensor, Vector
 from hw.arrayconfig import ArrayConfig
 
@@ -129,13 +129,14 @@ class PEFlip:
     mask: int
 
 
-PE_REGISTERS = {site_registry.INPUT: 0, site_registry.WEIGHTS: 1, site_registry.ACCUMULATOR: 2}
+PE_REGISTERS = {site_registry.INPUT: 0, site_registry.WEIGHTS: 1, site_registry.ACCUMULATOR: 2,
+                site_registry.FINISHED: 3}
 """The machine's PE register (`hw.array.FAULT_REGISTERS` index) of each PE site's register kind."""
 
 
 def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFlip:
-    """Return where a PE-register fault (of `group`, a `pe.*` site of a weight-stationary layer on the
-    machine's array, at its flat `element`, bit `bit`) lands in the machine.
+    """Return where a PE-register fault (of `group`, a `pe.*` site of a layer on the machine's array, at
+    its flat `element`, bit `bit`) lands in the machine.
 
     A single-buffered machine runs a tile at a time: the site's (tile, cycle of its window) is the
     tile's index in the machine's order (N slice after N slice) and its cycle. A double-buffered one,
@@ -187,8 +188,13 @@ def machine_groups(engine: Engine, acc_bits: Mapping[str, int], array: ArrayConf
     groups = [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)
               if not (site == "out" and g.op_index in engine.layers)]
     if array is not None and not array.tmr:
-        groups += [g for site in PE_SITES for g in site_groups(engine.model, site, [], acc_bits, array, weight_buffers)
-                   if g.tiling is not None and follows_machine(g.tiling) and g.shape == g.tiling.shape]
+        for site in PE_SITES:
+            try:
+                found = site_groups(engine.model, site, [], acc_bits, array, weight_buffers)
+            except SiteError:   # shadow registers, on a weight-stationary array or no streaming layer
+                continue
+            groups += [g for g in found
+                       if g.tiling is not None and follows_machine(g.tiling) and g.shape == g.tiling.shape]
     return groups
 
 

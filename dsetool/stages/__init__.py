@@ -135,7 +135,7 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
         from dsetool.design import design_of
 
         design = design_of(cfg)
-        hw["array"] = to_plain(design.array)
+        hw["array"] = to_plain(design.machine_array)   # the accelerator's: accumulators with room for the bias
         hw["k_order"] = "accelerator"   # PE sites stream K as the accelerator does (`machine_k_order`)
         hw["weight_buffers"] = design.weight_buffers   # two: the sites lie on the tiles' shared timeline
         hw["pe_model"] = site_registry.PE_MODEL
@@ -259,11 +259,18 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
             "acc_bits": cfg.hw.acc_bits, "multiplier_bits": design.multiplier_bits,
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
             "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
-            # every fault site is drawn from (`dsetool.machine.faults.machine_groups`), PE registers included
-            **({"seed": cfg.seed, "fault_sites": list(site_registry.NAMES)} if cfg.hw.rtl_faults else {}),
+            **(_rtl_fault_reads(cfg.seed, protection.tmr) if cfg.hw.rtl_faults else {}),
             "machine": MACHINE_VERSION,
             **({"stream": STREAM_VERSION} if array.dataflow == "os" else {}),
             "data": _test_data_reads(cfg), "verilator": verilator}
+
+
+def _rtl_fault_reads(seed: int, tmr: bool) -> dict[str, Any]:
+    """The faults the rtlsim stage draws: their seed, the sites they are drawn from (every one; without
+    TMR the PE registers too, `dsetool.machine.faults.machine_groups`) and then the PE model they are
+    checked against."""
+    sites = [name for name, entry in site_registry.REGISTRY.items() if not (tmr and entry.in_array)]
+    return {"seed": seed, "fault_sites": sites, **({} if tmr else {"pe_model": site_registry.PE_MODEL})}
 
 
 def _test_data_reads(cfg: RunConfig) -> dict[str, Any]:

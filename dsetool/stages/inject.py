@@ -80,7 +80,7 @@ def run(ctx: StageContext) -> Result:
                                                         f"layer {name}, which need {bits}")
     try:
         groups = [group for site in cfg.faults.sites   # on the same array the synth stage builds
-                  for group in site_groups(model, site, cfg.faults.layers, network.acc_bits(), design.array,
+                  for group in site_groups(model, site, cfg.faults.layers, network.acc_bits(), design.machine_array,
                                            design.weight_buffers)]
     except SiteError as exc:
         raise ConfigError(str(cfg.name), "faults", str(exc)) from None

@@ -19,7 +19,8 @@ Then the engine's fault model is checked against the machine (`dsetool.machine.f
 single-bit faults, drawn with the experiment's seed over the activation buffers the weight layers read,
 their requantized outputs, their stored weights and, on a machine without TMR, the PE registers of the
 array at every cycle of each layer whose sites follow the machine's schedule (`pe.act`, `pe.weight`,
-`pe.psum`, as the campaigns' sites lay them out; `dsetool.machine.faults.machine_groups`), each on one
+`pe.psum`, `pe.shadow`, laid out as the campaigns' sites are on the machine's array, whose accumulator
+width is the design's; `dsetool.machine.faults.machine_groups`), each on one
 of those images, are injected into a build of the machine with its fault ports (a stored code flipped in
 the buffer after it is written, before it is read; a weight flipped in the weight memory; a PE register
 flipped on its cycle) and every faulty run must give the logits the engine's campaign path computes for
