@@ -42,6 +42,35 @@ def shuffled_order(rng: np.random.Generator, k: int, rows: int) -> tuple[int, ..
     return tuple(int(i) for i in order)
 
 
+def trials_on_a_timeline(tiling: LayerTiling, site: str, rng: np.random.Generator, simulate_tiles, trials: int):
+    """Draw operands and `trials` faults (bit flips and stuck-ats) at random sites of `tiling`'s timeline;
+    assert that the fast model gives each one's accumulators as `simulate_tiles` (a reference simulation
+    of the machine's tiles, bias-started sums) does, and that some fault changes the result."""
+    m, k, n = tiling.m, tiling.k, tiling.n
+    a = rng.integers(0, 1 << ACT_BITS, size=(m, k))
+    w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
+    bias = rng.integers(-50, 50, size=n)
+    assert np.array_equal(simulate_tiles(tiling, a, w, ACC_BITS, None).astype(np.int64), a @ w)
+    width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True),
+                     "pe.shadow": (ACC_BITS, True)}[site]
+    operands = torch.tensor(a.T[None], dtype=torch.float64)
+    weights = torch.tensor(w.T, dtype=torch.float64)
+    acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
+    changed = 0
+    for trial in range(trials):
+        element = int(rng.integers(0, int(np.prod(tiling.shape))))
+        bit = int(rng.integers(0, width))
+        model = ["bitflip", "stuck0", "stuck1"][trial % 3]
+        cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
+        expected = simulate_tiles(tiling, a, w, ACC_BITS, (site, cycle, r, c, corrupt(bit, width, signed, model)))
+        got = apply_pe_faults(site, tiling, operands, weights, acc, np.array([0]), np.array([element]),
+                              np.array([1 << bit]), model, width, signed, ACC_BITS)
+        assert np.array_equal(got[0].T.numpy().astype(np.int64), started_at(bias, expected)), (
+            site, (cycle, r, c), bit, model)
+        changed += not np.array_equal(expected.astype(np.int64), a @ w)
+    assert changed > 0
+
+
 @pytest.mark.parametrize("rows, cols", ARRAYS)
 @pytest.mark.parametrize("dataflow", ["ws", "os"])
 @pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
@@ -92,27 +121,7 @@ def test_fast_pe_faults_on_the_tiles_timeline_equal_its_cycle_simulation(rows, c
     tiling = LayerTiling(m, k, n, rows, cols, "ws", order, cols - 1 if layout != "im2col" else 0,
                          machine_tile_period(m, rows, cols))
     assert tiling.shape == (tiling.span, rows, cols) and tiling.span < tiling.tiles * tiling.window
-    a = rng.integers(0, 1 << ACT_BITS, size=(m, k))
-    w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
-    bias = rng.integers(-50, 50, size=n)
-    assert np.array_equal(simulate_timeline(tiling, a, w, ACC_BITS, None).astype(np.int64), a @ w)
-    width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True)}[site]
-    operands = torch.tensor(a.T[None], dtype=torch.float64)
-    weights = torch.tensor(w.T, dtype=torch.float64)
-    acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
-    changed = 0
-    for trial in range(40):
-        element = int(rng.integers(0, int(np.prod(tiling.shape))))
-        bit = int(rng.integers(0, width))
-        model = ["bitflip", "stuck0", "stuck1"][trial % 3]
-        cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
-        expected = simulate_timeline(tiling, a, w, ACC_BITS, (site, cycle, r, c, corrupt(bit, width, signed, model)))
-        got = apply_pe_faults(site, tiling, operands, weights, acc, np.array([0]), np.array([element]),
-                              np.array([1 << bit]), model, width, signed, ACC_BITS)
-        assert np.array_equal(got[0].T.numpy().astype(np.int64), started_at(bias, expected)), (
-            site, (cycle, r, c), bit, model)
-        changed += not np.array_equal(expected.astype(np.int64), a @ w)
-    assert changed > 0
+    trials_on_a_timeline(tiling, site, rng, simulate_timeline, 40)
 
 
 @pytest.mark.parametrize("rows, cols", ARRAYS)
@@ -134,28 +143,7 @@ def test_fast_pe_faults_on_the_streaming_tiles_equal_their_cycle_simulation(rows
         pytest.skip("K' < C: the machine's tiles wait before their last K slice (no uniform timeline)")
     tiling = dataclasses.replace(plain, period=period)
     assert tiling.shape == (tiling.span, rows, cols) and tiling.span < tiling.tiles * tiling.window
-    a = rng.integers(0, 1 << ACT_BITS, size=(m, k))
-    w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
-    bias = rng.integers(-50, 50, size=n)
-    assert np.array_equal(simulate_stream(tiling, a, w, ACC_BITS, None).astype(np.int64), a @ w)
-    width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True),
-                     "pe.shadow": (ACC_BITS, True)}[site]
-    operands = torch.tensor(a.T[None], dtype=torch.float64)
-    weights = torch.tensor(w.T, dtype=torch.float64)
-    acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
-    changed = 0
-    for trial in range(40 if site != "pe.shadow" else 80):
-        element = int(rng.integers(0, int(np.prod(tiling.shape))))
-        bit = int(rng.integers(0, width))
-        model = ["bitflip", "stuck0", "stuck1"][trial % 3]
-        cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
-        expected = simulate_stream(tiling, a, w, ACC_BITS, (site, cycle, r, c, corrupt(bit, width, signed, model)))
-        got = apply_pe_faults(site, tiling, operands, weights, acc, np.array([0]), np.array([element]),
-                              np.array([1 << bit]), model, width, signed, ACC_BITS)
-        assert np.array_equal(got[0].T.numpy().astype(np.int64), started_at(bias, expected)), (
-            site, (cycle, r, c), bit, model)
-        changed += not np.array_equal(expected.astype(np.int64), a @ w)
-    assert changed > 0
+    trials_on_a_timeline(tiling, site, rng, simulate_stream, 40 if site != "pe.shadow" else 80)
 
 
 @pytest.mark.parametrize("rows, cols", WIDE)
