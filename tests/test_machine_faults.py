@@ -136,6 +136,41 @@ def test_weight_banks_of_an_array_wider_than_the_tile_period_in_rtl(lenet: Engin
     assert outcome.changed >= 5
 
 
+def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_in_rtl(lenet: Engine,
+                                                                                     tmp_path: Path) -> None:
+    """The output-stationary machine's shadow of PE(r, c) takes tile j's sum on cycle e_j + r + c (e_j: the
+    tile's last product at PE(0, 0)) and the drain reads it on e_j + C + r: sign-bit flips on the latch
+    cycle, the next one, the drain's cycle and the one after, on three of conv2's tiles, all as the engine
+    says; the middle two reach the logits on some image, the outer two on none."""
+    program = compile_program(lenet, 4, 4)
+    shape, images = machine_of(program, dataflow="os")
+    x = digits().test.x[:IMAGES]
+    group = next(g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, 1)
+                 if g.site == "pe.shadow" and g.layer == "conv2")
+    tiling = group.tiling
+    assert tiling is not None and tiling.period == tiling.k_stream
+    r, c, cols = 1, 2, tiling.cols
+    faults, inner = [], []
+    for tile in (5, 30, 77):
+        last = tile * tiling.period + tiling.k_stream - 1
+        for cycle, live in ((last + r + c, False), (last + r + c + 1, True), (last + cols + r, True),
+                            (last + cols + r + 1, False)):
+            element = int(np.ravel_multi_index((cycle, r, c), tiling.shape))
+            faults += [(0, element, group.width - 1, image) for image in range(IMAGES)]
+            inner += [live] * IMAGES
+    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
+    with compiled.open() as session:
+        machine_host.load(session, shape, images)
+        run = session_runner(session, program, shape, lambda p: machine_of(p, dataflow="os")[1])
+        outcome = check_faults(lenet, program, x, [group], faults, run, lambda model: lenet, None)
+    assert outcome.first_disagreement is None and outcome.agree == len(faults)
+    expected, _ = engine_outcomes(lenet, x, [group], faults)
+    clean = lenet.logits(x).to(torch.int64).numpy()
+    changed = [not np.array_equal(expected[i], clean[faults[i][3]]) for i in range(len(faults))]
+    assert any(ch for ch, live in zip(changed, inner, strict=True) if live)
+    assert not any(ch for ch, live in zip(changed, inner, strict=True) if not live)
+
+
 def test_a_flip_of_the_first_tiles_weights_before_they_are_written_is_masked_in_rtl(lenet: Engine,
                                                                                      tmp_path: Path) -> None:
     """The double-buffered machine writes tile 0's weight row r on timeline cycle r - 1: a flip of that bank

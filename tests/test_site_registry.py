@@ -182,17 +182,17 @@ PINNED_INJECT = {
     ('act', 'none'): "024621b346d012cb136d483089b9b90e9d621bde7eb05f75972a92fa27cf9d01",
     ('weight', 'none'): "42772eb7607f61d51821c957bffa0a0b712d306bc7c29811a4ab3bd01a789044",
     ('out', 'none'): "dbb3ae713ec7cbc029f2ce4cc5ff608e0d45b166fd4aa8172d3ba0b8a8f7bed6",
-    ('pe.act', 'none'): "e4e8299b8cabc222e5c048b4ac4f36aa581d92b9323548c12418d2c55b5b8580",
-    ('pe.weight', 'none'): "84bdcaf87ee881857760e232ddcb2d0564bfdbc021d1646787344b1c7ea37fdb",
-    ('pe.psum', 'none'): "ce09b4cd5ba1c75866cd7a5c2e04bfc4e6a2198771c8b88060191b8c1507adae",
-    ('pe.shadow', 'none'): "a2a5292bd91c90929b6fab2526fb7fe748dcf83a340c58a50ec3b7f3e8d65be0",
-    (('act', 'pe.psum'), 'none'): "b99aec9a2c991abf61506a284876eb68e2e4ea60b8e1c297cbb46f580ca53454",
+    ('pe.act', 'none'): "2ead1ca14c46c7fdd7351d57680fb69fecce2ec4b018cf45ad1114a2ac37b850",
+    ('pe.weight', 'none'): "d6fafdab9dc56c9e05ce8dd4079276fe8d19a97db7402434196ec5eef9042a94",
+    ('pe.psum', 'none'): "f2db03479f7f3cf516d0a0fc5832ddbe0c6103a693264657dd6261ac89cb41bb",
+    ('pe.shadow', 'none'): "9e37aeaef316e203ee26e654e3b8d8a232fa8d5dc51e400e1e4cdfe8c553fdda",
+    (('act', 'pe.psum'), 'none'): "2cf81055d5b274eb75bb5ab8045c5b154dc7e8a779381db17a53b0914af20b44",
     ('act', 'clip'): "50fa9ff12af71aa4533e6a7528f8a7f5dbff64993b3c7a4a74c34bbab993ed1d",
     ('act', 'zero'): "35f23b8a1cd34dcad95c69ddbfa1740f1fcba308730d6e82fa6d8c308ffca971",
     ('act', 'sed'): "e16aeee40e549cee055c9a01fdcecd440b58918fc8b476d88a61a4ac25866833",
     ('act', 'median3'): "b3dd02a5dc42f3b739c3253c7295a08ce08b27d0576d04c8c01109465881d31b",
     ('act', 'median5'): "b4fda55d0349e3d548bddad6b3e16645bf0406af73d3502c393e054258259e75",
-    ('pe.weight', 'afd'): "9f1e90b2ba120aee91fd9c7ffe618ada565ecd964753bcd9fc9da6f741ed37c9",
+    ('pe.weight', 'afd'): "279b702c8a027cba37a1089bb8c988b41a90dbc69616498dab37acf7c5d148ac",
 }
 
 

@@ -8,14 +8,16 @@ it must not pull in torch.
 
 Adding a fault site is one `FaultSite` entry below, naming
 - the `register` it corrupts (one of `REGISTERS`: a layer's input codes, its weights, its requantized
-  output, or a partial sum): this gives its width in the config's bit check and in the report;
+  output, a partial sum, or a finished one): this gives its width in the config's bit check and in the
+  report;
 - its `hook`, one of `HOOKS`: where `dsetool.faults.apply` puts the fault into the op sequence; hook
   `pe` makes it a PE register (`in_array`: the array's rows, columns and dataflow say which values it
   holds at a cycle, so they enter the inject key), the others a buffer the array reads or writes.
 A buffer site (hook `pre`, `weight` or `post`) needs nothing else: `dsetool.faults.sites` builds its
 groups with the builder of its hook (`sites.GROUP_BUILDERS`), and `dsetool.faults.apply` applies them by
-hook. A PE site on one of the three registers a PE holds (input, weights, accumulator) needs nothing
-else either: `dsetool.faults.pe.apply_pe_faults` follows a value through the schedule by its register.
+hook. A PE site on one of the registers a PE holds (input, weights, accumulator, and the output-
+stationary accelerator's shadow of a finished sum) needs nothing else either:
+`dsetool.faults.pe.apply_pe_faults` follows a value through the schedule by its register.
 A new register kind is a `Register` (the config's bit check and the report read its width from its
 fields) and its engine width in `sites._pe_register`; a new hook needs its group builder in
 `sites.GROUP_BUILDERS` and its application in `dsetool.faults.apply`.
@@ -96,11 +98,13 @@ REGISTRY: dict[str, FaultSite] = {s.name: s for s in (
 
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
-PE_MODEL = 2
+PE_MODEL = 3
 """The version of the PE-register fault model (`dsetool.faults.pe`, `dsetool.engine.tiling`), in the key of
 every campaign at a PE site: raise it when a PE fault's outcome changes (2: sums wrap with their bias, as
 the accelerator's accumulators add it; a flip of the first tile's weights before they are written is
-overwritten; the output-stationary tiles stream back to back, each finished sum latched into a shadow)."""
+overwritten; the output-stationary tiles stream back to back, each finished sum latched into a shadow.
+3: on arrays wider than the double-buffered period, the bank in use holds the tile after next once it
+is written)."""
 
 
 class UnknownSite(ValueError):

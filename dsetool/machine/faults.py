@@ -19,7 +19,7 @@ its injector against RTL:
 - `weight` (a layer's stored weights): the machine is loaded with the program compiled from the model
   with that weight flipped, which is what a flipped cell of the weight memory holds for the whole
   inference, the engine's semantics.
-- `pe.act`, `pe.weight`, `pe.psum` (a PE register at one cycle, `dsetool.engine.tiling`'s sites): the
+- `pe.act`, `pe.weight`, `pe.psum`, `pe.shadow` (a PE register at one cycle, `dsetool.engine.tiling`'s sites): the
   register of the PE the site names is flipped through the machine's PE fault port on the cycle the site
   names, counted from the presentation of the layer's tile (`pe_flip`): the fault model's K order,
   columns, tile order and timeline are then checked against the machine that runs them. Machines without
@@ -191,7 +191,9 @@ def machine_groups(engine: Engine, acc_bits: Mapping[str, int], array: ArrayConf
         for site in PE_SITES:
             try:
                 found = site_groups(engine.model, site, [], acc_bits, array, weight_buffers)
-            except SiteError:   # shadow registers, on a weight-stationary array or no streaming layer
+            except SiteError:   # shadow registers: none on a weight-stationary array or without a streaming layer
+                if site_registry.site(site).register is not site_registry.FINISHED:
+                    raise
                 continue
             groups += [g for g in found
                        if g.tiling is not None and follows_machine(g.tiling) and g.shape == g.tiling.shape]

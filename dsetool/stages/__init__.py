@@ -266,11 +266,13 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _rtl_fault_reads(seed: int, tmr: bool) -> dict[str, Any]:
-    """The faults the rtlsim stage draws: their seed, the sites they are drawn from (every one; without
-    TMR the PE registers too, `dsetool.machine.faults.machine_groups`) and then the PE model they are
-    checked against."""
-    sites = [name for name, entry in site_registry.REGISTRY.items() if not (tmr and entry.in_array)]
-    return {"seed": seed, "fault_sites": sites, **({} if tmr else {"pe_model": site_registry.PE_MODEL})}
+    """The faults the rtlsim stage draws: their seed and, where the machine has a PE fault port (no TMR),
+    the sites they are drawn from, PE registers included (`dsetool.machine.faults.machine_groups`), and
+    the PE model they are checked against. A TMR machine draws from the buffer sites as it always did:
+    its key stays as it was."""
+    if tmr:
+        return {"seed": seed}
+    return {"seed": seed, "fault_sites": list(site_registry.NAMES), "pe_model": site_registry.PE_MODEL}
 
 
 def _test_data_reads(cfg: RunConfig) -> dict[str, Any]:

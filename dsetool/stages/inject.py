@@ -79,7 +79,7 @@ def run(ctx: StageContext) -> Result:
         raise ConfigError(str(cfg.name), "hw.acc_bits", f"{cfg.hw.acc_bits} bits cannot hold the accumulators of "
                                                         f"layer {name}, which need {bits}")
     try:
-        groups = [group for site in cfg.faults.sites   # on the same array the synth stage builds
+        groups = [group for site in cfg.faults.sites   # on the array of the accelerator that runs the network
                   for group in site_groups(model, site, cfg.faults.layers, network.acc_bits(), design.machine_array,
                                            design.weight_buffers)]
     except SiteError as exc:
