@@ -40,9 +40,6 @@ from hw.cycles import check_weight_buffers
 from hw.pe import MULTIPLIERS
 from hw.protect import RangeMode
 
-FAULT_PORT = ("fault_fire", "fault_row", "fault_col", "fault_register", "fault_bank", "fault_mask")
-"""The array's PE fault port (`hw.array`), passed through a simulation build's datapath."""
-
 
 class Datapath(wiring.Component):
     """The array, K accumulator and column stage of a machine (see the module docstring).
@@ -76,7 +73,6 @@ class Datapath(wiring.Component):
     def __init__(self, array: ArrayConfig, depth: int, code_shape: object, multiplier_bits: int, shift_bits: int,
                  *, check: RangeMode | None = None, weight_buffers: int = 1, fault_port: bool = False) -> None:
         self.weight_buffers = check_weight_buffers(weight_buffers, "Datapath")
-        self.fault_port = fault_port
         config = dataclasses.replace(array, tmr=False)
         self._array: WSArray | WSDoubleBufferArray = WSArray(config, fault_port=fault_port) \
             if weight_buffers == 1 else WSDoubleBufferArray(config, fault_port=fault_port)
@@ -88,7 +84,7 @@ class Datapath(wiring.Component):
         parts = {"array": self._array.signature.members, "sums": self._sums.signature.members,
                  "stage": self._stage.signature.members}
         loads = ("w_load",) if weight_buffers == 1 else ("w_rows", "w_bank", "a_bank")
-        faults = tuple(name for name in parts["array"] if name.startswith("fault_"))
+        faults = self._fault_members = tuple(name for name in parts["array"] if name.startswith("fault_"))
         members = {name: parts["array"][name] for name in ("a_valid", "a", *loads, "w", *faults)}
         members |= {"k_first": In(1), "k_last": In(1), "bias": parts["sums"]["bias"], "logits": In(1)}
         if weight_buffers == 2:
@@ -121,8 +117,7 @@ class Datapath(wiring.Component):
             assert isinstance(array, WSArray)
             m.d.comb += [array.a_valid.eq(self.a_valid), array.w_load.eq(self.w_load)]
         m.d.comb += [array.a[r].eq(self.a[r]) for r in range(len(self.a))]
-        if self.fault_port:
-            m.d.comb += [getattr(array, name).eq(getattr(self, name)) for name in FAULT_PORT]
+        m.d.comb += [getattr(array, name).eq(getattr(self, name)) for name in self._fault_members]   # sim builds
         m.d.comb += [array.w[c].eq(self.w[c]) for c in cols]
         m.d.comb += [sums.valid.eq(array.out_valid), sums.first.eq(first), sums.last.eq(last)]
         m.d.comb += [sums.acc[c].eq(array.out[c]) for c in cols]
@@ -165,13 +160,12 @@ class StreamDatapath(wiring.Component):
     def __init__(self, array: ArrayConfig, code_shape: object, multiplier_bits: int, shift_bits: int,
                  *, check: RangeMode | None = None, fault_port: bool = False) -> None:
         config = dataclasses.replace(array, tmr=False)
-        self.fault_port = fault_port
         self._array = OSStreamArray(config, fault_port=fault_port)
         acc = signed(self._array.acc_bits)
         self._stage = ColumnStage(self._array.acc_bits, array.cols, code_shape, multiplier_bits, shift_bits,
                                  check=check, multiplier=MULTIPLIERS[array.multiplier])
         parts = {"array": self._array.signature.members, "stage": self._stage.signature.members}
-        faults = tuple(name for name in parts["array"] if name.startswith("fault_"))
+        faults = self._fault_members = tuple(name for name in parts["array"] if name.startswith("fault_"))
         members = {name: parts["array"][name] for name in ("a", "first", "last", "w", *faults)}
         members |= {"drain_valid": In(1), "drain_row": In(range(array.rows)), "bias": In(acc).array(array.cols),
                     "logits": In(1)}
@@ -191,8 +185,7 @@ class StreamDatapath(wiring.Component):
         m.d.comb += [array.a[r].eq(self.a[r]) for r in range(rows)]
         m.d.comb += [array.first.eq(self.first), array.last.eq(self.last)]
         m.d.comb += [array.w[c].eq(self.w[c]) for c in range(cols)]
-        if self.fault_port:
-            m.d.comb += [getattr(array, name).eq(getattr(self, name)) for name in FAULT_PORT]
+        m.d.comb += [getattr(array, name).eq(getattr(self, name)) for name in self._fault_members]   # sim builds
         m.d.sync += self.sums_valid.eq(self.drain_valid)
         for c in range(cols):
             column = Array(array.shadow[r][c] for r in range(rows))

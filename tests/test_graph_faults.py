@@ -265,8 +265,9 @@ def test_pe_faults_in_a_depthwise_conv_equal_the_cycle_simulation_of_its_group(t
                                                                                 "bitflip")))
         outputs = [t[trial % 4:trial % 4 + 1] for t in golden]
         acc = outputs[group.op_index].clone()
-        acc[0, g] = torch.from_numpy((expected_group[:, 0].astype(np.int64) + int(network.bias(group.op_index)[g]))
-                                     .reshape(acc.shape[2:])).to(acc.dtype)
+        bias = int(engine.layers[group.op_index].bias[g])
+        summed = expected_group[:, 0].astype(np.int64) + bias
+        acc[0, g] = torch.from_numpy(summed.reshape(acc.shape[2:])).to(acc.dtype)
         outputs[group.op_index] = acc
         expected = engine.run(None, start=group.op_index + 1, given=outputs)
         assert torch.equal(evaluated.logits[0], expected.reshape(-1)), (site, dataflow, trial)

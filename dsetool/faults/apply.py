@@ -57,10 +57,6 @@ class Network(Protocol):
         """Return the (B, K, M) operand matrix op `index` multiplies its weights with (im2col for conv)."""
         ...
 
-    def bias(self, index: int) -> torch.Tensor:
-        """Return the integer bias (N,) of weight op `index` (added in the output stage)."""
-        ...
-
     def weight_op(self, index: int) -> WeightOp | None:
         """Return op `index` when it is a conv/linear layer, else None."""
         ...

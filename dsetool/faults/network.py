@@ -96,10 +96,6 @@ class EngineNetwork:
         """Return weight op `index`'s integer weights in torch layout, in the layer's accumulator dtype."""
         return self._tensors[index]
 
-    def bias(self, index: int) -> torch.Tensor:
-        """Return weight op `index`'s integer bias (N,)."""
-        return self.engine.layers[index].bias
-
     def acc_bits(self) -> dict[str, int]:
         """Return each weight layer's accumulator width."""
         return {layer.name: layer.widths.acc_bits for layer in self.engine.layers.values()}
