@@ -46,9 +46,10 @@ class Gemm:
 
 
 def array_gemms(gemms: Sequence[Gemm]) -> list[tuple[int, int, int]]:
-    """Return the (M, K, N) GEMMs the array runs, one after the other: a grouped conv's groups run as
-    separate GEMMs (a depthwise conv is C GEMMs of N = 1, so it fills one array column: the schedule the
-    cycle model and the PE fault mapping assume)."""
+    """Return the (M, K, N) GEMMs the closed-form cycle model counts, one after the other: a grouped conv's
+    groups as separate GEMMs (a depthwise conv is C GEMMs of N = 1, filling one array column). The
+    accelerator runs a grouped conv otherwise (one GEMM over all input channels, `dsetool.machine`), and
+    so do the PE fault sites on its arrays (`dsetool.engine.tiling.LayerTiling.slice_orders`)."""
     return [g.tile_shape for g in gemms for _ in range(g.groups)]
 
 

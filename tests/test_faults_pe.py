@@ -42,31 +42,36 @@ def shuffled_order(rng: np.random.Generator, k: int, rows: int) -> tuple[int, ..
     return tuple(int(i) for i in order)
 
 
-def trials_on_a_timeline(tiling: LayerTiling, site: str, rng: np.random.Generator, simulate_tiles, trials: int):
-    """Draw operands and `trials` faults (bit flips and stuck-ats) at random sites of `tiling`'s timeline;
-    assert that the fast model gives each one's accumulators as `simulate_tiles` (a reference simulation
-    of the machine's tiles, bias-started sums) does, and that some fault changes the result."""
+def trials_on_a_timeline(tiling: LayerTiling, site: str, rng: np.random.Generator, simulate_tiles, trials: int,
+                         groups: int = 1):
+    """Draw operands and `trials` faults (bit flips and stuck-ats) at random sites of `tiling`'s timeline
+    (or its tiles' windows, for `simulate`); assert that the fast model gives each one's accumulators as
+    `simulate_tiles` (a reference simulation of the machine's tiles, bias-started sums) does, and that
+    some fault changes the result. With `groups`, the weights are a grouped conv's: zero between an
+    output and the K indices of other groups, and the fast model is given only each output's own."""
     m, k, n = tiling.m, tiling.k, tiling.n
     a = rng.integers(0, 1 << ACT_BITS, size=(m, k))
     w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
+    own = np.arange(k)[:, None] // (k // groups) == np.arange(n)[None, :] // (n // groups)
+    w = w * own
     bias = rng.integers(-50, 50, size=n)
     assert np.array_equal(simulate_tiles(tiling, a, w, ACC_BITS, None).astype(np.int64), a @ w)
     width, signed = {"pe.act": (ACT_BITS, False), "pe.weight": (WEIGHT_BITS, True), "pe.psum": (ACC_BITS, True),
                      "pe.shadow": (ACC_BITS, True)}[site]
     operands = torch.tensor(a.T[None], dtype=torch.float64)
-    weights = torch.tensor(w.T, dtype=torch.float64)
+    weights = torch.tensor(w.T[own.T].reshape(n, k // groups), dtype=torch.float64)   # (N, K per group)
     acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
     changed = 0
     for trial in range(trials):
         element = int(rng.integers(0, int(np.prod(tiling.shape))))
         bit = int(rng.integers(0, width))
         model = ["bitflip", "stuck0", "stuck1"][trial % 3]
-        cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
-        expected = simulate_tiles(tiling, a, w, ACC_BITS, (site, cycle, r, c, corrupt(bit, width, signed, model)))
+        where = tuple(int(x) for x in np.unravel_index(element, tiling.shape))   # (cycle, r, c) or (tile, u, r, c)
+        expected = simulate_tiles(tiling, a, w, ACC_BITS, (site, *where, corrupt(bit, width, signed, model)))
         got = apply_pe_faults(site, tiling, operands, weights, acc, np.array([0]), np.array([element]),
-                              np.array([1 << bit]), model, width, signed, ACC_BITS)
+                              np.array([1 << bit]), model, width, signed, ACC_BITS, groups)
         assert np.array_equal(got[0].T.numpy().astype(np.int64), started_at(bias, expected)), (
-            site, (cycle, r, c), bit, model)
+            site, where, bit, model)
         changed += not np.array_equal(expected.astype(np.int64), a @ w)
     assert changed > 0
 
@@ -175,3 +180,50 @@ def test_every_weight_site_of_a_wide_array_equals_the_timeline_simulation(rows, 
         reloaded += 0 <= tile < tiling.tiles - 2 and cycle >= (tile + 2) * tiling.period + r and \
             not np.array_equal(expected.astype(np.int64), a @ w)
     assert reloaded > 0   # sites where the bank already holds the tile after next, which the flip corrupts
+
+
+def grouped_orders(rng: np.random.Generator, tiling: LayerTiling, groups: int, length: int | None
+                   ) -> tuple[tuple[int, ...], ...]:
+    """Return a K order per N slice as the accelerator makes them for a grouped conv: each N slice streams
+    the K indices of its columns' groups and, as a word's lanes of other groups' channels do, one K index
+    of another group (if any), shuffled among padding lanes, in whole slices of `rows`; all `length` long (the
+    output-stationary machine's one timeline) or each its own."""
+    k_group, n_group = tiling.k // groups, tiling.n // groups
+    orders = []
+    for first in range(-tiling.lead, tiling.n, tiling.cols):
+        outs = [x for x in range(first, first + tiling.cols) if 0 <= x < tiling.n]
+        own = sorted({x // n_group for x in outs})
+        ks = [k for g in own for k in range(g * k_group, (g + 1) * k_group)]
+        foreign = [k for k in range(tiling.k) if k // k_group not in own]
+        ks += [int(rng.choice(foreign))] if foreign else []
+        slots = length or (len(ks) + tiling.rows) // tiling.rows * tiling.rows + tiling.rows * int(rng.integers(0, 2))
+        order = np.full(slots, -1)
+        order[rng.choice(slots, size=len(ks), replace=False)] = rng.permutation(ks)
+        orders.append(tuple(int(i) for i in order))
+    return tuple(orders)
+
+
+@pytest.mark.parametrize("rows, cols", [(2, 2), (2, 4), (4, 2), (3, 3)])
+@pytest.mark.parametrize("schedule", ["windows", "timeline", "stream"])
+@pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum", "pe.shadow"])
+def test_grouped_conv_pe_faults_on_the_machines_gemm_equal_its_cycle_simulation(rows, cols, schedule, site):
+    """The accelerator runs a grouped conv as one GEMM over all its input channels, block-diagonal
+    weights, each N slice streaming only the K slices of its own groups (`LayerTiling.slice_orders`: as
+    many K tiles as it needs, weight-stationary): every PE site of that schedule (each tile in its
+    window, the double-buffered tiles' timeline, the output-stationary stream) equals the cycle-by-cycle
+    simulation, zero weights of other groups and their flips included."""
+    if site == "pe.shadow" and schedule != "stream":
+        pytest.skip("shadow registers are the output-stationary PE's")
+    rng = np.random.default_rng(zlib.crc32(repr(("grouped", rows, cols, schedule, site)).encode()))
+    groups, m = 3, 4
+    dataflow = "os" if schedule == "stream" else "ws"
+    plain = LayerTiling(m, groups * 4, groups * 2, rows, cols, dataflow, lead=cols - 1)   # 3 groups, 2 outputs each
+    length = (9 // rows + 2) * rows if dataflow == "os" else None   # up to 2 groups of 4 K indices, one foreign
+    orders = grouped_orders(rng, plain, groups, length)
+    period = {"windows": 0, "timeline": machine_tile_period(m, rows, cols),
+              "stream": machine_stream_period(len(orders[0]), cols)}[schedule]
+    tiling = dataclasses.replace(plain, slice_orders=orders, period=period)
+    if schedule == "timeline":
+        assert len({len(order) for order in orders}) > 1 or rows == 3   # N slices with K tiles of their own
+    simulated = {"windows": simulate, "timeline": simulate_timeline, "stream": simulate_stream}[schedule]
+    trials_on_a_timeline(tiling, site, rng, simulated, 40 if site != "pe.shadow" else 80, groups=groups)

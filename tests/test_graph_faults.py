@@ -230,44 +230,60 @@ def test_ops_without_a_sparse_step_send_their_faults_to_the_dense_path(graph, mo
 
 @pytest.mark.parametrize("site", ["pe.act", "pe.weight", "pe.psum"])
 @pytest.mark.parametrize("dataflow", ["ws", "os"])
-def test_pe_faults_in_a_depthwise_conv_equal_the_cycle_simulation_of_its_group(tmp_path: Path, site: str,
-                                                                                dataflow: str) -> None:
-    """A depthwise conv runs as one GEMM per channel, one after the other: a PE fault during group g's
-    schedule changes group g's outputs as the cycle-by-cycle array simulation of that GEMM says."""
-    from tests.fixtures.systolic_sim import simulate
+@pytest.mark.parametrize("rows, cols", [(2, 2), (3, 2)])
+def test_pe_faults_in_a_depthwise_conv_equal_the_cycle_simulation_of_its_schedule(tmp_path: Path, site: str,
+                                                                                  dataflow: str, rows: int,
+                                                                                  cols: int) -> None:
+    """On an array the accelerator builds (2 x 2), a depthwise conv is one GEMM over all its channels,
+    each N slice streaming the K slices of its own channels (`LayerTiling.slice_orders`); on one it does
+    not (3 x 2), one GEMM per channel, one after the other. Either way a PE fault changes the layer's
+    outputs as the cycle-by-cycle array simulation of that schedule says, and the logits follow."""
+    from tests.fixtures.systolic_sim import simulate, simulate_stream, simulate_timeline
     from tests.test_faults_pe import corrupt
 
     engine = exported_engine(tmp_path, "mobilenet", bits=4, size=SIDE)
     network = EngineNetwork(engine)
-    array = ArrayConfig(rows=2, cols=2, act_bits=4, weight_bits=4, dataflow=dataflow, acc_bits=20)
+    array = ArrayConfig(rows=rows, cols=cols, act_bits=4, weight_bits=4, dataflow=dataflow, acc_bits=20)
     groups = [g for g in site_groups(engine.model, site, ["block1.dw"], network.acc_bits(), array)]
     (group,) = groups
     op = engine.model.ops[group.op_index]
-    assert group.shape[0] == op.groups == op.out_features and group.tiling.n == 1
+    machine = group.tiling.slice_orders is not None
+    assert machine == (rows == cols)
+    simulated = simulate   # each tile in its window, or the tiles on the machine's timeline
+    if machine:   # the channels' GEMM: K over all channels, N all outputs
+        assert group.shape == group.tiling.shape and group.tiling.n == op.out_features and group.tiling.period
+        simulated = simulate_timeline if dataflow == "ws" else simulate_stream
+    else:
+        assert group.shape[0] == op.groups == op.out_features and group.tiling.n == 1
     x = digits(SIDE).test.x[:4]
     golden = engine.run(x, keep=True)
     codes = golden[engine.model.input_of(group.op_index)]
     operands = network.gemm_input(group.op_index, codes)             # (B, K_all, M)
     weights = network.weight_matrix(group.op_index)                  # (N, K_group)
+    k_group = weights.shape[1]
+    dense = torch.zeros(op.out_features, operands.shape[1], dtype=torch.int64)
+    for n in range(op.out_features):
+        dense[n, n * k_group:(n + 1) * k_group] = weights[n].to(torch.int64)
+    bias = engine.layers[group.op_index].bias.to(torch.int64)
     rng = np.random.default_rng(0)
     per_group = int(np.prod(group.tiling.shape))
+    half = 1 << (group.acc_bits - 1)
     for trial in range(12):
         element, bit = int(rng.integers(0, group.size)), int(rng.integers(0, group.width))
         faults = Faults(np.array([0]), np.array([0]), np.array([element]), np.array([bit]))
         evaluated = evaluate(network, golden, np.array([trial % 4]), groups, faults, "bitflip")
         g, local = divmod(element, per_group)
-        k = group.tiling.k
-        a = operands[trial % 4, g * k:(g + 1) * k].T.numpy().astype(np.int64)     # (M, K)
-        w = weights[g:g + 1].T.numpy().astype(np.int64)                           # (K, 1)
-        tile, u, r, c = np.unravel_index(local, group.tiling.shape)
-        expected_group = simulate(group.tiling, a, w, group.acc_bits, (site, int(tile), int(u), int(r), int(c),
-                                                                        corrupt(bit, group.width, group.signed,
-                                                                                "bitflip")))
+        outs = slice(None) if machine else slice(g, g + 1)
+        ins = slice(None) if machine else slice(g * k_group, (g + 1) * k_group)
+        a = operands[trial % 4, ins].T.numpy().astype(np.int64)                 # (M, K)
+        w = dense[outs, ins].T.numpy() if machine else weights[g:g + 1].T.numpy().astype(np.int64)
+        where = tuple(int(i) for i in np.unravel_index(local, group.tiling.shape))
+        sums = simulated(group.tiling, a, w, group.acc_bits,
+                         (site, *where, corrupt(bit, group.width, group.signed, "bitflip")))
+        started = (sums.astype(np.int64) + bias[outs].numpy() + half) % (2 * half) - half   # (M, N)
         outputs = [t[trial % 4:trial % 4 + 1] for t in golden]
         acc = outputs[group.op_index].clone()
-        bias = int(engine.layers[group.op_index].bias[g])
-        summed = expected_group[:, 0].astype(np.int64) + bias
-        acc[0, g] = torch.from_numpy(summed.reshape(acc.shape[2:])).to(acc.dtype)
+        acc[0, outs] = torch.from_numpy(started.T.reshape(-1, *acc.shape[2:])).to(acc.dtype)
         outputs[group.op_index] = acc
         expected = engine.run(None, start=group.op_index + 1, given=outputs)
         assert torch.equal(evaluated.logits[0], expected.reshape(-1)), (site, dataflow, trial)

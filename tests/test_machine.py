@@ -18,7 +18,7 @@ from dsetool.machine.compiler import UnsupportedOp, compile_program, lanes_of
 from dsetool.machine.encode import input_codes, machine_of
 from dsetool.machine.program import Gemm, Program, Vector, sum_bits
 from dsetool.machine.reference import Machine, run_detecting, run_image
-from dsetool.machine.tiling import dense_weight, machine_k_order, machine_lead
+from dsetool.machine.tiling import dense_weight, machine_k_order, machine_lead, machine_slice_orders
 from dsetool.protect.check import RangeCheck, placed
 from dsetool.protect.schemes import MedianFilter
 from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
@@ -273,7 +273,12 @@ def narrow(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return factory_engine(tmp_path_factory.mktemp("narrow"), "tests.fixtures.tiny_narrow:make", bits=4, size=8)
 
 
-@pytest.mark.parametrize("network", ["lenet", "squeezenet", "tiny_resnet", "pooled_linear", "narrow"])
+@pytest.fixture(scope="module")
+def tiny_mobilenet(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return factory_engine(tmp_path_factory.mktemp("mobilenet"), "tests.fixtures.tiny_mobilenet:make", bits=4, size=8)
+
+
+@pytest.mark.parametrize("network", ["lenet", "squeezenet", "tiny_resnet", "pooled_linear", "narrow", "tiny_mobilenet"])
 @pytest.mark.parametrize(("rows", "cols"), [(8, 8), (2, 4), (4, 2), (16, 16)])
 def test_pe_sites_take_k_in_the_order_the_compiled_weight_tiles_hold_it(request: pytest.FixtureRequest,
                                                                           network: str, rows: int, cols: int) -> None:
@@ -281,28 +286,34 @@ def test_pe_sites_take_k_in_the_order_the_compiled_weight_tiles_hold_it(request:
     weights the compiled program loads into the array's rows: the order the accelerator streams K in, a
     flattened input, a concat's tensor, a flattened average pool's and a flat quantizer's codes (kept on
     the map they were made on) included; and `machine_lead` the empty columns before channel 0 of a layer
-    writing into a concat from inside a word. Grouped convs have none (their N slices differ)."""
+    writing into a concat from inside a word; a grouped conv's `machine_slice_orders`, one per N slice,
+    the K slices each N slice's tiles hold."""
     engine = request.getfixturevalue(network)
     program = compile_program(engine, rows, cols)
     index = {op.name: i for i, op in enumerate(engine.model.ops)}
-    ordered = leads = 0
+    ordered = leads = grouped = 0
     for gemm in (i for i in program.instructions if isinstance(i, Gemm)):
         op = engine.model.ops[index[gemm.name]]
         order = machine_k_order(engine.model, index[gemm.name], rows, cols)
-        if order is None:
-            assert isinstance(op, Conv2d) and op.groups > 1
-            continue
+        orders = machine_slice_orders(engine.model, index[gemm.name], rows, cols)
+        assert (order is None) == (orders is not None) == (isinstance(op, Conv2d) and op.groups > 1)
         ordered += 1
+        grouped += orders is not None
         assert machine_lead(engine.model, index[gemm.name], cols) == gemm.lead(cols), gemm.name
         leads += gemm.lead(cols) > 0
         dense = dense_weight(op)
         padded = np.zeros((dense.shape[0] + 1, dense.shape[1] + 1), dtype=np.int64)
         padded[:-1, :-1] = dense   # index -1: a padding lane or an empty column
-        per_slice = np.asarray(order).reshape(-1, rows)
-        assert len(per_slice) == len(gemm.k_slices(0))
         channels = np.arange(gemm.n_slices(cols) * cols) - gemm.lead(cols)
         channels = np.where(channels < op.out_features, channels, -1).reshape(-1, cols)
-        expected = [tuple(padded[outs, k].tolist()) for outs in channels for lanes in per_slice for k in lanes[::-1]]
+        per_n = orders if orders is not None else [order] * len(channels)   # a grouped conv: one per N slice
+        assert len(per_n) == len(channels)
+        expected = []
+        for nt, (outs, k_order) in enumerate(zip(channels, per_n, strict=True)):
+            per_slice = np.asarray(k_order).reshape(-1, rows)
+            assert len(per_slice) == len(gemm.k_slices(nt))
+            expected += [tuple(padded[outs, k].tolist()) for lanes in per_slice for k in lanes[::-1]]
         assert list(program.weights[gemm.weight_base:gemm.weight_base + len(expected)]) == expected, gemm.name
     assert ordered >= 2
+    assert grouped == (2 if network == "tiny_mobilenet" else 0)
     assert leads > 0 or not (network == "squeezenet" and cols == 16)   # fire1's expand3 starts mid-word

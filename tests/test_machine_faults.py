@@ -35,7 +35,7 @@ from dsetool.machine.faults import (
 from dsetool.protect.check import placed
 from hw import machine_host, rtlsim
 from hw.machine import Machine
-from tests.fixtures.engines import digits, exported_engine
+from tests.fixtures.engines import digits, exported_engine, factory_engine
 from tests.fixtures.range_checks import tight_checks
 
 pytestmark = pytest.mark.slow
@@ -113,6 +113,33 @@ def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_
     assert outcome.changed >= 10
     if placement:
         assert outcome.alarm_agree == outcome.faults
+
+
+@pytest.mark.parametrize("rows, cols, dataflow, weight_buffers", [(2, 4, "ws", 2), (4, 4, "os", 1)])
+def test_pe_faults_of_grouped_convs_in_rtl_give_the_engines_outcomes(tmp_path: Path, rows: int, cols: int,
+                                                                     dataflow: str, weight_buffers: int) -> None:
+    """A depthwise conv (6 channels: one word and part of the next) and a grouped one (2 groups of 4) run as
+    one GEMM over all their input channels, each N slice streaming the K slices of its own groups: the
+    PE sites of that schedule, the tiles' timeline (N slices with K tiles of their own on 2 x 4) or the
+    output-stationary stream with its shadows, are the machine's registers."""
+    engine = factory_engine(tmp_path / "net", "tests.fixtures.tiny_mobilenet:make", bits=4, size=8)
+    grouped = {op.name for op in engine.model.ops if getattr(op, "groups", 1) > 1}
+    program = compile_program(engine, rows, cols)
+    shape, images = machine_of(program, weight_buffers=weight_buffers, dataflow=dataflow)
+    x = digits(8).test.x[:IMAGES]
+    groups = [g for g in machine_groups(engine, EngineNetwork(engine).acc_bits(), shape.array, weight_buffers)
+              if g.site in PE_SITES and g.layer in grouped]
+    assert {g.layer for g in groups} == grouped and all(g.tiling.slice_orders for g in groups)
+    faults = draw(groups, IMAGES, 200, seed=rows)
+    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
+    with compiled.open() as session:
+        machine_host.load(session, shape, images)
+        run = session_runner(session, program, shape,
+                             lambda p: machine_of(p, weight_buffers=weight_buffers, dataflow=dataflow)[1])
+        outcome = check_faults(engine, program, x, groups, faults, run, lambda m: Engine(m), None)
+    assert outcome.first_disagreement is None
+    assert outcome.agree == outcome.faults == 200
+    assert outcome.changed >= 5
 
 
 def test_weight_banks_of_an_array_wider_than_the_tile_period_in_rtl(lenet: Engine, tmp_path: Path) -> None:

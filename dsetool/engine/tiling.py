@@ -46,6 +46,15 @@ shadow took the sum before it), and the others carry into the tile's output. Whe
 waits before a tile's last K slice so that its shadows drain in time: no uniform timeline; such layers
 keep a window per tile (`OSArray`'s schedule, not the machine's).
 
+Grouped convolutions (`slice_orders`): the accelerator runs a grouped or depthwise conv as one GEMM over
+all input channels (K = C_in x kh x kw, N = C_out; the block-diagonal weights, zero between an output
+channel and another group's inputs) whose N slices each stream only the K slices holding a channel of
+their columns' groups (`dsetool.machine.tiling`): N slice t has its own K order `slice_orders[t]`, and
+so its own number of K tiles (weight-stationary; the output-stationary machine streams every N slice's
+K' positions, which must then be equally many for one timeline). Its tiles still run N slice after N
+slice; a PE there multiplies the zero weights of other groups too, so a flipped zero weight, or a
+flipped activation of another group's channel in the same K slice, reaches outputs as the hardware's do.
+
 Columns (`lead`): a layer writing into a concat from inside an activation word runs its N slices with
 `lead` empty columns first (`dsetool.machine.tiling.machine_lead`), so its channels line up with the
 word's parts; those columns are never written, so every fault there is masked but an activation's, which
@@ -86,14 +95,25 @@ class LayerTiling:
     k_order: tuple[int, ...] | None = None   # K index at each streamed position (-1: padding); None: im2col
     lead: int = 0   # empty columns before output channel 0: column c of N slice t holds channel t*cols + c - lead
     period: int = 0   # > 0: the tiles run on one timeline, a tile starting every `period` cycles (see below)
+    slice_orders: tuple[tuple[int, ...], ...] | None = None   # a K order per N slice (a grouped conv)
 
     def __post_init__(self) -> None:
         if self.dataflow not in ("ws", "os"):
             raise ValueError(f"Dataflow must be 'ws' or 'os', not {self.dataflow!r}")
-        if self.k_order is not None:
-            if len(self.k_order) % self.rows or not all(-1 <= k < self.k for k in self.k_order):
+        orders = [self.k_order] if self.k_order is not None else list(self.slice_orders or ())
+        for order in orders:
+            if len(order) % self.rows or not all(-1 <= k < self.k for k in order):
                 raise ValueError(f"A K order holds whole slices of {self.rows} positions, each a K index below "
                                  f"{self.k} or -1")
+        if self.slice_orders is not None:
+            if self.k_order is not None:
+                raise ValueError("A tiling has one K order or one per N slice, not both")
+            if len(self.slice_orders) != math.ceil((self.lead + self.n) / self.cols):
+                raise ValueError(f"{len(self.slice_orders)} K orders for "
+                                 f"{math.ceil((self.lead + self.n) / self.cols)} N slices")
+            if self.dataflow == "os" and len({len(order) for order in self.slice_orders}) > 1:
+                raise ValueError("The output-stationary array streams every N slice's K positions: their K "
+                                 "orders must be equally long")
         if not 0 <= self.lead < self.cols:
             raise ValueError(f"A lead of {self.lead} columns is not in 0..{self.cols - 1}")
         if self.period and self.period < self.streamed:
@@ -102,17 +122,27 @@ class LayerTiling:
 
     @property
     def k_stream(self) -> int:
-        """Return the K positions the array streams: the K order's length, else K."""
+        """Return the K positions the array streams: the K order's length (per N slice: the longest), else K."""
+        if self.slice_orders is not None:
+            return max(len(order) for order in self.slice_orders)
         return self.k if self.k_order is None else len(self.k_order)
 
-    def k_at(self, position: np.ndarray) -> np.ndarray:
-        """Return the K index held at streamed K positions `position` (-1: padding, or outside 0..k_stream)."""
+    def k_at(self, position: np.ndarray, n_slice: np.ndarray | int = 0) -> np.ndarray:
+        """Return the K index held at streamed K positions `position` of N slices `n_slice` (-1: padding, or
+        outside the slice's stream)."""
         position = np.asarray(position, dtype=np.int64)
+        if self.slice_orders is not None:
+            table = np.full((len(self.slice_orders), self.k_stream + 1), -1, dtype=np.int64)
+            for row, order in enumerate(self.slice_orders):
+                table[row, :len(order)] = order
+            inside = (position >= 0) & (position < self.k_stream)
+            slices = np.clip(np.asarray(n_slice, dtype=np.int64), 0, len(self.slice_orders) - 1)
+            return table[slices, np.where(inside, position, self.k_stream)]
         inside = (position >= 0) & (position < self.k_stream)
         if self.k_order is None:
             return np.where(inside, position, -1)
-        order = np.asarray(self.k_order, dtype=np.int64)
-        return np.where(inside, order[np.clip(position, 0, max(self.k_stream - 1, 0))], -1)
+        positions = np.asarray(self.k_order, dtype=np.int64)
+        return np.where(inside, positions[np.clip(position, 0, max(self.k_stream - 1, 0))], -1)
 
     @property
     def streamed(self) -> int:
@@ -122,15 +152,34 @@ class LayerTiling:
 
     @property
     def tile_grid(self) -> tuple[int, int]:
-        """Return the number of tiles along (k or m, n)."""
+        """Return the number of tiles along (k or m, n); with a K order per N slice, the longest's K tiles."""
         first = self.k_stream if self.dataflow == "ws" else self.m
         return math.ceil(first / self.rows), math.ceil((self.lead + self.n) / self.cols)
 
     @property
     def tiles(self) -> int:
         """Return the number of tiles."""
-        a, b = self.tile_grid
-        return a * b
+        return int(self._tiles_per_n_slice().sum())
+
+    def _tiles_per_n_slice(self) -> np.ndarray:
+        """Return the tiles of each N slice: its K tiles (weight-stationary) or the M tiles."""
+        first, n_slices = self.tile_grid
+        if self.slice_orders is not None and self.dataflow == "ws":
+            return np.array([math.ceil(len(order) / self.rows) for order in self.slice_orders], dtype=np.int64)
+        return np.full(n_slices, first, dtype=np.int64)
+
+    def tile_at(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (tile_a, tile_n) of tiles numbered in the machine's order: N slice after N slice, each
+        N slice's K (or M) tiles in order."""
+        tile = np.asarray(tile, dtype=np.int64)
+        ends = np.cumsum(self._tiles_per_n_slice())
+        tile_n = np.searchsorted(ends, tile, side="right")
+        return tile - (ends - self._tiles_per_n_slice())[np.clip(tile_n, 0, len(ends) - 1)], tile_n
+
+    def machine_tile(self, tile_a: np.ndarray | int, tile_n: np.ndarray | int) -> np.ndarray:
+        """Return the machine's number of tile (tile_a, tile_n): `tile_at`'s inverse."""
+        starts = np.cumsum(self._tiles_per_n_slice()) - self._tiles_per_n_slice()
+        return starts[np.asarray(tile_n, dtype=np.int64)] + np.asarray(tile_a, dtype=np.int64)
 
     @property
     def window(self) -> int:
@@ -164,9 +213,12 @@ class LayerTiling:
         weight in use then: the tile whose rows the PE is passing or last passed (the first before any),
         with u before its first row (the fault corrupts all of the tile's rows) or after its last (none;
         also before the first tile's weights are written, which overwrites the flip)."""
-        if not self.period:
+        if not self.period:   # windows per tile: (k or m tile, n tile) row-major, or the machine's order
             tile, u, r, c = np.unravel_index(element, self.shape)
-            tile_a, tile_n = np.divmod(tile, self.tile_grid[1])
+            if self.slice_orders is not None:
+                tile_a, tile_n = self.tile_at(tile)
+            else:
+                tile_a, tile_n = np.divmod(tile, self.tile_grid[1])
             return tile_a, tile_n, u, r, c
         cycle, r, c = (np.asarray(x, dtype=np.int64) for x in np.unravel_index(element, self.shape))
         ahead = cycle - r - c
@@ -188,7 +240,7 @@ class LayerTiling:
             busy = (tile >= 0) & (tile < self.tiles) & (row < self.streamed)
             tile = np.where(busy, tile, 0)
             u = np.where(busy, row + r + c, -1)
-        tile_n, tile_a = np.divmod(tile, self.tile_grid[0])
+        tile_a, tile_n = self.tile_at(tile)
         return tile_a, tile_n, u, r, c
 
     def decode_shadow(self, element: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -202,7 +254,7 @@ class LayerTiling:
         tile = np.floor_divide(since - c - 1, self.period)
         held = (tile >= 0) & (tile < self.tiles) & (since - tile * self.period <= self.cols)
         tile = np.where(held, tile, 0)
-        tile_n, tile_m = np.divmod(tile, self.tile_grid[0])
+        tile_m, tile_n = self.tile_at(tile)
         return tile_m, tile_n, held, r, c
 
 

@@ -24,11 +24,15 @@ def wrap(values: torch.Tensor, width: int) -> torch.Tensor:
 
 def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weights: torch.Tensor,
                     acc: torch.Tensor, rows: np.ndarray, elements: np.ndarray,
-                    masks: np.ndarray, model: str, width: int, signed: bool, acc_bits: int) -> torch.Tensor:
+                    masks: np.ndarray, model: str, width: int, signed: bool, acc_bits: int,
+                    groups: int = 1) -> torch.Tensor:
     """Return accumulators (B, N, M) corrected for one fault per (row, element).
 
     `operands` are the layer's (B, K, M) input matrices, `weights` its (N, K) integer weights, `acc`
-    the fault-free accumulators (B, N, M), bias included. `masks` hold each fault's bit mask.
+    the fault-free accumulators (B, N, M), bias included. `masks` hold each fault's bit mask. A grouped
+    conv on the accelerator's schedule (`tiling.slice_orders`, `groups` > 1) has operands over all its
+    input channels (K = groups x K_group) and weights (N, K_group): output n multiplies its own group's
+    rows by them and every other row by zero, the block-diagonal matrix the accelerator holds.
     `acc_bits` is the array's accumulator width: every corrected sum wraps there, bias included, as the
     accelerator's adders do (its K accumulator starts each sum at the bias, `hw.accumulator`; a corrupted
     operand can overflow a narrow accumulator too, not only a corrupted partial sum).
@@ -49,7 +53,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     mask = torch.from_numpy(masks.astype(np.int64))
     R, C, M, K, N = tiling.rows, tiling.cols, tiling.m, tiling.k, tiling.n
     m = u - r - c if ws else ta * R + r
-    k = _k_at(tiling, ta * R + r if ws else u - r - c)   # -1: a padding lane, or outside the stream
+    k = _k_at(tiling, ta * R + r if ws else u - r - c, tn)   # -1: a padding lane, or outside the stream
     n = tn * C + c - tiling.lead   # < 0: an empty column before channel 0
     out = acc.clone(memory_format=torch.contiguous_format)
     flat = out.view(-1)
@@ -62,7 +66,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
         return operands[bb, kk.clamp(0, K - 1), mm.clamp(0, M - 1)]
 
     def weight(kk: torch.Tensor, nn: torch.Tensor) -> torch.Tensor:
-        return weights[nn.clamp(0, N - 1), kk.clamp(0, K - 1)]
+        return _weight_at(weights, groups, kk.clamp(0, K - 1), nn.clamp(0, N - 1))
 
     if register is site_registry.INPUT:
         valid = (m >= 0) & (m < M) & (k >= 0)
@@ -97,7 +101,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
             valid &= held
         elif tiling.period and not ws:   # the streaming machine: its last product's sum is already in the shadow
             valid &= (u >= 0) & (u - r - c < tiling.k_stream - 1)
-        partial = _partial_sums(tiling, operands, weights, b, m, n, ta, r, u, c)
+        partial = _partial_sums(tiling, operands, weights, groups, b, m, n, ta, tn, r, u, c)
         faulty = with_masks(partial.to(torch.int64), mask, model, acc_bits, True)
         delta = (faulty - partial.to(torch.int64)) * valid
         index = (b * N + n.clamp(0, N - 1)) * M + m.clamp(0, M - 1)
@@ -110,9 +114,9 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
     return out
 
 
-def _partial_sums(tiling: LayerTiling, operands: torch.Tensor, weights: torch.Tensor, b: torch.Tensor,
-                  m: torch.Tensor, n: torch.Tensor, ta: torch.Tensor, r: torch.Tensor, u: torch.Tensor,
-                  c: torch.Tensor) -> torch.Tensor:
+def _partial_sums(tiling: LayerTiling, operands: torch.Tensor, weights: torch.Tensor, groups: int,
+                  b: torch.Tensor, m: torch.Tensor, n: torch.Tensor, ta: torch.Tensor, tn: torch.Tensor,
+                  r: torch.Tensor, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Return the value each faulted psum register holds at its cycle (0 where it holds a bubble)."""
     R, K, M, N = tiling.rows, tiling.k, tiling.m, tiling.n
     mm, nn = m.clamp(0, M - 1), n.clamp(0, N - 1)
@@ -123,13 +127,25 @@ def _partial_sums(tiling: LayerTiling, operands: torch.Tensor, weights: torch.Te
     else:                         # products at streamed positions <= u - r - c have been accumulated
         positions = torch.arange(tiling.k_stream).expand(len(b), tiling.k_stream)
         live = positions <= (u - r - c)[:, None]
-    ks = _k_at(tiling, positions)
+    ks = _k_at(tiling, positions, tn[:, None])
     live = live & (ks >= 0)       # padding lanes add a zero product
     ks = ks.clamp(0, K - 1)
-    terms = operands[b[:, None], ks, mm[:, None]] * weights[nn[:, None], ks]
+    terms = operands[b[:, None], ks, mm[:, None]] * _weight_at(weights, groups, ks, nn[:, None].expand_as(ks))
     return (terms * live).sum(dim=1)
 
 
-def _k_at(tiling: LayerTiling, positions: torch.Tensor) -> torch.Tensor:
-    """Return the K index the array holds at streamed K `positions` (`LayerTiling.k_at`; -1: none)."""
-    return torch.from_numpy(tiling.k_at(positions.numpy()))
+def _weight_at(weights: torch.Tensor, groups: int, k: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Return the weight of output n at K index k: `weights[n, k]`, or for a grouped conv over all input
+    channels, n's own weight where k is in n's group and 0 elsewhere."""
+    if groups == 1:
+        return weights[n, k]
+    k_group, n_group = weights.shape[1], weights.shape[0] // groups
+    local = k - torch.div(n, n_group, rounding_mode="floor") * k_group
+    mine = (local >= 0) & (local < k_group)
+    return weights[n, local.clamp(0, k_group - 1)] * mine
+
+
+def _k_at(tiling: LayerTiling, positions: torch.Tensor, n_slice: torch.Tensor) -> torch.Tensor:
+    """Return the K index the array holds at streamed K `positions` of N slices `n_slice`
+    (`LayerTiling.k_at`; -1: none)."""
+    return torch.from_numpy(tiling.k_at(positions.numpy(), n_slice.numpy()))

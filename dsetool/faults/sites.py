@@ -37,7 +37,7 @@ from dsetool.faults.site_registry import (
     FaultSite,
     Hook,
 )
-from dsetool.machine.tiling import machine_k_order, machine_lead
+from dsetool.machine.tiling import machine_k_order, machine_lead, machine_slice_orders
 from hw.arrayconfig import ArrayConfig
 from hw.cycles import DEFAULT_WEIGHT_BUFFERS, machine_stream_period, machine_tile_period
 
@@ -119,7 +119,7 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
         if not groups:
             raise SiteError(f"site {site!r} is the output-stationary accelerator's shadow registers: no selected "
                             f"layer streams on it (dataflow os, an array the accelerator builds, K' >= cols, "
-                            f"not a grouped conv)")
+                            f"not a grouped conv whose N slices stream different K')")
     return groups
 
 
@@ -141,25 +141,34 @@ def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[st
     op = _weight_op(model, index)
     gemm = op.gemm
     assert gemm is not None   # every weight op puts a GEMM on the array
-    groups = gemm.groups
-    # The accelerator's K order and columns where it has them (`machine_k_order`, `machine_lead`); a
-    # grouped conv's groups, and arrays no accelerator has, stream K in im2col order from column 0.
+    # The accelerator's K order and columns where it has them (`machine_k_order`, `machine_lead`): a grouped
+    # conv is one GEMM over all input channels whose N slices stream their own K slices
+    # (`machine_slice_orders`). Arrays no accelerator has stream K in im2col order from column 0, and a
+    # grouped conv there runs as one GEMM per group, one after the other.
     k_order = machine_k_order(model, index, array.rows, array.cols)
-    lead = machine_lead(model, index, array.cols) if k_order is not None else 0
+    slice_orders = machine_slice_orders(model, index, array.rows, array.cols)
+    if slice_orders is not None and array.dataflow == "os" and len({len(o) for o in slice_orders}) > 1:
+        slice_orders = None   # N slices streaming different K' would wait for one another: no one timeline
+    m, k, n = gemm.tile_shape
+    groups = 1
+    if slice_orders is not None:
+        k, n = gemm.k * gemm.groups, gemm.n * gemm.groups
+    elif k_order is None:
+        groups = gemm.groups
+    lead = machine_lead(model, index, array.cols) if k_order is not None or slice_orders is not None else 0
     # The double-buffered weight-stationary accelerator starts a tile every `machine_tile_period` cycles,
     # while the one before still streams: its PE sites are each register at each cycle of that timeline.
     # The output-stationary accelerator streams its tiles back to back where K' >= C.
-    m = gemm.tile_shape[0]
-    if k_order is None:
+    streamed = len(k_order) if k_order is not None else len(slice_orders[0]) if slice_orders is not None else 0
+    if not streamed:
         period = 0
     elif array.dataflow == "ws":
         period = machine_tile_period(m, array.rows, array.cols) if weight_buffers == 2 else 0
     else:
-        period = machine_stream_period(len(k_order), array.cols)
-    tiling = LayerTiling(*gemm.tile_shape, array.rows, array.cols, array.dataflow, k_order, lead, period)
+        period = machine_stream_period(streamed, array.cols)
+    tiling = LayerTiling(m, k, n, array.rows, array.cols, array.dataflow, k_order, lead, period, slice_orders)
     accumulator = array.acc_bits or acc_bits[op.name]
     width, signed = _pe_register(model, kind, index, accumulator)
-    # A grouped conv runs as one GEMM per group, one after the other: its PE sites are the groups' schedules.
     shape = tiling.shape if groups == 1 else (groups, *tiling.shape)
     return SiteGroup(kind.name, op.name, index, kind.hook, shape, width, signed, tiling, accumulator)
 

@@ -23,8 +23,10 @@ its injector against RTL:
   register of the PE the site names is flipped through the machine's PE fault port on the cycle the site
   names, counted from the presentation of the layer's tile (`pe_flip`): the fault model's K order,
   columns, tile order and timeline are then checked against the machine that runs them. Machines without
-  TMR have the port; layers whose sites are not the machine's schedule (grouped convs; output-stationary
-  layers with K' < C, whose tiles wait) are left out (`machine_groups`).
+  TMR have the port; a grouped or depthwise conv's sites are the machine's GEMM over all its input
+  channels, each N slice streaming its own K slices (`LayerTiling.slice_orders`); layers whose sites are
+  not the machine's schedule (output-stationary layers with K' < C, whose tiles wait, or a grouped conv
+  whose N slices stream different K' there) are left out (`machine_groups`).
 
 `check_faults` draws faults uniformly over the population of the sites (each site's groups weighted by
 their size, bit uniform over the register's width), runs each on its image, and returns how many give the
@@ -146,12 +148,12 @@ def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFli
     sequencer alternates them from bank 0 at each GEMM). A code held in a wider register (the
     machine's lanes and weights) is sign- or zero-extended there: `lane_mask` says which bits flip.
 
-    Raises ValueError for a layer whose sites do not follow the machine's schedule (`follows_machine`,
-    a grouped conv)."""
+    Raises ValueError for a layer whose sites do not follow the machine's schedule (`follows_machine`)."""
     tiling = group.tiling
     if tiling is None or not follows_machine(tiling) or group.shape != tiling.shape:
-        raise ValueError(f"layer {group.layer}'s {group.site} sites do not follow the machine's schedule (a grouped "
-                         f"conv, an array without an accelerator, or an output-stationary layer with K' < C)")
+        raise ValueError(f"layer {group.layer}'s {group.site} sites do not follow the machine's schedule (an array "
+                         f"without an accelerator, an output-stationary layer with K' < C or a grouped conv "
+                         f"whose N slices stream different K' there)")
     if (tiling.rows, tiling.cols) != (program.rows, program.cols):
         raise ValueError(f"layer {group.layer}'s sites are on a {tiling.rows}x{tiling.cols} array, the machine's "
                          f"is {program.rows}x{program.cols}")
@@ -159,7 +161,7 @@ def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFli
     pc = _gemm_of(program, group.layer)
     stationary = tiling.dataflow == "ws" and register is site_registry.WEIGHTS
     tile_a, tile_n, u, r, c = (int(np.asarray(v).item()) for v in tiling.decode(np.array([element]), stationary))
-    tile = tile_n * tiling.tile_grid[0] + tile_a
+    tile = int(tiling.machine_tile(tile_a, tile_n))
     if tiling.period:
         cycle, tile_at, bank = int(np.unravel_index(element, tiling.shape)[0]), 0, tile % 2
     else:
@@ -176,7 +178,8 @@ def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFli
 def follows_machine(tiling: LayerTiling) -> bool:
     """Tell whether a layer's PE sites are the machine's schedule: the accelerator's K order, and on the
     output-stationary machine its streaming timeline (K' >= C; `LayerTiling.period`)."""
-    return tiling.k_order is not None and (tiling.dataflow == "ws" or tiling.period > 0)
+    return (tiling.k_order is not None or tiling.slice_orders is not None) \
+        and (tiling.dataflow == "ws" or tiling.period > 0)
 
 
 def machine_groups(engine: Engine, acc_bits: Mapping[str, int], array: ArrayConfig | None = None,
@@ -184,7 +187,7 @@ def machine_groups(engine: Engine, acc_bits: Mapping[str, int], array: ArrayConf
     """Return the site groups of `SITES` the machine can be faulted at: every one but the logits layer's
     `out` group (accumulators the machine streams out, never stores); with the machine's `array` (and
     its weight buffers), also the PE sites of its layers where the machine has a PE fault port (no TMR)
-    and the sites follow its schedule (`follows_machine`; not a grouped conv)."""
+    and the sites follow its schedule (`follows_machine`)."""
     groups = [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)
               if not (site == "out" and g.op_index in engine.layers)]
     if array is not None and not array.tmr:

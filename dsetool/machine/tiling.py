@@ -94,18 +94,42 @@ def machine_k_order(model: IntModel, index: int, rows: int, cols: int) -> tuple[
     The layer reads its input's words as the compiler lays them out (`stored_map`); a concat's tensor is
     laid out as any other, so its readers' order follows the same rule."""
     op = model.ops[index]
+    if isinstance(op, Conv2d) and op.groups > 1:
+        return None
+    found = _machine_slices(model, index, rows, cols)
+    return None if found is None else tuple(int(k) for k in found[1].reshape(-1))
+
+
+def machine_slice_orders(model: IntModel, index: int, rows: int, cols: int) -> tuple[tuple[int, ...], ...] | None:
+    """Return the K order of each N slice of grouped conv `index` on a rows x cols array (the K slices
+    holding a channel of its columns' groups, as `Tiling.tiles` picks them; K indices over all input
+    channels), or None for a dense layer or an array no accelerator has."""
+    op = model.ops[index]
+    if not isinstance(op, Conv2d) or op.groups == 1:
+        return None
+    found = _machine_slices(model, index, rows, cols)
+    if found is None:
+        return None
+    tiling, k_index = found
+    columns = tiling.columns(op.out_features, machine_lead(model, index, cols))
+    return tuple(tuple(int(k) for k in k_index[_reads(op, outs, k_index)].reshape(-1)) for outs in columns)
+
+
+def _machine_slices(model: IntModel, index: int, rows: int, cols: int) -> tuple[Tiling, np.ndarray] | None:
+    """Return the tiling and weight op `index`'s K slices' K indices (`Tiling.slices`), None without an
+    accelerator."""
+    op = model.ops[index]
     assert isinstance(op, WeightOp)
     from dsetool.machine.compiler import UnsupportedOp, lanes_of  # (the compiler imports this module)
 
-    if isinstance(op, Conv2d) and op.groups > 1:
-        return None
     try:
         lanes = lanes_of(rows, cols)
     except UnsupportedOp:
         return None
     channels, height, width = stored_map(model, model.input_of(index))
-    _, k_index = Tiling(rows, cols, lanes).slices(op, Tensor(0, channels, height, width, lanes))
-    return tuple(int(k) for k in k_index.reshape(-1))
+    tiling = Tiling(rows, cols, lanes)
+    _, k_index = tiling.slices(op, Tensor(0, channels, height, width, lanes))
+    return tiling, k_index
 
 
 def machine_lead(model: IntModel, index: int, cols: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +26,7 @@ from dsetool.validate import ConfigError, to_plain
 
 if TYPE_CHECKING:
     from dsetool.design import Design
+    from dsetool.gemm import Gemm
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,15 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
         hw["k_order"] = "accelerator"   # PE sites stream K as the accelerator does (`machine_k_order`)
         hw["weight_buffers"] = design.weight_buffers   # two: the sites lie on the tiles' shared timeline
         hw["pe_model"] = site_registry.PE_MODEL
+        hw.update(_grouped_reads(design.gemms))
     return {"faults": to_plain(cfg.faults), "hw": hw}
+
+
+def _grouped_reads(gemms: Sequence[Gemm]) -> dict[str, str]:
+    """PE sites of a grouped conv are the accelerator's GEMM over all its input channels, each N slice
+    with its own K slices (`machine_slice_orders`; once one GEMM per group): said in the keys of networks
+    that have one, so the others keep theirs."""
+    return {"grouped_convs": "accelerator"} if any(g.groups > 1 for g in gemms) else {}
 
 
 def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
@@ -260,6 +269,7 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
             "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
             **(_rtl_fault_reads(cfg.seed, protection.tmr) if cfg.hw.rtl_faults else {}),
+            **(_grouped_reads(design.gemms) if cfg.hw.rtl_faults and not protection.tmr else {}),
             "machine": MACHINE_VERSION,
             **({"stream": STREAM_VERSION} if array.dataflow == "os" else {}),
             "data": _test_data_reads(cfg), "verilator": verilator}
