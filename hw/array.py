@@ -45,13 +45,17 @@ FAULT_REGISTERS = ("act", "weight", "psum", "shadow")
 shadow: the streaming output-stationary PE's, `hw.pe.OSStreamPE`)."""
 
 
+FAULT_PORT = ("fault_fire", "fault_row", "fault_col", "fault_register", "fault_bank", "fault_mask")
+"""The members of a simulation build's fault port (`_fault_port_members`), which the datapaths pass
+through and a TMR machine drives into one replica."""
+
+
 def _fault_port_members(acc_bits: int, config: ArrayConfig) -> dict[str, object]:
     """The array's fault port (a simulation build): while `fault_fire` is high, PE(`fault_row`,
     `fault_col`) flips the bits `fault_mask` of its register `fault_register` (`FAULT_REGISTERS`; a
     double-buffered PE's weight in bank `fault_bank`), as `hw.pe`'s fault masks say."""
-    return {"fault_fire": In(1), "fault_row": In(range(max(2, config.rows))),
-            "fault_col": In(range(max(2, config.cols))), "fault_register": In(2), "fault_bank": In(1),
-            "fault_mask": In(acc_bits)}
+    shapes = (1, range(max(2, config.rows)), range(max(2, config.cols)), 2, 1, acc_bits)
+    return {name: In(shape) for name, shape in zip(FAULT_PORT, shapes, strict=True)}
 
 
 def _drive_fault_masks(m: Module, array: WSArray | WSDoubleBufferArray | OSStreamArray) -> None:

@@ -87,7 +87,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw import isa, vector_unit
 from hw.accumulator import LATENCY as ACC_LATENCY
-from hw.array import delay_line
+from hw.array import FAULT_PORT, delay_line
 from hw.column_stage import LATENCY as STAGE_LATENCY
 from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_STREAM_TAIL, MACHINE_VECTOR_TAIL
 from hw.machine_datapath import Datapath, StreamDatapath
@@ -181,7 +181,8 @@ class Machine(wiring.Component):
     fault_arm : In(1); fault_pc : In(instruction index); fault_address : In(buffer address);
     fault_lane : In(lane); fault_mask : In(code width).
 
-    A machine without TMR also gets a PE fault injector with the fault port (`pe_faults`): while `pe_arm`
+    The fault port also has a PE fault injector (`pe_faults`; with TMR it reaches replica `rep0` only, so the
+    voters face a fault in one replica, as in the field): while `pe_arm`
     is high, the GEMM instruction `pe_pc` counts its tiles' starts as they reach the array (a first row
     presented; output-stationary: a first K position at row 0; tile 0 first, in the machine's order), and
     `pe_cycle` cycles after tile `pe_tile`'s (0: on that cycle) PE(`pe_row`, `pe_col`) flips bits `pe_mask`
@@ -198,7 +199,7 @@ class Machine(wiring.Component):
         self.params = params
         self.fault_port = fault_port
         a = params.array
-        self.pe_faults = fault_port and not a.tmr
+        self.pe_faults = fault_port
         if a.dataflow not in ("ws", "os") or a.protection != "none":
             raise ValueError("Machine needs a weight- or output-stationary ArrayConfig without protection "
                              "(the range check is MachineShape.check)")
@@ -654,7 +655,7 @@ class Machine(wiring.Component):
             return Datapath(p.array, p.max_rows, p.code_shape, p.multiplier_bits, p.shift_bits, check=check,
                             weight_buffers=p.weight_buffers, fault_port=self.pe_faults)
 
-        return TripleModular(make) if p.array.tmr else make()
+        return TripleModular(make, single=FAULT_PORT if self.pe_faults else ()) if p.array.tmr else make()
 
     def _feed_constants(self, m: Module, dp: Any, active: Value, bias_active: Value, const_bits: int) -> None:
         """Drive each column's constants from the active words: the bias into the K accumulator, the

@@ -7,7 +7,7 @@ the identical logic and reports a fraction of TMR's real cost. The voter is a sw
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from amaranth.hdl import Cat, Module, Shape, Value
@@ -78,7 +78,9 @@ class TripleModular(wiring.Component):
     """Run three replicas of a component side by side and vote every output port bitwise.
 
     Every input port of the replica's signature is fanned out to the three replicas (submodules `rep0`,
-    `rep1`, `rep2`); every output port (each element of an array member, each port of a nested interface)
+    `rep1`, `rep2`), but the members named in `single`, which only `rep0` receives (the others' stay at
+    their reset value: a fault injector's port, so that a fault hits one replica as in the field); every
+    output port (each element of an array member, each port of a nested interface)
     is driven by a voter (submodule `vote_<path>`). The voted outputs are not fed back: a replica whose
     state a fault corrupted stays wrong, and is outvoted, until its own logic overwrites the state.
 
@@ -89,6 +91,8 @@ class TripleModular(wiring.Component):
         signature, which must not have a `mismatch` member.
     voter : callable
         Called with a port's shape, returns the voter for that port (`MajorityVoter` by default).
+    single : iterable of str
+        Input members of the replica's signature driven into `rep0` only.
 
     Members
     -------
@@ -98,7 +102,8 @@ class TripleModular(wiring.Component):
     `replicas[i]` is `rep<i>`, whose registers a testbench may read or force.
     """
 
-    def __init__(self, factory: Callable[[], wiring.Component], *, voter: VoterFactory | None = None) -> None:
+    def __init__(self, factory: Callable[[], wiring.Component], *, voter: VoterFactory | None = None,
+                 single: Iterable[str] = ()) -> None:
         if not callable(factory):
             raise TypeError(f"TMR factory must be callable, not {factory!r}")
         if voter is not None and not callable(voter):
@@ -115,6 +120,11 @@ class TripleModular(wiring.Component):
                                  f"and {replica.signature!r}")
         if "mismatch" in self._replica_signature.members:
             raise ValueError("TMR replica signature must not have a 'mismatch' member, which TMR adds")
+        self._single = frozenset(single)
+        members = self._replica_signature.members
+        wrong = sorted(name for name in self._single if name not in members or members[name].flow != wiring.In)
+        if wrong:
+            raise ValueError(f"TMR single-replica members must be inputs of the replica, not {wrong!r}")
         super().__init__({**self._replica_signature.members, "mismatch": Out(1)})
 
     def elaborate(self, platform: object) -> Module:
@@ -127,7 +137,7 @@ class TripleModular(wiring.Component):
         for (path, member, port), *copies in ports:
             values = [value for _, _, value in copies]
             if member.flow == wiring.In:
-                m.d.comb += [value.eq(port) for value in values]
+                m.d.comb += [value.eq(port) for value in (values[:1] if path[0] in self._single else values)]
                 continue
             voter = self._voter(member.shape)
             m.submodules["vote_" + "__".join(map(str, path))] = voter

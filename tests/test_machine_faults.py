@@ -142,6 +142,30 @@ def test_pe_faults_of_grouped_convs_in_rtl_give_the_engines_outcomes(tmp_path: P
     assert outcome.changed >= 5
 
 
+@pytest.mark.parametrize("dataflow, weight_buffers", [("ws", 2), ("os", 1)])
+def test_pe_faults_of_a_tmr_machine_hit_one_replica_and_are_outvoted(lenet: Engine, tmp_path: Path, dataflow: str,
+                                                                     weight_buffers: int) -> None:
+    """With the datapath triplicated, the PE fault port reaches replica `rep0` only: every PE fault there
+    leaves the voted logits fault-free, among them faults that change that replica's logits (the engine's
+    model of the fault without the vote); were the fault in all three replicas, they would not be."""
+    program = compile_program(lenet, 4, 4)
+    shape, images = machine_of(program, tmr=True, weight_buffers=weight_buffers, dataflow=dataflow)
+    x = digits().test.x[:IMAGES]
+    groups = [g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, weight_buffers)
+              if g.site in PE_SITES]
+    assert {g.site for g in groups} == {site for site in PE_SITES if dataflow == "os" or site != "pe.shadow"}
+    faults = draw(groups, IMAGES, 100, seed=5)
+    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
+    with compiled.open() as session:
+        machine_host.load(session, shape, images)
+        run = session_runner(session, program, shape,
+                             lambda p: machine_of(p, tmr=True, weight_buffers=weight_buffers, dataflow=dataflow)[1])
+        outcome = check_faults(lenet, program, x, groups, faults, run, lambda m: Engine(m), None, tmr=True)
+    assert outcome.first_disagreement is None
+    assert (outcome.agree, outcome.changed) == (100, 0)
+    assert outcome.outvoted >= 5
+
+
 def test_weight_banks_of_an_array_wider_than_the_tile_period_in_rtl(lenet: Engine, tmp_path: Path) -> None:
     """On 2 x 8 the linear layers' tiles start every 4 cycles (M = 1), so tile j's weights are written
     into the bank of tile j - 2 before tile j - 1 reaches the last columns: from then on a flip of the

@@ -22,11 +22,12 @@ its injector against RTL:
 - `pe.act`, `pe.weight`, `pe.psum`, `pe.shadow` (a PE register at one cycle, `dsetool.engine.tiling`'s sites): the
   register of the PE the site names is flipped through the machine's PE fault port on the cycle the site
   names, counted from the presentation of the layer's tile (`pe_flip`): the fault model's K order,
-  columns, tile order and timeline are then checked against the machine that runs them. Machines without
-  TMR have the port; a grouped or depthwise conv's sites are the machine's GEMM over all its input
-  channels, each N slice streaming its own K slices (`LayerTiling.slice_orders`); layers whose sites are
-  not the machine's schedule (output-stationary layers with K' < C, whose tiles wait, or a grouped conv
-  whose N slices stream different K' there) are left out (`machine_groups`).
+  columns, tile order and timeline are then checked against the machine that runs them. Every machine
+  has the port; with TMR it reaches one replica, whose fault the voters must mask (`check_faults`). A
+  grouped or depthwise conv's sites are the machine's GEMM over all its input channels, each N slice
+  streaming its own K slices (`LayerTiling.slice_orders`); layers whose sites are not the machine's
+  schedule (output-stationary layers with K' < C, whose tiles wait, or a grouped conv whose N slices
+  stream different K' there) are left out (`machine_groups`).
 
 `check_faults` draws faults uniformly over the population of the sites (each site's groups weighted by
 their size, bit uniform over the register's width), runs each on its image, and returns how many give the
@@ -186,11 +187,11 @@ def machine_groups(engine: Engine, acc_bits: Mapping[str, int], array: ArrayConf
                    weight_buffers: int = 1) -> list[SiteGroup]:
     """Return the site groups of `SITES` the machine can be faulted at: every one but the logits layer's
     `out` group (accumulators the machine streams out, never stores); with the machine's `array` (and
-    its weight buffers), also the PE sites of its layers where the machine has a PE fault port (no TMR)
-    and the sites follow its schedule (`follows_machine`)."""
+    its weight buffers), also the PE sites of its layers where they follow its schedule
+    (`follows_machine`; with TMR, in replica `rep0`)."""
     groups = [g for site in SITES for g in site_groups(engine.model, site, [], acc_bits)
               if not (site == "out" and g.op_index in engine.layers)]
-    if array is not None and not array.tmr:
+    if array is not None:
         for site in PE_SITES:
             try:
                 found = site_groups(engine.model, site, [], acc_bits, array, weight_buffers)
@@ -252,6 +253,7 @@ class FaultCheck:
     changed: int               # of them, runs whose logits differ from the fault-free ones
     alarm_agree: int | None    # with a range check: runs whose alarm is the engine's
     first_disagreement: str | None
+    outvoted: int = 0          # with TMR: PE faults that change one replica's logits, and the vote masked
 
 
 def draw(groups: Sequence[SiteGroup], images: int, count: int, seed: int
@@ -280,14 +282,25 @@ def engine_outcomes(engine: Engine, x: torch.Tensor, groups: Sequence[SiteGroup]
 
 def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequence[SiteGroup],
                  faults: Sequence[tuple[int, int, int, int]], run: Any, make_engine: Callable[[IntModel], Engine],
-                 golden_alarms: np.ndarray | None) -> FaultCheck:
+                 golden_alarms: np.ndarray | None, tmr: bool = False) -> FaultCheck:
     """Run every fault on the machine (`run(program, codes, flip)` -> (logits, alarm), `flip` a
     `BufferFlip`, a `PEFlip` or None; a weight fault passes the program of its faulty model, whose engine,
-    with the same range checks, `make_engine` gives) and compare with the engine."""
+    with the same range checks, `make_engine` gives) and compare with the engine.
+
+    With `tmr` (the machine's datapath triplicated behind voters), a PE fault hits one replica: the vote
+    masks it, so the machine must give the fault-free logits; `outvoted` counts those whose replica's
+    logits (the engine's for the fault) differ from them. The buffers and the weight memory are not
+    triplicated: their faults are the engine's as without TMR."""
     from dsetool.machine.compiler import compile_program
 
     expected, detected = engine_outcomes(engine, x, groups, faults)
     clean = engine.logits(x).to(torch.int64).numpy()
+    outvoted = 0
+    if tmr:
+        for row, (g, _, _, image) in enumerate(faults):
+            if groups[g].site in PE_SITES:
+                outvoted += not np.array_equal(expected[row], clean[image])
+                expected[row], detected[row] = clean[image], False
     codes = engine.quantize_input(x).numpy()
     agree = changed = alarm_agree = 0
     first = None
@@ -309,7 +322,8 @@ def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequ
         if not same and first is None:
             first = (f"{group.site} fault in layer {group.layer}, element {element}, bit {bit}, image {image}: "
                      f"{list(logits)} against {expected[row].tolist()}")
-    return FaultCheck(len(faults), agree, changed, alarm_agree if golden_alarms is not None else None, first)
+    return FaultCheck(len(faults), agree, changed, alarm_agree if golden_alarms is not None else None, first,
+                      outvoted)
 
 
 def session_runner(session: Any, program: Program, shape: Any, images_of: Callable[[Program], Any]

@@ -17,14 +17,16 @@ engine has no cause for fails the stage (the machine checks only codes the engin
 
 Then the engine's fault model is checked against the machine (`dsetool.machine.faults`): `hw.rtl_faults`
 single-bit faults, drawn with the experiment's seed over the activation buffers the weight layers read,
-their requantized outputs, their stored weights and, on a machine without TMR, the PE registers of the
-array at every cycle of each layer whose sites follow the machine's schedule (`pe.act`, `pe.weight`,
+their requantized outputs, their stored weights and the PE registers of the array at every cycle of
+each layer whose sites follow the machine's schedule (`pe.act`, `pe.weight`,
 `pe.psum`, `pe.shadow`, laid out as the campaigns' sites are on the machine's array, whose accumulator
 width is the design's; `dsetool.machine.faults.machine_groups`), each on one
 of those images, are injected into a build of the machine with its fault ports (a stored code flipped in
 the buffer after it is written, before it is read; a weight flipped in the weight memory; a PE register
 flipped on its cycle) and every faulty run must give the logits the engine's campaign path computes for
-that fault (`rtl_fault_agreement`; anything else fails the stage, naming the fault).
+that fault (`rtl_fault_agreement`; anything else fails the stage, naming the fault). With `hw.tmr` a PE
+fault hits one of the three datapaths, and the voters must mask it: the machine must give the fault-free
+logits (`rtl_faults_outvoted`: how many of them changed that replica's logits, by the engine's model).
 `rtl_faults_changing_logits` says how many of them reached the logits; with a range check, every faulty
 run's alarm must be what the engine says (raised fault-free on that image, or a check acted on a value
 the fault changed: `fault_alarm_agreement`, else the stage fails).
@@ -140,13 +142,15 @@ def _inject(ctx: StageContext, program: Any, shape: Any, images: Any, engine: En
         machine_host.load(session, shape, images)
         run = session_runner(session, program, shape, images_of)
         golden_alarms = engine_alarms(engine, x) if shape.check != "none" else None
-        outcome = check_faults(engine, program, x, groups, faults, run, make_engine, golden_alarms)
+        outcome = check_faults(engine, program, x, groups, faults, run, make_engine, golden_alarms,
+                               tmr=shape.array.tmr)
     if outcome.first_disagreement is not None:
         raise RuntimeError(f"the RTL's faulty logits differ from the engine's fault model on "
                            f"{outcome.faults - outcome.agree} of {outcome.faults} faults (first: "
                            f"{outcome.first_disagreement})")
     figures: dict[str, Any] = {"rtl_faults": outcome.faults, "rtl_fault_agreement": outcome.agree / outcome.faults,
                                "rtl_faults_changing_logits": outcome.changed,
+                               **({"rtl_faults_outvoted": outcome.outvoted} if shape.array.tmr else {}),
                                "seconds_faults": time.perf_counter() - began}
     if outcome.alarm_agree is not None:
         if outcome.alarm_agree < outcome.faults:

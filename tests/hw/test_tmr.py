@@ -96,6 +96,15 @@ def test_single_corrupted_replica_is_outvoted(tmr: tuple[TripleModular, CombProb
     assert probe([(dut.a, 9), (dut.b, 3), *faults], [*dut.out, dut.mismatch]) == [12, 6, 1]
 
 
+def test_single_replica_members_reach_the_first_replica_only() -> None:
+    """A fault injector's port (`single`) drives `rep0` alone: the others see 0 on it, so the vote masks
+    what it injects; the other inputs still reach all three."""
+    dut = TripleModular(Toy, single=["b"])
+    probe = CombProbe(dut)
+    faults = [(rep.faults[j], 0) for rep in dut.replicas for j in range(2)]
+    assert probe([(dut.a, 9), (dut.b, 3), *faults], [*dut.out, dut.mismatch]) == [9, 9, 1]   # rep1, rep2: b = 0
+
+
 def test_two_replicas_corrupted_on_one_bit_flip_it(tmr: tuple[TripleModular, CombProbe]) -> None:
     dut, probe = tmr
     masks = {0: 0b000100, 2: 0b100110}  # both flip bit 2; only replica 2 flips bits 1 and 5
@@ -157,6 +166,8 @@ class _Flagged(wiring.Component):
      r"^TMR replicas must share one signature, not Signature\(\{'a': .*\}\) and Signature\(\{'inputs': .*\}\)$"),
     (lambda: TripleModular(_Flagged), ValueError,
      r"^TMR replica signature must not have a 'mismatch' member, which TMR adds$"),
+    (lambda: TripleModular(Toy, single=["out", "c"]), ValueError,
+     r"^TMR single-replica members must be inputs of the replica, not \['c', 'out'\]$"),
 ])
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_constructor_errors(call: Callable[[], object], error: type[Exception], pattern: str) -> None:
