@@ -58,24 +58,32 @@ def _engine_maker(engine: Engine, placement: str | None):
     return make
 
 
+def _check_in_rtl(engine: Engine, program, x: torch.Tensor, groups, faults, workdir: Path, make=None,
+                  golden_alarms: np.ndarray | None = None, **machine):
+    """Build the machine of `program` (`machine_of`'s `machine` options) with its fault ports, load it and
+    run `check_faults` on it."""
+    shape, images = machine_of(program, **machine)
+    compiled = rtlsim.build(Machine(shape, fault_port=True), workdir / "build")
+    with compiled.open() as session:
+        machine_host.load(session, shape, images)
+        run = session_runner(session, program, shape, lambda p: machine_of(p, **machine)[1])
+        return check_faults(engine, program, x, groups, faults, run, make or Engine, golden_alarms,
+                            tmr=machine.get("tmr", False))
+
+
 @pytest.mark.parametrize("placement", [None, "input", "output"])
 def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_path: Path,
                                                                    placement: str | None) -> None:
     make = _engine_maker(lenet, placement)
     engine = make(lenet.model)
     program = compile_program(engine, 4, 4)
-    shape, images = machine_of(program)
     x = digits().test.x[:IMAGES]
     acc = EngineNetwork(engine).acc_bits()
     groups = machine_groups(engine, acc)
     faults = draw(groups, IMAGES, 96, seed=3)
     assert {groups[g].site for g, *_ in faults} == {"act", "out", "weight"}
-    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
-    with compiled.open() as session:
-        machine_host.load(session, shape, images)
-        run = session_runner(session, program, shape, lambda p: machine_of(p)[1])
-        golden_alarms = engine_alarms(engine, x) if placement else None
-        outcome = check_faults(engine, program, x, groups, faults, run, make, golden_alarms)
+    outcome = _check_in_rtl(engine, program, x, groups, faults, tmp_path, make,
+                            engine_alarms(engine, x) if placement else None)
     assert outcome.first_disagreement is None
     assert outcome.agree == outcome.faults == 96
     assert outcome.changed >= 5   # enough faults reach the logits for the agreement to mean something
@@ -93,7 +101,7 @@ def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_
     make = _engine_maker(lenet, placement)
     engine = make(lenet.model)
     program = compile_program(engine, 4, 4)
-    shape, images = machine_of(program, weight_buffers=weight_buffers, dataflow=dataflow)
+    shape, _ = machine_of(program, weight_buffers=weight_buffers, dataflow=dataflow)
     x = digits().test.x[:IMAGES]
     groups = [g for g in machine_groups(engine, EngineNetwork(engine).acc_bits(), shape.array, weight_buffers)
               if g.site in PE_SITES]
@@ -101,13 +109,9 @@ def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_
     assert {(g.site, g.tiling.period > 0) for g in groups if g.tiling is not None} == \
         {(site, weight_buffers == 2 or dataflow == "os") for site in sites}
     faults = draw(groups, IMAGES, 150, seed=weight_buffers)
-    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
-    with compiled.open() as session:
-        machine_host.load(session, shape, images)
-        run = session_runner(session, program, shape,
-                             lambda p: machine_of(p, weight_buffers=weight_buffers, dataflow=dataflow)[1])
-        golden_alarms = engine_alarms(engine, x) if placement else None
-        outcome = check_faults(engine, program, x, groups, faults, run, make, golden_alarms)
+    outcome = _check_in_rtl(engine, program, x, groups, faults, tmp_path, make,
+                            engine_alarms(engine, x) if placement else None,
+                            weight_buffers=weight_buffers, dataflow=dataflow)
     assert outcome.first_disagreement is None
     assert outcome.agree == outcome.faults == 150
     assert outcome.changed >= 10
@@ -125,18 +129,14 @@ def test_pe_faults_of_grouped_convs_in_rtl_give_the_engines_outcomes(tmp_path: P
     engine = factory_engine(tmp_path / "net", "tests.fixtures.tiny_mobilenet:make", bits=4, size=8)
     grouped = {op.name for op in engine.model.ops if getattr(op, "groups", 1) > 1}
     program = compile_program(engine, rows, cols)
-    shape, images = machine_of(program, weight_buffers=weight_buffers, dataflow=dataflow)
+    shape, _ = machine_of(program, weight_buffers=weight_buffers, dataflow=dataflow)
     x = digits(8).test.x[:IMAGES]
     groups = [g for g in machine_groups(engine, EngineNetwork(engine).acc_bits(), shape.array, weight_buffers)
               if g.site in PE_SITES and g.layer in grouped]
     assert {g.layer for g in groups} == grouped and all(g.tiling.slice_orders for g in groups)
     faults = draw(groups, IMAGES, 200, seed=rows)
-    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
-    with compiled.open() as session:
-        machine_host.load(session, shape, images)
-        run = session_runner(session, program, shape,
-                             lambda p: machine_of(p, weight_buffers=weight_buffers, dataflow=dataflow)[1])
-        outcome = check_faults(engine, program, x, groups, faults, run, lambda m: Engine(m), None)
+    outcome = _check_in_rtl(engine, program, x, groups, faults, tmp_path, weight_buffers=weight_buffers,
+                            dataflow=dataflow)
     assert outcome.first_disagreement is None
     assert outcome.agree == outcome.faults == 200
     assert outcome.changed >= 5
@@ -149,18 +149,14 @@ def test_pe_faults_of_a_tmr_machine_hit_one_replica_and_are_outvoted(lenet: Engi
     leaves the voted logits fault-free, among them faults that change that replica's logits (the engine's
     model of the fault without the vote); were the fault in all three replicas, they would not be."""
     program = compile_program(lenet, 4, 4)
-    shape, images = machine_of(program, tmr=True, weight_buffers=weight_buffers, dataflow=dataflow)
+    shape, _ = machine_of(program, tmr=True, weight_buffers=weight_buffers, dataflow=dataflow)
     x = digits().test.x[:IMAGES]
     groups = [g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, weight_buffers)
               if g.site in PE_SITES]
     assert {g.site for g in groups} == {site for site in PE_SITES if dataflow == "os" or site != "pe.shadow"}
     faults = draw(groups, IMAGES, 100, seed=5)
-    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
-    with compiled.open() as session:
-        machine_host.load(session, shape, images)
-        run = session_runner(session, program, shape,
-                             lambda p: machine_of(p, tmr=True, weight_buffers=weight_buffers, dataflow=dataflow)[1])
-        outcome = check_faults(lenet, program, x, groups, faults, run, lambda m: Engine(m), None, tmr=True)
+    outcome = _check_in_rtl(lenet, program, x, groups, faults, tmp_path, tmr=True, weight_buffers=weight_buffers,
+                            dataflow=dataflow)
     assert outcome.first_disagreement is None
     assert (outcome.agree, outcome.changed) == (100, 0)
     assert outcome.outvoted >= 5
@@ -171,17 +167,13 @@ def test_weight_banks_of_an_array_wider_than_the_tile_period_in_rtl(lenet: Engin
     into the bank of tile j - 2 before tile j - 1 reaches the last columns: from then on a flip of the
     bank in use meets tile j's rows. The machine agrees on the linear layers' weight sites."""
     program = compile_program(lenet, 2, 8)
-    shape, images = machine_of(program, weight_buffers=2)
+    shape, _ = machine_of(program, weight_buffers=2)
     x = digits().test.x[:IMAGES]
     groups = [g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, 2)
               if g.site == "pe.weight" and g.layer.startswith("fc")]
     assert all(g.tiling is not None and g.tiling.period <= 8 - 2 for g in groups)
     faults = draw(groups, IMAGES, 120, seed=7)
-    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
-    with compiled.open() as session:
-        machine_host.load(session, shape, images)
-        run = session_runner(session, program, shape, lambda p: machine_of(p, weight_buffers=2)[1])
-        outcome = check_faults(lenet, program, x, groups, faults, run, lambda model: lenet, None)
+    outcome = _check_in_rtl(lenet, program, x, groups, faults, tmp_path, lambda model: lenet, None, weight_buffers=2)
     assert outcome.first_disagreement is None
     assert outcome.agree == outcome.faults == 120
     assert outcome.changed >= 5
@@ -194,7 +186,7 @@ def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_i
     cycle, the next one, the drain's cycle and the one after, on three of conv2's tiles, all as the engine
     says; the middle two reach the logits on some image, the outer two on none."""
     program = compile_program(lenet, 4, 4)
-    shape, images = machine_of(program, dataflow="os")
+    shape, _ = machine_of(program, dataflow="os")
     x = digits().test.x[:IMAGES]
     group = next(g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, 1)
                  if g.site == "pe.shadow" and g.layer == "conv2")
@@ -209,11 +201,7 @@ def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_i
             element = int(np.ravel_multi_index((cycle, r, c), tiling.shape))
             faults += [(0, element, group.width - 1, image) for image in range(IMAGES)]
             inner += [live] * IMAGES
-    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
-    with compiled.open() as session:
-        machine_host.load(session, shape, images)
-        run = session_runner(session, program, shape, lambda p: machine_of(p, dataflow="os")[1])
-        outcome = check_faults(lenet, program, x, [group], faults, run, lambda model: lenet, None)
+    outcome = _check_in_rtl(lenet, program, x, [group], faults, tmp_path, lambda model: lenet, None, dataflow="os")
     assert outcome.first_disagreement is None and outcome.agree == len(faults)
     expected, _ = engine_outcomes(lenet, x, [group], faults)
     clean = lenet.logits(x).to(torch.int64).numpy()
@@ -227,18 +215,14 @@ def test_a_flip_of_the_first_tiles_weights_before_they_are_written_is_masked_in_
     """The double-buffered machine writes tile 0's weight row r on timeline cycle r - 1: a flip of that bank
     before then is overwritten, and one on cycle r corrupts the tile's rows (its sign bit, fc1 on 4x4)."""
     program = compile_program(lenet, 4, 4)
-    shape, images = machine_of(program, weight_buffers=2)
+    shape, _ = machine_of(program, weight_buffers=2)
     x = digits().test.x[:IMAGES]
     group = next(g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, 2)
                  if g.site == "pe.weight" and g.layer == "fc1")
     assert group.tiling is not None
     sites = [int(np.ravel_multi_index((cycle, 3, 1), group.tiling.shape)) for cycle in (0, 2, 3)]
     faults = [(0, element, group.width - 1, image) for element in sites for image in range(IMAGES)]
-    compiled = rtlsim.build(Machine(shape, fault_port=True), tmp_path / "build")
-    with compiled.open() as session:
-        machine_host.load(session, shape, images)
-        run = session_runner(session, program, shape, lambda p: machine_of(p, weight_buffers=2)[1])
-        outcome = check_faults(lenet, program, x, [group], faults, run, lambda model: lenet, None)
+    outcome = _check_in_rtl(lenet, program, x, [group], faults, tmp_path, lambda model: lenet, None, weight_buffers=2)
     assert outcome.first_disagreement is None
     assert outcome.agree == len(faults)
     clean = lenet.logits(x).to(torch.int64).numpy()
