@@ -182,7 +182,8 @@ class Machine(wiring.Component):
     fault_lane : In(lane); fault_mask : In(code width).
 
     The fault port also has a PE fault injector (`pe_faults`; with TMR it reaches replica `rep0` only, so the
-    voters face a fault in one replica, as in the field): while `pe_arm`
+    voters face a fault in one replica, as in the field, and `tmr_mismatch`, Out(1), says whether they saw
+    the replicas disagree during the last run): while `pe_arm`
     is high, the GEMM instruction `pe_pc` counts its tiles' starts as they reach the array (a first row
     presented; output-stationary: a first K position at row 0; tile 0 first, in the machine's order), and
     `pe_cycle` cycles after tile `pe_tile`'s (0: on that cycle) PE(`pe_row`, `pe_col`) flips bits `pe_mask`
@@ -221,6 +222,7 @@ class Machine(wiring.Component):
             **({"pe_arm": In(1), "pe_pc": In(range(max(2, params.instruction_words + 1))), "pe_tile": In(PE_TILE_BITS),
                 "pe_cycle": In(PE_CYCLE_BITS), "pe_row": In(range(max(2, a.rows))), "pe_col": In(range(max(2, a.cols))),
                 "pe_register": In(2), "pe_bank": In(1), "pe_mask": In(a.acc_bits)} if self.pe_faults else {}),
+            **({"tmr_mismatch": Out(1)} if fault_port and a.tmr else {}),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -321,6 +323,13 @@ class Machine(wiring.Component):
         stage_fired = dp.out_valid & (Cat(*dp.detected) & writer.columns).any()
         with m.If(read_fired | stage_fired | vector.detected):
             m.d.sync += alarm.eq(1)
+        mismatch_reset: list = []
+        if self.fault_port and a.tmr:   # the voters saw the replicas disagree during the run (simulation)
+            mismatch = Signal(name="tmr_mismatch_seen")
+            m.d.comb += self.tmr_mismatch.eq(mismatch)
+            with m.If(dp.mismatch):
+                m.d.sync += mismatch.eq(1)
+            mismatch_reset = [mismatch.eq(0)]
 
         # ---- logits: a GEMM's raw sums, or the vector unit's
         logit_reset = self._logits(m, instr, dp, vector, lwrite)
@@ -354,7 +363,7 @@ class Machine(wiring.Component):
                 with m.If(self.in_valid):
                     self._host_write(m, awrite, in_word, in_lane, code)
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(0), in_word.eq(0), in_lane.eq(0), alarm.eq(0), *logit_reset]
+                    m.d.sync += [pc.eq(0), in_word.eq(0), in_lane.eq(0), alarm.eq(0), *mismatch_reset, *logit_reset]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += self.busy.eq(1)

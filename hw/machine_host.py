@@ -37,6 +37,12 @@ def alarm(session: Session) -> bool:
     return bool(session.get("alarm"))
 
 
+def tmr_mismatch(session: Session) -> bool:
+    """Return whether the voters of a TMR machine built with `fault_port` saw its replicas disagree during
+    the last inference."""
+    return bool(session.get("tmr_mismatch"))
+
+
 def arm_fault(session: Session, pc: int, address: int, lane: int, mask: int) -> None:
     """Arm the fault port of a machine built with `fault_port`: the next runs flip bits `mask` of lane
     `lane` of buffer word `address` when they fetch instruction `pc`."""
@@ -47,7 +53,8 @@ def arm_fault(session: Session, pc: int, address: int, lane: int, mask: int) -> 
 
 def arm_pe_fault(session: Session, pc: int, tile: int, cycle: int, row: int, col: int, register: int, bank: int,
                  mask: int) -> None:
-    """Arm the PE fault port of a machine built with `fault_port` (without TMR): the next runs flip bits
+    """Arm the PE fault port of a machine built with `fault_port` (with TMR: in replica `rep0`): the next
+    runs flip bits
     `mask` of register `register` (`hw.array.FAULT_REGISTERS`; bank `bank` of a weight) of PE(`row`,
     `col`) `cycle` cycles after tile `tile` of GEMM instruction `pc` reaches the array.
 

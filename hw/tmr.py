@@ -120,6 +120,8 @@ class TripleModular(wiring.Component):
                                  f"and {replica.signature!r}")
         if "mismatch" in self._replica_signature.members:
             raise ValueError("TMR replica signature must not have a 'mismatch' member, which TMR adds")
+        if isinstance(single, str):
+            raise TypeError(f"TMR single-replica members must be an iterable of names, not the string {single!r}")
         self._single = frozenset(single)
         members = self._replica_signature.members
         wrong = sorted(name for name in self._single if name not in members or members[name].flow != wiring.In)

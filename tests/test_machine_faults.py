@@ -142,24 +142,34 @@ def test_pe_faults_of_grouped_convs_in_rtl_give_the_engines_outcomes(tmp_path: P
     assert outcome.changed >= 5
 
 
-@pytest.mark.parametrize("dataflow, weight_buffers", [("ws", 2), ("os", 1)])
+@pytest.mark.parametrize("dataflow, weight_buffers, placement", [("ws", 2, None), ("os", 1, None), ("ws", 2, "output")])
 def test_pe_faults_of_a_tmr_machine_hit_one_replica_and_are_outvoted(lenet: Engine, tmp_path: Path, dataflow: str,
-                                                                     weight_buffers: int) -> None:
+                                                                     weight_buffers: int,
+                                                                     placement: str | None) -> None:
     """With the datapath triplicated, the PE fault port reaches replica `rep0` only: every PE fault there
-    leaves the voted logits fault-free, among them faults that change that replica's logits (the engine's
-    model of the fault without the vote); were the fault in all three replicas, they would not be."""
-    program = compile_program(lenet, 4, 4)
+    leaves the voted logits fault-free (and, with per-channel clipping after the output stages, which sit
+    inside the datapath, the fault-free alarm), among them faults that change that replica's logits (the
+    engine's model of the fault without the vote), each of which made the voters see the replicas
+    disagree (a port reaching no replica fails); were the fault in all three replicas, it would show."""
+    make = _engine_maker(lenet, placement)
+    engine = make(lenet.model)
+    program = compile_program(engine, 4, 4)
     shape, _ = machine_of(program, tmr=True, weight_buffers=weight_buffers, dataflow=dataflow)
     x = digits().test.x[:IMAGES]
-    groups = [g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, weight_buffers)
+    groups = [g for g in machine_groups(engine, EngineNetwork(engine).acc_bits(), shape.array, weight_buffers)
               if g.site in PE_SITES]
     assert {g.site for g in groups} == {site for site in PE_SITES if dataflow == "os" or site != "pe.shadow"}
     faults = draw(groups, IMAGES, 100, seed=5)
-    outcome = _check_in_rtl(lenet, program, x, groups, faults, tmp_path, tmr=True, weight_buffers=weight_buffers,
-                            dataflow=dataflow)
+    outcome = _check_in_rtl(engine, program, x, groups, faults, tmp_path, make,
+                            engine_alarms(engine, x) if placement else None, tmr=True,
+                            weight_buffers=weight_buffers, dataflow=dataflow)
     assert outcome.first_disagreement is None
     assert (outcome.agree, outcome.changed) == (100, 0)
     assert outcome.outvoted >= 5
+    if placement:
+        assert outcome.alarm_agree == outcome.faults
+        _, detected = engine_outcomes(engine, x, groups, faults)
+        assert detected.sum() > 0   # checks in the faulted replica acted, and the voted alarm stayed fault-free
 
 
 def test_weight_banks_of_an_array_wider_than_the_tile_period_in_rtl(lenet: Engine, tmp_path: Path) -> None:

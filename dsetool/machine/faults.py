@@ -283,23 +283,28 @@ def engine_outcomes(engine: Engine, x: torch.Tensor, groups: Sequence[SiteGroup]
 def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequence[SiteGroup],
                  faults: Sequence[tuple[int, int, int, int]], run: Any, make_engine: Callable[[IntModel], Engine],
                  golden_alarms: np.ndarray | None, tmr: bool = False) -> FaultCheck:
-    """Run every fault on the machine (`run(program, codes, flip)` -> (logits, alarm), `flip` a
-    `BufferFlip`, a `PEFlip` or None; a weight fault passes the program of its faulty model, whose engine,
-    with the same range checks, `make_engine` gives) and compare with the engine.
+    """Run every fault on the machine (`run(program, codes, flip)` -> (logits, alarm, replicas disagreed:
+    None without TMR), `flip` a `BufferFlip`, a `PEFlip` or None; a weight fault passes the program of its
+    faulty model, whose engine, with the same range checks, `make_engine` gives) and compare with the
+    engine.
 
     With `tmr` (the machine's datapath triplicated behind voters), a PE fault hits one replica: the vote
-    masks it, so the machine must give the fault-free logits; `outvoted` counts those whose replica's
-    logits (the engine's for the fault) differ from them. The buffers and the weight memory are not
-    triplicated: their faults are the engine's as without TMR."""
+    masks it, so the machine must give the fault-free logits and the fault-free alarm (the checks inside
+    the datapath are voted too); `outvoted` counts those whose replica's logits (the engine's for the
+    fault) differ from them, and each of these must have made the voters see the replicas disagree (else
+    the fault never reached the replica: a disagreement). The buffers and the weight memory are not
+    triplicated: their faults are the engine's as without TMR. (The campaigns' `tmr` protection is
+    coarser, the whole inference three times with a vote on the top-1, `dsetool.faults.campaign.vote`;
+    this checks the machine's TMR, not that model.)"""
     from dsetool.machine.compiler import compile_program
 
     expected, detected = engine_outcomes(engine, x, groups, faults)
     clean = engine.logits(x).to(torch.int64).numpy()
-    outvoted = 0
+    voted = np.zeros(len(faults), dtype=bool)   # PE faults the vote must mask, changing the replica's logits
     if tmr:
         for row, (g, _, _, image) in enumerate(faults):
             if groups[g].site in PE_SITES:
-                outvoted += not np.array_equal(expected[row], clean[image])
+                voted[row] = not np.array_equal(expected[row], clean[image])
                 expected[row], detected[row] = clean[image], False
     codes = engine.quantize_input(x).numpy()
     agree = changed = alarm_agree = 0
@@ -307,14 +312,16 @@ def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequ
     for row, (g, element, bit, image) in enumerate(faults):
         group = groups[g]
         if group.site in FLIPS:
-            logits, alarm = run(program, codes[image], FLIPS[group.site](program, group, element, bit))
+            logits, alarm, disagreed = run(program, codes[image], FLIPS[group.site](program, group, element, bit))
         elif group.site in PE_SITES:
-            logits, alarm = run(program, codes[image], pe_flip(program, group, element, bit))
+            logits, alarm, disagreed = run(program, codes[image], pe_flip(program, group, element, bit))
         else:
             faulty_engine = make_engine(flipped_weight(engine.model, group, element, bit))
             faulty = compile_program(faulty_engine, program.rows, program.cols)
-            logits, alarm = run(faulty, codes[image], None)
+            logits, alarm, disagreed = run(faulty, codes[image], None)
         same = np.array_equal(np.asarray(logits, dtype=np.int64), expected[row])
+        if voted[row] and not disagreed:
+            same, logits = False, [f"no replica disagreed (the fault missed replica rep0): {list(logits)}"]
         agree += same
         changed += same and not np.array_equal(expected[row], clean[image])
         if golden_alarms is not None:
@@ -323,11 +330,14 @@ def check_faults(engine: Engine, program: Program, x: torch.Tensor, groups: Sequ
             first = (f"{group.site} fault in layer {group.layer}, element {element}, bit {bit}, image {image}: "
                      f"{list(logits)} against {expected[row].tolist()}")
     return FaultCheck(len(faults), agree, changed, alarm_agree if golden_alarms is not None else None, first,
-                      outvoted)
+                      int(voted.sum()))
+
+
+Run = tuple[list[int], bool, bool | None]   # a faulty run's logits, alarm and (TMR) replicas' disagreement
 
 
 def session_runner(session: Any, program: Program, shape: Any, images_of: Callable[[Program], Any]
-                   ) -> Callable[[Program, np.ndarray, BufferFlip | PEFlip | None], tuple[list[int], bool]]:
+                   ) -> Callable[[Program, np.ndarray, BufferFlip | PEFlip | None], Run]:
     """Return `check_faults`' `run` over a compiled simulation of a machine built with `fault_port` and
     loaded with `program` (`images_of(program)` gives a program's memory images: a weight fault's program
     is loaded for its run, the original again after it)."""
@@ -336,7 +346,7 @@ def session_runner(session: Any, program: Program, shape: Any, images_of: Callab
 
     loaded = [program]
 
-    def run(prog: Program, codes: np.ndarray, flip: BufferFlip | PEFlip | None) -> tuple[list[int], bool]:
+    def run(prog: Program, codes: np.ndarray, flip: BufferFlip | PEFlip | None) -> Run:
         if prog is not loaded[0]:
             machine_host.load(session, shape, images_of(prog))
             loaded[0] = prog
@@ -347,6 +357,7 @@ def session_runner(session: Any, program: Program, shape: Any, images_of: Callab
             machine_host.arm_pe_fault(session, flip.pc, flip.tile, flip.cycle, flip.row, flip.col, flip.register,
                                       flip.bank, flip.mask)
         logits, _ = machine_host.infer(session, shape, input_codes(prog, codes))
-        return logits, machine_host.alarm(session)
+        disagreed = machine_host.tmr_mismatch(session) if shape.array.tmr else None
+        return logits, machine_host.alarm(session), disagreed
 
     return run

@@ -26,7 +26,9 @@ the buffer after it is written, before it is read; a weight flipped in the weigh
 flipped on its cycle) and every faulty run must give the logits the engine's campaign path computes for
 that fault (`rtl_fault_agreement`; anything else fails the stage, naming the fault). With `hw.tmr` a PE
 fault hits one of the three datapaths, and the voters must mask it: the machine must give the fault-free
-logits (`rtl_faults_outvoted`: how many of them changed that replica's logits, by the engine's model).
+logits and the fault-free alarm (its output checks are inside the datapath, voted), and every fault that
+changes that replica's logits by the engine's model must make the voters see the replicas disagree
+(`rtl_faults_outvoted` counts those).
 `rtl_faults_changing_logits` says how many of them reached the logits; with a range check, every faulty
 run's alarm must be what the engine says (raised fault-free on that image, or a check acted on a value
 the fault changed: `fault_alarm_agreement`, else the stage fails).

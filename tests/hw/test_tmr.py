@@ -102,7 +102,8 @@ def test_single_replica_members_reach_the_first_replica_only() -> None:
     dut = TripleModular(Toy, single=["b"])
     probe = CombProbe(dut)
     faults = [(rep.faults[j], 0) for rep in dut.replicas for j in range(2)]
-    assert probe([(dut.a, 9), (dut.b, 3), *faults], [*dut.out, dut.mismatch]) == [9, 9, 1]   # rep1, rep2: b = 0
+    sums = [rep.out[0] for rep in dut.replicas]
+    assert probe([(dut.a, 9), (dut.b, 3), *faults], [*dut.out, dut.mismatch, *sums]) == [9, 9, 1, 12, 9, 9]
 
 
 def test_two_replicas_corrupted_on_one_bit_flip_it(tmr: tuple[TripleModular, CombProbe]) -> None:
@@ -168,6 +169,8 @@ class _Flagged(wiring.Component):
      r"^TMR replica signature must not have a 'mismatch' member, which TMR adds$"),
     (lambda: TripleModular(Toy, single=["out", "c"]), ValueError,
      r"^TMR single-replica members must be inputs of the replica, not \['c', 'out'\]$"),
+    (lambda: TripleModular(Toy, single="b"), TypeError,
+     r"^TMR single-replica members must be an iterable of names, not the string 'b'$"),
 ])
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_constructor_errors(call: Callable[[], object], error: type[Exception], pattern: str) -> None:
