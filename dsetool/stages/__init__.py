@@ -268,18 +268,18 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
             "acc_bits": cfg.hw.acc_bits, "multiplier_bits": design.multiplier_bits,
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
             "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
-            **(_rtl_fault_reads(cfg.seed) if cfg.hw.rtl_faults else {}),
-            **(_grouped_reads(design.gemms) if cfg.hw.rtl_faults else {}),
+            **(_rtl_fault_reads(cfg.seed, design.gemms) if cfg.hw.rtl_faults else {}),
             "machine": MACHINE_VERSION,
             **({"stream": STREAM_VERSION} if array.dataflow == "os" else {}),
             "data": _test_data_reads(cfg), "verilator": verilator}
 
 
-def _rtl_fault_reads(seed: int) -> dict[str, Any]:
+def _rtl_fault_reads(seed: int, gemms: Sequence[Gemm]) -> dict[str, Any]:
     """The faults the rtlsim stage draws: their seed, the sites they are drawn from, PE registers included
     (`dsetool.machine.faults.machine_groups`; a TMR machine's too, in one replica, since 2026-12-07), and
-    the PE model they are checked against."""
-    return {"seed": seed, "fault_sites": list(site_registry.NAMES), "pe_model": site_registry.PE_MODEL}
+    the PE model they are checked against (`_grouped_reads`)."""
+    return {"seed": seed, "fault_sites": list(site_registry.NAMES), "pe_model": site_registry.PE_MODEL,
+            **_grouped_reads(gemms)}
 
 
 def _test_data_reads(cfg: RunConfig) -> dict[str, Any]:
