@@ -274,14 +274,15 @@ def test_pe_faults_in_a_network_equal_cycle_simulation(tmp_path, site, dataflow,
         layer = engine.layers[group.op_index]
         a = golden.outputs[group.op_index - 1][faults.inputs[t]].reshape(1, -1).numpy().astype(np.int64)
         w = layer.weight.numpy().astype(np.int64)
-        where = tuple(int(i) for i in np.unravel_index(int(faults.element[t]), group.tiling.shape))
+        shape = group.tiling.site_shape(group.stationary_weights)
+        where = tuple(int(i) for i in np.unravel_index(int(faults.element[t]), shape))
         bit = int(faults.bit[t])
 
         def corrupt(value, bit=bit, group=group):
             return int(apply_fault(torch.tensor([value]), torch.tensor([bit]), "bitflip", group.width, group.signed)[0])
 
         acc_bits = group.width if site == "pe.psum" else 40
-        if group.tiling.period:   # (cycle, row, col) of the tiles' timeline
+        if group.tiling.period:   # (cycle, [bank,] row, col) of the tiles' timeline
             timeline = simulate_timeline if dataflow == "ws" else simulate_stream
             out = timeline(group.tiling, a, w, acc_bits, (site, *where, corrupt))
         else:                     # (tile, cycle of its window, row, col)

@@ -62,11 +62,12 @@ def trials_on_a_timeline(tiling: LayerTiling, site: str, rng: np.random.Generato
     weights = torch.tensor(w.T[own.T].reshape(n, k // groups), dtype=torch.float64)   # (N, K per group)
     acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
     changed = 0
+    shape = tiling.site_shape(site == "pe.weight" and tiling.dataflow == "ws")
     for trial in range(trials):
-        element = int(rng.integers(0, int(np.prod(tiling.shape))))
+        element = int(rng.integers(0, int(np.prod(shape))))
         bit = int(rng.integers(0, width))
         model = ["bitflip", "stuck0", "stuck1"][trial % 3]
-        where = tuple(int(x) for x in np.unravel_index(element, tiling.shape))   # (cycle, r, c) or (tile, u, r, c)
+        where = tuple(int(x) for x in np.unravel_index(element, shape))   # (cycle, [bank,] r, c) or (tile, u, r, c)
         expected = simulate_tiles(tiling, a, w, ACC_BITS, (site, *where, corrupt(bit, width, signed, model)))
         got = apply_pe_faults(site, tiling, operands, weights, acc, np.array([0]), np.array([element]),
                               np.array([1 << bit]), model, width, signed, ACC_BITS, groups)
@@ -155,7 +156,8 @@ def test_fast_pe_faults_on_the_streaming_tiles_equal_their_cycle_simulation(rows
 def test_every_weight_site_of_a_wide_array_equals_the_timeline_simulation(rows, cols):
     """On an array wider than the double-buffered machine's period (here M = 1: period max(M, R, (M + C)
     // 2) <= C - 2), tile j's weights are written into the bank while tile j - 1 has not reached the last
-    columns yet: every weight site, sign bit flipped, against the simulation with the machine's two banks."""
+    columns yet: every weight site (both banks of every PE at every cycle), sign bit flipped, against the
+    simulation with the machine's two banks."""
     rng = np.random.default_rng(zlib.crc32(repr(("wide", rows, cols)).encode()))
     m, k, n = 1, 16, 2 * cols - 3
     tiling = LayerTiling(m, k, n, rows, cols, "ws", None, 0, machine_tile_period(m, rows, cols))
@@ -165,21 +167,26 @@ def test_every_weight_site_of_a_wide_array_equals_the_timeline_simulation(rows, 
     operands = torch.tensor(a.T[None], dtype=torch.float64)
     weights = torch.tensor(w.T, dtype=torch.float64)
     acc = torch.tensor((a @ w).T[None], dtype=torch.float64)
-    elements = np.arange(int(np.prod(tiling.shape)))
+    shape = tiling.site_shape(stationary=True)
+    assert shape == (tiling.span, 2, rows, cols)
+    elements = np.arange(int(np.prod(shape)))
     got = apply_pe_faults("pe.weight", tiling, operands.expand(len(elements), -1, -1),
                           weights, acc.expand(len(elements), -1, -1).clone(), elements, elements,
                           np.full(len(elements), 1 << (WEIGHT_BITS - 1)), "bitflip", WEIGHT_BITS, True, ACC_BITS)
-    reloaded = 0
+    reloaded = ahead = 0
     for element in elements.tolist():
-        cycle, r, c = (int(x) for x in np.unravel_index(element, tiling.shape))
-        expected = simulate_timeline(tiling, a, w, ACC_BITS, ("pe.weight", cycle, r, c,
+        cycle, bank, r, c = (int(x) for x in np.unravel_index(element, shape))
+        expected = simulate_timeline(tiling, a, w, ACC_BITS, ("pe.weight", cycle, bank, r, c,
                                                               corrupt(WEIGHT_BITS - 1, WEIGHT_BITS, True, "bitflip")))
         assert np.array_equal(got[element].T.numpy().astype(np.int64), started_at(np.zeros(n, np.int64), expected)), (
-            cycle, r, c)
-        tile = (cycle - r - c) // tiling.period
-        reloaded += 0 <= tile < tiling.tiles - 2 and cycle >= (tile + 2) * tiling.period + r and \
-            not np.array_equal(expected.astype(np.int64), a @ w)
+            cycle, bank, r, c)
+        changed = not np.array_equal(expected.astype(np.int64), a @ w)
+        tile = min(max((cycle - r - c) // tiling.period, 0), tiling.tiles - 1)   # the tile the PE passed last
+        reloaded += changed and bank == tile % 2 and tile + 2 < tiling.tiles and \
+            cycle >= (tile + 2) * tiling.period + r
+        ahead += changed and bank != tile % 2
     assert reloaded > 0   # sites where the bank already holds the tile after next, which the flip corrupts
+    assert ahead > 0      # the other bank, loaded for the next tile before its first row arrives
 
 
 def grouped_orders(rng: np.random.Generator, tiling: LayerTiling, groups: int, length: int | None

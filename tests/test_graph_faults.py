@@ -251,7 +251,7 @@ def test_pe_faults_in_a_depthwise_conv_equal_the_cycle_simulation_of_its_schedul
     assert machine == (rows == cols)
     simulated = simulate   # each tile in its window, or the tiles on the machine's timeline
     if machine:   # the channels' GEMM: K over all channels, N all outputs
-        assert group.shape == group.tiling.shape and group.tiling.n == op.out_features and group.tiling.period
+        assert group.one_gemm and group.tiling.n == op.out_features and group.tiling.period
         simulated = simulate_timeline if dataflow == "ws" else simulate_stream
     else:
         assert group.shape[0] == op.groups == op.out_features and group.tiling.n == 1
@@ -266,7 +266,8 @@ def test_pe_faults_in_a_depthwise_conv_equal_the_cycle_simulation_of_its_schedul
         dense[n, n * k_group:(n + 1) * k_group] = weights[n].to(torch.int64)
     bias = engine.layers[group.op_index].bias.to(torch.int64)
     rng = np.random.default_rng(0)
-    per_group = int(np.prod(group.tiling.shape))
+    shape = group.tiling.site_shape(group.stationary_weights)   # one GEMM's (or one group's) sites
+    per_group = int(np.prod(shape))
     half = 1 << (group.acc_bits - 1)
     for trial in range(12):
         element, bit = int(rng.integers(0, group.size)), int(rng.integers(0, group.width))
@@ -277,7 +278,7 @@ def test_pe_faults_in_a_depthwise_conv_equal_the_cycle_simulation_of_its_schedul
         ins = slice(None) if machine else slice(g * k_group, (g + 1) * k_group)
         a = operands[trial % 4, ins].T.numpy().astype(np.int64)                 # (M, K)
         w = dense[outs, ins].T.numpy() if machine else weights[g:g + 1].T.numpy().astype(np.int64)
-        where = tuple(int(i) for i in np.unravel_index(local, group.tiling.shape))
+        where = tuple(int(i) for i in np.unravel_index(local, shape))
         sums = simulated(group.tiling, a, w, group.acc_bits,
                          (site, *where, corrupt(bit, group.width, group.signed, "bitflip")))
         started = (sums.astype(np.int64) + bias[outs].numpy() + half) % (2 * half) - half   # (M, N)

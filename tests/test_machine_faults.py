@@ -222,15 +222,21 @@ def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_i
 
 def test_a_flip_of_the_first_tiles_weights_before_they_are_written_is_masked_in_rtl(lenet: Engine,
                                                                                      tmp_path: Path) -> None:
-    """The double-buffered machine writes tile 0's weight row r on timeline cycle r - 1: a flip of that bank
-    before then is overwritten, and one on cycle r corrupts the tile's rows (its sign bit, fc1 on 4x4)."""
+    """The double-buffered machine writes tile j's weight row r into bank j % 2 on timeline cycle j * P + r - 1:
+    a flip of that bank before then is overwritten, and one after corrupts the tile's rows (PE(3, 1)'s sign
+    bit, fc1 on 4x4): bank 0 on cycles 0 and 2 (masked) and 3; bank 1, which holds no tile before tile 1's
+    write, on cycles P + 1 and P + 2 (masked) and P + 3, the cycle before tile 1's first row reaches the PE."""
     program = compile_program(lenet, 4, 4)
     shape, _ = machine_of(program, weight_buffers=2)
     x = digits().test.x[:IMAGES]
     group = next(g for g in machine_groups(lenet, EngineNetwork(lenet).acc_bits(), shape.array, 2)
                  if g.site == "pe.weight" and g.layer == "fc1")
-    assert group.tiling is not None
-    sites = [int(np.ravel_multi_index((cycle, 3, 1), group.tiling.shape)) for cycle in (0, 2, 3)]
+    tiling = group.tiling
+    assert tiling is not None and tiling.tiles >= 2
+    period = tiling.period
+    where = [(0, 0), (2, 0), (3, 0), (period + 1, 1), (period + 2, 1), (period + 3, 1)]   # (cycle, bank)
+    sites = [int(np.ravel_multi_index((cycle, bank, 3, 1), tiling.site_shape(stationary=True)))
+             for cycle, bank in where]
     faults = [(0, element, group.width - 1, image) for element in sites for image in range(IMAGES)]
     outcome = _check_in_rtl(lenet, program, x, [group], faults, tmp_path, lambda model: lenet, None, weight_buffers=2)
     assert outcome.first_disagreement is None
@@ -238,7 +244,8 @@ def test_a_flip_of_the_first_tiles_weights_before_they_are_written_is_masked_in_
     clean = lenet.logits(x).to(torch.int64).numpy()
     expected, _ = engine_outcomes(lenet, x, [group], faults)
     changed = [not np.array_equal(expected[i], clean[i % IMAGES]) for i in range(len(faults))]
-    assert not any(changed[:2 * IMAGES]) and any(changed[2 * IMAGES:])
+    for site in range(len(where)):
+        assert any(changed[site * IMAGES:(site + 1) * IMAGES]) == (site in (2, 5)), where[site]
 
 
 def test_a_pe_flip_names_the_tile_cycle_pe_and_bank_of_its_site(lenet: Engine) -> None:
@@ -250,11 +257,13 @@ def test_a_pe_flip_names_the_tile_cycle_pe_and_bank_of_its_site(lenet: Engine) -
     assert timeline.tiling is not None and windows.tiling is not None
     period, k_tiles = timeline.tiling.period, timeline.tiling.tile_grid[0]
     tile = k_tiles + 3   # N slice 1, K slice 3: the machine's tile k_tiles + 3, in bank 0 or 1 by its parity
-    element = int(np.ravel_multi_index((tile * period + 7 + 2 + 1, 2, 1), timeline.tiling.shape))   # row m = 7
-    flip = pe_flip(program, timeline, element, 3)
     gemm = next(i for i, instr in enumerate(program.instructions) if getattr(instr, "name", "") == "conv2")
-    assert (flip.pc, flip.tile, flip.cycle, flip.row, flip.col) == (gemm, 0, tile * period + 10, 2, 1)
-    assert (flip.register, flip.bank, flip.mask) == (1, tile % 2, 1 << 3)
+    for bank in (tile % 2, 1 - tile % 2):   # the bank in use (row m = 7 of the tile), and the other one
+        element = int(np.ravel_multi_index((tile * period + 7 + 2 + 1, bank, 2, 1),
+                                           timeline.tiling.site_shape(stationary=True)))
+        flip = pe_flip(program, timeline, element, 3)
+        assert (flip.pc, flip.tile, flip.cycle, flip.row, flip.col) == (gemm, 0, tile * period + 10, 2, 1)
+        assert (flip.register, flip.bank, flip.mask) == (1, bank, 1 << 3)
     # one tile at a time: the site's window is tile (K slice 3, N slice 1), which the machine runs as tile k_tiles + 3
     n_tiles = windows.tiling.tile_grid[1]
     element = int(np.ravel_multi_index((3 * n_tiles + 1, 10, 2, 1), windows.tiling.shape))

@@ -30,12 +30,15 @@ still cross the array. A PE then holds row m of tile j on cycle j * period + m +
 timeline and no tile's row on the others; the sites are each register at each cycle of it, (cycle, row,
 col), counted once, where separate windows would count a PE's cycles that carry the next tile's rows a
 second time, as bubbles. Tiles run in the machine's order, N slice after N slice, each N slice's K slices
-in order. The weight site is the bank in use: the weights of the tile the PE passes or last passed (the
-PE's other bank, loaded for the next tile a few cycles before its first row arrives, is not a site). The
-machine writes tile j's weight row r on cycle j * period + r - 1 (one cycle before its first row can reach
-that row of PEs), so a flip of the first tile's bank before then is overwritten: masked; on an array wider
-than the period (period <= C - 2), that write can come before tile j - 1 reaches the PE's column, and from
-then on the bank in use holds tile j's weights.
+in order. Each PE holds two weight banks, and the weight sites are both at every cycle, (cycle, bank, row,
+col) (`site_shape`): the machine writes tile j's weight row r into bank j % 2 on cycle j * period + r - 1
+(one cycle before its first row can reach that row of PEs), so at cycle t bank b holds the weights of the
+last tile j = b (mod 2) written by then, and a flip there corrupts the rows of tile j that reach the PE
+from t on. So a flip of the bank loaded for the next tile (from its write until its first row arrives)
+corrupts all of that tile's rows; one of a bank before its first write, or after its tile's last row
+passed, is overwritten or never read again: masked. On an array wider than the period (period <= C - 2),
+tile j's write can come before tile j - 1 reaches the PE's column; each bank still holds one tile's
+weights at a time.
 
 The output-stationary accelerator (`hw.machine_stream`) also runs its tiles on one timeline: tile j
 (N slice after N slice, each N slice's M tiles in order) streams its K positions back to back from cycle
@@ -193,6 +196,20 @@ class LayerTiling:
         return (self.tiles - 1) * self.period + self.window
 
     @property
+    def banked(self) -> bool:
+        """Tell whether each PE holds two weight banks on this schedule: the double-buffered weight-stationary
+        machine's timeline."""
+        return self.dataflow == "ws" and self.period > 0
+
+    def site_shape(self, stationary: bool = False) -> tuple[int, ...]:
+        """Return the site grid of a PE register: `shape`, but for the weight-stationary weight registers of
+        the double-buffered machine (`stationary` and `banked`) (cycle, bank, row, col), both banks of every
+        PE at every cycle of the timeline."""
+        if stationary and self.banked:
+            return self.span, 2, self.rows, self.cols
+        return self.shape
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """Return the register-site grid whose flat index is a site's element: (tile, cycle, row, col), each
         tile its own window; on one timeline (`period`), (cycle, row, col), each register-cycle once."""
@@ -208,11 +225,9 @@ class LayerTiling:
         On one timeline, tile j (the machine's order: N slice after N slice, each N slice's K or M tiles in
         order) streams from cycle j * period, so PE(r, c) holds row m (K position k) of tile j on cycle
         j * period + m (k) + r + c. A cycle on which it holds no tile's row gives u = -1 (a bubble:
-        masked); with `stationary`
-        (the weight-stationary weight register, which keeps its tile's weight between rows) it gives the
-        weight in use then: the tile whose rows the PE is passing or last passed (the first before any),
-        with u before its first row (the fault corrupts all of the tile's rows) or after its last (none;
-        also before the first tile's weights are written, which overwrites the flip)."""
+        masked). With `stationary` (the weight-stationary weight registers, which keep a tile's weights
+        between rows) on the double-buffered timeline, the sites are (cycle, bank, row, col) and u says
+        which rows of the tile in that bank meet the flip (`_decode_bank`)."""
         if not self.period:   # windows per tile: (k or m tile, n tile) row-major, or the machine's order
             tile, u, r, c = np.unravel_index(element, self.shape)
             if self.slice_orders is not None:
@@ -220,26 +235,31 @@ class LayerTiling:
             else:
                 tile_a, tile_n = np.divmod(tile, self.tile_grid[1])
             return tile_a, tile_n, u, r, c
+        if stationary and self.banked:
+            return self._decode_bank(element)
         cycle, r, c = (np.asarray(x, dtype=np.int64) for x in np.unravel_index(element, self.shape))
         ahead = cycle - r - c
         tile = np.floor_divide(ahead, self.period)
-        if stationary:
-            tile = np.clip(tile, 0, self.tiles - 1)
-            u = ahead - tile * self.period + r + c
-            # Tile j's weight row r is written on cycle j * period + r - 1, into the bank of tile j - 2. On a
-            # wide array (period <= C - 2) that can come before tile j - 1 reaches the PE: from then on the
-            # bank in use holds tile j's weights, and a flip there meets all of tile j's rows.
-            later = tile + 2
-            reloaded = (later < self.tiles) & (cycle >= later * self.period + r)
-            u = np.where(reloaded, ahead - later * self.period + r + c, u)
-            tile = np.where(reloaded, later, tile)
-            # Tile 0's weight row r is written on cycle r - 1: a flip before it is overwritten (no row sees it).
-            u = np.where(cycle < r, self.m + r + c, u)
-        else:
-            row = ahead - tile * self.period
-            busy = (tile >= 0) & (tile < self.tiles) & (row < self.streamed)
-            tile = np.where(busy, tile, 0)
-            u = np.where(busy, row + r + c, -1)
+        row = ahead - tile * self.period
+        busy = (tile >= 0) & (tile < self.tiles) & (row < self.streamed)
+        tile = np.where(busy, tile, 0)
+        u = np.where(busy, row + r + c, -1)
+        tile_a, tile_n = self.tile_at(tile)
+        return tile_a, tile_n, u, r, c
+
+    def _decode_bank(self, element: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`decode` of the double-buffered machine's weight sites (cycle, bank, row, col): the tile whose
+        weights the bank holds then, the last one written into it (tile j's row r into bank j % 2 on cycle
+        j * period + r - 1), and u = the cycle in that tile's window, so the tile's rows from u - r - c on
+        meet the flip; u = M + r + c (none) before the bank's first write."""
+        cycle, bank, r, c = (np.asarray(x, dtype=np.int64) for x in np.unravel_index(element, self.site_shape(True)))
+        written = np.floor_divide(cycle - r, self.period)   # the last tile whose row r is in a bank by `cycle`
+        tile = written - np.remainder(written - bank, 2)     # ... of those in this bank
+        last = self.tiles - 1
+        tile = np.minimum(tile, last - np.remainder(last - bank, 2))
+        empty = tile < 0                                      # not written yet: the write overwrites a flip
+        tile = np.where(empty, 0, tile)
+        u = np.where(empty, self.m + r + c, cycle - tile * self.period)
         tile_a, tile_n = self.tile_at(tile)
         return tile_a, tile_n, u, r, c
 

@@ -435,7 +435,7 @@ def _pe_delta(net: Network, group: SiteGroup, op_input: torch.Tensor, acc: torch
     weights = net.weight_matrix(group.op_index)
     operands = net.gemm_input(group.op_index, op_input)
     out = acc.reshape(acc.shape[0], weights.shape[0], -1)
-    if len(group.shape) == len(group.tiling.shape):   # one GEMM (a grouped conv's over all its input channels)
+    if group.one_gemm:   # one GEMM (a grouped conv's over all its input channels)
         op = net.weight_op(group.op_index)
         groups = op.groups if isinstance(op, Conv2d) and group.tiling.slice_orders is not None else 1
         return apply_pe_faults(group.site, group.tiling, operands, weights, out, r, e, m, model, group.width,

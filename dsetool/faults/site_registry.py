@@ -88,7 +88,8 @@ REGISTRY: dict[str, FaultSite] = {s.name: s for s in (
     FaultSite("act", "the activation buffer a layer reads (every layer reading it sees the fault)", INPUT, PRE),
     FaultSite("weight", "a layer's stored weights", WEIGHTS, WEIGHT),
     FaultSite("pe.act", "a PE's activation register at one cycle (the value moves on along its row)", INPUT, PE),
-    FaultSite("pe.weight", "a PE's weight register at one cycle (stationary or moving, by dataflow)", WEIGHTS, PE),
+    FaultSite("pe.weight", "a PE's weight register at one cycle (stationary or moving, by dataflow; both banks of a "
+                           "double-buffered PE)", WEIGHTS, PE),
     FaultSite("pe.psum", "a PE's partial-sum register at one cycle (sums wrap at the accumulator width)",
               ACCUMULATOR, PE),
     FaultSite("pe.shadow", "a PE's shadow register (output-stationary accelerator): a tile's finished sum until "

@@ -66,6 +66,18 @@ class SiteGroup:
         """Return the number of values (sites) in the group."""
         return math.prod(self.shape)
 
+    @property
+    def stationary_weights(self) -> bool:
+        """Tell whether this is a weight-stationary layer's PE weight register (`LayerTiling.decode`)."""
+        return (self.tiling is not None and self.tiling.dataflow == "ws"
+                and site_registry.site(self.site).register is WEIGHTS)
+
+    @property
+    def one_gemm(self) -> bool:
+        """Tell whether a PE group's sites are the layer's one GEMM on the array (`LayerTiling.site_shape`),
+        not a grouped conv's GEMM per group, one after the other."""
+        return self.tiling is not None and self.shape == self.tiling.site_shape(self.stationary_weights)
+
 
 def weight_layer_ops(model: IntModel) -> list[int]:
     """Return the indices of the conv/linear ops."""
@@ -115,7 +127,7 @@ def site_groups(model: IntModel, site: str, layers: Sequence[str], acc_bits: Map
     groups = [build(model, kind, i, acc_bits, array) for i in chosen]
     if kind.register == FINISHED:   # shadow registers: the output-stationary accelerator's streaming layers
         groups = [g for g in groups if g.tiling is not None and g.tiling.dataflow == "os" and g.tiling.period
-                  and g.shape == g.tiling.shape]
+                  and g.one_gemm]
         if not groups:
             raise SiteError(f"site {site!r} is the output-stationary accelerator's shadow registers: no selected "
                             f"layer streams on it (dataflow os, an array the accelerator builds, K' >= cols, "
@@ -169,7 +181,9 @@ def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[st
     tiling = LayerTiling(m, k, n, array.rows, array.cols, array.dataflow, k_order, lead, period, slice_orders)
     accumulator = array.acc_bits or acc_bits[op.name]
     width, signed = _pe_register(model, kind, index, accumulator)
-    shape = tiling.shape if groups == 1 else (groups, *tiling.shape)
+    # The double-buffered machine's weight registers are both banks of each PE (`LayerTiling.site_shape`).
+    stationary = array.dataflow == "ws" and kind.register == WEIGHTS
+    shape = tiling.site_shape(stationary) if groups == 1 else (groups, *tiling.shape)
     return SiteGroup(kind.name, op.name, index, kind.hook, shape, width, signed, tiling, accumulator)
 
 

@@ -144,14 +144,13 @@ def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFli
     A single-buffered machine runs a tile at a time: the site's (tile, cycle of its window) is the
     tile's index in the machine's order (N slice after N slice) and its cycle. A double-buffered one,
     and the output-stationary one, run the tiles on one timeline (`LayerTiling.period`): the cycle
-    counts from tile 0, and a weight-stationary weight site flips the bank of the tile whose weights the
-    PE holds then (tile j's: bank j % 2, as the
-    sequencer alternates them from bank 0 at each GEMM). A code held in a wider register (the
+    counts from tile 0, and a weight-stationary weight site names its bank (tile j's weights go into
+    bank j % 2, as the sequencer alternates them from bank 0 at each GEMM). A code held in a wider register (the
     machine's lanes and weights) is sign- or zero-extended there: `lane_mask` says which bits flip.
 
     Raises ValueError for a layer whose sites do not follow the machine's schedule (`follows_machine`)."""
     tiling = group.tiling
-    if tiling is None or not follows_machine(tiling) or group.shape != tiling.shape:
+    if tiling is None or not follows_machine(tiling) or not group.one_gemm:
         raise ValueError(f"layer {group.layer}'s {group.site} sites do not follow the machine's schedule (an array "
                          f"without an accelerator, an output-stationary layer with K' < C or a grouped conv "
                          f"whose N slices stream different K' there)")
@@ -160,11 +159,12 @@ def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFli
                          f"is {program.rows}x{program.cols}")
     register = site_registry.site(group.site).register
     pc = _gemm_of(program, group.layer)
-    stationary = tiling.dataflow == "ws" and register is site_registry.WEIGHTS
+    stationary = group.stationary_weights
     tile_a, tile_n, u, r, c = (int(np.asarray(v).item()) for v in tiling.decode(np.array([element]), stationary))
     tile = int(tiling.machine_tile(tile_a, tile_n))
-    if tiling.period:
-        cycle, tile_at, bank = int(np.unravel_index(element, tiling.shape)[0]), 0, tile % 2
+    where = [int(x) for x in np.unravel_index(element, tiling.site_shape(stationary))]
+    if tiling.period:   # (cycle, bank, row, col) for the double-buffered machine's weights, else (cycle, row, col)
+        cycle, tile_at, bank = where[0], 0, where[1] if stationary else 0
     else:
         cycle, tile_at, bank = u, tile, 0
     if register is site_registry.INPUT:
@@ -200,7 +200,7 @@ def machine_groups(engine: Engine, acc_bits: Mapping[str, int], array: ArrayConf
                     raise
                 continue
             groups += [g for g in found
-                       if g.tiling is not None and follows_machine(g.tiling) and g.shape == g.tiling.shape]
+                       if g.tiling is not None and follows_machine(g.tiling) and g.one_gemm]
     return groups
 
 
