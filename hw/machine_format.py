@@ -154,10 +154,38 @@ def load_beats(shape: MachineShape, images: MachineImages) -> list[int]:
     for memory, words in memory_words(shape, images).items():
         if len(words) > shape.depth(memory):
             raise ValueError(f"Memory {memory} holds {shape.depth(memory)} words, not {len(words)}")
-        if not words:
+        if words:
+            beats += _block(shape, memory, 0, words)
+    return beats
+
+
+def change_beats(shape: MachineShape, loaded: dict[int, list[int]], images: dict[int, list[int]]) -> list[int]:
+    """Return the load stream that turns a machine holding the `loaded` memory words into one holding
+    `images` (both as `memory_words` gives them): a block per run of words that differ, so a faulty
+    model's one flipped weight costs one word, not the whole load."""
+    beats: list[int] = []
+    for memory, words in images.items():
+        before = loaded.get(memory, [])
+        if len(words) > shape.depth(memory):
+            raise ValueError(f"Memory {memory} holds {shape.depth(memory)} words, not {len(words)}")
+        if len(before) != len(words):   # another layout: the whole memory again
+            beats += _block(shape, memory, 0, words) if words else []
             continue
-        per_word = -(-shape.word_bits(memory) // BEAT)
-        beats += [memory, 0, len(words)]
-        for word in words:
-            beats += [(word >> (BEAT * i)) & ((1 << BEAT) - 1) for i in range(per_word)]
+        differ = [i for i, (old, new) in enumerate(zip(before, words, strict=True)) if old != new]
+        start = 0
+        while start < len(differ):
+            end = start
+            while end + 1 < len(differ) and differ[end + 1] == differ[end] + 1:
+                end += 1
+            beats += _block(shape, memory, differ[start], words[differ[start]:differ[end] + 1])
+            start = end + 1
+    return beats
+
+
+def _block(shape: MachineShape, memory: int, address: int, words: list[int]) -> list[int]:
+    """Return one block of the load stream: its header (memory, first address, words) and the words' beats."""
+    per_word = -(-shape.word_bits(memory) // BEAT)
+    beats = [memory, address, len(words)]
+    for word in words:
+        beats += [(word >> (BEAT * i)) & ((1 << BEAT) - 1) for i in range(per_word)]
     return beats

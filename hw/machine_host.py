@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hw.machine_format import PE_CYCLE_BITS, PE_TILE_BITS, MachineImages, MachineShape, load_beats
+from hw.machine_format import PE_CYCLE_BITS, PE_TILE_BITS, MachineImages, MachineShape, change_beats, load_beats
 from hw.rtlsim import Session
 
 MAX_CYCLES = 100_000_000   # per inference: far beyond any network that fits a device
@@ -15,6 +15,13 @@ MAX_CYCLES = 100_000_000   # per inference: far beyond any network that fits a d
 def load(session: Session, shape: MachineShape, images: MachineImages) -> int:
     """Load the program, weights and constants; return the cycles the load stream took."""
     return session.send("load_data", "load_valid", "load_ready", load_beats(shape, images))
+
+
+def load_changes(session: Session, shape: MachineShape, loaded: dict[int, list[int]],
+                 images: dict[int, list[int]]) -> int:
+    """Write only the memory words where `images` differ from the `loaded` ones (both as
+    `hw.machine_format.memory_words` gives them); return the cycles the load stream took."""
+    return session.send("load_data", "load_valid", "load_ready", change_beats(shape, loaded, images))
 
 
 def infer(session: Session, shape: MachineShape, codes: Sequence[int]) -> tuple[list[int], int]:

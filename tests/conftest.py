@@ -23,6 +23,13 @@ def _one_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSETOOL_JOBS", "1")
 
 
+@pytest.fixture(scope="session")
+def rtl_builds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Verilator build directory per test process: a machine several tests simulate is compiled once,
+    and Verilator's run-time library once for all (`hw.rtlsim.build` keys each design by its Verilog)."""
+    return tmp_path_factory.mktemp("rtl-builds")
+
+
 @pytest.fixture
 def write_experiment(tmp_path: Path) -> Any:
     """Write an experiment mapping (or raw text) to a YAML file and return its path."""

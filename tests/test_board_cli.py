@@ -46,9 +46,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def compiled(setup: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> rtlsim.CompiledModel:
+def compiled(rtl_builds: Path, setup: dict[str, Any]) -> rtlsim.CompiledModel:
     """The point's UART machine in compiled simulation."""
-    return rtlsim.build(UARTMachine(setup["machine"].shape, DIVIDER), tmp_path_factory.mktemp("sim"))
+    return rtlsim.build(UARTMachine(setup["machine"].shape, DIVIDER), rtl_builds)
 
 
 def invoke(setup: dict[str, Any], *args: str) -> tuple[Any, list[dict[str, Any]]]:
@@ -99,7 +99,8 @@ def test_board_run_prints_the_simulated_boards_logits(setup: dict[str, Any], com
 
 @pytest.mark.slow
 @pytest.mark.toolchain
-def test_a_sed_point_runs_on_the_board_with_its_checks_and_alarm(setup: dict[str, Any], tmp_path: Path,
+def test_a_sed_point_runs_on_the_board_with_its_checks_and_alarm(rtl_builds: Path,
+                                                                 setup: dict[str, Any], tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """SED per channel where the layers read their inputs, bounds profiled on 32 calibration images, on
     the output-stationary machine (the weight-stationary one's alarm over the UART: `tests/hw/
@@ -112,7 +113,7 @@ def test_a_sed_point_runs_on_the_board_with_its_checks_and_alarm(setup: dict[str
     point = load_experiment(path).points[0]
     machine = dsetool.board.point_machine(Store(setup["runs"]), point.config)
     assert (machine.shape.check, machine.shape.input_check, machine.shape.array.dataflow) == ("detect", True, "os")
-    compiled = rtlsim.build(UARTMachine(machine.shape, DIVIDER), tmp_path / "sim")
+    compiled = rtlsim.build(UARTMachine(machine.shape, DIVIDER), rtl_builds)
 
     serve(monkeypatch, simulated(compiled))
     result = CliRunner().invoke(main, ["board-run", str(path), "--json", "--runs", str(setup["runs"]), "--port",

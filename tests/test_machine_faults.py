@@ -63,7 +63,7 @@ def _check_in_rtl(engine: Engine, program, x: torch.Tensor, groups, faults, work
     """Build the machine of `program` (`machine_of`'s `machine` options) with its fault ports, load it and
     run `check_faults` on it."""
     shape, images = machine_of(program, **machine)
-    compiled = rtlsim.build(Machine(shape, fault_port=True), workdir / "build")
+    compiled = rtlsim.build(Machine(shape, fault_port=True), workdir)
     with compiled.open() as session:
         machine_host.load(session, shape, images)
         run = session_runner(session, program, shape, lambda p: machine_of(p, **machine)[1])
@@ -72,7 +72,7 @@ def _check_in_rtl(engine: Engine, program, x: torch.Tensor, groups, faults, work
 
 
 @pytest.mark.parametrize("placement", [None, "input", "output"])
-def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_path: Path,
+def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, rtl_builds: Path,
                                                                    placement: str | None) -> None:
     make = _engine_maker(lenet, placement)
     engine = make(lenet.model)
@@ -82,7 +82,7 @@ def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine
     groups = machine_groups(engine, acc)
     faults = draw(groups, IMAGES, 96, seed=3)
     assert {groups[g].site for g, *_ in faults} == {"act", "out", "weight"}
-    outcome = _check_in_rtl(engine, program, x, groups, faults, tmp_path, make,
+    outcome = _check_in_rtl(engine, program, x, groups, faults, rtl_builds, make,
                             engine_alarms(engine, x) if placement else None)
     assert outcome.first_disagreement is None
     assert outcome.agree == outcome.faults == 96
@@ -93,7 +93,7 @@ def test_buffer_and_weight_faults_in_rtl_give_the_engines_outcomes(lenet: Engine
 
 @pytest.mark.parametrize("dataflow, weight_buffers, placement",
                          [("ws", 1, None), ("ws", 2, None), ("ws", 2, "input"), ("os", 1, None)])
-def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_path: Path, dataflow: str,
+def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, rtl_builds: Path, dataflow: str,
                                                              weight_buffers: int, placement: str | None) -> None:
     """Each PE site is the register the machine holds at that cycle: its K order, its tile order and its
     tiles' shared timeline (two weight banks; or the output-stationary tiles streaming back to back, each
@@ -109,7 +109,7 @@ def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_
     assert {(g.site, g.tiling.period > 0) for g in groups if g.tiling is not None} == \
         {(site, weight_buffers == 2 or dataflow == "os") for site in sites}
     faults = draw(groups, IMAGES, 150, seed=weight_buffers)
-    outcome = _check_in_rtl(engine, program, x, groups, faults, tmp_path, make,
+    outcome = _check_in_rtl(engine, program, x, groups, faults, rtl_builds, make,
                             engine_alarms(engine, x) if placement else None,
                             weight_buffers=weight_buffers, dataflow=dataflow)
     assert outcome.first_disagreement is None
@@ -120,7 +120,8 @@ def test_pe_register_faults_in_rtl_give_the_engines_outcomes(lenet: Engine, tmp_
 
 
 @pytest.mark.parametrize("rows, cols, dataflow, weight_buffers", [(2, 4, "ws", 2), (4, 4, "os", 1)])
-def test_pe_faults_of_grouped_convs_in_rtl_give_the_engines_outcomes(tmp_path: Path, rows: int, cols: int,
+def test_pe_faults_of_grouped_convs_in_rtl_give_the_engines_outcomes(rtl_builds: Path,
+                                                                     tmp_path: Path, rows: int, cols: int,
                                                                      dataflow: str, weight_buffers: int) -> None:
     """A depthwise conv (6 channels: one word and part of the next) and a grouped one (2 groups of 4) run as
     one GEMM over all their input channels, each N slice streaming the K slices of its own groups: the
@@ -135,7 +136,7 @@ def test_pe_faults_of_grouped_convs_in_rtl_give_the_engines_outcomes(tmp_path: P
               if g.site in PE_SITES and g.layer in grouped]
     assert {g.layer for g in groups} == grouped and all(g.tiling.slice_orders for g in groups)
     faults = draw(groups, IMAGES, 200, seed=rows)
-    outcome = _check_in_rtl(engine, program, x, groups, faults, tmp_path, weight_buffers=weight_buffers,
+    outcome = _check_in_rtl(engine, program, x, groups, faults, rtl_builds, weight_buffers=weight_buffers,
                             dataflow=dataflow)
     assert outcome.first_disagreement is None
     assert outcome.agree == outcome.faults == 200
@@ -143,7 +144,7 @@ def test_pe_faults_of_grouped_convs_in_rtl_give_the_engines_outcomes(tmp_path: P
 
 
 @pytest.mark.parametrize("dataflow, weight_buffers, placement", [("ws", 2, None), ("os", 1, None), ("ws", 2, "output")])
-def test_pe_faults_of_a_tmr_machine_hit_one_replica_and_are_outvoted(lenet: Engine, tmp_path: Path, dataflow: str,
+def test_pe_faults_of_a_tmr_machine_hit_one_replica_and_are_outvoted(lenet: Engine, rtl_builds: Path, dataflow: str,
                                                                      weight_buffers: int,
                                                                      placement: str | None) -> None:
     """With the datapath triplicated, the PE fault port reaches replica `rep0` only: every PE fault there
@@ -160,7 +161,7 @@ def test_pe_faults_of_a_tmr_machine_hit_one_replica_and_are_outvoted(lenet: Engi
               if g.site in PE_SITES]
     assert {g.site for g in groups} == {site for site in PE_SITES if dataflow == "os" or site != "pe.shadow"}
     faults = draw(groups, IMAGES, 100, seed=5)
-    outcome = _check_in_rtl(engine, program, x, groups, faults, tmp_path, make,
+    outcome = _check_in_rtl(engine, program, x, groups, faults, rtl_builds, make,
                             engine_alarms(engine, x) if placement else None, tmr=True,
                             weight_buffers=weight_buffers, dataflow=dataflow)
     assert outcome.first_disagreement is None
@@ -172,7 +173,7 @@ def test_pe_faults_of_a_tmr_machine_hit_one_replica_and_are_outvoted(lenet: Engi
         assert detected.sum() > 0   # checks in the faulted replica acted, and the voted alarm stayed fault-free
 
 
-def test_weight_banks_of_an_array_wider_than_the_tile_period_in_rtl(lenet: Engine, tmp_path: Path) -> None:
+def test_weight_banks_of_an_array_wider_than_the_tile_period_in_rtl(lenet: Engine, rtl_builds: Path) -> None:
     """On 2 x 8 the linear layers' tiles start every 4 cycles (M = 1), so tile j's weights are written
     into the bank of tile j - 2 before tile j - 1 reaches the last columns: from then on a flip of the
     bank in use meets tile j's rows. The machine agrees on the linear layers' weight sites."""
@@ -183,14 +184,14 @@ def test_weight_banks_of_an_array_wider_than_the_tile_period_in_rtl(lenet: Engin
               if g.site == "pe.weight" and g.layer.startswith("fc")]
     assert all(g.tiling is not None and g.tiling.period <= 8 - 2 for g in groups)
     faults = draw(groups, IMAGES, 120, seed=7)
-    outcome = _check_in_rtl(lenet, program, x, groups, faults, tmp_path, lambda model: lenet, None, weight_buffers=2)
+    outcome = _check_in_rtl(lenet, program, x, groups, faults, rtl_builds, lambda model: lenet, None, weight_buffers=2)
     assert outcome.first_disagreement is None
     assert outcome.agree == outcome.faults == 120
     assert outcome.changed >= 5
 
 
 def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_in_rtl(lenet: Engine,
-                                                                                     tmp_path: Path) -> None:
+                                                                                     rtl_builds: Path) -> None:
     """The output-stationary machine's shadow of PE(r, c) takes tile j's sum on cycle e_j + r + c (e_j: the
     tile's last product at PE(0, 0)) and the drain reads it on e_j + C + r: sign-bit flips on the latch
     cycle, the next one, the drain's cycle and the one after, on three of conv2's tiles, all as the engine
@@ -211,7 +212,7 @@ def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_i
             element = int(np.ravel_multi_index((cycle, r, c), tiling.shape))
             faults += [(0, element, group.width - 1, image) for image in range(IMAGES)]
             inner += [live] * IMAGES
-    outcome = _check_in_rtl(lenet, program, x, [group], faults, tmp_path, lambda model: lenet, None, dataflow="os")
+    outcome = _check_in_rtl(lenet, program, x, [group], faults, rtl_builds, lambda model: lenet, None, dataflow="os")
     assert outcome.first_disagreement is None and outcome.agree == len(faults)
     expected, _ = engine_outcomes(lenet, x, [group], faults)
     clean = lenet.logits(x).to(torch.int64).numpy()
@@ -221,7 +222,7 @@ def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_i
 
 
 def test_a_flip_of_the_first_tiles_weights_before_they_are_written_is_masked_in_rtl(lenet: Engine,
-                                                                                     tmp_path: Path) -> None:
+                                                                                     rtl_builds: Path) -> None:
     """The double-buffered machine writes tile j's weight row r into bank j % 2 on timeline cycle j * P + r - 1:
     a flip of that bank before then is overwritten, and one after corrupts the tile's rows (PE(3, 1)'s sign
     bit, fc1 on 4x4): bank 0 on cycles 0 and 2 (masked) and 3; bank 1, which holds no tile before tile 1's
@@ -238,7 +239,7 @@ def test_a_flip_of_the_first_tiles_weights_before_they_are_written_is_masked_in_
     sites = [int(np.ravel_multi_index((cycle, bank, 3, 1), tiling.site_shape(stationary=True)))
              for cycle, bank in where]
     faults = [(0, element, group.width - 1, image) for element in sites for image in range(IMAGES)]
-    outcome = _check_in_rtl(lenet, program, x, [group], faults, tmp_path, lambda model: lenet, None, weight_buffers=2)
+    outcome = _check_in_rtl(lenet, program, x, [group], faults, rtl_builds, lambda model: lenet, None, weight_buffers=2)
     assert outcome.first_disagreement is None
     assert outcome.agree == len(faults)
     clean = lenet.logits(x).to(torch.int64).numpy()

@@ -340,16 +340,19 @@ def session_runner(session: Any, program: Program, shape: Any, images_of: Callab
                    ) -> Callable[[Program, np.ndarray, BufferFlip | PEFlip | None], Run]:
     """Return `check_faults`' `run` over a compiled simulation of a machine built with `fault_port` and
     loaded with `program` (`images_of(program)` gives a program's memory images: a weight fault's program
-    is loaded for its run, the original again after it)."""
+    is loaded for its run, the original again after it, each as the words that differ)."""
     from dsetool.machine.encode import input_codes
     from hw import machine_host
+    from hw.machine_format import memory_words
 
-    loaded = [program]
+    clean = memory_words(shape, images_of(program))
+    loaded: dict[str, Any] = {"program": program, "words": clean}
 
     def run(prog: Program, codes: np.ndarray, flip: BufferFlip | PEFlip | None) -> Run:
-        if prog is not loaded[0]:
-            machine_host.load(session, shape, images_of(prog))
-            loaded[0] = prog
+        if prog is not loaded["program"]:
+            words = clean if prog is program else memory_words(shape, images_of(prog))
+            machine_host.load_changes(session, shape, loaded["words"], words)
+            loaded.update(program=prog, words=words)
         machine_host.disarm_fault(session)
         if isinstance(flip, BufferFlip):
             machine_host.arm_fault(session, flip.pc, flip.address, flip.lane, flip.mask)

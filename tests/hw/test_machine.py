@@ -23,7 +23,7 @@ from dsetool.machine.reference import run_detecting
 from dsetool.protect.check import RangeCheck
 from hw.arrayconfig import ArrayConfig
 from hw.machine import Machine
-from hw.machine_format import load_beats
+from hw.machine_format import WMEM, change_beats, load_beats, memory_words
 from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
 from tests.fixtures.range_checks import checked_engine
 
@@ -250,6 +250,47 @@ def test_load_stream_refuses_images_larger_than_the_memories(tiny_cnn: Engine) -
         load_beats(dataclasses.replace(shape, weight_words=1), contents)
 
 
+def test_a_change_stream_writes_only_the_words_that_differ(tiny_cnn: Engine) -> None:
+    """A faulty model's images against the loaded ones: a block per run of changed words (memory, first
+    address, count, beats), none when nothing changed, the whole memory again when its length changed;
+    applied to the loaded words, the blocks give the new images exactly."""
+    shape, contents = machine_of(compile_program(tiny_cnn, 4, 4))
+    loaded = memory_words(shape, contents)
+    assert change_beats(shape, loaded, loaded) == []
+    weights = list(loaded[WMEM])
+    weights[3] ^= 1
+    weights[4] ^= 1 << 5
+    weights[9] ^= 1
+    changed = {**loaded, WMEM: weights}
+    beats = change_beats(shape, loaded, changed)
+    per_word = -(-shape.word_bits(WMEM) // 32)
+    assert beats[:3] == [WMEM, 3, 2] and beats[3 + 2 * per_word:6 + 2 * per_word] == [WMEM, 9, 1]
+    assert len(beats) == 6 + 3 * per_word
+    assert _apply(shape, loaded, beats) == changed
+    shorter = {**loaded, WMEM: weights[:-1]}
+    assert change_beats(shape, loaded, shorter) == _block_of(shape, WMEM, weights[:-1])
+
+
+def _block_of(shape, memory: int, words: list[int]) -> list[int]:
+    per_word = -(-shape.word_bits(memory) // 32)
+    return [memory, 0, len(words)] + [(w >> (32 * i)) & 0xFFFFFFFF for w in words for i in range(per_word)]
+
+
+def _apply(shape, loaded: dict[int, list[int]], beats: list[int]) -> dict[int, list[int]]:
+    """Write a load stream's blocks into copies of the loaded words, as the machine's loader does."""
+    memories = {memory: list(words) for memory, words in loaded.items()}
+    at = 0
+    while at < len(beats):
+        memory, address, count = beats[at:at + 3]
+        per_word = -(-shape.word_bits(memory) // 32)
+        at += 3
+        for n in range(count):
+            parts = beats[at + n * per_word:at + (n + 1) * per_word]
+            memories[memory][address + n] = sum(part << (32 * i) for i, part in enumerate(parts))
+        at += count * per_word
+    return memories
+
+
 # the double-buffered machine (`MachineShape.weight_buffers` 2): each tiny network on arrays where its
 # tiles run at the period's every bound (M, R, and the bank's (M + C - 1) / 2 on 2 x 8)
 DOUBLE_BUFFERED = [(TINY_CNN, 4, 4), (TINY_CNN, 2, 4), (TINY_CNN, 4, 2), (TINY_RESNET, 4, 4), (TINY_RESNET, 2, 4),
@@ -331,20 +372,21 @@ def test_double_buffered_tmr_datapath_runs_bit_for_bit(tiny_engines: dict[str, E
     ("lenet5", 8, "po2", "per_tensor", 8, 8, 32), ("lenet5", 4, "float", "per_channel", 4, 8, 32),
     ("resnet8", 4, "float", "per_tensor", 8, 8, 4), ("mobilenet", 4, "po2", "per_tensor", 8, 8, 3),
     ("squeezenet", 4, "po2", "per_tensor", 4, 4, 4)])
-def test_networks_run_in_compiled_simulation_bit_for_bit(tmp_path: Path, arch: str, bits: int, scaling: str,
+def test_networks_run_in_compiled_simulation_bit_for_bit(rtl_builds: Path,
+                                                         tmp_path: Path, arch: str, bits: int, scaling: str,
                                                          granularity: str, rows: int, cols: int, images: int) -> None:
     if arch == "squeezenet":   # a factory network, for 16 x 16 images
         engine, x = factory_engine(tmp_path / "model", SQUEEZENET, bits, size=16), digits(16).test.x[:images]
     else:
         engine, x = exported_engine(tmp_path / "model", arch, bits, scaling, granularity), digits(32).test.x[:images]
     program = compile_program(engine, rows, cols)
-    logits, cycles = compiled_run(engine, program, x, tmp_path / "sim")
+    logits, cycles = compiled_run(engine, program, x, rtl_builds)
     np.testing.assert_array_equal(logits, engine.logits(x).numpy())
     assert cycles == {program_cycles(program)}
 
 
 @pytest.mark.toolchain
-def test_lenet_with_per_channel_input_clip_runs_in_compiled_simulation(tmp_path: Path) -> None:
+def test_lenet_with_per_channel_input_clip_runs_in_compiled_simulation(rtl_builds: Path, tmp_path: Path) -> None:
     from hw import machine_host, rtlsim
 
     engine = exported_engine(tmp_path / "model", "lenet5", 8, "po2", "per_tensor")
@@ -355,7 +397,7 @@ def test_lenet_with_per_channel_input_clip_runs_in_compiled_simulation(tmp_path:
     program = compile_program(checked, 8, 8)
     shape, contents = machine_of(program)
     assert shape.input_check and not shape.output_check
-    compiled = rtlsim.build(Machine(shape), tmp_path / "sim")
+    compiled = rtlsim.build(Machine(shape), rtl_builds)
     results, alarms = [], []
     with compiled.open() as session:
         machine_host.load(session, shape, contents)
@@ -369,7 +411,8 @@ def test_lenet_with_per_channel_input_clip_runs_in_compiled_simulation(tmp_path:
 
 @pytest.mark.toolchain
 @pytest.mark.parametrize(("arch", "rows", "cols"), [("lenet5", 4, 4), ("tiny_cnn", 4, 4)])
-def test_double_buffered_machine_runs_in_compiled_simulation_bit_for_bit(tmp_path: Path, arch: str, rows: int,
+def test_double_buffered_machine_runs_in_compiled_simulation_bit_for_bit(rtl_builds: Path,
+                                                                         tmp_path: Path, arch: str, rows: int,
                                                                          cols: int) -> None:
     """Verilator: LeNet-5 (its linear layers stream one row per tile) and the tiny CNN with two weight
     banks per PE give the engine's logits in `program_cycles` with two weight buffers."""
@@ -378,7 +421,7 @@ def test_double_buffered_machine_runs_in_compiled_simulation_bit_for_bit(tmp_pat
     else:
         engine, x = exported_engine(tmp_path / "model", arch, 4, "po2", "per_tensor"), digits(32).test.x[:4]
     program = compile_program(engine, rows, cols)
-    logits, cycles = compiled_run(engine, program, x, tmp_path / "sim", weight_buffers=2)
+    logits, cycles = compiled_run(engine, program, x, rtl_builds, weight_buffers=2)
     np.testing.assert_array_equal(logits, engine.logits(x).numpy())
     assert cycles == {program_cycles(program, weight_buffers=2)}
     assert program_cycles(program, weight_buffers=2) < program_cycles(program)

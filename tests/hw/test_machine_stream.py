@@ -113,11 +113,12 @@ def test_cycle_model_counts_tiles_and_the_drains_spacing() -> None:
 @pytest.mark.toolchain
 @pytest.mark.parametrize(("bits", "scaling", "granularity", "rows", "cols"), [
     (8, "po2", "per_tensor", 4, 4), (4, "float", "per_channel", 4, 8)])
-def test_lenet_runs_in_compiled_simulation_bit_for_bit(tmp_path: Path, bits: int, scaling: str, granularity: str,
+def test_lenet_runs_in_compiled_simulation_bit_for_bit(rtl_builds: Path,
+                                                       tmp_path: Path, bits: int, scaling: str, granularity: str,
                                                        rows: int, cols: int) -> None:
     engine = exported_engine(tmp_path / "model", "lenet5", bits, scaling, granularity)
     x = digits(32).test.x[:4]
     program = compile_program(engine, rows, cols)
-    logits, cycles = compiled_run(engine, program, x, tmp_path / "sim", dataflow="os")
+    logits, cycles = compiled_run(engine, program, x, rtl_builds, dataflow="os")
     np.testing.assert_array_equal(logits, engine.logits(x).numpy())
     assert cycles == {program_cycles(program, dataflow="os")}

@@ -31,11 +31,11 @@ TINY_CNN = "tests.fixtures.tiny_cnn:make"   # signed 5-bit codes, 14-bit logits:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def tiny(rtl_builds: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     engine = factory_engine(tmp_path_factory.mktemp("tiny"), TINY_CNN, bits=4, size=12)
     program = compile_program(engine, 4, 4)
     shape, images = machine_of(program)
-    compiled = rtlsim.build(UARTMachine(shape, DIVIDER), tmp_path_factory.mktemp("uart_machine"))
+    compiled = rtlsim.build(UARTMachine(shape, DIVIDER), rtl_builds)
     return {"engine": engine, "program": program, "shape": shape, "images": images, "compiled": compiled}
 
 
@@ -55,7 +55,7 @@ def test_logits_over_the_uart_equal_the_engines(tiny: dict[str, Any]) -> None:
     assert [alarm for _, alarm in runs] == [False, False]    # no range check: the detector never fires
 
 
-def test_the_alarm_over_the_uart_is_the_sed_checks(tiny: dict[str, Any], tmp_path: Path) -> None:
+def test_the_alarm_over_the_uart_is_the_sed_checks(rtl_builds: Path, tiny: dict[str, Any], tmp_path: Path) -> None:
     """Detect-mode (SED) checks at the output stages, per channel, bounded by what the first two images
     give: the alarm byte of each RUN is what the engine's checks say, raised on some later images and not on
     others (so `start` clears it), and the logits are the checked engine's."""
@@ -64,7 +64,7 @@ def test_the_alarm_over_the_uart_is_the_sed_checks(tiny: dict[str, Any], tmp_pat
     program = compile_program(engine, 4, 4)
     shape, images = machine_of(program)
     assert shape.check == "detect"
-    compiled = rtlsim.build(UARTMachine(shape, DIVIDER), tmp_path)
+    compiled = rtlsim.build(UARTMachine(shape, DIVIDER), rtl_builds)
     with compiled.open() as session:
         port = SimulatedSerial(session, DIVIDER)
         device = protocol.info(port)
