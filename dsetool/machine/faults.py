@@ -339,8 +339,8 @@ Run = tuple[list[int], bool, bool | None]   # a faulty run's logits, alarm and (
 def session_runner(session: Any, program: Program, shape: Any, images_of: Callable[[Program], Any]
                    ) -> Callable[[Program, np.ndarray, BufferFlip | PEFlip | None], Run]:
     """Return `check_faults`' `run` over a compiled simulation of a machine built with `fault_port` and
-    loaded with `program` (`images_of(program)` gives a program's memory images: a weight fault's program
-    is loaded for its run, the original again after it, each as the words that differ)."""
+    loaded with `program` (exactly `images_of(program)`, the memory images it gives: a weight fault's
+    program is loaded for its run, the original again after it, each as the words that differ)."""
     from dsetool.machine.encode import input_codes
     from hw import machine_host
     from hw.machine_format import memory_words

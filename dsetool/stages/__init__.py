@@ -27,6 +27,7 @@ from dsetool.validate import ConfigError, to_plain
 if TYPE_CHECKING:
     from dsetool.design import Design
     from dsetool.gemm import Gemm
+    from hw.arrayconfig import ArrayConfig
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
         hw["pe_model"] = site_registry.PE_MODEL
         hw.update(_grouped_reads(design.gemms))
         if "pe.weight" in cfg.faults.sites:
-            hw.update(_weight_bank_reads(design.weight_buffers))
+            hw.update(_weight_bank_reads(design.weight_buffers, design.array))
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
@@ -153,10 +154,18 @@ def _grouped_reads(gemms: Sequence[Gemm]) -> dict[str, str]:
     return {"grouped_convs": "accelerator"} if any(g.groups > 1 for g in gemms) else {}
 
 
-def _weight_bank_reads(weight_buffers: int) -> dict[str, str]:
+def _weight_bank_reads(weight_buffers: int, array: ArrayConfig) -> dict[str, str]:
     """The double-buffered machine's `pe.weight` sites are both weight banks of each PE (once only the bank
-    in use): said in the keys of campaigns and RTL checks that draw them, so every other key stays."""
-    return {"weight_sites": "both banks"} if weight_buffers == 2 else {}
+    in use): said in the keys of campaigns and RTL checks that draw them, so every other key stays. Arrays
+    whose sides do not divide one another keep one window per tile and one weight register (no machine
+    tiling: `dsetool.machine.tiling.machine_k_order`), and their keys."""
+    from dsetool.machine.compiler import UnsupportedOp, lanes_of
+
+    try:
+        lanes_of(array.rows, array.cols)
+    except UnsupportedOp:
+        return {}
+    return {"weight_sites": "both banks"} if weight_buffers == 2 and array.dataflow == "ws" else {}
 
 
 def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
@@ -276,18 +285,18 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
             "acc_bits": cfg.hw.acc_bits, "multiplier_bits": design.multiplier_bits,
             "protection": protection.name, "tmr": protection.tmr, "placement": protection.placement,
             "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
-            **(_rtl_fault_reads(cfg.seed, design.gemms, design.weight_buffers) if cfg.hw.rtl_faults else {}),
+            **(_rtl_fault_reads(cfg.seed, design.gemms, design.weight_buffers, array) if cfg.hw.rtl_faults else {}),
             "machine": MACHINE_VERSION,
             **({"stream": STREAM_VERSION} if array.dataflow == "os" else {}),
             "data": _test_data_reads(cfg), "verilator": verilator}
 
 
-def _rtl_fault_reads(seed: int, gemms: Sequence[Gemm], weight_buffers: int) -> dict[str, Any]:
+def _rtl_fault_reads(seed: int, gemms: Sequence[Gemm], weight_buffers: int, array: ArrayConfig) -> dict[str, Any]:
     """The faults the rtlsim stage draws: their seed, the sites they are drawn from, PE registers included
     (`dsetool.machine.faults.machine_groups`; a TMR machine's too, in one replica, since 2026-12-07), and
     the PE model they are checked against (`_grouped_reads`, `_weight_bank_reads`)."""
     return {"seed": seed, "fault_sites": list(site_registry.NAMES), "pe_model": site_registry.PE_MODEL,
-            **_grouped_reads(gemms), **_weight_bank_reads(weight_buffers)}
+            **_grouped_reads(gemms), **_weight_bank_reads(weight_buffers, array)}
 
 
 def _test_data_reads(cfg: RunConfig) -> dict[str, Any]:
