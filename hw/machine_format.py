@@ -150,13 +150,7 @@ def memory_words(shape: MachineShape, images: MachineImages) -> dict[int, list[i
 
 def load_beats(shape: MachineShape, images: MachineImages) -> list[int]:
     """Return the load stream that writes the images into a machine of this shape."""
-    beats: list[int] = []
-    for memory, words in memory_words(shape, images).items():
-        if len(words) > shape.depth(memory):
-            raise ValueError(f"Memory {memory} holds {shape.depth(memory)} words, not {len(words)}")
-        if words:
-            beats += _block(shape, memory, 0, words)
-    return beats
+    return change_beats(shape, {}, memory_words(shape, images))
 
 
 def change_beats(shape: MachineShape, loaded: dict[int, list[int]], images: dict[int, list[int]]) -> list[int]:
@@ -168,7 +162,7 @@ def change_beats(shape: MachineShape, loaded: dict[int, list[int]], images: dict
         before = loaded.get(memory, [])
         if len(words) > shape.depth(memory):
             raise ValueError(f"Memory {memory} holds {shape.depth(memory)} words, not {len(words)}")
-        if len(before) != len(words):   # another layout: the whole memory again
+        if len(before) != len(words):   # nothing loaded yet, or another layout: the whole memory
             beats += _block(shape, memory, 0, words) if words else []
             continue
         differ = [i for i, (old, new) in enumerate(zip(before, words, strict=True)) if old != new]

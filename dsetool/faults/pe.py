@@ -40,7 +40,7 @@ def apply_pe_faults(site: str, tiling: LayerTiling, operands: torch.Tensor, weig
 
     register = site_registry.site(site).register   # which operand or sum the PE register holds
     ws = tiling.dataflow == "ws"
-    stationary = ws and register is site_registry.WEIGHTS
+    stationary = site_registry.stationary(register, tiling.dataflow)
     held = None
     if register is site_registry.FINISHED:   # a shadow: the whole sum of its tile, until drained
         tm, tn_, kept, rr, cc = tiling.decode_shadow(elements)

@@ -120,6 +120,12 @@ def site(name: str) -> FaultSite:
     return found
 
 
+def stationary(register: Register, dataflow: str) -> bool:
+    """Tell whether a PE register keeps its value between a tile's rows: the weight-stationary weights (two
+    banks per PE on the double-buffered machine, `LayerTiling.site_shape`)."""
+    return dataflow == "ws" and register is WEIGHTS
+
+
 def in_array(names: tuple[str, ...] | list[str]) -> bool:
     """Tell whether any of these sites is a PE register: only those depend on the array's geometry (so it
     enters the campaign's key only then)."""

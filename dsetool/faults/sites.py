@@ -69,8 +69,8 @@ class SiteGroup:
     @property
     def stationary_weights(self) -> bool:
         """Tell whether this is a weight-stationary layer's PE weight register (`LayerTiling.decode`)."""
-        return (self.tiling is not None and self.tiling.dataflow == "ws"
-                and site_registry.site(self.site).register is WEIGHTS)
+        return self.tiling is not None and site_registry.stationary(site_registry.site(self.site).register,
+                                                                    self.tiling.dataflow)
 
     @property
     def one_gemm(self) -> bool:
@@ -182,8 +182,8 @@ def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[st
     accumulator = array.acc_bits or acc_bits[op.name]
     width, signed = _pe_register(model, kind, index, accumulator)
     # The double-buffered machine's weight registers are both banks of each PE (`LayerTiling.site_shape`).
-    stationary = array.dataflow == "ws" and kind.register == WEIGHTS
-    shape = tiling.site_shape(stationary) if groups == 1 else (groups, *tiling.shape)
+    shape = tiling.site_shape(site_registry.stationary(kind.register, array.dataflow)) if groups == 1 else \
+        (groups, *tiling.shape)
     return SiteGroup(kind.name, op.name, index, kind.hook, shape, width, signed, tiling, accumulator)
 
 

@@ -165,7 +165,7 @@ def _weight_bank_reads(weight_buffers: int, array: ArrayConfig) -> dict[str, str
         lanes_of(array.rows, array.cols)
     except UnsupportedOp:
         return {}
-    return {"weight_sites": "both banks"} if weight_buffers == 2 and array.dataflow == "ws" else {}
+    return {"weight_sites": "both banks"} if weight_buffers == 2 else {}   # (1 for the output-stationary machine)
 
 
 def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
