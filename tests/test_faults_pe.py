@@ -62,7 +62,7 @@ def trials_on_a_timeline(tiling: LayerTiling, site: str, rng: np.random.Generato
     weights = torch.tensor(w.T[own.T].reshape(n, k // groups), dtype=torch.float64)   # (N, K per group)
     acc = torch.tensor((a @ w + bias).T[None], dtype=torch.float64)
     changed = 0
-    shape = tiling.site_shape(site == "pe.weight" and tiling.dataflow == "ws")
+    shape = tiling.site_shape(site == "pe.weight" and tiling.dataflow == "ws", site == "pe.shadow")
     for trial in range(trials):
         element = int(rng.integers(0, int(np.prod(shape))))
         bit = int(rng.integers(0, width))
@@ -149,7 +149,38 @@ def test_fast_pe_faults_on_the_streaming_tiles_equal_their_cycle_simulation(rows
         pytest.skip("K' < C: the machine's tiles wait before their last K slice (no uniform timeline)")
     tiling = dataclasses.replace(plain, period=period)
     assert tiling.shape == (tiling.span, rows, cols) and tiling.span < tiling.tiles * tiling.window
-    trials_on_a_timeline(tiling, site, rng, simulate_stream, 40 if site != "pe.shadow" else 80)
+    trials_on_a_timeline(tiling, site, rng, simulate_stream, 40 if site != "pe.shadow" else 400)
+
+
+@pytest.mark.parametrize("rows, cols", [(2, 2), (3, 2), (2, 4), (4, 4)])
+def test_every_shadow_site_of_the_last_tiles_equals_the_stream_simulation(rows, cols):
+    """The drain reads the last tile's last row of shadows on cycle `span`, one past the timeline's last
+    product: the shadow sites run to that cycle, and every one of the last two tiles' cycles (sign bit
+    flipped) equals the cycle-by-cycle stream; the flips on that last cycle reach the outputs."""
+    rng = np.random.default_rng(zlib.crc32(repr(("drain", rows, cols)).encode()))
+    m, k, n = 2 * rows, 2 * cols + 1, cols
+    tiling = LayerTiling(m, k, n, rows, cols, "os", period=machine_stream_period(k, cols))
+    shape = tiling.site_shape(shadow=True)
+    assert tiling.period and shape == (tiling.span + 1, rows, cols)
+    a = rng.integers(1, 1 << ACT_BITS, size=(m, k))
+    w = rng.integers(-(1 << (WEIGHT_BITS - 1)) + 1, 1 << (WEIGHT_BITS - 1), size=(k, n))
+    operands = torch.tensor(a.T[None], dtype=torch.float64)
+    weights = torch.tensor(w.T, dtype=torch.float64)
+    acc = torch.tensor((a @ w).T[None], dtype=torch.float64)
+    first = (tiling.tiles - 2) * tiling.period
+    elements = np.arange(first * rows * cols, int(np.prod(shape)))
+    got = apply_pe_faults("pe.shadow", tiling, operands.expand(len(elements), -1, -1), weights,
+                          acc.expand(len(elements), -1, -1).clone(), np.arange(len(elements)), elements,
+                          np.full(len(elements), 1 << (ACC_BITS - 1)), "bitflip", ACC_BITS, True, ACC_BITS)
+    last_cycle_changes = 0
+    for row, element in enumerate(elements.tolist()):
+        cycle, r, c = (int(x) for x in np.unravel_index(element, shape))
+        expected = simulate_stream(tiling, a, w, ACC_BITS, ("pe.shadow", cycle, r, c,
+                                                            corrupt(ACC_BITS - 1, ACC_BITS, True, "bitflip")))
+        assert np.array_equal(got[row].T.numpy().astype(np.int64), started_at(np.zeros(n, np.int64), expected)), (
+            cycle, r, c)
+        last_cycle_changes += cycle == tiling.span and not np.array_equal(expected.astype(np.int64), a @ w)
+    assert last_cycle_changes == cols   # the last row of the last tile, every column
 
 
 @pytest.mark.parametrize("rows, cols", WIDE)

@@ -194,8 +194,9 @@ def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_i
                                                                                      rtl_builds: Path) -> None:
     """The output-stationary machine's shadow of PE(r, c) takes tile j's sum on cycle e_j + r + c (e_j: the
     tile's last product at PE(0, 0)) and the drain reads it on e_j + C + r: sign-bit flips on the latch
-    cycle, the next one, the drain's cycle and the one after, on three of conv2's tiles, all as the engine
-    says; the middle two reach the logits on some image, the outer two on none."""
+    cycle, the next one, the drain's cycle and the one after, on three of conv2's tiles and on the last
+    tile's last row (drained a cycle past the streaming timeline, the population's last cycle), all as the
+    engine says; the middle two reach the logits on some image, the outer two on none."""
     program = compile_program(lenet, 4, 4)
     shape, _ = machine_of(program, dataflow="os")
     x = digits().test.x[:IMAGES]
@@ -203,15 +204,20 @@ def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_i
                  if g.site == "pe.shadow" and g.layer == "conv2")
     tiling = group.tiling
     assert tiling is not None and tiling.period == tiling.k_stream
-    r, c, cols = 1, 2, tiling.cols
-    faults, inner = [], []
-    for tile in (5, 30, 77):
+    cols = tiling.cols
+    faults, inner, drained_last = [], [], []
+    for tile, r, c in ((5, 1, 2), (30, 1, 2), (77, 1, 2), (tiling.tiles - 1, tiling.rows - 1, 1)):
         last = tile * tiling.period + tiling.k_stream - 1
         for cycle, live in ((last + r + c, False), (last + r + c + 1, True), (last + cols + r, True),
                             (last + cols + r + 1, False)):
-            element = int(np.ravel_multi_index((cycle, r, c), tiling.shape))
+            if cycle >= group.shape[0]:   # the last tile's last row drains on the population's last cycle
+                assert (tile, cycle) == (tiling.tiles - 1, tiling.span + 1)
+                continue
+            element = int(np.ravel_multi_index((cycle, r, c), group.shape))
             faults += [(0, element, group.width - 1, image) for image in range(IMAGES)]
             inner += [live] * IMAGES
+            if cycle == tiling.span:
+                drained_last = list(range(len(faults) - IMAGES, len(faults)))
     outcome = _check_in_rtl(lenet, program, x, [group], faults, rtl_builds, lambda model: lenet, None, dataflow="os")
     assert outcome.first_disagreement is None and outcome.agree == len(faults)
     expected, _ = engine_outcomes(lenet, x, [group], faults)
@@ -219,6 +225,7 @@ def test_a_shadow_flip_counts_from_the_cycle_after_its_latch_to_its_rows_drain_i
     changed = [not np.array_equal(expected[i], clean[faults[i][3]]) for i in range(len(faults))]
     assert any(ch for ch, live in zip(changed, inner, strict=True) if live)
     assert not any(ch for ch, live in zip(changed, inner, strict=True) if not live)
+    assert any(changed[i] for i in drained_last)   # the timeline's last drain reads a flip of the cycle before
 
 
 def test_a_flip_of_the_first_tiles_weights_before_they_are_written_is_masked_in_rtl(lenet: Engine,

@@ -154,6 +154,26 @@ def test_both_weight_banks_enter_the_keys_that_draw_them(site, overrides: dict, 
         cfg, hw=dataclasses.replace(cfg.hw, rtl_faults=0)))[1]["config"]
 
 
+@pytest.mark.parametrize("site, overrides, shadow", [
+    ("pe.shadow", {"dataflow": "os"}, True), (("act", "pe.shadow"), {"dataflow": "os"}, True),
+    ("pe.psum", {"dataflow": "os"}, False), ("pe.psum", {}, False)])
+def test_the_shadows_last_drain_enters_the_keys_that_draw_it(site, overrides: dict, shadow: bool,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """The output-stationary machine's `pe.shadow` sites run a cycle past the streaming timeline, to the
+    last drain (they ended with it): the inject keys of its `pe.shadow` campaigns say so, and its rtlsim
+    keys where they draw PE faults; every other key stays."""
+    import hw.rtlsim
+
+    monkeypatch.setattr(hw.rtlsim, "verilator_fingerprint", lambda: "verilator-cli 5.048")   # no toolchain needed
+    monkeypatch.setattr(hw.rtlsim, "require_toolchain", lambda: None)
+    cfg = point(site, **overrides)
+    assert ("shadow_sites" in stage_key("inject", cfg)[1]["config"]["hw"]) == shadow
+    streaming = cfg.hw.dataflow == "os"   # the RTL check draws from every site of the machine's array
+    assert ("shadow_sites" in stage_key("rtlsim", cfg)[1]["config"]) == streaming
+    assert "shadow_sites" not in stage_key("rtlsim", dataclasses.replace(
+        cfg, hw=dataclasses.replace(cfg.hw, rtl_faults=0)))[1]["config"]
+
+
 def _bounds(network: EngineNetwork) -> dict:
     found = profiled_bounds(network.engine, digits().calib.x[:32], (), "layer", "profiled", 1.0, 0.0)
     return {"layers": {b.layer: b.to_json() for b in found}}
@@ -217,7 +237,8 @@ def test_the_rtl_builds_exactly_the_registry_protections_it_says():
 # The PE sites' keys moved on purpose when their K order, columns and timeline became the accelerator's
 # (`machine_k_order`, `machine_lead`, `LayerTiling.period`: the key reads `k_order` and `weight_buffers`),
 # and again when the RTL check made their sums wrap with the bias (`site_registry.PE_MODEL`) and their
-# accumulators as wide as the accelerator builds them (`Design.machine_array`).
+# accumulators as wide as the accelerator builds them (`Design.machine_array`); the shadow sites' when they
+# came to run to the last drain (`LayerTiling.site_shape`).
 PINNED_INJECT = {
     ('act', 'none'): "024621b346d012cb136d483089b9b90e9d621bde7eb05f75972a92fa27cf9d01",
     ('weight', 'none'): "42772eb7607f61d51821c957bffa0a0b712d306bc7c29811a4ab3bd01a789044",
@@ -225,7 +246,7 @@ PINNED_INJECT = {
     ('pe.act', 'none'): "2ead1ca14c46c7fdd7351d57680fb69fecce2ec4b018cf45ad1114a2ac37b850",
     ('pe.weight', 'none'): "d6fafdab9dc56c9e05ce8dd4079276fe8d19a97db7402434196ec5eef9042a94",
     ('pe.psum', 'none'): "f2db03479f7f3cf516d0a0fc5832ddbe0c6103a693264657dd6261ac89cb41bb",
-    ('pe.shadow', 'none'): "9e37aeaef316e203ee26e654e3b8d8a232fa8d5dc51e400e1e4cdfe8c553fdda",
+    ('pe.shadow', 'none'): "6948658e8afc7da749759d94a10cc0e11b996bfac8bc97499efd26e30bfa2649",
     (('act', 'pe.psum'), 'none'): "2cf81055d5b274eb75bb5ab8045c5b154dc7e8a779381db17a53b0914af20b44",
     ('act', 'clip'): "50fa9ff12af71aa4533e6a7528f8a7f5dbff64993b3c7a4a74c34bbab993ed1d",
     ('act', 'zero'): "35f23b8a1cd34dcad95c69ddbfa1740f1fcba308730d6e82fa6d8c308ffca971",

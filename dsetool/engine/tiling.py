@@ -201,12 +201,16 @@ class LayerTiling:
         machine's timeline."""
         return self.dataflow == "ws" and self.period > 0
 
-    def site_shape(self, stationary: bool = False) -> tuple[int, ...]:
+    def site_shape(self, stationary: bool = False, shadow: bool = False) -> tuple[int, ...]:
         """Return the site grid of a PE register: `shape`, but for the weight-stationary weight registers of
         the double-buffered machine (`stationary` and `banked`) (cycle, bank, row, col), both banks of every
-        PE at every cycle of the timeline."""
+        PE at every cycle of the timeline; and for the output-stationary shadow registers (`shadow`, on the
+        streaming timeline) one cycle more than the timeline: the drain reads the last tile's last row of
+        shadows on the cycle after the last product left the array (`decode_shadow`)."""
         if stationary and self.banked:
             return self.span, 2, self.rows, self.cols
+        if shadow and self.period:
+            return self.span + 1, self.rows, self.cols
         return self.shape
 
     @property
@@ -268,8 +272,10 @@ class LayerTiling:
         accelerator's timeline: PE(r, c) latches tile j's finished sum on cycle e_j + r + c (e_j = j *
         period + K' - 1, the tile's last product at PE(0, 0)) and the drain reads it on cycle e_j + C + r
         (`hw.machine_stream`), so a flip on a cycle in between (`held`) changes that output; on the others
-        the register holds a sum already read, or is rewritten at once (masked)."""
-        cycle, r, c = (np.asarray(x, dtype=np.int64) for x in np.unravel_index(element, self.shape))
+        the register holds a sum already read, or is rewritten at once (masked). The last tile's last row
+        is read on cycle `span` (e_j + C + R - 1), one past the timeline's last product: the sites run to
+        it (`site_shape`)."""
+        cycle, r, c = (np.asarray(x, dtype=np.int64) for x in np.unravel_index(element, self.site_shape(shadow=True)))
         since = cycle - r - (self.k_stream - 1)    # tile j's latch at PE(r, c) is since = j * period + c
         tile = np.floor_divide(since - c - 1, self.period)
         held = (tile >= 0) & (tile < self.tiles) & (since - tile * self.period <= self.cols)

@@ -73,10 +73,16 @@ class SiteGroup:
                                                                     self.tiling.dataflow)
 
     @property
+    def shadow(self) -> bool:
+        """Tell whether this is the output-stationary PE's shadow register (`LayerTiling.decode_shadow`)."""
+        return site_registry.site(self.site).register is FINISHED
+
+    @property
     def one_gemm(self) -> bool:
         """Tell whether a PE group's sites are the layer's one GEMM on the array (`LayerTiling.site_shape`),
         not a grouped conv's GEMM per group, one after the other."""
-        return self.tiling is not None and self.shape == self.tiling.site_shape(self.stationary_weights)
+        return self.tiling is not None and \
+            self.shape == self.tiling.site_shape(self.stationary_weights, self.shadow)
 
 
 def weight_layer_ops(model: IntModel) -> list[int]:
@@ -181,9 +187,10 @@ def _pe_group(model: IntModel, kind: FaultSite, index: int, acc_bits: Mapping[st
     tiling = LayerTiling(m, k, n, array.rows, array.cols, array.dataflow, k_order, lead, period, slice_orders)
     accumulator = array.acc_bits or acc_bits[op.name]
     width, signed = _pe_register(model, kind, index, accumulator)
-    # The double-buffered machine's weight registers are both banks of each PE (`LayerTiling.site_shape`).
-    shape = tiling.site_shape(site_registry.stationary(kind.register, array.dataflow)) if groups == 1 else \
-        (groups, *tiling.shape)
+    # The double-buffered machine's weight registers are both banks of each PE, and the shadows are read up
+    # to a cycle past the streaming timeline (`LayerTiling.site_shape`).
+    shape = tiling.site_shape(site_registry.stationary(kind.register, array.dataflow), kind.register is FINISHED) \
+        if groups == 1 else (groups, *tiling.shape)
     return SiteGroup(kind.name, op.name, index, kind.hook, shape, width, signed, tiling, accumulator)
 
 

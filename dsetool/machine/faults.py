@@ -160,13 +160,12 @@ def pe_flip(program: Program, group: SiteGroup, element: int, bit: int) -> PEFli
     register = site_registry.site(group.site).register
     pc = _gemm_of(program, group.layer)
     stationary = group.stationary_weights
-    tile_a, tile_n, u, r, c = (int(np.asarray(v).item()) for v in tiling.decode(np.array([element]), stationary))
-    tile = int(tiling.machine_tile(tile_a, tile_n))
-    where = [int(x) for x in np.unravel_index(element, tiling.site_shape(stationary))]
     if tiling.period:   # (cycle, bank, row, col) for the double-buffered machine's weights, else (cycle, row, col)
-        cycle, tile_at, bank = where[0], 0, where[1] if stationary else 0
-    else:
-        cycle, tile_at, bank = u, tile, 0
+        where = [int(x) for x in np.unravel_index(element, group.shape)]   # (`one_gemm`: the timeline's grid)
+        cycle, tile_at, bank, r, c = where[0], 0, where[1] if stationary else 0, where[-2], where[-1]
+    else:   # a window per tile: the tile's place in the machine's order, the cycle of its window
+        tile_a, tile_n, cycle, r, c = (int(np.asarray(v).item()) for v in tiling.decode(np.array([element])))
+        tile_at, bank = int(tiling.machine_tile(tile_a, tile_n)), 0
     if register is site_registry.INPUT:
         mask = lane_mask(bit, group.width, group.signed, program.act_bits)
     elif register is site_registry.WEIGHTS:

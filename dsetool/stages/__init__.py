@@ -144,6 +144,8 @@ def _inject_reads(cfg: RunConfig) -> dict[str, Any]:
         hw.update(_grouped_reads(design.gemms))
         if "pe.weight" in cfg.faults.sites:
             hw.update(_weight_bank_reads(design.weight_buffers, design.array))
+        if "pe.shadow" in cfg.faults.sites:
+            hw.update(_shadow_reads(design.array))
     return {"faults": to_plain(cfg.faults), "hw": hw}
 
 
@@ -166,6 +168,13 @@ def _weight_bank_reads(weight_buffers: int, array: ArrayConfig) -> dict[str, str
     except UnsupportedOp:
         return {}
     return {"weight_sites": "both banks"} if weight_buffers == 2 else {}   # (1 for the output-stationary machine)
+
+
+def _shadow_reads(array: ArrayConfig) -> dict[str, str]:
+    """The output-stationary machine's `pe.shadow` sites run to the drain of the last tile's last row, a
+    cycle past the streaming timeline (once they ended with it): said in the keys of campaigns and RTL
+    checks that draw them, so every other key stays."""
+    return {"shadow_sites": "to the last drain"} if array.dataflow == "os" else {}
 
 
 def _inject_needs(cfg: RunConfig) -> tuple[str, ...]:
@@ -294,9 +303,9 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
 def _rtl_fault_reads(seed: int, gemms: Sequence[Gemm], weight_buffers: int, array: ArrayConfig) -> dict[str, Any]:
     """The faults the rtlsim stage draws: their seed, the sites they are drawn from, PE registers included
     (`dsetool.machine.faults.machine_groups`; a TMR machine's too, in one replica, since 2026-12-07), and
-    the PE model they are checked against (`_grouped_reads`, `_weight_bank_reads`)."""
+    the PE model they are checked against (`_grouped_reads`, `_weight_bank_reads`, `_shadow_reads`)."""
     return {"seed": seed, "fault_sites": list(site_registry.NAMES), "pe_model": site_registry.PE_MODEL,
-            **_grouped_reads(gemms), **_weight_bank_reads(weight_buffers, array)}
+            **_grouped_reads(gemms), **_weight_bank_reads(weight_buffers, array), **_shadow_reads(array)}
 
 
 def _test_data_reads(cfg: RunConfig) -> dict[str, Any]:
