@@ -138,7 +138,7 @@ MACHINE_START = 1
 MACHINE_FETCH = 2
 MACHINE_SETUP = 2
 MACHINE_GEMM_TAIL = 7
-MACHINE_VECTOR_TAIL = 6
+MACHINE_VECTOR_TAIL = 7
 MACHINE_OUTPUT = 1
 MACHINE_STREAM_TAIL = 5   # output-stationary: the last row's sums through the column stage and the write
 

@@ -22,9 +22,11 @@ runs:
   the cycle `sums_valid` is high, not requantized, and the buffer is not written.
 
 Timing: while `run` is high one tap is read per cycle (`last` high on the cycle of the final one); the
-last word is written `TAIL` cycles after that cycle (a window's reduction is registered before the stage).
+last word is written `TAIL` cycles after that cycle. Each tap is registered as it leaves the buffer (the
+block RAM's clock-to-output, 5.8 ns on ECP5, lay on one path with the window's comparator or adder and
+the reduction register, the accelerator's critical path) and a window's reduction before the stage.
 The bounds memory is read beside the buffer, its word addressed on the same cycle as each tap's (so its
-data arrives with the window's last tap, and is held for the stage).
+data arrives with the window's last tap, and travels with it to the stage).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from hw.column_stage import ColumnStage
 from hw.pe import Multiplier
 from hw.protect import RangeMode
 
-TAIL = 2 + STAGE_LATENCY   # the last tap's data, its reduction registered, the stage; written on the next edge
+TAIL = 3 + STAGE_LATENCY   # the last tap's data, registered, its reduction registered, the stage; written next edge
 
 
 class VectorUnit(wiring.Component):
@@ -115,13 +117,16 @@ class VectorUnit(wiring.Component):
             self._step(m, regs)
         with m.Else():
             m.d.sync += [inside_d.eq(0), first_d.eq(0), last_d.eq(0)]
-        reduced = self._reduce(m, inside_d, first_d)
-        # The window's reduction is registered before the stage and the logits memory (the buffer's
-        # clock-to-output and the adder would otherwise lie on one path with their inputs), and the
-        # bounds word, which arrives with the last tap, is held for it.
+        first_q, last_q = Signal(name="tap_first"), Signal(name="tap_last")
+        m.d.sync += [first_q.eq(first_d), last_q.eq(last_d)]
+        reduced = self._reduce(m, inside_d, first_q)
+        # The window's reduction is registered before the stage and the logits memory (the adder would
+        # otherwise lie on one path with theirs), and the bounds word, which arrives with the last tap,
+        # follows it through the tap's register and the reduction's.
         done = Signal(name="window_done")
+        bounds_q = Signal.like(self.bounds_data, name="tap_bounds")
         bounds = Signal.like(self.bounds_data, name="window_bounds")
-        m.d.sync += [done.eq(last_d), bounds.eq(self.bounds_data)]
+        m.d.sync += [done.eq(last_q), bounds_q.eq(self.bounds_data), bounds.eq(bounds_q)]
         m.d.comb += [stage.valid.eq(done), stage.relu.eq(i.relu), stage.check_on.eq(i.check),
                      stage.qmin.eq(i.qmin), stage.qmax.eq(i.qmax), self.sums_valid.eq(done)]
         width = self.code_shape.width
@@ -151,9 +156,10 @@ class VectorUnit(wiring.Component):
         with m.Elif(stage.out_valid):
             m.d.sync += [destination.eq(destination + 1), group.eq(group + 1)]
 
-    def _reduce(self, m: Module, inside_d: Value, first_d: Value) -> list[Value]:
-        """Return each lane's reduction so far including the tap whose data is arriving (comb), and keep
-        it in a register for the next tap."""
+    def _reduce(self, m: Module, inside_d: Value, first_q: Value) -> list[Value]:
+        """Register each lane's tap as it arrives from the buffer (its code, or the padding value when
+        `inside_d` is low); return each lane's reduction so far including the registered tap (comb,
+        restarted on `first_q`), and keep it in a register for the next tap."""
         width, code = self.code_shape.width, self.code_shape
         floor = -(1 << (width - 1)) if code.signed else 0
         reduced = []
@@ -162,10 +168,11 @@ class VectorUnit(wiring.Component):
             value = raw.as_signed() if code.signed else raw
             held = Signal(signed(self.sum_bits), name=f"held_{lane}")
             padding = Mux(self.instr.reduce_max, floor, 0)
-            tap = Mux(inside_d, value, padding)
+            tap = Signal(signed(width + 1), name=f"tap_{lane}")
+            m.d.sync += tap.eq(Mux(inside_d, value, padding))
             combined = Mux(self.instr.reduce_max, Mux(tap > held, tap, held), held + tap)
             now = Signal(signed(self.sum_bits), name=f"reduced_{lane}")
-            m.d.comb += now.eq(Mux(first_d, tap, combined))
+            m.d.comb += now.eq(Mux(first_q, tap, combined))
             m.d.sync += held.eq(now)
             reduced.append(now)
         return reduced
