@@ -63,15 +63,18 @@ def find_tool(name: str) -> str:
     raise ToolNotFound(f"Tool {name!r} not found: install it on PATH or `pip install yowasp-{name}`")
 
 
-def run_tool(args: Sequence[str], cwd: Path, log_path: Path, timeout: float) -> int:
-    """Run one tool in `cwd`, writing its stdout and stderr to `log_path`; return its exit code.
+def run_tool(args: Sequence[str], cwd: Path, log_path: Path, timeout: float,
+             env: Mapping[str, str] | None = None) -> int:
+    """Run one tool in `cwd` (with environment `env`, default this process's), writing its stdout and stderr
+    to `log_path`; return its exit code.
 
     File names in `args` must be relative to `cwd`. A tool that runs longer than `timeout` seconds is killed;
     the log then ends with an ``ERROR: ... timed out`` line and the exit code is -1.
     """
     with open(log_path, "wb") as log:
         try:
-            return subprocess.run(list(args), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            return subprocess.run(list(args), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                                  env=None if env is None else dict(env)).returncode
         except subprocess.TimeoutExpired:
             log.write(f"\nERROR: {Path(args[0]).name} timed out after {timeout:g} s\n".encode())
             return -1

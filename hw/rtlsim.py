@@ -82,6 +82,12 @@ OPT_LEVEL = "-O2"
 # inference's simulation time by 7-10% against the readable netlist (processes kept as `always @*` blocks,
 # part of which Verilator evaluated in every `eval`, not only at clock edges).
 SIM_PASSES = "proc -norom; memory_collect; opt; wreduce; opt_clean"
+# What the driver and Verilator's run-time need from the C++ compiler whatever the user's CXXFLAGS say: the
+# driver tests the model's members with C++20 `requires`, and the run-time keeps its time in the context
+# (no legacy `sc_time_stamp`). The PyPI wheel's wrapper sets exactly these, but only when CXXFLAGS is unset,
+# so a user's own CXXFLAGS (conda environments set them) broke every build. Appended after the user's flags:
+# the last `--std` wins. They change no binary built without CXXFLAGS, so no cache key holds them.
+REQUIRED_CXXFLAGS = "--std=c++20 -DVL_TIME_CONTEXT"
 
 
 class SimulatorNotFound(FileNotFoundError):
@@ -311,7 +317,7 @@ def _compile(staging: Path, key: str, jobs: int, timeout: float, seconds: dict[s
     args = [find_verilator(), *VERILATOR_FLAGS, "-j", str(jobs), "-MAKEFLAGS",
             _make_vars(compiler, staged), VERILOG, DRIVER]
     start = time.monotonic()
-    code = flow.run_tool(args, staging, staging / BUILD_LOG, timeout)
+    code = flow.run_tool(args, staging, staging / BUILD_LOG, timeout, env=compile_environment())
     seconds["verilator"] = round(time.monotonic() - start, 3)
     if code != 0 or not (staging / BINARY).is_file():
         failed = staging.parent / f"failed-{key[:16]}"
@@ -321,6 +327,12 @@ def _compile(staging: Path, key: str, jobs: int, timeout: float, seconds: dict[s
         raise BuildError(f"Verilator build failed (exit {code}), see {log}: {_last_error(log)}")
     if not staged:
         _share_runtime(staging, shared)
+
+
+def compile_environment() -> dict[str, str]:
+    """Return this process's environment with `REQUIRED_CXXFLAGS` after the user's CXXFLAGS (if any)."""
+    user = os.environ.get("CXXFLAGS", "").strip()
+    return {**os.environ, "CXXFLAGS": f"{user} {REQUIRED_CXXFLAGS}".strip()}
 
 
 def require_toolchain() -> None:

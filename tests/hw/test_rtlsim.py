@@ -307,6 +307,18 @@ def test_falling_edge_flops_see_every_falling_edge(workdir: Path) -> None:
         assert (session.get("rises"), session.get("falls")) == (3, 2)  # clk falls between rising edges
 
 
+@toolchain
+def test_builds_with_the_users_own_cxxflags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A conda environment sets CXXFLAGS; the wheel's wrapper then no longer adds the driver's C++20.
+    monkeypatch.setenv("CXXFLAGS", "-O1 -std=c++17")
+    assert rtlsim.compile_environment()["CXXFLAGS"] == f"-O1 -std=c++17 {rtlsim.REQUIRED_CXXFLAGS}"
+    model = rtlsim.build(FALLING, tmp_path)
+    assert "-O1 -std=c++17 --std=c++20" in (model.directory / rtlsim.BUILD_LOG).read_text()
+    with model.open() as session:
+        session.tick(2)
+        assert session.get("rises") == 2
+
+
 def test_verilator_names_of_ports() -> None:
     assert rtlsim.cxx_name("out__0__1") == "out___05F0___05F1"
     assert rtlsim.cxx_name("a_valid") == "a_valid" and rtlsim.cxx_name("_x$y") == "_x__024y"
