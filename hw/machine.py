@@ -43,8 +43,9 @@ used from l + 1):
   overlap their own kind;
 - the K accumulator reads entry m for tile j + 1 P >= 2 cycles after tile j's row m arrived, after
   its write (`hw.accumulator`; no forwarding), and each tile's first row restarts its row count;
-- an N slice's constants word is read from the constants memory when its first K tile's first row
-  reaches the K accumulator (the bias, added from the port's data), and its stage fields (multiplier,
+- an N slice's constants word is read from the constants memory the cycle before its first K tile's
+  first row reaches the K accumulator (the bias, added from a register of the port's data), and its
+  stage fields (multiplier,
   shift, bounds) are registered from the port as its last K tile's first row enters the column stage,
   each held until the next N slice's: the rows of different N slices stream back to back, each with
   its own slice's constants (`Machine._overlap`); the writer counts rows as before.
@@ -270,9 +271,11 @@ class Machine(wiring.Component):
         if stream:   # an N slice's constants word, loaded before its first tile's drain (`hw.machine_stream`)
             active = Signal(unsigned(cols * const_bits))
             self._feed_constants(m, dp, active, active, const_bits)
-        elif double:   # the bias straight from the constants memory's read port, the stage's fields registered
+        elif double:   # the bias registered from the constants memory's read port, the stage's fields too
             active = Signal(unsigned(cols * const_bits))
-            self._feed_constants(m, dp, active, cread.data, const_bits)
+            bias_word = Signal(unsigned(cols * const_bits))   # (Yosys keeps only its bias fields' flip-flops)
+            m.d.sync += bias_word.eq(cread.data)
+            self._feed_constants(m, dp, active, bias_word, const_bits)
         else:
             pending = Signal(unsigned(cols * const_bits))
             active = Signal(unsigned(cols * const_bits))
@@ -523,14 +526,15 @@ class Machine(wiring.Component):
 
         Flags: a row read on cycle u is presented on u + 2 (`_read_path`); its valid, tile-first,
         k_first, k_last and bank go with it through two registers. Constants: an N slice's word is read
-        from the constants memory when its first K tile's first row reaches the K accumulator (cycle T,
-        R + C - 1 cycles after it is presented), so the port's data is the word from T + 1 on, when the
-        accumulator adds the bias to that row, and holds it until the next N slice's first tile's first
-        row arrives, P >= M cycles after the last tile's (the bias, sampled with each row of the first
-        tile, is the port's data itself); the stage's fields are registered (`active`) from the port on
-        the cycle after the N slice's last K tile's first row arrives at the accumulator (that
-        tile's first row arrived at or after T, and the next N slice's read comes P >= 2 cycles after
-        it), so they change just as that row enters the column stage and hold for its M rows."""
+        from the constants memory the cycle before its first K tile's first row reaches the K accumulator
+        (cycle T, R + C - 1 cycles after it is presented), so the port's data is the word from T on and
+        the bias register (`bias_word`, the port's data a cycle later: the block RAM's clock-to-output
+        delay then ends in a register, not in the accumulator's bias add) holds it from T + 1 on, when the
+        accumulator adds the bias to that row, until a cycle after the next N slice's read, P >= M cycles
+        after the last tile's; the stage's fields are registered (`active`) from the port on the cycle
+        after the N slice's last K tile's first row arrives at the accumulator (that tile's first row
+        arrived at or after T, and the next N slice's read comes P - 1 >= 1 cycles after it), so they
+        change just as that row enters the column stage and hold for its M rows."""
         p, a = self.params, self.params.array
         rows, cols = a.rows, a.cols
         count_bits = len(Value.cast(instr.m_count)) + max(rows, cols).bit_length() + 1
@@ -551,7 +555,7 @@ class Machine(wiring.Component):
         valid, first, k_first, k_last, bank = (presented[i] for i in range(len(read)))
         m.d.comb += [feed_valid.eq(valid), dp.restart.eq(valid & first), dp.k_first.eq(k_first),
                      dp.k_last.eq(k_last), dp.a_bank.eq(bank)]
-        bias_read = delay_line(m, valid & first & k_first, rows + cols - 1, "bias_read")
+        bias_read = delay_line(m, valid & first & k_first, rows + cols - 2, "bias_read")
         stage_read = delay_line(m, valid & first & k_last, rows + cols, "stage_read")
         m.d.comb += [cread.en.eq(bias_read), cread.addr.eq(instr.const_base + ov.const_nt)]
         with m.If(bias_read):

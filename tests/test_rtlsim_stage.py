@@ -140,5 +140,6 @@ def test_key_is_pinned_for_a_given_verilator(write_experiment, monkeypatch):
     # the machine's version, its weight buffers and the faults injected (hw.rtl_faults, the seed, the sites drawn
     # from, the PE model they are checked against) are read; drawing over the PE registers too (`fault_sites`,
     # `pe_model`) made a new key on purpose, and so did drawing both weight banks of the double-buffered PEs
-    # (`weight_sites`), and the vector unit's registered taps (`MACHINE_VERSION` 5)
-    assert key == "a55488db6e785d0dba1008e0c0377b292fcc2d6e076cf0688319354215ef0d26"
+    # (`weight_sites`), the vector unit's registered taps (`MACHINE_VERSION` 5) and the registered bias
+    # (`MACHINE_VERSION` 6)
+    assert key == "b055de86152fc93bbccebb1803863b2f549c227bfe3658c224912bc14dfa09a6"

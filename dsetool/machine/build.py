@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from dsetool.machine.program import Program
     from hw.machine_format import MachineImages, MachineShape
 
-MACHINE_VERSION = 5   # in synth's key: raise it when the generated accelerator changes
+MACHINE_VERSION = 6   # in synth's key: raise it when the generated accelerator changes
 STREAM_VERSION = 1    # the output-stationary machine's own (`hw.machine_stream`), in its keys beside it
 
 
