@@ -45,10 +45,9 @@ used from l + 1):
   its write (`hw.accumulator`; no forwarding), and each tile's first row restarts its row count;
 - an N slice's constants word is read from the constants memory the cycle before its first K tile's
   first row reaches the K accumulator (the bias, added from a register of the port's data), and its
-  stage fields (multiplier,
-  shift, bounds) are registered from the port as its last K tile's first row enters the column stage,
-  each held until the next N slice's: the rows of different N slices stream back to back, each with
-  its own slice's constants (`Machine._overlap`); the writer counts rows as before.
+  stage fields (multiplier, shift, bounds) are registered from the port as its last K tile's first row
+  enters the column stage, each held until the next N slice's: the rows of different N slices stream
+  back to back, each with its own slice's constants (`Machine._overlap`); the writer counts rows as before.
 After the GEMM's last row is read: R + C cycles while it is presented and leaves the array, then
 `GEMM_TAIL`: a GEMM costs `FETCH` + `SETUP` + (T - 1) P + M + R + C + `GEMM_TAIL` cycles, against
 `FETCH` + T (`SETUP` + 2R + C - 2 + M) + `GEMM_TAIL` with one buffer.
@@ -530,8 +529,9 @@ class Machine(wiring.Component):
         (cycle T, R + C - 1 cycles after it is presented), so the port's data is the word from T on and
         the bias register (`bias_word`, the port's data a cycle later: the block RAM's clock-to-output
         delay then ends in a register, not in the accumulator's bias add) holds it from T + 1 on, when the
-        accumulator adds the bias to that row, until a cycle after the next N slice's read, P >= M cycles
-        after the last tile's; the stage's fields are registered (`active`) from the port on the cycle
+        accumulator adds the bias to that row, through T + kP (k the N slice's K tiles: the next N slice's
+        read is on T + kP - 1), so through T + M, when the first tile's last row takes it (kP >= P >= M;
+        with k = 1 and P = M the last row takes it on the last cycle it holds); the stage's fields are registered (`active`) from the port on the cycle
         after the N slice's last K tile's first row arrives at the accumulator (that tile's first row
         arrived at or after T, and the next N slice's read comes P - 1 >= 1 cycles after it), so they
         change just as that row enters the column stage and hold for its M rows."""

@@ -32,6 +32,7 @@ TINY_RESNET = "tests.fixtures.tiny_resnet:make"
 TINY_MOBILENET = "tests.fixtures.tiny_mobilenet:make"
 TINY_CONCAT = "tests.fixtures.tiny_concat:make"
 TINY_FC = "tests.fixtures.tiny_fc:make"
+TINY_POINTWISE = "tests.fixtures.tiny_pointwise:make"
 
 
 def simulate(engine: Engine, program: Program, images: np.ndarray, weight_buffers: int = 1, dataflow: str = "ws"
@@ -295,7 +296,7 @@ def _apply(shape, loaded: dict[int, list[int]], beats: list[int]) -> dict[int, l
 # tiles run at the period's every bound (M, R, and the bank's (M + C - 1) / 2 on 2 x 8)
 DOUBLE_BUFFERED = [(TINY_CNN, 4, 4), (TINY_CNN, 2, 4), (TINY_CNN, 4, 2), (TINY_RESNET, 4, 4), (TINY_RESNET, 2, 4),
                    (TINY_MOBILENET, 4, 4), (TINY_MOBILENET, 2, 4), (TINY_CONCAT, 4, 2), (TINY_FC, 4, 4),
-                   (TINY_FC, 2, 2), (TINY_FC, 2, 8)]
+                   (TINY_FC, 2, 2), (TINY_FC, 2, 8), (TINY_POINTWISE, 4, 4)]
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +305,17 @@ def tiny_fc(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return factory_engine(tmp_path_factory.mktemp("tiny_fc"), TINY_FC, bits=4, size=8)
 
 
-def _engine(tiny_engines: dict[str, Engine], tiny_fc: Engine, spec: str) -> tuple[Engine, int]:
+@pytest.fixture(scope="module")
+def tiny_pointwise(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """A 1 x 1 conv of one K tile and three N slices whose tile period is its M (W4A4, 4 x 4 inputs)."""
+    return factory_engine(tmp_path_factory.mktemp("tiny_pointwise"), TINY_POINTWISE, bits=4, size=4)
+
+
+def _engine(tiny_engines: dict[str, Engine], tiny_fc: Engine, spec: str, tiny_pointwise: Engine | None = None
+            ) -> tuple[Engine, int]:
+    if spec == TINY_POINTWISE:
+        assert tiny_pointwise is not None
+        return tiny_pointwise, 4
     return (tiny_fc, 8) if spec == TINY_FC else (tiny_engines[spec], TINY_NETWORKS[spec][0])
 
 
@@ -315,12 +326,12 @@ def _reference(program: Program, engine: Engine, x: Any) -> tuple[np.ndarray, li
 
 @pytest.mark.parametrize(("spec", "rows", "cols"), DOUBLE_BUFFERED)
 def test_double_buffered_weights_run_bit_for_bit_in_their_counted_cycles(tiny_engines: dict[str, Engine],
-                                                                        tiny_fc: Engine, spec: str, rows: int,
-                                                                        cols: int) -> None:
+                                                                        tiny_fc: Engine, tiny_pointwise: Engine,
+                                                                        spec: str, rows: int, cols: int) -> None:
     """Convs (strided, padded), pools, adds, depthwise and grouped convs, concats, M = 2 and M = 1
-    layers (linear ones of many K and N slices): the reference's logits, in `program_cycles` with two
-    weight buffers, fewer than with one."""
-    engine, size = _engine(tiny_engines, tiny_fc, spec)
+    layers (linear ones of many K and N slices), N slices of one K tile streaming back to back: the
+    reference's logits, in `program_cycles` with two weight buffers, fewer than with one."""
+    engine, size = _engine(tiny_engines, tiny_fc, spec, tiny_pointwise)
     x = digits(size).test.x[:2]
     program = compile_program(engine, rows, cols)
     logits, cycles = simulate(engine, program, x, weight_buffers=2)
@@ -330,6 +341,9 @@ def test_double_buffered_weights_run_bit_for_bit_in_their_counted_cycles(tiny_en
     assert program_cycles(program, weight_buffers=2) < program_cycles(program)
     if spec == TINY_FC:   # tiles of one and of two streamed rows follow each other
         assert {i.m for i in program.instructions if isinstance(i, Gemm) and i.tiles(cols) > 1} >= {1, 2}
+    if spec == TINY_POINTWISE:   # one K tile per N slice, three N slices, tile period = M
+        pointwise = [i for i in program.instructions if isinstance(i, Gemm) and i.m == 16 and i.tiles(cols) == 3]
+        assert len(pointwise) == 1
 
 
 @pytest.mark.parametrize(("spec", "mode", "granularity", "placement", "rows", "cols"), [
