@@ -531,10 +531,11 @@ class Machine(wiring.Component):
         delay then ends in a register, not in the accumulator's bias add) holds it from T + 1 on, when the
         accumulator adds the bias to that row, through T + kP (k the N slice's K tiles: the next N slice's
         read is on T + kP - 1), so through T + M, when the first tile's last row takes it (kP >= P >= M;
-        with k = 1 and P = M the last row takes it on the last cycle it holds); the stage's fields are registered (`active`) from the port on the cycle
-        after the N slice's last K tile's first row arrives at the accumulator (that tile's first row
-        arrived at or after T, and the next N slice's read comes P - 1 >= 1 cycles after it), so they
-        change just as that row enters the column stage and hold for its M rows."""
+        with k = 1 and P = M the last row takes it on the last cycle it holds); the stage's fields are
+        registered (`active`) from the port on the cycle after the N slice's last K tile's first row
+        arrives at the accumulator (that tile's first row arrived at or after T, and the next N slice's
+        read comes P - 1 >= 1 cycles after it), so they change just as that row enters the column stage
+        and hold for its M rows."""
         p, a = self.params, self.params.array
         rows, cols = a.rows, a.cols
         count_bits = len(Value.cast(instr.m_count)) + max(rows, cols).bit_length() + 1
