@@ -84,9 +84,10 @@ OPT_LEVEL = "-O2"
 SIM_PASSES = "proc -norom; memory_collect; opt; wreduce; opt_clean"
 # What the driver and Verilator's run-time need from the C++ compiler whatever the user's CXXFLAGS say: the
 # driver tests the model's members with C++20 `requires`, and the run-time keeps its time in the context
-# (no legacy `sc_time_stamp`). The PyPI wheel's wrapper sets exactly these, but only when CXXFLAGS is unset,
-# so a user's own CXXFLAGS (conda environments set them) broke every build. Appended after the user's flags:
-# the last `--std` wins. They change no binary built without CXXFLAGS, so no cache key holds them.
+# (no legacy `sc_time_stamp`). The PyPI wheel's wrapper sets exactly these when it runs its own binary, but
+# only when CXXFLAGS is unset, so a user's own CXXFLAGS (conda environments set them) broke every build.
+# Appended after the user's flags, so the last `--std` wins (the wheel's verilated.mk adds none after them;
+# a native one adds its own standard). They change no binary built without CXXFLAGS: no cache key holds them.
 REQUIRED_CXXFLAGS = "--std=c++20 -DVL_TIME_CONTEXT"
 
 
