@@ -103,11 +103,13 @@ def median_rate(run: Callable[[], Any], work: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
-def paired_rates(first: Callable[[], Any], second: Callable[[], Any], work: int, repeats: int) -> tuple[float, float]:
+def paired_rates(first: Callable[[], Any], second: Callable[[], Any], work: int, repeats: int
+                 ) -> tuple[float, float, list[float]]:
     """Return the median `work / seconds` of `first` and of `second`, timed alternately (after one untimed
-    call each) so that both see the same machine: this shared VM's speed drifts between seconds, and a
-    ratio of figures taken one after the other inherits the drift. At least `repeats` pairs, and as many
-    more as fit in 2 * `MIN_SECONDS` (at most 100)."""
+    call each) so that both see the same machine, and the ratio first / second of each pair: this shared
+    VM's speed drifts between seconds, and a ratio of figures taken one after the other inherits the
+    drift; the pairs' spread shows what is left of it. At least `repeats` pairs, and as many more as fit
+    in 2 * `MIN_SECONDS` (at most 100)."""
     first()
     second()
     rates: tuple[list[float], list[float]] = ([], [])
@@ -119,7 +121,7 @@ def paired_rates(first: Callable[[], Any], second: Callable[[], Any], work: int,
             seconds = time.perf_counter() - began
             spent += seconds
             out.append(work / seconds)
-    return statistics.median(rates[0]), statistics.median(rates[1])
+    return statistics.median(rates[0]), statistics.median(rates[1]), [a / b for a, b in zip(*rates, strict=True)]
 
 
 def row(label: str, value: float, unit: str, note: str = "") -> None:
@@ -206,7 +208,7 @@ def measure_ours(setup: Setup, plan: Plan, batch: int, repeats: int) -> float:
     """Print the clean and campaign figures; return the uniform campaign's faults/s."""
     engine = setup.net.engine
     with torch.no_grad():
-        clean, brevitas = paired_rates(lambda: engine.run(setup.x), lambda: setup.quant_model(setup.x), len(setup.x),
+        clean, brevitas, _ = paired_rates(lambda: engine.run(setup.x), lambda: setup.quant_model(setup.x), len(setup.x),
                                        repeats)
     row("ours: clean integer-engine inference", clean, "images/s")
     row("brevitas: W8A8 forward of the same model", brevitas, "images/s")
@@ -459,11 +461,12 @@ def measure(plan: Plan, data: DataSplits, batch: int, repeats: int) -> None:
         batches = max(1, plan.samples // batch)
         campaign, _ = campaign_runner(setup, [], batches * batch, batch)
         injector, _ = pfi_batched_runner(FloatCase.of(setup.float_model, setup.x), batches, valued)
-        ours_paired, theirs_paired = paired_rates(campaign, injector, batches * batch, repeats)
+        ours_paired, theirs_paired, ratios = paired_rates(campaign, injector, batches * batch, repeats)
         label = "b'" if valued else "b"
         row(f"paired: ours uniform, alternating with pfi ({label})", ours_paired, "faults/s")
         row(f"paired: pfi ({label}), alternating with ours", theirs_paired, "faults/s")
-        row(f"ratio: ours / pfi ({label}), timed alternately", ours_paired / theirs_paired, "x")
+        row(f"ratio: ours / pfi ({label}), timed alternately", ours_paired / theirs_paired, "x",
+            f"pairs {min(ratios):.2f}-{max(ratios):.2f}x, median {statistics.median(ratios):.2f}x over {len(ratios)}")
 
 
 def main() -> None:
