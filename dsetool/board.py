@@ -108,11 +108,11 @@ def point_machine(store: Store, cfg: RunConfig, reporter: Reporter | None = None
 def bitstream_key(shape: MachineShape, board: str, baud: int, seed: int = 1) -> str:
     """Return the cache key of a bitstream: the machine's shape and RTL version, the board, the baud rate,
     the placement seed and the tools."""
-    from dsetool.machine.build import MACHINE_VERSION, STREAM_VERSION
+    from dsetool.machine.build import MACHINE_VERSION, part_versions
     from hw import flow
 
-    stream = {"stream": STREAM_VERSION} if shape.array.dataflow == "os" else {}
-    return make_key(STAGE, {"format": FORMAT, "machine": MACHINE_VERSION, **stream, "shape": asdict(shape),
+    parts = part_versions(shape.array.dataflow, shape.weight_buffers)
+    return make_key(STAGE, {"format": FORMAT, "machine": MACHINE_VERSION, **parts, "shape": asdict(shape),
                             "board": board, "baud": baud, "seed": seed, "tools": flow.tool_fingerprint()})
 
 

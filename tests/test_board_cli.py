@@ -243,8 +243,14 @@ def test_bitstream_key_reads_the_machines_rtl_version(setup: dict[str, Any], mon
     monkeypatch.setattr(flow, "tool_fingerprint", lambda: {"yosys": "test"})
     shape = setup["machine"].shape
     key = dsetool.board.bitstream_key(shape, "ulx3s-85f", 115_200)
+    single = dataclasses.replace(shape, weight_buffers=1)
+    single_key = dsetool.board.bitstream_key(single, "ulx3s-85f", 115_200)
+    # the double-buffered machine's own part: its bitstreams are made again, the single-buffered one's kept
+    monkeypatch.setattr(dsetool.machine.build, "OVERLAP_VERSION", dsetool.machine.build.OVERLAP_VERSION + 1)
+    assert shape.weight_buffers == 2 and dsetool.board.bitstream_key(shape, "ulx3s-85f", 115_200) != key
+    assert dsetool.board.bitstream_key(single, "ulx3s-85f", 115_200) == single_key
     monkeypatch.setattr(dsetool.machine.build, "MACHINE_VERSION", dsetool.machine.build.MACHINE_VERSION + 1)
-    assert dsetool.board.bitstream_key(shape, "ulx3s-85f", 115_200) != key
+    assert dsetool.board.bitstream_key(single, "ulx3s-85f", 115_200) != single_key
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -22,8 +22,17 @@ if TYPE_CHECKING:
     from dsetool.machine.program import Program
     from hw.machine_format import MachineImages, MachineShape
 
-MACHINE_VERSION = 6   # in synth's key: raise it when the generated accelerator changes
+MACHINE_VERSION = 5   # in synth's key: raise it when what every generated accelerator shares changes
 STREAM_VERSION = 1    # the output-stationary machine's own (`hw.machine_stream`), in its keys beside it
+OVERLAP_VERSION = 1   # the double-buffered weight-stationary machine's own (`Machine._overlap`), likewise
+
+
+def part_versions(dataflow: str, weight_buffers: int) -> dict[str, int]:
+    """Return the versions of the parts only some machines build, for the keys of what the machine makes
+    (synth, rtlsim, bitstreams): a change to one kind of machine then remakes only that kind's results."""
+    if dataflow == "os":
+        return {"stream": STREAM_VERSION}
+    return {"overlap": OVERLAP_VERSION} if weight_buffers == 2 else {}
 
 
 def machine_acc_bits(design: Design) -> int:
