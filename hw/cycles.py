@@ -141,6 +141,7 @@ MACHINE_GEMM_TAIL = 7
 MACHINE_VECTOR_TAIL = 7
 MACHINE_OUTPUT = 1
 MACHINE_STREAM_TAIL = 5   # output-stationary: the last row's sums through the column stage and the write
+MACHINE_CHECKED_READ = 1  # double-buffered with an input check: the codes registered as read, then checked
 
 
 WEIGHT_BUFFERS = (1, 2)
@@ -171,7 +172,8 @@ def machine_tile_period(m: int, rows: int, cols: int) -> int:
     return max(m, rows, (m + cols) // 2)
 
 
-def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int, weight_buffers: int = 1) -> int:
+def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int, weight_buffers: int = 1,
+                        input_check: bool = False) -> int:
     """Return the cycles of one GEMM instruction of the accelerator: fetch, `tiles` weight tiles (every N
     slice's K slices: a dense layer's N * K, a grouped conv's own count per N slice) of M streamed rows,
     and the output pipeline's tail.
@@ -180,12 +182,15 @@ def machine_gemm_cycles(m: int, tiles: int, rows: int, cols: int, weight_buffers
     (drain). Double-buffered (2): the tiles start every P = `machine_tile_period` cycles, their setups and
     loads overlapped with the previous tiles' streams; the GEMM pays `MACHINE_SETUP` once, then
     (tiles - 1) * P, the last tile's M rows, and R + C cycles while its last row is presented (2) and
-    leaves the array (R + C - 2)."""
+    leaves the array (R + C - 2); with an input check (`MachineShape.input_check`) its rows are presented
+    `MACHINE_CHECKED_READ` cycles later (`hw.machine.Machine._read_path`), so the GEMM ends that much later.
+    The single-buffered machine checks without the extra register: `input_check` changes nothing there."""
     for name, value in (("m", m), ("tiles", tiles), ("rows", rows), ("cols", cols)):
         _positive(name, value)
     if check_weight_buffers(weight_buffers) == 2:
         period = machine_tile_period(m, rows, cols)
-        return MACHINE_FETCH + MACHINE_SETUP + (tiles - 1) * period + m + rows + cols + MACHINE_GEMM_TAIL
+        staged = MACHINE_CHECKED_READ if input_check else 0
+        return MACHINE_FETCH + MACHINE_SETUP + (tiles - 1) * period + m + rows + cols + staged + MACHINE_GEMM_TAIL
     tile = MACHINE_SETUP + 2 * rows + cols - 2 + m
     return MACHINE_FETCH + tiles * tile + MACHINE_GEMM_TAIL
 

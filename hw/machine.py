@@ -32,7 +32,8 @@ bank j % 2 by a broadcast per row, row r on cycle I_j + 1 + r, read from the wei
 order the single buffer shifts them in (so the images are the same). Each row of A carries its tile's
 bank through the array, and PE(r, c) multiplies it with that bank. Why this is correct (a row read on
 cycle u is presented on u + 2 and reaches PE(r, c) on u + 2 + r + c; a weight written on cycle l is
-used from l + 1):
+used from l + 1; a machine with an input check presents on u + 3 and writes the weights a cycle later,
+`Machine._overlap`, so every step below moves by that cycle):
 - tile j's row r of weights is written on I_j + 1 + r, before its first row of A reaches row r
   (I_j + 2 + r): a tile's load overlaps its own stream;
 - the bank tile j writes was last used by tile j - 2, whose last row reached PE(r, C - 1) on
@@ -60,8 +61,9 @@ Range checks (`MachineShape.check`: clip, zero or detect, `hw.protect.MACHINE_MO
 only when the program has such checks: on each column's output code (`ColumnStage`, bounds from the
 constants word, `check`), on the vector unit's output words (bounds per lane from the bounds memory,
 `check`), and on the read path into the array (`MachineShape.input_check`, instruction bit `in_check`):
-the `rows` codes a tile streams are checked (between the buffer's read data and the register before
-the array's row inputs, so the schedule is unchanged) against the bounds of its K slice's word group,
+the `rows` codes a tile streams are checked (between a register of the buffer's read data and the
+register before the array's row inputs: one cycle more per GEMM on the double-buffered machine, none on
+the others, which check between the read data and that register) against the bounds of its K slice's word group,
 read from the bounds memory at the tile's setup (slice entry `bound`) and held for its rows; a padded
 position is no read: its zeros are not checked, as the engine pads after its input check. `alarm` is a
 sticky detector: cleared by `start`, set when any check finds a code outside its bounds (a code the
@@ -89,7 +91,7 @@ from hw import isa, vector_unit
 from hw.accumulator import LATENCY as ACC_LATENCY
 from hw.array import FAULT_PORT, delay_line
 from hw.column_stage import LATENCY as STAGE_LATENCY
-from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_STREAM_TAIL, MACHINE_VECTOR_TAIL
+from hw.cycles import MACHINE_CHECKED_READ, MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_STREAM_TAIL, MACHINE_VECTOR_TAIL
 from hw.machine_datapath import Datapath, StreamDatapath
 from hw.machine_format import (
     BEAT,
@@ -135,6 +137,7 @@ class _Overlap:
     lrows: Signal        # one-hot: the array row the loader writes this cycle
     lbank: Signal        # the bank it writes
     const_nt: Signal     # the N slices whose constants word has been read (the next's)
+    weights: Value       # the weight row the loader writes (the port's data, registered after a checked read)
 
     def reset(self, fetched: Value, rows: int, cols: int) -> list:
         m_count = fetched.m_count
@@ -311,7 +314,7 @@ class Machine(wiring.Component):
         else:
             m.d.comb += [dp.a_valid.eq(feed_valid)]
             read_fired = self._read_path(m, instr, dp, aread.data.word_select(part_d, rows * code.width), inside_d,
-                                         feed_valid, bread, sl.part, load_bounds)
+                                         feed_valid, bread, sl.part, load_bounds, staged=double)
 
         # ---- output writer: rows of the stage in order, N slice after N slice
         writer = self._writer(m, instr, dp, awrite)
@@ -348,7 +351,7 @@ class Machine(wiring.Component):
             ov = self._overlap(m, dp, instr, sl, wread, cread, active, feed_valid)
         else:
             m.d.comb += [iread.addr.eq(pc), wread.addr.eq(wptr)]
-        weight_row = feed.weights if stream else wread.data
+        weight_row = feed.weights if stream else ov.weights if double else wread.data
         m.d.comb += [dp.w[c].eq(weight_row[c * a.weight_bits:(c + 1) * a.weight_bits].as_signed())
                      for c in range(cols)]
         out_index = Signal(range(max(2, p.num_classes + 1)))
@@ -523,22 +526,27 @@ class Machine(wiring.Component):
         reaches row r (it is presented at I + 2, row r takes it on I + 2 + r), so a tile streams while
         its own weights load (`hw.array.WSDoubleBufferArray`).
 
-        Flags: a row read on cycle u is presented on u + 2 (`_read_path`); its valid, tile-first,
-        k_first, k_last and bank go with it through two registers. Constants: an N slice's word is read
-        from the constants memory the cycle before its first K tile's first row reaches the K accumulator
-        (cycle T, R + C - 1 cycles after it is presented), so the port's data is the word from T on and
-        the bias register (`bias_word`, the port's data a cycle later: the block RAM's clock-to-output
-        delay then ends in a register, not in the accumulator's bias add) holds it from T + 1 on, when the
-        accumulator adds the bias to that row, through T + kP (k the N slice's K tiles: the next N slice's
-        read is on T + kP - 1), so through T + M, when the first tile's last row takes it (kP >= P >= M;
-        with k = 1 and P = M the last row takes it on the last cycle it holds); the stage's fields are
-        registered (`active`) from the port on the cycle after the N slice's last K tile's first row
-        arrives at the accumulator (that tile's first row arrived at or after T, and the next N slice's
-        read comes P - 1 >= 1 cycles after it), so they change just as that row enters the column stage
-        and hold for its M rows."""
+        With an input check, a row read on cycle u is presented on u + 3 (`_read_path`, staged), and the
+        loader's row and bank and the weight memory's data are registered before the array, so its rows
+        are written a cycle later too: every time below, counted from the presentation, is unchanged.
+
+        Flags: a row read on cycle u is presented on u + 2 (`_read_path`); its valid, tile-first, k_first,
+        k_last and bank go with it through two registers (three with an input check). Constants: an N slice's
+        word is read from the constants memory the cycle before its first K tile's first row reaches the K
+        accumulator (cycle T, R + C - 1 cycles after it is presented), so the port's data is the word from T on
+        and the bias register (`bias_word`, the port's data a cycle later: the block RAM's clock-to-output delay
+        then ends in a register, not in the accumulator's bias add) holds it from T + 1 on, when the accumulator
+        adds the bias to that row, through T + kP (k the N slice's K tiles: the next N slice's read is on T + kP
+        - 1), so through T + M, when the first tile's last row takes it (kP >= P >= M; with k = 1 and P = M the
+        last row takes it on the last cycle it holds); the stage's fields are registered (`active`) from the
+        port on the cycle after the N slice's last K tile's first row arrives at the accumulator (that tile's
+        first row arrived at or after T, and the next N slice's read comes P - 1 >= 1 cycles after it), so they
+        change just as that row enters the column stage and hold for its M rows."""
         p, a = self.params, self.params.array
         rows, cols = a.rows, a.cols
         count_bits = len(Value.cast(instr.m_count)) + max(rows, cols).bit_length() + 1
+        staged = p.input_check
+        weights = Signal(wread.data.shape(), name="load_weights") if staged else wread.data
         ov = _Overlap(period=Signal(count_bits, name="period"), phase=Signal(count_bits, name="phase"),
                       feeding=Signal(name="feeding"), walk_done=Signal(name="walk_done"),
                       final=Signal(name="final"), feed_first=Signal(name="feed_first"), bank=Signal(name="bank"),
@@ -546,13 +554,20 @@ class Machine(wiring.Component):
                       issue_valid=Signal(name="issue_valid"), issue_first=Signal(name="issue_first"), wread=wread,
                       waddr=Signal(range(max(2, p.weight_words + 1)), name="load_addr"),
                       lrows=Signal(rows, name="load_rows"), lbank=Signal(name="load_bank"),
-                      const_nt=Signal(p.widths.const + 1, name="const_n_slice"))
+                      const_nt=Signal(p.widths.const + 1, name="const_n_slice"), weights=weights)
         m.d.comb += wread.addr.eq(ov.waddr)   # the states start a load on a tile's first row read
         m.d.sync += [ov.lrows.eq(ov.lrows << 1), ov.waddr.eq(ov.waddr - 1)]
-        m.d.comb += [dp.w_rows.eq(ov.lrows), dp.w_bank.eq(ov.lbank)]
         read = Cat(ov.issue_valid, ov.issue_first, ov.feed_first, sl.last, ov.feed_bank)
         fetched, presented = Signal(len(read), name="row_flags_read"), Signal(len(read), name="row_flags")
-        m.d.sync += [fetched.eq(read), presented.eq(fetched)]
+        if staged:
+            w_rows, w_bank = Signal(rows, name="load_rows_staged"), Signal(name="load_bank_staged")
+            checked = Signal(len(read), name="row_flags_checked")
+            m.d.sync += [w_rows.eq(ov.lrows), w_bank.eq(ov.lbank), weights.eq(wread.data),
+                         fetched.eq(read), checked.eq(fetched), presented.eq(checked)]
+            m.d.comb += [dp.w_rows.eq(w_rows), dp.w_bank.eq(w_bank)]
+        else:
+            m.d.sync += [fetched.eq(read), presented.eq(fetched)]
+            m.d.comb += [dp.w_rows.eq(ov.lrows), dp.w_bank.eq(ov.lbank)]
         valid, first, k_first, k_last, bank = (presented[i] for i in range(len(read)))
         m.d.comb += [feed_valid.eq(valid), dp.restart.eq(valid & first), dp.k_first.eq(k_first),
                      dp.k_last.eq(k_last), dp.a_bank.eq(bank)]
@@ -574,8 +589,9 @@ class Machine(wiring.Component):
         entry is read on I_j - 2 and latched on I_j - 1 (the feed's address registers, its bounds word
         read), overriding the previous tile's step when that one reads its last row then (M = P); its
         weights load from I_j + 1 (`_overlap`) into the bank the tile before it does not use. After
-        the GEMM's last row is read, G_FLUSH: R + C cycles while it is presented and leaves the array,
-        then the output pipeline's tail (`GEMM_TAIL`)."""
+        the GEMM's last row is read, G_FLUSH: R + C cycles while it is presented and leaves the array
+        (one more with an input check: `MACHINE_CHECKED_READ`), then the output pipeline's tail
+        (`GEMM_TAIL`)."""
         rows, cols = self.params.array.rows, self.params.array.cols
         with m.State("G_RUN"):
             m.d.comb += self.busy.eq(1)
@@ -613,7 +629,7 @@ class Machine(wiring.Component):
         with m.State("G_FLUSH"):
             m.d.comb += self.busy.eq(1)
             m.d.sync += count.eq(count + 1)
-            with m.If(count == rows + cols - 1):
+            with m.If(count == rows + cols - 1 + MACHINE_CHECKED_READ * self.params.input_check):
                 m.d.sync += [count.eq(0), tail.eq(GEMM_TAIL - 1)]
                 m.next = "TAIL"
 
@@ -741,14 +757,18 @@ class Machine(wiring.Component):
         return [address.eq(0), part.eq(0)]
 
     def _read_path(self, m: Module, instr: Value, array: Any, lanes: Value, inside_d: Value, feed_valid: Value,
-                   bread: Any, part: Value, load_bounds: Value) -> Value:
+                   bread: Any, part: Value, load_bounds: Value, *, staged: bool = False) -> Value:
         """Drive the array's rows from the `rows` lanes read from the buffer: zeros for a padded position
         (no read), else the code, checked against its channel's bounds when the machine has an input
         check and the instruction asks for it (`in_check`). A tile's bounds are the `rows` pairs of part
         `part` of the bounds word read at its setup, taken on `load_bounds`. The codes are registered
         before the array (the block RAM's clock-to-output, the lane select and the check would otherwise
         lie on one path with the first column's multipliers), so a row is read two cycles before the
-        array takes it. Return whether a check fired on a code the array takes this cycle."""
+        array takes it. `staged` (the double-buffered machine, whose schedule `_overlap` shifts by a
+        cycle) registers the lanes as read too, before the check: the block RAM's clock-to-output then
+        ends in a register, not in the comparators (the input-checked accelerator's critical path without
+        it), and a row is read three cycles before the array takes it. Return whether a check
+        fired on a code the array takes this cycle."""
         p = self.params
         code = p.code_shape
         width = code.width
@@ -761,6 +781,14 @@ class Machine(wiring.Component):
             return Const(0)
         mode = MACHINE_MODES[p.check]
         pairs = bread.data.word_select(part, 2 * p.array.rows * width)
+        if staged:   # the codes and the tile's bounds a cycle later (its last row is checked on its next's setup)
+            read = [Signal(code, name=f"read_code_{r}") for r in range(p.array.rows)]
+            inside, taken, later = Signal(name="read_inside"), Signal(name="read_bounds_taken"), Signal(len(pairs))
+            m.d.sync += [*(read[r].eq(value) for r, value in enumerate(values)), inside.eq(inside_d),
+                         taken.eq(load_bounds)]
+            with m.If(load_bounds):
+                m.d.sync += later.eq(pairs)
+            values, inside_d, pairs, load_bounds = read, inside, later, taken
         fired = []
         for r, value in enumerate(values):
             lo, hi = Signal(code, name=f"read_lo_{r}"), Signal(code, name=f"read_hi_{r}")

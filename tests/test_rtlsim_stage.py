@@ -141,6 +141,16 @@ def test_key_follows_images_and_array_not_the_campaign(write_experiment):
      "303ff4ad84e28bf62c0bc52cddf9caf80c1d7d5d708c2e1b5caf2004dadd4519"),
     ({"dataflow": "os"}, "639e4af06296cf43bb61318b1d516633ba24883b2669ae2fae1e0953f83b39f6",
      "98657f4bca2bca175d9c15b1694e6bd14e5bf2408e2bc1b02fbf20c58463a931"),
+    # a range check on the outputs: the same read path as unchecked
+    ({"protection": "clip"}, "61a3a7be6b9363ea4a6a6db9b0b31abc0644d13f313190e5cfea8dd50ff64707",
+     "769160f65248b3eda8bceb53d0424d0dd39a470f84aa2d9d0480d9cf3f1394df"),
+    # on the inputs: the read path registers the codes before the check (`CHECKED_READ_VERSION` 1), new keys
+    ({"protection": "clip", "placement": "input"}, "c7da3b97e639160ab8c50acfd159aa0be225a91e5e86c003ce69f36da9af70a1",
+     "5fb8ef4343d40ab8cf4f2adf263aecfb14ccc66764269b6805d2ee0501a77a5a"),
+    # the single-buffered machine checks its inputs as before: its key stays
+    ({"protection": "clip", "placement": "input", "weight_buffers": 1},
+     "40bbca47c2aa93b57a190144089cda18934d22dcce2593f9f00bafd81ff8de13",
+     "4330a1525c153261b2ee45b500d37bbe5200ff225c41402c6dabd4cf1ef18efa"),
 ])
 def test_keys_are_pinned_for_a_given_verilator(write_experiment, monkeypatch, machine, synth, rtlsim):
     """The keys are machine independent: config, upstream keys, the Verilator package's version. The machine's
@@ -150,6 +160,8 @@ def test_keys_are_pinned_for_a_given_verilator(write_experiment, monkeypatch, ma
     (`weight_sites`) and the vector unit's registered taps (`MACHINE_VERSION` 5)."""
     monkeypatch.setattr(hw.rtlsim, "verilator_fingerprint", lambda: "verilator-cli 5.048")
     monkeypatch.setattr(hw.rtlsim, "require_toolchain", lambda: None)
-    path = write_experiment({"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4, **machine}})
+    hw_keys = {key: value for key, value in machine.items() if key != "placement"}
+    protect = {"placement": machine["placement"]} if "placement" in machine else {}
+    path = write_experiment({"name": "rtl", **MLP, "hw": {"rows": 4, "cols": 4, **hw_keys}, "protect": protect})
     config = load_experiment(path).points[0].config
     assert (stage_key("synth", config)[0], stage_key("rtlsim", config)[0]) == (synth, rtlsim)

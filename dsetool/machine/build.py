@@ -25,14 +25,24 @@ if TYPE_CHECKING:
 MACHINE_VERSION = 5   # in synth's key: raise it when what every generated accelerator shares changes
 STREAM_VERSION = 1    # the output-stationary machine's own (`hw.machine_stream`), in its keys beside it
 OVERLAP_VERSION = 1   # the double-buffered weight-stationary machine's own (`Machine._overlap`), likewise
+CHECKED_READ_VERSION = 1   # its read path when it checks the codes it reads (`Machine._read_path`, staged)
 
 
-def part_versions(dataflow: str, weight_buffers: int) -> dict[str, int]:
+def part_versions(dataflow: str, weight_buffers: int, input_check: bool) -> dict[str, int]:
     """Return the versions of the parts only some machines build, for the keys of what the machine makes
-    (synth, rtlsim, bitstreams): a change to one kind of machine then remakes only that kind's results."""
+    (synth, rtlsim, bitstreams): a change to one kind of machine then remakes only that kind's results.
+    `input_check`: the machine checks the codes its array reads (`protect.placement` input)."""
     if dataflow == "os":
         return {"stream": STREAM_VERSION}
-    return {"overlap": OVERLAP_VERSION} if weight_buffers == 2 else {}
+    if weight_buffers != 2:
+        return {}
+    return {"overlap": OVERLAP_VERSION, **({"checked_read": CHECKED_READ_VERSION} if input_check else {})}
+
+
+def checks_inputs(design: Design) -> bool:
+    """Return whether the design's machine checks the codes its array reads: a range check placed on the
+    layers' inputs (`protect.placement` input; one whose layers leave every GEMM out is counted too)."""
+    return design.protection.entry.protects and design.protection.placement == "input"
 
 
 def machine_acc_bits(design: Design) -> int:

@@ -131,7 +131,7 @@ def machine_of(program: Program, multiplier: str = "dsp", multiplier_bits: int |
                          const_words=len(program.constants),
                          max_rows=max(i.m for i in program.instructions if isinstance(i, Gemm)),
                          sum_bits=sum_bits(program.act_bits, max([1] + taps)), bounds_words=len(program.bounds),
-                         input_check=any(isinstance(i, Gemm) and i.input_check != "none" for i in program.instructions),
+                         input_check=program.input_checked,
                          output_check=any(i.check != "none" for i in program.instructions),
                          weight_buffers=weight_buffers)
     constants = tuple(tuple((c.bias, c.multiplier, c.shift, c.lo, c.hi) for c in word) for word in program.constants)

@@ -252,6 +252,12 @@ class Program:
             raise ValueError(f"The machine builds one range-check mode, and the program asks for {sorted(modes)}")
         return modes.pop() if modes else "none"
 
+    @property
+    def input_checked(self) -> bool:
+        """Return whether a GEMM checks the codes it reads: the machine then builds the read path's check
+        (`hw.machine_format.MachineShape.input_check`), which the double-buffered one pipelines."""
+        return any(isinstance(i, Gemm) and i.input_check != "none" for i in self.instructions)
+
 
 
 def sum_bits(act_bits: int, taps: int) -> int:
@@ -277,7 +283,7 @@ def program_cycles(program: Program, weight_buffers: int = 1, dataflow: str = "w
                                                 program.rows, program.cols)
         elif isinstance(instr, Gemm):
             total += machine_gemm_cycles(instr.m, instr.tiles(program.cols), program.rows, program.cols,
-                                         weight_buffers)
+                                         weight_buffers, program.input_checked)
         else:
             total += machine_vector_cycles(instr.words, instr.taps)
     return total

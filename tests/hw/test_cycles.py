@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hw.cycles import (
+    MACHINE_CHECKED_READ,
     MACHINE_FETCH,
     MACHINE_GEMM_TAIL,
     MACHINE_SETUP,
@@ -125,6 +126,10 @@ def test_double_buffered_machine_pays_setup_and_drain_once_per_gemm() -> None:
     assert machine_tile_period(100, 8, 8) == 100
     assert machine_tile_period(2, 2, 8) == 5   # ceil((M + C - 1) / 2)
     assert machine_tile_period(1, 2, 2) == 2
+    # an input check registers the codes before checking them: each GEMM presents its rows a cycle later
+    staged = machine_gemm_cycles(1, 750, 8, 8, 2, input_check=True)
+    assert staged == machine_gemm_cycles(1, 750, 8, 8, 2) + MACHINE_CHECKED_READ and MACHINE_CHECKED_READ == 1
+    assert machine_gemm_cycles(1, 750, 8, 8, 1, input_check=True) == single
 
 
 @given(st.integers(1, 300), st.integers(1, 50), st.integers(2, 16), st.integers(1, 16))

@@ -22,6 +22,7 @@ from dsetool.machine.program import Gemm, Program, Vector, program_cycles
 from dsetool.machine.reference import run_detecting
 from dsetool.protect.check import RangeCheck
 from hw.arrayconfig import ArrayConfig
+from hw.cycles import MACHINE_CHECKED_READ
 from hw.machine import Machine
 from hw.machine_format import WMEM, change_beats, load_beats, memory_words
 from tests.fixtures.engines import SQUEEZENET, digits, exported_engine, factory_engine
@@ -356,7 +357,8 @@ def test_double_buffered_range_checks_act_as_the_engines(tiny_engines: dict[str,
                                                          rows: int, cols: int) -> None:
     """Checks on the codes each tile reads (its K slice's bounds, switched between back-to-back tiles)
     and after the output stages (constants of N slices streamed back to back): the checked engine's
-    logits and alarms, in the unchecked program's cycles."""
+    logits and alarms, in the unchecked program's cycles, plus one per GEMM on the read path's checked
+    register (`MACHINE_CHECKED_READ`)."""
     engine, size = _engine(tiny_engines, tiny_fc, spec)
     x = digits(size).test.x[:2]
     checked = checked_engine(engine, x, mode, granularity, placement)
@@ -369,7 +371,9 @@ def test_double_buffered_range_checks_act_as_the_engines(tiny_engines: dict[str,
         assert not np.array_equal(logits, engine.logits(x).numpy())
     assert alarms == reference_alarms == engine_alarms(checked, x).tolist() == [True, True]
     assert cycles == [program_cycles(program, weight_buffers=2)] * 2
-    assert program_cycles(program, weight_buffers=2) == program_cycles(compile_program(engine, rows, cols), 2)
+    gemms = sum(isinstance(instr, Gemm) for instr in program.instructions)
+    staged = MACHINE_CHECKED_READ * gemms if placement == "input" else 0
+    assert program_cycles(program, weight_buffers=2) == program_cycles(compile_program(engine, rows, cols), 2) + staged
 
 
 def test_double_buffered_tmr_datapath_runs_bit_for_bit(tiny_engines: dict[str, Engine]) -> None:
