@@ -584,15 +584,18 @@ class Machine(wiring.Component):
                            kt: Value, wptr: Value, count: Value, tail: Value, sread: Any, bread: Any,
                            gen: dict[str, Value], y: Value, x: Value, ox: Value, issue_row: Any,
                            load_bounds: Value) -> None:
-        """Add the double-buffered GEMM's states. G_RUN: tile j's first row is read on cycle
-        I_j = I_0 + j P (`hw.cycles.machine_tile_period`), its M rows on consecutive cycles; its slice
-        entry is read on I_j - 2 and latched on I_j - 1 (the feed's address registers, its bounds word
-        read), overriding the previous tile's step when that one reads its last row then (M = P); its
-        weights load from I_j + 1 (`_overlap`) into the bank the tile before it does not use. After
-        the GEMM's last row is read, G_FLUSH: R + C cycles while it is presented and leaves the array
-        (one more with an input check: `MACHINE_CHECKED_READ`), then the output pipeline's tail
-        (`GEMM_TAIL`)."""
+        """Add the double-buffered GEMM's states. G_RUN: tile j's first row is read on cycle I_j = I_0 + j P
+        (`hw.cycles.machine_tile_period`), its M rows on consecutive cycles; its slice entry is read on I_j - 2
+        and latched on I_j - 1 (the feed's address registers, its bounds word read; with an input check the
+        bounds word's address latched, so that the word is read on I_j and the slice table's block RAM does not
+        drive the bounds memory's address), overriding the previous tile's step when that one reads its last row
+        then (M = P); its weights load from I_j + 1 (`_overlap`) into the bank the tile before it does not use.
+        After the GEMM's last row is read, G_FLUSH: R + C cycles while it is presented and leaves the array (one
+        more with an input check: `MACHINE_CHECKED_READ`), then the output pipeline's tail (`GEMM_TAIL`)."""
         rows, cols = self.params.array.rows, self.params.array.cols
+        staged_bounds = self.params.input_check and bread is not None
+        if staged_bounds:
+            bound_addr = Signal.like(bread.addr, name="bound_addr")
         with m.State("G_RUN"):
             m.d.comb += self.busy.eq(1)
             m.d.sync += ov.phase.eq(Mux(ov.phase == ov.period - 1, 0, ov.phase + 1))
@@ -609,12 +612,16 @@ class Machine(wiring.Component):
                     with m.If(ov.final):
                         m.d.sync += count.eq(0)
                         m.next = "G_FLUSH"
+            if staged_bounds:   # the bounds word's address registered from the slice entry: the word arrives
+                m.d.comb += bread.addr.eq(bound_addr)   # the cycle after the tile's first read, as the codes
             with m.If(~ov.walk_done):
                 with m.If(ov.phase == ov.period - 2):
                     m.d.comb += sread.addr.eq(sp)
                 with m.If(ov.phase == ov.period - 1):
                     slice_now = data.View(self.slice, sread.data)
-                    if bread is not None:   # its bounds word arrives on the tile's first read
+                    if staged_bounds:
+                        m.d.sync += bound_addr.eq(slice_now.bound)
+                    elif bread is not None:   # its bounds word arrives on the tile's first read
                         m.d.comb += bread.addr.eq(slice_now.bound)
                     m.d.sync += [sl.eq(sread.data), y.eq(slice_now.dy), x.eq(slice_now.dx), ox.eq(0),
                                  gen["row"].eq(instr.src_base + slice_now.row_off), gen["col"].eq(slice_now.col_off),
@@ -781,14 +788,12 @@ class Machine(wiring.Component):
             return Const(0)
         mode = MACHINE_MODES[p.check]
         pairs = bread.data.word_select(part, 2 * p.array.rows * width)
-        if staged:   # the codes and the tile's bounds a cycle later (its last row is checked on its next's setup)
+        if staged:   # the codes a cycle later, and the bounds word, read a cycle later too (`_overlapped_states`)
             read = [Signal(code, name=f"read_code_{r}") for r in range(p.array.rows)]
-            inside, taken, later = Signal(name="read_inside"), Signal(name="read_bounds_taken"), Signal(len(pairs))
+            inside, taken = Signal(name="read_inside"), Signal(name="read_bounds_taken")
             m.d.sync += [*(read[r].eq(value) for r, value in enumerate(values)), inside.eq(inside_d),
                          taken.eq(load_bounds)]
-            with m.If(load_bounds):
-                m.d.sync += later.eq(pairs)
-            values, inside_d, pairs, load_bounds = read, inside, later, taken
+            values, inside_d, load_bounds = read, inside, taken
         fired = []
         for r, value in enumerate(values):
             lo, hi = Signal(code, name=f"read_lo_{r}"), Signal(code, name=f"read_hi_{r}")
