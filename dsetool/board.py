@@ -111,7 +111,7 @@ def bitstream_key(shape: MachineShape, board: str, baud: int, seed: int = 1) -> 
     from dsetool.machine.build import MACHINE_VERSION, part_versions
     from hw import flow
 
-    parts = part_versions(shape.array.dataflow, shape.weight_buffers, shape.input_check)
+    parts = part_versions(shape.array.dataflow, shape.weight_buffers, shape.checked_read)
     return make_key(STAGE, {"format": FORMAT, "machine": MACHINE_VERSION, **parts, "shape": asdict(shape),
                             "board": board, "baud": baud, "seed": seed, "tools": flow.tool_fingerprint()})
 

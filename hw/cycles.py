@@ -133,7 +133,8 @@ def vector_cycles(channels: int, positions: int, window: int, lanes: int) -> int
 # cycles, each tile's weights loading while the tile before streams, and the GEMM pays `MACHINE_SETUP`
 # and the array's drain once (`machine_gemm_cycles`). The output-stationary machine (`hw.machine_stream`)
 # streams each tile's K through the array and drains the finished tile from shadow registers while the
-# next accumulates (`machine_stream_gemm_cycles`).
+# next accumulates (`machine_stream_gemm_cycles`). A double-buffered machine that checks the codes its array
+# reads registers them first: `MACHINE_CHECKED_READ` more cycles per GEMM.
 MACHINE_START = 1
 MACHINE_FETCH = 2
 MACHINE_SETUP = 2

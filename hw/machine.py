@@ -49,9 +49,9 @@ used from l + 1; a machine with an input check presents on u + 3 and writes the 
   stage fields (multiplier, shift, bounds) are registered from the port as its last K tile's first row
   enters the column stage, each held until the next N slice's: the rows of different N slices stream
   back to back, each with its own slice's constants (`Machine._overlap`); the writer counts rows as before.
-After the GEMM's last row is read: R + C cycles while it is presented and leaves the array, then
-`GEMM_TAIL`: a GEMM costs `FETCH` + `SETUP` + (T - 1) P + M + R + C + `GEMM_TAIL` cycles, against
-`FETCH` + T (`SETUP` + 2R + C - 2 + M) + `GEMM_TAIL` with one buffer.
+After the GEMM's last row is read: R + C cycles while it is presented and leaves the array (R + C + 1
+with an input check), then `GEMM_TAIL`: a GEMM costs `FETCH` + `SETUP` + (T - 1) P + M + R + C (+ 1) +
+`GEMM_TAIL` cycles, against `FETCH` + T (`SETUP` + 2R + C - 2 + M) + `GEMM_TAIL` with one buffer.
 
 The logits memory holds `lanes` sums per word, written `cols` at a time by a logits GEMM (one N slice's)
 or `lanes` at a time by the vector unit (an average pool's sums that are the logits); logit c is lane
@@ -61,10 +61,11 @@ Range checks (`MachineShape.check`: clip, zero or detect, `hw.protect.MACHINE_MO
 only when the program has such checks: on each column's output code (`ColumnStage`, bounds from the
 constants word, `check`), on the vector unit's output words (bounds per lane from the bounds memory,
 `check`), and on the read path into the array (`MachineShape.input_check`, instruction bit `in_check`):
-the `rows` codes a tile streams are checked (between a register of the buffer's read data and the
-register before the array's row inputs: one cycle more per GEMM on the double-buffered machine, none on
-the others, which check between the read data and that register) against the bounds of its K slice's word group,
-read from the bounds memory at the tile's setup (slice entry `bound`) and held for its rows; a padded
+the `rows` codes a tile streams are checked against the bounds of its K slice's word group (slice entry
+`bound`, read from the bounds memory as the tile starts and held for its rows): on the single-buffered
+machine between the buffer's read data and the register before the array's row inputs, on the
+double-buffered one between a register of the read data and that register (`MachineShape.checked_read`:
+one cycle more per GEMM, and the block RAM's clock-to-output off the comparators' path); a padded
 position is no read: its zeros are not checked, as the engine pads after its input check. `alarm` is a
 sticky detector: cleared by `start`, set when any check finds a code outside its bounds (a code the
 array takes, a column a writer writes, a word the vector unit gives), valid with the logits.
@@ -91,7 +92,7 @@ from hw import isa, vector_unit
 from hw.accumulator import LATENCY as ACC_LATENCY
 from hw.array import FAULT_PORT, delay_line
 from hw.column_stage import LATENCY as STAGE_LATENCY
-from hw.cycles import MACHINE_CHECKED_READ, MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_STREAM_TAIL, MACHINE_VECTOR_TAIL
+from hw.cycles import MACHINE_GEMM_TAIL, MACHINE_SETUP, MACHINE_STREAM_TAIL, MACHINE_VECTOR_TAIL
 from hw.machine_datapath import Datapath, StreamDatapath
 from hw.machine_format import (
     BEAT,
@@ -134,7 +135,7 @@ class _Overlap:
     issue_first: Signal  # it is its tile's first (comb)
     wread: Any           # the weight memory's read port
     waddr: Signal        # the weight word the loader reads next
-    lrows: Signal        # one-hot: the array row the loader writes this cycle
+    lrows: Signal        # one-hot: the array row the loader writes this cycle (the next, after a checked read)
     lbank: Signal        # the bank it writes
     const_nt: Signal     # the N slices whose constants word has been read (the next's)
     weights: Value       # the weight row the loader writes (the port's data, registered after a checked read)
@@ -545,7 +546,7 @@ class Machine(wiring.Component):
         p, a = self.params, self.params.array
         rows, cols = a.rows, a.cols
         count_bits = len(Value.cast(instr.m_count)) + max(rows, cols).bit_length() + 1
-        staged = p.input_check
+        staged = p.checked_read
         weights = Signal(wread.data.shape(), name="load_weights") if staged else wread.data
         ov = _Overlap(period=Signal(count_bits, name="period"), phase=Signal(count_bits, name="phase"),
                       feeding=Signal(name="feeding"), walk_done=Signal(name="walk_done"),
@@ -593,7 +594,7 @@ class Machine(wiring.Component):
         After the GEMM's last row is read, G_FLUSH: R + C cycles while it is presented and leaves the array (one
         more with an input check: `MACHINE_CHECKED_READ`), then the output pipeline's tail (`GEMM_TAIL`)."""
         rows, cols = self.params.array.rows, self.params.array.cols
-        staged_bounds = self.params.input_check and bread is not None
+        staged_bounds = self.params.checked_read
         if staged_bounds:
             bound_addr = Signal.like(bread.addr, name="bound_addr")
         with m.State("G_RUN"):
@@ -636,7 +637,7 @@ class Machine(wiring.Component):
         with m.State("G_FLUSH"):
             m.d.comb += self.busy.eq(1)
             m.d.sync += count.eq(count + 1)
-            with m.If(count == rows + cols - 1 + MACHINE_CHECKED_READ * self.params.input_check):
+            with m.If(count == rows + cols - 1 + (1 if staged_bounds else 0)):   # `MACHINE_CHECKED_READ`
                 m.d.sync += [count.eq(0), tail.eq(GEMM_TAIL - 1)]
                 m.next = "TAIL"
 
@@ -783,7 +784,7 @@ class Machine(wiring.Component):
         values = [value.as_signed() if code.signed else value for value in values]
         rows_in = [Signal(code, name=f"row_in_{r}") for r in range(p.array.rows)]
         m.d.comb += [array.a[r].eq(rows_in[r]) for r in range(p.array.rows)]
-        if not p.input_check or bread is None:
+        if not p.checked_read:
             m.d.sync += [rows_in[r].eq(Mux(inside_d, value, 0)) for r, value in enumerate(values)]
             return Const(0)
         mode = MACHINE_MODES[p.check]

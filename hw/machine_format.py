@@ -72,6 +72,12 @@ class MachineShape:
         check_weight_buffers(self.weight_buffers, "MachineShape")
 
     @property
+    def checked_read(self) -> bool:
+        """Return whether the read path into the array has a range-check unit (`input_check` with a mode):
+        on the double-buffered machine it registers the codes before checking them, a cycle per GEMM."""
+        return self.input_check and self.check != "none"
+
+    @property
     def memories(self) -> tuple[int, ...]:
         """Return the loadable memories the machine has: the bounds memory only with range checks."""
         return (IMEM, SMEM, WMEM, CMEM) + ((BMEM,) if self.check != "none" else ())
