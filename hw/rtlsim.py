@@ -402,7 +402,8 @@ class Session:
         self.model = model
         self._index = {p.name: (i, p) for i, p in enumerate(model.ports)}
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([str(model.binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # absolute: the server starts in its build directory, and the store's may be named relatively
+        self._proc = subprocess.Popen([str(model.binary.resolve())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._stderr, cwd=model.directory)
         self._start = time.perf_counter()
         for port in model.ports:

@@ -160,6 +160,20 @@ def test_cycles_match_amaranth_simulator(session: rtlsim.Session) -> None:
 
 
 @toolchain
+def test_a_model_built_under_a_relative_directory_runs(bench: rtlsim.CompiledModel, workdir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's default directory (`runs`) is relative, and the server starts in its build directory:
+    the binary it runs must not be named relative to the caller's directory (it was, and every
+    `dsetool rtlsim` without an absolute `--runs` failed to find it)."""
+    monkeypatch.chdir(workdir.parent)
+    again = rtlsim.build(Bench(), Path(workdir.name))   # the same build, found in the cache by a relative path
+    assert again.cached and not again.directory.is_absolute()
+    inputs = random_inputs(8)
+    with again.open() as opened:
+        assert opened.drive(inputs, OBSERVED).tolist() == amaranth_trace(inputs)
+
+
+@toolchain
 def test_set_get_tick_one_at_a_time(session: rtlsim.Session) -> None:
     inputs = random_inputs(12)
     want = amaranth_trace(inputs)
