@@ -201,6 +201,13 @@ class Design:
         (`ArrayConfig.protection`), else "output" (nothing to place)."""
         return self.protection.placement if self.array.protection != "none" else "output"
 
+    @property
+    def machine_checks_inputs(self) -> bool:
+        """Return whether the accelerator checks the codes its array reads: a range check placed on the
+        layers' inputs (`protect.placement` input; one whose layers leave every GEMM out is counted too,
+        which only costs a key of its own)."""
+        return self.protection.entry.protects and self.protection.placement == "input"
+
     def datapath(self) -> wiring.Component:
         """Return the synthesizable datapath of the design (`hw.accelerator.build_datapath`), its range
         check where the campaigns place it."""

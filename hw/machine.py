@@ -594,8 +594,8 @@ class Machine(wiring.Component):
         After the GEMM's last row is read, G_FLUSH: R + C cycles while it is presented and leaves the array (one
         more with an input check: `MACHINE_CHECKED_READ`), then the output pipeline's tail (`GEMM_TAIL`)."""
         rows, cols = self.params.array.rows, self.params.array.cols
-        staged_bounds = self.params.checked_read
-        if staged_bounds:
+        staged = self.params.checked_read
+        if staged:
             bound_addr = Signal.like(bread.addr, name="bound_addr")
         with m.State("G_RUN"):
             m.d.comb += self.busy.eq(1)
@@ -613,14 +613,14 @@ class Machine(wiring.Component):
                     with m.If(ov.final):
                         m.d.sync += count.eq(0)
                         m.next = "G_FLUSH"
-            if staged_bounds:   # the bounds word's address registered from the slice entry: the word arrives
+            if staged:   # the bounds word's address registered from the slice entry: the word arrives
                 m.d.comb += bread.addr.eq(bound_addr)   # the cycle after the tile's first read, as the codes
             with m.If(~ov.walk_done):
                 with m.If(ov.phase == ov.period - 2):
                     m.d.comb += sread.addr.eq(sp)
                 with m.If(ov.phase == ov.period - 1):
                     slice_now = data.View(self.slice, sread.data)
-                    if staged_bounds:
+                    if staged:
                         m.d.sync += bound_addr.eq(slice_now.bound)
                     elif bread is not None:   # its bounds word arrives on the tile's first read
                         m.d.comb += bread.addr.eq(slice_now.bound)
@@ -637,7 +637,7 @@ class Machine(wiring.Component):
         with m.State("G_FLUSH"):
             m.d.comb += self.busy.eq(1)
             m.d.sync += count.eq(count + 1)
-            with m.If(count == rows + cols - 1 + (1 if staged_bounds else 0)):   # `MACHINE_CHECKED_READ`
+            with m.If(count == rows + cols - 1 + (1 if staged else 0)):   # `MACHINE_CHECKED_READ`
                 m.d.sync += [count.eq(0), tail.eq(GEMM_TAIL - 1)]
                 m.next = "TAIL"
 

@@ -39,12 +39,6 @@ def part_versions(dataflow: str, weight_buffers: int, input_check: bool) -> dict
     return {"overlap": OVERLAP_VERSION, **({"checked_read": CHECKED_READ_VERSION} if input_check else {})}
 
 
-def checks_inputs(design: Design) -> bool:
-    """Return whether the design's machine checks the codes its array reads: a range check placed on the
-    layers' inputs (`protect.placement` input; one whose layers leave every GEMM out is counted too)."""
-    return design.protection.entry.protects and design.protection.placement == "input"
-
-
 def machine_acc_bits(design: Design) -> int:
     """Return the accelerator's accumulator width: `hw.acc_bits` when set, else the array's (the longest
     dot product's worst case) plus room for a bias, which the accumulator adds as its first sum

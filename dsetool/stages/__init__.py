@@ -215,11 +215,11 @@ def _machine_reads(cfg: RunConfig, design: Design) -> dict[str, Any]:
     and the geometry of its input and output, not a trained model: `dsetool.stages.skeleton`), the
     accumulator and the per-layer widths. Weight and bound values never change the machine, so neither do
     the quantization method, the scales' granularity, the seed or the bounds."""
-    from dsetool.machine.build import MACHINE_VERSION, checks_inputs, machine_acc_bits, part_versions
+    from dsetool.machine.build import MACHINE_VERSION, machine_acc_bits, part_versions
 
     reads = {"version": MACHINE_VERSION, "network": _network_reads(cfg), "acc_bits": machine_acc_bits(design),
              "weight_buffers": design.weight_buffers,
-             **part_versions(design.array.dataflow, design.weight_buffers, checks_inputs(design))}
+             **part_versions(design.array.dataflow, design.weight_buffers, design.machine_checks_inputs)}
     protection = design.protection
     if protection.entry.protects:   # which tensors are checked, where, and how (sed only flags)
         checks: dict[str, Any] = {"protection": protection.name, "placement": protection.placement,
@@ -278,7 +278,7 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
     version) and runs the quantized model (an upstream key) on the first `hw.rtl_images` test images, then
     `hw.rtl_faults` faults drawn with the experiment's seed (read only when there are faults)."""
     from dsetool.design import design_of
-    from dsetool.machine.build import MACHINE_VERSION, checks_inputs, part_versions
+    from dsetool.machine.build import MACHINE_VERSION, part_versions
     from hw.rtlsim import SimulatorNotFound, require_toolchain, verilator_fingerprint
 
     try:
@@ -295,7 +295,7 @@ def _rtlsim_reads(cfg: RunConfig) -> dict[str, Any]:
             "weight_buffers": design.weight_buffers, "images": cfg.hw.rtl_images, "faults": cfg.hw.rtl_faults,
             **(_rtl_fault_reads(cfg.seed, design.gemms, design.weight_buffers, array) if cfg.hw.rtl_faults else {}),
             "machine": MACHINE_VERSION,
-            **part_versions(array.dataflow, design.weight_buffers, checks_inputs(design)),
+            **part_versions(array.dataflow, design.weight_buffers, design.machine_checks_inputs),
             "data": _test_data_reads(cfg), "verilator": verilator}
 
 
